@@ -1,0 +1,221 @@
+"""Node identity: one Ed25519 key per node.
+
+The signing key is the node's only secret. Everything else is derived from it:
+
+* the node id is ``sha256(verify_key)`` — a point in the 256-bit Kademlia space;
+* the CurveZMQ keypair is the Ed25519 key converted to Curve25519, so the key
+  that encrypts a link is provably the key that signs for the node.
+
+A peer's *public key* (its 32-byte verify key) is written as lowercase base32
+without padding (52 characters) so it never looks like a node id (64 hex
+characters). A *contact* is ``PUBLICKEY@ENDPOINT``: everything needed to open
+an authenticated CURVE link to a node.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import tomllib
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+
+KEY_FILE_FORMAT = "zmqagents-ed25519-v1"
+NODE_ID_LEN = 32
+PUBLIC_KEY_LEN = 32
+SHORT_ID_HEX = 12
+
+
+class IdentityError(ValueError):
+    """A key, key file, node id or contact could not be used; the message says why."""
+
+
+class KeyFileError(IdentityError):
+    """A key file is missing, unreadable, corrupt, or would be overwritten."""
+
+
+class InsecureKeyFileWarning(UserWarning):
+    """The key file can be read by users other than its owner."""
+
+
+def node_id_of(verify_key: bytes) -> bytes:
+    """The 32-byte node id that belongs to an Ed25519 verify key."""
+    return hashlib.sha256(verify_key).digest()
+
+
+@lru_cache(maxsize=4096)
+def curve_public_of(verify_key: bytes) -> bytes:
+    """The Curve25519 public key CurveZMQ uses for a peer's Ed25519 verify key.
+
+    The conversion costs ~32 µs, so it is cached per peer (bounded LRU).
+    Raises IdentityError for bytes that are not a valid Ed25519 point.
+    """
+    try:
+        return bytes(nacl.signing.VerifyKey(verify_key).to_curve25519_public_key())
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError) as exc:
+        raise IdentityError(f"not a valid Ed25519 public key: {exc}") from None
+
+
+def format_public_key(verify_key: bytes) -> str:
+    return base64.b32encode(verify_key).decode("ascii").rstrip("=").lower()
+
+
+def parse_public_key(text: str) -> bytes:
+    """Parse a base32 public key as printed by ``zmqagents keygen``."""
+    cleaned = text.strip().upper()
+    try:
+        raw = base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except (ValueError, base64.binascii.Error):
+        raise IdentityError(f"public key {text!r} is not base32 (expected 52 characters a-z, 2-7)") from None
+    if len(raw) != PUBLIC_KEY_LEN:
+        raise IdentityError(f"public key {text!r} decodes to {len(raw)} bytes, expected {PUBLIC_KEY_LEN}")
+    curve_public_of(raw)  # validates the point
+    return raw
+
+
+def format_node_id(node_id: bytes) -> str:
+    return node_id.hex()
+
+
+def short_id(node_id: bytes) -> str:
+    """A printable prefix of a node id, long enough to tell nodes apart in logs."""
+    return node_id.hex()[:SHORT_ID_HEX]
+
+
+def parse_node_id(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raise IdentityError(f"node id {text!r} is not hex") from None
+    if len(raw) != NODE_ID_LEN:
+        raise IdentityError(f"node id {text!r} has {len(raw)} bytes, expected {NODE_ID_LEN} (64 hex characters)")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """How to reach a node: its public key (which fixes its id) and its inbox endpoint."""
+
+    public_key: bytes
+    endpoint: str
+
+    @property
+    def node_id(self) -> bytes:
+        return node_id_of(self.public_key)
+
+    def __str__(self) -> str:
+        return f"{format_public_key(self.public_key)}@{self.endpoint}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Contact":
+        """Parse ``PUBLICKEY@tcp://host:port`` (or ``@ipc://path``)."""
+        key_text, sep, endpoint = text.strip().partition("@")
+        if not sep or not key_text or not endpoint:
+            raise IdentityError(
+                f"contact {text!r} must look like PUBLICKEY@tcp://HOST:PORT "
+                "(a node prints its contact when it starts)"
+            )
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            raise IdentityError(f"contact {text!r}: endpoint must start with tcp:// or ipc://")
+        return cls(parse_public_key(key_text), endpoint)
+
+
+class Identity:
+    """A node's signing key and everything derived from it."""
+
+    __slots__ = ("signing_key", "public_key", "node_id", "curve_public", "curve_secret")
+
+    def __init__(self, signing_key: nacl.signing.SigningKey):
+        self.signing_key = signing_key
+        self.public_key: bytes = bytes(signing_key.verify_key)
+        self.node_id: bytes = node_id_of(self.public_key)
+        self.curve_public: bytes = bytes(signing_key.verify_key.to_curve25519_public_key())
+        self.curve_secret: bytes = bytes(signing_key.to_curve25519_private_key())
+
+    @classmethod
+    def generate(cls) -> "Identity":
+        return cls(nacl.signing.SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> "Identity":
+        """Deterministic identity from a 32-byte seed (tests and simulations)."""
+        if len(seed) != 32:
+            raise IdentityError(f"seed must be 32 bytes, got {len(seed)}")
+        return cls(nacl.signing.SigningKey(seed))
+
+    def sign(self, data: bytes) -> bytes:
+        return self.signing_key.sign(data).signature
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.node_id)
+
+    def contact(self, endpoint: str) -> Contact:
+        return Contact(self.public_key, endpoint)
+
+    def __repr__(self) -> str:
+        return f"Identity({self.short_id})"
+
+    # -- key files -------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write the key file with mode 0600; refuse to replace one unless ``force``."""
+        path = Path(path)
+        if path.exists() and not force:
+            raise KeyFileError(f"{path} already exists; refusing to overwrite a node key (use --force to replace it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = (
+            "# zmqagents node identity. Keep this file secret (mode 0600).\n"
+            f"# node id:    {format_node_id(self.node_id)}\n"
+            f"# public key: {format_public_key(self.public_key)}\n"
+            f'format = "{KEY_FILE_FORMAT}"\n'
+            f'secret = "{bytes(self.signing_key).hex()}"\n'
+        )
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, text.encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Identity":
+        path = Path(path)
+        try:
+            mode = path.stat().st_mode
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise KeyFileError(f"key file {path} does not exist (create one with: zmqagents keygen {path})") from None
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.warn(
+                f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}",
+                InsecureKeyFileWarning,
+                stacklevel=2,
+            )
+        try:
+            doc = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise KeyFileError(f"key file {path} is corrupt: {exc}") from None
+        if doc.get("format") != KEY_FILE_FORMAT:
+            raise KeyFileError(f"key file {path}: format is {doc.get('format')!r}, expected {KEY_FILE_FORMAT!r}")
+        secret = doc.get("secret")
+        try:
+            seed = bytes.fromhex(secret) if isinstance(secret, str) else b""
+        except ValueError:
+            seed = b""
+        if len(seed) != 32:
+            raise KeyFileError(f"key file {path} is corrupt: 'secret' must be 64 hex characters")
+        return cls.from_seed(seed)
