@@ -1,0 +1,146 @@
+"""The ZeroMQ shell over real CURVE sockets on loopback: who may speak for which node id."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+
+import msgpack
+import zmq
+
+from zmqagents.envelope import Envelope
+from zmqagents.identity import Identity, curve_public_of
+from zmqagents.transport.mesh import Transport, TransportConfig
+
+
+def _raw_dealer(ctx: zmq.Context, server: Transport, *, curve_of: Identity, routing_id: bytes) -> zmq.Socket:
+    """A hand-made client: authenticates with ``curve_of``'s CURVE key but claims ``routing_id``."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.curve_secretkey = curve_of.curve_secret
+    sock.curve_publickey = curve_of.curve_public
+    sock.curve_serverkey = curve_public_of(server.identity.public_key)
+    sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    sock.connect(server.endpoint)
+    return sock
+
+
+def _env(src: bytes, dst: bytes, body=b"x") -> Envelope:
+    return Envelope(id=os.urandom(16), src=src, dst=dst, type="msg", body=body)
+
+
+async def _collect(server: Transport, sent, frames: list, settle: float = 0.3) -> None:
+    for parts in frames:
+        sent.send_multipart(parts) if isinstance(parts, list) else sent.send(parts)
+    await asyncio.sleep(settle)
+
+
+def _server(received: list, **cfg) -> Transport:
+    t = Transport(Identity.generate(), TransportConfig(**cfg), on_batch=received.extend, on_publication=lambda t, e: None)
+    t.start()
+    return t
+
+
+def test_honest_peer_is_accepted_and_impostors_are_dropped(arun):
+    async def main():
+        received: list[Envelope] = []
+        server = _server(received)
+        alice, bob = Identity.generate(), Identity.generate()
+        ctx = zmq.Context()
+        try:
+            honest = _raw_dealer(ctx, server, curve_of=alice, routing_id=alice.public_key)
+            # Alice's CURVE key, but claiming to be Bob: the routing id does not match the key.
+            impostor = _raw_dealer(ctx, server, curve_of=alice, routing_id=bob.public_key)
+            # Alice's own connection, but an envelope that claims Bob as its source.
+            honest.send(_env(alice.node_id, server.identity.node_id, b"good").encode())
+            impostor.send(_env(bob.node_id, server.identity.node_id, b"forged").encode())
+            honest.send(_env(bob.node_id, server.identity.node_id, b"forged-src").encode())
+            await asyncio.sleep(0.5)
+            assert [e.body for e in received] == [b"good"]
+            assert all(e.src == alice.node_id for e in received)
+            assert server.drops.get("identity_mismatch") == 1
+            assert server.drops.get("src_mismatch") == 1
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())
+
+
+def test_garbage_truncated_oversize_and_multipart_are_counted_not_fatal(arun):
+    async def main():
+        received: list[Envelope] = []
+        server = _server(received, max_message_size=4096)
+        alice = Identity.generate()
+        ctx = zmq.Context()
+        try:
+            sock = _raw_dealer(ctx, server, curve_of=alice, routing_id=alice.public_key)
+            good = _env(alice.node_id, server.identity.node_id, b"after").encode()
+            payload = msgpack.packb({"v": 1, "id": b"short", "src": alice.node_id, "t": "msg"})
+            sock.send(b"\x00\x01")  # shorter than the length prefix
+            sock.send(struct.pack(">I", 100) + b"abc")  # truncated
+            sock.send(struct.pack(">I", 1 << 30) + b"abc")  # announces 1 GiB
+            sock.send(struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1")  # not msgpack
+            sock.send(struct.pack(">I", len(payload)) + payload)  # wrong field size
+            sock.send_multipart([good, good])  # extra frame
+            sock.send(good)
+            await asyncio.sleep(0.5)
+            assert [e.body for e in received] == [b"after"]
+            assert server.drops == {
+                "TruncatedEnvelope": 2,
+                "OversizeEnvelope": 1,
+                "MalformedEnvelope": 2,
+                "multipart": 1,
+            }
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())
+
+
+def test_allowlist_drops_unlisted_nodes(arun):
+    async def main():
+        received: list[Envelope] = []
+        alice, mallory = Identity.generate(), Identity.generate()
+        server = Transport(
+            Identity.generate(), TransportConfig(), on_batch=received.extend, on_publication=lambda t, e: None,
+            allow=frozenset({alice.node_id}),
+        )
+        server.start()
+        ctx = zmq.Context()
+        try:
+            a = _raw_dealer(ctx, server, curve_of=alice, routing_id=alice.public_key)
+            m = _raw_dealer(ctx, server, curve_of=mallory, routing_id=mallory.public_key)
+            a.send(_env(alice.node_id, server.identity.node_id, b"a").encode())
+            m.send(_env(mallory.node_id, server.identity.node_id, b"m").encode())
+            await asyncio.sleep(0.5)
+            assert [e.body for e in received] == [b"a"]
+            assert server.drops == {"not_allowed": 1}
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())
+
+
+def test_plaintext_client_cannot_reach_a_secure_node(arun):
+    async def main():
+        received: list[Envelope] = []
+        server = _server(received)
+        alice = Identity.generate()
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.setsockopt(zmq.ROUTING_ID, alice.public_key)
+            sock.connect(server.endpoint)
+            sock.send(_env(alice.node_id, server.identity.node_id).encode())
+            await asyncio.sleep(0.5)
+            assert received == []
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())

@@ -1,0 +1,539 @@
+"""The ZeroMQ shell: one ROUTER inbox, a bounded LRU of DEALERs, PUB/SUB.
+
+This module moves bytes and proves who sent them; it makes no protocol
+decisions (those live in ``zmqagents.core``). Identity binding works like this:
+
+* every socket that connects out (DEALER) sets its routing id to the node's
+  32-byte Ed25519 verify key and authenticates with the CURVE key derived
+  from it;
+* the ZAP handler labels each inbound connection with its CURVE key (User-Id);
+* for every message the inbox checks that the routing id converts to that
+  CURVE key and that the envelope's ``src`` is ``sha256(routing id)``.
+  Anything else is dropped and counted: nobody can speak for another node id.
+
+Replies and acks to a message that arrived on the inbox go back over the same
+connection (ROUTER to the routing id), so a request/reply pair uses one TCP
+connection and a node that can only connect out is still reachable.
+
+ZeroMQ's FD is edge-triggered, so every readable callback drains its socket
+until EAGAIN (in bounded batches), and sockets that were written to are
+re-checked once on the next loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import zmq
+
+from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
+from ..identity import Contact, IdentityError, curve_public_of, node_id_of, short_id
+from .zap import ZAP_DOMAIN, ZapHandler
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 512  # messages per readable callback before yielding to the loop
+
+
+@dataclass(slots=True)
+class TransportConfig:
+    """Bounds of the socket layer. Each one, when hit, is counted in ``Transport.stats``."""
+
+    listen: str = "tcp://127.0.0.1:0"  # inbox endpoint; port 0 picks a free port
+    pub_listen: str | None = None  # PUB endpoint; default: same host, a free port
+    secure: bool = True  # CURVE on every link; False only with an explicit --insecure
+    max_dealers: int = 256  # outgoing connections kept open (LRU); ~30 KB each
+    max_subscribers: int = 64  # neighbours whose PUB we subscribe to
+    max_known_keys: int = 4096  # routing-id -> (CURVE key, node id) cache entries
+    hwm: int = 10_000  # ZeroMQ high-water mark per connection, messages
+    max_message_size: int = DEFAULT_MAX_SIZE  # enforced by libzmq (MAXMSGSIZE) and by the decoder
+    reconnect_ivl_ms: int = 100
+    reconnect_ivl_max_ms: int = 5000
+    close_linger_ms: int = 0  # how long close() may wait to flush publications (a CLI publisher wants some)
+
+
+class _Link:
+    """An outgoing connection (DEALER) or a subscription (SUB) to one peer."""
+
+    __slots__ = ("node_id", "socket", "fd")
+
+    def __init__(self, node_id: bytes, socket: zmq.Socket):
+        self.node_id = node_id
+        self.socket = socket
+        self.fd = socket.FD
+
+
+BatchHandler = Callable[[list[Envelope]], None]
+PublicationHandler = Callable[[bytes, Envelope], None]
+
+
+class Transport:
+    """Sockets for one node. Call :meth:`start` inside a running event loop."""
+
+    def __init__(
+        self,
+        identity,
+        config: TransportConfig,
+        *,
+        on_batch: BatchHandler,
+        on_publication: PublicationHandler,
+        allow: frozenset[bytes] | None = None,
+    ):
+        self.identity = identity
+        self.config = config
+        self.allow = allow
+        self._on_batch = on_batch
+        self._on_publication = on_publication
+        self.ctx = zmq.Context(io_threads=1)
+        self.ctx.setsockopt(zmq.MAX_SOCKETS, max(1024, config.max_dealers + config.max_subscribers + 64))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.router: zmq.Socket | None = None
+        self.pub: zmq.Socket | None = None
+        self.zap: ZapHandler | None = None
+        self.endpoint = ""
+        self.pub_endpoint = ""
+        self._dealers: OrderedDict[bytes, _Link] = OrderedDict()
+        self._subs: dict[bytes, _Link] = {}
+        self._links: dict[zmq.Socket, _Link] = {}  # DEALER and SUB sockets -> their peer
+        self._topics: dict[bytes, int] = {}
+        self.subscribed: set[bytes] = set()  # topic prefixes neighbours subscribed to on our XPUB
+        self._contacts: OrderedDict[bytes, Contact] = OrderedDict()
+        self._inbound: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> routing id on our ROUTER
+        self._keys: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()  # routing id -> (curve hex, node id)
+        self._recheck: set[zmq.Socket] = set()
+        self._recheck_scheduled = False
+        self._closed = False
+        self.stats: dict[str, int] = {
+            "frames_in": 0,
+            "frames_out": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "publications_in": 0,
+            "publications_out": 0,
+            "dealers_opened": 0,
+            "dealers_evicted": 0,
+        }
+        self.drops: dict[str, int] = {}
+        self._logged_drop: set[tuple[str, bytes]] = set()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        cfg = self.config
+        if cfg.secure:
+            self.zap = ZapHandler(self.ctx)
+            self._watch(self.zap.socket, lambda s: self.zap.drain())
+        self.router = self._server_socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown routing id -> error, not a silent drop
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes its routing id over
+        self.router.bind(cfg.listen)
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        # XPUB rather than PUB: it reports subscriptions, so a short-lived publisher
+        # (a shell command) can wait until someone listens instead of publishing into the void.
+        self.pub = self._server_socket(zmq.XPUB)
+        self.pub.bind(cfg.pub_listen or _any_port_like(self.endpoint))
+        self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._watch(self.router, self._drain_router)
+        self._watch(self.pub, self._drain_subscriptions)
+
+    def close(self) -> None:
+        """Close every socket and the context. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        socks = [link.socket for link in self._dealers.values()] + [link.socket for link in self._subs.values()]
+        socks += [s for s in (self.router, self.pub) if s is not None]
+        if self.zap is not None:
+            socks.append(self.zap.socket)
+        for sock in socks:
+            self._unwatch(sock)
+            sock.close(linger=self.config.close_linger_ms if sock is self.pub else 0)
+        self._dealers.clear()
+        self._subs.clear()
+        self.ctx.term()
+
+    def contact(self) -> Contact:
+        return self.identity.contact(self.endpoint)
+
+    # -- address book ----------------------------------------------------------
+
+    def add_contact(self, contact: Contact) -> bytes:
+        """Remember how to reach a node (bounded); returns its node id."""
+        node_id = contact.node_id
+        old = self._contacts.get(node_id)
+        self._contacts[node_id] = contact
+        self._contacts.move_to_end(node_id)
+        if old is not None and old.endpoint != contact.endpoint and node_id in self._dealers:
+            self._close_dealer(node_id)  # it moved: reconnect on next send
+        while len(self._contacts) > self.config.max_known_keys:
+            self._contacts.popitem(last=False)
+        return node_id
+
+    def known(self, node_id: bytes) -> bool:
+        return node_id in self._contacts or node_id in self._inbound
+
+    def public_key_of(self, node_id: bytes) -> bytes | None:
+        """The verify key of a node we have a contact for or that has authenticated to us."""
+        contact = self._contacts.get(node_id)
+        if contact is not None:
+            return contact.public_key
+        rid = self._inbound.get(node_id)
+        return rid
+
+    def contacts(self) -> list[Contact]:
+        return list(self._contacts.values())
+
+    # -- sending ---------------------------------------------------------------
+
+    def send(self, env: Envelope) -> bool:
+        """Encode and send toward ``env.dst``. False (and a counted drop) when it cannot go now;
+        the delivery core's retransmits make that safe."""
+        dst = env.dst
+        try:
+            frame = env.encode(max_size=self.config.max_message_size)
+        except EnvelopeError as exc:
+            self._drop("encode_error", dst or b"", exc)
+            return False
+        link = self._dealers.get(dst)
+        if link is None:
+            rid = self._inbound.get(dst)
+            if rid is not None and self._send_router(rid, dst, frame):
+                return True
+            contact = self._contacts.get(dst)
+            if contact is None:
+                self._drop("no_route", dst, "no contact and no inbound connection")
+                return False
+            link = self._open_dealer(contact)
+        else:
+            self._dealers.move_to_end(dst)
+        try:
+            link.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self._drop("send_hwm", dst, "outgoing queue full")
+            return False
+        self._sent(link.socket, frame)
+        return True
+
+    def _send_router(self, rid: bytes, dst: bytes, frame: bytes) -> bool:
+        try:
+            self.router.send_multipart((rid, frame), zmq.NOBLOCK)
+        except zmq.Again:
+            self._drop("send_hwm", dst, "reply queue full")
+            return True  # the connection exists; retransmit will retry it
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._inbound.pop(dst, None)  # that connection is gone
+            return False
+        self._sent(self.router, frame)
+        return True
+
+    def has_subscriber(self, topic: bytes) -> bool:
+        """True once some neighbour subscribed to a prefix of ``topic``."""
+        return any(topic.startswith(prefix) for prefix in self.subscribed)
+
+    def _drain_subscriptions(self, sock: zmq.Socket) -> None:
+        """XPUB delivers (un)subscriptions as b'\\x01topic' / b'\\x00topic' (first and last only)."""
+        if sock.closed:
+            return
+        for _ in range(READ_BATCH):
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                if len(self.subscribed) < self.config.max_known_keys:
+                    self.subscribed.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self.subscribed.discard(msg[1:])
+        self.loop.call_soon(self._drain_subscriptions, sock)
+
+    def publish(self, topic: bytes, env: Envelope) -> None:
+        frame = env.encode(max_size=self.config.max_message_size)
+        self.pub.send_multipart((topic, frame), zmq.NOBLOCK)  # PUB drops at HWM, never blocks
+        self.stats["publications_out"] += 1
+        self._sent(self.pub, frame)
+
+    def _sent(self, sock: zmq.Socket, frame: bytes) -> None:
+        stats = self.stats
+        stats["frames_out"] += 1
+        stats["bytes_out"] += len(frame)
+        self._recheck.add(sock)
+        if not self._recheck_scheduled:
+            self._recheck_scheduled = True
+            self.loop.call_soon(self._recheck_sockets)
+
+    def _recheck_sockets(self) -> None:
+        """A send can swallow the FD's edge; look once more at every socket we wrote to."""
+        self._recheck_scheduled = False
+        socks, self._recheck = self._recheck, set()
+        for sock in socks:
+            if sock is self.router:
+                self._drain_router(sock)
+            elif sock is self.pub:
+                self._drain_subscriptions(sock)
+            else:
+                self._drain_link(sock)
+
+    # -- connections -------------------------------------------------------------
+
+    def _server_socket(self, kind: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        self._common_options(sock)
+        if self.config.secure:
+            sock.curve_server = True
+            sock.curve_secretkey = self.identity.curve_secret
+            sock.curve_publickey = self.identity.curve_public
+            sock.zap_domain = ZAP_DOMAIN.encode()
+        return sock
+
+    def _client_socket(self, kind: int, peer_public_key: bytes) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        self._common_options(sock)
+        sock.setsockopt(zmq.RECONNECT_IVL, self.config.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.config.reconnect_ivl_max_ms)
+        if self.config.secure:
+            sock.curve_secretkey = self.identity.curve_secret
+            sock.curve_publickey = self.identity.curve_public
+            sock.curve_serverkey = curve_public_of(peer_public_key)
+        return sock
+
+    def _common_options(self, sock: zmq.Socket) -> None:
+        sock.linger = 0
+        sock.sndhwm = self.config.hwm
+        sock.rcvhwm = self.config.hwm
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + 4 + 64)
+
+    def _open_dealer(self, contact: Contact) -> _Link:
+        while len(self._dealers) >= self.config.max_dealers:
+            oldest = next(iter(self._dealers))
+            self._close_dealer(oldest)
+            self.stats["dealers_evicted"] += 1
+        sock = self._client_socket(zmq.DEALER, contact.public_key)
+        sock.setsockopt(zmq.ROUTING_ID, self.identity.public_key)
+        sock.connect(contact.endpoint)
+        link = _Link(contact.node_id, sock)
+        self._dealers[contact.node_id] = link
+        self._links[sock] = link
+        self._watch(sock, self._drain_link)
+        self.stats["dealers_opened"] += 1
+        return link
+
+    def _close_dealer(self, node_id: bytes) -> None:
+        link = self._dealers.pop(node_id, None)
+        if link is not None:
+            del self._links[link.socket]
+            self._unwatch(link.socket)
+            link.socket.close(linger=0)
+            self._recheck.discard(link.socket)
+
+    def forget(self, node_id: bytes) -> None:
+        """Close everything held for a peer (it left or was declared dead)."""
+        self._close_dealer(node_id)
+        self._inbound.pop(node_id, None)
+        self.unsubscribe_from(node_id)
+
+    @property
+    def dealer_count(self) -> int:
+        return len(self._dealers)
+
+    # -- pub/sub ------------------------------------------------------------------
+
+    def subscribe_to(self, contact: Contact, pub_endpoint: str) -> None:
+        """Open a SUB to a neighbour's PUB. One socket per neighbour, so every publication
+        is attributed to the publisher whose CURVE key the SUB authenticated."""
+        node_id = contact.node_id
+        if node_id in self._subs or node_id == self.identity.node_id:
+            return
+        if len(self._subs) >= self.config.max_subscribers:
+            self._drop("subscriber_limit", node_id, "too many neighbours to subscribe to")
+            return
+        sock = self._client_socket(zmq.SUB, contact.public_key)
+        for topic in self._topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(pub_endpoint)
+        link = self._subs[node_id] = _Link(node_id, sock)
+        self._links[sock] = link
+        self._watch(sock, self._drain_link)
+
+    def unsubscribe_from(self, node_id: bytes) -> None:
+        link = self._subs.pop(node_id, None)
+        if link is not None:
+            del self._links[link.socket]
+            self._unwatch(link.socket)
+            link.socket.close(linger=0)
+
+    def add_topic(self, topic: bytes) -> None:
+        count = self._topics.get(topic, 0)
+        self._topics[topic] = count + 1
+        if count == 0:
+            for link in self._subs.values():
+                link.socket.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def remove_topic(self, topic: bytes) -> None:
+        count = self._topics.get(topic, 0)
+        if count <= 1:
+            self._topics.pop(topic, None)
+            for link in self._subs.values():
+                link.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+        else:
+            self._topics[topic] = count - 1
+
+    # -- receiving ---------------------------------------------------------------
+
+    def _watch(self, sock: zmq.Socket, drain: Callable[[zmq.Socket], None]) -> None:
+        self.loop.add_reader(sock.FD, drain, sock)
+        # The FD may already have fired before we watched it.
+        self.loop.call_soon(drain, sock)
+
+    def _unwatch(self, sock: zmq.Socket) -> None:
+        if self.loop is not None and not sock.closed:
+            self.loop.remove_reader(sock.FD)
+
+    def _drain_router(self, sock: zmq.Socket) -> None:
+        if sock.closed:
+            return
+        batch: list[Envelope] = []
+        stats = self.stats
+        for _ in range(READ_BATCH):
+            try:
+                rid_frame = sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            # Multipart messages arrive whole, so the frames after the first are already here.
+            frame = b""
+            extra = False
+            if rid_frame.more:
+                body = sock.recv(zmq.NOBLOCK, copy=False)
+                frame = body.bytes
+                more = body.more
+                while more:
+                    more = sock.recv(zmq.NOBLOCK, copy=False).more
+                    extra = True
+            stats["frames_in"] += 1
+            stats["bytes_in"] += len(frame)
+            rid = rid_frame.bytes
+            if extra:
+                self._drop("multipart", rid, "unexpected extra frames")
+                continue
+            sender = self._authenticate(rid, rid_frame)
+            if sender is None:
+                continue
+            env = self._decode(frame, sender)
+            if env is None:
+                continue
+            inbound = self._inbound
+            if inbound.get(sender) != rid:
+                inbound[sender] = rid
+                while len(inbound) > self.config.max_known_keys:
+                    inbound.popitem(last=False)
+            batch.append(env)
+        else:
+            self.loop.call_soon(self._drain_router, sock)  # more may be waiting; let others run first
+        if batch:
+            self._on_batch(batch)
+
+    def _authenticate(self, rid: bytes, rid_frame: zmq.Frame) -> bytes | None:
+        """The node id a ROUTER message comes from, or None (dropped) if the binding fails."""
+        keys = self._keys
+        known = keys.get(rid)
+        if known is None:
+            if len(rid) != 32:
+                self._drop("bad_routing_id", rid, "routing id is not a 32-byte public key")
+                return None
+            try:
+                curve_hex = curve_public_of(rid).hex() if self.config.secure else ""
+            except IdentityError:
+                self._drop("bad_routing_id", rid, "routing id is not a valid public key")
+                return None
+            known = (curve_hex, node_id_of(rid))
+            keys[rid] = known
+            if len(keys) > self.config.max_known_keys:
+                keys.popitem(last=False)
+        curve_hex, node_id = known
+        if self.config.secure and rid_frame.get("User-Id") != curve_hex:
+            self._drop("identity_mismatch", node_id, "routing id does not match the authenticated CURVE key")
+            return None
+        if self.allow is not None and node_id not in self.allow:
+            self._drop("not_allowed", node_id, "node is not on the allowlist")
+            return None
+        return node_id
+
+    def _decode(self, frame: bytes, sender: bytes) -> Envelope | None:
+        try:
+            env = decode(frame, max_size=self.config.max_message_size)
+        except EnvelopeError as exc:
+            self._drop(type(exc).__name__, sender, exc)
+            return None
+        if env.src != sender:
+            self._drop("src_mismatch", sender, f"claims src {short_id(env.src)}")
+            return None
+        if env.dst is not None and env.dst != self.identity.node_id:
+            self._drop("wrong_dst", sender, f"addressed to {short_id(env.dst)}")
+            return None
+        return env
+
+    def _drain_link(self, sock: zmq.Socket) -> None:
+        """Read a DEALER (replies from a peer we connected to) or a SUB (a neighbour's publications)."""
+        if sock.closed:
+            return
+        link = self._links.get(sock)
+        if link is None:
+            return
+        is_sub = sock.type == zmq.SUB
+        batch: list[Envelope] = []
+        stats = self.stats
+        for _ in range(READ_BATCH):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            stats["frames_in"] += 1
+            stats["bytes_in"] += len(parts[-1])
+            if is_sub:
+                if len(parts) != 2:
+                    self._drop("multipart", link.node_id, "publication must be [topic, envelope]")
+                    continue
+                env = self._decode(parts[1], link.node_id)
+                if env is not None:
+                    stats["publications_in"] += 1
+                    self._on_publication(parts[0], env)
+                continue
+            if len(parts) != 1:
+                self._drop("multipart", link.node_id, "unexpected extra frames")
+                continue
+            env = self._decode(parts[0], link.node_id)
+            if env is not None:
+                batch.append(env)
+        else:
+            self.loop.call_soon(self._drain_link, sock)
+        if batch:
+            self._on_batch(batch)
+
+    # -- drops ------------------------------------------------------------------
+
+    def _drop(self, reason: str, peer: bytes, detail: object) -> None:
+        """Count a dropped frame; log once per (reason, peer) so a noisy peer cannot flood logs."""
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        key = (reason, peer)
+        if key not in self._logged_drop and len(self._logged_drop) < 1024:
+            self._logged_drop.add(key)
+            log.warning("dropped message from %s: %s (%s)", short_id(peer) if len(peer) == 32 else peer[:16].hex(), reason, detail)
+
+
+def _any_port_like(endpoint: str) -> str:
+    """A free-port endpoint on the same host as ``endpoint`` (tcp) or a sibling path (ipc)."""
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+        return f"tcp://{host}:0"
+    return endpoint + ".pub"
+
+
+def parse_contacts(texts: Iterable[str | Contact]) -> list[Contact]:
+    return [t if isinstance(t, Contact) else Contact.parse(t) for t in texts]
