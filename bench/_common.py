@@ -1,0 +1,278 @@
+"""Helpers shared by the benchmarks: child processes, the event loop, /proc readings.
+
+Every benchmark is one orchestrating process that starts its subjects as
+child processes of the same script (``--role ...``), so that the process
+being measured shares nothing with the one measuring it. Children talk to
+the orchestrator with one JSON object per line on stdout; diagnostics go to
+stderr. A child that is a *server* runs until its stdin reaches EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run or a correctness check failed: the run is invalid."""
+
+
+def log(*parts: Any) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def emit(obj: dict) -> None:
+    """One JSON line on stdout (children → orchestrator)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# -- the event loop ------------------------------------------------------------
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    """Run ``coro`` the way zmqagents does: ``zmqagents.node.run`` (uvloop when installed).
+
+    Raw-pyzmq children use the same runner so both sides of a comparison run on
+    the same loop implementation. If ``zmqagents.node`` cannot be imported (its
+    delivery core is missing in a partial checkout) the raw side falls back to an
+    identical local runner, and ``loop_runner`` in the environment report says so.
+    """
+    try:
+        from zmqagents.node import run as node_run
+    except ImportError:
+        return _local_run(coro)
+    return node_run(coro)
+
+
+def _local_run(coro: Awaitable[Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def loop_runner() -> str:
+    try:
+        import zmqagents.node  # noqa: F401
+    except ImportError:
+        return "bench._common (zmqagents.node not importable)"
+    return "zmqagents.node.run"
+
+
+def loop_name() -> str:
+    """Module of the running loop's class: 'uvloop' or 'asyncio'."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+async def stdin_eof() -> None:
+    """Wait until the orchestrator closes our stdin (how servers are told to stop)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not data and not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+
+
+# -- child processes -------------------------------------------------------------
+
+
+class Child:
+    """A child process of a benchmark script, reading its JSON lines with timeouts."""
+
+    def __init__(self, script: Path, role: str, *args: str, name: str | None = None, extra_env: dict | None = None):
+        self.name = name or role
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if extra_env:
+            env.update(extra_env)
+        cmd = [sys.executable, str(script), "--role", role, *args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env)
+        self._buf = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read(self, timeout: float) -> dict:
+        """The next JSON line the child prints; BenchError on timeout, exit or garbage."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.name} (pid {self.pid}) printed nothing within {timeout:.0f}s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                code = self.proc.wait()
+                raise BenchError(f"{self.name} (pid {self.pid}) exited with code {code} before reporting")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise BenchError(f"{self.name} printed a line that is not JSON: {line[:200]!r}") from None
+
+    def send(self, obj: dict) -> None:
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Close stdin (servers exit on EOF) and wait; kill if it does not exit."""
+        try:
+            if self.proc.stdin and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise BenchError(f"{self.name} (pid {self.pid}) did not exit within {timeout:.0f}s of stdin EOF")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise BenchError(f"{self.name} (pid {self.pid}) did not finish within {timeout:.0f}s")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+def stop_all(children: list[Child]) -> None:
+    for child in children:
+        try:
+            if child.proc.stdin and not child.proc.stdin.closed:
+                child.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    for child in children:
+        try:
+            child.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+# -- /proc --------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of a process in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (all threads), in clock ticks (1/CLK_TCK s)."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    fields = text[text.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of a process in ns (schedstat: far finer than clock ticks)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # thread exited between listdir and open
+    return total
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# -- reporting ------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def environment() -> dict:
+    import msgpack
+    import nacl
+    import zmq
+
+    info = {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "pyzmq": zmq.pyzmq_version(),
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "pynacl": nacl.__version__,
+        "loop_runner": loop_runner(),
+        "has_curve": bool(zmq.has("curve")),
+    }
+    try:
+        import uvloop
+
+        info["uvloop"] = uvloop.__version__
+    except ImportError:
+        info["uvloop"] = None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        info["git_commit"] = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def raise_fd_limit() -> None:
+    """Many peers per process need many descriptors: raise the soft limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
