@@ -1,0 +1,564 @@
+"""Unit tests of the sans-IO delivery core, driven by a fake clock (no sockets)."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqagents.core.delivery import (
+    Delivered,
+    Delivery,
+    DeliveryConfig,
+    Replied,
+    RequestFailed,
+    SendFailed,
+    TooManyRequests,
+    WindowFull,
+    WindowOpen,
+)
+from zmqagents.envelope import Envelope, decode
+
+A = bytes([0xA] * 32)
+B = bytes([0xB] * 32)
+C = bytes([0xC] * 32)
+
+
+class Net:
+    """Delivery cores wired together on a fake clock; ``drop(env)`` decides which envelopes are lost."""
+
+    def __init__(self, *cores: Delivery, wire: bool = False):
+        self.cores = {c.node_id: c for c in cores}
+        self.events: dict[bytes, list] = {c.node_id: [] for c in cores}
+        self.wire: list[Envelope] = []  # every envelope sent, in order
+        self.now = 0.0
+        self.drop: Callable[[Envelope], bool] = lambda env: False
+        self.encode = wire  # pass envelopes through encode/decode, as the transport does
+
+    def add(self, core: Delivery) -> None:
+        self.cores[core.node_id] = core
+        self.events.setdefault(core.node_id, [])
+
+    def flush(self) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for nid, core in list(self.cores.items()):
+                self.events[nid] += core.take_events()
+                for env in core.take_outgoing():
+                    moved = True
+                    self.wire.append(env)
+                    if self.drop(env) or env.dst not in self.cores:
+                        continue
+                    if self.encode:
+                        env = decode(env.encode())
+                    self.cores[env.dst].receive(env, self.now)
+                self.events[nid] += core.take_events()
+
+    def advance(self, until: float) -> None:
+        """Move the clock to ``until``, running every timer due on the way."""
+        self.flush()
+        while True:
+            due = [t for t in (c.next_timer() for c in self.cores.values()) if t is not None and t <= until]
+            if not due:
+                break
+            self.now = max(self.now, min(due))
+            for core in list(self.cores.values()):
+                t = core.next_timer()
+                if t is not None and t <= self.now:
+                    core.tick(self.now)
+            self.flush()
+        self.now = until
+
+    def delivered(self, nid: bytes) -> list:
+        return [e.env.body for e in self.events[nid] if isinstance(e, Delivered)]
+
+    def of(self, nid: bytes, kind: type) -> list:
+        return [e for e in self.events[nid] if isinstance(e, kind)]
+
+
+def pair(config: DeliveryConfig | None = None, **kw) -> tuple[Delivery, Delivery, Net]:
+    a = Delivery(A, random.Random(1), config)
+    b = Delivery(B, random.Random(2), config)
+    return a, b, Net(a, b, **kw)
+
+
+# -- ordering, duplicates, acks ------------------------------------------------------------
+
+
+def test_in_order_delivery_and_acks_clear_pending():
+    a, b, net = pair(wire=True)
+    for i in range(100):
+        a.send(B, i, net.now)
+    net.flush()
+    assert net.delivered(B) == list(range(100))
+    assert a.pending(B) == 100 - 64  # one ack at the 64th arrival, the rest is delayed
+    net.advance(0.1)
+    assert a.pending() == 0
+    assert b.stats["acks_sent"] >= 1
+    assert a.stats["retransmits"] == 0
+    assert a.next_timer() is None or a.next_timer() > 0.1
+
+
+def test_out_of_order_arrivals_are_delivered_in_order_once():
+    a, b, net = pair()
+    for i in range(50):
+        a.send(B, i, 0.0)
+    envs = a.take_outgoing()
+    random.Random(7).shuffle(envs)
+    for env in envs:
+        b.receive(env, 0.0)
+    bodies = [e.env.body for e in b.take_events()]
+    assert bodies == list(range(50))
+    assert b.stats["out_of_order"] > 0
+    assert b.stats["delivered"] == 50
+
+
+def test_duplicate_is_acked_again_but_delivered_once():
+    a, b, net = pair()
+    a.send(B, "x", 0.0)
+    (env,) = a.take_outgoing()
+    b.receive(env, 0.0)
+    b.tick(0.01)
+    assert len(b.take_outgoing()) == 1  # the ack
+    b.receive(env, 0.02)  # a retransmission whose ack was lost
+    b.tick(0.03)
+    (ack,) = b.take_outgoing()
+    assert ack.type == "ack" and ack.ack[1] == 1
+    assert [e.env.body for e in b.take_events()] == ["x"]
+    assert b.stats["duplicates"] == 1
+
+
+def test_replayed_id_in_a_new_epoch_is_not_delivered_twice():
+    a, b, net = pair()
+    a.send(B, "x", 0.0)
+    (env,) = a.take_outgoing()
+    b.receive(env, 0.0)
+    replay = Envelope(env.id, A, "msg", "x", B, seq=1, ep=env.ep + 12345)
+    b.receive(replay, 0.1)
+    assert len(b.take_events()) == 1
+    assert b.stats["duplicates"] == 1
+
+
+def test_selective_ack_spares_received_messages_from_retransmission():
+    a, b, net = pair()
+    net.drop = lambda env: env.seq == 1 and a.stats["retransmits"] == 0
+    for i in range(5):
+        a.send(B, i, 0.0)
+    net.advance(0.05)
+    assert net.delivered(B) == []
+    assert a.pending(B) == 1  # only seq 1 is unacked: 2..5 were selectively acked
+    net.drop = lambda env: False
+    net.advance(1.0)
+    assert net.delivered(B) == [0, 1, 2, 3, 4]
+    assert a.stats["retransmits"] == 1
+
+
+def test_delayed_ack_and_ack_every():
+    cfg = DeliveryConfig(ack_every=4, ack_delay=0.01)
+    a, b, net = pair(cfg)
+    for i in range(8):
+        a.send(B, i, 0.0)
+    envs = a.take_outgoing()
+    for env in envs[:3]:
+        b.receive(env, 0.0)
+    assert b.take_outgoing() == []  # 3 < ack_every: wait ack_delay
+    assert b.next_timer() == pytest.approx(0.011)
+    b.tick(0.011)
+    (ack,) = b.take_outgoing()
+    assert ack.type == "ack" and ack.ack[1] == 3
+    for env in envs[3:7]:
+        b.receive(env, 0.02)
+    (ack,) = b.take_outgoing()  # the 4th arrival since the last ack: at once
+    assert ack.ack[1] == 7
+
+
+# -- loss, retransmission, giving up -----------------------------------------------------
+
+
+def test_lost_message_is_retransmitted():
+    a, b, net = pair()
+    net.drop = lambda env: env.type == "msg" and a.stats["retransmits"] == 0
+    a.send(B, "hello", 0.0)
+    net.advance(0.1)
+    assert net.delivered(B) == []
+    net.advance(1.0)
+    assert net.delivered(B) == ["hello"]
+    assert a.stats["retransmits"] == 1
+    assert a.pending() == 0
+
+
+def test_backoff_grows_with_bounded_jitter_then_send_fails():
+    cfg = DeliveryConfig()
+    for seed in range(5):
+        a = Delivery(A, random.Random(seed), cfg)
+        net = Net(a)  # B does not exist: everything is lost
+        mid = a.send(B, "x", 0.0)
+        times = []
+        while a.next_timer() is not None:
+            t = a.next_timer()
+            a.tick(t)
+            if any(env.type == "msg" for env in a.take_outgoing()):
+                times.append(t)
+        sends = [0.0] + times
+        gaps = [t1 - t0 for t0, t1 in zip(sends, sends[1:])]
+        assert len(gaps) == cfg.max_retries
+        for n, gap in enumerate(gaps):
+            base = min(cfg.rto_initial * cfg.backoff**n, cfg.rto_max)
+            assert base * (1 - cfg.jitter) <= gap <= base * (1 + cfg.jitter) + cfg.timer_granularity
+        assert gaps[3] > gaps[0] * 2  # it does grow
+        events = a.take_events()
+        assert events == [SendFailed(mid, B, "unreachable")]
+        assert a.pending() == 0 and a.stats["send_failed"] == 1
+        del net
+
+
+def test_give_up_leaves_no_stall_for_later_messages():
+    a, b, net = pair(DeliveryConfig(max_retries=2))
+    first = a.send(B, "lost", 0.0)
+    net.drop = lambda env: env.seq == 1 and env.type == "msg"
+    a.send(B, "second", 0.0)
+    net.advance(0.5)
+    assert net.delivered(B) == []  # held back behind the hole
+    net.advance(10.0)
+    assert net.of(A, SendFailed) == [SendFailed(first, B, "unreachable")]
+    assert net.delivered(B) == ["second"]
+    assert b.stats["skipped"] == 1
+    a.send(B, "third", net.now)
+    net.advance(net.now + 1)
+    assert net.delivered(B) == ["second", "third"]
+    assert a.pending() == 0
+
+
+def test_fwd_is_repeated_until_acknowledged():
+    a, b, net = pair(DeliveryConfig(max_retries=1))
+    a.send(B, "lost", 0.0)
+    a.send(B, "kept", 0.0)
+    fwds = []
+
+    def drop(env):
+        if env.type == "fwd":
+            fwds.append(env)
+            return len(fwds) == 1  # the first fwd is lost too
+        return env.type == "msg" and env.seq == 1
+
+    net.drop = drop
+    net.advance(5.0)
+    assert net.delivered(B) == ["kept"]
+    assert len(fwds) >= 2
+
+
+def test_receiver_that_lost_its_state_is_told_where_the_stream_goes_on():
+    a, b, net = pair()
+    for i in range(3):
+        a.send(B, i, 0.0)
+    net.advance(0.1)
+    b2 = Delivery(B, random.Random(99))  # B restarted: it knows nothing of A's stream
+    net.add(b2)
+    a.send(B, "after", net.now)
+    net.advance(net.now + 1)
+    assert [e.env.body for e in net.events[B] if isinstance(e, Delivered)][-1] == "after"
+    assert b2.stats["fwd_received"] >= 1
+
+
+# -- request / reply -------------------------------------------------------------------------
+
+
+def test_request_reply_piggybacks_acks():
+    a, b, net = pair(wire=True)
+    rid = a.request(B, {"q": 1}, 0.0, timeout=2.0)
+    net.flush()
+    (req,) = net.of(B, Delivered)
+    assert req.env.type == "req" and req.env.id == rid
+    b.reply(req.env, {"a": 2}, net.now)
+    net.flush()
+    (rep,) = net.of(A, Replied)
+    assert rep.request_id == rid and rep.env.body == {"a": 2} and rep.env.type == "rep"
+    assert rep.env.re == rid
+    assert a.pending() == 0  # the reply carried the ack of the request
+    rid2 = a.request(B, "again", net.now, timeout=2.0)  # ...and this request carries the ack of the reply
+    net.flush()
+    assert b.pending() == 0
+    assert b.stats["acks_sent"] == 0 and a.stats["acks_sent"] == 0
+    b.reply(net.of(B, Delivered)[-1].env, "no", net.now, error=True)
+    net.flush()
+    assert net.of(A, Replied)[-1].env.type == "err" and net.of(A, Replied)[-1].request_id == rid2
+
+
+def test_request_timeout_then_late_reply_is_dropped():
+    a, b, net = pair()
+    rid = a.request(B, "q", 0.0, timeout=0.5)
+    net.flush()
+    (req,) = net.of(B, Delivered)
+    net.advance(0.6)
+    assert net.of(A, RequestFailed) == [RequestFailed(rid, B, "timeout")]
+    b.reply(req.env, "late", net.now)
+    net.advance(1.0)
+    assert net.of(A, Replied) == []
+    assert a.stats["replies_unmatched"] == 1 and a.stats["requests_timed_out"] == 1
+    assert b.pending() == 0  # the late reply was still acked
+
+
+def test_request_deadline_stops_retransmission():
+    a, b, net = pair()
+    net.drop = lambda env: True
+    rid = a.request(B, "q", 0.0, timeout=0.3)
+    net.advance(0.31)
+    assert net.of(A, RequestFailed) == [RequestFailed(rid, B, "timeout")]
+    assert a.pending() == 0
+    before = a.stats["retransmits"]
+    net.advance(30.0)
+    assert a.stats["retransmits"] == before
+
+
+def test_request_to_unreachable_peer():
+    a, _, net = pair(DeliveryConfig(max_retries=2))
+    net.drop = lambda env: True
+    rid = a.request(B, "q", 0.0, timeout=60.0)
+    net.advance(60.0)
+    assert net.of(A, RequestFailed) == [RequestFailed(rid, B, "unreachable")]
+    assert a.stats["requests_failed"] == 1
+
+
+def test_cancelled_request_ignores_its_reply():
+    a, b, net = pair()
+    rid = a.request(B, "q", 0.0, timeout=5.0)
+    net.flush()
+    a.cancel_request(rid)
+    b.reply(net.of(B, Delivered)[0].env, "r", net.now)
+    net.advance(10.0)
+    assert net.of(A, Replied) == [] and net.of(A, RequestFailed) == []
+    assert a.stats["replies_unmatched"] == 1
+
+
+def test_reply_from_another_peer_does_not_match():
+    a, b, net = pair()
+    c = Delivery(C, random.Random(3))
+    net.add(c)
+    a.request(B, "q", 0.0, timeout=5.0)
+    net.flush()
+    c.reply(net.of(B, Delivered)[0].env, "forged", net.now)
+    net.flush()
+    assert net.of(A, Replied) == []
+    assert a.stats["replies_unmatched"] == 1
+
+
+def test_request_limit():
+    a, _, net = pair(DeliveryConfig(max_requests=2))
+    a.request(B, 1, 0.0, timeout=1)
+    a.request(B, 2, 0.0, timeout=1)
+    with pytest.raises(TooManyRequests):
+        a.request(B, 3, 0.0, timeout=1)
+    assert a.stats["request_limit"] == 1
+
+
+# -- bounds ----------------------------------------------------------------------------------
+
+
+def test_window_full_then_window_open():
+    a, b, net = pair(DeliveryConfig(window=4))
+    for i in range(4):
+        a.send(B, i, 0.0)
+    assert not a.can_send(B) and a.can_send(C)
+    with pytest.raises(WindowFull):
+        a.send(B, 4, 0.0)
+    with pytest.raises(WindowFull):
+        a.request(B, 4, 0.0, timeout=1)
+    assert a.stats["window_full"] == 2
+    net.advance(0.1)
+    assert a.can_send(B)
+    assert net.of(A, WindowOpen) == [WindowOpen(B)]
+    a.send(B, 4, net.now)
+    net.advance(0.2)
+    assert net.delivered(B) == [0, 1, 2, 3, 4]
+    assert len(net.of(A, WindowOpen)) == 1
+
+
+def test_reorder_buffer_is_bounded_and_stream_recovers():
+    a, b, net = pair(DeliveryConfig(reorder_limit=8, window=64))
+    net.drop = lambda env: env.seq == 1 and a.stats["retransmits"] == 0
+    for i in range(20):
+        a.send(B, i, 0.0)
+    net.flush()
+    assert len(b._peers[A].buf) == 7  # seqs 2..8: at most reorder_limit ahead of the missing seq 1
+    assert b.stats["reorder_overflow"] == 12  # seqs 9..20
+    net.drop = lambda env: False
+    net.advance(30.0)
+    assert net.delivered(B) == list(range(20))
+    assert a.pending() == 0
+
+
+def test_peer_state_is_lru_bounded():
+    cfg = DeliveryConfig(max_peers=3)
+    hub = Delivery(A, random.Random(1), cfg)
+    net = Net(hub)
+    others = [Delivery(bytes([i]) * 32, random.Random(i), cfg) for i in range(20, 25)]
+    for o in others:
+        net.add(o)
+    mid = hub.send(others[0].node_id, "kept?", 0.0)  # never acked: dropped below
+    net.drop = lambda env: env.dst == others[0].node_id
+    for o in others[1:]:
+        o.send(A, "hi", 0.0)
+    net.flush()
+    assert len(hub._peers) == 3
+    assert hub.stats["peers_evicted"] == 2
+    assert SendFailed(mid, others[0].node_id, "evicted") in net.of(A, SendFailed)
+    assert hub.pending() == 0
+
+
+def test_dedup_memory_is_bounded():
+    a, b, net = pair(DeliveryConfig(dedup_window=16))
+    for i in range(100):
+        a.send(B, i, 0.0)
+    net.flush()
+    assert len(b._peers[A].ids) == 16 and len(b._peers[A].ring) == 16
+    assert net.delivered(B) == list(range(100))
+
+
+def test_forget_fails_what_is_in_flight():
+    a, b, net = pair()
+    net.drop = lambda env: True
+    mid = a.send(B, "x", 0.0)
+    rid = a.request(B, "q", 0.0, timeout=5)
+    a.forget(B)
+    net.flush()
+    assert net.of(A, SendFailed) == [SendFailed(mid, B, "unreachable")]
+    assert net.of(A, RequestFailed) == [RequestFailed(rid, B, "unreachable")]
+    assert a.pending() == 0
+    net.advance(100.0)
+    assert a.stats["retransmits"] == 0
+
+
+def test_sender_restart_starts_a_new_stream_and_old_packets_are_stale():
+    a, b, net = pair()
+    a.send(B, "old-1", 0.0)
+    a.send(B, "old-2", 0.0)
+    old = a.take_outgoing()
+    b.receive(old[0], 0.0)
+    a2 = Delivery(A, random.Random(42))  # A restarted: new epoch, seq from 1
+    assert a2.epoch != a.epoch
+    net.cores[A] = a2
+    a2.send(B, "new-1", 0.1)
+    net.flush()
+    b.receive(old[1], 0.2)  # a late packet from the old instance
+    net.flush()
+    assert net.delivered(B) == ["old-1", "new-1"]
+    assert b.stats["epoch_resets"] == 1 and b.stats["stale_epoch"] == 1
+
+
+def test_stream_reopened_after_forget_uses_a_new_epoch():
+    a, b, net = pair()
+    a.send(B, 1, 0.0)
+    net.advance(0.1)
+    a.forget(B)
+    a.send(B, 2, net.now)
+    net.advance(net.now + 0.1)
+    assert net.delivered(B) == [1, 2]
+
+
+# -- bad input from a peer -------------------------------------------------------------------
+
+
+BAD_ACKS = [
+    ["x", 1, []],
+    [1, "1", []],
+    [1, 1, "[]"],
+    [1, 1, [1, "2"]],
+    [1, 1, [1.5]],
+    [1.0, 1, []],
+    [True, 1, []],
+    [1, -1, []],
+    [1, 1],
+    [],
+    [1, 1, {"a": 1}],
+    [1, 1, list(range(5000))],
+]
+
+
+@pytest.mark.parametrize("ack", BAD_ACKS)
+def test_malformed_ack_is_dropped_and_counted(ack):
+    a, b, net = pair()
+    for typ in ("ack", "msg"):
+        env = Envelope(b"\x01" * 16, A, typ, "x", B, seq=1, ep=5, ack=ack)
+        b.receive(env, 0.0)
+    assert b.stats["malformed"] == 2
+    assert b.take_events() == []
+
+
+def test_ack_of_never_sent_seq_is_malformed():
+    a, b, net = pair()
+    a.send(B, "x", 0.0)
+    net.flush()
+    env = Envelope(b"\x02" * 16, B, "ack", None, A, ack=[a._peers[B].ep, 10**12, []])
+    a.receive(env, 0.0)
+    assert a.stats["malformed"] == 1
+    assert a.pending() == 1
+
+
+def test_unsequenced_and_ackless_envelopes_are_dropped():
+    a, b, net = pair()
+    b.receive(Envelope(b"\x03" * 16, A, "msg", "x", B), 0.0)
+    b.receive(Envelope(b"\x04" * 16, A, "ack", None, B), 0.0)
+    assert b.stats["unsequenced"] == 1 and b.stats["malformed"] == 1
+    assert b.take_events() == [] and b.take_outgoing() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4) | st.binary(max_size=4),
+                    lambda inner: st.lists(inner, max_size=4), max_leaves=12))
+def test_any_ack_value_never_raises(ack):
+    a, b, net = pair()
+    a.send(B, "x", 0.0)
+    net.flush()
+    a.receive(Envelope(b"\x05" * 16, B, "ack", None, A, ack=ack), 0.0)
+    a.receive(Envelope(b"\x06" * 16, B, "msg", None, A, seq=1, ep=1, ack=ack), 0.0)
+    a.tick(100.0)
+
+
+def test_reserved_types_and_bad_config_are_refused():
+    a, _, _ = pair()
+    for typ in ("ack", "fwd", "rep", "err"):
+        with pytest.raises(ValueError):
+            a.send(B, 1, 0.0, type=typ)
+    with pytest.raises(ValueError):
+        a.request(B, 1, 0.0, timeout=0)
+    with pytest.raises(ValueError):
+        DeliveryConfig(window=0)
+    with pytest.raises(ValueError):
+        DeliveryConfig(jitter=1.5)
+    with pytest.raises(ValueError):
+        DeliveryConfig(rto_initial=1.0, rto_max=0.5)
+
+
+# -- randomised end-to-end -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lossy_duplicating_reordering_link_delivers_exactly_once_in_order(seed):
+    rng = random.Random(seed)
+    a, b, net = pair(DeliveryConfig(window=64))
+    sent = []
+    replays = []
+
+    def drop(env):
+        if rng.random() < 0.05:
+            replays.append(env)  # kept for a later duplicate delivery
+        return rng.random() < 0.3
+
+    net.drop = drop
+    for i in range(300):
+        while not a.can_send(B):
+            net.advance(net.now + 0.05)
+        a.send(B, i, net.now)
+        sent.append(i)
+        if rng.random() < 0.1:
+            net.advance(net.now + rng.random() * 0.3)
+        if replays and rng.random() < 0.2:
+            b.receive(replays.pop(rng.randrange(len(replays))), net.now)
+    net.advance(net.now + 200.0)
+    assert net.of(A, SendFailed) == []
+    assert net.delivered(B) == sent
+    assert a.pending() == 0

@@ -1,0 +1,726 @@
+"""Reliable direct delivery: ack, retransmit, dedup, per-sender order, request/reply.
+
+A sans-IO state machine (the wire rules are in ``protocols/delivery.md``):
+the driver hands it envelopes and the current time, then drains the
+envelopes it wants sent and the events it reports. It never reads a clock,
+never touches a socket and draws every random number from the injected
+``random.Random``, so a real node and the simulator run the same code.
+
+Per peer it keeps our stream to the peer (epoch, next sequence number, the
+unacked messages) and the peer's stream to us (its epoch, the cumulative
+sequence delivered, a reorder buffer, the ids recently delivered). Every
+piece of state has a bound; hitting a bound or dropping anything bumps a
+counter in ``stats``.
+
+Timers live in a hashed wheel of ``timer_granularity`` slots: arming one is a
+dict append, cancelling one is clearing its slot number (the stale entry is
+skipped when its slot fires). Per-message timer work is O(1) with no heap
+operation per message; the heap holds slot numbers only.
+
+Envelopes are never mutated after they are handed out (a retransmission
+sends the same object again), so a driver may pass them around by reference.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from itertools import islice
+
+from ..envelope import Envelope
+
+ACK_TYPE = "ack"
+FWD_TYPE = "fwd"
+REPLY_TYPE = "rep"
+ERROR_TYPE = "err"
+RESERVED_TYPES = frozenset({ACK_TYPE, FWD_TYPE, REPLY_TYPE, ERROR_TYPE})
+EPOCH_MOD = 1 << 63
+RETIRED_EPOCHS = 4  # old epochs per sender remembered, so their late packets cannot reset the stream
+MAX_SACK_ACCEPTED = 4096  # longest selective-ack list taken from a peer; longer is malformed
+
+STAT_KEYS = (
+    "sent", "received", "delivered", "retransmits", "duplicates", "acks_sent", "acks_piggybacked",
+    "acks_stale", "out_of_order", "window_full", "reorder_overflow", "sack_truncated",
+    "replies", "replies_unmatched", "send_failed", "requests_failed", "requests_timed_out",
+    "requests_cancelled", "request_limit", "abandoned", "fwd_sent", "fwd_received", "skipped",
+    "malformed", "unsequenced", "stale_epoch", "epoch_resets", "buffer_discarded", "peers_evicted",
+)
+
+
+@dataclass
+class DeliveryConfig:
+    """Tuning of the delivery core. Defaults are for a LAN-to-WAN mesh of agents."""
+
+    rto_initial: float = 0.2  # first retransmit timeout (s): above LAN and typical WAN RTT, so healthy links never retransmit
+    rto_max: float = 5.0  # cap on the backed-off timeout: a healed partition is noticed within ~5 s
+    backoff: float = 2.0  # doubling: retransmit load falls geometrically while a peer is away
+    jitter: float = 0.25  # +/- fraction per timeout: peers that lost the same link do not retransmit in lockstep
+    max_retries: int = 8  # 9 transmissions over ~26 s; at 20% loss a message fails with p ~ 0.2**9 = 5e-7
+    window: int = 1024  # unacked messages per destination: ~7 ms of traffic at 150k msg/s; bounds memory per peer
+    ack_delay: float = 0.005  # delayed ack: a prompt reply carries the ack for free; tiny next to rto_initial
+    ack_every: int = 64  # ...or ack at once after this many: one ack per 64 messages in a flood, far below window
+    reorder_limit: int = 1024  # out-of-order messages buffered per sender: the sender's window, so no loss is fatal
+    dedup_window: int = 4096  # ids remembered per sender: 4x the window, covers re-sends across a sender restart
+    max_peers: int = 10000  # peer states kept (LRU): O(k log N) contacts of a large mesh fit with room to spare
+    sack_max: int = 64  # selective seqs per ack: = ack_every, so one ack reports every arrival since the last
+    max_requests: int = 65536  # requests awaiting a reply, all peers: bounds what slow peers can pile up
+    timer_granularity: float = 0.001  # timer wheel slot (s): timers fire at most this late; 1 ms << rto_initial
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"DeliveryConfig.{f.name} must be a non-negative number, got {value!r}")
+        for name in ("rto_initial", "timer_granularity", "window", "ack_every", "reorder_limit", "dedup_window",
+                     "max_peers", "sack_max", "max_requests"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DeliveryConfig.{name} must be positive")
+        if self.backoff < 1:
+            raise ValueError("DeliveryConfig.backoff must be at least 1")
+        if self.jitter >= 1:
+            raise ValueError("DeliveryConfig.jitter must be below 1 (it is a +/- fraction of the timeout)")
+        if self.rto_max < self.rto_initial:
+            raise ValueError("DeliveryConfig.rto_max must not be below rto_initial")
+
+    def timeout(self, attempt: int) -> float:
+        """The un-jittered timeout after transmission number ``attempt`` (0 = the first send)."""
+        return min(self.rto_initial * self.backoff ** attempt, self.rto_max)
+
+
+class WindowFull(Exception):
+    """send/request/reply refused: ``window`` messages to this destination are unacked. Wait for WindowOpen."""
+
+
+class TooManyRequests(Exception):
+    """request refused: ``max_requests`` requests already await a reply. Wait for replies or timeouts."""
+
+
+@dataclass(slots=True)
+class Delivered:
+    """A data message or request from ``env.src``, in that sender's order, exactly once."""
+
+    env: Envelope
+
+
+@dataclass(slots=True)
+class Replied:
+    """The reply ("rep") or error reply ("err") to our request ``request_id``."""
+
+    request_id: bytes
+    env: Envelope
+
+
+@dataclass(slots=True)
+class RequestFailed:
+    """Our request got no reply: "timeout" (deadline passed), "unreachable" (retries exhausted, or the
+    peer was forgotten) or "evicted" (the peer's state was dropped by the max_peers bound)."""
+
+    request_id: bytes
+    dst: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class SendFailed:
+    """A send() or reply() was never acked: "unreachable" or "evicted", as for RequestFailed."""
+
+    msg_id: bytes
+    dst: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class WindowOpen:
+    """can_send(dst) is true again after WindowFull was raised for dst."""
+
+    dst: bytes
+
+
+# An unacked message is a plain list (the hot path allocates one per message; a list is ~4x cheaper
+# to build than a slotted object): [slot, envelope, peer, seq, transmissions so far - 1, request or None].
+# slot 0 = no timer armed; envelope None = acked or dropped (frees the body while the wheel entry lingers).
+_SLOT, _ENV, _PEER, _SEQ, _TRIES, _REQ = range(6)
+
+# Kinds of the object timer entries (each has ``kind`` and ``slot``).
+_DEADLINE, _ACK, _FWD = 1, 2, 3
+
+
+class _Request:
+    """A request awaiting its reply; also its deadline timer."""
+
+    __slots__ = ("kind", "slot", "id", "peer", "pending")
+
+    def __init__(self, rid: bytes, peer: "_Peer", pending: list):
+        self.kind = _DEADLINE
+        self.slot = 0
+        self.id = rid
+        self.peer = peer
+        self.pending = pending
+
+
+class _Timer:
+    """A per-peer timer: the delayed ack, or the repetition of a ``fwd`` announcement."""
+
+    __slots__ = ("kind", "slot", "peer", "attempts")
+
+    def __init__(self, kind: int, peer: "_Peer"):
+        self.kind = kind
+        self.slot = 0
+        self.peer = peer
+        self.attempts = 0
+
+
+class _Peer:
+    """Both directions of our relationship with one peer."""
+
+    __slots__ = (
+        "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd",
+        "in_ep", "cum", "buf", "retired", "owed", "ack_timer", "ids", "ring", "ring_pos",
+    )
+
+    def __init__(self, pid: bytes, ep: int):
+        self.id = pid
+        # -- our stream to the peer
+        self.ep = ep
+        self.next_seq = 1
+        self.low = 1  # every seq below this is acked or abandoned (a lower bound of the lowest pending seq)
+        self.rcum = 0  # highest cumulative seq the peer has acked on this stream
+        self.out: dict[int, list] = {}  # seq -> pending entry, unacked messages in seq order
+        self.blocked = False  # WindowFull was raised: report WindowOpen when there is room again
+        self.requests: dict[bytes, _Request] = {}
+        self.fwd = _Timer(_FWD, self)
+        # -- the peer's stream to us
+        self.in_ep: int | None = None
+        self.cum = 0  # every seq up to here was delivered, or skipped on the sender's word (fwd)
+        self.buf: dict[int, Envelope] = {}  # out-of-order arrivals in arrival order (newest last)
+        self.retired: list[int] = []
+        self.owed = 0  # arrivals since our last ack to this peer
+        self.ack_timer = _Timer(_ACK, self)
+        self.ids: set[bytes] = set()  # ids recently delivered (dedup)
+        self.ring: list[bytes] = []  # the same ids in delivery order, to forget the oldest
+        self.ring_pos = 0
+
+
+def _ack_ok(ack: object) -> bool:
+    """Shape and types of a peer's ``ack`` field: [epoch, cumulative, [selective...], ...ignored]."""
+    if type(ack) is not list or len(ack) < 3:
+        return False
+    ep, cum, sel = ack[0], ack[1], ack[2]
+    if type(ep) is not int or type(cum) is not int or type(sel) is not list or ep < 0 or cum < 0:
+        return False
+    if len(sel) > MAX_SACK_ACCEPTED:
+        return False
+    for s in sel:
+        if type(s) is not int:
+            return False
+    return True
+
+
+class Delivery:
+    """The reliable delivery core of one node. Call a method, then drain take_outgoing() and take_events().
+
+    ``now`` is any monotonic clock in seconds, never negative, the same one for every call.
+    """
+
+    def __init__(self, node_id: bytes, rng: random.Random, config: DeliveryConfig | None = None,
+                 epoch: int | None = None):
+        self.node_id = node_id
+        self.config = cfg = config or DeliveryConfig()
+        self._rng = rng
+        # Stream epochs are base + n, n counting the streams this instance opened: a stream re-opened
+        # after forget() or eviction gets a new epoch, so the receiver never confuses it with the old one.
+        self.epoch = rng.getrandbits(63) if epoch is None else epoch % EPOCH_MOD
+        self._streams = 0
+        self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
+        self._requests: dict[bytes, _Request] = {}
+        self._npending = 0
+        self._out: list[Envelope] = []
+        self._events: list = []
+        self._wheel: dict[int, list] = {}
+        self._slots: list[int] = []  # heap of the wheel's slot numbers
+        self._g = cfg.timer_granularity
+        self._inv_g = 1.0 / cfg.timer_granularity
+        # Hot-path constants: the first timeout is uniform in [rto_lo, rto_lo + rto_span).
+        self._rto_lo = cfg.rto_initial * (1.0 - cfg.jitter)
+        self._rto_span = 2.0 * cfg.jitter * cfg.rto_initial
+        self._ack_every = cfg.ack_every
+        self._ack_delay = cfg.ack_delay
+        self._dedup_window = cfg.dedup_window
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+
+    # -- application side ----------------------------------------------------------
+
+    def can_send(self, dst: bytes) -> bool:
+        peer = self._peers.get(dst)
+        return peer is None or len(peer.out) < self.config.window
+
+    def send(self, dst: bytes, body, now: float, *, type: str = "msg") -> bytes:
+        """Queue a reliable message; returns its id. Raises WindowFull if can_send(dst) is false."""
+        if type in RESERVED_TYPES:
+            raise ValueError(f"message type {type!r} is reserved by the delivery protocol")
+        peer = self._peers.get(dst)
+        if peer is None or len(peer.out) >= self.config.window:
+            peer = self._sending_peer(dst)
+        else:
+            self._peers.move_to_end(dst)
+        return self._transmit(peer, type, body, now, None)[_ENV].id
+
+    def request(self, dst: bytes, body, now: float, *, timeout: float, type: str = "req") -> bytes:
+        """Send a request; its reply comes as Replied, or RequestFailed. Returns the request (= message) id."""
+        if type in RESERVED_TYPES:
+            raise ValueError(f"request type {type!r} is reserved by the delivery protocol")
+        if not timeout > 0:
+            raise ValueError(f"request timeout must be positive, got {timeout!r}")
+        if len(self._requests) >= self.config.max_requests:
+            self.stats["request_limit"] += 1
+            raise TooManyRequests(f"{len(self._requests)} requests already await a reply")
+        peer = self._sending_peer(dst)
+        p = self._transmit(peer, type, body, now, None)
+        rid = p[_ENV].id
+        r = _Request(rid, peer, p)
+        p[_REQ] = r
+        peer.requests[rid] = r
+        self._requests[rid] = r
+        self._schedule(r, now + timeout)
+        return rid
+
+    def reply(self, request: Envelope, body, now: float, *, error: bool = False) -> bytes:
+        """Answer a delivered request (type "rep", or "err" if ``error``); reliable like send()."""
+        typ = ERROR_TYPE if error else REPLY_TYPE
+        return self._transmit(self._sending_peer(request.src), typ, body, now, request.id)[_ENV].id
+
+    def cancel_request(self, request_id: bytes) -> None:
+        """Stop waiting for a reply; a late one is dropped. The request stays reliable: an unacked one is
+        still retransmitted (it was accepted for delivery), but its failure is no longer reported."""
+        r = self._requests.pop(request_id, None)
+        if r is None:
+            return
+        r.slot = 0
+        del r.peer.requests[request_id]
+        self.stats["requests_cancelled"] += 1
+
+    def pending(self, dst: bytes | None = None) -> int:
+        """Unacked messages to ``dst``, or to everyone."""
+        if dst is None:
+            return self._npending
+        peer = self._peers.get(dst)
+        return 0 if peer is None else len(peer.out)
+
+    def forget(self, peer: bytes) -> None:
+        """Drop all state for a peer (it left or was declared dead); what is in flight to it fails "unreachable"."""
+        state = self._peers.pop(peer, None)
+        if state is not None:
+            self._fail_peer(state, "unreachable")
+
+    # -- network side --------------------------------------------------------------
+
+    def receive(self, env: Envelope, now: float) -> None:
+        """Process one envelope whose ``src`` the transport has authenticated. Bad input is counted, never raised."""
+        stats = self.stats
+        stats["received"] += 1
+        ack = env.ack
+        if ack is not None and not _ack_ok(ack):
+            stats["malformed"] += 1
+            return
+        typ = env.type
+        seq = env.seq
+        ep = env.ep
+        if typ == ACK_TYPE:
+            if ack is None:
+                stats["malformed"] += 1
+                return
+        elif seq is None or ep is None:
+            stats["unsequenced"] += 1
+            return
+        src = env.src
+        peers = self._peers
+        peer = peers.get(src)
+        if peer is None:
+            peer = self._new_peer(src)
+        else:
+            peers.move_to_end(src)
+        if ack is not None and not self._on_ack(peer, ack, now):
+            return
+        if typ == ACK_TYPE:
+            return
+        if ep != peer.in_ep and not self._enter_epoch(peer, ep):
+            return
+        if typ == FWD_TYPE:
+            self._on_fwd(peer, seq)
+        else:
+            cum = peer.cum
+            buf = peer.buf
+            if seq == cum + 1:
+                self._deliver(peer, env)
+                if buf:
+                    nxt = buf.pop(seq + 1, None)
+                    while nxt is not None:
+                        seq += 1
+                        self._deliver(peer, nxt)
+                        nxt = buf.pop(seq + 1, None)
+                peer.cum = seq
+            elif seq <= cum:
+                stats["duplicates"] += 1
+            elif seq in buf:
+                stats["duplicates"] += 1
+                buf[seq] = buf.pop(seq)  # newest again, so the next ack's selective list reports it
+            elif seq - cum > self.config.reorder_limit or len(buf) >= self.config.reorder_limit:
+                stats["reorder_overflow"] += 1  # dropped, in no ack: the sender retransmits it later
+            else:
+                buf[seq] = env
+                stats["out_of_order"] += 1
+        owed = peer.owed + 1
+        peer.owed = owed
+        if owed >= self._ack_every:
+            self._send_ack(peer, now)
+        elif owed == 1:
+            self._schedule(peer.ack_timer, now + self._ack_delay)
+
+    def tick(self, now: float) -> None:
+        """Fire every timer due by ``now``: retransmits, give-ups, request deadlines, delayed acks, fwds."""
+        slots = self._slots
+        wheel = self._wheel
+        g = self._g
+        while slots and slots[0] * g <= now:
+            k = heapq.heappop(slots)
+            for e in wheel.pop(k):
+                if type(e) is list:
+                    if e[_SLOT] == k:
+                        self._retransmit(e, now)
+                elif e.slot == k:
+                    e.slot = 0
+                    kind = e.kind
+                    if kind == _DEADLINE:
+                        self._deadline(e, now)
+                    elif kind == _ACK:
+                        if e.peer.owed:
+                            self._send_ack(e.peer, now)
+                    else:
+                        self._fwd_timer(e, now)
+
+    def next_timer(self) -> float | None:
+        """When tick() must next run, or None. The slot may hold only cancelled timers: such a tick is a no-op."""
+        slots = self._slots
+        return slots[0] * self._g if slots else None
+
+    def take_outgoing(self) -> list[Envelope]:
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    def take_events(self) -> list:
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
+
+    # -- sending -------------------------------------------------------------------
+
+    def _sending_peer(self, dst: bytes) -> _Peer:
+        peer = self._peers.get(dst)
+        if peer is None:
+            return self._new_peer(dst)
+        self._peers.move_to_end(dst)
+        if len(peer.out) >= self.config.window:
+            peer.blocked = True
+            self.stats["window_full"] += 1
+            raise WindowFull(f"{len(peer.out)} messages to {dst.hex()[:12]} are unacked (window {self.config.window})")
+        return peer
+
+    def _transmit(self, peer: _Peer, typ: str, body, now: float, re: bytes | None) -> list:
+        """Sequence, send and arm the retransmit timer of one new reliable message (the hot path)."""
+        rng = self._rng
+        seq = peer.next_seq
+        peer.next_seq = seq + 1
+        env = Envelope(rng.getrandbits(128).to_bytes(16, "big"), self.node_id, typ, body, peer.id,
+                       int(now * 1000), 0, seq, peer.ep, re, self._piggyback(peer) if peer.owed else None)
+        k = int((now + self._rto_lo + self._rto_span * rng.random()) * self._inv_g) + 1
+        p = [k, env, peer, seq, 0, None]
+        peer.out[seq] = p
+        lst = self._wheel.get(k)
+        if lst is None:
+            self._wheel[k] = [p]
+            heapq.heappush(self._slots, k)
+        else:
+            lst.append(p)
+        self._npending += 1
+        self._out.append(env)
+        self.stats["sent"] += 1
+        return p
+
+    def _retransmit(self, p: list, now: float) -> None:
+        cfg = self.config
+        tries = p[_TRIES] + 1
+        if tries > cfg.max_retries:
+            self._give_up(p, now)
+            return
+        p[_TRIES] = tries
+        p[_SLOT] = self._schedule_slot(p, now + cfg.timeout(tries) * (1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0)))
+        # The same object goes out again. Its piggybacked ack may be stale: harmless, acks are cumulative.
+        self._out.append(p[_ENV])
+        self.stats["retransmits"] += 1
+
+    def _give_up(self, p: list, now: float) -> None:
+        """Retries exhausted: the message fails as "unreachable"."""
+        peer = p[_PEER]
+        mid = p[_ENV].id
+        r = p[_REQ]
+        self._abandon(p, now)
+        if r is None:
+            self.stats["send_failed"] += 1
+            self._events.append(SendFailed(mid, peer.id, "unreachable"))
+        elif self._requests.pop(r.id, None) is not None:  # else it was answered, cancelled or timed out already
+            del peer.requests[r.id]
+            r.slot = 0
+            self.stats["requests_failed"] += 1
+            self._events.append(RequestFailed(r.id, peer.id, "unreachable"))
+
+    def _abandon(self, p: list, now: float) -> None:
+        """Stop retransmitting an unacked message, and arm a fwd so the receiver does not wait for it."""
+        peer = p[_PEER]
+        del peer.out[p[_SEQ]]
+        p[_SLOT] = 0
+        p[_ENV] = None
+        self._npending -= 1
+        self.stats["abandoned"] += 1
+        fwd = peer.fwd
+        fwd.attempts = 0
+        if not fwd.slot or fwd.slot > int(now * self._inv_g) + 1:
+            self._schedule(fwd, now)  # the next slot: the abandonments of one slot share one fwd
+        self._window_check(peer)
+
+    def _window_check(self, peer: _Peer) -> None:
+        if peer.blocked and len(peer.out) < self.config.window:
+            peer.blocked = False
+            self._events.append(WindowOpen(peer.id))
+
+    def _floor(self, peer: _Peer) -> int:
+        """The lowest seq still being retransmitted (next_seq if none): the receiver may skip any hole below it."""
+        low = peer.low
+        out = peer.out
+        end = peer.next_seq
+        while low < end and low not in out:
+            low += 1
+        peer.low = low
+        return low
+
+    def _fwd_timer(self, t: _Timer, now: float) -> None:
+        """Send the fwd while the best ack seen is below the floor, on the data retransmit schedule."""
+        peer = t.peer
+        floor = self._floor(peer)
+        if floor <= peer.rcum + 1:
+            return  # everything below the floor is acknowledged: no hole left to skip
+        self._send_fwd(peer, floor, now)
+        cfg = self.config
+        if t.attempts < cfg.max_retries:
+            self._schedule(t, now + cfg.timeout(t.attempts) * (1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0)))
+            t.attempts += 1
+
+    def _send_fwd(self, peer: _Peer, floor: int, now: float) -> None:
+        ack = self._piggyback(peer) if peer.owed else None
+        self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, FWD_TYPE, None,
+                                  peer.id, int(now * 1000), 0, floor, peer.ep, None, ack))
+        self.stats["fwd_sent"] += 1
+
+    def _on_ack(self, peer: _Peer, ack: list, now: float) -> bool:
+        """Apply a peer's ack of our stream. False if it acknowledges what we never sent (drop the envelope)."""
+        if ack[0] != peer.ep:
+            self.stats["acks_stale"] += 1  # about an older stream of ours: nothing pending belongs to it
+            return True
+        cum = ack[1]
+        end = peer.next_seq
+        if cum >= end:
+            self.stats["malformed"] += 1
+            return False
+        out = peer.out
+        n0 = len(out)
+        low = peer.low
+        if cum >= low:
+            if n0:
+                for s in range(low, cum + 1):
+                    p = out.pop(s, None)
+                    if p is not None:
+                        p[_SLOT] = 0
+                        p[_ENV] = None
+            peer.low = cum + 1
+        if n0:
+            for s in ack[2]:
+                p = out.pop(s, None)
+                if p is not None:
+                    p[_SLOT] = 0
+                    p[_ENV] = None
+            acked = n0 - len(out)
+            if acked:
+                self._npending -= acked
+                if peer.blocked:
+                    self._window_check(peer)
+        if cum > peer.rcum:
+            peer.rcum = cum
+        c1 = cum + 1
+        fwd = peer.fwd
+        if c1 < end and c1 not in out and not fwd.slot:
+            # This ack waits for a seq we no longer send: it was abandoned, the receiver lost its state, or
+            # the ack is stale (reordered). Say where the stream goes on. A stale ack costs one spare fwd;
+            # the repeat timer then stops at once because rcum is already past the floor.
+            self._send_fwd(peer, self._floor(peer), now)
+            fwd.attempts = 1
+            self._schedule(fwd, now + self.config.rto_initial)
+        return True
+
+    # -- receiving -----------------------------------------------------------------
+
+    def _enter_epoch(self, peer: _Peer, ep: int) -> bool:
+        """A sequenced envelope from an epoch we are not in: a new stream, or a late packet of a retired one."""
+        old = peer.in_ep
+        if old is not None:
+            if ep in peer.retired:
+                self.stats["stale_epoch"] += 1
+                return False
+            peer.retired.append(old)
+            if len(peer.retired) > RETIRED_EPOCHS:
+                del peer.retired[0]
+            self.stats["epoch_resets"] += 1
+            self.stats["buffer_discarded"] += len(peer.buf)
+            peer.buf.clear()
+        peer.in_ep = ep
+        peer.cum = 0
+        return True
+
+    def _on_fwd(self, peer: _Peer, floor: int) -> None:
+        """The sender no longer sends anything below ``floor`` that we lack: deliver around the holes."""
+        self.stats["fwd_received"] += 1
+        cum = peer.cum
+        if floor - 1 <= cum:
+            return
+        buf = peer.buf
+        below = sorted(s for s in buf if s < floor)
+        for s in below:
+            self._deliver(peer, buf.pop(s))
+        self.stats["skipped"] += floor - 1 - cum - len(below)
+        cum = floor - 1
+        nxt = buf.pop(cum + 1, None)
+        while nxt is not None:
+            cum += 1
+            self._deliver(peer, nxt)
+            nxt = buf.pop(cum + 1, None)
+        peer.cum = cum
+
+    def _deliver(self, peer: _Peer, env: Envelope) -> None:
+        """Hand an in-order envelope to the application, unless its id was delivered recently."""
+        mid = env.id
+        ids = peer.ids
+        if mid in ids:
+            self.stats["duplicates"] += 1
+            return
+        ids.add(mid)
+        ring = peer.ring
+        if len(ring) < self._dedup_window:
+            ring.append(mid)
+        else:
+            pos = peer.ring_pos
+            ids.discard(ring[pos])
+            ring[pos] = mid
+            peer.ring_pos = (pos + 1) % len(ring)
+        typ = env.type
+        if typ == REPLY_TYPE or typ == ERROR_TYPE:
+            self._on_reply(peer, env)
+        else:
+            self.stats["delivered"] += 1
+            self._events.append(Delivered(env))
+
+    def _on_reply(self, peer: _Peer, env: Envelope) -> None:
+        r = peer.requests.pop(env.re, None) if env.re is not None else None
+        if r is None:
+            self.stats["replies_unmatched"] += 1  # late (timed out, cancelled) or never asked of this peer
+            return
+        del self._requests[r.id]
+        r.slot = 0
+        self.stats["replies"] += 1
+        self._events.append(Replied(r.id, env))
+
+    def _deadline(self, r: _Request, now: float) -> None:
+        """The request's deadline passed: fail it, and stop retransmitting it if it is still unacked."""
+        del self._requests[r.id]
+        del r.peer.requests[r.id]
+        if r.pending[_ENV] is not None:
+            self._abandon(r.pending, now)
+        self.stats["requests_timed_out"] += 1
+        self._events.append(RequestFailed(r.id, r.peer.id, "timeout"))
+
+    def _piggyback(self, peer: _Peer) -> list:
+        """The ack of the peer's stream, to ride on an envelope going to it anyway; settles what is owed."""
+        peer.owed = 0
+        peer.ack_timer.slot = 0
+        self.stats["acks_piggybacked"] += 1
+        return self._ack_state(peer)
+
+    def _ack_state(self, peer: _Peer) -> list:
+        buf = peer.buf
+        if not buf:
+            return [peer.in_ep, peer.cum, []]
+        sack_max = self.config.sack_max
+        if len(buf) > sack_max:
+            self.stats["sack_truncated"] += 1
+        return [peer.in_ep, peer.cum, list(islice(reversed(buf), sack_max))]
+
+    def _send_ack(self, peer: _Peer, now: float) -> None:
+        peer.owed = 0
+        peer.ack_timer.slot = 0
+        self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, ACK_TYPE, None,
+                                  peer.id, int(now * 1000), ack=self._ack_state(peer)))
+        self.stats["acks_sent"] += 1
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def _new_peer(self, pid: bytes) -> _Peer:
+        peers = self._peers
+        if len(peers) >= self.config.max_peers:
+            _, old = peers.popitem(last=False)
+            self.stats["peers_evicted"] += 1
+            self._fail_peer(old, "evicted")
+        peer = _Peer(pid, (self.epoch + self._streams) % EPOCH_MOD)
+        self._streams += 1
+        peers[pid] = peer
+        return peer
+
+    def _fail_peer(self, peer: _Peer, reason: str) -> None:
+        """Fail everything in flight to a peer whose state is being dropped, and disarm its timers."""
+        events = self._events
+        for p in peer.out.values():
+            p[_SLOT] = 0
+            if p[_REQ] is None:
+                self.stats["send_failed"] += 1
+                events.append(SendFailed(p[_ENV].id, peer.id, reason))
+            p[_ENV] = None
+        self._npending -= len(peer.out)
+        self.stats["abandoned"] += len(peer.out)
+        peer.out.clear()
+        for r in peer.requests.values():
+            r.slot = 0
+            del self._requests[r.id]
+            self.stats["requests_failed"] += 1
+            events.append(RequestFailed(r.id, peer.id, reason))
+        peer.requests.clear()
+        peer.ack_timer.slot = 0
+        peer.fwd.slot = 0
+        self.stats["buffer_discarded"] += len(peer.buf)
+        peer.buf.clear()
+
+    def _schedule(self, entry: _Request | _Timer, t: float) -> None:
+        entry.slot = self._schedule_slot(entry, t)
+
+    def _schedule_slot(self, entry, t: float) -> int:
+        """Put ``entry`` in the wheel slot ending just after ``t`` (it fires at most one granularity late)."""
+        k = int(t * self._inv_g) + 1
+        lst = self._wheel.get(k)
+        if lst is None:
+            self._wheel[k] = [entry]
+            heapq.heappush(self._slots, k)
+        else:
+            lst.append(entry)
+        return k
