@@ -37,7 +37,7 @@ class ZapHandler:
     def drain(self) -> None:
         """Answer every pending request (called when the socket's FD is readable)."""
         sock = self.socket
-        while True:
+        while not sock.closed:
             try:
                 request = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

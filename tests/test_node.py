@@ -1,0 +1,231 @@
+"""The public Node over real CURVE-encrypted ZeroMQ sockets on tcp loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from zmqagents.core.delivery import DeliveryConfig
+from zmqagents.identity import Identity
+from zmqagents.node import (
+    Node,
+    NodeConfig,
+    PeerUnreachable,
+    RemoteError,
+    RequestTimeout,
+    SendError,
+    UnknownPeer,
+)
+
+
+def fast_config(**delivery) -> NodeConfig:
+    """Short retransmit timers so failure paths finish in well under a second."""
+    return NodeConfig(delivery=DeliveryConfig(rto_initial=0.05, rto_max=0.2, max_retries=3, **delivery))
+
+
+def test_request_reply_sync_and_async_handlers_and_errors(arun):
+    async def main():
+        async with Node() as server, Node(peers=[server.contact]) as client:
+            server.on_request(lambda body, msg: {"echo": body, "from": msg.src})
+            assert await client.request(server.node_id, "hi", timeout=5) == {"echo": "hi", "from": client.node_id}
+
+            async def slow(body, msg):
+                await asyncio.sleep(0.01)
+                if body == "boom":
+                    raise ValueError("bad input")
+                return body * 2
+
+            server.on_request(slow)
+            assert await asyncio.gather(*(client.request(server.node_id, i, timeout=5) for i in range(20))) == [
+                i * 2 for i in range(20)
+            ]
+            with pytest.raises(RemoteError) as err:
+                await client.request(server.node_id, "boom", timeout=5)
+            assert err.value.body == {"error": "bad input", "type": "ValueError"}
+
+    arun(main())
+
+
+def test_send_is_exactly_once_and_in_order(arun):
+    async def main():
+        async with Node() as server, Node(peers=[server.contact]) as a, Node(peers=[server.contact]) as b:
+            for i in range(2000):
+                await a.send(server.node_id, {"n": i})
+                await b.send(server.node_id, {"n": i})
+            await asyncio.gather(a.flush(timeout=10), b.flush(timeout=10))
+            got: dict[bytes, list[int]] = {a.node_id: [], b.node_id: []}
+            for _ in range(4000):
+                msg = await server.receive(timeout=5)
+                got[msg.src].append(msg.body["n"])
+            assert got[a.node_id] == list(range(2000))
+            assert got[b.node_id] == list(range(2000))
+            with pytest.raises(asyncio.TimeoutError):
+                await server.receive(timeout=0.2)  # nothing delivered twice
+
+    arun(main())
+
+
+def test_server_can_send_back_to_a_client_that_only_connected_out(arun):
+    async def main():
+        async with Node() as server, Node(peers=[server.contact]) as client:
+            # The server has no contact for the client's inbox endpoint... except via hello;
+            # forget it so the only path is the client's own connection (as behind NAT).
+            server.transport._contacts.clear()
+            server.transport._close_dealer(client.node_id)
+            await server.send(client.node_id, "over your connection")
+            assert (await client.receive(timeout=5)).body == "over your connection"
+
+    arun(main())
+
+
+def test_full_inbox_pushes_back_without_losing_messages(arun):
+    async def main():
+        config = NodeConfig(inbox_limit=50)
+        async with Node(config=config) as server, Node(peers=[server.contact]) as client:
+            for i in range(300):
+                await client.send(server.node_id, i)
+            await asyncio.sleep(0.3)
+            assert server.stats["inbox_refused"] > 0  # the bound was really hit
+            got = [(await server.receive(timeout=10)).body for _ in range(300)]
+            assert got == list(range(300))
+            await client.flush(timeout=10)
+
+    arun(main(), timeout=40)
+
+
+def test_unknown_peer_timeout_and_unreachable(arun):
+    async def main():
+        async with Node(config=fast_config()) as client:
+            with pytest.raises(UnknownPeer):
+                await client.send(os.urandom(32), "x")
+            with pytest.raises(UnknownPeer):
+                await client.send("not-hex", "x")
+            # A contact whose node is not running: every retransmit goes unanswered.
+            ghost = Identity.generate().contact("tcp://127.0.0.1:9")
+            with pytest.raises(PeerUnreachable):
+                await client.request(ghost, "anyone?", timeout=30)
+            await client.send(ghost, "lost")
+            with pytest.raises(SendError) as err:
+                await client.flush(timeout=10)
+            assert len(err.value.failures) == 1
+        async with Node() as server, Node(peers=[server.contact]) as client:
+            async def never(body, msg):
+                await asyncio.sleep(60)
+
+            server.on_request(never)
+            with pytest.raises(RequestTimeout):
+                await client.request(server.node_id, "wait", timeout=0.3)
+
+    arun(main())
+
+
+def test_no_handler_gives_a_clear_remote_error(arun):
+    async def main():
+        async with Node() as server, Node(peers=[server.contact]) as client:
+            with pytest.raises(RemoteError, match="serves no requests"):
+                await client.request(server.node_id, 1, timeout=5)
+
+    arun(main())
+
+
+def test_publish_subscribe_one_hop_with_prefix_filter(arun):
+    async def main():
+        async with Node() as publisher, Node(peers=[publisher.contact]) as subscriber:
+            stream = subscriber.subscribe("news/")
+            first = asyncio.ensure_future(stream.__anext__())
+            assert await publisher.wait_for_subscriber("news/today", 5)
+            await publisher.publish("sport/today", "not for us")
+            await publisher.publish("news/today", {"headline": 1})
+            msg = await asyncio.wait_for(first, 5)
+            assert (msg.topic, msg.body, msg.src) == (b"news/today", {"headline": 1}, publisher.node_id)
+            await stream.aclose()
+
+    arun(main())
+
+
+def test_peer_restart_with_same_key_keeps_working(arun):
+    async def main():
+        server_id = Identity.generate()
+        server = Node(server_id, listen="tcp://127.0.0.1:0")
+        await server.start()
+        endpoint = server.transport.endpoint
+        server.on_request(lambda body, msg: "first")
+        async with Node(peers=[server.contact]) as client:
+            assert await client.request(server.node_id, 1, timeout=5) == "first"
+            await server.close()
+            restarted = Node(server_id, listen=endpoint)
+            await restarted.start()
+            restarted.on_request(lambda body, msg: "second")
+            try:
+                assert await client.request(server_id.node_id, 2, timeout=10) == "second"
+                await client.send(server_id.node_id, "after restart")
+                assert (await restarted.receive(timeout=10)).body == "after restart"
+            finally:
+                await restarted.close()
+
+    arun(main(), timeout=40)
+
+
+def test_close_leaks_no_threads_or_file_descriptors(arun):
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def cycle():
+        async with Node() as server, Node(peers=[server.contact]) as client:
+            server.on_request(lambda body, msg: body)
+            await client.request(server.node_id, 1, timeout=5)
+            stream = client.subscribe("t")
+            task = asyncio.ensure_future(stream.__anext__())
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(task, 2)  # close() ends subscriptions instead of leaving them hanging
+
+    with pytest.raises(StopAsyncIteration):
+        arun(cycle())
+    threads, before = threading.active_count(), fds()
+    for _ in range(3):
+        with pytest.raises(StopAsyncIteration):
+            arun(cycle())
+    assert threading.active_count() <= threads
+    assert fds() <= before
+
+
+def test_replayed_envelopes_and_reused_ids_are_delivered_once(arun):
+    """An authenticated peer that resends a captured envelope, or reuses a message id under a new
+    sequence number, gets each id delivered to the application once; the stream does not stall."""
+    import zmq
+
+    from zmqagents.envelope import Envelope
+    from zmqagents.identity import curve_public_of
+
+    async def main():
+        async with Node() as node:
+            alice = Identity.generate()
+            ctx = zmq.Context()
+            try:
+                sock = ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.curve_secretkey, sock.curve_publickey = alice.curve_secret, alice.curve_public
+                sock.curve_serverkey = curve_public_of(node.identity.public_key)
+                sock.setsockopt(zmq.ROUTING_ID, alice.public_key)
+                sock.connect(node.transport.endpoint)
+
+                def env(mid: bytes, seq: int, body: str) -> bytes:
+                    return Envelope(id=mid, src=alice.node_id, dst=node.node_id, type="msg", body=body,
+                                    seq=seq, ep=7).encode()
+
+                first, reused, fresh = os.urandom(16), os.urandom(16), os.urandom(16)
+                for frame in (env(first, 1, "a"), env(first, 1, "a"), env(reused, 2, "b"), env(reused, 3, "b-again"),
+                              env(fresh, 4, "c")):
+                    sock.send(frame)
+                got = [(await node.receive(timeout=5)).body for _ in range(3)]
+                assert got == ["a", "b", "c"]
+                with pytest.raises(asyncio.TimeoutError):
+                    await node.receive(timeout=0.3)
+                assert node.delivery.stats["duplicates"] == 2
+            finally:
+                ctx.destroy(linger=0)
+
+    arun(main())

@@ -1,0 +1,516 @@
+"""``zmqagents``: run nodes and talk to them from a shell.
+
+Every command that reads stdin takes one JSON value per line and writes one
+JSON object per line to stdout; diagnostics go to stderr. Commands never prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import click
+
+from .identity import Contact, Identity, IdentityError, InsecureKeyFileWarning, format_node_id, format_public_key
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a request/line failed, a peer was unreachable, or another runtime error
+EXIT_USAGE = 2  # bad flags or arguments (click's convention)
+EXIT_TIMEOUT = 124  # a deadline passed (the coreutils `timeout` convention)
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    success
+  1    something failed (a request, a line of input, a peer)
+  2    usage error (bad flags, arguments, key or contact)
+  124  timed out
+"""
+
+log = logging.getLogger("zmqagents")
+
+
+class Failure(click.ClickException):
+    """A runtime error: message on stderr, exit status 1 (or the given code)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = code
+
+
+def _jsonable(value: Any) -> Any:
+    """msgpack values as JSON: text bytes become strings, other bytes {"base64": ...}."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, str) else k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(_jsonable(obj), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _parse_body(text: str) -> Any:
+    """A body argument: JSON if it parses, otherwise the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _load_identity(key: str | None) -> Identity:
+    if key is None:
+        return Identity.generate()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InsecureKeyFileWarning)
+            identity = Identity.load(key)
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
+        return identity
+    except IdentityError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _contacts(texts: Iterable[str]) -> list[Contact]:
+    out = []
+    for text in texts:
+        if text.startswith("@"):  # @FILE: a contact written by `zmqagents node --contact-file`
+            try:
+                text = Path(text[1:]).read_text().strip()
+            except OSError as exc:
+                raise click.UsageError(f"cannot read contact file {text[1:]}: {exc.strerror}") from None
+        try:
+            out.append(Contact.parse(text))
+        except IdentityError as exc:
+            raise click.BadParameter(str(exc), param_hint="--to/--peer") from None
+    return out
+
+
+def _make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool, allowlist: str | None = None):
+    from .node import Node, NodeConfig
+
+    allow = _read_allowlist(allowlist) if allowlist else None
+    return Node(_load_identity(key), listen=listen, peers=peers, secure=not insecure, allowlist=allow, config=NodeConfig())
+
+
+def _read_allowlist(path: str) -> frozenset[bytes]:
+    """One node id (hex), public key (base32) or contact per line; '#' starts a comment."""
+    from .identity import parse_node_id, parse_public_key, node_id_of
+
+    ids = set()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise click.UsageError(f"cannot read allowlist {path}: {exc.strerror}") from None
+    for number, raw in enumerate(lines, 1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            if "@" in text:
+                ids.add(Contact.parse(text).node_id)
+            elif len(text) == 64:
+                ids.add(parse_node_id(text))
+            else:
+                ids.add(node_id_of(parse_public_key(text)))
+        except IdentityError as exc:
+            raise click.UsageError(f"{path}:{number}: {exc}") from None
+    return frozenset(ids)
+
+
+def _run(coro) -> int:
+    """Run a command's coroutine; SIGINT/SIGTERM cancel it cleanly (exit 0 for servers)."""
+    from .node import run
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            return EXIT_OK
+
+    return run(main())
+
+
+def _common_node_options(f):
+    f = click.option("--insecure", is_flag=True, help="Plaintext links (no CURVE). Only for debugging on a trusted host.")(f)
+    f = click.option("--listen", default="tcp://127.0.0.1:0", show_default=True, help="Inbox endpoint (port 0 = any free port).")(f)
+    f = click.option("--key", type=click.Path(dir_okay=False), help="Key file from `zmqagents keygen` (default: a throwaway identity).")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES_HELP)
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
+@click.version_option(package_name="zmqagents")
+def cli(verbose: int) -> None:
+    """A brokerless message bus for AI agents.
+
+    Nodes talk over CURVE-encrypted ZeroMQ; each node's identity is one
+    Ed25519 key. A node is reached by its contact, PUBLICKEY@ENDPOINT, which
+    `zmqagents node` prints when it starts. Wherever a contact is expected you
+    may pass @FILE to read it from a file written with --contact-file.
+
+    \b
+    Try it:
+      zmqagents reply --exec 'tr a-z A-Z' --contact-file /tmp/w.contact &
+      echo '"hello"' | zmqagents request --to @/tmp/w.contact
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing key file (the old identity is lost).")
+def keygen(path: str, force: bool) -> None:
+    """Create a node key file at PATH (mode 0600) and print the node id and public key."""
+    from .identity import KeyFileError
+
+    identity = Identity.generate()
+    try:
+        identity.save(path, force=force)
+    except KeyFileError as exc:
+        raise Failure(str(exc)) from None
+    except OSError as exc:
+        raise Failure(f"cannot write {path}: {exc.strerror}") from None
+    _emit({"path": path, "node_id": format_node_id(identity.node_id), "public_key": format_public_key(identity.public_key)})
+
+
+@cli.command()
+@_common_node_options
+@click.option("--peer", "peers", multiple=True, help="Contact of a node to connect to (repeatable).")
+@click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
+@click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")
+@click.option("--echo", is_flag=True, help="Answer every request with its own body (handy for testing).")
+def node(key, listen, insecure, peers, contact_file, allowlist, echo) -> None:
+    """Run a node until SIGINT/SIGTERM.
+
+    Prints {"contact": ...} first, then every direct message and request it
+    receives as one JSON line.
+    """
+    n = _make_node(key, listen, _contacts(peers), insecure, allowlist)
+
+    async def main() -> int:
+        async with n:
+            if echo:
+                n.on_request(lambda body, msg: body)
+            else:
+                def show(body, msg):
+                    _emit({"type": msg.type, "from": msg.sender, "body": body})
+                    return {"ok": True}
+                n.on_request(show)
+            _announce(n, contact_file)
+            async for msg in n.messages():
+                _emit({"type": msg.type, "from": msg.sender, "body": msg.body})
+        return EXIT_OK
+
+    sys.exit(_run(main()))
+
+
+def _announce(n, contact_file: str | None) -> None:
+    contact = str(n.contact)
+    if contact_file:
+        tmp = Path(contact_file + ".tmp")
+        tmp.write_text(contact + "\n")
+        tmp.replace(contact_file)
+    _emit({"contact": contact, "node_id": format_node_id(n.node_id), "pub": n.transport.pub_endpoint})
+
+
+@cli.command()
+@_common_node_options
+@click.option("--exec", "command", required=True, help="Shell command run per request: body on stdin, stdout is the reply.")
+@click.option("--peer", "peers", multiple=True, help="Contact of a node to connect to (repeatable).")
+@click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds a command may run before its process group is killed.")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 1024), help="Commands run at once.")
+def reply(key, listen, insecure, command, peers, contact_file, timeout, concurrency) -> None:
+    """Serve requests by running a shell command.
+
+    \b
+    The request body goes to the command's stdin: a string as it is, anything
+    else as one JSON line. Its stdout is the reply (parsed as JSON when it is
+    JSON, else text). A non-zero exit becomes an error reply carrying the tail
+    of stderr. The command sees ZMQAGENTS_FROM (the caller's node id).
+    """
+    from .agents.shell import decode_output, encode_input, run_command
+
+    n = _make_node(key, listen, _contacts(peers), insecure)
+    n.config.max_handlers = concurrency
+
+    async def handle(body, msg):
+        result = await run_command(command, encode_input(body), timeout=timeout, env={"ZMQAGENTS_FROM": format_node_id(msg.src)})
+        return decode_output(result.stdout)
+
+    async def main() -> int:
+        async with n:
+            n.on_request(handle)
+            _announce(n, contact_file)
+            await asyncio.Event().wait()
+        return EXIT_OK
+
+    sys.exit(_run(main()))
+
+
+def _targets(to: tuple[str, ...]) -> list[Contact]:
+    if not to:
+        raise click.UsageError("name at least one peer with --to CONTACT (or --to @FILE)")
+    return _contacts(to)
+
+
+async def _read_lines():
+    """Yield stdin lines without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    reader = sys.stdin.buffer
+    while True:
+        line = await loop.run_in_executor(None, reader.readline)
+        if not line:
+            return
+        yield line
+
+
+@cli.command()
+@_common_node_options
+@click.option("--to", "to", multiple=True, help="Contact of the receiving node (repeat to spread lines round-robin).")
+@click.argument("body", required=False)
+def send(key, listen, insecure, to, body) -> None:
+    """Send reliable one-way messages.
+
+    With BODY, send it (JSON if it parses, else text). Without, send each stdin
+    line (one JSON value per line; bad lines are reported on stderr and
+    skipped). Waits until every message is acknowledged.
+    """
+    targets = _targets(to)
+    n = _make_node(key, listen, targets, insecure)
+
+    async def main() -> int:
+        from .node import SendError
+
+        failed = 0
+        sent = 0
+        async with n:
+            ids = [c.node_id for c in targets]
+            if body is not None:
+                await n.send(ids[0], _parse_body(body))
+                sent = 1
+            else:
+                number = 0
+                async for line in _read_lines():
+                    number += 1
+                    value = _parse_line(line, number)
+                    if value is _BAD:
+                        failed += 1
+                        continue
+                    await n.send(ids[sent % len(ids)], value)
+                    sent += 1
+            try:
+                await n.flush(timeout=60)
+            except SendError as exc:
+                click.echo(f"error: {exc}", err=True)
+                return EXIT_FAILED
+            except asyncio.TimeoutError:
+                click.echo("error: messages not acknowledged within 60 s", err=True)
+                return EXIT_TIMEOUT
+        if failed:
+            click.echo(f"error: {failed} input line(s) were not valid JSON; {sent} sent", err=True)
+        return EXIT_FAILED if failed else EXIT_OK
+
+    sys.exit(_run(main()))
+
+
+_BAD = object()
+
+
+def _parse_line(line: bytes, number: int) -> Any:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        click.echo(f"line {number}: not UTF-8; skipped", err=True)
+        return _BAD
+    if not text.strip():
+        click.echo(f"line {number}: empty; skipped", err=True)
+        return _BAD
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        click.echo(f"line {number}: invalid JSON ({exc}); skipped", err=True)
+        return _BAD
+
+
+@cli.command()
+@_common_node_options
+@click.option("--to", "to", multiple=True, help="Contact of the serving node (repeat to spread requests round-robin).")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each reply.")
+@click.option("--parallel", default=16, show_default=True, type=click.IntRange(1, 4096), help="Requests in flight at once.")
+@click.argument("body", required=False)
+def request(key, listen, insecure, to, timeout, parallel, body) -> None:
+    """Send requests and print replies, one JSON object per line.
+
+    With BODY, one request (JSON if it parses, else text): prints the reply
+    body. Without, each stdin line is a request body; output lines come in
+    input order as {"line": N, "ok": true, "reply": ..., "ms": ...} or
+    {"line": N, "ok": false, "error": ...}. Invalid lines are reported on
+    stderr and skipped; the others still go through.
+    """
+    targets = _targets(to)
+    n = _make_node(key, listen, targets, insecure)
+
+    async def one(dst: bytes, value: Any, number: int) -> dict:
+        from .node import NodeError, RequestTimeout
+
+        start = time.perf_counter()
+        try:
+            reply_body = await n.request(dst, value, timeout=timeout)
+        except RequestTimeout as exc:
+            return {"line": number, "ok": False, "error": str(exc), "timeout": True}
+        except NodeError as exc:
+            return {"line": number, "ok": False, "error": str(exc)}
+        return {"line": number, "ok": True, "reply": reply_body, "ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    async def main() -> int:
+        async with n:
+            ids = [c.node_id for c in targets]
+            if body is not None:
+                result = await one(ids[0], _parse_body(body), 1)
+                if result["ok"]:
+                    _emit({"reply": result["reply"]}) if not isinstance(result["reply"], dict) else _emit(result["reply"])
+                    return EXIT_OK
+                click.echo(f"error: {result['error']}", err=True)
+                return EXIT_TIMEOUT if result.get("timeout") else EXIT_FAILED
+            return await _request_lines(ids, one, parallel)
+
+    sys.exit(_run(main()))
+
+
+async def _request_lines(ids: list[bytes], one, parallel: int) -> int:
+    """Pipeline stdin lines through ``one`` with at most ``parallel`` in flight, output in input order."""
+    pending: asyncio.Queue = asyncio.Queue(maxsize=parallel)
+    counts = {"bad": 0, "failed": 0, "timeouts": 0}
+
+    async def writer() -> None:
+        while (task := await pending.get()) is not None:
+            result = await task
+            if not result["ok"]:
+                counts["timeouts" if result.get("timeout") else "failed"] += 1
+            _emit(result)
+
+    out = asyncio.ensure_future(writer())
+    number = sent = 0
+    try:
+        async for line in _read_lines():
+            number += 1
+            value = _parse_line(line, number)
+            if value is _BAD:
+                counts["bad"] += 1
+                continue
+            await pending.put(asyncio.ensure_future(one(ids[sent % len(ids)], value, number)))
+            sent += 1
+    finally:
+        await pending.put(None)
+        await out
+    bad, failed, timeouts = counts["bad"], counts["failed"], counts["timeouts"]
+    if bad or failed or timeouts:
+        click.echo(f"error: {bad} bad line(s), {failed} failed, {timeouts} timed out, of {number} line(s)", err=True)
+    if timeouts and not (bad or failed):
+        return EXIT_TIMEOUT
+    return EXIT_FAILED if (bad or failed or timeouts) else EXIT_OK
+
+
+@cli.command()
+@_common_node_options
+@click.option("--to", "to", multiple=True, help="Contact of a neighbour that subscribes (repeatable).")
+@click.option("--wait", default=5.0, show_default=True, help="Seconds to wait for a subscriber before publishing.")
+@click.argument("topic")
+@click.argument("body", required=False)
+def publish(key, listen, insecure, to, wait, topic, body) -> None:
+    """Publish BODY (or each stdin line) on TOPIC to subscribed neighbours.
+
+    Publications are one hop and best effort. The command connects to the
+    --to nodes, waits until one of them subscribes to TOPIC (exit 124 if none
+    does within --wait), publishes, and lingers briefly so the data leaves.
+    """
+    targets = _targets(to)
+    n = _make_node(key, listen, targets, insecure)
+    n.config.transport.close_linger_ms = 2000
+
+    async def main() -> int:
+        async with n:
+            if not await n.wait_for_subscriber(topic, wait):
+                click.echo(f"error: no neighbour subscribed to {topic!r} within {wait:g} s", err=True)
+                return EXIT_TIMEOUT
+            if body is not None:
+                await n.publish(topic, _parse_body(body))
+                return EXIT_OK
+            bad = number = 0
+            async for line in _read_lines():
+                number += 1
+                value = _parse_line(line, number)
+                if value is _BAD:
+                    bad += 1
+                else:
+                    await n.publish(topic, value)
+            return EXIT_FAILED if bad else EXIT_OK
+
+    sys.exit(_run(main()))
+
+
+@cli.command()
+@_common_node_options
+@click.option("--to", "to", multiple=True, help="Contact of a neighbour to listen to (repeatable).")
+@click.option("--contact-file", type=click.Path(dir_okay=False), help="Write this node's contact here so publishers can connect.")
+@click.option("--count", type=click.IntRange(1), help="Exit after this many publications.")
+@click.option("--timeout", type=float, help="Exit with 124 if nothing arrives for this many seconds.")
+@click.argument("topic", default="")
+def subscribe(key, listen, insecure, to, contact_file, count, timeout, topic) -> None:
+    """Print publications whose topic starts with TOPIC, one JSON line each.
+
+    Publications travel one hop, so the publisher must be a neighbour: either
+    name it with --to, or let it connect here (`publish --to` this node's
+    contact, printed first as {"contact": ...}).
+    """
+    n = _make_node(key, listen, _contacts(to), insecure)
+
+    async def main() -> int:
+        async with n:
+            _announce(n, contact_file)
+            seen = 0
+            stream = n.subscribe(topic)
+            while count is None or seen < count:
+                try:
+                    msg = await asyncio.wait_for(stream.__anext__(), timeout)
+                except asyncio.TimeoutError:
+                    click.echo(f"error: no publication for {timeout:g} s", err=True)
+                    return EXIT_TIMEOUT
+                except StopAsyncIteration:
+                    break
+                seen += 1
+                _emit({"topic": msg.topic, "from": msg.sender, "body": msg.body})
+            await stream.aclose()
+        return EXIT_OK
+
+    sys.exit(_run(main()))
+
+
+def main() -> None:
+    cli(prog_name="zmqagents")
+
+
+if __name__ == "__main__":
+    main()

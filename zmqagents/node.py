@@ -1,0 +1,503 @@
+"""The public async Node: the delivery core driven by real ZeroMQ sockets.
+
+``Node`` owns no protocol logic. It feeds what the transport receives into the
+sans-IO :class:`~zmqagents.core.delivery.Delivery` core, sends what the core
+wants sent, arms one timer for the core's next deadline, and turns the core's
+events into futures, queues and handler calls for the application.
+
+    async with Node(listen="tcp://127.0.0.1:0", peers=[contact]) as node:
+        reply = await node.request(peer_id, {"q": 1}, timeout=5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+
+from .core.delivery import (
+    Delivered,
+    Delivery,
+    DeliveryConfig,
+    Replied,
+    RequestFailed,
+    SendFailed,
+    WindowFull,
+    WindowOpen,
+)
+from .envelope import Envelope
+from .identity import Contact, Identity, IdentityError, node_id_of, parse_node_id, short_id
+from .transport.mesh import Transport, TransportConfig
+
+log = logging.getLogger(__name__)
+
+HELLO = "hello"  # request type neighbours exchange to learn each other's PUB endpoint
+
+
+class NodeError(Exception):
+    """Base of errors the Node API raises."""
+
+
+class UnknownPeer(NodeError):
+    """No contact for that peer and no connection from it: pass its contact (PUBLICKEY@ENDPOINT)."""
+
+
+class RequestTimeout(NodeError, TimeoutError):
+    """No reply before the deadline."""
+
+
+class PeerUnreachable(NodeError):
+    """Every retransmit went unanswered."""
+
+
+class RemoteError(NodeError):
+    """The peer's handler failed; ``body`` holds what it reported."""
+
+    def __init__(self, body: Any):
+        self.body = body
+        message = body.get("error") if isinstance(body, dict) else body
+        super().__init__(f"remote handler failed: {message}")
+
+
+class SendError(NodeError):
+    """Messages handed to ``send`` could not be delivered (see ``failures``)."""
+
+    def __init__(self, failures: list[SendFailed]):
+        self.failures = failures
+        super().__init__(f"{len(failures)} message(s) could not be delivered")
+
+
+@dataclass(slots=True)
+class Message:
+    """What the application receives: a direct message, a request, or a publication."""
+
+    src: bytes
+    body: Any
+    type: str
+    id: bytes
+    topic: bytes | None = None
+
+    @property
+    def sender(self) -> str:
+        return short_id(self.src)
+
+
+@dataclass
+class NodeConfig:
+    """Knobs of a node; the transport and delivery sections have their own dataclasses."""
+
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    inbox_limit: int = 10_000  # messages waiting for the application before new ones are refused (sender retries)
+    max_handlers: int = 64  # request handlers running at once; further requests wait in the socket queues
+    subscription_queue: int = 10_000  # publications buffered per subscriber; the oldest is dropped beyond it
+    hello_timeout: float = 5.0
+
+
+RequestHandler = Callable[[Any, Message], Any | Awaitable[Any]]
+
+
+class Node:
+    """A peer on the mesh. Use as ``async with Node(...) as node``."""
+
+    def __init__(
+        self,
+        identity: Identity | str | os.PathLike | None = None,
+        *,
+        listen: str = "tcp://127.0.0.1:0",
+        peers: Iterable[str | Contact] = (),
+        secure: bool = True,
+        allowlist: Iterable[bytes] | None = None,
+        config: NodeConfig | None = None,
+        rng: random.Random | None = None,
+    ):
+        if identity is None:
+            identity = Identity.generate()
+        elif not isinstance(identity, Identity):
+            identity = Identity.load(identity)
+        self.identity = identity
+        self.config = config or NodeConfig()
+        self.config.transport.listen = listen
+        self.config.transport.secure = secure
+        self._peers = [p if isinstance(p, Contact) else Contact.parse(p) for p in peers]
+        self.transport = Transport(
+            identity,
+            self.config.transport,
+            on_batch=self._on_batch,
+            on_publication=self._on_publication,
+            allow=frozenset(allowlist) if allowlist is not None else None,
+        )
+        self.delivery = Delivery(identity.node_id, rng or random.Random(), self.config.delivery)
+        self._inbox: asyncio.Queue[Message] | None = None
+        self._requests: dict[bytes, asyncio.Future] = {}
+        self._windows: dict[bytes, asyncio.Event] = {}
+        self._failures: list[SendFailed] = []
+        self._handler: RequestHandler | None = None
+        self._handler_is_async = False
+        self._handler_slots: asyncio.Semaphore | None = None
+        self._handler_tasks: set[asyncio.Task] = set()
+        self._subscriptions: list[tuple[bytes, asyncio.Queue]] = []
+        self._neighbours: dict[bytes, str] = {}  # node id -> PUB endpoint
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._idle: asyncio.Event | None = None
+        self._started = False
+        self._closed = False
+        self.stats: dict[str, int] = {"inbox_refused": 0, "publications_dropped": 0, "handler_errors": 0}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> "Node":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._inbox = asyncio.Queue()
+        self._handler_slots = asyncio.Semaphore(self.config.max_handlers)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.transport.start()
+        if self._peers:
+            await asyncio.gather(*(self._hello(c) for c in self._peers))
+
+    async def close(self) -> None:
+        """Stop timers and handlers, fail pending requests, close every socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._handler_tasks):
+            task.cancel()
+        if self._handler_tasks:
+            await asyncio.gather(*self._handler_tasks, return_exceptions=True)
+        for fut in self._requests.values():
+            if not fut.done():
+                fut.set_exception(NodeError("node closed"))
+        self._requests.clear()
+        for _, queue in self._subscriptions:
+            queue.put_nowait(None)
+        self.transport.close()
+
+    # -- identity ------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+    @property
+    def contact(self) -> Contact:
+        """What other nodes pass as a peer to reach this one."""
+        return self.transport.contact()
+
+    def neighbours(self) -> list[bytes]:
+        """Node ids that completed a hello with this node."""
+        return list(self._neighbours)
+
+    # -- sending -----------------------------------------------------------------
+
+    def _resolve(self, peer: bytes | str | Contact) -> bytes:
+        if isinstance(peer, Contact):
+            return self.transport.add_contact(peer)
+        if isinstance(peer, str):
+            try:
+                if "@" in peer:
+                    return self.transport.add_contact(Contact.parse(peer))
+                peer = parse_node_id(peer)
+            except IdentityError as exc:
+                raise UnknownPeer(f"{exc}; pass a contact (PUBLICKEY@ENDPOINT) or a 64-hex node id") from None
+        if not isinstance(peer, bytes) or len(peer) != 32:
+            raise UnknownPeer(f"peer must be a 32-byte node id, a hex node id or a contact, got {peer!r:.80}")
+        if not self.transport.known(peer):
+            raise UnknownPeer(f"no route to {short_id(peer)}: pass its contact (PUBLICKEY@ENDPOINT) instead of its id")
+        return peer
+
+    async def _submit(self, dst: bytes, submit: Callable[[], bytes]) -> bytes:
+        """Hand a message to the core, waiting (backpressure) while the window to ``dst`` is full."""
+        while True:
+            try:
+                msg_id = submit()
+            except WindowFull:
+                event = self._windows.setdefault(dst, asyncio.Event())
+                event.clear()
+                await event.wait()
+                continue
+            self._idle.clear()
+            self._pump()
+            return msg_id
+
+    async def send(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg") -> bytes:
+        """Queue a reliable message; returns its id once the transport has it.
+
+        Waits (backpressure) while too many messages to this peer are unacknowledged.
+        Delivery failures surface from :meth:`flush`.
+        """
+        dst = self._resolve(peer)
+        return await self._submit(dst, lambda: self.delivery.send(dst, body, time.time(), type=type))
+
+    async def request(self, peer: bytes | str | Contact, body: Any, *, timeout: float = 10.0, type: str = "req") -> Any:
+        """Send a request and wait for its reply body.
+
+        Raises RequestTimeout, PeerUnreachable, or RemoteError (the handler failed).
+        """
+        dst = self._resolve(peer)
+        future = asyncio.get_running_loop().create_future()
+        request_id = await self._submit(
+            dst, lambda: self.delivery.request(dst, body, time.time(), timeout=timeout, type=type)
+        )
+        self._requests[request_id] = future
+        try:
+            return await future
+        finally:
+            self._requests.pop(request_id, None)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every sent message is acknowledged or has failed; raise SendError on failures."""
+        async def settled() -> None:
+            while self.delivery.pending():
+                self._idle.clear()
+                await self._idle.wait()
+        await asyncio.wait_for(settled(), timeout)
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise SendError(failures)
+
+    # -- receiving ---------------------------------------------------------------
+
+    def on_request(self, handler: RequestHandler) -> RequestHandler:
+        """Serve requests: ``handler(body, message)`` returns the reply body.
+
+        The handler is a plain function (answered inline, lowest latency) or an
+        ``async def`` (run as a task, at most ``max_handlers`` at once). An
+        exception becomes an error reply, so the caller gets RemoteError.
+        Usable as a decorator.
+        """
+        self._handler = handler
+        self._handler_is_async = asyncio.iscoroutinefunction(handler) or asyncio.iscoroutinefunction(
+            getattr(handler, "__call__", None)
+        )
+        return handler
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        """The next direct message, in order per sender, exactly once."""
+        return await asyncio.wait_for(self._inbox.get(), timeout)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self._inbox.get()
+
+    # -- pub/sub -------------------------------------------------------------------
+
+    async def publish(self, topic: str | bytes, body: Any) -> None:
+        """Send to every neighbour subscribed to a prefix of ``topic`` (one hop, best effort)."""
+        topic_b = topic.encode() if isinstance(topic, str) else topic
+        env = Envelope(
+            id=os.urandom(16), src=self.node_id, type="pub", body=body, ts=int(time.time() * 1000)
+        )
+        self.transport.publish(topic_b, env)
+
+    async def wait_for_subscriber(self, topic: str | bytes, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until a neighbour subscribes to a prefix of ``topic``.
+
+        ZeroMQ subscriptions take a round trip to arrive, so a publisher that has
+        just started would otherwise publish to nobody.
+        """
+        topic_b = topic.encode() if isinstance(topic, str) else topic
+        deadline = time.monotonic() + timeout
+        while not self.transport.has_subscriber(topic_b):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def subscribe(self, topic: str | bytes = b"") -> AsyncIterator[Message]:
+        """Yield publications whose topic starts with ``topic`` until the node closes."""
+        topic_b = topic.encode() if isinstance(topic, str) else topic
+        queue: asyncio.Queue = asyncio.Queue()
+        entry = (topic_b, queue)
+        self._subscriptions.append(entry)
+        self.transport.add_topic(topic_b)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            self._subscriptions.remove(entry)
+            if not self._closed:
+                self.transport.remove_topic(topic_b)
+
+    def _on_publication(self, topic: bytes, env: Envelope) -> None:
+        msg = Message(env.src, env.body, env.type, env.id, topic)
+        for prefix, queue in self._subscriptions:
+            if topic.startswith(prefix):
+                if queue.qsize() >= self.config.subscription_queue:
+                    queue.get_nowait()
+                    self.stats["publications_dropped"] += 1
+                queue.put_nowait(msg)
+
+    # -- hello: neighbours learn each other's PUB endpoint ------------------------
+
+    async def _hello(self, contact: Contact) -> None:
+        node_id = self.transport.add_contact(contact)
+        try:
+            body = await self.request(node_id, self._hello_body(), timeout=self.config.hello_timeout, type=HELLO)
+        except NodeError as exc:
+            log.warning("peer %s did not answer hello: %s", contact, exc)
+            return
+        self._add_neighbour(node_id, body)
+
+    def _hello_body(self) -> dict:
+        return {"endpoint": self.transport.endpoint, "pub": self.transport.pub_endpoint}
+
+    def _add_neighbour(self, node_id: bytes, body: Any) -> bool:
+        if not isinstance(body, dict) or not isinstance(body.get("pub"), str) or not isinstance(body.get("endpoint"), str):
+            log.warning("malformed hello from %s", short_id(node_id))
+            return False
+        public_key = self.transport.public_key_of(node_id)
+        endpoints_ok = all(body[k].startswith(("tcp://", "ipc://")) for k in ("endpoint", "pub"))
+        if public_key is None or node_id_of(public_key) != node_id or not endpoints_ok:
+            log.warning("bad hello from %s", short_id(node_id))
+            return False
+        contact = Contact(public_key, body["endpoint"])
+        self.transport.add_contact(contact)
+        self._neighbours[node_id] = body["pub"]
+        self.transport.subscribe_to(contact, body["pub"])
+        return True
+
+    # -- driving the core ------------------------------------------------------------
+
+    def _on_batch(self, batch: list[Envelope]) -> None:
+        delivery = self.delivery
+        room = self.config.inbox_limit - self._inbox.qsize()
+        now = time.time()
+        for env in batch:
+            # A full inbox refuses data before the core sees it: no ack, so the sender
+            # retransmits later and nothing accepted is ever thrown away.
+            if env.type == "msg":
+                if room <= 0:
+                    self.stats["inbox_refused"] += 1
+                    continue
+                room -= 1
+            delivery.receive(env, now)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what the core wants sent, act on its events, re-arm its timer."""
+        delivery = self.delivery
+        send = self.transport.send
+        for env in delivery.take_outgoing():
+            send(env)
+        events = delivery.take_events()
+        if events:
+            self._dispatch(events)
+            # dispatch may have produced replies (hello) — send them now
+            for env in delivery.take_outgoing():
+                send(env)
+        if not delivery.pending():
+            self._idle.set()
+        self._arm_timer()
+
+    def _dispatch(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, Delivered):
+                env = event.env
+                if env.type == "msg":
+                    self._inbox.put_nowait(Message(env.src, env.body, env.type, env.id))
+                elif env.type == HELLO:
+                    self._add_neighbour(env.src, env.body)
+                    self.delivery.reply(env, self._hello_body(), time.time())
+                else:
+                    self._start_handler(env)
+            elif isinstance(event, Replied):
+                future = self._requests.get(event.request_id)
+                if future is not None and not future.done():
+                    if event.env.type == "err":
+                        future.set_exception(RemoteError(event.env.body))
+                    else:
+                        future.set_result(event.env.body)
+            elif isinstance(event, RequestFailed):
+                future = self._requests.get(event.request_id)
+                if future is not None and not future.done():
+                    if event.reason == "timeout":
+                        future.set_exception(RequestTimeout(f"no reply from {short_id(event.dst)} in time"))
+                    else:
+                        future.set_exception(PeerUnreachable(f"{short_id(event.dst)} did not acknowledge the request"))
+            elif isinstance(event, SendFailed):
+                if len(self._failures) < 10_000:
+                    self._failures.append(event)
+            elif isinstance(event, WindowOpen):
+                waiter = self._windows.get(event.dst)
+                if waiter is not None:
+                    waiter.set()
+
+    def _start_handler(self, env: Envelope) -> None:
+        if self._handler is None:
+            self._reply_error(env, "this node serves no requests", "NoHandler")
+            return
+        if self._handler_is_async:
+            task = asyncio.get_running_loop().create_task(self._run_handler(env))
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_tasks.discard)
+            return
+        # A plain function answers inline: no task, no extra loop turn on the latency path.
+        try:
+            result = self._handler(env.body, Message(env.src, env.body, env.type, env.id))
+        except Exception as exc:  # the handler is the application's code: report, never crash the node
+            self._reply_error(env, str(exc) or type(exc).__name__, type(exc).__name__)
+            return
+        self.delivery.reply(env, result, time.time())
+
+    async def _run_handler(self, env: Envelope) -> None:
+        async with self._handler_slots:
+            try:
+                result = await self._handler(env.body, Message(env.src, env.body, env.type, env.id))
+                self.delivery.reply(env, result, time.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._reply_error(env, str(exc) or type(exc).__name__, type(exc).__name__)
+            self._pump()
+
+    def _reply_error(self, env: Envelope, message: str, kind: str) -> None:
+        self.stats["handler_errors"] += 1
+        self.delivery.reply(env, {"error": message, "type": kind}, time.time(), error=True)
+
+    def _arm_timer(self) -> None:
+        at = self.delivery.next_timer()
+        if at is None or self._closed:
+            return
+        if self._timer_at is not None and self._timer_at <= at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = at
+        self._timer = loop.call_at(loop.time() + max(0.0, at - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.delivery.tick(time.time())
+        self._pump()
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    """asyncio.run with uvloop when it is installed (it is the ``fast`` extra)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
