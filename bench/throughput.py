@@ -648,6 +648,7 @@ def summarise(kind: str, impl: str, n: int, client: dict, server: dict) -> dict:
 
 def orchestrate(args) -> int:
     started = time.perf_counter()
+    load_at_start = list(os.getloadavg())  # other work on the box skews every figure: keep it visible
     kinds = [k for k in KINDS if k in args.only.split(",")]
     impls = [i for i in ("raw", "za") if i in args.impl.split(",")]
     counts = {
@@ -717,7 +718,7 @@ def orchestrate(args) -> int:
         "statistic": "median over repeats (p50/p99: median of per-run percentiles)",
     }
     loops = {loop for rs in runs.values() for r in rs for loop in r["loop"]}
-    out["env"] = {**environment(), "loops": sorted(str(x) for x in loops), "uvloop_used": loops == {"uvloop"}}
+    out["env"] = {**environment(), "load_avg_at_start": load_at_start, "loops": sorted(str(x) for x in loops), "uvloop_used": loops == {"uvloop"}}
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=2))
     return 0

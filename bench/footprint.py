@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""Footprint of an idle node: memory, CPU and wire traffic with N connected peers.
+
+What it measures. The node under test runs alone in its own process. It is
+started, left to settle, and its RSS is read (``rss_mb_before_peers``). Then
+``--peers`` N peer Nodes, spread over one or more *other* processes (at most
+50 per process), start with ``peers=[its contact]``: each does a hello
+request, so the node under test ends up holding N inbound CURVE connections on
+its ROUTER and N SUB sockets connected to the peers' XPUBs. Once every hello
+has completed and the links have settled, nothing is sent for ``window_s``
+seconds, and over that window we read, from outside the process:
+
+* ``idle_rss_mb`` — VmRSS from /proc/PID/status at the end of the window;
+* ``idle_cpu_percent`` — utime+stime from /proc/PID/stat (all threads, clock
+  ticks of 1/CLK_TCK s, so the resolution is 100 / (CLK_TCK · window) %);
+  ``idle_cpu_percent_precise`` is the same from per-thread schedstat (ns);
+* ``idle_bytes_per_s`` — envelope bytes in + out counted by the node's
+  transport (``transport.stats``), per second over the window;
+  ``idle_wire_bytes_per_s`` is what the kernel counted on the process's TCP
+  sockets (``ss -ti`` bytes_sent + bytes_received), so ZMTP/CURVE framing
+  and any heartbeat are included.
+
+The raw baseline (``raw_rss_mb``) is a bare Python process that imports zmq,
+nacl and msgpack, binds a CURVE ROUTER and an XPUB, watches them from the same
+event loop (``zmqagents.node.run``, uvloop when installed) and idles, measured
+the same way over the same window: the floor a node cannot go below.
+
+Why: the edge/IoT operator runs a node as a sidecar on a small box; the
+issue's aims are ≤ 32 MB RSS and ≤ 0.1 % CPU while idle with 100 peers.
+
+Prints one JSON object on stdout; progress goes to stderr.
+
+    python bench/footprint.py                    # 100 peers, 10 s window
+    python bench/footprint.py --quick --peers 5  # what the smoke test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    CLK_TCK,
+    BenchError,
+    Child,
+    _local_run,
+    cpu_ns,
+    cpu_ticks,
+    emit,
+    environment,
+    fd_count,
+    log,
+    loop_name,
+    raise_fd_limit,
+    rss_kb,
+    run,
+    stop_all,
+    thread_count,
+)
+
+SCRIPT = Path(__file__).resolve()
+PEERS_PER_PROCESS = 50
+MB = 1024  # VmRSS is in KiB; report MiB
+
+
+# =====================================================================================
+# children
+# =====================================================================================
+
+
+async def _commands(handler) -> None:
+    """Answer one JSON line per command line on stdin until EOF."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        emit(handler(line.decode().strip()))
+
+
+async def role_target(args) -> None:
+    """The node under test: a Node that does nothing but answer hellos; 'stats' on stdin reports."""
+    from zmqagents.node import Node, NodeConfig
+
+    config = NodeConfig()
+    if args.max_subscribers:
+        config.transport.max_subscribers = args.max_subscribers
+    async with Node(listen="tcp://127.0.0.1:0", config=config) as node:
+        emit({"event": "ready", "contact": str(node.contact), "pid": os.getpid(), "loop": loop_name(),
+              "max_subscribers": config.transport.max_subscribers})
+
+        def stats(_cmd: str) -> dict:
+            subs = getattr(node.transport, "_subs", None)
+            return {
+                "event": "stats",
+                "neighbours": len(node.neighbours()),
+                "sub_sockets": len(subs) if subs is not None else None,
+                "inbound": len(getattr(node.transport, "_inbound", ()) or ()),
+                "dealers": node.transport.dealer_count,
+                "transport": dict(node.transport.stats),
+                "drops": dict(node.transport.drops),
+                "delivery_pending": node.delivery.pending(),
+                "wall": time.time(),
+            }
+
+        await _commands(stats)
+
+
+async def role_peers(args) -> None:
+    """``--count`` peer Nodes in this process, each started with peers=[the target's contact]."""
+    from zmqagents.node import Node
+
+    raise_fd_limit()
+    nodes = [Node(listen="tcp://127.0.0.1:0", peers=[args.contact]) for _ in range(args.count)]
+    try:
+        for i in range(0, len(nodes), 10):  # a few at a time: hellos are requests with a deadline
+            await asyncio.gather(*(n.start() for n in nodes[i:i + 10]))
+        ok = sum(1 for n in nodes if n.neighbours())
+        emit({"event": "ready", "started": len(nodes), "hello_ok": ok, "pid": os.getpid()})
+        await _commands(lambda cmd: {"event": "noop"})
+    finally:
+        for n in nodes:
+            await n.close()
+
+
+async def role_raw(args) -> None:
+    """The floor: zmq + nacl + msgpack imported, a CURVE ROUTER and an XPUB bound and watched."""
+    import msgpack  # noqa: F401
+    import nacl.signing  # noqa: F401
+    import zmq
+
+    loop = asyncio.get_running_loop()
+    ctx = zmq.Context(io_threads=1)
+    public, secret = zmq.curve_keypair()
+    socks = []
+    for kind in (zmq.ROUTER, zmq.XPUB):
+        sock = ctx.socket(kind)
+        sock.linger = 0
+        sock.curve_server = True
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.bind("tcp://127.0.0.1:0")
+        socks.append(sock)
+
+    def drain(sock) -> None:
+        while True:
+            try:
+                sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    for sock in socks:
+        loop.add_reader(sock.FD, drain, sock)
+    emit({"event": "ready", "pid": os.getpid(), "loop": loop_name()})
+    await _commands(lambda cmd: {"event": "noop"})
+    for sock in socks:
+        loop.remove_reader(sock.FD)
+        sock.close()
+    ctx.term()
+
+
+ROLES = {"target": role_target, "peers": role_peers, "raw": role_raw}
+
+
+# =====================================================================================
+# orchestrator
+# =====================================================================================
+
+
+def wire_bytes(pid: int) -> tuple[int, int] | None:
+    """(bytes_sent + bytes_received, connection count) over the TCP sockets of ``pid``, per ``ss -ti``."""
+    import shutil  # imported late: the node under test runs this module too, and should not carry it
+
+    if shutil.which("ss") is None:
+        return None
+    try:
+        out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    total = conns = 0
+    # ss prints each socket as a header line (with users:(...pid=N...)) then an indented info line
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        if f"pid={pid}," not in line or not line.startswith("ESTAB"):
+            continue
+        info = lines[i + 1] if i + 1 < len(lines) else ""
+        conns += 1
+        for key in ("bytes_sent", "bytes_received"):
+            m = re.search(rf"\b{key}:(\d+)", info)
+            if m:
+                total += int(m.group(1))
+    return total, conns
+
+
+def sample(pid: int) -> dict:
+    return {"t": time.perf_counter(), "ticks": cpu_ticks(pid), "ns": cpu_ns(pid), "wire": wire_bytes(pid)}
+
+
+def idle_figures(pid: int, before: dict, after: dict) -> dict:
+    dt = after["t"] - before["t"]
+    out = {
+        "cpu_percent": 100.0 * (after["ticks"] - before["ticks"]) / CLK_TCK / dt,
+        "cpu_percent_precise": 100.0 * (after["ns"] - before["ns"]) / 1e9 / dt,
+        "rss_mb": rss_kb(pid) / MB,
+        "threads": thread_count(pid),
+        "fds": fd_count(pid),
+        "window_s": dt,
+    }
+    if before["wire"] is not None and after["wire"] is not None:
+        out["wire_bytes_per_s"] = (after["wire"][0] - before["wire"][0]) / dt
+        out["tcp_connections"] = after["wire"][1]
+    else:
+        out["wire_bytes_per_s"] = None
+        out["tcp_connections"] = None
+    return out
+
+
+def orchestrate(args) -> int:
+    started = time.perf_counter()
+    load_at_start = list(os.getloadavg())  # other work on the box skews every figure: keep it visible
+    children: list[Child] = []
+    try:
+        common = ["--max-subscribers", str(args.max_subscribers)]
+        target = Child(SCRIPT, "target", *common)
+        children.append(target)
+        raw = Child(SCRIPT, "raw")
+        children.append(raw)
+        ready = target.read(30)
+        raw_ready = raw.read(30)
+        time.sleep(args.settle)
+        rss_before = rss_kb(target.pid) / MB
+        log(f"node alone: {rss_before:.1f} MB RSS; starting {args.peers} peers")
+
+        groups = [min(PEERS_PER_PROCESS, args.peers - i) for i in range(0, args.peers, PEERS_PER_PROCESS)]
+        peer_procs = []
+        for i, count in enumerate(groups):
+            child = Child(SCRIPT, "peers", "--contact", ready["contact"], "--count", str(count), name=f"peers-{i}")
+            children.append(child)
+            peer_procs.append(child)
+        hello_ok = 0
+        for child in peer_procs:
+            report = child.read(60 + 2 * args.peers)
+            hello_ok += report["hello_ok"]
+        if hello_ok != args.peers:
+            raise BenchError(f"only {hello_ok} of {args.peers} peers completed their hello")
+
+        deadline = time.monotonic() + 30
+        while True:
+            target.send({"cmd": "stats"})
+            stats0 = target.read(10)
+            if stats0["neighbours"] >= args.peers and stats0["delivery_pending"] == 0:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"the node has {stats0['neighbours']} of {args.peers} neighbours after 30 s")
+            time.sleep(0.2)
+        time.sleep(args.settle)  # SUB handshakes, ack timers, allocator settling
+
+        target.send({"cmd": "stats"})
+        stats0 = target.read(10)
+        s_node, s_raw = sample(target.pid), sample(raw.pid)
+        log(f"measuring idle for {args.window:.0f} s")
+        time.sleep(args.window)
+        e_node, e_raw = sample(target.pid), sample(raw.pid)
+        target.send({"cmd": "stats"})
+        stats1 = target.read(10)
+        node = idle_figures(target.pid, s_node, e_node)
+        base = idle_figures(raw.pid, s_raw, e_raw)
+        span = stats1["wall"] - stats0["wall"]
+        tstats0, tstats1 = stats0["transport"], stats1["transport"]
+        app_bytes = (tstats1["bytes_in"] + tstats1["bytes_out"]) - (tstats0["bytes_in"] + tstats0["bytes_out"])
+        app_frames = (tstats1["frames_in"] + tstats1["frames_out"]) - (tstats0["frames_in"] + tstats0["frames_out"])
+    except BenchError as exc:
+        log(f"footprint benchmark FAILED: {exc}")
+        for child in children:
+            child.kill()
+        return 1
+    finally:
+        stop_all(children)
+
+    res_per_peer_kb = (node["rss_mb"] - rss_before) * MB / args.peers
+    out = {
+        "benchmark": "footprint",
+        "peers": args.peers,
+        "window_s": round(node["window_s"], 2),
+        "idle_rss_mb": round(node["rss_mb"], 2),
+        "idle_cpu_percent": round(node["cpu_percent"], 4),
+        "idle_cpu_percent_precise": round(node["cpu_percent_precise"], 5),
+        "idle_bytes_per_s": round(app_bytes / span, 2),
+        "idle_frames_per_s": round(app_frames / span, 2),
+        "idle_wire_bytes_per_s": None if node["wire_bytes_per_s"] is None else round(node["wire_bytes_per_s"], 2),
+        "rss_mb_before_peers": round(rss_before, 2),
+        "rss_kb_per_peer": round(res_per_peer_kb, 1),
+        "raw_rss_mb": round(base["rss_mb"], 2),
+        "raw_idle_cpu_percent": round(base["cpu_percent"], 4),
+        "raw_idle_cpu_percent_precise": round(base["cpu_percent_precise"], 5),
+        "rss_ratio": round(node["rss_mb"] / base["rss_mb"], 3),
+        "node": {
+            "neighbours": stats1["neighbours"],
+            "sub_sockets": stats1["sub_sockets"],
+            "inbound_connections": stats1["inbound"],
+            "dealers": stats1["dealers"],
+            "tcp_connections": node["tcp_connections"],
+            "threads": node["threads"],
+            "fds": node["fds"],
+            "drops": stats1["drops"],
+            "max_subscribers": ready["max_subscribers"],
+        },
+        "targets": {
+            "idle_rss_le_32mb": node["rss_mb"] <= 32,
+            "idle_cpu_le_0.1pct": node["cpu_percent"] <= 0.1,
+        },
+        "params": {
+            "peers": args.peers,
+            "peer_processes": len(groups),
+            "window_s": args.window,
+            "settle_s": args.settle,
+            "quick": args.quick,
+            "cpu_tick_resolution_percent": round(100.0 / (CLK_TCK * args.window), 4),
+            "max_subscribers": args.max_subscribers,
+            "note": "the node's TransportConfig.max_subscribers (default 64) is set to max(64, peers) so it holds one SUB per peer",
+        },
+        "env": {**environment(), "load_avg_at_start": load_at_start, "loop": ready.get("loop"), "raw_loop": raw_ready.get("loop")},
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    if stats1["neighbours"] != args.peers:
+        log(f"footprint benchmark FAILED: the node lost neighbours ({stats1['neighbours']} of {args.peers})")
+        print(json.dumps(out, indent=2))
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="short settle and a ~2 s window (what the smoke test runs)")
+    p.add_argument("--peers", type=int, default=100, help="peers connected to the node under test (default 100)")
+    p.add_argument("--window", type=float, help="idle measurement window in seconds (default 10; quick 2)")
+    p.add_argument("--settle", type=float, help="seconds to wait before measuring (default 2; quick 0.5)")
+    p.add_argument("--max-subscribers", type=int, help="TransportConfig.max_subscribers of the node (default: max(64, peers))")
+    # child-only
+    p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
+    p.add_argument("--contact", help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.role == "raw":
+        _local_run(role_raw(args))  # same runner code, without importing zmqagents into the floor
+        return 0
+    if args.role:
+        run(ROLES[args.role](args))
+        return 0
+    if args.peers < 1:
+        p.error("--peers must be at least 1")
+    args.window = args.window or (2.0 if args.quick else 10.0)
+    args.settle = args.settle if args.settle is not None else (0.5 if args.quick else 2.0)
+    args.max_subscribers = args.max_subscribers or max(64, args.peers)
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

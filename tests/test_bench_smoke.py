@@ -1,0 +1,83 @@
+"""The benchmarks run end to end and print one well-formed JSON object.
+
+These run ``bench/throughput.py --quick`` and ``bench/footprint.py --quick``
+as subprocesses, exactly as a user would. They check that each exits 0 and
+that its JSON holds the documented keys with sane values (positive rates,
+correctness checks true). They never assert on speed or size: benchmarks are
+measured, not timed tests, and a busy CI machine must not fail them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *args: str, timeout: float = 45) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        pytest.fail(f"{script} did not print one JSON object on stdout:\n{proc.stdout[:2000]}")
+    assert isinstance(out, dict)
+    return out
+
+
+def _positive(out: dict, *keys: str) -> None:
+    for key in keys:
+        value = out[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{key} = {value!r}"
+
+
+@pytest.mark.timeout(60)
+def test_throughput_quick_reports_rates_latencies_and_correctness():
+    out = _run("throughput.py", "--quick")
+    _positive(
+        out,
+        "oneway_msgs_per_s", "raw_oneway_msgs_per_s", "oneway_ratio",
+        "rr_msgs_per_s", "raw_rr_msgs_per_s", "rr_ratio",
+        "pingpong_p50_us", "pingpong_p99_us", "raw_pingpong_p50_us", "raw_pingpong_p99_us",
+    )
+    assert out["pingpong_p50_us"] <= out["pingpong_p99_us"]
+    assert out["raw_pingpong_p50_us"] <= out["raw_pingpong_p99_us"]
+    for key in ("oneway_correct", "raw_oneway_correct", "rr_correct", "raw_rr_correct",
+                "pingpong_correct", "raw_pingpong_correct"):
+        assert out[key] is True, key
+    params = out["params"]
+    assert params["quick"] is True and params["repeats"] >= 1 and params["window"] >= 1
+    assert params["messages"] > 0 and params["body_bytes"] == 100
+    env = out["env"]
+    for key in ("python", "pyzmq", "libzmq", "uvloop_used"):
+        assert key in env
+    assert set(out["targets"]) == {"oneway_ratio_ge_0.5", "pingpong_p50_le_150us", "pingpong_p99_le_400us"}
+
+
+@pytest.mark.timeout(60)
+def test_footprint_quick_reports_memory_cpu_and_traffic():
+    out = _run("footprint.py", "--quick", "--peers", "5")
+    assert out["peers"] == 5
+    _positive(out, "idle_rss_mb", "rss_mb_before_peers", "raw_rss_mb", "window_s")
+    for key in ("idle_cpu_percent", "idle_bytes_per_s"):
+        assert isinstance(out[key], (int, float)) and out[key] >= 0, key
+    # sanity, not a budget: an idle Python process is between a few MB and a few hundred
+    assert 5 < out["idle_rss_mb"] < 500
+    assert out["idle_cpu_percent"] <= 100 * (out["env"]["cpus"] or 1)
+    node = out["node"]
+    assert node["neighbours"] == 5
+    assert node["sub_sockets"] in (5, None)
+    assert set(out["targets"]) == {"idle_rss_le_32mb", "idle_cpu_le_0.1pct"}
