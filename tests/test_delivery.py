@@ -430,6 +430,17 @@ def test_forget_fails_what_is_in_flight():
     assert a.pending() == 0
     net.advance(100.0)
     assert a.stats["retransmits"] == 0
+    assert a.next_timer() is None
+
+
+def test_forgetting_a_blocked_peer_reopens_the_window():
+    a, b, net = pair(DeliveryConfig(window=1))
+    a.send(B, 1, 0.0)
+    with pytest.raises(WindowFull):
+        a.send(B, 2, 0.0)
+    a.forget(B)
+    net.flush()
+    assert net.of(A, WindowOpen) == [WindowOpen(B)] and a.can_send(B)
 
 
 def test_sender_restart_starts_a_new_stream_and_old_packets_are_stale():

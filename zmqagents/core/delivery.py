@@ -13,9 +13,10 @@ piece of state has a bound; hitting a bound or dropping anything bumps a
 counter in ``stats``.
 
 Timers live in a hashed wheel of ``timer_granularity`` slots: arming one is a
-dict append, cancelling one is clearing its slot number (the stale entry is
-skipped when its slot fires). Per-message timer work is O(1) with no heap
-operation per message; the heap holds slot numbers only.
+list append, cancelling one clears its slot number (the stale entry is skipped
+when its slot fires) and decrements the slot's live count, so a slot left with
+only cancelled timers never wakes the driver. Per-message timer work is O(1)
+with no heap operation per message; the heap holds slot numbers only.
 
 Envelopes are never mutated after they are handed out (a retransmission
 sends the same object again), so a driver may pass them around by reference.
@@ -39,6 +40,12 @@ RESERVED_TYPES = frozenset({ACK_TYPE, FWD_TYPE, REPLY_TYPE, ERROR_TYPE})
 EPOCH_MOD = 1 << 63
 RETIRED_EPOCHS = 4  # old epochs per sender remembered, so their late packets cannot reset the stream
 MAX_SACK_ACCEPTED = 4096  # longest selective-ack list taken from a peer; longer is malformed
+
+# The hot path builds envelopes with positional arguments (keywords cost ~50% more); fail at import,
+# not by silently mis-assigning fields, if the Envelope field order ever changes.
+_ENVELOPE_ORDER = ("id", "src", "type", "body", "dst", "ts", "ttl", "seq", "ep", "re", "ack")
+if tuple(f.name for f in fields(Envelope))[: len(_ENVELOPE_ORDER)] != _ENVELOPE_ORDER:
+    raise ImportError("zmqagents.core.delivery assumes the Envelope field order " + ", ".join(_ENVELOPE_ORDER))
 
 STAT_KEYS = (
     "sent", "received", "delivered", "retransmits", "duplicates", "acks_sent", "acks_piggybacked",
@@ -143,42 +150,47 @@ class WindowOpen:
 # slot 0 = no timer armed; envelope None = acked or dropped (frees the body while the wheel entry lingers).
 _SLOT, _ENV, _PEER, _SEQ, _TRIES, _REQ = range(6)
 
-# Kinds of the object timer entries (each has ``kind`` and ``slot``).
+# Kinds of the object timer entries (each has a ``kind`` class attribute and a ``slot``).
 _DEADLINE, _ACK, _FWD = 1, 2, 3
 
 
 class _Request:
     """A request awaiting its reply; also its deadline timer."""
 
-    __slots__ = ("kind", "slot", "id", "peer", "pending")
+    __slots__ = ("slot", "id", "peer", "pending")
+    kind = _DEADLINE
 
     def __init__(self, rid: bytes, peer: "_Peer", pending: list):
-        self.kind = _DEADLINE
         self.slot = 0
         self.id = rid
         self.peer = peer
         self.pending = pending
 
 
-class _Timer:
-    """A per-peer timer: the delayed ack, or the repetition of a ``fwd`` announcement."""
+class _FwdTimer:
+    """Repeats a ``fwd`` announcement until the receiver's ack shows it skipped the holes."""
 
-    __slots__ = ("kind", "slot", "peer", "attempts")
+    __slots__ = ("slot", "peer", "attempts")
+    kind = _FWD
 
-    def __init__(self, kind: int, peer: "_Peer"):
-        self.kind = kind
+    def __init__(self, peer: "_Peer"):
         self.slot = 0
         self.peer = peer
         self.attempts = 0
 
 
 class _Peer:
-    """Both directions of our relationship with one peer."""
+    """Both directions of our relationship with one peer; itself the timer entry of its delayed ack.
+
+    Thousands of these exist in a large simulation, so what only some peers need
+    (requests, fwd timer, retired epochs, dedup memory) is allocated on first use.
+    """
 
     __slots__ = (
         "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd",
-        "in_ep", "cum", "buf", "retired", "owed", "ack_timer", "ids", "ring", "ring_pos",
+        "in_ep", "cum", "buf", "retired", "owed", "slot", "ids", "ring", "ring_pos",
     )
+    kind = _ACK
 
     def __init__(self, pid: bytes, ep: int):
         self.id = pid
@@ -189,16 +201,16 @@ class _Peer:
         self.rcum = 0  # highest cumulative seq the peer has acked on this stream
         self.out: dict[int, list] = {}  # seq -> pending entry, unacked messages in seq order
         self.blocked = False  # WindowFull was raised: report WindowOpen when there is room again
-        self.requests: dict[bytes, _Request] = {}
-        self.fwd = _Timer(_FWD, self)
+        self.requests: dict[bytes, _Request] | None = None
+        self.fwd: _FwdTimer | None = None
         # -- the peer's stream to us
         self.in_ep: int | None = None
         self.cum = 0  # every seq up to here was delivered, or skipped on the sender's word (fwd)
         self.buf: dict[int, Envelope] = {}  # out-of-order arrivals in arrival order (newest last)
-        self.retired: list[int] = []
+        self.retired: list[int] | None = None
         self.owed = 0  # arrivals since our last ack to this peer
-        self.ack_timer = _Timer(_ACK, self)
-        self.ids: set[bytes] = set()  # ids recently delivered (dedup)
+        self.slot = 0  # the delayed-ack timer
+        self.ids: set[bytes] | None = None  # ids recently delivered (dedup)
         self.ring: list[bytes] = []  # the same ids in delivery order, to forget the oldest
         self.ring_pos = 0
 
@@ -238,8 +250,10 @@ class Delivery:
         self._npending = 0
         self._out: list[Envelope] = []
         self._events: list = []
-        self._wheel: dict[int, list] = {}
+        self._wheel: dict[int, list] = {}  # slot -> timer entries armed in it (some maybe cancelled)
+        self._live: dict[int, int] = {}  # slot -> number of entries in it still armed
         self._slots: list[int] = []  # heap of the wheel's slot numbers
+        self._fired = 0  # the last slot tick() fired: nothing is ever armed at or before it
         self._g = cfg.timer_granularity
         self._inv_g = 1.0 / cfg.timer_granularity
         # Hot-path constants: the first timeout is uniform in [rto_lo, rto_lo + rto_span).
@@ -281,9 +295,11 @@ class Delivery:
         rid = p[_ENV].id
         r = _Request(rid, peer, p)
         p[_REQ] = r
+        if peer.requests is None:
+            peer.requests = {}
         peer.requests[rid] = r
         self._requests[rid] = r
-        self._schedule(r, now + timeout)
+        self._arm(r, now + timeout)
         return rid
 
     def reply(self, request: Envelope, body, now: float, *, error: bool = False) -> bytes:
@@ -297,7 +313,7 @@ class Delivery:
         r = self._requests.pop(request_id, None)
         if r is None:
             return
-        r.slot = 0
+        self._cancel(r)
         del r.peer.requests[request_id]
         self.stats["requests_cancelled"] += 1
 
@@ -376,33 +392,42 @@ class Delivery:
         if owed >= self._ack_every:
             self._send_ack(peer, now)
         elif owed == 1:
-            self._schedule(peer.ack_timer, now + self._ack_delay)
+            self._arm(peer, now + self._ack_delay)
 
     def tick(self, now: float) -> None:
         """Fire every timer due by ``now``: retransmits, give-ups, request deadlines, delayed acks, fwds."""
         slots = self._slots
         wheel = self._wheel
+        live = self._live
         g = self._g
         while slots and slots[0] * g <= now:
             k = heapq.heappop(slots)
-            for e in wheel.pop(k):
+            entries = wheel.pop(k)
+            if live.pop(k, None) is None:
+                continue  # every timer in it was cancelled
+            self._fired = k
+            for e in entries:
                 if type(e) is list:
                     if e[_SLOT] == k:
+                        e[_SLOT] = 0
                         self._retransmit(e, now)
                 elif e.slot == k:
                     e.slot = 0
                     kind = e.kind
-                    if kind == _DEADLINE:
+                    if kind == _ACK:
+                        if e.owed:
+                            self._send_ack(e, now)
+                    elif kind == _DEADLINE:
                         self._deadline(e, now)
-                    elif kind == _ACK:
-                        if e.peer.owed:
-                            self._send_ack(e.peer, now)
                     else:
                         self._fwd_timer(e, now)
 
     def next_timer(self) -> float | None:
-        """When tick() must next run, or None. The slot may hold only cancelled timers: such a tick is a no-op."""
+        """When tick() must next run (the end of the earliest slot with a live timer), or None."""
         slots = self._slots
+        live = self._live
+        while slots and slots[0] not in live:
+            del self._wheel[heapq.heappop(slots)]
         return slots[0] * self._g if slots else None
 
     def take_outgoing(self) -> list[Envelope]:
@@ -440,14 +465,18 @@ class Delivery:
         env = Envelope(rng.getrandbits(128).to_bytes(16, "big"), self.node_id, typ, body, peer.id,
                        int(now * 1000), 0, seq, peer.ep, re, self._piggyback(peer) if peer.owed else None)
         k = int((now + self._rto_lo + self._rto_span * rng.random()) * self._inv_g) + 1
+        if k <= self._fired:
+            k = self._fired + 1
         p = [k, env, peer, seq, 0, None]
         peer.out[seq] = p
         lst = self._wheel.get(k)
         if lst is None:
             self._wheel[k] = [p]
+            self._live[k] = 1
             heapq.heappush(self._slots, k)
         else:
             lst.append(p)
+            self._live[k] = self._live.get(k, 0) + 1  # the slot may be dead (all cancelled) but not yet reaped
         self._npending += 1
         self._out.append(env)
         self.stats["sent"] += 1
@@ -460,7 +489,7 @@ class Delivery:
             self._give_up(p, now)
             return
         p[_TRIES] = tries
-        p[_SLOT] = self._schedule_slot(p, now + cfg.timeout(tries) * (1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0)))
+        p[_SLOT] = self._arm_slot(p, now + cfg.timeout(tries) * (1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0)))
         # The same object goes out again. Its piggybacked ack may be stale: harmless, acks are cumulative.
         self._out.append(p[_ENV])
         self.stats["retransmits"] += 1
@@ -476,7 +505,7 @@ class Delivery:
             self._events.append(SendFailed(mid, peer.id, "unreachable"))
         elif self._requests.pop(r.id, None) is not None:  # else it was answered, cancelled or timed out already
             del peer.requests[r.id]
-            r.slot = 0
+            self._cancel(r)
             self.stats["requests_failed"] += 1
             self._events.append(RequestFailed(r.id, peer.id, "unreachable"))
 
@@ -484,15 +513,22 @@ class Delivery:
         """Stop retransmitting an unacked message, and arm a fwd so the receiver does not wait for it."""
         peer = p[_PEER]
         del peer.out[p[_SEQ]]
-        p[_SLOT] = 0
-        p[_ENV] = None
+        self._settle(p)
         self._npending -= 1
         self.stats["abandoned"] += 1
         fwd = peer.fwd
+        if fwd is None:
+            fwd = peer.fwd = _FwdTimer(peer)
         fwd.attempts = 0
         if not fwd.slot or fwd.slot > int(now * self._inv_g) + 1:
-            self._schedule(fwd, now)  # the next slot: the abandonments of one slot share one fwd
+            self._arm(fwd, now)  # the next slot: the abandonments of one slot share one fwd
         self._window_check(peer)
+
+    def _settle(self, p: list) -> None:
+        """An unacked message left ``out`` acked: drop its timer and its envelope."""
+        self._disarm(p[_SLOT])
+        p[_SLOT] = 0
+        p[_ENV] = None
 
     def _window_check(self, peer: _Peer) -> None:
         if peer.blocked and len(peer.out) < self.config.window:
@@ -509,7 +545,7 @@ class Delivery:
         peer.low = low
         return low
 
-    def _fwd_timer(self, t: _Timer, now: float) -> None:
+    def _fwd_timer(self, t: _FwdTimer, now: float) -> None:
         """Send the fwd while the best ack seen is below the floor, on the data retransmit schedule."""
         peer = t.peer
         floor = self._floor(peer)
@@ -518,7 +554,7 @@ class Delivery:
         self._send_fwd(peer, floor, now)
         cfg = self.config
         if t.attempts < cfg.max_retries:
-            self._schedule(t, now + cfg.timeout(t.attempts) * (1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0)))
+            self._arm(t, now + cfg.timeout(t.attempts) * (1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0)))
             t.attempts += 1
 
     def _send_fwd(self, peer: _Peer, floor: int, now: float) -> None:
@@ -545,15 +581,13 @@ class Delivery:
                 for s in range(low, cum + 1):
                     p = out.pop(s, None)
                     if p is not None:
-                        p[_SLOT] = 0
-                        p[_ENV] = None
+                        self._settle(p)
             peer.low = cum + 1
         if n0:
             for s in ack[2]:
                 p = out.pop(s, None)
                 if p is not None:
-                    p[_SLOT] = 0
-                    p[_ENV] = None
+                    self._settle(p)
             acked = n0 - len(out)
             if acked:
                 self._npending -= acked
@@ -563,13 +597,15 @@ class Delivery:
             peer.rcum = cum
         c1 = cum + 1
         fwd = peer.fwd
-        if c1 < end and c1 not in out and not fwd.slot:
+        if c1 < end and c1 not in out and (fwd is None or not fwd.slot):
             # This ack waits for a seq we no longer send: it was abandoned, the receiver lost its state, or
             # the ack is stale (reordered). Say where the stream goes on. A stale ack costs one spare fwd;
             # the repeat timer then stops at once because rcum is already past the floor.
             self._send_fwd(peer, self._floor(peer), now)
+            if fwd is None:
+                fwd = peer.fwd = _FwdTimer(peer)
             fwd.attempts = 1
-            self._schedule(fwd, now + self.config.rto_initial)
+            self._arm(fwd, now + self.config.rto_initial)
         return True
 
     # -- receiving -----------------------------------------------------------------
@@ -578,12 +614,15 @@ class Delivery:
         """A sequenced envelope from an epoch we are not in: a new stream, or a late packet of a retired one."""
         old = peer.in_ep
         if old is not None:
-            if ep in peer.retired:
+            retired = peer.retired
+            if retired is None:
+                retired = peer.retired = []
+            elif ep in retired:
                 self.stats["stale_epoch"] += 1
                 return False
-            peer.retired.append(old)
-            if len(peer.retired) > RETIRED_EPOCHS:
-                del peer.retired[0]
+            retired.append(old)
+            if len(retired) > RETIRED_EPOCHS:
+                del retired[0]
             self.stats["epoch_resets"] += 1
             self.stats["buffer_discarded"] += len(peer.buf)
             peer.buf.clear()
@@ -614,7 +653,9 @@ class Delivery:
         """Hand an in-order envelope to the application, unless its id was delivered recently."""
         mid = env.id
         ids = peer.ids
-        if mid in ids:
+        if ids is None:
+            ids = peer.ids = set()
+        elif mid in ids:
             self.stats["duplicates"] += 1
             return
         ids.add(mid)
@@ -634,12 +675,12 @@ class Delivery:
             self._events.append(Delivered(env))
 
     def _on_reply(self, peer: _Peer, env: Envelope) -> None:
-        r = peer.requests.pop(env.re, None) if env.re is not None else None
+        r = peer.requests.pop(env.re, None) if peer.requests and env.re is not None else None
         if r is None:
             self.stats["replies_unmatched"] += 1  # late (timed out, cancelled) or never asked of this peer
             return
         del self._requests[r.id]
-        r.slot = 0
+        self._cancel(r)
         self.stats["replies"] += 1
         self._events.append(Replied(r.id, env))
 
@@ -655,7 +696,7 @@ class Delivery:
     def _piggyback(self, peer: _Peer) -> list:
         """The ack of the peer's stream, to ride on an envelope going to it anyway; settles what is owed."""
         peer.owed = 0
-        peer.ack_timer.slot = 0
+        self._cancel(peer)
         self.stats["acks_piggybacked"] += 1
         return self._ack_state(peer)
 
@@ -670,7 +711,7 @@ class Delivery:
 
     def _send_ack(self, peer: _Peer, now: float) -> None:
         peer.owed = 0
-        peer.ack_timer.slot = 0
+        self._cancel(peer)
         self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, ACK_TYPE, None,
                                   peer.id, int(now * 1000), ack=self._ack_state(peer)))
         self.stats["acks_sent"] += 1
@@ -692,35 +733,56 @@ class Delivery:
         """Fail everything in flight to a peer whose state is being dropped, and disarm its timers."""
         events = self._events
         for p in peer.out.values():
-            p[_SLOT] = 0
             if p[_REQ] is None:
                 self.stats["send_failed"] += 1
                 events.append(SendFailed(p[_ENV].id, peer.id, reason))
-            p[_ENV] = None
+            self._settle(p)
         self._npending -= len(peer.out)
         self.stats["abandoned"] += len(peer.out)
         peer.out.clear()
-        for r in peer.requests.values():
-            r.slot = 0
+        for r in (peer.requests or {}).values():
+            self._cancel(r)
             del self._requests[r.id]
             self.stats["requests_failed"] += 1
             events.append(RequestFailed(r.id, peer.id, reason))
-        peer.requests.clear()
-        peer.ack_timer.slot = 0
-        peer.fwd.slot = 0
+        peer.requests = None
+        self._cancel(peer)
+        if peer.fwd is not None:
+            self._cancel(peer.fwd)
+        if peer.blocked:
+            events.append(WindowOpen(peer.id))  # can_send() is true again: the state is gone
         self.stats["buffer_discarded"] += len(peer.buf)
         peer.buf.clear()
 
-    def _schedule(self, entry: _Request | _Timer, t: float) -> None:
-        entry.slot = self._schedule_slot(entry, t)
+    def _arm(self, entry: _Request | _FwdTimer | _Peer, t: float) -> None:
+        """(Re)arm an object timer entry to fire at ``t``."""
+        self._disarm(entry.slot)
+        entry.slot = self._arm_slot(entry, t)
 
-    def _schedule_slot(self, entry, t: float) -> int:
+    def _cancel(self, entry: _Request | _FwdTimer | _Peer) -> None:
+        self._disarm(entry.slot)
+        entry.slot = 0
+
+    def _arm_slot(self, entry, t: float) -> int:
         """Put ``entry`` in the wheel slot ending just after ``t`` (it fires at most one granularity late)."""
         k = int(t * self._inv_g) + 1
+        if k <= self._fired:
+            k = self._fired + 1
         lst = self._wheel.get(k)
         if lst is None:
             self._wheel[k] = [entry]
+            self._live[k] = 1
             heapq.heappush(self._slots, k)
         else:
             lst.append(entry)
+            self._live[k] = self._live.get(k, 0) + 1
         return k
+
+    def _disarm(self, k: int) -> None:
+        """One timer armed in slot ``k`` (0 = none) was cancelled or moved."""
+        n = self._live.get(k)
+        if n is not None:
+            if n > 1:
+                self._live[k] = n - 1
+            else:
+                del self._live[k]

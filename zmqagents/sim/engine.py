@@ -1,0 +1,301 @@
+"""Discrete-event simulator that drives the same sans-IO cores as a real node.
+
+One heap of timed events and a virtual clock. A simulated node holds one or
+more cores that share the sans-IO shape (:class:`Core`); the simulator
+delivers envelopes to them, ticks them when their timers are due and carries
+what they send across a :class:`~zmqagents.sim.netmodel.Network`. Events the
+cores report go to an ``on_event(node, event, now)`` handler, which may call
+back into that node's cores (send a reply, a next message...).
+
+Built to scale to thousands of nodes in one process:
+
+* envelopes travel as objects (cores never mutate an envelope once handed
+  out); they are encoded only when ``count_bytes`` asks for a byte count;
+* each node has at most one live timer event in the heap: the earliest
+  ``next_timer()`` of its cores. Re-arming earlier supersedes it and the
+  superseded event is discarded in O(1) when popped (its number no longer
+  matches the node's);
+* no threads, no wall clock: everything random comes from the run's seed, so
+  a run is a pure function of (seed, scenario).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+import struct
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol, Sequence
+
+from ..envelope import Envelope
+from .netmodel import Latency, Network
+
+
+class Core(Protocol):
+    """What the simulator needs from a sans-IO protocol core."""
+
+    def receive(self, env: Envelope, now: float) -> None: ...
+    def tick(self, now: float) -> None: ...
+    def next_timer(self) -> float | None: ...
+    def take_outgoing(self) -> list[Envelope]: ...
+    def take_events(self) -> list: ...
+
+
+CoreFactory = Callable[[bytes, random.Random], Sequence[Core]]
+EventHandler = Callable[["SimNode", object, float], None]
+Router = Callable[[Envelope], Core]
+
+_DELIVER, _TIMER, _CALL = 0, 1, 2
+_TRACE = struct.Struct(">dBII")
+
+
+def sim_node_id(index: int) -> bytes:
+    """The node id the simulator gives node number ``index`` unless told otherwise."""
+    return hashlib.sha256(b"zmqagents-sim-node/%d" % index).digest()
+
+
+class SimNode:
+    """One simulated node: its cores, whether it is up, and its single pending timer event."""
+
+    __slots__ = ("id", "index", "factory", "cores", "route", "on_event", "up", "incarnation", "_timer_n", "_timer_at")
+
+    def __init__(self, node_id: bytes, index: int, factory: CoreFactory, route: Router | None,
+                 on_event: EventHandler | None):
+        self.id = node_id
+        self.index = index
+        self.factory = factory
+        self.cores: list[Core] = []
+        self.route = route
+        self.on_event = on_event
+        self.up = True
+        self.incarnation = 0
+        self._timer_n = -1  # number of the live timer event in the heap, -1 if none
+        self._timer_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"SimNode({self.index}, {self.id.hex()[:12]}, {'up' if self.up else 'down'})"
+
+
+@dataclass
+class SimReport:
+    """What one run did. ``bytes_sent`` is None unless byte counting was on, ``trace_digest`` unless tracing."""
+
+    seed: int
+    virtual_time: float
+    events: int
+    sent: int
+    delivered: int
+    dropped_loss: int
+    dropped_partition: int
+    dropped_crashed: int
+    dropped_unknown: int
+    stale_timers: int
+    bytes_sent: int | None
+    trace_digest: str | None
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_loss + self.dropped_partition + self.dropped_crashed + self.dropped_unknown
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "dropped": self.dropped}
+
+
+class Simulator:
+    """A seeded discrete-event run over a simulated network.
+
+    Build it, ``add_node`` for each node, schedule scenario actions with ``at``
+    (sends, ``partition``/``heal``, ``crash``/``restart``), then ``run``.
+    """
+
+    def __init__(self, seed: int, *, latency: str | Latency = "const:10ms", loss: float = 0.0,
+                 count_bytes: bool = False, trace: bool = False, on_event: EventHandler | None = None):
+        self.seed = seed
+        self.net = Network(latency, loss)
+        self.now = 0.0
+        self.on_event = on_event
+        self.nodes: list[SimNode] = []
+        self._by_id: dict[bytes, SimNode] = {}
+        self._heap: list[tuple] = []
+        self._n = 0  # event counter: heap tie-break (FIFO among equal times) and timer identity
+        self._net_rng = self.rng("network")
+        self._count_bytes = count_bytes
+        self._trace = hashlib.blake2b(digest_size=16) if trace else None
+        self.events = 0
+        self.sent = 0
+        self.delivered = 0
+        self.dropped_crashed = 0
+        self.dropped_unknown = 0
+        self.stale_timers = 0
+        self.bytes_sent = 0
+
+    def rng(self, label: str) -> random.Random:
+        """An independent random stream for ``label``, fixed by the run's seed."""
+        return random.Random(f"{self.seed}/{label}")
+
+    # -- building the scenario -----------------------------------------------------------
+
+    def add_node(self, factory: CoreFactory, *, node_id: bytes | None = None, route: Router | None = None,
+                 on_event: EventHandler | None = None) -> SimNode:
+        """Add a node whose cores are ``factory(node_id, rng)``; ``route(env)`` picks the core for an
+        incoming envelope (default: the first core). ``on_event`` overrides the simulator's handler."""
+        index = len(self.nodes)
+        nid = sim_node_id(index) if node_id is None else node_id
+        if nid in self._by_id:
+            raise ValueError(f"node id {nid.hex()[:12]} is already in the simulation")
+        node = SimNode(nid, index, factory, route, on_event)
+        node.cores = list(factory(nid, self.rng(f"node/{index}/0")))
+        self.nodes.append(node)
+        self._by_id[nid] = node
+        self._arm(node)
+        return node
+
+    def node(self, node_id: bytes) -> SimNode:
+        return self._by_id[node_id]
+
+    def at(self, t: float, fn: Callable[[float], None], node: SimNode | None = None) -> None:
+        """Run ``fn(now)`` at virtual time ``t``; if it touches ``node``'s cores, name the node so its
+        output is sent and its timers re-armed afterwards."""
+        heapq.heappush(self._heap, (t, self._n, _CALL, node, fn))
+        self._n += 1
+
+    def flush(self, node: SimNode) -> None:
+        """Send what ``node``'s cores queued and re-arm its timer (after calling them outside a callback)."""
+        if not node.up:
+            return
+        now = self.now
+        handler = node.on_event or self.on_event
+        busy = True
+        while busy:
+            busy = False
+            for core in node.cores:
+                out = core.take_outgoing()
+                if out:
+                    busy = True
+                    for env in out:
+                        self._send(node, env)
+                events = core.take_events()
+                if events:
+                    busy = True
+                    if handler is not None:
+                        for ev in events:
+                            handler(node, ev, now)
+        self._arm(node)
+
+    def partition(self, *groups: Sequence[bytes]) -> None:
+        """Split the network into groups of node ids; nodes named in no group form one more group."""
+        self.net.partition([self._by_id[nid].index for nid in group] for group in groups)
+
+    def heal(self) -> None:
+        self.net.heal()
+
+    def crash(self, node_id: bytes) -> None:
+        """Stop a node: it loses its timers, and messages arriving while it is down are dropped."""
+        node = self._by_id[node_id]
+        node.up = False
+        node._timer_n = -1
+
+    def restart(self, node_id: bytes) -> None:
+        """Bring a node back with fresh cores from its factory (all protocol state lost, new randomness)."""
+        node = self._by_id[node_id]
+        node.incarnation += 1
+        node.cores = list(node.factory(node.id, self.rng(f"node/{node.index}/{node.incarnation}")))
+        node.up = True
+        self._arm(node)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self, until: float | None = None, max_events: int | None = None) -> SimReport:
+        """Process events in time order until the heap is empty, virtual time passes ``until``, or
+        ``max_events`` were processed. The clock ends at ``until`` if given and reached."""
+        heap = self._heap
+        pop = heapq.heappop
+        budget = -1 if max_events is None else max_events
+        while heap and budget:
+            if until is not None and heap[0][0] > until:
+                break
+            t, n, kind, node, payload = pop(heap)
+            self.now = t
+            self.events += 1
+            budget -= 1
+            if kind == _DELIVER:
+                if not node.up:
+                    self.dropped_crashed += 1
+                    continue
+                self.delivered += 1
+                (node.route(payload) if node.route is not None else node.cores[0]).receive(payload, t)
+                self.flush(node)
+            elif kind == _TIMER:
+                if n != node._timer_n:
+                    self.stale_timers += 1
+                    continue
+                node._timer_n = -1
+                ticked = False
+                for core in node.cores:
+                    due = core.next_timer()
+                    if due is not None and due <= t:
+                        core.tick(t)
+                        ticked = True
+                if ticked:
+                    self.flush(node)
+                else:
+                    self._arm(node)  # the timers it was armed for were cancelled since
+            else:
+                payload(t)
+                if node is not None:
+                    self.flush(node)
+        if until is not None and (not heap or heap[0][0] > until) and until > self.now:
+            self.now = until
+        return self.report()
+
+    def report(self) -> SimReport:
+        return SimReport(
+            seed=self.seed,
+            virtual_time=self.now,
+            events=self.events,
+            sent=self.sent,
+            delivered=self.delivered,
+            dropped_loss=self.net.dropped_loss,
+            dropped_partition=self.net.dropped_partition,
+            dropped_crashed=self.dropped_crashed,
+            dropped_unknown=self.dropped_unknown,
+            stale_timers=self.stale_timers,
+            bytes_sent=self.bytes_sent if self._count_bytes else None,
+            trace_digest=self._trace.hexdigest() if self._trace is not None else None,
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _send(self, node: SimNode, env: Envelope) -> None:
+        self.sent += 1
+        if self._count_bytes:
+            self.bytes_sent += len(env.encode())
+        dst = self._by_id.get(env.dst)
+        if dst is None:
+            self.dropped_unknown += 1
+            return
+        delay = self.net.delay(node.index, dst.index, self._net_rng)
+        if self._trace is not None:
+            self._trace.update(_TRACE.pack(self.now, delay is not None, node.index, dst.index) + env.id)
+        if delay is not None:
+            heapq.heappush(self._heap, (self.now + delay, self._n, _DELIVER, dst, env))
+            self._n += 1
+
+    def _arm(self, node: SimNode) -> None:
+        """Keep one heap event at the earliest timer of the node's cores (an earlier one supersedes it)."""
+        if not node.up:
+            return
+        t = None
+        for core in node.cores:
+            due = core.next_timer()
+            if due is not None and (t is None or due < t):
+                t = due
+        if t is None or (node._timer_n >= 0 and node._timer_at <= t):
+            return
+        if t < self.now:
+            t = self.now
+        node._timer_n = self._n
+        node._timer_at = t
+        heapq.heappush(self._heap, (t, self._n, _TIMER, node, None))
+        self._n += 1
