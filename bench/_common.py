@@ -233,6 +233,24 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def busy_cpus(interval: float = 1.0) -> float:
+    """How many CPUs were busy (non-idle) over ``interval`` s, from /proc/stat: run before
+    measuring, so a result taken while something else loaded the box says so."""
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values), idle
+
+    total0, idle0 = read()
+    time.sleep(interval)
+    total1, idle1 = read()
+    if total1 == total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 

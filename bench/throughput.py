@@ -58,7 +58,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchError, Child, emit, environment, log, loop_name, median, run, stdin_eof, stop_all  # noqa: E402
+from _common import BenchError, Child, busy_cpus, emit, environment, log, loop_name, median, run, stdin_eof, stop_all  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 BODY_BYTES = 100
@@ -397,7 +397,9 @@ def _latency(samples: list[float]) -> dict:
 
 
 def _node_stats(node) -> dict:
-    return {"transport": dict(node.transport.stats), "drops": dict(node.transport.drops), "node": dict(node.stats)}
+    delivery = {k: v for k, v in getattr(node.delivery, "stats", {}).items() if v}
+    return {"transport": dict(node.transport.stats), "drops": dict(node.transport.drops), "node": dict(node.stats),
+            "delivery": delivery}
 
 
 async def za_sink(args) -> None:
@@ -639,6 +641,7 @@ def summarise(kind: str, impl: str, n: int, client: dict, server: dict) -> dict:
     if impl == "za":
         out["drops"] = {**client.get("drops", {}), **{f"server_{k}": v for k, v in server.get("drops", {}).items()}}
         out["node_stats"] = {"client": client.get("node"), "server": server.get("node")}
+        out["delivery_stats"] = {"client": client.get("delivery"), "server": server.get("delivery")}
         out["transport_stats"] = {"client": client.get("transport"), "server": server.get("transport")}
     out["correct"] = not problems
     if problems:
@@ -649,6 +652,9 @@ def summarise(kind: str, impl: str, n: int, client: dict, server: dict) -> dict:
 def orchestrate(args) -> int:
     started = time.perf_counter()
     load_at_start = list(os.getloadavg())  # other work on the box skews every figure: keep it visible
+    busy = busy_cpus(0.5)
+    if busy > 0.3:
+        log(f"warning: {busy:.1f} CPUs already busy before the benchmark: figures will be noisy")
     kinds = [k for k in KINDS if k in args.only.split(",")]
     impls = [i for i in ("raw", "za") if i in args.impl.split(",")]
     counts = {
@@ -697,7 +703,11 @@ def orchestrate(args) -> int:
             else:
                 out["pingpong_p50_ratio"] = round(out["pingpong_p50_us"] / out["raw_pingpong_p50_us"], 3)
         if "za" in impls:
-            out[f"{kind}_drops"] = _merge_counts([r.get("drops", {}) for r in runs[(kind, "za")]])
+            za_runs = runs[(kind, "za")]
+            out[f"{kind}_drops"] = _merge_counts([r.get("drops", {}) for r in za_runs])
+            out[f"{kind}_delivery_stats"] = {
+                side: _merge_counts([(r["delivery_stats"][side] or {}) for r in za_runs]) for side in ("client", "server")
+            }
     out["targets"] = _targets(out)
     out["params"] = {
         "messages": args.messages,
@@ -718,7 +728,7 @@ def orchestrate(args) -> int:
         "statistic": "median over repeats (p50/p99: median of per-run percentiles)",
     }
     loops = {loop for rs in runs.values() for r in rs for loop in r["loop"]}
-    out["env"] = {**environment(), "load_avg_at_start": load_at_start, "loops": sorted(str(x) for x in loops), "uvloop_used": loops == {"uvloop"}}
+    out["env"] = {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2), "loops": sorted(str(x) for x in loops), "uvloop_used": loops == {"uvloop"}}
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=2))
     return 0
