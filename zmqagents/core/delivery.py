@@ -14,9 +14,11 @@ counter in ``stats``.
 
 Timers live in a hashed wheel of ``timer_granularity`` slots: arming one is a
 list append, cancelling one clears its slot number (the stale entry is skipped
-when its slot fires) and decrements the slot's live count, so a slot left with
-only cancelled timers never wakes the driver. Per-message timer work is O(1)
-with no heap operation per message; the heap holds slot numbers only.
+when its slot fires) and decrements the slot's live count. A slot left with
+only cancelled timers never wakes the driver, and its entries are freed at once
+rather than when its time comes (an answered request would otherwise stay
+referenced for its whole timeout). Per-message timer work is O(1) with no heap
+operation per message; the heap holds slot numbers only.
 
 Envelopes are never mutated after they are handed out (a retransmission
 sends the same object again), so a driver may pass them around by reference.
@@ -148,13 +150,16 @@ class WindowOpen:
     dst: bytes
 
 
-# An unacked message is a plain list (the hot path allocates one per message; a list is ~4x cheaper
-# to build than a slotted object): [slot, envelope, peer, seq, transmissions so far - 1, request or None].
-# slot 0 = no timer armed; envelope None = acked or dropped (frees the body while the wheel entry lingers).
-_SLOT, _ENV, _PEER, _SEQ, _TRIES, _REQ = range(6)
+# A pending message is a plain list (the hot path allocates one per message; a list is ~4x cheaper
+# to build than a slotted object):
+#   [slot, envelope, peer, seq, transmissions so far - 1, request or None, selectively acked]
+# slot 0 = no timer armed; envelope None = acked or dropped (frees the body if the wheel entry lingers).
+# A selectively acked message stays pending (but is not retransmitted) until the cumulative ack covers
+# it: the receiver holds it behind a hole and may still lose it, so it is not yet known delivered.
+_SLOT, _ENV, _PEER, _SEQ, _TRIES, _REQ, _SACKED = range(7)
 
 # Kinds of the object timer entries (each has a ``kind`` class attribute and a ``slot``).
-_DEADLINE, _ACK, _FWD = 1, 2, 3
+_DEADLINE, _ACK = 1, 2
 
 
 class _Request:
@@ -170,27 +175,15 @@ class _Request:
         self.pending = pending
 
 
-class _FwdTimer:
-    """Repeats a ``fwd`` announcement until the receiver's ack shows it skipped the holes."""
-
-    __slots__ = ("slot", "peer", "attempts")
-    kind = _FWD
-
-    def __init__(self, peer: "_Peer"):
-        self.slot = 0
-        self.peer = peer
-        self.attempts = 0
-
-
 class _Peer:
     """Both directions of our relationship with one peer; itself the timer entry of its delayed ack.
 
     Thousands of these exist in a large simulation, so what only some peers need
-    (requests, fwd timer, retired epochs, dedup memory) is allocated on first use.
+    (requests, retired epochs, dedup memory) is allocated on first use.
     """
 
     __slots__ = (
-        "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd",
+        "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd_at",
         "in_ep", "cum", "buf", "retired", "owed", "slot", "ids", "ring", "ring_pos",
     )
     kind = _ACK
@@ -205,7 +198,7 @@ class _Peer:
         self.out: dict[int, list] = {}  # seq -> pending entry, unacked messages in seq order
         self.blocked = False  # WindowFull was raised: report WindowOpen when there is room again
         self.requests: dict[bytes, _Request] | None = None
-        self.fwd: _FwdTimer | None = None
+        self.fwd_at = float("-inf")  # when we last sent this peer a fwd (rate limit)
         # -- the peer's stream to us
         self.in_ep: int | None = None
         self.cum = 0  # every seq up to here was delivered, or skipped on the sender's word (fwd)
@@ -254,14 +247,18 @@ class Delivery:
         self._out: list[Envelope] = []
         self._events: list = []
         self._wheel: dict[int, list] = {}  # slot -> timer entries armed in it (some maybe cancelled)
-        self._live: dict[int, int] = {}  # slot -> number of entries in it still armed
-        self._slots: list[int] = []  # heap of the wheel's slot numbers
+        self._live: dict[int, int] = {}  # slot -> number of entries in it still armed (a key of _wheel)
+        self._slots: list[int] = []  # heap of slot numbers; a slot no longer in _live is dead, skipped when popped
         self._fired = 0  # the last slot tick() fired: nothing is ever armed at or before it
+        self._fwd_due: dict[bytes, _Peer] = {}  # peers with messages abandoned during this tick
         self._g = cfg.timer_granularity
         self._inv_g = 1.0 / cfg.timer_granularity
         # Hot-path constants: the first timeout is uniform in [rto_lo, rto_lo + rto_span).
         self._rto_lo = cfg.rto_initial * (1.0 - cfg.jitter)
         self._rto_span = 2.0 * cfg.jitter * cfg.rto_initial
+        # Least time between two fwds to a peer that an ack or a probe asks for: repeated acks
+        # cannot make us flood, yet a lost fwd is replaced well within one retransmission timeout.
+        self._fwd_interval = cfg.rto_initial / 2
         self._ack_every = cfg.ack_every
         self._ack_delay = cfg.ack_delay
         self._dedup_window = cfg.dedup_window
@@ -405,9 +402,9 @@ class Delivery:
         g = self._g
         while slots and slots[0] * g <= now:
             k = heapq.heappop(slots)
-            entries = wheel.pop(k)
             if live.pop(k, None) is None:
                 continue  # every timer in it was cancelled
+            entries = wheel.pop(k)
             self._fired = k
             for e in entries:
                 if type(e) is list:
@@ -420,17 +417,21 @@ class Delivery:
                     if kind == _ACK:
                         if e.owed:
                             self._send_ack(e, now)
-                    elif kind == _DEADLINE:
-                        self._deadline(e, now)
                     else:
-                        self._fwd_timer(e, now)
+                        self._deadline(e, now)
+        if self._fwd_due:
+            # One fwd per peer for all the messages abandoned in this tick.
+            for peer in self._fwd_due.values():
+                if self._peers.get(peer.id) is peer and self._floor(peer) > peer.rcum + 1:
+                    self._send_fwd(peer, now)
+            self._fwd_due.clear()
 
     def next_timer(self) -> float | None:
         """When tick() must next run (the end of the earliest slot with a live timer), or None."""
         slots = self._slots
         live = self._live
         while slots and slots[0] not in live:
-            del self._wheel[heapq.heappop(slots)]
+            heapq.heappop(slots)
         return slots[0] * self._g if slots else None
 
     def take_outgoing(self) -> list[Envelope]:
@@ -470,32 +471,56 @@ class Delivery:
         k = int((now + self._rto_lo + self._rto_span * rng.random()) * self._inv_g) + 1
         if k <= self._fired:
             k = self._fired + 1
-        p = [k, env, peer, seq, 0, None]
+        p = [k, env, peer, seq, 0, None, False]
         peer.out[seq] = p
         lst = self._wheel.get(k)
         if lst is None:
             self._wheel[k] = [p]
             self._live[k] = 1
-            heapq.heappush(self._slots, k)
+            heapq.heappush(self._slots, k)  # a dead copy of k may still be in the heap: popping it is a no-op
         else:
             lst.append(p)
-            self._live[k] = self._live.get(k, 0) + 1  # the slot may be dead (all cancelled) but not yet reaped
+            self._live[k] += 1
         self._npending += 1
         self._out.append(env)
         self.stats["sent"] += 1
         return p
 
     def _retransmit(self, p: list, now: float) -> None:
+        """A pending message's timer fired: retransmit it, probe for a stalled receiver, or give up."""
         cfg = self.config
         tries = p[_TRIES] + 1
+        if p[_SACKED]:
+            peer = p[_PEER]
+            if p[_SEQ] == peer.rcum + 1:
+                p[_SACKED] = False  # the receiver waits for what it had acked: it lost it (restart); resend
+            elif self._floor(peer) < p[_SEQ]:
+                # The receiver holds it behind a hole that a lower pending message will fill or, once
+                # abandoned, a fwd will skip: wait, without spending retries.
+                p[_SLOT] = self._arm_slot(p, now + self._jittered(cfg.rto_max))
+                return
+            else:
+                # It is the floor and every hole below it was abandoned: probe with fwds until the
+                # cumulative ack covers it, or the retries run out.
+                if tries > cfg.max_retries:
+                    self._give_up(p, now)
+                    return
+                if now - peer.fwd_at >= self._fwd_interval:
+                    self._send_fwd(peer, now)
+                p[_TRIES] = tries
+                p[_SLOT] = self._arm_slot(p, now + self._jittered(cfg.timeout(tries)))
+                return
         if tries > cfg.max_retries:
             self._give_up(p, now)
             return
         p[_TRIES] = tries
-        p[_SLOT] = self._arm_slot(p, now + cfg.timeout(tries) * (1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0)))
+        p[_SLOT] = self._arm_slot(p, now + self._jittered(cfg.timeout(tries)))
         # The same object goes out again. Its piggybacked ack may be stale: harmless, acks are cumulative.
         self._out.append(p[_ENV])
         self.stats["retransmits"] += 1
+
+    def _jittered(self, timeout: float) -> float:
+        return timeout * (1.0 + self.config.jitter * (2.0 * self._rng.random() - 1.0))
 
     def _give_up(self, p: list, now: float) -> None:
         """Retries exhausted: the message fails as "unreachable"."""
@@ -513,18 +538,13 @@ class Delivery:
             self._events.append(RequestFailed(r.id, peer.id, "unreachable"))
 
     def _abandon(self, p: list, now: float) -> None:
-        """Stop retransmitting an unacked message, and arm a fwd so the receiver does not wait for it."""
+        """Stop retransmitting an unacked message; the end of the tick sends a fwd so the receiver skips it."""
         peer = p[_PEER]
         del peer.out[p[_SEQ]]
         self._settle(p)
         self._npending -= 1
         self.stats["abandoned"] += 1
-        fwd = peer.fwd
-        if fwd is None:
-            fwd = peer.fwd = _FwdTimer(peer)
-        fwd.attempts = 0
-        if not fwd.slot or fwd.slot > int(now * self._inv_g) + 1:
-            self._arm(fwd, now)  # the next slot: the abandonments of one slot share one fwd
+        self._fwd_due[peer.id] = peer
         self._window_check(peer)
 
     def _settle(self, p: list) -> None:
@@ -548,22 +568,12 @@ class Delivery:
         peer.low = low
         return low
 
-    def _fwd_timer(self, t: _FwdTimer, now: float) -> None:
-        """Send the fwd while the best ack seen is below the floor, on the data retransmit schedule."""
-        peer = t.peer
-        floor = self._floor(peer)
-        if floor <= peer.rcum + 1:
-            return  # everything below the floor is acknowledged: no hole left to skip
-        self._send_fwd(peer, floor, now)
-        cfg = self.config
-        if t.attempts < cfg.max_retries:
-            self._arm(t, now + cfg.timeout(t.attempts) * (1.0 + cfg.jitter * (2.0 * self._rng.random() - 1.0)))
-            t.attempts += 1
-
-    def _send_fwd(self, peer: _Peer, floor: int, now: float) -> None:
+    def _send_fwd(self, peer: _Peer, now: float) -> None:
+        """Tell the peer the lowest seq we still send: it skips every hole below."""
+        peer.fwd_at = now
         ack = self._piggyback(peer) if peer.owed else None
         self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, FWD_TYPE, None,
-                                  peer.id, int(now * 1000), 0, floor, peer.ep, None, ack))
+                                  peer.id, int(now * 1000), 0, self._floor(peer), peer.ep, None, ack))
         self.stats["fwd_sent"] += 1
 
     def _on_ack(self, peer: _Peer, ack: list, now: float) -> bool:
@@ -586,29 +596,23 @@ class Delivery:
                     if p is not None:
                         self._settle(p)
             peer.low = cum + 1
-        if n0:
-            for s in ack[2]:
-                p = out.pop(s, None)
-                if p is not None:
-                    self._settle(p)
             acked = n0 - len(out)
             if acked:
                 self._npending -= acked
                 if peer.blocked:
                     self._window_check(peer)
+        if n0:
+            for s in ack[2]:
+                p = out.get(s)
+                if p is not None:
+                    p[_SACKED] = True
         if cum > peer.rcum:
             peer.rcum = cum
         c1 = cum + 1
-        fwd = peer.fwd
-        if c1 < end and c1 not in out and (fwd is None or not fwd.slot):
-            # This ack waits for a seq we no longer send: it was abandoned, the receiver lost its state, or
-            # the ack is stale (reordered). Say where the stream goes on. A stale ack costs one spare fwd;
-            # the repeat timer then stops at once because rcum is already past the floor.
-            self._send_fwd(peer, self._floor(peer), now)
-            if fwd is None:
-                fwd = peer.fwd = _FwdTimer(peer)
-            fwd.attempts = 1
-            self._arm(fwd, now + self.config.rto_initial)
+        if c1 < end and c1 not in out and now - peer.fwd_at >= self._fwd_interval:
+            # This ack waits for a seq we no longer send: it was abandoned, the receiver lost its state,
+            # or the ack is stale (reordered; then the fwd is a harmless no-op). Say where the stream goes on.
+            self._send_fwd(peer, now)
         return True
 
     # -- receiving -----------------------------------------------------------------
@@ -750,19 +754,17 @@ class Delivery:
             events.append(RequestFailed(r.id, peer.id, reason))
         peer.requests = None
         self._cancel(peer)
-        if peer.fwd is not None:
-            self._cancel(peer.fwd)
         if peer.blocked:
             events.append(WindowOpen(peer.id))  # can_send() is true again: the state is gone
         self.stats["buffer_discarded"] += len(peer.buf)
         peer.buf.clear()
 
-    def _arm(self, entry: _Request | _FwdTimer | _Peer, t: float) -> None:
+    def _arm(self, entry: _Request | _Peer, t: float) -> None:
         """(Re)arm an object timer entry to fire at ``t``."""
         self._disarm(entry.slot)
         entry.slot = self._arm_slot(entry, t)
 
-    def _cancel(self, entry: _Request | _FwdTimer | _Peer) -> None:
+    def _cancel(self, entry: _Request | _Peer) -> None:
         self._disarm(entry.slot)
         entry.slot = 0
 
@@ -778,7 +780,7 @@ class Delivery:
             heapq.heappush(self._slots, k)
         else:
             lst.append(entry)
-            self._live[k] = self._live.get(k, 0) + 1
+            self._live[k] += 1
         return k
 
     def _disarm(self, k: int) -> None:
@@ -789,3 +791,4 @@ class Delivery:
                 self._live[k] = n - 1
             else:
                 del self._live[k]
+                del self._wheel[k]

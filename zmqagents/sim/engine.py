@@ -79,7 +79,9 @@ class SimNode:
 
 @dataclass
 class SimReport:
-    """What one run did. ``bytes_sent`` is None unless byte counting was on, ``trace_digest`` unless tracing."""
+    """What one run did, counted in envelopes on the simulated network (data, acks, fwds alike):
+    ``sent`` by cores, ``delivered`` to a live node, ``dropped_*`` by cause. ``bytes_sent`` (encoded
+    size of everything sent) is None unless byte counting was on, ``trace_digest`` unless tracing."""
 
     seed: int
     virtual_time: float
