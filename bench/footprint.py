@@ -250,7 +250,7 @@ def orchestrate(args) -> int:
         groups = [min(PEERS_PER_PROCESS, args.peers - i) for i in range(0, args.peers, PEERS_PER_PROCESS)]
         peer_procs = []
         for i, count in enumerate(groups):
-            child = Child(SCRIPT, "peers", "--contact", ready["contact"], "--count", str(count), name=f"peers-{i}")
+            child = Child(SCRIPT, "peers", f"--contact={ready['contact']}", "--count", str(count), name=f"peers-{i}")
             children.append(child)
             peer_procs.append(child)
         hello_ok = 0

@@ -598,9 +598,10 @@ def measure(kind: str, impl: str, n: int, warmup: int, window: int, timeout: flo
     try:
         ready = server.read(30)
         if impl == "raw":
-            target = ["--endpoint", ready["endpoint"], "--server-key", ready["server_key"]]
+            # "=" form: a Z85 key may start with "-", which argparse would take for an option
+            target = [f"--endpoint={ready['endpoint']}", f"--server-key={ready['server_key']}"]
         else:
-            target = ["--contact", ready["contact"]]
+            target = [f"--contact={ready['contact']}"]
         client = Child(SCRIPT, f"{impl}-{CLIENT_ROLE[kind]}", *common, *target, *extra)
         children.append(client)
         client_result = client.read(timeout)
