@@ -18,7 +18,7 @@ when its slot fires) and decrements the slot's live count. A slot left with
 only cancelled timers never wakes the driver, and its entries are freed at once
 rather than when its time comes (an answered request would otherwise stay
 referenced for its whole timeout). Per-message timer work is O(1) with no heap
-operation per message; the heap holds slot numbers only.
+operation per message: the heap holds each slot number once.
 
 Envelopes are never mutated after they are handed out (a retransmission
 sends the same object again), so a driver may pass them around by reference.
@@ -246,9 +246,10 @@ class Delivery:
         self._npending = 0
         self._out: list[Envelope] = []
         self._events: list = []
-        self._wheel: dict[int, list] = {}  # slot -> timer entries armed in it (some maybe cancelled)
-        self._live: dict[int, int] = {}  # slot -> number of entries in it still armed (a key of _wheel)
-        self._slots: list[int] = []  # heap of slot numbers; a slot no longer in _live is dead, skipped when popped
+        # slot -> timer entries armed in it (some maybe cancelled); every key is in _slots exactly once
+        self._wheel: dict[int, list] = {}
+        self._live: dict[int, int] = {}  # slot -> entries in it still armed; a slot not in here is dead
+        self._slots: list[int] = []  # heap of the wheel's slot numbers
         self._fired = 0  # the last slot tick() fired: nothing is ever armed at or before it
         self._fwd_due: dict[bytes, _Peer] = {}  # peers with messages abandoned during this tick
         self._g = cfg.timer_granularity
@@ -402,9 +403,9 @@ class Delivery:
         g = self._g
         while slots and slots[0] * g <= now:
             k = heapq.heappop(slots)
+            entries = wheel.pop(k)
             if live.pop(k, None) is None:
                 continue  # every timer in it was cancelled
-            entries = wheel.pop(k)
             self._fired = k
             for e in entries:
                 if type(e) is list:
@@ -418,7 +419,7 @@ class Delivery:
                         if e.owed:
                             self._send_ack(e, now)
                     else:
-                        self._deadline(e, now)
+                        self._deadline(e)
         if self._fwd_due:
             # One fwd per peer for all the messages abandoned in this tick.
             for peer in self._fwd_due.values():
@@ -431,7 +432,7 @@ class Delivery:
         slots = self._slots
         live = self._live
         while slots and slots[0] not in live:
-            heapq.heappop(slots)
+            del self._wheel[heapq.heappop(slots)]
         return slots[0] * self._g if slots else None
 
     def take_outgoing(self) -> list[Envelope]:
@@ -477,10 +478,10 @@ class Delivery:
         if lst is None:
             self._wheel[k] = [p]
             self._live[k] = 1
-            heapq.heappush(self._slots, k)  # a dead copy of k may still be in the heap: popping it is a no-op
+            heapq.heappush(self._slots, k)
         else:
             lst.append(p)
-            self._live[k] += 1
+            self._live[k] = self._live.get(k, 0) + 1  # the slot may be dead, not yet reaped: revive it
         self._npending += 1
         self._out.append(env)
         self.stats["sent"] += 1
@@ -503,7 +504,7 @@ class Delivery:
                 # It is the floor and every hole below it was abandoned: probe with fwds until the
                 # cumulative ack covers it, or the retries run out.
                 if tries > cfg.max_retries:
-                    self._give_up(p, now)
+                    self._give_up(p)
                     return
                 if now - peer.fwd_at >= self._fwd_interval:
                     self._send_fwd(peer, now)
@@ -511,7 +512,7 @@ class Delivery:
                 p[_SLOT] = self._arm_slot(p, now + self._jittered(cfg.timeout(tries)))
                 return
         if tries > cfg.max_retries:
-            self._give_up(p, now)
+            self._give_up(p)
             return
         p[_TRIES] = tries
         p[_SLOT] = self._arm_slot(p, now + self._jittered(cfg.timeout(tries)))
@@ -522,12 +523,12 @@ class Delivery:
     def _jittered(self, timeout: float) -> float:
         return timeout * (1.0 + self.config.jitter * (2.0 * self._rng.random() - 1.0))
 
-    def _give_up(self, p: list, now: float) -> None:
+    def _give_up(self, p: list) -> None:
         """Retries exhausted: the message fails as "unreachable"."""
         peer = p[_PEER]
         mid = p[_ENV].id
         r = p[_REQ]
-        self._abandon(p, now)
+        self._abandon(p)
         if r is None:
             self.stats["send_failed"] += 1
             self._events.append(SendFailed(mid, peer.id, "unreachable"))
@@ -537,8 +538,8 @@ class Delivery:
             self.stats["requests_failed"] += 1
             self._events.append(RequestFailed(r.id, peer.id, "unreachable"))
 
-    def _abandon(self, p: list, now: float) -> None:
-        """Stop retransmitting an unacked message; the end of the tick sends a fwd so the receiver skips it."""
+    def _abandon(self, p: list) -> None:
+        """Stop sending a pending message; the end of the tick sends a fwd so the receiver skips it."""
         peer = p[_PEER]
         del peer.out[p[_SEQ]]
         self._settle(p)
@@ -548,9 +549,10 @@ class Delivery:
         self._window_check(peer)
 
     def _settle(self, p: list) -> None:
-        """An unacked message left ``out`` acked: drop its timer and its envelope."""
-        self._disarm(p[_SLOT])
-        p[_SLOT] = 0
+        """A message left ``out`` (acked, abandoned or failed): drop its timer and its envelope."""
+        if p[_SLOT]:
+            self._disarm(p[_SLOT])
+            p[_SLOT] = 0
         p[_ENV] = None
 
     def _window_check(self, peer: _Peer) -> None:
@@ -691,12 +693,12 @@ class Delivery:
         self.stats["replies"] += 1
         self._events.append(Replied(r.id, env))
 
-    def _deadline(self, r: _Request, now: float) -> None:
+    def _deadline(self, r: _Request) -> None:
         """The request's deadline passed: fail it, and stop retransmitting it if it is still unacked."""
         del self._requests[r.id]
         del r.peer.requests[r.id]
         if r.pending[_ENV] is not None:
-            self._abandon(r.pending, now)
+            self._abandon(r.pending)
         self.stats["requests_timed_out"] += 1
         self._events.append(RequestFailed(r.id, r.peer.id, "timeout"))
 
@@ -761,12 +763,14 @@ class Delivery:
 
     def _arm(self, entry: _Request | _Peer, t: float) -> None:
         """(Re)arm an object timer entry to fire at ``t``."""
-        self._disarm(entry.slot)
+        if entry.slot:
+            self._disarm(entry.slot)
         entry.slot = self._arm_slot(entry, t)
 
     def _cancel(self, entry: _Request | _Peer) -> None:
-        self._disarm(entry.slot)
-        entry.slot = 0
+        if entry.slot:
+            self._disarm(entry.slot)
+            entry.slot = 0
 
     def _arm_slot(self, entry, t: float) -> int:
         """Put ``entry`` in the wheel slot ending just after ``t`` (it fires at most one granularity late)."""
@@ -780,15 +784,15 @@ class Delivery:
             heapq.heappush(self._slots, k)
         else:
             lst.append(entry)
-            self._live[k] += 1
+            self._live[k] = self._live.get(k, 0) + 1
         return k
 
     def _disarm(self, k: int) -> None:
-        """One timer armed in slot ``k`` (0 = none) was cancelled or moved."""
+        """One timer armed in slot ``k`` was cancelled or moved."""
         n = self._live.get(k)
         if n is not None:
             if n > 1:
                 self._live[k] = n - 1
             else:
                 del self._live[k]
-                del self._wheel[k]
+                self._wheel[k].clear()  # free the cancelled entries now; the slot stays registered
