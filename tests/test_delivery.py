@@ -392,6 +392,25 @@ def test_window_full_then_window_open():
     assert len(net.of(A, WindowOpen)) == 1
 
 
+def test_replies_get_headroom_beyond_the_window_but_stay_bounded():
+    """A server answering a burst of requests must not fail because its replies are not yet acked;
+    only a peer that leaves twice the window of replies unacked is refused."""
+    a, b, net = pair(DeliveryConfig(window=4))
+    net.drop = lambda env: env.type == "rep" or (env.type == "ack" and env.src == A)  # replies never acked
+    requests = []
+    for round_ in range(3):
+        for i in range(4):
+            a.request(B, i, net.now, timeout=10)
+        net.flush()
+        requests += [e.env for e in net.of(B, Delivered)[len(requests):]]
+        net.advance(net.now + 0.05)  # B's delayed acks free A's window for the next round
+    assert len(requests) == 12
+    for env in requests[:8]:
+        b.reply(env, "ok", net.now)  # 8 unacked replies to a window-4 peer: allowed
+    with pytest.raises(WindowFull):
+        b.reply(requests[8], "ok", net.now)
+
+
 def test_reorder_buffer_is_bounded_and_stream_recovers():
     a, b, net = pair(DeliveryConfig(reorder_limit=8, window=64))
     net.drop = lambda env: env.seq == 1 and a.stats["retransmits"] == 0

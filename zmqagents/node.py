@@ -148,7 +148,9 @@ class Node:
         self._idle: asyncio.Event | None = None
         self._started = False
         self._closed = False
-        self.stats: dict[str, int] = {"inbox_refused": 0, "publications_dropped": 0, "handler_errors": 0}
+        self.stats: dict[str, int] = {
+            "inbox_refused": 0, "publications_dropped": 0, "handler_errors": 0, "replies_dropped": 0,
+        }
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -418,7 +420,7 @@ class Node:
                     self._inbox.put_nowait(Message(env.src, env.body, env.type, env.id))
                 elif env.type == HELLO:
                     self._add_neighbour(env.src, env.body)
-                    self.delivery.reply(env, self._hello_body(), time.time())
+                    self._reply(env, self._hello_body())
                 else:
                     self._start_handler(env)
             elif isinstance(event, Replied):
@@ -458,13 +460,21 @@ class Node:
         except Exception as exc:  # the handler is the application's code: report, never crash the node
             self._reply_error(env, str(exc) or type(exc).__name__, type(exc).__name__)
             return
-        self.delivery.reply(env, result, time.time())
+        self._reply(env, result)
+
+    def _reply(self, env: Envelope, body: Any, *, error: bool = False) -> None:
+        try:
+            self.delivery.reply(env, body, time.time(), error=error)
+        except WindowFull:
+            # The requester leaves twice a window of replies unacked: drop this one (it times out)
+            # rather than buffer without bound.
+            self.stats["replies_dropped"] += 1
 
     async def _run_handler(self, env: Envelope) -> None:
         async with self._handler_slots:
             try:
                 result = await self._handler(env.body, Message(env.src, env.body, env.type, env.id))
-                self.delivery.reply(env, result, time.time())
+                self._reply(env, result)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -473,7 +483,7 @@ class Node:
 
     def _reply_error(self, env: Envelope, message: str, kind: str) -> None:
         self.stats["handler_errors"] += 1
-        self.delivery.reply(env, {"error": message, "type": kind}, time.time(), error=True)
+        self._reply(env, {"error": message, "type": kind}, error=True)
 
     def _arm_timer(self) -> None:
         at = self.delivery.next_timer()

@@ -304,9 +304,15 @@ class Delivery:
         return rid
 
     def reply(self, request: Envelope, body, now: float, *, error: bool = False) -> bytes:
-        """Answer a delivered request (type "rep", or "err" if ``error``); reliable like send()."""
+        """Answer a delivered request (type "rep", or "err" if ``error``); reliable like send().
+
+        A reply may exceed the window up to twice its size: it answers a request the peer
+        already paid window for, and an application must not be made to hold answers back.
+        Only a peer that leaves that many replies unacked gets WindowFull here.
+        """
         typ = ERROR_TYPE if error else REPLY_TYPE
-        return self._transmit(self._sending_peer(request.src), typ, body, now, request.id)[_ENV].id
+        peer = self._sending_peer(request.src, 2 * self.config.window)
+        return self._transmit(peer, typ, body, now, request.id)[_ENV].id
 
     def cancel_request(self, request_id: bytes) -> None:
         """Stop waiting for a reply; a late one is dropped. The request stays reliable: an unacked one is
@@ -451,12 +457,12 @@ class Delivery:
 
     # -- sending -------------------------------------------------------------------
 
-    def _sending_peer(self, dst: bytes) -> _Peer:
+    def _sending_peer(self, dst: bytes, limit: int = 0) -> _Peer:
         peer = self._peers.get(dst)
         if peer is None:
             return self._new_peer(dst)
         self._peers.move_to_end(dst)
-        if len(peer.out) >= self.config.window:
+        if len(peer.out) >= (limit or self.config.window):
             peer.blocked = True
             self.stats["window_full"] += 1
             raise WindowFull(f"{len(peer.out)} messages to {dst.hex()[:12]} are unacked (window {self.config.window})")
