@@ -5,7 +5,8 @@ written spec is ``protocols/envelope.md``. Decoding is strict and bounded:
 the length is checked against a limit before anything is allocated, field
 types are checked, unknown fields are ignored (so minor additions stay
 compatible) and an unknown major version is refused. Every failure raises a
-subclass of :class:`EnvelopeError`, never anything else.
+subclass of :class:`EnvelopeError`, never anything else. Encoding applies
+the same rules, so a node never sends what its peers must drop.
 
 Ed25519 signatures are optional and cover a *canonical* encoding (map keys
 sorted by their encoded bytes, recursively) so any implementation can
@@ -29,6 +30,10 @@ HEADER = struct.Struct(">I")
 HEADER_LEN = HEADER.size
 DEFAULT_MAX_SIZE = 1 << 20  # 1 MiB: large enough for a task payload, small enough to buffer per peer
 MAX_TYPE_LEN = 64
+# Nesting limit, the envelope map being level 1. msgpack itself allows 1024,
+# which is deep enough for repr(), ==, json.dumps or deepcopy of a decoded
+# body to hit Python's recursion limit; 100 leaves every such caller room.
+MAX_DEPTH = 100
 SIGNATURE_DOMAIN = b"zmqagents/envelope/v1\x00"
 
 ID_LEN = 16
@@ -37,6 +42,10 @@ PUBLIC_KEY_LEN = 32
 SIGNATURE_LEN = 64
 
 Body = Any
+
+_KNOWN_FIELDS = frozenset({"v", "id", "src", "t", "dst", "ts", "ttl", "b", "seq", "ep", "re", "ak", "pk", "sig"})
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})  # the types msgpack decodes scalars to
+_KEY_TYPES = frozenset({str, bytes})  # map keys msgpack's strict_map_key lets through
 
 
 class EnvelopeError(ValueError):
@@ -68,7 +77,9 @@ class Envelope:
     """One message. ``id``, ``src`` and ``dst`` are raw bytes; ``ts`` and ``ttl`` are milliseconds.
 
     Delivery fields (``seq``, ``ep``, ``re``, ``ack``) are used by the reliable
-    delivery core and are absent on messages that do not need them.
+    delivery core and are absent on messages that do not need them. ``extra``
+    holds fields this version does not define (from a newer peer); they are
+    not interpreted, but are re-encoded and signed along with the rest.
     """
 
     id: bytes
@@ -110,12 +121,36 @@ class Envelope:
             m["pk"] = self.pk
         if self.sig is not None:
             m["sig"] = self.sig
+        if self.extra:
+            # Unknown fields received from a newer peer travel on unchanged, so
+            # relays forward them and signatures that cover them still verify.
+            for key in self.extra:
+                if type(key) is not str or key in _KNOWN_FIELDS:
+                    raise MalformedEnvelope(f"extra field {key!r} must be a name this version does not define")
+            m.update(self.extra)
+        return m
+
+    def _checked_map(self) -> dict:
+        """``to_map()`` after the decoder's own checks: what fails here, every peer would drop."""
+        _check_fields(self.id, self.src, self.type, self.dst, self.ts, self.ttl, self.seq, self.ep,
+                      self.re, self.ack, self.pk, self.sig)
+        m = self.to_map()
+        if type(self.body) not in _SCALARS:
+            _check_value(self.body, 2)
+        if self.ack:
+            _check_value(self.ack, 2)
+        if self.extra:
+            _check_value(self.extra, 1)
         return m
 
     def encode(self, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
-        """Length-prefixed bytes. Raises OversizeEnvelope rather than emit what a peer must refuse."""
+        """Length-prefixed bytes.
+
+        Raises MalformedEnvelope or OversizeEnvelope rather than emit what a peer must refuse.
+        """
+        m = self._checked_map()
         try:
-            payload = msgpack.packb(self.to_map(), use_bin_type=True)
+            payload = msgpack.packb(m, use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as exc:
             raise MalformedEnvelope(f"body cannot be encoded as msgpack: {exc}") from None
         if len(payload) > max_size:
@@ -126,9 +161,12 @@ class Envelope:
 
     def signing_bytes(self) -> bytes:
         """The canonical bytes a signature covers: every field but ``sig``, keys sorted."""
-        m = self.to_map()
+        m = self._checked_map()
         m.pop("sig", None)
-        return SIGNATURE_DOMAIN + canonical_packb(m)
+        try:
+            return SIGNATURE_DOMAIN + canonical_packb(m)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise MalformedEnvelope(f"body cannot be encoded as msgpack: {exc}") from None
 
     def sign(self, identity) -> "Envelope":
         """Sign in place with a :class:`~zmqagents.identity.Identity` whose node id is ``src``."""
@@ -166,77 +204,165 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+# -- schema: one set of checks, run by the decoder and the encoder ----------
+
+def _wrong(key: str, want: str, value: Any) -> MalformedEnvelope:
+    got = f"{len(value)} bytes" if type(value) is bytes else type(value).__name__
+    return MalformedEnvelope(f"field {key!r} must be {want}, got {got}")
+
+
+def _not_uint(key: str, value: Any) -> MalformedEnvelope:
+    return MalformedEnvelope(f"field {key!r} must be a non-negative integer, got {value!r:.40}")
+
+
+def _check_fields(mid, src, typ, dst, ts, ttl, seq, ep, re, ack, pk, sig) -> None:
+    """The schema of every field but ``v`` and ``b``: run by the decoder and by the encoder alike.
+
+    None means "not set" for the optional fields (absent, or nil on the wire).
+    Straight-line on purpose: this is on every message's path.
+    """
+    if type(mid) is not bytes or len(mid) != ID_LEN:
+        raise _wrong("id", f"{ID_LEN} bytes", mid)
+    if type(src) is not bytes or len(src) != NODE_ID_LEN:
+        raise _wrong("src", f"{NODE_ID_LEN} bytes", src)
+    if type(typ) is not str or not typ or len(typ) > MAX_TYPE_LEN:
+        raise MalformedEnvelope(f"field 't' must be a non-empty string of at most {MAX_TYPE_LEN} characters")
+    if dst is not None and (type(dst) is not bytes or len(dst) != NODE_ID_LEN):
+        raise _wrong("dst", f"{NODE_ID_LEN} bytes", dst)
+    if ts is not None and (type(ts) is not int or ts < 0):
+        raise _not_uint("ts", ts)
+    if ttl is not None and (type(ttl) is not int or ttl < 0):
+        raise _not_uint("ttl", ttl)
+    if seq is not None and (type(seq) is not int or seq < 0):
+        raise _not_uint("seq", seq)
+    if ep is not None and (type(ep) is not int or ep < 0):
+        raise _not_uint("ep", ep)
+    if re is not None and (type(re) is not bytes or len(re) != ID_LEN):
+        raise _wrong("re", f"{ID_LEN} bytes", re)
+    if ack is not None and type(ack) is not list:
+        raise _wrong("ak", "an array", ack)
+    if pk is not None and (type(pk) is not bytes or len(pk) != PUBLIC_KEY_LEN):
+        raise _wrong("pk", f"{PUBLIC_KEY_LEN} bytes", pk)
+    if sig is not None and (type(sig) is not bytes or len(sig) != SIGNATURE_LEN):
+        raise _wrong("sig", f"{SIGNATURE_LEN} bytes", sig)
+
+
+def _is_flat(value: Any) -> bool:
+    """A decoded map or array holding only scalars: the common body, at most one level deep.
+
+    Keys are not looked at: msgpack's strict_map_key has already checked
+    them on decode. (The encoder does not use this shortcut.)
+    """
+    if type(value) is dict:
+        value = value.values()
+    elif type(value) is not list:
+        return False
+    for child in value:
+        if type(child) not in _SCALARS:
+            return False
+    return True
+
+
+def _check_value(value: Any, depth: int) -> None:
+    """Refuse what the decoder would refuse inside a free-form value at nesting level ``depth``.
+
+    That is: nesting beyond MAX_DEPTH, map keys other than str/bin, and
+    msgpack extension objects. Walks one level at a time, holding only
+    references to the containers of the next level, so the walk adds little
+    to the memory the value already takes; the depth bound also ends the walk
+    of a value that contains itself.
+    """
+    level = [value]
+    while level:
+        if depth > MAX_DEPTH:
+            raise MalformedEnvelope(f"values nest deeper than {MAX_DEPTH} levels")
+        below = []
+        for value in level:
+            if isinstance(value, (msgpack.ExtType, msgpack.Timestamp)):  # before tuple: ExtType is a namedtuple
+                raise MalformedEnvelope("msgpack extension types are not allowed in an envelope")
+            if isinstance(value, dict):
+                if not _KEY_TYPES.issuperset(map(type, value)):
+                    for key in value:
+                        if not isinstance(key, (str, bytes)):
+                            raise MalformedEnvelope(f"map keys must be strings or bytes, got {type(key).__name__}")
+                children = value.values()
+            elif isinstance(value, (list, tuple)):
+                children = value
+            else:
+                continue  # bytearray, str subclasses, ...: msgpack packs them as plain scalars
+            for child in children:
+                if type(child) not in _SCALARS:
+                    below.append(child)
+        level = below
+        depth += 1
+
+
 # -- decoding --------------------------------------------------------------
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise MalformedEnvelope(f"msgpack extension type {code} is not allowed in an envelope")
 
 
-def _opt_bytes(m: dict, key: str, length: int | None) -> bytes | None:
-    v = m.get(key)
-    if v is None:
-        return None
-    if type(v) is not bytes or (length is not None and len(v) != length):
-        want = f"{length} bytes" if length else "bytes"
-        raise MalformedEnvelope(f"field {key!r} must be {want}, got {type(v).__name__}")
-    return v
+def _from_map(m: Any) -> Envelope:
+    """Check a decoded top-level value against the schema and build the Envelope."""
+    if type(m) is not dict:
+        raise MalformedEnvelope(f"envelope must be a msgpack map, got {type(m).__name__}")
+    get = m.get
+    v = get("v")
+    if type(v) is not int:
+        raise MalformedEnvelope("field 'v' (version) is missing or not an integer")
+    if v != VERSION:
+        raise UnsupportedVersion(f"envelope major version {v} is not supported (this node speaks {VERSION})")
+    mid = get("id")
+    src = get("src")
+    typ = get("t")
+    dst = get("dst")
+    ts = get("ts")
+    ttl = get("ttl")
+    seq = get("seq")
+    ep = get("ep")
+    re = get("re")
+    ack = get("ak")
+    pk = get("pk")
+    sig = get("sig")
+    _check_fields(mid, src, typ, dst, ts, ttl, seq, ep, re, ack, pk, sig)
+    body = get("b")
+    if type(body) not in _SCALARS and not _is_flat(body):
+        _check_value(body, 2)
+    if ack and not _is_flat(ack):
+        _check_value(ack, 2)
+    # Positional, in dataclass field order: about twice as fast as keywords.
+    return Envelope(
+        mid, src, typ, body, dst, ts or 0, ttl or 0, seq, ep, re, ack, pk, sig,
+        {} if _KNOWN_FIELDS.issuperset(m) else _unknown_fields(m),
+    )
 
 
-def _opt_int(m: dict, key: str, default: int | None) -> int | None:
-    v = m.get(key, default)
-    if v is None or (type(v) is int and v >= 0):
-        return v
-    raise MalformedEnvelope(f"field {key!r} must be a non-negative integer, got {v!r:.40}")
+def _unknown_fields(m: dict) -> dict:
+    """Fields this version does not define: kept, uninterpreted, so they can be passed on."""
+    extra = {k: val for k, val in m.items() if k not in _KNOWN_FIELDS}
+    for key in extra:
+        if type(key) is not str:
+            raise MalformedEnvelope(f"envelope field names must be strings, got {type(key).__name__}")
+    _check_value(extra, 1)
+    return extra
 
 
 def decode_payload(payload: bytes) -> Envelope:
     """Decode the msgpack map (without the length prefix)."""
     try:
-        m = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext)
+        # max_ext_len=0 refuses every extension before msgpack builds it; the
+        # timestamp type (-1) never reaches ext_hook, so the hook alone is not enough.
+        m = msgpack.unpackb(
+            payload, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext, max_ext_len=0
+        )
     except EnvelopeError:
         raise
     except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, UnicodeDecodeError, ...
+        if "max_ext_len" in str(exc) or "timestamp" in str(exc):
+            raise MalformedEnvelope("msgpack extension types are not allowed in an envelope") from None
         raise MalformedEnvelope(f"not a valid msgpack map: {type(exc).__name__}: {exc}"[:200]) from None
-    if type(m) is not dict:
-        raise MalformedEnvelope(f"envelope must be a msgpack map, got {type(m).__name__}")
-    v = m.get("v")
-    if type(v) is not int:
-        raise MalformedEnvelope("field 'v' (version) is missing or not an integer")
-    if v != VERSION:
-        raise UnsupportedVersion(f"envelope major version {v} is not supported (this node speaks {VERSION})")
-    mid = m.get("id")
-    src = m.get("src")
-    typ = m.get("t")
-    if type(mid) is not bytes or len(mid) != ID_LEN:
-        raise MalformedEnvelope(f"field 'id' must be {ID_LEN} bytes")
-    if type(src) is not bytes or len(src) != NODE_ID_LEN:
-        raise MalformedEnvelope(f"field 'src' must be {NODE_ID_LEN} bytes")
-    if type(typ) is not str or not typ or len(typ) > MAX_TYPE_LEN:
-        raise MalformedEnvelope(f"field 't' must be a non-empty string of at most {MAX_TYPE_LEN} characters")
-    ack = m.get("ak")
-    if ack is not None and type(ack) is not list:
-        raise MalformedEnvelope("field 'ak' must be an array")
-    # Unknown fields are kept (not interpreted) so a relay can pass them on unchanged.
-    extra = {} if _KNOWN_FIELDS.issuperset(m) else {k: val for k, val in m.items() if k not in _KNOWN_FIELDS}
-    return Envelope(
-        id=mid,
-        src=src,
-        type=typ,
-        body=m.get("b"),
-        dst=_opt_bytes(m, "dst", NODE_ID_LEN),
-        ts=_opt_int(m, "ts", 0),
-        ttl=_opt_int(m, "ttl", 0),
-        seq=_opt_int(m, "seq", None),
-        ep=_opt_int(m, "ep", None),
-        re=_opt_bytes(m, "re", ID_LEN),
-        ack=ack,
-        pk=_opt_bytes(m, "pk", PUBLIC_KEY_LEN),
-        sig=_opt_bytes(m, "sig", SIGNATURE_LEN),
-        extra=extra,
-    )
-
-
-_KNOWN_FIELDS = frozenset({"v", "id", "src", "t", "dst", "ts", "ttl", "b", "seq", "ep", "re", "ak", "pk", "sig"})
+    return _from_map(m)
 
 
 def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
@@ -257,10 +383,12 @@ def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
 class StreamDecoder:
     """Incremental decoder for a byte stream of envelopes (pipes, spool files).
 
-    ``feed`` buffers at most one envelope's worth of bytes beyond what it has
-    returned: an oversize length prefix is refused before its payload is read.
-    Envelopes that decode badly raise; the stream cannot resynchronise after a
-    bad length prefix, so callers treat such an error as the end of the stream.
+    Memory stays at one envelope plus the chunk being fed: a length prefix
+    over ``max_size`` is refused as soon as its four bytes are in, before
+    any of its payload is waited for. An envelope that decodes badly raises
+    and is dropped; the envelopes after it still decode. A bad length prefix
+    cannot be skipped (there is no way to find the next one), so callers
+    treat OversizeEnvelope as the end of the stream.
     """
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE):
@@ -268,16 +396,26 @@ class StreamDecoder:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> Iterator[Envelope]:
+        """Buffer ``data`` and return an iterator over the envelopes now complete.
+
+        The bytes are buffered by the call itself, not on first iteration,
+        so a chunk that completes no envelope is kept even if the result is
+        never iterated.
+        """
         self._buf += data
-        while len(self._buf) >= HEADER_LEN:
-            (length,) = HEADER.unpack_from(self._buf)
+        return self._drain()
+
+    def _drain(self) -> Iterator[Envelope]:
+        buf = self._buf
+        while len(buf) >= HEADER_LEN:
+            (length,) = HEADER.unpack_from(buf)
             if length > self.max_size:
                 raise OversizeEnvelope(f"envelope announces {length} bytes, over the limit of {self.max_size} bytes")
             end = HEADER_LEN + length
-            if len(self._buf) < end:
+            if len(buf) < end:
                 return
-            payload = bytes(self._buf[HEADER_LEN:end])
-            del self._buf[:end]
+            payload = buf[HEADER_LEN:end]
+            del buf[:end]
             yield decode_payload(payload)
 
     @property

@@ -15,6 +15,7 @@ an authenticated CURVE link to a node.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import stat
@@ -59,8 +60,11 @@ def curve_public_of(verify_key: bytes) -> bytes:
     """
     try:
         return bytes(nacl.signing.VerifyKey(verify_key).to_curve25519_public_key())
-    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError) as exc:
-        raise IdentityError(f"not a valid Ed25519 public key: {exc}") from None
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError):
+        # libsodium only says "Unexpected library error" here; say what it means.
+        raise IdentityError(
+            "not a valid Ed25519 public key (expected 32 bytes encoding a curve point of large order)"
+        ) from None
 
 
 def format_public_key(verify_key: bytes) -> str:
@@ -76,6 +80,10 @@ def parse_public_key(text: str) -> bytes:
         raise IdentityError(f"public key {text!r} is not base32 (expected 52 characters a-z, 2-7)") from None
     if len(raw) != PUBLIC_KEY_LEN:
         raise IdentityError(f"public key {text!r} decodes to {len(raw)} bytes, expected {PUBLIC_KEY_LEN}")
+    if format_public_key(raw) != cleaned.lower():
+        # The last character carries 4 unused bits and b32decode ignores them:
+        # insist on the one spelling, so equal keys always print and compare equal.
+        raise IdentityError(f"public key {text!r} is not in canonical form (expected {format_public_key(raw)})")
     curve_public_of(raw)  # validates the point
     return raw
 
@@ -122,9 +130,20 @@ class Contact:
                 f"contact {text!r} must look like PUBLICKEY@tcp://HOST:PORT "
                 "(a node prints its contact when it starts)"
             )
-        if not endpoint.startswith(("tcp://", "ipc://")):
-            raise IdentityError(f"contact {text!r}: endpoint must start with tcp:// or ipc://")
+        _check_endpoint(text, endpoint)
         return cls(parse_public_key(key_text), endpoint)
+
+
+def _check_endpoint(text: str, endpoint: str) -> None:
+    """A contact's endpoint is something to connect to: tcp://HOST:PORT with a real port, or ipc://PATH."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return
+    if endpoint.startswith("tcp://"):
+        host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+        if sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+            return
+        raise IdentityError(f"contact {text!r}: endpoint must be tcp://HOST:PORT with a port from 1 to 65535")
+    raise IdentityError(f"contact {text!r}: endpoint must be tcp://HOST:PORT or ipc://PATH")
 
 
 class Identity:
@@ -170,7 +189,6 @@ class Identity:
         path = Path(path)
         if path.exists() and not force:
             raise KeyFileError(f"{path} already exists; refusing to overwrite a node key (use --force to replace it)")
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = (
             "# zmqagents node identity. Keep this file secret (mode 0600).\n"
             f"# node id:    {format_node_id(self.node_id)}\n"
@@ -179,14 +197,20 @@ class Identity:
             f'secret = "{bytes(self.signing_key).hex()}"\n'
         )
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, text.encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, text.encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a half-written copy of a secret must not stay behind
+            raise KeyFileError(f"cannot write key file {path}: {exc.strerror or exc}") from None
         return path
 
     @classmethod
@@ -201,7 +225,7 @@ class Identity:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             warnings.warn(
-                f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}",
+                f"key file {path} is open to other users (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}",
                 InsecureKeyFileWarning,
                 stacklevel=2,
             )
