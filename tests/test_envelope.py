@@ -129,6 +129,15 @@ def test_signed_vector_signature(vector):
     E.decode(bytes.fromhex(vector["encoded"])).verify()
 
 
+def test_a_signature_covers_values_not_wire_bytes():
+    v = next(v for v in VECTORS["valid"] if v["name"] == "all_fields")
+    frame = bytes.fromhex(v["encoded"])
+    fields = msgpack.unpackb(frame[E.HEADER_LEN:])
+    reordered = msgpack.packb(dict(reversed(list(fields.items()))), use_bin_type=True)
+    assert reordered != frame[E.HEADER_LEN:]
+    E.decode(struct.pack(">I", len(reordered)) + reordered).verify()
+
+
 def test_unknown_field_is_kept_and_signed():
     v = next(v for v in VECTORS["valid"] if v["name"] == "unknown_field")
     env = E.decode(bytes.fromhex(v["encoded"]))

@@ -148,13 +148,13 @@ def test_random_payload_behind_a_valid_prefix(payload):
     check(frame(payload))
 
 
-@fuzz(300)
+@fuzz(200)
 @given(wild)
 def test_random_msgpack_values(value):
     check(frame(msgpack.packb(value, use_bin_type=True)))
 
 
-@fuzz(400)
+@fuzz(200)
 @given(envelope_like_maps)
 def test_envelope_like_maps(m):
     check(frame(msgpack.packb(m, use_bin_type=True)))
@@ -234,7 +234,7 @@ def test_decoded_size_is_bounded_by_the_frame_size():
 
 # -- round trip and signatures -----------------------------------------------------
 
-@fuzz(200)
+@fuzz(150)
 @given(envelopes)
 def test_encode_then_decode_round_trips(env):
     data = env.encode()
