@@ -251,6 +251,34 @@ def busy_cpus(interval: float = 1.0) -> float:
     return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
+class OtherLoad:
+    """CPU used by processes *outside* this benchmark while it ran.
+
+    Whole-machine busy time (/proc/stat) minus this process and its reaped children
+    (os.times). Benchmarks on a shared 2-core box are only meaningful when this is ~0.
+    """
+
+    def __init__(self) -> None:
+        self.start_busy, self.start_own, self.start_wall = self._busy_s(), self._own_s(), time.monotonic()
+
+    @staticmethod
+    def _busy_s() -> float:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return (sum(values) - idle) / CLK_TCK
+
+    @staticmethod
+    def _own_s() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def report(self) -> dict:
+        wall = time.monotonic() - self.start_wall
+        other = max(0.0, (self._busy_s() - self.start_busy) - (self._own_s() - self.start_own))
+        return {"other_cpu_s": round(other, 2), "other_cpus_busy_avg": round(other / wall, 3) if wall else 0.0}
+
+
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 

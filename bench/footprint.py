@@ -53,6 +53,7 @@ from _common import (  # noqa: E402
     CLK_TCK,
     BenchError,
     Child,
+    OtherLoad,
     busy_cpus,
     _local_run,
     cpu_ns,
@@ -234,6 +235,7 @@ def orchestrate(args) -> int:
     busy = busy_cpus(0.5)
     if busy > 0.3:
         log(f"warning: {busy:.1f} CPUs already busy before the benchmark: figures will be noisy")
+    other_load = OtherLoad()
     children: list[Child] = []
     try:
         common = ["--max-subscribers", str(args.max_subscribers)]
@@ -335,7 +337,7 @@ def orchestrate(args) -> int:
             "max_subscribers": args.max_subscribers,
             "note": "the node's TransportConfig.max_subscribers (default 64) is set to max(64, peers) so it holds one SUB per peer",
         },
-        "env": {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2), "loop": ready.get("loop"), "raw_loop": raw_ready.get("loop")},
+        "env": {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2), **other_load.report(), "loop": ready.get("loop"), "raw_loop": raw_ready.get("loop")},
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     if stats1["neighbours"] != args.peers:

@@ -31,6 +31,15 @@ the same run, interleaved, each measurement repeated and the median reported):
 * **ping-pong** — one request outstanding at a time, after a warm-up; the
   p50 and p99 of the round-trip time as the client's application sees it.
 
+Next to every rate, ``*_cpu_us_per_msg`` gives the CPU time per message of
+each process (``client``/``server``: all threads; ``*_main``: the event-loop
+thread, i.e. Python; the difference is libzmq's I/O thread doing CURVE and
+TCP). On a shared 2-core box rates move with whatever else runs; CPU per
+message hardly does. ``env.other_cpus_busy_avg`` says how much CPU processes
+outside the benchmark used during the run: figures taken while it is well
+above 0 are noise. ``--delivery FIELD=VALUE`` overrides a ``DeliveryConfig``
+field on both zmqagents nodes, to see what a tuning knob buys.
+
 Why: the transport shell and the delivery core add Python work per message
 (envelope encode/decode, identity binding, acks, dedup, order). This shows
 what that costs against the best a Python program can get out of the same
@@ -58,7 +67,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchError, Child, busy_cpus, emit, environment, log, loop_name, median, run, stdin_eof, stop_all  # noqa: E402
+from _common import BenchError, Child, OtherLoad, busy_cpus, emit, environment, log, loop_name, median, run, stdin_eof, stop_all  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 BODY_BYTES = 100
@@ -78,19 +87,55 @@ def seq_of(body) -> int:
     return SEQ.unpack_from(body)[0]
 
 
-class OrderCheck:
-    """Every sequence number 0..total-1 exactly once, in order; keeps the first few violations."""
+class CpuSpan:
+    """CPU time of this process (all threads) and of its main thread over a span.
 
-    __slots__ = ("expected", "count", "errors", "violations")
+    Rates measured on a shared 2-core box move with whatever else runs; CPU
+    time per message barely does, so it is reported next to every rate.
+    ``main`` is the event-loop thread (Python); the rest is libzmq's I/O thread
+    (CURVE, TCP).
+    """
+
+    __slots__ = ("p0", "t0", "p1", "t1")
 
     def __init__(self) -> None:
+        self.p0 = self.t0 = self.p1 = self.t1 = None
+
+    def start(self) -> None:
+        self.p0, self.t0 = time.process_time(), time.thread_time()
+
+    def stop(self) -> None:
+        self.p1, self.t1 = time.process_time(), time.thread_time()
+
+    def per(self, n: int) -> dict:
+        if self.p0 is None or self.p1 is None or n <= 0:
+            return {}
+        return {"cpu_us": (self.p1 - self.p0) / n * 1e6, "main_us": (self.t1 - self.t0) / n * 1e6}
+
+
+class OrderCheck:
+    """Every sequence number 0..total-1 exactly once, in order; keeps the first few violations.
+
+    Also marks CPU time between the last warm-up message and the last message.
+    """
+
+    __slots__ = ("expected", "count", "errors", "violations", "warmup", "total", "cpu")
+
+    def __init__(self, warmup: int = 0, total: int = 0) -> None:
         self.expected = 0
         self.count = 0
         self.violations = 0
         self.errors: list[str] = []
+        self.warmup = warmup
+        self.total = total
+        self.cpu = CpuSpan()
 
     def see(self, body) -> int:
         self.count += 1
+        if self.count == self.warmup:
+            self.cpu.start()
+        elif self.count == self.total:
+            self.cpu.stop()
         try:
             seq = seq_of(body)
         except ValueError as exc:
@@ -112,7 +157,8 @@ class OrderCheck:
         errors = list(self.errors)
         if self.count != total:
             errors.append(f"received {self.count} messages, expected {total}")
-        return {"ok": ok, "received": self.count, "violations": self.violations, "errors": errors}
+        return {"ok": ok, "received": self.count, "violations": self.violations, "errors": errors,
+                "cpu": self.cpu.per(total - self.warmup)}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -230,7 +276,7 @@ async def raw_sink(args) -> None:
 
     ctx, sock, ready = _raw_server("ROUTER")
     loop = asyncio.get_running_loop()
-    check = OrderCheck()
+    check = OrderCheck(args.warmup, args.warmup + args.n)
     total = args.warmup + args.n
     result: dict = {}
     recv = sock.recv_multipart
@@ -270,14 +316,17 @@ async def raw_push(args) -> None:
     reply = await waiter.recv_multipart()
     if reply != [b"go"]:
         raise BenchError(f"expected 'go' from the sink, got {reply!r}")
+    cpu = CpuSpan()
+    cpu.start()
     t0 = time.perf_counter()
     await waiter.send_range(args.warmup, args.warmup + args.n)
     t_sent = time.perf_counter()
     reply = await waiter.recv_multipart()
     t_done = time.perf_counter()
+    cpu.stop()
     if reply != [b"done"]:
         raise BenchError(f"expected 'done' from the sink, got {reply!r}")
-    emit({"event": "result", "t0": t0, "t_sent": t_sent, "t_done": t_done, "loop": loop_name()})
+    emit({"event": "result", "t0": t0, "t_sent": t_sent, "t_done": t_done, "loop": loop_name(), "cpu": cpu.per(args.n)})
     waiter.close()
     sock.close()
     ctx.term()
@@ -289,7 +338,7 @@ async def raw_echo(args) -> None:
 
     ctx, sock, ready = _raw_server("ROUTER")
     loop = asyncio.get_running_loop()
-    check = OrderCheck()
+    check = OrderCheck(args.warmup, args.warmup + args.n)
     recv = sock.recv_multipart
     send = sock.send_multipart
     noblock = zmq.NOBLOCK
@@ -323,7 +372,7 @@ async def raw_rr(args) -> None:
     waiter = Waiter(sock)
     total = args.warmup + args.n
     window = args.window
-    check = OrderCheck()  # ROUTER echo over one connection keeps order
+    check = OrderCheck(args.warmup, args.warmup + args.n)  # ROUTER echo over one connection keeps order
     next_seq = 0
     t0 = t_last = None
     send = sock.send
@@ -362,7 +411,7 @@ async def raw_ping(args) -> None:
 
     ctx, sock = _raw_client(args)
     waiter = Waiter(sock)
-    check = OrderCheck()
+    check = OrderCheck(args.warmup, args.warmup + args.n)
     samples: list[float] = []
     clock = time.perf_counter
     for i in range(args.warmup + args.n):
@@ -396,6 +445,21 @@ def _latency(samples: list[float]) -> dict:
 # =====================================================================================
 
 
+def _node_config(args):
+    """NodeConfig with the defaults, except the DeliveryConfig fields given with --delivery."""
+    from zmqagents.node import NodeConfig
+
+    config = NodeConfig()
+    for item in args.delivery or []:
+        key, _, value = item.partition("=")
+        if not hasattr(config.delivery, key):
+            raise BenchError(f"--delivery {item!r}: DeliveryConfig has no field {key!r}")
+        setattr(config.delivery, key, type(getattr(config.delivery, key))(float(value)))
+    if args.delivery:
+        config.delivery.__post_init__()  # re-validate
+    return config
+
+
 def _node_stats(node) -> dict:
     delivery = {k: v for k, v in getattr(node.delivery, "stats", {}).items() if v}
     return {"transport": dict(node.transport.stats), "drops": dict(node.transport.drops), "node": dict(node.stats),
@@ -407,11 +471,11 @@ async def za_sink(args) -> None:
     from zmqagents.node import Node
 
     total = args.warmup + args.n
-    check = OrderCheck()
+    check = OrderCheck(args.warmup, args.warmup + args.n)
     warmed = asyncio.Event()
     finished = asyncio.Event()
     result: dict = {}
-    async with Node(listen="tcp://127.0.0.1:0") as node:
+    async with Node(listen="tcp://127.0.0.1:0", config=_node_config(args)) as node:
 
         @node.on_request
         async def sync(body, message):
@@ -452,7 +516,7 @@ async def za_push(args) -> None:
 
     peer = Contact.parse(args.contact).node_id
     total = args.warmup + args.n
-    async with Node(listen="tcp://127.0.0.1:0", peers=[args.contact]) as node:
+    async with Node(listen="tcp://127.0.0.1:0", peers=[args.contact], config=_node_config(args)) as node:
         if peer not in node.neighbours():
             raise BenchError("hello to the sink failed")
         send = node.send
@@ -461,22 +525,25 @@ async def za_push(args) -> None:
         await node.flush(timeout=60)
         if await node.request(peer, "sync", timeout=60) != "go":
             raise BenchError("sink did not confirm the warm-up")
+        cpu = CpuSpan()
+        cpu.start()
         t0 = time.perf_counter()
         for i in range(args.warmup, total):
             await send(peer, SEQ.pack(i) + PAD)
         t_sent = time.perf_counter()
         await node.flush(timeout=args.timeout)
         t_flushed = time.perf_counter()
+        cpu.stop()
         emit({"event": "result", "t0": t0, "t_sent": t_sent, "t_flushed": t_flushed,
-              "loop": loop_name(), **_node_stats(node)})
+              "loop": loop_name(), "cpu": cpu.per(args.n), **_node_stats(node)})
 
 
 async def za_echo(args) -> None:
     """A Node serving requests with a handler that returns the request body."""
     from zmqagents.node import Node
 
-    check = OrderCheck()
-    async with Node(listen="tcp://127.0.0.1:0") as node:
+    check = OrderCheck(args.warmup, args.warmup + args.n)
+    async with Node(listen="tcp://127.0.0.1:0", config=_node_config(args)) as node:
         see = check.see
 
         @node.on_request
@@ -497,8 +564,9 @@ async def za_rr(args) -> None:
     peer = Contact.parse(args.contact).node_id
     total = args.warmup + args.n
     state = {"next": 0, "done": 0, "t0": None, "mismatch": 0}
+    cpu = CpuSpan()
     errors: list[str] = []
-    async with Node(listen="tcp://127.0.0.1:0", peers=[args.contact]) as node:
+    async with Node(listen="tcp://127.0.0.1:0", peers=[args.contact], config=_node_config(args)) as node:
         request = node.request
 
         async def worker() -> None:
@@ -514,12 +582,15 @@ async def za_rr(args) -> None:
                 state["done"] += 1
                 if state["done"] == args.warmup:
                     state["t0"] = time.perf_counter()
+                    cpu.start()
 
         await asyncio.gather(*(worker() for _ in range(args.window)))
         t_last = time.perf_counter()
+        cpu.stop()
         ok = state["mismatch"] == 0 and state["done"] == total
         emit({"event": "result", "rate": args.n / (t_last - state["t0"]), "elapsed_s": t_last - state["t0"],
-              "ok": ok, "received": state["done"], "errors": errors, "loop": loop_name(), **_node_stats(node)})
+              "ok": ok, "received": state["done"], "errors": errors, "loop": loop_name(), "cpu": cpu.per(args.n),
+              **_node_stats(node)})
 
 
 async def za_ping(args) -> None:
@@ -529,9 +600,9 @@ async def za_ping(args) -> None:
 
     peer = Contact.parse(args.contact).node_id
     samples: list[float] = []
-    check = OrderCheck()
+    check = OrderCheck(args.warmup, args.warmup + args.n)
     clock = time.perf_counter
-    async with Node(listen="tcp://127.0.0.1:0", peers=[args.contact]) as node:
+    async with Node(listen="tcp://127.0.0.1:0", peers=[args.contact], config=_node_config(args)) as node:
         request = node.request
         for i in range(args.warmup + args.n):
             body = SEQ.pack(i) + PAD
@@ -587,12 +658,15 @@ SERVER_ROLE = {"oneway": "sink", "rr": "echo", "pingpong": "echo"}
 CLIENT_ROLE = {"oneway": "push", "rr": "rr", "pingpong": "ping"}
 
 
-def measure(kind: str, impl: str, n: int, warmup: int, window: int, timeout: float, profile_dir: str | None) -> dict:
+def measure(kind: str, impl: str, n: int, warmup: int, window: int, timeout: float, profile_dir: str | None,
+            delivery: list[str] | None = None) -> dict:
     """One run of one measurement: a fresh server process and a fresh client process."""
     common = ["--n", str(n), "--warmup", str(warmup), "--window", str(window), "--timeout", str(timeout)]
     extra: list[str] = []
     if profile_dir and impl == "za":
         extra = ["--profile-dir", profile_dir]
+    if impl == "za":
+        extra += [f"--delivery={item}" for item in delivery or []]
     server = Child(SCRIPT, f"{impl}-{SERVER_ROLE[kind]}", *common, *extra)
     children = [server]
     try:
@@ -644,6 +718,12 @@ def summarise(kind: str, impl: str, n: int, client: dict, server: dict) -> dict:
         out["node_stats"] = {"client": client.get("node"), "server": server.get("node")}
         out["delivery_stats"] = {"client": client.get("delivery"), "server": server.get("delivery")}
         out["transport_stats"] = {"client": client.get("transport"), "server": server.get("transport")}
+    out["cpu_us_per_msg"] = {
+        "client": client.get("cpu", {}).get("cpu_us"),
+        "client_main": client.get("cpu", {}).get("main_us"),
+        "server": server.get("cpu", {}).get("cpu_us"),
+        "server_main": server.get("cpu", {}).get("main_us"),
+    }
     out["correct"] = not problems
     if problems:
         raise BenchError(f"{impl} {kind}: correctness check failed: " + " | ".join(problems))
@@ -656,6 +736,7 @@ def orchestrate(args) -> int:
     busy = busy_cpus(0.5)
     if busy > 0.3:
         log(f"warning: {busy:.1f} CPUs already busy before the benchmark: figures will be noisy")
+    other_load = OtherLoad()
     kinds = [k for k in KINDS if k in args.only.split(",")]
     impls = [i for i in ("raw", "za") if i in args.impl.split(",")]
     counts = {
@@ -672,7 +753,7 @@ def orchestrate(args) -> int:
                 order = impls if repeat % 2 == 0 else impls[::-1]
                 for impl in order:
                     timeout = args.timeout or (60 + n / 500)
-                    res = measure(kind, impl, n, warmup, args.window, timeout, args.profile_dir)
+                    res = measure(kind, impl, n, warmup, args.window, timeout, args.profile_dir, args.delivery)
                     runs[(kind, impl)].append(res)
                     figure = (f"{res['msgs_per_s']:,.0f} msg/s" if "msgs_per_s" in res
                               else f"p50 {res['p50_us']:.0f} µs p99 {res['p99_us']:.0f} µs")
@@ -694,6 +775,10 @@ def orchestrate(args) -> int:
                 out[f"{prefix}pingpong_p99_us"] = round(median([r["p99_us"] for r in rs]), 1)
                 out[f"{prefix}pingpong_max_us"] = round(max(r["max_us"] for r in rs), 1)
             out[f"{prefix}{kind}_correct"] = all(r["correct"] for r in rs)
+            out[f"{prefix}{kind}_cpu_us_per_msg"] = {
+                field: _median_or_none([r["cpu_us_per_msg"][field] for r in rs])
+                for field in ("client", "client_main", "server", "server_main")
+            }
         if kind == "oneway" and "za" in impls:
             za = runs[(kind, "za")]
             out["oneway_flush_msgs_per_s"] = round(median([r["flush_msgs_per_s"] for r in za]), 1)
@@ -719,6 +804,7 @@ def orchestrate(args) -> int:
         "pingpong_warmup": args.pingpong_warmup,
         "repeats": args.repeats,
         "quick": args.quick,
+        "delivery_overrides": args.delivery or [],
         "body_bytes": BODY_BYTES,
         "transport": "tcp://127.0.0.1",
         "curve": True,
@@ -729,10 +815,15 @@ def orchestrate(args) -> int:
         "statistic": "median over repeats (p50/p99: median of per-run percentiles)",
     }
     loops = {loop for rs in runs.values() for r in rs for loop in r["loop"]}
-    out["env"] = {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2), "loops": sorted(str(x) for x in loops), "uvloop_used": loops == {"uvloop"}}
+    out["env"] = {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2), **other_load.report(), "loops": sorted(str(x) for x in loops), "uvloop_used": loops == {"uvloop"}}
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _median_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(median(values), 2) if values else None
 
 
 def _merge_counts(dicts: list[dict]) -> dict:
@@ -759,13 +850,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--messages", type=int, help="one-way messages per run (default 100000; quick 3000)")
     p.add_argument("--rr-messages", type=int, help="request/reply round trips per run (default 50000; quick 2000)")
     p.add_argument("--pingpong-samples", type=int, help="ping-pong samples per run (default 5000; quick 300)")
-    p.add_argument("--repeats", type=int, help="runs per measurement; the median is reported (default 3; quick 1)")
+    p.add_argument("--repeats", type=int, help="runs per measurement; the median is reported (default 5; quick 1)")
     p.add_argument("--window", type=int, default=64, help="requests in flight for request/reply (default 64)")
     p.add_argument("--warmup", type=int, help="messages before the measured interval (default 5000; quick 500)")
     p.add_argument("--only", default=",".join(KINDS), help="comma list of oneway,rr,pingpong")
     p.add_argument("--impl", default="raw,za", help="comma list of raw,za")
     p.add_argument("--timeout", type=float, default=0, help="seconds a client may take (default: from the count)")
     p.add_argument("--profile-dir", help="write a cProfile .prof per zmqagents child process into this directory")
+    p.add_argument("--delivery", action="append", metavar="FIELD=VALUE",
+                   help="override a DeliveryConfig field on both zmqagents nodes (repeatable), e.g. window=4096")
     # child-only arguments
     p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -780,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     args.rr_messages = args.rr_messages or (2000 if q else 50_000)
     args.pingpong_samples = args.pingpong_samples or (300 if q else 5000)
     args.pingpong_warmup = 50 if q else 500
-    args.repeats = args.repeats or (1 if q else 3)
+    args.repeats = args.repeats or (1 if q else 5)
     args.warmup = args.warmup if args.warmup is not None else (500 if q else 5000)
     if min(args.messages, args.rr_messages, args.pingpong_samples, args.repeats, args.window, args.warmup) < 1:
         p.error("counts, warm-up, repeats and window must be positive")
