@@ -1,0 +1,461 @@
+"""Iterative Kademlia node lookup (FIND_NODE) as a pure state machine.
+
+No IO, no clock, no randomness: the caller sends the queries this object asks
+for, reports what came back (or did not), and passes the current time. The
+wire protocol around it (envelopes, RPC ids, hard timeouts) lives in
+:class:`zmqagents.core.routing.RoutingCore`; the rules are written down in
+``protocols/routing.md``.
+
+Use::
+
+    lk = Lookup(target, table.closest(target, 20), self_id=my_id, late_after=0.3)
+    for c in lk.next_queries(now):          # up to ``alpha`` Contacts to send FIND_NODE to
+        send(c, now)
+    ...
+    lk.on_response(node_id, contacts, now)   # a peer answered (contacts as received)
+    lk.on_timeout(node_id, now)              # the hard timeout of a query fired, or it failed
+    for c in lk.next_queries(now): ...       # after every event, and when now >= lk.next_timer()
+    lk.late_after = current_rto              # optional: the caller's RTT estimate may change meanwhile
+    if lk.done:
+        lk.result()                          # the k closest that answered, closest first
+
+Candidates are kept sorted by XOR distance to the target. Each is *fresh*
+(never asked), *waiting* (asked, no answer yet), *answered*, or *failed* (the
+caller reported a hard timeout or an unusable answer). A waiting query is
+*late* once it has been silent for longer than the late limit ``L``:
+
+    L = late_after                                  before anything answered
+    L = min(late_after, max(late_min, late_factor * slowest RTT answered so far))
+
+* **Parallelism.** A query is sent only while fewer than ``alpha`` are waited
+  for (waiting and not late). A late
+  query frees its slot at once and leaves the termination window, but it is
+  not failed: its answer is used if it comes before the end. Lateness is
+  judged afresh at every step, so if slower answers later raise ``L``, a
+  query that turned late early is waited for again, up to the new ``L`` (so
+  more than ``alpha`` may briefly be waited for; nothing new is sent then).
+  This is what keeps a dead peer from holding a lookup up: once others have
+  answered, it costs at most ``late_factor`` times the slowest RTT seen in
+  this very lookup (or the caller's ``late_after``, from measured RTTs, if
+  smaller), never the hard timeout.
+* **Termination.** The *window* is the ``k`` closest candidates that are
+  neither failed nor late. The lookup is done as soon as every candidate in
+  the window has answered (``ok`` is then True), or when nothing is waiting and
+  nothing more may be asked (every candidate failed, or the ``max_queries``
+  budget is spent: ``ok`` False). It never waits for anything outside the
+  window, and never for a late peer. A late peer's answer that comes after
+  the end is ignored: the result is final once ``done``.
+* **Bounds.** At most ``max_per_response`` contacts are read from one answer
+  (the rest is counted and ignored), at most ``max_candidates`` candidates are
+  kept (the farthest never-asked one makes room, or the newcomer is dropped)
+  and at most ``max_queries`` queries are sent. A contact with a malformed
+  field, our own id, or one already listed in the same answer is counted and
+  skipped. Nothing a peer sends can raise.
+* **Hops.** The contacts we start from are hop 1; a contact first learned
+  from an answer of a hop-h peer is hop h+1. ``rounds`` is the deepest hop
+  that answered, ``hops`` the hop of the closest peer that answered.
+
+Contacts may be given as :class:`~zmqagents.identity.Contact`, as routing
+table entries (anything with ``public_key`` and ``endpoint`` attributes), or
+in wire form ``[public_key, endpoint, ...]``. Node ids are always derived
+from the key (``sha256(public_key)``), never taken from a peer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from functools import lru_cache
+from typing import Any, Iterable
+
+from ..identity import Contact
+
+NODE_ID_LEN = 32
+PUBLIC_KEY_LEN = 32
+MAX_ENDPOINT_LEN = 255  # bytes of a DNS name plus scheme and port fit; anything longer is garbage
+
+# Candidate states ("late" is a waiting candidate past the late limit, see state_of()).
+FRESH, WAITING, ANSWERED, FAILED = 0, 1, 2, 3
+_STATE_NAMES = ("fresh", "waiting", "answered", "failed")
+
+# A candidate is a plain list (allocated per contact learned; cheaper than an object):
+# [distance to target (int), node id, public key, endpoint, state, hop, late now (bool), sent at, last answer mark]
+_D, _NID, _PK, _EP, _ST, _HOP, _LATE, _SENT, _MARK = range(9)
+
+
+LOOKUP_STAT_KEYS = (
+    "contacts_accepted",  # new candidates taken from answers
+    "contacts_known",  # already a candidate (normal: answers overlap)
+    "contacts_bad",  # malformed: wrong types, key not 32 bytes, endpoint empty or too long
+    "contacts_self",  # our own id (normal when a peer does not exclude the asker)
+    "contacts_duplicate",  # listed twice in one answer
+    "contacts_truncated",  # answers that listed more than max_per_response contacts
+    "candidates_dropped",  # the max_candidates bound refused or evicted a candidate
+    "responses_unexpected",  # an answer from a peer we did not ask (or asked and already settled)
+    "responses_malformed",  # the contact list was not a list
+)
+
+
+@lru_cache(maxsize=1 << 14)
+def node_id_for(public_key: bytes) -> bytes:
+    """``sha256(public_key)``: the node id a key owns. Memoized (bounded): the hash costs ~1 µs and the
+    same keys come back in answer after answer. Pass bytes only (anything unhashable raises)."""
+    return hashlib.sha256(public_key).digest()
+
+
+def contact_fields(c: Any) -> tuple[bytes, str] | None:
+    """``(public_key, endpoint)`` of a contact in any accepted form, or None if a field is malformed.
+
+    Accepted forms: a wire list/tuple ``[public_key, endpoint, ...]`` (extra items are ignored, for
+    forward compatibility), or an object with ``public_key`` and ``endpoint`` attributes.
+    """
+    t = type(c)
+    if t is list or t is tuple:
+        if len(c) < 2:
+            return None
+        pk = c[0]
+        ep = c[1]
+    else:
+        pk = getattr(c, "public_key", None)
+        ep = getattr(c, "endpoint", None)
+    if type(pk) is not bytes or len(pk) != PUBLIC_KEY_LEN:
+        return None
+    if type(ep) is not str or not ep or len(ep) > MAX_ENDPOINT_LEN:
+        return None
+    return pk, ep
+
+
+class Lookup:
+    """One iterative FIND_NODE lookup for ``target``. See the module docstring for the rules."""
+
+    __slots__ = (
+        "target", "k", "alpha", "self_id", "late_after", "late_factor", "late_min", "max_candidates",
+        "max_queries", "max_per_response", "stats", "done", "ok", "queries", "responses", "failures", "late",
+        "rounds", "started", "finished", "max_rtt",
+        "_t", "_sorted", "_dists", "_by_id", "_by_pk", "_waiting", "_outbox", "_serial",
+    )
+
+    def __init__(self, target: bytes, contacts: Iterable[Any], *, k: int = 20, alpha: int = 3,
+                 self_id: bytes | None = None, late_after: float = 1.0, late_factor: float = 3.0,
+                 late_min: float = 0.0, max_candidates: int | None = None, max_queries: int | None = None,
+                 max_per_response: int | None = None, stats: dict | None = None):
+        if type(target) is not bytes or len(target) != NODE_ID_LEN:
+            raise ValueError(f"lookup target must be {NODE_ID_LEN} bytes")
+        if k < 1 or alpha < 1:
+            raise ValueError("k and alpha must be at least 1")
+        self.target = target
+        self.k = k
+        self.alpha = alpha
+        self.self_id = self_id
+        self.late_after = late_after  # the late limit before any answer, and its ceiling (s); may be updated
+        self.late_factor = late_factor  # ... otherwise this many times the slowest RTT answered so far
+        self.late_min = late_min  # ... but never less than this (s)
+        self.max_per_response = k if max_per_response is None else max_per_response
+        self.max_queries = 10 * k if max_queries is None else max_queries
+        # Answered/waiting/late/failed candidates are never evicted, and there are at most max_queries of
+        # them; the rest of the room holds never-asked candidates, of which the closest matter.
+        self.max_candidates = self.max_queries + 2 * k if max_candidates is None else max(max_candidates, k)
+        self.stats = stats if stats is not None else dict.fromkeys(LOOKUP_STAT_KEYS, 0)
+        self.done = False
+        self.ok = False
+        self.queries = 0
+        self.responses = 0
+        self.failures = 0  # hard timeouts and failures reported by the caller
+        self.late = 0  # times a query turned late (stopped being waited for)
+        self.rounds = 0
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.max_rtt: float | None = None  # slowest answer so far (s)
+        self._t = int.from_bytes(target, "big")
+        self._sorted: list[list] = []  # candidates, closest first
+        self._dists: list[int] = []  # their distances (parallel to _sorted, for bisect)
+        self._by_id: dict[bytes, list] = {}
+        self._by_pk: dict[bytes, list] = {}  # the same candidates by key: duplicates skip hashing
+        self._waiting: list[list] = []  # candidates in state WAITING (late ones included), in asking order
+        self._outbox: list[list] = []  # chosen to be asked, not yet handed out by next_queries
+        self._serial = 0  # answers processed; marks candidates seen in the current answer
+        for c in contacts:
+            f = contact_fields(c)
+            if f is None:
+                self.stats["contacts_bad"] += 1
+                continue
+            self._add(f[0], f[1], 1)
+
+    # -- driving -------------------------------------------------------------------------
+
+    def next_queries(self, now: float) -> list[Contact]:
+        """Give up waiting on overdue queries, then return the peers to ask now (mark them asked).
+
+        Call after creating the lookup, after every on_response/on_timeout, and whenever ``now`` reaches
+        :meth:`next_timer`. Updates ``done``.
+        """
+        if not self.done:
+            if self.started is None:
+                self.started = now
+                self._advance(now)
+            else:
+                t = self.next_timer()
+                if t is not None and t <= now:
+                    self._advance(now)  # (on_response and on_timeout advance by themselves)
+        out = self._outbox
+        if not out:
+            return []
+        self._outbox = []
+        return [Contact(rec[_PK], rec[_EP]) for rec in out]
+
+    def next_timer(self) -> float | None:
+        """When the next waiting query turns late (call next_queries then), or None."""
+        if self.done or not self._waiting:
+            return None
+        t = None
+        for rec in self._waiting:
+            if not rec[_LATE]:
+                t = rec[_SENT]
+                break  # _waiting is in asking order: the first one not late is the oldest
+        return None if t is None else t + self.late_limit()
+
+    def late_limit(self) -> float:
+        """L: how long a query may stay silent before it stops being waited for (see the module doc)."""
+        r = self.max_rtt
+        if r is None:
+            return self.late_after
+        r *= self.late_factor
+        if r < self.late_min:
+            r = self.late_min
+        return r if r < self.late_after else self.late_after
+
+    def on_response(self, node_id: bytes, contacts: Any, now: float) -> bool:
+        """``node_id`` answered with ``contacts`` (a list in any accepted form; validated here).
+
+        Late answers are used as long as the lookup is not done; once it is done, nothing changes (the
+        result is final) and False is returned. Returns False, and counts it, for an answer from a peer
+        that was not asked or was already settled.
+        """
+        if self.done:
+            return False
+        rec = self._by_id.get(node_id)
+        if rec is None or rec[_ST] != WAITING:
+            self.stats["responses_unexpected"] += 1
+            return False
+        self._waiting.remove(rec)
+        rec[_ST] = ANSWERED
+        self.responses += 1
+        rtt = now - rec[_SENT]
+        if self.max_rtt is None or rtt > self.max_rtt:
+            self.max_rtt = rtt
+        hop = rec[_HOP]
+        if hop > self.rounds:
+            self.rounds = hop
+        if type(contacts) is list or type(contacts) is tuple:
+            self._merge(contacts, hop + 1)
+        else:
+            self.stats["responses_malformed"] += 1
+        self._advance(now)
+        return True
+
+    def on_timeout(self, node_id: bytes, now: float) -> bool:
+        """The query to ``node_id`` failed for good (hard timeout, unreachable, garbage answer).
+        False if it was not waited on (not asked, already settled) or the lookup is done."""
+        if self.done:
+            return False
+        rec = self._by_id.get(node_id)
+        if rec is None or rec[_ST] != WAITING:
+            return False
+        self._waiting.remove(rec)
+        rec[_ST] = FAILED
+        self.failures += 1
+        self._advance(now)
+        return True
+
+    on_failure = on_timeout
+
+    # -- results ---------------------------------------------------------------------------
+
+    def result(self) -> list[Contact]:
+        """The (up to) k closest candidates that answered, closest first."""
+        return [Contact(rec[_PK], rec[_EP]) for rec in self._answered()]
+
+    def result_ids(self) -> list[bytes]:
+        return [rec[_NID] for rec in self._answered()]
+
+    @property
+    def hops(self) -> int:
+        """Hop count of the closest peer that answered (0 if none did)."""
+        for rec in self._sorted:
+            if rec[_ST] == ANSWERED:
+                return rec[_HOP]
+        return 0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+    @property
+    def waiting(self) -> int:
+        """Queries waited for (not late) as of the last step."""
+        return sum(1 for rec in self._waiting if not rec[_LATE])
+
+    def state_of(self, node_id: bytes) -> str | None:
+        """"fresh", "waiting", "late" (waiting, past the late limit at the last step), "answered",
+        "failed", or None if not a candidate."""
+        rec = self._by_id.get(node_id)
+        if rec is None:
+            return None
+        return "late" if rec[_ST] == WAITING and rec[_LATE] else _STATE_NAMES[rec[_ST]]
+
+    def __len__(self) -> int:
+        """Candidates held (bounded by max_candidates)."""
+        return len(self._sorted)
+
+    def __repr__(self) -> str:
+        return (f"Lookup({self.target.hex()[:12]}, candidates={len(self._sorted)}, queries={self.queries}, "
+                f"answered={self.responses}, done={self.done}, ok={self.ok})")
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _answered(self) -> list[list]:
+        out = []
+        k = self.k
+        for rec in self._sorted:
+            if rec[_ST] == ANSWERED:
+                out.append(rec)
+                if len(out) >= k:
+                    break
+        return out
+
+    def _add(self, pk: bytes, ep: str, hop: int) -> list | None:
+        """Insert a new candidate (validated fields) unless it is us, known, or the bound refuses it."""
+        nid = node_id_for(pk)
+        if nid == self.self_id:
+            self.stats["contacts_self"] += 1
+            return None
+        rec = self._by_id.get(nid)
+        if rec is not None:
+            return rec
+        d = int.from_bytes(nid, "big") ^ self._t
+        s = self._sorted
+        dists = self._dists
+        if len(s) >= self.max_candidates:
+            # Make room by dropping the farthest never-asked candidate, if the newcomer is closer.
+            for i in range(len(s) - 1, -1, -1):
+                far = s[i]
+                if far[_D] < d:
+                    break
+                if far[_ST] == FRESH:
+                    del s[i]
+                    del dists[i]
+                    del self._by_id[far[_NID]]
+                    del self._by_pk[far[_PK]]
+                    self.stats["candidates_dropped"] += 1
+                    break
+            if len(s) >= self.max_candidates:
+                self.stats["candidates_dropped"] += 1
+                return None
+        rec = [d, nid, pk, ep, FRESH, hop, False, 0.0, 0]
+        self._by_id[nid] = rec
+        self._by_pk[pk] = rec
+        i = bisect_left(dists, d)
+        dists.insert(i, d)
+        s.insert(i, rec)
+        return rec
+
+    def _merge(self, contacts: list | tuple, hop: int) -> None:
+        stats = self.stats
+        self._serial += 1
+        serial = self._serial
+        limit = self.max_per_response
+        if len(contacts) > limit:
+            stats["contacts_truncated"] += 1
+            contacts = contacts[:limit]
+        by_pk = self._by_pk
+        accepted = known = bad = dup = 0
+        for c in contacts:
+            # contact_fields() inlined for the wire form: this loop runs for every contact of every answer.
+            if type(c) is list and len(c) >= 2:
+                pk = c[0]
+                ep = c[1]
+            else:
+                f = contact_fields(c)
+                if f is None:
+                    bad += 1
+                    continue
+                pk, ep = f
+            if type(pk) is not bytes:
+                bad += 1
+                continue
+            rec = by_pk.get(pk)
+            if rec is not None:
+                if rec[_MARK] == serial:
+                    dup += 1
+                else:
+                    rec[_MARK] = serial
+                    known += 1
+                continue
+            if len(pk) != PUBLIC_KEY_LEN or type(ep) is not str or not ep or len(ep) > MAX_ENDPOINT_LEN:
+                bad += 1
+                continue
+            rec = self._add(pk, ep, hop)
+            if rec is not None:
+                rec[_MARK] = serial
+                accepted += 1
+        stats["contacts_accepted"] += accepted
+        stats["contacts_known"] += known
+        if bad:
+            stats["contacts_bad"] += bad
+        if dup:
+            stats["contacts_duplicate"] += dup
+
+    def _advance(self, now: float) -> None:
+        """Judge lateness, ask the closest fresh candidates of the window while fewer than alpha are waited
+        for, and detect the end."""
+        waiting = self._waiting
+        active = 0
+        if waiting:
+            limit = self.late_limit()
+            for rec in waiting:
+                if rec[_SENT] + limit > now:  # the same sum as next_timer(): no rounding gap between them
+                    rec[_LATE] = False
+                    active += 1
+                elif not rec[_LATE]:
+                    rec[_LATE] = True
+                    self.late += 1
+        k = self.k
+        alpha = self.alpha
+        counted = 0
+        unsettled = False  # a window candidate is fresh or waited for
+        can_ask = self.queries < self.max_queries
+        for rec in self._sorted:
+            st = rec[_ST]
+            if st == WAITING:
+                if rec[_LATE]:
+                    continue
+                unsettled = True
+            elif st == FRESH:
+                unsettled = True
+                if can_ask and active < alpha:
+                    rec[_ST] = WAITING
+                    rec[_LATE] = False
+                    rec[_SENT] = now
+                    waiting.append(rec)
+                    self._outbox.append(rec)
+                    active += 1
+                    self.queries += 1
+                    can_ask = self.queries < self.max_queries
+            elif st == FAILED:
+                continue
+            counted += 1
+            if counted >= k:
+                break
+        if not unsettled:
+            # Every window candidate answered (or there is none left that did not fail or go late).
+            self._finish(now, ok=counted > 0)
+        elif not active and not can_ask:
+            self._finish(now, ok=False)  # budget spent with fresh candidates left in the window
+
+    def _finish(self, now: float, ok: bool) -> None:
+        self.done = True
+        self.ok = ok
+        self.finished = now
+        self._outbox = []

@@ -1,0 +1,1001 @@
+"""Kademlia routing: the k-bucket table and the FIND_NODE protocol core (sans-IO).
+
+Two layers, both free of IO, clocks and global randomness (the wire rules are
+in ``protocols/routing.md``; Kademlia is Maymounkov & Mazières, IPTPS 2002):
+
+:class:`RoutingTable` — a node's partial view of the mesh.
+    256-bit XOR space. Bucket ``i`` holds contacts whose id differs from ours
+    first at bit ``i`` (counting from the least significant bit), i.e. whose
+    XOR distance to us is in ``[2**i, 2**(i+1))``. Each bucket holds at most
+    ``k`` contacts in *confirmation order* (least recently confirmed first)
+    plus a bounded *replacement cache* of newer contacts that found the bucket
+    full. Only non-empty buckets exist (a dict), so the table is
+    O(k * log2(N/k)) entries and a few dicts, never O(N) and never 256 slots.
+
+    Liveness is not the table's job (SWIM's, in ``membership``): when a full
+    bucket meets a new contact, classic Kademlia would ping the least recently
+    seen one; here the newcomer goes to the replacement cache and the least
+    recently seen contact is *recorded for checking*. Whoever does liveness
+    drains :meth:`RoutingTable.take_checks` and answers with
+    :meth:`~RoutingTable.touch` / :meth:`~RoutingTable.update` (alive) or
+    :meth:`~RoutingTable.remove` (dead: the freshest replacement is promoted).
+    A contact that already failed an RPC (``fails > 0``) is replaced by a
+    newcomer at once: the newcomer just proved it is alive.
+
+    Only *direct* evidence adds a contact: a message it sent us (its key is
+    authenticated by the transport and its id is ``sha256(key)``), or its
+    answer to our query. Contacts merely listed in someone's answer are lookup
+    candidates, never table entries, so a lying peer cannot fill our table.
+
+:class:`RoutingCore` — the protocol: answers ``kad.find_node`` with up to
+    ``k`` closest contacts, runs iterative lookups (:class:`~.lookup.Lookup`)
+    by sending ``kad.find_node`` envelopes and matching ``kad.nodes`` answers
+    by RPC id (the answer's ``re`` is the request's ``id``), joins a mesh
+    (bootstrap contacts -> lookup of our own id -> refresh of every bucket
+    farther than our closest neighbour) and refreshes stale buckets on a
+    timer. Its envelopes are *unsequenced* (no ``seq``/``ep``): they bypass
+    the reliable delivery core, because a lookup routes around a lost message
+    rather than retransmitting it.
+
+Driving a RoutingCore (the same shape as every core in this package)::
+
+    core = RoutingCore(identity.contact("tcp://10.0.0.5:7000"), random.Random(seed))
+    core.join([bootstrap_contact], now)
+    core.receive(env, now)          # every kad.* envelope whose src the transport authenticated
+    core.observe(env.src, now)      # every other envelope from a peer: evidence it is alive
+    core.tick(now)                  # whenever now >= core.next_timer()
+    core.take_outgoing()            # envelopes to send; core.contact_for(env.dst) says where
+    core.take_events()              # LookupDone, Joined
+    lid = core.lookup(target, now)  # -> LookupDone(lookup_id=lid, ...) later
+
+Everything a peer sends is validated; garbage is counted in ``stats`` and
+dropped, never raised. Every bound that is hit is counted too.
+
+Memory: an entry is one slotted object (node id, key, endpoint, last seen,
+RTT, failure count); keys and endpoints are shared with the envelope they
+came from, and node ids are memoized process-wide (``node_id_for``), so
+tables of a simulated mesh share their bytes. About 25 KB per table of ~200
+contacts (measured with tracemalloc by tests/test_routing.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from bisect import insort
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator
+
+from ..envelope import Envelope
+from ..identity import Contact
+from .lookup import LOOKUP_STAT_KEYS, NODE_ID_LEN, Lookup, contact_fields, node_id_for
+
+__all__ = [
+    "FIND_NODE", "NODES", "ID_BITS", "Entry", "RoutingTable", "RoutingConfig", "RoutingCore",
+    "LookupDone", "Joined", "Lookup", "node_id_for", "contact_fields", "distance", "bucket_index",
+    "IGNORED", "UPDATED", "ADDED", "CACHED", "REPLACED",
+]
+
+FIND_NODE = "kad.find_node"
+NODES = "kad.nodes"
+ID_BITS = 256
+
+# Outcomes of RoutingTable.update().
+IGNORED = 0  # our own id
+UPDATED = 1  # already in its bucket: moved to most recently seen
+ADDED = 2  # the bucket had room
+CACHED = 3  # the bucket is full: kept in the replacement cache, the least recently seen is to be checked
+REPLACED = 4  # the bucket was full but held a contact that had failed: the newcomer took its place
+
+# The envelopes are built with positional arguments (keywords cost ~50% more on this path).
+_ENVELOPE_ORDER = ("id", "src", "type", "body", "dst", "ts", "ttl", "seq", "ep", "re")
+if tuple(f.name for f in fields(Envelope))[: len(_ENVELOPE_ORDER)] != _ENVELOPE_ORDER:
+    raise ImportError("zmqagents.core.routing assumes the Envelope field order " + ", ".join(_ENVELOPE_ORDER))
+
+TABLE_STAT_KEYS = (
+    "table_added", "table_updated", "table_cached", "table_replaced", "table_removed", "table_promoted",
+    "table_cache_dropped", "table_checks_dropped", "table_self",
+)
+
+STAT_KEYS = TABLE_STAT_KEYS + LOOKUP_STAT_KEYS + (
+    "received", "sent", "find_node_received", "find_node_sent", "nodes_sent", "nodes_received",
+    "malformed", "misdirected", "from_self", "from_mismatch", "other_types",
+    "unmatched", "late_responses", "rpc_timeouts",
+    "lookups_started", "lookups_ok", "lookups_failed", "lookups_merged", "lookups_queued", "lookups_refused",
+    "refreshes", "joins", "rejoins",
+)
+
+
+def distance(a: bytes, b: bytes) -> int:
+    """XOR distance of two node ids, as an integer."""
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+def bucket_index(self_id: bytes, node_id: bytes) -> int:
+    """Index of the bucket ``node_id`` falls in for ``self_id``: the position (0 = least significant)
+    of the highest bit in which they differ; -1 if they are equal."""
+    return distance(self_id, node_id).bit_length() - 1
+
+
+class Entry:
+    """A contact in the table, with what we know about it. Read-only for users of the table."""
+
+    __slots__ = ("node_id", "public_key", "endpoint", "last_seen", "rtt", "fails")
+
+    def __init__(self, node_id: bytes, public_key: bytes, endpoint: str, last_seen: float, rtt: float | None):
+        self.node_id = node_id
+        self.public_key = public_key
+        self.endpoint = endpoint
+        self.last_seen = last_seen  # the last time it was seen alive (the caller's clock)
+        self.rtt = rtt  # smoothed round-trip time of our RPCs to it (s), None if never measured
+        self.fails = 0  # RPCs that failed since it was last seen alive
+
+    @property
+    def contact(self) -> Contact:
+        return Contact(self.public_key, self.endpoint)
+
+    def __repr__(self) -> str:
+        rtt = "?" if self.rtt is None else f"{self.rtt * 1000:.1f}ms"
+        return f"Entry({self.node_id.hex()[:12]}@{self.endpoint}, seen={self.last_seen:.3f}, rtt={rtt}, fails={self.fails})"
+
+
+class RoutingTable:
+    """The k-bucket table of node ``node_id``. See the module docstring for the rules.
+
+    ``now`` is the caller's clock (seconds); ``stats`` may be a dict shared with the owner (the
+    ``table_*`` counters are added to it).
+    """
+
+    __slots__ = ("node_id", "k", "replacements", "stale_after", "max_checks", "stats",
+                 "_me", "_buckets", "_cache", "_order", "_touched", "_checks", "_size")
+
+    def __init__(self, node_id: bytes, k: int = 20, *, replacements: int = 8, stale_after: int = 5,
+                 max_checks: int = 64, stats: dict | None = None):
+        if type(node_id) is not bytes or len(node_id) != NODE_ID_LEN:
+            raise ValueError(f"node id must be {NODE_ID_LEN} bytes")
+        if k < 1 or replacements < 0 or stale_after < 1 or max_checks < 0:
+            raise ValueError("k and stale_after must be at least 1; replacements and max_checks non-negative")
+        self.node_id = node_id
+        self.k = k
+        self.replacements = replacements  # replacement cache size per full bucket
+        self.stale_after = stale_after  # consecutive failures after which a contact goes even without a replacement
+        self.max_checks = max_checks  # contacts waiting to be checked by the liveness layer
+        if stats is None:
+            stats = {}
+        for key in TABLE_STAT_KEYS:
+            stats.setdefault(key, 0)
+        self.stats = stats
+        self._me = int.from_bytes(node_id, "big")
+        self._buckets: dict[int, dict[bytes, Entry]] = {}  # non-empty buckets only
+        self._cache: dict[int, dict[bytes, Entry]] = {}  # non-empty replacement caches only
+        self._order: list[int] = []  # indices of non-empty buckets, ascending
+        self._touched: dict[int, float] = {}  # bucket index -> last lookup into its range
+        self._checks: dict[bytes, None] | None = None  # ids to check, oldest first
+        self._size = 0
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def bucket_index(self, node_id: bytes) -> int:
+        """-1 for our own id, else 0 (closest) .. 255 (the far half of the space)."""
+        return (self._me ^ int.from_bytes(node_id, "big")).bit_length() - 1
+
+    def __len__(self) -> int:
+        """Contacts in buckets (replacement caches not counted)."""
+        return self._size
+
+    def __iter__(self) -> Iterator[Entry]:
+        """Every entry in the buckets, nearest bucket first, least recently confirmed first within one."""
+        for i in self._order:
+            yield from self._buckets[i].values()
+
+    def __contains__(self, node_id: bytes) -> bool:
+        return self.get(node_id) is not None
+
+    def get(self, node_id: bytes) -> Entry | None:
+        """The bucket entry for ``node_id`` (not the replacement cache), or None."""
+        b = self._buckets.get(self.bucket_index(node_id))
+        return None if b is None else b.get(node_id)
+
+    def find(self, node_id: bytes) -> Entry | None:
+        """The entry for ``node_id`` in a bucket or in a replacement cache, or None."""
+        i = self.bucket_index(node_id)
+        b = self._buckets.get(i)
+        e = None if b is None else b.get(node_id)
+        if e is None:
+            c = self._cache.get(i)
+            e = None if c is None else c.get(node_id)
+        return e
+
+    def bucket(self, i: int) -> list[Entry]:
+        """Entries of bucket ``i``, least recently confirmed first."""
+        b = self._buckets.get(i)
+        return [] if b is None else list(b.values())
+
+    def replacements_of(self, i: int) -> list[Entry]:
+        """Replacement cache of bucket ``i``, oldest first (the last one is promoted first)."""
+        c = self._cache.get(i)
+        return [] if c is None else list(c.values())
+
+    def bucket_sizes(self) -> dict[int, int]:
+        return {i: len(self._buckets[i]) for i in self._order}
+
+    def nearest_bucket(self) -> int | None:
+        """Index of the closest non-empty bucket (where our closest neighbour is), None if empty."""
+        return self._order[0] if self._order else None
+
+    def closest(self, target: bytes, n: int | None = None, *, exclude: bytes | None = None,
+                skip_failed: bool = False) -> list[Entry]:
+        """The ``n`` (default k) entries closest to ``target`` by XOR distance, closest first.
+
+        Visits buckets in distance order and stops when it has ``n``: relative to the target, the
+        contacts of bucket b = bucket_index(target) are closer than those of every bucket below b, which
+        are closer than those of bucket b+1, then b+2, ... So only the groups actually returned are
+        sorted (O(k log k) per call on a well-spread table), never the whole table.
+        ``exclude`` leaves one id out (the asker); ``skip_failed`` leaves out contacts whose last RPC failed.
+        """
+        if n is None:
+            n = self.k
+        if n <= 0 or not self._size:
+            return []
+        t = int.from_bytes(target, "big")
+        b = (self._me ^ t).bit_length() - 1
+        buckets = self._buckets
+        order = self._order
+        out: list[Entry] = []
+        fb = int.from_bytes
+        if b >= 0:
+            # Group 1: bucket b; group 2: every bucket below b together; then b+1, b+2, ... one by one.
+            groups: list[list[int]] = [[b]] if b in buckets else []
+            lower = [i for i in order if i < b]
+            if lower:
+                groups.append(lower)
+            groups.extend([i] for i in order if i > b)
+        else:
+            groups = [[i] for i in order]
+        filtered = skip_failed or exclude is not None
+        for g in groups:
+            vals = buckets[g[0]].values() if len(g) == 1 else [e for i in g for e in buckets[i].values()]
+            if filtered:
+                dec = [(fb(e.node_id, "big") ^ t, e) for e in vals
+                       if not (skip_failed and e.fails) and e.node_id != exclude]
+            else:
+                dec = [(fb(e.node_id, "big") ^ t, e) for e in vals]
+            dec.sort()  # distances are unique: the entries themselves are never compared
+            out.extend([d[1] for d in dec[: n - len(out)]])
+            if len(out) >= n:
+                break
+        return out
+
+    def buckets_needing_refresh(self, now: float, interval: float) -> list[int]:
+        """Bucket indices from our closest neighbour's outward (the range where nodes can exist) that
+        no lookup has touched for ``interval`` seconds (never touched counts as stale)."""
+        if not self._order:
+            return []
+        touched = self._touched
+        return [i for i in range(self._order[0], ID_BITS)
+                if (last := touched.get(i)) is None or now - last >= interval]
+
+    def touch_bucket(self, i: int, now: float) -> None:
+        """A lookup into bucket ``i``'s range was done (bucket refresh bookkeeping)."""
+        if 0 <= i < ID_BITS:
+            self._touched[i] = now
+
+    def random_id_in_bucket(self, i: int, rng: random.Random) -> bytes:
+        """A uniformly random id whose distance to us falls in bucket ``i``."""
+        if not 0 <= i < ID_BITS:
+            raise ValueError(f"bucket index must be in 0..{ID_BITS - 1}, got {i}")
+        x = (1 << i) | rng.getrandbits(i)
+        return (self._me ^ x).to_bytes(NODE_ID_LEN, "big")
+
+    def take_checks(self) -> list[Entry]:
+        """Contacts whose liveness is in doubt (least recently seen of a full bucket that met a newcomer,
+        or a contact whose RPC failed), oldest first; draining clears the list. Bounded by max_checks."""
+        checks = self._checks
+        if not checks:
+            return []
+        self._checks = None
+        out = []
+        for nid in checks:
+            e = self.get(nid)
+            if e is not None:
+                out.append(e)
+        return out
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def update(self, contact: Contact, now: float, rtt: float | None = None) -> int:
+        """``contact`` was seen alive at ``now`` (it sent us something, or answered us in ``rtt`` s).
+
+        Returns ADDED, UPDATED, CACHED, REPLACED or IGNORED (our own id). Raises ValueError if a field
+        is malformed (contacts from peers are validated before they get here).
+        """
+        f = contact_fields(contact)
+        if f is None:
+            raise ValueError(f"malformed contact {contact!r:.80}")
+        return self.add(node_id_for(f[0]), f[0], f[1], now, rtt)
+
+    def add(self, node_id: bytes, public_key: bytes, endpoint: str, now: float, rtt: float | None = None) -> int:
+        """:meth:`update` with fields already validated and ``node_id == sha256(public_key)`` known."""
+        stats = self.stats
+        x = self._me ^ int.from_bytes(node_id, "big")
+        if not x:
+            stats["table_self"] += 1
+            return IGNORED
+        i = x.bit_length() - 1
+        buckets = self._buckets
+        b = buckets.get(i)
+        if b is None:
+            buckets[i] = {node_id: Entry(node_id, public_key, endpoint, now, rtt)}
+            insort(self._order, i)
+            self._size += 1
+            stats["table_added"] += 1
+            return ADDED
+        e = b.pop(node_id, None)
+        if e is not None:
+            b[node_id] = e  # now the most recently seen
+            self._seen(e, endpoint, now, rtt)
+            stats["table_updated"] += 1
+            return UPDATED
+        if len(b) < self.k:
+            b[node_id] = Entry(node_id, public_key, endpoint, now, rtt)
+            self._size += 1
+            stats["table_added"] += 1
+            return ADDED
+        cache = self._cache.get(i)
+        if cache is not None:
+            e = cache.pop(node_id, None)
+        # A full bucket. A contact that failed its last RPC loses its place to one that just spoke.
+        failed = None
+        for old in b.values():
+            if old.fails:
+                failed = old.node_id
+                break
+        if failed is not None:
+            del b[failed]
+            if self._checks:
+                self._checks.pop(failed, None)
+            if e is None:
+                e = Entry(node_id, public_key, endpoint, now, rtt)
+            else:
+                self._seen(e, endpoint, now, rtt)
+                if not cache:
+                    del self._cache[i]
+            b[node_id] = e
+            stats["table_replaced"] += 1
+            return REPLACED
+        if cache is None:
+            cache = self._cache[i] = {}
+        if e is None:
+            e = Entry(node_id, public_key, endpoint, now, rtt)
+        else:
+            self._seen(e, endpoint, now, rtt)
+        cache[node_id] = e  # the freshest replacement is the last one
+        if len(cache) > self.replacements:
+            del cache[next(iter(cache))]
+            stats["table_cache_dropped"] += 1
+            if not cache:
+                del self._cache[i]
+        stats["table_cached"] += 1
+        self._check(next(iter(b)))
+        return CACHED
+
+    def touch(self, node_id: bytes, now: float, rtt: float | None = None) -> bool:
+        """``node_id`` was seen alive (an id alone: it is updated if known, never added). True if known."""
+        i = (self._me ^ int.from_bytes(node_id, "big")).bit_length() - 1
+        b = self._buckets.get(i)
+        if b is not None:
+            e = b.pop(node_id, None)
+            if e is not None:
+                b[node_id] = e
+                self._seen(e, e.endpoint, now, rtt)
+                return True
+        c = self._cache.get(i)
+        if c is not None:
+            e = c.pop(node_id, None)
+            if e is not None:
+                c[node_id] = e
+                self._seen(e, e.endpoint, now, rtt)
+                return True
+        return False
+
+    def mark_failed(self, node_id: bytes) -> bool:
+        """An RPC to ``node_id`` failed. It is replaced at once by the freshest replacement if its bucket
+        has one, removed after ``stale_after`` consecutive failures otherwise (a lone stale contact is
+        better than an empty bucket, e.g. while our own link is down), and recorded for checking.
+        A failed replacement-cache entry is dropped. Returns True if the contact left its bucket."""
+        i = (self._me ^ int.from_bytes(node_id, "big")).bit_length() - 1
+        b = self._buckets.get(i)
+        e = None if b is None else b.get(node_id)
+        if e is None:
+            c = self._cache.get(i)
+            if c is not None and c.pop(node_id, None) is not None:
+                self.stats["table_cache_dropped"] += 1
+                if not c:
+                    del self._cache[i]
+            return False
+        e.fails += 1
+        if self._cache.get(i) or e.fails >= self.stale_after:
+            self._remove(i, b, node_id)
+            return True
+        self._check(node_id)
+        return False
+
+    def remove(self, node_id: bytes) -> bool:
+        """``node_id`` is dead (or left): drop it from its bucket, promoting the freshest replacement, or
+        from the replacement cache. True if it was in the table."""
+        i = (self._me ^ int.from_bytes(node_id, "big")).bit_length() - 1
+        b = self._buckets.get(i)
+        if b is not None and node_id in b:
+            self._remove(i, b, node_id)
+            return True
+        c = self._cache.get(i)
+        if c is not None and c.pop(node_id, None) is not None:
+            if not c:
+                del self._cache[i]
+            return True
+        return False
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _seen(self, e: Entry, endpoint: str, now: float, rtt: float | None) -> None:
+        e.last_seen = now
+        e.fails = 0
+        if endpoint is not e.endpoint:
+            e.endpoint = endpoint  # the key proved the id; the newest address wins
+        if rtt is not None:
+            e.rtt = rtt if e.rtt is None else e.rtt + 0.125 * (rtt - e.rtt)
+        if self._checks:
+            self._checks.pop(e.node_id, None)
+
+    def _check(self, node_id: bytes) -> None:
+        checks = self._checks
+        if checks is None:
+            checks = self._checks = {}
+        elif node_id in checks:
+            return
+        if self.max_checks == 0:
+            self.stats["table_checks_dropped"] += 1
+            return
+        if len(checks) >= self.max_checks:
+            del checks[next(iter(checks))]
+            self.stats["table_checks_dropped"] += 1
+        checks[node_id] = None
+
+    def _remove(self, i: int, b: dict, node_id: bytes) -> None:
+        del b[node_id]
+        self.stats["table_removed"] += 1
+        if self._checks:
+            self._checks.pop(node_id, None)
+        c = self._cache.get(i)
+        if c:
+            nid, e = c.popitem()  # the freshest
+            if not c:
+                del self._cache[i]
+            # Promoted at the front: it is the contact confirmed least recently, the first to check.
+            nb = {nid: e}
+            nb.update(b)
+            self._buckets[i] = nb
+            self.stats["table_promoted"] += 1
+            return
+        self._size -= 1
+        if not b:
+            del self._buckets[i]
+            self._order.remove(i)
+
+
+# -- the protocol core ------------------------------------------------------------------------
+
+@dataclass
+class RoutingConfig:
+    """Tuning of the routing core. The reasons for each default are in protocols/routing.md."""
+
+    k: int = 20  # bucket size and lookup width: the paper's value; a bucket of 20 all failing at once is unlikely
+    alpha: int = 3  # queries in flight per lookup: the paper's value; more buys little latency for more load
+    replacements: int = 8  # replacement cache per full bucket: covers losing 40% of a bucket between refreshes
+    query_timeout: float = 2.0  # hard timeout of one FIND_NODE (s): after it the contact counts as failed
+    late_initial: float = 0.5  # late limit before any RTT is known (s): above most WAN RTTs; a late peer is not failed
+    late_factor: float = 3.0  # in a lookup where peers answered, silence longer than 3x the slowest answer is late
+    late_min: float = 0.05  # floor of the late limit (s): above scheduling noise on a loaded host
+    late_max: float = 1.0  # ceiling (s): a lookup never waits more than this on one silent peer
+    refresh_interval: float = 3600.0  # a bucket no lookup touched for this long is refreshed (the paper's hour)
+    refresh_check: float = 60.0  # how often buckets are checked for staleness (s, jittered +/-10%)
+    max_lookups: int = 8  # lookups running at once; more are queued
+    max_queued_lookups: int = 256  # lookups waiting to start; beyond this a lookup fails at once ("busy")
+    max_queries: int = 0  # queries one lookup may send (0 = 10 * k)
+    stale_after: int = 5  # consecutive failed RPCs that remove a contact with no replacement (the paper's 5)
+    max_checks: int = 64  # contacts recorded for a liveness check, awaiting take_checks()
+    max_seeds: int = 16  # bootstrap contacts remembered, to re-join while the table holds fewer than k contacts
+    join_retry: float = 2.0  # first re-join (s) while the table holds fewer than k; doubles up to refresh_check
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"RoutingConfig.{f.name} must be a non-negative number, got {value!r}")
+        for name in ("k", "alpha", "query_timeout", "late_initial", "late_min", "refresh_interval",
+                     "refresh_check", "max_lookups", "stale_after"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RoutingConfig.{name} must be positive")
+        if not self.late_min <= self.late_max <= self.query_timeout or self.late_initial > self.late_max:
+            raise ValueError("RoutingConfig needs late_min <= late_max <= query_timeout and late_initial <= late_max")
+        if self.late_factor < 1:
+            raise ValueError("RoutingConfig.late_factor must be at least 1")
+
+
+@dataclass(slots=True)
+class LookupDone:
+    """A lookup finished. ``contacts``: the (up to) k closest nodes that answered, closest first.
+
+    ``ok``: it converged (the k closest known candidates all answered). ``rounds``: the deepest hop that
+    answered; ``hops``: the hop of the closest node found. ``purpose``: "lookup", "join" or "refresh".
+    ``reason``: "" if ok, else "failed" (nobody answered / budget spent), "no_contacts", "busy".
+    """
+
+    lookup_id: int
+    target: bytes
+    contacts: list[Contact]
+    ok: bool
+    rounds: int = 0
+    hops: int = 0
+    queries: int = 0
+    failures: int = 0
+    late: int = 0
+    duration: float = 0.0
+    purpose: str = "lookup"
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Joined:
+    """The join's lookup of our own id finished. ``ok``: someone answered; ``contacts``: table size."""
+
+    ok: bool
+    contacts: int
+    refreshes: int = 0
+
+
+class _Job:
+    __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed")
+
+    def __init__(self, lid: int, target: bytes, purpose: str, seeds: list | None):
+        self.id = lid
+        self.target = target
+        self.purpose = purpose
+        self.lookup: Lookup | None = None
+        self.seeds = seeds
+        self.armed: float | None = None  # the earliest late deadline in the heap for this job
+
+
+class _Rpc:
+    __slots__ = ("job", "nid", "pk", "ep", "sent")
+
+    def __init__(self, job: _Job, nid: bytes, pk: bytes, ep: str, sent: float):
+        self.job = job
+        self.nid = nid
+        self.pk = pk
+        self.ep = ep
+        self.sent = sent
+
+
+class RoutingCore:
+    """The Kademlia protocol core of one node. Call a method, then drain take_outgoing() and take_events().
+
+    ``contact`` is this node's own contact (its public key fixes the node id); it is sent in every
+    FIND_NODE so the peer can add us. Pass ``advertise=False`` for a node that cannot be reached
+    (outbound only): it then never enters other nodes' tables.
+    ``now`` is any monotonic clock in seconds, the same one for every call.
+    """
+
+    def __init__(self, contact: Contact, rng: random.Random, config: RoutingConfig | None = None, *,
+                 advertise: bool = True):
+        f = contact_fields(contact)
+        if f is None:
+            raise ValueError(f"malformed own contact {contact!r:.80}")
+        self.config = cfg = config or RoutingConfig()
+        self.contact = contact
+        self.node_id: bytes = node_id_for(f[0])
+        self._rng = rng
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self.table = RoutingTable(self.node_id, cfg.k, replacements=cfg.replacements, stale_after=cfg.stale_after,
+                                  max_checks=cfg.max_checks, stats=self.stats)
+        self._me = [f[0], f[1]] if advertise else None  # wire form, shared by every FIND_NODE we send
+        self._max_queries = cfg.max_queries or 10 * cfg.k
+        self._out: list[Envelope] = []
+        self._events: list = []
+        self._rpcs: dict[bytes, _Rpc] = {}  # rpc id (= FIND_NODE envelope id) -> pending query
+        self._fifo: deque = deque()  # (hard deadline, rpc id) in send order: every query has the same timeout
+        self._late: list = []  # heap of (late deadline, serial, job): when to re-pump a lookup
+        self._serial = 0
+        self._dests: dict[bytes, list] = {}  # node id -> [endpoint, pending rpcs] for contact_for()
+        self._active: dict[int, _Job] = {}
+        self._queue: deque[_Job] = deque()
+        self._targets: dict[bytes, _Job] = {}  # target -> running or queued job (duplicates merge)
+        self._next_id = 1
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        self._samples = 0  # RTT samples taken (counted up to 1000)
+        self._refresh_at: float | None = None
+        self._seeds: list[Contact] = []
+        self._joining = 0  # join lookups running or queued
+        self._join_pending = False  # join() was called and Joined not yet reported
+        self._retry = cfg.join_retry
+        self._settle = 0  # self-lookups still to repeat after a join, whatever the table size
+
+    # -- application side ----------------------------------------------------------------------
+
+    def join(self, bootstrap: list, now: float) -> int:
+        """Join the mesh: look up our own id starting from ``bootstrap`` contacts (plus whatever the table
+        holds), then refresh every bucket farther than the closest neighbour found. Emits LookupDone
+        (purpose "join") and Joined. Returns the lookup id. The bootstrap contacts are remembered
+        (up to max_seeds). The lookup of our own id is repeated once join_retry seconds later (nodes
+        that joined at the same time as us were not yet known to anyone), and then again, with the delay
+        doubling up to refresh_check, while the table holds fewer than k contacts (a bootstrap that knew
+        few nodes, a mesh still forming, every contact lost), so a node does not stay cut off."""
+        seeds = []
+        for c in bootstrap:
+            f = contact_fields(c)
+            if f is None:
+                raise ValueError(f"malformed bootstrap contact {c!r:.80}")
+            seeds.append(Contact(f[0], f[1]))
+        self._seeds = seeds[: self.config.max_seeds]
+        self.stats["joins"] += 1
+        self._join_pending = True
+        self._retry = self.config.join_retry
+        self._settle = 1
+        self._arm_refresh(now)
+        return self._submit(self.node_id, now, "join", seeds)
+
+    def lookup(self, target: bytes, now: float, *, purpose: str = "lookup") -> int:
+        """Start an iterative FIND_NODE for ``target``; its result comes as LookupDone with this id.
+        A lookup for a target already being looked up shares that lookup (and its id)."""
+        if type(target) is not bytes or len(target) != NODE_ID_LEN:
+            raise ValueError(f"lookup target must be {NODE_ID_LEN} bytes")
+        self._arm_refresh(now)
+        return self._submit(target, now, purpose, None)
+
+    def closest(self, target: bytes, n: int | None = None) -> list[Contact]:
+        """The n (default k) closest contacts the table holds (no network traffic)."""
+        return [e.contact for e in self.table.closest(target, n)]
+
+    def observe(self, who: Contact | bytes, now: float, rtt: float | None = None) -> int | bool:
+        """Evidence that a peer is alive: a Contact is added or updated (see RoutingTable.update); a bare
+        node id (e.g. the authenticated src of any envelope) only refreshes a contact already known."""
+        if type(who) is bytes:
+            return self.table.touch(who, now, rtt)
+        return self.table.update(who, now, rtt)
+
+    def forget(self, node_id: bytes) -> bool:
+        """The liveness layer declared ``node_id`` dead: remove it (its freshest replacement is promoted)."""
+        return self.table.remove(node_id)
+
+    def take_checks(self) -> list[Entry]:
+        """Contacts the liveness layer should probe (see RoutingTable.take_checks)."""
+        return self.table.take_checks()
+
+    def contact_for(self, node_id: bytes) -> Contact | None:
+        """Where to send an envelope for ``node_id``: the table's contact, or the one a pending query was
+        sent to (lookup candidates are not in the table). None if unknown (e.g. an answer to a peer that
+        did not advertise itself: send it back on the connection the request came in on)."""
+        d = self._dests.get(node_id)
+        if d is not None:
+            return Contact(d[0], d[1])
+        e = self.table.find(node_id)
+        return None if e is None else e.contact
+
+    @property
+    def lookups_running(self) -> int:
+        return len(self._active)
+
+    @property
+    def rto(self) -> float:
+        """The current late deadline for a query (s): srtt + 4 * rttvar (RFC 6298's RTO), at least a floor
+        that fades with the number of samples, clamped to [late_min, late_max]; late_initial before any."""
+        cfg = self.config
+        if self._srtt is None:
+            return cfg.late_initial
+        # A few samples say little about the tail (RFC 6298 floors its RTO at 1 s for this reason): the
+        # floor starts at late_initial and fades as samples accumulate (halved after 4, ~0.2x after 16).
+        r = max(self._srtt + 4.0 * self._rttvar, cfg.late_initial * 4.0 / (4.0 + self._samples))
+        return cfg.late_min if r < cfg.late_min else cfg.late_max if r > cfg.late_max else r
+
+    # -- network side ------------------------------------------------------------------------------
+
+    def receive(self, env: Envelope, now: float) -> None:
+        """Process one envelope whose ``src`` the transport authenticated. Bad input is counted, never raised."""
+        stats = self.stats
+        stats["received"] += 1
+        src = env.src
+        if type(src) is not bytes or len(src) != NODE_ID_LEN:
+            stats["malformed"] += 1
+            return
+        if src == self.node_id:
+            stats["from_self"] += 1
+            return
+        if env.dst is not None and env.dst != self.node_id:
+            stats["misdirected"] += 1
+            return
+        if self._refresh_at is None:
+            self._arm_refresh(now)
+        typ = env.type
+        if typ == FIND_NODE:
+            self._on_find_node(env, now)
+        elif typ == NODES:
+            self._on_nodes(env, now)
+        else:
+            stats["other_types"] += 1
+            self.table.touch(src, now)
+
+    def tick(self, now: float) -> None:
+        """Fire what is due: hard timeouts of queries, late deadlines of lookups, the bucket refresh."""
+        fifo = self._fifo
+        rpcs = self._rpcs
+        while fifo and fifo[0][0] <= now:
+            rpc = rpcs.pop(fifo.popleft()[1], None)
+            if rpc is None:
+                continue  # answered
+            self._release(rpc.nid)
+            self.stats["rpc_timeouts"] += 1
+            self.table.mark_failed(rpc.nid)
+            job = rpc.job
+            if job.lookup is not None and not job.lookup.done:
+                job.lookup.on_timeout(rpc.nid, now)
+                self._pump(job, now)
+        late = self._late
+        while late and late[0][0] <= now:
+            t, _, job = heapq.heappop(late)
+            if job.armed == t:
+                job.armed = None
+            if job.lookup is not None and not job.lookup.done:
+                self._pump(job, now)
+        if self._refresh_at is not None and self._refresh_at <= now:
+            self._refresh(now)
+
+    def next_timer(self) -> float | None:
+        """When tick() must next run, or None."""
+        t = self._refresh_at
+        if self._fifo:
+            d = self._fifo[0][0]
+            if t is None or d < t:
+                t = d
+        if self._late:
+            d = self._late[0][0]
+            if t is None or d < t:
+                t = d
+        return t
+
+    def take_outgoing(self) -> list[Envelope]:
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    def take_events(self) -> list:
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
+
+    # -- requests from peers -------------------------------------------------------------------------
+
+    def _on_find_node(self, env: Envelope, now: float) -> None:
+        stats = self.stats
+        stats["find_node_received"] += 1
+        body = env.body
+        target = body.get("target") if type(body) is dict else None
+        if type(target) is not bytes or len(target) != NODE_ID_LEN:
+            stats["malformed"] += 1
+            return
+        src = env.src
+        frm = body.get("from")
+        f = None if frm is None else contact_fields(frm)
+        if f is None:
+            if frm is not None:
+                stats["contacts_bad"] += 1
+            self.table.touch(src, now)
+        elif node_id_for(f[0]) != src:
+            stats["from_mismatch"] += 1  # a key that is not the sender's: it cannot speak for that id
+            self.table.touch(src, now)
+        else:
+            self.table.add(src, f[0], f[1], now)
+        nodes = [[e.public_key, e.endpoint] for e in self.table.closest(target, self.config.k, exclude=src,
+                                                                         skip_failed=True)]
+        self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, NODES,
+                                  {"nodes": nodes}, src, int(now * 1000), 0, None, None, env.id))
+        stats["nodes_sent"] += 1
+        stats["sent"] += 1
+
+    # -- answers to our queries --------------------------------------------------------------------
+
+    def _on_nodes(self, env: Envelope, now: float) -> None:
+        stats = self.stats
+        stats["nodes_received"] += 1
+        re = env.re
+        rpc = self._rpcs.get(re) if type(re) is bytes else None
+        if rpc is None or rpc.nid != env.src:
+            stats["unmatched"] += 1  # late past the hard timeout, a duplicate, or never asked of this peer
+            self.table.touch(env.src, now)
+            return
+        del self._rpcs[re]
+        self._release(rpc.nid)
+        job = rpc.job
+        lk = job.lookup
+        body = env.body
+        nodes = body.get("nodes") if type(body) is dict else None
+        if type(nodes) is not list:
+            stats["malformed"] += 1  # alive but useless: not refreshed in the table, failed in the lookup
+            if lk is not None and not lk.done:
+                lk.on_failure(rpc.nid, now)
+                self._pump(job, now)
+            return
+        rtt = now - rpc.sent
+        self._rtt_sample(rtt)
+        self.table.add(rpc.nid, rpc.pk, rpc.ep, now, rtt)
+        if lk is None or lk.done:
+            stats["late_responses"] += 1
+            return
+        lk.on_response(rpc.nid, nodes, now)
+        self._pump(job, now)
+
+    # -- lookups -------------------------------------------------------------------------------------
+
+    def _submit(self, target: bytes, now: float, purpose: str, seeds: list | None) -> int:
+        stats = self.stats
+        job = self._targets.get(target)
+        if job is not None and seeds is None:
+            stats["lookups_merged"] += 1
+            return job.id
+        lid = self._next_id
+        self._next_id += 1
+        job = _Job(lid, target, purpose, seeds)
+        if len(self._active) < self.config.max_lookups or len(self._queue) < self.config.max_queued_lookups:
+            self._targets[target] = job
+            if purpose == "join":
+                self._joining += 1
+            if len(self._active) < self.config.max_lookups:
+                self._start(job, now)
+            else:
+                self._queue.append(job)
+                stats["lookups_queued"] += 1
+        else:
+            stats["lookups_refused"] += 1
+            self._events.append(LookupDone(lid, target, [], False, purpose=purpose, reason="busy"))
+            if purpose == "join":
+                self._events.append(Joined(False, len(self.table)))
+        return lid
+
+    def _start(self, job: _Job, now: float) -> None:
+        cfg = self.config
+        self.stats["lookups_started"] += 1
+        seeds = self.table.closest(job.target, cfg.k, skip_failed=True)
+        if not seeds:
+            seeds = self.table.closest(job.target, cfg.k)
+        if job.seeds:
+            seeds = job.seeds + seeds
+        job.seeds = None
+        self._active[job.id] = job
+        job.lookup = Lookup(job.target, seeds, k=cfg.k, alpha=cfg.alpha, self_id=self.node_id,
+                            late_after=self.rto, late_factor=cfg.late_factor, late_min=cfg.late_min,
+                            max_queries=self._max_queries, stats=self.stats)
+        self._pump(job, now)
+
+    def _pump(self, job: _Job, now: float) -> None:
+        """Send the queries the lookup wants now; finish it if it is done."""
+        lk = job.lookup
+        lk.late_after = self.rto
+        queries = lk.next_queries(now)
+        if queries:
+            rng = self._rng
+            me = self.node_id
+            body = {"target": job.target, "from": self._me} if self._me is not None else {"target": job.target}
+            ts = int(now * 1000)
+            deadline = now + self.config.query_timeout
+            for c in queries:
+                pk = c.public_key
+                nid = node_id_for(pk)
+                rid = rng.getrandbits(128).to_bytes(16, "big")
+                self._rpcs[rid] = _Rpc(job, nid, pk, c.endpoint, now)
+                self._fifo.append((deadline, rid))
+                d = self._dests.get(nid)
+                if d is None:
+                    self._dests[nid] = [pk, c.endpoint, 1]
+                else:
+                    d[2] += 1
+                self._out.append(Envelope(rid, me, FIND_NODE, body, nid, ts))
+            self.stats["find_node_sent"] += len(queries)
+            self.stats["sent"] += len(queries)
+        if lk.done:
+            self._finish(job, now)
+            return
+        t = lk.next_timer()
+        if t is not None and (job.armed is None or t < job.armed):
+            job.armed = t
+            self._serial += 1
+            heapq.heappush(self._late, (t, self._serial, job))
+
+    def _finish(self, job: _Job, now: float) -> None:
+        lk = job.lookup
+        stats = self.stats
+        del self._active[job.id]
+        if self._targets.get(job.target) is job:
+            del self._targets[job.target]
+        self.table.touch_bucket(self.table.bucket_index(job.target), now)
+        ok = lk.ok
+        stats["lookups_ok" if ok else "lookups_failed"] += 1
+        reason = "" if ok else ("no_contacts" if not lk.queries else "failed")
+        self._events.append(LookupDone(job.id, job.target, lk.result(), ok, lk.rounds, lk.hops, lk.queries,
+                                       lk.failures, lk.late, lk.duration or 0.0, job.purpose, reason))
+        if job.purpose == "join":
+            self._joining -= 1
+            refreshes = self._refresh_far(now) if lk.responses else 0
+            if self._join_pending:
+                self._join_pending = False
+                self._events.append(Joined(lk.responses > 0, len(self.table), refreshes))
+            if len(self.table) < self.config.k or self._settle:
+                # Too few contacts to be well connected: look again soon (see join()).
+                t = now + self._retry * (0.9 + 0.2 * self._rng.random())
+                if self._refresh_at is None or t < self._refresh_at:
+                    self._refresh_at = t
+                self._retry = min(self._retry * 2, self.config.refresh_check)
+            else:
+                self._retry = self.config.join_retry
+        while self._queue and len(self._active) < self.config.max_lookups:
+            self._start(self._queue.popleft(), now)
+
+    def _release(self, nid: bytes) -> None:
+        d = self._dests.get(nid)
+        if d is not None:
+            d[2] -= 1
+            if d[2] <= 0:
+                del self._dests[nid]
+
+    def _rtt_sample(self, r: float) -> None:
+        # RFC 6298 smoothing: srtt gains 1/8 of the error, rttvar 1/4 of its own.
+        if r < 0:
+            return
+        if self._samples < 1000:
+            self._samples += 1
+        if self._srtt is None:
+            self._srtt = r
+            self._rttvar = r / 2
+        else:
+            self._rttvar += 0.25 * (abs(self._srtt - r) - self._rttvar)
+            self._srtt += 0.125 * (r - self._srtt)
+
+    # -- join and refresh -------------------------------------------------------------------------
+
+    def _refresh_far(self, now: float) -> int:
+        """After a self-lookup: a lookup in every bucket farther than our closest neighbour (that no
+        lookup touched within refresh_interval)."""
+        near = self.table.nearest_bucket()
+        if near is None:
+            return 0
+        n = 0
+        for i in self.table.buckets_needing_refresh(now, self.config.refresh_interval):
+            if i <= near:
+                continue
+            self.table.touch_bucket(i, now)
+            self._submit(self.table.random_id_in_bucket(i, self._rng), now, "refresh", None)
+            n += 1
+        self.stats["refreshes"] += n
+        return n
+
+    def _arm_refresh(self, now: float) -> None:
+        cfg = self.config
+        self._refresh_at = now + cfg.refresh_check * (0.9 + 0.2 * self._rng.random())
+
+    def _refresh(self, now: float) -> None:
+        cfg = self.config
+        self._arm_refresh(now)
+        table = self.table
+        if (len(table) < cfg.k or self._settle) and not self._joining and (self._seeds or len(table)):
+            self._settle = 0
+            self.stats["rejoins"] += 1
+            self._submit(self.node_id, now, "join", list(self._seeds))
+            return  # its end refreshes the far buckets
+        for i in table.buckets_needing_refresh(now, cfg.refresh_interval):
+            table.touch_bucket(i, now)
+            self._submit(table.random_id_in_bucket(i, self._rng), now, "refresh", None)
+            self.stats["refreshes"] += 1
