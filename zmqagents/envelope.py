@@ -135,9 +135,9 @@ class Envelope:
         _check_fields(self.id, self.src, self.type, self.dst, self.ts, self.ttl, self.seq, self.ep,
                       self.re, self.ack, self.pk, self.sig)
         m = self.to_map()
-        if type(self.body) not in _SCALARS:
+        if type(self.body) not in _SCALARS and not _is_flat(self.body, check_keys=True):
             _check_value(self.body, 2)
-        if self.ack:
+        if self.ack and not _is_flat(self.ack, check_keys=True):
             _check_value(self.ack, 2)
         if self.extra:
             _check_value(self.extra, 1)
@@ -247,13 +247,15 @@ def _check_fields(mid, src, typ, dst, ts, ttl, seq, ep, re, ack, pk, sig) -> Non
         raise _wrong("sig", f"{SIGNATURE_LEN} bytes", sig)
 
 
-def _is_flat(value: Any) -> bool:
-    """A decoded map or array holding only scalars: the common body, at most one level deep.
+def _is_flat(value: Any, *, check_keys: bool) -> bool:
+    """A map or array holding only scalars: the common body, which needs no walk.
 
-    Keys are not looked at: msgpack's strict_map_key has already checked
-    them on decode. (The encoder does not use this shortcut.)
+    Decoded maps need no key check (msgpack's strict_map_key has done it);
+    maps about to be encoded do.
     """
     if type(value) is dict:
+        if check_keys and not _KEY_TYPES.issuperset(map(type, value)):
+            return False
         value = value.values()
     elif type(value) is not list:
         return False
@@ -327,9 +329,9 @@ def _from_map(m: Any) -> Envelope:
     sig = get("sig")
     _check_fields(mid, src, typ, dst, ts, ttl, seq, ep, re, ack, pk, sig)
     body = get("b")
-    if type(body) not in _SCALARS and not _is_flat(body):
+    if type(body) not in _SCALARS and not _is_flat(body, check_keys=False):
         _check_value(body, 2)
-    if ack and not _is_flat(ack):
+    if ack and not _is_flat(ack, check_keys=False):
         _check_value(ack, 2)
     # Positional, in dataclass field order: about twice as fast as keywords.
     return Envelope(
