@@ -610,7 +610,7 @@ def summarize(res, alive: list[bytes]) -> dict:
 
 
 def test_nodes_joining_one_by_one_build_tables_that_find_the_true_k_closest():
-    n = 120
+    n = 80
     cores = [core(i, seed=11) for i in range(n)]
     mesh = Mesh(cores, seed=1, wire=True)
     for i in range(1, n):

@@ -253,18 +253,28 @@ class RoutingTable:
             groups.extend([i] for i in order if i > b)
         else:
             groups = [[i] for i in order]
+        # Consecutive groups are gathered until they hold enough, then sorted together (their order is
+        # kept by the sort, since every group is farther than the one before): usually one sort per call.
         filtered = skip_failed or exclude is not None
-        for g in groups:
-            vals = buckets[g[0]].values() if len(g) == 1 else [e for i in g for e in buckets[i].values()]
+        want = n + (exclude is not None)
+        cand: list[Entry] = []
+        last = len(groups) - 1
+        for gi, g in enumerate(groups):
+            for i in g:
+                cand.extend(buckets[i].values())
+            if len(cand) < want and gi < last:
+                continue
             if filtered:
-                dec = [(fb(e.node_id, "big") ^ t, e) for e in vals
+                dec = [(fb(e.node_id, "big") ^ t, e) for e in cand
                        if not (skip_failed and e.fails) and e.node_id != exclude]
             else:
-                dec = [(fb(e.node_id, "big") ^ t, e) for e in vals]
+                dec = [(fb(e.node_id, "big") ^ t, e) for e in cand]
             dec.sort()  # distances are unique: the entries themselves are never compared
             out.extend([d[1] for d in dec[: n - len(out)]])
             if len(out) >= n:
                 break
+            want = n - len(out) + (exclude is not None)
+            cand = []
         return out
 
     def buckets_needing_refresh(self, now: float, interval: float) -> list[int]:
