@@ -514,6 +514,70 @@ def test_join_without_any_contact_reports_failure():
         a.join([["not a contact"]], 0.0)
 
 
+def test_a_node_that_does_not_advertise_itself_never_enters_tables():
+    a, b = core(1), core(2)
+    quiet = RoutingCore(Contact(b"q" * 32, "sim://q"), random.Random(3), advertise=False)
+    quiet.observe(a.contact, 0.0)
+    quiet.lookup(bytes(32), 0.0)
+    (q,) = quiet.take_outgoing()
+    assert "from" not in q.body
+    a.receive(q, 0.1)
+    assert len(a.table) == 0
+    assert a.contact_for(quiet.node_id) is None  # the transport answers on the inbound connection
+    (rep,) = a.take_outgoing()
+    assert rep.dst == quiet.node_id
+
+
+def test_stale_buckets_are_refreshed_on_the_refresh_timer():
+    cfg = RoutingConfig(refresh_check=10.0, refresh_interval=100.0)
+    a = core(1, cfg)
+    fill(a, 300)
+    near = a.table.nearest_bucket()
+    a.lookup(a.table.random_id_in_bucket(255, random.Random(1)), 0.0)
+    now = 0.0
+    targets = []
+    while now < 20.0:
+        now = a.next_timer()
+        a.tick(now)
+        targets += [e.body["target"] for e in a.take_outgoing() if e.type == FIND_NODE]
+        a.take_events()
+    refreshed = {a.table.bucket_index(t) for t in targets}
+    assert refreshed == set(range(near, 256))  # every bucket from the closest neighbour out
+    assert a.stats["refreshes"] == 255 - near  # bucket 255 was touched by the first lookup
+    before = a.stats["refreshes"]
+    while now < 60.0:  # within refresh_interval of the refresh: nothing more
+        now = a.next_timer()
+        a.tick(now)
+        a.take_outgoing()
+        a.take_events()
+    assert a.stats["refreshes"] == before
+    while now < 130.0:
+        now = a.next_timer()
+        a.tick(now)
+        a.take_outgoing()
+        a.take_events()
+    assert a.stats["refreshes"] > before
+
+
+def test_a_node_whose_table_stays_short_looks_itself_up_again():
+    cores = [core(i, seed=5) for i in range(6)]
+    mesh = Mesh(cores, seed=2)
+    for i in range(1, 6):
+        mesh.call(cores[i], lambda c: c.join([cores[0].contact], mesh.now))
+    mesh.run(30.0)
+    joined = mesh.done(Joined)
+    assert len(joined) == 5 and all(ev.ok for _, ev in joined)  # reported once per join() call
+    for c in cores:
+        assert len(c.table) == 5  # everyone knows everyone
+    # Fewer than k contacts: the self-lookup is repeated with a doubling delay (2, 4, 8, 16 s...).
+    assert all(2 <= c.stats["rejoins"] <= 5 for c in cores[1:])
+    mesh.run(300.0)
+    rejoins = [c.stats["rejoins"] for c in cores]
+    mesh.run(600.0)
+    # ... until the delay reaches refresh_check (60 s): then about once per check.
+    assert all(4 <= c.stats["rejoins"] - r <= 6 for c, r in zip(cores, rejoins))
+
+
 class Mesh:
     """RoutingCores wired through a heap of timed deliveries (one-way latency uniform in ``latency``)."""
 

@@ -100,8 +100,8 @@ import heapq
 import random
 from bisect import insort
 from collections import deque
-from dataclasses import dataclass, field, fields
-from typing import Any, Iterator
+from dataclasses import dataclass, fields
+from typing import Iterator
 
 from ..envelope import Envelope
 from ..identity import Contact
@@ -650,7 +650,7 @@ class RoutingCore:
         self._fifo: deque = deque()  # (hard deadline, rpc id) in send order: every query has the same timeout
         self._late: list = []  # heap of (late deadline, serial, job): when to re-pump a lookup
         self._serial = 0
-        self._dests: dict[bytes, list] = {}  # node id -> [endpoint, pending rpcs] for contact_for()
+        self._dests: dict[bytes, list] = {}  # node id -> [key, endpoint, pending rpcs] for contact_for()
         self._active: dict[int, _Job] = {}
         self._queue: deque[_Job] = deque()
         self._targets: dict[bytes, _Job] = {}  # target -> running or queued job (duplicates merge)
@@ -694,7 +694,8 @@ class RoutingCore:
         A lookup for a target already being looked up shares that lookup (and its id)."""
         if type(target) is not bytes or len(target) != NODE_ID_LEN:
             raise ValueError(f"lookup target must be {NODE_ID_LEN} bytes")
-        self._arm_refresh(now)
+        if self._refresh_at is None:
+            self._arm_refresh(now)
         return self._submit(target, now, purpose, None)
 
     def closest(self, target: bytes, n: int | None = None) -> list[Contact]:
