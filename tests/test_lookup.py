@@ -229,6 +229,17 @@ def test_a_late_answer_before_the_end_is_used():
     assert lk.state_of(node_id_for(cs[5][0])) == "fresh"
 
 
+def test_while_nobody_answered_late_queries_are_all_there_is_to_wait_for():
+    target = bytes(32)
+    cs = _line(2, target)
+    lk = Lookup(target, cs, k=2, alpha=3, late_after=0.3)
+    assert len(lk.next_queries(0.0)) == 2
+    assert lk.next_queries(0.3) == []  # both late, nobody else to ask
+    assert not lk.done and lk.late == 2 and lk.next_timer() is None  # the caller's hard timeouts decide
+    lk.on_response(node_id_for(cs[1][0]), [], 0.9)
+    assert lk.done and lk.ok and lk.result_ids() == [node_id_for(cs[1][0])]
+
+
 def test_every_peer_failing_ends_the_lookup_not_ok():
     target = bytes(32)
     cs = _line(4, target)

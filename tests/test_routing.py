@@ -469,15 +469,26 @@ def test_a_dead_peer_times_out_and_is_marked_failed():
     a, b = core(1, cfg), core(2, cfg)
     lookup_against(a, b, bytes(32), now=0.0)
     assert a.next_timer() == pytest.approx(cfg.late_initial)
-    a.tick(cfg.late_initial)  # late: the lookup stops waiting, nothing else to ask: it ends
-    (done,) = [e for e in a.take_events() if isinstance(e, LookupDone)]
-    assert not done.ok and done.late == 1 and done.duration == pytest.approx(cfg.late_initial)
-    assert a.next_timer() == pytest.approx(2.0)  # the hard timeout is still pending
+    a.tick(cfg.late_initial)  # late, but nobody else to ask or to wait for: the lookup waits on
+    assert a.take_events() == []
+    assert a.next_timer() == pytest.approx(2.0)  # the hard timeout
     a.tick(2.0)
+    (done,) = [e for e in a.take_events() if isinstance(e, LookupDone)]
+    assert not done.ok and done.late == 1 and done.failures == 1 and done.duration == pytest.approx(2.0)
     assert a.stats["rpc_timeouts"] == 1
     assert a.table.get(b.node_id).fails == 1
     assert a.contact_for(b.node_id) == b.contact  # still in the table
     assert [e.node_id for e in a.take_checks()] == [b.node_id]
+
+
+def test_a_slow_only_peer_is_still_heard():
+    """Nobody else to ask: a peer slower than the late limit is waited for up to the hard timeout."""
+    a, b = core(1), core(2)
+    q = lookup_against(a, b, bytes(32), now=0.0)
+    a.tick(a.next_timer())
+    a.receive(env(b, a, NODES, {"nodes": []}, re=q.id), 0.9)
+    (done,) = [e for e in a.take_events() if isinstance(e, LookupDone)]
+    assert done.ok and [c.public_key for c in done.contacts] == [b.contact.public_key]
 
 
 def test_lookups_share_a_target_queue_and_refuse_beyond_the_bound():

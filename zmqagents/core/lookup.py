@@ -40,11 +40,13 @@ caller reported a hard timeout or an unusable answer). A waiting query is
   smaller), never the hard timeout.
 * **Termination.** The *window* is the ``k`` closest candidates that are
   neither failed nor late. The lookup is done as soon as every candidate in
-  the window has answered (``ok`` is then True), or when nothing is waiting and
-  nothing more may be asked (every candidate failed, or the ``max_queries``
-  budget is spent: ``ok`` False). It never waits for anything outside the
-  window, and never for a late peer. A late peer's answer that comes after
-  the end is ignored: the result is final once ``done``.
+  the window has answered (``ok`` is then True), or when nothing more may be
+  asked and nothing is waited for (every candidate failed, or the
+  ``max_queries`` budget is spent: ``ok`` False). Once anyone has answered it
+  never waits for a late peer, nor for anything outside the window; while
+  nobody has answered and only late queries remain, they are all there is,
+  so it waits for their answers or hard timeouts. A late peer's answer that
+  comes after the end is ignored: the result is final once ``done``.
 * **Bounds.** At most ``max_per_response`` contacts are read from one answer
   (the rest is counted and ignored), at most ``max_candidates`` candidates are
   kept (the farthest never-asked one makes room, or the newcomer is dropped)
@@ -449,8 +451,12 @@ class Lookup:
             if counted >= k:
                 break
         if not unsettled:
-            # Every window candidate answered (or there is none left that did not fail or go late).
-            self._finish(now, ok=counted > 0)
+            if counted:
+                self._finish(now, ok=True)  # every window candidate answered
+            elif not waiting:
+                self._finish(now, ok=False)  # every candidate failed
+            # else nobody answered yet and only late queries are left: they are all there is to wait for,
+            # until they answer or their hard timeouts come (on_timeout).
         elif not active and not can_ask:
             self._finish(now, ok=False)  # budget spent with fresh candidates left in the window
 
