@@ -129,3 +129,16 @@ def test_help_teaches_exit_codes_and_contacts():
     assert top.returncode == 0 and "PUBLICKEY@ENDPOINT" in top.stdout and "124  timed out" in top.stdout
     req = zmqa("request", "--help")
     assert req.returncode == 0 and "--parallel" in req.stdout
+
+
+def test_node_joins_through_bootstrap_and_peers_lists_the_table(tmp_path):
+    with server(tmp_path, "node", name="seed") as (seed, _):
+        with server(tmp_path, "node", "--bootstrap", seed, name="joiner") as (joiner, _):
+            table = zmqa("peers", "--to", seed, "--json")
+            assert table.returncode == 0, table.stderr
+            rows = [json.loads(line) for line in table.stdout.splitlines()]
+            joiner_id = Path(joiner[1:]).read_text().strip()
+            from zmqagents.identity import Contact
+            assert Contact.parse(joiner_id).node_id.hex() in {r["node_id"] for r in rows}
+            human = zmqa("peers", "--to", seed)
+            assert human.returncode == 0 and human.stdout.startswith("NODE")

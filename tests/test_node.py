@@ -229,3 +229,32 @@ def test_replayed_envelopes_and_reused_ids_are_delivered_once(arun):
                 ctx.destroy(linger=0)
 
     arun(main())
+
+
+def test_nodes_join_through_one_bootstrap_and_find_each_other(arun):
+    """Twelve real nodes join through the first one; then every node's lookup of every other node's id
+    returns that node first, and the routing tables hold what the lookups learned."""
+
+    async def main():
+        seed = Node()
+        await seed.start()
+        nodes = [seed]
+        try:
+            for _ in range(11):
+                node = Node(bootstrap=[seed.contact])
+                await node.start()
+                nodes.append(node)
+            for node in nodes:
+                for other in nodes:
+                    if other is node:
+                        continue
+                    found = await node.lookup(other.node_id, timeout=10)
+                    assert found and found[0].node_id == other.node_id
+            assert all(len(n.peers()) >= 5 for n in nodes)
+            entry = nodes[3].peers()[0]
+            assert set(entry) == {"node_id", "contact", "last_seen", "rtt_ms", "fails"}
+        finally:
+            for node in nodes:
+                await node.close()
+
+    arun(main(), timeout=60)

@@ -101,11 +101,13 @@ def _contacts(texts: Iterable[str]) -> list[Contact]:
     return out
 
 
-def _make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool, allowlist: str | None = None):
+def _make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool, allowlist: str | None = None,
+               bootstrap: list[Contact] = ()):
     from .node import Node, NodeConfig
 
     allow = _read_allowlist(allowlist) if allowlist else None
-    return Node(_load_identity(key), listen=listen, peers=peers, secure=not insecure, allowlist=allow, config=NodeConfig())
+    return Node(_load_identity(key), listen=listen, peers=peers, bootstrap=bootstrap, secure=not insecure,
+                allowlist=allow, config=NodeConfig())
 
 
 def _read_allowlist(path: str) -> frozenset[bytes]:
@@ -196,17 +198,19 @@ def keygen(path: str, force: bool) -> None:
 
 @cli.command()
 @_common_node_options
-@click.option("--peer", "peers", multiple=True, help="Contact of a node to connect to (repeatable).")
+@click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")
+@click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh to join through (repeatable).")
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
 @click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")
 @click.option("--echo", is_flag=True, help="Answer every request with its own body (handy for testing).")
-def node(key, listen, insecure, peers, contact_file, allowlist, echo) -> None:
+def node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo) -> None:
     """Run a node until SIGINT/SIGTERM.
 
-    Prints {"contact": ...} first, then every direct message and request it
-    receives as one JSON line.
+    With --bootstrap it joins the mesh (Kademlia lookup of its own id, then of
+    far buckets). Prints {"contact": ...} first, then every direct message and
+    request it receives as one JSON line.
     """
-    n = _make_node(key, listen, _contacts(peers), insecure, allowlist)
+    n = _make_node(key, listen, _contacts(peers), insecure, allowlist, _contacts(bootstrap))
 
     async def main() -> int:
         async with n:
@@ -431,6 +435,43 @@ async def _request_lines(ids: list[bytes], one, parallel: int) -> int:
     if timeouts and not (bad or failed):
         return EXIT_TIMEOUT
     return EXIT_FAILED if (bad or failed or timeouts) else EXIT_OK
+
+
+@cli.command()
+@_common_node_options
+@click.option("--to", "to", required=True, help="Contact of the node to ask.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per contact instead of a table.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the answer.")
+def peers(key, listen, insecure, to, as_json, timeout) -> None:
+    """List the contacts in a node's routing table."""
+    from .node import PEERS, NodeError, RequestTimeout
+
+    targets = _contacts([to])
+    n = _make_node(key, listen, targets, insecure)
+
+    async def main() -> int:
+        async with n:
+            try:
+                table = await n.request(targets[0].node_id, None, timeout=timeout, type=PEERS)
+            except RequestTimeout as exc:
+                click.echo(f"error: {exc}", err=True)
+                return EXIT_TIMEOUT
+            except NodeError as exc:
+                click.echo(f"error: {exc}", err=True)
+                return EXIT_FAILED
+        now = time.time()
+        if as_json:
+            for row in table:
+                _emit(row)
+        else:
+            click.echo(f"{'NODE':14} {'RTT ms':>8} {'SEEN s ago':>10} {'FAILS':>5}  ENDPOINT")
+            for row in table:
+                rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.2f}"
+                endpoint = row["contact"].split("@", 1)[1]
+                click.echo(f"{row['node_id'][:12]:14} {rtt:>8} {now - row['last_seen']:>10.1f} {row['fails']:>5}  {endpoint}")
+        return EXIT_OK
+
+    sys.exit(_run(main()))
 
 
 @cli.command()

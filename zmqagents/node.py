@@ -30,6 +30,7 @@ from .core.delivery import (
     WindowFull,
     WindowOpen,
 )
+from .core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
 from .envelope import Envelope
 from .identity import Contact, Identity, IdentityError, node_id_of, parse_node_id, short_id
 from .transport.mesh import Transport, TransportConfig
@@ -37,6 +38,8 @@ from .transport.mesh import Transport, TransportConfig
 log = logging.getLogger(__name__)
 
 HELLO = "hello"  # request type neighbours exchange to learn each other's PUB endpoint
+PEERS = "zmqagents.peers"  # request type answered by the node itself with its routing table
+ROUTING_PREFIX = "kad."  # envelopes for the routing core; everything else goes through delivery
 
 
 class NodeError(Exception):
@@ -93,10 +96,12 @@ class NodeConfig:
 
     transport: TransportConfig = field(default_factory=TransportConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     inbox_limit: int = 10_000  # messages waiting for the application before new ones are refused (sender retries)
     max_handlers: int = 64  # request handlers running at once; further requests wait in the socket queues
     subscription_queue: int = 10_000  # publications buffered per subscriber; the oldest is dropped beyond it
     hello_timeout: float = 5.0
+    join_timeout: float = 10.0  # how long start() waits for the bootstrap lookup before carrying on alone
 
 
 RequestHandler = Callable[[Any, Message], Any | Awaitable[Any]]
@@ -111,6 +116,7 @@ class Node:
         *,
         listen: str = "tcp://127.0.0.1:0",
         peers: Iterable[str | Contact] = (),
+        bootstrap: Iterable[str | Contact] = (),
         secure: bool = True,
         allowlist: Iterable[bytes] | None = None,
         config: NodeConfig | None = None,
@@ -125,6 +131,7 @@ class Node:
         self.config.transport.listen = listen
         self.config.transport.secure = secure
         self._peers = [p if isinstance(p, Contact) else Contact.parse(p) for p in peers]
+        self._bootstrap = [p if isinstance(p, Contact) else Contact.parse(p) for p in bootstrap]
         self.transport = Transport(
             identity,
             self.config.transport,
@@ -132,7 +139,11 @@ class Node:
             on_publication=self._on_publication,
             allow=frozenset(allowlist) if allowlist is not None else None,
         )
-        self.delivery = Delivery(identity.node_id, rng or random.Random(), self.config.delivery)
+        self._rng = rng or random.Random()
+        self.delivery = Delivery(identity.node_id, self._rng, self.config.delivery)
+        self.routing: RoutingCore | None = None  # needs our endpoint, known once the inbox is bound
+        self._lookups: dict[int, asyncio.Future] = {}
+        self._joined: asyncio.Future | None = None
         self._inbox: asyncio.Queue[Message] | None = None
         self._requests: dict[bytes, asyncio.Future] = {}
         self._windows: dict[bytes, asyncio.Event] = {}
@@ -170,8 +181,48 @@ class Node:
         self._idle = asyncio.Event()
         self._idle.set()
         self.transport.start()
+        self.routing = RoutingCore(self.contact, self._rng, self.config.routing)
         if self._peers:
             await asyncio.gather(*(self._hello(c) for c in self._peers))
+        if self._bootstrap:
+            await self.join(self._bootstrap, timeout=self.config.join_timeout)
+
+    async def join(self, bootstrap: Iterable[str | Contact], *, timeout: float = 10.0) -> bool:
+        """Join the mesh through bootstrap contacts: a lookup of our own id, then a refresh of far buckets.
+
+        Returns whether the join lookup reached anyone; on False the node carries on alone
+        and keeps re-trying the bootstrap contacts in the background.
+        """
+        contacts = [p if isinstance(p, Contact) else Contact.parse(p) for p in bootstrap]
+        self._joined = asyncio.get_running_loop().create_future()
+        self.routing.join(contacts, time.time())
+        self._pump()
+        try:
+            joined = await asyncio.wait_for(asyncio.shield(self._joined), timeout)
+        except asyncio.TimeoutError:
+            log.warning("join through %d bootstrap contact(s) did not finish in %g s", len(contacts), timeout)
+            return False
+        if not joined.ok:
+            log.warning("no bootstrap contact answered; running alone until one does")
+        return joined.ok
+
+    async def lookup(self, target: bytes, *, timeout: float = 30.0) -> list[Contact]:
+        """The (up to k) live nodes closest to ``target`` in XOR distance, found by an iterative lookup."""
+        lookup_id = self.routing.lookup(target, time.time())
+        future = self._lookups.get(lookup_id)
+        if future is None:
+            future = self._lookups[lookup_id] = asyncio.get_running_loop().create_future()
+        self._pump()
+        done: LookupDone = await asyncio.wait_for(asyncio.shield(future), timeout)
+        return list(done.contacts)
+
+    def peers(self) -> list[dict]:
+        """The routing table: one dict per contact (node_id, public_key, endpoint, last_seen, rtt, fails)."""
+        return [
+            {"node_id": e.node_id.hex(), "contact": str(e.contact), "last_seen": e.last_seen,
+             "rtt_ms": None if e.rtt is None else round(e.rtt * 1000, 3), "fails": e.fails}
+            for e in self.routing.table
+        ]
 
     async def close(self) -> None:
         """Stop timers and handlers, fail pending requests, close every socket."""
@@ -184,10 +235,11 @@ class Node:
             task.cancel()
         if self._handler_tasks:
             await asyncio.gather(*self._handler_tasks, return_exceptions=True)
-        for fut in self._requests.values():
-            if not fut.done():
+        for fut in [*self._requests.values(), *self._lookups.values(), self._joined]:
+            if fut is not None and not fut.done():
                 fut.set_exception(NodeError("node closed"))
         self._requests.clear()
+        self._lookups.clear()
         for _, queue in self._subscriptions:
             queue.put_nowait(None)
         self.transport.close()
@@ -375,6 +427,7 @@ class Node:
             return False
         contact = Contact(public_key, body["endpoint"])
         self.transport.add_contact(contact)
+        self.routing.observe(contact, time.time())
         self._neighbours[node_id] = body["pub"]
         self.transport.subscribe_to(contact, body["pub"])
         return True
@@ -383,12 +436,21 @@ class Node:
 
     def _on_batch(self, batch: list[Envelope]) -> None:
         delivery = self.delivery
+        routing = self.routing
         room = self.config.inbox_limit - self._inbox.qsize()
         now = time.time()
+        last_src = None
         for env in batch:
+            typ = env.type
+            if typ.startswith(ROUTING_PREFIX):
+                routing.receive(env, now)
+                continue
+            if env.src is not last_src:  # any message is evidence its sender is alive
+                last_src = env.src
+                routing.observe(last_src, now)
             # A full inbox refuses data before the core sees it: no ack, so the sender
             # retransmits later and nothing accepted is ever thrown away.
-            if env.type == "msg":
+            if typ == "msg":
                 if room <= 0:
                     self.stats["inbox_refused"] += 1
                     continue
@@ -397,7 +459,7 @@ class Node:
         self._pump()
 
     def _pump(self) -> None:
-        """Send what the core wants sent, act on its events, re-arm its timer."""
+        """Send what the cores want sent, act on their events, re-arm the timer."""
         delivery = self.delivery
         send = self.transport.send
         for env in delivery.take_outgoing():
@@ -408,9 +470,29 @@ class Node:
             # dispatch may have produced replies (hello) — send them now
             for env in delivery.take_outgoing():
                 send(env)
+        if self.routing is not None:
+            self._pump_routing()
         if not delivery.pending():
             self._idle.set()
         self._arm_timer()
+
+    def _pump_routing(self) -> None:
+        routing = self.routing
+        transport = self.transport
+        for env in routing.take_outgoing():
+            if not transport.known(env.dst):
+                contact = routing.contact_for(env.dst)
+                if contact is not None:
+                    transport.add_contact(contact)
+            transport.send(env)
+        for event in routing.take_events():
+            if isinstance(event, LookupDone):
+                future = self._lookups.pop(event.lookup_id, None)
+                if future is not None and not future.done():
+                    future.set_result(event)
+            elif isinstance(event, Joined):
+                if self._joined is not None and not self._joined.done():
+                    self._joined.set_result(event)
 
     def _dispatch(self, events: list) -> None:
         for event in events:
@@ -421,6 +503,8 @@ class Node:
                 elif env.type == HELLO:
                     self._add_neighbour(env.src, env.body)
                     self._reply(env, self._hello_body())
+                elif env.type == PEERS:
+                    self._reply(env, self.peers())
                 else:
                     self._start_handler(env)
             elif isinstance(event, Replied):
@@ -487,6 +571,10 @@ class Node:
 
     def _arm_timer(self) -> None:
         at = self.delivery.next_timer()
+        if self.routing is not None:
+            other = self.routing.next_timer()
+            if other is not None and (at is None or other < at):
+                at = other
         if at is None or self._closed:
             return
         if self._timer_at is not None and self._timer_at <= at and self._timer is not None:
@@ -500,7 +588,9 @@ class Node:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.delivery.tick(time.time())
+        now = time.time()
+        self.delivery.tick(now)
+        self.routing.tick(now)
         self._pump()
 
 
