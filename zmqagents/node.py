@@ -262,6 +262,8 @@ class Node:
     # -- sending -----------------------------------------------------------------
 
     def _resolve(self, peer: bytes | str | Contact) -> bytes:
+        if type(peer) is bytes and len(peer) == 32 and self.transport.known(peer):
+            return peer  # the common case, first
         if isinstance(peer, Contact):
             return self.transport.add_contact(peer)
         if isinstance(peer, str):
@@ -288,8 +290,18 @@ class Node:
                 await event.wait()
                 continue
             self._idle.clear()
-            self._pump()
+            self._send_new()
             return msg_id
+
+    def _send_new(self) -> None:
+        """After send/request: the core has new envelopes but, unlike after receive or tick, no events.
+        Send them and re-arm the timer only if the new deadline is the earliest."""
+        delivery = self.delivery
+        send = self.transport.send
+        for env in delivery.take_outgoing():
+            send(env)
+        if self._timer is None or (delivery.next_timer() or self._timer_at) < self._timer_at:
+            self._arm_timer()
 
     async def send(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg") -> bytes:
         """Queue a reliable message; returns its id once the transport has it.
