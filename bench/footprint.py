@@ -335,7 +335,7 @@ def orchestrate(args) -> int:
             "quick": args.quick,
             "cpu_tick_resolution_percent": round(100.0 / (CLK_TCK * args.window), 4),
             "max_subscribers": args.max_subscribers,
-            "note": "the node's TransportConfig.max_subscribers (default 64) is set to max(64, peers) so it holds one SUB per peer",
+            "note": "idle peers say hello but subscribe to nothing, so the node holds one inbound CURVE connection per peer and no SUB sockets",
         },
         "env": {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2), **other_load.report(), "loop": ready.get("loop"), "raw_loop": raw_ready.get("loop")},
         "elapsed_s": round(time.perf_counter() - started, 1),

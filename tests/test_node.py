@@ -258,3 +258,21 @@ def test_nodes_join_through_one_bootstrap_and_find_each_other(arun):
                 await node.close()
 
     arun(main(), timeout=60)
+
+
+def test_sub_sockets_exist_only_while_the_application_subscribes(arun):
+    """Each SUB costs a CURVE connection on both ends, so an idle neighbour holds none."""
+
+    async def main():
+        async with Node() as a, Node(peers=[a.contact]) as b:
+            assert a.neighbours() == [b.node_id] and len(a.transport._subs) == len(b.transport._subs) == 0
+            stream = b.subscribe("x")
+            first = asyncio.ensure_future(stream.__anext__())
+            assert await a.wait_for_subscriber("x", 5)
+            assert len(b.transport._subs) == 1
+            await a.publish("x", 1)
+            assert (await asyncio.wait_for(first, 5)).body == 1
+            await stream.aclose()
+            assert len(b.transport._subs) == 0
+
+    arun(main())

@@ -153,7 +153,9 @@ class Node:
         self._handler_slots: asyncio.Semaphore | None = None
         self._handler_tasks: set[asyncio.Task] = set()
         self._subscriptions: list[tuple[bytes, asyncio.Queue]] = []
-        self._neighbours: dict[bytes, str] = {}  # node id -> PUB endpoint
+        # node id -> (contact, PUB endpoint). SUB sockets to these exist only while the application
+        # subscribes to something: each costs a CURVE connection (~30 KB) on both ends.
+        self._neighbours: dict[bytes, tuple[Contact, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._idle: asyncio.Event | None = None
@@ -392,6 +394,9 @@ class Node:
         topic_b = topic.encode() if isinstance(topic, str) else topic
         queue: asyncio.Queue = asyncio.Queue()
         entry = (topic_b, queue)
+        if not self._subscriptions:
+            for contact, pub in self._neighbours.values():
+                self.transport.subscribe_to(contact, pub)
         self._subscriptions.append(entry)
         self.transport.add_topic(topic_b)
         try:
@@ -404,6 +409,9 @@ class Node:
             self._subscriptions.remove(entry)
             if not self._closed:
                 self.transport.remove_topic(topic_b)
+                if not self._subscriptions:
+                    for node_id in self._neighbours:
+                        self.transport.unsubscribe_from(node_id)
 
     def _on_publication(self, topic: bytes, env: Envelope) -> None:
         msg = Message(env.src, env.body, env.type, env.id, topic)
@@ -440,8 +448,9 @@ class Node:
         contact = Contact(public_key, body["endpoint"])
         self.transport.add_contact(contact)
         self.routing.observe(contact, time.time())
-        self._neighbours[node_id] = body["pub"]
-        self.transport.subscribe_to(contact, body["pub"])
+        self._neighbours[node_id] = (contact, body["pub"])
+        if self._subscriptions:
+            self.transport.subscribe_to(contact, body["pub"])
         return True
 
     # -- driving the core ------------------------------------------------------------

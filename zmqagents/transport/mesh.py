@@ -16,8 +16,8 @@ connection (ROUTER to the routing id), so a request/reply pair uses one TCP
 connection and a node that can only connect out is still reachable.
 
 ZeroMQ's FD is edge-triggered, so every readable callback drains its socket
-until EAGAIN (in bounded batches), and sockets that were written to are
-re-checked once on the next loop turn.
+until EAGAIN (in bounded batches). Outgoing frames are written in one burst
+per loop turn, after which the sockets written to are re-checked once.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ class Transport:
         self._contacts: OrderedDict[bytes, Contact] = OrderedDict()
         self._inbound: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> routing id on our ROUTER
         self._keys: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()  # routing id -> (curve hex, node id)
-        self._recheck: set[zmq.Socket] = set()
-        self._recheck_scheduled = False
+        self._outbox: list[tuple[bytes, bytes]] = []  # (dst, frame) waiting for this loop turn's flush
+        self._flush_scheduled = False
+        self._recheck: set[zmq.Socket] = set()  # sockets written to since the last flush
         self._closed = False
         self.stats: dict[str, int] = {
             "frames_in": 0,
@@ -192,23 +193,56 @@ class Transport:
     # -- sending ---------------------------------------------------------------
 
     def send(self, env: Envelope) -> bool:
-        """Encode and send toward ``env.dst``. False (and a counted drop) when it cannot go now;
-        the delivery core's retransmits make that safe."""
-        dst = env.dst
+        """Encode ``env`` now and queue it for ``env.dst``; False (and a counted drop) if it cannot be encoded.
+
+        Frames are written to the sockets in one burst per event-loop turn (:meth:`_flush`): a
+        burst wakes libzmq's I/O thread once, where a write per message would wake it for each
+        (a system call every time). A frame that cannot go out is dropped and counted; the
+        delivery core's retransmits make that safe.
+        """
         try:
             frame = env.encode(max_size=self.config.max_message_size)
         except EnvelopeError as exc:
-            self._drop("encode_error", dst or b"", exc)
+            self._drop("encode_error", env.dst or b"", exc)
             return False
+        self._outbox.append((env.dst, frame))
+        self._schedule_flush()
+        return True
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write every queued frame, then look once more at each socket written to: a send can
+        swallow the edge of ZeroMQ's edge-triggered FD, so incoming messages could otherwise wait."""
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        outbox, self._outbox = self._outbox, []
+        for dst, frame in outbox:
+            self._route(dst, frame)
+        socks, self._recheck = self._recheck, set()
+        for sock in socks:
+            if sock is self.router:
+                self._drain_router(sock)
+            elif sock is self.pub:
+                self._drain_subscriptions(sock)
+            else:
+                self._drain_link(sock)
+
+    def _route(self, dst: bytes, frame: bytes) -> None:
+        """Our own DEALER to ``dst`` if open; else back over its connection to our ROUTER; else a new DEALER."""
         link = self._dealers.get(dst)
         if link is None:
             rid = self._inbound.get(dst)
             if rid is not None and self._send_router(rid, dst, frame):
-                return True
+                return
             contact = self._contacts.get(dst)
             if contact is None:
                 self._drop("no_route", dst, "no contact and no inbound connection")
-                return False
+                return
             link = self._open_dealer(contact)
         else:
             self._dealers.move_to_end(dst)
@@ -216,9 +250,8 @@ class Transport:
             link.socket.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._drop("send_hwm", dst, "outgoing queue full")
-            return False
+            return
         self._sent(link.socket, frame)
-        return True
 
     def _send_router(self, rid: bytes, dst: bytes, frame: bytes) -> bool:
         try:
@@ -259,27 +292,13 @@ class Transport:
         self.pub.send_multipart((topic, frame), zmq.NOBLOCK)  # PUB drops at HWM, never blocks
         self.stats["publications_out"] += 1
         self._sent(self.pub, frame)
+        self._schedule_flush()
 
     def _sent(self, sock: zmq.Socket, frame: bytes) -> None:
         stats = self.stats
         stats["frames_out"] += 1
         stats["bytes_out"] += len(frame)
         self._recheck.add(sock)
-        if not self._recheck_scheduled:
-            self._recheck_scheduled = True
-            self.loop.call_soon(self._recheck_sockets)
-
-    def _recheck_sockets(self) -> None:
-        """A send can swallow the FD's edge; look once more at every socket we wrote to."""
-        self._recheck_scheduled = False
-        socks, self._recheck = self._recheck, set()
-        for sock in socks:
-            if sock is self.router:
-                self._drain_router(sock)
-            elif sock is self.pub:
-                self._drain_subscriptions(sock)
-            else:
-                self._drain_link(sock)
 
     # -- connections -------------------------------------------------------------
 
