@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 from itertools import islice
 
 from ..envelope import Envelope
+from .outputs import CoreOutputs
 
 ACK_TYPE = "ack"
 FWD_TYPE = "fwd"
@@ -226,7 +227,7 @@ def _ack_ok(ack: object) -> bool:
     return True
 
 
-class Delivery:
+class Delivery(CoreOutputs):
     """The reliable delivery core of one node. Call a method, then drain take_outgoing() and take_events().
 
     ``now`` is any monotonic clock in seconds, never negative, the same one for every call.
@@ -244,8 +245,7 @@ class Delivery:
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._requests: dict[bytes, _Request] = {}
         self._npending = 0
-        self._out: list[Envelope] = []
-        self._events: list = []
+        CoreOutputs.__init__(self)
         # slot -> timer entries armed in it (some maybe cancelled); every key is in _slots exactly once
         self._wheel: dict[int, list] = {}
         self._live: dict[int, int] = {}  # slot -> entries in it still armed; a slot not in here is dead
@@ -440,20 +440,6 @@ class Delivery:
         while slots and slots[0] not in live:
             del self._wheel[heapq.heappop(slots)]
         return slots[0] * self._g if slots else None
-
-    def take_outgoing(self) -> list[Envelope]:
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def take_events(self) -> list:
-        events = self._events
-        if not events:
-            return []
-        self._events = []
-        return events
 
     # -- sending -------------------------------------------------------------------
 

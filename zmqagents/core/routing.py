@@ -104,6 +104,7 @@ from dataclasses import dataclass, fields
 from typing import Iterator
 
 from ..envelope import Envelope
+from .outputs import CoreOutputs
 from ..identity import Contact
 from .lookup import LOOKUP_STAT_KEYS, NODE_ID_LEN, Lookup, contact_fields, node_id_for
 
@@ -621,7 +622,7 @@ class _Rpc:
         self.sent = sent
 
 
-class RoutingCore:
+class RoutingCore(CoreOutputs):
     """The Kademlia protocol core of one node. Call a method, then drain take_outgoing() and take_events().
 
     ``contact`` is this node's own contact (its public key fixes the node id); it is sent in every
@@ -644,8 +645,7 @@ class RoutingCore:
                                   max_checks=cfg.max_checks, stats=self.stats)
         self._me = [f[0], f[1]] if advertise else None  # wire form, shared by every FIND_NODE we send
         self._max_queries = cfg.max_queries or 10 * cfg.k
-        self._out: list[Envelope] = []
-        self._events: list = []
+        CoreOutputs.__init__(self)
         self._rpcs: dict[bytes, _Rpc] = {}  # rpc id (= FIND_NODE envelope id) -> pending query
         self._fifo: deque = deque()  # (hard deadline, rpc id) in send order: every query has the same timeout
         self._late: list = []  # heap of (late deadline, serial, job): when to re-pump a lookup
@@ -807,20 +807,6 @@ class RoutingCore:
             if t is None or d < t:
                 t = d
         return t
-
-    def take_outgoing(self) -> list[Envelope]:
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def take_events(self) -> list:
-        events = self._events
-        if not events:
-            return []
-        self._events = []
-        return events
 
     # -- requests from peers -------------------------------------------------------------------------
 

@@ -1,0 +1,36 @@
+"""What every sans-IO core hands its driver: envelopes to send and events to act on."""
+
+from __future__ import annotations
+
+from ..envelope import Envelope
+
+
+class CoreOutputs:
+    """Two queues a core fills while it handles input or timers, and the driver drains after each call.
+
+    Draining swaps in a fresh list only when there is something to take, so the common
+    empty case allocates nothing.
+    """
+
+    _out: list[Envelope]
+    _events: list
+
+    def __init__(self) -> None:
+        self._out = []
+        self._events = []
+
+    def take_outgoing(self) -> list[Envelope]:
+        """Envelopes to send, each with ``dst`` set, in the order the core produced them."""
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    def take_events(self) -> list:
+        """What happened since the last call, in order."""
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
