@@ -1,0 +1,598 @@
+"""The overlay simulation: every node runs the real routing (Kademlia) and membership (SWIM) cores.
+
+Each simulated node is one :class:`OverlayNode`, wired the way a real node wires its cores:
+
+* envelopes whose type starts with ``kad.`` go to the :class:`~zmqagents.core.routing.RoutingCore`,
+  ``swim.`` to the :class:`~zmqagents.core.membership.Membership` core; every ``swim.`` envelope is
+  also evidence that its sender is alive (``routing.observe(src)``, which only refreshes a known
+  contact; ``kad.`` envelopes do this inside the routing core);
+* contacts entering the routing table are ``add``-ed to membership, contacts leaving it are
+  ``remove``-d. The table is diffed against the set handed to membership only when its change
+  counters (``table_added`` + ``table_removed`` + ``table_replaced``) moved since the last look, so
+  the common message costs one integer sum;
+* membership ``Failed`` / ``Left`` -> ``routing.forget`` (the freshest replacement is promoted and
+  then ``add``-ed to membership by the diff); ``Alive`` (a dead member answered, or a suspicion
+  cleared) -> ``routing.observe(contact)``.
+
+Node ids are ``sha256(public_key)``. Public keys are stand-ins: 32 bytes derived from the run seed
+and the node number (both cores check only the length and derive the id from the key; no
+signature is made or checked in these protocols, so real Ed25519 keys would change nothing here).
+
+Joining. With ``warm_start`` (the default above ``full_join_max`` nodes) all but the last
+``join_fraction`` of the nodes start with routing tables filled as if they had joined: for every
+bucket of the table, the nodes whose ids fall in its range are looked up in the sorted id list; a
+range of at most ``k`` nodes is taken whole (so the closest neighbours are exact), a larger one
+contributes a random ``k + replacements`` (the extra go to the replacement cache). Membership is
+given the table's contacts. The remaining nodes then *join for real*: at random times in
+``join_window`` each calls ``routing.join`` with ``join_bootstrap`` random warm-started contacts and
+runs the full FIND_NODE protocol over the simulated network. Without warm start every node joins
+that way (node 0 founds the mesh; node i bootstraps from random earlier nodes).
+
+``join_converged_s``: from the last node's ``join`` call until the first check (every
+``join_check`` s) at which every target is *findable* from every sampled source. Targets: all
+joining nodes plus a sample of the others (``join_targets`` in all); sources: ``join_sources``
+random live nodes. Findable: an iterative lookup run over the *current routing tables* of live
+nodes (the real ``RoutingTable.closest``; no messages, crashed nodes do not answer) from the
+source reaches a node whose table holds the target. The check reads state only, so it does not
+perturb the run.
+
+Failure detection (same definitions as :mod:`zmqagents.sim.membership_run`, whose counting
+simulator and pause wrapper are reused): ``detect_first_s`` / ``detect_all_s`` per crash, from the
+crash until the first / the last *holder* (a live node whose membership held the crashed node at
+crash time) reports ``Failed``. A holder whose routing table dropped the crashed node for another
+reason (a lookup RPC to it timed out) also stops holding it; that counts as detection too and is
+reported in ``routing_dropped``. ``undetected``: holder/crash pairs never concluded by the end.
+
+``false_positives``: ``Failed`` reports about a *healthy* node: up, not in the paused set, and not
+cut off by a partition at the time. Reports about paused or partitioned nodes are counted apart.
+``unrevived_false_positives``: (observer, healthy subject) pairs whose last report was ``Failed``
+(no ``Alive`` since) at the end of the run.
+
+Exit codes (see :func:`exit_code`): 129 if a healthy node was declared dead and never revived, else
+128 if a crash was not detected by all holders or the join did not converge, else 0.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
+from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore, node_id_for
+from ..identity import Contact
+from .membership_run import _Counting, _Paused, _summary
+
+EXIT_OK, EXIT_LIVENESS, EXIT_CORRECTNESS = 0, 128, 129
+
+
+@dataclass
+class OverlayScenario:
+    nodes: int = 100
+    seconds: float = 60.0
+    seed: int = 1
+    loss: float = 0.0
+    latency: str = "lognormal:5ms:0.5"
+    profile: str = "lan"
+    config: dict = field(default_factory=dict)  # MembershipConfig overrides
+    crash: int = 0
+    crash_window: tuple[float, float] | None = None  # default: (max(join end + 2, seconds/6), seconds*2/3)
+    pause_fraction: float = 0.0
+    pause_duty: float = 0.9
+    pause_period: float = 1.0
+    pause_window: tuple[float, float] | None = None  # default: (seconds/4, seconds/4 + 60)
+    partition: tuple[float, float, float] | None = None  # (start, end, fraction cut off)
+    warm_start: bool | None = None  # None: warm start above full_join_max nodes
+    full_join_max: int = 500
+    join_fraction: float = 0.01  # with warm start: this fraction of nodes (at least join_min) joins for real
+    join_min: int = 5
+    join_window: tuple[float, float] = (1.0, 6.0)
+    join_bootstrap: int = 3
+    join_check: float = 0.5
+    join_sources: int = 16
+    join_targets: int = 200
+    byte_sample: int = 32
+    progress: float = 0.0  # seconds of wall time between progress lines on stderr (0: none)
+
+
+def sim_key(seed: int, i: int) -> bytes:
+    """The stand-in public key of node ``i`` in a run with ``seed``."""
+    return hashlib.sha256(b"zmqagents-sim-key/%d/%d" % (seed, i)).digest()
+
+
+class OverlayNode:
+    """One node's routing and membership cores behind the simulator's single-core interface."""
+
+    __slots__ = ("index", "routing", "membership", "held", "_mark", "_stats")
+
+    def __init__(self, index: int, routing: RoutingCore, membership: Membership):
+        self.index = index
+        self.routing = routing
+        self.membership = membership
+        self.held: set[bytes] = set()  # node ids handed to membership from the table
+        self._stats = routing.stats
+        self._mark = 0
+
+    def _changes(self) -> int:
+        s = self._stats
+        return s["table_added"] + s["table_removed"] + s["table_replaced"]
+
+    def sync(self, now: float, run: "OverlayRun | None" = None) -> None:
+        """Hand table changes to membership (cheap when nothing changed)."""
+        mark = self._changes()
+        if mark == self._mark:
+            return
+        self._mark = mark
+        table = self.routing.table
+        cur = {}
+        for e in table:
+            cur[e.node_id] = e
+        held = self.held
+        mem = self.membership
+        for nid in held - cur.keys():
+            held.discard(nid)
+            mem.remove(nid)
+            if run is not None:
+                run.dropped_by_routing(self.index, nid, now)
+        for nid in cur.keys() - held:
+            held.add(nid)
+            mem.add(cur[nid].contact, now)
+
+    # -- the simulator's core interface -------------------------------------------------------
+
+    def receive(self, env, now: float) -> None:
+        t = env.type
+        if t.startswith("swim."):
+            self.routing.table.touch(env.src, now)
+            self.membership.receive(env, now)
+        elif t.startswith("kad."):
+            self.routing.receive(env, now)
+            self.sync(now)
+
+    def tick(self, now: float) -> None:
+        r = self.routing.next_timer()
+        if r is not None and r <= now:
+            self.routing.tick(now)
+            self.sync(now)
+        m = self.membership.next_timer()
+        if m is not None and m <= now:
+            self.membership.tick(now)
+
+    def next_timer(self) -> float | None:
+        r = self.routing.next_timer()
+        m = self.membership.next_timer()
+        if r is None:
+            return m
+        if m is None or r < m:
+            return r
+        return m
+
+    def take_outgoing(self) -> list:
+        a = self.routing.take_outgoing()
+        b = self.membership.take_outgoing()
+        if not a:
+            return b
+        if b:
+            a.extend(b)
+        return a
+
+    def take_events(self) -> list:
+        a = self.routing.take_events()
+        b = self.membership.take_events()
+        if not a:
+            return b
+        if b:
+            a.extend(b)
+        return a
+
+
+class OverlayRun:
+    """Build with an OverlayScenario, then ``run()`` for the report dict."""
+
+    def __init__(self, sc: OverlayScenario):
+        self.sc = sc
+        n = sc.nodes
+        self.mcfg = MembershipConfig.profile(sc.profile, **sc.config)
+        self.rcfg = RoutingConfig()
+        self.sim = _Counting(sc.seed, latency=sc.latency, loss=sc.loss, on_event=self._on_event,
+                             sample_every=sc.byte_sample)
+        self.rng = self.sim.rng("overlay")
+        self.contacts = [Contact(sim_key(sc.seed, i), f"tcp://10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:7000")
+                         for i in range(n)]
+        self.ids = [node_id_for(c.public_key) for c in self.contacts]
+        self.index = {nid: i for i, nid in enumerate(self.ids)}
+        self.warm = sc.warm_start if sc.warm_start is not None else n > sc.full_join_max
+        self.nodes: list[OverlayNode] = []
+        self.up = [True] * n
+        self.paused: set[int] = set()
+        self.cut: set[int] = set()  # the side of an active partition
+        self.crashed_at: dict[int, float] = {}
+        self.holders: dict[int, set[int]] = {}
+        self.detected: dict[int, dict[int, float]] = {}
+        self.routing_dropped = 0
+        self.fp: list[tuple[float, int, int]] = []  # healthy subjects declared dead
+        self.fp_pairs: dict[tuple[int, int], bool] = {}  # (observer, healthy subject) -> still dead
+        self.failed_paused = 0
+        self.failed_partitioned = 0
+        self.revived = 0
+        self.suspects_of_live = 0
+        self.refutations = 0
+        self.failed_events = 0
+        self.detect_times: list[float] = []  # absolute times of holders' detections (for plots)
+        self.joined_ok = 0
+        self.joined_failed = 0
+        self.joiners: list[int] = []
+        self.join_converged_at: float | None = None
+        self.join_checks = 0
+        self.join_check_wall = 0.0
+        self.last_check: dict | None = None
+        self.build_wall = 0.0
+        self._build()
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        t0 = time.perf_counter()
+        sc = self.sc
+        n = sc.nodes
+        rng = self.rng
+        if self.warm:
+            nj = min(n - 1, max(sc.join_min, round(sc.join_fraction * n)))
+            self.joiners = sorted(rng.sample(range(n), nj))
+        else:
+            self.joiners = list(range(1, n))
+        joining = set(self.joiners)
+        if sc.pause_fraction > 0:
+            cand = [i for i in range(n) if i not in joining]
+            self.paused = set(rng.sample(cand, min(len(cand), round(sc.pause_fraction * n))))
+        pw = sc.pause_window or (sc.seconds / 4, sc.seconds / 4 + 60.0)
+        mcfg, rcfg, contacts, sim = self.mcfg, self.rcfg, self.contacts, self.sim
+        for i in range(n):
+            def factory(nid, core_rng, i=i):
+                routing = RoutingCore(contacts[i], random.Random(core_rng.getrandbits(64)), rcfg)
+                mem = Membership(contacts[i], core_rng, mcfg)
+                mem.set_network_size(n)
+                node = OverlayNode(i, routing, mem)
+                if len(self.nodes) > i:
+                    self.nodes[i] = node
+                else:
+                    self.nodes.append(node)
+                if i in self.paused:
+                    return [_Paused(node, sim, pw[0], pw[1], sc.pause_period, sc.pause_duty,
+                                    core_rng.random() * sc.pause_period, False)]
+                return [node]
+            sim.add_node(factory, node_id=self.ids[i])
+        if self.warm:
+            self._warm_start(joining)
+        # joins
+        j0, j1 = sc.join_window
+        warm = [i for i in range(n) if i not in joining]
+        self.last_join_at = 0.0
+        for pos, i in enumerate(self.joiners):
+            if self.warm:
+                t = rng.uniform(j0, j1)
+                pool = warm
+            else:
+                t = j0 + (j1 - j0) * pos / max(1, len(self.joiners))
+                pool = range(pos + 1)  # nodes 0..pos joined before node pos+1
+            boot = rng.sample(pool, min(len(pool), sc.join_bootstrap))
+            self.last_join_at = max(self.last_join_at, t)
+            sim.at(t, lambda now, i=i, boot=boot: self.nodes[i].routing.join([contacts[b] for b in boot], now),
+                   sim.nodes[i])
+        if self.joiners:
+            first = j0
+            sim.at(first, self._check_join)
+        # crashes
+        cw = sc.crash_window or (max(j1 + 2.0, sc.seconds / 6), sc.seconds * 2 / 3)
+        cand = [i for i in range(n) if i not in self.paused]
+        for v in rng.sample(cand, min(len(cand), sc.crash)):
+            sim.at(rng.uniform(*cw), lambda now, v=v: self._crash(v, now))
+        if sc.partition is not None:
+            p0, p1, frac = sc.partition
+            side = rng.sample(range(n), round(frac * n))
+            sim.at(p0, lambda now: self._partition(side))
+            sim.at(p1, lambda now: self._heal())
+        self.build_wall = time.perf_counter() - t0
+
+    def _warm_start(self, joining: set[int]) -> None:
+        """Fill the tables of the non-joining nodes as a completed join would (see the module doc)."""
+        k = self.rcfg.k
+        per = k + self.rcfg.replacements
+        warm = [i for i in range(self.sc.nodes) if i not in joining]
+        keyed = sorted((int.from_bytes(self.ids[i], "big"), i) for i in warm)
+        ints = [x for x, _ in keyed]
+        order = [i for _, i in keyed]
+        rng = random.Random(f"{self.sc.seed}/warm")
+        contacts = self.contacts
+        ids = self.ids
+        m = len(ints)
+        for i in warm:
+            node = self.nodes[i]
+            table = node.routing.table
+            me = int.from_bytes(ids[i], "big")
+            for b in range(255, -1, -1):
+                # Own subtree above bit b: the ids sharing our top 255-b bits; stop when it holds only us.
+                own_lo = (me >> (b + 1)) << (b + 1)
+                lo_i = bisect.bisect_left(ints, own_lo)
+                hi_i = bisect.bisect_left(ints, own_lo + (1 << (b + 1)))
+                if hi_i - lo_i <= 1:
+                    break
+                sib = ((me >> b) ^ 1) << b
+                s0 = bisect.bisect_left(ints, sib, lo_i, hi_i)
+                s1 = bisect.bisect_left(ints, sib + (1 << b), lo_i, hi_i)
+                cnt = s1 - s0
+                if cnt <= 0:
+                    continue
+                pick = range(s0, s1) if cnt <= per else rng.sample(range(s0, s1), per)
+                for p in pick:
+                    j = order[p]
+                    c = contacts[j]
+                    table.add(ids[j], c.public_key, c.endpoint, 0.0)
+            table.take_checks()
+            node.sync(0.0)
+        del m
+
+    # -- scenario actions ------------------------------------------------------------------------
+
+    def _crash(self, v: int, now: float) -> None:
+        self.up[v] = False
+        self.crashed_at[v] = now
+        nid = self.ids[v]
+        self.holders[v] = {i for i, node in enumerate(self.nodes) if self.up[i] and nid in node.membership}
+        self.detected[v] = {}
+        self.sim.crash(nid)
+
+    def _partition(self, side: list[int]) -> None:
+        self.cut = set(side)
+        self.sim.partition([self.ids[j] for j in side])
+
+    def _heal(self) -> None:
+        self.cut = set()
+        self.sim.heal()
+
+    def dropped_by_routing(self, i: int, nid: bytes, now: float) -> None:
+        j = self.index.get(nid)
+        if j is None or self.up[j]:
+            return
+        d = self.detected.get(j)
+        if d is not None and i not in d:
+            d[i] = now
+            self.routing_dropped += 1
+            self.detect_times.append(now)
+
+    # -- wiring: what a node does with its cores' events -----------------------------------------
+
+    def _on_event(self, simnode, ev, now: float) -> None:
+        i = simnode.index
+        node = self.nodes[i]
+        t = type(ev)
+        if t is Failed or t is Left:
+            j = self.index.get(ev.node_id)
+            if t is Failed and j is not None:
+                self.failed_events += 1
+                if not self.up[j]:
+                    d = self.detected.get(j)
+                    if d is not None and i not in d:
+                        d[i] = now
+                        self.detect_times.append(now)
+                elif j in self.paused:
+                    self.failed_paused += 1
+                elif self.cut and ((i in self.cut) != (j in self.cut)):
+                    self.failed_partitioned += 1
+                else:
+                    self.fp.append((now, i, j))
+                    self.fp_pairs[(i, j)] = True
+            node.held.discard(ev.node_id)
+            node.routing.forget(ev.node_id)
+            node.sync(now, self)
+        elif t is Alive:
+            nid = node_id_for(ev.contact.public_key)
+            j = self.index.get(nid)
+            if j is not None and self.fp_pairs.get((i, j)):
+                self.fp_pairs[(i, j)] = False
+                self.revived += 1
+            node.routing.observe(ev.contact, now)
+            node.sync(now, self)
+        elif t is Suspect:
+            j = self.index.get(ev.node_id)
+            if j is not None and self.up[j]:
+                self.suspects_of_live += 1
+        elif t is Refuted:
+            self.refutations += 1
+        elif t is Joined:
+            if ev.ok:
+                self.joined_ok += 1
+            else:
+                self.joined_failed += 1
+        elif t is LookupDone:
+            pass
+
+    # -- join convergence ------------------------------------------------------------------------
+
+    def findable(self, src: int, target: bytes) -> bool:
+        """An iterative lookup for ``target`` over the current tables of live nodes, from ``src``."""
+        k = self.rcfg.k
+        up = self.up
+        index = self.index
+        nodes = self.nodes
+        tgt = int.from_bytes(target, "big")
+        table = nodes[src].routing.table
+        if table.get(target) is not None:
+            return True
+        cands: dict[bytes, int] = {}
+        for e in table.closest(target, k):
+            cands[e.node_id] = int.from_bytes(e.node_id, "big") ^ tgt
+        asked: set[bytes] = set()
+        for _ in range(10 * k):
+            window = sorted(cands, key=cands.__getitem__)
+            nxt = None
+            live = 0
+            for nid in window:
+                j = index[nid]
+                if not up[j]:
+                    continue
+                live += 1
+                if nid not in asked:
+                    nxt = nid
+                    break
+                if live >= k:
+                    break
+            if nxt is None:
+                return False
+            asked.add(nxt)
+            t2 = nodes[index[nxt]].routing.table
+            if nxt == target or t2.get(target) is not None:
+                return True
+            for e in t2.closest(target, k):
+                if e.node_id not in cands:
+                    cands[e.node_id] = int.from_bytes(e.node_id, "big") ^ tgt
+        return False
+
+    def _check_join(self, now: float) -> None:
+        w0 = time.perf_counter()
+        sc = self.sc
+        rng = random.Random(f"{sc.seed}/join-check/{self.join_checks}")
+        self.join_checks += 1
+        live = [i for i in range(sc.nodes) if self.up[i]]
+        started = [i for i in self.joiners if self.up[i]]
+        others = [i for i in live if i not in set(self.joiners)] if self.warm else []
+        targets = started[: sc.join_targets]
+        room = sc.join_targets - len(targets)
+        if room > 0 and others:
+            targets += rng.sample(others, min(room, len(others)))
+        sources = rng.sample(live, min(sc.join_sources, len(live)))
+        missing = 0
+        pairs = 0
+        joins_done = now >= self.last_join_at
+        for s in sources:
+            for t in targets:
+                if s == t:
+                    continue
+                pairs += 1
+                if not self.findable(s, self.ids[t]):
+                    missing += 1
+        self.last_check = {"at": round(now, 3), "pairs": pairs, "not_found": missing}
+        self.join_check_wall += time.perf_counter() - w0
+        if missing == 0 and joins_done:
+            self.join_converged_at = now
+            return
+        if now + sc.join_check <= sc.seconds:
+            self.sim.at(now + sc.join_check, self._check_join)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _progress(self, now: float) -> None:
+        wall = time.perf_counter() - self._t0
+        print(f"sim: t={now:.0f}s/{self.sc.seconds:.0f}s wall={wall:.1f}s events={self.sim.events} "
+              f"crashes={len(self.crashed_at)} failed_reports={self.failed_events}", file=sys.stderr, flush=True)
+        step = max(1.0, self.sc.seconds / 20)
+        if now + step < self.sc.seconds:
+            self.sim.at(now + step, self._progress)
+
+    def run(self) -> dict:
+        sc = self.sc
+        self._t0 = t0 = time.perf_counter()
+        if sc.progress:
+            self.sim.at(0.0, self._progress)
+        rep = self.sim.run(until=sc.seconds)
+        wall = time.perf_counter() - t0
+        n = sc.nodes
+        first, last, per_holder = [], [], []
+        undetected = 0
+        for v, t_c in self.crashed_at.items():
+            d = self.detected[v]
+            if d:
+                first.append(min(d.values()) - t_c)
+            holders = [h for h in self.holders[v] if h in d or self.up[h]]
+            got = [d[h] - t_c for h in holders if h in d]
+            per_holder.extend(got)
+            missing = len(holders) - len(got)
+            undetected += missing
+            if holders and not missing:
+                last.append(max(got))
+        unrevived = sum(1 for still in self.fp_pairs.values() if still)
+        stats: Counter = Counter()
+        for node in self.nodes:
+            stats.update({k: v for k, v in node.membership.stats.items() if v})
+        rstats: Counter = Counter()
+        for node in self.nodes:
+            rstats.update({k: v for k, v in node.routing.stats.items() if v})
+        sim = self.sim
+        avg = sim.sampled_bytes / sim.sampled if sim.sampled else 0.0
+        node_seconds = n * sc.seconds
+        table_sizes = sorted(len(node.routing.table) for i, node in enumerate(self.nodes) if self.up[i])
+        join_conv = None
+        if self.join_converged_at is not None:
+            join_conv = round(self.join_converged_at - self.last_join_at, 3)
+        report = {
+            "seed": sc.seed,
+            "scenario": {**asdict(sc), "warm_start": self.warm},
+            "join": {
+                "mode": ("warm_start: %d nodes' tables filled as if joined, %d joined via real lookups"
+                         % (n - len(self.joiners), len(self.joiners))) if self.warm
+                else "all %d nodes joined via real lookups" % n,
+                "joiners": len(self.joiners),
+                "joined_ok": self.joined_ok,
+                "joined_failed": self.joined_failed,
+                "checks": self.join_checks,
+                "last_check": self.last_check,
+                "last_join_at": round(self.last_join_at, 3),
+                "converged_at": self.join_converged_at,
+                "measured": "s from the last node's join() until every target was findable from every sampled source "
+                            "(checked every join_check s)",
+            },
+            "join_converged_s": join_conv,
+            "crashes": len(self.crashed_at),
+            "detect_first_s": _summary(first),
+            "detect_all_s": _summary(last),
+            "detect_holder_s": _summary(per_holder),
+            "undetected": undetected,
+            "routing_dropped": self.routing_dropped,
+            "false_positives": len(self.fp),
+            "false_positive_subjects": len({j for _, _, j in self.fp}),
+            "unrevived_false_positives": unrevived,
+            "revived": self.revived,
+            "paused_nodes": len(self.paused),
+            "failed_paused": self.failed_paused,
+            "failed_partitioned": self.failed_partitioned,
+            "suspects_of_live": self.suspects_of_live,
+            "refutations": self.refutations,
+            "table_size": {"min": table_sizes[0] if table_sizes else 0,
+                           "p50": table_sizes[len(table_sizes) // 2] if table_sizes else 0,
+                           "max": table_sizes[-1] if table_sizes else 0},
+            "msgs_per_node_per_s": round(rep.sent / node_seconds, 3),
+            "bytes_per_node_per_s": round(rep.sent * avg / node_seconds, 1),
+            "avg_msg_bytes": round(avg, 1),
+            "by_type_per_node_per_s": {k: round(v / node_seconds, 3) for k, v in sorted(sim.by_type.items())},
+            "sim": {"events": rep.events, "sent": rep.sent, "delivered": rep.delivered,
+                    "dropped_loss": rep.dropped_loss, "dropped_partition": rep.dropped_partition,
+                    "dropped_crashed": rep.dropped_crashed, "stale_timers": rep.stale_timers},
+            "membership_stats": {k: v for k, v in sorted(stats.items())},
+            "routing_stats": {k: v for k, v in sorted(rstats.items())},
+            "build_wall_s": round(self.build_wall, 2),
+            "join_check_wall_s": round(self.join_check_wall, 2),
+            "wall_s": round(wall + self.build_wall, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        report["exit_code"] = exit_code(report)
+        return report
+
+
+def exit_code(report: dict) -> int:
+    if report["unrevived_false_positives"] > 0:
+        return EXIT_CORRECTNESS
+    if report["undetected"] > 0:
+        return EXIT_LIVENESS
+    if report["join"]["joiners"] and report["join_converged_s"] is None:
+        return EXIT_LIVENESS
+    return EXIT_OK
+
+
+def run(sc: OverlayScenario) -> dict:
+    return OverlayRun(sc).run()
