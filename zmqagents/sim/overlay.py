@@ -335,6 +335,11 @@ class OverlayRun:
                     c = contacts[j]
                     table.add(ids[j], c.public_key, c.endpoint, 0.0)
             table.take_checks()
+            # A join ends by refreshing every bucket farther than the closest neighbour: none is stale.
+            near = table.nearest_bucket()
+            if near is not None:
+                for b in range(near, 256):
+                    table.touch_bucket(b, 0.0)
             node.sync(0.0)
         del m
 
