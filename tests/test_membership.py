@@ -1,0 +1,519 @@
+"""SWIM + Lifeguard membership core: probing, suspicion, refutation, Lifeguard, rumors, anti-entropy, bad input."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zmqagents.core.membership import (
+    ACK, ALIVE, DEAD, GOSSIP, LEFT, NACK, PING, PING_REQ, SUSPECT, Alive, Failed, Left, Membership,
+    MembershipConfig, Refuted, Suspect, _node_id,
+)
+from zmqagents.envelope import Envelope
+from zmqagents.sim import Simulator
+from zmqagents.sim.membership_run import Scenario, run, sim_contact
+
+CONTACTS = [sim_contact(i) for i in range(64)]
+IDS = [_node_id(c.public_key) for c in CONTACTS]
+INDEX = {nid: i for i, nid in enumerate(IDS)}
+
+
+def _env(src: int, dst: int, typ: str, body) -> Envelope:
+    return Envelope(random.randbytes(16), IDS[src], typ, body, IDS[dst])
+
+
+class _Filter:
+    """A core wrapper that drops incoming envelopes the cluster's ``drop`` predicate picks."""
+
+    __slots__ = ("core", "cluster", "index")
+
+    def __init__(self, core, cluster, index):
+        self.core = core
+        self.cluster = cluster
+        self.index = index
+
+    def receive(self, env, now):
+        drop = self.cluster.drop
+        if drop is not None and drop(env, self.index, now):
+            self.cluster.dropped += 1
+            return
+        self.core.receive(env, now)
+
+    def tick(self, now):
+        self.core.tick(now)
+
+    def next_timer(self):
+        return self.core.next_timer()
+
+    def take_outgoing(self):
+        return self.core.take_outgoing()
+
+    def take_events(self):
+        return self.core.take_events()
+
+
+class Cluster:
+    """n simulated nodes, each holding all the others; events recorded as (time, observer, event).
+
+    The owner re-adds a member reported Alive that it no longer holds (as a routing table would)."""
+
+    def __init__(self, n: int, *, seed: int = 1, config: MembershipConfig | None = None, loss: float = 0.0,
+                 latency: str = "const:5ms", views: dict | None = None):
+        self.config = config or MembershipConfig()
+        self.sim = Simulator(seed, latency=latency, loss=loss, on_event=self._on_event)
+        self.drop = None
+        self.dropped = 0
+        self.events: list[tuple[float, int, object]] = []
+        self.cores: list[Membership] = []
+        for i in range(n):
+            view = views[i] if views is not None else [j for j in range(n) if j != i]
+
+            def factory(nid, rng, i=i, view=view):
+                core = Membership(CONTACTS[i], rng, self.config)
+                for j in view:
+                    core.add(CONTACTS[j], 0.0)
+                self.cores.append(core)
+                return [_Filter(core, self, i)]
+
+            self.sim.add_node(factory, node_id=IDS[i])
+
+    def _on_event(self, node, ev, now):
+        self.events.append((now, node.index, ev))
+        if type(ev) is Alive:
+            core = self.cores[node.index]
+            if _node_id(ev.contact.public_key) not in core:
+                core.add(ev.contact, now, ev.incarnation)
+
+    def at(self, t, i, fn):
+        """Run fn(core, now) at time t on node i's core (its output is sent)."""
+        self.sim.at(t, lambda now: fn(self.cores[i], now), self.sim.nodes[i])
+
+    def crash(self, t, i):
+        self.sim.at(t, lambda now: self.sim.crash(IDS[i]))
+
+    def run(self, until):
+        return self.sim.run(until=until)
+
+    def of(self, kind, subject: int | None = None, observer: int | None = None):
+        out = []
+        for t, obs, ev in self.events:
+            if type(ev) is not kind or (observer is not None and obs != observer):
+                continue
+            if subject is not None:
+                nid = _node_id(ev.contact.public_key) if kind is Alive else getattr(ev, "node_id", None)
+                if nid != IDS[subject]:
+                    continue
+            out.append((t, obs, ev))
+        return out
+
+
+def _gossip(src: int, dst: int, rumors) -> Envelope:
+    return _env(src, dst, GOSSIP, [0, 0, rumors])
+
+
+# -- probing --------------------------------------------------------------------------------------------
+
+def test_probe_ack_measures_rtt_and_nobody_is_suspected():
+    c = Cluster(3)
+    c.run(20.0)
+    assert c.of(Suspect) == [] and c.of(Failed) == []
+    a = c.cores[0]
+    assert a.stats["probes_acked"] >= 8
+    assert a.rtt(IDS[1]) == pytest.approx(0.010, abs=1e-6)  # const 5 ms each way
+    assert a.rtt(IDS[9]) is None
+    members = {nid: (state, inc) for nid, state, inc, rtt in a.members()}
+    assert members == {IDS[1]: ("alive", 0), IDS[2]: ("alive", 0)}
+    assert a.local_health == 0
+
+
+def test_ping_req_path_when_the_direct_link_is_lost():
+    c = Cluster(3)
+    # Nodes 0 and 1 cannot hear each other directly; node 2 can reach both.
+    c.drop = lambda env, dst, now: {INDEX[env.src], dst} == {0, 1}
+    c.run(30.0)
+    assert c.of(Suspect) == [] and c.of(Failed) == []
+    assert c.cores[0].stats["probes_indirect_acked"] >= 3
+    assert c.cores[2].stats["acks_forwarded"] >= 6
+    assert c.cores[0].stats["ping_reqs_sent"] >= 3
+
+
+def test_crashed_node_is_suspected_then_failed_everywhere():
+    cfg = MembershipConfig()
+    c = Cluster(8, config=cfg)
+    c.crash(5.0, 0)
+    c.run(40.0)
+    failed = c.of(Failed, subject=0)
+    assert sorted(obs for _, obs, _ in failed) == list(range(1, 8))  # each holder, once
+    assert c.of(Failed) == failed  # nobody else
+    for t, obs, _ in failed:
+        first_suspect = min(ts for ts, o, _ in c.of(Suspect, subject=0) if o == obs)
+        assert 5.0 < first_suspect < t
+    assert max(t for t, _, _ in failed) - 5.0 < 20.0
+    assert all(IDS[0] not in core for core in c.cores[1:])
+    assert all(core.state_of(IDS[0]) == "dead" for core in c.cores[1:])
+
+
+# -- suspicion, refutation, incarnations ------------------------------------------------------------------
+
+def test_hearsay_suspicion_is_verified_and_the_suspect_refutes():
+    c = Cluster(6)
+    c.run(3.0)
+    # Node 5 tells everyone that node 0 is suspect (it is not).
+    for i in range(1, 5):
+        c.at(3.5, i, lambda core, now: core.receive(_gossip(5, INDEX[core.node_id], [[SUSPECT, IDS[0], 0, [IDS[5][:8]]]]), now))
+    c.run(15.0)
+    assert c.of(Failed) == []
+    assert len(c.of(Suspect, subject=0)) == 4
+    assert [ev.incarnation for _, _, ev in c.of(Refuted, observer=0)] == [1]
+    assert c.cores[0].incarnation == 1
+    for i in range(1, 6):
+        assert c.cores[i].state_of(IDS[0]) == "alive"
+        assert c.cores[i].incarnation_of(IDS[0]) == 1  # learnt from node 0's own messages
+    assert len(c.of(Alive, subject=0)) == 4  # each suspicion cleared first-hand
+
+
+def test_unreachable_node_is_suspected_refutes_and_survives():
+    c = Cluster(6, seed=3)
+    # Node 0 hears nothing for 1.4 s: long enough to be suspected, not to be declared dead.
+    c.drop = lambda env, dst, now: dst == 0 and 10.0 <= now < 11.4
+    c.run(30.0)
+    assert c.of(Suspect, subject=0), "the blackout should have caused a suspicion"
+    assert c.of(Failed) == []
+    assert c.cores[0].incarnation >= 1 and c.of(Refuted, observer=0)
+    assert all(core.state_of(IDS[0]) == "alive" for core in c.cores[1:])
+
+
+def test_forged_dead_rumor_about_a_live_node_is_refuted_and_kills_nobody():
+    c = Cluster(6)
+    c.run(3.0)
+    for i in range(1, 5):
+        c.at(3.5, i, lambda core, now: core.receive(_gossip(5, INDEX[core.node_id], [[DEAD, IDS[0], 0]]), now))
+    c.run(15.0)
+    assert c.of(Failed) == []
+    assert c.cores[0].incarnation == 1
+    assert all(core.state_of(IDS[0]) == "alive" for core in c.cores[1:])
+    assert sum(core.stats["verifications"] for core in c.cores) >= 4
+
+
+def test_stale_incarnations_are_ignored():
+    c = Cluster(4)
+    c.run(2.0)
+    c.at(2.5, 1, lambda core, now: core.receive(_gossip(2, 1, [[SUSPECT, IDS[0], 0, []]]), now))
+    c.run(8.0)
+    assert c.cores[0].incarnation == 1 and c.cores[1].incarnation_of(IDS[0]) == 1
+    before = len(c.of(Suspect))
+    stale = c.cores[1].stats["rumors_stale"]
+    c.at(8.5, 1, lambda core, now: core.receive(_gossip(3, 1, [[SUSPECT, IDS[0], 0, []], [DEAD, IDS[0], 0]]), now))
+    c.run(12.0)
+    assert len(c.of(Suspect)) == before  # nothing new
+    assert c.cores[1].stats["rumors_stale"] >= stale + 2
+    assert c.of(Failed) == []
+
+
+def test_a_node_cannot_refute_for_another():
+    c = Cluster(5)
+    c.crash(5.0, 0)
+    c.run(7.3)
+    h = c.cores[1]
+    assert h.state_of(IDS[0]) == "suspect"
+    inc = h.incarnation_of(IDS[0])
+    # Node 2 claims node 0 refuted at a higher incarnation, and sends a message saying its own
+    # incarnation is 99: neither changes what node 1 holds on node 0.
+    c.at(7.4, 1, lambda core, now: core.receive(
+        _env(2, 1, GOSSIP, [0, 99, [[ALIVE, inc + 5, CONTACTS[0].public_key, CONTACTS[0].endpoint]]]), now))
+    c.run(7.5)
+    assert h.state_of(IDS[0]) == "suspect" and h.incarnation_of(IDS[0]) == inc
+    assert h.incarnation_of(IDS[2]) == 99  # the sender's own claim is about the sender
+    assert h.stats["alive_hints"] >= 1
+    c.run(30.0)
+    assert [obs for _, obs, _ in c.of(Failed, subject=0)].count(1) == 1
+    assert c.of(Alive, subject=0) == []
+
+
+def test_self_accusation_and_ack_from_a_stranger_are_dropped():
+    a = Membership(CONTACTS[0], random.Random(1))
+    a.add(CONTACTS[1], 0.0)
+    a.receive(_gossip(1, 0, [[SUSPECT, IDS[1], 0, []], [DEAD, IDS[1], 0]]), 0.1)
+    assert a.state_of(IDS[1]) == "alive" and a.stats["self_accusations"] == 2
+    a.tick(a.next_timer())
+    ping = next(e for e in a.take_outgoing() if e.type == PING)
+    a.receive(_env(2, 0, ACK, [ping.body[0], 0]), 0.2)  # node 2 was not asked
+    assert a.stats["acks_unexpected"] == 1 and a.stats["probes_acked"] == 0
+
+
+# -- Lifeguard ------------------------------------------------------------------------------------------
+
+def _drive(core: Membership, until: float, answer) -> list[Envelope]:
+    """Run one core alone on its own timers; ``answer(env, now)`` returns envelopes to feed back."""
+    sent = []
+    while True:
+        t = core.next_timer()
+        if t is None or t > until:
+            return sent
+        core.tick(t)
+        for env in core.take_outgoing():
+            sent.append((t, env))
+            for reply in answer(env, t) or ():
+                core.receive(reply, t + 0.002)
+        core.take_events()
+
+
+def test_lhm_grows_on_missed_nacks_and_acks_stretches_the_interval_and_shrinks_on_success():
+    cfg = MembershipConfig(suspicion_max=1000.0, suspicion_min=1000.0)
+    a = Membership(CONTACTS[0], random.Random(7), cfg)
+    for i in range(1, 6):
+        a.add(CONTACTS[i], 0.0)
+    sent = _drive(a, 60.0, lambda env, now: None)  # nobody answers: no acks, no nacks
+    assert a.local_health == cfg.lhm_max
+    assert a.stats["nacks_missed"] > 0
+    pings = [t for t, e in sent if e.type == PING]
+    # The first pings are one period apart; once the LHM saturates they are 1 + lhm_max periods apart.
+    assert pings[1] - pings[0] == pytest.approx(cfg.probe_interval, abs=0.01)
+    late = [b - a_ for a_, b in zip(pings, pings[1:]) if a_ > 30.0]
+    assert late and all(g == pytest.approx(cfg.probe_interval * (1 + cfg.lhm_max), abs=0.01) for g in late)
+    # Now every member answers: each acked probe lowers the LHM by one.
+    acker = lambda env, now: [_env(INDEX[env.dst], 0, ACK, [env.body[0], 0])] if env.type == PING else None
+    _drive(a, 200.0, acker)
+    assert a.local_health == 0
+
+
+def test_helpers_nacking_keep_lhm_at_zero():
+    a = Membership(CONTACTS[0], random.Random(3))
+    for i in range(1, 6):
+        a.add(CONTACTS[i], 0.0)
+    dead = IDS[1]
+
+    def answer(env, now):
+        if env.type == PING and env.dst != dead:
+            return [_env(INDEX[env.dst], 0, ACK, [env.body[0], 0])]
+        if env.type == PING_REQ:  # the helper tried node 1 and got nothing
+            return [_env(INDEX[env.dst], 0, NACK, [env.body[0], 0])]
+        return None
+
+    _drive(a, 30.0, answer)
+    assert a.local_health == 0
+    assert a.stats["nacks_received"] >= 3
+    assert a.state_of(dead) in ("suspect", "dead")
+
+
+def test_a_stalled_node_accuses_nobody():
+    a = Membership(CONTACTS[0], random.Random(5))
+    for i in range(1, 4):
+        a.add(CONTACTS[i], 0.0)
+    t = a.next_timer()
+    a.tick(t)
+    assert [e.type for e in a.take_outgoing()] == [PING]
+    # The process was stopped for 5 s: its timers fire late, the ack is still unread.
+    a.tick(t + 5.0)
+    a.take_outgoing()
+    assert a.stats["stalls"] == 1 and a.local_health >= 1
+    assert a.stats["probes_inconclusive"] == 1 and a.stats["suspected"] == 0
+
+
+def test_suspicion_timeout_shrinks_with_independent_confirmations():
+    cfg = MembershipConfig(lhm_max=0, indirect_checks=0)
+    times = {}
+    for n_acc in (1, 2, 4):
+        h = Membership(CONTACTS[0], random.Random(1), cfg)
+        h.add(CONTACTS[1], 0.0)
+        h.add(CONTACTS[2], 0.0)
+        accusers = [IDS[10 + k][:8] for k in range(n_acc)]
+        h.receive(_gossip(2, 0, [[SUSPECT, IDS[1], 0, accusers]]), 1.0)
+        failed_at = None
+        answer = lambda env, now: [_env(2, 0, ACK, [env.body[0], 0])] if env.type == PING and env.dst == IDS[2] else None
+        t = 1.0
+        while failed_at is None and t < 100:
+            t = h.next_timer()
+            h.tick(t)
+            for env in h.take_outgoing():
+                for r in answer(env, t) or ():
+                    h.receive(r, t)
+            for ev in h.take_events():
+                if type(ev) is Failed:
+                    failed_at = t
+        times[n_acc] = failed_at - 1.0
+    # Our own failed verification adds one accuser: 2, 3 and 5 (capped at K+1 = 4) accusers.
+    table = [max(cfg.suspicion_min, cfg.suspicion_max - (cfg.suspicion_max - cfg.suspicion_min)
+                 * math.log(c + 1) / math.log(cfg.suspicion_confirmations + 1)) for c in range(4)]
+    assert times[1] == pytest.approx(table[1], abs=0.01)
+    assert times[2] == pytest.approx(table[2], abs=0.01)
+    assert times[4] == pytest.approx(cfg.suspicion_min, abs=0.01)
+    assert times[1] > times[2] > times[4]
+
+
+# -- leaving ----------------------------------------------------------------------------------------------
+
+def test_graceful_leave_is_left_everywhere_and_never_failed():
+    c = Cluster(8, loss=0.01)
+
+    def leave(core, now):
+        until = core.leave(now)
+        c.sim.at(until, lambda t: c.sim.crash(IDS[3]))
+
+    c.at(6.0, 3, leave)
+    c.run(40.0)
+    left = c.of(Left, subject=3)
+    assert sorted(obs for _, obs, _ in left) == [i for i in range(8) if i != 3]
+    assert max(t for t, _, _ in left) < 7.5
+    assert c.of(Failed) == []
+    assert c.cores[3].leaving
+
+
+# -- rumors -----------------------------------------------------------------------------------------------
+
+def test_retransmit_limit_grows_with_log_n():
+    cfg = MembershipConfig()
+    limits = [cfg.transmit_limit(n) for n in (10, 100, 1000, 10_000, 100_000)]
+    assert limits == [math.ceil(cfg.retransmit_mult * math.log10(n + 1)) for n in (10, 100, 1000, 10_000, 100_000)]
+    assert limits == sorted(limits) and limits[-1] > limits[0]
+    for n in (100, 10_000):
+        a = Membership(CONTACTS[0], random.Random(1))
+        a.add(CONTACTS[1], 0.0)
+        a.set_network_size(n)
+        a.receive(_gossip(1, 0, [[SUSPECT, IDS[40], 0, []], [DEAD, IDS[41], 0]]), 0.0)
+        sent = [r[1] for _ in range(100) for r in a.piggyback(10_000)]
+        assert sent.count(IDS[40]) == a.transmit_limit == cfg.transmit_limit(n)
+        assert sent.count(IDS[41]) == (a.transmit_limit + 1) // 2  # dead rumors: half (holders decide themselves)
+        assert a.pending_rumors == 0
+
+
+def test_unknown_subject_rumors_are_forwarded_once_and_bounded_under_a_flood():
+    cfg = MembershipConfig()
+    a = Membership(CONTACTS[0], random.Random(1), cfg)
+    a.add(CONTACTS[1], 0.0)
+    a.receive(_gossip(1, 0, [[SUSPECT, IDS[50], 3, []]]), 0.0)
+    assert a.pending_rumors == 1 and a.stats["rumors_foreign"] == 1
+    a.receive(_gossip(1, 0, [[SUSPECT, IDS[50], 3, []]]), 0.1)
+    assert a.pending_rumors == 1 and a.stats["rumors_duplicate"] == 1
+    rng = random.Random(2)
+    for batch in range(400):
+        rumors = [[DEAD, rng.randbytes(32), rng.randrange(10)] for _ in range(cfg.max_rumors_per_message)]
+        a.receive(_gossip(1, 0, rumors), 1.0 + batch * 0.01)
+    assert a.pending_rumors <= cfg.max_rumors
+    assert len(a._heard) <= cfg.heard_limit
+    assert a.stats["rumors_evicted"] > 0 and a.stats["heard_evicted"] > 0
+    a.receive(_gossip(1, 0, [[DEAD, rng.randbytes(32), 0]] * 1000), 9.0)
+    assert a.stats["rumors_truncated"] == 1
+    assert len(a) == 1 and a.state_of(IDS[1]) == "alive"  # the table itself is untouched
+
+
+GARBAGE_BODIES = [
+    None, "x", 7, b"", [], [1], ["a", 0], [1, -1], [-1, 0], [True, 0], [1, 1 << 40], [1, 0, "no"],
+    [1, 0, {"a": 1}], [1, 0, [None, 1, "x", [], [1], [1, 2]]], [1, 0, [[9, 1, 2]]], [1, 0, [[1, b"short", 0]]],
+    [1, 0, [[2, IDS[5], -3]]], [1, 0, [[2, IDS[5], 1 << 40]]], [1, 0, [[True, IDS[5], 0]]],
+    [1, 0, [[0, 1, b"k" * 31, "tcp://h:1"]]], [1, 0, [[0, 1, b"k" * 32, "e" * 300]]], [1, 0, [[0, 1, b"k" * 32, 5]]],
+    [1, 0, [[1, IDS[5], 0, "acc"]]], [1, 0, [[1, IDS[5], 0, [b"x"]]]], [1, 0, [[1, IDS[5], 0, [b"12345678"] * 9]]],
+    [1, 0, [[[[[[]]]]]]], [1, 0, [[1, [IDS[5]], 0]]],
+]
+
+
+@pytest.mark.parametrize("typ", [PING, ACK, NACK, PING_REQ, GOSSIP, "swim.other"])
+def test_garbage_bodies_are_counted_and_dropped(typ):
+    a = Membership(CONTACTS[0], random.Random(1))
+    a.add(CONTACTS[1], 0.0)
+    for body in GARBAGE_BODIES:
+        a.receive(_env(1, 0, typ, body), 0.5)
+    a.receive(_env(1, 0, PING_REQ, [1, 0, [], b"k" * 31, "tcp://h:1"]), 0.5)
+    a.receive(_env(1, 0, PING_REQ, [1, 0, [], CONTACTS[2].public_key, "tcp://h:1", -5]), 0.5)
+    a.receive(_env(1, 0, PING_REQ, [1, 0, [], CONTACTS[0].public_key, "tcp://h:1", 500]), 0.5)  # target: us
+    a.receive(Envelope(b"i" * 16, IDS[0], PING, [1, 0]), 0.5)  # from ourselves
+    a.receive(Envelope(b"i" * 16, IDS[1], PING, [1, 0], IDS[3]), 0.5)  # not for us
+    bad = sum(a.stats[k] for k in ("malformed", "rumors_bad", "rumors_unknown_kind", "unknown_type", "from_self",
+                                   "misdirected"))
+    assert bad >= len(GARBAGE_BODIES) // 2
+    assert len(a) == 1 and a.state_of(IDS[1]) == "alive" and a.pending_rumors == 0
+    # It still works.
+    a.tick(a.next_timer())
+    assert [e.type for e in a.take_outgoing() if e.type == PING]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.binary(max_size=40) | st.text(max_size=8),
+                    lambda kids: st.lists(kids, max_size=6), max_leaves=30),
+       st.sampled_from([PING, ACK, NACK, PING_REQ, GOSSIP]))
+def test_random_bodies_never_raise(body, typ):
+    a = Membership(CONTACTS[0], random.Random(1))
+    a.add(CONTACTS[1], 0.0)
+    a.receive(_env(1, 0, typ, body), 0.5)
+    a.receive(_env(1, 0, typ, [1, 0, [body]]), 0.6)
+    a.tick(5.0)
+    assert len(a) <= 1
+
+
+# -- anti-entropy -----------------------------------------------------------------------------------------
+
+def test_anti_entropy_repairs_a_lost_left_rumor():
+    cfg = MembershipConfig(sync_interval=3.0)
+    c = Cluster(6, config=cfg, seed=2)
+
+    def leave(core, now):
+        until = core.leave(now)
+        c.sim.at(until, lambda t: c.sim.crash(IDS[5]))
+
+    # Node 1 hears neither node 5's goodbye nor any rumor about it, until t = 9.
+    def lost(env, dst, now):
+        if dst != 1 or now >= 9.0:
+            return False
+        if env.src == IDS[5]:
+            return True
+        rumors = env.body[2] if type(env.body) is list and len(env.body) > 2 else ()
+        return any(type(r) is list and IDS[5] in r for r in rumors)
+
+    c.drop = lost
+    c.at(5.0, 5, leave)
+    c.run(30.0)
+    assert c.dropped > 0
+    left = c.of(Left, subject=5)
+    assert sorted(obs for _, obs, _ in left) == [0, 1, 2, 3, 4]
+    late = [t for t, obs, _ in left if obs == 1][0]
+    assert 9.0 < late < 9.0 + 1.25 * cfg.sync_interval + 2 * cfg.probe_interval
+    assert c.of(Failed) == []
+
+
+def test_healed_partition_converges_within_about_one_sync_interval():
+    cfg = MembershipConfig(sync_interval=3.0)
+    n = 10
+    c = Cluster(n, config=cfg, seed=4)
+    left, right = [IDS[i] for i in range(5)], [IDS[i] for i in range(5, n)]
+    c.sim.at(5.0, lambda now: c.sim.partition(left, right))
+    c.sim.at(35.0, lambda now: c.sim.heal())
+    c.run(34.9)
+    for i in range(n):  # each side declared (some of) the other dead, and only the other; the LHM rose
+        dead = {nid for nid, state, _ in c.cores[i].tombstones() if state == "dead"}
+        assert dead and dead <= set(right if i < 5 else left)
+    assert all(INDEX[ev.node_id] // 5 != obs // 5 for _, obs, ev in c.of(Failed))
+    c.run(35.0 + 1.25 * cfg.sync_interval + 3 * cfg.probe_interval)
+    for i in range(n):
+        held = {nid for nid, state, _, _ in c.cores[i].members() if state == "alive"}
+        assert held == set(IDS[:n]) - {IDS[i]}, f"node {i} holds {len(held)} of {n - 1} alive"
+    assert all(INDEX[ev.node_id] // 5 != obs // 5 for _, obs, ev in c.of(Failed))  # no false failure inside a side
+
+
+# -- the simulation driver --------------------------------------------------------------------------------
+
+def test_sim_smoke_n50_crashes_are_detected_without_false_positives():
+    report = run(Scenario(nodes=50, seconds=60, seed=3, loss=0.01, crash=5, crash_window=(10, 30)))
+    assert report["crashes"] == 5 and report["undetected"] == 0
+    assert report["false_positives"] == 0
+    assert report["detect_all_s"]["n"] == 5 and report["detect_all_s"]["p100"] < 30
+    assert 1.0 < report["msgs_per_node_s"] < 10.0 and report["bytes_per_node_s"] > 0
+
+
+def test_sim_smoke_paused_nodes_do_not_get_healthy_nodes_declared_dead():
+    report = run(Scenario(nodes=60, seconds=50, seed=2, loss=0.01, pause_fraction=0.1, pause_period=1.0,
+                          pause_duty=0.9, pause_window=(10.0, 40.0)))
+    assert report["paused_nodes"] == 6
+    assert report["healthy_false_positives"] == 0
+
+
+def test_sim_is_deterministic_by_seed():
+    a = run(Scenario(nodes=20, seconds=20, seed=5, crash=2, crash_window=(5, 10)))
+    b = run(Scenario(nodes=20, seconds=20, seed=5, crash=2, crash_window=(5, 10)))
+    for key in ("wall_s", "peak_rss_mb"):
+        a.pop(key)
+        b.pop(key)
+    assert a == b

@@ -1,0 +1,1662 @@
+"""Membership and failure detection: SWIM with the Lifeguard refinements, over a partial view (sans-IO).
+
+The wire rules are in ``protocols/membership.md``. References: Das, Gupta, Motivala, "SWIM: Scalable
+Weakly-consistent Infection-style Process Group Membership Protocol" (DSN 2002); Dadgar, Phillips,
+Currey, "Lifeguard: Local Health Awareness for More Accurate Failure Detection" (2018, arXiv:1707.00788).
+
+The core does not own the routing table. It keeps one compact record per contact it is told about
+(:meth:`Membership.add` / :meth:`Membership.remove`, called by the table owner as contacts enter and
+leave the table: O(k log N) members per node, never O(N)) and reports what it learns as events:
+:class:`Alive`, :class:`Suspect`, :class:`Failed` (confirmed dead: the owner drops the contact and
+promotes a replacement, which it then ``add``\\ s), :class:`Left` and :class:`Refuted`.
+
+How it decides, in short:
+
+* **Probing.** Every protocol period (``probe_interval``) one member, taken in shuffled round-robin
+  order, gets a ``swim.ping``. No ``swim.ack`` within ``probe_timeout``: ``indirect_checks`` other
+  members are asked to ping it (``swim.ping_req``); each answers with the target's ack or a
+  ``swim.nack``. Still nothing by the end of the period: the probe failed and the member becomes
+  *suspect* (a rumor, see below).
+* **Verification before death.** A suspicion heard from someone else never kills a member by
+  itself: the hearer probes the suspect on its own (suspects go to the front of the probe queue).
+  Only a node whose own probe failed may declare the member dead, when its suspicion timeout runs
+  out; a ``dead`` rumor is acted on at once only by nodes whose own probe of that member failed,
+  others verify first. A forged ``dead`` rumor about a live node therefore kills nothing: every holder
+  asks the node, the node answers (and refutes).
+* **Refutation is first-hand.** A node's incarnation number is raised only by the node itself
+  (when it hears it is suspected, declared dead or said to have left), and only its own authenticated
+  messages (``src``, checked by the transport) change what others record: every ``swim.*`` body
+  carries the sender's incarnation, and any message from a member is proof it is alive. An ``alive``
+  rumor relayed by a third party is a *hint* that makes holders check the subject directly; a node
+  cannot refute for another node.
+* **Lifeguard.** A local health multiplier (LHM, 0..``lhm_max``) rises when our probes fail without
+  the helpers' nacks to show the network was at fault, when we have to refute a suspicion of
+  ourselves, and when our timers fire late (we were paused); it falls with every acked probe. The
+  probe interval, probe timeout and suspicion timeouts are all stretched by ``1 + LHM``: a slow node
+  probes less and accuses later. While a node notices it was stalled, the probes in flight are
+  *inconclusive* (no accusation) and suspicion expiries wait until it has read its input. The
+  suspicion timeout starts at ``suspicion_max`` and shrinks towards ``suspicion_min`` as independent
+  accusers confirm the suspicion (their ids travel in the suspect rumor).
+* **Rumors** (``alive`` / ``suspect`` / ``dead`` / ``left``) ride on every outgoing message, fewest
+  transmissions first, within a byte budget; each is sent at most ``ceil(retransmit_mult *
+  log10(N + 1))`` times by each node. While rumors are pending, ``gossip_fanout`` random members get
+  a ``swim.gossip`` every ``gossip_interval``. Rumors about nodes we do not hold are forwarded too
+  (partial views), deduplicated by (subject, incarnation, kind) in a bounded memory.
+* **Anti-entropy.** Every ``sync_interval`` one random member gets a ``swim.sync`` carrying our recent
+  rumors and answers with its own, so a lost rumor is repaired within one interval. Dead members
+  are remembered as bounded tombstones and re-checked on the same schedule, so a healed partition
+  reconnects: the far side answers, is revived (``Alive``) and learns what we thought of it.
+* **Leave.** :meth:`Membership.leave` sends a ``left`` rumor to every member at once and keeps
+  answering; holders report :class:`Left`, never :class:`Failed`.
+
+Everything a peer sends is validated; malformed input is counted in ``stats`` and dropped, never
+raised, and every buffer has a bound whose hits are counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import random
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Iterable, Iterator
+
+from ..envelope import Envelope
+from ..identity import Contact
+
+__all__ = [
+    "PING", "ACK", "PING_REQ", "NACK", "GOSSIP", "TYPES", "ALIVE", "SUSPECT", "DEAD", "LEFT",
+    "STATE_NAMES", "MembershipConfig", "PROFILES", "Membership", "Alive", "Suspect", "Failed", "Left",
+    "Refuted", "STAT_KEYS",
+]
+
+PING = "swim.ping"
+ACK = "swim.ack"
+PING_REQ = "swim.ping_req"
+NACK = "swim.nack"
+GOSSIP = "swim.gossip"
+TYPES = frozenset({PING, ACK, PING_REQ, NACK, GOSSIP})
+
+# Member states; also rumor kinds. Precedence of news about one node: (incarnation, kind) ordered
+# lexicographically, encoded as the integer ``incarnation * 4 + kind``.
+ALIVE, SUSPECT, DEAD, LEFT = 0, 1, 2, 3
+STATE_NAMES = ("alive", "suspect", "dead", "left")
+
+NODE_ID_LEN = 32
+PUBLIC_KEY_LEN = 32
+SHORT_ID_LEN = 8  # accusers are named by this prefix of their node id in suspect rumors
+MAX_ENDPOINT_LEN = 255
+MAX_INCARNATION = (1 << 32) - 1  # larger incarnations are refused: a forger cannot push one past what we can refute
+INF = float("inf")
+
+# The hot path builds envelopes with positional arguments; fail at import if the field order changes.
+_ENVELOPE_ORDER = ("id", "src", "type", "body", "dst")
+if tuple(f.name for f in fields(Envelope))[: len(_ENVELOPE_ORDER)] != _ENVELOPE_ORDER:
+    raise ImportError("zmqagents.core.membership assumes the Envelope field order " + ", ".join(_ENVELOPE_ORDER))
+
+STAT_KEYS = (
+    # traffic
+    "received", "sent", "pings_sent", "acks_sent", "ping_reqs_sent", "nacks_sent", "gossips_sent", "syncs_sent",
+    "syncs_answered",
+    "acks_forwarded", "rumors_sent", "rumors_received",
+    # probing
+    "probes", "probes_acked", "probes_indirect_acked", "probes_failed", "probes_inconclusive", "verifications",
+    "checks", "nacks_received", "nacks_missed", "acks_unmatched", "acks_unexpected",
+    # state changes
+    "suspected", "suspicions_cleared", "confirmations", "declared_dead", "declared_left", "failed", "left",
+    "revived", "refuted", "alive_hints", "dead_verified",
+    # rumors
+    "rumors_new", "rumors_duplicate", "rumors_stale", "rumors_foreign", "rumors_merged", "rumors_evicted",
+    "rumors_retired", "rumors_truncated", "rumors_bad", "rumors_unknown_kind", "rumors_about_self",
+    "self_accusations",
+    # bad input and bounds
+    "malformed", "misdirected", "from_self", "unknown_type", "relay_limit", "relays",
+    "members_refused", "tombstones_evicted", "heard_evicted", "stalls",
+)
+
+
+@lru_cache(maxsize=1 << 15)
+def _node_id(public_key: bytes) -> bytes:
+    """sha256(public_key), memoized (bounded): the same keys come back in rumor after rumor, and in a
+    simulation the ids of all nodes are then shared bytes objects."""
+    return hashlib.sha256(public_key).digest()
+
+
+# -- configuration -----------------------------------------------------------------------------------------
+
+@dataclass
+class MembershipConfig:
+    """Tuning of the membership core. The defaults are the LAN profile; see :data:`PROFILES` and
+    ``protocols/membership.md`` for the WAN and edge profiles and the simulations behind the numbers."""
+
+    # One member probed per period. memberlist's LAN value (1 s): a crashed member is first probed
+    # after ~1 period on average (every holder probes one member per period, so the aggregate rate at
+    # which any member is probed is ~1 per period), and idle traffic is one ping and one ack per node
+    # per period (~230 B/s at this value).
+    probe_interval: float = 1.5
+    # Direct ack deadline before asking helpers: above LAN RTTs by two orders of magnitude, and
+    # leaves half the period for the indirect round trip (memberlist LAN: 500 ms).
+    probe_timeout: float = 0.5
+    # Helpers asked per failed direct ping (SWIM's k; memberlist: 3). With 1 % loss a probe of a live
+    # node fails only if the direct path (2 % per round trip) and all three 4-hop indirect paths
+    # (4 % each) fail: ~1e-6, and a single failed probe still kills nobody (verification rule).
+    indirect_checks: int = 3
+    # Suspicion timeout bounds (s, before the LHM stretch). It starts at suspicion_max and shrinks
+    # towards suspicion_min as independent accusers confirm (Lifeguard). Nobody is declared dead
+    # before its own probe failed, so these bound how long an unresponsive node is given to come back
+    # (a GC pause, a brief link loss), not how long a rumor needs to spread.
+    suspicion_min: float = 2.0
+    suspicion_max: float = 10.0
+    # Confirmations after which the timeout reaches its minimum (Lifeguard's K; memberlist uses
+    # SuspicionMult - 2 = 2). 3 independent failed probes from different vantage points.
+    suspicion_confirmations: int = 3
+    # Each node sends each rumor ceil(retransmit_mult * log10(N + 1)) times. Push gossip misses a
+    # given node with probability ~e^-T when every node sends T copies; T = 13 at N = 10,000 keeps the
+    # expected number of holders a rumor misses below 0.01 per run, and anti-entropy repairs the rest.
+    retransmit_mult: float = 2.5
+    # While rumors are pending, this many random members get a swim.gossip every gossip_interval.
+    # Piggybacking alone moves rumors at the probe rate (~2 messages/s per node); the extra pushes
+    # make a rumor reach 10,000 nodes in seconds. Nothing is sent when no rumor is pending.
+    gossip_interval: float = 0.2
+    gossip_fanout: int = 2
+    # Only a rumor's first gossip_transmits sends by a node go out in swim.gossip pushes; the rest ride
+    # on probe traffic. The pushes make the exponential phase fast (each node that learns a rumor
+    # hands it to gossip_fanout others within one gossip_interval); the piggybacked sends reach the
+    # few nodes the pushes missed, at no extra message cost.
+    gossip_transmits: int = 2
+    # Pushes of a dead rumor by each node (at most gossip_transmits). Holders whose own probe already
+    # failed declare as soon as one arrives, so the last holder concludes ~1 s after the first instead
+    # of waiting out its own timer (sim, N=100: p50 first->last Failed 2.4 s with 0, 1.2 s with 2).
+    # One push per node gets most of that for half the messages of a full push wave.
+    dead_pushes: int = 1
+    # Rumor bytes added to one message (estimated sizes). ~8 dead/suspect rumors.
+    piggyback_bytes: int = 600
+    max_rumors_per_message: int = 32  # rumors read from one incoming message; the rest is counted and ignored
+    max_rumors: int = 128  # rumors queued for sending; the most-sent one is evicted to make room
+    heard_limit: int = 256  # subjects whose latest news is remembered for deduplication (LRU)
+    # Anti-entropy: one push-pull exchange of recent rumors with a random member per interval, and a
+    # re-check of one tombstone. A lost rumor or a healed partition converges within ~one interval.
+    sync_interval: float = 10.0
+    sync_rumors: int = 16  # recent rumors remembered and sent in a sync (newest first)
+    sync_horizon: float = 30.0  # rumors older than this (s) are no longer sent in syncs (> sync_interval)
+    # Dead members remembered (to re-check after a partition, and to refuse stale news about them).
+    max_tombstones: int = 64
+    tombstone_ttl: float = 600.0
+    # Lifeguard's saturating local health counter (memberlist: awareness max 8): intervals and
+    # timeouts are multiplied by 1 + LHM, at most 9x.
+    lhm_max: int = 8
+    # A timer that fires this late (s) means the node was stalled: LHM + 1, probes in flight are
+    # inconclusive, suspicion expiries wait for the input to be read.
+    stall_threshold: float = 0.25
+    max_relays: int = 64  # ping_reqs being relayed at once for others
+    # Verification and check probes in flight at once (besides the periodic one). They are driven by
+    # news (a suspicion heard, a dead member's hint), not by the period, so a node whose LHM stretched
+    # its period still verifies promptly; this bounds the burst, the rest waits in a queue.
+    max_probes: int = 8
+    max_members: int = 65536  # a bound, not a size: a Kademlia view of a million nodes holds ~400
+    rtt_alpha: float = 0.125  # EWMA weight of a new RTT sample (TCP's SRTT gain)
+    leave_linger: float = 1.0  # how long a leaving node should keep running so its rumor spreads (advice)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"MembershipConfig.{f.name} must be a non-negative number, got {value!r}")
+        for name in ("probe_interval", "probe_timeout", "suspicion_min", "gossip_interval", "sync_interval",
+                     "max_rumors", "heard_limit", "max_members", "max_probes", "retransmit_mult"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MembershipConfig.{name} must be positive")
+        if self.probe_timeout >= self.probe_interval:
+            raise ValueError("MembershipConfig.probe_timeout must be below probe_interval (the indirect round "
+                             "needs the rest of the period)")
+        if self.suspicion_max < self.suspicion_min:
+            raise ValueError("MembershipConfig.suspicion_max must not be below suspicion_min")
+        if not 0 < self.rtt_alpha <= 1:
+            raise ValueError("MembershipConfig.rtt_alpha must be in (0, 1]")
+
+    def transmit_limit(self, n: int) -> int:
+        """Transmissions of one rumor by one node in a mesh of ``n`` nodes."""
+        return max(1, math.ceil(self.retransmit_mult * math.log10(max(1, n) + 1)))
+
+    @classmethod
+    def profile(cls, name: str, **overrides) -> "MembershipConfig":
+        """``lan``, ``wan`` or ``edge`` (see PROFILES), with fields overridden by keyword."""
+        try:
+            base = PROFILES[name]
+        except KeyError:
+            raise ValueError(f"unknown membership profile {name!r} (choose from {', '.join(PROFILES)})") from None
+        return cls(**{**base, **overrides})
+
+
+PROFILES: dict[str, dict] = {
+    "lan": {},
+    # Cross-region links: RTTs of 50-300 ms with tails, more loss. memberlist's WAN config probes every
+    # 5 s with a 3 s timeout; we keep its ratios but probe every 3 s (crash notice in ~2x the LAN time
+    # at a third of the idle bytes), give indirect paths longer, and let suspicions last longer.
+    "wan": {"probe_interval": 3.0, "probe_timeout": 1.5, "suspicion_min": 9.0, "suspicion_max": 36.0,
+            "gossip_interval": 0.5, "gossip_fanout": 3, "sync_interval": 30.0, "stall_threshold": 1.0,
+            "sync_horizon": 180.0, "tombstone_ttl": 1800.0},
+    # Small boxes on flaky, metered links: idle bytes matter most and stalls (CPU throttling, radio
+    # sleep) are common. Probe every 5 s, tolerate unresponsiveness for up to a minute, use more
+    # helpers because single links fail more often.
+    "edge": {"probe_interval": 5.0, "probe_timeout": 2.5, "indirect_checks": 4, "suspicion_min": 20.0,
+             "suspicion_max": 60.0, "gossip_interval": 1.0, "gossip_fanout": 2, "sync_interval": 60.0,
+             "stall_threshold": 2.0, "sync_horizon": 300.0, "tombstone_ttl": 3600.0, "piggyback_bytes": 400},
+}
+
+
+# -- events ------------------------------------------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class Alive:
+    """A member is alive again (suspicion cleared first-hand, or a dead one answered: re-add it)."""
+
+    contact: Contact
+    incarnation: int
+
+
+@dataclass(slots=True, frozen=True)
+class Suspect:
+    """A member is suspected (our probe failed, or we heard so and are verifying)."""
+
+    node_id: bytes
+    incarnation: int
+
+
+@dataclass(slots=True, frozen=True)
+class Failed:
+    """A member is confirmed dead: drop it from the table and promote a replacement."""
+
+    node_id: bytes
+    incarnation: int
+
+
+@dataclass(slots=True, frozen=True)
+class Left:
+    """A member left gracefully: drop it from the table (it is not a failure)."""
+
+    node_id: bytes
+    incarnation: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class Refuted:
+    """Someone suspected us, declared us dead or said we left: we raised our incarnation to this."""
+
+    incarnation: int
+
+
+# -- internal records --------------------------------------------------------------------------------------
+
+class _Member:
+    __slots__ = ("id", "contact", "state", "inc", "rtt", "susp")
+
+    def __init__(self, nid: bytes, contact: Contact, inc: int):
+        self.id = nid
+        self.contact = contact
+        self.state = ALIVE
+        self.inc = inc
+        self.rtt: float | None = None
+        self.susp: _Suspicion | None = None
+
+
+class _Suspicion:
+    __slots__ = ("rec", "inc", "start", "accusers", "verified", "final", "expired", "due")
+
+    def __init__(self, rec: _Member, inc: int, start: float):
+        self.rec = rec
+        self.inc = inc
+        self.start = start
+        self.accusers: list[bytes] = []
+        self.verified = False  # our own probe of it failed during this suspicion
+        self.final = SUSPECT  # DEAD or LEFT once such a rumor was heard: declared as soon as verified
+        self.expired = False  # the timeout ran out before our own probe: declare on its failure
+        self.due = INF
+
+
+_REGULAR, _VERIFY, _CHECK = 0, 1, 2
+
+
+class _Probe:
+    __slots__ = ("seq", "target", "rec", "kind", "sent", "ind_at", "end_at", "helpers", "nacks", "fair")
+
+    def __init__(self, seq: int, target: bytes, rec, kind: int, sent: float):
+        self.seq = seq
+        self.target = target
+        self.rec = rec  # _Member, or the _Tomb for a check
+        self.kind = kind
+        self.sent = sent
+        self.ind_at = INF
+        self.end_at = INF
+        self.helpers: tuple | None = None
+        self.nacks = 0
+        self.fair = True  # False once a timer of ours fired late: the result says nothing about the target
+
+
+class _Relay:
+    __slots__ = ("seq", "requester", "their_seq", "target", "nack_at", "end_at", "answered")
+
+    def __init__(self, seq: int, requester: bytes, their_seq: int, target: bytes, nack_at: float, end_at: float):
+        self.seq = seq
+        self.requester = requester
+        self.their_seq = their_seq
+        self.target = target
+        self.nack_at = nack_at
+        self.end_at = end_at
+        self.answered = False
+
+
+class _Tomb:
+    __slots__ = ("contact", "state", "inc", "since", "checked")
+
+    def __init__(self, contact: Contact, state: int, inc: int, since: float):
+        self.contact = contact
+        self.state = state
+        self.inc = inc
+        self.since = since
+        self.checked = since
+
+
+class _Rumor:
+    __slots__ = ("subject", "code", "wire", "size", "tx", "live", "limit")
+
+    def __init__(self, subject: bytes, code: int, wire: list, size: int, limit: int):
+        self.subject = subject
+        self.code = code
+        self.wire = wire  # shared, never mutated: a merge builds a new list
+        self.size = size
+        self.tx = 0
+        self.live = True
+        self.limit = limit  # sends after which it retires
+
+
+# heap entry kinds
+_T_IND, _T_END, _T_NACK, _T_RELAY_END, _T_SUSP = range(5)
+
+
+def _rumor_size(wire: list) -> int:
+    """Estimated encoded size of a rumor (msgpack): good enough for a byte budget."""
+    kind = wire[0]
+    if kind == ALIVE:
+        return 42 + len(wire[3])
+    if kind == SUSPECT and len(wire) > 3:
+        return 40 + 9 * len(wire[3])
+    return 40
+
+
+class Membership:
+    """The SWIM/Lifeguard core of one node. Call a method, then drain take_outgoing() and take_events().
+
+    ``contact`` is this node's own contact (alive rumors about us carry it). ``now`` is any monotonic
+    clock in seconds, the same one for every call. ``incarnation`` lets a restarted node start above
+    what it used before (e.g. persisted, or derived from the wall clock); 0 is fine otherwise.
+    """
+
+    def __init__(self, contact: Contact, rng: random.Random, config: MembershipConfig | None = None, *,
+                 incarnation: int = 0):
+        self.config = cfg = config or MembershipConfig()
+        self.contact = contact
+        self.node_id: bytes = _node_id(contact.public_key)
+        self._short = self.node_id[:SHORT_ID_LEN]
+        self._rng = rng
+        self.incarnation = incarnation
+        self.lhm = 0
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._members: dict[bytes, _Member] = {}
+        self._order: list[bytes] = []  # probe order (shuffled each round); stale ids are skipped
+        self._pos = 0
+        self._shuffle = False
+        self._dead_skip = max(0, cfg.gossip_transmits - cfg.dead_pushes)
+        self._tombs: dict[bytes, _Tomb] = {}
+        self._n_override: int | None = None
+        self._limit = cfg.transmit_limit(1)
+        # rumor buffer: _buckets[c] holds the rumors sent c times, newest last
+        self._buckets: list[list[_Rumor]] = [[] for _ in range(self._limit)]
+        self._by_subject: dict[bytes, _Rumor] = {}
+        self._nlive = 0
+        self._heard: dict[bytes, int] = {}  # subject -> highest news code seen (insertion order = LRU)
+        self._log: list | None = None  # ring of (time learned, wire) for syncs
+        self._log_pos = 0
+        # probing
+        self._seq = 0
+        self._cur: _Probe | None = None  # the periodic probe in flight
+        self._probes: dict[int, _Probe] = {}  # verification / check probes in flight
+        self._verify: dict[bytes, bool] = {}  # ids to probe first (value: urgent)
+        self._relays: dict[int, _Relay] = {}
+        self._heap: list = []
+        self._hn = 0
+        self._t_probe = INF
+        self._t_ind = INF
+        self._t_gossip = INF
+        self._t_sync = INF
+        self._t_verify = INF
+        self._started = False
+        self._leaving = False
+        self._left_wire: list | None = None
+        self._out: list[Envelope] = []
+        self._events: list = []
+        # derived constants
+        k = max(1, cfg.suspicion_confirmations)
+        self._k = k
+        lo, hi = cfg.suspicion_min, cfg.suspicion_max
+        self._susp_table = [max(lo, hi - (hi - lo) * math.log(c + 1) / math.log(k + 1)) for c in range(k + 1)]
+        self._alpha = cfg.rtt_alpha
+
+    # -- the owner's side ----------------------------------------------------------------------------------
+
+    def add(self, contact: Contact, now: float, incarnation: int = 0) -> bool:
+        """Start probing ``contact`` (it entered the table). False if it is us, already held, or refused
+        by the max_members bound. An endpoint change of a held member is taken over."""
+        nid = _node_id(contact.public_key)
+        if nid == self.node_id:
+            return False
+        members = self._members
+        rec = members.get(nid)
+        if rec is not None:
+            if rec.contact.endpoint != contact.endpoint:
+                rec.contact = contact
+            return False
+        if len(members) >= self.config.max_members:
+            self.stats["members_refused"] += 1
+            return False
+        tomb = self._tombs.pop(nid, None) if self._tombs else None
+        if tomb is not None and tomb.inc > incarnation:
+            incarnation = tomb.inc
+        rec = _Member(nid, contact, incarnation)
+        members[nid] = rec
+        order = self._order
+        pos = self._pos
+        if pos == 0:
+            order.append(nid)  # the round has not begun: it is shuffled before use
+            self._shuffle = True
+        else:
+            # Somewhere in the rest of this round, so a newcomer is probed within one round.
+            order.insert(pos + int(self._rng.random() * (len(order) - pos + 1)), nid)
+        if self._n_override is None:
+            self._resize()
+        if not self._started:
+            self._start(now)
+        elif self._t_probe == INF and not self._leaving:
+            self._t_probe = now + self._rng.random() * self._scaled(self.config.probe_interval)
+        return True
+
+    def add_many(self, contacts: Iterable[Contact], now: float) -> int:
+        """``add`` each contact; returns how many were added."""
+        return sum(1 for c in contacts if self.add(c, now))
+
+    def remove(self, node_id: bytes) -> bool:
+        """Stop probing ``node_id`` (it left the table). Tombstones of dead members are kept."""
+        rec = self._members.pop(node_id, None)
+        if rec is None:
+            return False
+        rec.susp = None
+        self._verify.pop(node_id, None)
+        self._resize()
+        return True
+
+    def set_network_size(self, n: int | None) -> None:
+        """An estimate of the mesh size N (e.g. from the routing table's depth); it sets the rumor
+        transmit limit. Default: the number of members + 1, right for a full view."""
+        self._n_override = None if n is None else max(1, int(n))
+        self._resize()
+
+    def leave(self, now: float) -> float:
+        """Leave gracefully: tell every member at once, stop probing, keep answering. Returns the time
+        until which the node should keep running so the rumor spreads (``leave_linger`` from now)."""
+        if not self._leaving:
+            self._leaving = True
+            self._left_wire = [LEFT, self.node_id, self.incarnation]
+            self._enqueue(self.node_id, self.incarnation * 4 + LEFT, self._left_wire, 40, now)
+            self._cur = None
+            self._t_ind = INF
+            self._t_probe = INF
+            self._probes.clear()
+            self._verify.clear()
+            self._t_verify = INF
+            for nid in list(self._members):
+                self._send(GOSSIP, [0, self.incarnation, self._pick(self.config.piggyback_bytes, nid)], nid)
+                self.stats["gossips_sent"] += 1
+        return now + self.config.leave_linger
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    @property
+    def local_health(self) -> int:
+        """Lifeguard's local health multiplier (0 = healthy .. lhm_max); timeouts scale by 1 + this."""
+        return self.lhm
+
+    def rtt(self, node_id: bytes) -> float | None:
+        """Smoothed round-trip time of our direct probes of ``node_id`` (s), None if never measured."""
+        rec = self._members.get(node_id)
+        return None if rec is None else rec.rtt
+
+    def members(self) -> Iterator[tuple[bytes, str, int, float | None]]:
+        """(node_id, state name, incarnation, rtt) of every member held (alive or suspect)."""
+        for rec in self._members.values():
+            yield rec.id, STATE_NAMES[rec.state], rec.inc, rec.rtt
+
+    def state_of(self, node_id: bytes) -> str | None:
+        """"alive"/"suspect" for a member, "dead"/"left" for a tombstone, None if unknown."""
+        rec = self._members.get(node_id)
+        if rec is not None:
+            return STATE_NAMES[rec.state]
+        tomb = self._tombs.get(node_id)
+        return None if tomb is None else STATE_NAMES[tomb.state]
+
+    def incarnation_of(self, node_id: bytes) -> int | None:
+        rec = self._members.get(node_id)
+        if rec is not None:
+            return rec.inc
+        tomb = self._tombs.get(node_id)
+        return None if tomb is None else tomb.inc
+
+    def __contains__(self, node_id: bytes) -> bool:
+        return node_id in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def tombstones(self) -> Iterator[tuple[bytes, str, int]]:
+        """(node_id, "dead" or "left", incarnation) of the dead members remembered (bounded)."""
+        for nid, t in self._tombs.items():
+            yield nid, STATE_NAMES[t.state], t.inc
+
+    @property
+    def pending_rumors(self) -> int:
+        return self._nlive
+
+    @property
+    def transmit_limit(self) -> int:
+        return self._limit
+
+    # -- rumors for other cores' messages ----------------------------------------------------------------
+
+    def piggyback(self, budget_bytes: int, dst: bytes | None = None) -> list:
+        """Rumors to carry on another core's message to ``dst`` (counted as transmissions); [] if none.
+        The receiver hands them to its own :meth:`absorb`."""
+        out = self._pick(budget_bytes, dst)
+        if out:
+            self.stats["rumors_sent"] += len(out)
+            return out
+        return []
+
+    def absorb(self, rumors, now: float, src: bytes | None = None) -> None:
+        """Rumors that came on another core's message from ``src`` (authenticated). Bad input is counted."""
+        self._absorb(rumors, src, now)
+
+    # -- network side --------------------------------------------------------------------------------------
+
+    def receive(self, env: Envelope, now: float) -> None:
+        """Process one swim.* envelope whose ``src`` the transport authenticated. Never raises on bad input."""
+        stats = self.stats
+        stats["received"] += 1
+        body = env.body
+        if type(body) is not list or len(body) < 2:
+            stats["malformed"] += 1
+            return
+        seq = body[0]
+        inc = body[1]
+        if type(seq) is not int or type(inc) is not int or seq < 0 or not 0 <= inc <= MAX_INCARNATION:
+            stats["malformed"] += 1
+            return
+        src = env.src
+        if src == self.node_id:
+            stats["from_self"] += 1
+            return
+        if env.dst != self.node_id and env.dst is not None:
+            stats["misdirected"] += 1
+            return
+        typ = env.type
+        if typ not in TYPES:
+            stats["unknown_type"] += 1
+            return
+        if not self._started:
+            self._start(now)
+        if len(body) > 2:
+            rumors = body[2]
+            if rumors:
+                self._absorb(rumors, src, now)
+        # Any message from a node is first-hand proof that it is alive, with its own incarnation.
+        rec = self._members.get(src)
+        if rec is not None:
+            if rec.state != ALIVE or inc > rec.inc:
+                self._firsthand(rec, inc)
+        elif self._tombs and src in self._tombs:
+            self._tomb_heard(src, inc, False, now)
+        if typ == PING:
+            if len(body) > 3 and body[3] == 1:
+                # A sync: answer with our recent rumors (anti-entropy rides on the probe).
+                self._send(ACK, [seq, self.incarnation, self._sync_rumors(now, src)], src)
+                stats["syncs_answered"] += 1
+            else:
+                self._reply(ACK, seq, src, rec)
+            stats["acks_sent"] += 1
+        elif typ == ACK:
+            self._on_ack(src, seq, now)
+        elif typ == NACK:
+            p = self._find_probe(seq)
+            if p is not None and p.helpers and src in p.helpers:
+                p.nacks += 1
+                stats["nacks_received"] += 1
+                if p.nacks >= len(p.helpers):
+                    # Every helper tried and failed: nothing more will come, conclude now.
+                    if p is self._cur:
+                        self._cur = None
+                        self._t_ind = INF
+                    else:
+                        del self._probes[p.seq]
+                    self._probe_end(p, now)
+            else:
+                stats["acks_unmatched"] += 1
+        elif typ == PING_REQ:
+            self._on_ping_req(src, seq, body, now)
+        # GOSSIP: the rumors were all it carried
+
+    def tick(self, now: float) -> None:
+        """Fire every timer due by ``now``."""
+        due = self._due()
+        if due > now:
+            return
+        stalled = now - due > self.config.stall_threshold
+        if stalled:
+            self.stats["stalls"] += 1
+            self._lhm_add(1)
+            if self._cur is not None:
+                self._cur.fair = False
+            for p in self._probes.values():
+                p.fair = False
+        if self._t_probe <= now:
+            self._probe_tick(now, stalled)
+        if self._t_ind <= now:
+            self._t_ind = INF
+            if self._cur is not None:
+                self._indirect(self._cur, now)
+        if self._t_verify <= now:
+            self._service_verify(now)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            t, _, kind, obj = heapq.heappop(heap)
+            if kind == _T_IND:
+                if obj.ind_at == t and self._probes.get(obj.seq) is obj:
+                    self._indirect(obj, now)
+            elif kind == _T_END:
+                if obj.end_at == t and self._probes.get(obj.seq) is obj:
+                    del self._probes[obj.seq]
+                    self._probe_end(obj, now)
+            elif kind == _T_SUSP:
+                if obj.due == t and obj.rec.susp is obj:
+                    self._suspicion_due(obj, now, stalled)
+            elif kind == _T_NACK:
+                if obj.nack_at == t and not obj.answered and self._relays.get(obj.seq) is obj:
+                    self._send(NACK, [obj.their_seq, self.incarnation], obj.requester)
+                    self.stats["nacks_sent"] += 1
+            elif kind == _T_RELAY_END:
+                if self._relays.get(obj.seq) is obj:
+                    del self._relays[obj.seq]
+        if self._t_gossip <= now:
+            self._gossip(now)
+
+    def next_timer(self) -> float | None:
+        t = self._due()
+        return None if t == INF else t
+
+    def take_outgoing(self) -> list[Envelope]:
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    def take_events(self) -> list:
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
+
+    # -- timers --------------------------------------------------------------------------------------------
+
+    def _due(self) -> float:
+        t = self._t_probe
+        if self._t_ind < t:
+            t = self._t_ind
+        if self._t_verify < t:
+            t = self._t_verify
+        if self._t_gossip < t:
+            t = self._t_gossip
+        heap = self._heap
+        while heap:
+            top = heap[0]
+            if self._live_timer(top):
+                if top[0] < t:
+                    t = top[0]
+                break
+            heapq.heappop(heap)
+        return t
+
+    def _live_timer(self, entry: tuple) -> bool:
+        t, _, kind, obj = entry
+        if kind == _T_SUSP:
+            return obj.due == t and obj.rec.susp is obj
+        if kind == _T_IND:
+            return obj.ind_at == t and self._probes.get(obj.seq) is obj
+        if kind == _T_END:
+            return obj.end_at == t and self._probes.get(obj.seq) is obj
+        if kind == _T_NACK:
+            return obj.nack_at == t and not obj.answered and self._relays.get(obj.seq) is obj
+        return self._relays.get(obj.seq) is obj
+
+    def _push(self, t: float, kind: int, obj) -> None:
+        self._hn += 1
+        heapq.heappush(self._heap, (t, self._hn, kind, obj))
+
+    def _scaled(self, value: float) -> float:
+        return value * (1 + self.lhm)
+
+    def _lhm_add(self, delta: int) -> None:
+        v = self.lhm + delta
+        self.lhm = 0 if v < 0 else self.config.lhm_max if v > self.config.lhm_max else v
+
+    def _start(self, now: float) -> None:
+        """First contact with the clock: random phases, so nodes started together do not probe in step."""
+        self._started = True
+        cfg = self.config
+        rng = self._rng
+        if self._members and not self._leaving:
+            self._t_probe = now + rng.random() * cfg.probe_interval
+        self._t_sync = now + (0.5 + rng.random()) * cfg.sync_interval
+
+    # -- probing -------------------------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = s = self._seq + 1
+        return s
+
+    def _probe_tick(self, now: float, stalled: bool) -> None:
+        cfg = self.config
+        cur = self._cur
+        if cur is not None:  # the period ended without an ack
+            self._cur = None
+            self._t_ind = INF
+            if stalled:
+                cur.fair = False
+            self._probe_end(cur, now)
+        if self._leaving or not self._members:
+            self._t_probe = INF
+            return
+        self._t_probe = now + self._scaled(cfg.probe_interval)
+        rec = self._next_target()
+        if rec is not None:
+            if self._t_sync <= now:
+                # This period's probe doubles as the anti-entropy exchange: it carries our recent
+                # rumors and asks for the target's in the ack.
+                self._t_sync = now + self._scaled(cfg.sync_interval) * (0.75 + 0.5 * self._rng.random())
+                self._sync_checks(now)
+                seq = self._next_seq()
+                self._cur = p = _Probe(seq, rec.id, rec, _REGULAR, now)
+                self._send(PING, [seq, self.incarnation, self._sync_rumors(now, rec.id), 1], rec.id)
+                self.stats["pings_sent"] += 1
+                self.stats["probes"] += 1
+                self.stats["syncs_sent"] += 1
+            else:
+                self._cur = self._ping(rec, rec.id, _REGULAR, now)
+            self._t_ind = now + self._scaled(cfg.probe_timeout)
+
+    def _next_target(self) -> _Member | None:
+        order = self._order
+        members = self._members
+        n = len(order)
+        if self._shuffle:
+            self._shuffle = False
+            self._rng.shuffle(order)
+        for _ in range(n + 1):
+            if self._pos >= len(order):
+                if len(order) > len(members) + 8:
+                    order[:] = [nid for nid in dict.fromkeys(order) if nid in members]
+                self._rng.shuffle(order)
+                self._pos = 0
+                if not order:
+                    return None
+            nid = order[self._pos]
+            self._pos += 1
+            rec = members.get(nid)
+            if rec is not None:
+                return rec
+        return None
+
+    def _verify_probe(self, nid: bytes, now: float) -> bool:
+        """Start a verification (member) or check (tombstone) probe of ``nid``; False if nothing to probe."""
+        rec = self._members.get(nid)
+        if rec is not None:
+            if rec.state != SUSPECT:
+                return False
+            for p in self._probes.values():
+                if p.target == nid:
+                    return False
+            self.stats["verifications"] += 1
+            p = self._ping(rec, nid, _VERIFY, now)
+            p.ind_at = now + self._scaled(self.config.probe_timeout)
+            p.end_at = now + self._scaled(self.config.probe_interval)
+            self._probes[p.seq] = p
+            self._push(p.ind_at, _T_IND, p)
+            self._push(p.end_at, _T_END, p)
+            return True
+        tomb = self._tombs.get(nid)
+        if tomb is not None and tomb.state == DEAD:
+            tomb.checked = now
+            self.stats["checks"] += 1
+            p = self._ping(tomb, nid, _CHECK, now)
+            p.end_at = now + self._scaled(self.config.probe_interval)
+            self._probes[p.seq] = p
+            self._push(p.end_at, _T_END, p)
+            return True
+        return False
+
+    def _ping(self, rec, nid: bytes, kind: int, now: float) -> _Probe:
+        seq = self._next_seq()
+        p = _Probe(seq, nid, rec, kind, now)
+        self._send(PING, self._body(seq, nid, rec), nid)
+        self.stats["pings_sent"] += 1
+        self.stats["probes"] += 1
+        return p
+
+    def _body(self, seq: int, dst: bytes, about) -> list:
+        """[seq, incarnation] plus the rumors to piggyback; ``about`` is what we hold on ``dst`` (our opinion
+        of it travels first, so a suspected or 'dead' node hears it and refutes: Lifeguard's buddy system)."""
+        rumors = self._pick(self.config.piggyback_bytes, dst) if (self._nlive or self._leaving) else None
+        if about is not None and about.state != ALIVE and (not rumors or self._by_subject.get(dst) is None):
+            op = self._opinion(dst, about)
+            rumors = [op] if not rumors else [op] + rumors
+        if rumors:
+            self.stats["rumors_sent"] += len(rumors)
+            return [seq, self.incarnation, rumors]
+        return [seq, self.incarnation]
+
+    def _opinion(self, nid: bytes, about) -> list:
+        if type(about) is _Member:
+            s = about.susp
+            return [SUSPECT, nid, about.inc, list(s.accusers) if s is not None else [self._short]]
+        return [about.state, nid, about.inc]
+
+    def _reply(self, typ: str, seq: int, dst: bytes, rec) -> None:
+        about = rec
+        if about is None and self._tombs:
+            about = self._tombs.get(dst)
+        self._send(typ, self._body(seq, dst, about), dst)
+
+    def _find_probe(self, seq: int) -> _Probe | None:
+        cur = self._cur
+        if cur is not None and cur.seq == seq:
+            return cur
+        return self._probes.get(seq)
+
+    def _on_ack(self, src: bytes, seq: int, now: float) -> None:
+        stats = self.stats
+        relay = self._relays.get(seq)
+        if relay is not None:
+            if src == relay.target:
+                del self._relays[seq]
+                relay.answered = True
+                self._send(ACK, [relay.their_seq, self.incarnation], relay.requester)
+                stats["acks_forwarded"] += 1
+            else:
+                stats["acks_unexpected"] += 1
+            return
+        p = self._find_probe(seq)
+        if p is None:
+            stats["acks_unmatched"] += 1  # late (after the period), or never ours
+            return
+        if src == p.target:
+            direct = True
+        elif p.helpers and src in p.helpers:
+            direct = False
+        else:
+            stats["acks_unexpected"] += 1
+            return
+        if p is self._cur:
+            self._cur = None
+            self._t_ind = INF
+        else:
+            del self._probes[seq]
+        self._lhm_add(-1)
+        rec = p.rec
+        if direct:
+            stats["probes_acked"] += 1
+            if type(rec) is _Member:
+                sample = now - p.sent
+                rec.rtt = sample if rec.rtt is None else rec.rtt + self._alpha * (sample - rec.rtt)
+            elif self._tombs.get(p.target) is rec:
+                # A dead member answered our check: first-hand, fresh. Revive it.
+                self._tomb_heard(p.target, rec.inc, True, now)
+        else:
+            stats["probes_indirect_acked"] += 1
+            # A helper reached it: per SWIM that is as good as our own ack. It clears our suspicion
+            # but raises no incarnation (only the node itself can).
+            if type(rec) is _Member and rec.state == SUSPECT and self._members.get(rec.id) is rec:
+                self._clear(rec)
+
+    def _indirect(self, p: _Probe, now: float) -> None:
+        """The direct ping went unanswered: ask helpers to ping the target for us."""
+        cfg = self.config
+        k = cfg.indirect_checks
+        if k <= 0 or p.kind == _CHECK:
+            return
+        rec = p.rec
+        members = self._members
+        order = self._order
+        helpers = []
+        if order:
+            rng = self._rng
+            tries = 0
+            while len(helpers) < k and tries < 4 * k + 8:
+                tries += 1
+                nid = order[rng.randrange(len(order))]
+                if nid == p.target or nid in helpers:
+                    continue
+                h = members.get(nid)
+                if h is None or h.state != ALIVE:
+                    continue
+                helpers.append(nid)
+        if not helpers:
+            return
+        p.helpers = tuple(helpers)
+        # The helpers nack if the target is silent for 80 % of the time we still wait (until the next
+        # period starts, for the periodic probe).
+        window = max(0.0, (self._t_probe if p is self._cur else p.end_at) - now)
+        window_ms = int(window * 1000)
+        contact = rec.contact
+        for nid in helpers:
+            body = self._body(p.seq, nid, None)
+            while len(body) < 3:
+                body.append([])
+            body.append(contact.public_key)
+            body.append(contact.endpoint)
+            body.append(window_ms)
+            self._send(PING_REQ, body, nid)
+            self.stats["ping_reqs_sent"] += 1
+
+    def _probe_end(self, p: _Probe, now: float) -> None:
+        """A probe's period ended without an ack."""
+        stats = self.stats
+        if p.kind == _CHECK:
+            return  # a dead member stayed silent: nothing new
+        # Lifeguard: helpers that did not nack point at us (or our links), not at the target.
+        if p.helpers:
+            missed = len(p.helpers) - p.nacks
+            if missed > 0:
+                stats["nacks_missed"] += missed
+                self._lhm_add(missed)
+        else:
+            self._lhm_add(1)
+        rec = p.rec
+        if self._members.get(p.target) is not rec:
+            return  # removed or declared meanwhile
+        if not p.fair:
+            stats["probes_inconclusive"] += 1
+            if rec.state == SUSPECT:
+                self._queue_verify(rec.id, now)  # try again shortly
+            return
+        stats["probes_failed"] += 1
+        if rec.state == ALIVE:
+            self._suspect(rec, rec.inc, None, now, True)
+        else:
+            s = rec.susp
+            if not s.verified:
+                s.verified = True
+                self._confirm(s, self._short, now)
+            if s.final != SUSPECT or s.expired:
+                if s.final == DEAD or s.final == SUSPECT:
+                    stats["dead_verified"] += 1
+                self._declare(rec, LEFT if s.final == LEFT else DEAD, now)
+
+    def _on_ping_req(self, src: bytes, seq: int, body: list, now: float) -> None:
+        stats = self.stats
+        if len(body) < 5:
+            stats["malformed"] += 1
+            return
+        pk = body[3]
+        ep = body[4]
+        window_ms = body[5] if len(body) > 5 else None
+        if type(pk) is not bytes or len(pk) != PUBLIC_KEY_LEN or type(ep) is not str or not ep \
+                or len(ep) > MAX_ENDPOINT_LEN or (window_ms is not None and (type(window_ms) is not int
+                                                                            or not 0 <= window_ms <= 600_000)):
+            stats["malformed"] += 1
+            return
+        target = _node_id(pk)
+        if target == self.node_id or target == src:
+            stats["malformed"] += 1
+            return
+        cfg = self.config
+        if len(self._relays) >= cfg.max_relays:
+            stats["relay_limit"] += 1
+            self._send(NACK, [seq, self.incarnation], src)  # say so at once: the requester must not blame itself
+            stats["nacks_sent"] += 1
+            return
+        window = cfg.probe_interval - cfg.probe_timeout if window_ms is None else window_ms / 1000
+        # Nack once the target has been silent for our own probe timeout (or 80 % of the requester's
+        # remaining wait, if shorter), so the requester can conclude before its period ends.
+        wait = self._scaled(cfg.probe_timeout)
+        if wait > 0.8 * window:
+            wait = 0.8 * window
+        mine = self._next_seq()
+        relay = _Relay(mine, src, seq, target, now + wait, now + window)
+        self._relays[mine] = relay
+        self._push(relay.nack_at, _T_NACK, relay)
+        self._push(relay.end_at, _T_RELAY_END, relay)
+        stats["relays"] += 1
+        rec = self._members.get(target)
+        if rec is None and self._tombs:
+            rec = self._tombs.get(target)
+        self._send(PING, self._body(mine, target, rec), target)
+        stats["pings_sent"] += 1
+
+    # -- suspicion -----------------------------------------------------------------------------------------
+
+    def _suspect(self, rec: _Member, inc: int, accusers, now: float, ours: bool, final: int = SUSPECT) -> None:
+        """Mark ``rec`` suspect at ``inc``. ``ours``: our own probe failed (we accuse, and tell everyone)."""
+        s = _Suspicion(rec, inc, now)
+        s.final = final
+        rec.state = SUSPECT
+        rec.inc = inc
+        rec.susp = s
+        if accusers:
+            acc = s.accusers
+            for a in accusers:
+                if a not in acc and len(acc) <= self._k:
+                    acc.append(a)
+        self.stats["suspected"] += 1
+        self._events.append(Suspect(rec.id, inc))
+        if ours:
+            s.verified = True
+            if self._short not in s.accusers:
+                if len(s.accusers) > self._k:
+                    s.accusers.pop()
+                s.accusers.append(self._short)
+            wire = [SUSPECT, rec.id, inc, list(s.accusers)]
+            self._remember(rec.id, inc * 4 + SUSPECT)
+            self._enqueue(rec.id, inc * 4 + SUSPECT, wire, _rumor_size(wire), now)
+        else:
+            # Hearsay: check it ourselves, at once (a probe slot permitting; else next period).
+            self._urgent(rec.id, now)
+        self._arm_suspicion(s, now)
+
+    def _arm_suspicion(self, s: _Suspicion, now: float) -> None:
+        c = len(s.accusers) - 1
+        table = self._susp_table
+        timeout = table[c if 0 <= c < len(table) else (0 if c < 0 else -1)]
+        due = s.start + self._scaled(timeout)
+        if due < now:
+            due = now
+        if due != s.due:
+            s.due = due
+            self._push(due, _T_SUSP, s)
+
+    def _confirm(self, s: _Suspicion, accusers, now: float) -> bool:
+        """Add accusers (one short id, or a list) to a suspicion; True if it grew."""
+        acc = s.accusers
+        grew = False
+        for a in ((accusers,) if type(accusers) is bytes else accusers):
+            if len(acc) > self._k:
+                break
+            if a not in acc:
+                acc.append(a)
+                grew = True
+        if grew:
+            self.stats["confirmations"] += 1
+            self._arm_suspicion(s, now)
+            rec = s.rec
+            code = s.inc * 4 + SUSPECT
+            e = self._by_subject.get(rec.id)
+            if e is not None and e.code == code:
+                wire = [SUSPECT, rec.id, s.inc, list(acc)]
+                e.wire = wire
+                e.size = _rumor_size(wire)
+                push = self.config.gossip_transmits
+                if type(accusers) is bytes and e.tx >= push > 0:
+                    # Our own confirmation: push the grown list once more, so the accusers' and the
+                    # other holders' timers shrink now rather than when it drifts in on probes.
+                    self._requeue(e, push - 1, now)
+            elif type(accusers) is bytes:
+                # Our own confirmation of a rumor we no longer send: pass it on once more.
+                wire = [SUSPECT, rec.id, s.inc, list(acc)]
+                self._enqueue(rec.id, code, wire, _rumor_size(wire), now)
+        return grew
+
+    def _suspicion_due(self, s: _Suspicion, now: float, stalled: bool) -> None:
+        rec = s.rec
+        if stalled:
+            # We were not running: what we have not read yet may clear it. Look again shortly.
+            s.due = now + self.config.probe_timeout
+            self._push(s.due, _T_SUSP, s)
+            return
+        if not s.verified:
+            # Never declare on hearsay alone: probe it now, declare if that fails.
+            s.expired = True
+            s.due = INF
+            self._urgent(rec.id, now)
+            return
+        self._declare(rec, LEFT if s.final == LEFT else DEAD, now)
+
+    def _urgent(self, nid: bytes, now: float) -> None:
+        """Verify ``nid`` now if a probe slot is free, else as soon as one is."""
+        if len(self._probes) < self.config.max_probes and not self._leaving:
+            self._verify.pop(nid, None)
+            if not self._verify_probe(nid, now) and nid in self._members:
+                self._queue_verify(nid, now)
+        else:
+            self._queue_verify(nid, now)
+
+    def _queue_verify(self, nid: bytes, now: float) -> None:
+        self._verify[nid] = False
+        if self._t_verify == INF and not self._leaving:
+            self._t_verify = now + self.config.gossip_interval
+
+    def _service_verify(self, now: float) -> None:
+        """Start queued verification and check probes while slots are free."""
+        verify = self._verify
+        max_probes = self.config.max_probes
+        for nid in list(verify):
+            if len(self._probes) >= max_probes:
+                break
+            del verify[nid]
+            self._verify_probe(nid, now)
+        self._t_verify = now + self.config.gossip_interval if verify and not self._leaving else INF
+
+    def _clear(self, rec: _Member) -> None:
+        rec.state = ALIVE
+        rec.susp = None
+        self._verify.pop(rec.id, None)
+        self.stats["suspicions_cleared"] += 1
+        self._events.append(Alive(rec.contact, rec.inc))
+
+    def _firsthand(self, rec: _Member, inc: int) -> None:
+        """A message from the member itself: it is alive, at (at least) this incarnation."""
+        if inc > rec.inc:
+            rec.inc = inc
+        if rec.state == SUSPECT:
+            self._clear(rec)
+
+    def _declare(self, rec: _Member, state: int, now: float) -> None:
+        """The member is dead (or left): tombstone it, tell the owner and everyone."""
+        nid = rec.id
+        if self._members.get(nid) is not rec:
+            return
+        del self._members[nid]
+        rec.state = state
+        rec.susp = None
+        self._verify.pop(nid, None)
+        tombs = self._tombs
+        cfg = self.config
+        if len(tombs) >= cfg.max_tombstones:
+            del tombs[next(iter(tombs))]
+            self.stats["tombstones_evicted"] += 1
+        tombs[nid] = _Tomb(rec.contact, state, rec.inc, now)
+        code = rec.inc * 4 + state
+        if state == DEAD:
+            self.stats["declared_dead"] += 1
+            self._events.append(Failed(nid, rec.inc))
+            wire = [DEAD, nid, rec.inc]
+        else:
+            self.stats["declared_left"] += 1
+            self._events.append(Left(nid, rec.inc))
+            wire = [LEFT, nid, rec.inc]
+        self._remember(nid, code)
+        self._enqueue(nid, code, wire, 40, now)
+        self._resize()
+
+    def _tomb_heard(self, nid: bytes, inc: int, fresh: bool, now: float) -> None:
+        """First-hand word from a tombstoned node: revive it if the word is new (higher incarnation) or
+        fresh (it answered our check). A dead node's stale ping only earns it our opinion in the ack."""
+        tomb = self._tombs[nid]
+        if inc > tomb.inc or (fresh and tomb.state == DEAD):
+            del self._tombs[nid]
+            self.stats["revived"] += 1
+            self._events.append(Alive(tomb.contact, max(inc, tomb.inc)))
+            if tomb.state == DEAD:
+                # A dead member came back: most likely a partition healed. Check the other dead
+                # members now rather than one per sync interval.
+                for other, t in self._tombs.items():
+                    if t.state == DEAD and other not in self._verify:
+                        self._queue_verify(other, now)
+
+    # -- rumors --------------------------------------------------------------------------------------------
+
+    def _resize(self) -> None:
+        n = self._n_override if self._n_override is not None else len(self._members) + 1
+        limit = self.config.transmit_limit(n)
+        if limit != self._limit:
+            buckets = self._buckets
+            if limit > len(buckets):
+                buckets.extend([] for _ in range(limit - len(buckets)))
+            self._limit = limit
+
+    def _remember(self, subject: bytes, code: int) -> None:
+        heard = self._heard
+        if subject in heard:
+            del heard[subject]
+        elif len(heard) >= self.config.heard_limit:
+            del heard[next(iter(heard))]
+            self.stats["heard_evicted"] += 1
+        heard[subject] = code
+
+    def _enqueue(self, subject: bytes, code: int, wire: list, size: int, now: float) -> None:
+        by_subject = self._by_subject
+        old = by_subject.get(subject)
+        if old is not None:
+            if old.code > code:
+                return
+            if old.code == code:
+                old.wire = wire  # a merge (more accusers): same news, keep its count
+                old.size = size
+                return
+            old.live = False
+            self._nlive -= 1
+        elif self._nlive >= self.config.max_rumors:
+            self._evict()
+        e = _Rumor(subject, code, wire, size, self._limit)
+        if code & 3 == DEAD:
+            # Holders mostly conclude on their own timers (their own probe failed, the suspicion ran
+            # out): a dead rumor is for the stragglers. Fewer pushes, and half the sends overall.
+            c = self._dead_skip  # starting past the first pushes: only dead_pushes of them
+            lim = c + (self._limit + 1) // 2
+            nb = len(self._buckets)
+            if lim > nb:
+                lim = nb
+            if c >= lim:
+                c = lim - 1
+            e.limit = lim
+            e.tx = c
+            self._buckets[c].append(e)
+        else:
+            self._buckets[0].append(e)
+        by_subject[subject] = e
+        self._nlive += 1
+        log = self._log
+        if log is None:
+            log = self._log = []
+        if len(log) < self.config.sync_rumors:
+            log.append((now, wire))
+        else:
+            log[self._log_pos] = (now, wire)
+            self._log_pos = (self._log_pos + 1) % len(log)
+        if self._t_gossip == INF:
+            self._t_gossip = now + self.config.gossip_interval * (0.5 + 0.5 * self._rng.random())
+
+    def _requeue(self, e: _Rumor, tx: int, now: float) -> None:
+        """Put a live rumor back to ``tx`` sends (it goes out again that many times fewer)."""
+        e.live = False
+        n = _Rumor(e.subject, e.code, e.wire, e.size, e.limit)
+        n.tx = tx
+        self._buckets[tx].append(n)
+        self._by_subject[e.subject] = n
+        if self._t_gossip == INF:
+            self._t_gossip = now + self.config.gossip_interval * (0.5 + 0.5 * self._rng.random())
+
+    def _evict(self) -> None:
+        """Make room: drop the rumor sent most often (it has spread furthest)."""
+        for lst in reversed(self._buckets):
+            while lst:
+                e = lst.pop(0)
+                if e.live:
+                    e.live = False
+                    self._nlive -= 1
+                    if self._by_subject.get(e.subject) is e:
+                        del self._by_subject[e.subject]
+                    self.stats["rumors_evicted"] += 1
+                    return
+
+    def _pick(self, budget: int, dst: bytes | None, max_tx: int = 1 << 30) -> list | None:
+        """Rumors for one message to ``dst``: news about ``dst`` itself first, then fewest-sent first
+        (only those sent fewer than ``max_tx`` times)."""
+        out = None
+        if self._leaving:
+            out = [self._left_wire]
+            budget -= 40
+        if not self._nlive:
+            return out
+        by_subject = self._by_subject
+        buddy = by_subject.get(dst) if dst is not None else None
+        if buddy is not None and buddy.subject != self.node_id:
+            if out is None:
+                out = [buddy.wire]
+            else:
+                out.append(buddy.wire)
+            budget -= buddy.size
+        cap = self.config.max_rumors_per_message
+        buckets = self._buckets
+        limit = self._limit
+        moved = None
+        c = 0
+        nb = len(buckets) if len(buckets) < max_tx else max_tx
+        while c < nb and budget > 0:
+            lst = buckets[c]
+            while lst:
+                e = lst[-1]
+                if not e.live:
+                    lst.pop()
+                    continue
+                if e is not buddy and (e.size > budget or (out is not None and len(out) >= cap)):
+                    budget = 0
+                    break
+                lst.pop()
+                if e is not buddy and not (self._leaving and e.wire is self._left_wire):
+                    if out is None:
+                        out = [e.wire]
+                    else:
+                        out.append(e.wire)
+                    budget -= e.size
+                e.tx = c + 1
+                if c + 1 >= e.limit:
+                    e.live = False
+                    self._nlive -= 1
+                    if by_subject.get(e.subject) is e:
+                        del by_subject[e.subject]
+                    self.stats["rumors_retired"] += 1
+                elif moved is None:
+                    moved = [e]
+                else:
+                    moved.append(e)
+            c += 1
+        if moved is not None:
+            for e in moved:
+                buckets[e.tx].append(e)
+        return out
+
+    def _absorb(self, rumors, src: bytes | None, now: float) -> None:
+        stats = self.stats
+        if type(rumors) is not list:
+            stats["malformed"] += 1
+            return
+        cap = self.config.max_rumors_per_message
+        if len(rumors) > cap:
+            stats["rumors_truncated"] += 1
+            rumors = rumors[:cap]
+        stats["rumors_received"] += len(rumors)
+        me = self.node_id
+        heard = self._heard
+        by_subject = self._by_subject
+        for r in rumors:
+            if type(r) is not list or len(r) < 3:
+                stats["rumors_bad"] += 1
+                continue
+            kind = r[0]
+            if type(kind) is not int:
+                stats["rumors_bad"] += 1
+                continue
+            if kind != ALIVE:
+                # Fast path: most rumors are copies of news we already have.
+                subject = r[1]
+                inc = r[2]
+                if type(subject) is bytes and type(inc) is int:
+                    prev = heard.get(subject)
+                    if prev is not None and 0 < kind <= LEFT:
+                        code = inc * 4 + kind
+                        if code < prev:
+                            stats["rumors_stale"] += 1
+                            continue
+                        if code == prev:
+                            if kind != SUSPECT:
+                                stats["rumors_duplicate"] += 1
+                                continue
+                            e = by_subject.get(subject)
+                            if e is not None and (e.wire is r or (len(r) > 3 and len(e.wire) > 3 and e.wire[3] == r[3])):
+                                stats["rumors_duplicate"] += 1
+                                continue
+            if kind == ALIVE:
+                if len(r) < 4:
+                    stats["rumors_bad"] += 1
+                    continue
+                inc = r[1]
+                pk = r[2]
+                ep = r[3]
+                if type(inc) is not int or not 0 <= inc <= MAX_INCARNATION or type(pk) is not bytes \
+                        or len(pk) != PUBLIC_KEY_LEN or type(ep) is not str or not ep or len(ep) > MAX_ENDPOINT_LEN:
+                    stats["rumors_bad"] += 1
+                    continue
+                subject = _node_id(pk)
+            elif SUSPECT <= kind <= LEFT:
+                subject = r[1]
+                inc = r[2]
+                if type(subject) is not bytes or len(subject) != NODE_ID_LEN or type(inc) is not int \
+                        or not 0 <= inc <= MAX_INCARNATION:
+                    stats["rumors_bad"] += 1
+                    continue
+                if kind == SUSPECT:
+                    acc = r[3] if len(r) > 3 else None
+                    if acc is not None:
+                        if type(acc) is not list or len(acc) > self._k + 1:
+                            stats["rumors_bad"] += 1
+                            continue
+                        ok = True
+                        for a in acc:
+                            if type(a) is not bytes or len(a) != SHORT_ID_LEN:
+                                ok = False
+                                break
+                        if not ok:
+                            stats["rumors_bad"] += 1
+                            continue
+            else:
+                stats["rumors_unknown_kind"] += 1  # a newer peer's kind: ignored, not forwarded
+                continue
+            if subject == me:
+                self._about_me(kind, inc, now)
+                continue
+            self._on_rumor(kind, subject, inc, r, src, now)
+
+    def _on_rumor(self, kind: int, subject: bytes, inc: int, wire: list, src: bytes | None, now: float) -> None:
+        stats = self.stats
+        code = inc * 4 + kind
+        heard = self._heard
+        prev = heard.get(subject, -1)
+        if code < prev:
+            stats["rumors_stale"] += 1
+            return
+        direct = subject == src
+        if code == prev:
+            if kind != SUSPECT or len(wire) < 4:
+                stats["rumors_duplicate"] += 1
+                return
+            # Same suspicion, maybe more accusers: merge.
+            e = self._by_subject.get(subject)
+            rec = self._members.get(subject)
+            grew = False
+            if rec is not None and rec.state == SUSPECT and rec.susp.inc == inc:
+                grew = self._confirm(rec.susp, wire[3], now)
+            elif e is not None and e.code == code:
+                have = e.wire[3] if len(e.wire) > 3 else []
+                extra = [a for a in wire[3] if a not in have]
+                if extra:
+                    merged = (have + extra)[: self._k + 1]
+                    e.wire = [SUSPECT, subject, inc, merged]
+                    e.size = _rumor_size(e.wire)
+                    grew = True
+            if grew:
+                stats["rumors_merged"] += 1
+            else:
+                stats["rumors_duplicate"] += 1
+            return
+        # News (for our dedup memory). Decide what it means for us, then pass it on.
+        rec = self._members.get(subject)
+        forward = True
+        if rec is not None:
+            forward = self._member_news(rec, kind, inc, wire, direct, now)
+        elif self._tombs and subject in self._tombs:
+            forward = self._tomb_news(subject, kind, inc, direct, now)
+        else:
+            stats["rumors_foreign"] += 1
+            if direct and kind == SUSPECT or (direct and kind == DEAD):
+                stats["self_accusations"] += 1
+                return
+        if not forward:
+            return
+        stats["rumors_new"] += 1
+        self._remember(subject, code)
+        self._enqueue(subject, code, wire, _rumor_size(wire), now)
+
+    def _member_news(self, rec: _Member, kind: int, inc: int, wire: list, direct: bool, now: float) -> bool:
+        """A rumor about a member that is news to our dedup memory. Returns whether to forward it."""
+        stats = self.stats
+        if inc < rec.inc:
+            stats["rumors_stale"] += 1
+            return False
+        if kind == ALIVE:
+            if direct:
+                if wire[3] != rec.contact.endpoint:
+                    rec.contact = Contact(wire[2], wire[3])
+                self._firsthand(rec, inc)
+                return True
+            if inc > rec.inc or rec.state != ALIVE:
+                # Hearsay: the node says it refuted. Only its own word counts; go and ask it.
+                stats["alive_hints"] += 1
+                if rec.state == SUSPECT:
+                    self._queue_verify(rec.id, now)
+            return True
+        if direct:
+            if kind == LEFT:
+                rec.inc = inc
+                self._declare(rec, LEFT, now)
+                return True
+            stats["self_accusations"] += 1  # a node suspecting itself or calling itself dead: nonsense
+            return False
+        if kind == SUSPECT:
+            acc = wire[3] if len(wire) > 3 else None
+            if rec.state == ALIVE:
+                self._suspect(rec, inc, acc, now, False)
+                return True
+            s = rec.susp
+            if inc > s.inc:
+                # It refuted (we did not hear) and is suspected again: a new suspicion.
+                self._suspect(rec, inc, acc, now, False, s.final if s.final != SUSPECT else SUSPECT)
+                return True
+            if acc:
+                self._confirm(s, acc, now)
+            return True
+        # DEAD or LEFT, hearsay: act at once only if our own probe already failed; else verify first.
+        if rec.state == ALIVE:
+            self._suspect(rec, inc, None, now, False, kind)
+            return True
+        s = rec.susp
+        if inc > s.inc:
+            s.inc = inc
+            rec.inc = inc
+            s.verified = False
+        if kind > s.final or s.final == SUSPECT:
+            s.final = kind
+        if s.verified:
+            self._declare(rec, kind, now)
+        else:
+            self._urgent(rec.id, now)
+        return True
+
+    def _tomb_news(self, nid: bytes, kind: int, inc: int, direct: bool, now: float) -> bool:
+        tomb = self._tombs[nid]
+        if inc < tomb.inc:
+            self.stats["rumors_stale"] += 1
+            return False
+        if kind == ALIVE and inc > tomb.inc:
+            if direct:
+                self._tomb_heard(nid, inc, False, now)
+            elif tomb.state == DEAD:
+                self.stats["alive_hints"] += 1
+                self._queue_verify(nid, now)  # check it
+        return True
+
+    def _about_me(self, kind: int, inc: int, now: float) -> None:
+        """A rumor about us. Suspect/dead/left at our incarnation or above: refute (only we can)."""
+        stats = self.stats
+        stats["rumors_about_self"] += 1
+        if kind == ALIVE or self._leaving or inc < self.incarnation:
+            return
+        if inc >= MAX_INCARNATION:
+            return  # cannot go higher; counted as about_self, nothing else to do
+        self.incarnation = inc + 1
+        stats["refuted"] += 1
+        self._lhm_add(1)  # Lifeguard: being suspected hints that we are the slow one
+        self._events.append(Refuted(self.incarnation))
+        c = self.contact
+        wire = [ALIVE, self.incarnation, c.public_key, c.endpoint]
+        self._enqueue(self.node_id, self.incarnation * 4 + ALIVE, wire, _rumor_size(wire), now)
+
+    # -- gossip and anti-entropy ---------------------------------------------------------------------------
+
+    def _has_fresh(self) -> bool:
+        """Whether some live rumor has been sent fewer than gossip_transmits times."""
+        buckets = self._buckets
+        for c in range(min(len(buckets), self.config.gossip_transmits)):
+            for e in buckets[c]:
+                if e.live:
+                    return True
+        return False
+
+    def _gossip(self, now: float) -> None:
+        if not self._nlive or not self._has_fresh():
+            self._t_gossip = INF
+            return
+        cfg = self.config
+        self._t_gossip = now + cfg.gossip_interval
+        order = self._order
+        if not order:
+            return
+        members = self._members
+        rng = self._rng
+        sent = ()
+        for _ in range(cfg.gossip_fanout):
+            for _ in range(4):
+                nid = order[rng.randrange(len(order))]
+                if nid in members and nid not in sent:
+                    break
+            else:
+                continue
+            sent = sent + (nid,)
+            rumors = self._pick(cfg.piggyback_bytes, nid, cfg.gossip_transmits)
+            if not rumors:
+                break
+            self.stats["rumors_sent"] += len(rumors)
+            self._send(GOSSIP, [0, self.incarnation, rumors], nid)
+            self.stats["gossips_sent"] += 1
+
+    def _sync_rumors(self, now: float, dst: bytes) -> list:
+        log = self._log
+        out = []
+        if log:
+            horizon = now - self.config.sync_horizon
+            n = len(log)
+            pos = self._log_pos if n >= self.config.sync_rumors else n
+            for i in range(1, n + 1):
+                t, wire = log[(pos - i) % n]
+                if t >= horizon:
+                    out.append(wire)
+        rec = self._members.get(dst)
+        about = rec if rec is not None and rec.state != ALIVE else self._tombs.get(dst) if self._tombs else None
+        if about is not None:
+            out.insert(0, self._opinion(dst, about))
+        if self._leaving:
+            out.insert(0, self._left_wire)
+        return out[: self.config.max_rumors_per_message]
+
+    def _sync_checks(self, now: float) -> None:
+        """Expire old tombstones and re-check the dead member checked longest ago: a healed partition
+        reconnects this way (the far side answers and is revived)."""
+        tombs = self._tombs
+        if not tombs:
+            return
+        cfg = self.config
+        expire = now - cfg.tombstone_ttl
+        for nid in [nid for nid, t in tombs.items() if t.since < expire]:
+            del tombs[nid]
+        best = None
+        for nid, t in tombs.items():
+            if t.state == DEAD and (best is None or t.checked < tombs[best].checked):
+                best = nid
+        if best is not None and len(self._probes) < cfg.max_probes:
+            self._verify_probe(best, now)
+
+    # -- output --------------------------------------------------------------------------------------------
+
+    def _send(self, typ: str, body: list, dst: bytes) -> None:
+        self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, typ, body, dst))
+        self.stats["sent"] += 1
