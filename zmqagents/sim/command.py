@@ -1,0 +1,131 @@
+"""``zmqagents sim``: run the overlay simulation (real routing + membership cores) and report JSON.
+
+Registered in the CLI with ``cli.add_command(sim)``; also runnable as ``python -m zmqagents.sim.command``.
+Exit codes: 0 pass, 128 liveness violated (a crash not detected by every holder, or the join did
+not converge), 129 correctness violated (a healthy node declared dead and never revived).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .netmodel import parse_duration, parse_latency
+
+
+def _count_or_percent(text: str, n: int, what: str) -> float:
+    """``"50"`` -> 50 nodes, ``"5%"`` -> 5 % of n; returns a node count."""
+    t = text.strip()
+    try:
+        if t.endswith("%"):
+            return float(t[:-1]) / 100.0 * n
+        return float(t)
+    except ValueError:
+        raise click.BadParameter(f"{what} must be a node count (50) or a percentage (5%), got {text!r}") from None
+
+
+def _window(text: str | None, what: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a, b = (parse_duration(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"{what} must be START:END in seconds (e.g. 20:80), got {text!r}") from None
+    if b < a:
+        raise click.BadParameter(f"{what}: END is before START")
+    return a, b
+
+
+@click.command("sim")
+@click.option("--nodes", type=click.IntRange(2, 1_000_000), default=100, show_default=True, help="Simulated nodes.")
+@click.option("--seconds", type=click.FloatRange(1.0), default=60.0, show_default=True, help="Virtual seconds to run.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Run seed: same seed, same run.")
+@click.option("--loss", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Message loss rate.")
+@click.option("--latency", default="lognormal:5ms:0.5", show_default=True,
+              help="const:D, uniform:MIN:MAX or lognormal:MEDIAN:SIGMA.")
+@click.option("--profile", type=click.Choice(["lan", "wan", "edge"]), default="lan", show_default=True,
+              help="Membership timing profile.")
+@click.option("--crash", "crash", default="0", show_default=True, help="Nodes to crash: a count or N%.")
+@click.option("--crash-window", default=None, help="START:END (s) of the crashes [default: after joins .. 2/3 of the run].")
+@click.option("--pause", default="0", show_default=True,
+              help="Nodes to pause (stall: no reads, no timers) --pause-duty of each --pause-period: a count or N%.")
+@click.option("--pause-duty", type=click.FloatRange(0.0, 1.0), default=0.9, show_default=True)
+@click.option("--pause-period", type=click.FloatRange(0.01), default=1.0, show_default=True)
+@click.option("--pause-window", default=None, help="START:END (s) of the pauses [default: seconds/4 for 60 s].")
+@click.option("--partition", default=None, metavar="START:END:FRACTION",
+              help="Cut FRACTION of the nodes off from the rest between START and END (s).")
+@click.option("--warm-start/--full-join", default=None,
+              help="Fill most routing tables as if joined and let 1%% join for real [default above 500 nodes], "
+                   "or have every node join via real lookups.")
+@click.option("--join-fraction", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
+              help="With --warm-start: fraction of nodes that join via real lookups.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON report (default: a summary line per metric).")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write a PNG of detection and dissemination over time (needs matplotlib).")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause, pause_duty, pause_period,
+        pause_window, partition, warm_start, join_fraction, as_json, plot, quiet):
+    """Simulate a mesh of NODES nodes running the real routing and membership cores.
+
+    Prints the seed, runs, and reports join convergence, failure detection times, false
+    positives, traffic, wall time and peak RSS. Exit code 0 pass, 128 liveness violated,
+    129 correctness violated.
+    """
+    from .overlay import OverlayScenario, OverlayRun
+
+    try:
+        parse_latency(latency)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--latency") from None
+    part = None
+    if partition is not None:
+        bits = partition.split(":")
+        try:
+            if len(bits) != 3:
+                raise ValueError
+            part = (parse_duration(bits[0]), parse_duration(bits[1]), float(bits[2]))
+            if not 0 < part[2] < 1 or part[1] < part[0]:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter("must be START:END:FRACTION, e.g. 20:40:0.2", param_hint="--partition") from None
+    n_crash = round(_count_or_percent(crash, nodes, "--crash"))
+    n_pause = _count_or_percent(pause, nodes, "--pause")
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--plot needs matplotlib (pip install matplotlib)") from None
+    sc = OverlayScenario(nodes=nodes, seconds=seconds, seed=seed, loss=loss, latency=latency, profile=profile,
+                         crash=n_crash, crash_window=_window(crash_window, "--crash-window"),
+                         pause_fraction=n_pause / nodes, pause_duty=pause_duty, pause_period=pause_period,
+                         pause_window=_window(pause_window, "--pause-window"), partition=part,
+                         warm_start=warm_start, join_fraction=join_fraction,
+                         progress=0.0 if quiet else 1.0)
+    click.echo(f"sim: seed {seed}", err=True)
+    run = OverlayRun(sc)
+    report = run.run()
+    if plot is not None:
+        from .report import plot_run
+        plot_run(run, report, plot)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        for key in ("seed", "join_converged_s", "crashes", "detect_first_s", "detect_all_s", "undetected",
+                    "false_positives", "unrevived_false_positives", "revived", "msgs_per_node_per_s",
+                    "bytes_per_node_per_s", "wall_s", "peak_rss_mb", "exit_code"):
+            click.echo(f"{key}: {json.dumps(report[key])}")
+    code = report["exit_code"]
+    if code:
+        why = "correctness violated (a healthy node declared dead, never revived)" if code == 129 else \
+            "liveness violated (a crash not detected by every holder, or the join did not converge)"
+        click.echo(f"sim: {why}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    sim()
