@@ -45,8 +45,8 @@ def test_same_seed_same_metrics(smoke):
 
 
 def test_warm_start_with_real_joiners():
-    r = overlay.run(OverlayScenario(nodes=120, seconds=20.0, seed=2, loss=0.01, crash=1, warm_start=True,
-                                    join_fraction=0.05))
+    r = overlay.run(OverlayScenario(nodes=120, seconds=30.0, seed=2, loss=0.01, crash=1, warm_start=True,
+                                    join_fraction=0.05, crash_window=(8.0, 10.0)))
     assert r["scenario"]["warm_start"] is True
     assert r["join"]["joiners"] == 6 and r["join"]["joined_ok"] == 6
     assert r["join_converged_s"] is not None
@@ -63,7 +63,7 @@ def test_exit_code_rules():
 
 
 def test_command_passes_with_json():
-    res = CliRunner().invoke(sim, ["--nodes", "30", "--seconds", "20", "--seed", "1", "--crash", "1", "--json",
+    res = CliRunner().invoke(sim, ["--nodes", "30", "--seconds", "30", "--seed", "1", "--crash", "1", "--crash-window", "8:10", "--json",
                                    "--quiet"])
     assert res.exit_code == 0, res.output
     out = res.stdout if hasattr(res, "stdout") else res.output
