@@ -109,10 +109,11 @@ def sim_key(seed: int, i: int) -> bytes:
 class OverlayNode:
     """One node's routing and membership cores behind the simulator's single-core interface."""
 
-    __slots__ = ("index", "routing", "membership", "held", "_mark", "_stats")
+    __slots__ = ("index", "routing", "membership", "held", "contacts", "_mark", "_stats")
 
-    def __init__(self, index: int, routing: RoutingCore, membership: Membership):
+    def __init__(self, index: int, routing: RoutingCore, membership: Membership, contacts: dict | None = None):
         self.index = index
+        self.contacts = contacts  # node id -> Contact, shared (a sim's memory saver), or None
         self.routing = routing
         self.membership = membership
         self.held: set[bytes] = set()  # node ids handed to membership from the table
@@ -140,9 +141,14 @@ class OverlayNode:
             mem.remove(nid)
             if run is not None:
                 run.dropped_by_routing(self.index, nid, now)
+        shared = self.contacts
         for nid in cur.keys() - held:
             held.add(nid)
-            mem.add(cur[nid].contact, now)
+            c = None if shared is None else shared.get(nid)
+            e = cur[nid]
+            if c is None or c.endpoint != e.endpoint:
+                c = e.contact
+            mem.add(c, now)
 
     # -- the simulator's core interface -------------------------------------------------------
 
@@ -207,6 +213,7 @@ class OverlayRun:
                          for i in range(n)]
         self.ids = [node_id_for(c.public_key) for c in self.contacts]
         self.index = {nid: i for i, nid in enumerate(self.ids)}
+        self.by_id = {nid: self.contacts[i] for i, nid in enumerate(self.ids)}
         self.warm = sc.warm_start if sc.warm_start is not None else n > sc.full_join_max
         self.nodes: list[OverlayNode] = []
         self.up = [True] * n
@@ -258,7 +265,7 @@ class OverlayRun:
                 routing = RoutingCore(contacts[i], random.Random(core_rng.getrandbits(64)), rcfg)
                 mem = Membership(contacts[i], core_rng, mcfg)
                 mem.set_network_size(n)
-                node = OverlayNode(i, routing, mem)
+                node = OverlayNode(i, routing, mem, self.by_id)
                 if len(self.nodes) > i:
                     self.nodes[i] = node
                 else:
@@ -303,7 +310,7 @@ class OverlayRun:
     def _warm_start(self, joining: set[int]) -> None:
         """Fill the tables of the non-joining nodes as a completed join would (see the module doc)."""
         k = self.rcfg.k
-        per = k + self.rcfg.replacements
+        per = k + min(2, self.rcfg.replacements)
         warm = [i for i in range(self.sc.nodes) if i not in joining]
         keyed = sorted((int.from_bytes(self.ids[i], "big"), i) for i in warm)
         ints = [x for x, _ in keyed]
