@@ -293,8 +293,8 @@ class OverlayRun:
             sim.at(t, lambda now, i=i, boot=boot: self.nodes[i].routing.join([contacts[b] for b in boot], now),
                    sim.nodes[i])
         if self.joiners:
-            first = j0
-            sim.at(first, self._check_join)
+            # Checks start once the last node has called join(): earlier ones could not pass.
+            sim.at(self.last_join_at, self._check_join)
         # crashes
         cw = sc.crash_window or (max(j1 + 2.0, sc.seconds / 6), sc.seconds * 2 / 3)
         cand = [i for i in range(n) if i not in self.paused]
