@@ -60,7 +60,7 @@ def _window(text: str | None, what: str) -> tuple[float, float] | None:
 @click.option("--partition", default=None, metavar="START:END:FRACTION",
               help="Cut FRACTION of the nodes off from the rest between START and END (s).")
 @click.option("--warm-start/--full-join", default=None,
-              help="Fill most routing tables as if joined and let 1%% join for real [default above 500 nodes], "
+              help="Fill most routing tables as if joined and let --join-fraction of them join for real [default above 500 nodes], "
                    "or have every node join via real lookups.")
 @click.option("--join-fraction", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
               help="With --warm-start: fraction of nodes that join via real lookups.")
