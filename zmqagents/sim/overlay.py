@@ -44,7 +44,10 @@ reason (a lookup RPC to it timed out) also stops holding it; that counts as dete
 reported in ``routing_dropped``. ``undetected``: holder/crash pairs never concluded by the end.
 
 ``false_positives``: ``Failed`` reports about a *healthy* node: up, not in the paused set, and not
-cut off by a partition at the time. Reports about paused or partitioned nodes are counted apart.
+on the other side of the partition from the observer (during the partition or after it healed:
+suspicions begun while cut off may conclude later). Reports about paused nodes and across the
+partition are counted apart (``failed_paused``, ``failed_partitioned``; ``partitioned_unrevived``:
+such pairs still dead at the end, i.e. not yet reconnected after the heal).
 ``unrevived_false_positives``: (observer, healthy subject) pairs whose last report was ``Failed``
 (no ``Alive`` since) at the end of the run.
 
@@ -227,6 +230,8 @@ class OverlayRun:
         self.fp_pairs: dict[tuple[int, int], bool] = {}  # (observer, healthy subject) -> still dead
         self.failed_paused = 0
         self.failed_partitioned = 0
+        self.part_pairs: dict[tuple[int, int], bool] = {}  # (observer, subject across the cut) -> still dead
+        self.revived_partitioned = 0
         self.revived = 0
         self.suspects_of_live = 0
         self.refutations = 0
@@ -365,7 +370,8 @@ class OverlayRun:
         self.sim.partition([self.ids[j] for j in side])
 
     def _heal(self) -> None:
-        self.cut = set()
+        # ``cut`` stays: suspicions begun during the partition may conclude after it healed, and
+        # those reports are still the partition's doing (counted apart, not as false positives).
         self.sim.heal()
 
     def dropped_by_routing(self, i: int, nid: bytes, now: float) -> None:
@@ -397,6 +403,7 @@ class OverlayRun:
                     self.failed_paused += 1
                 elif self.cut and ((i in self.cut) != (j in self.cut)):
                     self.failed_partitioned += 1
+                    self.part_pairs[(i, j)] = True
                 else:
                     self.fp.append((now, i, j))
                     self.fp_pairs[(i, j)] = True
@@ -409,6 +416,9 @@ class OverlayRun:
             if j is not None and self.fp_pairs.get((i, j)):
                 self.fp_pairs[(i, j)] = False
                 self.revived += 1
+            if j is not None and self.part_pairs.get((i, j)):
+                self.part_pairs[(i, j)] = False
+                self.revived_partitioned += 1
             node.routing.observe(ev.contact, now)
             node.sync(now, self)
         elif t is Suspect:
@@ -573,6 +583,8 @@ class OverlayRun:
             "paused_nodes": len(self.paused),
             "failed_paused": self.failed_paused,
             "failed_partitioned": self.failed_partitioned,
+            "revived_partitioned": self.revived_partitioned,
+            "partitioned_unrevived": sum(1 for still in self.part_pairs.values() if still),
             "suspects_of_live": self.suspects_of_live,
             "refutations": self.refutations,
             "table_size": {"min": table_sizes[0] if table_sizes else 0,
