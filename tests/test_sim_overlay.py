@@ -83,3 +83,10 @@ def test_command_rejects_bad_flags():
     assert res.exit_code == 2
     res = CliRunner().invoke(sim, ["--nodes", "10", "--partition", "5:1:0.5"])
     assert res.exit_code == 2
+
+
+def test_partition_reports_are_not_false_positives():
+    r = overlay.run(OverlayScenario(nodes=40, seconds=45.0, seed=2, loss=0.01, partition=(8.0, 20.0, 0.25)))
+    assert r["failed_partitioned"] > 0
+    assert r["revived_partitioned"] > 0
+    assert r["false_positives"] == 0 and r["exit_code"] == 0
