@@ -252,7 +252,7 @@ def test_nodes_join_through_one_bootstrap_and_find_each_other(arun):
                     assert found and found[0].node_id == other.node_id
             assert all(len(n.peers()) >= 5 for n in nodes)
             entry = nodes[3].peers()[0]
-            assert set(entry) == {"node_id", "contact", "last_seen", "rtt_ms", "fails"}
+            assert set(entry) == {"node_id", "contact", "state", "incarnation", "rtt_ms", "last_seen", "fails"}
         finally:
             for node in nodes:
                 await node.close()
@@ -276,3 +276,79 @@ def test_sub_sockets_exist_only_while_the_application_subscribes(arun):
             assert len(b.transport._subs) == 0
 
     arun(main())
+
+
+def _fast_membership() -> NodeConfig:
+    """LAN defaults scaled down so a crash is confirmed within a few seconds of test time."""
+    from zmqagents.core.membership import MembershipConfig
+
+    return NodeConfig(membership=MembershipConfig(probe_interval=0.3, probe_timeout=0.1, suspicion_min=0.6,
+                                                  suspicion_max=1.5, gossip_interval=0.1, sync_interval=2.0))
+
+
+def test_a_killed_node_is_reported_failed_and_a_closed_one_left(arun, tmp_path):
+    """A real node process killed with SIGKILL is confirmed failed by every node that held it;
+    a node that closes announces its leave and is reported "left", never "failed"."""
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+
+    async def main():
+        seed = Node(config=_fast_membership())
+        await seed.start()
+        nodes = [seed]
+        contact_file = tmp_path / "victim.contact"
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "zmqagents.cli", "node", "--bootstrap", str(seed.contact),
+             "--contact-file", str(contact_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(3):
+                node = Node(config=_fast_membership(), bootstrap=[seed.contact])
+                await node.start()
+                nodes.append(node)
+            deadline = _time.monotonic() + 15
+            while not contact_file.exists():
+                assert _time.monotonic() < deadline and victim.poll() is None
+                await asyncio.sleep(0.05)
+            from zmqagents.identity import Contact
+            victim_id = Contact.parse(contact_file.read_text()).node_id
+            for node in nodes:  # everyone learns of the victim (a lookup of its id reaches it)
+                assert (await node.lookup(victim_id, timeout=10))[0].node_id == victim_id
+            await asyncio.sleep(1.5)  # a reconcile: membership now probes the victim
+            holders = [n for n in nodes if victim_id in n.membership]
+            assert holders, "nobody probes the victim"
+            streams = [n.events() for n in holders]
+            waits = [asyncio.ensure_future(_first(s, "failed", victim_id)) for s in streams]
+            await asyncio.sleep(0.05)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=5)
+            events = await asyncio.wait_for(asyncio.gather(*waits), 20)
+            assert all(e.kind == "failed" for e in events)
+            assert all(victim_id not in {bytes.fromhex(p["node_id"]) for p in n.peers()} for n in holders)
+
+            # Graceful leave: the others report "left" for it, and nobody ever reports a live node failed.
+            leaver = nodes.pop()
+            watchers = [n for n in nodes if leaver.node_id in n.membership]
+            left = [asyncio.ensure_future(_first(n.events(), "left", leaver.node_id, forbid="failed"))
+                    for n in watchers]
+            await asyncio.sleep(0.05)
+            await leaver.close()
+            assert all(e.kind == "left" for e in await asyncio.wait_for(asyncio.gather(*left), 10))
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+                victim.wait()
+            for node in nodes:
+                await node.close()
+
+    arun(main(), timeout=90)
+
+
+async def _first(stream, kind: str, node_id: bytes, forbid: str | None = None):
+    async for event in stream:
+        if event.node_id == node_id:
+            assert event.kind != forbid, f"{event.peer} was reported {forbid}"
+            if event.kind == kind:
+                await stream.aclose()
+                return event

@@ -464,11 +464,12 @@ def peers(key, listen, insecure, to, as_json, timeout) -> None:
             for row in table:
                 _emit(row)
         else:
-            click.echo(f"{'NODE':14} {'RTT ms':>8} {'SEEN s ago':>10} {'FAILS':>5}  ENDPOINT")
+            click.echo(f"{'NODE':14} {'STATE':9} {'INC':>4} {'RTT ms':>8} {'SEEN s ago':>10}  ENDPOINT")
             for row in table:
                 rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.2f}"
                 endpoint = row["contact"].split("@", 1)[1]
-                click.echo(f"{row['node_id'][:12]:14} {rtt:>8} {now - row['last_seen']:>10.1f} {row['fails']:>5}  {endpoint}")
+                click.echo(f"{row['node_id'][:12]:14} {row['state']:9} {row['incarnation']:>4} {rtt:>8} "
+                           f"{now - row['last_seen']:>10.1f}  {endpoint}")
         return EXIT_OK
 
     sys.exit(_run(main()))

@@ -30,6 +30,7 @@ from .core.delivery import (
     WindowFull,
     WindowOpen,
 )
+from .core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
 from .core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
 from .envelope import Envelope
 from .identity import Contact, Identity, IdentityError, node_id_of, parse_node_id, short_id
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 
 HELLO = "hello"  # request type neighbours exchange to learn each other's PUB endpoint
 PEERS = "zmqagents.peers"  # request type answered by the node itself with its routing table
-ROUTING_PREFIX = "kad."  # envelopes for the routing core; everything else goes through delivery
+ROUTING_PREFIX = "kad."  # envelopes for the routing core
+MEMBERSHIP_PREFIX = "swim."  # envelopes for the membership core; everything else goes through delivery
+RECONCILE_INTERVAL = 1.0  # s between bringing membership's member set in line with the routing table
 
 
 class NodeError(Exception):
@@ -75,6 +78,21 @@ class SendError(NodeError):
         super().__init__(f"{len(failures)} message(s) could not be delivered")
 
 
+@dataclass(slots=True, frozen=True)
+class MemberEvent:
+    """A change in what this node knows of a peer: ``kind`` is "joined" (this node joined the mesh;
+    ``node_id`` is ours), "alive", "suspect", "failed", "left" or "refuted" (we were suspected and
+    raised our own incarnation)."""
+
+    kind: str
+    node_id: bytes
+    incarnation: int = 0
+
+    @property
+    def peer(self) -> str:
+        return short_id(self.node_id)
+
+
 @dataclass(slots=True)
 class Message:
     """What the application receives: a direct message, a request, or a publication."""
@@ -97,6 +115,9 @@ class NodeConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
+    event_queue: int = 1000  # membership events buffered per events() reader; the oldest is dropped beyond it
+    leave_timeout: float = 0.5  # how long close() lingers after announcing a graceful leave
     inbox_limit: int = 10_000  # messages waiting for the application before new ones are refused (sender retries)
     max_handlers: int = 64  # request handlers running at once; further requests wait in the socket queues
     subscription_queue: int = 10_000  # publications buffered per subscriber; the oldest is dropped beyond it
@@ -142,6 +163,10 @@ class Node:
         self._rng = rng or random.Random()
         self.delivery = Delivery(identity.node_id, self._rng, self.config.delivery)
         self.routing: RoutingCore | None = None  # needs our endpoint, known once the inbox is bound
+        self.membership: Membership | None = None  # likewise (alive rumors about us carry our contact)
+        self._members: set[bytes] = set()  # ids handed to membership, mirrored from the routing table
+        self._reconciler: asyncio.TimerHandle | None = None
+        self._event_queues: list[asyncio.Queue] = []
         self._lookups: dict[int, asyncio.Future] = {}
         self._joined: asyncio.Future | None = None
         self._inbox: asyncio.Queue[Message] | None = None
@@ -184,6 +209,8 @@ class Node:
         self._idle.set()
         self.transport.start()
         self.routing = RoutingCore(self.contact, self._rng, self.config.routing)
+        self.membership = Membership(self.contact, self._rng, self.config.membership)
+        self._reconcile()
         if self._peers:
             await asyncio.gather(*(self._hello(c) for c in self._peers))
         if self._bootstrap:
@@ -219,18 +246,34 @@ class Node:
         return list(done.contacts)
 
     def peers(self) -> list[dict]:
-        """The routing table: one dict per contact (node_id, public_key, endpoint, last_seen, rtt, fails)."""
-        return [
-            {"node_id": e.node_id.hex(), "contact": str(e.contact), "last_seen": e.last_seen,
-             "rtt_ms": None if e.rtt is None else round(e.rtt * 1000, 3), "fails": e.fails}
-            for e in self.routing.table
-        ]
+        """The routing table with membership's view of each contact: node_id, contact, state
+        ("alive"/"suspect", or "unprobed" until membership takes it on), incarnation, rtt_ms
+        (from probes, else from lookups), last_seen, fails."""
+        membership = self.membership
+        rows = []
+        for e in self.routing.table:
+            rtt = membership.rtt(e.node_id) or e.rtt
+            rows.append({
+                "node_id": e.node_id.hex(), "contact": str(e.contact),
+                "state": membership.state_of(e.node_id) or "unprobed",
+                "incarnation": membership.incarnation_of(e.node_id) or 0,
+                "rtt_ms": None if rtt is None else round(rtt * 1000, 3),
+                "last_seen": e.last_seen, "fails": e.fails,
+            })
+        return rows
 
     async def close(self) -> None:
         """Stop timers and handlers, fail pending requests, close every socket."""
         if self._closed:
             return
+        if self.membership is not None and len(self.membership) and not self.membership.leaving:
+            # Tell the members we are going, so they report "left" rather than a failure later.
+            self.membership.leave(time.time())
+            self._pump()
+            await asyncio.sleep(self.config.leave_timeout)
         self._closed = True
+        if self._reconciler is not None:
+            self._reconciler.cancel()
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._handler_tasks):
@@ -243,6 +286,8 @@ class Node:
         self._requests.clear()
         self._lookups.clear()
         for _, queue in self._subscriptions:
+            queue.put_nowait(None)
+        for queue in self._event_queues:
             queue.put_nowait(None)
         self.transport.close()
 
@@ -469,6 +514,9 @@ class Node:
             if env.src is not last_src:  # any message is evidence its sender is alive
                 last_src = env.src
                 routing.observe(last_src, now)
+            if typ.startswith(MEMBERSHIP_PREFIX):
+                self.membership.receive(env, now)
+                continue
             # A full inbox refuses data before the core sees it: no ack, so the sender
             # retransmits later and nothing accepted is ever thrown away.
             if typ == "msg":
@@ -493,9 +541,70 @@ class Node:
                 send(env)
         if self.routing is not None:
             self._pump_routing()
+            self._pump_membership()
         if not delivery.pending():
             self._idle.set()
         self._arm_timer()
+
+    def _pump_membership(self) -> None:
+        membership = self.membership
+        send = self.transport.send
+        for env in membership.take_outgoing():
+            send(env)
+        for event in membership.take_events():
+            if isinstance(event, (Failed, Left)):
+                # Confirmed gone: drop it everywhere; the table promotes a replacement (added on reconcile).
+                nid = event.node_id
+                self.routing.forget(nid)
+                self.delivery.forget(nid)
+                self.transport.forget(nid)
+                self._members.discard(nid)
+                self._emit(MemberEvent("failed" if isinstance(event, Failed) else "left", nid, event.incarnation))
+            elif isinstance(event, Alive):
+                self.routing.observe(event.contact, time.time())
+                self._emit(MemberEvent("alive", event.contact.node_id, event.incarnation))
+            elif isinstance(event, Suspect):
+                self._emit(MemberEvent("suspect", event.node_id, event.incarnation))
+            elif isinstance(event, Refuted):
+                self._emit(MemberEvent("refuted", self.node_id, event.incarnation))
+        for env in membership.take_outgoing():  # forgetting may have produced more
+            send(env)
+
+    def _reconcile(self) -> None:
+        """Make membership probe exactly the routing table's contacts (O(table), once a second)."""
+        self._reconciler = None
+        if self._closed:
+            return
+        now = time.time()
+        membership = self.membership
+        held = self._members
+        in_table = set()
+        for entry in self.routing.table:
+            nid = entry.node_id
+            in_table.add(nid)
+            if nid not in held and membership.add(entry.contact, now):
+                held.add(nid)
+        for nid in held - in_table:
+            membership.remove(nid)
+            held.discard(nid)
+        self._pump()
+        self._reconciler = asyncio.get_running_loop().call_later(RECONCILE_INTERVAL, self._reconcile)
+
+    def _emit(self, event: MemberEvent) -> None:
+        for queue in self._event_queues:
+            if queue.qsize() >= self.config.event_queue:
+                queue.get_nowait()
+            queue.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[MemberEvent]:
+        """Membership events (joined, alive, suspect, failed, left, refuted) from now until the node closes."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self._event_queues.append(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._event_queues.remove(queue)
 
     def _pump_routing(self) -> None:
         routing = self.routing
@@ -514,6 +623,8 @@ class Node:
             elif isinstance(event, Joined):
                 if self._joined is not None and not self._joined.done():
                     self._joined.set_result(event)
+                if event.ok:
+                    self._emit(MemberEvent("joined", self.node_id))
 
     def _dispatch(self, events: list) -> None:
         for event in events:
@@ -593,9 +704,10 @@ class Node:
     def _arm_timer(self) -> None:
         at = self.delivery.next_timer()
         if self.routing is not None:
-            other = self.routing.next_timer()
-            if other is not None and (at is None or other < at):
-                at = other
+            for core in (self.routing, self.membership):
+                other = core.next_timer()
+                if other is not None and (at is None or other < at):
+                    at = other
         if at is None or self._closed:
             return
         if self._timer_at is not None and self._timer_at <= at and self._timer is not None:
@@ -612,6 +724,7 @@ class Node:
         now = time.time()
         self.delivery.tick(now)
         self.routing.tick(now)
+        self.membership.tick(now)
         self._pump()
 
 
