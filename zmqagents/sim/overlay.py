@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import math
 import random
 import resource
 import sys
@@ -330,7 +329,6 @@ class OverlayRun:
         rng = random.Random(f"{self.sc.seed}/warm")
         contacts = self.contacts
         ids = self.ids
-        m = len(ints)
         for i in warm:
             node = self.nodes[i]
             table = node.routing.table
@@ -360,7 +358,6 @@ class OverlayRun:
                 for b in range(near, 256):
                     table.touch_bucket(b, 0.0)
             node.sync(0.0)
-        del m
 
     # -- scenario actions ------------------------------------------------------------------------
 
