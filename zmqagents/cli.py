@@ -550,6 +550,26 @@ def subscribe(key, listen, insecure, to, contact_file, count, timeout, topic) ->
     sys.exit(_run(main()))
 
 
+def _register_sim() -> None:
+    """`zmqagents sim` lives with the simulator; register it without importing it on every start."""
+
+    class LazySim(click.Command):
+        def __init__(self):
+            super().__init__("sim", help="Simulate a mesh of N nodes running the real protocol cores (see --help).",
+                             context_settings={"ignore_unknown_options": True, "help_option_names": []})
+            self.params = [click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)]
+
+        def invoke(self, ctx):
+            from .sim.command import sim
+
+            return sim.main(list(ctx.params["args"]), prog_name="zmqagents sim", standalone_mode=True)
+
+    cli.add_command(LazySim())
+
+
+_register_sim()
+
+
 def main() -> None:
     cli(prog_name="zmqagents")
 
