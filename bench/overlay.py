@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""Overlay at scale: join time, failure detection and idle cost of N real nodes.
+
+What it measures (tcp on 127.0.0.1, CURVE on every link, default configs):
+
+* Layout. One *seed* Node in its own process starts first. Then, at t0 (wall
+  clock, ``time.time()``, shared by every process on the box), every other
+  node starts with ``bootstrap=[seed contact]``: ``--victims`` nodes each in
+  its own one-node process (the ones killed later), and the rest spread over
+  ``--procs`` worker processes, each running its Nodes on one event loop
+  (``zmqagents.node.run``). ``--nodes`` counts all of them, seed and victims
+  included. Processes talk to the orchestrator with JSON lines (stdin/stdout).
+* ``join_all_findable_s`` — from t0 until every node id is found by
+  ``node.lookup(id)`` (the id is among the returned contacts) from every
+  *source* node. Sources are a random sample of ``--sources`` nodes among the
+  worker nodes (0 = every worker node); each source looks up every other
+  node's id. A pair found once stays found; unfound pairs are retried every
+  0.2 s. Each process reports the wall time its last pair was found; the
+  figure is the latest of those minus t0. It includes the time the nodes
+  took to start, and the granularity of the retry loop.
+* Idle. After that and ``--settle`` s, a quiet window of ``--window`` s: the
+  sum over nodes of ``transport.stats["bytes_out"]`` (envelope bytes; CURVE
+  and ZMTP framing not included) gives ``idle_bytes_per_node_per_s``; CPU of
+  every node process (schedstat, all threads) over the window gives
+  ``cpu_percent_per_node``; VmRSS gives ``rss_mb_per_process``.
+* Failure detection. For each victim in turn: every live process reports
+  which of its nodes hold the victim in their membership
+  (``node.membership.state_of(id) is not None``); the victim's process is then
+  SIGKILLed at t_kill. Every node's ``node.events()`` is recorded from before
+  its start; the detection time of a holder is its first "failed" event about
+  the victim minus t_kill. We wait until every holder detected it or
+  ``--detect-timeout`` s. ``detect_all_s_p50`` / ``_max`` are over every
+  (kill, holder) pair; ``detect_all_s_per_kill`` gives each kill's max
+  (the time until *all* holders marked it failed); ``undetected`` counts
+  holders that never did.
+* ``false_positives`` — "failed" events, over the whole run and from every
+  node, about a node that had not been killed yet.
+
+The Serf reference (``/work/shared/DESIGN.md``, a Go Serf agent at N=100 on
+the same machine: all-see-all ≈ 3 s, all mark a killed agent failed ≈ 9 s,
+≈ 215 B/s per node idle) is in ``serf`` with a boolean per figure.
+
+Prints one JSON object on stdout; progress goes to stderr.
+
+    python bench/overlay.py           # 100 nodes (~2 min)
+    python bench/overlay.py --quick   # 20 nodes, one victim, short windows (< 40 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    BenchError,
+    Child,
+    OtherLoad,
+    busy_cpus,
+    cpu_ns,
+    emit,
+    environment,
+    log,
+    loop_name,
+    median,
+    raise_fd_limit,
+    rss_kb,
+    run,
+    stop_all,
+)
+
+SCRIPT = Path(__file__).resolve()
+MB = 1024
+SERF = {"all_see_all_s": 3.0, "all_mark_failed_s": 9.0, "idle_bytes_per_node_per_s": 215.0,
+        "source": "/work/shared/DESIGN.md: Go Serf agent (memberlist SWIM + Lifeguard), N=100, same machine"}
+LOOKUP_CONCURRENCY = 16
+
+
+# =====================================================================================
+# children: a process running --count Nodes, driven by JSON commands on stdin
+# =====================================================================================
+
+
+async def role_nodes(args) -> None:
+    from zmqagents.node import Node
+
+    raise_fd_limit()
+    bootstrap = [args.contact] if args.contact else []
+    nodes = [Node(listen="tcp://127.0.0.1:0", bootstrap=bootstrap) for _ in range(args.count)]
+    by_id = {n.node_id: n for n in nodes}
+    events: list[list] = []  # [wall time, observer hex, kind, subject hex, incarnation]
+    sent = 0  # events already handed to the orchestrator
+
+    async def record(node) -> None:
+        me = node.node_id.hex()
+        async for ev in node.events():
+            events.append([time.time(), me, ev.kind, ev.node_id.hex(), ev.incarnation])
+
+    recorders = [asyncio.create_task(record(n)) for n in nodes]
+    await asyncio.sleep(0)  # let every recorder register its queue before the nodes start
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    emit({"event": "loaded", "pid": os.getpid(), "loop": loop_name()})
+
+    async def start_all() -> dict:
+        await asyncio.gather(*(n.start() for n in nodes))
+        return {"event": "started", "ids": [n.node_id.hex() for n in nodes],
+                "contacts": [str(n.contact) for n in nodes], "t": time.time()}
+
+    async def check(cmd: dict) -> dict:
+        """Look up every target from each of our source nodes until all are found."""
+        sources = [by_id[bytes.fromhex(s)] for s in cmd["sources"] if bytes.fromhex(s) in by_id]
+        targets = [bytes.fromhex(t) for t in cmd["targets"]]
+        pending = {(s, t) for s in sources for t in targets if t != s.node_id}
+        total = len(pending)
+        deadline = time.monotonic() + cmd["timeout"]
+        slots = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+        lookups = 0
+
+        async def one(src, tgt) -> None:
+            nonlocal lookups
+            async with slots:
+                lookups += 1
+                try:
+                    found = await src.lookup(tgt, timeout=10)
+                except Exception:  # a lookup that fails is simply retried
+                    return
+                if any(c.node_id == tgt for c in found):
+                    pending.discard((src, tgt))
+
+        while pending and time.monotonic() < deadline:
+            await asyncio.gather(*(one(s, t) for s, t in list(pending)))
+            if pending:
+                await asyncio.sleep(0.2)
+        return {"event": "checked", "t": time.time(), "pairs": total, "unfound": len(pending), "lookups": lookups}
+
+    def stats() -> dict:
+        return {"event": "stats", "t": time.time(),
+                "bytes_out": sum(n.transport.stats["bytes_out"] for n in nodes),
+                "bytes_in": sum(n.transport.stats["bytes_in"] for n in nodes),
+                "members": [len(n.membership) for n in nodes],
+                "table": [len(n.routing.table) for n in nodes]}
+
+    def holders(victim: str) -> dict:
+        vid = bytes.fromhex(victim)
+        return {"event": "holders", "t": time.time(),
+                "holders": [n.node_id.hex() for n in nodes if n.membership.state_of(vid) is not None]}
+
+    def take_events() -> dict:
+        nonlocal sent
+        out = events[sent:]
+        sent = len(events)
+        return {"event": "events", "events": out}
+
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            cmd = json.loads(line)
+            op = cmd["cmd"]
+            if op == "start":
+                emit(await start_all())
+            elif op == "check":
+                emit(await check(cmd))
+            elif op == "stats":
+                emit(stats())
+            elif op == "holders":
+                emit(holders(cmd["victim"]))
+            elif op == "events":
+                emit(take_events())
+            else:
+                emit({"event": "error", "error": f"unknown command {op!r}"})
+    finally:
+        for n in nodes:
+            n.config.leave_timeout = 0  # no graceful-leave pause per node at the end
+            await n.close()
+        for task in recorders:
+            task.cancel()
+
+
+ROLES = {"nodes": role_nodes}
+
+
+# =====================================================================================
+# orchestrator
+# =====================================================================================
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def orchestrate(args) -> int:
+    started = time.perf_counter()
+    load_at_start = list(os.getloadavg())
+    busy = busy_cpus(0.5)
+    if busy > 0.3:
+        log(f"warning: {busy:.1f} CPUs already busy before the benchmark: figures will be noisy")
+    other_load = OtherLoad()
+    rng = random.Random(args.seed)
+    children: list[Child] = []
+    workers: list[Child] = []
+    victims: list[Child] = []
+    counts: dict[Child, int] = {}
+    ids_of: dict[Child, list[str]] = {}
+    kill_time: dict[str, float] = {}
+    all_events: list[list] = []
+    out: dict = {}
+
+    def ask(child: Child, cmd: dict, timeout: float = 30) -> dict:
+        child.send(cmd)
+        return child.read(timeout)
+
+    def alive() -> list[Child]:
+        return [c for c in children if c.proc.poll() is None]
+
+    def poll_events() -> None:
+        for c in alive():
+            all_events.extend(ask(c, {"cmd": "events"})["events"])
+
+    try:
+        seed = Child(SCRIPT, "nodes", "--count", "1", name="seed")
+        children.append(seed)
+        counts[seed] = 1
+        seed.read(30)
+        seed_info = ask(seed, {"cmd": "start"})
+        ids_of[seed] = seed_info["ids"]
+        contact = seed_info["contacts"][0]
+        rest = args.nodes - 1 - args.victims
+        per = [rest // args.procs + (1 if i < rest % args.procs else 0) for i in range(args.procs)]
+        for i, count in enumerate(c for c in per if c > 0):
+            # "=" form: a Z85 key may start with "-", which argparse would take for an option
+            w = Child(SCRIPT, "nodes", f"--contact={contact}", "--count", str(count), name=f"worker-{i}")
+            children.append(w)
+            workers.append(w)
+            counts[w] = count
+        for i in range(args.victims):
+            v = Child(SCRIPT, "nodes", f"--contact={contact}", "--count", "1", name=f"victim-{i}")
+            children.append(v)
+            victims.append(v)
+            counts[v] = 1
+        joiners = workers + victims
+        for c in joiners:
+            c.read(30)  # imported, nodes built: now start them all at once
+        log(f"seed up; joining {sum(counts[c] for c in joiners)} nodes in {len(joiners)} processes")
+        t0 = time.time()
+        for c in joiners:
+            c.send({"cmd": "start"})
+        for c in joiners:
+            info = c.read(60)
+            ids_of[c] = info["ids"]
+        t_started = max(0.0, time.time() - t0)
+        all_ids = [i for c in children for i in ids_of[c]]
+        worker_ids = [i for c in workers for i in ids_of[c]]
+        sources = worker_ids if args.sources <= 0 else rng.sample(worker_ids, min(args.sources, len(worker_ids)))
+        log(f"all started in {t_started:.2f} s; looking up {len(all_ids)} ids from {len(sources)} sources")
+        check_timeout = 30 if args.quick else 60
+        for w in workers:
+            w.send({"cmd": "check", "sources": sources, "targets": all_ids, "timeout": check_timeout})
+        checks = [w.read(check_timeout + 30) for w in workers]
+        unfound = sum(c["unfound"] for c in checks)
+        findable_s = max(c["t"] for c in checks) - t0
+        log(f"all findable after {findable_s:.2f} s (unfound pairs: {unfound})")
+        if unfound:
+            raise BenchError(f"{unfound} (source, target) pairs still not findable after {check_timeout} s")
+
+        # -- idle window ------------------------------------------------------------
+        time.sleep(args.settle)
+        pids = [c.pid for c in children]
+        s0 = {c: ask(c, {"cmd": "stats"}) for c in children}
+        cpu0, w0 = {p: cpu_ns(p) for p in pids}, time.perf_counter()
+        log(f"idle window {args.window:.0f} s")
+        time.sleep(args.window)
+        cpu1, w1 = {p: cpu_ns(p) for p in pids}, time.perf_counter()
+        s1 = {c: ask(c, {"cmd": "stats"}) for c in children}
+        rss = {c: rss_kb(c.pid) / MB for c in children}
+        span = w1 - w0
+        bytes_out = sum(s1[c]["bytes_out"] - s0[c]["bytes_out"] for c in children)
+        bytes_in = sum(s1[c]["bytes_in"] - s0[c]["bytes_in"] for c in children)
+        cpu_total = sum(cpu1[p] - cpu0[p] for p in pids) / 1e9
+        members = [m for c in children for m in s1[c]["members"]]
+        tables = [m for c in children for m in s1[c]["table"]]
+        idle_bps = bytes_out / args.nodes / span
+        log(f"idle: {idle_bps:.0f} B/s out per node, {100 * cpu_total / span / args.nodes:.3f} % CPU per node")
+
+        # -- failure detection ----------------------------------------------------------
+        kills = []
+        for v in victims:
+            vid = ids_of[v][0]
+            holders: set[str] = set()
+            for c in alive():
+                if c is v:
+                    continue
+                holders.update(ask(c, {"cmd": "holders", "victim": vid})["holders"])
+            poll_events()  # the victim's own events up to now
+            t_kill = time.time()
+            v.kill()
+            kill_time[vid] = t_kill
+            log(f"killed {vid[:8]} (pid {v.pid}); {len(holders)} holders")
+            detected: dict[str, float] = {}
+            deadline = time.monotonic() + args.detect_timeout
+            while time.monotonic() < deadline:
+                poll_events()
+                for t, obs, kind, subj, _inc in all_events:
+                    if kind == "failed" and subj == vid and obs in holders and obs not in detected:
+                        detected[obs] = t - t_kill
+                if len(detected) == len(holders):
+                    break
+                time.sleep(0.25)
+            times = sorted(detected.values())
+            kills.append({"victim": vid[:16], "holders": len(holders), "detected": len(detected),
+                          "undetected": len(holders) - len(detected), "times": times,
+                          "p50": pct(times, 0.5), "max": times[-1] if times else None})
+            log(f"  detected by {len(detected)}/{len(holders)}; max {kills[-1]['max']}")
+        time.sleep(0.5)
+        poll_events()
+
+        # -- false positives ----------------------------------------------------------------
+        fps = []
+        for t, obs, kind, subj, _inc in all_events:
+            if kind == "failed" and (subj not in kill_time or t < kill_time[subj]):
+                fps.append({"observer": obs[:16], "subject": subj[:16], "t_s": round(t - t0, 3)})
+        suspects_of_alive = sum(1 for t, _o, kind, subj, _i in all_events
+                                if kind == "suspect" and (subj not in kill_time or t < kill_time[subj]))
+        refuted = sum(1 for e in all_events if e[2] == "refuted")
+
+        all_times = [t for k in kills for t in k["times"]]
+        per_kill_max = [k["max"] for k in kills]
+        undetected = sum(k["undetected"] for k in kills)
+        detect_max = None if (not all_times or undetected) else max(all_times)
+        worker_rss = [rss[w] for w in workers]
+        out = {
+            "benchmark": "overlay",
+            "nodes": args.nodes,
+            "join_all_findable_s": round(findable_s, 3),
+            "all_started_s": round(t_started, 3),
+            "detect_all_s_p50": None if not all_times else round(median(all_times), 3),
+            "detect_all_s_max": None if detect_max is None else round(detect_max, 3),
+            "detect_all_s_per_kill": [None if m is None else round(m, 3) for m in per_kill_max],
+            "detect_first_s_per_kill": [round(k["times"][0], 3) if k["times"] else None for k in kills],
+            "holders_per_kill": [k["holders"] for k in kills],
+            "undetected": undetected,
+            "false_positives": len(fps),
+            "false_positive_events": fps[:20],
+            "suspect_events_about_live_nodes": suspects_of_alive,
+            "refuted_events": refuted,
+            "idle_bytes_per_node_per_s": round(idle_bps, 1),
+            "idle_bytes_in_per_node_per_s": round(bytes_in / args.nodes / span, 1),
+            "cpu_percent_per_node": round(100 * cpu_total / span / args.nodes, 4),
+            "rss_mb_per_process": round(sum(worker_rss) / len(worker_rss), 2) if worker_rss else None,
+            "nodes_per_process": [counts[w] for w in workers],
+            "rss_mb_worker_processes": [round(r, 2) for r in worker_rss],
+            "rss_mb_one_node_process": round(rss[seed], 2),
+            "membership_size": {"min": min(members), "median": median(members), "max": max(members)},
+            "routing_table_size": {"min": min(tables), "median": median(tables), "max": max(tables)},
+            "serf": {
+                **SERF,
+                "join_beaten": findable_s < SERF["all_see_all_s"],
+                "detect_beaten": detect_max is not None and detect_max < SERF["all_mark_failed_s"],
+                "idle_bytes_beaten": idle_bps < SERF["idle_bytes_per_node_per_s"],
+            },
+            "params": {
+                "nodes": args.nodes,
+                "layout": f"1 seed process (1 node), {len(victims)} victim processes (1 node each), "
+                          f"{len(workers)} worker processes ({'/'.join(str(counts[w]) for w in workers)} nodes)",
+                "procs": args.procs,
+                "victims": args.victims,
+                "seed": args.seed,
+                "quick": args.quick,
+                "findable_check": (
+                    f"{len(sources)} source nodes ({'all worker nodes' if args.sources <= 0 else 'random sample of worker nodes'})"
+                    f" each look up all {len(all_ids)} ids (minus their own): {sum(c['pairs'] for c in checks)} pairs, "
+                    f"{sum(c['lookups'] for c in checks)} lookups incl. retries; a pair counts when the id is among "
+                    "the returned contacts; time = latest process to find all its pairs, minus t0 (start of joins)"),
+                "settle_s": args.settle,
+                "window_s": round(span, 2),
+                "detect_timeout_s": args.detect_timeout,
+                "detect": "holders = nodes with the victim in node.membership when it was SIGKILLed; "
+                          "victims killed one after another, each once all its holders detected it (or timeout)",
+                "idle_bytes": "sum of transport.stats bytes_out over all nodes / nodes / window (envelope bytes)",
+                "cpu": "schedstat CPU of every node process over the idle window / nodes",
+            },
+            "env": {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2),
+                    **other_load.report()},
+            "elapsed_s": round(time.perf_counter() - started, 1),
+        }
+    except BenchError as exc:
+        log(f"overlay benchmark FAILED: {exc}")
+        for child in children:
+            child.kill()
+        return 1
+    finally:
+        stop_all(children)
+        for child in children:
+            child.kill()  # by PID; no-op for those already gone
+    print(json.dumps(out, indent=2))
+    return 0 if out["undetected"] == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="20 nodes, one victim, short windows (< 40 s)")
+    p.add_argument("--nodes", type=int, help="nodes in all, seed and victims included (default 100; quick 20)")
+    p.add_argument("--procs", type=int, help="worker processes for the non-seed, non-victim nodes (default 4; quick 2)")
+    p.add_argument("--victims", type=int, help="nodes killed one after another (default 3; quick 1)")
+    p.add_argument("--sources", type=int, help="source nodes sampled for the findable check, 0 = all (default 10; quick 0)")
+    p.add_argument("--window", type=float, help="idle window in seconds (default 10; quick 3)")
+    p.add_argument("--settle", type=float, help="seconds between all-findable and the idle window (default 2; quick 1)")
+    p.add_argument("--detect-timeout", type=float, help="seconds to wait for every holder to detect a kill (default 30; quick 15)")
+    p.add_argument("--seed", type=int, default=1, help="random seed for the source sample (default 1)")
+    # child-only
+    p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
+    p.add_argument("--contact", help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.role:
+        run(ROLES[args.role](args))
+        return 0
+    q = args.quick
+    args.nodes = args.nodes or (20 if q else 100)
+    args.procs = args.procs or (2 if q else 4)
+    args.victims = args.victims if args.victims is not None else (1 if q else 3)
+    args.sources = args.sources if args.sources is not None else (0 if q else 10)
+    args.window = args.window or (3.0 if q else 10.0)
+    args.settle = args.settle if args.settle is not None else (1.0 if q else 2.0)
+    args.detect_timeout = args.detect_timeout or (15.0 if q else 30.0)
+    if args.nodes < args.victims + 3:
+        p.error("--nodes must leave at least 2 worker nodes besides the seed and the victims")
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
