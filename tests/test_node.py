@@ -254,8 +254,7 @@ def test_nodes_join_through_one_bootstrap_and_find_each_other(arun):
             entry = nodes[3].peers()[0]
             assert set(entry) == {"node_id", "contact", "state", "incarnation", "rtt_ms", "last_seen", "fails"}
         finally:
-            for node in nodes:
-                await node.close()
+            await asyncio.gather(*(node.close() for node in nodes))
 
     arun(main(), timeout=60)
 
@@ -352,3 +351,16 @@ async def _first(stream, kind: str, node_id: bytes, forbid: str | None = None):
             if event.kind == kind:
                 await stream.aclose()
                 return event
+
+
+def test_a_client_that_is_not_a_member_stays_out_of_the_servers_table(arun):
+    async def main():
+        async with Node() as server:
+            server.on_request(lambda body, msg: body)
+            async with Node(peers=[server.contact], config=NodeConfig(member=False)) as client:
+                assert await client.request(server.node_id, 1, timeout=5) == 1
+                assert client.node_id not in {bytes.fromhex(p["node_id"]) for p in server.peers()}
+            async with Node(peers=[server.contact]) as member:
+                assert member.node_id in {bytes.fromhex(p["node_id"]) for p in server.peers()}
+
+    arun(main())

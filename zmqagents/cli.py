@@ -102,12 +102,14 @@ def _contacts(texts: Iterable[str]) -> list[Contact]:
 
 
 def _make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool, allowlist: str | None = None,
-               bootstrap: list[Contact] = ()):
+               bootstrap: list[Contact] = (), *, member: bool = False):
+    """A node for one command. Only long-running commands (node, reply, subscribe) are mesh members;
+    the others are clients that peers keep out of their routing tables."""
     from .node import Node, NodeConfig
 
     allow = _read_allowlist(allowlist) if allowlist else None
     return Node(_load_identity(key), listen=listen, peers=peers, bootstrap=bootstrap, secure=not insecure,
-                allowlist=allow, config=NodeConfig())
+                allowlist=allow, config=NodeConfig(member=member))
 
 
 def _read_allowlist(path: str) -> frozenset[bytes]:
@@ -210,7 +212,7 @@ def node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo)
     far buckets). Prints {"contact": ...} first, then every direct message and
     request it receives as one JSON line.
     """
-    n = _make_node(key, listen, _contacts(peers), insecure, allowlist, _contacts(bootstrap))
+    n = _make_node(key, listen, _contacts(peers), insecure, allowlist, _contacts(bootstrap), member=True)
 
     async def main() -> int:
         async with n:
@@ -256,7 +258,7 @@ def reply(key, listen, insecure, command, peers, contact_file, timeout, concurre
     """
     from .agents.shell import decode_output, encode_input, run_command
 
-    n = _make_node(key, listen, _contacts(peers), insecure)
+    n = _make_node(key, listen, _contacts(peers), insecure, member=True)
     n.config.max_handlers = concurrency
 
     async def handle(body, msg):
@@ -527,7 +529,7 @@ def subscribe(key, listen, insecure, to, contact_file, count, timeout, topic) ->
     name it with --to, or let it connect here (`publish --to` this node's
     contact, printed first as {"contact": ...}).
     """
-    n = _make_node(key, listen, _contacts(to), insecure)
+    n = _make_node(key, listen, _contacts(to), insecure, member=True)
 
     async def main() -> int:
         async with n:

@@ -118,6 +118,7 @@ class NodeConfig:
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     event_queue: int = 1000  # membership events buffered per events() reader; the oldest is dropped beyond it
     leave_timeout: float = 0.5  # how long close() lingers after announcing a graceful leave
+    member: bool = True  # False for a short-lived client: not put in peers' tables, no leave to announce
     inbox_limit: int = 10_000  # messages waiting for the application before new ones are refused (sender retries)
     max_handlers: int = 64  # request handlers running at once; further requests wait in the socket queues
     subscription_queue: int = 10_000  # publications buffered per subscriber; the oldest is dropped beyond it
@@ -266,7 +267,7 @@ class Node:
         """Stop timers and handlers, fail pending requests, close every socket."""
         if self._closed:
             return
-        if self.membership is not None and len(self.membership) and not self.membership.leaving:
+        if self.config.member and self.membership is not None and len(self.membership) and not self.membership.leaving:
             # Tell the members we are going, so they report "left" rather than a failure later.
             self.membership.leave(time.time())
             self._pump()
@@ -479,7 +480,9 @@ class Node:
         self._add_neighbour(node_id, body)
 
     def _hello_body(self) -> dict:
-        return {"endpoint": self.transport.endpoint, "pub": self.transport.pub_endpoint}
+        # "member": false marks a short-lived client (a shell command): peers keep it out of their
+        # routing tables, so they never probe it or report it failed once it exits.
+        return {"endpoint": self.transport.endpoint, "pub": self.transport.pub_endpoint, "member": self.config.member}
 
     def _add_neighbour(self, node_id: bytes, body: Any) -> bool:
         if not isinstance(body, dict) or not isinstance(body.get("pub"), str) or not isinstance(body.get("endpoint"), str):
@@ -492,7 +495,8 @@ class Node:
             return False
         contact = Contact(public_key, body["endpoint"])
         self.transport.add_contact(contact)
-        self.routing.observe(contact, time.time())
+        if body.get("member", True) is not False:
+            self.routing.observe(contact, time.time())
         self._neighbours[node_id] = (contact, body["pub"])
         if self._subscriptions:
             self.transport.subscribe_to(contact, body["pub"])
