@@ -17,7 +17,9 @@ What it measures (tcp on 127.0.0.1, CURVE on every link, default configs):
   node's id. A pair found once stays found; unfound pairs are retried every
   0.2 s. Each process reports the wall time its last pair was found; the
   figure is the latest of those minus t0. It includes the time the nodes
-  took to start, and the granularity of the retry loop.
+  took to start (``all_started_s``: every ``start()``, i.e. every join
+  lookup, returned) and the time the lookups themselves take
+  (``findable_check_s``), so it is an upper bound.
 * Idle. After that and ``--settle`` s, a quiet window of ``--window`` s: the
   sum over nodes of ``transport.stats["bytes_out"]`` (envelope bytes; CURVE
   and ZMTP framing not included) gives ``idle_bytes_per_node_per_s``; CPU of
@@ -33,6 +35,8 @@ What it measures (tcp on 127.0.0.1, CURVE on every link, default configs):
   (kill, holder) pair; ``detect_all_s_per_kill`` gives each kill's max
   (the time until *all* holders marked it failed); ``undetected`` counts
   holders that never did.
+* ``transport_drops_*`` — ``transport.drops`` summed over nodes, by reason
+  (the per-peer warnings are silenced unless ``--verbose``).
 * ``false_positives`` — "failed" events, over the whole run and from every
   node, about a node that had not been killed yet.
 
@@ -51,7 +55,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
+import subprocess
 import random
 import sys
 import time
@@ -92,6 +98,9 @@ async def role_nodes(args) -> None:
     from zmqagents.node import Node
 
     raise_fd_limit()
+    if not args.verbose:
+        # one warning per (peer, reason) per node floods stderr at N=100: counted in "drops" instead
+        logging.getLogger("zmqagents.transport").setLevel(logging.ERROR)
     bootstrap = [args.contact] if args.contact else []
     nodes = [Node(listen="tcp://127.0.0.1:0", bootstrap=bootstrap) for _ in range(args.count)]
     by_id = {n.node_id: n for n in nodes}
@@ -143,10 +152,18 @@ async def role_nodes(args) -> None:
                 await asyncio.sleep(0.2)
         return {"event": "checked", "t": time.time(), "pairs": total, "unfound": len(pending), "lookups": lookups}
 
+    def drops() -> dict:
+        total: dict[str, int] = {}
+        for n in nodes:
+            for reason, count in n.transport.drops.items():
+                total[reason] = total.get(reason, 0) + count
+        return total
+
     def stats() -> dict:
         return {"event": "stats", "t": time.time(),
                 "bytes_out": sum(n.transport.stats["bytes_out"] for n in nodes),
                 "bytes_in": sum(n.transport.stats["bytes_in"] for n in nodes),
+                "drops": drops(),
                 "members": [len(n.membership) for n in nodes],
                 "table": [len(n.routing.table) for n in nodes]}
 
@@ -203,6 +220,25 @@ def pct(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
+def sum_drops(after, before) -> dict:
+    total: dict[str, int] = {}
+    for sign, reports in ((1, after), (-1, before)):
+        for report in reports:
+            for reason, count in report["drops"].items():
+                total[reason] = total.get(reason, 0) + sign * count
+    return {k: v for k, v in sorted(total.items()) if v}
+
+
+def tree_dirty() -> bool | None:
+    """Whether zmqagents/ differs from the commit reported in env.git_commit (the run used the working tree)."""
+    try:
+        out = subprocess.run(["git", "-C", str(SCRIPT.parent.parent), "status", "--porcelain", "--", "zmqagents"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip())
+
+
 def orchestrate(args) -> int:
     started = time.perf_counter()
     load_at_start = list(os.getloadavg())
@@ -231,8 +267,9 @@ def orchestrate(args) -> int:
         for c in alive():
             all_events.extend(ask(c, {"cmd": "events"})["events"])
 
+    verbose = ["--verbose"] if args.verbose else []
     try:
-        seed = Child(SCRIPT, "nodes", "--count", "1", name="seed")
+        seed = Child(SCRIPT, "nodes", "--count", "1", *verbose, name="seed")
         children.append(seed)
         counts[seed] = 1
         seed.read(30)
@@ -243,12 +280,12 @@ def orchestrate(args) -> int:
         per = [rest // args.procs + (1 if i < rest % args.procs else 0) for i in range(args.procs)]
         for i, count in enumerate(c for c in per if c > 0):
             # "=" form: a Z85 key may start with "-", which argparse would take for an option
-            w = Child(SCRIPT, "nodes", f"--contact={contact}", "--count", str(count), name=f"worker-{i}")
+            w = Child(SCRIPT, "nodes", f"--contact={contact}", "--count", str(count), *verbose, name=f"worker-{i}")
             children.append(w)
             workers.append(w)
             counts[w] = count
         for i in range(args.victims):
-            v = Child(SCRIPT, "nodes", f"--contact={contact}", "--count", "1", name=f"victim-{i}")
+            v = Child(SCRIPT, "nodes", f"--contact={contact}", "--count", "1", *verbose, name=f"victim-{i}")
             children.append(v)
             victims.append(v)
             counts[v] = 1
@@ -268,11 +305,13 @@ def orchestrate(args) -> int:
         sources = worker_ids if args.sources <= 0 else rng.sample(worker_ids, min(args.sources, len(worker_ids)))
         log(f"all started in {t_started:.2f} s; looking up {len(all_ids)} ids from {len(sources)} sources")
         check_timeout = 30 if args.quick else 60
+        t_check = time.time()
         for w in workers:
             w.send({"cmd": "check", "sources": sources, "targets": all_ids, "timeout": check_timeout})
         checks = [w.read(check_timeout + 30) for w in workers]
         unfound = sum(c["unfound"] for c in checks)
         findable_s = max(c["t"] for c in checks) - t0
+        check_s = max(c["t"] for c in checks) - t_check
         log(f"all findable after {findable_s:.2f} s (unfound pairs: {unfound})")
         if unfound:
             raise BenchError(f"{unfound} (source, target) pairs still not findable after {check_timeout} s")
@@ -327,6 +366,7 @@ def orchestrate(args) -> int:
             log(f"  detected by {len(detected)}/{len(holders)}; max {kills[-1]['max']}")
         time.sleep(0.5)
         poll_events()
+        final = {c: ask(c, {"cmd": "stats"}) for c in alive()}
 
         # -- false positives ----------------------------------------------------------------
         fps = []
@@ -347,6 +387,7 @@ def orchestrate(args) -> int:
             "nodes": args.nodes,
             "join_all_findable_s": round(findable_s, 3),
             "all_started_s": round(t_started, 3),
+            "findable_check_s": round(check_s, 3),
             "detect_all_s_p50": None if not all_times else round(median(all_times), 3),
             "detect_all_s_max": None if detect_max is None else round(detect_max, 3),
             "detect_all_s_per_kill": [None if m is None else round(m, 3) for m in per_kill_max],
@@ -364,6 +405,8 @@ def orchestrate(args) -> int:
             "nodes_per_process": [counts[w] for w in workers],
             "rss_mb_worker_processes": [round(r, 2) for r in worker_rss],
             "rss_mb_one_node_process": round(rss[seed], 2),
+            "transport_drops_idle_window": sum_drops(s1.values(), s0.values()),
+            "transport_drops_whole_run_survivors": sum_drops(final.values(), []),
             "membership_size": {"min": min(members), "median": median(members), "max": max(members)},
             "routing_table_size": {"min": min(tables), "median": median(tables), "max": max(tables)},
             "serf": {
@@ -393,7 +436,7 @@ def orchestrate(args) -> int:
                 "idle_bytes": "sum of transport.stats bytes_out over all nodes / nodes / window (envelope bytes)",
                 "cpu": "schedstat CPU of every node process over the idle window / nodes",
             },
-            "env": {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2),
+            "env": {**environment(), "zmqagents_uncommitted_changes": tree_dirty(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2),
                     **other_load.report()},
             "elapsed_s": round(time.perf_counter() - started, 1),
         }
@@ -420,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, help="idle window in seconds (default 10; quick 3)")
     p.add_argument("--settle", type=float, help="seconds between all-findable and the idle window (default 2; quick 1)")
     p.add_argument("--detect-timeout", type=float, help="seconds to wait for every holder to detect a kill (default 30; quick 15)")
+    p.add_argument("--verbose", action="store_true", help="let the nodes log transport warnings (drops are counted either way)")
     p.add_argument("--seed", type=int, default=1, help="random seed for the source sample (default 1)")
     # child-only
     p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)

@@ -81,3 +81,20 @@ def test_footprint_quick_reports_memory_cpu_and_traffic():
     assert node["neighbours"] == 5
     assert node["sub_sockets"] == 0  # an idle node subscribes to nothing, so it holds no SUB sockets
     assert set(out["targets"]) == {"idle_rss_le_32mb", "idle_cpu_le_0.1pct"}
+
+
+@pytest.mark.timeout(60)
+def test_overlay_quick_reports_join_detection_and_idle_cost():
+    out = _run("overlay.py", "--quick", timeout=55)
+    assert out["nodes"] == 20
+    _positive(out, "join_all_findable_s", "detect_all_s_p50", "detect_all_s_max", "rss_mb_per_process")
+    assert out["detect_all_s_p50"] <= out["detect_all_s_max"]
+    assert out["undetected"] == 0
+    assert out["holders_per_kill"] and all(h > 0 for h in out["holders_per_kill"])
+    for key in ("false_positives", "idle_bytes_per_node_per_s", "cpu_percent_per_node"):
+        assert isinstance(out[key], (int, float)) and out[key] >= 0, key
+    assert sum(out["nodes_per_process"]) == 20 - 1 - out["params"]["victims"]
+    serf = out["serf"]
+    for key in ("join_beaten", "detect_beaten", "idle_bytes_beaten"):
+        assert isinstance(serf[key], bool), key
+    assert out["params"]["quick"] is True
