@@ -18,7 +18,8 @@ What it measures (tcp on 127.0.0.1, CURVE on every link, default configs):
   0.2 s. Each process reports the wall time its last pair was found; the
   figure is the latest of those minus t0. It includes the time the nodes
   took to start (``all_started_s``: every ``start()``, i.e. every join
-  lookup, returned) and the time the lookups themselves take
+  lookup, returned; ``node_start_s`` per node, ``join_cpu_s`` the CPU each
+  process used meanwhile) and the time the lookups themselves take
   (``findable_check_s``), so it is an upper bound.
 * Idle. After that and ``--settle`` s, a quiet window of ``--window`` s: the
   sum over nodes of ``transport.stats["bytes_out"]`` (envelope bytes; CURVE
@@ -121,9 +122,15 @@ async def role_nodes(args) -> None:
     emit({"event": "loaded", "pid": os.getpid(), "loop": loop_name()})
 
     async def start_all() -> dict:
-        await asyncio.gather(*(n.start() for n in nodes))
+        t0 = time.perf_counter()
+
+        async def start(n) -> float:
+            await n.start()
+            return time.perf_counter() - t0
+
+        took = await asyncio.gather(*(start(n) for n in nodes))
         return {"event": "started", "ids": [n.node_id.hex() for n in nodes],
-                "contacts": [str(n.contact) for n in nodes], "t": time.time()}
+                "contacts": [str(n.contact) for n in nodes], "t": time.time(), "start_s": took}
 
     async def check(cmd: dict) -> dict:
         """Look up every target from each of our source nodes until all are found."""
@@ -293,13 +300,17 @@ def orchestrate(args) -> int:
         for c in joiners:
             c.read(30)  # imported, nodes built: now start them all at once
         log(f"seed up; joining {sum(counts[c] for c in joiners)} nodes in {len(joiners)} processes")
+        join_cpu0 = {c: cpu_ns(c.pid) for c in children}
         t0 = time.time()
         for c in joiners:
             c.send({"cmd": "start"})
+        start_s: list[float] = []
         for c in joiners:
             info = c.read(60)
             ids_of[c] = info["ids"]
+            start_s += info["start_s"]
         t_started = max(0.0, time.time() - t0)
+        join_cpu = {c: (cpu_ns(c.pid) - join_cpu0[c]) / 1e9 for c in children}
         all_ids = [i for c in children for i in ids_of[c]]
         worker_ids = [i for c in workers for i in ids_of[c]]
         sources = worker_ids if args.sources <= 0 else rng.sample(worker_ids, min(args.sources, len(worker_ids)))
@@ -388,6 +399,11 @@ def orchestrate(args) -> int:
             "join_all_findable_s": round(findable_s, 3),
             "all_started_s": round(t_started, 3),
             "findable_check_s": round(check_s, 3),
+            "node_start_s": {"p50": round(median(start_s), 3), "max": round(max(start_s), 3),
+                             "over_join_timeout": sum(1 for t in start_s if t >= 10.0)},
+            "join_cpu_s": {"seed_process": round(join_cpu[seed], 2),
+                           "worker_processes": [round(join_cpu[w], 2) for w in workers],
+                           "wall_s": round(t_started, 2)},
             "detect_all_s_p50": None if not all_times else round(median(all_times), 3),
             "detect_all_s_max": None if detect_max is None else round(detect_max, 3),
             "detect_all_s_per_kill": [None if m is None else round(m, 3) for m in per_kill_max],
