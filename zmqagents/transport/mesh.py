@@ -538,12 +538,23 @@ class Transport:
     # -- drops ------------------------------------------------------------------
 
     def _drop(self, reason: str, peer: bytes, detail: object) -> None:
-        """Count a dropped frame; log once per (reason, peer) so a noisy peer cannot flood logs."""
+        """Count a dropped frame; log once per (reason, peer) so a noisy peer cannot flood logs.
+
+        Frames refused because of what a peer sent are warnings; frames we could not send
+        (no route, a full queue) are local conditions the delivery core retries, logged at debug.
+        """
         self.drops[reason] = self.drops.get(reason, 0) + 1
         key = (reason, peer)
         if key not in self._logged_drop and len(self._logged_drop) < 1024:
             self._logged_drop.add(key)
-            log.warning("dropped message from %s: %s (%s)", short_id(peer) if len(peer) == 32 else peer[:16].hex(), reason, detail)
+            who = short_id(peer) if len(peer) == 32 else peer[:16].hex()
+            if reason in _OUTGOING_DROPS:
+                log.debug("could not send to %s: %s (%s)", who, reason, detail)
+            else:
+                log.warning("dropped a message from %s: %s (%s)", who, reason, detail)
+
+
+_OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit"})
 
 
 def _any_port_like(endpoint: str) -> str:
