@@ -29,23 +29,26 @@ How it decides, in short:
   carries the sender's incarnation, and any message from a member is proof it is alive. An ``alive``
   rumor relayed by a third party is a *hint* that makes holders check the subject directly; a node
   cannot refute for another node.
-* **Lifeguard.** A local health multiplier (LHM, 0..``lhm_max``) rises when our probes fail without
-  the helpers' nacks to show the network was at fault, when we have to refute a suspicion of
-  ourselves, and when our timers fire late (we were paused); it falls with every acked probe. The
-  probe interval, probe timeout and suspicion timeouts are all stretched by ``1 + LHM``: a slow node
-  probes less and accuses later. While a node notices it was stalled, the probes in flight are
-  *inconclusive* (no accusation) and suspicion expiries wait until it has read its input. The
-  suspicion timeout starts at ``suspicion_max`` and shrinks towards ``suspicion_min`` as independent
-  accusers confirm the suspicion (their ids travel in the suspect rumor).
+* **Lifeguard.** A local health multiplier (LHM, 0..``lhm_max``) rises when a probe fails and none
+  of the helpers nacked (nothing shows the network was at fault), when we have to refute a
+  suspicion of ourselves, and when our timers fire late (we were paused); it falls with every acked
+  probe. The probe interval and probe timeout are stretched by ``1 + LHM``: a slow node probes less.
+  While a node notices it was stalled, the probes in flight are *inconclusive* (no accusation) and
+  suspicion expiries wait until it has read its input. The suspicion timeout starts at
+  ``suspicion_max`` and shrinks towards ``suspicion_min`` as independent accusers confirm the
+  suspicion (their ids travel in the suspect rumor).
 * **Rumors** (``alive`` / ``suspect`` / ``dead`` / ``left``) ride on every outgoing message, fewest
   transmissions first, within a byte budget; each is sent at most ``ceil(retransmit_mult *
-  log10(N + 1))`` times by each node. While rumors are pending, ``gossip_fanout`` random members get
-  a ``swim.gossip`` every ``gossip_interval``. Rumors about nodes we do not hold are forwarded too
-  (partial views), deduplicated by (subject, incarnation, kind) in a bounded memory.
-* **Anti-entropy.** Every ``sync_interval`` one random member gets a ``swim.sync`` carrying our recent
-  rumors and answers with its own, so a lost rumor is repaired within one interval. Dead members
-  are remembered as bounded tombstones and re-checked on the same schedule, so a healed partition
-  reconnects: the far side answers, is revived (``Alive``) and learns what we thought of it.
+  log10(N + 1))`` times by each node. A fresh rumor is also pushed once (``swim.gossip``) to
+  ``gossip_fanout`` random members if we hold its subject, to ``relay_fanout`` if we merely relay
+  it. Rumors about nodes we do not hold are forwarded too (partial views), deduplicated by
+  (subject, incarnation, kind) in a bounded memory. A node that sends us old news about a member
+  we buried is told directly.
+* **Anti-entropy.** Every ``sync_interval`` the periodic ping asks its target (a random member) for
+  its recent rumors, which come back in the ack: a rumor lost to us is repaired within about one
+  interval, at no extra message. Dead members are remembered as bounded tombstones and re-checked
+  on the same schedule (all of them as soon as one answers), so a healed partition reconnects: the
+  far side answers two checks, is revived (``Alive``) and learns what we thought of it.
 * **Leave.** :meth:`Membership.leave` sends a ``left`` rumor to every member at once and keeps
   answering; holders report :class:`Left`, never :class:`Failed`.
 
@@ -113,7 +116,7 @@ STAT_KEYS = (
     "self_accusations",
     # bad input and bounds
     "malformed", "misdirected", "from_self", "unknown_type", "relay_limit", "relays",
-    "members_refused", "tombstones_evicted", "heard_evicted", "stalls",
+    "members_refused", "tombstones_evicted", "heard_evicted", "stalls", "corrections",
 )
 
 
@@ -131,13 +134,14 @@ class MembershipConfig:
     """Tuning of the membership core. The defaults are the LAN profile; see :data:`PROFILES` and
     ``protocols/membership.md`` for the WAN and edge profiles and the simulations behind the numbers."""
 
-    # One member probed per period. memberlist's LAN value (1 s): a crashed member is first probed
-    # after ~1 period on average (every holder probes one member per period, so the aggregate rate at
-    # which any member is probed is ~1 per period), and idle traffic is one ping and one ack per node
-    # per period (~230 B/s at this value).
+    # One member probed per period. Idle traffic is one ping and one ack (~122 B each) per node per
+    # period: ~180 B/s at 1.5 s, ~270 B/s at memberlist's 1 s. A crashed member is first probed after
+    # ~1 period on average (every holder probes one member per period, so any member is probed about
+    # once per period in aggregate). Sim, N=100, 1 % loss: all holders report a crash after p50 ~6 s
+    # at 1.5 s (~5 s at 1 s, ~7.5 s at 2 s).
     probe_interval: float = 1.5
     # Direct ack deadline before asking helpers: above LAN RTTs by two orders of magnitude, and
-    # leaves half the period for the indirect round trip (memberlist LAN: 500 ms).
+    # leaves the rest of the period (1 s) for the indirect round trip (memberlist LAN: 500 ms).
     probe_timeout: float = 0.5
     # Helpers asked per failed direct ping (SWIM's k; memberlist: 3). With 1 % loss a probe of a live
     # node fails only if the direct path (2 % per round trip) and all three 4-hop indirect paths
@@ -149,43 +153,55 @@ class MembershipConfig:
     # (a GC pause, a brief link loss), not how long a rumor needs to spread.
     suspicion_min: float = 2.0
     suspicion_max: float = 10.0
-    # Confirmations after which the timeout reaches its minimum (Lifeguard's K; memberlist uses
-    # SuspicionMult - 2 = 2). 3 independent failed probes from different vantage points.
-    suspicion_confirmations: int = 3
-    # Each node sends each rumor ceil(retransmit_mult * log10(N + 1)) times. Push gossip misses a
-    # given node with probability ~e^-T when every node sends T copies; T = 13 at N = 10,000 keeps the
-    # expected number of holders a rumor misses below 0.01 per run, and anti-entropy repairs the rest.
+    # Confirmations after which the timeout reaches its minimum (Lifeguard's K; memberlist's default
+    # is SuspicionMult - 2 = 2). A holder that verified has the accuser's failed probe and its own:
+    # one confirmation, timeout ~5 s; one more accuser brings it to suspicion_min. (K = 3 left
+    # verified holders waiting ~6 s with p100 19 s at N=3000; K = 2: p100 14 s.)
+    suspicion_confirmations: int = 2
+    # Each node sends each rumor ceil(retransmit_mult * log10(N + 1)) times (6 at N=100, 8 at 1000, 11
+    # at 10,000; dead rumors half). Push gossip misses a given node with probability ~e^-T when every
+    # node sends T copies; anti-entropy repairs the rest. Sim, N=100: 1.5 (T=4) left holders
+    # undetected for a sync interval and pushed p100 to 19 s; 2.5 keeps p100 ~10 s.
     retransmit_mult: float = 2.5
-    # While rumors are pending, this many random members get a swim.gossip every gossip_interval.
-    # Piggybacking alone moves rumors at the probe rate (~2 messages/s per node); the extra pushes
-    # make a rumor reach 10,000 nodes in seconds. Nothing is sent when no rumor is pending.
+    # While fresh rumors are pending, a push round (swim.gossip to gossip_fanout random members) runs
+    # every gossip_interval. Piggybacking alone moves rumors at the probe rate (~1.3 messages/s per
+    # node); the pushes make a rumor reach 10,000 nodes in seconds. Nothing is sent when no rumor is
+    # pending. Fanout 3 misses a node with ~e^-3 = 5 % per round (2: 13 %, sim N=100 p50 7.2 s vs 6.1).
     gossip_interval: float = 0.2
-    gossip_fanout: int = 2
-    # Only a rumor's first gossip_transmits sends by a node go out in swim.gossip pushes; the rest ride
-    # on probe traffic. The pushes make the exponential phase fast (each node that learns a rumor
-    # hands it to gossip_fanout others within one gossip_interval); the piggybacked sends reach the
-    # few nodes the pushes missed, at no extra message cost.
-    gossip_transmits: int = 2
-    # Pushes of a dead rumor by each node (at most gossip_transmits). Holders whose own probe already
-    # failed declare as soon as one arrives, so the last holder concludes ~1 s after the first instead
-    # of waiting out its own timer (sim, N=100: p50 first->last Failed 2.4 s with 0, 1.2 s with 2).
-    # One push per node gets most of that for half the messages of a full push wave.
+    gossip_fanout: int = 3
+    # Push rounds per rumor per node: each round sends the fresh rumors, as one list, to
+    # gossip_fanout random members and counts as one of the rumor's sends; the rest ride on probe
+    # traffic. The pushes make the exponential phase fast (every node that learns a rumor hands it to
+    # gossip_fanout others within one gossip_interval); the piggybacked sends reach the few nodes the
+    # pushes missed, at no extra message cost.
+    gossip_transmits: int = 1
+    # Fanout of a push round that carries only news about nodes we do not hold (relaying for others
+    # in a partial view). News about our own members, our tombstones or ourselves goes to
+    # gossip_fanout: the nodes with a stake push hardest. In a Kademlia view the holders of a node
+    # cluster around it and hold each other, so their pushes reach the other holders; relays keep
+    # the epidemic going for everyone else at a third of the messages (sim, N=3000, see the spec).
+    relay_fanout: int = 1
+    # Push rounds for a dead rumor (at most gossip_transmits; 0: probe traffic only). Holders whose own
+    # probe already failed declare as soon as one arrives, so the last holder concludes ~1 s after the
+    # first instead of waiting out its own timer (sim, N=100: p50 first->last Failed 2.4 s with 0).
     dead_pushes: int = 1
     # Rumor bytes added to one message (estimated sizes). ~8 dead/suspect rumors.
     piggyback_bytes: int = 600
     max_rumors_per_message: int = 32  # rumors read from one incoming message; the rest is counted and ignored
     max_rumors: int = 128  # rumors queued for sending; the most-sent one is evicted to make room
     heard_limit: int = 256  # subjects whose latest news is remembered for deduplication (LRU)
-    # Anti-entropy: one push-pull exchange of recent rumors with a random member per interval, and a
-    # re-check of one tombstone. A lost rumor or a healed partition converges within ~one interval.
+    # Anti-entropy: every sync_interval the periodic probe asks its target for its recent rumors (a
+    # pull: the ack carries them), and one tombstone is re-checked. A rumor lost to us, or a healed
+    # partition, is repaired within ~one interval. Pull only: pushing ours as well would double the
+    # cost and repair others, who pull for themselves.
     sync_interval: float = 10.0
-    sync_rumors: int = 16  # recent rumors remembered and sent in a sync (newest first)
+    sync_rumors: int = 32  # recent rumors remembered and sent in a sync answer, newest first (16: holders missed crashes in a 50-crash storm at N=1000)
     sync_horizon: float = 30.0  # rumors older than this (s) are no longer sent in syncs (> sync_interval)
     # Dead members remembered (to re-check after a partition, and to refuse stale news about them).
     max_tombstones: int = 64
     tombstone_ttl: float = 600.0
-    # Lifeguard's saturating local health counter (memberlist: awareness max 8): intervals and
-    # timeouts are multiplied by 1 + LHM, at most 9x.
+    # Lifeguard's saturating local health counter (memberlist: awareness max 8): the probe interval and
+    # timeout are multiplied by 1 + LHM, at most 9x.
     lhm_max: int = 8
     # A timer that fires this late (s) means the node was stalled: LHM + 1, probes in flight are
     # inconclusive, suspicion expiries wait for the input to be read.
@@ -349,18 +365,22 @@ class _Relay:
 
 
 class _Tomb:
-    __slots__ = ("contact", "state", "inc", "since", "checked")
+    __slots__ = ("id", "contact", "state", "inc", "since", "checked", "corrected", "passed", "recheck")
 
-    def __init__(self, contact: Contact, state: int, inc: int, since: float):
+    def __init__(self, nid: bytes, contact: Contact, state: int, inc: int, since: float):
+        self.id = nid
+        self.passed: float | None = None  # when it first answered a check since it was buried
+        self.recheck = INF  # when the confirming second check is due
         self.contact = contact
         self.state = state
         self.inc = inc
         self.since = since
         self.checked = since
+        self.corrected = -INF  # when we last told a straggler it was dead
 
 
 class _Rumor:
-    __slots__ = ("subject", "code", "wire", "size", "tx", "live", "limit")
+    __slots__ = ("subject", "code", "wire", "size", "tx", "live", "limit", "stake")
 
     def __init__(self, subject: bytes, code: int, wire: list, size: int, limit: int):
         self.subject = subject
@@ -370,10 +390,11 @@ class _Rumor:
         self.tx = 0
         self.live = True
         self.limit = limit  # sends after which it retires
+        self.stake = True  # about a member, a tombstone or us (pushed with gossip_fanout)
 
 
 # heap entry kinds
-_T_IND, _T_END, _T_NACK, _T_RELAY_END, _T_SUSP = range(5)
+_T_IND, _T_END, _T_NACK, _T_RELAY_END, _T_SUSP, _T_RECHECK = range(6)
 
 
 def _rumor_size(wire: list) -> int:
@@ -409,6 +430,7 @@ class Membership:
         self._pos = 0
         self._shuffle = False
         self._dead_skip = max(0, cfg.gossip_transmits - cfg.dead_pushes)
+        self._stake = False  # set by _pick when it picked news we have a stake in
         self._tombs: dict[bytes, _Tomb] = {}
         self._n_override: int | None = None
         self._limit = cfg.transmit_limit(1)
@@ -636,7 +658,7 @@ class Membership:
                 self._reply(ACK, seq, src, rec)
             stats["acks_sent"] += 1
         elif typ == ACK:
-            self._on_ack(src, seq, now)
+            self._on_ack(src, seq, inc, now)
         elif typ == NACK:
             p = self._find_probe(seq)
             if p is not None and p.helpers and src in p.helpers:
@@ -697,6 +719,10 @@ class Membership:
             elif kind == _T_RELAY_END:
                 if self._relays.get(obj.seq) is obj:
                     del self._relays[obj.seq]
+            elif kind == _T_RECHECK:
+                if obj.recheck == t and self._tombs.get(obj.id) is obj:
+                    obj.recheck = INF
+                    self._urgent(obj.id, now)
         if self._t_gossip <= now:
             self._gossip(now)
 
@@ -748,6 +774,8 @@ class Membership:
             return obj.end_at == t and self._probes.get(obj.seq) is obj
         if kind == _T_NACK:
             return obj.nack_at == t and not obj.answered and self._relays.get(obj.seq) is obj
+        if kind == _T_RECHECK:
+            return obj.recheck == t and self._tombs.get(obj.id) is obj
         return self._relays.get(obj.seq) is obj
 
     def _push(self, t: float, kind: int, obj) -> None:
@@ -792,13 +820,17 @@ class Membership:
         rec = self._next_target()
         if rec is not None:
             if self._t_sync <= now:
-                # This period's probe doubles as the anti-entropy exchange: it carries our recent
-                # rumors and asks for the target's in the ack.
+                # This period's probe doubles as the anti-entropy pull: the ping asks for the
+                # target's recent rumors, which come back in the ack.
                 self._t_sync = now + self._scaled(cfg.sync_interval) * (0.75 + 0.5 * self._rng.random())
                 self._sync_checks(now)
                 seq = self._next_seq()
-                self._cur = p = _Probe(seq, rec.id, rec, _REGULAR, now)
-                self._send(PING, [seq, self.incarnation, self._sync_rumors(now, rec.id), 1], rec.id)
+                self._cur = _Probe(seq, rec.id, rec, _REGULAR, now)
+                body = self._body(seq, rec.id, rec)
+                if len(body) < 3:
+                    body.append([])
+                body.append(1)
+                self._send(PING, body, rec.id)
                 self.stats["pings_sent"] += 1
                 self.stats["probes"] += 1
                 self.stats["syncs_sent"] += 1
@@ -846,7 +878,7 @@ class Membership:
             self._push(p.end_at, _T_END, p)
             return True
         tomb = self._tombs.get(nid)
-        if tomb is not None and tomb.state == DEAD:
+        if tomb is not None:
             tomb.checked = now
             self.stats["checks"] += 1
             p = self._ping(tomb, nid, _CHECK, now)
@@ -894,7 +926,7 @@ class Membership:
             return cur
         return self._probes.get(seq)
 
-    def _on_ack(self, src: bytes, seq: int, now: float) -> None:
+    def _on_ack(self, src: bytes, seq: int, inc: int, now: float) -> None:
         stats = self.stats
         relay = self._relays.get(seq)
         if relay is not None:
@@ -931,7 +963,7 @@ class Membership:
                 rec.rtt = sample if rec.rtt is None else rec.rtt + self._alpha * (sample - rec.rtt)
             elif self._tombs.get(p.target) is rec:
                 # A dead member answered our check: first-hand, fresh. Revive it.
-                self._tomb_heard(p.target, rec.inc, True, now)
+                self._tomb_heard(p.target, inc, True, now)
         else:
             stats["probes_indirect_acked"] += 1
             # A helper reached it: per SWIM that is as good as our own ack. It clears our suspicion
@@ -983,13 +1015,22 @@ class Membership:
         """A probe's period ended without an ack."""
         stats = self.stats
         if p.kind == _CHECK:
-            return  # a dead member stayed silent: nothing new
-        # Lifeguard: helpers that did not nack point at us (or our links), not at the target.
+            # A dead member stayed silent: its probation (if it had answered once) starts over.
+            tomb = self._tombs.get(p.target)
+            if tomb is p.rec:
+                tomb.passed = None
+                tomb.recheck = INF
+            return
+        # Lifeguard: helpers that did not nack point at us (or our links), not at the target. Only when
+        # none of them did: memberlist adds one per missing nack, but a nack lost on a lossy link or a
+        # helper that crashed unnoticed then ratchets the LHM up on healthy nodes (sim, edge profile:
+        # LHM drifted to 8 under 5 % loss with 20 % of nodes crashing, stretching detection 9x).
         if p.helpers:
             missed = len(p.helpers) - p.nacks
             if missed > 0:
                 stats["nacks_missed"] += missed
-                self._lhm_add(missed)
+                if not p.nacks:
+                    self._lhm_add(1)
         else:
             self._lhm_add(1)
         rec = p.rec
@@ -1088,7 +1129,7 @@ class Membership:
         c = len(s.accusers) - 1
         table = self._susp_table
         timeout = table[c if 0 <= c < len(table) else (0 if c < 0 else -1)]
-        due = s.start + self._scaled(timeout)
+        due = s.start + timeout  # not stretched by the LHM: stalls are handled by the stall guard
         if due < now:
             due = now
         if due != s.due:
@@ -1194,7 +1235,7 @@ class Membership:
         if len(tombs) >= cfg.max_tombstones:
             del tombs[next(iter(tombs))]
             self.stats["tombstones_evicted"] += 1
-        tombs[nid] = _Tomb(rec.contact, state, rec.inc, now)
+        tombs[nid] = _Tomb(nid, rec.contact, state, rec.inc, now)
         code = rec.inc * 4 + state
         if state == DEAD:
             self.stats["declared_dead"] += 1
@@ -1209,19 +1250,36 @@ class Membership:
         self._resize()
 
     def _tomb_heard(self, nid: bytes, inc: int, fresh: bool, now: float) -> None:
-        """First-hand word from a tombstoned node: revive it if the word is new (higher incarnation) or
-        fresh (it answered our check). A dead node's stale ping only earns it our opinion in the ack."""
+        """First-hand word from a tombstoned node. Only answers to our own check probes (``fresh``)
+        revive it, two of them at least two periods apart: a message it sends on its own (it woke
+        from a stall, it refuted) makes us check it, at most once per period. So a node that is
+        stalled most of the time is not revived and buried again every time it stirs; one that is
+        really back is revived ~2 periods after it answers. A left node must also come back at a
+        higher incarnation (it rejoined)."""
         tomb = self._tombs[nid]
-        if inc > tomb.inc or (fresh and tomb.state == DEAD):
-            del self._tombs[nid]
-            self.stats["revived"] += 1
-            self._events.append(Alive(tomb.contact, max(inc, tomb.inc)))
+        if not fresh or (tomb.state == LEFT and inc <= tomb.inc):
+            if (tomb.state == DEAD or inc > tomb.inc) and nid not in self._verify \
+                    and now - tomb.checked >= self.config.probe_interval and tomb.recheck == INF:
+                self._queue_verify(nid, now)
+            return
+        gap = 2 * self.config.probe_interval
+        if tomb.passed is None or now - tomb.passed > 3 * gap:
+            # First answer: on probation. Check again in two periods; a node stalled most of the time
+            # fails that one, and is not revived just to be buried again (flapping).
+            tomb.passed = now
+            tomb.recheck = now + gap
+            self._push(tomb.recheck, _T_RECHECK, tomb)
             if tomb.state == DEAD:
-                # A dead member came back: most likely a partition healed. Check the other dead
-                # members now rather than one per sync interval.
+                # A dead member answers: most likely a partition healed. Check the others now.
                 for other, t in self._tombs.items():
-                    if t.state == DEAD and other not in self._verify:
+                    if t.state == DEAD and other not in self._verify and t.passed is None:
                         self._queue_verify(other, now)
+            return
+        if now - tomb.passed < 0.9 * gap:
+            return  # an early duplicate answer; the second check decides
+        del self._tombs[nid]
+        self.stats["revived"] += 1
+        self._events.append(Alive(tomb.contact, max(inc, tomb.inc)))
 
     # -- rumors --------------------------------------------------------------------------------------------
 
@@ -1258,6 +1316,8 @@ class Membership:
         elif self._nlive >= self.config.max_rumors:
             self._evict()
         e = _Rumor(subject, code, wire, size, self._limit)
+        if subject not in self._members and subject != self.node_id and subject not in self._tombs:
+            e.stake = False
         if code & 3 == DEAD:
             # Holders mostly conclude on their own timers (their own probe failed, the suspicion ran
             # out): a dead rumor is for the stragglers. Fewer pushes, and half the sends overall.
@@ -1290,6 +1350,7 @@ class Membership:
         """Put a live rumor back to ``tx`` sends (it goes out again that many times fewer)."""
         e.live = False
         n = _Rumor(e.subject, e.code, e.wire, e.size, e.limit)
+        n.stake = e.stake
         n.tx = tx
         self._buckets[tx].append(n)
         self._by_subject[e.subject] = n
@@ -1349,6 +1410,8 @@ class Membership:
                     else:
                         out.append(e.wire)
                     budget -= e.size
+                    if e.stake:
+                        self._stake = True
                 e.tx = c + 1
                 if c + 1 >= e.limit:
                     e.live = False
@@ -1397,6 +1460,8 @@ class Membership:
                         code = inc * 4 + kind
                         if code < prev:
                             stats["rumors_stale"] += 1
+                            if self._tombs and subject in self._tombs:
+                                self._correct(subject, src, now)
                             continue
                         if code == prev:
                             if kind != SUSPECT:
@@ -1454,6 +1519,8 @@ class Membership:
         prev = heard.get(subject, -1)
         if code < prev:
             stats["rumors_stale"] += 1
+            if self._tombs and subject in self._tombs:
+                self._correct(subject, src, now)
             return
         direct = subject == src
         if code == prev:
@@ -1485,7 +1552,7 @@ class Membership:
         if rec is not None:
             forward = self._member_news(rec, kind, inc, wire, direct, now)
         elif self._tombs and subject in self._tombs:
-            forward = self._tomb_news(subject, kind, inc, direct, now)
+            forward = self._tomb_news(subject, kind, inc, direct, now, src)
         else:
             stats["rumors_foreign"] += 1
             if direct and kind == SUSPECT or (direct and kind == DEAD):
@@ -1552,18 +1619,30 @@ class Membership:
             self._urgent(rec.id, now)
         return True
 
-    def _tomb_news(self, nid: bytes, kind: int, inc: int, direct: bool, now: float) -> bool:
+    def _tomb_news(self, nid: bytes, kind: int, inc: int, direct: bool, now: float, src: bytes | None) -> bool:
         tomb = self._tombs[nid]
-        if inc < tomb.inc:
+        if inc * 4 + kind < tomb.inc * 4 + tomb.state:
             self.stats["rumors_stale"] += 1
+            self._correct(nid, src, now)
             return False
         if kind == ALIVE and inc > tomb.inc:
             if direct:
                 self._tomb_heard(nid, inc, False, now)
-            elif tomb.state == DEAD:
+            else:
                 self.stats["alive_hints"] += 1
                 self._queue_verify(nid, now)  # check it
         return True
+
+    def _correct(self, nid: bytes, src: bytes | None, now: float) -> None:
+        """``src`` sent old news about a member we buried (it missed the dead/left rumor, and may be
+        about to accuse it alone, on the longest timeout): tell it directly. At most once per period
+        per tombstone, so stragglers cost one message each, not a storm."""
+        tomb = self._tombs[nid]
+        if src is None or src == nid or now - tomb.corrected < self.config.probe_interval:
+            return
+        tomb.corrected = now
+        self._send(GOSSIP, [0, self.incarnation, [[tomb.state, nid, tomb.inc]]], src)
+        self.stats["corrections"] += 1
 
     def _about_me(self, kind: int, inc: int, now: float) -> None:
         """A rumor about us. Suspect/dead/left at our incarnation or above: refute (only we can)."""
@@ -1593,6 +1672,8 @@ class Membership:
         return False
 
     def _gossip(self, now: float) -> None:
+        """One push round: the rumors sent fewer than gossip_transmits rounds go, as one list, to
+        gossip_fanout random members (one pick per round, counted as one send of each rumor)."""
         if not self._nlive or not self._has_fresh():
             self._t_gossip = INF
             return
@@ -1601,23 +1682,25 @@ class Membership:
         order = self._order
         if not order:
             return
+        self._stake = False
+        rumors = self._pick(cfg.piggyback_bytes, None, cfg.gossip_transmits)
+        if not rumors:
+            return
         members = self._members
         rng = self._rng
         sent = ()
-        for _ in range(cfg.gossip_fanout):
+        stats = self.stats
+        for _ in range(cfg.gossip_fanout if self._stake else cfg.relay_fanout):
             for _ in range(4):
-                nid = order[rng.randrange(len(order))]
+                nid = order[int(rng.random() * len(order))]
                 if nid in members and nid not in sent:
                     break
             else:
                 continue
             sent = sent + (nid,)
-            rumors = self._pick(cfg.piggyback_bytes, nid, cfg.gossip_transmits)
-            if not rumors:
-                break
-            self.stats["rumors_sent"] += len(rumors)
             self._send(GOSSIP, [0, self.incarnation, rumors], nid)
-            self.stats["gossips_sent"] += 1
+            stats["rumors_sent"] += len(rumors)
+            stats["gossips_sent"] += 1
 
     def _sync_rumors(self, now: float, dst: bytes) -> list:
         log = self._log

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import heapq
 import json
 import math
 import random
@@ -43,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect, _node_id
 from ..envelope import Envelope
 from ..identity import Contact
-from .engine import Simulator
+from .engine import _TIMER, Simulator
 
 
 @dataclass
@@ -71,13 +72,19 @@ class Scenario:
 
 
 class _Counting(Simulator):
-    """The simulator, counting messages per type and sampling their encoded size."""
+    """The simulator, counting messages per type and sampling their encoded size.
+
+    It also re-arms a node's timer event when the node's earliest timer moved *later* (the engine
+    keeps the earlier event, which then wakes the node for nothing: with SWIM that is every probe
+    whose ack beat its indirect-probe deadline). The superseded event is skipped as stale when
+    popped, which is cheaper than a wake; cores are still ticked exactly when due.
+    """
 
     def __init__(self, *args, sample_every: int = 32, **kw):
         super().__init__(*args, **kw)
         self.by_type: Counter = Counter()
         self.sample_every = max(1, sample_every)
-        self._k = 0
+        self._k = self.sample_every
         self.sampled_bytes = 0
         self.sampled = 0
         self.window: tuple[float, float] | None = None
@@ -85,22 +92,41 @@ class _Counting(Simulator):
         self.window_bytes = 0
         self.window_sampled = 0
 
-    def _send(self, node, env: Envelope) -> None:
+    def _send(self, node, env: Envelope, _base=Simulator._send) -> None:
         self.by_type[env.type] += 1
         w = self.window
-        inw = w is not None and w[0] <= self.now < w[1]
-        if inw:
+        if w is not None and w[0] <= self.now < w[1]:
             self.window_sent += 1
-        self._k += 1
-        if self._k >= self.sample_every:
-            self._k = 0
+        self._k -= 1
+        if not self._k:
+            self._k = self.sample_every
             n = len(env.encode())
             self.sampled_bytes += n
             self.sampled += 1
-            if inw:
+            if w is not None and w[0] <= self.now < w[1]:
                 self.window_bytes += n
                 self.window_sampled += 1
-        super()._send(node, env)
+        _base(self, node, env)
+
+    def _arm(self, node) -> None:
+        if not node.up:
+            return
+        t = None
+        for core in node.cores:
+            due = core.next_timer()
+            if due is not None and (t is None or due < t):
+                t = due
+        if t is None:
+            node._timer_n = -1  # an armed event, if any, is now stale
+            return
+        if node._timer_n >= 0 and node._timer_at == t:
+            return
+        if t < self.now:
+            t = self.now
+        node._timer_n = n = self._n
+        node._timer_at = t
+        heapq.heappush(self._heap, (t, n, _TIMER, node, None))
+        self._n = n + 1
 
 
 class _Paused:
