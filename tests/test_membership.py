@@ -519,3 +519,17 @@ def test_sim_is_deterministic_by_seed():
         a.pop(key)
         b.pop(key)
     assert a == b
+
+
+def test_a_relay_knows_where_to_send_the_ping_for_a_target_it_does_not_hold():
+    """The ping_req carries the target's contact; a relay that never met the target must still be able
+    to tell its shell where that ping goes (contact_for), or the indirect check is lost."""
+    relay = Membership(CONTACTS[2], random.Random(1))
+    relay.add(CONTACTS[0], 0.0)  # the prober; the target (node 1) is unknown to the relay
+    assert relay.contact_for(IDS[1]) is None
+    target = CONTACTS[1]
+    relay.receive(_env(0, 2, "swim.ping_req", [7, 0, [], target.public_key, target.endpoint]), 0.1)
+    pings = [e for e in relay.take_outgoing() if e.type == "swim.ping" and e.dst == IDS[1]]
+    assert len(pings) == 1
+    assert relay.contact_for(IDS[1]) == target
+    assert relay.contact_for(IDS[0]) == CONTACTS[0]

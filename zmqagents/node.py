@@ -552,8 +552,13 @@ class Node:
 
     def _pump_membership(self) -> None:
         membership = self.membership
-        send = self.transport.send
+        transport = self.transport
+        send = transport.send
         for env in membership.take_outgoing():
+            if not transport.known(env.dst):  # e.g. a ping relayed for another prober
+                contact = membership.contact_for(env.dst)
+                if contact is not None:
+                    transport.add_contact(contact)
             send(env)
         for event in membership.take_events():
             if isinstance(event, (Failed, Left)):

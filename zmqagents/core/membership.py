@@ -447,6 +447,9 @@ class Membership:
         self._probes: dict[int, _Probe] = {}  # verification / check probes in flight
         self._verify: dict[bytes, bool] = {}  # ids to probe first (value: urgent)
         self._relays: dict[int, _Relay] = {}
+        # Contacts of relay targets we do not hold, so the shell can route our ping to them
+        # (contact_for); bounded like the relays themselves, oldest dropped first.
+        self._relay_contacts: dict[bytes, Contact] = {}
         self._heap: list = []
         self._hn = 0
         self._t_probe = INF
@@ -550,6 +553,14 @@ class Membership:
     def local_health(self) -> int:
         """Lifeguard's local health multiplier (0 = healthy .. lhm_max); timeouts scale by 1 + this."""
         return self.lhm
+
+    def contact_for(self, node_id: bytes) -> Contact | None:
+        """Where to send an envelope this core addressed to ``node_id``: a member's contact, or that of
+        a node we were asked to ping for someone else (which the shell may never have met)."""
+        rec = self._members.get(node_id)
+        if rec is not None:
+            return rec.contact
+        return self._relay_contacts.get(node_id)
 
     def rtt(self, node_id: bytes) -> float | None:
         """Smoothed round-trip time of our direct probes of ``node_id`` (s), None if never measured."""
@@ -1090,8 +1101,14 @@ class Membership:
         self._push(relay.end_at, _T_RELAY_END, relay)
         stats["relays"] += 1
         rec = self._members.get(target)
-        if rec is None and self._tombs:
-            rec = self._tombs.get(target)
+        if rec is None:
+            contacts = self._relay_contacts
+            contacts.pop(target, None)
+            contacts[target] = Contact(pk, ep)
+            if len(contacts) > cfg.max_relays:
+                del contacts[next(iter(contacts))]
+            if self._tombs:
+                rec = self._tombs.get(target)
         self._send(PING, self._body(mine, target, rec), target)
         stats["pings_sent"] += 1
 
