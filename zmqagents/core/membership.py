@@ -68,6 +68,7 @@ from typing import Iterable, Iterator
 
 from ..envelope import Envelope
 from ..identity import Contact
+from .outputs import CoreOutputs
 
 __all__ = [
     "PING", "ACK", "PING_REQ", "NACK", "GOSSIP", "TYPES", "ALIVE", "SUSPECT", "DEAD", "LEFT",
@@ -407,7 +408,7 @@ def _rumor_size(wire: list) -> int:
     return 40
 
 
-class Membership:
+class Membership(CoreOutputs):
     """The SWIM/Lifeguard core of one node. Call a method, then drain take_outgoing() and take_events().
 
     ``contact`` is this node's own contact (alive rumors about us carry it). ``now`` is any monotonic
@@ -460,8 +461,7 @@ class Membership:
         self._started = False
         self._leaving = False
         self._left_wire: list | None = None
-        self._out: list[Envelope] = []
-        self._events: list = []
+        CoreOutputs.__init__(self)
         # derived constants
         k = max(1, cfg.suspicion_confirmations)
         self._k = k
@@ -740,20 +740,6 @@ class Membership:
     def next_timer(self) -> float | None:
         t = self._due()
         return None if t == INF else t
-
-    def take_outgoing(self) -> list[Envelope]:
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def take_events(self) -> list:
-        events = self._events
-        if not events:
-            return []
-        self._events = []
-        return events
 
     # -- timers --------------------------------------------------------------------------------------------
 
