@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zmqagents.core.membership import (
-    ACK, ALIVE, DEAD, GOSSIP, LEFT, NACK, PING, PING_REQ, SUSPECT, Alive, Failed, Left, Membership,
+    ACK, ALIVE, DEAD, GOSSIP, NACK, PING, PING_REQ, SUSPECT, Alive, Failed, Left, Membership,
     MembershipConfig, Refuted, Suspect, _node_id,
 )
 from zmqagents.envelope import Envelope

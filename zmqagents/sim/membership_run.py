@@ -34,7 +34,6 @@ import hashlib
 import heapq
 import json
 import math
-import random
 import resource
 import sys
 import time
