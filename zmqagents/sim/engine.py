@@ -285,7 +285,12 @@ class Simulator:
             self._n += 1
 
     def _arm(self, node: SimNode) -> None:
-        """Keep one heap event at the earliest timer of the node's cores (an earlier one supersedes it)."""
+        """Keep one heap event at exactly the earliest timer of the node's cores.
+
+        Any change re-arms, later as well as earlier, and no timer at all disarms: the old event
+        becomes stale (skipped by its sequence number), so a node whose timers were cancelled or
+        postponed is not woken for nothing.
+        """
         if not node.up:
             return
         t = None
@@ -293,11 +298,14 @@ class Simulator:
             due = core.next_timer()
             if due is not None and (t is None or due < t):
                 t = due
-        if t is None or (node._timer_n >= 0 and node._timer_at <= t):
+        if t is None:
+            node._timer_n = -1
+            return
+        if node._timer_n >= 0 and node._timer_at == t:
             return
         if t < self.now:
             t = self.now
-        node._timer_n = self._n
+        node._timer_n = n = self._n
         node._timer_at = t
-        heapq.heappush(self._heap, (t, self._n, _TIMER, node, None))
-        self._n += 1
+        heapq.heappush(self._heap, (t, n, _TIMER, node, None))
+        self._n = n + 1

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import heapq
 import json
 import math
 import resource
@@ -43,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect, _node_id
 from ..envelope import Envelope
 from ..identity import Contact
-from .engine import _TIMER, Simulator
+from .engine import Simulator
 
 
 @dataclass
@@ -106,26 +105,6 @@ class _Counting(Simulator):
                 self.window_bytes += n
                 self.window_sampled += 1
         _base(self, node, env)
-
-    def _arm(self, node) -> None:
-        if not node.up:
-            return
-        t = None
-        for core in node.cores:
-            due = core.next_timer()
-            if due is not None and (t is None or due < t):
-                t = due
-        if t is None:
-            node._timer_n = -1  # an armed event, if any, is now stale
-            return
-        if node._timer_n >= 0 and node._timer_at == t:
-            return
-        if t < self.now:
-            t = self.now
-        node._timer_n = n = self._n
-        node._timer_at = t
-        heapq.heappush(self._heap, (t, n, _TIMER, node, None))
-        self._n = n + 1
 
 
 class _Paused:
