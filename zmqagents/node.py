@@ -162,6 +162,10 @@ class Node:
             allow=frozenset(allowlist) if allowlist is not None else None,
         )
         self._rng = rng or random.Random()
+        # The cores get a monotonic clock, so a wall-clock step (NTP, a suspended VM) cannot look like
+        # a stall to membership or fire every retransmit at once. It is anchored to the wall clock once,
+        # here, so the times it yields (``last_seen`` in peers()) still read as Unix time.
+        self._clock_offset = time.time() - time.monotonic()
         self.delivery = Delivery(identity.node_id, self._rng, self.config.delivery)
         self.routing: RoutingCore | None = None  # needs our endpoint, known once the inbox is bound
         self.membership: Membership | None = None  # likewise (alive rumors about us carry our contact)
@@ -225,7 +229,7 @@ class Node:
         """
         contacts = [p if isinstance(p, Contact) else Contact.parse(p) for p in bootstrap]
         self._joined = asyncio.get_running_loop().create_future()
-        self.routing.join(contacts, time.time())
+        self.routing.join(contacts, self._now())
         self._pump()
         try:
             joined = await asyncio.wait_for(asyncio.shield(self._joined), timeout)
@@ -238,7 +242,7 @@ class Node:
 
     async def lookup(self, target: bytes, *, timeout: float = 30.0) -> list[Contact]:
         """The (up to k) live nodes closest to ``target`` in XOR distance, found by an iterative lookup."""
-        lookup_id = self.routing.lookup(target, time.time())
+        lookup_id = self.routing.lookup(target, self._now())
         future = self._lookups.get(lookup_id)
         if future is None:
             future = self._lookups[lookup_id] = asyncio.get_running_loop().create_future()
@@ -269,7 +273,7 @@ class Node:
             return
         if self.config.member and self.membership is not None and len(self.membership) and not self.membership.leaving:
             # Tell the members we are going, so they report "left" rather than a failure later.
-            self.membership.leave(time.time())
+            self.membership.leave(self._now())
             self._pump()
             await asyncio.sleep(self.config.leave_timeout)
         self._closed = True
@@ -291,6 +295,10 @@ class Node:
         for queue in self._event_queues:
             queue.put_nowait(None)
         self.transport.close()
+
+    def _now(self) -> float:
+        """Seconds on the cores' clock: monotonic, anchored to Unix time when the node was made."""
+        return time.monotonic() + self._clock_offset
 
     # -- identity ------------------------------------------------------------------
 
@@ -358,7 +366,7 @@ class Node:
         Delivery failures surface from :meth:`flush`.
         """
         dst = self._resolve(peer)
-        return await self._submit(dst, lambda: self.delivery.send(dst, body, time.time(), type=type))
+        return await self._submit(dst, lambda: self.delivery.send(dst, body, self._now(), type=type))
 
     async def request(self, peer: bytes | str | Contact, body: Any, *, timeout: float = 10.0, type: str = "req") -> Any:
         """Send a request and wait for its reply body.
@@ -368,7 +376,7 @@ class Node:
         dst = self._resolve(peer)
         future = asyncio.get_running_loop().create_future()
         request_id = await self._submit(
-            dst, lambda: self.delivery.request(dst, body, time.time(), timeout=timeout, type=type)
+            dst, lambda: self.delivery.request(dst, body, self._now(), timeout=timeout, type=type)
         )
         self._requests[request_id] = future
         try:
@@ -496,7 +504,7 @@ class Node:
         contact = Contact(public_key, body["endpoint"])
         self.transport.add_contact(contact)
         if body.get("member", True) is not False:
-            self.routing.observe(contact, time.time())
+            self.routing.observe(contact, self._now())
         self._neighbours[node_id] = (contact, body["pub"])
         if self._subscriptions:
             self.transport.subscribe_to(contact, body["pub"])
@@ -508,7 +516,7 @@ class Node:
         delivery = self.delivery
         routing = self.routing
         room = self.config.inbox_limit - self._inbox.qsize()
-        now = time.time()
+        now = self._now()
         last_src = None
         for env in batch:
             typ = env.type
@@ -570,7 +578,7 @@ class Node:
                 self._members.discard(nid)
                 self._emit(MemberEvent("failed" if isinstance(event, Failed) else "left", nid, event.incarnation))
             elif isinstance(event, Alive):
-                self.routing.observe(event.contact, time.time())
+                self.routing.observe(event.contact, self._now())
                 self._emit(MemberEvent("alive", event.contact.node_id, event.incarnation))
             elif isinstance(event, Suspect):
                 self._emit(MemberEvent("suspect", event.node_id, event.incarnation))
@@ -584,7 +592,7 @@ class Node:
         self._reconciler = None
         if self._closed:
             return
-        now = time.time()
+        now = self._now()
         membership = self.membership
         held = self._members
         in_table = set()
@@ -689,7 +697,7 @@ class Node:
 
     def _reply(self, env: Envelope, body: Any, *, error: bool = False) -> None:
         try:
-            self.delivery.reply(env, body, time.time(), error=error)
+            self.delivery.reply(env, body, self._now(), error=error)
         except WindowFull:
             # The requester leaves twice a window of replies unacked: drop this one (it times out)
             # rather than buffer without bound.
@@ -725,12 +733,12 @@ class Node:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
         self._timer_at = at
-        self._timer = loop.call_at(loop.time() + max(0.0, at - time.time()), self._on_timer)
+        self._timer = loop.call_at(loop.time() + max(0.0, at - self._now()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        now = time.time()
+        now = self._now()
         self.delivery.tick(now)
         self.routing.tick(now)
         self.membership.tick(now)
