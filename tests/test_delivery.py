@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqagents.core.delivery import (
+    Acked,
     Delivered,
     Delivery,
     DeliveryConfig,
@@ -502,6 +503,106 @@ def test_stream_reopened_after_forget_uses_a_new_epoch():
     a.send(B, 2, net.now)
     net.advance(net.now + 0.1)
     assert net.delivered(B) == [1, 2]
+
+
+# -- confirmations and caller-given ids (durable outboxes) -------------------------------------
+
+
+def test_confirmed_send_reports_acked_once_when_the_cumulative_ack_covers_it():
+    a, b, net = pair()
+    net.drop = lambda env: env.seq == 1 and a.stats["retransmits"] == 0
+    m1 = a.send(B, 1, 0.0, confirm=True)
+    m2 = a.send(B, 2, 0.0, confirm=True)
+    a.send(B, 3, 0.0)  # not confirmed: no event
+    net.advance(0.05)
+    assert net.of(A, Acked) == []  # 2 and 3 are only selectively acked: B could still lose them
+    net.drop = lambda env: False
+    net.advance(2.0)
+    assert net.of(A, Acked) == [Acked(m1, B), Acked(m2, B)]
+    assert net.delivered(B) == [1, 2, 3]
+
+
+def test_confirmed_send_that_fails_reports_send_failed_not_acked():
+    a, b, net = pair()
+    net.drop = lambda env: True
+    mid = a.send(B, "x", 0.0, confirm=True)
+    net.advance(60.0)
+    assert net.of(A, Acked) == []
+    assert net.of(A, SendFailed) == [SendFailed(mid, B, "unreachable")]
+
+
+def test_caller_given_id_is_used_and_checked():
+    a, b, net = pair()
+    mid = bytes(range(16))
+    assert a.send(B, "x", 0.0, msg_id=mid) == mid
+    net.flush()
+    assert [e.env.id for e in net.of(B, Delivered)] == [mid]
+    for bad in (b"short", "0123456789abcdef", bytes(17)):
+        with pytest.raises(ValueError):
+            a.send(B, "y", 0.0, msg_id=bad)
+
+
+def test_outbox_resend_after_sender_restart_is_delivered_once():
+    """A sender crashes after B delivered some messages but before their acks reached it; the
+    restarted sender (new epoch) re-sends everything under the same ids: B delivers each once."""
+    a, b, net = pair()
+    ids = [bytes([i]) * 16 for i in range(1, 11)]
+    for i, mid in enumerate(ids):
+        a.send(B, i, 0.0, msg_id=mid, confirm=True)
+    net.drop = lambda env: env.type == "ack"  # B gets all 10, A never hears back
+    net.advance(0.05)
+    assert net.delivered(B) == list(range(10))
+    a2 = Delivery(A, random.Random(99))  # A restarted from its outbox
+    net.cores[A] = a2
+    net.drop = lambda env: False
+    for i, mid in enumerate(ids):
+        a2.send(B, i, 0.1, msg_id=mid, confirm=True)
+    a2.send(B, "new", 0.1)
+    net.advance(1.0)
+    assert net.delivered(B) == list(range(10)) + ["new"]
+    assert b.stats["duplicates"] == 10
+    assert [e.msg_id for e in net.of(A, Acked)] == ids  # the restarted sender learns they are done
+
+
+def test_dedup_memory_survives_forget_so_a_restarted_sender_is_still_deduplicated():
+    """Membership usually declares a crashed sender dead (B forgets it) before it restarts."""
+    a, b, net = pair(DeliveryConfig(kept_dedup=2))
+    mid = bytes([7]) * 16
+    a.send(B, "once", 0.0, msg_id=mid)
+    net.drop = lambda env: env.type == "ack"
+    net.advance(0.05)
+    b.forget(A)
+    for other in (C, bytes([0xD]) * 32):  # two other forgotten peers fit in kept_dedup=2 too
+        b.receive(Envelope(bytes([1]) * 16, other, "msg", "x", B, seq=1, ep=5), 0.06)
+        b.forget(other)
+    assert set(b._kept) == {C, bytes([0xD]) * 32}  # the oldest (A) was pushed out: bounded
+    b2 = Delivery(B, random.Random(3), DeliveryConfig(kept_dedup=2))
+    net.cores[B] = b2
+    b2.receive(Envelope(mid, A, "msg", "once", B, seq=1, ep=1), 0.1)
+    b2.forget(A)
+    a2 = Delivery(A, random.Random(98))
+    net.cores[A] = a2
+    net.drop = lambda env: False
+    a2.send(B, "once", 0.2, msg_id=mid)
+    net.advance(1.0)
+    assert [e.env.body for e in net.of(B, Delivered)].count("once") == 2  # b, then b2: once each
+    assert b2.stats["dedup_restored"] == 1 and b2.stats["duplicates"] == 1
+
+
+def test_restored_dedup_memory_keeps_the_old_epoch_retired():
+    a, b, net = pair()
+    a.send(B, 1, 0.0)
+    (old,) = a.take_outgoing()
+    b.receive(old, 0.0)
+    b.forget(A)
+    a2 = Delivery(A, random.Random(5))
+    net.cores[A] = a2
+    a2.send(B, 2, 0.1)
+    net.flush()
+    b.receive(Envelope(bytes([9]) * 16, A, "msg", "late", B, seq=2, ep=old.ep), 0.2)  # late packet, old stream
+    net.flush()
+    assert net.delivered(B) == [1, 2]  # "late" is neither delivered nor allowed to reset the new stream
+    assert b.stats["stale_epoch"] == 1 and b.stats["dedup_restored"] == 1
 
 
 # -- bad input from a peer -------------------------------------------------------------------

@@ -364,3 +364,32 @@ def test_a_client_that_is_not_a_member_stays_out_of_the_servers_table(arun):
                 assert member.node_id in {bytes.fromhex(p["node_id"]) for p in server.peers()}
 
     arun(main())
+
+
+def test_confirmed_sends_are_reported_settled_and_caller_ids_are_kept(arun):
+    async def main():
+        async with Node() as server, Node(peers=[server.contact], config=fast_config()) as client:
+            settled: list[tuple] = []
+            client.on_settled(lambda mid, dst, reason: settled.append((mid, dst, reason)))
+            ids = [os.urandom(16) for _ in range(50)]
+            for i, mid in enumerate(ids):
+                assert await client.send(server.node_id, i, msg_id=mid, confirm=True) == mid
+            await client.flush(timeout=5)
+            assert settled == [(mid, server.node_id, None) for mid in ids]
+            got = [await server.receive(timeout=5) for _ in range(50)]
+            assert [m.id for m in got] == ids
+            # a re-send under an id already delivered is acknowledged but not delivered again
+            await client.send(server.node_id, "again", msg_id=ids[0], confirm=True)
+            await client.flush(timeout=5)
+            assert settled[-1] == (ids[0], server.node_id, None)
+            with pytest.raises(asyncio.TimeoutError):
+                await server.receive(timeout=0.2)
+            # a failure reaches the callbacks too
+            dead = Identity.generate()
+            from zmqagents.identity import Contact
+            lost = await client.send(Contact(dead.public_key, "tcp://127.0.0.1:9"), "x", confirm=True)
+            with pytest.raises(SendError):
+                await client.flush(timeout=10)
+            assert settled[-1] == (lost, dead.node_id, "unreachable")
+
+    arun(main())

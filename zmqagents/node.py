@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 from .core.delivery import (
+    Acked,
     Delivered,
     Delivery,
     DeliveryConfig,
@@ -127,6 +128,8 @@ class NodeConfig:
 
 
 RequestHandler = Callable[[Any, Message], Any | Awaitable[Any]]
+# (message id, destination, None if acknowledged else the failure reason): see Node.on_settled
+SettledCallback = Callable[[bytes, bytes, "str | None"], None]
 
 
 class Node:
@@ -178,6 +181,7 @@ class Node:
         self._requests: dict[bytes, asyncio.Future] = {}
         self._windows: dict[bytes, asyncio.Event] = {}
         self._failures: list[SendFailed] = []
+        self._settled: list[SettledCallback] = []
         self._handler: RequestHandler | None = None
         self._handler_is_async = False
         self._handler_slots: asyncio.Semaphore | None = None
@@ -359,14 +363,29 @@ class Node:
         if self._timer is None or (delivery.next_timer() or self._timer_at) < self._timer_at:
             self._arm_timer()
 
-    async def send(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg") -> bytes:
+    async def send(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg",
+                   msg_id: bytes | None = None, confirm: bool = False) -> bytes:
         """Queue a reliable message; returns its id once the transport has it.
 
         Waits (backpressure) while too many messages to this peer are unacknowledged.
-        Delivery failures surface from :meth:`flush`.
+        Delivery failures surface from :meth:`flush` and :meth:`on_settled` callbacks.
+        ``msg_id`` re-sends a message under its earlier id (the receiver delivers an id once);
+        ``confirm`` reports its acknowledgement to the :meth:`on_settled` callbacks.
         """
         dst = self._resolve(peer)
-        return await self._submit(dst, lambda: self.delivery.send(dst, body, self._now(), type=type))
+        return await self._submit(
+            dst, lambda: self.delivery.send(dst, body, self._now(), type=type, msg_id=msg_id, confirm=confirm)
+        )
+
+    def on_settled(self, callback: SettledCallback) -> SettledCallback:
+        """Call ``callback(msg_id, dst, None)`` when ``dst`` acknowledges a message sent with
+        ``confirm=True``, and ``callback(msg_id, dst, reason)`` when any sent message fails.
+
+        This is what a durable outbox needs: a message may be forgotten only once acknowledged.
+        Callbacks run inside the node's event handling: keep them short, never block.
+        """
+        self._settled.append(callback)
+        return callback
 
     async def request(self, peer: bytes | str | Contact, body: Any, *, timeout: float = 10.0, type: str = "req") -> Any:
         """Send a request and wait for its reply body.
@@ -670,9 +689,14 @@ class Node:
                         future.set_exception(RequestTimeout(f"no reply from {short_id(event.dst)} in time"))
                     else:
                         future.set_exception(PeerUnreachable(f"{short_id(event.dst)} did not acknowledge the request"))
+            elif isinstance(event, Acked):
+                for callback in self._settled:
+                    callback(event.msg_id, event.dst, None)
             elif isinstance(event, SendFailed):
                 if len(self._failures) < 10_000:
                     self._failures.append(event)
+                for callback in self._settled:
+                    callback(event.msg_id, event.dst, event.reason)
             elif isinstance(event, WindowOpen):
                 waiter = self._windows.get(event.dst)
                 if waiter is not None:

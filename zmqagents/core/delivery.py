@@ -26,13 +26,14 @@ sends the same object again), so a driver may pass them around by reference.
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from itertools import islice
 
-from ..envelope import Envelope
+from ..envelope import ID_LEN, Envelope
 from .outputs import CoreOutputs
 
 ACK_TYPE = "ack"
@@ -56,6 +57,7 @@ STAT_KEYS = (
     "replies", "replies_unmatched", "send_failed", "requests_failed", "requests_timed_out",
     "requests_cancelled", "request_limit", "abandoned", "fwd_sent", "fwd_received", "skipped",
     "malformed", "unsequenced", "stale_epoch", "epoch_resets", "buffer_discarded", "peers_evicted",
+    "dedup_restored",
 )
 
 
@@ -77,6 +79,10 @@ class DeliveryConfig:
     reorder_limit: int = 1024  # out-of-order messages buffered per sender: the sender's window, so no loss is fatal
     dedup_window: int = 4096  # ids remembered per sender: 4x the window, covers re-sends across a sender restart
     max_peers: int = 10000  # peer states kept (LRU): O(k log N) contacts of a large mesh fit with room to spare
+    # Dedup memories kept after a peer's state is dropped (forget(), eviction), newest first. A sender
+    # that crashed is usually declared failed (and forgotten) before it restarts and re-sends its
+    # outbox: this keeps its re-sends exactly-once. <= dedup_window ids (~400 KB) each.
+    kept_dedup: int = 16
     sack_max: int = 64  # selective seqs per ack: = ack_every, so one ack reports every arrival since the last
     max_requests: int = 65536  # requests awaiting a reply, all peers: bounds what slow peers can pile up
     timer_granularity: float = 0.001  # timer wheel slot (s): timers fire at most this late; 1 ms << rto_initial
@@ -136,6 +142,19 @@ class RequestFailed:
 
 
 @dataclass(slots=True)
+class Acked:
+    """A message sent with ``confirm=True`` is known delivered: ``dst`` acknowledged it cumulatively.
+
+    Reported once per such message, when the cumulative ack covers it (a selective ack is not
+    enough: the receiver may still lose a message it holds behind a hole). A driver that keeps
+    a durable outbox marks the message done on this event and no earlier.
+    """
+
+    msg_id: bytes
+    dst: bytes
+
+
+@dataclass(slots=True)
 class SendFailed:
     """A send() or reply() was never acked: "unreachable" or "evicted", as for RequestFailed."""
 
@@ -153,11 +172,12 @@ class WindowOpen:
 
 # A pending message is a plain list (the hot path allocates one per message; a list is ~4x cheaper
 # to build than a slotted object):
-#   [slot, envelope, peer, seq, transmissions so far - 1, request or None, selectively acked]
+#   [slot, envelope, peer, seq, transmissions so far - 1, request or None, selectively acked, confirm]
 # slot 0 = no timer armed; envelope None = acked or dropped (frees the body if the wheel entry lingers).
 # A selectively acked message stays pending (but is not retransmitted) until the cumulative ack covers
 # it: the receiver holds it behind a hole and may still lose it, so it is not yet known delivered.
-_SLOT, _ENV, _PEER, _SEQ, _TRIES, _REQ, _SACKED = range(7)
+# confirm: report Acked when the cumulative ack covers it (send(confirm=True)).
+_SLOT, _ENV, _PEER, _SEQ, _TRIES, _REQ, _SACKED, _CONFIRM = range(8)
 
 # Kinds of the object timer entries (each has a ``kind`` class attribute and a ``slot``).
 _DEADLINE, _ACK = 1, 2
@@ -245,6 +265,8 @@ class Delivery(CoreOutputs):
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._requests: dict[bytes, _Request] = {}
         self._npending = 0
+        # node id -> (ids, ring, ring_pos, retired epochs) of peers whose state was dropped (kept_dedup)
+        self._kept: OrderedDict[bytes, tuple] = OrderedDict()
         CoreOutputs.__init__(self)
         # slot -> timer entries armed in it (some maybe cancelled); every key is in _slots exactly once
         self._wheel: dict[int, list] = {}
@@ -271,16 +293,28 @@ class Delivery(CoreOutputs):
         peer = self._peers.get(dst)
         return peer is None or len(peer.out) < self.config.window
 
-    def send(self, dst: bytes, body, now: float, *, type: str = "msg") -> bytes:
-        """Queue a reliable message; returns its id. Raises WindowFull if can_send(dst) is false."""
+    def send(self, dst: bytes, body, now: float, *, type: str = "msg", msg_id: bytes | None = None,
+             confirm: bool = False) -> bytes:
+        """Queue a reliable message; returns its id. Raises WindowFull if can_send(dst) is false.
+
+        ``msg_id`` (16 bytes) re-sends a message under the id it had before, e.g. from a durable
+        outbox after a restart: the receiver's dedup memory (§6 of protocols/delivery.md) then
+        delivers it at most once even if the earlier copy arrived. ``confirm`` asks for an
+        :class:`Acked` event once ``dst`` has it (failure is reported as SendFailed either way).
+        """
         if type in RESERVED_TYPES:
             raise ValueError(f"message type {type!r} is reserved by the delivery protocol")
+        if msg_id is not None and (builtins.type(msg_id) is not bytes or len(msg_id) != ID_LEN):
+            raise ValueError(f"msg_id must be {ID_LEN} bytes, got {msg_id!r:.60}")
         peer = self._peers.get(dst)
         if peer is None or len(peer.out) >= self.config.window:
             peer = self._sending_peer(dst)
         else:
             self._peers.move_to_end(dst)
-        return self._transmit(peer, type, body, now, None)[_ENV].id
+        p = self._transmit(peer, type, body, now, None, msg_id)
+        if confirm:
+            p[_CONFIRM] = True
+        return p[_ENV].id
 
     def request(self, dst: bytes, body, now: float, *, timeout: float, type: str = "req") -> bytes:
         """Send a request; its reply comes as Replied, or RequestFailed. Returns the request (= message) id."""
@@ -336,6 +370,7 @@ class Delivery(CoreOutputs):
         state = self._peers.pop(peer, None)
         if state is not None:
             self._fail_peer(state, "unreachable")
+            self._keep_dedup(state)
 
     # -- network side --------------------------------------------------------------
 
@@ -454,17 +489,18 @@ class Delivery(CoreOutputs):
             raise WindowFull(f"{len(peer.out)} messages to {dst.hex()[:12]} are unacked (window {self.config.window})")
         return peer
 
-    def _transmit(self, peer: _Peer, typ: str, body, now: float, re: bytes | None) -> list:
+    def _transmit(self, peer: _Peer, typ: str, body, now: float, re: bytes | None,
+                  msg_id: bytes | None = None) -> list:
         """Sequence, send and arm the retransmit timer of one new reliable message (the hot path)."""
         rng = self._rng
         seq = peer.next_seq
         peer.next_seq = seq + 1
-        env = Envelope(rng.getrandbits(128).to_bytes(16, "big"), self.node_id, typ, body, peer.id,
+        env = Envelope(msg_id or rng.getrandbits(128).to_bytes(16, "big"), self.node_id, typ, body, peer.id,
                        int(now * 1000), 0, seq, peer.ep, re, self._piggyback(peer) if peer.owed else None)
         k = int((now + self._rto_lo + self._rto_span * rng.random()) * self._inv_g) + 1
         if k <= self._fired:
             k = self._fired + 1
-        p = [k, env, peer, seq, 0, None, False]
+        p = [k, env, peer, seq, 0, None, False, False]
         peer.out[seq] = p
         lst = self._wheel.get(k)
         if lst is None:
@@ -588,6 +624,8 @@ class Delivery(CoreOutputs):
                 for s in range(low, cum + 1):
                     p = out.pop(s, None)
                     if p is not None:
+                        if p[_CONFIRM]:
+                            self._events.append(Acked(p[_ENV].id, peer.id))
                         self._settle(p)
             peer.low = cum + 1
             acked = n0 - len(out)
@@ -725,10 +763,31 @@ class Delivery(CoreOutputs):
             _, old = peers.popitem(last=False)
             self.stats["peers_evicted"] += 1
             self._fail_peer(old, "evicted")
+            self._keep_dedup(old)
         peer = _Peer(pid, (self.epoch + self._streams) % EPOCH_MOD)
         self._streams += 1
         peers[pid] = peer
+        kept = self._kept.pop(pid, None) if self._kept else None
+        if kept is not None:
+            # The same sender again (restarted, or back after being declared dead): what it re-sends
+            # from before is still recognised, and its old epochs cannot reset the new stream.
+            peer.ids, peer.ring, peer.ring_pos, peer.retired = kept
+            self.stats["dedup_restored"] += 1
         return peer
+
+    def _keep_dedup(self, peer: _Peer) -> None:
+        """Remember a dropped peer's delivered ids (and its epochs) for when it comes back."""
+        limit = self.config.kept_dedup
+        if not peer.ids or not limit:
+            return
+        retired = list(peer.retired or ())
+        if peer.in_ep is not None:
+            retired.append(peer.in_ep)
+        kept = self._kept
+        kept[peer.id] = (peer.ids, peer.ring, peer.ring_pos, retired[-RETIRED_EPOCHS:])
+        kept.move_to_end(peer.id)
+        while len(kept) > limit:
+            kept.popitem(last=False)
 
     def _fail_peer(self, peer: _Peer, reason: str) -> None:
         """Fail everything in flight to a peer whose state is being dropped, and disarm its timers."""
