@@ -59,7 +59,7 @@ Public API (``now``: the caller's monotonic clock in seconds)::
         .forget(node_id) -> bool                                 # dead: remove, promote a replacement
         .take_checks() -> list[Entry]                            # contacts to probe (liveness layer)
         .contact_for(node_id) -> Contact | None                  # where to send an outgoing envelope
-        .rto -> float, .lookups_running -> int
+        .rto -> float, .lookups_running -> int, .advertised -> [key, endpoint] | None, .sample_rtt(rtt)
         .receive(env, now), .tick(now), .next_timer(), .take_outgoing(), .take_events()
     RoutingTable(node_id, k=20, *, replacements=8, stale_after=5, max_checks=64, stats=None)
         .update(contact, now, rtt=None) -> ADDED|UPDATED|CACHED|REPLACED|IGNORED
@@ -726,6 +726,17 @@ class RoutingCore(CoreOutputs):
             return Contact(d[0], d[1])
         e = self.table.find(node_id)
         return None if e is None else e.contact
+
+    @property
+    def advertised(self) -> list | None:
+        """Our own contact in wire form ``[key, endpoint]`` as sent in ``from``, or None when the node does
+        not advertise itself (outbound only). Other cores that send lookups (``core/dht.py``) send the same."""
+        return self._me
+
+    def sample_rtt(self, rtt: float) -> None:
+        """Feed the RTT of an answered query made by another core (``core/dht.py``) into the one estimate
+        that sets every lookup's late limit (:attr:`rto`)."""
+        self._rtt_sample(rtt)
 
     @property
     def lookups_running(self) -> int:
