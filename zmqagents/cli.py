@@ -114,27 +114,12 @@ def _make_node(key: str | None, listen: str, peers: list[Contact], insecure: boo
 
 def _read_allowlist(path: str) -> frozenset[bytes]:
     """One node id (hex), public key (base32) or contact per line; '#' starts a comment."""
-    from .identity import parse_node_id, parse_public_key, node_id_of
+    from .identity import load_allowlist
 
-    ids = set()
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise click.UsageError(f"cannot read allowlist {path}: {exc.strerror}") from None
-    for number, raw in enumerate(lines, 1):
-        text = raw.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            if "@" in text:
-                ids.add(Contact.parse(text).node_id)
-            elif len(text) == 64:
-                ids.add(parse_node_id(text))
-            else:
-                ids.add(node_id_of(parse_public_key(text)))
-        except IdentityError as exc:
-            raise click.UsageError(f"{path}:{number}: {exc}") from None
-    return frozenset(ids)
+        return load_allowlist(path)
+    except IdentityError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _run(coro) -> int:
@@ -205,13 +190,110 @@ def keygen(path: str, force: bool) -> None:
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
 @click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")
 @click.option("--echo", is_flag=True, help="Answer every request with its own body (handy for testing).")
-def node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo) -> None:
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="ZMQAGENTS_CONFIG",
+              help="Run as a sidecar configured by this TOML file (env: ZMQAGENTS_CONFIG).")
+@click.option("--conf-d", type=click.Path(file_okay=False), envvar="ZMQAGENTS_CONF_D",
+              help="Directory of *.toml files merged over --config in name order (default: conf.d next to it).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config key, e.g. --set spool.fsync=always (repeatable; sidecar only).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines on stderr as text or one JSON object each.")
+@click.pass_context
+def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo, config_file, conf_d, settings,
+         log_format) -> None:
     """Run a node until SIGINT/SIGTERM.
 
     With --bootstrap it joins the mesh (Kademlia lookup of its own id, then of
     far buckets). Prints {"contact": ...} first, then every direct message and
     request it receives as one JSON line.
+
+    \b
+    With --config FILE it runs as a sidecar: settings come from FILE, then
+    conf.d/*.toml, then ZMQAGENTS_<SECTION>_<KEY> variables, then flags (flags
+    win). `zmqagents config check FILE` shows the result. The key file is
+    created on first start. Signals: SIGTERM/SIGINT drain, announce the leave
+    and exit 0; a second one exits at once with 128+signal (143/130); SIGHUP
+    reloads the log settings and the allowlist (and logs what needs a restart).
     """
+    verbose = ctx.find_root().params.get("verbose", 0)
+    if config_file is None and conf_d is None and not settings:
+        if log_format is not None:
+            from .sidecar import logs
+
+            logs.configure(log_format, logging.getLogger().level)
+        _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo)
+        return
+    overrides = _sidecar_overrides(ctx, key=key, listen=listen, insecure=insecure, peers=peers, bootstrap=bootstrap,
+                                   contact_file=contact_file, allowlist=allowlist, log_format=log_format,
+                                   verbose=verbose, settings=settings)
+    sys.exit(_run_sidecar(config_file, conf_d, overrides, echo))
+
+
+def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_file, allowlist, log_format, verbose,
+                       settings) -> list:
+    """The flags given on the command line as config overrides (flags that were not given do not override)."""
+    from click.core import ParameterSource
+    from .sidecar.config import ConfigError, Override, parse_set
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    overrides = []
+    try:
+        overrides += [parse_set(text) for text in settings]
+    except ConfigError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    flags = [("node.key", key, "--key"), ("node.listen", listen if given("listen") else None, "--listen"),
+             ("node.secure", False if insecure else None, "--insecure"),
+             ("node.peers", list(peers) or None, "--peer"), ("node.bootstrap", list(bootstrap) or None, "--bootstrap"),
+             ("node.contact_file", contact_file, "--contact-file"), ("node.allowlist", allowlist, "--allowlist"),
+             ("log.format", log_format, "--log-format"),
+             ("log.level", {0: None, 1: "info"}.get(verbose, "debug"), "-v")]
+    overrides += [Override(dotted, value, f"flag {flag}") for dotted, value, flag in flags if value is not None]
+    return overrides
+
+
+def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, echo: bool) -> int:
+    from .node import run
+    from .sidecar import logs
+    from .sidecar.config import ConfigError, load
+    from .sidecar.daemon import EXIT_CONFIG, Sidecar
+
+    def loader():
+        return load(config_file, conf_d=conf_d, overrides=overrides)
+
+    try:
+        config = loader()
+        logs.configure(config.log.format, config.log.level)
+        sidecar = Sidecar(config, loader=loader)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_CONFIG
+    if echo:
+        sidecar.node.on_request(lambda body, msg: body)
+    else:
+        def show(body, msg):
+            _emit({"type": msg.type, "from": msg.sender, "body": body})
+            return {"ok": True}
+        sidecar.node.on_request(show)
+
+    async def app(sc) -> None:
+        _announce(sc.node, None)
+        if sc.consumes_messages:
+            await asyncio.Event().wait()
+        async for msg in sc.node.messages():
+            _emit({"type": msg.type, "from": msg.sender, "body": msg.body})
+
+    async def main() -> int:
+        try:
+            return await sidecar.serve(app)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            return EXIT_CONFIG
+
+    return run(main())
+
+
+def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo) -> None:
     n = _make_node(key, listen, _contacts(peers), insecure, allowlist, _contacts(bootstrap), member=True)
 
     async def main() -> int:
@@ -550,6 +632,52 @@ def subscribe(key, listen, insecure, to, contact_file, count, timeout, topic) ->
         return EXIT_OK
 
     sys.exit(_run(main()))
+
+
+@cli.group()
+def config() -> None:
+    """Check sidecar configuration files (see `zmqagents node --config`)."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--conf-d", type=click.Path(file_okay=False), envvar="ZMQAGENTS_CONF_D",
+              help="Directory of *.toml files merged over PATH in name order (default: conf.d next to it).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one key, as `node --set`.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of TOML.")
+def config_check(path, conf_d, settings, as_json) -> None:
+    """Validate PATH (+ conf.d, ZMQAGENTS_* variables, --set) and print the effective configuration.
+
+    \b
+    Each key is printed with where its value came from. The node key file is
+    checked if it exists; only its node id and public key are printed, never
+    the secret. Exit 0 if the configuration is usable, 2 (error on stderr,
+    naming the key and the file, variable or flag) if not.
+    """
+    from .sidecar.config import ConfigError, load, parse_set
+    from .sidecar.daemon import describe_key, read_allowlist
+
+    try:
+        cfg = load(path, conf_d=conf_d, overrides=[parse_set(text) for text in settings])
+        read_allowlist(cfg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InsecureKeyFileWarning)
+            key = describe_key(cfg)
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
+    except ConfigError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    if as_json:
+        _emit({"ok": True, "files": list(cfg.files), "config": cfg.as_dict(), "sources": dict(cfg.sources), "key": key})
+        return
+    from .sidecar.config import to_toml
+
+    click.echo(f"# effective configuration from: {', '.join(cfg.files)}")
+    click.echo(to_toml(cfg), nl=False)
+    if key["exists"]:
+        click.echo(f"# node key {key['path']}: node id {key['node_id']}, public key {key['public_key']}")
+    else:
+        click.echo(f"# node key {key['path']} does not exist yet; `zmqagents node` creates it (mode 0600)")
 
 
 def _register_sim() -> None:

@@ -243,3 +243,29 @@ class Identity:
         if len(seed) != 32:
             raise KeyFileError(f"key file {path} is corrupt: 'secret' must be 64 hex characters")
         return cls.from_seed(seed)
+
+
+def load_allowlist(path: str | os.PathLike) -> frozenset[bytes]:
+    """The node ids in an allowlist file: one node id (hex), public key (base32) or contact per
+    line; '#' starts a comment. Raises IdentityError naming the file (and line) on bad input."""
+    ids = set()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError:
+        raise IdentityError(f"allowlist {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise IdentityError(f"cannot read allowlist {path}: {exc.strerror}") from None
+    for number, raw in enumerate(lines, 1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            if "@" in text:
+                ids.add(Contact.parse(text).node_id)
+            elif len(text) == 64:
+                ids.add(parse_node_id(text))
+            else:
+                ids.add(node_id_of(parse_public_key(text)))
+        except IdentityError as exc:
+            raise IdentityError(f"{path}:{number}: {exc}") from None
+    return frozenset(ids)
