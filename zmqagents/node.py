@@ -31,8 +31,11 @@ from .core.delivery import (
     WindowFull,
     WindowOpen,
 )
+from .core.dht import PREFIX as DHT_PREFIX
+from .core.dht import DhtConfig, DhtCore
 from .core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
 from .core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
+from .dht import Dht, ProviderInfo
 from .envelope import Envelope
 from .identity import Contact, Identity, IdentityError, node_id_of, parse_node_id, short_id
 from .transport.mesh import Transport, TransportConfig
@@ -117,6 +120,7 @@ class NodeConfig:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
+    dht: DhtConfig = field(default_factory=DhtConfig)
     event_queue: int = 1000  # membership events buffered per events() reader; the oldest is dropped beyond it
     leave_timeout: float = 0.5  # how long close() lingers after announcing a graceful leave
     member: bool = True  # False for a short-lived client: not put in peers' tables, no leave to announce
@@ -172,6 +176,7 @@ class Node:
         self.delivery = Delivery(identity.node_id, self._rng, self.config.delivery)
         self.routing: RoutingCore | None = None  # needs our endpoint, known once the inbox is bound
         self.membership: Membership | None = None  # likewise (alive rumors about us carry our contact)
+        self.dht = Dht(self)  # records and providers (zmqagents/dht.py); its core is made by start()
         self._members: set[bytes] = set()  # ids handed to membership, mirrored from the routing table
         self._reconciler: asyncio.TimerHandle | None = None
         self._event_queues: list[asyncio.Queue] = []
@@ -217,7 +222,10 @@ class Node:
         self._idle = asyncio.Event()
         self._idle.set()
         self.transport.start()
-        self.routing = RoutingCore(self.contact, self._rng, self.config.routing)
+        # A short-lived client (member=False) does not advertise itself: it stays out of peers' tables,
+        # so no record is ever stored on a node that is about to exit.
+        self.routing = RoutingCore(self.contact, self._rng, self.config.routing, advertise=self.config.member)
+        self.dht.core = DhtCore(self.routing, self.identity, self._rng, self.config.dht)
         self.membership = Membership(self.contact, self._rng, self.config.membership)
         self._reconcile()
         if self._peers:
@@ -254,6 +262,19 @@ class Node:
         done: LookupDone = await asyncio.wait_for(asyncio.shield(future), timeout)
         return list(done.contacts)
 
+    async def provide(self, name: str | bytes, *, meta: Any = None, timeout: float = 30.0) -> int:
+        """Announce that this node provides ``name`` (a capability, a topic; a str is hashed with sha256 into
+        the DHT key). Kept refreshed until close() or unprovide(). See :class:`~zmqagents.dht.Dht`."""
+        return await self.dht.provide(name, meta=meta, timeout=timeout)
+
+    def unprovide(self, name: str | bytes) -> bool:
+        """Stop refreshing this node's provider entry for ``name`` (it expires on the holders)."""
+        return self.dht.unprovide(name)
+
+    async def find_providers(self, name: str | bytes, *, timeout: float = 30.0) -> list[ProviderInfo]:
+        """The nodes that provide ``name``: node id, contact, expiry and metadata of each."""
+        return await self.dht.find_providers(name, timeout=timeout)
+
     def peers(self) -> list[dict]:
         """The routing table with membership's view of each contact: node_id, contact, state
         ("alive"/"suspect", or "unprobed" until membership takes it on), incarnation, rtt_ms
@@ -289,6 +310,7 @@ class Node:
             task.cancel()
         if self._handler_tasks:
             await asyncio.gather(*self._handler_tasks, return_exceptions=True)
+        self.dht.close(NodeError("node closed"))
         for fut in [*self._requests.values(), *self._lookups.values(), self._joined]:
             if fut is not None and not fut.done():
                 fut.set_exception(NodeError("node closed"))
@@ -542,6 +564,9 @@ class Node:
             if typ.startswith(ROUTING_PREFIX):
                 routing.receive(env, now)
                 continue
+            if typ.startswith(DHT_PREFIX):
+                self.dht.core.receive(env, now)  # it refreshes the sender in the table itself
+                continue
             if env.src is not last_src:  # any message is evidence its sender is alive
                 last_src = env.src
                 routing.observe(last_src, now)
@@ -573,6 +598,7 @@ class Node:
         if self.routing is not None:
             self._pump_routing()
             self._pump_membership()
+            self.dht.pump()
         if not delivery.pending():
             self._idle.set()
         self._arm_timer()
@@ -745,7 +771,7 @@ class Node:
     def _arm_timer(self) -> None:
         at = self.delivery.next_timer()
         if self.routing is not None:
-            for core in (self.routing, self.membership):
+            for core in (self.routing, self.membership, self.dht.core):
                 other = core.next_timer()
                 if other is not None and (at is None or other < at):
                     at = other
@@ -766,6 +792,7 @@ class Node:
         self.delivery.tick(now)
         self.routing.tick(now)
         self.membership.tick(now)
+        self.dht.core.tick(now)
         self._pump()
 
 

@@ -1153,7 +1153,7 @@ class DhtCore(CoreOutputs):
         mine = self._me_int ^ t
         found = lk.result()
         targets: list = []
-        placed = False
+        placed = self.routing.advertised is None  # nobody can find a node that does not advertise itself
         for c in found:
             if not placed and mine < (int.from_bytes(node_id_for(c.public_key), "big") ^ t):
                 targets.append(None)
@@ -1162,8 +1162,6 @@ class DhtCore(CoreOutputs):
         if not placed:
             targets.append(None)
         targets = targets[: self.config.replicas]
-        if self.routing.advertised is None:
-            targets = [c for c in targets if c is not None]  # nobody can find a node that does not advertise itself
         provider = kind in (_PROVIDE, _REPROVIDE)
         wire = {"prov" if provider else "rec": op.item.to_wire()}
         op.phase = 2

@@ -1,0 +1,132 @@
+"""DHT records and providers between real Nodes on tcp loopback (CURVE on), and a real crash."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+from zmqagents.core.dht import DhtConfig, key_for
+from zmqagents.core.membership import MembershipConfig
+from zmqagents.dht import DhtError
+from zmqagents.identity import Contact
+from zmqagents.node import Node, NodeConfig
+
+
+def _fast() -> NodeConfig:
+    """Failure detection within a few seconds and a re-replication check twice a second."""
+    return NodeConfig(membership=MembershipConfig(probe_interval=0.3, probe_timeout=0.1, suspicion_min=0.6,
+                                                  suspicion_max=1.5, gossip_interval=0.1, sync_interval=2.0),
+                      dht=DhtConfig(replicate_check=0.5))
+
+
+async def _mesh(n: int, config=None) -> list[Node]:
+    seed = Node(config=config() if config else None)
+    await seed.start()
+    nodes = [seed]
+    for _ in range(n - 1):
+        node = Node(config=config() if config else None, bootstrap=[seed.contact])
+        await node.start()
+        nodes.append(node)
+    return nodes
+
+
+def _closest(ids, key: bytes, n: int) -> list[bytes]:
+    return sorted(ids, key=lambda i: int.from_bytes(i, "big") ^ int.from_bytes(key, "big"))[:n]
+
+
+def test_put_on_one_node_get_on_another_and_providers(arun):
+    async def main():
+        nodes = await _mesh(8)
+        try:
+            put = await nodes[2].dht.put("site/7/config", {"interval": 30}, ttl=600)
+            assert put.stored == 3 and put.key == key_for("site/7/config")
+            holders = [n.node_id for n in nodes if n.dht.core.held(put.key) is not None]
+            assert sorted(holders) == sorted(_closest([n.node_id for n in nodes], put.key, 3))
+            assert await nodes[6].dht.get("site/7/config") == {"interval": 30}
+            record = await nodes[5].dht.get_record("site/7/config")
+            assert record.publisher == nodes[2].node_id and record.seq == put.seq
+            assert await nodes[6].dht.get("never stored") is None
+
+            for n in nodes[:3]:
+                n.on_request(lambda body, msg, me=n: {"by": me.node_id})
+                assert await n.provide("summarize", meta={"model": "small"}) >= 1
+            found = await nodes[7].find_providers("summarize")
+            assert {p.node_id for p in found} == {n.node_id for n in nodes[:3]}
+            assert all(p.meta == {"model": "small"} for p in found)
+            # a provider's contact is enough to reach it
+            assert await nodes[7].request(found[0].contact, "hi", timeout=5) == {"by": found[0].node_id}
+            assert await nodes[7].find_providers("nobody offers this") == []
+
+            # a short-lived client (member=False) gets and puts without ever entering a table
+            async with Node(bootstrap=[nodes[0].contact], config=NodeConfig(member=False)) as client:
+                assert await client.dht.get("site/7/config") == {"interval": 30}
+                assert (await client.dht.put("from/client", 1)).stored == 3
+                assert client.dht.core.records == 0
+                assert all(client.node_id not in n.routing.table for n in nodes)
+                # another publisher cannot take a key whose record is alive
+                try:
+                    await client.dht.put("site/7/config", "hijack")
+                except DhtError as exc:
+                    assert exc.reason == "owner"
+                else:
+                    raise AssertionError("a put over another publisher's live record succeeded")
+            assert await nodes[1].dht.get("from/client") == 1
+        finally:
+            await asyncio.gather(*(n.close() for n in nodes))
+
+    arun(main(), timeout=60)
+
+
+def test_a_record_survives_the_crash_of_its_closest_holder(arun, tmp_path):
+    """Three `zmqagents node` processes and five in-process nodes; the record's closest holder is a
+    process, killed with SIGKILL: the survivors detect it, re-replicate, and the record is still found
+    on the three closest live nodes."""
+
+    async def main():
+        nodes = await _mesh(5, _fast)
+        procs = []
+        try:
+            files = [tmp_path / f"p{i}.contact" for i in range(3)]
+            for f in files:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "zmqagents.cli", "node", "--bootstrap", str(nodes[0].contact),
+                     "--contact-file", str(f)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            deadline = time.monotonic() + 20
+            while not all(f.exists() for f in files):
+                assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+                await asyncio.sleep(0.05)
+            proc_ids = [Contact.parse(f.read_text()).node_id for f in files]
+            for n in nodes:  # every node learns of the processes
+                for pid in proc_ids:
+                    assert (await n.lookup(pid, timeout=10))[0].node_id == pid
+            all_ids = [n.node_id for n in nodes] + proc_ids
+            name = next(f"k{i}" for i in range(10_000) if _closest(all_ids, key_for(f"k{i}"), 1)[0] in proc_ids)
+            key = key_for(name)
+            victim = procs[proc_ids.index(_closest(all_ids, key, 1)[0])]
+            put = await nodes[1].dht.put(name, "survives")
+            assert put.stored == 3
+            await asyncio.sleep(1.5)  # a reconcile: membership probes the processes
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=5)
+            live = [i for i in all_ids if i != _closest(all_ids, key, 1)[0]]
+            want = set(_closest(live, key, 3))
+            deadline = time.monotonic() + 20
+            while True:
+                in_proc = {n.node_id for n in nodes if n.dht.core.held(key) is not None}
+                if want - set(proc_ids) <= in_proc:
+                    break
+                assert time.monotonic() < deadline, "the record was not re-replicated to the new closest nodes"
+                await asyncio.sleep(0.1)
+            assert sum(n.dht.core.stats["replicated"] for n in nodes) > 0
+            assert await nodes[4].dht.get(name) == "survives"
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            await asyncio.gather(*(n.close() for n in nodes))
+
+    arun(main(), timeout=90)
