@@ -322,6 +322,11 @@ class Node:
             queue.put_nowait(None)
         self.transport.close()
 
+    @property
+    def running(self) -> bool:
+        """Started and not yet closed."""
+        return self._started and not self._closed
+
     def _now(self) -> float:
         """Seconds on the cores' clock: monotonic, anchored to Unix time when the node was made."""
         return time.monotonic() + self._clock_offset
@@ -527,6 +532,30 @@ class Node:
             log.warning("peer %s did not answer hello: %s", contact, exc)
             return
         self._add_neighbour(node_id, body)
+
+    async def introduce(self, contact: Contact, *, timeout: float | None = None) -> bool:
+        """Say hello to a node known only from a claim (an mDNS announcement, say) and keep it only if
+        it answers.
+
+        The hello goes over a CurveZMQ link opened with ``contact``'s public key, whose handshake
+        fails unless the far end holds the matching secret key: a True return proves the claimed
+        id. On False everything the claim put in the address book is dropped again, so a false
+        claim cannot redirect traffic meant for the real node.
+        """
+        node_id = contact.node_id
+        if node_id in self._neighbours:
+            return True
+        self.transport.add_contact(contact)
+        try:
+            body = await self.request(
+                node_id, self._hello_body(), timeout=timeout or self.config.hello_timeout, type=HELLO
+            )
+        except NodeError:
+            if node_id not in self._neighbours:  # unless it said hello to us meanwhile
+                self.delivery.forget(node_id)
+                self.transport.drop_contact(contact)
+            return False
+        return self._add_neighbour(node_id, body)
 
     def _hello_body(self) -> dict:
         # "member": false marks a short-lived client (a shell command): peers keep it out of their

@@ -176,6 +176,13 @@ class Transport:
             self._contacts.popitem(last=False)
         return node_id
 
+    def drop_contact(self, contact: Contact) -> None:
+        """Undo :meth:`add_contact` for a contact that turned out false, if it is still the one held."""
+        node_id = contact.node_id
+        if self._contacts.get(node_id) == contact:
+            del self._contacts[node_id]
+            self._close_dealer(node_id)
+
     def known(self, node_id: bytes) -> bool:
         return node_id in self._contacts or node_id in self._inbound
 
@@ -361,6 +368,20 @@ class Transport:
     @property
     def dealer_count(self) -> int:
         return len(self._dealers)
+
+    @property
+    def inbound_count(self) -> int:
+        """Peers whose connection to our inbox we can answer over."""
+        return len(self._inbound)
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._subs)
+
+    @property
+    def outbox_size(self) -> int:
+        """Frames queued for this loop turn's burst of socket writes."""
+        return len(self._outbox)
 
     # -- pub/sub ------------------------------------------------------------------
 

@@ -1,0 +1,338 @@
+"""The admin endpoint: Prometheus metrics and health checks over HTTP, for operators.
+
+    GET /metrics  the node's counters and gauges in the Prometheus text format
+    GET /livez    200 while the process and its event loop run (the answer comes from the loop)
+    GET /readyz   200 when the inbox is bound, the node has joined (or runs alone by config)
+                  and every sidecar service says it is ready; 503 with the failing checks otherwise
+
+It listens on 127.0.0.1 by default: metrics say who we talk to and how much, so exposing them
+further is the operator's explicit choice (``[admin] listen``).
+
+Why a small asyncio server on the node's own loop rather than prometheus_client's threaded
+``start_http_server``: a scrape then runs between two loop callbacks, so it reads the protocol
+cores' ``stats`` dicts and queues in a consistent state with no lock, and the sidecar keeps one
+thread. The server speaks just enough HTTP/1.1 for scrapers and probes (GET/HEAD, one request
+per connection), with bounded request size, read time and connections.
+
+Why a custom collector: the hot path already counts everything in plain dicts (``stats`` of
+the transport, the cores and the services). The collector turns them into metric families at
+scrape time, so metrics cost nothing between scrapes. prometheus_client is imported by
+:meth:`AdminServer.start` only, i.e. only when the endpoint is enabled.
+
+Naming follows Prometheus conventions: ``zmqagents_`` prefix, base units (bytes, seconds),
+counters end in ``_total``, and no label takes per-peer values (label values come from fixed
+sets of reasons, states and kinds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:9464"
+MAX_HEAD = 8192  # bytes of request line + headers
+READ_TIMEOUT = 5.0  # s a client may take to send its request
+MAX_CONNECTIONS = 16  # served at once; more are closed unanswered (and counted)
+
+# Core counters that are drops of something a peer sent or we could not send, by core.
+DELIVERY_DROPS = ("malformed", "unsequenced", "stale_epoch", "reorder_overflow", "buffer_discarded")
+ROUTING_DROPS = ("malformed", "misdirected", "from_mismatch", "unmatched", "late_responses")
+MEMBERSHIP_DROPS = ("malformed",)
+NODE_DROPS = {"inbox_refused": "inbox_full", "publications_dropped": "subscription_queue_full",
+              "replies_dropped": "reply_window_full"}
+
+
+class AdminError(Exception):
+    """The admin endpoint cannot start (bad listen address, port taken)."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into (host, port); AdminError if malformed."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise AdminError(f"admin listen address {listen!r} must be HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    return host, int(port)
+
+
+def dht_records(node: "Node") -> int | None:
+    """Hook: records in the node's DHT store, or None while the node has no DHT (no metric then)."""
+    store = getattr(node, "dht", None)
+    return None if store is None else len(store)
+
+
+def tasks_by_state(node: "Node") -> Mapping[str, int] | None:
+    """Hook: tasks per A2A state (submitted, working, ...), or None while the node runs no tasks."""
+    tasks = getattr(node, "tasks", None)
+    counts = getattr(tasks, "counts_by_state", None)
+    return None if counts is None else counts()
+
+
+class NodeCollector:
+    """A prometheus_client collector that reads the node (and its services) when scraped."""
+
+    def __init__(self, node: "Node", services: Callable[[], Iterable[Any]], admin_stats: dict[str, int]):
+        self.node = node
+        self.services = services
+        self.admin_stats = admin_stats
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        node = self.node
+        transport = node.transport
+        t = transport.stats
+        d = node.delivery.stats
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"zmqagents_{name}", doc, value=value)
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"zmqagents_{name}", doc, value=value)
+
+        yield InfoMetricFamily("zmqagents_node", "This node's identity and software version.",
+                               value={"node_id": node.node_id.hex(), "version": _version()})
+
+        # -- traffic ---------------------------------------------------------------------
+        yield counter("transport_received_messages_total", "Envelopes read from sockets.", t["frames_in"])
+        yield counter("transport_sent_messages_total", "Envelopes written to sockets.", t["frames_out"])
+        yield counter("transport_received_bytes_total", "Envelope bytes read from sockets.", t["bytes_in"])
+        yield counter("transport_sent_bytes_total", "Envelope bytes written to sockets.", t["bytes_out"])
+        yield counter("publications_received_total", "Publications received from neighbours.", t["publications_in"])
+        yield counter("publications_sent_total", "Publications sent.", t["publications_out"])
+        yield counter("messages_submitted_total", "Messages, requests and replies handed to reliable delivery.",
+                      d["sent"])
+        yield counter("messages_delivered_total", "Messages and requests delivered to this node's application, "
+                      "exactly once.", d["delivered"])
+        yield counter("retransmits_total", "Envelopes sent again because no ack came in time.", d["retransmits"])
+        yield counter("duplicates_total", "Envelopes received again and not redelivered.", d["duplicates"])
+        failed = CounterMetricFamily("zmqagents_requests_failed", "Requests that got no reply, by reason.",
+                                     labels=["reason"])
+        failed.add_metric(["timeout"], d["requests_timed_out"])
+        failed.add_metric(["unreachable"], d["requests_failed"])
+        yield failed
+        yield counter("send_failures_total", "Messages given up after every retransmit.", d["send_failed"])
+        yield counter("handler_errors_total", "Requests whose handler raised.", node.stats["handler_errors"])
+
+        # -- drops by reason (fixed reason names from the code, never peer-chosen text) -----
+        drops = CounterMetricFamily("zmqagents_dropped_messages",
+                                    "Messages dropped, by the layer that dropped them and why.",
+                                    labels=["layer", "reason"])
+        for reason, n in sorted(transport.drops.items()):
+            drops.add_metric(["transport", reason], n)
+        for key, reason in NODE_DROPS.items():
+            drops.add_metric(["node", reason], node.stats[key])
+        for reason in DELIVERY_DROPS:
+            drops.add_metric(["delivery", reason], d[reason])
+        if node.routing is not None:
+            for reason in ROUTING_DROPS:
+                drops.add_metric(["routing", reason], node.routing.stats[reason])
+            for reason in MEMBERSHIP_DROPS:
+                drops.add_metric(["membership", reason], node.membership.stats[reason])
+        yield drops
+
+        # -- queues ------------------------------------------------------------------------
+        inbox = node._inbox
+        yield gauge("inbox_messages", "Messages waiting for the application.", inbox.qsize() if inbox else 0)
+        yield gauge("unacked_messages", "Messages sent and not yet acknowledged.", node.delivery.pending())
+        yield gauge("transport_outbox_messages", "Envelopes waiting for this loop turn's socket writes.",
+                    transport.outbox_size)
+        yield gauge("handlers_running", "Request handlers running now.", len(node._handler_tasks))
+        yield gauge("subscription_queue_messages", "Publications waiting for subscribers.",
+                    sum(q.qsize() for _, q in node._subscriptions))
+
+        # -- peers and connections -----------------------------------------------------------
+        if node.routing is not None:
+            states = {"alive": 0, "suspect": 0, "unprobed": 0}
+            membership = node.membership
+            for entry in node.routing.table:
+                state = membership.state_of(entry.node_id) or "unprobed"
+                states[state] = states.get(state, 0) + 1
+            peers = GaugeMetricFamily("zmqagents_peers", "Routing-table contacts by membership state.",
+                                      labels=["state"])
+            for state, n in states.items():
+                peers.add_metric([state], n)
+            yield peers
+            yield counter("membership_failures_total", "Peers declared dead.", membership.stats["declared_dead"])
+            yield counter("lookups_total", "Iterative lookups started.", node.routing.stats["lookups_started"])
+        yield gauge("neighbours", "Nodes that completed a hello with this one.", len(node.neighbours()))
+        conns = GaugeMetricFamily("zmqagents_connections", "Open ZeroMQ links by kind.", labels=["kind"])
+        conns.add_metric(["outgoing"], transport.dealer_count)
+        conns.add_metric(["inbound"], transport.inbound_count)
+        conns.add_metric(["subscription"], transport.subscription_count)
+        yield conns
+
+        # -- hooks for the DHT and tasks (present once the node has them) ----------------------
+        records = dht_records(node)
+        if records is not None:
+            yield gauge("dht_records", "Records held in this node's DHT store.", records)
+        tasks = tasks_by_state(node)
+        if tasks is not None:
+            fam = GaugeMetricFamily("zmqagents_tasks", "Tasks by state.", labels=["state"])
+            for state, n in sorted(tasks.items()):
+                fam.add_metric([state], n)
+            yield fam
+
+        # -- services --------------------------------------------------------------------------
+        for service in self.services():
+            stats = getattr(service, "stats", None)
+            kind = getattr(service, "metric_name", None)
+            if not stats or not kind:
+                continue
+            fam = CounterMetricFamily(f"zmqagents_{kind}_events", f"{kind} service events by outcome.",
+                                      labels=["outcome"])
+            for outcome, n in stats.items():
+                fam.add_metric([outcome], n)
+            yield fam
+            pending = getattr(service, "pending", None)
+            if isinstance(pending, int):
+                yield gauge(f"{kind}_pending", f"Items the {kind} service has waiting.", pending)
+        admin = CounterMetricFamily("zmqagents_admin_requests", "Admin endpoint requests by outcome.",
+                                    labels=["outcome"])
+        for outcome, n in self.admin_stats.items():
+            admin.add_metric([outcome], n)
+        yield admin
+
+
+class AdminServer:
+    """Serve /metrics, /livez and /readyz for ``node`` on ``listen``. A sidecar service.
+
+    ``services`` returns the sidecar's other services: their ``ready`` gates /readyz and their
+    ``stats`` become metrics. ``expect_peers``: the node was given bootstrap contacts, so it is
+    ready only once its routing table holds someone (a node alone by config is ready at once).
+    """
+
+    metric_name = "admin"
+
+    def __init__(self, node: "Node", listen: str = DEFAULT_LISTEN, *,
+                 services: Callable[[], Iterable[Any]] = tuple, expect_peers: bool = False):
+        self.node = node
+        self.listen = listen
+        self.services = services
+        self.expect_peers = expect_peers
+        self.stats: dict[str, int] = {"ok": 0, "not_found": 0, "bad_request": 0, "busy": 0}
+        self.ready = False
+        self.address = ""
+        self._server: asyncio.base_events.Server | None = None
+        self._registry = None
+        self._connections = 0
+
+    async def start(self) -> None:
+        from prometheus_client import CollectorRegistry, ProcessCollector
+
+        host, port = parse_listen(self.listen)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(NodeCollector(self.node, lambda: [s for s in self.services() if s is not self],
+                                        self.stats))
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        self._registry = registry
+        try:
+            self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
+        except OSError as exc:
+            raise AdminError(f"cannot listen on {self.listen} for the admin endpoint: {exc.strerror}") from None
+        sock = self._server.sockets[0].getsockname()
+        self.address = f"[{sock[0]}]:{sock[1]}" if ":" in sock[0] else f"{sock[0]}:{sock[1]}"
+        self.ready = True
+        log.info("admin endpoint on http://%s (/metrics, /livez, /readyz)", self.address)
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- health ------------------------------------------------------------------------------
+
+    def failing_checks(self) -> list[str]:
+        """Names of the readiness checks that fail now (empty: ready)."""
+        node = self.node
+        failing = []
+        if not node.running or not node.transport.endpoint:
+            failing.append("inbox")
+        elif self.expect_peers and len(node.routing.table) == 0:
+            failing.append("joined")
+        for service in self.services():
+            if service is not self and not getattr(service, "ready", True):
+                failing.append(getattr(service, "metric_name", type(service).__name__))
+        return failing
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= MAX_CONNECTIONS:
+            self.stats["busy"] += 1
+            writer.close()
+            return
+        self._connections += 1
+        try:
+            status, ctype, body, head_only = await self._answer(reader)
+            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n").encode("latin-1")
+            writer.write(head if head_only else head + body)
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            pass  # the client went away or stalled; nothing to tell it
+        finally:
+            self._connections -= 1
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes, bool]:
+        """(status line, content type, body, whether to send the head only) for one request."""
+        head_only = False
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+        except asyncio.LimitOverrunError:
+            self.stats["bad_request"] += 1
+            return "431 Request Header Fields Too Large", "text/plain", b"request head too large\n", head_only
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+            self.stats["bad_request"] += 1
+            return "400 Bad Request", "text/plain", b"incomplete request\n", head_only
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            self.stats["bad_request"] += 1
+            return "400 Bad Request", "text/plain", b"expected: GET /metrics HTTP/1.1\n", head_only
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            self.stats["bad_request"] += 1
+            return "405 Method Not Allowed", "text/plain", b"only GET and HEAD\n", head_only
+        head_only = method == b"HEAD"
+        if target == b"/metrics":
+            from prometheus_client.exposition import choose_encoder
+
+            # Scrapers say which format they read (Accept); no header gets the classic text format.
+            encode, ctype = choose_encoder(_header(head, b"accept"))
+            self.stats["ok"] += 1
+            return "200 OK", ctype, encode(self._registry), head_only
+        if target == b"/livez":
+            self.stats["ok"] += 1
+            return "200 OK", "text/plain", b"ok\n", head_only
+        if target == b"/readyz":
+            self.stats["ok"] += 1
+            failing = self.failing_checks()
+            if failing:
+                return "503 Service Unavailable", "text/plain", ("not ready: " + ", ".join(failing) + "\n").encode(), head_only
+            return "200 OK", "text/plain", b"ready\n", head_only
+        self.stats["not_found"] += 1
+        return "404 Not Found", "text/plain", b"try /metrics, /livez or /readyz\n", head_only
+
+
+def _header(head: bytes, name: bytes) -> str:
+    """The value of header ``name`` (lower case) in a request head, or ""."""
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return ""
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
