@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,13 @@ def test_config_check_exit_2_for_bad_config_key_file_or_allowlist(tmp_path):
 
     out = zmqa("config", "check", str(tmp_path / "missing.toml"))
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_the_example_config_and_the_readme_snippet_are_valid(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    example = load(root / "scripts" / "node.example.toml", env={})
+    assert example.log.format == "json" and example.spool.max_bytes == 64 * 2**20 and example.local_api.mode == 0o660
+    readme = (root / "README.md").read_text()
+    snippet = readme.split("## Run as a sidecar", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = load(write(tmp_path / "readme.toml", snippet), env={})
+    assert cfg.node.profile == "edge" and cfg.node.bootstrap == ("@/etc/zmqagents/seed.contact",)

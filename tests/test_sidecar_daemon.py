@@ -343,3 +343,18 @@ def test_startup_imports_neither_zeroconf_nor_prometheus_client_when_disabled(tm
     imported = {line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
     assert "zmqagents.sidecar.daemon" in imported  # the listing is real
     assert not {m for m in imported if m.split(".")[0] in ("zeroconf", "prometheus_client")}
+
+
+def test_a_taken_listen_address_exits_1_with_one_clear_line(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        out = subprocess.run(CLI + ["node", "--config", str(sidecar_config(tmp_path)), "--listen", f"tcp://127.0.0.1:{port}"],
+                             capture_output=True, text=True, timeout=20, env=clean_env())
+    finally:
+        taken.close()
+    assert out.returncode == 1
+    assert f"error: the sidecar failed: Address already in use (addr='tcp://127.0.0.1:{port}')" in out.stderr
+    assert "Traceback" not in out.stderr

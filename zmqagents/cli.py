@@ -33,6 +33,7 @@ Exit codes:
   2    usage error (bad flags, arguments, key or contact)
   3    not found (dht get, find)
   124  timed out
+  130  node: a second SIGINT while stopping (143: a second SIGTERM)
 """
 
 log = logging.getLogger("zmqagents")
@@ -290,6 +291,10 @@ def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, e
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
             return EXIT_CONFIG
+        except Exception as exc:  # e.g. the listen address is taken: one clear line, details at debug level
+            log.debug("sidecar failed", exc_info=True)
+            click.echo(f"error: the sidecar failed: {exc}", err=True)
+            return EXIT_FAILED
 
     return run(main())
 

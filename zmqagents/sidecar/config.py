@@ -304,7 +304,7 @@ class NodeSection:
     secure: bool = setting(Bool(), True, doc="CURVE on every link; false only for debugging on a trusted host")
     outbound_only: bool = setting(Bool(), False, doc="Behind NAT: accept nothing inbound, be reached through relays")
     relays: tuple[str, ...] = setting(ContactList(), (), doc="Contacts of relays an outbound-only node connects to")
-    profile: str = setting(Choice("lan", "wan", "edge"), "lan",
+    profile: str = setting(Choice(*_membership_profiles()), "lan",
                            doc="Membership timing profile: lan, wan or edge (protocols/membership.md)")
     contact_file: str = setting(PathKind(optional=True), "", doc="Write this node's contact here once it listens")
     drain_timeout: float = setting(Number(0, 3600), 5.0,

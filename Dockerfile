@@ -1,0 +1,27 @@
+# The zmqagents sidecar as a container. See README, "Run as a sidecar", for the run line.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml setup.cfg README.md ./
+COPY zmqagents ./zmqagents
+# Runtime dependencies only (pyzmq, pynacl, msgpack, click, zeroconf, prometheus-client), all from wheels.
+RUN python -m venv /opt/zmqagents \
+ && /opt/zmqagents/bin/pip install --no-cache-dir --disable-pip-version-check /src
+
+FROM python:3.11-slim
+# A fixed uid/gid, so other containers can be given access to the socket with --group-add 10001.
+RUN groupadd --system --gid 10001 zmqagents \
+ && useradd --system --uid 10001 --gid zmqagents --home-dir /var/lib/zmqagents --shell /usr/sbin/nologin zmqagents \
+ && install -d -o zmqagents -g zmqagents -m 0700 /var/lib/zmqagents \
+ && install -d -o zmqagents -g zmqagents -m 0750 /run/zmqagents
+COPY --from=build /opt/zmqagents /opt/zmqagents
+COPY scripts/node.example.toml /etc/zmqagents/node.toml
+# The sidecar's defaults put the key and spool in $STATE_DIRECTORY and the socket in $RUNTIME_DIRECTORY.
+ENV PATH=/opt/zmqagents/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    STATE_DIRECTORY=/var/lib/zmqagents \
+    RUNTIME_DIRECTORY=/run/zmqagents
+USER zmqagents
+VOLUME ["/var/lib/zmqagents", "/run/zmqagents"]
+EXPOSE 7100
+# SIGTERM (docker stop) drains, announces the leave and exits 0; keep --stop-timeout above [node] drain_timeout.
+ENTRYPOINT ["zmqagents", "node", "--config", "/etc/zmqagents/node.toml"]
