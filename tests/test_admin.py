@@ -86,7 +86,8 @@ def test_metrics_from_a_real_node_follow_prometheus_naming_and_move_with_traffic
     node_info = before["zmqagents_node_info"].samples[0]
     assert node_info.labels["node_id"] == server.hello["node_id"]
     for family in ("zmqagents_dropped_messages", "zmqagents_requests_failed", "zmqagents_retransmits",
-                   "zmqagents_unacked_messages", "zmqagents_connections", "zmqagents_neighbours"):
+                   "zmqagents_unacked_messages", "zmqagents_connections", "zmqagents_neighbours",
+                   "zmqagents_dht_records", "zmqagents_dht_store_bytes", "zmqagents_dht_refused_records"):
         assert family in before, family
     assert _value(before, "zmqagents_dropped_messages", "zmqagents_dropped_messages_total",
                   layer="node", reason="inbox_full") == 0

@@ -61,10 +61,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def dht_records(node: "Node") -> int | None:
-    """Hook: records in the node's DHT store, or None while the node has no DHT (no metric then)."""
-    store = getattr(node, "dht", None)
-    return None if store is None else len(store)
+def dht_core(node: "Node"):
+    """Hook: the node's DHT core (records, providers, ``stats``), or None before start / without a DHT."""
+    return getattr(getattr(node, "dht", None), "core", None)
 
 
 def tasks_by_state(node: "Node") -> Mapping[str, int] | None:
@@ -168,10 +167,20 @@ class NodeCollector:
         conns.add_metric(["subscription"], transport.subscription_count)
         yield conns
 
-        # -- hooks for the DHT and tasks (present once the node has them) ----------------------
-        records = dht_records(node)
-        if records is not None:
-            yield gauge("dht_records", "Records held in this node's DHT store.", records)
+        # -- the DHT store, and a hook for tasks (present once the node has them) ---------------
+        dht = dht_core(node)
+        if dht is not None:
+            yield gauge("dht_records", "Records held in this node's DHT store.", dht.records)
+            yield gauge("dht_provider_entries", "Provider entries held in this node's DHT store.",
+                        dht.provider_entries)
+            yield gauge("dht_store_bytes", "Bytes of records and provider entries held.", dht.store_bytes)
+            refused = CounterMetricFamily("zmqagents_dht_refused_records",
+                                          "Records and provider entries the store refused, by reason.",
+                                          labels=["reason"])
+            for key, n in dht.stats.items():
+                if key.startswith("refused_"):
+                    refused.add_metric([key[len("refused_"):]], n)
+            yield refused
         tasks = tasks_by_state(node)
         if tasks is not None:
             fam = GaugeMetricFamily("zmqagents_tasks", "Tasks by state.", labels=["state"])
