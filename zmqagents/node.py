@@ -404,6 +404,19 @@ class Node:
             dst, lambda: self.delivery.send(dst, body, self._now(), type=type, msg_id=msg_id, confirm=confirm)
         )
 
+    def send_nowait(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg",
+                    msg_id: bytes | None = None, confirm: bool = False) -> bytes:
+        """:meth:`send` for a caller that schedules its own sends (a durable outbox): never waits.
+
+        Raises :class:`~zmqagents.core.delivery.WindowFull` when ``window`` messages to the peer
+        are unacknowledged (``node.delivery.can_send(dst)`` tells beforehand), and UnknownPeer.
+        """
+        dst = self._resolve(peer)
+        msg_id = self.delivery.send(dst, body, self._now(), type=type, msg_id=msg_id, confirm=confirm)
+        self._idle.clear()
+        self._send_new()
+        return msg_id
+
     def on_settled(self, callback: SettledCallback) -> SettledCallback:
         """Call ``callback(msg_id, dst, None)`` when ``dst`` acknowledges a message sent with
         ``confirm=True``, and ``callback(msg_id, dst, reason)`` when any sent message fails.

@@ -1,0 +1,274 @@
+"""The local API over a real ipc socket, in front of a real Node, outbox and spool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import stat
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+import zmq.asyncio
+
+from zmqagents.core.delivery import DeliveryConfig
+from zmqagents.envelope import Envelope, decode
+from zmqagents.identity import Identity, format_public_key
+from zmqagents.node import Node, NodeConfig
+from zmqagents.sidecar.localapi import LocalApi, LocalApiError, prepare_socket_path
+from zmqagents.sidecar.outbox import Outbox
+from zmqagents.sidecar.spool import SpoolConfig
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "local_client.py"
+
+
+@pytest.fixture
+def short_dir():
+    """ipc paths must be short (108 bytes): pytest's tmp_path can be too long."""
+    d = tempfile.mkdtemp(prefix="za-", dir="/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def fast() -> NodeConfig:
+    return NodeConfig(delivery=DeliveryConfig(rto_initial=0.05, rto_max=0.2, max_retries=3))
+
+
+@contextlib.asynccontextmanager
+async def sidecar(d: Path, *, peers=(), max_bytes=1 << 20, mode=0o600, config=None, identity=None):
+    node = Node(identity, peers=peers, config=config or NodeConfig())
+    await node.start()
+    outbox = Outbox(node, SpoolConfig(str(d / "spool"), max_bytes=max_bytes, segment_bytes=16 << 10,
+                                      fsync="batch"), retry_delay=0.2, retry_max=0.5)
+    await outbox.start()
+    api = LocalApi(node, outbox, path=d / "run" / "node.sock", mode=mode, max_size=64 << 10)
+    await api.start()
+    try:
+        yield node, outbox, api
+    finally:
+        await api.close()
+        await outbox.close(0)
+        await node.close()
+
+
+class Client:
+    """A local application: a DEALER speaking envelopes, as examples/local_client.py does."""
+
+    def __init__(self, path: Path):
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"ipc://{path}")
+
+    async def raw(self, *frames: bytes) -> Envelope:
+        await self.sock.send_multipart(frames)
+        return await self.recv()
+
+    async def recv(self) -> Envelope:
+        return decode(await asyncio.wait_for(self.sock.recv(), 10), max_size=1 << 22)
+
+    async def op(self, t: str, body=None, **fields) -> Envelope:
+        mid = fields.pop("id", None) or os.urandom(16)
+        env = Envelope(mid, bytes(32), t, body, fields.pop("dst", None), ttl=fields.pop("ttl", 0))
+        env.extra.update(fields)
+        return await self.raw(env.encode())
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def test_send_is_spooled_acked_to_the_client_and_delivered_once(arun, short_dir):
+    async def main():
+        async with Node() as peer:
+            async with sidecar(short_dir) as (node, outbox, api):
+                client = Client(api.path)
+                mid = os.urandom(16)
+                reply = await client.op("send", {"hello": 1}, id=mid, to=str(peer.contact))
+                assert reply.type == "accepted" and reply.re == mid
+                got = await peer.receive(timeout=5)
+                assert (got.id, got.src, got.body) == (mid, node.node_id, {"hello": 1})
+                for _ in range(100):  # the acknowledgement marks the spool record done
+                    if outbox.status()["delivered"] == 1:
+                        break
+                    await asyncio.sleep(0.02)
+                assert outbox.status()["queued"] == 0
+                # by node id, now that the sidecar knows the peer
+                reply = await client.op("send", "by id", dst=peer.node_id)
+                assert reply.type == "accepted"
+                assert (await peer.receive(timeout=5)).body == "by id"
+                status = (await client.op("status")).body
+                assert status["node_id"] == node.node_id.hex() and status["outbox"]["accepted"] == 2
+                assert isinstance((await client.op("peers")).body, list)
+                client.close()
+
+    arun(main())
+
+
+def test_bad_frames_get_clear_errors_are_counted_and_other_clients_keep_being_served(arun, short_dir):
+    async def main():
+        async with Node() as peer:
+            async with sidecar(short_dir) as (node, outbox, api):
+                bad, good = Client(api.path), Client(api.path)
+                ok = Envelope(os.urandom(16), bytes(32), "status").encode()
+                payload = msgpack.packb({"v": 1, "id": b"short", "src": bytes(32), "t": "send"})
+                cases = [
+                    ((b"garbage",), "oversize"),  # "garb" read as a length prefix: over the limit
+                    ((b"\x00\x00\x00\x02\xc1\xc1",), "malformed"),  # not msgpack
+                    ((b"",), "malformed"),
+                    ((ok[:-3],), "malformed"),  # truncated
+                    ((struct.pack(">I", 1 << 30) + b"x",), "oversize"),  # announces 1 GiB
+                    ((struct.pack(">I", len(payload)) + payload,), "malformed"),  # id of the wrong size
+                    ((ok, ok), "bad_frame"),  # two frames
+                    ((Envelope(os.urandom(16), bytes(32), "oversize", "x" * (100 << 10)).encode(max_size=1 << 20),),
+                     "oversize"),  # over the 64 KiB limit, under libzmq's 4x cap
+                ]
+                for frames, code in cases:
+                    reply = await bad.raw(*frames)
+                    assert reply.type == "error" and reply.body["code"] == code, (frames[0][:20], reply.body)
+                    assert reply.body["error"]
+                    assert (await good.op("status")).type == "status"  # the other client is still served
+                for t, fields, code in [
+                    ("launch", {}, "unknown_op"),
+                    ("send", {}, "bad_request"),  # no destination
+                    ("send", {"to": "not-a-contact"}, "bad_request"),
+                    ("send", {"to": 42}, "bad_request"),
+                    ("receive", {"body": {"credit": -1}}, "bad_request"),
+                    ("publish", {}, "bad_request"),
+                ]:
+                    body = fields.pop("body", None)
+                    reply = await bad.op(t, body, **fields)
+                    assert reply.type == "error" and reply.body["code"] == code, (t, reply.body)
+                assert api.stats["malformed"] == 4 and api.stats["oversize"] == 3 and api.stats["bad_frames"] == 1
+                assert api.stats["unknown_op"] == 1 and api.stats["bad_request"] == 5
+                reply = await bad.op("send", "still fine", to=str(peer.contact))
+                assert reply.type == "accepted"
+                assert (await peer.receive(timeout=5)).body == "still fine"
+                bad.close()
+                good.close()
+
+    arun(main())
+
+
+def test_messages_wait_for_a_client_bounded_by_credit_and_in_order(arun, short_dir):
+    async def main():
+        async with sidecar(short_dir) as (node, outbox, api):
+            async with Node(peers=[node.contact]) as sender:
+                for i in range(30):
+                    await sender.send(node.node_id, i)
+                await sender.flush(timeout=5)  # acknowledged by the sidecar with no client connected
+                client = Client(api.path)
+                reply = await client.op("receive", {"credit": 10})
+                assert reply.type == "ok" and reply.body["credit"] == 10
+                got = [(await client.recv()).body for _ in range(10)]
+                assert got == list(range(10))
+                with pytest.raises(asyncio.TimeoutError):  # credit spent: nothing more is pushed
+                    await asyncio.wait_for(client.sock.recv(), 0.3)
+                await client.op("receive", {"credit": 100})
+                got = [(await client.recv()).body for _ in range(20)]
+                assert got == list(range(10, 30))
+                client.close()
+
+    arun(main())
+
+
+def test_request_reply_and_errors_through_the_local_api(arun, short_dir):
+    async def main():
+        async with Node() as peer:
+            peer.on_request(lambda body, msg: {"echo": body} if body != "boom" else 1 / 0)
+            async with sidecar(short_dir, config=fast()) as (node, outbox, api):
+                client = Client(api.path)
+                reply = await client.op("request", "hi", to=str(peer.contact), ttl=5000)
+                assert reply.type == "reply" and reply.body == {"echo": "hi"}
+                reply = await client.op("request", "boom", dst=peer.node_id, ttl=5000)
+                assert reply.type == "error" and reply.body["code"] == "remote"
+                assert reply.body["remote"]["type"] == "ZeroDivisionError"
+                nobody = Identity.generate()
+                reply = await client.op("request", "x", to=f"{format_public_key(nobody.public_key)}@tcp://127.0.0.1:9", ttl=300)
+                assert reply.type == "error" and reply.body["code"] in ("timeout", "unreachable")
+                client.close()
+
+    arun(main())
+
+
+def test_full_spool_refuses_with_a_clear_error_and_loses_nothing_accepted(arun, short_dir):
+    async def main():
+        nobody = Identity.generate()
+        to = f"{format_public_key(nobody.public_key)}@tcp://127.0.0.1:9"  # never acknowledges: the spool only fills
+        async with sidecar(short_dir, max_bytes=48 << 10, config=fast()) as (node, outbox, api):
+            client = Client(api.path)
+            accepted = refused = 0
+            while refused == 0:
+                reply = await client.op("send", "x" * 500, to=to)
+                if reply.type == "accepted":
+                    accepted += 1
+                else:
+                    assert reply.body["code"] == "spool_full" and "full" in reply.body["error"]
+                    refused += 1
+            assert accepted > 10 and outbox.status()["queued"] == accepted
+            assert (await client.op("status")).type == "status"  # still serving
+            client.close()
+        # everything accepted is still in the spool after a restart
+        async with sidecar(short_dir, max_bytes=48 << 10) as (node, outbox, api):
+            assert outbox.status()["queued"] == accepted
+
+    arun(main())
+
+
+def test_socket_permissions_stale_sockets_and_paths_in_use(arun, short_dir):
+    async def main():
+        async with sidecar(short_dir, mode=0o600) as (node, outbox, api):
+            st = os.stat(api.path)
+            assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+            assert stat.S_IMODE(os.stat(api.path.parent).st_mode) == 0o700  # created for us
+            with pytest.raises(LocalApiError, match="another process is serving"):
+                prepare_socket_path(api.path, 0o600)
+        assert not api.path.exists()  # removed on close
+        # a socket left behind by a killed sidecar is replaced
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(api.path))
+        stale.close()
+        prepare_socket_path(api.path, 0o660)
+        assert not api.path.exists()
+        api.path.write_text("not a socket")
+        with pytest.raises(LocalApiError, match="is not a socket"):
+            prepare_socket_path(api.path, 0o660)
+        with pytest.raises(LocalApiError, match="longer than"):
+            prepare_socket_path(short_dir / ("x" * 120), 0o660)
+
+    arun(main())
+
+
+def test_example_client_sends_and_receives_through_a_real_sidecar(arun, short_dir):
+    async def main():
+        async with Node() as peer:
+            async with sidecar(short_dir) as (node, outbox, api):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, str(EXAMPLE), str(api.path), "send", str(peer.contact), '{"job": 7}',
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                out, err = await asyncio.wait_for(proc.communicate(), 15)
+                assert proc.returncode == 0, err.decode()
+                import json
+                result = json.loads(out)
+                assert result["result"] == "accepted"
+                got = await peer.receive(timeout=5)
+                assert got.body == {"job": 7} and got.id.hex() == result["id"]
+                await peer.send(node.node_id, {"back": 1})
+                await peer.send(node.node_id, {"back": 2})
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, str(EXAMPLE), str(api.path), "receive", "2",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                out, err = await asyncio.wait_for(proc.communicate(), 15)
+                assert proc.returncode == 0, err.decode()
+                lines = [json.loads(line) for line in out.decode().splitlines()]
+                assert [line["body"] for line in lines] == [{"back": 1}, {"back": 2}]
+                assert lines[0]["from"] == peer.node_id.hex()
+
+    arun(main())

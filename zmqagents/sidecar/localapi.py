@@ -1,0 +1,425 @@
+"""The local API: applications on the same host talk to the sidecar over a unix socket.
+
+A ZeroMQ ROUTER bound to ``ipc://PATH``; a client connects a DEALER and exchanges envelopes
+(``protocols/envelope.md``), one per frame. The operations, their replies and error codes are
+specified in ``protocols/local-api.md``. Who may connect is decided by the file system: the socket
+file gets ``[local_api] mode`` (default 0660: the sidecar's user and group), and a missing parent
+directory is created 0750 (0700 if the mode grants the group nothing).
+
+Bad input from a client (not one frame, not an envelope, oversize, wrong field types, an unknown
+operation) gets an ``error`` reply naming the problem, is counted in ``stats``, and changes nothing:
+the sidecar keeps serving every client. Frames beyond four times the envelope limit are refused by
+libzmq itself, which drops that client's connection (nothing else is affected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import stat
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
+from ..identity import Contact, IdentityError, format_node_id, parse_node_id
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 512  # frames per readable callback: one spool write (and fsync) per burst
+MAX_PATH = 107  # sun_path holds 108 bytes with the NUL
+MAX_CREDIT = 10_000  # messages a client may have asked for and not yet received
+MAX_REQUESTS = 1024  # requests on the mesh on behalf of local clients at once
+DEFAULT_REQUEST_TIMEOUT_MS = 30_000
+NO_SRC = bytes(32)  # what a local client puts in `src`: it has no node id of its own
+CLIENT_FIELDS = ("to", "topic")  # extra envelope fields the local API reads
+
+
+class LocalApiError(Exception):
+    """The local API cannot start (socket path in use, too long, not a socket, ...)."""
+
+
+class _Reply(Exception):
+    """Raised inside an operation to answer the client with an error."""
+
+    def __init__(self, code: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.code = code
+        self.extra = extra
+
+
+def prepare_socket_path(path: Path, mode: int) -> None:
+    """Create the parent directory if needed; refuse a path in use; remove a stale socket."""
+    if len(os.fsencode(path)) > MAX_PATH:
+        raise LocalApiError(f"local API socket path {path} is longer than {MAX_PATH} bytes (a unix socket "
+                            "limit); choose a shorter [local_api] path")
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(mode=0o750 if mode & 0o070 else 0o700, parents=True)
+        except OSError as exc:
+            raise LocalApiError(f"cannot create {parent} for the local API socket: {exc.strerror}") from None
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise LocalApiError(f"{path} exists and is not a socket; refusing to replace it (check [local_api] path)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        path.unlink()  # left behind by a sidecar that died (kill -9, power loss)
+        return
+    except OSError:
+        pass
+    else:
+        raise LocalApiError(f"another process is serving {path}; stop it or choose another [local_api] path")
+    finally:
+        probe.close()
+
+
+class _Client:
+    __slots__ = ("rid", "credit", "requests")
+
+    def __init__(self, rid: bytes):
+        self.rid = rid
+        self.credit = 0
+        self.requests = 0
+
+
+class LocalApi:
+    """The ROUTER socket and the operations behind it. ``outbox`` may be None (send is then refused)."""
+
+    consumes_messages = True  # direct messages go to local clients, not to the node command's stdout
+
+    def __init__(self, node, outbox=None, *, path: str | os.PathLike, mode: int = 0o660,
+                 max_size: int = DEFAULT_MAX_SIZE):
+        self.node = node
+        self.outbox = outbox
+        self.path = Path(path)
+        self.mode = mode
+        self.max_size = max_size
+        self.ctx: zmq.Context | None = None
+        self.sock: zmq.Socket | None = None
+        self._clients: dict[bytes, _Client] = {}
+        self._receivers: deque[_Client] = deque()  # clients with credit, in round-robin order
+        self._held: deque = deque()  # messages taken from the node that no client could take yet
+        self._pump: asyncio.Task | None = None
+        self._credit_event: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+        self.stats: dict[str, int] = dict.fromkeys((
+            "frames_in", "replies_out", "messages_out", "sends_accepted", "sends_refused", "requests",
+            "bad_frames", "malformed", "oversize", "unknown_op", "bad_request", "client_gone",
+        ), 0)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        prepare_socket_path(self.path, self.mode)
+        self.ctx = zmq.Context(io_threads=1)
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a client that left raises, not vanishes
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_size)  # over-limit frames up to 4x get a clear error
+        sock.setsockopt(zmq.SNDHWM, 2 * MAX_CREDIT)
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        old = os.umask(0o777 & ~self.mode)  # the socket file is born with the right mode...
+        try:
+            sock.bind(f"ipc://{self.path}")
+        except zmq.ZMQError as exc:
+            sock.close()
+            self.ctx.term()
+            raise LocalApiError(f"cannot bind the local API socket {self.path}: {exc}") from None
+        finally:
+            os.umask(old)
+        os.chmod(self.path, self.mode)  # ...and keeps it whatever the umask did
+        self.sock = sock
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.FD, self._drain)
+        loop.call_soon(self._drain)
+        self._credit_event = asyncio.Event()
+        self._pump = loop.create_task(self._deliver())
+        log.info("local API on %s (mode 0o%03o)", self.path, self.mode)
+
+    async def close(self, drain_timeout: float = 0.0) -> None:
+        """Stop serving at once (the outbox, closed after, drains what was accepted)."""
+        if self._closed or self.sock is None:
+            return
+        self._closed = True
+        for task in [self._pump, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._pump, *self._tasks] if t is not None), return_exceptions=True)
+        asyncio.get_running_loop().remove_reader(self.sock.FD)
+        self.sock.close(linger=0)
+        self.ctx.term()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        if self._held:
+            log.warning("local API closed with %d received message(s) no client took", len(self._held))
+
+    def ready(self) -> bool:
+        return self.sock is not None and not self._closed
+
+    # -- reading client frames --------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        sock = self.sock
+        if sock is None or self._closed:
+            return
+        sends: list[tuple[bytes, Envelope, bytes, Contact | None]] = []
+        for _ in range(READ_BATCH):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.stats["frames_in"] += 1
+            rid = parts[0]
+            if len(parts) != 2:
+                self.stats["bad_frames"] += 1
+                self._error(rid, None, "bad_frame", f"expected one envelope per message, got {len(parts) - 1} frames")
+                continue
+            try:
+                env = decode(parts[1], max_size=self.max_size)
+            except EnvelopeError as exc:
+                kind = "oversize" if type(exc).__name__ == "OversizeEnvelope" else "malformed"
+                self.stats[kind] += 1
+                self._error(rid, None, kind, f"{type(exc).__name__}: {exc}")
+                continue
+            try:
+                if env.type == "send":
+                    dst, contact = self._destination(env)
+                    sends.append((rid, env, dst, contact))
+                else:
+                    self._operation(rid, env)
+            except _Reply as reply:
+                self.stats[reply.code] = self.stats.get(reply.code, 0) + 1
+                self._error(rid, env.id, reply.code, str(reply), **reply.extra)
+        else:
+            asyncio.get_running_loop().call_soon(self._drain)  # more may wait; let others run first
+        if sends:
+            self._accept(sends)
+        # Writing may have consumed the edge of the edge-triggered FD: look again.
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _destination(self, env: Envelope) -> tuple[bytes, Contact | None]:
+        """The destination of a send or request: ``dst`` (a node id), or ``to`` (a contact or a hex id)."""
+        to = env.extra.get("to")
+        if to is not None:
+            if type(to) is not str:
+                raise _Reply("bad_request", "field 'to' must be a contact string PUBLICKEY@ENDPOINT or a hex node id")
+            try:
+                if "@" in to:
+                    contact = Contact.parse(to)
+                    return contact.node_id, contact
+                return parse_node_id(to), None
+            except IdentityError as exc:
+                raise _Reply("bad_request", f"field 'to': {exc}") from None
+        if env.dst is None:
+            raise _Reply("bad_request", "say where to: field 'dst' (32-byte node id) or 'to' (contact)")
+        return env.dst, None
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def _accept(self, sends: list) -> None:
+        """Spool a burst of sends at once (one write, one fsync), then answer each."""
+        if self.outbox is None or not self.outbox.accepting:
+            for rid, env, _, _ in sends:
+                self.stats["sends_refused"] += 1
+                self._error(rid, env.id, "unavailable", "the outbox is not accepting messages (stopping?)")
+            return
+        batch = [(dst, contact, env.body, env.id) for _, env, dst, contact in sends]
+        try:
+            self.outbox.accept(batch)
+            accepted = [True] * len(sends)
+        except Exception:
+            # Something in the burst does not fit (full) or cannot be stored: go one by one,
+            # so each client learns exactly which of its messages were accepted.
+            accepted = []
+            for item, (rid, env, _, _) in zip(batch, sends):
+                try:
+                    self.outbox.accept([item])
+                    accepted.append(True)
+                except Exception as exc:
+                    accepted.append(False)
+                    self.stats["sends_refused"] += 1
+                    code = "spool_full" if type(exc).__name__ == "SpoolFull" else \
+                        "bad_envelope" if isinstance(exc, EnvelopeError) else "spool_error"
+                    self._error(rid, env.id, code, str(exc))
+        for ok, (rid, env, _, _) in zip(accepted, sends):
+            if ok:
+                self.stats["sends_accepted"] += 1
+                self._reply(rid, "accepted", env.id, None)
+
+    def _operation(self, rid: bytes, env: Envelope) -> None:
+        op = env.type
+        if op == "receive":
+            self._receive(rid, env)
+        elif op == "request":
+            self._request(rid, env)
+        elif op == "publish":
+            topic = env.extra.get("topic")
+            if type(topic) is not str or not topic:
+                raise _Reply("bad_request", "publish needs a non-empty string field 'topic'")
+            task = asyncio.get_running_loop().create_task(self.node.publish(topic, env.body))
+            self._track(task)
+            self._reply(rid, "ok", env.id, None)
+        elif op == "peers":
+            self._reply(rid, "peers", env.id, self.node.peers())
+        elif op == "status":
+            self._reply(rid, "status", env.id, self.status())
+        else:
+            raise _Reply("unknown_op", f"unknown operation {op!r}: use send, request, receive, publish, peers "
+                         "or status")
+
+    def _receive(self, rid: bytes, env: Envelope) -> None:
+        body = env.body if env.body is not None else {}
+        credit = body.get("credit", 100) if isinstance(body, dict) else None
+        if type(credit) is not int or credit < 0:
+            raise _Reply("bad_request", "receive body must be {\"credit\": N} with N a non-negative integer")
+        client = self._clients.get(rid)
+        if client is None:
+            client = self._clients[rid] = _Client(rid)
+        had = client.credit
+        client.credit = min(MAX_CREDIT, client.credit + credit)
+        if client.credit and not had:
+            self._receivers.append(client)
+        self._reply(rid, "ok", env.id, {"credit": client.credit, "queued": len(self._held) + self._inbox_size()})
+        if client.credit:
+            self._credit_event.set()
+
+    def _request(self, rid: bytes, env: Envelope) -> None:
+        if len(self._tasks) >= MAX_REQUESTS:
+            raise _Reply("busy", f"{MAX_REQUESTS} requests are already in flight; retry later")
+        dst, contact = self._destination(env)
+        timeout = (env.ttl or DEFAULT_REQUEST_TIMEOUT_MS) / 1000
+        self.stats["requests"] += 1
+
+        async def run() -> None:
+            from ..node import NodeError, RemoteError, RequestTimeout, UnknownPeer
+
+            try:
+                result = await self.node.request(contact or dst, env.body, timeout=timeout)
+            except RemoteError as exc:
+                self._error(rid, env.id, "remote", str(exc), remote=exc.body)
+            except RequestTimeout as exc:
+                self._error(rid, env.id, "timeout", str(exc))
+            except UnknownPeer as exc:
+                self._error(rid, env.id, "unknown_peer", str(exc))
+            except NodeError as exc:
+                self._error(rid, env.id, "unreachable", str(exc))
+            except Exception as exc:  # e.g. a body the envelope cannot carry
+                self._error(rid, env.id, "bad_request", f"{type(exc).__name__}: {exc}")
+            else:
+                self._reply(rid, "reply", env.id, result)
+
+        self._track(asyncio.get_running_loop().create_task(run()))
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- delivering received messages to clients ------------------------------------------------------
+
+    def _inbox_size(self) -> int:
+        inbox = getattr(self.node, "_inbox", None)
+        return inbox.qsize() if inbox is not None else 0
+
+    async def _deliver(self) -> None:
+        """Move direct messages from the node to clients that asked for them (credit).
+
+        With no client asking, messages wait in the node's inbox (bounded by its ``inbox_limit``;
+        beyond it the node leaves new ones unacknowledged, so their senders retransmit later).
+        """
+        while True:
+            while not self._receivers:
+                self._credit_event.clear()
+                await self._credit_event.wait()
+            msg = self._held.popleft() if self._held else await self.node.receive()
+            while True:
+                client = self._next_receiver()
+                if client is None:
+                    self._held.appendleft(msg)  # nobody to take it now: first in line for the next one
+                    break
+                if self._push(client, msg):
+                    break
+
+    def _next_receiver(self) -> _Client | None:
+        receivers = self._receivers
+        while receivers:
+            client = receivers[0]
+            if client.credit > 0:
+                receivers.rotate(-1)
+                return client
+            receivers.popleft()
+        return None
+
+    def _push(self, client: _Client, msg) -> bool:
+        env = Envelope(msg.id, msg.src, msg.type, msg.body, None, int(time.time() * 1000))
+        try:
+            frame = env.encode(max_size=4 * self.max_size)
+            self.sock.send_multipart((client.rid, frame), zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError) as exc:
+            # Gone (EHOSTUNREACH) or not reading (its queue is full): it gets nothing more until it asks again.
+            self.stats["client_gone"] += 1
+            if getattr(exc, "errno", None) == errno.EHOSTUNREACH:
+                self._clients.pop(client.rid, None)
+            client.credit = 0
+            try:
+                self._receivers.remove(client)
+            except ValueError:
+                pass
+            return False
+        client.credit -= 1
+        self.stats["messages_out"] += 1
+        return True
+
+    # -- replies -------------------------------------------------------------------------------------
+
+    def _reply(self, rid: bytes, typ: str, re: bytes | None, body: Any) -> None:
+        env = Envelope(os.urandom(16), self.node.node_id, typ, body, None, int(time.time() * 1000), re=re)
+        try:
+            frame = env.encode(max_size=4 * self.max_size)
+        except EnvelopeError as exc:
+            env = Envelope(os.urandom(16), self.node.node_id, "error",
+                           {"code": "internal", "error": f"reply could not be encoded: {exc}"}, re=re)
+            frame = env.encode()
+        try:
+            self.sock.send_multipart((rid, frame), zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            self.stats["client_gone"] += 1  # the client left (or stopped reading) before its answer
+            return
+        self.stats["replies_out"] += 1
+
+    def _error(self, rid: bytes, re: bytes | None, code: str, message: str, **extra: Any) -> None:
+        self._reply(rid, "error", re, {"code": code, "error": message, **extra})
+
+    def status(self) -> dict:
+        node = self.node
+        return {
+            "node_id": format_node_id(node.node_id),
+            "contact": str(node.contact),
+            "inbox": self._inbox_size() + len(self._held),
+            "clients_receiving": len(self._receivers),
+            "local_api": dict(self.stats),
+            "outbox": self.outbox.status() if self.outbox is not None else None,
+            "delivery": dict(node.delivery.stats),
+            "drops": dict(node.transport.drops),
+        }
+
+
+def create(sidecar) -> LocalApi:
+    """The daemon's factory (no IO here: the socket is bound in start())."""
+    cfg = sidecar.config.local_api
+    return LocalApi(sidecar.node, sidecar.services.get("outbox"), path=cfg.path, mode=cfg.mode)
