@@ -98,3 +98,13 @@ def test_overlay_quick_reports_join_detection_and_idle_cost():
     for key in ("join_beaten", "detect_beaten", "idle_bytes_beaten"):
         assert isinstance(serf[key], bool), key
     assert out["params"]["quick"] is True
+
+
+@pytest.mark.timeout(90)
+def test_outbox_quick_kill_9_delivers_everything_exactly_once():
+    out = _run("outbox.py", "--quick", timeout=80)
+    assert out["ok"] is True
+    assert out["messages"] == out["accepted"] == out["delivered"] == out["queued_before_kill"] > 0
+    assert out["duplicates"] == 0 and out["missing"] == 0 and out["unexpected"] == 0
+    assert out["killed_by_signal"] == 9 and out["queued_after_restart"] == out["messages"]
+    _positive(out, "seconds", "restart_s", "accept_msgs_per_s", "spool_append_per_s")

@@ -380,17 +380,85 @@ async def _read_lines():
         yield line
 
 
+def _sidecar_options(f):
+    f = click.option("--direct", is_flag=True,
+                     help="Never use a running sidecar: always start a temporary node.")(f)
+    f = click.option("--socket", "socket_path", type=click.Path(dir_okay=False), envvar="ZMQAGENTS_LOCAL_API_PATH",
+                     help="Local API socket of a running sidecar (default: the sidecar's default path, used "
+                          "when a sidecar listens there; env: ZMQAGENTS_LOCAL_API_PATH).")(f)
+    return f
+
+
+def _sidecar_socket(ctx: click.Context, socket_path: str | None, direct: bool) -> Path | None:
+    """The local API socket this command should use, or None to start a temporary node.
+
+    An explicit --socket must have a sidecar behind it. Otherwise the default path is used when a
+    sidecar listens there and no flag asks for a node of our own (--key, --listen, --insecure).
+    """
+    from click.core import ParameterSource
+
+    from .sidecar.localapi import sidecar_listening
+
+    if direct:
+        return None
+    if socket_path is None:
+        if any(ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+               for name in ("key", "listen", "insecure")):
+            return None
+        from .sidecar.config import LocalApiSection
+
+        path = Path(LocalApiSection().path)
+        return path if sidecar_listening(path) else None
+    path = Path(socket_path)
+    if not sidecar_listening(path):
+        raise Failure(f"no sidecar is listening on {path}: start one (`zmqagents node --config FILE`), "
+                      "or leave out --socket to send through a temporary node")
+    return path
+
+
+def _sidecar_targets(to: tuple[str, ...]) -> list[str]:
+    """--to values for the sidecar: contacts (or @FILE) or 64-hex node ids it already knows."""
+    from .identity import parse_node_id
+
+    if not to:
+        raise click.UsageError("name at least one peer with --to CONTACT, --to @FILE or --to NODE_ID")
+    out = []
+    for text in to:
+        if text.startswith("@") or "@" in text:
+            out.append(str(_contacts([text])[0]))
+            continue
+        try:
+            parse_node_id(text)
+        except IdentityError as exc:
+            raise click.BadParameter(f"{exc}; pass a contact PUBLICKEY@ENDPOINT or a node id",
+                                     param_hint="--to") from None
+        out.append(text.lower())
+    return out
+
+
 @cli.command()
 @_common_node_options
 @click.option("--to", "to", multiple=True, help="Contact of the receiving node (repeat to spread lines round-robin).")
+@_sidecar_options
 @click.argument("body", required=False)
-def send(key, listen, insecure, to, body) -> None:
+@click.pass_context
+def send(ctx, key, listen, insecure, to, socket_path, direct, body) -> None:
     """Send reliable one-way messages.
 
     With BODY, send it (JSON if it parses, else text). Without, send each stdin
     line (one JSON value per line; bad lines are reported on stderr and
     skipped). Waits until every message is acknowledged.
+
+    \b
+    When a sidecar runs on this host (`zmqagents node --config`, socket at
+    its default path or --socket), messages go through it instead: the
+    command returns once the sidecar has *accepted* them (written them to its
+    durable outbox), and the sidecar delivers them even across restarts and
+    while the peer is away. --to may then also be a node id the sidecar knows.
     """
+    path = _sidecar_socket(ctx, socket_path, direct)
+    if path is not None:
+        sys.exit(_run(_send_via_sidecar(path, _sidecar_targets(to), body)))
     targets = _targets(to)
     n = _make_node(key, listen, targets, insecure)
 
@@ -429,6 +497,60 @@ def send(key, listen, insecure, to, body) -> None:
     sys.exit(_run(main()))
 
 
+async def _send_via_sidecar(path: Path, targets: list[str], body: str | None) -> int:
+    """Hand messages to the sidecar's outbox; exit 0 once every one is accepted."""
+    from .sidecar.localapi import LocalClient
+
+    client = LocalClient(path)
+    slots = asyncio.Semaphore(256)  # sends awaiting the sidecar's answer
+    counts = {"bad": 0, "refused": 0, "silent": 0, "sent": 0}
+
+    async def one(value: Any, number: int) -> None:
+        try:
+            reply = await client.call("send", value, to=targets[counts["sent"] % len(targets)])
+        except asyncio.TimeoutError:
+            counts["silent"] += 1
+            click.echo(f"line {number}: no answer from the sidecar at {path} within 30 s", err=True)
+            return
+        except Exception as exc:  # a value the envelope cannot carry
+            counts["refused"] += 1
+            click.echo(f"line {number}: {exc}", err=True)
+            return
+        finally:
+            slots.release()
+        if reply.type != "accepted":
+            counts["refused"] += 1
+            detail = reply.body if isinstance(reply.body, dict) else {}
+            click.echo(f"line {number}: refused by the sidecar ({detail.get('code')}): {detail.get('error')}",
+                       err=True)
+
+    tasks = []
+    try:
+        if body is not None:
+            await slots.acquire()
+            await one(_parse_body(body), 1)
+        else:
+            number = 0
+            async for line in _read_lines():
+                number += 1
+                value = _parse_line(line, number)
+                if value is _BAD:
+                    counts["bad"] += 1
+                    continue
+                await slots.acquire()
+                tasks.append(asyncio.ensure_future(one(value, number)))
+                counts["sent"] += 1
+            await asyncio.gather(*tasks)
+    finally:
+        await client.close()
+    bad, refused, silent = counts["bad"], counts["refused"], counts["silent"]
+    if bad or refused or silent:
+        click.echo(f"error: {bad} bad line(s), {refused} refused, {silent} unanswered", err=True)
+    if silent and not (bad or refused):
+        return EXIT_TIMEOUT
+    return EXIT_FAILED if (bad or refused or silent) else EXIT_OK
+
+
 _BAD = object()
 
 
@@ -453,16 +575,22 @@ def _parse_line(line: bytes, number: int) -> Any:
 @click.option("--to", "to", multiple=True, help="Contact of the serving node (repeat to spread requests round-robin).")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each reply.")
 @click.option("--parallel", default=16, show_default=True, type=click.IntRange(1, 4096), help="Requests in flight at once.")
+@_sidecar_options
 @click.argument("body", required=False)
-def request(key, listen, insecure, to, timeout, parallel, body) -> None:
+@click.pass_context
+def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, direct, body) -> None:
     """Send requests and print replies, one JSON object per line.
 
     With BODY, one request (JSON if it parses, else text): prints the reply
     body. Without, each stdin line is a request body; output lines come in
     input order as {"line": N, "ok": true, "reply": ..., "ms": ...} or
     {"line": N, "ok": false, "error": ...}. Invalid lines are reported on
-    stderr and skipped; the others still go through.
+    stderr and skipped; the others still go through. Through a running
+    sidecar (see `send --help`) when there is one.
     """
+    path = _sidecar_socket(ctx, socket_path, direct)
+    if path is not None:
+        sys.exit(_run(_request_via_sidecar(path, _sidecar_targets(to), timeout, parallel, body)))
     targets = _targets(to)
     n = _make_node(key, listen, targets, insecure)
 
@@ -491,6 +619,44 @@ def request(key, listen, insecure, to, timeout, parallel, body) -> None:
             return await _request_lines(ids, one, parallel)
 
     sys.exit(_run(main()))
+
+
+async def _request_via_sidecar(path: Path, targets: list[str], timeout: float, parallel: int,
+                               body: str | None) -> int:
+    """`request` through the sidecar's local API: same output and exit codes as with a node."""
+    from .sidecar.localapi import LocalClient
+
+    client = LocalClient(path)
+
+    async def one(to: str, value: Any, number: int) -> dict:
+        start = time.perf_counter()
+        try:
+            reply = await client.call("request", value, to=to, ttl_ms=max(1, int(timeout * 1000)),
+                                      timeout=timeout + 5)
+        except asyncio.TimeoutError:
+            return {"line": number, "ok": False, "error": f"no answer from the sidecar at {path}", "timeout": True}
+        except Exception as exc:  # a value the envelope cannot carry
+            return {"line": number, "ok": False, "error": str(exc)}
+        if reply.type == "reply":
+            return {"line": number, "ok": True, "reply": reply.body,
+                    "ms": round((time.perf_counter() - start) * 1000, 3)}
+        detail = reply.body if isinstance(reply.body, dict) else {}
+        result = {"line": number, "ok": False, "error": str(detail.get("error", reply.type))}
+        if detail.get("code") == "timeout":
+            result["timeout"] = True
+        return result
+
+    try:
+        if body is not None:
+            result = await one(targets[0], _parse_body(body), 1)
+            if result["ok"]:
+                _emit(result["reply"]) if isinstance(result["reply"], dict) else _emit({"reply": result["reply"]})
+                return EXIT_OK
+            click.echo(f"error: {result['error']}", err=True)
+            return EXIT_TIMEOUT if result.get("timeout") else EXIT_FAILED
+        return await _request_lines(targets, one, parallel)
+    finally:
+        await client.close()
 
 
 async def _request_lines(ids: list[bytes], one, parallel: int) -> int:

@@ -32,7 +32,7 @@ Adding a service (for the outbox, local API, mDNS and admin engineers)
 2. Add one :class:`ServiceSpec` line to :data:`SERVICES`, in start order. Its module is imported
    only when ``wanted(config)`` is true, so a disabled service costs no import and no memory::
 
-       ServiceSpec("spool", "zmqagents.sidecar.spool:create", lambda c: c.local_api.enabled),
+       ServiceSpec("outbox", "zmqagents.sidecar.outbox:create", lambda c: c.local_api.enabled),
        ServiceSpec("local_api", "zmqagents.sidecar.localapi:create", lambda c: c.local_api.enabled),
        ServiceSpec("mdns", "zmqagents.sidecar.mdns:create", lambda c: c.mdns.enabled),
        ServiceSpec("admin", "zmqagents.sidecar.admin:create", lambda c: c.admin.enabled),
@@ -112,7 +112,12 @@ class ServiceSpec:
 
 
 # Start order; closed in reverse. One line per service: see "Adding a service" above.
-SERVICES: list[ServiceSpec] = []
+SERVICES: list[ServiceSpec] = [
+    # The outbox first: the local API hands it what clients send; closing in reverse, the local API
+    # stops accepting before the outbox drains.
+    ServiceSpec("outbox", "zmqagents.sidecar.outbox:create", lambda c: c.local_api.enabled),
+    ServiceSpec("local_api", "zmqagents.sidecar.localapi:create", lambda c: c.local_api.enabled),
+]
 
 
 def load_identity(config: SidecarConfig) -> Identity:

@@ -419,6 +419,71 @@ class LocalApi:
         }
 
 
+def sidecar_listening(path: str | os.PathLike) -> bool:
+    """Whether a process accepts connections on the unix socket at ``path`` (not just a stale file)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(os.fspath(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class LocalClient:
+    """An asyncio client of the local API (the CLI's): many operations in flight on one connection.
+
+    Every call returns the sidecar's answer envelope (``accepted``, ``reply``, ``error``, ...).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, max_size: int = DEFAULT_MAX_SIZE):
+        import zmq.asyncio
+
+        self.max_size = max_size
+        self.ctx = zmq.asyncio.Context(io_threads=1)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"ipc://{os.fspath(path)}")
+        self._waiting: dict[bytes, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+
+    async def call(self, op: str, body: Any = None, *, to: str | None = None, ttl_ms: int = 0,
+                   msg_id: bytes | None = None, timeout: float = 30.0) -> Envelope:
+        env = Envelope(msg_id or os.urandom(16), NO_SRC, op, body, ttl=ttl_ms)
+        if to is not None:
+            env.extra["to"] = to
+        frame = env.encode(max_size=self.max_size)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[env.id] = future
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        try:
+            await self.sock.send(frame)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(env.id, None)
+
+    async def _read(self) -> None:
+        while True:
+            frame = await self.sock.recv()
+            try:
+                env = decode(frame, max_size=4 * self.max_size)
+            except EnvelopeError as exc:
+                log.warning("undecodable answer from the sidecar: %s", exc)
+                continue
+            future = self._waiting.get(env.re) if env.re is not None else None
+            if future is not None and not future.done():
+                future.set_result(env)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self.sock.close()
+        self.ctx.term()
+
+
 def create(sidecar) -> LocalApi:
     """The daemon's factory (no IO here: the socket is bound in start())."""
     cfg = sidecar.config.local_api

@@ -30,8 +30,8 @@ from .spool import Spool, SpoolConfig
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAY = 2.0  # s before re-sending to a destination whose messages failed; doubles per failure...
-RETRY_MAX = 60.0  # ...up to this
+RETRY_DELAY = 1.0  # s before re-sending to a destination whose messages failed; doubles per failure...
+RETRY_MAX = 5.0  # ...up to this: with one probe at a time a dead peer costs little, and one that returns is found soon
 FEED_INTERVAL = 1.0  # s between safety-net passes (window room freed by others' messages, ends of back-off)
 TO_FIELD = "to"  # envelope field of a spool record: the destination's contact, when the application gave one
 
