@@ -1,4 +1,4 @@
-"""Run a shell command as a request handler: body on stdin, stdout is the reply.
+"""Run a shell command per request (``run_command``) or per task (``ShellAgent``).
 
 The command runs in its own process group so a timeout kills everything it
 started (pipelines, children), not just the shell. Output is bounded so a
@@ -13,6 +13,8 @@ import os
 import signal
 from dataclasses import dataclass
 from typing import Any
+
+from .base import AgentError, TaskContext, effective_timeout
 
 MAX_OUTPUT = 1 << 20  # bytes of stdout kept (a reply must fit in one envelope)
 STDERR_TAIL = 2000  # characters of stderr reported when a command fails
@@ -52,14 +54,7 @@ def decode_output(stdout: bytes) -> Any:
 
 async def run_command(command: str, stdin: bytes, *, timeout: float, env: dict[str, str] | None = None) -> CommandResult:
     """Run ``sh -c command``; raise CommandFailed on non-zero exit, signal, or timeout."""
-    proc = await asyncio.create_subprocess_shell(
-        command,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
+    proc = await _spawn(command, {**os.environ, **(env or {})})
     try:
         stdout, stderr = await asyncio.wait_for(_communicate(proc, stdin), timeout)
     except asyncio.TimeoutError:
@@ -111,3 +106,161 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+MAX_CHUNKS = 10_000  # stdout lines streamed as progress per task; later lines only reach the final output
+MAX_LINE = 64 * 1024  # longer lines are streamed in pieces of this size
+
+
+class ShellAgent:
+    """A shell command as a task agent.
+
+    Per task it runs ``sh -c command`` in its own process group with the task input on stdin
+    (one JSON line; with ``stdin="text"`` a string input goes as it is). Each stdout line is
+    streamed as a progress chunk while the command runs. The output is stdout as one JSON
+    object when it parses as one, else stdout as text (final newline removed). A non-zero exit
+    or death by signal fails the task with the tail of stderr; a timeout (``timeout`` or the
+    task's deadline, whichever is sooner) or a cancel kills the whole process group. stdout and
+    stderr are bounded (``max_output`` bytes each): a command that floods them is killed and the
+    task fails. The command's environment gets ZMQAGENTS_TASK_ID, ZMQAGENTS_CAPABILITY and
+    ZMQAGENTS_FROM (the caller's node id).
+    """
+
+    def __init__(self, command: str, *, timeout: float | None = 300.0, stdin: str = "json",
+                 env: dict[str, str] | None = None, max_output: int = MAX_OUTPUT, cwd: str | None = None):
+        if stdin not in ("json", "text"):
+            raise ValueError('stdin must be "json" or "text"')
+        self.command = command
+        self.timeout = timeout
+        self.stdin = stdin
+        self.env = dict(env or {})
+        self.max_output = max_output
+        self.cwd = cwd
+
+    def __repr__(self) -> str:
+        return f"ShellAgent({self.command!r})"
+
+    def _input_bytes(self, value: Any) -> bytes:
+        if self.stdin == "text":
+            return encode_input(value)
+        return (json.dumps(value, ensure_ascii=False) + "\n").encode()
+
+    async def __call__(self, value: Any, ctx: TaskContext) -> Any:
+        env = {**os.environ, **self.env, "ZMQAGENTS_TASK_ID": ctx.task_id, "ZMQAGENTS_CAPABILITY": ctx.capability,
+               "ZMQAGENTS_FROM": ctx.caller}
+        proc = await _spawn(self.command, env, self.cwd)
+        limit = effective_timeout(self.timeout, ctx.timeout)
+        try:
+            out, err = await asyncio.wait_for(self._talk(proc, self._input_bytes(value), ctx), limit)
+        except asyncio.TimeoutError:
+            raise AgentError(f"command timed out after {limit:g} s; its process group was killed") from None
+        finally:
+            if proc.returncode is None:  # timed out, flooded or canceled while it runs
+                await _reap(proc)
+        code = proc.returncode
+        if code != 0:
+            tail = err.decode("utf-8", errors="replace")[-STDERR_TAIL:].strip()
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise AgentError(f"command {how}" + (f": {tail}" if tail else ""))
+        text = out.decode("utf-8", errors="replace")
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            try:
+                parsed = json.loads(stripped)
+                if isinstance(parsed, dict):
+                    return parsed
+            except ValueError:
+                pass
+        return text[:-1] if text.endswith("\n") else text
+
+    async def _talk(self, proc: asyncio.subprocess.Process, data: bytes, ctx: TaskContext) -> tuple[bytes, bytes]:
+        async def feed() -> None:
+            try:
+                if not proc.stdin.is_closing():
+                    proc.stdin.write(data)
+                    await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError, RuntimeError):
+                pass  # the command need not read its input
+            finally:
+                proc.stdin.close()
+
+        async def stream_stdout() -> bytes:
+            kept, size, pending, chunks = [], 0, b"", 0
+            while block := await proc.stdout.read(65536):
+                size += len(block)
+                if size > self.max_output:
+                    raise AgentError(f"command wrote more than {self.max_output} bytes to stdout; it was killed")
+                kept.append(block)
+                pending += block
+                *lines, pending = pending.split(b"\n")
+                while len(pending) >= MAX_LINE:
+                    lines.append(pending[:MAX_LINE])
+                    pending = pending[MAX_LINE:]
+                for line in lines:
+                    if chunks < MAX_CHUNKS:
+                        chunks += 1
+                        ctx.progress(line.decode("utf-8", errors="replace"))
+            if pending and chunks < MAX_CHUNKS:
+                ctx.progress(pending.decode("utf-8", errors="replace"))
+            return b"".join(kept)
+
+        async def keep_stderr() -> bytes:
+            tail, size = b"", 0
+            while block := await proc.stderr.read(65536):
+                size += len(block)
+                if size > self.max_output:
+                    raise AgentError(f"command wrote more than {self.max_output} bytes to stderr; it was killed")
+                tail = (tail + block)[-STDERR_TAIL * 4:]
+            return tail
+
+        parts = [asyncio.ensure_future(f) for f in (feed(), stream_stdout(), keep_stderr())]
+        try:
+            _, out, err = await asyncio.gather(*parts)
+        except BaseException:
+            for part in parts:  # a flood, a timeout or a cancel: stop reading; the caller kills the group
+                part.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
+            raise
+        await proc.wait()
+        return out, err
+
+
+async def _reap(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    """Kill the command's process group and wait for it.
+
+    The pipes are drained to their end: asyncio (3.11) reports the exit only once every pipe is
+    closed, and a pipe nobody reads stays paused and never sees its end.
+    """
+    _kill_group(proc)
+
+    async def drain(stream: asyncio.StreamReader | None) -> None:
+        if stream is not None:
+            while await stream.read(65536):
+                pass
+
+    try:
+        await asyncio.wait_for(asyncio.gather(drain(proc.stdout), drain(proc.stderr), proc.wait()), grace)
+    except asyncio.TimeoutError:
+        # Something outside the group (it called setsid) holds the pipes open; the command is dead.
+        pass
+
+
+async def _spawn(command: str, env: dict[str, str], cwd: str | None = None) -> asyncio.subprocess.Process:
+    """``sh -c command`` in a new session (its own process group), pipes on stdin/stdout/stderr.
+
+    A cancel that lands while the process is being created would otherwise leave it running
+    with nobody holding it: the spawn finishes under a shield, then the group is killed.
+    """
+    spawn = asyncio.ensure_future(asyncio.create_subprocess_shell(
+        command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True, env=env, cwd=cwd,
+    ))
+    try:
+        return await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        try:
+            proc = await spawn
+        except Exception:
+            raise asyncio.CancelledError from None
+        await _reap(proc)
+        raise
