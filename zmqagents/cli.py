@@ -88,7 +88,7 @@ def _load_identity(key: str | None) -> Identity:
         raise click.UsageError(str(exc)) from None
 
 
-def _contacts(texts: Iterable[str]) -> list[Contact]:
+def _contacts(texts: Iterable[str], hint: str = "--to/--peer") -> list[Contact]:
     out = []
     for text in texts:
         if text.startswith("@"):  # @FILE: a contact written by `zmqagents node --contact-file`
@@ -99,19 +99,29 @@ def _contacts(texts: Iterable[str]) -> list[Contact]:
         try:
             out.append(Contact.parse(text))
         except IdentityError as exc:
-            raise click.BadParameter(str(exc), param_hint="--to/--peer") from None
+            raise click.BadParameter(str(exc), param_hint=hint) from None
     return out
 
 
 def _make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool, allowlist: str | None = None,
-               bootstrap: list[Contact] = (), *, member: bool = False):
+               bootstrap: list[Contact] = (), *, member: bool = False, config=None, seal: bool = False):
     """A node for one command. Only long-running commands (node, reply, subscribe) are mesh members;
     the others are clients that peers keep out of their routing tables."""
     from .node import Node, NodeConfig
 
     allow = _read_allowlist(allowlist) if allowlist else None
-    return Node(_load_identity(key), listen=listen, peers=peers, bootstrap=bootstrap, secure=not insecure,
-                allowlist=allow, config=NodeConfig(member=member))
+    config = config or NodeConfig()
+    config.member = member
+    config.transport.seal_relayed = seal
+    try:
+        return Node(_load_identity(key), listen=listen, peers=peers, bootstrap=bootstrap, secure=not insecure,
+                    allowlist=allow, config=config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+_SEAL_HELP = ("Encrypt end to end (NaCl Box) whatever goes through a relay, so the relay cannot read it "
+              "(it is always signed, so a relay can never alter it).")
 
 
 def _read_allowlist(path: str) -> frozenset[bytes]:
@@ -200,13 +210,24 @@ def keygen(path: str, force: bool) -> None:
               help="Override one config key, e.g. --set spool.fsync=always (repeatable; sidecar only).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines on stderr as text or one JSON object each.")
 @click.pass_context
+@click.option("--outbound-only", is_flag=True,
+              help="This node cannot accept connections (NAT, firewall): others reach it through its --relay nodes.")
+@click.option("--relay", "relays", multiple=True, metavar="CONTACT",
+              help="Contact of a relay (`zmqagents relay`) to register with; repeat for failover, preferred first.")
+@click.option("--seal", is_flag=True, help=_SEAL_HELP)
 def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo, config_file, conf_d, settings,
-         log_format) -> None:
+         log_format, outbound_only, relays, seal) -> None:
     """Run a node until SIGINT/SIGTERM.
 
     With --bootstrap it joins the mesh (Kademlia lookup of its own id, then of
     far buckets). Prints {"contact": ...} first, then every direct message and
     request it receives as one JSON line.
+
+    \b
+    Behind NAT, connect out to relays and be reached through them:
+      zmqagents node --outbound-only --relay @relay1.contact --relay @relay2.contact
+    The printed contact then reads PUBLICKEY@relay://RELAY1,RELAY2; pass it to
+    others like any contact.
 
     \b
     With --config FILE it runs as a sidecar: settings come from FILE, then
@@ -217,13 +238,19 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
     reloads the log settings and the allowlist (and logs what needs a restart).
     """
     verbose = ctx.find_root().params.get("verbose", 0)
+    if bool(outbound_only) != bool(relays):
+        raise click.UsageError("--outbound-only and --relay go together: name at least one --relay CONTACT")
     if config_file is None and conf_d is None and not settings:
         if log_format is not None:
             from .sidecar import logs
 
             logs.configure(log_format, logging.getLogger().level)
-        _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo)
+        _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo,
+                        outbound_only=outbound_only, relays=relays, seal=seal)
         return
+    if outbound_only or seal:
+        raise click.UsageError("--outbound-only, --relay and --seal are not sidecar config keys yet: "
+                               "run them without --config/--conf-d/--set")
     overrides = _sidecar_overrides(ctx, key=key, listen=listen, insecure=insecure, peers=peers, bootstrap=bootstrap,
                                    contact_file=contact_file, allowlist=allowlist, log_format=log_format,
                                    verbose=verbose, settings=settings)
@@ -299,8 +326,13 @@ def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, e
     return run(main())
 
 
-def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo) -> None:
-    n = _make_node(key, listen, _contacts(peers), insecure, allowlist, _contacts(bootstrap), member=True)
+def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo, *,
+                    outbound_only: bool = False, relays=(), seal: bool = False) -> None:
+    from .node import NodeConfig
+
+    config = NodeConfig(outbound_only=outbound_only, relays=_contacts(relays, hint="--relay"))
+    n = _make_node(key, listen, _contacts(peers), insecure, allowlist, _contacts(bootstrap), member=True,
+                   config=config, seal=seal)
 
     async def main() -> int:
         async with n:
@@ -314,6 +346,49 @@ def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allow
             _announce(n, contact_file)
             async for msg in n.messages():
                 _emit({"type": msg.type, "from": msg.sender, "body": msg.body})
+        return EXIT_OK
+
+    sys.exit(_run(main()))
+
+
+@cli.command()
+@_common_node_options
+@click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")
+@click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh to join through (repeatable).")
+@click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
+@click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")
+@click.option("--max-clients", default=1024, show_default=True, type=click.IntRange(1), help="Registered outbound-only nodes at most; more are refused.")
+@click.option("--client-rate", default=2000.0, show_default=True, type=click.FloatRange(min=0.001), help="Forwards per second per sender (burst: twice as many).")
+@click.option("--total-rate", default=20000.0, show_default=True, type=click.FloatRange(min=0.001), help="Forwards per second over all senders (burst: twice as many).")
+@click.option("--expire", default=10.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds of silence after which a client's registration is dropped.")
+def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_clients, client_rate, total_rate, expire) -> None:
+    """Run a node that relays for outbound-only nodes, until SIGINT/SIGTERM.
+
+    Outbound-only nodes (`zmqagents node --outbound-only --relay CONTACT`)
+    connect here and register; anyone may then send to them through this
+    relay, and they send back through it. What passes through is signed by its
+    sender (and sealed if the sender used --seal), so the relay can neither
+    alter nor forge it. Forwards over the rate limits and to unknown nodes are
+    refused and counted. Listen on an address the clients can reach, e.g.
+    --listen tcp://0.0.0.0:7000 (the printed contact must be reachable, so
+    prefer the real address). Prints {"contact": ...} first and
+    {"relay_stats": ...} when it stops.
+    """
+    from .core.relay import RelayConfig
+    from .node import NodeConfig
+
+    config = NodeConfig(serve_relay=True, relay=RelayConfig(
+        max_clients=max_clients, client_rate=client_rate, client_burst=2 * client_rate, total_rate=total_rate,
+        total_burst=2 * total_rate, expire=expire))
+    n = _make_node(key, listen, _contacts(peers), insecure, allowlist, _contacts(bootstrap), member=True, config=config)
+
+    async def main() -> int:
+        async with n:
+            _announce(n, contact_file)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                _emit({"relay_stats": n.relay_server.stats, "clients": len(n.relay_server)})
         return EXIT_OK
 
     sys.exit(_run(main()))
@@ -393,7 +468,7 @@ def _sidecar_socket(ctx: click.Context, socket_path: str | None, direct: bool) -
     """The local API socket this command should use, or None to start a temporary node.
 
     An explicit --socket must have a sidecar behind it. Otherwise the default path is used when a
-    sidecar listens there and no flag asks for a node of our own (--key, --listen, --insecure).
+    sidecar listens there and no flag asks for a node of our own (--key, --listen, --insecure, --seal).
     """
     from click.core import ParameterSource
 
@@ -403,7 +478,7 @@ def _sidecar_socket(ctx: click.Context, socket_path: str | None, direct: bool) -
         return None
     if socket_path is None:
         if any(ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-               for name in ("key", "listen", "insecure")):
+               for name in ("key", "listen", "insecure", "seal") if name in ctx.params):
             return None
         from .sidecar.config import LocalApiSection
 
@@ -440,9 +515,10 @@ def _sidecar_targets(to: tuple[str, ...]) -> list[str]:
 @_common_node_options
 @click.option("--to", "to", multiple=True, help="Contact of the receiving node (repeat to spread lines round-robin).")
 @_sidecar_options
+@click.option("--seal", is_flag=True, help=_SEAL_HELP)
 @click.argument("body", required=False)
 @click.pass_context
-def send(ctx, key, listen, insecure, to, socket_path, direct, body) -> None:
+def send(ctx, key, listen, insecure, to, socket_path, direct, seal, body) -> None:
     """Send reliable one-way messages.
 
     With BODY, send it (JSON if it parses, else text). Without, send each stdin
@@ -457,10 +533,12 @@ def send(ctx, key, listen, insecure, to, socket_path, direct, body) -> None:
     while the peer is away. --to may then also be a node id the sidecar knows.
     """
     path = _sidecar_socket(ctx, socket_path, direct)
+    if path is not None and seal:
+        raise click.UsageError("--seal applies to this command's own node, not to a sidecar: drop --socket")
     if path is not None:
         sys.exit(_run(_send_via_sidecar(path, _sidecar_targets(to), body)))
     targets = _targets(to)
-    n = _make_node(key, listen, targets, insecure)
+    n = _make_node(key, listen, targets, insecure, seal=seal)
 
     async def main() -> int:
         from .node import SendError
@@ -576,9 +654,10 @@ def _parse_line(line: bytes, number: int) -> Any:
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each reply.")
 @click.option("--parallel", default=16, show_default=True, type=click.IntRange(1, 4096), help="Requests in flight at once.")
 @_sidecar_options
+@click.option("--seal", is_flag=True, help=_SEAL_HELP)
 @click.argument("body", required=False)
 @click.pass_context
-def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, direct, body) -> None:
+def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, direct, seal, body) -> None:
     """Send requests and print replies, one JSON object per line.
 
     With BODY, one request (JSON if it parses, else text): prints the reply
@@ -589,10 +668,12 @@ def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, dire
     sidecar (see `send --help`) when there is one.
     """
     path = _sidecar_socket(ctx, socket_path, direct)
+    if path is not None and seal:
+        raise click.UsageError("--seal applies to this command's own node, not to a sidecar: drop --socket")
     if path is not None:
         sys.exit(_run(_request_via_sidecar(path, _sidecar_targets(to), timeout, parallel, body)))
     targets = _targets(to)
-    n = _make_node(key, listen, targets, insecure)
+    n = _make_node(key, listen, targets, insecure, seal=seal)
 
     async def one(dst: bytes, value: Any, number: int) -> dict:
         from .node import NodeError, RequestTimeout

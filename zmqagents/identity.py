@@ -9,7 +9,9 @@ The signing key is the node's only secret. Everything else is derived from it:
 A peer's *public key* (its 32-byte verify key) is written as lowercase base32
 without padding (52 characters) so it never looks like a node id (64 hex
 characters). A *contact* is ``PUBLICKEY@ENDPOINT``: everything needed to open
-an authenticated CURVE link to a node.
+an authenticated CURVE link to a node. A node that cannot accept connections
+is reached through relays instead; its endpoint then lists them:
+``PUBLICKEY@relay://RELAYCONTACT[,RELAYCONTACT...]`` (see protocols/node.md).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ KEY_FILE_FORMAT = "zmqagents-ed25519-v1"
 NODE_ID_LEN = 32
 PUBLIC_KEY_LEN = 32
 SHORT_ID_HEX = 12
+RELAY_SCHEME = "relay://"
+# Routing tables, lookups and membership rumors refuse endpoints longer than this (core/lookup.py,
+# core/membership.py), so a relayed contact must fit too: two or three relays, depending on host names.
+MAX_ENDPOINT_LEN = 255
 
 
 class IdentityError(ValueError):
@@ -121,15 +127,51 @@ class Contact:
     def __str__(self) -> str:
         return f"{format_public_key(self.public_key)}@{self.endpoint}"
 
+    @property
+    def relayed(self) -> bool:
+        """True when the node accepts no connections and is reached through the relays its endpoint lists."""
+        return self.endpoint.startswith(RELAY_SCHEME)
+
+    @property
+    def relays(self) -> list["Contact"]:
+        """The relays of a relayed contact, in the node's order of preference; [] for a direct contact."""
+        if not self.endpoint.startswith(RELAY_SCHEME):
+            return []
+        return [Contact.parse(part) for part in self.endpoint[len(RELAY_SCHEME):].split(",")]
+
+    @classmethod
+    def via(cls, public_key: bytes, relays: "list[Contact]") -> "Contact":
+        """The contact of a node reached through ``relays`` (direct contacts, most preferred first)."""
+        if not relays:
+            raise IdentityError("a relayed contact needs at least one relay")
+        for relay in relays:
+            if relay.relayed or "," in relay.endpoint:
+                raise IdentityError(f"relay {relay} must be a direct contact (tcp:// or ipc:// without commas)")
+        contact = cls(public_key, RELAY_SCHEME + ",".join(str(r) for r in relays))
+        if len(contact.endpoint) > MAX_ENDPOINT_LEN:
+            raise IdentityError(
+                f"{len(relays)} relays make an endpoint of {len(contact.endpoint)} characters; peers accept at most "
+                f"{MAX_ENDPOINT_LEN}: use fewer relays or shorter host names")
+        return contact
+
     @classmethod
     def parse(cls, text: str) -> "Contact":
-        """Parse ``PUBLICKEY@tcp://host:port`` (or ``@ipc://path``)."""
+        """Parse ``PUBLICKEY@tcp://host:port``, ``PUBLICKEY@ipc://path`` or ``PUBLICKEY@relay://RELAY[,RELAY]``."""
         key_text, sep, endpoint = text.strip().partition("@")
         if not sep or not key_text or not endpoint:
             raise IdentityError(
                 f"contact {text!r} must look like PUBLICKEY@tcp://HOST:PORT "
                 "(a node prints its contact when it starts)"
             )
+        if endpoint.startswith(RELAY_SCHEME):
+            relays = endpoint[len(RELAY_SCHEME):]
+            if not relays:
+                raise IdentityError(f"contact {text!r}: relay:// must list at least one relay contact")
+            try:
+                parsed = [cls.parse(part) for part in relays.split(",")]
+            except IdentityError as exc:
+                raise IdentityError(f"contact {text!r}: bad relay: {exc}") from None
+            return cls.via(parse_public_key(key_text), parsed)
         _check_endpoint(text, endpoint)
         return cls(parse_public_key(key_text), endpoint)
 
@@ -143,7 +185,7 @@ def _check_endpoint(text: str, endpoint: str) -> None:
         if sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
             return
         raise IdentityError(f"contact {text!r}: endpoint must be tcp://HOST:PORT with a port from 1 to 65535")
-    raise IdentityError(f"contact {text!r}: endpoint must be tcp://HOST:PORT or ipc://PATH")
+    raise IdentityError(f"contact {text!r}: endpoint must be tcp://HOST:PORT, ipc://PATH or relay://RELAYCONTACT,...")
 
 
 class Identity:

@@ -34,10 +34,24 @@ from .core.delivery import (
 from .core.dht import PREFIX as DHT_PREFIX
 from .core.dht import DhtConfig, DhtCore
 from .core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
+from .core.relay import (
+    DELIVER,
+    FORWARD,
+    NOT_FORWARDED,
+    REFUSED,
+    REGISTER,
+    REGISTERED,
+    RELAY_PREFIX,
+    RelayClient,
+    RelayConfig,
+    RelayDown,
+    RelayServer,
+    RelayUp,
+)
 from .core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
 from .dht import Dht, ProviderInfo
 from .envelope import Envelope
-from .identity import Contact, Identity, IdentityError, node_id_of, parse_node_id, short_id
+from .identity import Contact, Identity, IdentityError, format_public_key, node_id_of, parse_node_id, short_id
 from .transport.mesh import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -86,7 +100,8 @@ class SendError(NodeError):
 class MemberEvent:
     """A change in what this node knows of a peer: ``kind`` is "joined" (this node joined the mesh;
     ``node_id`` is ours), "alive", "suspect", "failed", "left" or "refuted" (we were suspected and
-    raised our own incarnation)."""
+    raised our own incarnation); on an outbound-only node also "relay_up" / "relay_down" (one of its
+    relays started or stopped answering its keepalive)."""
 
     kind: str
     node_id: bytes
@@ -129,6 +144,13 @@ class NodeConfig:
     subscription_queue: int = 10_000  # publications buffered per subscriber; the oldest is dropped beyond it
     hello_timeout: float = 5.0
     join_timeout: float = 10.0  # how long start() waits for the bootstrap lookup before carrying on alone
+    # Reachability through relays (protocols/node.md, "Relaying"). An outbound-only node accepts no
+    # connections: it registers with ``relays`` (contacts of relay nodes) and advertises the contact
+    # KEY@relay://R1,R2. ``serve_relay`` makes this node a relay for others.
+    outbound_only: bool = False
+    relays: list = field(default_factory=list)  # contacts (str or Contact) of our relays, preferred first
+    serve_relay: bool = False
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 RequestHandler = Callable[[Any, Message], Any | Awaitable[Any]]
@@ -160,6 +182,11 @@ class Node:
         self.config.transport.listen = listen
         self.config.transport.secure = secure
         self._peers = [p if isinstance(p, Contact) else Contact.parse(p) for p in peers]
+        self._relays = [p if isinstance(p, Contact) else Contact.parse(p) for p in self.config.relays]
+        if self.config.outbound_only and not self._relays:
+            raise ValueError("an outbound-only node needs at least one relay contact (NodeConfig.relays / --relay)")
+        if self._relays and not self.config.outbound_only:
+            raise ValueError("relays are for outbound-only nodes: set NodeConfig.outbound_only (--outbound-only)")
         self._bootstrap = [p if isinstance(p, Contact) else Contact.parse(p) for p in bootstrap]
         self.transport = Transport(
             identity,
@@ -178,6 +205,9 @@ class Node:
         self.membership: Membership | None = None  # likewise (alive rumors about us carry our contact)
         self.dht = Dht(self)  # records and providers (zmqagents/dht.py); its core is made by start()
         self._members: set[bytes] = set()  # ids handed to membership, mirrored from the routing table
+        self.relay_server: RelayServer | None = None  # with serve_relay
+        self.relay_client: RelayClient | None = None  # on an outbound-only node
+        self._relay_cores: list = []  # whichever of the two exist, for the pump and the timer
         self._reconciler: asyncio.TimerHandle | None = None
         self._event_queues: list[asyncio.Queue] = []
         self._lookups: dict[int, asyncio.Future] = {}
@@ -202,6 +232,7 @@ class Node:
         self._closed = False
         self.stats: dict[str, int] = {
             "inbox_refused": 0, "publications_dropped": 0, "handler_errors": 0, "replies_dropped": 0,
+            "relay_not_served": 0, "relay_refusals_received": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -222,14 +253,19 @@ class Node:
         self._idle = asyncio.Event()
         self._idle.set()
         self.transport.start()
+        self._start_relaying()
         # A short-lived client (member=False) does not advertise itself: it stays out of peers' tables,
         # so no record is ever stored on a node that is about to exit.
         self.routing = RoutingCore(self.contact, self._rng, self.config.routing, advertise=self.config.member)
         self.dht.core = DhtCore(self.routing, self.identity, self._rng, self.config.dht)
         self.membership = Membership(self.contact, self._rng, self.config.membership)
         self._reconcile()
-        if self._peers:
-            await asyncio.gather(*(self._hello(c) for c in self._peers))
+        if self.relay_client is not None:
+            self.relay_client.start(self._now())
+            self._pump()
+        peers = self._peers + [r for r in self._relays if r not in self._peers]
+        if peers:
+            await asyncio.gather(*(self._hello(c) for c in peers))
         if self._bootstrap:
             await self.join(self._bootstrap, timeout=self.config.join_timeout)
 
@@ -509,7 +545,8 @@ class Node:
         entry = (topic_b, queue)
         if not self._subscriptions:
             for contact, pub in self._neighbours.values():
-                self.transport.subscribe_to(contact, pub)
+                if pub:  # "" for an outbound-only neighbour: nobody can connect to it
+                    self.transport.subscribe_to(contact, pub)
         self._subscriptions.append(entry)
         self.transport.add_topic(topic_b)
         try:
@@ -573,25 +610,93 @@ class Node:
     def _hello_body(self) -> dict:
         # "member": false marks a short-lived client (a shell command): peers keep it out of their
         # routing tables, so they never probe it or report it failed once it exits.
-        return {"endpoint": self.transport.endpoint, "pub": self.transport.pub_endpoint, "member": self.config.member}
+        # An outbound-only node advertises its relays as its endpoint and no PUB (nobody can connect to it).
+        pub = "" if self.config.outbound_only else self.transport.pub_endpoint
+        return {"endpoint": self.contact.endpoint, "pub": pub, "member": self.config.member}
 
     def _add_neighbour(self, node_id: bytes, body: Any) -> bool:
         if not isinstance(body, dict) or not isinstance(body.get("pub"), str) or not isinstance(body.get("endpoint"), str):
             log.warning("malformed hello from %s", short_id(node_id))
             return False
         public_key = self.transport.public_key_of(node_id)
-        endpoints_ok = all(body[k].startswith(("tcp://", "ipc://")) for k in ("endpoint", "pub"))
-        if public_key is None or node_id_of(public_key) != node_id or not endpoints_ok:
+        pub = body["pub"]
+        if public_key is None or node_id_of(public_key) != node_id or not (pub == "" or pub.startswith(("tcp://", "ipc://"))):
             log.warning("bad hello from %s", short_id(node_id))
             return False
-        contact = Contact(public_key, body["endpoint"])
+        try:  # tcp://, ipc:// or relay://RELAYCONTACT,... (each relay checked)
+            contact = Contact.parse(f"{format_public_key(public_key)}@{body['endpoint']}")
+        except IdentityError as exc:
+            log.warning("bad hello from %s: %s", short_id(node_id), exc)
+            return False
         self.transport.add_contact(contact)
         if body.get("member", True) is not False:
             self.routing.observe(contact, self._now())
-        self._neighbours[node_id] = (contact, body["pub"])
-        if self._subscriptions:
-            self.transport.subscribe_to(contact, body["pub"])
+        self._neighbours[node_id] = (contact, pub)
+        if self._subscriptions and pub:
+            self.transport.subscribe_to(contact, pub)
         return True
+
+    # -- relaying: outbound-only nodes reached through relays ----------------------
+
+    def _start_relaying(self) -> None:
+        cfg = self.config
+        transport = self.transport
+        if cfg.outbound_only:
+            transport.advertised = Contact.via(self.identity.public_key, self._relays)
+            paths = transport.paths()
+            paths.edge = [r.node_id for r in self._relays]
+            for relay in self._relays:
+                transport.add_contact(relay)
+            self.relay_client = RelayClient(self.node_id, paths.edge[:], self._rng, cfg.relay)
+            self._relay_cores.append(self.relay_client)
+        if cfg.serve_relay:
+            self.relay_server = RelayServer(self.node_id, self._rng, cfg.relay, direct_route=transport.direct_route)
+            self._relay_cores.append(self.relay_server)
+
+    def _on_relay(self, env: Envelope, batch: list[Envelope], now: float) -> None:
+        typ = env.type
+        if typ == DELIVER:
+            inner = self.transport.paths().unwrap(env)  # verified, or dropped and counted
+            if inner is not None:
+                batch.append(inner)  # the caller's loop handles it next, like any other arrival
+        elif typ == FORWARD or typ == REGISTER:
+            if self.relay_server is not None:
+                self.relay_server.receive(env, now)
+                return
+            self.stats["relay_not_served"] += 1
+            body = {"to": env.body.get("to") if isinstance(env.body, dict) else None, "why": "not_a_relay"}
+            if typ == REGISTER:
+                body = {"n": 0, "why": "not_a_relay"}
+            self.transport.send(Envelope(id=os.urandom(16), src=self.node_id, dst=env.src,
+                                         type=NOT_FORWARDED if typ == FORWARD else REFUSED, body=body, re=env.id))
+        elif typ == REGISTERED or typ == REFUSED:
+            if self.relay_client is not None:
+                self.relay_client.receive(env, now)
+        elif typ == NOT_FORWARDED:
+            self.stats["relay_refusals_received"] += 1
+            to = env.body.get("to") if isinstance(env.body, dict) else None
+            if type(to) is bytes and self.transport.relaying is not None:
+                self.transport.relaying.demote(env.src, to)  # try that destination's next relay first
+
+    def _pump_relay(self) -> None:
+        send = self.transport.send
+        for core in self._relay_cores:
+            for env in core.take_outgoing():
+                send(env)
+        client = self.relay_client
+        if client is None:
+            return
+        for event in client.take_events():
+            paths = self.transport.paths()
+            active = client.active()
+            paths.edge = active + [r for r in paths.edge if r not in active]
+            if isinstance(event, RelayDown):
+                log.warning("relay %s is down (%s); %d relay(s) up", short_id(event.node_id), event.reason, len(active))
+                paths.demote(event.node_id)
+                self._emit(MemberEvent("relay_down", event.node_id))
+            elif isinstance(event, RelayUp):
+                log.info("relay %s is up", short_id(event.node_id))
+                self._emit(MemberEvent("relay_up", event.node_id))
 
     # -- driving the core ------------------------------------------------------------
 
@@ -614,6 +719,9 @@ class Node:
                 routing.observe(last_src, now)
             if typ.startswith(MEMBERSHIP_PREFIX):
                 self.membership.receive(env, now)
+                continue
+            if typ.startswith(RELAY_PREFIX):
+                self._on_relay(env, batch, now)
                 continue
             # A full inbox refuses data before the core sees it: no ack, so the sender
             # retransmits later and nothing accepted is ever thrown away.
@@ -641,6 +749,8 @@ class Node:
             self._pump_routing()
             self._pump_membership()
             self.dht.pump()
+        if self._relay_cores:
+            self._pump_relay()
         if not delivery.pending():
             self._idle.set()
         self._arm_timer()
@@ -662,6 +772,8 @@ class Node:
                 self.routing.forget(nid)
                 self.delivery.forget(nid)
                 self.transport.forget(nid)
+                if self.relay_server is not None:
+                    self.relay_server.forget(nid)
                 self._members.discard(nid)
                 self._emit(MemberEvent("failed" if isinstance(event, Failed) else "left", nid, event.incarnation))
             elif isinstance(event, Alive):
@@ -813,7 +925,7 @@ class Node:
     def _arm_timer(self) -> None:
         at = self.delivery.next_timer()
         if self.routing is not None:
-            for core in (self.routing, self.membership, self.dht.core):
+            for core in (self.routing, self.membership, self.dht.core, *self._relay_cores):
                 other = core.next_timer()
                 if other is not None and (at is None or other < at):
                     at = other
@@ -835,6 +947,8 @@ class Node:
         self.routing.tick(now)
         self.membership.tick(now)
         self.dht.core.tick(now)
+        for core in self._relay_cores:
+            core.tick(now)
         self._pump()
 
 

@@ -13,7 +13,10 @@ decisions (those live in ``zmqagents.core``). Identity binding works like this:
 
 Replies and acks to a message that arrived on the inbox go back over the same
 connection (ROUTER to the routing id), so a request/reply pair uses one TCP
-connection and a node that can only connect out is still reachable.
+connection and a node that can only connect out is still reachable. That is
+what relays use: a destination whose contact is ``KEY@relay://...`` (or that
+last reached us through a relay) is sent a signed envelope wrapped in a
+``relay.fwd`` to one of its relays (``relaying.py``).
 
 ZeroMQ's FD is edge-triggered, so every readable callback drains its socket
 until EAGAIN (in bounded batches). Outgoing frames are written in one burst
@@ -25,14 +28,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import zmq
 
+from ..core.relay import FORWARD
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
-from ..identity import Contact, IdentityError, curve_public_of, node_id_of, short_id
+from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, node_id_of, short_id
+from .relaying import RelayPaths
 from .zap import ZAP_DOMAIN, ZapHandler
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,7 @@ class TransportConfig:
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 5000
     close_linger_ms: int = 0  # how long close() may wait to flush publications (a CLI publisher wants some)
+    seal_relayed: bool = False  # encrypt (NaCl Box) every envelope sent through a relay to its destination
 
 
 class _Link:
@@ -97,6 +104,8 @@ class Transport:
         self.zap: ZapHandler | None = None
         self.endpoint = ""
         self.pub_endpoint = ""
+        self.advertised: Contact | None = None  # what peers are told to use; default: our inbox endpoint
+        self.relaying: RelayPaths | None = None  # made when a relayed destination first appears
         self._dealers: OrderedDict[bytes, _Link] = OrderedDict()
         self._subs: dict[bytes, _Link] = {}
         self._links: dict[zmq.Socket, _Link] = {}  # DEALER and SUB sockets -> their peer
@@ -160,7 +169,16 @@ class Transport:
         self.ctx.term()
 
     def contact(self) -> Contact:
-        return self.identity.contact(self.endpoint)
+        """How peers reach us: our inbox, or (outbound-only) the relays set in ``advertised``."""
+        return self.advertised or self.identity.contact(self.endpoint)
+
+    def paths(self) -> RelayPaths:
+        """The relay routes, created on first use (a node that never meets a relay never pays for them)."""
+        if self.relaying is None:
+            self.relaying = RelayPaths(self.identity, max_entries=self.config.max_known_keys,
+                                       max_size=self.config.max_message_size, drop=self._drop,
+                                       seal_all=self.config.seal_relayed)
+        return self.relaying
 
     # -- address book ----------------------------------------------------------
 
@@ -170,8 +188,17 @@ class Transport:
         old = self._contacts.get(node_id)
         self._contacts[node_id] = contact
         self._contacts.move_to_end(node_id)
-        if old is not None and old.endpoint != contact.endpoint and node_id in self._dealers:
-            self._close_dealer(node_id)  # it moved: reconnect on next send
+        if old is not None and old.endpoint != contact.endpoint:
+            if node_id in self._dealers:
+                self._close_dealer(node_id)  # it moved: reconnect on next send
+            if self.relaying is not None and not contact.relayed and not self.relaying.edge:
+                self.relaying.forget(node_id)  # it became reachable directly
+        if contact.relayed:
+            relays = contact.relays
+            for relay in relays:
+                if relay.node_id not in self._contacts:
+                    self._contacts[relay.node_id] = relay
+            self.paths().set_route(node_id, [r.node_id for r in relays])
         while len(self._contacts) > self.config.max_known_keys:
             self._contacts.popitem(last=False)
         return node_id
@@ -184,14 +211,25 @@ class Transport:
             self._close_dealer(node_id)
 
     def known(self, node_id: bytes) -> bool:
-        return node_id in self._contacts or node_id in self._inbound
+        return (node_id in self._contacts or node_id in self._inbound
+                or (self.relaying is not None and node_id in self.relaying.via))
+
+    def direct_route(self, node_id: bytes) -> bool:
+        """True if we reach ``node_id`` without a relay: a connection is open, or its contact is direct."""
+        if node_id in self._inbound or node_id in self._dealers:
+            return True
+        contact = self._contacts.get(node_id)
+        return contact is not None and not contact.relayed
 
     def public_key_of(self, node_id: bytes) -> bytes | None:
-        """The verify key of a node we have a contact for or that has authenticated to us."""
+        """The verify key of a node we have a contact for, that has authenticated to us, or whose
+        signed envelope reached us through a relay."""
         contact = self._contacts.get(node_id)
         if contact is not None:
             return contact.public_key
         rid = self._inbound.get(node_id)
+        if rid is None and self.relaying is not None:
+            return self.relaying.keys.get(node_id)
         return rid
 
     def contacts(self) -> list[Contact]:
@@ -207,12 +245,33 @@ class Transport:
         (a system call every time). A frame that cannot go out is dropped and counted; the
         delivery core's retransmits make that safe.
         """
+        relaying = self.relaying
+        if relaying is not None and env.dst in relaying.via and env.dst not in self._inbound:
+            return self._send_relayed(env, relaying)
         try:
             frame = env.encode(max_size=self.config.max_message_size)
         except EnvelopeError as exc:
             self._drop("encode_error", env.dst or b"", exc)
             return False
         self._outbox.append((env.dst, frame))
+        self._schedule_flush()
+        return True
+
+    def _send_relayed(self, env: Envelope, relaying: RelayPaths) -> bool:
+        """Sign ``env`` (and seal it if asked), wrap it in a ``relay.fwd`` and queue that for a relay.
+
+        The wrapper goes straight to the relay's own connection: a relay is never itself reached
+        through a relay, so a contact that claims otherwise cannot make routes loop."""
+        dst = env.dst
+        relay = relaying.pick(env)
+        try:
+            body = relaying.wrap(env, self.public_key_of(dst))
+            frame = Envelope(id=os.urandom(16), src=self.identity.node_id, dst=relay, type=FORWARD,
+                             body=body).encode(max_size=self.config.max_message_size)
+        except (EnvelopeError, IdentityError) as exc:
+            self._drop("encode_error", dst, exc)
+            return False
+        self._outbox.append((relay, frame))
         self._schedule_flush()
         return True
 
@@ -249,6 +308,9 @@ class Transport:
             contact = self._contacts.get(dst)
             if contact is None:
                 self._drop("no_route", dst, "no contact and no inbound connection")
+                return
+            if contact.endpoint.startswith(RELAY_SCHEME):
+                self._drop("no_route", dst, "reached only through relays, and none is usable")
                 return
             link = self._open_dealer(contact)
         else:
@@ -364,6 +426,9 @@ class Transport:
         self._close_dealer(node_id)
         self._inbound.pop(node_id, None)
         self.unsubscribe_from(node_id)
+        if self.relaying is not None:
+            self.relaying.forget(node_id)
+            self.relaying.remove_relay(node_id)
 
     @property
     def dealer_count(self) -> int:

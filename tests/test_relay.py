@@ -1,0 +1,277 @@
+"""Relaying over real CURVE sockets on loopback: an outbound-only node reached through relays.
+
+Each test builds relays (``serve_relay``), an outbound-only *edge* node registered with them, and an
+outside node that knows only the edge node's relayed contact. The network-isolated version of the
+same path (network namespaces, relays killed by PID) is in test_relay_netns.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from zmqagents.core.delivery import DeliveryConfig
+from zmqagents.core.relay import DELIVER, RelayConfig
+from zmqagents.envelope import Envelope
+from zmqagents.identity import Contact, Identity
+from zmqagents.node import Node, NodeConfig, PeerUnreachable, RequestTimeout
+
+FAST_RELAY = RelayConfig(keepalive=0.2, dead_after=0.6, expire=1.0)
+
+
+def relay_node(**cfg) -> Node:
+    return Node(config=NodeConfig(serve_relay=True, relay=RelayConfig(**cfg) if cfg else FAST_RELAY))
+
+
+def edge_node(relays: list[Node], **kw) -> Node:
+    node = Node(config=NodeConfig(outbound_only=True, relays=[r.contact for r in relays], relay=FAST_RELAY, **kw))
+    node.on_request(lambda body, msg: {"echo": body, "from": msg.src.hex()})
+    return node
+
+
+async def started(*nodes: Node) -> None:
+    for n in nodes:
+        await n.start()
+
+
+async def wait_until(predicate, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def close_all(*nodes: Node) -> None:
+    for n in nodes:
+        await n.close()
+
+
+def test_request_reply_through_a_relay_both_ways_and_failover_to_the_second(arun):
+    async def main():
+        r1, r2 = relay_node(), relay_node()
+        await started(r1, r2)
+        edge = edge_node([r1, r2])
+        await started(edge)
+        outside = Node(peers=[edge.contact])
+        try:
+            assert edge.contact.relayed and [c.node_id for c in edge.contact.relays] == [r1.node_id, r2.node_id]
+            await started(outside)
+            await wait_until(lambda: edge.node_id in r1.relay_server and edge.node_id in r2.relay_server)
+            reply = await outside.request(edge.node_id, "hi", timeout=5)
+            assert reply == {"echo": "hi", "from": outside.node_id.hex()}  # the edge node saw the true sender
+            assert r1.relay_server.stats["forwarded"] >= 2 and r2.relay_server.stats["forwarded"] == 0
+            # The hello went through too: each side knows the other's contact, the edge node's is relayed.
+            assert edge.node_id in outside.neighbours()
+            assert any(p["contact"] == str(edge.contact) for p in outside.peers())
+            # The edge node can also start a conversation: it answers through the relay it was reached by.
+            outside.on_request(lambda body, msg: body * 2)
+            assert await edge.request(outside.node_id, 21, timeout=5) == 42
+            assert edge.transport.drops == {} and outside.transport.drops == {}
+
+            # Kill the first relay abruptly (no leave): sockets closed, nothing announced.
+            r1._closed = True
+            r1.transport.close()
+            for i in range(5):
+                assert await outside.request(edge.node_id, i, timeout=5) == {"echo": i, "from": outside.node_id.hex()}
+            assert r2.relay_server.stats["forwarded"] >= 10
+            assert outside.transport.relaying.stats["rotated"] >= 1  # a retransmit moved to the second relay
+            await wait_until(lambda: edge.relay_client.active() == [r2.node_id])
+        finally:
+            await close_all(outside, edge, r2)
+            r1._closed = False
+            if r1._timer is not None:
+                r1._timer.cancel()
+            if r1._reconciler is not None:
+                r1._reconciler.cancel()
+
+    arun(main())
+
+
+def test_sealed_bodies_cross_the_relay_unreadable(arun):
+    async def main():
+        relay = relay_node()
+        await started(relay)
+        seen: list[bytes] = []
+        receive = relay.relay_server.receive
+
+        def spy(env, now):
+            if isinstance(env.body, dict):
+                seen.append(env.body.get("e") or env.body.get("box") or b"")
+            receive(env, now)
+
+        relay.relay_server.receive = spy
+        edge = edge_node([relay])
+        await started(edge)
+        outside = Node(peers=[edge.contact], config=NodeConfig())
+        outside.config.transport.seal_relayed = True
+        try:
+            await started(outside)
+            secret = "attack at dawn " * 4
+            assert (await outside.request(edge.node_id, secret, timeout=5))["echo"] == secret
+            assert seen and not any(b"attack at dawn" in frame for frame in seen)
+            assert outside.transport.relaying.stats["sealed"] >= 2
+            assert edge.transport.relaying.stats["opened"] >= 2
+            assert edge.transport.relaying.stats["sealed"] >= 1  # the reply is sealed back
+        finally:
+            await close_all(outside, edge, relay)
+
+    arun(main())
+
+
+def test_a_tampering_relay_is_refused_and_traffic_moves_to_the_honest_one(arun):
+    async def main():
+        bad, good = relay_node(), relay_node()
+        await started(bad, good)
+        forward = bad.relay_server._forward
+
+        def tamper(env, now):
+            body = env.body
+            if isinstance(body, dict) and isinstance(body.get("e"), bytes):
+                frame = bytearray(body["e"])
+                frame[-1] ^= 0x01  # flip one bit of the signed envelope
+                env.body = {**body, "e": bytes(frame)}
+            forward(env, now)
+
+        bad.relay_server._forward = tamper
+        edge = edge_node([bad, good])
+        await started(edge)
+        outside = Node(peers=[edge.contact], config=NodeConfig(delivery=DeliveryConfig(rto_initial=0.05)))
+        try:
+            await started(outside)
+            assert (await outside.request(edge.node_id, "x", timeout=5))["echo"] == "x"
+            assert edge.transport.drops.get("relay_bad_signature", 0) + edge.transport.drops.get("relay_malformed", 0) >= 1
+            assert good.relay_server.stats["forwarded"] >= 1
+        finally:
+            await close_all(outside, edge, bad, good)
+
+    arun(main())
+
+
+def test_a_relay_cannot_forge_a_sender(arun):
+    async def main():
+        relay = relay_node()
+        await started(relay)
+        edge = edge_node([relay])
+        await started(edge)
+        victim = Identity.generate()
+        try:
+            await wait_until(lambda: edge.node_id in relay.relay_server)
+
+            def deliver(inner: Envelope) -> None:
+                frame = inner.encode()
+                relay.transport.send(Envelope(id=os.urandom(16), src=relay.node_id, dst=edge.node_id, type=DELIVER,
+                                              body={"to": edge.node_id, "e": frame}))
+
+            base = dict(src=victim.node_id, dst=edge.node_id, type="msg", body="forged", seq=0, ep=1)
+            deliver(Envelope(id=os.urandom(16), **base))  # unsigned
+            signed_by_relay = Envelope(id=os.urandom(16), **base)
+            signed_by_relay.pk = relay.identity.public_key  # the relay's key, the victim's id
+            signed_by_relay.sig = relay.identity.sign(signed_by_relay.signing_bytes())
+            deliver(signed_by_relay)
+            honest = Envelope(id=os.urandom(16), **{**base, "body": "original"}).sign(victim)
+            honest.body = "altered"  # signed by the victim, changed afterwards
+            deliver(honest)
+            not_for_edge = Envelope(id=os.urandom(16), **{**base, "dst": relay.node_id}).sign(victim)
+            deliver(not_for_edge)
+            await wait_until(lambda: sum(edge.transport.drops.values()) >= 4)
+            assert edge.transport.drops.get("relay_forged") == 2
+            assert edge.transport.drops.get("relay_bad_signature") == 1
+            assert edge.transport.drops.get("relay_wrong_dst") == 1
+            with pytest.raises(asyncio.TimeoutError):
+                await edge.receive(timeout=0.2)  # nothing reached the application
+        finally:
+            await close_all(edge, relay)
+
+    arun(main())
+
+
+def test_relay_overload_is_bounded_and_counted(arun):
+    async def main():
+        relay = relay_node(client_rate=50, client_burst=20, keepalive=0.2, dead_after=0.6)
+        await started(relay)
+        edge = edge_node([relay])
+        await started(edge)
+        outside = Node(peers=[edge.contact])
+        try:
+            await started(outside)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i in range(300):
+                await outside.send(edge.node_id, i)
+            await asyncio.sleep(0.3)
+            elapsed = loop.time() - start
+            stats = relay.relay_server.stats
+            from_outside = stats["forwarded"]
+            assert stats["refused_client_rate"] > 0
+            # At most the burst plus the refill since, for the outside sender; the edge node's own
+            # traffic (acks, hello) has its own bucket of the same size.
+            assert from_outside <= 2 * (20 + 50 * elapsed) + 5
+            got = 0
+            while True:
+                try:
+                    await edge.receive(timeout=0.05)
+                    got += 1
+                except asyncio.TimeoutError:
+                    break
+            assert 0 < got < 300  # some passed; the rest wait for retransmits, none delivered twice
+        finally:
+            await close_all(outside, edge, relay)
+
+    arun(main())
+
+
+def test_unknown_destination_and_not_a_relay_are_refused_and_counted(arun):
+    async def main():
+        relay = relay_node()
+        plain = Node()  # not a relay
+        await started(relay, plain)
+        outside = Node(config=NodeConfig(delivery=DeliveryConfig(rto_initial=0.05, max_retries=2)))
+        try:
+            await started(outside)
+            nobody = Contact.via(Identity.generate().public_key, [relay.contact])
+            with pytest.raises((PeerUnreachable, RequestTimeout)):
+                await outside.request(nobody, "x", timeout=2)
+            assert relay.relay_server.stats["refused_unknown"] >= 1
+            assert outside.stats["relay_refusals_received"] >= 1
+            via_plain = Contact.via(Identity.generate().public_key, [plain.contact])
+            with pytest.raises((PeerUnreachable, RequestTimeout)):
+                await outside.request(via_plain, "x", timeout=2)
+            assert plain.stats["relay_not_served"] >= 1
+            # An edge node pointed at a node that is not a relay never counts it as up.
+            edge = Node(config=NodeConfig(outbound_only=True, relays=[plain.contact], relay=FAST_RELAY))
+            await edge.start()
+            await asyncio.sleep(0.3)
+            assert edge.relay_client.active() == [] and edge.relay_client.stats["answers"] == 0
+            await edge.close()
+        finally:
+            await close_all(outside, relay, plain)
+
+    arun(main())
+
+
+def test_registration_expires_when_the_client_goes_quiet(arun):
+    async def main():
+        relay = relay_node()
+        await started(relay)
+        edge = edge_node([relay])
+        await started(edge)
+        try:
+            await wait_until(lambda: edge.node_id in relay.relay_server)
+            edge._closed = True  # silence it without a leave: its timers and keepalives stop
+            edge._timer.cancel()
+            await wait_until(lambda: edge.node_id not in relay.relay_server, timeout=3)
+            assert relay.relay_server.stats["expired"] == 1
+        finally:
+            edge._closed = False
+            await close_all(edge, relay)
+
+    arun(main())
+
+
+def test_outbound_only_needs_relays():
+    with pytest.raises(ValueError, match="at least one relay"):
+        Node(config=NodeConfig(outbound_only=True))
+    with pytest.raises(ValueError, match="outbound-only"):
+        Node(config=NodeConfig(relays=[Identity.generate().contact("tcp://127.0.0.1:1")]))

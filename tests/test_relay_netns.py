@@ -1,0 +1,134 @@
+"""An outbound-only node that really cannot be reached, in a network namespace, through two relays.
+
+Topology (created here, unique names per test process, always deleted):
+
+    [namespace zqrPID]                         [this namespace]
+     edge node (CLI)  --veth 10.201.x.y/30-->  relay 1 (CLI, PID killed mid-test)
+     listens on its own 127.0.0.1               relay 2 (CLI)
+                                               outside node (this process, listens on 127.0.0.1)
+
+The edge namespace has one link, to the relays' address, and no route anywhere else: the test checks
+that it cannot connect to the outside node, and that the outside node's only way in is the relays.
+Then request/reply goes through relay 1, relay 1 is killed with SIGKILL, and requests go on through
+relay 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from zmqagents.identity import Contact
+from zmqagents.node import Node, NodeConfig
+
+CLI = [sys.executable, "-m", "zmqagents.cli"]
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=check)
+
+
+@contextmanager
+def edge_namespace():
+    """A namespace joined to this one by a veth pair; yields (name, host-side IP, edge-side IP)."""
+    if shutil.which("ip") is None:
+        pytest.skip("the `ip` command (iproute2) is not installed: cannot create network namespaces")
+    if os.geteuid() != 0:
+        pytest.skip("creating network namespaces needs root")
+    pid = os.getpid()
+    ns, host_if, edge_if = f"zqr{pid}", f"zr{pid}h", f"zr{pid}e"
+    base = f"10.201.{(pid >> 6) & 255}"
+    host_ip, edge_ip = f"{base}.{(pid & 63) * 4 + 1}", f"{base}.{(pid & 63) * 4 + 2}"
+    try:
+        made = _ip("netns", "add", ns, check=False)
+        if made.returncode != 0:
+            pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", edge_if)
+        _ip("link", "set", edge_if, "netns", ns)
+        _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("netns", "exec", ns, "ip", "addr", "add", f"{edge_ip}/30", "dev", edge_if)
+        _ip("netns", "exec", ns, "ip", "link", "set", edge_if, "up")
+        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield ns, host_ip, edge_ip
+    finally:
+        _ip("netns", "del", ns, check=False)  # takes the edge end of the veth pair with it
+        _ip("link", "del", host_if, check=False)
+
+
+@contextmanager
+def process(argv: list[str], contact_file: Path, timeout: float = 20.0):
+    """Start a long-running CLI command that writes ``contact_file``; stop it by PID at the end."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not contact_file.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"{argv[3:5]} exited early: {proc.stderr.read()}")
+            assert time.monotonic() < deadline, f"{argv} did not start"
+            time.sleep(0.05)
+        yield proc, Contact.parse(contact_file.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _can_connect_from(ns: str, host: str, port: int) -> bool:
+    probe = ("import socket,sys\n"
+             f"try: socket.create_connection(({host!r}, {port}), timeout=1).close()\n"
+             "except OSError: sys.exit(1)\n")
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe], timeout=10).returncode == 0
+
+
+@pytest.mark.timeout(60)
+def test_edge_node_in_a_namespace_is_reached_through_relays_and_fails_over_when_one_is_killed(tmp_path, arun):
+    with edge_namespace() as (ns, host_ip, _edge_ip):
+        relay_args = ["relay", "--listen", f"tcp://{host_ip}:0", "--expire", "3"]
+        with process(CLI + relay_args + ["--contact-file", str(tmp_path / "r1")], tmp_path / "r1") as (r1, r1c), \
+                process(CLI + relay_args + ["--contact-file", str(tmp_path / "r2")], tmp_path / "r2") as (_r2, r2c):
+            edge_argv = ["ip", "netns", "exec", ns, *CLI, "node", "--outbound-only", "--relay", str(r1c),
+                         "--relay", str(r2c), "--echo", "--contact-file", str(tmp_path / "edge")]
+            with process(edge_argv, tmp_path / "edge") as (_edge, edge_contact):
+                assert [r.node_id for r in edge_contact.relays] == [r1c.node_id, r2c.node_id]
+                arun(_outside(ns, host_ip, edge_contact, r1), timeout=45)
+
+
+async def _outside(ns: str, host_ip: str, edge_contact: Contact, r1: subprocess.Popen) -> None:
+    async with Node(listen="tcp://127.0.0.1:0", peers=[edge_contact], config=NodeConfig(member=False)) as outside:
+        port = int(outside.transport.endpoint.rsplit(":", 1)[1])
+        # The isolation is real: from the edge namespace, the outside node cannot be reached at all.
+        assert not _can_connect_from(ns, "127.0.0.1", port)
+        assert not _can_connect_from(ns, host_ip, port)
+
+        for i in range(5):
+            assert await outside.request(edge_contact.node_id, {"n": i}, timeout=5) == {"n": i}
+        assert outside.transport.relaying.via[edge_contact.node_id][0] == edge_contact.relays[0].node_id
+
+        r1.send_signal(signal.SIGKILL)  # the first relay dies without a word
+        r1.wait(timeout=5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await outside.request(edge_contact.node_id, "after", timeout=10) == "after"
+        failover_s = loop.time() - started
+        for i in range(5):
+            assert await outside.request(edge_contact.node_id, i, timeout=5) == i
+        assert outside.transport.relaying.via[edge_contact.node_id][0] == edge_contact.relays[1].node_id
+        assert outside.transport.relaying.stats["rotated"] >= 1
+        assert failover_s < 5, f"failover took {failover_s:.2f} s"
+        assert not outside.transport.drops.get("relay_bad_signature")
