@@ -28,10 +28,21 @@ the same way over the same window: the floor a node cannot go below.
 Why: the edge/IoT operator runs a node as a sidecar on a small box; the
 issue's aims are ≤ 32 MB RSS and ≤ 0.1 % CPU while idle with 100 peers.
 
+With ``--sidecar`` the node under test is the real sidecar process, ``zmqagents node --config``,
+measured the same way in two configurations at 0, 100 and 200 peers: ``default`` (the schema's
+defaults: whatever services they enable) and ``all`` (mDNS and the admin endpoint on as well).
+It reports ``rss_mb_<config>_<peers>``, ``idle_cpu_percent`` (the highest of the runs) and
+``startup_s`` (spawn to contact file, default config, no peers), and which services each
+configuration actually ran (from the sidecar's log). As root it runs inside a network namespace
+it creates (loopback with multicast), so mDNS traffic never leaves the box; otherwise mDNS is
+turned off and the report says so.
+
 Prints one JSON object on stdout; progress goes to stderr.
 
     python bench/footprint.py                    # 100 peers, 10 s window
     python bench/footprint.py --quick --peers 5  # what the smoke test runs
+    python bench/footprint.py --sidecar          # the sidecar at 0/100/200 peers, two configs
+    python bench/footprint.py --sidecar --quick  # 0 and 5 peers, short windows
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +65,7 @@ from _common import (  # noqa: E402
     CLK_TCK,
     BenchError,
     Child,
+    _die_with_parent,
     OtherLoad,
     busy_cpus,
     _local_run,
@@ -348,6 +361,153 @@ def orchestrate(args) -> int:
     return 0
 
 
+# =====================================================================================
+# the sidecar process (--sidecar)
+# =====================================================================================
+
+SIDECAR_CONFIGS = {"default": {}, "all": {"mdns": True, "admin": True}}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sidecar_toml(work: Path, name: str, extra: dict, mdns_ok: bool) -> Path:
+    """A config that keeps every file in ``work``; services as the schema's defaults, plus ``extra``."""
+    lines = ["[node]", f'key = "{work}/{name}.key"', 'listen = "tcp://127.0.0.1:0"',
+             f'contact_file = "{work}/{name}.contact"', "[local_api]", f'path = "{work}/{name}.sock"',
+             "[spool]", f'dir = "{work}/{name}-spool"', "[log]", 'level = "info"']
+    if not mdns_ok:
+        lines += ["[mdns]", "enabled = false"]
+    elif extra.get("mdns"):
+        lines += ["[mdns]", "enabled = true"]
+    if extra.get("admin"):
+        lines += ["[admin]", "enabled = true", f'listen = "127.0.0.1:{_free_port()}"']
+    path = work / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool) -> dict:
+    """Start the sidecar, connect ``peers`` peers, let it settle, measure it idle; stop everything."""
+    name = f"{config}-{peers}"
+    toml = _sidecar_toml(work, name, SIDECAR_CONFIGS[config], mdns_ok)
+    contact_file = work / f"{name}.contact"
+    err_path = work / f"{name}.log"
+    children: list[Child] = []
+    with open(err_path, "w") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "zmqagents.cli", "node", "--config", str(toml)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=_die_with_parent)
+    try:
+        deadline = time.monotonic() + 30
+        while not contact_file.exists():
+            if proc.poll() is not None:
+                raise BenchError(f"sidecar {name} exited with {proc.returncode}: {err_path.read_text()[-500:]}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"sidecar {name} wrote no contact file within 30 s")
+            time.sleep(0.005)
+        startup = time.perf_counter() - t0
+        contact = contact_file.read_text().strip()
+        time.sleep(args.settle)
+        rss_alone = rss_kb(proc.pid) / MB
+        groups = [min(PEERS_PER_PROCESS, peers - i) for i in range(0, peers, PEERS_PER_PROCESS)]
+        for i, count in enumerate(groups):
+            children.append(Child(SCRIPT, "peers", f"--contact={contact}", "--count", str(count), name=f"peers-{i}"))
+        hello_ok = sum(child.read(60 + 2 * peers)["hello_ok"] for child in children)
+        if hello_ok != peers:
+            raise BenchError(f"only {hello_ok} of {peers} peers completed their hello with sidecar {name}")
+        time.sleep(args.settle)
+        before = sample(proc.pid)
+        time.sleep(args.window)
+        after = sample(proc.pid)
+        idle = idle_figures(proc.pid, before, after)
+    finally:
+        stop_all(children)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    log_text = err_path.read_text()
+    m = re.search(r"services: ([^)]*)\)", log_text)
+    services = [] if not m or m.group(1) == "none" else [s.strip() for s in m.group(1).split(",")]
+    if proc.returncode != 0:
+        raise BenchError(f"sidecar {name} exited with {proc.returncode} on SIGTERM: {log_text[-500:]}")
+    log(f"sidecar {name}: {idle['rss_mb']:.1f} MB RSS, {idle['cpu_percent']:.3f} % CPU, services {services or 'none'}")
+    return {"config": config, "peers": peers, "rss_mb": round(idle["rss_mb"], 2), "rss_mb_alone": round(rss_alone, 2),
+            "cpu_percent": round(idle["cpu_percent"], 4), "cpu_percent_precise": round(idle["cpu_percent_precise"], 5),
+            "startup_s": round(startup, 3), "threads": idle["threads"], "fds": idle["fds"], "services": services}
+
+
+def _netns_wrap(argv: list[str]) -> int | None:
+    """As root with iproute2: rerun this orchestrator inside a fresh namespace whose loopback carries
+    multicast (mDNS stays on the box), delete the namespace after; None when that is not possible."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return None
+    name = f"zmqa-fp-{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode != 0:
+        return None
+    try:
+        for cmd in (("link", "set", "lo", "up"), ("link", "set", "lo", "multicast", "on"),
+                    ("route", "add", "224.0.0.0/4", "dev", "lo")):
+            subprocess.run(["ip", "-n", name, *cmd], check=True, capture_output=True)
+        return subprocess.run(["ip", "netns", "exec", name, sys.executable, str(SCRIPT), *argv, "--in-netns", name]).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def orchestrate_sidecar(args) -> int:
+    import tempfile
+
+    started = time.perf_counter()
+    busy = busy_cpus(0.5)
+    other_load = OtherLoad()
+    mdns_ok = args.in_netns is not None
+    if not mdns_ok:
+        log("not in a private network namespace (needs root and iproute2): mDNS stays off in every run")
+    counts = [0, args.peers] if args.quick else [0, 100, 200]
+    # --quick: the two ends only (defaults alone, everything on with peers), to stay a smoke test
+    matrix = [("default", 0), ("all", args.peers)] if args.quick else [(c, n) for c in SIDECAR_CONFIGS for n in counts]
+    runs = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="zmqagents-footprint-") as work:
+            for config, peers in matrix:
+                runs.append(_measure_sidecar(args, Path(work), config, peers, mdns_ok))
+    except BenchError as exc:
+        log(f"sidecar footprint benchmark FAILED: {exc}")
+        return 1
+    by = {f"{r['config']}_{r['peers']}": r for r in runs}
+    out = {"benchmark": "footprint_sidecar", **{f"rss_mb_{key}": r["rss_mb"] for key, r in by.items()},
+           "idle_cpu_percent": max(r["cpu_percent"] for r in runs),
+           "idle_cpu_percent_precise": max(r["cpu_percent_precise"] for r in runs),
+           "startup_s": by["default_0"]["startup_s"],
+           "services": {r["config"]: r["services"] for r in runs},
+           "runs": runs}
+    if not args.quick:
+        out["targets"] = {"rss_default_100_le_32mb": by["default_100"]["rss_mb"] <= 32,
+                          "rss_all_200_le_45mb": by["all_200"]["rss_mb"] <= 45,
+                          "rss_all_runs_lt_50mb": all(r["rss_mb"] < 50 for r in runs),
+                          "idle_cpu_le_0.1pct": out["idle_cpu_percent"] <= 0.1}
+    out["params"] = {"runs": [f"{c}_{n}" for c, n in matrix], "window_s": args.window, "settle_s": args.settle, "quick": args.quick,
+                     "network_namespace": args.in_netns, "mdns_possible": mdns_ok,
+                     "configs": {k: v or "schema defaults" for k, v in SIDECAR_CONFIGS.items()},
+                     "cpu_tick_resolution_percent": round(100.0 / (CLK_TCK * args.window), 4)}
+    out["env"] = {**environment(), "busy_cpus_at_start": round(busy, 2), **other_load.report()}
+    out["elapsed_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short settle and a ~2 s window (what the smoke test runs)")
@@ -355,10 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, help="idle measurement window in seconds (default 10; quick 2)")
     p.add_argument("--settle", type=float, help="seconds to wait before measuring (default 2; quick 0.5)")
     p.add_argument("--max-subscribers", type=int, help="TransportConfig.max_subscribers of the node (default: max(64, peers))")
+    p.add_argument("--sidecar", action="store_true", help="measure `zmqagents node --config` in two configs at 0/100/200 peers")
     # child-only
     p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     p.add_argument("--contact", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--in-netns", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.role == "raw":
         _local_run(role_raw(args))  # same runner code, without importing zmqagents into the floor
@@ -371,6 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     args.window = args.window or (2.0 if args.quick else 10.0)
     args.settle = args.settle if args.settle is not None else (0.5 if args.quick else 2.0)
     args.max_subscribers = args.max_subscribers or max(64, args.peers)
+    if args.sidecar:
+        if args.in_netns is None:
+            wrapped = _netns_wrap(sys.argv[1:] if argv is None else argv)
+            if wrapped is not None:
+                return wrapped
+        return orchestrate_sidecar(args)
     return orchestrate(args)
 
 

@@ -83,6 +83,17 @@ def test_footprint_quick_reports_memory_cpu_and_traffic():
     assert set(out["targets"]) == {"idle_rss_le_32mb", "idle_cpu_le_0.1pct"}
 
 
+@pytest.mark.timeout(90)
+def test_footprint_sidecar_quick_measures_the_real_sidecar_process():
+    out = _run("footprint.py", "--sidecar", "--quick", "--peers", "3", timeout=80)
+    assert out["benchmark"] == "footprint_sidecar"
+    _positive(out, "rss_mb_default_0", "rss_mb_all_3", "startup_s")
+    assert 5 < out["rss_mb_default_0"] < 500 and out["idle_cpu_percent"] >= 0
+    assert [r["config"] + "_" + str(r["peers"]) for r in out["runs"]] == ["default_0", "all_3"]
+    assert all(isinstance(r["services"], list) for r in out["runs"])
+    assert out["params"]["mdns_possible"] == (out["params"]["network_namespace"] is not None)
+
+
 @pytest.mark.timeout(60)
 def test_overlay_quick_reports_join_detection_and_idle_cost():
     out = _run("overlay.py", "--quick", timeout=55)

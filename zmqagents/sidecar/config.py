@@ -30,7 +30,6 @@ env vars, ``config check`` and the error messages follow from it.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -442,6 +441,8 @@ class Override:
 
 
 def _suggest(word: str, options: Iterable[str]) -> str:
+    import difflib  # only on the error path: not worth its memory in a healthy sidecar
+
     options = list(options)
     close = difflib.get_close_matches(word, options, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -566,8 +567,10 @@ def load(
 ) -> SidecarConfig:
     """Build the effective configuration from defaults < file < conf.d < env < overrides (flags).
 
-    ``conf_d`` defaults to the ``conf.d`` directory next to ``path``. ``env`` defaults to
-    ``os.environ``. Raises ConfigError naming the offending key and its origin.
+    ``conf_d`` defaults to the ``conf.d`` directory next to ``path``. ``env`` (default
+    ``os.environ``) supplies the ``ZMQAGENTS_*`` layer; the default *paths* always follow the
+    process environment ($STATE_DIRECTORY, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, $HOME).
+    Raises ConfigError naming the offending key and its origin.
     """
     env = os.environ if env is None else env
     layers: list[tuple[dict[str, Any], str | None]] = []  # (values, origin or None = per file)

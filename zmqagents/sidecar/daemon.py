@@ -350,6 +350,9 @@ class Sidecar:
     # -- reload ----------------------------------------------------------------------------------
 
     def _on_hup(self) -> None:
+        if self.stopping:
+            log.warning("SIGHUP while stopping: ignored")
+            return
         if self._reloading is not None and not self._reloading.done():
             log.warning("SIGHUP: a reload is already running; ignored")
             return
