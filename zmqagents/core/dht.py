@@ -338,7 +338,7 @@ def parse_provider(obj: Any, *, max_bytes: int = 1 << 20, verify: bool = True) -
 
 @dataclass
 class DhtConfig:
-    """Tuning of the DHT core. The reasons for each default are in protocols/routing.md, section 9."""
+    """Tuning of the DHT core. The reasons for each default are in protocols/routing.md, section 10 (10.6, 10.7)."""
 
     replicas: int = 3  # nodes that hold each record: the closest to its key
     query_timeout: float = 2.0  # hard timeout of one FIND_VALUE/STORE (s): after it the peer counts as failed
