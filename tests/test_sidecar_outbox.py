@@ -56,7 +56,7 @@ class Env:
         self.peer_contact = str(Contact(peer.public_key, f"tcp://127.0.0.1:{self.port}"))
         self.config = self.dir / "sidecar.toml"
         self.config.write_text(
-            f'[node]\nkey = "{self.dir / "sidecar.key"}"\nlisten = "tcp://127.0.0.1:0"\n'
+            f'[node]\nkey = "{self.dir / "sidecar.key"}"\nlisten = "tcp://127.0.0.1:0"\ndrain_timeout = 1\n'
             + (f'[local_api]\npath = "{self.sock}"\nmode = 0o600\n' if socket_in_config else "")
             + f'[spool]\ndir = "{self.dir / "spool"}"\nfsync = "batch"\n'
             '[mdns]\nenabled = false\n[admin]\nenabled = false\n')
@@ -260,5 +260,45 @@ def test_cli_socket_flag_without_a_sidecar_is_a_clear_error(tmp_path):
         assert run.returncode == 1 and "no sidecar is listening on" in run.stderr
         run = zmqa(env, "send", "--socket", str(tmp_path / "none.sock"), "--to", "not-an-id", "x")
         assert run.returncode != 0
+    finally:
+        env.close()
+
+
+@pytest.mark.timeout(60)
+def test_spool_corrupted_in_the_middle_while_down_loses_only_the_damaged_record():
+    env = Env()
+    try:
+        sidecar = env.start_sidecar()
+        env.send(50)
+        env.kill9(sidecar)
+        (segment,) = (env.dir / "spool").glob("*.seg")
+        data = bytearray(segment.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the file (a bad sector)
+        segment.write_bytes(bytes(data))
+        env.start_sidecar()
+        outbox = env.status()["outbox"]
+        assert outbox["spool_corrupt_regions"] == 1 and outbox["queued"] == 49  # logged, counted, skipped
+        peer = env.start_peer()
+        got = collect(peer, 49, 30)
+        assert len(got) == len(set(got)) == 49  # everything else arrives, once
+    finally:
+        env.close()
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_drains_for_a_bounded_time_then_keeps_the_rest_for_the_next_start():
+    env = Env()
+    try:
+        sidecar = env.start_sidecar()
+        env.send(20)  # the peer is down: nothing can drain
+        started = time.monotonic()
+        sidecar.send_signal(signal.SIGTERM)
+        assert sidecar.wait(10) == 0
+        assert time.monotonic() - started < 5  # drain_timeout = 1 s, then out
+        assert b"not acknowledged within" in sidecar.stderr.read()
+        env.start_sidecar()
+        peer = env.start_peer()
+        got = collect(peer, 20, 30)
+        assert sorted(got) == list(range(20))
     finally:
         env.close()

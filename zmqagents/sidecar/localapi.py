@@ -98,6 +98,12 @@ class LocalApi:
     """The ROUTER socket and the operations behind it. ``outbox`` may be None (send is then refused)."""
 
     consumes_messages = True  # direct messages go to local clients, not to the node command's stdout
+    metric_name = "local_api"  # stats exported by the admin endpoint as zmqagents_local_api_events_total
+
+    @property
+    def pending(self) -> int:
+        """Received messages waiting for a local client (a gauge)."""
+        return self._inbox_size() + len(self._held)
 
     def __init__(self, node, outbox=None, *, path: str | os.PathLike, mode: int = 0o660,
                  max_size: int = DEFAULT_MAX_SIZE):

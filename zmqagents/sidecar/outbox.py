@@ -74,6 +74,8 @@ class _Dest:
 class Outbox:
     """Feeds spooled messages to a started :class:`~zmqagents.node.Node` until acknowledged."""
 
+    metric_name = "outbox"  # the admin endpoint exports stats as zmqagents_outbox_events_total{outcome=...}
+
     def __init__(self, node, spool: SpoolConfig, *, retry_delay: float = RETRY_DELAY,
                  retry_max: float = RETRY_MAX):
         self.node = node
@@ -133,6 +135,11 @@ class Outbox:
         self._ticker = self._sync_handle = None
         self._closed = True
         self.spool.close()
+
+    @property
+    def pending(self) -> int:
+        """Messages accepted and not yet acknowledged (a gauge: zmqagents_outbox_pending)."""
+        return self.spool.undone_count if self.spool is not None else 0
 
     def ready(self) -> bool:
         return self.accepting and self.spool.bytes < self.spool.config.max_bytes
