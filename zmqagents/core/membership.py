@@ -1448,6 +1448,8 @@ class Membership(CoreOutputs):
         me = self.node_id
         heard = self._heard
         by_subject = self._by_subject
+        tombs = self._tombs
+        dup = stale = 0  # counted once per message: most rumors are copies of news we already have
         for r in rumors:
             if type(r) is not list or len(r) < 3:
                 stats["rumors_bad"] += 1
@@ -1457,7 +1459,7 @@ class Membership(CoreOutputs):
                 stats["rumors_bad"] += 1
                 continue
             if kind != ALIVE:
-                # Fast path: most rumors are copies of news we already have.
+                # Fast path: old news and copies.
                 subject = r[1]
                 inc = r[2]
                 if type(subject) is bytes and type(inc) is int:
@@ -1465,17 +1467,17 @@ class Membership(CoreOutputs):
                     if prev is not None and 0 < kind <= LEFT:
                         code = inc * 4 + kind
                         if code < prev:
-                            stats["rumors_stale"] += 1
-                            if self._tombs and subject in self._tombs:
+                            stale += 1
+                            if tombs and subject in tombs:
                                 self._correct(subject, src, now)
                             continue
                         if code == prev:
                             if kind != SUSPECT:
-                                stats["rumors_duplicate"] += 1
+                                dup += 1
                                 continue
                             e = by_subject.get(subject)
                             if e is not None and (e.wire is r or (len(r) > 3 and len(e.wire) > 3 and e.wire[3] == r[3])):
-                                stats["rumors_duplicate"] += 1
+                                dup += 1
                                 continue
             if kind == ALIVE:
                 if len(r) < 4:
@@ -1517,6 +1519,10 @@ class Membership(CoreOutputs):
                 self._about_me(kind, inc, now)
                 continue
             self._on_rumor(kind, subject, inc, r, src, now)
+        if dup:
+            stats["rumors_duplicate"] += dup
+        if stale:
+            stats["rumors_stale"] += stale
 
     def _on_rumor(self, kind: int, subject: bytes, inc: int, wire: list, src: bytes | None, now: float) -> None:
         stats = self.stats

@@ -432,7 +432,14 @@ class RoutingTable:
             e = b.pop(node_id, None)
             if e is not None:
                 b[node_id] = e
-                self._seen(e, e.endpoint, now, rtt)
+                if rtt is None:
+                    # _seen() inlined: every message from a peer lands here.
+                    e.last_seen = now
+                    e.fails = 0
+                    if self._checks:
+                        self._checks.pop(node_id, None)
+                else:
+                    self._seen(e, e.endpoint, now, rtt)
                 return True
         c = self._cache.get(i)
         if c is not None:

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect, _node_id
 from ..envelope import Envelope
 from ..identity import Contact
-from .engine import Simulator
+from .engine import Simulator, bulk_build, frozen_heap
 
 
 @dataclass
@@ -237,7 +237,8 @@ class MembershipRun:
         self.failed_of_left = 0
         self.re_added = 0
         self.replaced = 0
-        self._build()
+        with bulk_build():
+            self._build()
 
     # -- building ----------------------------------------------------------------------------------------
 
@@ -348,7 +349,8 @@ class MembershipRun:
     def run(self) -> dict:
         sc = self.sc
         t0 = time.perf_counter()
-        rep = self.sim.run(until=sc.seconds)
+        with frozen_heap():
+            rep = self.sim.run(until=sc.seconds)
         wall = time.perf_counter() - t0
         n = sc.nodes
         first, last, per_holder = [], [], []
