@@ -11,8 +11,9 @@ What it measures (tcp on 127.0.0.1, CURVE on every link, default configs):
   (``zmqagents.node.run``). ``--nodes`` counts all of them, seed and victims
   included. Processes talk to the orchestrator with JSON lines (stdin/stdout).
 * ``join_all_findable_s`` — from t0 until every node id is found by
-  ``node.lookup(id)`` (the id is among the returned contacts) from every
-  *source* node. Sources are a random sample of ``--sources`` nodes among the
+  ``node.lookup(id, find=True)`` (the node answered the lookup, so its id is
+  among the returned contacts; ``find`` ends the lookup then instead of also
+  waiting for the 19 other closest nodes) from every *source* node. Sources are a random sample of ``--sources`` nodes among the
   worker nodes (0 = every worker node); each source looks up every other
   node's id. A pair found once stays found; unfound pairs are retried every
   0.2 s. Each process reports the wall time its last pair was found; the
@@ -147,7 +148,7 @@ async def role_nodes(args) -> None:
             async with slots:
                 lookups += 1
                 try:
-                    found = await src.lookup(tgt, timeout=10)
+                    found = await src.lookup(tgt, timeout=10, find=True)
                 except Exception:  # a lookup that fails is simply retried
                     return
                 if any(c.node_id == tgt for c in found):

@@ -167,6 +167,38 @@ def test_asks_alpha_closest_first_and_stops_once_the_k_closest_answered():
     assert lk.duration == pytest.approx(0.3)
 
 
+def test_stop_at_target_ends_as_soon_as_the_target_answers():
+    cs = _line(8, bytes(32))
+    target = node_id_for(cs[3][0])  # a node's own id: it is the closest candidate to itself
+    t = _int(target)
+    cs.sort(key=lambda c: _int(node_id_for(c[0])) ^ t)
+    assert node_id_for(cs[0][0]) == target
+    for stop in (True, False):
+        lk = Lookup(target, cs, k=3, alpha=2, late_after=1.0, stop_at_target=stop)
+        q = lk.next_queries(0.0)
+        assert [c.public_key for c in q] == [cs[0][0], cs[1][0]]  # the target itself is asked first
+        lk.on_response(target, [], 0.05)
+        if stop:
+            assert lk.done and lk.ok and lk.queries == 2
+            assert lk.result_ids() == [target]
+            assert lk.next_queries(0.05) == []
+            assert lk.on_response(node_id_for(cs[1][0]), [], 0.06) is False  # the result is final
+        else:
+            assert not lk.done  # a full lookup waits for the k closest
+            lk.on_response(node_id_for(cs[1][0]), [], 0.06)
+            lk.next_queries(0.06)
+            lk.on_response(node_id_for(cs[2][0]), [], 0.07)
+            assert lk.done and lk.ok and lk.result_ids() == [node_id_for(c[0]) for c in cs[:3]]
+    # Other peers' answers do not end it, however close their ids.
+    lk = Lookup(target, cs[1:], k=3, alpha=3, late_after=1.0, stop_at_target=True)
+    lk.next_queries(0.0)
+    lk.on_response(node_id_for(cs[1][0]), [cs[0]], 0.05)  # referred to the target
+    assert not lk.done
+    assert [c.public_key for c in lk.next_queries(0.05)] == [cs[0][0]]
+    lk.on_response(target, [], 0.1)
+    assert lk.done and lk.ok and target in lk.result_ids()
+
+
 def test_a_silent_peer_stops_being_waited_for_after_late_after():
     target = bytes(32)
     cs = _line(6, target)

@@ -730,6 +730,34 @@ def test_lookups_in_a_500_node_mesh_find_the_true_k_closest(mesh500):
     assert s["rounds_p99"] <= 4
 
 
+def test_find_returns_once_the_node_answers_and_only_shares_compatible_lookups(mesh500):
+    ids = list(mesh500.cores)
+    rng = random.Random(8)
+    mesh500.events.clear()
+    started = {}
+    for _ in range(100):
+        src, tgt = rng.sample(ids, 2)
+        lid = mesh500.call(mesh500.cores[src], lambda c: c.lookup(tgt, mesh500.now, find=True))
+        started[(src, lid)] = tgt
+    mesh500.run(mesh500.now + 10.0)
+    res = [ev for nid, ev in mesh500.done() if (nid, ev.lookup_id) in started]
+    assert len(res) == 100
+    assert all(ev.ok and ev.target in [node_id_for(c.public_key) for c in ev.contacts] for ev in res)
+    full = summarize(run_lookups(mesh500, 100, random.Random(9), ids), ids)
+    found_q = sum(ev.queries for ev in res) / len(res)
+    print(f"\nfind: {found_q:.1f} queries per lookup, full lookups: {full['queries_avg']:.1f}")
+    assert found_q < full["queries_avg"] / 3
+    # A find shares a running full lookup of the same id; a full lookup never shares a find.
+    a = mesh500.cores[ids[0]]
+    l_full = a.lookup(ids[1], mesh500.now)
+    assert a.lookup(ids[1], mesh500.now, find=True) == l_full
+    l_find = a.lookup(ids[2], mesh500.now, find=True)
+    assert a.lookup(ids[2], mesh500.now, find=True) == l_find
+    assert a.lookup(ids[2], mesh500.now) != l_find
+    mesh500.flush(a)
+    mesh500.run(mesh500.now + 10.0)
+
+
 def test_with_20_percent_dead_no_lookup_waits_a_full_timeout(mesh500):
     """The ``kademlia`` package (k=20, alpha=3) makes 23-50% of its lookups wait a full 5 s timeout once
     20% of nodes are stopped. Here a silent peer stops counting after the late deadline (srtt + 4 rttvar,

@@ -288,9 +288,12 @@ class Node:
             log.warning("no bootstrap contact answered; running alone until one does")
         return joined.ok
 
-    async def lookup(self, target: bytes, *, timeout: float = 30.0) -> list[Contact]:
-        """The (up to k) live nodes closest to ``target`` in XOR distance, found by an iterative lookup."""
-        lookup_id = self.routing.lookup(target, self._now())
+    async def lookup(self, target: bytes, *, timeout: float = 30.0, find: bool = False) -> list[Contact]:
+        """The (up to k) live nodes closest to ``target`` in XOR distance, found by an iterative lookup.
+
+        ``find=True`` looks for the node whose id is ``target``: it returns as soon as that node answered
+        (it is then among the contacts), without waiting for the k closest."""
+        lookup_id = self.routing.lookup(target, self._now(), find=find)
         future = self._lookups.get(lookup_id)
         if future is None:
             future = self._lookups[lookup_id] = asyncio.get_running_loop().create_future()

@@ -53,6 +53,11 @@ caller reported a hard timeout or an unusable answer). A waiting query is
   and at most ``max_queries`` queries are sent. A contact with a malformed
   field, our own id, or one already listed in the same answer is counted and
   skipped. Nothing a peer sends can raise.
+* **Finding one node.** With ``stop_at_target`` the lookup is done, ``ok``, as
+  soon as the target itself answers (its answer proves it is reachable
+  through the mesh); the result holds what answered so far, the target
+  included. Without it, a lookup for a node's own id still waits for the k
+  closest, as a lookup of any id does.
 * **Hops.** The contacts we start from are hop 1; a contact first learned
   from an answer of a hop-h peer is hop h+1. ``rounds`` is the deepest hop
   that answered, ``hops`` the hop of the closest peer that answered.
@@ -133,14 +138,14 @@ class Lookup:
     __slots__ = (
         "target", "k", "alpha", "self_id", "late_after", "late_factor", "late_min", "max_candidates",
         "max_queries", "max_per_response", "stats", "done", "ok", "queries", "responses", "failures", "late",
-        "rounds", "started", "finished", "max_rtt",
+        "rounds", "started", "finished", "max_rtt", "stop_at_target",
         "_t", "_sorted", "_dists", "_by_id", "_by_pk", "_waiting", "_outbox", "_serial",
     )
 
     def __init__(self, target: bytes, contacts: Iterable[Any], *, k: int = 20, alpha: int = 3,
                  self_id: bytes | None = None, late_after: float = 1.0, late_factor: float = 3.0,
                  late_min: float = 0.0, max_candidates: int | None = None, max_queries: int | None = None,
-                 max_per_response: int | None = None, stats: dict | None = None):
+                 max_per_response: int | None = None, stats: dict | None = None, stop_at_target: bool = False):
         if type(target) is not bytes or len(target) != NODE_ID_LEN:
             raise ValueError(f"lookup target must be {NODE_ID_LEN} bytes")
         if k < 1 or alpha < 1:
@@ -168,6 +173,9 @@ class Lookup:
         self.started: float | None = None
         self.finished: float | None = None
         self.max_rtt: float | None = None  # slowest answer so far (s)
+        # Finding one node rather than the k closest to an id: done (ok) as soon as the target itself
+        # answers, which proves it is reachable through the mesh; the k closest are not waited for.
+        self.stop_at_target = stop_at_target
         self._t = int.from_bytes(target, "big")
         self._sorted: list[list] = []  # candidates, closest first
         self._dists: list[int] = []  # their distances (parallel to _sorted, for bisect)
@@ -252,6 +260,9 @@ class Lookup:
             self._merge(contacts, hop + 1)
         else:
             self.stats["responses_malformed"] += 1
+        if self.stop_at_target and rec[_D] == 0:
+            self._finish(now, ok=True)
+            return True
         self._advance(now)
         return True
 

@@ -53,7 +53,7 @@ Public API (``now``: the caller's monotonic clock in seconds)::
     RoutingCore(contact, rng, config=None, *, advertise=True)
         .node_id, .contact, .table (RoutingTable), .config (RoutingConfig), .stats (dict of counters)
         .join(bootstrap: list[Contact], now) -> lookup id      # emits LookupDone("join") then Joined
-        .lookup(target: bytes, now, *, purpose="lookup") -> lookup id   # emits LookupDone
+        .lookup(target: bytes, now, *, purpose="lookup", find=False) -> lookup id   # emits LookupDone
         .closest(target, n=None) -> list[Contact]                # from the table, no traffic
         .observe(Contact | node_id, now, rtt=None)               # seen alive (an id only refreshes)
         .forget(node_id) -> bool                                 # dead: remove, promote a replacement
@@ -607,14 +607,15 @@ class Joined:
 
 
 class _Job:
-    __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed")
+    __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed", "find")
 
-    def __init__(self, lid: int, target: bytes, purpose: str, seeds: list | None):
+    def __init__(self, lid: int, target: bytes, purpose: str, seeds: list | None, find: bool = False):
         self.id = lid
         self.target = target
         self.purpose = purpose
         self.lookup: Lookup | None = None
         self.seeds = seeds
+        self.find = find  # done as soon as the target itself answers (Lookup.stop_at_target)
         self.armed: float | None = None  # the earliest late deadline in the heap for this job
 
 
@@ -696,14 +697,18 @@ class RoutingCore(CoreOutputs):
         self._arm_refresh(now)
         return self._submit(self.node_id, now, "join", seeds)
 
-    def lookup(self, target: bytes, now: float, *, purpose: str = "lookup") -> int:
+    def lookup(self, target: bytes, now: float, *, purpose: str = "lookup", find: bool = False) -> int:
         """Start an iterative FIND_NODE for ``target``; its result comes as LookupDone with this id.
-        A lookup for a target already being looked up shares that lookup (and its id)."""
+        A lookup for a target already being looked up shares that lookup (and its id); a ``find`` only
+        shares another ``find`` or a full lookup, never the other way round.
+
+        ``find``: look for the node whose id is ``target`` rather than for the k closest to it: done
+        (ok) as soon as that node answers, so a node in our table is found in one round trip."""
         if type(target) is not bytes or len(target) != NODE_ID_LEN:
             raise ValueError(f"lookup target must be {NODE_ID_LEN} bytes")
         if self._refresh_at is None:
             self._arm_refresh(now)
-        return self._submit(target, now, purpose, None)
+        return self._submit(target, now, purpose, None, find)
 
     def closest(self, target: bytes, n: int | None = None) -> list[Contact]:
         """The n (default k) closest contacts the table holds (no network traffic)."""
@@ -889,15 +894,15 @@ class RoutingCore(CoreOutputs):
 
     # -- lookups -------------------------------------------------------------------------------------
 
-    def _submit(self, target: bytes, now: float, purpose: str, seeds: list | None) -> int:
+    def _submit(self, target: bytes, now: float, purpose: str, seeds: list | None, find: bool = False) -> int:
         stats = self.stats
         job = self._targets.get(target)
-        if job is not None and seeds is None:
+        if job is not None and seeds is None and (find or not job.find):
             stats["lookups_merged"] += 1
             return job.id
         lid = self._next_id
         self._next_id += 1
-        job = _Job(lid, target, purpose, seeds)
+        job = _Job(lid, target, purpose, seeds, find)
         if len(self._active) < self.config.max_lookups or len(self._queue) < self.config.max_queued_lookups:
             self._targets[target] = job
             if purpose == "join":
@@ -926,7 +931,7 @@ class RoutingCore(CoreOutputs):
         self._active[job.id] = job
         job.lookup = Lookup(job.target, seeds, k=cfg.k, alpha=cfg.alpha, self_id=self.node_id,
                             late_after=self.rto, late_factor=cfg.late_factor, late_min=cfg.late_min,
-                            max_queries=self._max_queries, stats=self.stats)
+                            max_queries=self._max_queries, stats=self.stats, stop_at_target=job.find)
         self._pump(job, now)
 
     def _pump(self, job: _Job, now: float) -> None:
