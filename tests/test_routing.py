@@ -525,6 +525,21 @@ def test_join_without_any_contact_reports_failure():
         a.join([["not a contact"]], 0.0)
 
 
+def test_the_join_lookup_asks_join_alpha_at_once_other_lookups_alpha():
+    for join_alpha in (10, 3):
+        a, boot = core(1, RoutingConfig(join_alpha=join_alpha)), core(2)
+        a.join([boot.contact], 0.0)
+        (q,) = a.take_outgoing()
+        listed = [[x.public_key, x.endpoint] for x in fill(core(3), 20)]
+        a.receive(env(boot, a, NODES, {"nodes": listed}, re=q.id), 0.01)
+        assert len(a.take_outgoing()) == join_alpha  # the bootstrap answered: join_alpha in flight
+        fill(a, 30, seed=5, now=0.02)
+        a.lookup(bytes(32), 0.02)
+        assert len(a.take_outgoing()) == a.config.alpha  # an ordinary lookup: alpha
+    with pytest.raises(ValueError):
+        RoutingConfig(join_alpha=0)
+
+
 def test_a_node_that_does_not_advertise_itself_never_enters_tables():
     a, b = core(1), core(2)
     quiet = RoutingCore(Contact(b"q" * 32, "sim://q"), random.Random(3), advertise=False)

@@ -543,6 +543,11 @@ class RoutingConfig:
 
     k: int = 20  # bucket size and lookup width: the paper's value; a bucket of 20 all failing at once is unlikely
     alpha: int = 3  # queries in flight per lookup: the paper's value; more buys little latency for more load
+    # Queries in flight in a join's lookup of our own id. A node joins once, and Node.start() waits for it:
+    # with alpha = 3 the self-lookup needs ~8 round trips, with 10 ~3 (sim, 100 nodes: p50 82 -> 35 ms at
+    # 5 ms one-way, 0.32 -> 0.20 s when all join at once at 20 ms, for 33 % more queries in that storm
+    # and none when joins are spread; protocols/routing.md 6.1).
+    join_alpha: int = 10
     replacements: int = 8  # replacement cache per full bucket: covers losing 40% of a bucket between refreshes
     query_timeout: float = 2.0  # hard timeout of one FIND_NODE (s): after it the contact counts as failed
     late_initial: float = 0.5  # late limit before any RTT is known (s): above most WAN RTTs; a late peer is not failed
@@ -564,7 +569,7 @@ class RoutingConfig:
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"RoutingConfig.{f.name} must be a non-negative number, got {value!r}")
-        for name in ("k", "alpha", "query_timeout", "late_initial", "late_min", "refresh_interval",
+        for name in ("k", "alpha", "join_alpha", "query_timeout", "late_initial", "late_min", "refresh_interval",
                      "refresh_check", "max_lookups", "stale_after"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RoutingConfig.{name} must be positive")
@@ -929,7 +934,8 @@ class RoutingCore(CoreOutputs):
             seeds = job.seeds + seeds
         job.seeds = None
         self._active[job.id] = job
-        job.lookup = Lookup(job.target, seeds, k=cfg.k, alpha=cfg.alpha, self_id=self.node_id,
+        alpha = cfg.join_alpha if job.purpose == "join" else cfg.alpha
+        job.lookup = Lookup(job.target, seeds, k=cfg.k, alpha=alpha, self_id=self.node_id,
                             late_after=self.rto, late_factor=cfg.late_factor, late_min=cfg.late_min,
                             max_queries=self._max_queries, stats=self.stats, stop_at_target=job.find)
         self._pump(job, now)
