@@ -81,6 +81,7 @@ def test_values_from_text_and_relative_paths(tmp_path):
     ('[node]\ndrain_timeout = -1\n', "[node] drain_timeout: must be between 0 and 3600"),
     ('[admin]\nlisten = "9464"\n', "[admin] listen: must be HOST:PORT"),
     ('[node]\noutbound_only = true\n', "node.outbound_only (from "),
+    ('[node]\nrelays = ["@/tmp/relay.contact"]\n', "relays are for outbound-only nodes"),
     ("[node\nkey = 1\n", "not valid TOML"),
 ])
 def test_each_bad_file_names_the_key_and_the_file(tmp_path, text, message):

@@ -358,3 +358,35 @@ def test_a_taken_listen_address_exits_1_with_one_clear_line(tmp_path):
     assert out.returncode == 1
     assert f"error: the sidecar failed: Address already in use (addr='tcp://127.0.0.1:{port}')" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_an_outbound_only_sidecar_is_reached_through_its_relay(arun, tmp_path):
+    """[node] outbound_only + relays (here from flags): the sidecar registers with the relay, and a
+    node that knows only its relayed contact gets an answer."""
+    from zmqagents.node import NodeConfig
+
+    async def main():
+        async with Node(config=NodeConfig(serve_relay=True)) as relay:
+            cfg = sidecar_config(tmp_path)
+            contact_file = tmp_path / "node.contact"
+            proc = subprocess.Popen(CLI + ["node", "--config", str(cfg), "--echo", "--outbound-only",
+                                           "--relay", str(relay.contact), "--seal"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+            try:
+                await wait_until(lambda: contact_file.exists() or proc.poll() is not None, 15, "the sidecar to start")
+                assert proc.poll() is None, proc.stderr.read()
+                contact = Contact.parse(contact_file.read_text().strip())
+                assert contact.relayed and [c.node_id for c in contact.relays] == [relay.node_id]
+                await wait_until(lambda: contact.node_id in relay.relay_server, 10, "the sidecar to register")
+                async with Node(peers=[contact]) as outside:
+                    assert await outside.request(contact.node_id, {"q": 1}, timeout=5) == {"q": 1}
+                assert relay.relay_server.stats["forwarded"] >= 2
+                proc.send_signal(signal.SIGTERM)
+                code, _, err = await asyncio.get_running_loop().run_in_executor(None, finish, proc)
+                assert code == 0, err
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+    arun(main(), timeout=40)

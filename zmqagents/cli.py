@@ -238,9 +238,9 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
     reloads the log settings and the allowlist (and logs what needs a restart).
     """
     verbose = ctx.find_root().params.get("verbose", 0)
-    if bool(outbound_only) != bool(relays):
-        raise click.UsageError("--outbound-only and --relay go together: name at least one --relay CONTACT")
     if config_file is None and conf_d is None and not settings:
+        if bool(outbound_only) != bool(relays):
+            raise click.UsageError("--outbound-only and --relay go together: name at least one --relay CONTACT")
         if log_format is not None:
             from .sidecar import logs
 
@@ -248,17 +248,15 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
         _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo,
                         outbound_only=outbound_only, relays=relays, seal=seal)
         return
-    if outbound_only or seal:
-        raise click.UsageError("--outbound-only, --relay and --seal are not sidecar config keys yet: "
-                               "run them without --config/--conf-d/--set")
     overrides = _sidecar_overrides(ctx, key=key, listen=listen, insecure=insecure, peers=peers, bootstrap=bootstrap,
                                    contact_file=contact_file, allowlist=allowlist, log_format=log_format,
-                                   verbose=verbose, settings=settings)
+                                   verbose=verbose, settings=settings, outbound_only=outbound_only, relays=relays,
+                                   seal=seal)
     sys.exit(_run_sidecar(config_file, conf_d, overrides, echo))
 
 
 def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_file, allowlist, log_format, verbose,
-                       settings) -> list:
+                       settings, outbound_only=False, relays=(), seal=False) -> list:
     """The flags given on the command line as config overrides (flags that were not given do not override)."""
     from click.core import ParameterSource
     from .sidecar.config import ConfigError, Override, parse_set
@@ -275,6 +273,8 @@ def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_
              ("node.secure", False if insecure else None, "--insecure"),
              ("node.peers", list(peers) or None, "--peer"), ("node.bootstrap", list(bootstrap) or None, "--bootstrap"),
              ("node.contact_file", contact_file, "--contact-file"), ("node.allowlist", allowlist, "--allowlist"),
+             ("node.outbound_only", True if outbound_only else None, "--outbound-only"),
+             ("node.relays", list(relays) or None, "--relay"), ("node.seal", True if seal else None, "--seal"),
              ("log.format", log_format, "--log-format"),
              ("log.level", {0: None, 1: "info"}.get(verbose, "debug"), "-v")]
     overrides += [Override(dotted, value, f"flag {flag}") for dotted, value, flag in flags if value is not None]

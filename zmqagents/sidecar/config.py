@@ -22,7 +22,7 @@ lists are comma-separated, modes are octal (``0660``). Relative paths in a file 
 that file's directory; elsewhere to the working directory.
 
 Sections and keys other engineers rely on: ``[node]`` key, listen, bootstrap, peers, allowlist,
-secure, outbound_only, relays, profile, contact_file, drain_timeout; ``[local_api]`` enabled, path,
+secure, outbound_only, relays, seal, profile, contact_file, drain_timeout; ``[local_api]`` enabled, path,
 mode; ``[spool]`` dir, max_bytes, fsync; ``[mdns]`` enabled, service; ``[admin]`` enabled, listen;
 ``[log]`` format, level. To add a key, add a ``setting(...)`` to its section's dataclass: parsing,
 env vars, ``config check`` and the error messages follow from it.
@@ -303,6 +303,7 @@ class NodeSection:
     secure: bool = setting(Bool(), True, doc="CURVE on every link; false only for debugging on a trusted host")
     outbound_only: bool = setting(Bool(), False, doc="Behind NAT: accept nothing inbound, be reached through relays")
     relays: tuple[str, ...] = setting(ContactList(), (), doc="Contacts of relays an outbound-only node connects to")
+    seal: bool = setting(Bool(), False, doc="Encrypt end to end (NaCl Box) what goes through a relay")
     profile: str = setting(Choice(*_membership_profiles()), "lan",
                            doc="Membership timing profile: lan, wan or edge (protocols/membership.md)")
     contact_file: str = setting(PathKind(optional=True), "", doc="Write this node's contact here once it listens")
@@ -619,6 +620,9 @@ def _cross_check(config: SidecarConfig) -> None:
     if config.node.outbound_only and not config.node.relays:
         raise ConfigError(f"{where('node.outbound_only')} is true but {where('node.relays')} is empty: "
                           "an outbound-only node needs at least one relay to be reachable")
+    if config.node.relays and not config.node.outbound_only:
+        raise ConfigError(f"{where('node.relays')} is set but {where('node.outbound_only')} is false: "
+                          "relays are for outbound-only nodes")
     if config.local_api.enabled and config.local_api.path == config.node.key:
         raise ConfigError(f"{where('local_api.path')} is the same file as {where('node.key')}")
 

@@ -185,14 +185,6 @@ def read_allowlist(config: SidecarConfig) -> frozenset[bytes] | None:
         raise ConfigError(f"node.allowlist (from {config.sources['node.allowlist']}): {exc}") from None
 
 
-def _refuse_unsupported(config: SidecarConfig) -> None:
-    """Keys the schema reserves for features this build does not have yet: refuse rather than ignore."""
-    for key in ("node.outbound_only", "node.relays"):
-        if config.get(key):
-            raise ConfigError(f"{key} (from {config.sources[key]}): relays and outbound-only nodes are not "
-                              "supported by this version yet; remove the setting")
-
-
 class Sidecar:
     """A Node plus optional services, driven by a :class:`SidecarConfig`.
 
@@ -203,20 +195,24 @@ class Sidecar:
     """
 
     def __init__(self, config: SidecarConfig, *, loader: Callable[[], SidecarConfig] | None = None):
-        _refuse_unsupported(config)
         self.config = config
         self._loader = loader
         self.identity = load_identity(config)
-        node_config = NodeConfig(member=True, membership=MembershipConfig.profile(config.node.profile))
-        self.node = Node(
-            self.identity,
-            listen=config.node.listen,
-            peers=read_contacts(config, "node.peers"),
-            bootstrap=read_contacts(config, "node.bootstrap"),
-            secure=config.node.secure,
-            allowlist=read_allowlist(config),
-            config=node_config,
-        )
+        node_config = NodeConfig(member=True, membership=MembershipConfig.profile(config.node.profile),
+                                 outbound_only=config.node.outbound_only, relays=read_contacts(config, "node.relays"))
+        node_config.transport.seal_relayed = config.node.seal
+        try:
+            self.node = Node(
+                self.identity,
+                listen=config.node.listen,
+                peers=read_contacts(config, "node.peers"),
+                bootstrap=read_contacts(config, "node.bootstrap"),
+                secure=config.node.secure,
+                allowlist=read_allowlist(config),
+                config=node_config,
+            )
+        except ValueError as exc:  # a combination the Node refuses; the config checks should catch it first
+            raise ConfigError(f"[node]: {exc}") from None
         self.services: dict[str, Service] = {}
         self.stopping = False
         self.restart_needed: set[str] = set()  # keys changed by a reload that only a restart applies
@@ -368,7 +364,6 @@ class Sidecar:
         log.debug("reload: re-reading %s", ", ".join(old.files) or "the environment and flags")
         try:
             new = self._loader() if self._loader is not None else old
-            _refuse_unsupported(new)
         except ConfigError as exc:
             log.error("reload failed; still running the previous configuration: %s", exc)
             return {"applied": [], "restart": []}
