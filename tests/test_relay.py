@@ -275,3 +275,49 @@ def test_outbound_only_needs_relays():
         Node(config=NodeConfig(outbound_only=True))
     with pytest.raises(ValueError, match="outbound-only"):
         Node(config=NodeConfig(relays=[Identity.generate().contact("tcp://127.0.0.1:1")]))
+
+
+def test_an_edge_node_publishes_its_signed_relay_list_in_the_dht_and_a_squatter_is_refused(arun):
+    from zmqagents.node import contact_key
+
+    async def main():
+        r1, r2 = relay_node(), relay_node()
+        await started(r1, r2)
+        plain = [Node(bootstrap=[r1.contact]) for _ in range(3)]
+        await started(*plain)
+        edge = Node(bootstrap=[r1.contact],
+                    config=NodeConfig(outbound_only=True, relays=[r1.contact, r2.contact], relay=FAST_RELAY))
+        edge.on_request(lambda body, msg: body)
+        await started(edge)  # joins, then publishes its contact
+        outside = Node(bootstrap=[plain[0].contact], config=NodeConfig(member=False))
+        squatter = Node(bootstrap=[plain[1].contact])
+        try:
+            await started(outside, squatter)
+            # Routing tables hand the relayed contact out like any other (kad.nodes answers, hellos).
+            assert any(p["contact"] == str(edge.contact) for n in (r1, *plain) for p in n.peers())
+            found = await outside.find_contact(edge.node_id, timeout=5)
+            assert found == edge.contact and [r.node_id for r in found.relays] == [r1.node_id, r2.node_id]
+            assert await outside.request(edge.node_id, "via the DHT", timeout=5) == "via the DHT"
+            # Someone else's record under a node's contact key is never taken as that node's contact.
+            victim = Identity.generate()
+            fake = Contact.via(victim.public_key, [squatter.contact])
+            await squatter.dht.put(contact_key(victim.node_id), {"contact": str(fake)}, timeout=5)
+            assert await outside.find_contact(victim.node_id, timeout=5) is None
+            assert outside.stats["contact_records_refused"] == 1
+            assert not outside.transport.known(victim.node_id)
+        finally:
+            await close_all(outside, squatter, edge, *plain, r1, r2)
+
+    arun(main(), timeout=40)
+
+
+def test_cli_outbound_only_without_relay_is_a_usage_error():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "zmqagents.cli", "node", "--outbound-only"], capture_output=True,
+                         text=True, timeout=30)
+    assert run.returncode == 2 and "--relay" in run.stderr
+    bad = subprocess.run([sys.executable, "-m", "zmqagents.cli", "node", "--outbound-only", "--relay", "nonsense"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--relay" in bad.stderr

@@ -12,6 +12,7 @@ events into futures, queues and handler calls for the application.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -49,7 +50,7 @@ from .core.relay import (
     RelayUp,
 )
 from .core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
-from .dht import Dht, ProviderInfo
+from .dht import Dht, DhtError, ProviderInfo
 from .envelope import Envelope
 from .identity import Contact, Identity, IdentityError, format_public_key, node_id_of, parse_node_id, short_id
 from .transport.mesh import Transport, TransportConfig
@@ -61,6 +62,13 @@ PEERS = "zmqagents.peers"  # request type answered by the node itself with its r
 ROUTING_PREFIX = "kad."  # envelopes for the routing core
 MEMBERSHIP_PREFIX = "swim."  # envelopes for the membership core; everything else goes through delivery
 RECONCILE_INTERVAL = 1.0  # s between bringing membership's member set in line with the routing table
+CONTACT_RECORD_DOMAIN = b"zmqagents/contact/v1\x00"  # DHT keys of nodes' own signed contact records
+
+
+def contact_key(node_id: bytes) -> bytes:
+    """The DHT key under which a node publishes its own contact, signed by its key (protocols/node.md,
+    "Relaying"): an outbound-only node's relay list can be found from its node id alone."""
+    return hashlib.sha256(CONTACT_RECORD_DOMAIN + node_id).digest()
 
 
 class NodeError(Exception):
@@ -232,7 +240,7 @@ class Node:
         self._closed = False
         self.stats: dict[str, int] = {
             "inbox_refused": 0, "publications_dropped": 0, "handler_errors": 0, "replies_dropped": 0,
-            "relay_not_served": 0, "relay_refusals_received": 0,
+            "relay_not_served": 0, "relay_refusals_received": 0, "contact_records_refused": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -267,7 +275,38 @@ class Node:
         if peers:
             await asyncio.gather(*(self._hello(c) for c in peers))
         if self._bootstrap:
-            await self.join(self._bootstrap, timeout=self.config.join_timeout)
+            joined = await self.join(self._bootstrap, timeout=self.config.join_timeout)
+            if joined and self.config.outbound_only:
+                try:  # the DHT republishes it while we run
+                    await self.publish_contact(timeout=self.config.join_timeout)
+                except (DhtError, ValueError) as exc:
+                    log.warning("could not publish our relayed contact in the DHT: %s", exc)
+
+    async def publish_contact(self, *, timeout: float = 30.0) -> int:
+        """Store this node's contact in the DHT under :func:`contact_key`, signed by this node's key;
+        returns how many replicas accepted it. An outbound-only node does it after joining, so its relay
+        list is a signed record anyone can fetch (:meth:`find_contact`)."""
+        result = await self.dht.put(contact_key(self.node_id), {"contact": str(self.contact)}, timeout=timeout)
+        return result.stored
+
+    async def find_contact(self, node_id: bytes, *, timeout: float = 30.0) -> Contact | None:
+        """The contact ``node_id`` published about itself (:meth:`publish_contact`), checked and remembered;
+        None if there is none, or if the record under its key was not signed by ``node_id`` itself."""
+        record = await self.dht.get_record(contact_key(node_id), timeout=timeout)
+        if record is None:
+            return None
+        value = record.value
+        text = value.get("contact") if isinstance(value, dict) else None
+        try:
+            contact = Contact.parse(text) if isinstance(text, str) else None
+        except IdentityError:
+            contact = None
+        if record.publisher != node_id or contact is None or contact.node_id != node_id:
+            self.stats["contact_records_refused"] += 1
+            log.warning("refused the contact record for %s: not a contact signed by that node", short_id(node_id))
+            return None
+        self.transport.add_contact(contact)
+        return contact
 
     async def join(self, bootstrap: Iterable[str | Contact], *, timeout: float = 10.0) -> bool:
         """Join the mesh through bootstrap contacts: a lookup of our own id, then a refresh of far buckets.

@@ -88,7 +88,11 @@ class RelayPaths:
             relays = self.via[d]
             relays.remove(relay)
             if not relays:
-                del self.via[d]
+                spare = [r for r in self.edge if r != relay]  # an edge node still has its other relays
+                if spare:
+                    relays.extend(spare)
+                else:
+                    del self.via[d]
 
     def forget(self, node_id: bytes) -> None:
         self.via.pop(node_id, None)
@@ -120,12 +124,12 @@ class RelayPaths:
 
         Raises EnvelopeError if it cannot be encoded, IdentityError if sealing needs a key we lack.
         """
-        env.pk = env.sig = None
+        before = env.pk, env.sig
         env.sign(self.identity)
         try:
             frame = env.encode(max_size=self.max_size)
         finally:
-            env.pk = env.sig = None  # the caller's envelope stays as it was (it may be sent again, direct)
+            env.pk, env.sig = before  # the caller's envelope stays as it was (it may be sent again, direct)
         self.stats["wrapped"] += 1
         dst = env.dst
         if not (self.seal_all or dst in self._sealed_by):
@@ -201,7 +205,6 @@ class RelayPaths:
                 self._sealed_by.popitem(last=False)
         self.learned(src, relay)
         self.stats["unwrapped"] += 1
-        inner.pk = inner.sig = None  # checked; the cores never need them
         return inner
 
     def _tampered(self, reason: str, relay: bytes, detail: object) -> None:
