@@ -148,6 +148,10 @@ def test_bad_frames_get_clear_errors_are_counted_and_other_clients_keep_being_se
                     assert reply.type == "error" and reply.body["code"] == code, (t, reply.body)
                 assert api.stats["malformed"] == 4 and api.stats["oversize"] == 3 and api.stats["bad_frames"] == 1
                 assert api.stats["unknown_op"] == 1 and api.stats["bad_request"] == 5
+                # beyond 4x the limit libzmq itself drops that client's connection; nobody else notices
+                await bad.sock.send(b"\x00" * (300 << 10))
+                assert (await good.op("status")).type == "status"
+                await asyncio.sleep(0.2)  # the DEALER reconnects by itself
                 reply = await bad.op("send", "still fine", to=str(peer.contact))
                 assert reply.type == "accepted"
                 assert (await peer.receive(timeout=5)).body == "still fine"

@@ -142,7 +142,7 @@ class Outbox:
         return self.spool.undone_count if self.spool is not None else 0
 
     def ready(self) -> bool:
-        return self.accepting and self.spool.bytes < self.spool.config.max_bytes
+        return self.accepting and self.spool is not None and self.spool.bytes < self.spool.config.max_bytes
 
     # -- accepting ------------------------------------------------------------------------------------
 
