@@ -44,7 +44,9 @@ def test_messages_accepted_while_the_peer_is_down_survive_a_restart_and_arrive_o
         async with Node(me, config=fast()) as node:
             outbox = Outbox(node, spool, retry_delay=0.1, retry_max=0.3)
             await outbox.start()
-            ids = outbox.accept([(contact.node_id, contact, {"n": i}, os.urandom(16)) for i in range(300)])
+            ids = [os.urandom(16) for _ in range(300)]
+            assert outbox.accept([(contact.node_id, contact, {"n": i}, mid) for i, mid in enumerate(ids)]) \
+                == [None] * 300
             await asyncio.sleep(0.8)  # the peer is down: messages fail, back off, and stay spooled
             status = outbox.status()
             assert status["queued"] == 300 and status["send_failures"] > 0
@@ -116,5 +118,23 @@ def test_a_client_resending_the_same_id_gets_it_delivered_once(arun, tmp_path):
                 await asyncio.sleep(0.3)
                 assert peer._inbox.qsize() == 0
                 await outbox.close(0)
+
+    arun(main())
+
+
+def test_a_burst_that_does_not_fit_accepts_what_fits_and_says_which(arun, tmp_path):
+    async def main():
+        nobody = Identity.generate()
+        async with Node(config=fast()) as node:
+            outbox = Outbox(node, SpoolConfig(str(tmp_path / "spool"), max_bytes=2 * (64 << 10)))
+            await outbox.start()
+            burst = [(nobody.node_id, None, "x" * 1000, os.urandom(16)) for _ in range(200)]
+            burst.insert(3, (nobody.node_id, None, {1: "int keys cannot be spooled"}, os.urandom(16)))
+            results = outbox.accept(burst)
+            kinds = [type(r).__name__ for r in results]
+            assert kinds[:3] == ["NoneType"] * 3 and kinds[3] == "MalformedEnvelope"
+            assert "SpoolFull" in kinds and kinds.count("NoneType") == outbox.status()["queued"]
+            assert outbox.stats["refused"] == len(burst) - outbox.status()["queued"]
+            await outbox.close(0)
 
     arun(main())

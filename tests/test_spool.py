@@ -251,3 +251,15 @@ def test_a_real_full_disk_is_refused_cleanly(tmp_path):
             assert s2.stats["torn_tail_bytes"] == 0 and s2.stats["corrupt_regions"] == 0
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_the_example_records_in_the_spec_are_what_the_spool_writes():
+    import re
+
+    spec = (Path(__file__).resolve().parent.parent / "protocols" / "spool.md").read_text()
+    blocks = re.findall(r"\(\d+ bytes\).*?:\n\n((?:    [0-9a-f ]+\n)+)", spec, re.S)
+    record, done = (bytes.fromhex("".join(block.split())) for block in blocks)
+    msg = Envelope(bytes(range(16)), bytes([0xAA]) * 32, "msg", {"n": 1}, bytes([0xBB]) * 32, 1700000000000)
+    assert encode_record(msg) == record and len(record) == 138
+    mark = Envelope(bytes([1]) * 16, bytes([0xAA]) * 32, "spool.done", [0, 151])
+    assert encode_record(mark) == done and len(done) == 95

@@ -239,34 +239,22 @@ class LocalApi:
     # -- operations ------------------------------------------------------------------------------
 
     def _accept(self, sends: list) -> None:
-        """Spool a burst of sends at once (one write, one fsync), then answer each."""
+        """Spool a burst of sends (one write and one fsync when all fit), then answer each."""
         if self.outbox is None or not self.outbox.accepting:
             for rid, env, _, _ in sends:
                 self.stats["sends_refused"] += 1
                 self._error(rid, env.id, "unavailable", "the outbox is not accepting messages (stopping?)")
             return
         batch = [(dst, contact, env.body, env.id) for _, env, dst, contact in sends]
-        try:
-            self.outbox.accept(batch)
-            accepted = [True] * len(sends)
-        except Exception:
-            # Something in the burst does not fit (full) or cannot be stored: go one by one,
-            # so each client learns exactly which of its messages were accepted.
-            accepted = []
-            for item, (rid, env, _, _) in zip(batch, sends):
-                try:
-                    self.outbox.accept([item])
-                    accepted.append(True)
-                except Exception as exc:
-                    accepted.append(False)
-                    self.stats["sends_refused"] += 1
-                    code = "spool_full" if type(exc).__name__ == "SpoolFull" else \
-                        "bad_envelope" if isinstance(exc, EnvelopeError) else "spool_error"
-                    self._error(rid, env.id, code, str(exc))
-        for ok, (rid, env, _, _) in zip(accepted, sends):
-            if ok:
+        for refused, (rid, env, _, _) in zip(self.outbox.accept(batch), sends):
+            if refused is None:
                 self.stats["sends_accepted"] += 1
                 self._reply(rid, "accepted", env.id, None)
+                continue
+            self.stats["sends_refused"] += 1
+            code = "spool_full" if type(refused).__name__ == "SpoolFull" else \
+                "bad_envelope" if isinstance(refused, EnvelopeError) else "spool_error"
+            self._error(rid, env.id, code, str(refused))
 
     def _operation(self, rid: bytes, env: Envelope) -> None:
         op = env.type

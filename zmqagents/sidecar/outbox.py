@@ -24,9 +24,9 @@ from array import array
 from typing import Any
 
 from ..core.delivery import WindowFull
-from ..envelope import Envelope
+from ..envelope import Envelope, EnvelopeError
 from ..identity import Contact, IdentityError, short_id
-from .spool import Spool, SpoolConfig
+from .spool import Spool, SpoolConfig, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,13 @@ class Outbox:
 
     # -- accepting ------------------------------------------------------------------------------------
 
-    def accept(self, messages: list[tuple[bytes, Contact | None, Any, bytes]]) -> list[bytes]:
-        """Spool ``(destination id, contact or None, body, message id)`` tuples as one burst.
+    def accept(self, messages: list[tuple[bytes, Contact | None, Any, bytes]]) -> list[Exception | None]:
+        """Spool ``(destination id, contact or None, body, message id)`` tuples; per message, None if
+        it was accepted, else the SpoolFull / SpoolError / EnvelopeError that refused it.
 
-        Returns the message ids once the records are written (and fsynced, per policy). Raises
-        SpoolFull / SpoolError / EnvelopeError with nothing accepted.
+        A burst is written at once (one write, one fsync per policy); only if that fails are the
+        messages tried one by one, so each caller learns exactly which of its messages are accepted.
+        Accepted means written (and fsynced, per policy) when this returns.
         """
         if not self.accepting:
             raise RuntimeError("the outbox is not accepting messages (starting or stopping)")
@@ -162,16 +164,28 @@ class Outbox:
             if contact is not None:
                 env.extra[TO_FIELD] = str(contact)
             envs.append(env)
+        append = self.spool.append
         try:
-            refs = self.spool.append(envs)
-        except Exception:
-            self.stats["refused"] += len(envs)
-            raise
-        for ref, env in zip(refs, envs):
+            stored = list(zip(append(envs), envs))
+            results: list[Exception | None] = [None] * len(envs)
+        except (SpoolError, EnvelopeError) as exc:
+            if len(envs) == 1:
+                stored, results = [], [exc]
+            else:
+                stored, results = [], []
+                for env in envs:
+                    try:
+                        stored.append((append([env])[0], env))
+                        results.append(None)
+                    except (SpoolError, EnvelopeError) as one:
+                        results.append(one)
+        for ref, env in stored:
             self._enqueue(ref, env)
-        self.stats["accepted"] += len(envs)
-        self._schedule_feed()
-        return [env.id for env in envs]
+        self.stats["accepted"] += len(stored)
+        self.stats["refused"] += len(envs) - len(stored)
+        if stored:
+            self._schedule_feed()
+        return results
 
     def _enqueue(self, ref: int, env: Envelope) -> None:
         dest = self._dests.get(env.dst)

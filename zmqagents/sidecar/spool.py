@@ -1,5 +1,7 @@
 """The durable outbox: messages accepted from local applications, kept on disk until acknowledged.
 
+The on-disk format, with example records, is specified in ``protocols/spool.md``.
+
 A spool is a directory of *segments*. Each segment ``NNNNNNNNNNNNNNNN.seg`` is an append-only file
 of records, and each record is one envelope in the project's only format (4-byte big-endian length,
 then a msgpack map; ``protocols/envelope.md``) whose map ends with a ``crc`` field: a uint 32
