@@ -32,7 +32,7 @@ async def main(args) -> None:
         if args.mdns:
             from zmqagents.sidecar.mdns import MdnsConfig, MdnsDiscovery
 
-            cfg = MdnsConfig(verify_timeout=args.verify_timeout, interfaces=["127.0.0.1"])
+            cfg = MdnsConfig(verify_timeout=args.verify_timeout)  # loopback inbox: announced on loopback
             services.append(("mdns", MdnsDiscovery(node, cfg)))
         if args.admin:
             from zmqagents.sidecar.admin import AdminServer

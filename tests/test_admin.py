@@ -151,9 +151,12 @@ class _Service:
     metric_name = "fake"
 
     def __init__(self):
-        self.ready = False
+        self.up = False
         self.stats = {"seen": 3}
         self.pending = 2
+
+    def ready(self) -> bool:
+        return self.up
 
 
 def test_readiness_and_bad_requests():
@@ -166,7 +169,7 @@ def test_readiness_and_bad_requests():
                 get = lambda path: _raw(admin.address, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 ready = await get("/readyz")
                 assert ready.startswith(b"HTTP/1.1 503") and b"not ready: joined, fake" in ready
-                service.ready = True
+                service.up = True
                 assert b"not ready: joined\n" in await get("/readyz")
                 admin.expect_peers = False  # alone by configuration
                 assert (await get("/readyz")).startswith(b"HTTP/1.1 200")
@@ -192,19 +195,60 @@ def test_readiness_and_bad_requests():
     asyncio.run(asyncio.wait_for(main(), 15))
 
 
-def test_a_node_without_admin_or_mdns_does_not_import_their_libraries():
-    code = textwrap.dedent("""
+def test_a_sidecar_without_admin_or_mdns_does_not_import_their_libraries(tmp_path):
+    code = textwrap.dedent(f"""
         import asyncio, json, sys
-        import zmqagents.cli, zmqagents.node
-        from zmqagents.node import Node
+        import zmqagents.cli
+        from zmqagents.sidecar.config import Override, load
+        from zmqagents.sidecar.daemon import Sidecar
+
+        config = load(None, env={{}}, overrides=[
+            Override("node.key", {str(tmp_path / "k")!r}, "test"),
+            Override("node.listen", "tcp://127.0.0.1:0", "test"),
+            Override("mdns.enabled", False, "test"),
+            Override("local_api.enabled", False, "test"),
+        ])
 
         async def main():
-            async with Node() as node:
+            async with Sidecar(config) as sidecar:
                 await asyncio.sleep(0.1)
+                return list(sidecar.services)
 
-        asyncio.run(main())
-        print(json.dumps({m: m in sys.modules for m in ("prometheus_client", "zeroconf")}))
+        services = asyncio.run(main())
+        print(json.dumps({{"services": services, **{{m: m in sys.modules for m in ("prometheus_client", "zeroconf")}}}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"prometheus_client": False, "zeroconf": False}
+    assert json.loads(out.stdout) == {"services": [], "prometheus_client": False, "zeroconf": False}
+
+
+@pytest.mark.timeout(30)
+def test_admin_served_by_the_sidecar_cli(tmp_path):
+    import os
+    import signal
+
+    from zmqagents.sidecar.config import keys
+
+    cli = [str(__import__("pathlib").Path(sys.executable).with_name("zmqagents")), "node", "--listen",
+           "tcp://127.0.0.1:0", "--key", str(tmp_path / "k"), "--no-mdns", "--set", "admin.enabled=true",
+           "--set", "admin.listen=127.0.0.1:0"]
+    if "local_api.enabled" in keys():
+        cli += ["--set", "local_api.enabled=false"]
+    p = Local.__new__(Local)
+    p.proc = subprocess.Popen(cli, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p._buf = b""
+    try:
+        hello = p.read(15)
+        address = hello["admin"]
+        assert address.startswith("127.0.0.1:")
+        assert _get(address, "/livez")[0] == 200
+        assert _get(address, "/readyz")[0] == 200  # alone by configuration, every service started
+        families = _scrape(address)
+        assert "zmqagents_transport_received_bytes" in families and "zmqagents_peers" in families
+        assert _value(families, "zmqagents_node_info", "zmqagents_node_info")  # present, value 1
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.proc.wait(10) == 0
+    finally:
+        if p.proc.poll() is None:
+            os.kill(p.proc.pid, signal.SIGKILL)
+            p.proc.wait()

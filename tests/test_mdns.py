@@ -197,11 +197,12 @@ def test_three_nodes_find_each_other_with_no_bootstrap(netns, procs):
 
     def everyone_knows_everyone():
         states = [n.ask({"cmd": "state"}) for n in nodes]
-        return all(set(s["peers"]) == ids - {n.hello["node_id"]} for n, s in zip(nodes, states)) and states
+        known = all(set(s["peers"]) == ids - {n.hello["node_id"]} for n, s in zip(nodes, states))
+        # ... and each has seen (and skipped) its own announcement, which is registered in the background
+        return known and all(s["mdns"]["self"] >= 1 for s in states) and states
 
     states = _wait_for(everyone_knows_everyone, 25, "three nodes did not all know each other")
     assert sum(s["mdns"]["verified"] for s in states) >= 2  # at least a spanning pair of hellos
-    assert all(s["mdns"]["self"] >= 1 for s in states)  # each saw (and skipped) its own announcement
     assert all(s["mdns"]["verify_failed"] == 0 and s["mdns"]["bad_txt"] == 0 for s in states)
     # and they talk: a request/reply between two of them, addressed by node id only
     reply = nodes[0].ask({"cmd": "request", "to": nodes[2].hello["node_id"], "body": "hi"})
@@ -266,3 +267,31 @@ def test_introduce_keeps_a_true_claim_and_forgets_a_false_one():
             assert any(row["node_id"] == b.node_id.hex() for row in a.peers())
 
     asyncio.run(asyncio.wait_for(main(), 15))
+
+
+@pytest.mark.timeout(40)
+def test_sidecars_started_by_the_cli_find_each_other(netns, procs, tmp_path):
+    """`zmqagents node` in sidecar mode has mDNS on by default: two of them, no bootstrap."""
+    cli = [str(Path(sys.executable).with_name("zmqagents")), "node", "--listen", "tcp://127.0.0.1:0",
+           "--set", "local_api.enabled=false"]
+    sidecars = []
+    for name in ("a", "b"):
+        p = Proc.__new__(Proc)
+        p.proc = subprocess.Popen(["ip", "netns", "exec", netns, *cli, "--key", str(tmp_path / f"{name}.key")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p._buf = b""
+        procs.append(p)
+        p.hello = p.read(15)
+        sidecars.append(p)
+    a, b = sidecars
+
+    def a_knows_b():
+        out = subprocess.run(["ip", "netns", "exec", netns, cli[0], "peers", "--to", a.hello["contact"], "--json"],
+                             capture_output=True, text=True, timeout=15)
+        assert out.returncode == 0, out.stderr
+        return b.hello["node_id"] in out.stdout
+
+    _wait_for(a_knows_b, 20, "sidecar a did not learn b over mDNS")
+    for p in sidecars:
+        p.proc.terminate()
+        assert p.proc.wait(10) == 0  # SIGTERM: clean stop, mDNS goodbye included

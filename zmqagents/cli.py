@@ -209,6 +209,8 @@ def keygen(path: str, force: bool) -> None:
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one config key, e.g. --set spool.fsync=always (repeatable; sidecar only).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines on stderr as text or one JSON object each.")
+@click.option("--mdns/--no-mdns", default=None,
+              help="Announce this node and find others on the LAN with mDNS (sidecar mode; on unless [mdns] enabled = false).")
 @click.pass_context
 @click.option("--outbound-only", is_flag=True,
               help="This node cannot accept connections (NAT, firewall): others reach it through its --relay nodes.")
@@ -216,7 +218,7 @@ def keygen(path: str, force: bool) -> None:
               help="Contact of a relay (`zmqagents relay`) to register with; repeat for failover, preferred first.")
 @click.option("--seal", is_flag=True, help=_SEAL_HELP)
 def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo, config_file, conf_d, settings,
-         log_format, outbound_only, relays, seal) -> None:
+         log_format, outbound_only, relays, seal, mdns) -> None:
     """Run a node until SIGINT/SIGTERM.
 
     With --bootstrap it joins the mesh (Kademlia lookup of its own id, then of
@@ -236,9 +238,16 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
     created on first start. Signals: SIGTERM/SIGINT drain, announce the leave
     and exit 0; a second one exits at once with 128+signal (143/130); SIGHUP
     reloads the log settings and the allowlist (and logs what needs a restart).
+
+    \b
+    As a sidecar it finds nodes on the same LAN by mDNS, trusting each only
+    after a CURVE-authenticated hello (--no-mdns or [mdns] enabled = false to
+    turn off; a loopback --listen is announced on loopback only). With
+    [admin] enabled = true (or --set admin.enabled=true) it serves /metrics,
+    /livez and /readyz on http://127.0.0.1:9464 ([admin] listen).
     """
     verbose = ctx.find_root().params.get("verbose", 0)
-    if config_file is None and conf_d is None and not settings:
+    if config_file is None and conf_d is None and not settings and mdns is None:
         if bool(outbound_only) != bool(relays):
             raise click.UsageError("--outbound-only and --relay go together: name at least one --relay CONTACT")
         if log_format is not None:
@@ -251,12 +260,12 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
     overrides = _sidecar_overrides(ctx, key=key, listen=listen, insecure=insecure, peers=peers, bootstrap=bootstrap,
                                    contact_file=contact_file, allowlist=allowlist, log_format=log_format,
                                    verbose=verbose, settings=settings, outbound_only=outbound_only, relays=relays,
-                                   seal=seal)
+                                   seal=seal, mdns=mdns)
     sys.exit(_run_sidecar(config_file, conf_d, overrides, echo))
 
 
 def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_file, allowlist, log_format, verbose,
-                       settings, outbound_only=False, relays=(), seal=False) -> list:
+                       settings, outbound_only=False, relays=(), seal=False, mdns=None) -> list:
     """The flags given on the command line as config overrides (flags that were not given do not override)."""
     from click.core import ParameterSource
     from .sidecar.config import ConfigError, Override, parse_set
@@ -276,6 +285,7 @@ def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_
              ("node.outbound_only", True if outbound_only else None, "--outbound-only"),
              ("node.relays", list(relays) or None, "--relay"), ("node.seal", True if seal else None, "--seal"),
              ("log.format", log_format, "--log-format"),
+             ("mdns.enabled", mdns, "--mdns" if mdns else "--no-mdns"),
              ("log.level", {0: None, 1: "info"}.get(verbose, "debug"), "-v")]
     overrides += [Override(dotted, value, f"flag {flag}") for dotted, value, flag in flags if value is not None]
     return overrides
@@ -306,7 +316,8 @@ def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, e
         sidecar.node.on_request(show)
 
     async def app(sc) -> None:
-        _announce(sc.node, None)
+        admin = sc.services.get("admin")
+        _announce(sc.node, None, admin=admin.address if admin is not None else None)
         if sc.consumes_messages:
             await asyncio.Event().wait()
         async for msg in sc.node.messages():
@@ -394,13 +405,16 @@ def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_
     sys.exit(_run(main()))
 
 
-def _announce(n, contact_file: str | None) -> None:
+def _announce(n, contact_file: str | None, *, admin: str | None = None) -> None:
     contact = str(n.contact)
     if contact_file:
         tmp = Path(contact_file + ".tmp")
         tmp.write_text(contact + "\n")
         tmp.replace(contact_file)
-    _emit({"contact": contact, "node_id": format_node_id(n.node_id), "pub": n.transport.pub_endpoint})
+    line = {"contact": contact, "node_id": format_node_id(n.node_id), "pub": n.transport.pub_endpoint}
+    if admin:
+        line["admin"] = admin  # HOST:PORT of /metrics, /livez, /readyz (useful with port 0)
+    _emit(line)
 
 
 @cli.command()

@@ -212,21 +212,24 @@ class NodeCollector:
 class AdminServer:
     """Serve /metrics, /livez and /readyz for ``node`` on ``listen``. A sidecar service.
 
-    ``services`` returns the sidecar's other services: their ``ready`` gates /readyz and their
+    ``services`` returns the sidecar's services: their ``ready()`` gates /readyz and their
     ``stats`` become metrics. ``expect_peers``: the node was given bootstrap contacts, so it is
     ready only once its routing table holds someone (a node alone by config is ready at once).
+    ``checks``: more named readiness conditions (the sidecar adds "not stopping").
     """
 
     metric_name = "admin"
 
     def __init__(self, node: "Node", listen: str = DEFAULT_LISTEN, *,
-                 services: Callable[[], Iterable[Any]] = tuple, expect_peers: bool = False):
+                 services: Callable[[], Iterable[Any]] = tuple, expect_peers: bool = False,
+                 checks: Mapping[str, Callable[[], bool]] | None = None):
         self.node = node
         self.listen = listen
         self.services = services
         self.expect_peers = expect_peers
+        self.checks = dict(checks or {})
         self.stats: dict[str, int] = {"ok": 0, "not_found": 0, "bad_request": 0, "busy": 0}
-        self.ready = False
+        self._ready = False
         self.address = ""
         self._server: asyncio.base_events.Server | None = None
         self._registry = None
@@ -247,11 +250,15 @@ class AdminServer:
             raise AdminError(f"cannot listen on {self.listen} for the admin endpoint: {exc.strerror}") from None
         sock = self._server.sockets[0].getsockname()
         self.address = f"[{sock[0]}]:{sock[1]}" if ":" in sock[0] else f"{sock[0]}:{sock[1]}"
-        self.ready = True
+        self._ready = True
         log.info("admin endpoint on http://%s (/metrics, /livez, /readyz)", self.address)
 
-    async def close(self) -> None:
-        self.ready = False
+    def ready(self) -> bool:
+        return self._ready
+
+    async def close(self, drain_timeout: float = 0.0) -> None:
+        """Stop serving (``drain_timeout`` is part of the service protocol; scrapes need no drain)."""
+        self._ready = False
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -268,8 +275,10 @@ class AdminServer:
         elif self.expect_peers and len(node.routing.table) == 0:
             failing.append("joined")
         for service in self.services():
-            if service is not self and not getattr(service, "ready", True):
+            ready = getattr(service, "ready", None)
+            if service is not self and ready is not None and not ready():
                 failing.append(getattr(service, "metric_name", type(service).__name__))
+        failing += [name for name, ok in self.checks.items() if not ok()]
         return failing
 
     # -- HTTP --------------------------------------------------------------------------------
@@ -345,3 +354,13 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def create(sidecar) -> AdminServer:
+    """The sidecar's factory (``[admin] enabled``): no IO here, :meth:`AdminServer.start` does it."""
+    return AdminServer(
+        sidecar.node, sidecar.config.admin.listen,
+        services=lambda: list(sidecar.services.values()),
+        expect_peers=bool(sidecar.config.node.bootstrap),
+        checks={"stopping": lambda: not sidecar.stopping},
+    )

@@ -117,6 +117,8 @@ SERVICES: list[ServiceSpec] = [
     # stops accepting before the outbox drains.
     ServiceSpec("outbox", "zmqagents.sidecar.outbox:create", lambda c: c.local_api.enabled),
     ServiceSpec("local_api", "zmqagents.sidecar.localapi:create", lambda c: c.local_api.enabled),
+    ServiceSpec("mdns", "zmqagents.sidecar.mdns:create", lambda c: c.mdns.enabled),
+    ServiceSpec("admin", "zmqagents.sidecar.admin:create", lambda c: c.admin.enabled),
 ]
 
 

@@ -198,7 +198,7 @@ class MdnsDiscovery:
         self.node = node
         self.config = config or MdnsConfig()
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
-        self.ready = False
+        self._ready = False
         self._zc = None  # AsyncZeroconf
         self._browser = None
         self._info = None  # our registered AsyncServiceInfo
@@ -210,6 +210,7 @@ class MdnsDiscovery:
         self._failed: OrderedDict[bytes, float] = OrderedDict()  # id -> monotonic time its claim failed
         self._logged: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._register: asyncio.Task | None = None
         self._worker: asyncio.Task | None = None
         self._join: asyncio.Task | None = None
 
@@ -224,12 +225,13 @@ class MdnsDiscovery:
 
         cfg = self.config
         node = self.node
-        interfaces = cfg.interfaces if cfg.interfaces else "all"
-        if interfaces == "all":
+        interfaces = cfg.interfaces or _scope_of(node.transport.endpoint)
+        if interfaces is None:
             from zeroconf import InterfaceChoice
 
             interfaces = InterfaceChoice.All
         self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+        loop = asyncio.get_running_loop()
         endpoints = advertised_endpoints(node.transport.endpoint, cfg.interfaces)
         if endpoints:
             label = f"zmqagents-{node.node_id.hex()[:20]}"
@@ -242,24 +244,29 @@ class MdnsDiscovery:
                 server=f"{label}.local.",
                 addresses=[socket.inet_aton(h) for h in hosts if _is_ipv4(h)],
             )
-            # allow_name_change: a host that took our name first (by accident or not) must not stop
-            # us from being found; the name is only a label, the TXT record says who we are.
-            await self._zc.async_register_service(self._info, allow_name_change=True)
+            # Probing for a unique name takes ~1 s of mDNS timers: do it in the background so the
+            # sidecar's start is not held up; ready() turns true once we are announced.
+            self._register = loop.create_task(self._announce())
         else:
             log.warning("mDNS: inbox %s is not reachable from other hosts; browsing only", node.transport.endpoint)
+            self._ready = True
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, cfg.service, handlers=[self._on_change])
-        self._worker = asyncio.get_running_loop().create_task(self._work())
-        self.ready = True
+        self._worker = loop.create_task(self._work())
         log.info("mDNS: announcing %s as %s", ", ".join(endpoints) or "nothing", cfg.service)
 
-    async def close(self) -> None:
-        """Say goodbye on the LAN (peers' caches drop us) and stop browsing. Safe to call twice."""
-        self.ready = False
-        tasks = [t for t in (self._worker, self._join, *self._tasks) if t is not None]
+    def ready(self) -> bool:
+        """Announcing and browsing."""
+        return self._ready
+
+    async def close(self, drain_timeout: float = 0.0) -> None:
+        """Say goodbye on the LAN (peers' caches drop us) and stop browsing. Safe to call twice.
+        Nothing to drain: ``drain_timeout`` is part of the sidecar's service protocol."""
+        self._ready = False
+        tasks = [t for t in (self._register, self._worker, self._join, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._worker = self._join = None
+        self._register = self._worker = self._join = None
         self._tasks.clear()
         if self._browser is not None:
             await self._browser.async_cancel()
@@ -267,6 +274,16 @@ class MdnsDiscovery:
         if self._zc is not None:
             await self._zc.async_close()  # unregisters our service (goodbye packets)
             self._zc = None
+
+    async def _announce(self) -> None:
+        # allow_name_change: a host that took our name first (by accident or not) must not stop
+        # us from being found; the name is only a label, the TXT record says who we are.
+        try:
+            await self._zc.async_register_service(self._info, allow_name_change=True)
+        except Exception as exc:  # the node still browses and verifies; /readyz shows we are not announced
+            log.error("mDNS: cannot announce %s: %s", self._info.name, exc)
+            return
+        self._ready = True
 
     # -- browsing ---------------------------------------------------------------------
 
@@ -367,6 +384,19 @@ class MdnsDiscovery:
         if name not in self._logged and len(self._logged) < 1024:
             self._logged.add(name)
             log.warning(msg, *args)
+
+
+def _scope_of(endpoint: str) -> list[str] | None:
+    """Interfaces worth announcing on: an inbox bound to loopback is reachable from this host
+    only, so it is announced on loopback only (peers elsewhere would dial their own 127.0.0.1);
+    None means every interface."""
+    host = endpoint[len("tcp://"):].rpartition(":")[0] if endpoint.startswith("tcp://") else ""
+    return ["127.0.0.1"] if host.startswith("127.") or host == "localhost" else None
+
+
+def create(sidecar) -> MdnsDiscovery:
+    """The sidecar's factory (``[mdns] enabled``): no IO here, :meth:`MdnsDiscovery.start` does it."""
+    return MdnsDiscovery(sidecar.node, MdnsConfig(service=sidecar.config.mdns.service))
 
 
 def _is_ipv4(host: str) -> bool:
