@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 if TYPE_CHECKING:
@@ -245,9 +246,10 @@ class AdminServer:
         ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         self._registry = registry
         try:
-            self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
+            sock = _listening_socket(host, port)
         except OSError as exc:
             raise AdminError(f"cannot listen on {self.listen} for the admin endpoint: {exc.strerror}") from None
+        self._server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_HEAD)
         sock = self._server.sockets[0].getsockname()
         self.address = f"[{sock[0]}]:{sock[1]}" if ":" in sock[0] else f"{sock[0]}:{sock[1]}"
         self._ready = True
@@ -339,6 +341,35 @@ class AdminServer:
             return "200 OK", "text/plain", b"ready\n", head_only
         self.stats["not_found"] += 1
         return "404 Not Found", "text/plain", b"try /metrics, /livez or /readyz\n", head_only
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket. Made here rather than by start_server(host, port): uvloop
+    resolves a host in libuv's thread pool, which would start 4 threads that then idle for the
+    life of the process. A name (not an address) is resolved once, synchronously."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if not _is_address(host):
+        family, _, _, _, (host, *_) = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(MAX_CONNECTIONS)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_address(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _header(head: bytes, name: bytes) -> str:

@@ -77,7 +77,7 @@ from ..identity import (
 )
 from ..node import Node, NodeConfig
 from ..core.membership import MembershipConfig
-from . import logs, systemd
+from . import logs, memory, systemd
 from .config import ConfigError, SidecarConfig
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ class Sidecar:
         self._started = False
         self._closed = False
         self._reloading: asyncio.Task | None = None
+        self._trimmer = memory.Trimmer()  # hands freed heap back to the OS after start and then periodically
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -248,6 +249,7 @@ class Sidecar:
             await self.close()
             raise
         self._write_contact()
+        self._trimmer.start()
         log.info("node %s listening as %s (started in %.2f s; services: %s)", self.identity.short_id,
                  self.node.contact, time.monotonic() - started, ", ".join(self.services) or "none")
 
@@ -277,6 +279,7 @@ class Sidecar:
             return
         self._closed = True
         self.stopping = True
+        self._trimmer.stop()
         budget = self.config.node.drain_timeout
         deadline = time.monotonic() + budget
         for name, service in reversed(list(self.services.items())):
