@@ -1318,6 +1318,13 @@ class DhtCore(CoreOutputs):
             return False
         got = False
         for obj in provs[: cfg.max_providers_per_key]:
+            if type(obj) is dict:
+                c = obj.get("c")
+                pk = c[0] if type(c) is list and c and type(c[0]) is bytes and len(c[0]) == 32 else None
+                old = None if pk is None else op.provs.get(node_id_for(pk))
+                if old is not None and obj.get("sig") == old.signature:
+                    got = True  # the same entry from another replica: already verified
+                    continue
             try:
                 p = parse_provider(obj, max_bytes=cfg.max_provider_bytes)
             except RecordError:
