@@ -44,10 +44,10 @@ class DhtSimNode:
         return b if a is None else a if b is None else min(a, b)
 
     def take_outgoing(self):
-        return self.overlay.take_outgoing() + self.dht.take_outgoing()
+        return [*self.overlay.take_outgoing(), *self.dht.take_outgoing()]
 
     def take_events(self):
-        return self.overlay.take_events() + self.dht.take_events()
+        return [*self.overlay.take_events(), *self.dht.take_events()]
 
 
 def test_records_survive_holder_crashes_after_re_replication():
