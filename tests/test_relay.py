@@ -77,6 +77,7 @@ def test_request_reply_through_a_relay_both_ways_and_failover_to_the_second(arun
                 assert await outside.request(edge.node_id, i, timeout=5) == {"echo": i, "from": outside.node_id.hex()}
             assert r2.relay_server.stats["forwarded"] >= 10
             assert outside.transport.relaying.stats["rotated"] >= 1  # a retransmit moved to the second relay
+            assert outside.transport.relaying.misses.get(r1.node_id, 0) >= 1  # the dead relay is counted
             await wait_until(lambda: edge.relay_client.active() == [r2.node_id])
         finally:
             await close_all(outside, edge, r2)

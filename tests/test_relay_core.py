@@ -160,3 +160,27 @@ def test_relayed_contact_form_round_trips_and_bad_forms_are_refused():
         Contact.via(x.public_key, [r1.contact(f"tcp://{long_host}:1"), r2.contact(f"tcp://{long_host}:2")])
     with pytest.raises(IdentityError):
         Contact.via(x.public_key, [])
+
+
+def test_sender_moves_retransmits_to_untried_relays_and_remembers_the_miss():
+    from zmqagents.transport.relaying import RelayPaths
+
+    me, dst = Identity.generate(), Identity.generate()
+    r1, r2, r3 = b"1" * 32, b"2" * 32, b"3" * 32
+    paths = RelayPaths(me, max_entries=16, max_size=1 << 20, drop=lambda *a: None)
+    paths.set_route(dst.node_id, [r1, r2, r3, me.node_id])  # we are never our own relay
+    assert paths.via[dst.node_id] == [r1, r2, r3]
+
+    def msg() -> Envelope:
+        return Envelope(id=os.urandom(16), src=me.node_id, dst=dst.node_id, type="msg", body=1)
+
+    lost = [msg() for _ in range(5)]
+    assert [paths.pick(e) for e in lost] == [r1] * 5  # first attempts: the preferred relay
+    assert [paths.pick(e) for e in lost] == [r2] * 5  # retransmits: the next one, r1 now tried last
+    assert paths.misses == {r1: 5} and paths.via[dst.node_id] == [r2, r3, r1]
+    assert paths.pick(msg()) == r2  # new messages avoid r1 too
+    again = lost[0]
+    # r3 is the one not tried yet; then all were tried: start over with the best, r1 (r2 and r3 just failed)
+    assert [paths.pick(again), paths.pick(again)] == [r3, r1]
+    paths.learned(dst.node_id, r1)  # something came back through r1: it works again
+    assert paths.via[dst.node_id][0] == r1

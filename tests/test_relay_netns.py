@@ -130,5 +130,6 @@ async def _outside(ns: str, host_ip: str, edge_contact: Contact, r1: subprocess.
             assert await outside.request(edge_contact.node_id, i, timeout=5) == i
         assert outside.transport.relaying.via[edge_contact.node_id][0] == edge_contact.relays[1].node_id
         assert outside.transport.relaying.stats["rotated"] >= 1
+        assert outside.transport.relaying.misses.get(edge_contact.relays[0].node_id, 0) >= 1
         assert failover_s < 5, f"failover took {failover_s:.2f} s"
         assert not outside.transport.drops.get("relay_bad_signature")

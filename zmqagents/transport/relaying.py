@@ -46,7 +46,8 @@ class RelayPaths:
         self.keys: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> public key learned from signed envelopes
         self._sealed_by: OrderedDict[bytes, None] = OrderedDict()  # peers that sealed to us: we seal back
         self._boxes: OrderedDict[bytes, nacl.public.Box] = OrderedDict()
-        self._attempts: OrderedDict[bytes, int] = OrderedDict()
+        self._attempts: OrderedDict[bytes, list[bytes]] = OrderedDict()  # message id -> relays tried, in order
+        self.misses: dict[bytes, int] = {}  # relay id -> messages that had to be re-sent through another relay
         self._secret = nacl.public.PrivateKey(identity.curve_secret)
         self.stats: dict[str, int] = {"wrapped": 0, "sealed": 0, "unwrapped": 0, "opened": 0, "rotated": 0}
 
@@ -106,16 +107,35 @@ class RelayPaths:
             self.via.popitem(last=False)
 
     def pick(self, env: Envelope) -> bytes:
-        """The relay for this send: the preferred one, or the next one each time the same id is sent again."""
-        relays = self.via[env.dst]
+        """The relay for this send: the destination's preferred one, or, when the same message is sent
+        again (a retransmit: the last relay did not get it through), the best one not yet tried for it.
+        The relay that failed is counted (``misses``) and moved to the end of the destination's list,
+        so new messages avoid it too until it carries something back."""
+        dst = env.dst
+        relays = self.via[dst]
         attempts = self._attempts
-        n = attempts.pop(env.id, -1) + 1
-        attempts[env.id] = n
+        tried = attempts.pop(env.id, None)
+        if tried is None:
+            tried = []
+        else:
+            failed = tried[-1]
+            self.misses[failed] = self.misses.pop(failed, 0) + 1
+            if len(self.misses) > self.max_entries:
+                self.misses.pop(next(iter(self.misses)))
+            self.demote(failed, dst)
+            self.stats["rotated"] += 1
+            if len(tried) >= len(relays):
+                tried = []  # every relay had its turn: start over, in preference order
+        choice = relays[0]
+        for relay in relays:
+            if relay not in tried:
+                choice = relay
+                break
+        tried.append(choice)
+        attempts[env.id] = tried
         if len(attempts) > MAX_ATTEMPTS:
             attempts.popitem(last=False)
-        if n:
-            self.stats["rotated"] += 1
-        return relays[n % len(relays)]
+        return choice
 
     # -- wrapping ------------------------------------------------------------------
 
