@@ -119,3 +119,14 @@ def test_outbox_quick_kill_9_delivers_everything_exactly_once():
     assert out["duplicates"] == 0 and out["missing"] == 0 and out["unexpected"] == 0
     assert out["killed_by_signal"] == 9 and out["queued_after_restart"] == out["messages"]
     _positive(out, "seconds", "restart_s", "accept_msgs_per_s", "spool_append_per_s")
+
+
+@pytest.mark.timeout(60)
+def test_relay_quick_reports_direct_relayed_and_sealed_routes():
+    out = _run("relay.py", "--quick", timeout=55)
+    for route in ("direct", "relayed", "sealed"):
+        _positive(out, f"{route}_rr_msgs_per_s", f"{route}_pingpong_p50_us", f"{route}_pingpong_p99_us")
+    _positive(out, "relayed_ratio", "sealed_ratio", "relay_cpu_us_per_request")
+    assert out["relayed_client_relay_stats"]["unwrapped"] > 0 and out["sealed_client_relay_stats"]["opened"] > 0
+    assert out["relay_stats"]["forwarded"] > 0 and out["relay_stats"]["registered"] == 1
+    assert out["params"]["quick"] is True

@@ -209,6 +209,8 @@ class Transport:
         if self._contacts.get(node_id) == contact:
             del self._contacts[node_id]
             self._close_dealer(node_id)
+            if contact.relayed and self.relaying is not None:
+                self.relaying.forget(node_id)
 
     def known(self, node_id: bytes) -> bool:
         return (node_id in self._contacts or node_id in self._inbound
