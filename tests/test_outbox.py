@@ -138,3 +138,38 @@ def test_a_burst_that_does_not_fit_accepts_what_fits_and_says_which(arun, tmp_pa
             await outbox.close(0)
 
     arun(main())
+
+
+def test_a_destination_named_by_id_alone_waits_until_reachable_and_its_contact_is_kept(arun, tmp_path):
+    """A node id with no known contact waits (counted) until the peer is reachable; once the
+    contact is known it is stored with each record, so a restarted sidecar still reaches it."""
+    async def main():
+        me = Identity.generate()
+        spool = SpoolConfig(str(tmp_path / "spool"))
+        # A fixed endpoint, as a sidecar's config gives it: `far` answers a restarted node at the
+        # address it last knew (a restart on another port is not noticed until membership says so).
+        listen = f"tcp://127.0.0.1:{free_port()}"
+        async with Node() as far:
+            async with Node(me, listen=listen, config=fast()) as node:
+                outbox = Outbox(node, spool, retry_delay=0.1, retry_max=0.2)
+                await outbox.start()
+                assert outbox.accept([(far.node_id, None, "first", os.urandom(16))]) == [None]
+                await asyncio.sleep(0.3)
+                assert outbox.stats["unknown_destination"] >= 1 and outbox.status()["queued"] == 1
+                await far.send(node.contact, "hello")  # now it is reachable (over its own connection)
+                assert (await far.receive(timeout=10)).body == "first"
+                await settle(outbox)
+                node.transport.add_contact(far.contact)  # e.g. learnt from the routing table
+                outbox.accept([(far.node_id, None, "after restart", os.urandom(16))])
+                await outbox.close(0)  # nothing more is sent: the sidecar "dies" here
+            async with Node(me, listen=listen, config=fast()) as node:  # fresh: no contacts, no mesh
+                outbox = Outbox(node, spool)
+                await outbox.start()
+                assert (await far.receive(timeout=10)).body == "after restart"
+                await settle(outbox)
+                assert outbox.status()["queued"] == 0
+                await outbox.close(0)
+            await asyncio.sleep(0.2)
+            assert far._inbox.qsize() == 0
+
+    arun(main(), timeout=40)

@@ -161,6 +161,8 @@ class Outbox:
         envs = []
         for dst, contact, body, msg_id in messages:
             env = Envelope(msg_id, src, "msg", body, dst, ts)
+            if contact is None:
+                contact = self._known_contact(dst)  # kept with the record: reachable after a restart too
             if contact is not None:
                 env.extra[TO_FIELD] = str(contact)
             envs.append(env)
@@ -187,6 +189,17 @@ class Outbox:
             self._schedule_feed()
         return results
 
+    def _known_contact(self, dst: bytes) -> Contact | None:
+        """A contact for ``dst`` this node already has (outbox, routing table or transport), if any."""
+        dest = self._dests.get(dst)
+        if dest is not None and dest.contact is not None:
+            return dest.contact
+        routing = getattr(self.node, "routing", None)
+        contact = routing.contact_for(dst) if routing is not None else None
+        if contact is None:
+            contact = next((c for c in self.node.transport.contacts() if c.node_id == dst), None)
+        return contact
+
     def _enqueue(self, ref: int, env: Envelope) -> None:
         dest = self._dests.get(env.dst)
         if dest is None:
@@ -211,6 +224,8 @@ class Outbox:
     def _feed(self) -> None:
         """Hand waiting messages to the node while each destination's window has room."""
         self._feed_scheduled = False
+        if self._closed or not self.accepting and self.spool is None:
+            return
         now = time.monotonic()
         node = self.node
         can_send = node.delivery.can_send
