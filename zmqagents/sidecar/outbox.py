@@ -229,6 +229,7 @@ class Outbox:
         now = time.monotonic()
         node = self.node
         can_send = node.delivery.can_send
+        known = node.transport.known
         inflight = self._inflight
         for dest in list(self._dests.values()):
             if dest.not_before > now:
@@ -246,8 +247,11 @@ class Outbox:
                     continue
                 if env.id in inflight:
                     break  # the same id is on its way (a client re-sent it): wait for that copy to settle
+                # A contact the node already has is newer than the one kept with the record: the
+                # record's is only for a node that has none (e.g. just restarted).
+                peer = dest.id if dest.contact is None or known(dest.id) else dest.contact
                 try:
-                    node.send_nowait(dest.contact or dest.id, env.body, msg_id=env.id, confirm=True)
+                    node.send_nowait(peer, env.body, msg_id=env.id, confirm=True)
                 except WindowFull:
                     break
                 except Exception as exc:  # UnknownPeer: no contact and no connection from it
