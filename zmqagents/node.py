@@ -225,6 +225,7 @@ class Node:
         self._windows: dict[bytes, asyncio.Event] = {}
         self._failures: list[SendFailed] = []
         self._settled: list[SettledCallback] = []
+        self._routes: list[tuple[str, Callable[[Envelope], None]]] = []  # type prefix -> component (route())
         self._handler: RequestHandler | None = None
         self._handler_is_async = False
         self._handler_slots: asyncio.Semaphore | None = None
@@ -494,6 +495,29 @@ class Node:
         self._idle.clear()
         self._send_new()
         return msg_id
+
+    def route(self, prefix: str, handler: Callable[[Envelope], None]) -> None:
+        """Hand every delivered message (or request) whose type starts with ``prefix`` to ``handler``
+        instead of the request handler: how a component such as the task runtime gets its protocol's
+        envelopes. The handler runs inside the node's event handling: keep it short, never block;
+        it answers a request with :meth:`reply`."""
+        self._routes.append((prefix, handler))
+
+    def reply(self, request: Envelope, body: Any, *, error: bool = False) -> None:
+        """Answer a request envelope handed to a :meth:`route` handler."""
+        self._reply(request, body, error=error)
+        self._send_new()
+
+    def _route(self, env: Envelope) -> bool:
+        for prefix, handler in self._routes:
+            if env.type.startswith(prefix):
+                try:
+                    handler(env)
+                except Exception:  # a component's bug must not take the node down
+                    self.stats["handler_errors"] += 1
+                    log.exception("handler for %s messages failed", prefix)
+                return True
+        return False
 
     def on_settled(self, callback: SettledCallback) -> SettledCallback:
         """Call ``callback(msg_id, dst, None)`` when ``dst`` acknowledges a message sent with
@@ -895,6 +919,8 @@ class Node:
                     self._reply(env, self._hello_body())
                 elif env.type == PEERS:
                     self._reply(env, self.peers())
+                elif self._routes and self._route(env):
+                    pass
                 else:
                     self._start_handler(env)
             elif isinstance(event, Replied):

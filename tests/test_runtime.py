@@ -1,0 +1,209 @@
+"""Tasks between real Nodes (tcp loopback, CURVE on): providers found through DHT provider records,
+shell and coroutine agents, busy failover, provider death, allow lists, schemas, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from zmqagents.agents.base import AgentError
+from zmqagents.agents.capability import Capability, InvalidInput
+from zmqagents.agents.runtime import Agents, DirectLookup
+from zmqagents.agents.shell import ShellAgent
+from zmqagents.core import tasks as T
+from zmqagents.core.membership import MembershipConfig
+from zmqagents.node import Node, NodeConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _fast() -> NodeConfig:
+    return NodeConfig(membership=MembershipConfig(probe_interval=0.3, probe_timeout=0.1, suspicion_min=0.6,
+                                                  suspicion_max=1.5, gossip_interval=0.1), leave_timeout=0.2)
+
+
+async def _mesh(n: int) -> list[Node]:
+    seed = Node(config=_fast())
+    await seed.start()
+    nodes = [seed]
+    for _ in range(n - 1):
+        node = Node(config=_fast(), bootstrap=[seed.contact])
+        await node.start()
+        nodes.append(node)
+    return nodes
+
+
+async def _close(nodes, agents):
+    for a in agents:
+        await a.close()
+    await asyncio.gather(*(n.close() for n in nodes))
+
+
+def test_shell_and_coroutine_agents_found_through_the_dht(arun):
+    async def main():
+        nodes = await _mesh(4)
+        agents = [Agents(n) for n in nodes]
+        try:
+            await agents[1].serve(Capability("upper", max_concurrency=2),
+                                  ShellAgent("tr a-z A-Z; echo done", stdin="text"))
+
+            async def count(value, ctx):
+                for i in range(3):
+                    ctx.progress(i)
+                return {"n": len(value["text"])}
+
+            await agents[2].serve(Capability("count", input_schema={"type": "object", "required": ["text"]}), count)
+            chunks = []
+            done = await agents[3].request("upper", "hello\nworld", on_progress=chunks.append)
+            assert done.state == T.COMPLETED and done.output == "HELLO\nWORLD\ndone"
+            assert done.provider == nodes[1].node_id
+            assert [c.data for c in chunks] == ["HELLO", "WORLD", "done"]
+            assert [c.seq for c in chunks] == [2, 3, 4]
+
+            done = await agents[0].request("count", {"text": "four"}, stream=False)
+            assert done.output == {"n": 4}
+
+            # the input schema is checked before anything is sent
+            with pytest.raises(InvalidInput, match="missing required property 'text'"):
+                await agents[0].request("count", {"txt": "x"})
+            assert agents[2].provider.stats["received"] == 1
+
+            done = await agents[0].request("nobody-offers-this", 1)
+            assert done.state == T.REJECTED and done.error["code"] == T.E_NO_PROVIDER
+        finally:
+            await _close(nodes, agents)
+
+    arun(main(), timeout=50)
+
+
+def test_busy_provider_routes_to_the_other_one(arun):
+    async def main():
+        nodes = await _mesh(3)
+        agents = [Agents(n) for n in nodes]
+        gate = asyncio.Event()
+
+        async def slow(value, ctx):
+            await gate.wait()
+            return value
+
+        try:
+            for a in agents[:2]:
+                await a.serve(Capability("slow", max_concurrency=1), slow)
+            caller = agents[2]
+            first = asyncio.ensure_future(caller.request("slow", 1))
+            second = asyncio.ensure_future(caller.request("slow", 2))
+            third = asyncio.ensure_future(caller.request("slow", 3))
+            await asyncio.sleep(1.0)
+            gate.set()
+            results = await asyncio.gather(first, second, third)
+            states = sorted(r.state for r in results)
+            # two slots in the mesh: two tasks complete; the third found both full and was rejected busy
+            assert states == [T.COMPLETED, T.COMPLETED, T.REJECTED]
+            (rejected,) = [r for r in results if r.state == T.REJECTED]
+            assert rejected.error["code"] == T.E_BUSY and rejected.attempts == 2
+            assert {r.provider for r in results if r.state == T.COMPLETED} == {nodes[0].node_id, nodes[1].node_id}
+        finally:
+            await _close(nodes, agents)
+
+    arun(main(), timeout=50)
+
+
+def test_provider_death_fails_a_plain_task_and_moves_an_idempotent_one(arun, tmp_path):
+    async def main():
+        nodes = await _mesh(4)
+        agents = [Agents(n) for n in nodes]
+        runs = tmp_path / "runs"
+        try:
+            for a in agents[1:3]:
+                await a.serve(Capability("work"), ShellAgent(f"echo run >> {runs}; sleep 30"))
+            caller = agents[3]
+            cands = await caller.candidates("work")
+            assert len(cands) == 2
+            plain_id, plain = await caller.submit(T.TaskSpec("work", 1), candidates=cands)
+            idem_id, idem = await caller.submit(T.TaskSpec("work", 2, idempotent=True), candidates=cands)
+            while not runs.exists() or runs.read_text().count("run") < 2:
+                await asyncio.sleep(0.05)
+            # kill the provider of the plain task (it leaves: membership reports it at once)
+            victim = next(i for i in (1, 2) if caller.caller._calls[plain_id].provider == nodes[i].node_id)
+            idem_at_victim = caller.caller._calls[idem_id].provider == nodes[victim].node_id
+            await agents[victim].close()
+            await nodes[victim].close()
+            res = await asyncio.wait_for(plain, 10)
+            assert res.state == T.FAILED and res.error["code"] == T.E_PROVIDER_GONE and res.maybe_ran
+            if idem_at_victim:
+                while caller.caller.state_of(idem_id) == T.SUBMITTED and caller.stats["reroutes"] == 0:
+                    await asyncio.sleep(0.05)
+                assert caller.stats["reroutes"] == 1
+            caller.cancel(idem_id)
+            assert (await idem).state == T.CANCELED
+            # the plain task ran once in all (never re-sent); the idempotent one at most twice
+            assert runs.read_text().count("run") == 2 + (1 if idem_at_victim else 0)
+        finally:
+            await _close([n for n in nodes if not n._closed], [a for i, a in enumerate(agents)])
+
+    arun(main(), timeout=50)
+
+
+def test_allow_list_and_direct_lookup_and_cancel(arun, tmp_path):
+    async def main():
+        nodes = await _mesh(3)
+        pidfile = tmp_path / "pid"
+        agents = [Agents(nodes[0]), Agents(nodes[1]), Agents(nodes[2], lookup=DirectLookup(nodes[2], [nodes[0].contact]))]
+        try:
+            await agents[0].serve(Capability("secret", allow=frozenset({nodes[1].node_id})), ShellAgent("echo ok"),
+                                  publish=False)
+            await agents[0].serve(Capability("sleep"), ShellAgent(f"sleep 30 & echo $! > {pidfile}; wait"), publish=False)
+            done = await agents[2].request("secret", 1)
+            assert done.state == T.REJECTED and done.error["code"] == T.E_DENIED
+            assert "allow list" in done.error["msg"]
+
+            task = asyncio.ensure_future(agents[2].request("sleep", None))
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                await asyncio.sleep(0.05)
+            pid = int(pidfile.read_text())
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
+                assert time.monotonic() < deadline, "the canceled task's process group still runs"
+                await asyncio.sleep(0.05)
+            while agents[0].provider.active():
+                await asyncio.sleep(0.05)
+            assert agents[0].provider.stats["canceled"] == 1
+        finally:
+            await _close(nodes, agents)
+
+    arun(main(), timeout=50)
+
+
+def test_agent_failure_and_deadline(arun):
+    async def main():
+        nodes = await _mesh(2)
+        agents = [Agents(n) for n in nodes]
+
+        async def broken(value, ctx):
+            raise AgentError("no model loaded")
+
+        async def stuck(value, ctx):
+            await asyncio.sleep(60)
+
+        try:
+            await agents[0].serve(Capability("broken"), broken)
+            await agents[0].serve(Capability("stuck"), stuck)
+            done = await agents[1].request("broken", 1)
+            assert done.state == T.FAILED and done.error == {"code": T.E_AGENT, "msg": "no model loaded"}
+            start = time.monotonic()
+            done = await agents[1].request("stuck", 1, deadline=0.5)
+            assert done.state == T.FAILED and done.error["code"] == T.E_DEADLINE
+            assert time.monotonic() - start < 2
+            while agents[0].provider.active():
+                await asyncio.sleep(0.02)
+            assert not agents[0]._running
+        finally:
+            await _close(nodes, agents)
+
+    arun(main(), timeout=50)

@@ -1,0 +1,443 @@
+"""Tasks on a real Node: serve capabilities with agents, and call capabilities across the mesh.
+
+:class:`Agents` drives the two sans-IO task cores (``core/tasks.py``) with a Node: ``task.*``
+envelopes reach it through ``Node.route``, what the cores want sent goes out over the node's
+reliable delivery, their timers run on the event loop, and membership deaths and delivery
+failures become ``provider_gone``/``caller_gone``.
+
+    async with Node(bootstrap=[seed]) as node:
+        agents = Agents(node)
+        await agents.serve(Capability("upper"), ShellAgent("tr a-z A-Z", stdin="text"))
+        done = await agents.request("upper", "hello")      # TaskDone(state="completed", output="HELLO", ...)
+
+Providers are found through a :class:`ProviderLookup`. The default, :class:`DhtLookup`, reads the
+DHT provider records that ``serve`` publishes (``node.provide``); :class:`DirectLookup` asks a
+fixed set of nodes what they offer (``task.describe``), for a caller that knows its providers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Protocol
+
+from ..core import tasks as T
+from ..core.delivery import WindowFull
+from ..core.tasks import (
+    CallerConfig, Candidate, Progress, ProviderConfig, Rerouted, StartTask, StateChanged, StopTask, TaskCaller,
+    TaskDone, TaskInput, TaskProvider, TaskSpec,
+)
+from ..envelope import Envelope
+from ..identity import Contact
+from .base import Agent, AgentError, TaskContext
+from .capability import Capability, CapabilityError
+
+log = logging.getLogger(__name__)
+
+DESCRIBE = "task.describe"  # request: the capability records a node serves (reply: a list of records)
+LOOKUP_TTL = 5.0  # s a provider lookup result is reused: one DHT lookup per capability, not per task
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A node offering a capability, as a lookup found it."""
+
+    node_id: bytes
+    contact: Contact | None = None
+    cost: float = 0.0
+    max_concurrency: int | None = None
+
+
+class ProviderLookup(Protocol):
+    """Where the caller learns who offers a capability: the one seam between tasks and discovery."""
+
+    async def find(self, capability: str) -> list[Provider]: ...
+
+
+class DhtLookup:
+    """Providers from DHT provider records (``node.find_providers``), cached for ``ttl`` seconds."""
+
+    def __init__(self, node, *, ttl: float = LOOKUP_TTL, timeout: float = 10.0):
+        self.node = node
+        self.ttl = ttl
+        self.timeout = timeout
+        self._cache: dict[str, tuple[float, list[Provider]]] = {}
+
+    async def find(self, capability: str) -> list[Provider]:
+        hit = self._cache.get(capability)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = []
+        for info in await self.node.find_providers(capability, timeout=self.timeout):
+            meta = info.meta if isinstance(info.meta, dict) else {}
+            cost = meta.get("cost", 0.0)
+            mc = meta.get("mc")
+            found.append(Provider(
+                info.node_id, info.contact,
+                float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0 else 0.0,
+                mc if isinstance(mc, int) and not isinstance(mc, bool) and mc > 0 else None,
+            ))
+        self._cache[capability] = (now + self.ttl, found)
+        if len(self._cache) > 1000:
+            self._cache.pop(next(iter(self._cache)))
+        return found
+
+    def forget(self, node_id: bytes) -> None:
+        for key, (exp, providers) in list(self._cache.items()):
+            self._cache[key] = (exp, [p for p in providers if p.node_id != node_id])
+
+
+class DirectLookup:
+    """Providers among a fixed set of nodes, each asked once what it serves (``task.describe``)."""
+
+    def __init__(self, node, contacts: Iterable[Contact], *, timeout: float = 10.0):
+        self.node = node
+        self.contacts = list(contacts)
+        self.timeout = timeout
+        self._served: dict[bytes, list[Capability]] | None = None
+
+    async def find(self, capability: str) -> list[Provider]:
+        if self._served is None:
+            served = {}
+            for contact, caps in zip(self.contacts, await asyncio.gather(
+                    *(describe(self.node, c, timeout=self.timeout) for c in self.contacts), return_exceptions=True)):
+                if isinstance(caps, BaseException):
+                    log.warning("provider %s did not say what it serves: %s", contact, caps)
+                    continue
+                served[contact.node_id] = caps
+            self._served = served
+        by_id = {c.node_id: c for c in self.contacts}
+        return [Provider(nid, by_id[nid], c.cost_per_call, c.max_concurrency)
+                for nid, caps in self._served.items() for c in caps if c.name == capability]
+
+    def forget(self, node_id: bytes) -> None:
+        if self._served is not None:
+            self._served.pop(node_id, None)
+
+
+async def describe(node, peer: bytes | Contact, *, timeout: float = 10.0) -> list[Capability]:
+    """The capabilities ``peer`` serves, as it describes them (malformed records are skipped and logged)."""
+    records = await node.request(peer, None, timeout=timeout, type=DESCRIBE)
+    caps = []
+    for rec in records if isinstance(records, list) else ():
+        try:
+            caps.append(Capability.from_record(rec))
+        except CapabilityError as exc:
+            log.warning("skipping a malformed capability record: %s", exc)
+    return caps
+
+
+class _Pending:
+    """What request()/stream() wait on for one task."""
+
+    __slots__ = ("done", "queue", "on_progress")
+
+    def __init__(self, on_progress: Callable[[Progress], None] | None, queue: asyncio.Queue | None):
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.on_progress = on_progress
+        self.queue = queue
+
+
+class Agents:
+    """The task layer of one Node: serves capabilities and runs tasks on other nodes."""
+
+    def __init__(self, node, *, lookup: ProviderLookup | None = None, caller: CallerConfig | None = None,
+                 provider: ProviderConfig | None = None):
+        self.node = node
+        self.lookup = lookup or DhtLookup(node)
+        rng = random.Random()  # task and attempt ids: unguessable per process, the cores never see a global RNG
+        self.caller = TaskCaller(node.node_id, rng, caller)
+        self.provider = TaskProvider(node.node_id, rng, provider)
+        self._served: dict[str, tuple[Capability, Agent]] = {}
+        self._running: dict[bytes, asyncio.Task] = {}
+        self._pending: dict[bytes, _Pending] = {}
+        self._backlog: dict[bytes, deque] = {}  # destination -> envelopes waiting for window room
+        self._flushers: dict[bytes, asyncio.Task] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._descriptions: dict[bytes, dict[str, Capability]] = {}
+        self.stats = {"reroutes": 0, "agent_errors": 0, "send_backlog": 0}
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_members())
+        node.route(T.PREFIX, self._on_envelope)
+        node.on_settled(self._on_settled)
+
+    async def close(self) -> None:
+        """Stop running agents and timers (the node itself is closed by its owner)."""
+        self._watcher.cancel()
+        for task in [*self._running.values(), *self._flushers.values()]:
+            task.cancel()
+        await asyncio.gather(self._watcher, *self._running.values(), *self._flushers.values(), return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+        for pending in self._pending.values():
+            if not pending.done.done():
+                pending.done.set_exception(asyncio.CancelledError())
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    async def serve(self, capability: Capability, agent: Agent, *, publish: bool = True, timeout: float = 30.0) -> None:
+        """Offer ``capability``, run by ``agent`` (``async (input, ctx) -> output``), and publish it.
+
+        Publishing is a DHT provider record with metadata ``{"cost", "mc"}`` (the DHT caps an
+        entry at 1 KiB, so the full descriptor is served by ``task.describe`` instead).
+        """
+        self._served[capability.name] = (capability, agent)
+        self.provider.offer(capability.name, capability.policy())
+        if publish:
+            meta = {"cost": capability.cost_per_call, "mc": capability.max_concurrency}
+            await self.node.provide(capability.name, meta=meta, timeout=timeout)
+
+    def withdraw(self, name: str) -> None:
+        self._served.pop(name, None)
+        self.provider.withdraw(name)
+        try:
+            self.node.unprovide(name)
+        except Exception:  # not published, or no DHT: nothing to stop
+            pass
+
+    def _start(self, ev: StartTask) -> None:
+        served = self._served.get(ev.capability)
+        if served is None:
+            self.provider.fail(ev.task_id, f"{ev.capability!r} was withdrawn", self._now())
+            return
+        cap, agent = served
+        timeout = None if ev.deadline is None else max(0.001, ev.deadline - self._now())
+        ctx = TaskContext(ev.task_id.hex(), ev.capability, ev.caller.hex(), timeout,
+                          progress=lambda chunk, tid=ev.task_id: self._progress(tid, chunk))
+        task = asyncio.get_running_loop().create_task(self._run_agent(ev.task_id, cap, agent, ev.input, ctx))
+        self._running[ev.task_id] = task
+
+    def _progress(self, task_id: bytes, chunk: Any) -> None:
+        if task_id in self._running:
+            self.provider.progress(task_id, chunk, self._now())
+            self._pump()
+
+    async def _run_agent(self, task_id: bytes, cap: Capability, agent: Agent, value: Any, ctx: TaskContext) -> None:
+        try:
+            try:
+                cap.check_input(value)
+            except CapabilityError as exc:
+                raise AgentError(str(exc)) from None
+            output = await agent(value, ctx)
+        except asyncio.CancelledError:
+            return  # stopped by the core (cancel, deadline, caller gone): it already told the caller
+        except AgentError as exc:
+            self.stats["agent_errors"] += 1
+            self.provider.fail(task_id, str(exc), self._now())
+        except Exception as exc:  # the agent is application code: report, never crash the node
+            self.stats["agent_errors"] += 1
+            log.warning("agent for %s raised %s", cap.name, type(exc).__name__, exc_info=True)
+            self.provider.fail(task_id, f"{type(exc).__name__}: {exc}", self._now())
+        else:
+            self.provider.complete(task_id, output, self._now())
+        finally:
+            self._running.pop(task_id, None)
+        self._pump()
+
+    # -- calling -----------------------------------------------------------------------------------------
+
+    async def candidates(self, capability: str) -> list[Candidate]:
+        """Who offers ``capability``, with what membership knows of each one's RTT."""
+        providers = await self.lookup.find(capability)
+        membership = self.node.membership
+        out = []
+        for p in providers:
+            if p.contact is not None:
+                self.node.transport.add_contact(p.contact)
+            elif not self.node.transport.known(p.node_id):
+                continue
+            rtt = membership.rtt(p.node_id) if membership is not None else None
+            out.append(Candidate(p.node_id, p.cost, p.max_concurrency, rtt))
+        return out
+
+    async def describe(self, capability: str, candidates: list[Candidate]) -> Capability | None:
+        """The descriptor of ``capability`` from the first candidate that describes it (cached per node)."""
+        for c in candidates:
+            known = self._descriptions.get(c.node_id)
+            if known is None:
+                try:
+                    known = {cap.name: cap for cap in await describe(self.node, c.node_id)}
+                except Exception as exc:
+                    log.info("could not describe %s: %s", c.node_id.hex()[:12], exc)
+                    continue
+                self._descriptions[c.node_id] = known
+                if len(self._descriptions) > 1000:
+                    self._descriptions.pop(next(iter(self._descriptions)))
+            if capability in known:
+                return known[capability]
+        return None
+
+    async def submit(self, spec: TaskSpec, *, candidates: list[Candidate] | None = None, validate: bool = True,
+                     on_progress: Callable[[Progress], None] | None = None,
+                     queue: asyncio.Queue | None = None) -> tuple[bytes, asyncio.Future]:
+        """Start a task; returns its id and a future resolving to its TaskDone.
+
+        With ``validate`` the input is checked against the capability's input schema (from the
+        first provider that describes it) before anything is sent: CapabilityError if it fails.
+        """
+        if candidates is None:
+            candidates = await self.candidates(spec.capability)
+        if validate and candidates:
+            cap = await self.describe(spec.capability, candidates)
+            if cap is not None:
+                cap.check_input(spec.input)
+        pending = _Pending(on_progress, queue)
+        task_id = self.caller.submit(spec, candidates, self._now())
+        self._pending[task_id] = pending
+        self._pump()
+        return task_id, pending.done
+
+    async def request(self, capability: str, value: Any = None, *, on_progress: Callable[[Progress], None] | None = None,
+                      validate: bool = True, **spec: Any) -> TaskDone:
+        """Run ``capability`` on ``value`` somewhere on the mesh and wait for the outcome.
+
+        ``spec`` takes the TaskSpec fields: key, idempotent, priority, deadline, idle_timeout, stream.
+        Cancelling the awaiting coroutine cancels the task at its provider.
+        """
+        task_id, done = await self.submit(TaskSpec(capability, value, **spec), validate=validate,
+                                          on_progress=on_progress)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self.cancel(task_id)
+            raise
+
+    def cancel(self, task_id: bytes, reason: str = "canceled by the caller") -> bool:
+        ok = self.caller.cancel(task_id, self._now(), reason)
+        self._pump()
+        return ok
+
+    # -- driving the cores ------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _on_envelope(self, env: Envelope) -> None:
+        now = self._now()
+        typ = env.type
+        if typ == DESCRIBE:
+            self.node.reply(env, [cap.to_record() for cap, _ in self._served.values()])
+            return
+        if typ in (T.STATUS, T.CHUNK):
+            self.caller.receive(env, now)
+        else:
+            self.provider.receive(env, now)
+        self._pump()
+
+    def _on_settled(self, msg_id: bytes, dst: bytes, reason: str | None) -> None:
+        if reason is not None:  # delivery gave up on this peer: whatever ran there or for it is lost
+            self._gone(dst)
+
+    async def _watch_members(self) -> None:
+        async for event in self.node.events():
+            if event.kind in ("failed", "left"):
+                self._gone(event.node_id)
+
+    def _gone(self, node_id: bytes) -> None:
+        now = self._now()
+        self.caller.provider_gone(node_id, now)
+        self.provider.caller_gone(node_id, now)
+        forget = getattr(self.lookup, "forget", None)
+        if forget is not None:
+            forget(node_id)
+        self._descriptions.pop(node_id, None)
+        self._pump()
+
+    def _pump(self) -> None:
+        for core in (self.provider, self.caller):
+            for env in core.take_outgoing():
+                self._send(env)
+        for ev in self.provider.take_events():
+            if isinstance(ev, StartTask):
+                self._start(ev)
+            elif isinstance(ev, StopTask):
+                task = self._running.pop(ev.task_id, None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(ev, TaskInput):
+                log.info("task %s got input, but agents on this runtime cannot take input mid-task", ev.task_id.hex()[:12])
+        for ev in self.caller.take_events():
+            self._deliver(ev)
+        for core in (self.provider, self.caller):  # handling events may have produced more
+            for env in core.take_outgoing():
+                self._send(env)
+        self._arm()
+
+    def _deliver(self, ev: Any) -> None:
+        pending = self._pending.get(ev.task_id)
+        if isinstance(ev, Rerouted):
+            self.stats["reroutes"] += 1
+        if pending is None:
+            return
+        if isinstance(ev, TaskDone):
+            del self._pending[ev.task_id]
+            if pending.queue is not None:
+                pending.queue.put_nowait(ev)
+            if not pending.done.done():
+                pending.done.set_result(ev)
+            return
+        if isinstance(ev, Progress) and pending.on_progress is not None:
+            try:
+                pending.on_progress(ev)
+            except Exception:
+                log.exception("on_progress callback failed")
+        if pending.queue is not None:
+            pending.queue.put_nowait(ev)
+
+    def _send(self, env: Envelope) -> None:
+        backlog = self._backlog.get(env.dst)
+        if backlog is None:
+            try:
+                self.node.send_nowait(env.dst, env.body, type=env.type)
+                return
+            except WindowFull:
+                backlog = self._backlog[env.dst] = deque()
+                self._flushers[env.dst] = asyncio.get_running_loop().create_task(self._flush(env.dst))
+            except Exception as exc:  # an unknown peer (forgotten after it died): nobody to tell
+                log.info("cannot send %s to %s: %s", env.type, env.dst.hex()[:12], exc)
+                return
+        self.stats["send_backlog"] += 1
+        backlog.append(env)
+
+    async def _flush(self, dst: bytes) -> None:
+        """Send what waited for window room to ``dst``, in order (node.send waits for room)."""
+        backlog = self._backlog[dst]
+        try:
+            while backlog:
+                env = backlog[0]
+                await self.node.send(dst, env.body, type=env.type)
+                backlog.popleft()
+        except Exception as exc:
+            log.info("dropping %d task message(s) to %s: %s", len(backlog), dst.hex()[:12], exc)
+        finally:
+            del self._backlog[dst]
+            self._flushers.pop(dst, None)
+
+    def _arm(self) -> None:
+        at = None
+        for core in (self.provider, self.caller):
+            t = core.next_timer()
+            if t is not None and (at is None or t < at):
+                at = t
+        if at is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = at
+        self._timer = loop.call_at(loop.time() + max(0.0, at - self._now()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._now()
+        self.provider.tick(now)
+        self.caller.tick(now)
+        self._pump()
