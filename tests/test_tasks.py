@@ -334,16 +334,68 @@ def test_full_provider_rejects_and_the_caller_routes_to_another():
     assert [s.input for s in m.starts(P2)] == ["b"]
 
 
-def test_busy_everywhere_ends_rejected():
-    m = Mesh(P1, policy=CapabilityPolicy(max_concurrency=1))
+def test_busy_everywhere_ends_rejected_without_busy_wait():
+    m = Mesh(P1, policy=CapabilityPolicy(max_concurrency=1), caller_config=CallerConfig(busy_wait=0))
     m.submit(TaskSpec("echo", "a"))
     m.submit(TaskSpec("echo", "b"))
     (done,) = m.done()
     assert done.state == REJECTED and done.error["code"] == T.E_BUSY and done.attempts == 1
 
 
+def test_busy_everywhere_waits_for_room_then_runs():
+    m = Mesh(P1, P2, policy=CapabilityPolicy(max_concurrency=1), caller_config=CallerConfig(busy_wait=5.0))
+    m.submit(TaskSpec("echo", "a"), [P1])
+    m.submit(TaskSpec("echo", "b"), [P2])
+    tid = m.submit(TaskSpec("echo", "c"))
+    assert m.done() == [] and m.caller.stats["busy_waits"] == 1
+    assert m.caller.next_timer() is not None and m.caller.next_timer() <= 0.15
+    m.advance(0.2)  # a second round: still busy everywhere
+    assert m.caller.stats["busy_waits"] == 2 and m.done() == []
+    (a,) = m.starts(P1)
+    m.providers[P1].complete(a.task_id, "A", m.now)
+    m.flush()
+    m.advance(0.5)
+    assert [s.input for s in m.starts(P1)] == ["a", "c"]
+    m.providers[P1].complete(m.starts(P1)[1].task_id, "C", m.now)
+    m.flush()
+    done = {d.task_id: d for d in m.done()}
+    assert done[tid].state == COMPLETED and done[tid].output == "C" and done[tid].attempts >= 5  # two busy rounds of two, then P1
+
+
+def test_idempotent_task_waits_for_a_busy_provider_when_the_other_one_is_silent():
+    m = Mesh(P1, P2, policy=CapabilityPolicy(max_concurrency=1),
+             caller_config=CallerConfig(accept_timeout=1.0, busy_wait=10.0))
+    m.submit(TaskSpec("echo", "a"), [P1])
+    m.hold = lambda env: env.dst == P2  # P2 died without anyone noticing yet
+    tid = m.submit(TaskSpec("echo", "c", idempotent=True))
+    for _ in range(15):
+        m.advance(0.1)
+    assert m.done() == []  # P2 timed out (excluded for good), P1 answers busy: wait for room
+    (a,) = m.starts(P1)
+    m.providers[P1].complete(a.task_id, "A", m.now)
+    m.flush()
+    for _ in range(30):
+        m.advance(0.1)
+    starts = m.starts(P1)
+    assert [s.input for s in starts] == ["a", "c"]
+    m.providers[P1].complete(starts[1].task_id, "C", m.now)
+    m.flush()
+    done = {d.task_id: d for d in m.done()}
+    assert done[tid].state == COMPLETED and done[tid].provider == P1
+
+
+def test_busy_wait_is_bounded():
+    m = Mesh(P1, policy=CapabilityPolicy(max_concurrency=1), caller_config=CallerConfig(busy_wait=1.0))
+    m.submit(TaskSpec("echo", "a"))
+    m.submit(TaskSpec("echo", "b"))
+    for _ in range(40):
+        m.advance(0.1)
+    (done,) = m.done()
+    assert done.state == REJECTED and done.error["code"] == T.E_BUSY and done.elapsed >= 1.0
+
+
 def test_queue_runs_waiting_tasks_by_priority():
-    m = Mesh(P1, policy=CapabilityPolicy(max_concurrency=1, queue=3))
+    m = Mesh(P1, policy=CapabilityPolicy(max_concurrency=1, queue=3), caller_config=CallerConfig(busy_wait=0))
     m.submit(TaskSpec("echo", "first"))
     for name, prio in (("low", 0), ("high", 9), ("mid", 5)):
         m.submit(TaskSpec("echo", name, priority=prio))

@@ -1119,6 +1119,21 @@ def _register_sim() -> None:
 _register_sim()
 
 
+def _register_agents() -> None:
+    """`zmqagents agent`, `task` and `agents` live with the agents package and use this module's helpers.
+
+    Run as ``python -m zmqagents.cli`` this module is ``__main__``; naming it ``zmqagents.cli`` too
+    keeps their ``from ..cli import`` from loading (and registering) a second copy.
+    """
+    sys.modules.setdefault("zmqagents.cli", sys.modules[__name__])
+    from .agents.commands import register
+
+    register(cli)
+
+
+_register_agents()
+
+
 def main() -> None:
     cli(prog_name="zmqagents")
 

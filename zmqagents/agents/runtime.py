@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 DESCRIBE = "task.describe"  # request: the capability records a node serves (reply: a list of records)
 LOOKUP_TTL = 5.0  # s a provider lookup result is reused: one DHT lookup per capability, not per task
+DEAD_MEMORY = 60.0  # s a node reported gone is left out of candidates
+DESCRIBE_TIMEOUT = 3.0  # s a provider has to describe its capabilities before the schema check skips it
+DESCRIBE_MEMORY = 60.0  # s a description (or a failure to get one) is reused
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,20 @@ class DhtLookup:
         self.ttl = ttl
         self.timeout = timeout
         self._cache: dict[str, tuple[float, list[Provider]]] = {}
+        self._inflight: dict[str, asyncio.Future] = {}
 
     async def find(self, capability: str) -> list[Provider]:
         hit = self._cache.get(capability)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        running = self._inflight.get(capability)
+        if running is None:  # one lookup per capability at a time, however many tasks ask
+            running = self._inflight[capability] = asyncio.ensure_future(self._find(capability))
+            running.add_done_callback(lambda _: self._inflight.pop(capability, None))
+        return await asyncio.shield(running)
+
+    async def _find(self, capability: str) -> list[Provider]:
+        now = time.monotonic()
         found = []
         for info in await self.node.find_providers(capability, timeout=self.timeout):
             meta = info.meta if isinstance(info.meta, dict) else {}
@@ -160,7 +171,11 @@ class Agents:
         self._flushers: dict[bytes, asyncio.Task] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._descriptions: dict[bytes, dict[str, Capability]] = {}
+        self._descriptions: dict[bytes, tuple[float, dict[str, Capability]]] = {}
+        self._describing: dict[bytes, asyncio.Future] = {}
+        # Nodes membership or delivery reported gone: their DHT provider records outlive them until
+        # expiry, so candidates skip them for DEAD_MEMORY seconds (or until they are seen alive again).
+        self._dead: dict[bytes, float] = {}
         self.stats = {"reroutes": 0, "agent_errors": 0, "send_backlog": 0}
         self._watcher = asyncio.get_running_loop().create_task(self._watch_members())
         node.route(T.PREFIX, self._on_envelope)
@@ -245,8 +260,14 @@ class Agents:
         """Who offers ``capability``, with what membership knows of each one's RTT."""
         providers = await self.lookup.find(capability)
         membership = self.node.membership
+        now = self._now()
         out = []
         for p in providers:
+            dead_until = self._dead.get(p.node_id)
+            if dead_until is not None:
+                if dead_until > now:
+                    continue
+                del self._dead[p.node_id]
             if p.contact is not None:
                 self.node.transport.add_contact(p.contact)
             elif not self.node.transport.known(p.node_id):
@@ -258,19 +279,32 @@ class Agents:
     async def describe(self, capability: str, candidates: list[Candidate]) -> Capability | None:
         """The descriptor of ``capability`` from the first candidate that describes it (cached per node)."""
         for c in candidates:
-            known = self._descriptions.get(c.node_id)
-            if known is None:
-                try:
-                    known = {cap.name: cap for cap in await describe(self.node, c.node_id)}
-                except Exception as exc:
-                    log.info("could not describe %s: %s", c.node_id.hex()[:12], exc)
-                    continue
-                self._descriptions[c.node_id] = known
-                if len(self._descriptions) > 1000:
-                    self._descriptions.pop(next(iter(self._descriptions)))
+            known = await self._description(c.node_id)
             if capability in known:
                 return known[capability]
         return None
+
+    async def _description(self, node_id: bytes) -> dict[str, Capability]:
+        """What ``node_id`` serves; a node that does not answer counts as describing nothing, for a while."""
+        hit = self._descriptions.get(node_id)
+        if hit is not None and hit[0] > self._now():
+            return hit[1]
+        running = self._describing.get(node_id)
+        if running is None:  # one describe per node at a time, however many tasks ask
+            async def fetch() -> dict[str, Capability]:
+                try:
+                    known = {cap.name: cap for cap in await describe(self.node, node_id, timeout=DESCRIBE_TIMEOUT)}
+                except Exception as exc:
+                    log.info("could not describe %s: %s", node_id.hex()[:12], exc)
+                    known = {}
+                self._descriptions[node_id] = (self._now() + DESCRIBE_MEMORY, known)
+                if len(self._descriptions) > 1000:
+                    self._descriptions.pop(next(iter(self._descriptions)))
+                return known
+
+            running = self._describing[node_id] = asyncio.ensure_future(fetch())
+            running.add_done_callback(lambda _: self._describing.pop(node_id, None))
+        return await asyncio.shield(running)
 
     async def submit(self, spec: TaskSpec, *, candidates: list[Candidate] | None = None, validate: bool = True,
                      on_progress: Callable[[Progress], None] | None = None,
@@ -312,6 +346,14 @@ class Agents:
         self._pump()
         return ok
 
+    def cancel_all(self, reason: str = "canceled by the caller") -> int:
+        """Cancel every unfinished task this node asked for; returns how many."""
+        ids = list(self._pending)
+        now = self._now()
+        n = sum(self.caller.cancel(task_id, now, reason) for task_id in ids)
+        self._pump()
+        return n
+
     # -- driving the cores ------------------------------------------------------------------------------
 
     def _now(self) -> float:
@@ -337,9 +379,14 @@ class Agents:
         async for event in self.node.events():
             if event.kind in ("failed", "left"):
                 self._gone(event.node_id)
+            elif event.kind == "alive":
+                self._dead.pop(event.node_id, None)
 
     def _gone(self, node_id: bytes) -> None:
         now = self._now()
+        self._dead[node_id] = now + DEAD_MEMORY
+        if len(self._dead) > 10_000:
+            self._dead.pop(next(iter(self._dead)))
         self.caller.provider_gone(node_id, now)
         self.provider.caller_gone(node_id, now)
         forget = getattr(self.lookup, "forget", None)

@@ -617,6 +617,9 @@ class CallerConfig:
     max_input_bytes: int = 900 * 1024  # packed input; an envelope holds 1 MiB
     load_memory: float = 10.0  # s a provider's reported load counts in its score
     busy_penalty: float = 2.0  # s a provider that answered busy counts as fully loaded
+    busy_wait: float = 30.0  # s a task may wait for a free provider when every one answered busy (0: reject)
+    busy_retry: float = 0.1  # s before the first retry round when all were busy; doubles per round, jittered
+    busy_retry_max: float = 2.0
     success_decay: float = 0.9  # weight kept by older outcomes in the success rate, per outcome
     max_providers: int = 10_000  # per-provider statistics kept (LRU)
 
@@ -709,7 +712,8 @@ class _ProviderStats:
 
 class _Call:
     __slots__ = ("id", "spec", "wire", "provider", "state", "tried", "candidates", "attempts", "started",
-                 "deadline", "next_seq", "buf", "gap_at", "last_heard", "lost", "heard")
+                 "deadline", "next_seq", "buf", "gap_at", "last_heard", "lost", "heard", "busy_rounds", "retry_at",
+                 "round_attempts", "excluded")
 
     def __init__(self, task_id: bytes, spec: TaskSpec, candidates: list[Candidate], now: float):
         self.id = task_id
@@ -728,12 +732,16 @@ class _Call:
         self.last_heard = now
         self.lost = 0
         self.heard = False  # any update of the current attempt arrived
+        self.busy_rounds = 0  # rounds in which every candidate answered busy
+        self.retry_at: float | None = None  # when the next round starts (no attempt in flight meanwhile)
+        self.round_attempts = 0  # attempts since the last busy round: what max_attempts bounds
+        self.excluded: set[bytes] = set()  # providers never to try again for this task (all but busy ones)
 
 
 CALLER_STATS = (
     "submitted", "completed", "failed", "rejected", "canceled", "rerouted", "updates", "duplicates",
     "out_of_order", "reorder_overflow", "gaps_skipped", "unknown_task", "foreign", "malformed",
-    "invalid_transition", "timeouts", "provider_gone",
+    "invalid_transition", "timeouts", "provider_gone", "busy_waits",
 )
 
 
@@ -881,6 +889,9 @@ class TaskCaller(CoreOutputs):
 
     def provider_gone(self, node_id: bytes, now: float) -> None:
         """Membership reports ``node_id`` failed or left, or delivery gave up on it."""
+        for call in self._calls.values():
+            if any(c.node_id == node_id for c in call.candidates):
+                call.candidates = [c for c in call.candidates if c.node_id != node_id]
         for call in [c for c in self._calls.values() if c.provider == node_id]:
             self.stats["provider_gone"] += 1
             self._lost_provider(call, E_PROVIDER_GONE, f"provider {node_id.hex()[:12]} is gone", now)
@@ -898,6 +909,10 @@ class TaskCaller(CoreOutputs):
                 self._done(call, FAILED, now, error=_err(E_DEADLINE, f"no outcome within the {call.spec.deadline:g} s deadline"),
                            maybe_ran=call.heard or bool(call.provider))
                 continue
+            if call.retry_at is not None and now >= call.retry_at:
+                call.retry_at = None
+                self._attempt(call, now, None)
+                continue
             if call.gap_at is not None and now >= call.gap_at:
                 self._skip_gap(call, now)
                 if call.id not in self._calls:
@@ -910,7 +925,7 @@ class TaskCaller(CoreOutputs):
     def next_timer(self) -> float | None:
         at = None
         for call in self._calls.values():
-            for t in (call.deadline, call.gap_at,
+            for t in (call.deadline, call.gap_at, call.retry_at,
                       None if (lim := self._silence_limit(call)) is None else call.last_heard + lim):
                 if t is not None and (at is None or t < at):
                     at = t
@@ -1003,7 +1018,7 @@ class TaskCaller(CoreOutputs):
             if code != E_PROVIDER_GONE:  # a silent provider may still be working on it: stop it
                 self._send(call.provider, CANCEL, {"id": call.wire, "why": message})
             self._reroute(call, code, now, final=(FAILED, _err(code, message), True))
-        elif spec.key is not None and code == E_TIMEOUT and call.attempts < self.config.max_attempts:
+        elif spec.key is not None and code == E_TIMEOUT and call.round_attempts < self.config.max_attempts:
             # The provider may be alive but slow to answer: ask it again under the same key; it
             # attaches us to the running task or replays its result rather than running it twice.
             self._resend_same(call, now)
@@ -1015,13 +1030,30 @@ class TaskCaller(CoreOutputs):
         old = call.provider
         if code != E_BUSY:  # busy is load, scored for busy_penalty seconds, not unreliability
             self._record(old, ok=False)
-        if call.attempts < self.config.max_attempts:
+            call.excluded.add(old)
+        if call.round_attempts < self.config.max_attempts:
             ranked = self.rank(call.candidates, now, call.tried)
             if ranked:
                 self._attempt(call, now, ranked[0])
                 self.stats["rerouted"] += 1
                 self._events.append(Rerouted(call.id, old, ranked[0].node_id, code))
                 return
+        busy_here = [n for n in call.tried if n not in call.excluded]  # answered busy this round
+        if busy_here and now - call.started < self.config.busy_wait and (
+                call.deadline is None or now < call.deadline):
+            # Every provider is full and none ran it: wait for room and go round again, rather than
+            # fail a task that only came at a busy moment.
+            self._wires.pop(call.wire, None)
+            call.wire = b""
+            self._stats_of(old).inflight -= 1
+            call.provider = b""
+            call.tried = set(call.excluded)
+            call.busy_rounds += 1
+            call.round_attempts = 0
+            self.stats["busy_waits"] += 1
+            delay = min(self.config.busy_retry * 2 ** (call.busy_rounds - 1), self.config.busy_retry_max)
+            call.retry_at = now + delay * (0.5 + self._rng.random())
+            return
         state, err, maybe = final
         self._done(call, state, now, error=err, maybe_ran=maybe)
 
@@ -1044,6 +1076,7 @@ class TaskCaller(CoreOutputs):
             if call.provider:
                 self._stats_of(call.provider).inflight -= 1
         call.attempts += 1
+        call.round_attempts += 1
         call.wire = self._new_id()
         call.provider = provider
         call.state = SUBMITTED

@@ -1,0 +1,158 @@
+"""`zmqagents agent` and `zmqagents task` as a shell user runs them: real agent processes, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from test_cli import CLI, server, zmqa
+
+pytestmark = pytest.mark.timeout(90)
+
+COUNT = 'import json, sys; print(json.dumps({"n": len(json.load(sys.stdin)["text"])}))'
+
+
+def lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_pipeline_through_two_shell_agents(tmp_path):
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "agent", "--capability", "upper", "--stdin", "text",
+                                             "--exec", "tr a-z A-Z", "--max-concurrency", "2", name="a"))
+        stack.enter_context(server(tmp_path, "agent", "--capability", "upper", "--stdin", "text",
+                                   "--exec", "tr a-z A-Z", "--bootstrap", seed, name="b"))
+        stack.enter_context(server(tmp_path, "agent", "--capability", "count", "--bootstrap", seed,
+                                   "--exec", f"{sys.executable} -c '{COUNT}'",
+                                   "--input-schema", '{"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}',
+                                   name="c"))
+        boot = ["--bootstrap", seed]
+        words = [f"word{i}" for i in range(40)]
+        stdin = "".join(json.dumps(w) + "\n" for w in words[:20]) + "{not json\n" + "".join(json.dumps(w) + "\n" for w in words[20:])
+        res = zmqa("task", "upper", *boot, "--parallel", "8", input=stdin, timeout=60)
+        assert res.returncode == 4, res.stderr  # one invalid line: "some failed"
+        out = lines(res.stdout)
+        assert [o["line"] for o in out] == list(range(1, 42))  # input order, every line accounted for
+        assert out[20]["state"] == "invalid" and "line 21" in res.stderr
+        good = [o for o in out if o["state"] != "invalid"]
+        assert [o for o in good if o["state"] != "completed"] == [], res.stderr
+        assert [o["output"] for o in good] == [w.upper() for w in words]
+        assert all(o["state"] == "completed" and len(o["provider"]) == 64 and o["ms"] > 0 for o in good)
+        assert len({o["provider"] for o in good}) == 2  # both agents took work
+
+        res = zmqa("task", "upper", *boot, "--unordered", "--stream", input='"x"\n"y"\n', timeout=30)
+        assert res.returncode == 0, res.stderr
+        out = lines(res.stdout)
+        assert sorted(o["output"] for o in out if "output" in o) == ["X", "Y"]
+        assert sorted(o["progress"] for o in out if "progress" in o) == ["X", "Y"]
+
+        res = zmqa("task", "count", *boot, input='{"text": "four"}\n{"txt": "no"}\n', timeout=30)
+        out = lines(res.stdout)
+        assert res.returncode == 4 and out[0]["output"] == {"n": 4}
+        assert out[1]["state"] == "invalid" and "missing required property 'text'" in out[1]["error"]["msg"]
+
+        res = zmqa("task", "nobody-has-this", *boot, input='"x"\n', timeout=30)
+        assert res.returncode == 3 and "no provider offers 'nobody-has-this'" in res.stderr and res.stdout == ""
+
+        info = zmqa("agents", "info", "upper", *boot, "--json", timeout=30)
+        assert info.returncode == 0, info.stderr
+        assert len(lines(info.stdout)) == 2 and {r["name"] for r in lines(info.stdout)} == {"upper"}
+        card = zmqa("agents", "card", "--to", seed, "--a2a", timeout=30)
+        assert card.returncode == 0 and json.loads(card.stdout)["skills"][0]["id"] == "upper"
+
+        assert zmqa("task", "upper", input='"x"\n').returncode == 2  # nowhere to look
+
+
+def test_exit_codes_for_timeout_rejection_and_failure(tmp_path):
+    allow = tmp_path / "allow"
+    allow.write_text("0" * 64 + "\n")
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "agent", "--capability", "sleepy", "--exec", "sleep 20", name="a"))
+        boot = ["--bootstrap", seed]
+        stack.enter_context(server(tmp_path, "agent", "--capability", "private", "--exec", "cat", "--allow", str(allow),
+                                   *boot, name="b"))
+        stack.enter_context(server(tmp_path, "agent", "--capability", "broken", "--exec", "echo bad >&2; exit 7",
+                                   *boot, name="c"))
+        start = time.monotonic()
+        res = zmqa("task", "sleepy", *boot, "--timeout", "1", input='1\n', timeout=30)
+        assert res.returncode == 124, res.stderr
+        assert lines(res.stdout)[0]["error"]["code"] == "deadline" and time.monotonic() - start < 15
+
+        res = zmqa("task", "private", *boot, input='1\n', timeout=30)
+        assert res.returncode == 5, res.stderr
+        assert lines(res.stdout)[0]["error"]["code"] == "denied"
+
+        res = zmqa("task", "broken", *boot, input='1\n', timeout=30)
+        assert res.returncode == 4, res.stderr
+        assert lines(res.stdout)[0]["error"] == {"code": "agent-error", "msg": "command exited with status 7: bad"}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_cancels_in_flight_tasks_first(tmp_path, sig, code):
+    pidfile = tmp_path / "pid"
+    with ExitStack() as stack:
+        seed, agent = stack.enter_context(server(
+            tmp_path, "agent", "--capability", "long", "--exec", f"sleep 60 & echo $! > {pidfile}; wait", name="a"))
+        proc = subprocess.Popen(CLI + ["task", "long", "--bootstrap", seed], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.stdin.write('"go"\n')
+            proc.stdin.flush()
+            deadline = time.monotonic() + 20
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+                time.sleep(0.05)
+            child = int(pidfile.read_text())
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == code, err
+        deadline = time.monotonic() + 10
+        while not dead(child):  # the provider got the cancel and killed the command's process group
+            assert time.monotonic() < deadline, "the agent's command still runs after the caller was interrupted"
+            time.sleep(0.05)
+        assert agent.poll() is None  # the agent itself keeps serving
+
+
+def test_idempotent_tasks_survive_a_provider_killed_mid_batch(tmp_path):
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "node", name="seed"))
+        boot = ["--bootstrap", seed]
+        _, victim = stack.enter_context(server(tmp_path, "agent", "--capability", "slow", "--exec", "sleep 0.3; cat",
+                                               *boot, name="a"))
+        stack.enter_context(server(tmp_path, "agent", "--capability", "slow", "--exec", "sleep 0.3; cat", *boot, name="b"))
+        proc = subprocess.Popen(CLI + ["task", "slow", *boot, "--idempotent", "--parallel", "4", "--accept-timeout", "3",
+                                       "--idle-timeout", "5"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdin = "".join(f'{{"i": {i}}}\n' for i in range(30))
+        try:
+            proc.stdin.write(stdin[: len(stdin) // 3])
+            proc.stdin.flush()
+            time.sleep(1.0)
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+            out, err = proc.communicate(stdin[len(stdin) // 3:], timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err + out
+        results = lines(out)
+        assert [r["output"] for r in results] == [{"i": i} for i in range(30)]
