@@ -37,14 +37,22 @@ def _closest(ids, key: bytes, n: int) -> list[bytes]:
     return sorted(ids, key=lambda i: int.from_bytes(i, "big") ^ int.from_bytes(key, "big"))[:n]
 
 
+async def _held_by(nodes: list[Node], key: bytes, want: list[bytes], timeout: float = 5.0) -> None:
+    """Wait until exactly the nodes ``want`` hold the record for ``key`` (a put returns once the replicas
+    that answer promptly have it; a slower one may store it a moment later)."""
+    deadline = time.monotonic() + timeout
+    while sorted(n.node_id for n in nodes if n.dht.core.held(key) is not None) != sorted(want):
+        assert time.monotonic() < deadline, "the record is not on the closest nodes"
+        await asyncio.sleep(0.05)
+
+
 def test_put_on_one_node_get_on_another_and_providers(arun):
     async def main():
         nodes = await _mesh(8)
         try:
             put = await nodes[2].dht.put("site/7/config", {"interval": 30}, ttl=600)
-            assert put.stored == 3 and put.key == key_for("site/7/config")
-            holders = [n.node_id for n in nodes if n.dht.core.held(put.key) is not None]
-            assert sorted(holders) == sorted(_closest([n.node_id for n in nodes], put.key, 3))
+            assert put.stored >= 1 and put.key == key_for("site/7/config")
+            await _held_by(nodes, put.key, _closest([n.node_id for n in nodes], put.key, 3))
             assert await nodes[6].dht.get("site/7/config") == {"interval": 30}
             record = await nodes[5].dht.get_record("site/7/config")
             assert record.publisher == nodes[2].node_id and record.seq == put.seq
@@ -63,7 +71,9 @@ def test_put_on_one_node_get_on_another_and_providers(arun):
             # a short-lived client (member=False) gets and puts without ever entering a table
             async with Node(bootstrap=[nodes[0].contact], config=NodeConfig(member=False)) as client:
                 assert await client.dht.get("site/7/config") == {"interval": 30}
-                assert (await client.dht.put("from/client", 1)).stored == 3
+                put = await client.dht.put("from/client", 1)
+                assert put.stored >= 1
+                await _held_by(nodes, put.key, _closest([n.node_id for n in nodes], put.key, 3))
                 assert client.dht.core.records == 0
                 assert all(client.node_id not in n.routing.table for n in nodes)
                 # another publisher cannot take a key whose record is alive
@@ -106,8 +116,14 @@ def test_a_record_survives_the_crash_of_its_closest_holder(arun, tmp_path):
             name = next(f"k{i}" for i in range(10_000) if _closest(all_ids, key_for(f"k{i}"), 1)[0] in proc_ids)
             key = key_for(name)
             victim = procs[proc_ids.index(_closest(all_ids, key, 1)[0])]
+            acked = nodes[1].dht.core.stats["stores_acked"]
             put = await nodes[1].dht.put(name, "survives")
-            assert put.stored == 3
+            assert put.stored >= 1
+            remote = len(set(_closest(all_ids, key, 3)) - {nodes[1].node_id})
+            deadline = time.monotonic() + 5  # every replica acknowledged (the victim included)
+            while nodes[1].dht.core.stats["stores_acked"] - acked < remote:
+                assert time.monotonic() < deadline, "a replica did not acknowledge the record"
+                await asyncio.sleep(0.05)
             await asyncio.sleep(1.5)  # a reconcile: membership probes the processes
             victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=5)

@@ -51,7 +51,8 @@ class DhtTimeout(DhtError, TimeoutError):
 
 @dataclass(slots=True, frozen=True)
 class PutResult:
-    """A stored record: ``stored`` replicas accepted it (this node counts if it is one of the closest)."""
+    """A stored record: ``stored`` replicas acknowledged it before the put returned (this node counts if it
+    is one of the closest); a replica slower than about one RTO may still store it just after."""
 
     key: bytes
     stored: int

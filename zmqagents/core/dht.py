@@ -1120,12 +1120,14 @@ class DhtCore(CoreOutputs):
                 self._arm_late(op, earliest + limit)
 
     def _store_late_limit(self, op: _Op) -> float:
+        """How long an unanswered STORE is waited for once another replica accepted: the node's RTO (RFC 6298:
+        when a live peer's answer is overdue), or late_factor times this put's slowest acknowledgement if
+        that is longer, never the hard timeout. A put reports the replicas that answered within it."""
         rcfg = self.routing.config
-        rto = self.routing.rto
-        if op.max_ack is None:
-            return rto
-        limit = max(rcfg.late_min, rcfg.late_factor * op.max_ack)
-        return limit if limit < rto else rto
+        limit = self.routing.rto
+        if op.max_ack is not None and rcfg.late_factor * op.max_ack > limit:
+            limit = rcfg.late_factor * op.max_ack
+        return limit if limit < self.config.query_timeout else self.config.query_timeout
 
     def _arm_late(self, op: _Op, t: float | None) -> None:
         if t is not None and (op.armed is None or t < op.armed):
