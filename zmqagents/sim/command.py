@@ -1,8 +1,14 @@
 """``zmqagents sim``: run the overlay simulation (real routing + membership cores) and report JSON.
 
+With ``--dht-keys N`` every node also runs the DHT core and the run puts and gets N records around a
+crash (:mod:`zmqagents.sim.dht_run`).
+
 Registered in the CLI with ``cli.add_command(sim)``; also runnable as ``python -m zmqagents.sim.command``.
 Exit codes: 0 pass, 128 liveness violated (a crash not detected by every holder, or the join did
-not converge), 129 correctness violated (a healthy node declared dead and never revived).
+not converge; with --dht-keys also: a put not stored, a get before the crash that missed, fewer than
+99.9 % of the gets after the crash found, or an operation that waited on a hard timeout after a peer
+answered), 129 correctness violated (a healthy node declared dead and never revived; with --dht-keys
+also: a get that returned a record other than the one put).
 """
 
 from __future__ import annotations
@@ -64,18 +70,43 @@ def _window(text: str | None, what: str) -> tuple[float, float] | None:
                    "or have every node join via real lookups.")
 @click.option("--join-fraction", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
               help="With --warm-start: fraction of nodes that join via real lookups.")
+@click.option("--dht-keys", type=click.IntRange(0, 1_000_000), default=0, show_default=True,
+              help="Also run the DHT core on every node: put this many records, get each before and after "
+                   "--crash (all crashed at one time), one republish interval apart (see above).")
+@click.option("--dht-replicas", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="With --dht-keys: nodes that hold each record (DhtConfig.replicas).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON report (default: a summary line per metric).")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of detection and dissemination over time (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause, pause_duty, pause_period,
-        pause_window, partition, warm_start, join_fraction, as_json, plot, quiet):
+        pause_window, partition, warm_start, join_fraction, dht_keys, dht_replicas, as_json, plot, quiet):
     """Simulate a mesh of NODES nodes running the real routing and membership cores.
 
     Prints the seed, runs, and reports join convergence, failure detection times, false
     positives, traffic, wall time and peak RSS. Exit code 0 pass, 128 liveness violated,
     129 correctness violated.
+
+    \b
+    With --dht-keys N every node also runs the DHT core (signed records on --dht-replicas nodes):
+      1. after the joins (10 s), N keys are put, each by a random live node;
+      2. each is got once from a random live node: lookup_success, lookup_rounds_p50/_p99;
+      3. the --crash nodes all crash at one time T;
+      4. the run waits one republish interval: the DHT's republish_interval is set to
+         R = min(600, (seconds - T - W - 15) / 1.1) (214 s in a 300 s run), and the gets
+         start 1.1 R + 5 s after T, since republish timers are jittered by +-10 %;
+      5. each key is got again from a random surviving node: get_success_after_crash.
+    W, the spread of each phase, is 4 % of --seconds within [1, 10] s; dht.timeline_s has the times.
+    Exit 128 also if a put was not stored, a get before the crash missed, fewer than 99.9 %
+    of the gets after the crash (100 % with no crash) found their record, or an operation
+    waited on a hard timeout after a peer answered (dht.waited_hard_timeout); 129 also if a
+    get returned a record other than the one put. dht.violations says which.
+
+    \b
+    Example (the DHT figure of the overlay issue; its cost: zmqagents/sim/dht_run.py):
+      zmqagents sim --nodes 10000 --seconds 300 --seed 1 --dht-keys 1000 --crash 20% --json
     """
+    from .dht_run import DhtRun, DhtScenario, timeline
     from .overlay import OverlayScenario, OverlayRun
 
     try:
@@ -100,14 +131,23 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.UsageError("--plot needs matplotlib (pip install matplotlib)") from None
-    sc = OverlayScenario(nodes=nodes, seconds=seconds, seed=seed, loss=loss, latency=latency, profile=profile,
-                         crash=n_crash, crash_window=_window(crash_window, "--crash-window"),
-                         pause_fraction=n_pause / nodes, pause_duty=pause_duty, pause_period=pause_period,
-                         pause_window=_window(pause_window, "--pause-window"), partition=part,
-                         warm_start=warm_start, join_fraction=join_fraction,
-                         progress=0.0 if quiet else 1.0)
+    common = dict(nodes=nodes, seconds=seconds, seed=seed, loss=loss, latency=latency, profile=profile,
+                  crash=n_crash, pause_fraction=n_pause / nodes, pause_duty=pause_duty, pause_period=pause_period,
+                  pause_window=_window(pause_window, "--pause-window"), partition=part,
+                  warm_start=warm_start, join_fraction=join_fraction, progress=0.0 if quiet else 1.0)
+    if dht_keys:
+        if crash_window is not None:
+            raise click.UsageError("--crash-window does not go with --dht-keys: the DHT run crashes every --crash "
+                                   "node at one time, after the first gets (see --help)")
+        sc = DhtScenario(**common, keys=dht_keys, replicas=dht_replicas)
+        try:
+            timeline(sc)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--seconds") from None
+    else:
+        sc = OverlayScenario(**common, crash_window=_window(crash_window, "--crash-window"))
     click.echo(f"sim: seed {seed}", err=True)
-    run = OverlayRun(sc)
+    run = DhtRun(sc) if dht_keys else OverlayRun(sc)
     report = run.run()
     if plot is not None:
         from .report import plot_run
@@ -119,11 +159,19 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
                     "false_positives", "unrevived_false_positives", "revived", "msgs_per_node_per_s",
                     "bytes_per_node_per_s", "wall_s", "peak_rss_mb", "exit_code"):
             click.echo(f"{key}: {json.dumps(report[key])}")
+        if dht_keys:
+            for key in ("lookup_success", "lookup_rounds_p50", "lookup_rounds_p99", "get_success_after_crash"):
+                click.echo(f"{key}: {json.dumps(report[key])}")
+            d = report["dht"]
+            for key in ("puts_stored", "republish_interval_s", "waited_hard_timeout"):
+                click.echo(f"dht.{key}: {json.dumps(d[key])}")
     code = report["exit_code"]
     if code:
         why = "correctness violated (a healthy node declared dead, never revived)" if code == 129 else \
             "liveness violated (a crash not detected by every holder, or the join did not converge)"
         click.echo(f"sim: {why}", err=True)
+        for v in report.get("dht", {}).get("violations", []):
+            click.echo(f"sim: dht {v}", err=True)
     sys.exit(code)
 
 

@@ -120,10 +120,12 @@ def sim_key(seed: int, i: int) -> bytes:
 class OverlayNode:
     """One node's routing and membership cores behind the simulator's single-core interface."""
 
-    __slots__ = ("index", "routing", "membership", "held", "contacts", "_mark", "_stats")
+    __slots__ = ("index", "routing", "membership", "held", "contacts", "run", "_mark", "_stats")
 
-    def __init__(self, index: int, routing: RoutingCore, membership: Membership, contacts: dict | None = None):
+    def __init__(self, index: int, routing: RoutingCore, membership: Membership, contacts: dict | None = None,
+                 run: "OverlayRun | None" = None):
         self.index = index
+        self.run = run  # told when the table drops a crashed node (a detection), whoever made the table change
         self.contacts = contacts  # node id -> Contact, shared (a sim's memory saver), or None
         self.routing = routing
         self.membership = membership
@@ -136,10 +138,12 @@ class OverlayNode:
         return s["table_added"] + s["table_removed"] + s["table_replaced"]
 
     def sync(self, now: float, run: "OverlayRun | None" = None) -> None:
-        """Hand table changes to membership (cheap when nothing changed)."""
+        """Hand table changes to membership (cheap when nothing changed), in id order (deterministic)."""
         mark = self._changes()
         if mark == self._mark:
             return
+        if run is None:
+            run = self.run
         self._mark = mark
         table = self.routing.table
         cur = {}
@@ -147,13 +151,13 @@ class OverlayNode:
             cur[e.node_id] = e
         held = self.held
         mem = self.membership
-        for nid in held - cur.keys():
+        for nid in sorted(held - cur.keys()):
             held.discard(nid)
             mem.remove(nid)
             if run is not None:
                 run.dropped_by_routing(self.index, nid, now)
         shared = self.contacts
-        for nid in cur.keys() - held:
+        for nid in sorted(cur.keys() - held):
             held.add(nid)
             c = None if shared is None else shared.get(nid)
             e = cur[nid]
@@ -293,7 +297,7 @@ class OverlayRun:
                 routing = RoutingCore(contacts[i], random.Random(core_rng.getrandbits(64)), rcfg)
                 mem = Membership(contacts[i], core_rng, mcfg)
                 mem.set_network_size(n)
-                node = OverlayNode(i, routing, mem, self.by_id)
+                node = self.make_node(i, routing, mem)
                 if len(self.nodes) > i:
                     self.nodes[i] = node
                 else:
@@ -336,6 +340,11 @@ class OverlayRun:
             sim.at(p0, lambda now: self._partition(side))
             sim.at(p1, lambda now: self._heal())
         self.build_wall = time.perf_counter() - t0
+
+    def make_node(self, i: int, routing: RoutingCore, mem: Membership) -> OverlayNode:
+        """Node ``i`` around its routing and membership cores; a run that adds cores (sim/dht_run.py)
+        returns an OverlayNode subclass here."""
+        return OverlayNode(i, routing, mem, self.by_id, self)
 
     def _warm_start(self, joining: set[int]) -> None:
         """Fill the tables of the non-joining nodes as a completed join would (see the module doc)."""

@@ -1,0 +1,394 @@
+"""The DHT simulation: every node runs the real routing, membership *and* DHT cores.
+
+This is the overlay simulation (:mod:`zmqagents.sim.overlay`: warm start or full join, SWIM, crash
+scheduling, the same exit-code rules) with a :class:`~zmqagents.core.dht.DhtCore` added to each node,
+wired as a real node wires it: envelopes whose type starts with ``dht.`` go to the DHT core, which
+feeds what it learns (answers, RTTs, hard timeouts) into the node's one routing table; table changes
+are handed to membership as for ``kad.`` traffic. Each node signs with its own Ed25519 key (derived
+from the run seed and its number), so every STORE and every record in an answer is really verified.
+
+The timeline of a run (``S`` = ``--seconds``, ``W`` = the spread of each phase, 4 % of ``S`` clamped
+to [1, 10] s; all times virtual):
+
+1. joins as in the overlay run (end at 6 s);
+2. **puts** in ``[10, 10 + W]`` s: key ``j`` (``sha256("sim/<seed>/<j>")``) is put by a random live
+   node, value ``"value-<j>"``, default ttl (an hour);
+3. **gets before the crash** in ``[15 + W, 15 + 2W]``: every stored key is read once from a random
+   live node. ``lookup_success`` = gets that returned the very record put / gets attempted;
+   ``lookup_rounds_p50`` / ``_p99`` are over those that went to the network (a getter that holds the
+   record answers locally, ``gets_local``): the deepest lookup hop that answered, hop 1 being the
+   contacts the getter started from;
+4. **the crash** at ``T = 20 + 2W``: all ``--crash`` nodes stop at once (SWIM detects them and the
+   routing tables forget them; holders re-replicate to the new closest nodes);
+5. **one republish interval**: the DHT's ``republish_interval`` is set to
+   ``R = min(600, (S - T - W - 15) / 1.1)`` (214 s for S = 300) and the run waits ``1.1 R + 5`` s
+   after the crash -- the longest gap between two republishes of one record, since republish timers
+   are jittered by +-10 %, plus time for the republish to finish. Every surviving publisher has thus
+   re-stored its record on the closest live nodes at least once after the crash;
+6. **gets after the crash** in ``[T + 1.1 R + 5, + W]``: every stored key again, from random
+   surviving nodes: ``get_success_after_crash``.
+
+Other DHT settings are the defaults (``replicas`` 3 unless ``--dht-replicas``, ``replicate_check``
+10 s, ``query_timeout`` 2 s). The getters and publishers are never paused nodes.
+
+``waited_hard_timeout`` counts gets and puts that finished in a tick of the DHT core in which a query's
+hard timeout fired although some peer had answered the operation's lookup (``rounds`` > 0): such an
+operation waited on a silent peer until it was declared failed. The design says this never happens
+(the lookup's late limit routes around silent peers once others answered); a run where it does is a
+liveness failure. ``get_ms`` gives the duration of the gets for the same question from the other side.
+
+What explains a miss after the crash: ``keys_without_live_holder_at_crash`` (every node holding the
+record crashed) and, among them, ``keys_lost`` whose publisher crashed too -- no node can bring such a
+record back. With 3 replicas and 20 % of the nodes crashing independently of the keys, about
+0.2**4 = 0.16 % of the keys are expected to be lost that way.
+
+Exit codes (:func:`exit_code`): 129 (correctness) if the overlay's correctness rule fails or a get
+returned a record other than the one put (another value or publisher); else 128 (liveness) if the
+overlay's liveness rule fails, a put was not stored, ``lookup_success`` < 1, ``get_success_after_crash``
+< 0.999 (< 1 when nothing crashed), or ``waited_hard_timeout`` > 0; else 0. ``dht.violations`` lists
+which rule tripped.
+
+Cost: see below (measured).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from ..core.dht import DhtConfig, DhtCore, DhtDone, key_for
+from ..core.membership import Membership
+from ..core.routing import RoutingCore
+from ..identity import Identity
+from .membership_run import _summary
+from .overlay import EXIT_CORRECTNESS, EXIT_LIVENESS, EXIT_OK, OverlayNode, OverlayRun, OverlayScenario
+from .overlay import exit_code as overlay_exit_code
+
+REPUBLISH_JITTER = 1.1  # DhtCore re-arms its republish timer at R * (0.9 + 0.2 * random)
+MAX_REPUBLISH = 600.0  # keeps R below the default provider_ttl (900 s), which DhtConfig requires
+MIN_REPUBLISH = 5.0
+TARGET_AFTER_CRASH = 0.999
+
+
+@dataclass
+class DhtScenario(OverlayScenario):
+    """An overlay scenario plus the DHT workload. ``crash`` nodes all crash at once (``crash_window`` is
+    set by the timeline; see the module docstring)."""
+
+    keys: int = 1000
+    replicas: int = 3
+    window: float | None = None  # spread of each phase (s); default 4 % of seconds, in [1, 10]
+    republish: float | None = None  # DHT republish interval (s); default: fill the run (module docstring)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    puts: tuple[float, float]
+    gets_before: tuple[float, float]
+    crash_at: float
+    republish: float
+    gets_after: tuple[float, float]
+
+
+def timeline(sc: DhtScenario) -> Timeline:
+    """When each phase happens; ValueError (the message says what to change) if ``seconds`` is too short."""
+    s = sc.seconds
+    w = sc.window if sc.window is not None else max(1.0, min(10.0, 0.04 * s))
+    b = sc.join_window[1] + 4.0
+    puts = (b, b + w)
+    before = (b + w + 5.0, b + 2 * w + 5.0)
+    crash_at = before[1] + 5.0
+    r = sc.republish if sc.republish is not None else min(MAX_REPUBLISH, (s - crash_at - w - 15.0) / REPUBLISH_JITTER)
+    if r < MIN_REPUBLISH:
+        need = crash_at + w + 15.0 + REPUBLISH_JITTER * MIN_REPUBLISH
+        raise ValueError(f"a DHT run of {s:g} s is too short: give --seconds {need:.0f} or more")
+    a0 = crash_at + REPUBLISH_JITTER * r + 5.0
+    after = (a0, a0 + w)
+    if after[1] + 5.0 > s:
+        raise ValueError(f"a republish interval of {r:g} s does not fit in {s:g} s: give --seconds "
+                         f"{after[1] + 5.0:.0f} or more")
+    return Timeline(puts, before, crash_at, r, after)
+
+
+class DhtNode(OverlayNode):
+    """An overlay node with a DHT core: ``dht.`` envelopes go to it, its timers and output join the others'."""
+
+    __slots__ = ("dht", "timeout_tick")
+
+    def __init__(self, index: int, routing: RoutingCore, membership: Membership, dht: DhtCore,
+                 contacts: dict | None = None, run: OverlayRun | None = None):
+        super().__init__(index, routing, membership, contacts, run)
+        self.dht = dht
+        self.timeout_tick = -1.0  # last time a tick of the DHT core fired a query's hard timeout
+
+    def receive(self, env, now: float) -> None:
+        if env.type.startswith("dht."):
+            self.dht.receive(env, now)  # it refreshes (or adds) the sender in the routing table itself
+            self.sync(now)
+        else:
+            OverlayNode.receive(self, env, now)
+
+    def tick(self, now: float) -> None:
+        OverlayNode.tick(self, now)
+        dht = self.dht
+        d = dht.next_timer()
+        if d is not None and d <= now:
+            before = dht.stats["rpc_timeouts"]
+            dht.tick(now)
+            if dht.stats["rpc_timeouts"] != before:
+                self.timeout_tick = now
+            self.sync(now)
+
+    def next_timer(self) -> float | None:
+        t = OverlayNode.next_timer(self)
+        d = self.dht.next_timer()
+        if t is None or (d is not None and d < t):
+            return d
+        return t
+
+    def take_outgoing(self) -> list:
+        a = OverlayNode.take_outgoing(self)
+        b = self.dht.take_outgoing()
+        if not a:
+            return b
+        if b:
+            a.extend(b)
+        return a
+
+    def take_events(self) -> list:
+        a = OverlayNode.take_events(self)
+        b = self.dht.take_events()
+        if not a:
+            return b
+        if b:
+            a.extend(b)
+        return a
+
+
+class _Phase:
+    """Outcome counters of one round of gets."""
+
+    def __init__(self) -> None:
+        self.attempted = 0
+        self.found = 0
+        self.local = 0
+        self.not_found = 0
+        self.failed: Counter = Counter()
+        self.wrong = 0
+        self.rounds: list[int] = []
+        self.ms: list[float] = []
+
+    def report(self) -> dict:
+        done = self.found + self.not_found + self.wrong + sum(self.failed.values())
+        return {"attempted": self.attempted, "found": self.found, "local": self.local, "not_found": self.not_found,
+                "failed": dict(self.failed), "wrong_record": self.wrong, "unfinished": self.attempted - done,
+                "rounds": _summary([float(r) for r in self.rounds]), "get_ms": _summary(self.ms)}
+
+    def success(self) -> float | None:
+        return round(self.found / self.attempted, 6) if self.attempted else None
+
+
+class DhtRun(OverlayRun):
+    """Build with a DhtScenario, then ``run()`` for the report dict (the overlay report plus the DHT's)."""
+
+    def __init__(self, sc: DhtScenario):
+        self.tl = timeline(sc)
+        sc.crash_window = (self.tl.crash_at, self.tl.crash_at)
+        self.dcfg = DhtConfig(replicas=sc.replicas, republish_interval=self.tl.republish)
+        self.keys = [key_for(f"sim/{sc.seed}/{j}") for j in range(sc.keys)]
+        self.publisher: dict[int, int] = {}  # key number -> node that put it
+        self.put_ok: set[int] = set()
+        self.put_failed: Counter = Counter()
+        self.put_replicas: Counter = Counter()
+        self.ops: dict[tuple[int, int], tuple[str, int, float]] = {}  # (node, op id) -> (phase, key number, start)
+        self.phases = {"before": _Phase(), "after": _Phase()}
+        self.waited: list[dict] = []
+        self.holders_at: dict[str, dict] = {}
+        super().__init__(sc)
+        self.drng = self.sim.rng("dht")
+        self._schedule()
+
+    def make_node(self, i: int, routing: RoutingCore, mem: Membership) -> OverlayNode:
+        signer = Identity.from_seed(hashlib.sha256(b"zmqagents-sim-dht/%d/%d" % (self.sc.seed, i)).digest())
+        dht = DhtCore(routing, signer, random.Random(f"{self.sc.seed}/dht/{i}"), self.dcfg)
+        return DhtNode(i, routing, mem, dht, self.by_id, self)
+
+    # -- the workload -------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        tl, sim, rng = self.tl, self.sim, self.drng
+        for j in range(self.sc.keys):
+            sim.at(rng.uniform(*tl.puts), lambda now, j=j: self._put(j, now))
+            sim.at(rng.uniform(*tl.gets_before), lambda now, j=j: self._get("before", j, now))
+            sim.at(rng.uniform(*tl.gets_after), lambda now, j=j: self._get("after", j, now))
+        # just after the crashes (scheduled at crash_at when the overlay was built), and before the gets after
+        sim.at(tl.crash_at + 0.001, lambda now: self._count_holders("at_crash"))
+        sim.at(tl.gets_after[0] - 0.001, lambda now: self._count_holders("before_gets_after"))
+
+    def _live(self) -> int:
+        """A random node that is up and not paused."""
+        n, up, paused, rng = self.sc.nodes, self.up, self.paused, self.drng
+        while True:
+            i = rng.randrange(n)
+            if up[i] and i not in paused:
+                return i
+
+    def _put(self, j: int, now: float) -> None:
+        i = self._live()
+        self.publisher[j] = i
+        oid = self.nodes[i].dht.put(self.keys[j], f"value-{j}", now)
+        self.ops[(i, oid)] = ("put", j, now)
+        self.sim.flush(self.sim.nodes[i])
+
+    def _get(self, phase: str, j: int, now: float) -> None:
+        if j not in self.put_ok:
+            return  # not stored (counted with the puts)
+        i = self._live()
+        self.phases[phase].attempted += 1
+        oid = self.nodes[i].dht.get(self.keys[j], now)
+        self.ops[(i, oid)] = (phase, j, now)
+        self.sim.flush(self.sim.nodes[i])
+
+    def _on_event(self, simnode, ev, now: float) -> None:
+        if type(ev) is not DhtDone:
+            OverlayRun._on_event(self, simnode, ev, now)
+            return
+        i = simnode.index
+        op = self.ops.pop((i, ev.op_id), None)
+        if op is None:
+            return
+        phase, j, started = op
+        if ev.rounds > 0 and self.nodes[i].timeout_tick == now:
+            self.waited.append({"kind": ev.kind, "node": i, "key": j, "at": round(now, 3), "rounds": ev.rounds,
+                                "duration_s": round(now - started, 3)})
+        if phase == "put":
+            if ev.ok:
+                self.put_ok.add(j)
+                self.put_replicas[ev.stored] += 1
+            else:
+                self.put_failed[ev.reason] += 1
+            return
+        ph = self.phases[phase]
+        rec = ev.record
+        if not ev.ok:
+            ph.failed[ev.reason] += 1
+        elif rec is None:
+            ph.not_found += 1
+        elif (rec.key != self.keys[j] or rec.value != f"value-{j}"
+              or rec.public_key != self.signers_pk(self.publisher[j])):
+            ph.wrong += 1
+        else:
+            ph.found += 1
+        if ev.ok and rec is not None and ev.queries == 0:
+            ph.local += 1
+        elif ev.ok:
+            ph.rounds.append(ev.rounds)
+        ph.ms.append((now - started) * 1000.0)
+
+    def signers_pk(self, i: int) -> bytes:
+        return self.nodes[i].dht.signer.public_key
+
+    def _count_holders(self, label: str) -> None:
+        """Per stored key: how many live nodes hold its record for others, and whether its publisher lives."""
+        w0 = time.perf_counter()
+        live = [node.dht for i, node in enumerate(self.nodes) if self.up[i] and node.dht.records]
+        counts: Counter = Counter()
+        none = lost = 0
+        for j in sorted(self.put_ok):
+            key = self.keys[j]
+            h = sum(1 for d in live if d.held(key) is not None)
+            counts[h] += 1
+            if h == 0:
+                none += 1
+                if not self.up[self.publisher[j]]:
+                    lost += 1
+        self.holders_at[label] = {"live_holders_per_key": {str(k): v for k, v in sorted(counts.items())},
+                                  "keys_without_live_holder": none, "keys_lost": lost,
+                                  "scan_wall_s": round(time.perf_counter() - w0, 2)}
+
+    def _progress(self, now: float) -> None:
+        b, a = self.phases["before"], self.phases["after"]
+        print(f"sim-dht: t={now:.0f}s puts_ok={len(self.put_ok)}/{self.sc.keys} "
+              f"gets_before={b.found}/{b.attempted} gets_after={a.found}/{a.attempted} waited_hard_timeout={len(self.waited)}",
+              file=sys.stderr, flush=True)
+        OverlayRun._progress(self, now)
+
+    # -- the report ------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        report = OverlayRun.run(self)
+        sc, tl = self.sc, self.tl
+        b, a = self.phases["before"], self.phases["after"]
+        stats: Counter = Counter()
+        for node in self.nodes:
+            stats.update({k: v for k, v in node.dht.stats.items() if v})
+        unfinished_puts = sum(1 for (phase, _j, _t) in self.ops.values() if phase == "put")
+        rounds = _summary([float(r) for r in b.rounds])
+        report.update({
+            "lookup_success": b.success(),
+            "lookup_rounds_p50": rounds["p50"],
+            "lookup_rounds_p99": rounds["p99"],
+            "get_success_after_crash": a.success(),
+            "dht": {
+                "keys": sc.keys,
+                "replicas": sc.replicas,
+                "republish_interval_s": round(tl.republish, 3),
+                "timeline_s": {"puts": _r(tl.puts), "gets_before": _r(tl.gets_before), "crash_at": round(tl.crash_at, 3),
+                               "gets_after": _r(tl.gets_after)},
+                "puts_stored": len(self.put_ok),
+                "puts_failed": dict(self.put_failed),
+                "puts_unfinished": unfinished_puts,
+                "put_replicas": {str(k): v for k, v in sorted(self.put_replicas.items())},
+                "gets_before": b.report(),
+                "gets_after": a.report(),
+                "waited_hard_timeout": len(self.waited),
+                "waited_examples": self.waited[:10],
+                "holders": self.holders_at,
+                "stats": {k: v for k, v in sorted(stats.items())},
+            },
+        })
+        report["dht"]["violations"] = violations(report)
+        report["exit_code"] = exit_code(report)
+        return report
+
+
+def _r(pair: tuple[float, float]) -> list[float]:
+    return [round(pair[0], 3), round(pair[1], 3)]
+
+
+def violations(report: dict) -> list[str]:
+    """The DHT rules a report breaks (see the module docstring), as short sentences."""
+    d = report["dht"]
+    out = []
+    wrong = d["gets_before"]["wrong_record"] + d["gets_after"]["wrong_record"]
+    if wrong:
+        out.append(f"correctness: {wrong} gets returned a record other than the one put")
+    if d["puts_stored"] < d["keys"]:
+        out.append(f"liveness: {d['keys'] - d['puts_stored']} of {d['keys']} puts were not stored")
+    if report["lookup_success"] is not None and report["lookup_success"] < 1.0:
+        out.append(f"liveness: lookup_success {report['lookup_success']} < 1")
+    target = TARGET_AFTER_CRASH if report["crashes"] else 1.0
+    after = report["get_success_after_crash"]
+    if after is not None and after < target:
+        out.append(f"liveness: get_success_after_crash {after} < {target}")
+    if d["waited_hard_timeout"]:
+        out.append(f"liveness: {d['waited_hard_timeout']} operations waited on a hard timeout after a peer answered")
+    return out
+
+
+def exit_code(report: dict) -> int:
+    base = overlay_exit_code(report)
+    bad = report["dht"]["violations"]
+    if base == EXIT_CORRECTNESS or any(v.startswith("correctness") for v in bad):
+        return EXIT_CORRECTNESS
+    if base == EXIT_LIVENESS or bad:
+        return EXIT_LIVENESS
+    return EXIT_OK
+
+
+def run(sc: DhtScenario) -> dict:
+    return DhtRun(sc).run()
