@@ -1,6 +1,6 @@
 """The benchmarks run end to end and print one well-formed JSON object.
 
-These run ``bench/throughput.py --quick`` and ``bench/footprint.py --quick``
+These run each benchmark under ``bench/`` with ``--quick``
 as subprocesses, exactly as a user would. They check that each exits 0 and
 that its JSON holds the documented keys with sane values (positive rates,
 correctness checks true). They never assert on speed or size: benchmarks are
@@ -129,4 +129,19 @@ def test_relay_quick_reports_direct_relayed_and_sealed_routes():
     _positive(out, "relayed_ratio", "sealed_ratio", "relay_cpu_us_per_request")
     assert out["relayed_client_relay_stats"]["unwrapped"] > 0 and out["sealed_client_relay_stats"]["opened"] > 0
     assert out["relay_stats"]["forwarded"] > 0 and out["relay_stats"]["registered"] == 1
+    assert out["params"]["quick"] is True
+
+
+@pytest.mark.timeout(90)
+def test_dht_quick_reports_put_get_before_and_after_a_kill():
+    out = _run("dht.py", "--quick", timeout=85)
+    assert out["nodes"] == 12 and out["keys"] == 60 and out["killed_nodes"] == 2
+    for key in ("put_success", "get_success", "get_success_after_kill"):
+        assert 0 < out[key] <= 1, key
+    _positive(out, "put_p50_ms", "put_p99_ms", "get_p50_ms", "get_p99_ms", "get_p50_ms_after_kill",
+              "get_p99_ms_after_kill", "raw_rtt_p50_ms", "get_p50_raw_rtts")
+    assert out["get_p50_ms"] <= out["get_p99_ms"] and out["get_p50_ms_after_kill"] <= out["get_p99_ms_after_kill"]
+    assert out["get_wrong_value"] == 0
+    assert out["puts"]["n"] == 60 and out["gets"]["n"] == out["gets_after_kill"]["n"] == out["puts"]["ok"]
+    assert isinstance(out["gets_over_hard_timeout_after_kill"], int)
     assert out["params"]["quick"] is True
