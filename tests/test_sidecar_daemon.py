@@ -334,15 +334,27 @@ def test_second_signal_exits_at_once_without_draining(tmp_path):
 
 def test_startup_imports_neither_zeroconf_nor_prometheus_client_when_disabled(tmp_path):
     """Item 7: with mDNS and admin off, the running sidecar has not imported their libraries."""
-    cfg = sidecar_config(tmp_path, "[admin]\nenabled = false\n")
-    args = [sys.executable, "-X", "importtime", "-m", "zmqagents.cli", "node", "--config", str(cfg)]
-    with running(args, tmp_path / "node.contact") as (proc, _):
-        proc.send_signal(signal.SIGTERM)
-        code, _, err = finish(proc)
-    assert code == 0
-    imported = {line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
-    assert "zmqagents.sidecar.daemon" in imported  # the listing is real
-    assert not {m for m in imported if m.split(".")[0] in ("zeroconf", "prometheus_client")}
+    def imported(extra: str, name: str) -> set[str]:
+        cfg = sidecar_config(tmp_path, extra, name=name)
+        args = [sys.executable, "-X", "importtime", "-m", "zmqagents.cli", "node", "--config", str(cfg)]
+        with running(args, tmp_path / f"{name}.contact") as (proc, _):
+            proc.send_signal(signal.SIGTERM)
+            code, _, err = finish(proc)
+        assert code == 0, err
+        return {line.split("|")[-1].strip().split(".")[0] for line in err.splitlines() if line.startswith("import time:")}
+
+    off = imported("[admin]\nenabled = false\n", "off")
+    assert "zmqagents" in off and "zmq" in off  # the listing is real
+    assert "zeroconf" not in off and "prometheus_client" not in off
+    port = _free_port()
+    on = imported(f'[admin]\nenabled = true\nlisten = "127.0.0.1:{port}"\n', "on")  # the control: admin on
+    assert "prometheus_client" in on and "zeroconf" not in on
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_a_taken_listen_address_exits_1_with_one_clear_line(tmp_path):
