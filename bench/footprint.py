@@ -35,7 +35,10 @@ It reports ``rss_mb_<config>_<peers>``, ``idle_cpu_percent`` (the highest of the
 ``startup_s`` (spawn to contact file, default config, no peers), and which services each
 configuration actually ran (from the sidecar's log). As root it runs inside a network namespace
 it creates (loopback with multicast), so mDNS traffic never leaves the box; otherwise mDNS is
-turned off and the report says so.
+turned off and the report says so. In those runs every peer holds only the sidecar as a SWIM
+member and probes it every period: N pings per period, a worst case no mesh produces (there a
+member is probed about once per period). ``idle_cpu_percent_mesh_rate_100`` is one more run, default
+config and 100 peers, whose peers stretch their period 100 times to probe at that mesh rate.
 
 Prints one JSON object on stdout; progress goes to stderr.
 
@@ -135,10 +138,21 @@ async def role_target(args) -> None:
 
 async def role_peers(args) -> None:
     """``--count`` peer Nodes in this process, each started with peers=[the target's contact]."""
-    from zmqagents.node import Node
+    from zmqagents.node import Node, NodeConfig
 
     raise_fd_limit()
-    nodes = [Node(listen="tcp://127.0.0.1:0", peers=[args.contact]) for _ in range(args.count)]
+
+    def config() -> NodeConfig:
+        # --probe-interval: a peer's SWIM period; the sidecar's mesh-rate run stretches it so the N peers
+        # together probe the target about once per default period, as the members of a mesh would.
+        if not args.probe_interval:
+            return NodeConfig()
+        from zmqagents.core.membership import MembershipConfig
+
+        return NodeConfig(membership=MembershipConfig(probe_interval=args.probe_interval,
+                                                      probe_timeout=min(0.5, args.probe_interval / 2)))
+
+    nodes = [Node(listen="tcp://127.0.0.1:0", peers=[args.contact], config=config()) for _ in range(args.count)]
     try:
         for i in range(0, len(nodes), 10):  # a few at a time: hellos are requests with a deadline
             await asyncio.gather(*(n.start() for n in nodes[i:i + 10]))
@@ -392,9 +406,13 @@ def _sidecar_toml(work: Path, name: str, extra: dict, mdns_ok: bool) -> Path:
     return path
 
 
-def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool) -> dict:
-    """Start the sidecar, connect ``peers`` peers, let it settle, measure it idle; stop everything."""
-    name = f"{config}-{peers}"
+def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool, mesh_rate: bool = False) -> dict:
+    """Start the sidecar, connect ``peers`` peers, let it settle, measure it idle; stop everything.
+
+    Each peer holds only the sidecar as a member, so by default all of them probe it every period
+    (a star: N pings per period, the worst case). With ``mesh_rate`` their periods are stretched N
+    times, so the sidecar is probed about once per period, as a member of a mesh is."""
+    name = f"{config}-{peers}" + ("-mesh" if mesh_rate else "")
     toml = _sidecar_toml(work, name, SIDECAR_CONFIGS[config], mdns_ok)
     contact_file = work / f"{name}.contact"
     err_path = work / f"{name}.log"
@@ -418,7 +436,9 @@ def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool) -
         rss_alone = rss_kb(proc.pid) / MB
         groups = [min(PEERS_PER_PROCESS, peers - i) for i in range(0, peers, PEERS_PER_PROCESS)]
         for i, count in enumerate(groups):
-            children.append(Child(SCRIPT, "peers", f"--contact={contact}", "--count", str(count), name=f"peers-{i}"))
+            stretch = ["--probe-interval", str(1.5 * peers)] if mesh_rate else []
+            children.append(Child(SCRIPT, "peers", f"--contact={contact}", "--count", str(count), *stretch,
+                                  name=f"peers-{i}"))
         hello_ok = sum(child.read(60 + 2 * peers)["hello_ok"] for child in children)
         if hello_ok != peers:
             raise BenchError(f"only {hello_ok} of {peers} peers completed their hello with sidecar {name}")
@@ -442,7 +462,7 @@ def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool) -
     if proc.returncode != 0:
         raise BenchError(f"sidecar {name} exited with {proc.returncode} on SIGTERM: {log_text[-500:]}")
     log(f"sidecar {name}: {idle['rss_mb']:.1f} MB RSS, {idle['cpu_percent']:.3f} % CPU, services {services or 'none'}")
-    return {"config": config, "peers": peers, "rss_mb": round(idle["rss_mb"], 2), "rss_mb_alone": round(rss_alone, 2),
+    return {"config": config, "peers": peers, "peer_probes": "mesh rate" if mesh_rate else "star", "rss_mb": round(idle["rss_mb"], 2), "rss_mb_alone": round(rss_alone, 2),
             "cpu_percent": round(idle["cpu_percent"], 4), "cpu_percent_precise": round(idle["cpu_percent_precise"], 5),
             "startup_s": round(startup, 3), "threads": idle["threads"], "fds": idle["fds"], "services": services}
 
@@ -483,6 +503,8 @@ def orchestrate_sidecar(args) -> int:
         with tempfile.TemporaryDirectory(prefix="zmqagents-footprint-") as work:
             for config, peers in matrix:
                 runs.append(_measure_sidecar(args, Path(work), config, peers, mdns_ok))
+            if not args.quick:
+                mesh = _measure_sidecar(args, Path(work), "default", 100, mdns_ok, mesh_rate=True)
     except BenchError as exc:
         log(f"sidecar footprint benchmark FAILED: {exc}")
         return 1
@@ -490,14 +512,17 @@ def orchestrate_sidecar(args) -> int:
     out = {"benchmark": "footprint_sidecar", **{f"rss_mb_{key}": r["rss_mb"] for key, r in by.items()},
            "idle_cpu_percent": max(r["cpu_percent"] for r in runs),
            "idle_cpu_percent_precise": max(r["cpu_percent_precise"] for r in runs),
+           **({} if args.quick else {"idle_cpu_percent_mesh_rate_100": mesh["cpu_percent"],
+                                     "idle_cpu_percent_precise_mesh_rate_100": mesh["cpu_percent_precise"]}),
            "startup_s": by["default_0"]["startup_s"],
            "services": {r["config"]: r["services"] for r in runs},
-           "runs": runs}
+           "runs": runs + ([] if args.quick else [mesh])}
     if not args.quick:
         out["targets"] = {"rss_default_100_le_32mb": by["default_100"]["rss_mb"] <= 32,
                           "rss_all_200_le_45mb": by["all_200"]["rss_mb"] <= 45,
                           "rss_all_runs_lt_50mb": all(r["rss_mb"] < 50 for r in runs),
-                          "idle_cpu_le_0.1pct": out["idle_cpu_percent"] <= 0.1}
+                          "idle_cpu_le_0.1pct": out["idle_cpu_percent"] <= 0.1,
+                          "idle_cpu_mesh_rate_le_0.1pct": out["idle_cpu_percent_mesh_rate_100"] <= 0.1}
     out["params"] = {"runs": [f"{c}_{n}" for c, n in matrix], "window_s": args.window, "settle_s": args.settle, "quick": args.quick,
                      "network_namespace": args.in_netns, "mdns_possible": mdns_ok,
                      "configs": {k: v or "schema defaults" for k, v in SIDECAR_CONFIGS.items()},
@@ -521,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contact", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     p.add_argument("--in-netns", help=argparse.SUPPRESS)
+    p.add_argument("--probe-interval", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.role == "raw":
         _local_run(role_raw(args))  # same runner code, without importing zmqagents into the floor

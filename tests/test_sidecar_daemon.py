@@ -402,3 +402,30 @@ def test_an_outbound_only_sidecar_is_reached_through_its_relay(arun, tmp_path):
                     proc.wait()
 
     arun(main(), timeout=40)
+
+
+def test_sigterm_while_still_starting_exits_0_at_once(tmp_path):
+    """A stop during start (here: a hello to a peer that never answers, up to 5 s) does not wait for it."""
+    silent = Identity.generate().contact(f"tcp://127.0.0.1:{_free_port()}")
+    cfg = sidecar_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[node]\n", f'[node]\npeers = ["{silent}"]\n', 1))
+    err_path = tmp_path / "err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(CLI + ["node", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=err,
+                                env=clean_env())
+    try:
+        deadline = time.monotonic() + 15
+        while "created a new node key" not in err_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert not (tmp_path / "node.contact").exists()  # still starting: the hello is pending
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "SIGTERM: stopping" in err_path.read_text() and not (tmp_path / "node.contact").exists()
