@@ -276,3 +276,32 @@ def test_example_client_sends_and_receives_through_a_real_sidecar(arun, short_di
                 assert lines[0]["from"] == peer.node_id.hex()
 
     arun(main())
+
+
+def test_receivers_are_forgotten_when_their_credit_is_spent_or_they_leave(arun, short_dir):
+    async def main():
+        async with sidecar(short_dir) as (node, outbox, api):
+            async with Node(peers=[node.contact]) as sender:
+                for round_ in range(5):  # short-lived clients, as a shell loop would run them
+                    client = Client(api.path)
+                    assert (await client.op("receive", {"credit": 2})).body["credit"] == 2
+                    await sender.send(node.node_id, round_ * 2)
+                    await sender.send(node.node_id, round_ * 2 + 1)
+                    assert [(await client.recv()).body for _ in range(2)] == [round_ * 2, round_ * 2 + 1]
+                    client.close()
+                assert api._clients == {}  # nothing kept per client that is done
+                assert (await Client(api.path).op("receive", {"credit": 0})).body["credit"] == 0
+                assert api._clients == {}
+                gone = Client(api.path)
+                await gone.op("receive", {"credit": 5})
+                gone.close()  # leaves with credit
+                await asyncio.sleep(0.1)
+                await sender.send(node.node_id, "kept")
+                await asyncio.sleep(0.3)
+                assert api.stats["client_gone"] == 1 and api._clients == {}
+                late = Client(api.path)
+                await late.op("receive", {"credit": 1})
+                assert (await late.recv()).body == "kept"  # the message was not lost with the client
+                late.close()
+
+    arun(main())

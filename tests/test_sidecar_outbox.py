@@ -302,3 +302,25 @@ def test_sigterm_drains_for_a_bounded_time_then_keeps_the_rest_for_the_next_star
         assert sorted(got) == list(range(20))
     finally:
         env.close()
+
+
+@pytest.mark.timeout(60)
+def test_example_client_against_a_sidecar_process():
+    example = Path(__file__).resolve().parent.parent / "examples" / "local_client.py"
+    env = Env()
+    try:
+        env.start_sidecar()
+        run = subprocess.run([sys.executable, str(example), env.sock, "send", env.peer_contact, '{"n": 1}'],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0 and json.loads(run.stdout)["result"] == "accepted", run.stderr
+        peer = env.start_peer()
+        assert collect(peer, 1, 20) == [1]
+        sidecar_contact = env.status()["contact"]
+        run = zmqa(env, "send", "--direct", "--to", sidecar_contact, '{"n": 2}')  # something for the app
+        assert run.returncode == 0, run.stderr
+        run = subprocess.run([sys.executable, str(example), env.sock, "receive", "1"],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["body"] == {"n": 2}
+    finally:
+        env.close()

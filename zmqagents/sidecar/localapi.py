@@ -15,7 +15,6 @@ libzmq itself, which drops that client's connection (nothing else is affected).
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
@@ -35,6 +34,7 @@ log = logging.getLogger(__name__)
 READ_BATCH = 512  # frames per readable callback: one spool write (and fsync) per burst
 MAX_PATH = 107  # sun_path holds 108 bytes with the NUL
 MAX_CREDIT = 10_000  # messages a client may have asked for and not yet received
+MAX_RECEIVERS = 1024  # clients holding credit at once (a client with none left is forgotten)
 MAX_REQUESTS = 1024  # requests on the mesh on behalf of local clients at once
 DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 NO_SRC = bytes(32)  # what a local client puts in `src`: it has no node id of its own
@@ -86,12 +86,11 @@ def prepare_socket_path(path: Path, mode: int) -> None:
 
 
 class _Client:
-    __slots__ = ("rid", "credit", "requests")
+    __slots__ = ("rid", "credit")
 
     def __init__(self, rid: bytes):
         self.rid = rid
         self.credit = 0
-        self.requests = 0
 
 
 class LocalApi:
@@ -283,15 +282,18 @@ class LocalApi:
         if type(credit) is not int or credit < 0:
             raise _Reply("bad_request", "receive body must be {\"credit\": N} with N a non-negative integer")
         client = self._clients.get(rid)
-        if client is None:
+        if client is None and credit:
+            if len(self._clients) >= MAX_RECEIVERS:
+                raise _Reply("busy", f"{MAX_RECEIVERS} clients are already receiving; retry later")
             client = self._clients[rid] = _Client(rid)
-        had = client.credit
-        client.credit = min(MAX_CREDIT, client.credit + credit)
-        if client.credit and not had:
-            self._receivers.append(client)
-        self._reply(rid, "ok", env.id, {"credit": client.credit, "queued": len(self._held) + self._inbox_size()})
-        if client.credit:
+        total = 0
+        if client is not None:
+            had = client.credit
+            client.credit = total = min(MAX_CREDIT, client.credit + credit)
+            if not had:
+                self._receivers.append(client)
             self._credit_event.set()
+        self._reply(rid, "ok", env.id, {"credit": total, "queued": self.pending})
 
     def _request(self, rid: bytes, env: Envelope) -> None:
         if len(self._tasks) >= MAX_REQUESTS:
@@ -364,11 +366,10 @@ class LocalApi:
         try:
             frame = env.encode(max_size=4 * self.max_size)
             self.sock.send_multipart((client.rid, frame), zmq.NOBLOCK)
-        except (zmq.Again, zmq.ZMQError) as exc:
+        except (zmq.Again, zmq.ZMQError):
             # Gone (EHOSTUNREACH) or not reading (its queue is full): it gets nothing more until it asks again.
             self.stats["client_gone"] += 1
-            if getattr(exc, "errno", None) == errno.EHOSTUNREACH:
-                self._clients.pop(client.rid, None)
+            self._clients.pop(client.rid, None)
             client.credit = 0
             try:
                 self._receivers.remove(client)
@@ -376,6 +377,8 @@ class LocalApi:
                 pass
             return False
         client.credit -= 1
+        if not client.credit:
+            self._clients.pop(client.rid, None)  # it asks again (a new entry) when it wants more
         self.stats["messages_out"] += 1
         return True
 
