@@ -322,3 +322,26 @@ def test_cli_outbound_only_without_relay_is_a_usage_error():
     bad = subprocess.run([sys.executable, "-m", "zmqagents.cli", "node", "--outbound-only", "--relay", "nonsense"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--relay" in bad.stderr
+
+
+def test_a_restarted_relay_gets_the_registration_and_the_hello_again(arun):
+    async def main():
+        relay = relay_node()
+        await started(relay)
+        identity, endpoint = relay.identity, relay.transport.endpoint
+        edge = edge_node([relay])
+        await started(edge)
+        again = None
+        try:
+            await wait_until(lambda: edge.relay_client.active() == [relay.node_id])
+            await relay.close()
+            await wait_until(lambda: edge.relay_client.active() == [], timeout=3)
+            again = Node(identity, listen=endpoint, config=NodeConfig(serve_relay=True, relay=FAST_RELAY))
+            await again.start()
+            await wait_until(lambda: edge.node_id in again.relay_server, timeout=5)
+            await wait_until(lambda: any(p["contact"] == str(edge.contact) for p in again.peers()), timeout=5)
+            assert edge.relay_client.active() == [relay.node_id]
+        finally:
+            await close_all(edge, *([again] if again else []))
+
+    arun(main())

@@ -216,6 +216,7 @@ class Node:
         self.relay_server: RelayServer | None = None  # with serve_relay
         self.relay_client: RelayClient | None = None  # on an outbound-only node
         self._relay_cores: list = []  # whichever of the two exist, for the pump and the timer
+        self._relays_seen_up: set[bytes] = set()
         self._reconciler: asyncio.TimerHandle | None = None
         self._event_queues: list[asyncio.Queue] = []
         self._lookups: dict[int, asyncio.Future] = {}
@@ -763,6 +764,14 @@ class Node:
             elif isinstance(event, RelayUp):
                 log.info("relay %s is up", short_id(event.node_id))
                 self._emit(MemberEvent("relay_up", event.node_id))
+                if event.node_id in self._relays_seen_up:
+                    # Back after being down (perhaps restarted, its table empty): introduce ourselves again,
+                    # so it hands our relayed contact out in lookups once more.
+                    contact = next(c for c in self._relays if c.node_id == event.node_id)
+                    task = asyncio.get_running_loop().create_task(self._hello(contact))
+                    self._handler_tasks.add(task)  # cancelled by close() like the handlers
+                    task.add_done_callback(self._handler_tasks.discard)
+                self._relays_seen_up.add(event.node_id)
 
     # -- driving the core ------------------------------------------------------------
 
