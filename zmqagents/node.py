@@ -42,7 +42,7 @@ from .core.relay import (
     REFUSED,
     REGISTER,
     REGISTERED,
-    RELAY_PREFIX,
+    RELAY_TYPES,
     RelayClient,
     RelayConfig,
     RelayDown,
@@ -795,7 +795,7 @@ class Node:
             if typ.startswith(MEMBERSHIP_PREFIX):
                 self.membership.receive(env, now)
                 continue
-            if typ.startswith(RELAY_PREFIX):
+            if typ in RELAY_TYPES:
                 self._on_relay(env, batch, now)
                 continue
             # A full inbox refuses data before the core sees it: no ack, so the sender
