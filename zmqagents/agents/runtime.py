@@ -276,6 +276,10 @@ class Agents:
             out.append(Candidate(p.node_id, p.cost, p.max_concurrency, rtt))
         return out
 
+    def rank(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Candidates best first by the caller's score (protocols/tasks.md §6)."""
+        return self.caller.rank(candidates, self._now())
+
     async def describe(self, capability: str, candidates: list[Candidate]) -> Capability | None:
         """The descriptor of ``capability`` from the first candidate that describes it (cached per node)."""
         for c in candidates:
