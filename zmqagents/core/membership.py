@@ -754,11 +754,14 @@ class Membership(CoreOutputs):
         if self._t_gossip < t:
             t = self._t_gossip
         heap = self._heap
+        # Only a heap entry earlier than the rest matters, so only such an entry is checked for being
+        # still live (dead ones are dropped on the way); later ones are popped when they come due.
         while heap:
             top = heap[0]
+            if top[0] >= t:
+                break
             if self._live_timer(top):
-                if top[0] < t:
-                    t = top[0]
+                t = top[0]
                 break
             heapq.heappop(heap)
         return t
