@@ -44,6 +44,24 @@ def test_same_seed_same_metrics(smoke):
     assert json.dumps(strip(again), sort_keys=True) == json.dumps(strip(smoke), sort_keys=True)
 
 
+def test_same_seed_same_report_across_processes():
+    """Separate processes hash bytes differently (PYTHONHASHSEED): the report must not depend on it."""
+    import os
+    import subprocess
+    import sys
+
+    reports = []
+    for hash_seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-m", "zmqagents.sim.command", "--nodes", "200", "--seconds", "30",
+                              "--seed", "3", "--crash", "3", "--loss", "0.01", "--json", "--quiet"],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)
+        reports.append(json.dumps({k: v for k, v in r.items() if k not in VOLATILE}, sort_keys=True))
+    assert reports[0] == reports[1]
+
+
 def test_warm_start_with_real_joiners():
     r = overlay.run(OverlayScenario(nodes=120, seconds=30.0, seed=2, loss=0.01, crash=1, warm_start=True,
                                     join_fraction=0.05, crash_window=(8.0, 10.0)))

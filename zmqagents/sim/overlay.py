@@ -151,6 +151,8 @@ class OverlayNode:
             cur[e.node_id] = e
         held = self.held
         mem = self.membership
+        # In id order: set order follows the (per-process, randomized) hash of bytes, and the order of
+        # add/remove reaches membership's random choices, so a run would depend on PYTHONHASHSEED.
         for nid in sorted(held - cur.keys()):
             held.discard(nid)
             mem.remove(nid)
