@@ -26,6 +26,7 @@ import hashlib
 import heapq
 import random
 import struct
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Protocol, Sequence
@@ -151,7 +152,8 @@ class Simulator:
     """
 
     def __init__(self, seed: int, *, latency: str | Latency = "const:10ms", loss: float = 0.0,
-                 count_bytes: bool = False, trace: bool = False, on_event: EventHandler | None = None):
+                 count_bytes: bool = False, trace: bool = False, on_event: EventHandler | None = None,
+                 sample_every: int = 0):
         self.seed = seed
         self.net = Network(latency, loss)
         self.now = 0.0
@@ -170,6 +172,18 @@ class Simulator:
         self.dropped_unknown = 0
         self.stale_timers = 0
         self.bytes_sent = 0
+        # Traffic accounting: messages sent per envelope type, and (sample_every > 0) the encoded size of
+        # one message in sample_every, which estimates bytes without encoding everything. ``window``
+        # (start, end) counts the same for the messages sent inside it (e.g. an idle period).
+        self.by_type: Counter = Counter()
+        self.sample_every = max(0, sample_every)
+        self._k = self.sample_every
+        self.sampled_bytes = 0
+        self.sampled = 0
+        self.window: tuple[float, float] | None = None
+        self.window_sent = 0
+        self.window_bytes = 0
+        self.window_sampled = 0
 
     def rng(self, label: str) -> random.Random:
         """An independent random stream for ``label``, fixed by the run's seed."""
@@ -318,6 +332,21 @@ class Simulator:
 
     def _send(self, node: SimNode, env: Envelope) -> None:
         self.sent += 1
+        self.by_type[env.type] += 1
+        w = self.window
+        inside = w is not None and w[0] <= self.now < w[1]
+        if inside:
+            self.window_sent += 1
+        if self.sample_every:
+            self._k -= 1
+            if not self._k:
+                self._k = self.sample_every
+                n = len(env.encode())
+                self.sampled_bytes += n
+                self.sampled += 1
+                if inside:
+                    self.window_bytes += n
+                    self.window_sampled += 1
         if self._count_bytes:
             self.bytes_sent += len(env.encode())
         dst = self._by_id.get(env.dst)

@@ -40,7 +40,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect, _node_id
-from ..envelope import Envelope
 from ..identity import Contact
 from .engine import Simulator, bulk_build, frozen_heap
 
@@ -67,44 +66,6 @@ class Scenario:
     leave: int = 0  # nodes that leave gracefully at random times in crash_window
     byte_sample: int = 32  # encode one message in this many to estimate bytes
     idle_window: tuple[float, float] | None = None  # measure idle traffic here (no crash/pause/partition)
-
-
-class _Counting(Simulator):
-    """The simulator, counting messages per type and sampling their encoded size.
-
-    It also re-arms a node's timer event when the node's earliest timer moved *later* (the engine
-    keeps the earlier event, which then wakes the node for nothing: with SWIM that is every probe
-    whose ack beat its indirect-probe deadline). The superseded event is skipped as stale when
-    popped, which is cheaper than a wake; cores are still ticked exactly when due.
-    """
-
-    def __init__(self, *args, sample_every: int = 32, **kw):
-        super().__init__(*args, **kw)
-        self.by_type: Counter = Counter()
-        self.sample_every = max(1, sample_every)
-        self._k = self.sample_every
-        self.sampled_bytes = 0
-        self.sampled = 0
-        self.window: tuple[float, float] | None = None
-        self.window_sent = 0
-        self.window_bytes = 0
-        self.window_sampled = 0
-
-    def _send(self, node, env: Envelope, _base=Simulator._send) -> None:
-        self.by_type[env.type] += 1
-        w = self.window
-        if w is not None and w[0] <= self.now < w[1]:
-            self.window_sent += 1
-        self._k -= 1
-        if not self._k:
-            self._k = self.sample_every
-            n = len(env.encode())
-            self.sampled_bytes += n
-            self.sampled += 1
-            if w is not None and w[0] <= self.now < w[1]:
-                self.window_bytes += n
-                self.window_sampled += 1
-        _base(self, node, env)
 
 
 class _Paused:
@@ -213,7 +174,7 @@ class MembershipRun:
         self.sc = sc
         n = sc.nodes
         self.cfg = MembershipConfig.profile(sc.profile, **sc.config)
-        self.sim = _Counting(sc.seed, latency=sc.latency, loss=sc.loss, on_event=self._on_event,
+        self.sim = Simulator(sc.seed, latency=sc.latency, loss=sc.loss, on_event=self._on_event,
                              sample_every=sc.byte_sample)
         self.rng = self.sim.rng("scenario")
         self.contacts = [sim_contact(i) for i in range(n)]

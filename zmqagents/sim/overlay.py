@@ -36,8 +36,8 @@ nodes (the real ``RoutingTable.closest``; no messages, crashed nodes do not answ
 source reaches a node whose table holds the target. The check reads state only, so it does not
 perturb the run.
 
-Failure detection (same definitions as :mod:`zmqagents.sim.membership_run`, whose counting
-simulator and pause wrapper are reused): ``detect_first_s`` / ``detect_all_s`` per crash, from the
+Failure detection (same definitions as :mod:`zmqagents.sim.membership_run`, whose pause wrapper
+is reused; traffic is counted by the engine itself): ``detect_first_s`` / ``detect_all_s`` per crash, from the
 crash until the first / the last *holder* (a live node whose membership held the crashed node at
 crash time) reports ``Failed``. A holder whose routing table dropped the crashed node for another
 reason (a lookup RPC to it timed out) also stops holding it; that counts as detection too and is
@@ -52,11 +52,18 @@ such pairs still dead at the end, i.e. not yet reconnected after the heal).
 (no ``Alive`` since) at the end of the run.
 
 Cost (2-core reference machine, lan profile, 1 % loss): N=1000 for 60 virtual s, ~8 s wall, ~90 MB;
-N=10,000 for 120 s: ~6M simulator events, build (warm start) ~14 s, ~170 s of running (~35k events/s),
-~970 MB peak RSS. A cProfile at N=2000 puts ~32 % of the time in the membership core (``_absorb``,
-``_pick``, ``receive``), ~13 % in the engine's loop/flush/arm, ~10 % in this driver's glue
-(dispatch, ``touch`` of the sender, next_timer/take_* over two cores) and the rest in routing
-(``touch``), random draws and builtins.
+N=10,000 for 120 s (``zmqagents sim --nodes 10000 --seconds 120 --seed 1 --loss 0.01 --crash 50``):
+5.3M simulator events (1M of them superseded timer events), ~1 GB peak RSS, 142 s of CPU (168 s
+wall) on a lightly loaded machine before the engine work of issue 3's second session, which cut CPU
+by ~10 % (N=2000, 40 crashes, old and new run side by side under the same load: -10 % CPU, -13 %
+per event; arming warm-started nodes' first timer on time added 3 % events).
+Building takes no cyclic-GC passes (``engine.bulk_build``: they were a third of the build) and
+the built mesh is frozen out of the collector during the run (``engine.frozen_heap``). A profile
+(pyinstrument) at N=2000 with 40 crashes: ~40 % in ``Membership.receive`` (half of it rumor
+handling: ``_absorb``, ``_on_rumor``, ``_enqueue``), ~25 % in the engine's flush (sends, latency
+draws, re-arming the node's timer), ~20 % in ticks (probes, pushes), ~12 % in the event loop and
+heap, 4 % in the routing table's ``touch`` of each sender; nothing stands out, it is the cost of
+~20 Python calls per simulated message.
 
 Exit codes (see :func:`exit_code`): 129 if a healthy node was declared dead and never revived, else
 128 if a crash was not detected by all holders or the join did not converge, else 0.
@@ -77,8 +84,8 @@ from ..core.membership import TYPES as SWIM_TYPES
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
 from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore, node_id_for
 from ..identity import Contact
-from .engine import bulk_build, frozen_heap
-from .membership_run import _Counting, _Paused, _summary
+from .engine import Simulator, bulk_build, frozen_heap
+from .membership_run import _Paused, _summary
 
 EXIT_OK, EXIT_LIVENESS, EXIT_CORRECTNESS = 0, 128, 129
 
@@ -237,7 +244,7 @@ class OverlayRun:
         n = sc.nodes
         self.mcfg = MembershipConfig.profile(sc.profile, **sc.config)
         self.rcfg = RoutingConfig()
-        self.sim = _Counting(sc.seed, latency=sc.latency, loss=sc.loss, on_event=self._on_event,
+        self.sim = Simulator(sc.seed, latency=sc.latency, loss=sc.loss, on_event=self._on_event,
                              sample_every=sc.byte_sample)
         self.rng = self.sim.rng("overlay")
         self.contacts = [Contact(sim_key(sc.seed, i), f"tcp://10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:7000")
