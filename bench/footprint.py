@@ -29,8 +29,11 @@ Why: the edge/IoT operator runs a node as a sidecar on a small box; the
 issue's aims are ≤ 32 MB RSS and ≤ 0.1 % CPU while idle with 100 peers.
 
 With ``--sidecar`` the node under test is the real sidecar process, ``zmqagents node --config``,
-measured the same way in two configurations at 0, 100 and 200 peers: ``default`` (the schema's
-defaults: whatever services they enable) and ``all`` (mDNS and the admin endpoint on as well).
+started as the ``zmqagents`` console script starts it (``python -m zmqagents.launch``, which keeps
+TLS out of the ``node`` command), measured the same way in three configurations at 0, 100 and 200
+peers: ``bare`` (mDNS and the local API off: what the node costs without optional services),
+``default`` (the schema's defaults: whatever services they enable) and ``all`` (mDNS and the
+admin endpoint on as well).
 It reports ``rss_mb_<config>_<peers>``, ``idle_cpu_percent`` (the highest of the runs) and
 ``startup_s`` (spawn to contact file, default config, no peers), and which services each
 configuration actually ran (from the sidecar's log). As root it runs inside a network namespace
@@ -379,7 +382,8 @@ def orchestrate(args) -> int:
 # the sidecar process (--sidecar)
 # =====================================================================================
 
-SIDECAR_CONFIGS = {"default": {}, "all": {"mdns": True, "admin": True}}
+# "bare" turns every optional service off, so default - bare is what the default services cost.
+SIDECAR_CONFIGS = {"bare": {"mdns": False, "local_api": False}, "default": {}, "all": {"mdns": True, "admin": True}}
 
 
 def _free_port() -> int:
@@ -394,8 +398,9 @@ def _sidecar_toml(work: Path, name: str, extra: dict, mdns_ok: bool) -> Path:
     """A config that keeps every file in ``work``; services as the schema's defaults, plus ``extra``."""
     lines = ["[node]", f'key = "{work}/{name}.key"', 'listen = "tcp://127.0.0.1:0"',
              f'contact_file = "{work}/{name}.contact"', "[local_api]", f'path = "{work}/{name}.sock"',
+             *(["enabled = false"] if extra.get("local_api") is False else []),
              "[spool]", f'dir = "{work}/{name}-spool"', "[log]", 'level = "info"']
-    if not mdns_ok:
+    if not mdns_ok or extra.get("mdns") is False:
         lines += ["[mdns]", "enabled = false"]
     elif extra.get("mdns"):
         lines += ["[mdns]", "enabled = true"]
@@ -419,7 +424,8 @@ def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool, m
     children: list[Child] = []
     with open(err_path, "w") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "zmqagents.cli", "node", "--config", str(toml)],
+        # zmqagents.launch: what the `zmqagents` console script runs (it keeps TLS out of `node`)
+        proc = subprocess.Popen([sys.executable, "-m", "zmqagents.launch", "node", "--config", str(toml)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                 preexec_fn=_die_with_parent)
     try:
