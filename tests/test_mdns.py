@@ -50,6 +50,22 @@ def test_txt_round_trip_and_size():
     assert claim.endpoints == ("tcp://10.0.0.5:4000",)
 
 
+def test_txt_vector_from_the_spec():
+    spec = (Path(__file__).resolve().parent.parent / "protocols" / "mdns.md").read_text()
+    block = spec.split("## 6. Test vector", 1)[1].split("```")[1]
+    rdata = bytes.fromhex("".join(block.split()))
+    ident = Identity.from_seed(bytes(range(32)))
+    assert _rdata(txt_record(ident.public_key, ["tcp://192.0.2.10:7100"])) == rdata
+    from zeroconf.asyncio import AsyncServiceInfo  # and zeroconf puts exactly these bytes on the wire
+
+    info = AsyncServiceInfo("_zmqagents._tcp.local.", "x._zmqagents._tcp.local.", port=7100,
+                            properties=txt_record(ident.public_key, ["tcp://192.0.2.10:7100"]))
+    assert info.text == rdata
+    claim = parse_txt(rdata)
+    assert claim.node_id.hex() == "56475aa75463474c0285df5dbf2bcab73da651358839e9b77481b2eab107708c"
+    assert claim.public_key == ident.public_key and claim.endpoints == ("tcp://192.0.2.10:7100",)
+
+
 @pytest.mark.parametrize("case", [
     "empty", "garbage", "truncated", "oversize", "version", "no_pk", "bad_pk", "bad_id", "other_id",
     "no_ep", "ipc_only", "wildcard_only", "not_bytes",
