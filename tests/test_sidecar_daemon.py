@@ -363,12 +363,14 @@ def test_a_taken_listen_address_exits_1_with_one_clear_line(tmp_path):
     taken.listen()
     try:
         port = taken.getsockname()[1]
-        out = subprocess.run(CLI + ["node", "--config", str(sidecar_config(tmp_path)), "--listen", f"tcp://127.0.0.1:{port}"],
-                             capture_output=True, text=True, timeout=20, env=clean_env())
+        out = subprocess.run(CLI + ["node", "--config", str(sidecar_config(tmp_path)), "--listen", f"tcp://127.0.0.1:{port}",
+                                    "--log-format", "json"], capture_output=True, text=True, timeout=20, env=clean_env())
     finally:
         taken.close()
     assert out.returncode == 1
-    assert f"error: the sidecar failed: Address already in use (addr='tcp://127.0.0.1:{port}')" in out.stderr
+    lines = [json.loads(line) for line in out.stderr.splitlines()]  # still one JSON object per line
+    assert {"level": "error", "msg": f"the sidecar failed: Address already in use (addr='tcp://127.0.0.1:{port}')"}.items() \
+        <= lines[-1].items()
     assert "Traceback" not in out.stderr
 
 

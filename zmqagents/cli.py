@@ -324,14 +324,15 @@ def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, e
             _emit({"type": msg.type, "from": msg.sender, "body": msg.body})
 
     async def main() -> int:
+        # Logging is configured by now: errors go through it, so a JSON log stays one object per line.
         try:
             return await sidecar.serve(app)
         except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
+            log.error("%s", exc)
             return EXIT_CONFIG
         except Exception as exc:  # e.g. the listen address is taken: one clear line, details at debug level
             log.debug("sidecar failed", exc_info=True)
-            click.echo(f"error: the sidecar failed: {exc}", err=True)
+            log.error("the sidecar failed: %s", exc)
             return EXIT_FAILED
 
     return run(main())
