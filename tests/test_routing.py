@@ -526,7 +526,7 @@ def test_join_without_any_contact_reports_failure():
 
 
 def test_the_join_lookup_asks_join_alpha_at_once_other_lookups_alpha():
-    for join_alpha in (10, 3):
+    for join_alpha in (10, 3):  # 3 is the default
         a, boot = core(1, RoutingConfig(join_alpha=join_alpha)), core(2)
         a.join([boot.contact], 0.0)
         (q,) = a.take_outgoing()

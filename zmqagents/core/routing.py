@@ -543,11 +543,13 @@ class RoutingConfig:
 
     k: int = 20  # bucket size and lookup width: the paper's value; a bucket of 20 all failing at once is unlikely
     alpha: int = 3  # queries in flight per lookup: the paper's value; more buys little latency for more load
-    # Queries in flight in a join's lookup of our own id. A node joins once, and Node.start() waits for it:
-    # with alpha = 3 the self-lookup needs ~8 round trips, with 10 ~3 (sim, 100 nodes: p50 82 -> 35 ms at
-    # 5 ms one-way, 0.32 -> 0.20 s when all join at once at 20 ms, for 33 % more queries in that storm
-    # and none when joins are spread; protocols/routing.md 6.1).
-    join_alpha: int = 10
+    # Queries in flight in a join's lookup of our own id; Node.start() waits for that lookup. With 3 it
+    # takes ~8 round trips, with 10 ~3: when joins are bound by round trips (sim, 100 nodes: p50 82 -> 35
+    # ms at 5 ms one-way) 10 is much faster. On the 2-core box, where 100 real nodes joining at once are
+    # bound by CPU (CURVE handshakes), 10 cost 17 % more join CPU, did not make all_started sooner, and
+    # its bursts coincided with a false "failed" in two overloaded runs (protocols/routing.md 6.1).
+    # So the default stays alpha; raise it for long-RTT (WAN) meshes.
+    join_alpha: int = 3
     replacements: int = 8  # replacement cache per full bucket: covers losing 40% of a bucket between refreshes
     query_timeout: float = 2.0  # hard timeout of one FIND_NODE (s): after it the contact counts as failed
     late_initial: float = 0.5  # late limit before any RTT is known (s): above most WAN RTTs; a late peer is not failed
