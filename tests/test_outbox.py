@@ -173,3 +173,28 @@ def test_a_destination_named_by_id_alone_waits_until_reachable_and_its_contact_i
             assert far._inbox.qsize() == 0
 
     arun(main(), timeout=40)
+
+
+def test_a_record_damaged_on_disk_after_it_was_accepted_is_dropped_loudly_and_the_rest_flows(arun, tmp_path, caplog):
+    async def main():
+        peer_id = Identity.generate()
+        port = free_port()
+        contact = Contact(peer_id.public_key, f"tcp://127.0.0.1:{port}")
+        async with Node(config=fast()) as node:
+            outbox = Outbox(node, SpoolConfig(str(tmp_path / "spool")), retry_delay=0.1, retry_max=0.2)
+            await outbox.start()
+            outbox.accept([(contact.node_id, contact, {"n": i}, os.urandom(16)) for i in range(5)])
+            await asyncio.sleep(0.6)  # the peer is down: one probe in flight, the rest wait on disk
+            (segment,) = (tmp_path / "spool").glob("*.seg")
+            data = bytearray(segment.read_bytes())
+            data[-20] ^= 0xFF  # a bad sector under the last record
+            segment.write_bytes(bytes(data))
+            async with Node(peer_id, listen=f"tcp://127.0.0.1:{port}") as peer:
+                got = [(await peer.receive(timeout=10)).body["n"] for _ in range(4)]
+                assert got == [0, 1, 2, 3]
+                await settle(outbox)
+                assert outbox.status()["queued"] == 0 and outbox.stats["unreadable"] == 1
+            await outbox.close(0)
+        assert "that message is dropped" in caplog.text
+
+    arun(main(), timeout=30)

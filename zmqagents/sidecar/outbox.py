@@ -94,7 +94,7 @@ class Outbox:
         self.accepting = False
         self._closed = False
         self.stats: dict[str, int] = dict.fromkeys(
-            ("accepted", "delivered", "send_failures", "refused", "unknown_destination"), 0)
+            ("accepted", "delivered", "send_failures", "refused", "unknown_destination", "unreadable"), 0)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -244,6 +244,13 @@ class Outbox:
                     env = self.spool.read(ref)
                 except KeyError:  # acknowledged meanwhile (a duplicate record)
                     dest.pop_ref()
+                    continue
+                except SpoolError as exc:  # damaged on disk since it was written: it cannot be sent
+                    log.error("outbox: %s; that message is dropped", exc)
+                    self.stats["unreadable"] += 1
+                    dest.pop_ref()
+                    self.spool.mark_done(ref)
+                    self._schedule_commit()
                     continue
                 if env.id in inflight:
                     break  # the same id is on its way (a client re-sent it): wait for that copy to settle
