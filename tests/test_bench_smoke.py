@@ -145,3 +145,13 @@ def test_dht_quick_reports_put_get_before_and_after_a_kill():
     assert out["puts"]["n"] == 60 and out["gets"]["n"] == out["gets_after_kill"]["n"] == out["puts"]["ok"]
     assert isinstance(out["gets_over_hard_timeout_after_kill"], int)
     assert out["params"]["quick"] is True
+
+
+def test_tasks_quick_reports_rates_and_failover_checks():
+    out = _run("tasks.py", "--quick", timeout=120)
+    assert out["bench"] == "tasks" and out["params"]["quick"] is True
+    assert out["tasks_per_s"] > 0 and 0 < out["task_p50_ms"] <= out["task_p99_ms"]
+    assert out["providers_killed"] == 3 and out["failover_tasks"] == 600
+    assert out["lost_tasks"] == 0 and out["duplicate_runs"] == 0
+    assert out["completed"] + out["failed_maybe_ran"] + out["failed_other"] + out["rejected"] == 600
+    assert out["never_ran"] >= 0

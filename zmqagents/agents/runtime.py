@@ -84,7 +84,16 @@ class DhtLookup:
     async def _find(self, capability: str) -> list[Provider]:
         now = time.monotonic()
         found = []
-        for info in await self.node.find_providers(capability, timeout=self.timeout):
+        try:
+            infos = await self.node.find_providers(capability, timeout=self.timeout)
+        except Exception as exc:
+            stale = self._cache.get(capability)
+            if stale is None:
+                raise
+            # The lookup failed (every node it asked is gone, say): the last answer is better than none.
+            log.info("provider lookup for %r failed (%s); using the previous answer", capability, exc)
+            return stale[1]
+        for info in infos:
             meta = info.meta if isinstance(info.meta, dict) else {}
             cost = meta.get("cost", 0.0)
             mc = meta.get("mc")
