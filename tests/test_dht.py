@@ -372,6 +372,22 @@ def test_provider_entries_are_bounded_per_key_and_refreshed_by_later_expiry():
     assert answer(b)["why"] == "bad_signature"
 
 
+def test_a_provider_declared_dead_is_forgotten_by_its_holders():
+    a, b = two_peers()
+    provs = [ident(f"q{i}") for i in range(3)]
+    for i, who in enumerate(provs):
+        for name in ("cap1", "cap2"):
+            b.dht.receive(stored_env(a, b, make_provider(who, key_for(name), "tcp://127.0.0.1:1",
+                                                         int(T0) + 100).to_wire(), ADD_PROVIDER, "prov"), T0)
+            assert answer(b) == {"ok": True}
+    size = b.dht.store_bytes
+    assert b.dht.forget(provs[1].node_id) == 2
+    assert b.dht.forget(provs[1].node_id) == 0
+    assert {p.node_id for p in b.dht.held_providers(key_for("cap1"))} == {provs[0].node_id, provs[2].node_id}
+    assert b.dht.provider_entries == 4 and b.dht.store_bytes == size * 4 // 6
+    assert b.dht.stats["providers_forgotten"] == 2
+
+
 @settings(max_examples=150, deadline=None)
 @given(typ=st.sampled_from([FIND_VALUE, FIND_PROVIDERS, STORE, ADD_PROVIDER, VALUE, PROVIDERS, STORED, "dht.x"]),
        body=st.recursive(st.none() | st.booleans() | st.integers() | st.binary(max_size=40) | st.text(max_size=10),

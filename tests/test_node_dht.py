@@ -84,6 +84,14 @@ def test_put_on_one_node_get_on_another_and_providers(arun):
                 else:
                     raise AssertionError("a put over another publisher's live record succeeded")
             assert await nodes[1].dht.get("from/client") == 1
+
+            # A provider that leaves is dropped by the holders that hear it leave, before its entry expires.
+            await nodes[2].close()
+            deadline = time.monotonic() + 10
+            while nodes[2].node_id in {p.node_id for p in await nodes[7].find_providers("summarize")}:
+                assert time.monotonic() < deadline, "a provider that left is still listed"
+                await asyncio.sleep(0.2)
+            assert sum(n.dht.core.stats["providers_forgotten"] for n in nodes) >= 1
         finally:
             await asyncio.gather(*(n.close() for n in nodes))
 

@@ -847,6 +847,7 @@ class Node:
                 self.routing.forget(nid)
                 self.delivery.forget(nid)
                 self.transport.forget(nid)
+                self.dht.core.forget(nid)  # its provider entries here: it no longer provides anything
                 if self.relay_server is not None:
                     self.relay_server.forget(nid)
                 self._members.discard(nid)

@@ -57,6 +57,7 @@ Public API (stable)::
         .get(key, now) -> op id                                      # DhtDone(kind="get", record=Record|None)
         .provide(key, now, *, meta=None) -> op id                    # DhtDone(kind="provide"); refreshed until
         .unprovide(key) -> bool                                      #   unprovide(): entries then expire
+        .forget(node_id) -> int     # liveness layer: that node is dead or left; drop its provider entries
         .find_providers(key, now) -> op id                           # DhtDone(kind="providers", providers=[...])
         .held(key) -> Record | None, .held_providers(key) -> list[ProviderRecord]
         .records -> int (records held), .provider_entries -> int, .store_bytes -> int
@@ -130,7 +131,7 @@ STAT_KEYS = LOOKUP_STAT_KEYS + (
     "stored", "updated", "duplicates",
     "refused_malformed", "refused_oversize", "refused_expired", "refused_future", "refused_bad_signature",
     "refused_owner", "refused_conflict", "refused_stale", "refused_full", "refused_rate", "refused_key",
-    "evicted", "expired", "providers_stored", "providers_updated", "providers_full",
+    "evicted", "expired", "providers_stored", "providers_updated", "providers_full", "providers_forgotten",
     # records in answers to our lookups that were not usable
     "answers_bad_record", "answers_bad_provider",
     # operations
@@ -564,6 +565,22 @@ class DhtCore(CoreOutputs):
         """Look up the providers of ``key``; DhtDone(kind="providers").providers lists them."""
         _check_key(key)
         return self._submit(_FIND, key, None, now)
+
+    def forget(self, node_id: bytes) -> int:
+        """The liveness layer declared ``node_id`` dead (or it left): drop the provider entries it has here,
+        so finds stop listing it before the entries expire. Safe on a false positive: a live provider
+        re-stores its entry at its next refresh. Returns the entries dropped (also counted)."""
+        n = 0
+        for key in [k for k, h in self._provs.items() if node_id in h.entries]:
+            h = self._provs[key]
+            p = h.entries.pop(node_id)
+            self._items -= 1
+            self._bytes -= p.size
+            n += 1
+            if not h.entries:
+                del self._provs[key]
+        self.stats["providers_forgotten"] += n
+        return n
 
     def held(self, key: bytes) -> Record | None:
         """The record this node holds for ``key`` for others (expired ones may linger until the next check)."""
