@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """What reaching a node through a relay costs: request/reply through a relay against direct.
 
-Subjects, each in its own process (tcp on 127.0.0.1, CURVE on every link): a relay
-(``serve_relay``), an outbound-only *edge* node registered with it, and a *direct* node; both
-answer every request with its body. The orchestrating process runs the client node and measures,
+Subjects, each in its own process (tcp on 127.0.0.1, CURVE on every link): two relays
+(``serve_relay``), an outbound-only *edge* node registered with both (the first preferred), and a
+*direct* node; edge and direct answer every request with its body. The orchestrating process runs the client node and measures,
 for each route, after a warm-up:
 
 * **request/reply** -- N requests with W in flight; rate = N / time from the first to the last reply;
@@ -12,8 +12,13 @@ for each route, after a warm-up:
 
 Routes: ``direct`` (client -> direct node), ``relayed`` (client -> relay -> edge node, each
 envelope signed by its sender and verified by its destination), ``sealed`` (the same, bodies also
-sealed with NaCl Box both ways). ``relay_cpu_us_per_forward`` is the relay process's CPU time
-(all threads) per envelope it forwarded during the relayed request/reply run.
+sealed with NaCl Box both ways). ``relay_cpu_us_per_request`` is the first relay's CPU time (all
+threads) during the relayed request/reply run divided by its requests: what one request and its
+reply (and their acks) cost the relay.
+
+Failover, at the end: the first relay is killed with SIGKILL mid-conversation;
+``failover_first_request_s`` is how long the next request takes (the client's retransmit goes to
+the second relay), ``failover_pingpong_p50_us`` the round trip afterwards, through the second relay.
 
 Why: relaying adds a hop, an Ed25519 signature and verification per envelope (and a Box when
 sealed); this shows what that costs next to a direct link, measured in the same run.
@@ -42,7 +47,7 @@ SCRIPT = Path(__file__).resolve()
 # -- children -----------------------------------------------------------------------
 
 
-async def _serve(role: str, relay: str | None) -> None:
+async def _serve(role: str, relays: list[str]) -> None:
     from zmqagents.node import Node, NodeConfig
 
     if role == "relay":
@@ -50,7 +55,7 @@ async def _serve(role: str, relay: str | None) -> None:
         config.relay.client_rate = config.relay.total_rate = 1e6  # measure the path, not the limits
         config.relay.client_burst = config.relay.total_burst = 1e6
     elif role == "edge":
-        config = NodeConfig(outbound_only=True, relays=[relay])
+        config = NodeConfig(outbound_only=True, relays=relays)
     else:
         config = NodeConfig()
     node = Node(config=config)
@@ -58,15 +63,48 @@ async def _serve(role: str, relay: str | None) -> None:
     async with node:
         emit({"contact": str(node.contact)})
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)  # until the orchestrator closes stdin
-        stats = node.relay_server.stats if node.relay_server is not None else {}
-        emit({"relay_stats": stats, "drops": node.transport.drops})
+        while True:  # a line asks for the counters; EOF (the orchestrator closed stdin) ends the child
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            stats = node.relay_server.stats if node.relay_server is not None else {}
+            emit({"relay_stats": dict(stats), "drops": dict(node.transport.drops)})
+            if not line:
+                return
 
 
 # -- the measuring side ----------------------------------------------------------------
 
 
 async def _measure(contacts: dict, relay: Child, n: int, window: int, samples: int, warmup: int) -> dict:
+    out = await _routes(contacts, relay, n, window, samples, warmup)
+    relay.send({})
+    out["_relay_final"] = relay.read(20)  # the first relay's counters, before it is killed
+    out.update(await _failover(contacts, relay, samples))
+    return out
+
+
+async def _failover(contacts: dict, relay: Child, samples: int) -> dict:
+    from zmqagents.identity import Contact
+    from zmqagents.node import Node, NodeConfig
+
+    target = Contact.parse(contacts["edge"])
+    async with Node(peers=[target], config=NodeConfig(member=False)) as client:
+        for i in range(20):
+            await client.request(target.node_id, i, timeout=10)
+        relay.kill()  # SIGKILL: the first relay vanishes mid-conversation
+        t = time.perf_counter()
+        if await client.request(target.node_id, "after", timeout=30) != "after":
+            raise BenchError("failover: wrong reply")
+        first = time.perf_counter() - t
+        rtts = []
+        for i in range(samples):
+            t = time.perf_counter()
+            await client.request(target.node_id, i, timeout=10)
+            rtts.append((time.perf_counter() - t) * 1e6)
+        return {"failover_first_request_s": round(first, 3), "failover_pingpong_p50_us": round(median(rtts), 1),
+                "failover_misses": sum(client.transport.relaying.misses.values())}
+
+
+async def _routes(contacts: dict, relay: Child, n: int, window: int, samples: int, warmup: int) -> dict:
     from zmqagents.identity import Contact
     from zmqagents.node import Node, NodeConfig
 
@@ -121,7 +159,7 @@ async def _measure(contacts: dict, relay: Child, n: int, window: int, samples: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", choices=["relay", "edge", "direct"], help=argparse.SUPPRESS)
-    parser.add_argument("--relay", help=argparse.SUPPRESS)
+    parser.add_argument("--relay", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="small run for the smoke test")
     parser.add_argument("--messages", type=int, help="requests per request/reply run")
     parser.add_argument("--window", type=int, default=32, help="requests in flight")
@@ -136,17 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         relay = Child(SCRIPT, "relay")
         children.append(relay)
-        relay_contact = relay.read(20)["contact"]
-        edge = Child(SCRIPT, "edge", "--relay", relay_contact)
+        relay2 = Child(SCRIPT, "relay", name="relay2")
+        children.append(relay2)
+        relay_contact, relay2_contact = relay.read(20)["contact"], relay2.read(20)["contact"]
+        edge = Child(SCRIPT, "edge", "--relay", relay_contact, "--relay", relay2_contact)
         direct = Child(SCRIPT, "direct")
         children += [edge, direct]
         contacts = {"edge": edge.read(20)["contact"], "direct": direct.read(20)["contact"]}
         log(f"relay bench: {n} requests, window {args.window}, {samples} ping-pongs per route")
         result = run(_measure(contacts, relay, n, args.window, samples, warmup))
-        for child in children:
+        final = {"relay": result.pop("_relay_final")}
+        alive = [child for child in children if child.proc.poll() is None]  # the first relay was killed
+        for child in alive:
             child.proc.stdin.close()
-        final = {child.name: child.read(20) for child in children}
-        for child in children:
+        final.update({child.name: child.read(20) for child in alive})
+        for child in alive:
             child.wait(10)
     except BenchError as exc:
         log(f"error: {exc}")

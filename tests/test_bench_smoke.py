@@ -129,6 +129,8 @@ def test_relay_quick_reports_direct_relayed_and_sealed_routes():
     _positive(out, "relayed_ratio", "sealed_ratio", "relay_cpu_us_per_request")
     assert out["relayed_client_relay_stats"]["unwrapped"] > 0 and out["sealed_client_relay_stats"]["opened"] > 0
     assert out["relay_stats"]["forwarded"] > 0 and out["relay_stats"]["registered"] == 1
+    _positive(out, "failover_first_request_s", "failover_pingpong_p50_us")
+    assert out["failover_misses"] >= 1  # the killed relay was counted by the client
     assert out["params"]["quick"] is True
 
 
