@@ -25,7 +25,6 @@ from ..core.relay import RELAY_PREFIX
 from ..envelope import BadSignature, Envelope, EnvelopeError, decode
 from ..identity import IdentityError, curve_public_of, node_id_of
 
-NODE_ID_LEN = 32
 MAX_BOXES = 256  # NaCl Box objects (a precomputed shared key each, ~50 µs to make) kept per node
 MAX_ATTEMPTS = 4096  # message ids whose send count is remembered, to rotate relays on retransmit
 
