@@ -47,6 +47,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(agent)
     cli.add_command(task)
     cli.add_command(agents_group)
+    cli.add_command(workflow_group)
 
 
 def _schema_option(text: str | None, name: str) -> Any:
@@ -515,6 +516,67 @@ def agents_card(key, listen, insecure, to, a2a, url, card_name) -> None:
                 return 1
         _emit(agent_card(card_name or target.node_id.hex()[:12], caps, url=url or target.endpoint))
         return EXIT_OK
+
+    from ..cli import _run
+    sys.exit(_run(main()))
+
+
+@click.group("workflow")
+def workflow_group() -> None:
+    """Run workflow files: steps with dependencies, run as tasks across the mesh."""
+
+
+@workflow_group.command("run", epilog="""\b
+Exit codes:
+  0  every step completed
+  4  some step failed, was rejected or skipped
+  2  the workflow file is invalid (nothing ran), or a usage error
+""")
+@_common_node_options
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--input", "input_text", help="The workflow's input (JSON), read by ${input...} references.")
+@click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh (providers are found in the DHT).")
+@click.option("--to", "to", multiple=True, help="Contact of a provider to use directly instead (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per step instead of a table.")
+def workflow_run(key, listen, insecure, path, input_text, bootstrap, to, as_json) -> None:
+    """Run the workflow in PATH (TOML or JSON; see zmqagents/agents/workflow.py for the format).
+
+    The file is checked first (cycles, unknown steps or references, wrong types): an invalid
+    file exits 2 before any task runs. Then each step runs as soon as its dependencies
+    completed; per-step state and timing are printed when all are done.
+    """
+    from .workflow import WorkflowError, load
+
+    try:
+        wf = load(path)
+    except WorkflowError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not bootstrap and not to:
+        raise click.UsageError("say where the providers are: --bootstrap CONTACT or --to CONTACT")
+    value = _parse_body(input_text) if input_text is not None else None
+    n = _make_node(key, listen, [], insecure, None, _contacts(bootstrap, hint="--bootstrap"))
+
+    async def main() -> int:
+        from .runtime import Agents
+        from .workflow import run as run_workflow
+
+        async with n:
+            agents = Agents(n, lookup=_lookup_for(n, to))
+            try:
+                results = await run_workflow(agents, wf, value)
+            finally:
+                await agents.close()
+        ok = all(r.state == "completed" for r in results.values())
+        for r in results.values():
+            if as_json:
+                _emit(r.to_json())
+            else:
+                detail = json.dumps(r.output, ensure_ascii=False) if r.state == "completed" else (r.error or {}).get("msg", "")
+                click.echo(f"{r.name:20} {r.state:10} {r.started_ms:9.1f} ms +{r.elapsed_ms:8.1f} ms  {detail[:100]}")
+        if not ok:
+            click.echo(f"error: {sum(r.state != 'completed' for r in results.values())} of {len(results)} step(s) "
+                       f"did not complete", err=True)
+        return EXIT_OK if ok else EXIT_SOME_FAILED
 
     from ..cli import _run
     sys.exit(_run(main()))

@@ -1,0 +1,346 @@
+"""Workflows: steps with dependencies run as tasks across the mesh, checked before anything runs.
+
+A workflow file is TOML or JSON::
+
+    name = "digest"
+
+    [[steps]]
+    name = "fetch"
+    agent = "capability:fetch"
+    input = {url = "${input.url}"}
+
+    [[steps]]
+    name = "summarize"
+    agent = ["capability:summarize", "tag:small"]    # every selector must hold
+    input = {text = "${steps.fetch.output.text}"}     # implies depends_on = ["fetch"]
+    retries = 2
+    timeout = 60
+
+Step keys: ``name`` (letters, digits, ``_``, ``-``), ``agent`` (selectors: one
+``capability:NAME``, plus optional ``tag:TAG`` and ``node:HEX-PREFIX`` filters on its providers),
+``input`` (any JSON; strings may hold references), ``depends_on`` (step names), ``retries``
+(extra attempts after a failure, default 0), ``timeout`` (seconds per attempt), ``idempotent``.
+
+References: ``${input.A.B}`` reads the workflow's input, ``${steps.NAME.output.A.B}`` a step's
+output (``${steps.NAME.output}`` all of it). A string that is exactly one reference becomes the
+referenced value, whatever its type; a reference inside a longer string is replaced by its text
+(JSON for non-strings). A reference to a step makes it a dependency.
+
+:func:`load` checks everything it can before any task runs: unknown keys and wrong types,
+duplicate or unknown step names, malformed selectors and references, and cycles (the error names
+one). Steps run as soon as their dependencies completed, so independent branches run in
+parallel; a step whose dependency did not complete is ``skipped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core import tasks as T
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REF_RE = re.compile(r"\$\{([^}]*)\}")
+STEP_KEYS = {"name", "agent", "input", "depends_on", "retries", "timeout", "idempotent"}
+MAX_STEPS = 1000
+
+
+class WorkflowError(ValueError):
+    """The workflow file is not valid; the message names the step and the problem."""
+
+
+@dataclass
+class Step:
+    name: str
+    capability: str
+    tags: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # hex prefixes of allowed node ids
+    input: Any = None
+    depends_on: tuple[str, ...] = ()
+    retries: int = 0
+    timeout: float | None = None
+    idempotent: bool = False
+
+
+@dataclass
+class Workflow:
+    name: str
+    steps: dict[str, Step]
+    order: list[str]  # a topological order
+
+
+@dataclass
+class StepResult:
+    name: str
+    state: str  # completed, failed, rejected, canceled, or skipped
+    output: Any = None
+    error: dict | None = None
+    provider: str | None = None
+    attempts: int = 0
+    started_ms: float = 0.0
+    elapsed_ms: float = 0.0
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"step": self.name, "state": self.state}
+        if self.state == T.COMPLETED:
+            out["output"] = self.output
+        elif self.error is not None:
+            out["error"] = self.error
+        out.update(provider=self.provider, attempts=self.attempts, started_ms=round(self.started_ms, 3),
+                   elapsed_ms=round(self.elapsed_ms, 3))
+        return out
+
+
+def load(path: str | Path) -> Workflow:
+    """Read and check a workflow file (``.toml``, else JSON)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise WorkflowError(f"cannot read {p}: {exc.strerror}") from None
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise WorkflowError(f"{p}: not valid TOML: {exc}") from None
+    else:
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise WorkflowError(f"{p}: not valid JSON: {exc}") from None
+    return parse(doc)
+
+
+def parse(doc: Any) -> Workflow:
+    """Check a workflow document (as parsed from TOML/JSON) and return it ready to run."""
+    if not isinstance(doc, dict):
+        raise WorkflowError("a workflow is a table/object with a 'steps' array")
+    name = doc.get("name", "workflow")
+    if not isinstance(name, str):
+        raise WorkflowError("'name' must be a string")
+    raw_steps = doc.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise WorkflowError("'steps' must be a non-empty array of tables")
+    if len(raw_steps) > MAX_STEPS:
+        raise WorkflowError(f"at most {MAX_STEPS} steps")
+    steps: dict[str, Step] = {}
+    for i, raw in enumerate(raw_steps, 1):
+        step = _step(raw, i)
+        if step.name in steps:
+            raise WorkflowError(f"step {i}: the name {step.name!r} is used twice")
+        steps[step.name] = step
+    for step in steps.values():
+        deps = list(step.depends_on)
+        for ref in _refs(step.input):
+            parts = ref.split(".")
+            if parts[0] == "input":
+                continue
+            if parts[0] != "steps" or len(parts) < 3 or parts[2] != "output":
+                raise WorkflowError(f"step {step.name!r}: bad reference ${{{ref}}} "
+                                    "(use ${input.FIELD} or ${steps.NAME.output.FIELD})")
+            if parts[1] not in steps:
+                raise WorkflowError(f"step {step.name!r}: reference ${{{ref}}} names no step {parts[1]!r}")
+            if parts[1] == step.name:
+                raise WorkflowError(f"step {step.name!r}: reference ${{{ref}}} names the step itself")
+            if parts[1] not in deps:
+                deps.append(parts[1])
+        for dep in deps:
+            if dep not in steps:
+                raise WorkflowError(f"step {step.name!r}: depends_on names no step {dep!r}")
+        step.depends_on = tuple(deps)
+    return Workflow(name, steps, _topological(steps))
+
+
+def _step(raw: Any, i: int) -> Step:
+    if not isinstance(raw, dict):
+        raise WorkflowError(f"step {i}: must be a table/object")
+    unknown = set(raw) - STEP_KEYS
+    if unknown:
+        raise WorkflowError(f"step {i}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(STEP_KEYS))})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise WorkflowError(f"step {i}: 'name' must be 1..64 letters, digits, _ or -")
+    where = f"step {name!r}"
+    agent = raw.get("agent")
+    selectors = [agent] if isinstance(agent, str) else agent
+    if not isinstance(selectors, list) or not selectors or not all(isinstance(s, str) for s in selectors):
+        raise WorkflowError(f"{where}: 'agent' must be a selector string or an array of them")
+    capability, tags, nodes = None, [], []
+    for sel in selectors:
+        kind, _, value = sel.partition(":")
+        if not value:
+            raise WorkflowError(f"{where}: selector {sel!r} must be capability:NAME, tag:TAG or node:ID")
+        if kind == "capability":
+            if capability is not None:
+                raise WorkflowError(f"{where}: more than one capability selector")
+            capability = value
+        elif kind == "tag":
+            tags.append(value)
+        elif kind == "node":
+            if not re.fullmatch(r"[0-9a-fA-F]{4,64}", value):
+                raise WorkflowError(f"{where}: node selector {sel!r} needs a hex node id (prefix of 4+ digits)")
+            nodes.append(value.lower())
+        else:
+            raise WorkflowError(f"{where}: unknown selector kind {kind!r} (capability, tag, node)")
+    if capability is None:
+        raise WorkflowError(f"{where}: needs a capability:NAME selector (tag and node only narrow its providers)")
+    deps = raw.get("depends_on", [])
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise WorkflowError(f"{where}: 'depends_on' must be an array of step names")
+    retries = raw.get("retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
+        raise WorkflowError(f"{where}: 'retries' must be an integer 0..100")
+    timeout = raw.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise WorkflowError(f"{where}: 'timeout' must be a positive number of seconds")
+    idempotent = raw.get("idempotent", False)
+    if not isinstance(idempotent, bool):
+        raise WorkflowError(f"{where}: 'idempotent' must be true or false")
+    for ref in _refs(raw.get("input")):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", ref):
+            raise WorkflowError(f"{where}: malformed reference ${{{ref}}}")
+    return Step(name, capability, tuple(tags), tuple(nodes), raw.get("input"), tuple(deps), retries,
+                None if timeout is None else float(timeout), idempotent)
+
+
+def _refs(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return REF_RE.findall(value)
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _refs(v)]
+    return []
+
+
+def _topological(steps: dict[str, Step]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name):] + [name]
+            raise WorkflowError("the steps form a cycle: " + " -> ".join(cycle))
+        state[name] = 1
+        for dep in steps[name].depends_on:
+            visit(dep, path + [name])
+        state[name] = 2
+        order.append(name)
+
+    for name in steps:
+        visit(name, [])
+    return order
+
+
+def resolve(value: Any, context: dict) -> Any:
+    """``value`` with every reference replaced from ``context`` ({"input": ..., "steps": {name: {"output"}}})."""
+    if isinstance(value, str):
+        whole = REF_RE.fullmatch(value)
+        if whole:
+            return _lookup(whole.group(1), context)
+
+        def text(m: re.Match) -> str:
+            v = _lookup(m.group(1), context)
+            return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+
+        return REF_RE.sub(text, value)
+    if isinstance(value, list):
+        return [resolve(v, context) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, context) for k, v in value.items()}
+    return value
+
+
+def _lookup(ref: str, context: dict) -> Any:
+    cur: Any = context
+    for part in ref.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            raise WorkflowError(f"reference ${{{ref}}} does not resolve: no {part!r} there")
+    return cur
+
+
+async def run(agents, workflow: Workflow, value: Any = None) -> dict[str, StepResult]:
+    """Run every step as soon as its dependencies completed; returns each step's result."""
+    start = time.perf_counter()
+    results: dict[str, StepResult] = {}
+    done_events = {name: asyncio.Event() for name in workflow.steps}
+    context: dict[str, Any] = {"input": value, "steps": {}}
+
+    async def one(step: Step) -> None:
+        try:
+            for dep in step.depends_on:
+                await done_events[dep].wait()
+            failed = [d for d in step.depends_on if results[d].state != T.COMPLETED]
+            if failed:
+                results[step.name] = StepResult(step.name, "skipped", error={
+                    "code": "dependency", "msg": f"did not run: {', '.join(failed)} did not complete"})
+                return
+            results[step.name] = await _run_step(agents, step, context, start)
+            if results[step.name].state == T.COMPLETED:
+                context["steps"][step.name] = {"output": results[step.name].output}
+        finally:
+            done_events[step.name].set()
+
+    await asyncio.gather(*(one(workflow.steps[name]) for name in workflow.order))
+    return {name: results[name] for name in workflow.order}
+
+
+async def _run_step(agents, step: Step, context: dict, start: float) -> StepResult:
+    began = time.perf_counter()
+    result = StepResult(step.name, T.FAILED, started_ms=(began - start) * 1000)
+    try:
+        task_input = resolve(step.input, context)
+    except WorkflowError as exc:
+        result.error = {"code": "reference", "msg": str(exc)}
+        return result
+    for attempt in range(step.retries + 1):
+        try:
+            candidates = await _select(agents, step)
+        except Exception as exc:
+            result.error = {"code": T.E_NO_PROVIDER, "msg": f"provider lookup failed: {exc}"}
+            continue
+        from ..core.tasks import TaskSpec
+
+        try:
+            _, fut = await agents.submit(TaskSpec(step.capability, task_input, deadline=step.timeout,
+                                                  idempotent=step.idempotent), candidates=candidates)
+        except ValueError as exc:  # the input fails the capability's schema: retrying cannot help
+            result.error = {"code": "bad-input", "msg": str(exc)}
+            break
+        done = await fut
+        result.attempts += done.attempts
+        result.provider = done.provider.hex() if done.provider else None
+        result.state = done.state
+        result.output = done.output
+        result.error = done.error
+        if done.state == T.COMPLETED:
+            break
+    result.elapsed_ms = (time.perf_counter() - began) * 1000
+    return result
+
+
+async def _select(agents, step: Step) -> list:
+    candidates = await agents.candidates(step.capability)
+    if step.nodes:
+        candidates = [c for c in candidates if any(c.node_id.hex().startswith(p) for p in step.nodes)]
+    if step.tags:
+        keep = []
+        for c in candidates:
+            cap = await agents.describe(step.capability, [c])
+            if cap is not None and all(t in cap.tags for t in step.tags):
+                keep.append(c)
+        candidates = keep
+    return candidates
