@@ -4,7 +4,8 @@ This is the overlay simulation (:mod:`zmqagents.sim.overlay`: warm start or full
 scheduling, the same exit-code rules) with a :class:`~zmqagents.core.dht.DhtCore` added to each node,
 wired as a real node wires it: envelopes whose type starts with ``dht.`` go to the DHT core, which
 feeds what it learns (answers, RTTs, hard timeouts) into the node's one routing table; table changes
-are handed to membership as for ``kad.`` traffic. Each node signs with its own Ed25519 key (derived
+are handed to membership as for ``kad.`` traffic, and a membership ``Failed``/``Left`` also goes to
+``DhtCore.forget``. Each node signs with its own Ed25519 key (derived
 from the run seed and its number), so every STORE and every record in an answer is really verified.
 
 The timeline of a run (``S`` = ``--seconds``, ``W`` = the spread of each phase, 4 % of ``S`` clamped
@@ -68,7 +69,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..core.dht import DhtConfig, DhtCore, DhtDone, key_for
-from ..core.membership import Membership
+from ..core.membership import Failed, Left, Membership
 from ..core.routing import RoutingCore
 from ..identity import Identity
 from .membership_run import _summary
@@ -261,7 +262,10 @@ class DhtRun(OverlayRun):
         self.sim.flush(self.sim.nodes[i])
 
     def _on_event(self, simnode, ev, now: float) -> None:
-        if type(ev) is not DhtDone:
+        t = type(ev)
+        if t is not DhtDone:
+            if t is Failed or t is Left:
+                self.nodes[simnode.index].dht.forget(ev.node_id)  # as Node does: its provider entries go
             OverlayRun._on_event(self, simnode, ev, now)
             return
         i = simnode.index
