@@ -7,6 +7,7 @@ What it measures (tcp on 127.0.0.1, CURVE on every link, default configs):
   ``bootstrap=[seed contact]``: the nodes that will be killed (``--kill`` of ``--nodes``, 20 % by
   default) spread over ``--victim-procs`` processes, the rest over ``--procs`` worker processes; each
   process runs its Nodes on one event loop (``zmqagents.node.run``). ``--nodes`` counts all of them.
+  Identities are derived from ``--seed`` and each node's number, so a seed fixes which ids die.
   After every ``start()`` returned, ``--settle`` s pass before the first put (the joins' bucket
   refreshes finish meanwhile; ``routing_table_size`` at the first put is reported).
 * Puts. ``--keys`` keys (``"bench/<seed>/<j>"``, values of ~80 bytes), each put with
@@ -80,14 +81,20 @@ HARD_TIMEOUT_MS = 2000.0  # DhtConfig.query_timeout: a get that waited on a dead
 
 
 async def role_nodes(args) -> None:
+    import hashlib
+
     from zmqagents.dht import DhtError
+    from zmqagents.identity import Identity
     from zmqagents.node import Node
 
     raise_fd_limit()
     if not args.verbose:
         logging.getLogger("zmqagents.transport").setLevel(logging.ERROR)
     bootstrap = [args.contact] if args.contact else []
-    nodes = [Node(listen="tcp://127.0.0.1:0", bootstrap=bootstrap) for _ in range(args.count)]
+    # Identities from the run seed and the node's number: the same seed puts the same ids (so the same
+    # keys' closest nodes) among the killed.
+    nodes = [Node(Identity.from_seed(hashlib.sha256(b"bench-dht/%d/%d" % (args.seed, args.first + i)).digest()),
+                  listen="tcp://127.0.0.1:0", bootstrap=bootstrap) for i in range(args.count)]
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -204,7 +211,8 @@ def orchestrate(args) -> int:
         log(f"raw pyzmq ping-pong ({args.raw_samples} samples)")
         raw = throughput.measure("pingpong", "raw", args.raw_samples, max(50, args.raw_samples // 10), 1, 60, None)
 
-        seed = Child(SCRIPT, "nodes", "--count", "1", *verbose, name="seed")
+        common = ["--seed", str(args.seed), *verbose]
+        seed = Child(SCRIPT, "nodes", "--count", "1", "--first", "0", *common, name="seed")
         children.append(seed)
         seed.read(30)
         seed_info = ask(seed, {"cmd": "start"})
@@ -212,13 +220,16 @@ def orchestrate(args) -> int:
         procs: list[tuple[Child, bool]] = [(seed, False)]  # (process, killed later)
         n_kill = args.kill_nodes
         rest = args.nodes - 1 - n_kill
+        first = 1
         for i, count in enumerate(spread(rest, args.procs)):
             # "=" form: a Z85 key may start with "-", which argparse would take for an option
-            procs.append((Child(SCRIPT, "nodes", f"--contact={contact}", "--count", str(count), *verbose,
-                                name=f"worker-{i}"), False))
+            procs.append((Child(SCRIPT, "nodes", f"--contact={contact}", "--count", str(count), "--first", str(first),
+                                *common, name=f"worker-{i}"), False))
+            first += count
         for i, count in enumerate(spread(n_kill, args.victim_procs)):
-            procs.append((Child(SCRIPT, "nodes", f"--contact={contact}", "--count", str(count), *verbose,
-                                name=f"victim-{i}"), True))
+            procs.append((Child(SCRIPT, "nodes", f"--contact={contact}", "--count", str(count), "--first", str(first),
+                                *common, name=f"victim-{i}"), True))
+            first += count
         children.extend(c for c, _ in procs[1:])
         for c, _ in procs[1:]:
             c.read(30)
@@ -337,6 +348,7 @@ def orchestrate(args) -> int:
                 "nodes": args.nodes, "keys": args.keys, "kill_nodes": n_kill, "procs": args.procs,
                 "victim_procs": args.victim_procs, "concurrency_per_process": args.concurrency,
                 "settle_s": args.settle, "op_timeout_s": args.op_timeout, "seed": args.seed, "quick": args.quick,
+                "identities": "Identity.from_seed(sha256('bench-dht/<seed>/<node number>')): the seed fixes who is killed",
                 "raw_samples": args.raw_samples,
                 "layout": f"1 seed process (1 node), {len(procs) - 1 - len(victims)} worker and {len(victims)} victim "
                           f"processes ({'/'.join(str(len(ids[c])) for c, _ in procs[1:])} nodes)",
@@ -374,12 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, help="seconds between the last start and the first put (default 3; quick 1)")
     p.add_argument("--op-timeout", type=float, default=30.0, help="timeout of one put or get (s, default 30)")
     p.add_argument("--raw-samples", type=int, help="raw pyzmq ping-pong samples (default 2000; quick 300)")
-    p.add_argument("--seed", type=int, default=1, help="random seed for publishers and getters (default 1)")
+    p.add_argument("--seed", type=int, default=1, help="random seed: node identities, publishers, getters (default 1)")
     p.add_argument("--verbose", action="store_true", help="let the nodes log transport warnings")
     # child-only
     p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     p.add_argument("--contact", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.role:
         run(ROLES[args.role](args))
