@@ -1,10 +1,18 @@
-"""The quick-start demo: a real local mesh doing real work.
+"""The quick-start demo: a real local mesh of agents doing real work.
 
-Starts worker nodes as separate processes (``zmqagents reply --exec``), each
-serving a shell command over CURVE-encrypted ZeroMQ on loopback, then pipes a
-batch of JSON lines through ``zmqagents request`` spread across the workers,
-and prints some results and a one-line summary. Everything it starts, it
-stops (by PID) before exiting.
+Starts agent nodes as separate processes on loopback, CURVE on: a seed and
+``--workers - 1`` more serving the capability ``wordstats`` (a shell command:
+count the words of a sentence, echo the longest), and one serving ``shout``
+(``tr a-z A-Z``). The agents join the mesh through the seed and publish DHT
+provider records for what they serve. Then, as a shell user would:
+
+1. pipes a batch of JSON lines through ``zmqagents task wordstats --parallel 32``,
+   which finds the providers in the DHT and spreads the tasks across them
+   (one JSON result per line, in input order);
+2. runs a two-step workflow across the mesh: ``wordstats`` of a sentence, then
+   ``shout`` of the longest word it found (``${steps.stats.output.longest}``).
+
+It prints some results and a summary, and stops (by PID) everything it started.
 
     python -m zmqagents.demo [--workers 3] [--requests 300]
 """
@@ -23,13 +31,25 @@ import time
 from pathlib import Path
 
 WORDS = "agent mesh node edge peer task route relay swim kademlia curve envelope signal gossip bus".split()
-# Each request is a sentence; each worker counts its words and echoes the longest one, in plain sh + awk.
-WORKER_COMMAND = "awk '{ n = NF; w = $1; for (i = 1; i <= NF; i++) if (length($i) > length(w)) w = $i; printf \"{\\\"words\\\": %d, \\\"longest\\\": \\\"%s\\\"}\\n\", n, w }'"
+# Each task is a sentence; a wordstats agent counts its words and echoes the longest one, in plain sh + awk.
+WORDSTATS_COMMAND = "awk '{ n = NF; w = $1; for (i = 1; i <= NF; i++) if (length($i) > length(w)) w = $i; printf \"{\\\"words\\\": %d, \\\"longest\\\": \\\"%s\\\"}\\n\", n, w }'"
+SHOUT_COMMAND = "tr a-z A-Z"
+WORKFLOW = """\
+name = "stats-then-shout"
+[[steps]]
+name = "stats"
+agent = "capability:wordstats"
+input = "${input}"
+[[steps]]
+name = "shout"
+agent = "capability:shout"
+input = "${steps.stats.output.longest}"
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    parser.add_argument("--workers", type=int, default=3, help="wordstats agent processes (default 3)")
     parser.add_argument("--requests", type=int, default=300, help="JSON lines to pipe through (default 300)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the sample sentences")
     args = parser.parse_args(argv)
@@ -38,36 +58,49 @@ def main(argv: list[str] | None = None) -> int:
 
     exe = [sys.executable, "-m", "zmqagents.cli"]
     procs: list[subprocess.Popen] = []
+    logs: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="zmqagents-demo-") as tmp:
         tmpdir = Path(tmp)
         try:
-            contacts = []
-            for i in range(args.workers):
-                key = tmpdir / f"worker{i}.key"
-                subprocess.run(exe + ["keygen", str(key)], check=True, stdout=subprocess.DEVNULL)
-                contact_file = tmpdir / f"worker{i}.contact"
-                procs.append(
-                    subprocess.Popen(
-                        exe + ["reply", "--key", str(key), "--exec", WORKER_COMMAND, "--contact-file", str(contact_file)],
-                        stdout=subprocess.DEVNULL,
-                    )
-                )
-                contacts.append(contact_file)
-            _wait_for_files(contacts, procs, timeout=20)
-            print(f"started {args.workers} worker nodes (pids {' '.join(str(p.pid) for p in procs)}), CURVE on, tcp loopback", file=sys.stderr)
+            seed = tmpdir / "seed.contact"
+            agents = [("wordstats", WORDSTATS_COMMAND)] * args.workers + [("shout", SHOUT_COMMAND)]
+            for i, (capability, command) in enumerate(agents):
+                contact_file = seed if i == 0 else tmpdir / f"agent{i}.contact"
+                join = [] if i == 0 else ["--bootstrap", f"@{seed}"]
+                logs.append(tmpdir / f"agent{i}.log")
+                with open(logs[-1], "w") as log:  # the agents' stderr, shown if the demo fails
+                    procs.append(subprocess.Popen(
+                        exe + ["agent", "--capability", capability, "--stdin", "text", "--exec", command,
+                               "--contact-file", str(contact_file), *join],
+                        stdout=subprocess.DEVNULL, stderr=log,
+                    ))
+                # The seed first: the others join through it. Each writes its contact once its
+                # provider record is stored, so the batch below finds every agent in the DHT.
+                _wait_for_files([contact_file], procs, timeout=30)
+            print(f"started {len(agents)} agent nodes (pids {' '.join(str(p.pid) for p in procs)}): "
+                  f"{args.workers} x wordstats, 1 x shout; CURVE on, tcp loopback", file=sys.stderr)
 
             rng = random.Random(args.seed)
             lines = [json.dumps(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))) for _ in range(args.requests)]
-            to = [arg for c in contacts for arg in ("--to", f"@{c}")]
             start = time.perf_counter()
-            run = subprocess.run(
-                exe + ["request", *to, "--parallel", "32", "--timeout", "30"],
-                input="\n".join(lines) + "\n",
-                capture_output=True,
-                text=True,
-                timeout=300,
+            batch = subprocess.run(
+                exe + ["task", "wordstats", "--bootstrap", f"@{seed}", "--parallel", "32", "--timeout", "30"],
+                input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300,
             )
             elapsed = time.perf_counter() - start
+
+            flow = tmpdir / "flow.toml"
+            flow.write_text(WORKFLOW)
+            sentence = "a brokerless mesh of small cooperating agents"
+            workflow = subprocess.run(
+                exe + ["workflow", "run", str(flow), "--input", json.dumps(sentence), "--bootstrap", f"@{seed}", "--json"],
+                capture_output=True, text=True, timeout=120,
+            )
+        except BaseException:
+            for log in logs:
+                if log.exists() and log.read_text().strip():
+                    print(f"--- {log.name}:\n{log.read_text().strip()[-2000:]}", file=sys.stderr)
+            raise
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -79,21 +112,33 @@ def main(argv: list[str] | None = None) -> int:
                     proc.kill()
                     proc.wait()
 
-    results = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    results = [json.loads(line) for line in batch.stdout.splitlines() if line.strip()]
+    print(f"== batch: {len(lines)} sentences through `zmqagents task wordstats --parallel 32`")
     for result in results[:5]:
         print(json.dumps(result))
     if len(results) > 5:
         print(f"... {len(results) - 5} more")
-    if run.stderr.strip():
-        print(run.stderr.strip(), file=sys.stderr)
-    ok = sum(1 for r in results if r.get("ok"))
-    words = sum(r["reply"]["words"] for r in results if r.get("ok") and isinstance(r.get("reply"), dict))
+    if batch.stderr.strip():
+        print(batch.stderr.strip(), file=sys.stderr)
+    done = [r for r in results if r.get("state") == "completed" and isinstance(r.get("output"), dict)]
+    words = sum(r["output"].get("words", 0) for r in done)
+    providers = {r.get("provider") for r in done}
+
+    print(f"== workflow: wordstats of {sentence!r}, then shout of its longest word")
+    steps = [json.loads(line) for line in workflow.stdout.splitlines() if line.strip().startswith("{")]
+    for step in steps:
+        print(json.dumps(step))
+    if workflow.returncode != 0 and workflow.stderr.strip():
+        print(workflow.stderr.strip(), file=sys.stderr)
+    steps_ok = sum(1 for s in steps if s.get("state") == "completed")
+
     print(
-        f"summary: {ok}/{len(lines)} requests answered by {args.workers} workers, {words} words counted, "
-        f"{2 * ok} messages in {elapsed:.2f} s ({ok / elapsed:.0f} requests/s, "
-        f"each one a shell command run by a worker), exit code {run.returncode}"
+        f"summary: {len(done)}/{len(lines)} tasks completed by {len(providers)} wordstats agents found through "
+        f"the DHT, {words} words counted in {elapsed:.2f} s ({len(done) / elapsed:.0f} tasks/s, each one a shell "
+        f"command run by an agent); workflow {steps_ok}/2 steps completed; exit codes {batch.returncode}/{workflow.returncode}"
     )
-    return 0 if ok == len(lines) and run.returncode == 0 else 1
+    ok = len(done) == len(lines) and batch.returncode == 0 and workflow.returncode == 0 and steps_ok == 2
+    return 0 if ok else 1
 
 
 def _wait_for_files(paths: list[Path], procs: list[subprocess.Popen], timeout: float) -> None:
@@ -101,9 +146,9 @@ def _wait_for_files(paths: list[Path], procs: list[subprocess.Popen], timeout: f
     while not all(p.exists() for p in paths):
         for proc in procs:
             if proc.poll() is not None:
-                raise SystemExit(f"a worker exited early with status {proc.returncode}")
+                raise SystemExit(f"an agent exited early with status {proc.returncode}")
         if time.monotonic() > deadline:
-            raise SystemExit("workers did not start within 20 s")
+            raise SystemExit(f"agents did not start within {timeout:g} s")
         time.sleep(0.05)
 
 
