@@ -54,8 +54,8 @@ Cost (seed 1, 1000 keys, on the shared 2-core box while other work kept it fully
 start ~15 s of it), 1.0 GB peak RSS, ~2M events. The simultaneous crash of 20 % is what costs: every
 survivor's SWIM core then holds ~20 % dead members, so detection traffic and the rumors piggybacked on
 it grow for minutes. N=2000, 300 s, 20 % crash: 231 s of CPU, 5.5M events, 336 MB. N=10,000, 300 s, 20 % crash did
-not finish in the time available: ~2 CPU-min to the crash at 40 s, then more than 2.5 CPU-min per 15
-virtual seconds after it (protocols/routing.md 10.9 has the figures). The holder scans at the crash and
+not finish in the time available: 2.5 wall-min to the crash at 40 s, then 11.6M events and 17.5
+wall-min for the 60 virtual seconds after 45 s (protocols/routing.md 10.9 has the figures). The holder scans at the crash and
 before the last gets read every live node's store once per key (~2.5 CPU-s at N=10,000).
 """
 
