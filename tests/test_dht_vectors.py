@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import random
-from pathlib import Path
 
 import msgpack
 import nacl.signing
@@ -15,20 +12,10 @@ from zmqagents.core.routing import RoutingCore
 from zmqagents.envelope import Envelope
 from zmqagents.identity import Identity
 
-ROOT = Path(__file__).resolve().parent.parent
-VECTORS = json.loads((ROOT / "protocols" / "dht-vectors.json").read_text(encoding="utf-8"))
+from vector_files import assert_generated_by, load, untag
+
+VECTORS = load("dht-vectors.json")
 IDS = {i["name"]: Identity.from_seed(bytes.fromhex(i["seed"])) for i in VECTORS["identities"]}
-
-
-def untag(t):
-    kind, value = t
-    if kind == "bin":
-        return bytes.fromhex(value)
-    if kind == "array":
-        return [untag(v) for v in value]
-    if kind == "map":
-        return {untag(k): untag(v) for k, v in value}
-    return value
 
 
 def unpack(hexed: str):
@@ -36,11 +23,7 @@ def unpack(hexed: str):
 
 
 def test_vectors_file_matches_its_generator():
-    spec = importlib.util.spec_from_file_location("make_dht_vectors", ROOT / "tools" / "make_dht_vectors.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    assert gen.render() == (ROOT / "protocols" / "dht-vectors.json").read_text(encoding="utf-8"), (
-        "vectors are stale: run python tools/make_dht_vectors.py and review the diff")
+    assert_generated_by("dht-vectors.json", "make_dht_vectors")
 
 
 def test_constants_and_keys():

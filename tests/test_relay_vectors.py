@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 import pytest
 
 from zmqagents.envelope import decode
@@ -13,8 +9,9 @@ from zmqagents.identity import Contact, Identity
 from zmqagents.node import contact_key
 from zmqagents.transport.relaying import RelayPaths
 
-ROOT = Path(__file__).resolve().parent.parent
-VECTORS = json.loads((ROOT / "protocols" / "relay-vectors.json").read_text(encoding="utf-8"))
+from vector_files import assert_generated_by, load
+
+VECTORS = load("relay-vectors.json")
 IDS = {name: Identity.from_seed(bytes.fromhex(v["seed"])) for name, v in VECTORS["identities"].items()}
 
 
@@ -24,11 +21,7 @@ def _paths(name: str, drops: list) -> RelayPaths:
 
 
 def test_vectors_are_up_to_date():
-    spec = importlib.util.spec_from_file_location("make_relay_vectors", ROOT / "tools" / "make_relay_vectors.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    assert gen.render() == (ROOT / "protocols" / "relay-vectors.json").read_text(encoding="utf-8"), (
-        "vectors are stale: run python tools/make_relay_vectors.py and review the diff")
+    assert_generated_by("relay-vectors.json", "make_relay_vectors")
 
 
 def test_contact_vector():

@@ -6,7 +6,7 @@ Everything is fixed -- identity seeds, keys, times -- and Ed25519 signatures are
 tests/test_dht_vectors.py, and another implementation can check itself against the file.
 
 Values are in the tagged form of protocols/envelope-vectors.json (``["str", s]``, ``["bin", hex]``,
-``["map", [[k, v], ...]]``...; see tools/make_envelope_vectors.py).
+``["map", [[k, v], ...]]``...; see tools/_vectors.py).
 
 Sections:
 
@@ -23,34 +23,20 @@ Sections:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import importlib.util
-import json
 import sys
-from pathlib import Path
 
 import msgpack
 
 from zmqagents.core import dht as D
-from zmqagents.identity import Identity
 
-ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "protocols" / "dht-vectors.json"
+import _vectors
+from _vectors import identity, tag  # the envelope vectors' identities and tagged JSON form
 
-_spec = importlib.util.spec_from_file_location("make_envelope_vectors", ROOT / "tools" / "make_envelope_vectors.py")
-_env_vectors = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_env_vectors)
-tag = _env_vectors.tag  # the same tagged JSON form as the envelope vectors
+OUTPUT = _vectors.ROOT / "protocols" / "dht-vectors.json"
 
 NOW = 1_700_000_000  # the holder's clock (Unix seconds) for refused and sequences
 EXP = NOW + 3600
 ENDPOINT = "tcp://192.0.2.1:5555"
-
-
-def identity(name: str) -> Identity:
-    """The envelope vectors' test identities: seed = sha256 of the name."""
-    return Identity.from_seed(hashlib.sha256(f"zmqagents test identity {name}".encode()).digest())
 
 
 ALICE = identity("alice")
@@ -175,23 +161,8 @@ def build() -> dict:
 
 
 def render() -> str:
-    return json.dumps(build(), indent=1, ensure_ascii=False) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only compare with the file on disk")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text(encoding="utf-8") != text:
-            print(f"{OUTPUT} is stale: run python tools/make_dht_vectors.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT}")
-    return 0
+    return _vectors.to_json(build())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_vectors.main(sys.argv[1:], __file__, __doc__, OUTPUT, render))

@@ -9,7 +9,7 @@ implementation can check itself against the file.
 Values are written in a tagged form so that types and map order survive JSON:
 ``["nil", null]``, ``["bool", b]``, ``["int", n]``, ``["float", x]``,
 ``["str", s]``, ``["bin", hex]``, ``["array", [v, ...]]`` and
-``["map", [[k, v], ...]]`` (entries in encoding order).
+``["map", [[k, v], ...]]`` (entries in encoding order); see ``tag`` in tools/_vectors.py.
 
     python tools/make_envelope_vectors.py           # rewrite the file
     python tools/make_envelope_vectors.py --check   # exit 1 if it is stale
@@ -17,53 +17,26 @@ Values are written in a tagged form so that types and map order survive JSON:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import struct
 import sys
-from pathlib import Path
 
 import msgpack
 
 from zmqagents import envelope as E
 from zmqagents.identity import Identity, format_public_key
 
-OUTPUT = Path(__file__).resolve().parent.parent / "protocols" / "envelope-vectors.json"
+import _vectors
+from _vectors import identity, tag
+
+OUTPUT = _vectors.ROOT / "protocols" / "envelope-vectors.json"
 
 ID_1 = bytes(range(16))
 ID_2 = bytes(range(16, 32))
 TS = 1_700_000_000_000  # 2023-11-14T22:13:20Z in milliseconds
 
 
-def identity(name: str) -> Identity:
-    """A test identity whose seed is sha256 of its name: reproducible anywhere."""
-    return Identity.from_seed(hashlib.sha256(f"zmqagents test identity {name}".encode()).digest())
-
-
 ALICE = identity("alice")
 BOB = identity("bob")
-
-
-def tag(value) -> list:
-    """A msgpack value in the tagged JSON form described in the module docstring."""
-    if value is None:
-        return ["nil", None]
-    if isinstance(value, bool):
-        return ["bool", value]
-    if isinstance(value, int):
-        return ["int", value]
-    if isinstance(value, float):
-        return ["float", value]
-    if isinstance(value, str):
-        return ["str", value]
-    if isinstance(value, bytes):
-        return ["bin", value.hex()]
-    if isinstance(value, list):
-        return ["array", [tag(v) for v in value]]
-    if isinstance(value, dict):
-        return ["map", [[tag(k), tag(v)] for k, v in value.items()]]
-    raise TypeError(f"no tagged form for {type(value).__name__}")
 
 
 def fields(env: E.Envelope) -> dict:
@@ -288,23 +261,8 @@ def build() -> dict:
 
 
 def render() -> str:
-    return json.dumps(build(), indent=1, ensure_ascii=False) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only compare with the file on disk")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if OUTPUT.read_text(encoding="utf-8") != text:
-            print(f"{OUTPUT} is stale: run python tools/make_envelope_vectors.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT}")
-    return 0
+    return _vectors.to_json(build())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_vectors.main(sys.argv[1:], __file__, __doc__, OUTPUT, render))

@@ -5,7 +5,7 @@ every run. The vectors pin: a relayed contact string and what it parses to; the 
 record; a plain and a sealed forward, each as the signed inner frame, the ``relay.fwd`` frame the sender
 sends its relay and the ``relay.dlv`` frame the relay sends on; and ``relay.dlv`` frames a destination
 must refuse, with the reason it counts. Values use the tagged JSON form of
-tools/make_envelope_vectors.py.
+tools/_vectors.py.
 
     python tools/make_relay_vectors.py           # rewrite the file
     python tools/make_relay_vectors.py --check   # exit 1 if it is stale
@@ -13,11 +13,7 @@ tools/make_envelope_vectors.py.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
 import sys
-from pathlib import Path
 
 import nacl.public
 
@@ -25,17 +21,13 @@ from zmqagents.envelope import Envelope
 from zmqagents.identity import Contact, curve_public_of, format_public_key
 from zmqagents.node import contact_key
 
-ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "protocols" / "relay-vectors.json"
+import _vectors
+from _vectors import identity, tag
+from make_envelope_vectors import ALICE, BOB, TS, fields  # alice sends, bob is the outbound-only destination
 
-_spec = importlib.util.spec_from_file_location("make_envelope_vectors", ROOT / "tools" / "make_envelope_vectors.py")
-_ev = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_ev)
-identity, tag, fields = _ev.identity, _ev.tag, _ev.fields
+OUTPUT = _vectors.ROOT / "protocols" / "relay-vectors.json"
 
-ALICE, BOB = _ev.ALICE, _ev.BOB  # alice sends, bob is the outbound-only destination
 RELAY1, RELAY2 = identity("relay1"), identity("relay2")
-TS = _ev.TS
 NONCE = bytes(range(100, 124))  # 24 bytes; real senders use a fresh random nonce per box
 
 
@@ -135,22 +127,8 @@ def build() -> dict:
 
 
 def render() -> str:
-    return json.dumps(build(), indent=1, ensure_ascii=False) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only compare with the file on disk")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text(encoding="utf-8") != text:
-            print(f"{OUTPUT} is stale: run python tools/make_relay_vectors.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    return 0
+    return _vectors.to_json(build())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_vectors.main(sys.argv[1:], __file__, __doc__, OUTPUT, render))
