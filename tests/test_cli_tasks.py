@@ -101,6 +101,46 @@ def test_exit_codes_for_timeout_rejection_and_failure(tmp_path):
         assert lines(res.stdout)[0]["error"] == {"code": "agent-error", "msg": "command exited with status 7: bad"}
 
 
+def test_allow_list_group_serves_members_and_rejects_others(tmp_path):
+    keys = {}
+    for who in ("member", "outsider"):
+        made = zmqa("keygen", str(tmp_path / f"{who}.key"))
+        assert made.returncode == 0, made.stderr
+        keys[who] = json.loads(made.stdout)["node_id"]
+    groups = tmp_path / "groups.toml"
+    groups.write_text(f'ops = ["{keys["member"]}"]\nother = []\n')
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "agent", "--capability", "deploy", "--exec", "cat", "--stdin", "text",
+                                             "--allow", "@ops", "--groups", str(groups), name="a"))
+        boot = ["--bootstrap", seed]
+        res = zmqa("task", "deploy", *boot, "--key", str(tmp_path / "member.key"), input='"go"\n', timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert lines(res.stdout)[0]["output"] == "go"
+        res = zmqa("task", "deploy", *boot, "--key", str(tmp_path / "outsider.key"), input='"go"\n', timeout=30)
+        assert res.returncode == 5, res.stderr
+        (out,) = lines(res.stdout)
+        assert out["state"] == "rejected" and out["error"]["code"] == "denied"
+        assert keys["outsider"][:12] in out["error"]["msg"] and "@ops" in out["error"]["msg"]
+
+
+@pytest.mark.parametrize("content, args, reason", [
+    (None, ["--allow", "@ops"], "no group 'ops' in --groups FILE (none given)"),
+    ("ops = [", ["--allow", "@ops"], "not valid TOML"),
+    ('ops = ["zz"]', ["--allow", "@ops"], "group 'ops', member 1"),
+    ("ops = []", ["--allow", "@dev"], "no group 'dev' in the --groups file"),
+    ("ops = []", [], "--groups only matters with --allow @GROUP"),
+    (None, ["--allow", "nobody-at-all"], "is not a node id, public key, contact, @GROUP"),
+])
+def test_bad_allow_and_groups_options_exit_2(tmp_path, content, args, reason):
+    extra = list(args)
+    if content is not None:
+        groups = tmp_path / "groups.toml"
+        groups.write_text(content)
+        extra += ["--groups", str(groups)]
+    res = zmqa("agent", "--capability", "x", "--exec", "cat", *extra, timeout=30)
+    assert res.returncode == 2 and reason in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_cancels_in_flight_tasks_first(tmp_path, sig, code):
     pidfile = tmp_path / "pid"

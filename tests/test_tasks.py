@@ -319,6 +319,32 @@ def test_caller_not_on_the_allow_list_is_rejected_with_a_reason():
     assert m.starts(P1) == [] and m.providers[P1].stats["denied"] == 1
 
 
+def test_allow_list_groups_admit_members_and_the_denial_names_the_groups():
+    m = Mesh(P1, policy=CapabilityPolicy(allow=frozenset({P3, "ops", "admins"})))
+    provider = m.providers[P1]
+    m.submit(TaskSpec("echo", 1))
+    (done,) = m.done()
+    assert done.state == REJECTED and done.error["code"] == T.E_DENIED
+    msg = done.error["msg"]
+    assert "allow list of 'echo'" in msg and "@admins, @ops" in msg and "not defined on this provider: @admins, @ops" in msg
+    provider.set_group("ops", {C})  # the caller (C) joins a named group: admitted from now on
+    m.events.clear()
+    m.submit(TaskSpec("echo", 2))
+    assert [s.input for s in m.starts(P1)] == [2]
+    provider.set_group("ops", {P3})  # membership changes take effect for the next submit
+    m.events.clear()
+    m.submit(TaskSpec("echo", 3))
+    (done,) = m.done()
+    assert done.state == REJECTED and "not defined on this provider: @admins)" in done.error["msg"]
+    assert provider.stats["denied"] == 2
+    with pytest.raises(ValueError, match="group name"):
+        provider.set_group("@ops", {P2})
+    with pytest.raises(ValueError, match="32-byte"):
+        provider.set_group("ops", {b"short"})
+    with pytest.raises(ValueError, match="group name"):
+        CapabilityPolicy(allow=frozenset({"has space"}))
+
+
 def test_full_provider_rejects_and_the_caller_routes_to_another():
     m = Mesh(P1, P2, policy=CapabilityPolicy(max_concurrency=1))
     m.caller.submit(TaskSpec("echo", "a"), [Candidate(P1)], m.now)

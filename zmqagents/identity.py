@@ -302,12 +302,16 @@ def load_allowlist(path: str | os.PathLike) -> frozenset[bytes]:
         if not text:
             continue
         try:
-            if "@" in text:
-                ids.add(Contact.parse(text).node_id)
-            elif len(text) == 64:
-                ids.add(parse_node_id(text))
-            else:
-                ids.add(node_id_of(parse_public_key(text)))
+            ids.add(parse_peer_ref(text))
         except IdentityError as exc:
             raise IdentityError(f"{path}:{number}: {exc}") from None
     return frozenset(ids)
+
+
+def parse_peer_ref(text: str) -> bytes:
+    """The node id a text names: a node id (hex), a public key (base32) or a contact. IdentityError if none."""
+    if "@" in text:
+        return Contact.parse(text).node_id
+    if len(text) == 64:
+        return parse_node_id(text)
+    return node_id_of(parse_public_key(text))

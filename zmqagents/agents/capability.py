@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..core.tasks import MAX_CAPABILITY_LEN, CapabilityPolicy, packed_size
+from ..core.tasks import MAX_CAPABILITY_LEN, CapabilityPolicy, check_group_name, packed_size
 from .schema import SchemaError, check_schema, validate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
@@ -45,7 +45,8 @@ class Capability:
     """One skill a provider offers.
 
     ``cost_per_call`` and ``cost_per_token`` are in whatever unit the mesh agrees on (they are
-    only compared among providers). ``allow`` is the provider's allow list (node ids) and is
+    only compared among providers). ``allow`` is the provider's allow list -- node ids (``bytes``)
+    and group names (``str``, resolved by :meth:`Agents.set_group` on the provider) -- and is
     never published: it is policy, not description.
     """
 
@@ -61,7 +62,7 @@ class Capability:
     queue: int = 0
     input_modes: tuple[str, ...] = ("application/json",)
     output_modes: tuple[str, ...] = ("application/json",)
-    allow: frozenset[bytes] | None = field(default=None, compare=False)
+    allow: frozenset[bytes | str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not 0 < len(self.name) <= MAX_CAPABILITY_LEN or not NAME_RE.match(self.name):
@@ -87,6 +88,18 @@ class Capability:
             raise CapabilityError("max_concurrency must be an integer 1..100000")
         if not isinstance(self.queue, int) or not 0 <= self.queue <= 100_000:
             raise CapabilityError("queue must be an integer 0..100000")
+        if self.allow is not None:
+            if isinstance(self.allow, (str, bytes)) or not isinstance(self.allow, (set, frozenset, list, tuple)):
+                raise CapabilityError("allow must be a set of node ids (bytes) and group names (str)")
+            for entry in self.allow:
+                if isinstance(entry, str):
+                    try:
+                        check_group_name(entry)
+                    except ValueError as exc:
+                        raise CapabilityError(f"allow: {exc}") from None
+                elif not isinstance(entry, bytes) or len(entry) != 32:
+                    raise CapabilityError("allow: each entry is a 32-byte node id or a group name")
+            object.__setattr__(self, "allow", frozenset(self.allow))
 
     # -- use -------------------------------------------------------------------------------
 

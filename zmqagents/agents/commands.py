@@ -63,6 +63,43 @@ def _schema_option(text: str | None, name: str) -> Any:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
 
 
+def _groups_option(path: str | None, allow: tuple[str, ...]) -> dict[str, frozenset[bytes]]:
+    """The --groups file, checked (exit 2 with the reason on a bad file)."""
+    if path is None:
+        return {}
+    from .groups import GroupsError, load_groups
+
+    if not any(a.startswith("@") for a in allow):
+        raise click.UsageError("--groups only matters with --allow @GROUP (without --allow anyone may call)")
+    try:
+        return load_groups(path)
+    except GroupsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--groups") from None
+
+
+def _allow_option(values: tuple[str, ...], groups: dict[str, frozenset[bytes]]) -> frozenset[bytes | str]:
+    """--allow values as an allow list: node ids and group names (each group must be in --groups)."""
+    from ..identity import IdentityError, parse_peer_ref
+
+    entries: set[bytes | str] = set()
+    for value in values:
+        if value.startswith("@"):
+            name = value[1:]
+            if name not in groups:
+                where = "the --groups file" if groups else "--groups FILE (none given)"
+                raise click.BadParameter(f"{value}: no group {name!r} in {where}", param_hint="--allow")
+            entries.add(name)
+        elif Path(value).is_file():
+            entries |= _read_allowlist(value)
+        else:
+            try:
+                entries.add(parse_peer_ref(value))
+            except IdentityError as exc:
+                raise click.BadParameter(f"{value!r:.80} is not a node id, public key, contact, @GROUP or an "
+                                         f"existing allowlist file ({exc})", param_hint="--allow") from None
+    return frozenset(entries)
+
+
 def _lookup_for(node, to: tuple[str, ...]):
     from .runtime import DhtLookup, DirectLookup
 
@@ -87,9 +124,13 @@ def _lookup_for(node, to: tuple[str, ...]):
               help="Input on stdin as one JSON line, or a string input as raw text.")
 @click.option("--input-schema", help="JSON schema of the input, inline or @FILE; bad input is refused before it is sent.")
 @click.option("--output-schema", help="JSON schema of the output, inline or @FILE (published for callers).")
-@click.option("--allow", "allow_file", type=click.Path(dir_okay=False), help="Only these callers (file of node ids, keys or contacts); others get rejected/denied.")
+@click.option("--allow", "allow", multiple=True, metavar="ID|@GROUP|FILE",
+              help="Only these callers (repeatable): a node id, public key or contact, @GROUP from --groups, or an "
+                   "allowlist file (one id per line). Others get rejected with code denied.")
+@click.option("--groups", "groups_file", type=click.Path(dir_okay=False),
+              help="Groups that --allow @GROUP names: TOML (or .json) of group = [node ids, keys or contacts].")
 def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, description, tags, cost,
-          max_concurrency, queue, timeout, stdin_mode, input_schema, output_schema, allow_file) -> None:
+          max_concurrency, queue, timeout, stdin_mode, input_schema, output_schema, allow, groups_file) -> None:
     """Serve a capability on the mesh by running a shell command per task.
 
     \b
@@ -102,17 +143,22 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     Example:
       zmqagents agent --capability upper --stdin text --exec 'tr a-z A-Z' --contact-file /tmp/a.contact &
       echo '"hello"' | zmqagents task upper --bootstrap @/tmp/a.contact
+
+    \b
+    Only some callers (a groups file is TOML: ops = ["<node id>", ...]):
+      zmqagents agent --capability deploy --exec ./deploy.sh --allow @ops --allow <node id> --groups groups.toml
     """
     from .capability import Capability, CapabilityError
     from .shell import ShellAgent
     from ..cli import _announce
 
+    groups = _groups_option(groups_file, allow)
     try:
         cap = Capability(name, description=description, tags=tuple(tags), cost_per_call=cost,
                          max_concurrency=max_concurrency, queue=queue,
                          input_schema=_schema_option(input_schema, "--input-schema"),
                          output_schema=_schema_option(output_schema, "--output-schema"),
-                         allow=_read_allowlist(allow_file) if allow_file else None)
+                         allow=_allow_option(allow, groups) if allow else None)
     except CapabilityError as exc:
         raise click.UsageError(str(exc)) from None
     n = _make_node(key, listen, _contacts(peers), insecure, None, _contacts(bootstrap, hint="--bootstrap"), member=True)
@@ -121,7 +167,7 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
         from .runtime import Agents
 
         async with n:
-            agents = Agents(n)
+            agents = Agents(n, groups=groups)
             try:
                 try:
                     await agents.serve(cap, ShellAgent(command, timeout=timeout, stdin=stdin_mode), timeout=10)

@@ -167,12 +167,14 @@ class Agents:
     """The task layer of one Node: serves capabilities and runs tasks on other nodes."""
 
     def __init__(self, node, *, lookup: ProviderLookup | None = None, caller: CallerConfig | None = None,
-                 provider: ProviderConfig | None = None):
+                 provider: ProviderConfig | None = None, groups: dict[str, Iterable[bytes]] | None = None):
         self.node = node
         self.lookup = lookup or DhtLookup(node)
         rng = random.Random()  # task and attempt ids: unguessable per process, the cores never see a global RNG
         self.caller = TaskCaller(node.node_id, rng, caller)
         self.provider = TaskProvider(node.node_id, rng, provider)
+        for name, members in (groups or {}).items():
+            self.set_group(name, members)
         self._served: dict[str, tuple[Capability, Agent]] = {}
         self._running: dict[bytes, asyncio.Task] = {}
         self._pending: dict[bytes, _Pending] = {}
@@ -215,6 +217,11 @@ class Agents:
         if publish:
             meta = {"cost": capability.cost_per_call, "mc": capability.max_concurrency}
             await self.node.provide(capability.name, meta=meta, timeout=timeout)
+
+    def set_group(self, name: str, members: Iterable[bytes] | None) -> None:
+        """Define the group ``name`` (member node ids) that capability allow lists may name, or drop
+        it with None. Applies to the next task submitted; ValueError on a bad name or member."""
+        self.provider.set_group(name, members)
 
     def withdraw(self, name: str) -> None:
         self._served.pop(name, None)

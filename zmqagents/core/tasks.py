@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -131,18 +132,41 @@ def _err(code: str, message: str) -> dict:
 class CapabilityPolicy:
     """How a provider serves one capability.
 
-    ``allow`` holds the node ids permitted to call it (None: anyone the transport admits);
+    ``allow`` names who may call it (None: anyone the transport admits): node ids (``bytes``)
+    and group names (``str``), which the provider resolves through its own group table
+    (:meth:`TaskProvider.set_group`) at admission, so a group can change without re-offering.
     ``queue`` is how many admitted tasks may wait for a free slot (0: reject at once when
     ``max_concurrency`` tasks run, so the caller routes elsewhere).
     """
 
     max_concurrency: int = 4
     queue: int = 0
-    allow: frozenset[bytes] | None = None
+    allow: frozenset[bytes | str] | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.queue < 0:
             raise ValueError("CapabilityPolicy needs max_concurrency >= 1 and queue >= 0")
+        for entry in self.allow or ():
+            if isinstance(entry, str):
+                check_group_name(entry)
+            elif not isinstance(entry, bytes):
+                raise ValueError("an allow list holds node ids (bytes) and group names (str)")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The group names in the allow list, sorted."""
+        return tuple(sorted(e for e in self.allow or () if isinstance(e, str)))
+
+
+GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_group_name(name: Any) -> str:
+    """Raise ValueError unless ``name`` is a group name: 1..64 letters, digits, _ . - (no "@")."""
+    if not isinstance(name, str) or not GROUP_NAME_RE.match(name):
+        raise ValueError(f"group name {name!r:.80} must be 1..64 letters, digits, _ . - starting with a letter "
+                         "or digit (write it without the @ that the command line puts in front)")
+    return name
 
 
 @dataclass
@@ -228,6 +252,7 @@ class TaskProvider(CoreOutputs):
         self._rng = rng
         self.config = config or ProviderConfig()
         self._policies: dict[str, CapabilityPolicy] = {}
+        self._groups: dict[str, frozenset[bytes]] = {}  # group name -> member node ids (for allow lists)
         self._jobs: dict[bytes, _Job] = {}  # wire id -> job (running, queued, or input-required)
         self._running: dict[str, int] = {}
         self._limits: dict[str, int] = {}  # max_concurrency, kept after withdraw() for tasks still admitted
@@ -256,6 +281,37 @@ class TaskProvider(CoreOutputs):
 
     def capabilities(self) -> dict[str, CapabilityPolicy]:
         return dict(self._policies)
+
+    def set_group(self, name: str, members: Iterable[bytes] | None) -> None:
+        """Define (or with None, drop) the group ``name`` that allow lists may name; takes effect for
+        the next submit (tasks already admitted keep running)."""
+        check_group_name(name)
+        if members is None:
+            self._groups.pop(name, None)
+            return
+        ids = frozenset(members)
+        if not all(isinstance(m, bytes) and len(m) == 32 for m in ids):
+            raise ValueError(f"group {name!r}: members are 32-byte node ids")
+        self._groups[name] = ids
+
+    def groups(self) -> dict[str, frozenset[bytes]]:
+        return dict(self._groups)
+
+    def _denial(self, policy: CapabilityPolicy, src: bytes, cap: str) -> str | None:
+        """None if ``src`` may call ``cap``, else the reason it may not (names the groups it is not in)."""
+        allow = policy.allow
+        if allow is None or src in allow:
+            return None
+        groups = policy.groups
+        if any(src in self._groups.get(g, ()) for g in groups):
+            return None
+        why = f"caller {src.hex()[:12]} is not on the allow list of {cap!r}"
+        if groups:
+            undefined = [g for g in groups if g not in self._groups]
+            why += " and not in its group(s) " + ", ".join("@" + g for g in groups)
+            if undefined:
+                why += " (not defined on this provider: " + ", ".join("@" + g for g in undefined) + ")"
+        return why
 
     def load(self, capability: str) -> float:
         """(running + queued) / max_concurrency: 1.0 means a new task would wait or be refused."""
@@ -330,9 +386,10 @@ class TaskProvider(CoreOutputs):
             self.stats["unknown_capability"] += 1
             self._reject_new(src, wire_id, E_UNKNOWN_CAPABILITY, f"this node does not offer {cap!r}", 1.0)
             return
-        if policy.allow is not None and src not in policy.allow:
+        denial = self._denial(policy, src, cap)
+        if denial is not None:
             self.stats["denied"] += 1
-            self._reject_new(src, wire_id, E_DENIED, f"caller is not on the allow list of {cap!r}", 1.0)
+            self._reject_new(src, wire_id, E_DENIED, denial, 1.0)
             return
         key = body.get("key")
         if key is not None:
