@@ -123,6 +123,33 @@ def test_allow_list_group_serves_members_and_rejects_others(tmp_path):
         assert keys["outsider"][:12] in out["error"]["msg"] and "@ops" in out["error"]["msg"]
 
 
+def test_agents_ls_lists_every_capability_in_the_mesh(tmp_path):
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "agent", "--capability", "upper", "--exec", "cat", name="a"))
+        boot = ["--bootstrap", seed]
+        for name, cap in (("b", "count"), ("c", "shared"), ("d", "shared")):
+            stack.enter_context(server(tmp_path, "agent", "--capability", cap, "--exec", "cat", *boot, name=name))
+        deadline = time.monotonic() + 30
+        while True:  # the agents store their registry entries as they join: wait until all four are listed
+            res = zmqa("agents", "ls", *boot, "--json", timeout=30)
+            rows = {r["name"]: r for r in lines(res.stdout)} if res.returncode == 0 else {}
+            if len(rows) == 3 and len(rows["shared"]["providers"]) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert res.returncode == 0, res.stderr
+        assert sorted(rows) == ["count", "shared", "upper"]
+        assert len(rows["upper"]["providers"]) == 1 and len(rows["count"]["providers"]) == 1
+        assert rows["upper"]["providers"][0]["node_id"] != rows["count"]["providers"][0]["node_id"]
+        assert len({p["node_id"] for p in rows["shared"]["providers"]}) == 2
+        text = zmqa("agents", "ls", *boot, timeout=30)
+        assert text.returncode == 0 and [line.split()[:2] for line in text.stdout.splitlines()] == [
+            ["count", "1"], ["shared", "2"], ["upper", "1"]]
+        direct = zmqa("agents", "ls", "--to", seed, "--json", timeout=30)  # only what the seed serves
+        assert direct.returncode == 0 and [r["name"] for r in lines(direct.stdout)] == ["upper"]
+        assert lines(direct.stdout)[0]["providers"] == rows["upper"]["providers"]
+        assert zmqa("agents", "ls").returncode == 2  # nowhere to look
+
+
 @pytest.mark.parametrize("content, args, reason", [
     (None, ["--allow", "@ops"], "no group 'ops' in --groups FILE (none given)"),
     ("ops = [", ["--allow", "@ops"], "not valid TOML"),

@@ -174,6 +174,7 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
                 except Exception as exc:  # alone, or the DHT did not answer: still reachable with --to
                     click.echo(f"warning: provider record not stored yet ({exc}); it is retried while the node runs",
                                err=True)
+                await agents.wait_listed()  # in the registry (`agents ls`) before we say we are up
                 _announce(n, contact_file)
                 await asyncio.Event().wait()
             finally:
@@ -505,32 +506,74 @@ def agents_info(key, listen, insecure, capability, bootstrap, to, as_json) -> No
     sys.exit(_run(main()))
 
 
-@agents_group.command("ls")
+@agents_group.command("ls", epilog="""\b
+Exit codes:
+  0  listed (every node that was asked answered)
+  3  no capability found (or no node answered the registry lookup)
+  4  some node did not say what it serves (the rest is listed)
+  2  usage error
+""")
 @_common_node_options
-@click.option("--to", "to", multiple=True, required=True, help="Contact of a node to ask (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per capability.")
-def agents_ls(key, listen, insecure, to, as_json) -> None:
-    """List the capabilities the --to nodes serve (the DHT finds providers by name; it cannot list names)."""
-    targets = _contacts(to, hint="--to")
-    n = _make_node(key, listen, [], insecure)
+@click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh: list every capability in the mesh (DHT registry).")
+@click.option("--to", "to", multiple=True, help="Contact of a node to ask directly instead (repeatable): list what it serves.")
+@click.option("--json", "as_json", is_flag=True, help='One JSON object per capability: {"name", "providers": [{"node_id", "contact"}]}.')
+def agents_ls(key, listen, insecure, bootstrap, to, as_json) -> None:
+    """List the capabilities in the mesh, each with the nodes that provide it.
+
+    \b
+    With --bootstrap every agent in the mesh is found through the capability
+    registry in the DHT (each agent lists its capability names under a well-known
+    key, protocols/tasks.md 3.3); with --to only the given nodes are asked.
+    `zmqagents agents info CAPABILITY` shows one capability's full description.
+
+    \b
+    Example:
+      zmqagents agents ls --bootstrap @/tmp/seed.contact
+    """
+    if not bootstrap and not to:
+        raise click.UsageError("say where to look: --bootstrap CONTACT (the whole mesh) or --to CONTACT")
+    targets = _contacts(to, hint="--to") if to else []
+    n = _make_node(key, listen, [], insecure, None, _contacts(bootstrap, hint="--bootstrap"))
 
     async def main() -> int:
+        from .registry import list_mesh
         from .runtime import describe
 
         status = EXIT_OK
+        providers: dict[str, list] = {}
         async with n:
-            for contact in targets:
+            if targets:
+                for contact in targets:
+                    try:
+                        caps = await describe(n, contact, timeout=5)
+                    except Exception as exc:
+                        click.echo(f"error: {contact.node_id.hex()[:12]} did not answer: {exc}", err=True)
+                        status = EXIT_SOME_FAILED
+                        continue
+                    for cap in caps:
+                        providers.setdefault(cap.name, []).append(contact)
+            else:
                 try:
-                    caps = await describe(n, contact, timeout=5)
+                    listed = await list_mesh(n)
                 except Exception as exc:
-                    click.echo(f"error: {contact.node_id.hex()[:12]} did not answer: {exc}", err=True)
-                    status = EXIT_SOME_FAILED
-                    continue
-                for cap in caps:
-                    if as_json:
-                        _emit({"node_id": contact.node_id.hex(), **cap.to_record()})
-                    else:
-                        click.echo(f"{contact.node_id.hex()[:12]}  {cap.name:24} {', '.join(cap.tags):20} {cap.description}")
+                    click.echo(f"error: the capability registry lookup failed: {exc}", err=True)
+                    return EXIT_NO_PROVIDER
+                for entry in listed:
+                    if not entry.complete:
+                        click.echo(f"warning: {entry.node_id.hex()[:12]} serves more than it listed and did not "
+                                   "describe the rest", err=True)
+                        status = EXIT_SOME_FAILED
+                    for name in entry.capabilities:
+                        providers.setdefault(name, []).append(entry.contact)
+        if not providers:
+            click.echo("error: no capability found" + ("" if targets else " in the mesh"), err=True)
+            return EXIT_NO_PROVIDER if status == EXIT_OK else status
+        for name in sorted(providers):
+            nodes = sorted(providers[name], key=lambda c: c.node_id)
+            if as_json:
+                _emit({"name": name, "providers": [{"node_id": c.node_id.hex(), "contact": str(c)} for c in nodes]})
+            else:
+                click.echo(f"{name:24} {len(nodes):3}  " + " ".join(c.node_id.hex()[:12] for c in nodes))
         return status
 
     from ..cli import _run

@@ -43,6 +43,7 @@ LOOKUP_TTL = 5.0  # s a provider lookup result is reused: one DHT lookup per cap
 DEAD_MEMORY = 60.0  # s a node reported gone is left out of candidates
 DESCRIBE_TIMEOUT = 3.0  # s a provider has to describe its capabilities before the schema check skips it
 DESCRIBE_MEMORY = 60.0  # s a description (or a failure to get one) is reused
+REGISTRY_SPACING = 1.05  # s between registry entry updates: provider expiries are whole seconds (wait_listed)
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,10 @@ class Agents:
         for name, members in (groups or {}).items():
             self.set_group(name, members)
         self._served: dict[str, tuple[Capability, Agent]] = {}
+        self._listed: set[str] = set()  # published names, listed in our registry entry (registry.py)
+        self._registry_task: asyncio.Task | None = None
+        self._registry_dirty = False
+        self._registry_at = 0.0  # wall clock of our last registry store (provider expiry is in Unix seconds)
         self._running: dict[bytes, asyncio.Task] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._backlog: dict[bytes, deque] = {}  # destination -> envelopes waiting for window room
@@ -195,9 +200,11 @@ class Agents:
     async def close(self) -> None:
         """Stop running agents and timers (the node itself is closed by its owner)."""
         self._watcher.cancel()
-        for task in [*self._running.values(), *self._flushers.values()]:
+        extra = [self._registry_task] if self._registry_task is not None else []
+        for task in [*self._running.values(), *self._flushers.values(), *extra]:
             task.cancel()
-        await asyncio.gather(self._watcher, *self._running.values(), *self._flushers.values(), return_exceptions=True)
+        await asyncio.gather(self._watcher, *self._running.values(), *self._flushers.values(), *extra,
+                             return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
         for pending in self._pending.values():
@@ -210,13 +217,67 @@ class Agents:
         """Offer ``capability``, run by ``agent`` (``async (input, ctx) -> output``), and publish it.
 
         Publishing is a DHT provider record with metadata ``{"cost", "mc"}`` (the DHT caps an
-        entry at 1 KiB, so the full descriptor is served by ``task.describe`` instead).
+        entry at 1 KiB, so the full descriptor is served by ``task.describe`` instead), and our
+        entry in the capability registry (``registry.py``) naming what we publish, for `agents ls`.
         """
         self._served[capability.name] = (capability, agent)
         self.provider.offer(capability.name, capability.policy())
         if publish:
             meta = {"cost": capability.cost_per_call, "mc": capability.max_concurrency}
-            await self.node.provide(capability.name, meta=meta, timeout=timeout)
+            self._listed.add(capability.name)
+            try:
+                await self.node.provide(capability.name, meta=meta, timeout=timeout)
+            finally:  # listed even if that store failed: both entries are retried while the node runs
+                self._registry_changed()
+
+    async def wait_listed(self) -> None:
+        """Wait until our registry entry names every published capability (or its store failed, logged).
+
+        ``serve`` updates the entry in the background: the DHT's provider entries expire in whole
+        seconds and holders refuse an update that does not expire later than the entry it replaces,
+        so updates are coalesced at most one per second instead of making every ``serve`` wait."""
+        while self._registry_task is not None and not self._registry_task.done():
+            await asyncio.shield(self._registry_task)
+
+    def _registry_changed(self) -> None:
+        self._registry_dirty = True
+        if self._registry_task is None or self._registry_task.done():
+            self._registry_task = asyncio.get_running_loop().create_task(self._registry_loop())
+
+    async def _registry_loop(self) -> None:
+        while self._registry_dirty:
+            wait = self._registry_at + REGISTRY_SPACING - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._registry_dirty = False
+            await self._publish_registry()
+            self._registry_at = time.time()
+
+    async def _publish_registry(self, timeout: float = 30.0) -> None:
+        """Provide our registry shard with the names we publish, so `agents ls` finds them (registry.py).
+
+        A failure is logged, not raised: the capability itself is published, and the DHT core keeps
+        refreshing the entry (a full shard is the known limit, protocols/tasks.md §3.3)."""
+        from . import registry
+
+        key = registry.shard_key(self.node.node_id)
+        if not self._listed:
+            try:
+                self.node.unprovide(key)
+            except Exception:
+                pass
+            return
+        for budget in (registry.META_BUDGET, registry.META_BUDGET // 2, registry.META_BUDGET // 4, 0):
+            meta = registry.registry_meta(self._listed, budget) if budget else {"caps": [], "more": True}
+            try:
+                await self.node.provide(key, meta=meta, timeout=timeout)
+                return
+            except ValueError:  # a long endpoint left less room in the 1 KiB entry: list fewer names
+                continue
+            except Exception as exc:
+                log.warning("could not list our capabilities in the registry (%s): `agents ls` may miss them", exc)
+                return
+        log.warning("our contact leaves no room for a registry entry: `agents ls` will not list this node")
 
     def set_group(self, name: str, members: Iterable[bytes] | None) -> None:
         """Define the group ``name`` (member node ids) that capability allow lists may name, or drop
@@ -230,6 +291,9 @@ class Agents:
             self.node.unprovide(name)
         except Exception:  # not published, or no DHT: nothing to stop
             pass
+        if name in self._listed:
+            self._listed.discard(name)
+            self._registry_changed()
 
     def _start(self, ev: StartTask) -> None:
         served = self._served.get(ev.capability)
