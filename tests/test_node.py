@@ -393,3 +393,60 @@ def test_confirmed_sends_are_reported_settled_and_caller_ids_are_kept(arun):
             assert settled[-1] == (lost, dead.node_id, "unreachable")
 
     arun(main())
+
+
+# -- a peer restarted with the same key on another endpoint ------------------------------------------
+# B talked to A, so B holds a DEALER to A's old endpoint. A closes; a new Node with A's identity starts
+# on a fresh port and speaks to B. B must answer it at once, well before membership (seconds of
+# probing and suspicion) would declare the old A dead. The bound below is under the default probe
+# interval plus suspicion timeout, so a fix that waits for failure detection cannot pass.
+REJOIN_BOUND = 2.0
+
+
+async def _b_talked_to_a(a_id: Identity, **b_kwargs) -> tuple[Node, Node]:
+    a = Node(a_id)
+    await a.start()
+    a.on_request(lambda body, msg: "old")
+    b = Node(**b_kwargs)
+    await b.start()
+    b.on_request(lambda body, msg: {"b": body})
+    assert await b.request(a.contact, "hi", timeout=5) == "old"  # B now holds a DEALER to A's endpoint
+    assert a.node_id in b.transport._dealers
+    return a, b
+
+
+@pytest.mark.parametrize("how", ["plain", "hello", "bootstrap"])
+def test_a_peer_restarted_on_another_port_is_answered_at_once(arun, how):
+    async def main():
+        a_id = Identity.generate()
+        a, b = await _b_talked_to_a(a_id)
+        old_endpoint = a.transport.endpoint
+        a.config.member = False  # a crash, not a leave: no "left" rumor tells B to drop its connection
+        await a.close()
+        kwargs = {"peers": [b.contact]} if how == "hello" else {"bootstrap": [b.contact]} if how == "bootstrap" else {}
+        a2 = Node(a_id, **kwargs)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(a2.start(), REJOIN_BOUND)
+            assert a2.transport.endpoint != old_endpoint
+            if how == "hello":
+                assert b.node_id in a2.neighbours()  # B answered the hello
+            if how == "bootstrap":
+                assert any(p["node_id"] == b.node_id.hex() for p in a2.peers())  # B answered the join lookup
+            assert await a2.request(b.contact, "again", timeout=REJOIN_BOUND) == {"b": "again"}
+            await a2.send(b.node_id, "note")
+            await asyncio.wait_for(a2.flush(), REJOIN_BOUND)
+            assert (await b.receive(timeout=REJOIN_BOUND)).body == "note"
+            assert loop.time() - started < 2 * REJOIN_BOUND
+            # B can also start a conversation with the new A (not only answer it).
+            a2.on_request(lambda body, msg: "new")
+            assert await b.request(a_id.node_id, "you?", timeout=REJOIN_BOUND) == "new"
+            if how != "plain":
+                # A's own word named its new endpoint: B's address book follows it.
+                assert b.transport._contacts[a_id.node_id].endpoint == a2.transport.endpoint
+        finally:
+            await a2.close()
+            await b.close()
+
+    arun(main(), timeout=30)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqagents.core.routing import (
+    Introduced,
     ADDED,
     CACHED,
     FIND_NODE,
@@ -346,6 +347,34 @@ def test_find_node_from_a_key_that_is_not_the_senders_does_not_enter_the_table()
     assert a.stats["from_mismatch"] == 1
     assert len(a.table) == 0
     assert len(a.take_outgoing()) == 1  # still answered
+
+
+def test_a_sender_naming_a_new_endpoint_for_itself_is_reported_and_hearsay_is_not():
+    """Introduced is what lets the node switch its connection to a peer that restarted on another port;
+    only the peer's own FIND_NODE may trigger it, never a contact listed by someone else."""
+    a, b, c = core(1), core(2), core(3)
+    pk = b.contact.public_key
+
+    def ask(sender: RoutingCore, frm: list) -> list:
+        a.receive(env(sender, a, FIND_NODE, {"target": bytes(32), "from": frm}), 1.0)
+        a.take_outgoing()
+        return a.take_events()
+
+    assert ask(b, [pk, "sim://2"]) == [Introduced(Contact(pk, "sim://2"))]  # new to the table
+    assert ask(b, [pk, "sim://2"]) == []  # nothing new: no event on the common path
+    assert ask(b, [pk, "sim://2b"]) == [Introduced(Contact(pk, "sim://2b"))]  # restarted elsewhere
+    assert a.table.get(b.node_id).endpoint == "sim://2b"
+    assert ask(c, [pk, "sim://evil"]) == []  # c cannot speak for b
+    assert a.table.get(b.node_id).endpoint == "sim://2b"
+    # An answer listing b at another endpoint is hearsay: the table keeps b's own word, no event.
+    a.observe(c.contact, 1.0)
+    a.lookup(bytes(32), 1.0)
+    (q,) = [e for e in a.take_outgoing() if e.dst == c.node_id]
+    a.take_events()
+    a.receive(env(c, a, NODES, {"nodes": [[pk, "sim://stale"]]}, re=q.id), 1.5)
+    assert a.stats["unmatched"] == 0 and a.stats["malformed"] == 0  # the answer was taken in
+    assert not [e for e in a.take_events() if isinstance(e, Introduced)]
+    assert a.table.get(b.node_id).endpoint == "sim://2b"
 
 
 def test_garbage_requests_are_counted_and_never_raise():

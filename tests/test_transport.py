@@ -9,7 +9,7 @@ import struct
 import msgpack
 import zmq
 
-from zmqagents.envelope import Envelope
+from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity, curve_public_of
 from zmqagents.transport.mesh import Transport, TransportConfig
 
@@ -139,6 +139,65 @@ def test_plaintext_client_cannot_reach_a_secure_node(arun):
             sock.send(_env(alice.node_id, server.identity.node_id).encode())
             await asyncio.sleep(0.5)
             assert received == []
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())
+
+
+
+def test_a_node_connected_to_our_inbox_is_answered_there_before_our_dealer(arun):
+    """Our DEALER to a node may point at an endpoint it left (it restarted elsewhere); its own
+    authenticated connection to our inbox cannot. When that connection is gone, the DEALER is used."""
+
+    async def main():
+        received: list[Envelope] = []
+        server = _server(received)
+        me = server.identity.node_id
+        peer_id = Identity.generate()
+        ctx = zmq.Context()
+        left = ctx.socket(zmq.ROUTER)  # the endpoint the peer left: bound, never answers a handshake
+        left.linger = 0
+        port = left.bind_to_random_port("tcp://127.0.0.1")
+
+        async def replies(sock: zmq.Socket) -> list:
+            await asyncio.sleep(0.3)
+            out = []
+            while sock.poll(0):
+                out.append(decode(sock.recv()).body)
+            return out
+
+        try:
+            client = _raw_dealer(ctx, server, curve_of=peer_id, routing_id=peer_id.public_key)
+            client.send(_env(peer_id.node_id, me, b"hi").encode())
+            await asyncio.sleep(0.3)
+            assert [e.body for e in received] == [b"hi"]
+            server.add_contact(peer_id.contact(f"tcp://127.0.0.1:{port}"))  # a stale address
+            server.send(_env(me, peer_id.node_id, b"one"))
+            assert await replies(client) == [b"one"]
+            assert server.dealer_count == 0  # no DEALER was needed
+            server._inbound.clear()  # as if the connection had not been seen: the DEALER to the stale address
+            server.send(_env(me, peer_id.node_id, b"lost"))
+            await asyncio.sleep(0.1)
+            assert server.dealer_count == 1
+            client.send(_env(peer_id.node_id, me, b"again").encode())
+            await asyncio.sleep(0.3)
+            server.send(_env(me, peer_id.node_id, b"two"))
+            assert await replies(client) == [b"two"]  # the open DEALER did not take it
+            client.close(linger=0)
+            await asyncio.sleep(0.3)
+            server.send(_env(me, peer_id.node_id, b"three"))
+            await asyncio.sleep(0.1)
+            assert peer_id.node_id not in server._inbound  # the gone connection was noticed; the DEALER took it
+            assert server.drops.get("no_route") is None
+            # What the node says about itself moves its contact; nothing is added for a node we never knew.
+            assert server.relocate(peer_id.contact(f"tcp://127.0.0.1:{port}")) is False
+            assert server.relocate(peer_id.contact("tcp://127.0.0.1:1")) is True
+            assert server.dealer_count == 0
+            stranger = Identity.generate()
+            assert server.relocate(stranger.contact("tcp://127.0.0.1:2")) is False
+            assert not server.known(stranger.node_id)
         finally:
             ctx.destroy(linger=0)
             server.close()

@@ -49,7 +49,7 @@ from .core.relay import (
     RelayServer,
     RelayUp,
 )
-from .core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
+from .core.routing import Introduced, Joined, LookupDone, RoutingConfig, RoutingCore
 from .dht import Dht, DhtError, ProviderInfo
 from .envelope import Envelope
 from .identity import Contact, Identity, IdentityError, format_public_key, node_id_of, parse_node_id, short_id
@@ -912,6 +912,8 @@ class Node:
                 future = self._lookups.pop(event.lookup_id, None)
                 if future is not None and not future.done():
                     future.set_result(event)
+            elif isinstance(event, Introduced):
+                transport.relocate(event.contact)  # its own word: a stale endpoint it left is dropped
             elif isinstance(event, Joined):
                 if self._joined is not None and not self._joined.done():
                     self._joined.set_result(event)

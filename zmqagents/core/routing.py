@@ -45,7 +45,7 @@ Driving a RoutingCore (the same shape as every core in this package)::
     core.observe(env.src, now)      # every other envelope from a peer: evidence it is alive
     core.tick(now)                  # whenever now >= core.next_timer()
     core.take_outgoing()            # envelopes to send; core.contact_for(env.dst) says where
-    core.take_events()              # LookupDone, Joined
+    core.take_events()              # LookupDone, Joined, Introduced
     lid = core.lookup(target, now)  # -> LookupDone(lookup_id=lid, ...) later
 
 Public API (``now``: the caller's monotonic clock in seconds)::
@@ -74,6 +74,7 @@ Public API (``now``: the caller's monotonic clock in seconds)::
     LookupDone(lookup_id, target, contacts, ok, rounds, hops, queries, failures, late, duration,
                purpose, reason)
     Joined(ok, contacts, refreshes)
+    Introduced(contact)      # a FIND_NODE's sender named an endpoint for itself the table did not hold
 
 For a liveness layer (SWIM): probe what take_checks() returns (and whatever else it probes, e.g.
 ``iter(table)``); report a live peer with observe(), a dead one with forget(). For a simulator:
@@ -110,7 +111,7 @@ from .lookup import LOOKUP_STAT_KEYS, NODE_ID_LEN, Lookup, contact_fields, node_
 
 __all__ = [
     "FIND_NODE", "NODES", "ID_BITS", "Entry", "RoutingTable", "RoutingConfig", "RoutingCore",
-    "LookupDone", "Joined", "Lookup", "node_id_for", "contact_fields", "distance", "bucket_index",
+    "LookupDone", "Joined", "Introduced", "Lookup", "node_id_for", "contact_fields", "distance", "bucket_index",
     "IGNORED", "UPDATED", "ADDED", "CACHED", "REPLACED",
 ]
 
@@ -613,6 +614,15 @@ class Joined:
     refreshes: int = 0
 
 
+@dataclass(slots=True)
+class Introduced:
+    """A node's FIND_NODE named, in its ``from``, an endpoint for itself that the table did not hold: it is
+    new, or it moved (restarted on another port). Its own authenticated word, unlike a contact relayed in
+    NODES, so whoever keeps connections may replace an older endpoint for it with this one."""
+
+    contact: Contact
+
+
 class _Job:
     __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed", "find")
 
@@ -859,6 +869,11 @@ class RoutingCore(CoreOutputs):
             stats["from_mismatch"] += 1  # a key that is not the sender's: it cannot speak for that id
             self.table.touch(src, now)
         else:
+            held = self.table.find(src)
+            if held is None or held.endpoint != f[1]:
+                # The node's own authenticated word names an endpoint we did not hold for it (it is new to
+                # us, or it restarted elsewhere): the owner of the connections must stop using the old one.
+                self._events.append(Introduced(Contact(f[0], f[1])))
             self.table.add(src, f[0], f[1], now)
         nodes = [[e.public_key, e.endpoint] for e in self.table.closest(target, self.config.k, exclude=src,
                                                                          skip_failed=True)]

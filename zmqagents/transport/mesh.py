@@ -11,9 +11,11 @@ decisions (those live in ``zmqagents.core``). Identity binding works like this:
   CURVE key and that the envelope's ``src`` is ``sha256(routing id)``.
   Anything else is dropped and counted: nobody can speak for another node id.
 
-Replies and acks to a message that arrived on the inbox go back over the same
-connection (ROUTER to the routing id), so a request/reply pair uses one TCP
-connection and a node that can only connect out is still reachable. That is
+Everything for a node that holds a connection to our inbox goes back over that
+connection (ROUTER to the routing id), ahead of any DEALER of ours: a
+request/reply pair uses one TCP connection, a node that can only connect out is
+still reachable, and a node restarted on another endpoint is answered at once
+(our DEALER may still point at its old one). That is
 what relays use: a destination whose contact is ``KEY@relay://...`` (or that
 last reached us through a relay) is sent a signed envelope wrapped in a
 ``relay.fwd`` to one of its relays (``relaying.py``).
@@ -203,6 +205,17 @@ class Transport:
             self._contacts.popitem(last=False)
         return node_id
 
+    def relocate(self, contact: Contact) -> bool:
+        """The node itself said (authenticated, e.g. in a FIND_NODE) that it is reached at ``contact``: if
+        we hold another endpoint for it, switch to this one and close the DEALER to the old one. Unlike
+        :meth:`add_contact` it adds nothing new, so what a peer says about itself cannot fill the address
+        book. True if the contact changed."""
+        old = self._contacts.get(contact.node_id)
+        if old is None or old.endpoint == contact.endpoint:
+            return False
+        self.add_contact(contact)
+        return True
+
     def drop_contact(self, contact: Contact) -> None:
         """Undo :meth:`add_contact` for a contact that turned out false, if it is still the one held."""
         node_id = contact.node_id
@@ -301,12 +314,18 @@ class Transport:
                 self._drain_link(sock)
 
     def _route(self, dst: bytes, frame: bytes) -> None:
-        """Our own DEALER to ``dst`` if open; else back over its connection to our ROUTER; else a new DEALER."""
+        """Back over ``dst``'s own connection to our ROUTER if it has one; else our DEALER to it; else a new DEALER.
+
+        The inbound connection comes first because it is proof, not a guess: ``dst`` dialled it and
+        authenticated on it, and a restarted ``dst`` takes its routing id over (ROUTER_HANDOVER). Our
+        DEALER only points at the endpoint we were told, which may be dead: a peer restarted on another
+        port would otherwise wait for our acks and replies until membership buried its old self. A
+        connection that is gone fails the send at once (ROUTER_MANDATORY) and the DEALER is used."""
+        rid = self._inbound.get(dst)
+        if rid is not None and self._send_router(rid, dst, frame):
+            return
         link = self._dealers.get(dst)
         if link is None:
-            rid = self._inbound.get(dst)
-            if rid is not None and self._send_router(rid, dst, frame):
-                return
             contact = self._contacts.get(dst)
             if contact is None:
                 self._drop("no_route", dst, "no contact and no inbound connection")
