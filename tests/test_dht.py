@@ -1,14 +1,13 @@
 """Unit tests of the DHT records/providers core (zmqagents.core.dht), on a fake clock.
 
 No sockets: nodes (a RoutingCore and a DhtCore each, with real Ed25519 identities) exchange envelopes
-through a small in-test dispatcher with per-message latency, like tests/test_routing.py. Bad input from
-peers is fed straight into receive(). The simulator test is in tests/test_sim_dht.py.
+through the fake network of tests/core_mesh.py with per-message latency, like tests/test_routing.py.
+Bad input from peers is fed straight into receive(). The simulator test is in tests/test_sim_dht.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import random
 
 import msgpack
@@ -35,8 +34,10 @@ from zmqagents.core.dht import (
     parse_record,
 )
 from zmqagents.core.routing import RoutingConfig, RoutingCore
-from zmqagents.envelope import Envelope, decode
+from zmqagents.envelope import Envelope
 from zmqagents.identity import Identity
+
+from core_mesh import CoreMesh
 
 T0 = 1_700_000_000.0  # the cores' clock is Unix time
 
@@ -78,57 +79,11 @@ class Peer:
         return self.routing.take_events() + self.dht.take_events()
 
 
-class Mesh:
-    """Peers wired through a heap of timed deliveries (one-way latency uniform in ``latency``)."""
+class Mesh(CoreMesh):
+    """Peers wired through tests/core_mesh.py's fake network, from T0, each envelope through the wire format."""
 
     def __init__(self, peers: list[Peer], seed: int = 0, latency=(0.005, 0.03), wire: bool = True):
-        self.peers = {p.node_id: p for p in peers}
-        self.rng = random.Random(seed)
-        self.latency = latency
-        self.wire = wire
-        self.dead: set[bytes] = set()
-        self.now = T0
-        self.heap: list = []
-        self.seq = 0
-        self.events: list[tuple[bytes, float, object]] = []
-
-    def flush(self, p: Peer) -> None:
-        for e in p.take_outgoing():
-            if e.dst in self.dead or e.dst not in self.peers:
-                continue
-            if self.wire:
-                e = decode(e.encode())
-            self.seq += 1
-            heapq.heappush(self.heap, (self.now + self.rng.uniform(*self.latency), self.seq, e.dst, e))
-        for ev in p.take_events():
-            self.events.append((p.node_id, self.now, ev))
-        t = p.next_timer()
-        if t is not None:
-            self.seq += 1
-            heapq.heappush(self.heap, (max(t, self.now), self.seq, p.node_id, None))
-
-    def run(self, until: float) -> None:
-        heap = self.heap
-        while heap and heap[0][0] <= until:
-            t, _, nid, e = heapq.heappop(heap)
-            if nid in self.dead:
-                continue
-            self.now = t
-            p = self.peers[nid]
-            if e is not None:
-                p.receive(e, t)
-                self.flush(p)
-            else:
-                nt = p.next_timer()
-                if nt is not None and nt <= t:
-                    p.tick(t)
-                    self.flush(p)
-        self.now = max(self.now, until)
-
-    def call(self, p: Peer, fn):
-        r = fn(p)
-        self.flush(p)
-        return r
+        super().__init__(peers, seed, latency, wire, start=T0)
 
     def done(self, op_id: int, p: Peer) -> DhtDone | None:
         for nid, _, ev in self.events:
@@ -139,7 +94,7 @@ class Mesh:
     def kill(self, nid: bytes) -> None:
         """Crash a node, and let every survivor's liveness layer declare it dead (as SWIM would)."""
         self.dead.add(nid)
-        for p in self.peers.values():
+        for p in self.nodes.values():
             if p.node_id not in self.dead:
                 p.routing.forget(nid)
 
@@ -429,16 +384,16 @@ def run_op(mesh: Mesh, p: Peer, fn, wait: float = 5.0) -> DhtDone:
 
 
 def closest_ids(mesh: Mesh, key: bytes, n: int) -> list[bytes]:
-    alive = [nid for nid in mesh.peers if nid not in mesh.dead]
+    alive = [nid for nid in mesh.nodes if nid not in mesh.dead]
     return sorted(alive, key=lambda nid: int.from_bytes(nid, "big") ^ int.from_bytes(key, "big"))[:n]
 
 
 def test_put_on_one_node_get_on_another(mesh60):
-    peers = list(mesh60.peers.values())
+    peers = list(mesh60.nodes.values())
     key = key_for("greeting")
     done = run_op(mesh60, peers[3], lambda p: p.dht.put(key, {"hello": "world"}, mesh60.now, ttl=600))
     assert done.ok and done.stored == 3, done
-    holders = [nid for nid, p in mesh60.peers.items() if p.dht.held(key) is not None]
+    holders = [nid for nid, p in mesh60.nodes.items() if p.dht.held(key) is not None]
     assert sorted(holders) == sorted(closest_ids(mesh60, key, 3))
     got = run_op(mesh60, peers[40], lambda p: p.dht.get(key, mesh60.now))
     assert got.ok and got.record.value == {"hello": "world"} and got.record.publisher == peers[3].node_id
@@ -450,7 +405,7 @@ def test_put_on_one_node_get_on_another(mesh60):
 def test_providers_are_found_and_a_provider_that_stops_refreshing_lapses():
     cfg = DhtConfig(provider_ttl=60, republish_interval=20, replicate_check=2)
     mesh = build_mesh(40, cfg, seed=3)
-    peers = list(mesh.peers.values())
+    peers = list(mesh.nodes.values())
     key = key_for("summarize")
     for p in peers[:4]:
         assert run_op(mesh, p, lambda q: q.dht.provide(key, mesh.now, meta={"cost": 1})).ok
@@ -470,16 +425,16 @@ def test_providers_are_found_and_a_provider_that_stops_refreshing_lapses():
 def test_records_survive_the_death_of_every_holder_and_the_publisher():
     cfg = DhtConfig(replicate_check=2.0, republish_interval=1000, provider_ttl=2000)
     mesh = build_mesh(50, cfg, seed=5)
-    peers = list(mesh.peers.values())
+    peers = list(mesh.nodes.values())
     keys = [key_for(f"key{i}") for i in range(6)]
     publisher = peers[7]
     for i, k in enumerate(keys):
         assert run_op(mesh, publisher, lambda p: p.dht.put(k, i, mesh.now)).ok
     mesh.kill(publisher.node_id)
-    original = {k: {nid for nid, p in mesh.peers.items() if p.dht.held(k) is not None} for k in keys}
+    original = {k: {nid for nid, p in mesh.nodes.items() if p.dht.held(k) is not None} for k in keys}
 
     def holders(k):
-        return {nid for nid, p in mesh.peers.items() if nid not in mesh.dead and p.dht.held(k) is not None}
+        return {nid for nid, p in mesh.nodes.items() if nid not in mesh.dead and p.dht.held(k) is not None}
 
     # Rounds that each kill the closest holder of every key, but never two holders of one key at once, with
     # time (a few replicate_check periods) for re-replication in between, until no original holder is left.
@@ -505,7 +460,7 @@ def test_records_survive_the_death_of_every_holder_and_the_publisher():
 
 
 def test_gets_never_wait_a_hard_timeout_with_20_percent_dead(mesh60):
-    peers = list(mesh60.peers.values())
+    peers = list(mesh60.nodes.values())
     keys = [key_for(f"d{i}") for i in range(10)]
     for i, k in enumerate(keys):
         assert run_op(mesh60, peers[i], lambda p: p.dht.put(k, i, mesh60.now)).ok
@@ -519,7 +474,7 @@ def test_gets_never_wait_a_hard_timeout_with_20_percent_dead(mesh60):
                          lambda p: p.dht.get(k, mesh60.now))
             if got.record is None:
                 # every holder may be among the dead; then not found is the honest answer
-                assert all(nid in mesh60.dead for nid, p in mesh60.peers.items() if p.dht.held(k) is not None)
+                assert all(nid in mesh60.dead for nid, p in mesh60.nodes.items() if p.dht.held(k) is not None)
             durations.append(got.duration)
         assert max(durations) < RoutingConfig().query_timeout
     finally:
@@ -529,11 +484,11 @@ def test_gets_never_wait_a_hard_timeout_with_20_percent_dead(mesh60):
 def test_a_node_that_does_not_advertise_itself_stores_nothing_on_itself():
     mesh = build_mesh(20, seed=7)
     client = Peer(99, advertise=False)
-    mesh.peers[client.node_id] = client
-    boot = [next(iter(mesh.peers.values())).contact]
+    mesh.nodes[client.node_id] = client
+    boot = [next(iter(mesh.nodes.values())).contact]
     mesh.call(client, lambda p: p.routing.join(boot, mesh.now))
     mesh.run(mesh.now + 3)
-    assert all(client.node_id not in p.routing.table for p in mesh.peers.values() if p is not client)
+    assert all(client.node_id not in p.routing.table for p in mesh.nodes.values() if p is not client)
     done = run_op(mesh, client, lambda p: p.dht.put(key_for("x"), 1, mesh.now))
     assert done.ok and done.stored == 3 and client.dht.records == 0
     with pytest.raises(ValueError):

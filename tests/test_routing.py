@@ -1,12 +1,11 @@
 """Unit tests of the Kademlia routing table and protocol core (zmqagents.core.routing), on a fake clock.
 
-No sockets: RoutingCores exchange envelopes through a small in-test dispatcher with per-message
-latency. The lookup state machine alone is tested in tests/test_lookup.py.
+No sockets: RoutingCores exchange envelopes through the fake network of tests/core_mesh.py, with
+per-message latency. The lookup state machine alone is tested in tests/test_lookup.py.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
 import tracemalloc
 
@@ -34,6 +33,8 @@ from zmqagents.core.routing import (
 )
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Contact
+
+from core_mesh import CoreMesh
 
 K = 20
 
@@ -633,59 +634,8 @@ def test_a_node_whose_table_stays_short_looks_itself_up_again():
     assert all(4 <= c.stats["rejoins"] - r <= 6 for c, r in zip(cores, rejoins))
 
 
-class Mesh:
-    """RoutingCores wired through a heap of timed deliveries (one-way latency uniform in ``latency``)."""
-
-    def __init__(self, cores: list[RoutingCore], seed: int = 0, latency=(0.005, 0.05), wire: bool = False):
-        self.cores = {c.node_id: c for c in cores}
-        self.rng = random.Random(seed)
-        self.latency = latency
-        self.wire = wire
-        self.dead: set[bytes] = set()
-        self.now = 0.0
-        self.heap: list = []
-        self.seq = 0
-        self.events: list[tuple[bytes, float, object]] = []
-        self.messages = 0
-
-    def flush(self, c: RoutingCore) -> None:
-        for e in c.take_outgoing():
-            self.messages += 1
-            if e.dst in self.dead or e.dst not in self.cores:
-                continue
-            if self.wire:
-                e = decode(e.encode())
-            self.seq += 1
-            heapq.heappush(self.heap, (self.now + self.rng.uniform(*self.latency), self.seq, e.dst, e))
-        for ev in c.take_events():
-            self.events.append((c.node_id, self.now, ev))
-        t = c.next_timer()
-        if t is not None:
-            self.seq += 1
-            heapq.heappush(self.heap, (max(t, self.now), self.seq, c.node_id, None))
-
-    def run(self, until: float) -> None:
-        heap = self.heap
-        while heap and heap[0][0] <= until:
-            t, _, nid, e = heapq.heappop(heap)
-            if nid in self.dead:
-                continue
-            self.now = t
-            c = self.cores[nid]
-            if e is not None:
-                c.receive(e, t)
-                self.flush(c)
-            else:
-                nt = c.next_timer()
-                if nt is not None and nt <= t:
-                    c.tick(t)
-                    self.flush(c)
-        self.now = max(self.now, until)
-
-    def call(self, c: RoutingCore, fn) -> object:
-        r = fn(c)
-        self.flush(c)
-        return r
+class Mesh(CoreMesh):
+    """RoutingCores wired through tests/core_mesh.py's fake network."""
 
     def done(self, kind=LookupDone) -> list[tuple[bytes, object]]:
         return [(nid, ev) for nid, _, ev in self.events if isinstance(ev, kind)]
@@ -700,7 +650,7 @@ def run_lookups(mesh: Mesh, n: int, rng: random.Random, alive: list[bytes]) -> l
     mesh.events.clear()
     started = set()
     for _ in range(n):
-        src = mesh.cores[rng.choice(alive)]
+        src = mesh.nodes[rng.choice(alive)]
         lid = mesh.call(src, lambda c: c.lookup(rng.randbytes(32), mesh.now))
         started.add((src.node_id, lid))
     mesh.run(mesh.now + 10.0)
@@ -766,7 +716,7 @@ def mesh500():
 
 
 def test_lookups_in_a_500_node_mesh_find_the_true_k_closest(mesh500):
-    ids = list(mesh500.cores)
+    ids = list(mesh500.nodes)
     res = run_lookups(mesh500, 200, random.Random(5), ids)
     s = summarize(res, ids)
     print(f"\n500 nodes, all alive: {s}")
@@ -775,13 +725,13 @@ def test_lookups_in_a_500_node_mesh_find_the_true_k_closest(mesh500):
 
 
 def test_find_returns_once_the_node_answers_and_only_shares_compatible_lookups(mesh500):
-    ids = list(mesh500.cores)
+    ids = list(mesh500.nodes)
     rng = random.Random(8)
     mesh500.events.clear()
     started = {}
     for _ in range(100):
         src, tgt = rng.sample(ids, 2)
-        lid = mesh500.call(mesh500.cores[src], lambda c: c.lookup(tgt, mesh500.now, find=True))
+        lid = mesh500.call(mesh500.nodes[src], lambda c: c.lookup(tgt, mesh500.now, find=True))
         started[(src, lid)] = tgt
     mesh500.run(mesh500.now + 10.0)
     res = [ev for nid, ev in mesh500.done() if (nid, ev.lookup_id) in started]
@@ -792,7 +742,7 @@ def test_find_returns_once_the_node_answers_and_only_shares_compatible_lookups(m
     print(f"\nfind: {found_q:.1f} queries per lookup, full lookups: {full['queries_avg']:.1f}")
     assert found_q < full["queries_avg"] / 3
     # A find shares a running full lookup of the same id; a full lookup never shares a find.
-    a = mesh500.cores[ids[0]]
+    a = mesh500.nodes[ids[0]]
     l_full = a.lookup(ids[1], mesh500.now)
     assert a.lookup(ids[1], mesh500.now, find=True) == l_full
     l_find = a.lookup(ids[2], mesh500.now, find=True)
@@ -806,12 +756,12 @@ def test_with_20_percent_dead_no_lookup_waits_a_full_timeout(mesh500):
     """The ``kademlia`` package (k=20, alpha=3) makes 23-50% of its lookups wait a full 5 s timeout once
     20% of nodes are stopped. Here a silent peer stops counting after the late deadline (srtt + 4 rttvar,
     a few RTTs), so no lookup takes anywhere near the hard timeout."""
-    ids = list(mesh500.cores)
+    ids = list(mesh500.nodes)
     rng = random.Random(6)
     dead = set(rng.sample(ids, len(ids) // 5))
     alive = [x for x in ids if x not in dead]
     mesh500.dead = dead
-    timeout = next(iter(mesh500.cores.values())).config.query_timeout
+    timeout = next(iter(mesh500.nodes.values())).config.query_timeout
     try:
         first = summarize(run_lookups(mesh500, 200, rng, alive), alive)
         again = summarize(run_lookups(mesh500, 200, rng, alive), alive)  # tables have learned who failed
