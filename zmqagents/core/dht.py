@@ -95,9 +95,9 @@ import nacl.signing
 
 from ..envelope import Envelope, canonical_packb
 from ..identity import Contact
-from .lookup import LOOKUP_STAT_KEYS, NODE_ID_LEN, Lookup, contact_fields, node_id_for
+from .lookup import LOOKUP_STAT_KEYS, Lookup, contact_fields, node_id_for
 from .outputs import CoreOutputs
-from .routing import RoutingCore
+from .routing import QueryDestinations, RoutingCore, addressed_here
 
 __all__ = [
     "PREFIX", "FIND_VALUE", "VALUE", "FIND_PROVIDERS", "PROVIDERS", "STORE", "ADD_PROVIDER", "STORED",
@@ -490,7 +490,7 @@ class DhtCore(CoreOutputs):
         self._rpcs: dict[bytes, _Rpc] = {}
         self._fifo: deque = deque()  # (hard deadline, rpc id)
         self._late: list = []  # heap of (deadline, serial, op)
-        self._dests: dict[bytes, list] = {}  # node id -> [key, endpoint, pending rpcs] for contact_for()
+        self._dests = QueryDestinations()  # for contact_for()
         self._active: dict[int, _Op] = {}
         self._queue: deque[_Op] = deque()
         self._next_id = 1
@@ -615,9 +615,9 @@ class DhtCore(CoreOutputs):
 
     def contact_for(self, node_id: bytes) -> Contact | None:
         """Where to send an envelope for ``node_id`` that the table may not hold (a lookup candidate)."""
-        d = self._dests.get(node_id)
-        if d is not None:
-            return Contact(d[0], d[1])
+        c = self._dests.get(node_id)
+        if c is not None:
+            return c
         e = self.table.find(node_id)
         return None if e is None else e.contact
 
@@ -626,16 +626,7 @@ class DhtCore(CoreOutputs):
     def receive(self, env: Envelope, now: float) -> None:
         """Process one envelope whose ``src`` the transport authenticated. Bad input is counted, never raised."""
         stats = self.stats
-        stats["received"] += 1
-        src = env.src
-        if type(src) is not bytes or len(src) != NODE_ID_LEN:
-            stats["malformed"] += 1
-            return
-        if src == self.node_id:
-            stats["from_self"] += 1
-            return
-        if env.dst is not None and env.dst != self.node_id:
-            stats["misdirected"] += 1
+        if not addressed_here(env, self.node_id, stats):
             return
         typ = env.type
         if typ == VALUE or typ == PROVIDERS:
@@ -648,7 +639,7 @@ class DhtCore(CoreOutputs):
             self._on_store(env, now)
         else:
             stats["other_types"] += 1
-            self.table.touch(src, now)
+            self.table.touch(env.src, now)
 
     def tick(self, now: float) -> None:
         """Fire what is due: hard timeouts, late deadlines, re-replication, expiry, republishing."""
@@ -659,7 +650,7 @@ class DhtCore(CoreOutputs):
             rpc = rpcs.pop(rid, None)
             if rpc is None:
                 continue
-            self._release(rpc.nid)
+            self._dests.release(rpc.nid)
             self.stats["rpc_timeouts"] += 1
             self.table.mark_failed(rpc.nid)
             op = rpc.op
@@ -1255,20 +1246,9 @@ class DhtCore(CoreOutputs):
         rid = self._rid()
         self._rpcs[rid] = _Rpc(op, nid, pk, ep, now, store)
         self._fifo.append((now + self.config.query_timeout, rid))
-        d = self._dests.get(nid)
-        if d is None:
-            self._dests[nid] = [pk, ep, 1]
-        else:
-            d[2] += 1
+        self._dests.add(nid, pk, ep)
         self._send(Envelope(rid, self.node_id, typ, body, nid, int(now * 1000)))
         return rid
-
-    def _release(self, nid: bytes) -> None:
-        d = self._dests.get(nid)
-        if d is not None:
-            d[2] -= 1
-            if d[2] <= 0:
-                del self._dests[nid]
 
     def _match(self, env: Envelope, store: bool) -> _Rpc | None:
         re = env.re
@@ -1277,7 +1257,7 @@ class DhtCore(CoreOutputs):
             self.stats["unmatched"] += 1
             return None
         del self._rpcs[re]
-        self._release(rpc.nid)
+        self._dests.release(rpc.nid)
         return rpc
 
     def _on_answer(self, env: Envelope, now: float) -> None:

@@ -647,6 +647,58 @@ class _Rpc:
         self.sent = sent
 
 
+def addressed_here(env: Envelope, node_id: bytes, stats: dict[str, int]) -> bool:
+    """Whether a core that sends queries should process ``env``: counts it in ``received``, and counts
+    (``malformed``, ``from_self``, ``misdirected``) and refuses one whose ``src`` is not a node id, that
+    comes from this node, or that is meant for another node. The routing and DHT cores screen alike."""
+    stats["received"] += 1
+    src = env.src
+    if type(src) is not bytes or len(src) != NODE_ID_LEN:
+        stats["malformed"] += 1
+        return False
+    if src == node_id:
+        stats["from_self"] += 1
+        return False
+    if env.dst is not None and env.dst != node_id:
+        stats["misdirected"] += 1
+        return False
+    return True
+
+
+class QueryDestinations:
+    """Where the queries still awaiting an answer went: node id -> (key, endpoint), counted per query.
+
+    A lookup queries candidates that are not in the routing table, so the transport may not know how to
+    reach them; a core's ``contact_for()`` looks here first. An entry lives only while a query to that
+    node is pending (``release`` on its answer or hard timeout), so it never outgrows the queries in flight.
+    """
+
+    __slots__ = ("_dests",)
+
+    def __init__(self) -> None:
+        self._dests: dict[bytes, list] = {}  # node id -> [key, endpoint, pending queries]
+
+    def add(self, nid: bytes, pk: bytes, endpoint: str) -> None:
+        """One more query sent to ``nid`` at ``pk``@``endpoint``."""
+        d = self._dests.get(nid)
+        if d is None:
+            self._dests[nid] = [pk, endpoint, 1]
+        else:
+            d[2] += 1
+
+    def release(self, nid: bytes) -> None:
+        """One query to ``nid`` is over (answered or timed out)."""
+        d = self._dests.get(nid)
+        if d is not None:
+            d[2] -= 1
+            if d[2] <= 0:
+                del self._dests[nid]
+
+    def get(self, nid: bytes) -> Contact | None:
+        d = self._dests.get(nid)
+        return None if d is None else Contact(d[0], d[1])
+
+
 class RoutingCore(CoreOutputs):
     """The Kademlia protocol core of one node. Call a method, then drain take_outgoing() and take_events().
 
@@ -675,7 +727,7 @@ class RoutingCore(CoreOutputs):
         self._fifo: deque = deque()  # (hard deadline, rpc id) in send order: every query has the same timeout
         self._late: list = []  # heap of (late deadline, serial, job): when to re-pump a lookup
         self._serial = 0
-        self._dests: dict[bytes, list] = {}  # node id -> [key, endpoint, pending rpcs] for contact_for()
+        self._dests = QueryDestinations()  # for contact_for()
         self._active: dict[int, _Job] = {}
         self._queue: deque[_Job] = deque()
         self._targets: dict[bytes, _Job] = {}  # target -> running or queued job (duplicates merge)
@@ -750,9 +802,9 @@ class RoutingCore(CoreOutputs):
         """Where to send an envelope for ``node_id``: the table's contact, or the one a pending query was
         sent to (lookup candidates are not in the table). None if unknown (e.g. an answer to a peer that
         did not advertise itself: send it back on the connection the request came in on)."""
-        d = self._dests.get(node_id)
-        if d is not None:
-            return Contact(d[0], d[1])
+        c = self._dests.get(node_id)
+        if c is not None:
+            return c
         e = self.table.find(node_id)
         return None if e is None else e.contact
 
@@ -788,16 +840,7 @@ class RoutingCore(CoreOutputs):
     def receive(self, env: Envelope, now: float) -> None:
         """Process one envelope whose ``src`` the transport authenticated. Bad input is counted, never raised."""
         stats = self.stats
-        stats["received"] += 1
-        src = env.src
-        if type(src) is not bytes or len(src) != NODE_ID_LEN:
-            stats["malformed"] += 1
-            return
-        if src == self.node_id:
-            stats["from_self"] += 1
-            return
-        if env.dst is not None and env.dst != self.node_id:
-            stats["misdirected"] += 1
+        if not addressed_here(env, self.node_id, stats):
             return
         if self._refresh_at is None:
             self._arm_refresh(now)
@@ -808,7 +851,7 @@ class RoutingCore(CoreOutputs):
             self._on_nodes(env, now)
         else:
             stats["other_types"] += 1
-            self.table.touch(src, now)
+            self.table.touch(env.src, now)
 
     def tick(self, now: float) -> None:
         """Fire what is due: hard timeouts of queries, late deadlines of lookups, the bucket refresh."""
@@ -818,7 +861,7 @@ class RoutingCore(CoreOutputs):
             rpc = rpcs.pop(fifo.popleft()[1], None)
             if rpc is None:
                 continue  # answered
-            self._release(rpc.nid)
+            self._dests.release(rpc.nid)
             self.stats["rpc_timeouts"] += 1
             self.table.mark_failed(rpc.nid)
             job = rpc.job
@@ -894,7 +937,7 @@ class RoutingCore(CoreOutputs):
             self.table.touch(env.src, now)
             return
         del self._rpcs[re]
-        self._release(rpc.nid)
+        self._dests.release(rpc.nid)
         job = rpc.job
         lk = job.lookup
         body = env.body
@@ -974,11 +1017,7 @@ class RoutingCore(CoreOutputs):
                 rid = rng.getrandbits(128).to_bytes(16, "big")
                 self._rpcs[rid] = _Rpc(job, nid, pk, c.endpoint, now)
                 self._fifo.append((deadline, rid))
-                d = self._dests.get(nid)
-                if d is None:
-                    self._dests[nid] = [pk, c.endpoint, 1]
-                else:
-                    d[2] += 1
+                self._dests.add(nid, pk, c.endpoint)
                 self._out.append(Envelope(rid, me, FIND_NODE, body, nid, ts))
             self.stats["find_node_sent"] += len(queries)
             self.stats["sent"] += len(queries)
@@ -1019,13 +1058,6 @@ class RoutingCore(CoreOutputs):
                 self._retry = self.config.join_retry
         while self._queue and len(self._active) < self.config.max_lookups:
             self._start(self._queue.popleft(), now)
-
-    def _release(self, nid: bytes) -> None:
-        d = self._dests.get(nid)
-        if d is not None:
-            d[2] -= 1
-            if d[2] <= 0:
-                del self._dests[nid]
 
     def _rtt_sample(self, r: float) -> None:
         # RFC 6298 smoothing: srtt gains 1/8 of the error, rttvar 1/4 of its own.
