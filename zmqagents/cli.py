@@ -158,6 +158,15 @@ def _common_node_options(f):
     return f
 
 
+def _mesh_member_options(f):
+    """The options of a node that stays in the mesh (``node``, ``relay``): whom to reach and whom to accept."""
+    f = click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")(f)
+    f = click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")(f)
+    f = click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh to join through (repeatable).")(f)
+    f = click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")(f)
+    return f
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES_HELP)
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
 @click.version_option(package_name="zmqagents")
@@ -197,10 +206,7 @@ def keygen(path: str, force: bool) -> None:
 
 @cli.command()
 @_common_node_options
-@click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")
-@click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh to join through (repeatable).")
-@click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
-@click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")
+@_mesh_member_options
 @click.option("--echo", is_flag=True, help="Answer every request with its own body (handy for testing).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="ZMQAGENTS_CONFIG",
               help="Run as a sidecar configured by this TOML file (env: ZMQAGENTS_CONFIG).")
@@ -264,6 +270,18 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
     sys.exit(_run_sidecar(config_file, conf_d, overrides, echo))
 
 
+def _request_handler(echo: bool):
+    """What ``zmqagents node`` answers a request with: its own body (--echo), or {"ok": true} after
+    printing the request as one JSON line on stdout."""
+    if echo:
+        return lambda body, msg: body
+
+    def show(body, msg):
+        _emit({"type": msg.type, "from": msg.sender, "body": body})
+        return {"ok": True}
+    return show
+
+
 def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_file, allowlist, log_format, verbose,
                        settings, outbound_only=False, relays=(), seal=False, mdns=None) -> list:
     """The flags given on the command line as config overrides (flags that were not given do not override)."""
@@ -307,13 +325,7 @@ def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, e
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_CONFIG
-    if echo:
-        sidecar.node.on_request(lambda body, msg: body)
-    else:
-        def show(body, msg):
-            _emit({"type": msg.type, "from": msg.sender, "body": body})
-            return {"ok": True}
-        sidecar.node.on_request(show)
+    sidecar.node.on_request(_request_handler(echo))
 
     async def app(sc) -> None:
         admin = sc.services.get("admin")
@@ -348,13 +360,7 @@ def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allow
 
     async def main() -> int:
         async with n:
-            if echo:
-                n.on_request(lambda body, msg: body)
-            else:
-                def show(body, msg):
-                    _emit({"type": msg.type, "from": msg.sender, "body": body})
-                    return {"ok": True}
-                n.on_request(show)
+            n.on_request(_request_handler(echo))
             _announce(n, contact_file)
             async for msg in n.messages():
                 _emit({"type": msg.type, "from": msg.sender, "body": msg.body})
@@ -365,10 +371,7 @@ def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allow
 
 @cli.command()
 @_common_node_options
-@click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")
-@click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh to join through (repeatable).")
-@click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
-@click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")
+@_mesh_member_options
 @click.option("--max-clients", default=1024, show_default=True, type=click.IntRange(1), help="Registered outbound-only nodes at most; more are refused.")
 @click.option("--client-rate", default=2000.0, show_default=True, type=click.FloatRange(min=0.001), help="Forwards per second per sender (burst: twice as many).")
 @click.option("--total-rate", default=20000.0, show_default=True, type=click.FloatRange(min=0.001), help="Forwards per second over all senders (burst: twice as many).")
@@ -566,10 +569,7 @@ def send(ctx, key, listen, insecure, to, socket_path, direct, seal, body) -> Non
                 await n.send(ids[0], _parse_body(body))
                 sent = 1
             else:
-                number = 0
-                async for line in _read_lines():
-                    number += 1
-                    value = _parse_line(line, number)
+                async for _, value in _stdin_values():
                     if value is _BAD:
                         failed += 1
                         continue
@@ -623,10 +623,7 @@ async def _send_via_sidecar(path: Path, targets: list[str], body: str | None) ->
             await slots.acquire()
             await one(_parse_body(body), 1)
         else:
-            number = 0
-            async for line in _read_lines():
-                number += 1
-                value = _parse_line(line, number)
+            async for number, value in _stdin_values():
                 if value is _BAD:
                     counts["bad"] += 1
                     continue
@@ -645,6 +642,14 @@ async def _send_via_sidecar(path: Path, targets: list[str], body: str | None) ->
 
 
 _BAD = object()
+
+
+async def _stdin_values():
+    """Yield (line number, JSON value) for each stdin line; a bad line is reported on stderr and yields _BAD."""
+    number = 0
+    async for line in _read_lines():
+        number += 1
+        yield number, _parse_line(line, number)
 
 
 def _parse_line(line: bytes, number: int) -> Any:
@@ -770,9 +775,7 @@ async def _request_lines(ids: list[bytes], one, parallel: int) -> int:
     out = asyncio.ensure_future(writer())
     number = sent = 0
     try:
-        async for line in _read_lines():
-            number += 1
-            value = _parse_line(line, number)
+        async for number, value in _stdin_values():
             if value is _BAD:
                 counts["bad"] += 1
                 continue
@@ -852,10 +855,8 @@ def publish(key, listen, insecure, to, wait, topic, body) -> None:
             if body is not None:
                 await n.publish(topic, _parse_body(body))
                 return EXIT_OK
-            bad = number = 0
-            async for line in _read_lines():
-                number += 1
-                value = _parse_line(line, number)
+            bad = 0
+            async for _, value in _stdin_values():
                 if value is _BAD:
                     bad += 1
                 else:
