@@ -156,14 +156,7 @@ class Dht:
         core = self.core
         if core is None:
             return
-        node = self._node
-        transport = node.transport
-        for env in core.take_outgoing():
-            if not transport.known(env.dst):
-                contact = core.contact_for(env.dst)
-                if contact is not None:
-                    transport.add_contact(contact)
-            transport.send(env)
+        self._node._send_outgoing(core)
         for event in core.take_events():
             if isinstance(event, DhtDone):
                 future = self._ops.pop(event.op_id, None)

@@ -830,16 +830,22 @@ class Node:
             self._idle.set()
         self._arm_timer()
 
-    def _pump_membership(self) -> None:
-        membership = self.membership
+    def _send_outgoing(self, core) -> None:
+        """Send what ``core`` (membership, routing, the DHT) queued. A destination the transport has no
+        link to yet (a lookup candidate, a ping relayed for another prober) is reached at the contact the
+        core knows for it (``core.contact_for``)."""
         transport = self.transport
-        send = transport.send
-        for env in membership.take_outgoing():
-            if not transport.known(env.dst):  # e.g. a ping relayed for another prober
-                contact = membership.contact_for(env.dst)
+        for env in core.take_outgoing():
+            if not transport.known(env.dst):
+                contact = core.contact_for(env.dst)
                 if contact is not None:
                     transport.add_contact(contact)
-            send(env)
+            transport.send(env)
+
+    def _pump_membership(self) -> None:
+        membership = self.membership
+        send = self.transport.send
+        self._send_outgoing(membership)
         for event in membership.take_events():
             if isinstance(event, (Failed, Left)):
                 # Confirmed gone: drop it everywhere; the table promotes a replacement (added on reconcile).
@@ -901,12 +907,7 @@ class Node:
     def _pump_routing(self) -> None:
         routing = self.routing
         transport = self.transport
-        for env in routing.take_outgoing():
-            if not transport.known(env.dst):
-                contact = routing.contact_for(env.dst)
-                if contact is not None:
-                    transport.add_contact(contact)
-            transport.send(env)
+        self._send_outgoing(routing)
         for event in routing.take_events():
             if isinstance(event, LookupDone):
                 future = self._lookups.pop(event.lookup_id, None)
