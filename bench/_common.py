@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -97,6 +97,32 @@ async def stdin_eof() -> None:
         await done
     finally:
         loop.remove_reader(fd)
+
+
+async def stdin_lines() -> AsyncIterator[bytes]:
+    """The lines the orchestrator writes to our stdin, read without blocking the loop, until EOF."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        yield line
+
+
+async def serve_commands(handlers: dict[str, Callable[[dict], Any]]) -> None:
+    """Answer each JSON command on stdin, ``{"cmd": NAME, ...}``, with the JSON line that
+    ``handlers[NAME](command)`` returns (awaited if it is a coroutine), until EOF. An unknown
+    NAME is answered with ``{"event": "error", ...}``, so the orchestrator fails with a reason."""
+    async for line in stdin_lines():
+        cmd = json.loads(line)
+        handler = handlers.get(cmd["cmd"])
+        if handler is None:
+            emit({"event": "error", "error": f"unknown command {cmd['cmd']!r}"})
+            continue
+        answer = handler(cmd)
+        emit(await answer if asyncio.iscoroutine(answer) else answer)
 
 
 # -- child processes -------------------------------------------------------------

@@ -67,6 +67,7 @@ from _common import (  # noqa: E402
     raise_fd_limit,
     rss_kb,
     run,
+    serve_commands,
     stop_all,
 )
 
@@ -96,9 +97,6 @@ async def role_nodes(args) -> None:
     nodes = [Node(Identity.from_seed(hashlib.sha256(b"bench-dht/%d/%d" % (args.seed, args.first + i)).digest()),
                   listen="tcp://127.0.0.1:0", bootstrap=bootstrap) for i in range(args.count)]
 
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     emit({"event": "loaded", "pid": os.getpid(), "loop": loop_name()})
 
     async def start_all() -> dict:
@@ -146,20 +144,7 @@ async def role_nodes(args) -> None:
                 "records": [n.dht.core.records for n in nodes]}
 
     try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                break
-            cmd = json.loads(line)
-            op = cmd["cmd"]
-            if op == "start":
-                emit(await start_all())
-            elif op == "ops":
-                emit(await ops(cmd))
-            elif op == "stats":
-                emit(stats())
-            else:
-                emit({"event": "error", "error": f"unknown command {op!r}"})
+        await serve_commands({"start": lambda cmd: start_all(), "ops": ops, "stats": lambda cmd: stats()})
     finally:
         for n in nodes:
             n.config.leave_timeout = 0

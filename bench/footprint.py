@@ -85,6 +85,7 @@ from _common import (  # noqa: E402
     raise_fd_limit,
     rss_kb,
     run,
+    stdin_lines,
     stop_all,
     thread_count,
 )
@@ -101,13 +102,7 @@ MB = 1024  # VmRSS is in KiB; report MiB
 
 async def _commands(handler) -> None:
     """Answer one JSON line per command line on stdin until EOF."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        line = await reader.readline()
-        if not line:
-            return
+    async for line in stdin_lines():
         emit(handler(line.decode().strip()))
 
 

@@ -81,6 +81,7 @@ from _common import (  # noqa: E402
     raise_fd_limit,
     rss_kb,
     run,
+    serve_commands,
     stop_all,
 )
 
@@ -117,9 +118,6 @@ async def role_nodes(args) -> None:
     recorders = [asyncio.create_task(record(n)) for n in nodes]
     await asyncio.sleep(0)  # let every recorder register its queue before the nodes start
 
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     emit({"event": "loaded", "pid": os.getpid(), "loop": loop_name()})
 
     async def start_all() -> dict:
@@ -191,24 +189,8 @@ async def role_nodes(args) -> None:
         return {"event": "events", "events": out}
 
     try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                break
-            cmd = json.loads(line)
-            op = cmd["cmd"]
-            if op == "start":
-                emit(await start_all())
-            elif op == "check":
-                emit(await check(cmd))
-            elif op == "stats":
-                emit(stats())
-            elif op == "holders":
-                emit(holders(cmd["victim"]))
-            elif op == "events":
-                emit(take_events())
-            else:
-                emit({"event": "error", "error": f"unknown command {op!r}"})
+        await serve_commands({"start": lambda cmd: start_all(), "check": check, "stats": lambda cmd: stats(),
+                              "holders": lambda cmd: holders(cmd["victim"]), "events": lambda cmd: take_events()})
     finally:
         for n in nodes:
             n.config.leave_timeout = 0  # no graceful-leave pause per node at the end
