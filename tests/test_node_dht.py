@@ -121,7 +121,11 @@ def test_a_record_survives_the_crash_of_its_closest_holder(arun, tmp_path):
                 for pid in proc_ids:
                     assert (await n.lookup(pid, timeout=10))[0].node_id == pid
             all_ids = [n.node_id for n in nodes] + proc_ids
-            name = next(f"k{i}" for i in range(10_000) if _closest(all_ids, key_for(f"k{i}"), 1)[0] in proc_ids)
+            # A key whose closest holder is a process (the victim) and whose 4th closest node, the one that
+            # takes the victim's place, is in-process: the wait below then cannot end before a holder
+            # re-replicated the record to it (with a process there, it could end at once, with nothing pushed).
+            name = next(f"k{i}" for i in range(10_000)
+                        if (c := _closest(all_ids, key_for(f"k{i}"), 4))[0] in proc_ids and c[3] not in proc_ids)
             key = key_for(name)
             victim = procs[proc_ids.index(_closest(all_ids, key, 1)[0])]
             acked = nodes[1].dht.core.stats["stores_acked"]
