@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from test_cli import CLI, server, zmqa
 
+from zmqagents.identity import Contact
+
 pytestmark = pytest.mark.timeout(90)
 
 COUNT = 'import json, sys; print(json.dumps({"n": len(json.load(sys.stdin)["text"])}))'
@@ -141,13 +143,56 @@ def test_agents_ls_lists_every_capability_in_the_mesh(tmp_path):
         assert len(rows["upper"]["providers"]) == 1 and len(rows["count"]["providers"]) == 1
         assert rows["upper"]["providers"][0]["node_id"] != rows["count"]["providers"][0]["node_id"]
         assert len({p["node_id"] for p in rows["shared"]["providers"]}) == 2
+        assert all(p["state"] == "alive" and p["rtt_ms"] > 0 for r in rows.values() for p in r["providers"])
         text = zmqa("agents", "ls", *boot, timeout=30)
-        assert text.returncode == 0 and [line.split()[:2] for line in text.stdout.splitlines()] == [
-            ["count", "1"], ["shared", "2"], ["upper", "1"]]
+        table = [line.split() for line in text.stdout.splitlines()]
+        assert text.returncode == 0 and table[0] == ["CAPABILITY", "NODE", "STATE", "RTT", "ms"]
+        assert [(row[0], row[2]) for row in table[1:]] == [
+            ("count", "alive"), ("shared", "alive"), ("shared", "alive"), ("upper", "alive")]
         direct = zmqa("agents", "ls", "--to", seed, "--json", timeout=30)  # only what the seed serves
         assert direct.returncode == 0 and [r["name"] for r in lines(direct.stdout)] == ["upper"]
-        assert lines(direct.stdout)[0]["providers"] == rows["upper"]["providers"]
+        (via_to,) = lines(direct.stdout)[0]["providers"]
+        assert via_to["state"] == "alive" and [{**via_to, "rtt_ms": 0}] == [{**p, "rtt_ms": 0} for p in rows["upper"]["providers"]]
         assert zmqa("agents", "ls").returncode == 2  # nowhere to look
+
+
+def test_agents_ls_marks_a_killed_provider_unreachable(tmp_path):
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "agent", "--capability", "upper", "--exec", "cat", name="a"))
+        boot = ["--bootstrap", seed]
+        _, live = stack.enter_context(server(tmp_path, "agent", "--capability", "shared", "--exec", "cat", *boot, name="b"))
+        _, doomed = stack.enter_context(server(tmp_path, "agent", "--capability", "shared", "--exec", "cat", *boot,
+                                               name="c"))
+        doomed_id = Contact.parse((tmp_path / "c.contact").read_text().strip()).node_id.hex()
+        deadline = time.monotonic() + 30
+        while True:  # every agent's registry entry is stored
+            res = zmqa("agents", "ls", *boot, "--json", timeout=30)
+            rows = {r["name"]: r for r in lines(res.stdout)} if res.returncode == 0 else {}
+            if len(rows) == 2 and len(rows["shared"]["providers"]) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert {p["state"] for r in rows.values() for p in r["providers"]} == {"alive"}, res.stderr
+
+        doomed.kill()  # SIGKILL: no goodbye, its registry entry stays in the DHT until it expires
+        doomed.wait(timeout=10)
+        start = time.monotonic()
+        res = zmqa("agents", "ls", *boot, "--all", "--json", "--probe-timeout", "1", timeout=60)
+        took = time.monotonic() - start
+        assert res.returncode == 0, res.stderr
+        rows = {r["name"]: r for r in lines(res.stdout)}
+        states = {p["node_id"]: (p["state"], p["rtt_ms"]) for p in rows["shared"]["providers"]}
+        assert states[doomed_id] == ("unreachable", None)
+        assert [s for nid, s in states.items() if nid != doomed_id][0][0] == "alive"
+        assert rows["upper"]["providers"][0]["state"] == "alive"
+        assert took < 20, took  # probes run in parallel, each bounded by --probe-timeout
+
+        res = zmqa("agents", "ls", *boot, "--json", "--probe-timeout", "1", timeout=60)  # default: alive ones only
+        assert res.returncode == 0, res.stderr
+        rows = {r["name"]: r for r in lines(res.stdout)}
+        assert [p["state"] for p in rows["shared"]["providers"]] == ["alive"]
+        assert rows["shared"]["providers"][0]["node_id"] != doomed_id
+        assert "1 listed node(s) are unreachable or dead and not shown" in res.stderr
+        assert live.poll() is None
 
 
 @pytest.mark.parametrize("content, args, reason", [

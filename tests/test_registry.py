@@ -65,6 +65,19 @@ def test_list_mesh_finds_every_agent_and_describes_one_that_lists_too_much(arun)
             assert found[nodes[1].node_id].capabilities == ("upper",)
             assert found[nodes[2].node_id].capabilities == ("count",)
             assert found[nodes[3].node_id].capabilities == tuple(many) and found[nodes[3].node_id].complete
+            assert all(e.state == registry.ALIVE and e.rtt > 0 for e in found.values())
+
+            # What membership knows is believed without a probe: a node it calls dead is listed dead
+            # (here it is in fact up, which proves no probe overrode the verdict).
+            real_state_of = nodes[0].membership.state_of
+            nodes[0].membership.state_of = lambda nid: "dead" if nid == nodes[2].node_id else real_state_of(nid)
+            try:
+                found = {e.node_id: e for e in await registry.list_mesh(nodes[0])}
+            finally:
+                del nodes[0].membership.state_of
+            assert (found[nodes[2].node_id].state, found[nodes[2].node_id].rtt) == (registry.DEAD, None)
+            assert found[nodes[2].node_id].capabilities == ("count",)
+            assert found[nodes[1].node_id].state == found[nodes[3].node_id].state == registry.ALIVE
 
             shard = key_for(registry.shard_key(nodes[1].node_id))
             assert shard in nodes[1].dht.core.provided

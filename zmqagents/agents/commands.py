@@ -507,28 +507,45 @@ def agents_info(key, listen, insecure, capability, bootstrap, to, as_json) -> No
 
 
 @agents_group.command("ls", epilog="""\b
+States (the STATE column, "state" in --json):
+  alive        answered the probe just now (RTT ms: its round trip), or this
+               node's membership knows it alive (RTT ms: membership's estimate)
+  unreachable  did not answer the probe within --probe-timeout
+  dead         this node's membership knows it failed or left (not probed)
+Registry entries outlive their nodes (until they expire), hence the probe.
+Only alive providers are listed unless --all is given; the number left out
+goes to stderr.
+
+\b
 Exit codes:
   0  listed (every node that was asked answered)
-  3  no capability found (or no node answered the registry lookup)
+  3  no capability found (or no node answered the registry lookup), or
+     none with a live provider (without --all)
   4  some node did not say what it serves (the rest is listed)
   2  usage error
 """)
 @_common_node_options
 @click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh: list every capability in the mesh (DHT registry).")
 @click.option("--to", "to", multiple=True, help="Contact of a node to ask directly instead (repeatable): list what it serves.")
-@click.option("--json", "as_json", is_flag=True, help='One JSON object per capability: {"name", "providers": [{"node_id", "contact"}]}.')
-def agents_ls(key, listen, insecure, bootstrap, to, as_json) -> None:
-    """List the capabilities in the mesh, each with the nodes that provide it.
+@click.option("--all", "show_all", is_flag=True, help="Also list providers that are unreachable or dead (see States).")
+@click.option("--probe-timeout", default=2.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds a listed node has to answer the liveness probe (probes run in parallel, 32 at once).")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per capability: {"name", "providers": [{"node_id", "contact", "state", "rtt_ms"}]}.')
+def agents_ls(key, listen, insecure, bootstrap, to, show_all, probe_timeout, as_json) -> None:
+    """List the capabilities in the mesh, each with the nodes that provide it and whether they are alive.
 
     \b
     With --bootstrap every agent in the mesh is found through the capability
     registry in the DHT (each agent lists its capability names under a well-known
-    key, protocols/tasks.md 3.3); with --to only the given nodes are asked.
-    `zmqagents agents info CAPABILITY` shows one capability's full description.
+    key, protocols/tasks.md 3.3), then each listed node is probed; with --to only
+    the given nodes are asked. `zmqagents agents info CAPABILITY` shows one
+    capability's full description.
 
     \b
     Example:
       zmqagents agents ls --bootstrap @/tmp/seed.contact
+      zmqagents agents ls --bootstrap @/tmp/seed.contact --all --json | jq -c '.providers[] | [.node_id, .state]'
     """
     if not bootstrap and not to:
         raise click.UsageError("say where to look: --bootstrap CONTACT (the whole mesh) or --to CONTACT")
@@ -536,44 +553,59 @@ def agents_ls(key, listen, insecure, bootstrap, to, as_json) -> None:
     n = _make_node(key, listen, [], insecure, None, _contacts(bootstrap, hint="--bootstrap"))
 
     async def main() -> int:
-        from .registry import list_mesh
+        from .registry import ALIVE, list_mesh
         from .runtime import describe
 
         status = EXIT_OK
-        providers: dict[str, list] = {}
+        providers: dict[str, list] = {}  # name -> [(contact, state, rtt)]
         async with n:
             if targets:
                 for contact in targets:
+                    began = time.monotonic()
                     try:
-                        caps = await describe(n, contact, timeout=5)
+                        caps = await describe(n, contact, timeout=max(probe_timeout, 5.0))
                     except Exception as exc:
                         click.echo(f"error: {contact.node_id.hex()[:12]} did not answer: {exc}", err=True)
                         status = EXIT_SOME_FAILED
                         continue
+                    rtt = time.monotonic() - began
                     for cap in caps:
-                        providers.setdefault(cap.name, []).append(contact)
+                        providers.setdefault(cap.name, []).append((contact, ALIVE, rtt))
             else:
                 try:
-                    listed = await list_mesh(n)
+                    listed = await list_mesh(n, probe_timeout=probe_timeout)
                 except Exception as exc:
                     click.echo(f"error: the capability registry lookup failed: {exc}", err=True)
                     return EXIT_NO_PROVIDER
+                hidden = 0
                 for entry in listed:
-                    if not entry.complete:
+                    if entry.state != ALIVE and not show_all:
+                        hidden += 1
+                        continue
+                    if not entry.complete and entry.state == ALIVE:
                         click.echo(f"warning: {entry.node_id.hex()[:12]} serves more than it listed and did not "
                                    "describe the rest", err=True)
                         status = EXIT_SOME_FAILED
                     for name in entry.capabilities:
-                        providers.setdefault(name, []).append(entry.contact)
+                        providers.setdefault(name, []).append((entry.contact, entry.state, entry.rtt))
+                if hidden:
+                    click.echo(f"note: {hidden} listed node(s) are unreachable or dead and not shown (--all shows them)",
+                               err=True)
         if not providers:
             click.echo("error: no capability found" + ("" if targets else " in the mesh"), err=True)
             return EXIT_NO_PROVIDER if status == EXIT_OK else status
+        if not as_json:
+            click.echo(f"{'CAPABILITY':24} {'NODE':12}  {'STATE':11} {'RTT ms':>8}")
         for name in sorted(providers):
-            nodes = sorted(providers[name], key=lambda c: c.node_id)
+            rows = sorted(providers[name], key=lambda row: row[0].node_id)
             if as_json:
-                _emit({"name": name, "providers": [{"node_id": c.node_id.hex(), "contact": str(c)} for c in nodes]})
+                _emit({"name": name, "providers": [
+                    {"node_id": c.node_id.hex(), "contact": str(c), "state": state,
+                     "rtt_ms": None if rtt is None else round(rtt * 1000, 3)} for c, state, rtt in rows]})
             else:
-                click.echo(f"{name:24} {len(nodes):3}  " + " ".join(c.node_id.hex()[:12] for c in nodes))
+                for c, state, rtt in rows:
+                    shown = "-" if rtt is None else f"{rtt * 1000:.2f}"
+                    click.echo(f"{name:24} {c.node_id.hex()[:12]}  {state:11} {shown:>8}")
         return status
 
     from ..cli import _run

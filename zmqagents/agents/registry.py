@@ -10,12 +10,19 @@ into :data:`SHARDS` keys, ``zmqagents/capabilities/0`` .. ``/15``; a node provid
 contact and signature, so the metadata lists names only while it packs into
 :data:`META_BUDGET` bytes, sorted, and says ``"more": true`` when it left some out; the reader
 then asks that node (``task.describe``) for the full list. Spec: protocols/tasks.md §3.3.
+
+Entries outlive their nodes (a provider entry expires only after its TTL), so a listing says which
+nodes are still there: one this node's membership knows to be dead is marked ``dead`` without a
+word sent; one membership knows alive (with a measured RTT) is ``alive``; every other one is asked
+``task.describe`` (at most :data:`PROBE_PARALLEL` at once, each within a probe timeout), and is
+``alive`` with the measured round trip if it answers, else ``unreachable``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -28,6 +35,10 @@ log = logging.getLogger(__name__)
 PREFIX = "zmqagents/capabilities"
 SHARDS = 16
 META_BUDGET = 600  # bytes of packed metadata: a provider entry is at most 1024 with contact and signature
+PROBE_TIMEOUT = 2.0  # s a listed node has to answer the liveness probe before it counts as unreachable
+PROBE_PARALLEL = 32  # probes in flight at once: 320 listed nodes (16 shards x 20) take at most 10 rounds
+
+ALIVE, UNREACHABLE, DEAD = "alive", "unreachable", "dead"
 
 
 def shard_key(node_id: bytes) -> str:
@@ -67,17 +78,21 @@ def parse_meta(meta: Any) -> tuple[list[str], bool]:
 
 @dataclass(frozen=True)
 class Listed:
-    """One node found in the registry and the capabilities it serves."""
+    """One node found in the registry, the capabilities it serves, and whether it is still there."""
 
     node_id: bytes
     contact: Contact
     capabilities: tuple[str, ...]
     complete: bool  # False: it said there were more names but did not answer task.describe
+    state: str = ALIVE  # ALIVE, UNREACHABLE (did not answer the probe) or DEAD (membership says so)
+    rtt: float | None = None  # s: membership's smoothed probe RTT, or this listing's probe round trip
 
 
-async def list_mesh(node, *, timeout: float = 10.0) -> list[Listed]:
-    """Every node in the registry, with its capabilities; raises DhtError only if every shard lookup
-    failed (a lookup of an empty shard succeeds with no providers)."""
+async def list_mesh(node, *, timeout: float = 10.0, probe_timeout: float = PROBE_TIMEOUT,
+                    parallel: int = PROBE_PARALLEL) -> list[Listed]:
+    """Every node in the registry, with its capabilities and liveness; raises DhtError only if every
+    shard lookup failed (a lookup of an empty shard succeeds with no providers)."""
+    from ..node import RemoteError
     from .runtime import describe
 
     results = await asyncio.gather(*(node.find_providers(k, timeout=timeout) for k in all_keys()),
@@ -92,16 +107,30 @@ async def list_mesh(node, *, timeout: float = 10.0) -> list[Listed]:
         if not isinstance(infos, BaseException):
             for info in infos:
                 seen.setdefault(info.node_id, info)
+    slots = asyncio.Semaphore(parallel)
+    membership = node.membership
 
     async def one(info) -> Listed:
         names, more = parse_meta(info.meta)
-        if not more:
-            return Listed(info.node_id, info.contact, tuple(names), True)
-        try:
-            caps = await describe(node, info.contact, timeout=min(timeout, 5.0))
-        except Exception as exc:
-            log.info("%s lists more capabilities but did not describe them: %s", info.node_id.hex()[:12], exc)
-            return Listed(info.node_id, info.contact, tuple(names), False)
-        return Listed(info.node_id, info.contact, tuple(sorted(c.name for c in caps)), True)
+        known = membership.state_of(info.node_id) if membership is not None else None
+        if known in ("dead", "left"):
+            return Listed(info.node_id, info.contact, tuple(names), not more, DEAD)
+        rtt = membership.rtt(info.node_id) if known == "alive" else None
+        if rtt is not None and not more:
+            return Listed(info.node_id, info.contact, tuple(names), True, ALIVE, rtt)
+        async with slots:  # the probe is task.describe: it also fetches the full list when `more` says so
+            began = time.monotonic()
+            try:
+                caps = await describe(node, info.contact, timeout=probe_timeout)
+            except RemoteError as exc:  # it answered, with an error: there, but not describing itself
+                log.info("%s did not describe itself: %s", info.node_id.hex()[:12], exc)
+                return Listed(info.node_id, info.contact, tuple(names), not more, ALIVE, time.monotonic() - began)
+            except Exception as exc:
+                log.info("%s did not answer the liveness probe: %s", info.node_id.hex()[:12], exc)
+                return Listed(info.node_id, info.contact, tuple(names), not more, UNREACHABLE)
+            rtt = time.monotonic() - began
+        if more:
+            names = sorted(c.name for c in caps)
+        return Listed(info.node_id, info.contact, tuple(names), True, ALIVE, rtt)
 
     return list(await asyncio.gather(*(one(i) for i in seen.values())))
