@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from zmqagents.agents.capability import (
     MAX_RECORD_BYTES, Capability, CapabilityError, InvalidInput, agent_card,
 )
-from zmqagents.agents.schema import SchemaError, check_schema, validate
+from zmqagents.agents.schema import SchemaError, check_schema, conflicts, follow, validate
 
 SUMMARIZE_IN = {
     "type": "object",
@@ -182,3 +182,54 @@ def test_a2a_card_export():
     for key in ("protocolVersion", "name", "description", "url", "version", "defaultInputModes", "defaultOutputModes"):
         assert card[key]
     json.dumps(card)
+
+
+# -- comparing schemas (workflow checks) -----------------------------------------------------------
+
+OUT = {"type": "object", "required": ["n"], "additionalProperties": False,
+       "properties": {"n": {"type": "integer"}, "words": {"type": "array", "items": {"type": "string"}},
+                      "meta": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("path, schema, why", [
+    ([], OUT, None),
+    (["n"], {"type": "integer"}, None),
+    (["words", "3"], {"type": "string"}, None),
+    (["meta", "anything"], None, None),  # an open object: cannot tell
+    (["nope"], None, "has no field 'nope' (its schema allows only: meta, n, words)"),
+    (["n", "x"], None, "the value, field n, is integer: it has no field 'x'"),
+    (["words", "x"], None, "field words, is array: it has no field 'x'"),
+])
+def test_follow_finds_a_fields_schema_or_says_why_it_cannot_exist(path, schema, why):
+    found, reason = follow(OUT, path)
+    assert found == schema
+    assert (reason is None) if why is None else why in reason
+
+
+def test_follow_says_nothing_about_open_or_unknown_schemas():
+    assert follow(None, ["a"]) == (None, None)
+    assert follow({}, ["a", "b"]) == (None, None)
+    assert follow({"type": "object", "properties": {"a": {"type": "string"}}}, ["b"]) == (None, None)
+    assert follow({"type": "object", "additionalProperties": {"type": "integer"}}, ["b"]) == ({"type": "integer"}, None)
+
+
+@pytest.mark.parametrize("source, target, found", [
+    ({"type": "string"}, {"type": "integer"}, ["(value): string where integer is expected"]),
+    ({"type": "integer"}, {"type": "number"}, []),
+    ({"type": "number"}, {"type": "integer"}, []),  # 2.0 is an integer: no false alarm
+    ({"type": ["string", "null"]}, {"type": "integer"}, ["(value): null or string where integer is expected"]),
+    ({"type": ["string", "integer"]}, {"type": "integer"}, []),
+    ({"enum": ["a", "b"]}, {"enum": ["c"]}, ["(value): one of ['a', 'b'], none of which fits (must be one of ['c'])"]),
+    ({"const": "b"}, {"enum": ["a", "b"]}, []),
+    (OUT, {"type": "object", "properties": {"n": {"type": "string"}}}, ["/n: integer where string is expected"]),
+    (OUT, {"type": "object", "properties": {"words": {"type": "array", "items": {"type": "integer"}}}},
+     ["/words/*: string where integer is expected"]),
+    (OUT, {"type": "object", "required": ["text"]}, ["/text: required, but the source never has it"]),
+    (OUT, {"type": "object", "properties": {}, "additionalProperties": False},
+     ["/n: always present, but the target does not allow it"]),
+    ({"type": "object"}, {"type": "object", "required": ["text"]}, []),  # an open source may have it
+    (None, {"type": "integer"}, []),
+    ({"type": "string"}, {}, []),
+])
+def test_conflicts_only_where_no_value_can_fit(source, target, found):
+    assert conflicts(source, target) == found

@@ -6,6 +6,7 @@ import asyncio
 import json
 import shlex
 import sys
+from contextlib import ExitStack
 
 import pytest
 from test_cli import server, zmqa
@@ -13,6 +14,7 @@ from test_cli import server, zmqa
 from zmqagents.agents.capability import Capability
 from zmqagents.agents.runtime import Agents
 from zmqagents.agents.workflow import WorkflowError, parse, resolve, run
+from zmqagents.agents.workflow_check import UNKNOWN, Schemas, check, file_schemas
 from zmqagents.agents.shell import ShellAgent
 from zmqagents.node import Node
 
@@ -48,6 +50,103 @@ def wf(*steps: dict) -> dict:
 def test_invalid_workflows_are_caught_before_running(doc, message):
     with pytest.raises(WorkflowError, match=message.replace("(", r"\(")):
         parse(doc)
+
+
+def test_every_problem_in_the_file_is_reported_at_once():
+    with pytest.raises(WorkflowError) as caught:
+        parse({"name": 3, "schemas": {"x": {"output": {"type": "text"}}, "y": []}, "steps": [
+            {"name": "a", "agent": "role:x", "retries": -1},
+            {"name": "b", "agent": "capability:x", "input": "${steps.zz.output} ${nope.x}", "depends_on": ["a", "q"]},
+            {"name": "b", "agent": "capability:x"},
+            "not a step",
+        ]})
+    assert caught.value.problems == [
+        "'name' must be a string",
+        "schemas.x.output: #/type: unknown type 'text' (one of null, boolean, integer, number, string, array, object)",
+        "schemas.y: must be a table with 'input' and/or 'output' (JSON schemas)",
+        "step 'a': unknown selector kind 'role' (capability, tag, node)",
+        "step 'a': needs a capability:NAME selector (tag and node only narrow its providers)",
+        "step 'a': 'retries' must be an integer 0..100",
+        "step 3: the name 'b' is used twice",
+        "step 4: must be a table/object",
+        "step 'b': reference ${steps.zz.output} names no step 'zz'",
+        "step 'b': bad reference ${nope.x} (use ${input.FIELD} or ${steps.NAME.output.FIELD})",
+        "step 'b': depends_on names no step 'q'",
+    ]  # 'a' has problems of its own, so b's dependency on it is not reported as missing
+
+
+WORDS_OUT = {"type": "object", "required": ["n", "words"], "additionalProperties": False,
+             "properties": {"n": {"type": "integer"}, "words": {"type": "array", "items": {"type": "string"}}}}
+SUM_IN = {"type": "object", "required": ["count"], "additionalProperties": False,
+          "properties": {"count": {"type": "integer"}, "label": {"type": "string"}, "first": {"type": "string"}}}
+
+
+def typed(*steps: dict, given=UNKNOWN, **schemas: Schemas) -> list[str]:
+    w = parse(wf(*steps))
+    return [str(p) for p in check(w, {name: schemas.get(name, Schemas()) for name in w.steps}, given)]
+
+
+SPLIT = {"name": "split", "agent": "capability:words", "input": {"text": "${input.text}"}}
+
+
+@pytest.mark.parametrize("total_input, problems", [
+    ({"count": "${steps.split.output.n}", "label": "n=${steps.split.output.n}", "first": "${steps.split.output.words.0}"}, []),
+    ({"count": "${steps.split.output.words}"}, [
+        "step 'total', input /count: ${steps.split.output.words}: array where integer is expected "
+        "(the output schema of 'words' against the input schema of 'sum')"]),
+    ({"count": "${steps.split.output.n}", "first": "${steps.split.output.n}"}, [
+        "step 'total', input /first: ${steps.split.output.n}: integer where string is expected "
+        "(the output schema of 'words' against the input schema of 'sum')"]),
+    ({"count": "${steps.split.output.total}"}, [
+        "step 'total': ${steps.split.output.total}: the output of step 'split' ('words') has no field 'total' "
+        "(its schema allows only: n, words)"]),
+    ({"count": "${steps.split.output.n.value}"}, [
+        "step 'total': ${steps.split.output.n.value}: the output of step 'split' ('words'), field n, is integer: "
+        "it has no field 'value'"]),
+    ({"count": "n=${steps.split.output.n}"}, [
+        "step 'total', input /count: text 'n=${steps.split.output.n}' where integer is expected (the input schema of 'sum')"]),
+    ({"count": 3, "colour": "red", "label": 4}, [
+        "step 'total', input /colour: property not allowed (the input schema of 'sum')",
+        "step 'total', input /label: expected string, got integer (the input schema of 'sum')"]),
+    ({"label": "${steps.split.output.words}"}, [
+        "step 'total', input (whole): missing required property 'count' (the input schema of 'sum')",
+        "step 'total', input /label: ${steps.split.output.words}: array where string is expected "
+        "(the output schema of 'words' against the input schema of 'sum')"]),
+    ("${steps.split.output.n}", [
+        "step 'total', input (whole): ${steps.split.output.n}: integer where object is expected "
+        "(the output schema of 'words' against the input schema of 'sum')"]),
+])
+def test_step_inputs_are_checked_against_the_schemas(total_input, problems):
+    total = {"name": "total", "agent": "capability:sum", "input": total_input}
+    assert typed(SPLIT, total, split=Schemas(output=WORDS_OUT), total=Schemas(input=SUM_IN)) == problems
+
+
+def test_unknown_schemas_raise_no_alarm():
+    total = {"name": "total", "agent": "capability:sum", "input": {"count": "${steps.split.output.total}", "x": 1}}
+    assert typed(SPLIT, total) == []  # neither schema known
+    assert typed(SPLIT, total, split=Schemas(output={"type": "object", "properties": {"n": {"type": "integer"}}}),
+                 total=Schemas(input={"type": "object"})) == []  # open objects: 'total' and 'x' may be fine
+    assert typed(SPLIT, {**total, "input": {"count": "${steps.split.output.total}"}},
+                 total=Schemas(input=SUM_IN)) == []  # the source's output schema is unknown
+
+
+def test_workflow_input_is_checked_once_known():
+    split = Schemas(input={"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}})
+    assert typed(SPLIT, split=split) == []  # no input given: ${input.text} is not checked
+    assert typed(SPLIT, split=split, given={"text": 5}) == [
+        "step 'split', input /text: expected string, got integer (the input schema of 'words')"]
+    assert typed(SPLIT, split=split, given={"txt": "a"}) == [
+        "step 'split': ${input.text}: does not resolve in the workflow's input (no 'text' there)"]
+    assert typed(SPLIT, split=split, given={"text": "a b"}) == []
+
+
+def test_schemas_declared_in_the_file_are_used_when_providers_publish_none():
+    w = parse({"steps": [SPLIT, {"name": "total", "agent": "capability:sum", "input": {"count": "${steps.split.output.n}"}}],
+               "schemas": {"words": {"output": {"type": "object", "properties": {"n": {"type": "string"}}}},
+                           "sum": {"input": SUM_IN}}})
+    assert [str(p) for p in check(w, file_schemas(w))] == [
+        "step 'total', input /count: ${steps.split.output.n}: string where integer is expected "
+        "(the output schema of 'words' against the input schema of 'sum')"]
 
 
 def test_references_imply_dependencies_and_resolve():
@@ -121,4 +220,120 @@ def test_workflow_cli(tmp_path):
         rows = [json.loads(line) for line in res.stdout.splitlines()]
         assert [(r["step"], r["state"], r["output"]) for r in rows] == [("up", "completed", "HI"), ("again", "completed", "HI TWICE")]
         res = zmqa("workflow", "run", str(bad), "--bootstrap", seed)
-        assert res.returncode == 2 and "cycle: a -> a" in res.stderr
+        assert res.returncode == 7 and "cycle: a -> a" in res.stderr
+
+
+def logging_agent(log, code: str) -> str:
+    """A shell agent command that first appends its capability to ``log`` (proof that it ran)."""
+    script = (f"import json, os, sys\nopen({str(log)!r}, 'a').write(os.environ['ZMQAGENTS_CAPABILITY'] + '\\n')\n"
+              f"x = json.load(sys.stdin)\n{code}\nprint(json.dumps(out))")
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}"
+
+
+def test_type_errors_are_refused_before_any_agent_runs(tmp_path):
+    ran = tmp_path / "ran.log"
+    text_in = json.dumps({"type": "object", "required": ["text"], "additionalProperties": False,
+                          "properties": {"text": {"type": "string"}}})
+    count_out = json.dumps({"type": "object", "required": ["n"], "additionalProperties": False,
+                            "properties": {"n": {"type": "integer"}}})
+    repeat_in = json.dumps({"type": "object", "required": ["times", "text"],
+                            "properties": {"times": {"type": "integer"}, "text": {"type": "string"}}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('''
+[[steps]]
+name = "count"
+agent = "capability:count"
+input = {text = "${input.text}"}
+
+[[steps]]
+name = "again"
+agent = "capability:repeat"
+input = {times = "${steps.count.output.n}", text = "${steps.count.output.text}"}
+
+[[steps]]
+name = "shout"
+agent = "capability:shout"
+input = {text = "${steps.count.output.n}"}
+
+[[steps]]
+name = "greet"
+agent = "capability:shout"
+input = {text = "hi", loud = true}
+
+[[steps]]
+name = "plain"
+agent = "capability:plain"
+
+[[steps]]
+name = "more"
+agent = "capability:repeat"
+input = {times = "${steps.plain.output.n}", text = "x"}
+
+[schemas.plain]
+output = {type = "object", properties = {n = {type = "string"}}}
+
+[schemas.repeat]
+input = {type = "object", properties = {times = {type = "integer"}}}
+
+[schemas.count]
+output = {type = "object"}  # open: the provider's own (closed) schema takes precedence on the mesh
+''')
+    good = tmp_path / "good.toml"
+    good.write_text('''
+[[steps]]
+name = "count"
+agent = "capability:count"
+input = {text = "${input.text}"}
+
+[[steps]]
+name = "again"
+agent = "capability:repeat"
+input = {times = "${steps.count.output.n}", text = "${input.text}"}
+''')
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "agent", "--capability", "count", "--input-schema", text_in,
+                                             "--output-schema", count_out,
+                                             "--exec", logging_agent(ran, 'out = {"n": len(x["text"])}'), name="a"))
+        boot = ["--bootstrap", seed]
+        for name, cap, args, code in (
+                ("b", "repeat", ["--input-schema", repeat_in], 'out = {"text": x["text"] * x["times"]}'),
+                ("c", "shout", ["--input-schema", text_in, "--output-schema", text_in], 'out = {"text": x["text"].upper()}'),
+                ("d", "plain", [], 'out = {"n": "3"}')):
+            stack.enter_context(server(tmp_path, "agent", "--capability", cap, *args, "--exec", logging_agent(ran, code),
+                                       *boot, name=name))
+        expected = [
+            "step 'again': ${steps.count.output.text}: the output of step 'count' ('count') has no field 'text' "
+            "(its schema allows only: n)",
+            "step 'shout', input /text: ${steps.count.output.n}: integer where string is expected "
+            "(the output schema of 'count' against the input schema of 'shout')",
+            "step 'greet', input /loud: property not allowed (the input schema of 'shout')",
+            "step 'more', input /times: ${steps.plain.output.n}: string where integer is expected "
+            "(the output schema of 'plain' against the input schema of 'repeat')",
+        ]
+        res = zmqa("workflow", "run", str(bad), "--input", '{"text": "abc"}', *boot, timeout=60)
+        assert res.returncode == 7, res.stderr
+        assert sorted(line[len("error: "):] for line in res.stderr.splitlines()[:-1]) == sorted(expected)
+        assert res.stderr.splitlines()[-1].endswith("4 problem(s); nothing ran") and res.stdout == ""
+        assert not ran.exists()  # not even the steps without a problem ran
+
+        res = zmqa("workflow", "check", str(bad), "--input", '{"text": "abc"}', *boot, "--json", timeout=60)
+        assert res.returncode == 7, res.stderr
+        rows = [json.loads(line) for line in res.stdout.splitlines()]
+        assert sorted(str(r["step"]) for r in rows) == ["again", "greet", "more", "shout"]
+        assert {"step": "shout", "at": "/text", "ref": "${steps.count.output.n}",
+                "problem": "integer where string is expected (the output schema of 'count' against the input schema "
+                           "of 'shout')"} in rows
+        assert "every step has a provider" in res.stderr
+        offline = zmqa("workflow", "check", str(bad))  # no mesh: only the file's [schemas] are known (open 'count')
+        assert offline.returncode == 7 and offline.stdout.splitlines() == [expected[3]], offline.stderr
+        assert "checking with the file's [schemas] only" in offline.stderr
+        assert not ran.exists()
+
+        res = zmqa("workflow", "run", str(good), "--input", '{"text": 5}', *boot, timeout=60)  # input fails count's schema
+        assert res.returncode == 7 and "step 'count', input /text: expected string, got integer" in res.stderr
+        res = zmqa("workflow", "check", str(good), *boot, timeout=60)
+        assert res.returncode == 0 and res.stdout == "", res.stderr
+        res = zmqa("workflow", "run", str(good), "--input", '{"text": "ab"}', *boot, "--json", timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert [json.loads(line)["output"] for line in res.stdout.splitlines()] == [{"n": 2}, {"text": "abab"}]
+        assert ran.read_text().split() == ["count", "repeat"]

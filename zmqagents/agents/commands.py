@@ -25,6 +25,7 @@ EXIT_NO_PROVIDER = 3
 EXIT_SOME_FAILED = 4
 EXIT_REJECTED = 5
 EXIT_CANCELED = 6
+EXIT_WORKFLOW_INVALID = 7  # workflow run/check: the file or its step inputs failed the checks
 EXIT_TIMEOUT = 124
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -644,17 +645,46 @@ def agents_card(key, listen, insecure, to, a2a, url, card_name) -> None:
 
 @click.group("workflow")
 def workflow_group() -> None:
-    """Run workflow files: steps with dependencies, run as tasks across the mesh."""
+    """Check and run workflow files: steps with dependencies, run as tasks across the mesh."""
 
 
-@workflow_group.command("run", epilog="""\b
+WORKFLOW_CHECKS_HELP = """\b
+Checks (all before any task runs; every problem is printed, not just the first):
+  the file: keys and types, step names, selectors, depends_on, ${...}
+    references, the optional [schemas.CAPABILITY] input/output tables, cycles
+  types: each ${steps.A.output.F} against A's output schema (can it have F?)
+    and against the step's input schema where it lands (do the types fit?);
+    literal inputs and ${input...} (once the input is known) against the
+    input schema. Schemas come from the first provider matching the step's
+    selectors (task.describe), else from the file's [schemas] table. Where a
+    schema is unknown nothing is said: no provider yet, none published, an
+    open object.
+"""
+
+
+def _load_workflow(path: str):
+    """The checked workflow file, or exit EXIT_WORKFLOW_INVALID printing every problem."""
+    from .workflow import WorkflowError, load
+
+    try:
+        return load(path)
+    except WorkflowError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        click.echo(f"error: {path}: {len(exc.problems)} problem(s); nothing ran", err=True)
+        sys.exit(EXIT_WORKFLOW_INVALID)
+
+
+@workflow_group.command("run", epilog=WORKFLOW_CHECKS_HELP + """
+\b
 Exit codes:
   0  every step completed
   4  some step failed, was rejected or skipped
-  2  the workflow file is invalid (nothing ran), or a usage error
+  7  the workflow failed its checks (each problem on stderr); nothing ran
+  2  usage error
 """)
 @_common_node_options
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input", "input_text", help="The workflow's input (JSON), read by ${input...} references.")
 @click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh (providers are found in the DHT).")
 @click.option("--to", "to", multiple=True, help="Contact of a provider to use directly instead (repeatable).")
@@ -662,16 +692,11 @@ Exit codes:
 def workflow_run(key, listen, insecure, path, input_text, bootstrap, to, as_json) -> None:
     """Run the workflow in PATH (TOML or JSON; see zmqagents/agents/workflow.py for the format).
 
-    The file is checked first (cycles, unknown steps or references, wrong types): an invalid
-    file exits 2 before any task runs. Then each step runs as soon as its dependencies
-    completed; per-step state and timing are printed when all are done.
+    The file and the step inputs are checked first (see Checks below): a workflow that fails
+    exits 7, printing every problem, before any task runs. Then each step runs as soon as its
+    dependencies completed; per-step state and timing are printed when all are done.
     """
-    from .workflow import WorkflowError, load
-
-    try:
-        wf = load(path)
-    except WorkflowError as exc:
-        raise click.UsageError(str(exc)) from None
+    wf = _load_workflow(path)
     if not bootstrap and not to:
         raise click.UsageError("say where the providers are: --bootstrap CONTACT or --to CONTACT")
     value = _parse_body(input_text) if input_text is not None else None
@@ -680,10 +705,17 @@ def workflow_run(key, listen, insecure, path, input_text, bootstrap, to, as_json
     async def main() -> int:
         from .runtime import Agents
         from .workflow import run as run_workflow
+        from .workflow_check import check, gather_schemas
 
         async with n:
             agents = Agents(n, lookup=_lookup_for(n, to))
             try:
+                problems = check(wf, await gather_schemas(agents, wf), value)
+                if problems:
+                    for problem in problems:
+                        click.echo(f"error: {problem}", err=True)
+                    click.echo(f"error: {path}: {len(problems)} problem(s); nothing ran", err=True)
+                    return EXIT_WORKFLOW_INVALID
                 results = await run_workflow(agents, wf, value)
             finally:
                 await agents.close()
@@ -701,3 +733,76 @@ def workflow_run(key, listen, insecure, path, input_text, bootstrap, to, as_json
 
     from ..cli import _run
     sys.exit(_run(main()))
+
+
+@workflow_group.command("check", epilog=WORKFLOW_CHECKS_HELP + """
+\b
+Exit codes:
+  0  no problem found
+  7  the workflow failed its checks (each problem on stdout)
+  2  usage error
+""")
+@_common_node_options
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "input_text", help="The workflow's input (JSON): ${input...} references are checked with it.")
+@click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh: fetch the capabilities' schemas from their providers.")
+@click.option("--to", "to", multiple=True, help="Contact of a provider to ask for schemas directly instead (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help='One JSON object per problem: {"step", "at", "ref", "problem"}.')
+def workflow_check(key, listen, insecure, path, input_text, bootstrap, to, as_json) -> None:
+    """Check the workflow in PATH as `workflow run` would, without running anything.
+
+    \b
+    The capabilities' schemas are published by their providers, so to check
+    types against them say where the mesh is (--bootstrap or --to). Without
+    either, only the file itself and the schemas its [schemas] table declares
+    are checked. A summary goes to stderr: how many steps had a provider and
+    known schemas (unknown ones are not checked).
+
+    \b
+    Example:
+      zmqagents workflow check flow.toml --bootstrap @/tmp/seed.contact --input '{"text": "hi"}'
+    """
+    from .workflow_check import UNKNOWN, file_schemas, gather_schemas
+
+    wf = _load_workflow(path)
+    value = _parse_body(input_text) if input_text is not None else UNKNOWN
+    if not bootstrap and not to:
+        click.echo("note: no --bootstrap/--to: checking with the file's [schemas] only", err=True)
+        sys.exit(_report_check(path, wf, file_schemas(wf), value, as_json, asked_mesh=False))
+    n = _make_node(key, listen, [], insecure, None, _contacts(bootstrap, hint="--bootstrap"))
+
+    async def main() -> int:
+        from .runtime import Agents
+
+        async with n:
+            agents = Agents(n, lookup=_lookup_for(n, to))
+            try:
+                schemas = await gather_schemas(agents, wf)
+            finally:
+                await agents.close()
+        return _report_check(path, wf, schemas, value, as_json, asked_mesh=True)
+
+    from ..cli import _run
+    sys.exit(_run(main()))
+
+
+def _report_check(path: str, wf, schemas: dict, value: Any, as_json: bool, *, asked_mesh: bool) -> int:
+    """Print every problem (stdout) and a summary of what could be checked (stderr); the exit code."""
+    from .workflow_check import UNKNOWN, check
+
+    problems = check(wf, schemas, value)
+    for problem in problems:
+        if as_json:
+            _emit(problem.to_json())
+        else:
+            click.echo(str(problem))
+    steps = len(wf.steps)
+    known = (f"input schema known for {sum(s.input is not None for s in schemas.values())}/{steps} step(s), "
+             f"output schema for {sum(s.output is not None for s in schemas.values())}/{steps}")
+    if asked_mesh:
+        missing = [name for name, s in schemas.items() if not s.provider_found]
+        known += f"; no provider found for {', '.join(missing)}" if missing else "; every step has a provider"
+    if value is UNKNOWN:
+        known += "; ${input...} not checked (no --input)"
+    click.echo(f"{path}: {len(problems)} problem(s); {known}", err=True)
+    return EXIT_WORKFLOW_INVALID if problems else EXIT_OK

@@ -8,6 +8,11 @@ unknown ones, so a richer schema still works (only less strictly). ``pattern`` i
 purpose: schemas come from other nodes, and a hostile regular expression could stall the caller.
 
 Values are what msgpack/JSON decode to: dict, list, str, int, float, bool, None.
+
+Two questions about schemas themselves serve workflow checks (``workflow_check.py``): what the
+schema of a field inside a value is (:func:`follow`), and whether values of one schema can ever
+fit another (:func:`conflicts`). Both answer "cannot tell" whenever a schema says too little, so
+they never report a problem that a real value might not have.
 """
 
 from __future__ import annotations
@@ -90,14 +95,15 @@ def check_schema(schema: Any, path: str = "#", depth: int = 0) -> None:
             check_schema(schema[key], f"{path}/{key}", depth + 1)
 
 
-def validate(schema: Any, value: Any) -> list[str]:
+def validate(schema: Any, value: Any, path: str = "") -> list[str]:
     """Problems of ``value`` against ``schema``, each as "PATH: what is wrong"; empty when valid.
 
-    PATH is a JSON pointer into the value ("" is the value itself). ``schema`` must pass
-    :func:`check_schema` (call it once when the schema is received).
+    PATH is a JSON pointer into the value ("" is the value itself), below ``path`` when the value
+    sits inside a larger one. ``schema`` must pass :func:`check_schema` (call it once when the
+    schema is received).
     """
     errors: list[str] = []
-    _validate(schema, value, "", errors)
+    _validate(schema, value, path, errors)
     return errors[:MAX_ERRORS]
 
 
@@ -171,3 +177,117 @@ def _equal(a: Any, b: Any) -> bool:
 
 def _escape(name: str) -> str:
     return name.replace("~", "~0").replace("/", "~1")
+
+
+def _says_nothing(schema: Any) -> bool:
+    return schema is None or schema is True or schema == {}
+
+
+def types_of(schema: Any) -> set[str] | None:
+    """The JSON types a value valid under ``schema`` may have; None when the schema does not say."""
+    if not isinstance(schema, dict):
+        return None
+    typ = schema.get("type")
+    if typ is not None:
+        return set(typ if isinstance(typ, list) else [typ])
+    if "const" in schema:
+        return {_type_of(schema["const"]) or "?"}
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return {_type_of(v) or "?" for v in schema["enum"]}
+    return None
+
+
+def describe_types(types: set[str]) -> str:
+    """``{"integer", "null"}`` as "integer or null" (sorted, so messages are stable)."""
+    return " or ".join(sorted(types))
+
+
+def follow(schema: Any, path: list[str], root: str = "the value") -> tuple[Any, str | None]:
+    """The schema of the value at ``path`` (field names, or item indexes as digits) inside a value of
+    ``schema``.
+
+    Returns ``(sub_schema, None)``; ``(None, None)`` when the schema does not say what is there
+    (no schema, an open object, an array without ``items``); ``(None, why)`` when no valid value
+    can have that field: the value there is not an object (or array), or the object's
+    ``properties`` leave it out while ``additionalProperties`` is false. ``root`` names the
+    whole value in that explanation.
+    """
+    cur = schema
+    for i, part in enumerate(path):
+        if _says_nothing(cur) or cur is False:
+            return None, None
+        at = f"{root}, field {'.'.join(path[:i])}," if i else root
+        types = types_of(cur)
+        props = cur.get("properties") or {}
+        may_be_object = types is None or "object" in types
+        may_be_array = types is None or "array" in types
+        if may_be_object and part in props:
+            cur = props[part]
+        elif may_be_array and part.isdigit() and "items" in cur:
+            cur = cur["items"]
+        elif types is not None and not may_be_object and not (may_be_array and part.isdigit()):
+            return None, f"{at} is {describe_types(types)}: it has no field {part!r}"
+        elif may_be_object and cur.get("additionalProperties") is False and not (may_be_array and part.isdigit()):
+            known = ", ".join(sorted(props)) or "none"
+            return None, f"{at} has no field {part!r} (its schema allows only: {known})"
+        elif may_be_object and isinstance(cur.get("additionalProperties"), dict) and not part.isdigit():
+            cur = cur["additionalProperties"]
+        else:
+            return None, None
+    return (None if _says_nothing(cur) else cur), None
+
+
+def _may_fit(source_type: str, target_types: set[str]) -> bool:
+    if source_type in target_types:
+        return True
+    # an integer is a number; a number may be a whole one (1.0 is an integer in JSON Schema)
+    return (source_type == "integer" and "number" in target_types) or (source_type == "number" and "integer" in target_types)
+
+
+MAX_ENUM_CHECKED = 100  # values of a source enum tried against the target; beyond that, say nothing
+
+
+def conflicts(source: Any, target: Any, path: str = "", depth: int = 0) -> list[str]:
+    """Why values valid under ``source`` do not fit ``target``, each as "PATH: what"; empty when
+    they may (or when either schema says too little to tell).
+
+    As a type checker would: the types must overlap; a property both schemas declare, and the items
+    of arrays both declare, must be compatible too (even optional ones: when present they clash);
+    a property ``target`` requires must be one ``source`` can have; a property ``source`` requires
+    must be one ``target`` allows; a ``source`` enum or const needs one value that ``target`` takes.
+    Value bounds (minimum, lengths) are not compared.
+    """
+    where = path or "(value)"
+    if _says_nothing(source) or _says_nothing(target) or source is False or depth > MAX_SCHEMA_DEPTH:
+        return []
+    if target is False:
+        return [f"{where}: the target allows no value here"]
+    st, tt = types_of(source), types_of(target)
+    if st is not None and tt is not None and not any(_may_fit(t, tt) for t in st):
+        return [f"{where}: {describe_types(st)} where {describe_types(tt)} is expected"]
+    values = [source["const"]] if "const" in source else source.get("enum")
+    if isinstance(values, list) and 0 < len(values) <= MAX_ENUM_CHECKED:
+        if all(validate(target, v) for v in values):
+            shown = repr(values[0]) if len(values) == 1 else f"one of {values!r:.120}"
+            why = validate(target, values[0])[0].split(": ", 1)[-1]
+            return [f"{where}: {shown}, none of which fits ({why})"]
+        return []
+    out: list[str] = []
+    if (st is None or "object" in st) and (tt is None or "object" in tt):
+        sp, tp = source.get("properties") or {}, target.get("properties") or {}
+        if st == {"object"}:
+            if source.get("additionalProperties") is False:
+                for name in target.get("required", ()):
+                    if name not in sp:
+                        out.append(f"{path}/{_escape(name)}: required, but the source never has it")
+            if target.get("additionalProperties") is False:
+                for name in source.get("required", ()):
+                    if name not in tp:
+                        out.append(f"{path}/{_escape(name)}: always present, but the target does not allow it")
+        for name in sp:
+            if name in tp:
+                out += conflicts(sp[name], tp[name], f"{path}/{_escape(name)}", depth + 1)
+    if (st is None or "array" in st) and (tt is None or "array" in tt) and "items" in source and "items" in target:
+        out += conflicts(source["items"], target["items"], f"{path}/*", depth + 1)
+    return out[:MAX_ERRORS]
+

@@ -26,10 +26,18 @@ output (``${steps.NAME.output}`` all of it). A string that is exactly one refere
 referenced value, whatever its type; a reference inside a longer string is replaced by its text
 (JSON for non-strings). A reference to a step makes it a dependency.
 
-:func:`load` checks everything it can before any task runs: unknown keys and wrong types,
-duplicate or unknown step names, malformed selectors and references, and cycles (the error names
-one). Steps run as soon as their dependencies completed, so independent branches run in
-parallel; a step whose dependency did not complete is ``skipped``.
+An optional ``schemas`` table declares the input and output JSON schemas of capabilities whose
+providers publish none (a shell agent started without ``--output-schema``, say)::
+
+    [schemas.count]
+    output = {type = "object", properties = {n = {type = "integer"}}, required = ["n"]}
+
+:func:`load` checks the file itself and reports every problem it finds at once (each naming its
+step): unknown keys and wrong types, duplicate or unknown step names, malformed selectors and
+references, bad schemas, and cycles (the error names one). ``workflow_check.py`` then checks the
+references and literal inputs against the capabilities' schemas, still before any task runs.
+Steps run as soon as their dependencies completed, so independent branches run in parallel; a
+step whose dependency did not complete is ``skipped``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import tasks as T
+from .schema import SchemaError, check_schema
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REF_RE = re.compile(r"\$\{([^}]*)\}")
@@ -51,7 +60,11 @@ MAX_STEPS = 1000
 
 
 class WorkflowError(ValueError):
-    """The workflow file is not valid; the message names the step and the problem."""
+    """The workflow file is not valid: ``problems`` lists every problem found, each naming its step."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass
@@ -72,6 +85,7 @@ class Workflow:
     name: str
     steps: dict[str, Step]
     order: list[str]  # a topological order
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)  # capability -> {"input"?, "output"?}
 
 
 @dataclass
@@ -119,22 +133,32 @@ def load(path: str | Path) -> Workflow:
 
 
 def parse(doc: Any) -> Workflow:
-    """Check a workflow document (as parsed from TOML/JSON) and return it ready to run."""
+    """Check a workflow document (as parsed from TOML/JSON) and return it ready to run.
+
+    Raises WorkflowError listing every problem found (a cycle is looked for once the rest is sound).
+    """
     if not isinstance(doc, dict):
         raise WorkflowError("a workflow is a table/object with a 'steps' array")
+    problems: list[str] = []
     name = doc.get("name", "workflow")
     if not isinstance(name, str):
-        raise WorkflowError("'name' must be a string")
+        problems.append("'name' must be a string")
+    schemas = _schemas(doc.get("schemas"), problems)
     raw_steps = doc.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
-        raise WorkflowError("'steps' must be a non-empty array of tables")
+        raise WorkflowError(problems + ["'steps' must be a non-empty array of tables"])
     if len(raw_steps) > MAX_STEPS:
-        raise WorkflowError(f"at most {MAX_STEPS} steps")
+        raise WorkflowError(problems + [f"at most {MAX_STEPS} steps"])
+    # names of every step, even one with problems, so its dependents are not also told it is missing
+    declared = {raw["name"] for raw in raw_steps if isinstance(raw, dict) and isinstance(raw.get("name"), str)}
     steps: dict[str, Step] = {}
     for i, raw in enumerate(raw_steps, 1):
-        step = _step(raw, i)
+        step = _step(raw, i, problems)
+        if step is None:
+            continue
         if step.name in steps:
-            raise WorkflowError(f"step {i}: the name {step.name!r} is used twice")
+            problems.append(f"step {i}: the name {step.name!r} is used twice")
+            continue
         steps[step.name] = step
     for step in steps.values():
         deps = list(step.depends_on)
@@ -143,69 +167,102 @@ def parse(doc: Any) -> Workflow:
             if parts[0] == "input":
                 continue
             if parts[0] != "steps" or len(parts) < 3 or parts[2] != "output":
-                raise WorkflowError(f"step {step.name!r}: bad reference ${{{ref}}} "
-                                    "(use ${input.FIELD} or ${steps.NAME.output.FIELD})")
-            if parts[1] not in steps:
-                raise WorkflowError(f"step {step.name!r}: reference ${{{ref}}} names no step {parts[1]!r}")
-            if parts[1] == step.name:
-                raise WorkflowError(f"step {step.name!r}: reference ${{{ref}}} names the step itself")
-            if parts[1] not in deps:
+                problems.append(f"step {step.name!r}: bad reference ${{{ref}}} "
+                                "(use ${input.FIELD} or ${steps.NAME.output.FIELD})")
+            elif parts[1] == step.name:
+                problems.append(f"step {step.name!r}: reference ${{{ref}}} names the step itself")
+            elif parts[1] not in declared:
+                problems.append(f"step {step.name!r}: reference ${{{ref}}} names no step {parts[1]!r}")
+            elif parts[1] not in deps:
                 deps.append(parts[1])
         for dep in deps:
-            if dep not in steps:
-                raise WorkflowError(f"step {step.name!r}: depends_on names no step {dep!r}")
+            if dep not in declared:
+                problems.append(f"step {step.name!r}: depends_on names no step {dep!r}")
         step.depends_on = tuple(deps)
-    return Workflow(name, steps, _topological(steps))
+    if problems:
+        raise WorkflowError(problems)
+    return Workflow(name, steps, _topological(steps), schemas)
 
 
-def _step(raw: Any, i: int) -> Step:
+def _schemas(raw: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """The ``schemas`` table: capability name -> {"input": schema, "output": schema} (either optional)."""
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
-        raise WorkflowError(f"step {i}: must be a table/object")
+        problems.append("'schemas' must be a table of CAPABILITY = {input = SCHEMA, output = SCHEMA}")
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for cap, entry in raw.items():
+        if not isinstance(entry, dict) or not entry or set(entry) - {"input", "output"}:
+            problems.append(f"schemas.{cap}: must be a table with 'input' and/or 'output' (JSON schemas)")
+            continue
+        for kind, schema in entry.items():
+            try:
+                check_schema(schema)
+            except SchemaError as exc:
+                problems.append(f"schemas.{cap}.{kind}: {exc}")
+                continue
+            out.setdefault(cap, {})[kind] = schema
+    return out
+
+
+def _step(raw: Any, i: int, problems: list[str]) -> Step | None:
+    """The step, or None after adding each of its problems to ``problems``."""
+    if not isinstance(raw, dict):
+        problems.append(f"step {i}: must be a table/object")
+        return None
+    found: list[str] = []
     unknown = set(raw) - STEP_KEYS
     if unknown:
-        raise WorkflowError(f"step {i}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(STEP_KEYS))})")
+        found.append(f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(STEP_KEYS))})")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise WorkflowError(f"step {i}: 'name' must be 1..64 letters, digits, _ or -")
-    where = f"step {name!r}"
+        problems.append(f"step {i}: 'name' must be 1..64 letters, digits, _ or -")
+        problems.extend(f"step {i}: {p}" for p in found)
+        return None
     agent = raw.get("agent")
     selectors = [agent] if isinstance(agent, str) else agent
-    if not isinstance(selectors, list) or not selectors or not all(isinstance(s, str) for s in selectors):
-        raise WorkflowError(f"{where}: 'agent' must be a selector string or an array of them")
     capability, tags, nodes = None, [], []
+    if not isinstance(selectors, list) or not selectors or not all(isinstance(s, str) for s in selectors):
+        found.append("'agent' must be a selector string or an array of them")
+        selectors = []
     for sel in selectors:
         kind, _, value = sel.partition(":")
         if not value:
-            raise WorkflowError(f"{where}: selector {sel!r} must be capability:NAME, tag:TAG or node:ID")
-        if kind == "capability":
+            found.append(f"selector {sel!r} must be capability:NAME, tag:TAG or node:ID")
+        elif kind == "capability":
             if capability is not None:
-                raise WorkflowError(f"{where}: more than one capability selector")
+                found.append("more than one capability selector")
             capability = value
         elif kind == "tag":
             tags.append(value)
         elif kind == "node":
             if not re.fullmatch(r"[0-9a-fA-F]{4,64}", value):
-                raise WorkflowError(f"{where}: node selector {sel!r} needs a hex node id (prefix of 4+ digits)")
+                found.append(f"node selector {sel!r} needs a hex node id (prefix of 4+ digits)")
             nodes.append(value.lower())
         else:
-            raise WorkflowError(f"{where}: unknown selector kind {kind!r} (capability, tag, node)")
-    if capability is None:
-        raise WorkflowError(f"{where}: needs a capability:NAME selector (tag and node only narrow its providers)")
+            found.append(f"unknown selector kind {kind!r} (capability, tag, node)")
+    if capability is None and selectors:
+        found.append("needs a capability:NAME selector (tag and node only narrow its providers)")
     deps = raw.get("depends_on", [])
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-        raise WorkflowError(f"{where}: 'depends_on' must be an array of step names")
+        found.append("'depends_on' must be an array of step names")
+        deps = []
     retries = raw.get("retries", 0)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
-        raise WorkflowError(f"{where}: 'retries' must be an integer 0..100")
+        found.append("'retries' must be an integer 0..100")
     timeout = raw.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
-        raise WorkflowError(f"{where}: 'timeout' must be a positive number of seconds")
+        found.append("'timeout' must be a positive number of seconds")
     idempotent = raw.get("idempotent", False)
     if not isinstance(idempotent, bool):
-        raise WorkflowError(f"{where}: 'idempotent' must be true or false")
+        found.append("'idempotent' must be true or false")
     for ref in _refs(raw.get("input")):
         if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", ref):
-            raise WorkflowError(f"{where}: malformed reference ${{{ref}}}")
+            found.append(f"malformed reference ${{{ref}}}")
+    if found:
+        problems.extend(f"step {name!r}: {p}" for p in found)
+        return None
     return Step(name, capability, tuple(tags), tuple(nodes), raw.get("input"), tuple(deps), retries,
                 None if timeout is None else float(timeout), idempotent)
 
