@@ -122,6 +122,74 @@ def test_shell_long_lines_stream_in_pieces_and_a_command_may_ignore_stdin():
     assert [len(c) for c in chunks] == [65536, 65536, 150000 - 2 * 65536] and len(out) == 150000
 
 
+# an asking command: reads its input as the first stdin line, asks twice, answers on the next lines
+ASKER = """read -r input
+echo "start $input"
+echo '{"input_required": {"q": "name?"}}'
+read -r name
+echo '{"input_required": "age?"}'
+read -r age
+echo "hello $name, $age"
+"""
+
+
+def answering(answers: list, asked: list):
+    async def ask(prompt):
+        asked.append(prompt)
+        return answers.pop(0)
+    return ask
+
+
+def test_shell_ask_puts_questions_to_the_caller_and_answers_arrive_on_stdin():
+    chunks: list = []
+    asked: list = []
+    out = run(ShellAgent(ASKER, ask=True)({"n": 1}, ctx(chunks, ask=answering(["Ann", 42], asked))))
+    assert asked == [{"q": "name?"}, "age?"]
+    assert out == 'start {"n": 1}\nhello "Ann", 42'  # the ask lines are neither output nor progress
+    assert chunks == ['start {"n": 1}', 'hello "Ann", 42']
+
+
+def test_shell_ask_lines_are_plain_output_without_ask_mode_and_stdin_still_ends():
+    agent = ShellAgent("""cat >/dev/null; echo '{"input_required": "x?"}'""")
+    assert run(agent(1, ctx(ask=answering([], [])))) == {"input_required": "x?"}
+    near_misses = """echo '{"input_required": "x", "more": 1}'; echo '{"input_required"'; echo '["input_required"]'"""
+    chunks: list = []
+    run(ShellAgent(near_misses, ask=True)(1, ctx(chunks, ask=answering([], []))))
+    assert len(chunks) == 3  # not exactly {"input_required": PROMPT}: ordinary lines
+
+
+def test_shell_ask_errors_are_clear():
+    with pytest.raises(ValueError, match='ask=True needs stdin="json"'):
+        ShellAgent("cat", ask=True, stdin="text")
+    with pytest.raises(AgentError, match="cannot ask its caller"):  # no runtime behind the context
+        run(ShellAgent(ASKER, ask=True)(1, ctx()))
+    with pytest.raises(AgentError, match="cannot be given to the command as JSON"):
+        run(ShellAgent(ASKER, ask=True)(1, ctx(ask=answering([b"\xff bytes"], []))))
+
+
+def test_shell_timeout_while_waiting_for_an_answer_kills_the_process_group(tmp_path):
+    pidfile = tmp_path / "child.pid"
+
+    async def never(prompt):
+        await asyncio.sleep(60)
+
+    agent = ShellAgent(f"""sleep 30 & echo $! > {pidfile}; echo '{{"input_required": "?"}}'; read -r a; wait""",
+                       ask=True, timeout=0.5)
+    start = time.monotonic()
+    with pytest.raises(AgentError, match="timed out after 0.5 s"):
+        run(agent(None, ctx(ask=never)))
+    assert time.monotonic() - start < 3
+    assert wait_dead(int(pidfile.read_text()))
+
+
+def test_shell_ask_mode_keeps_the_flood_bound():
+    async def ok(prompt):
+        return "go"
+
+    with pytest.raises(AgentError, match="more than 100000 bytes to stdout"):
+        run(ShellAgent("""echo '{"input_required": 1}'; read -r a; yes""", ask=True, max_output=100_000)(None, ctx(ask=ok)))
+
+
 # -- a local server speaking the chat completions and Messages APIs -------------------------------------
 
 

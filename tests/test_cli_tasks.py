@@ -268,3 +268,56 @@ def test_idempotent_tasks_survive_a_provider_killed_mid_batch(tmp_path):
         assert proc.returncode == 0, err + out
         results = lines(out)
         assert [r["output"] for r in results] == [{"i": i} for i in range(30)]
+
+
+# reads its input as the first line, asks once, answers with both (the agent --help example, as JSON)
+ASKS = ('read -r in; echo "{\\"input_required\\": {\\"q\\": \\"name?\\", \\"in\\": $in}}"; read -r name; '
+        'echo "{\\"in\\": $in, \\"name\\": $name}"')
+
+
+def test_input_required_answered_by_answer_exec_or_canceled(tmp_path):
+    pidfile = tmp_path / "answer.pid"
+    with ExitStack() as stack:
+        seed, agent = stack.enter_context(server(tmp_path, "agent", "--capability", "greet", "--ask", "--exec", ASKS,
+                                                 name="a"))
+        boot = ["--bootstrap", seed]
+        three = '{"n": 1}\n{"n": 2}\n{"n": 3}\n'
+        res = zmqa("task", "greet", *boot, "--parallel", "3", "--answer-exec",
+                   'printf \'"%s-%s"\' "$ZMQAGENTS_CAPABILITY" "$ZMQAGENTS_LINE"', input=three, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert [o["output"] for o in lines(res.stdout)] == [{"in": {"n": i}, "name": f"greet-{i}"} for i in (1, 2, 3)]
+
+        res = zmqa("task", "greet", *boot, "--answer-exec", "cat", input='"x"\n', timeout=30)  # the prompt is on stdin
+        assert res.returncode == 0 and lines(res.stdout)[0]["output"] == {"in": "x", "name": {"q": "name?", "in": "x"}}
+
+        res = zmqa("task", "greet", *boot, "--answer-exec", "echo '{not json'", input='"x"\n', timeout=30)
+        assert res.returncode == 0 and lines(res.stdout)[0]["output"]["name"] == "{not json"  # text, as documented
+
+        start = time.monotonic()
+        res = zmqa("task", "greet", *boot, input='"x"\n', timeout=30)  # nothing to answer with
+        assert res.returncode == 6, res.stderr
+        (out,) = lines(res.stdout)
+        assert out["state"] == "canceled" and out["error"] == {
+            "code": "canceled", "msg": 'input required ({"q": "name?", "in": "x"}); pass --answer-exec CMD to answer it'}
+        assert time.monotonic() - start < 15 and "1 canceled of 1 task(s)" in res.stderr
+
+        res = zmqa("task", "greet", *boot, "--answer-exec", "echo no >&2; exit 3", input='"x"\n', timeout=30)
+        assert res.returncode == 6 and lines(res.stdout)[0]["error"]["msg"].endswith(
+            "--answer-exec gave no answer: command exited with status 3: no")
+        res = zmqa("task", "greet", *boot, "--answer-exec", "head -c 2000000 /dev/zero", input='"x"\n', timeout=30)
+        assert res.returncode == 6 and "more than the 1048576-byte limit" in lines(res.stdout)[0]["error"]["msg"]
+        res = zmqa("task", "greet", *boot, "--answer-exec", "sleep 20", "--answer-timeout", "0.5", input='"x"\n', timeout=30)
+        assert res.returncode == 6 and "timed out after 0.5 s" in lines(res.stdout)[0]["error"]["msg"]
+
+        start = time.monotonic()  # the deadline ends a task that waits for its answer; the answer command dies
+        res = zmqa("task", "greet", *boot, "--timeout", "1", "--answer-exec", f"sleep 30 & echo $! > {pidfile}; wait",
+                   input='"x"\n', timeout=30)
+        assert res.returncode == 124, res.stderr
+        assert lines(res.stdout)[0]["error"]["code"] == "deadline" and time.monotonic() - start < 15
+        deadline = time.monotonic() + 10
+        while not dead(int(pidfile.read_text())):
+            assert time.monotonic() < deadline, "the answer command outlived its task"
+            time.sleep(0.05)
+        assert agent.poll() is None
+    assert zmqa("agent", "--capability", "x", "--exec", "cat", "--ask", "--stdin", "text").returncode == 2
+

@@ -11,7 +11,7 @@ import pytest
 
 from zmqagents.agents.base import AgentError
 from zmqagents.agents.capability import Capability, InvalidInput
-from zmqagents.agents.runtime import Agents, DirectLookup
+from zmqagents.agents.runtime import NO_ON_INPUT, Agents, DirectLookup, NoAnswer
 from zmqagents.agents.shell import ShellAgent
 from zmqagents.core import tasks as T
 from zmqagents.core.membership import MembershipConfig
@@ -206,3 +206,114 @@ def test_agent_failure_and_deadline(arun):
             await _close(nodes, agents)
 
     arun(main(), timeout=50)
+
+
+def test_agents_ask_their_caller_mid_task(arun):
+    async def main():
+        nodes = await _mesh(2)
+        agents = [Agents(n) for n in nodes]
+
+        async def greet(value, ctx):
+            ctx.progress("thinking")
+            name = await ctx.ask({"q": "name?", "for": value})
+            ctx.progress("got it")
+            title = await ctx.ask("title?")
+            return f"hello {title} {name}"
+
+        prompts = []
+
+        async def on_input(prompt):
+            prompts.append(prompt)
+            return {"name?": "Ann"}.get(prompt["q"]) if isinstance(prompt, dict) else "Dr"
+
+        try:
+            await agents[0].serve(Capability("greet"), greet)
+            await agents[0].serve(Capability("asker"), ShellAgent(
+                'read -r x; echo \'{"input_required": "more?"}\'; read -r y; echo "{\\"x\\": $x, \\"y\\": $y}"', ask=True))
+            chunks = []
+            done = await agents[1].request("greet", 7, on_input=on_input, on_progress=chunks.append)
+            assert done.state == T.COMPLETED and done.output == "hello Dr Ann", done
+            assert prompts == [{"q": "name?", "for": 7}, "title?"]
+            assert [c.data for c in chunks] == ["thinking", "got it"]
+            assert agents[0].stats["questions"] == 2 and agents[0].stats["answers"] == 2
+            assert agents[1].stats["answered"] == 2
+
+            async def fixed(prompt):
+                return [1, 2]
+
+            done = await agents[1].request("asker", {"a": 1}, on_input=fixed)
+            assert done.state == T.COMPLETED and done.output == {"x": {"a": 1}, "y": [1, 2]}, done
+        finally:
+            await _close(nodes, agents)
+
+    arun(main(), timeout=50)
+
+
+def test_a_question_nobody_answers_cancels_the_task_and_the_deadline_still_holds(arun, tmp_path):
+    async def main():
+        nodes = await _mesh(2)
+        agents = [Agents(n) for n in nodes]
+        pidfile = tmp_path / "pid"
+        stopped = []
+
+        async def asks(value, ctx):
+            try:
+                return await ctx.ask("anyone?")
+            except asyncio.CancelledError:
+                stopped.append(value)
+                raise
+
+        try:
+            await agents[0].serve(Capability("asks"), asks)
+            await agents[0].serve(Capability("shell-asks"), ShellAgent(
+                f'sleep 30 & echo $! > {pidfile}; echo \'{{"input_required": "?"}}\'; read -r a; wait', ask=True))
+            caller = agents[1]
+            done = await caller.request("asks", 1)  # no on_input
+            assert done.state == T.CANCELED and done.error == {"code": T.E_CANCELED, "msg": NO_ON_INPUT}
+
+            async def refuse(prompt):
+                raise NoAnswer("not telling")
+
+            async def broken(prompt):
+                raise KeyError(prompt)
+
+            async def too_big(prompt):
+                return "x" * (T.CallerConfig().max_input_bytes + 1)
+
+            done = await caller.request("asks", 2, on_input=refuse)
+            assert done.state == T.CANCELED and done.error["msg"] == "not telling"
+            done = await caller.request("asks", 3, on_input=broken)
+            assert done.state == T.CANCELED and done.error["msg"].startswith("the caller could not answer") \
+                and "KeyError" in done.error["msg"]
+            done = await caller.request("asks", 4, on_input=too_big)
+            assert done.state == T.CANCELED and "exceeds" in done.error["msg"]
+
+            answering = []
+
+            async def slow(prompt):
+                try:
+                    await asyncio.sleep(30)
+                finally:
+                    answering.append("stopped")
+
+            start = time.monotonic()
+            done = await caller.request("asks", 5, on_input=slow, deadline=0.5)
+            assert done.state == T.FAILED and done.error["code"] == T.E_DEADLINE
+            assert time.monotonic() - start < 3
+            done = await caller.request("shell-asks", 6, on_input=slow, deadline=0.5)
+            assert done.state == T.FAILED and done.error["code"] == T.E_DEADLINE
+            deadline = time.monotonic() + 5
+            while agents[0].provider.active() or agents[0]._running:
+                assert time.monotonic() < deadline, "a task waiting for input outlived its deadline at the provider"
+                await asyncio.sleep(0.02)
+            pid = int(pidfile.read_text())
+            while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
+                assert time.monotonic() < deadline, "the asking command's process group still runs"
+                await asyncio.sleep(0.02)
+            assert stopped == [1, 2, 3, 4, 5] and answering == ["stopped", "stopped"] and not caller._answering
+            assert caller.stats["unanswered"] == 4 and agents[0].provider.stats["input_required"] == 6
+        finally:
+            await _close(nodes, agents)
+
+    arun(main(), timeout=50)
+

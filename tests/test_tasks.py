@@ -503,6 +503,50 @@ def test_input_for_a_task_not_waiting_is_counted():
     assert prov.stats["bad_input_state"] == 1
 
 
+def test_deadline_and_cancel_end_a_task_waiting_for_input():
+    m = Mesh(P1)
+    waiting = m.submit(TaskSpec("echo", 1, deadline=5.0))
+    asked = m.submit(TaskSpec("echo", 2))
+    first, second = m.starts(P1)
+    for start in (first, second):
+        assert m.providers[P1].need_input(start.task_id, "?", m.now)
+    m.flush()
+    assert m.caller.state_of(waiting) == m.caller.state_of(asked) == INPUT_REQUIRED
+    assert m.caller.next_timer() == pytest.approx(5.0)  # no idle timeout while it is the caller's turn
+    m.advance(5.0)
+    assert m.caller.cancel(asked, m.now, "no answer")
+    m.flush()
+    done = {d.task_id: d for d in m.done()}
+    assert done[waiting].state == FAILED and done[waiting].error["code"] == T.E_DEADLINE
+    assert done[asked].state == CANCELED and done[asked].error == {"code": T.E_CANCELED, "msg": "no answer"}
+    stops = [e for e in m.pevents[P1] if isinstance(e, StopTask)]
+    assert sorted(s.task_id for s in stops) == sorted([first.task_id, second.task_id])
+    assert m.providers[P1].active() == 0 and m.providers[P1].load("echo") == 0
+
+
+def test_a_prompt_or_an_answer_over_the_limit_is_refused():
+    m = Mesh(P1, provider_config=ProviderConfig(max_chunk_bytes=100), caller_config=CallerConfig(max_input_bytes=100))
+    big = m.submit(TaskSpec("echo", 1))
+    small = m.submit(TaskSpec("echo", 2))
+    a, b = m.starts(P1)
+    prov = m.providers[P1]
+    assert prov.need_input(a.task_id, "x" * 500, m.now) is False  # fails the task, stops the agent
+    assert prov.need_input(b.task_id, "which?", m.now)
+    with pytest.raises(InvalidTransition):
+        prov.need_input(b.task_id, "and another?", m.now)  # one question at a time
+    m.flush()
+    (done,) = m.done()
+    assert done.task_id == big and done.error["code"] == T.E_OUTPUT_TOO_LARGE and "prompt" in done.error["msg"]
+    with pytest.raises(TaskTooLarge):
+        m.caller.provide_input(small, "y" * 500, m.now)
+    with pytest.raises(TaskTooLarge):
+        m.caller.provide_input(small, object(), m.now)
+    m.caller.provide_input(small, "fits", m.now)
+    m.flush()
+    assert [e.input for e in m.pevents[P1] if isinstance(e, TaskInput)] == ["fits"]
+    assert prov.stats["input_required"] == 1 and prov.stats["inputs"] == 1 and m.caller.stats["inputs"] == 1
+
+
 def test_caller_gone_cancels_its_tasks_at_the_provider():
     m = Mesh(P1)
     m.submit(TaskSpec("echo", 1))

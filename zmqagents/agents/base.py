@@ -6,6 +6,11 @@ progress with ``ctx.progress(chunk)``, returns the output, and raises :class:`Ag
 fail the task with a message the caller sees. Cancellation (the caller canceled, the deadline
 passed) arrives as ``asyncio.CancelledError``; an adapter must release what it holds (kill its
 process group, close its connection) and let the error propagate.
+
+An agent that needs more from the caller mid-task awaits ``ctx.ask(prompt)``: the task moves to
+input-required (A2A), the caller's answer comes back as the awaited value and the task is
+working again. The wait is bounded by the task's deadline and ends early on a cancel (the caller
+may decline to answer: that cancels the task), both arriving as ``asyncio.CancelledError``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ class TaskContext:
     caller: str = ""  # hex node id of the caller
     timeout: float | None = None  # seconds left until the task's deadline, None: no deadline
     progress: Callable[[Any], None] = field(default=lambda chunk: None, repr=False)
+    ask: Callable[[Any], Awaitable[Any]] = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.ask is None:
+            self.ask = _cannot_ask
+
+
+async def _cannot_ask(prompt: Any) -> Any:
+    raise AgentError("this task cannot ask its caller for input (no runtime to carry the question)")
 
 
 class Agent(Protocol):

@@ -38,7 +38,7 @@ Exit codes (the first that applies):
   4    some task failed, or some input line was invalid (bad JSON, schema)
   124  some task timed out (--timeout, --idle-timeout, or a silent provider)
   5    some task was rejected by every provider tried (busy, denied)
-  6    some task was canceled
+  6    some task was canceled (e.g. it asked for input and nothing answered it)
   0    every task completed
   2    usage error
 """
@@ -123,6 +123,9 @@ def _lookup_for(node, to: tuple[str, ...]):
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.001), help="Seconds a command may run; then its process group is killed.")
 @click.option("--stdin", "stdin_mode", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="Input on stdin as one JSON line, or a string input as raw text.")
+@click.option("--ask", is_flag=True,
+              help='The command may ask the caller mid-task: a stdout line {"input_required": PROMPT} asks, the '
+                   "answer arrives on stdin as one JSON line; stdin stays open (read the input as the first line).")
 @click.option("--input-schema", help="JSON schema of the input, inline or @FILE; bad input is refused before it is sent.")
 @click.option("--output-schema", help="JSON schema of the output, inline or @FILE (published for callers).")
 @click.option("--allow", "allow", multiple=True, metavar="ID|@GROUP|FILE",
@@ -131,7 +134,7 @@ def _lookup_for(node, to: tuple[str, ...]):
 @click.option("--groups", "groups_file", type=click.Path(dir_okay=False),
               help="Groups that --allow @GROUP names: TOML (or .json) of group = [node ids, keys or contacts].")
 def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, description, tags, cost,
-          max_concurrency, queue, timeout, stdin_mode, input_schema, output_schema, allow, groups_file) -> None:
+          max_concurrency, queue, timeout, stdin_mode, ask, input_schema, output_schema, allow, groups_file) -> None:
     """Serve a capability on the mesh by running a shell command per task.
 
     \b
@@ -139,6 +142,15 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     for the capability, and runs COMMAND for each task it admits. The command's
     environment has ZMQAGENTS_TASK_ID, ZMQAGENTS_CAPABILITY and ZMQAGENTS_FROM.
     A non-zero exit fails the task with the tail of stderr.
+
+    \b
+    Asking the caller (--ask, with --stdin json): the command reads its input as
+    the FIRST stdin line (stdin stays open, so do not read to end of file), and
+    asks by printing a line that is exactly {"input_required": PROMPT}; the
+    caller's answer is the next stdin line, as JSON. The task is input-required
+    meanwhile; --timeout includes the wait. Such lines are not progress or output.
+      zmqagents agent --capability greet --ask --exec \\
+        'read -r in; echo "{\\"input_required\\": \\"name?\\"}"; read -r name; echo "hello $name"'
 
     \b
     Example:
@@ -153,6 +165,8 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     from .shell import ShellAgent
     from ..cli import _announce
 
+    if ask and stdin_mode != "json":
+        raise click.UsageError("--ask needs --stdin json: the input and each answer are one JSON line each")
     groups = _groups_option(groups_file, allow)
     try:
         cap = Capability(name, description=description, tags=tuple(tags), cost_per_call=cost,
@@ -171,7 +185,7 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
             agents = Agents(n, groups=groups)
             try:
                 try:
-                    await agents.serve(cap, ShellAgent(command, timeout=timeout, stdin=stdin_mode), timeout=10)
+                    await agents.serve(cap, ShellAgent(command, timeout=timeout, stdin=stdin_mode, ask=ask), timeout=10)
                 except Exception as exc:  # alone, or the DHT did not answer: still reachable with --to
                     click.echo(f"warning: provider record not stored yet ({exc}); it is retried while the node runs",
                                err=True)
@@ -202,8 +216,13 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
 @click.option("--priority", default=0, show_default=True, type=click.IntRange(0, 9), help="Priority in providers' wait queues (9 first).")
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1, 100), help="Providers tried per task.")
 @click.option("--no-validate", is_flag=True, help="Do not check input against the capability's input schema before sending.")
+@click.option("--answer-exec", metavar="CMD",
+              help="Answer a task that asks for input: CMD gets the prompt as one JSON line on stdin; its stdout is "
+                   "the answer (JSON if it parses, else text). Without it such a task is canceled.")
+@click.option("--answer-timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Seconds --answer-exec may take; then it is killed and the task canceled.")
 def task(key, listen, insecure, capability, body, bootstrap, to, parallel, timeout, idle_timeout, accept_timeout,
-         stream, unordered, idempotent, priority, max_attempts, no_validate) -> None:
+         stream, unordered, idempotent, priority, max_attempts, no_validate, answer_exec, answer_timeout) -> None:
     """Run CAPABILITY on the mesh for BODY, or for each JSON line on stdin.
 
     \b
@@ -213,6 +232,15 @@ def task(key, listen, insecure, capability, body, bootstrap, to, parallel, timeo
     A line that is not JSON, or does not match the capability's input schema, is
     reported as {"line": N, "state": "invalid", "error": ...} (and on stderr); the
     other lines still run. A progress bar goes to stderr when it is a terminal.
+
+    \b
+    A task may ask for more input mid-task (state input-required). With
+    --answer-exec CMD, CMD runs per question with the prompt as one JSON line on
+    stdin (env: ZMQAGENTS_TASK_ID, ZMQAGENTS_CAPABILITY, ZMQAGENTS_LINE), and
+    its stdout is sent back as the answer. A non-zero exit, a timeout, or no
+    --answer-exec at all cancels the task with the reason in its result line
+    (state canceled, exit 6).
+      ... | zmqagents task greet --bootstrap @seed.contact --answer-exec 'echo Ann'
 
     \b
     Example:
@@ -225,7 +253,8 @@ def task(key, listen, insecure, capability, body, bootstrap, to, parallel, timeo
     n = _make_node(key, listen, [], insecure, None, _contacts(bootstrap, hint="--bootstrap"))
     config = CallerConfig(accept_timeout=accept_timeout, max_attempts=max_attempts)
     opts = dict(timeout=timeout, idle_timeout=idle_timeout, stream=stream, unordered=unordered, idempotent=idempotent,
-                priority=priority, validate=not no_validate, parallel=parallel)
+                priority=priority, validate=not no_validate, parallel=parallel, answer_exec=answer_exec,
+                answer_timeout=answer_timeout)
     sys.exit(_run_task(n, capability, body, to, config, opts))
 
 
@@ -383,8 +412,15 @@ class _TaskRun:
         if self.opts["stream"]:
             def on_progress(p, number=number):
                 self._print({"line": number, "task": p.task_id.hex(), "seq": p.seq, "progress": p.data}, bar=False)
+        ids: list[bytes] = []  # the task id, for the answer command's environment (known before any question)
+
+        async def on_input(prompt: Any) -> Any:
+            return await self._answer(prompt, number, ids[0])
+
         try:
-            task_id, done = await self.agents.submit(spec, validate=self.opts["validate"], on_progress=on_progress)
+            task_id, done = await self.agents.submit(spec, validate=self.opts["validate"], on_progress=on_progress,
+                                                     on_input=on_input)
+            ids.append(task_id)
         except (CapabilityError, TaskTooLarge, ValueError) as exc:
             self.counts["invalid"] += 1
             click.echo(f"line {number}: {exc}", err=True)
@@ -422,6 +458,23 @@ class _TaskRun:
         if res.lost_updates:
             out["lost_updates"] = res.lost_updates
         return out
+
+    async def _answer(self, prompt: Any, number: int, task_id: bytes) -> Any:
+        """The answer to a task's question from --answer-exec; NoAnswer (the task is canceled) without one."""
+        from ..cli import _jsonable
+        from .runtime import NoAnswer
+        from .shell import CommandFailed, decode_output, run_command
+
+        shown = json.dumps(_jsonable(prompt), ensure_ascii=False)
+        command = self.opts["answer_exec"]
+        if command is None:
+            raise NoAnswer(f"input required ({shown[:200]}); pass --answer-exec CMD to answer it")
+        env = {"ZMQAGENTS_TASK_ID": task_id.hex(), "ZMQAGENTS_CAPABILITY": self.capability, "ZMQAGENTS_LINE": str(number)}
+        try:
+            res = await run_command(command, (shown + "\n").encode(), timeout=self.opts["answer_timeout"], env=env)
+        except CommandFailed as exc:
+            raise NoAnswer(f"input required ({shown[:200]}); --answer-exec gave no answer: {exc}") from None
+        return decode_output(res.stdout)
 
     def _print(self, obj: dict, *, bar: bool = True) -> None:
         _emit(obj)

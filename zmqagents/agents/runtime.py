@@ -10,6 +10,11 @@ failures become ``provider_gone``/``caller_gone``.
         await agents.serve(Capability("upper"), ShellAgent("tr a-z A-Z", stdin="text"))
         done = await agents.request("upper", "hello")      # TaskDone(state="completed", output="HELLO", ...)
 
+An agent may ask its caller mid-task (``answer = await ctx.ask(prompt)``: the task is in
+input-required until the answer comes); the caller answers through ``request(..., on_input=...)``,
+an ``async (prompt) -> answer``. A caller without one cancels such a task with a reason saying so,
+so nothing waits forever for an answer nobody will give.
+
 Providers are found through a :class:`ProviderLookup`. The default, :class:`DhtLookup`, reads the
 DHT provider records that ``serve`` publishes (``node.provide``); :class:`DirectLookup` asks a
 fixed set of nodes what they offer (``task.describe``), for a caller that knows its providers.
@@ -153,15 +158,26 @@ async def describe(node, peer: bytes | Contact, *, timeout: float = 10.0) -> lis
     return caps
 
 
+class NoAnswer(Exception):
+    """Raised by an ``on_input`` callback that will not answer: the task is canceled with ``str()`` as the reason."""
+
+
+NO_ON_INPUT = "the task asked for input (input-required) and the caller has no way to answer it (no on_input)"
+
+OnInput = Callable[[Any], Awaitable[Any]]
+
+
 class _Pending:
-    """What request()/stream() wait on for one task."""
+    """What submit()/request() wait on for one task."""
 
-    __slots__ = ("done", "queue", "on_progress")
+    __slots__ = ("done", "queue", "on_progress", "on_input")
 
-    def __init__(self, on_progress: Callable[[Progress], None] | None, queue: asyncio.Queue | None):
+    def __init__(self, on_progress: Callable[[Progress], None] | None, queue: asyncio.Queue | None,
+                 on_input: OnInput | None = None):
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.on_progress = on_progress
         self.queue = queue
+        self.on_input = on_input
 
 
 class Agents:
@@ -182,7 +198,9 @@ class Agents:
         self._registry_dirty = False
         self._registry_at = 0.0  # wall clock of our last registry store (provider expiry is in Unix seconds)
         self._running: dict[bytes, asyncio.Task] = {}
+        self._questions: dict[bytes, asyncio.Future] = {}  # provider task id -> the answer its agent awaits
         self._pending: dict[bytes, _Pending] = {}
+        self._answering: dict[bytes, asyncio.Task] = {}  # caller task id -> its on_input call
         self._backlog: dict[bytes, deque] = {}  # destination -> envelopes waiting for window room
         self._flushers: dict[bytes, asyncio.Task] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -192,19 +210,20 @@ class Agents:
         # Nodes membership or delivery reported gone: their DHT provider records outlive them until
         # expiry, so candidates skip them for DEAD_MEMORY seconds (or until they are seen alive again).
         self._dead: dict[bytes, float] = {}
-        self.stats = {"reroutes": 0, "agent_errors": 0, "send_backlog": 0}
+        self.stats = {"reroutes": 0, "agent_errors": 0, "send_backlog": 0, "questions": 0, "answers": 0,
+                      "answered": 0, "unanswered": 0}
         self._watcher = asyncio.get_running_loop().create_task(self._watch_members())
         node.route(T.PREFIX, self._on_envelope)
         node.on_settled(self._on_settled)
 
     async def close(self) -> None:
-        """Stop running agents and timers (the node itself is closed by its owner)."""
+        """Stop running agents, answers being sought and timers (the node itself is closed by its owner)."""
         self._watcher.cancel()
         extra = [self._registry_task] if self._registry_task is not None else []
-        for task in [*self._running.values(), *self._flushers.values(), *extra]:
+        for task in [*self._running.values(), *self._answering.values(), *self._flushers.values(), *extra]:
             task.cancel()
-        await asyncio.gather(self._watcher, *self._running.values(), *self._flushers.values(), *extra,
-                             return_exceptions=True)
+        await asyncio.gather(self._watcher, *self._running.values(), *self._answering.values(),
+                             *self._flushers.values(), *extra, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
         for pending in self._pending.values():
@@ -303,7 +322,8 @@ class Agents:
         cap, agent = served
         timeout = None if ev.deadline is None else max(0.001, ev.deadline - self._now())
         ctx = TaskContext(ev.task_id.hex(), ev.capability, ev.caller.hex(), timeout,
-                          progress=lambda chunk, tid=ev.task_id: self._progress(tid, chunk))
+                          progress=lambda chunk, tid=ev.task_id: self._progress(tid, chunk),
+                          ask=lambda prompt, tid=ev.task_id: self._ask(tid, prompt))
         task = asyncio.get_running_loop().create_task(self._run_agent(ev.task_id, cap, agent, ev.input, ctx))
         self._running[ev.task_id] = task
 
@@ -311,6 +331,26 @@ class Agents:
         if task_id in self._running:
             self.provider.progress(task_id, chunk, self._now())
             self._pump()
+
+    async def _ask(self, task_id: bytes, prompt: Any) -> Any:
+        """``ctx.ask``: put the task in input-required with ``prompt`` and wait for the caller's answer.
+
+        A cancel, the deadline, or a prompt over the chunk limit (which fails the task) stop the
+        agent while it waits: they arrive here as CancelledError, like any stop.
+        """
+        if task_id in self._questions:
+            raise AgentError("the agent asked a second question before its first was answered")
+        answer = asyncio.get_running_loop().create_future()
+        self._questions[task_id] = answer
+        try:
+            asked = self.provider.need_input(task_id, prompt, self._now())
+            self._pump()
+            if not asked:  # over the limit (the core failed the task) or already ended: we are being stopped
+                raise asyncio.CancelledError
+            self.stats["questions"] += 1
+            return await answer
+        finally:
+            self._questions.pop(task_id, None)
 
     async def _run_agent(self, task_id: bytes, cap: Capability, agent: Agent, value: Any, ctx: TaskContext) -> None:
         try:
@@ -392,11 +432,13 @@ class Agents:
 
     async def submit(self, spec: TaskSpec, *, candidates: list[Candidate] | None = None, validate: bool = True,
                      on_progress: Callable[[Progress], None] | None = None,
-                     queue: asyncio.Queue | None = None) -> tuple[bytes, asyncio.Future]:
+                     queue: asyncio.Queue | None = None, on_input: OnInput | None = None) -> tuple[bytes, asyncio.Future]:
         """Start a task; returns its id and a future resolving to its TaskDone.
 
         With ``validate`` the input is checked against the capability's input schema (from the
         first provider that describes it) before anything is sent: CapabilityError if it fails.
+        ``on_input(prompt)`` answers the agent's questions (input-required); it may raise NoAnswer
+        to cancel the task with its message as the reason. Without it such a task is canceled.
         """
         if candidates is None:
             candidates = await self.candidates(spec.capability)
@@ -404,21 +446,22 @@ class Agents:
             cap = await self.describe(spec.capability, candidates)
             if cap is not None:
                 cap.check_input(spec.input)
-        pending = _Pending(on_progress, queue)
+        pending = _Pending(on_progress, queue, on_input)
         task_id = self.caller.submit(spec, candidates, self._now())
         self._pending[task_id] = pending
         self._pump()
         return task_id, pending.done
 
     async def request(self, capability: str, value: Any = None, *, on_progress: Callable[[Progress], None] | None = None,
-                      validate: bool = True, **spec: Any) -> TaskDone:
+                      on_input: OnInput | None = None, validate: bool = True, **spec: Any) -> TaskDone:
         """Run ``capability`` on ``value`` somewhere on the mesh and wait for the outcome.
 
         ``spec`` takes the TaskSpec fields: key, idempotent, priority, deadline, idle_timeout, stream.
+        ``on_input``: ``async (prompt) -> answer`` for an agent that asks mid-task (see submit).
         Cancelling the awaiting coroutine cancels the task at its provider.
         """
         task_id, done = await self.submit(TaskSpec(capability, value, **spec), validate=validate,
-                                          on_progress=on_progress)
+                                          on_progress=on_progress, on_input=on_input)
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -491,7 +534,12 @@ class Agents:
                 if task is not None:
                     task.cancel()
             elif isinstance(ev, TaskInput):
-                log.info("task %s got input, but agents on this runtime cannot take input mid-task", ev.task_id.hex()[:12])
+                answer = self._questions.get(ev.task_id)
+                if answer is not None and not answer.done():
+                    self.stats["answers"] += 1
+                    answer.set_result(ev.input)
+                else:  # the core emits it only for a task in input-required, so its agent is waiting
+                    log.warning("task %s got input nobody waits for", ev.task_id.hex()[:12])
         for ev in self.caller.take_events():
             self._deliver(ev)
         for core in (self.provider, self.caller):  # handling events may have produced more
@@ -503,8 +551,15 @@ class Agents:
         pending = self._pending.get(ev.task_id)
         if isinstance(ev, Rerouted):
             self.stats["reroutes"] += 1
+        if isinstance(ev, (Rerouted, TaskDone)):  # an answer being sought is for an attempt that ended
+            asking = self._answering.pop(ev.task_id, None)
+            if asking is not None:
+                asking.cancel()
         if pending is None:
             return
+        if isinstance(ev, StateChanged) and ev.state == T.INPUT_REQUIRED:
+            self._answering[ev.task_id] = asyncio.get_running_loop().create_task(
+                self._answer(ev.task_id, pending.on_input, ev.prompt))
         if isinstance(ev, TaskDone):
             del self._pending[ev.task_id]
             if pending.queue is not None:
@@ -519,6 +574,35 @@ class Agents:
                 log.exception("on_progress callback failed")
         if pending.queue is not None:
             pending.queue.put_nowait(ev)
+
+    async def _answer(self, task_id: bytes, on_input: OnInput | None, prompt: Any) -> None:
+        """Get the caller's answer to ``prompt`` and send it, or cancel the task saying why not."""
+        try:
+            if on_input is None:
+                raise NoAnswer(NO_ON_INPUT)
+            value = await on_input(prompt)
+        except asyncio.CancelledError:
+            return  # the task ended or moved meanwhile; close() also lands here
+        except NoAnswer as exc:
+            reason = str(exc) or "the caller declined to answer the task's question"
+        except Exception as exc:  # the callback is application code: never leave the task waiting
+            log.warning("on_input raised %s", type(exc).__name__, exc_info=True)
+            reason = f"the caller could not answer the task's question: {type(exc).__name__}: {exc}"
+        else:
+            self._answering.pop(task_id, None)
+            try:
+                self.caller.provide_input(task_id, value, self._now())
+            except T.TaskTooLarge as exc:
+                reason = f"the caller's answer was not sent: {exc}"
+            except T.InvalidTransition:
+                return  # the task ended meanwhile (an ended task cancels this first, so not expected)
+            else:
+                self.stats["answered"] += 1
+                self._pump()
+                return
+        self._answering.pop(task_id, None)
+        self.stats["unanswered"] += 1
+        self.cancel(task_id, reason)
 
     def _send(self, env: Envelope) -> None:
         backlog = self._backlog.get(env.dst)

@@ -110,6 +110,29 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 MAX_CHUNKS = 10_000  # stdout lines streamed as progress per task; later lines only reach the final output
 MAX_LINE = 64 * 1024  # longer lines are streamed in pieces of this size
+ASK_KEY = "input_required"  # with ask=True, a stdout line {"input_required": PROMPT} asks the caller
+
+
+def ask_prompt(line: bytes) -> tuple[bool, Any]:
+    """(True, PROMPT) if ``line`` is exactly a JSON object ``{"input_required": PROMPT}``, else (False, None)."""
+    text = line.strip()
+    if not text.startswith(b"{") or ASK_KEY.encode() not in text:
+        return False, None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return False, None
+    if isinstance(obj, dict) and len(obj) == 1 and ASK_KEY in obj:
+        return True, obj[ASK_KEY]
+    return False, None
+
+
+def answer_line(answer: Any) -> bytes:
+    """The caller's answer as the one JSON line an asking command reads (AgentError if it is not JSON)."""
+    try:
+        return (json.dumps(answer, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    except (TypeError, ValueError) as exc:
+        raise AgentError(f"the caller's answer cannot be given to the command as JSON ({exc})") from None
 
 
 class ShellAgent:
@@ -124,12 +147,25 @@ class ShellAgent:
     stderr are bounded (``max_output`` bytes each): a command that floods them is killed and the
     task fails. The command's environment gets ZMQAGENTS_TASK_ID, ZMQAGENTS_CAPABILITY and
     ZMQAGENTS_FROM (the caller's node id).
+
+    With ``ask=True`` the command may ask its caller for more input mid-task: a stdout line that
+    is exactly the JSON object ``{"input_required": PROMPT}`` (at most 64 KiB) puts the task in
+    input-required with PROMPT, and the caller's answer is written to the command's stdin as one
+    JSON line. stdin then stays open after the input line until the command exits, so the command
+    reads its input as the first line (``read -r input``), not up to end of file, and each answer as
+    the next line. Such lines are neither progress nor part of the output. The timeout covers the
+    time spent waiting for answers. Without ``ask`` those lines are ordinary output, and stdin
+    ends after the input as before.
     """
 
     def __init__(self, command: str, *, timeout: float | None = 300.0, stdin: str = "json",
-                 env: dict[str, str] | None = None, max_output: int = MAX_OUTPUT, cwd: str | None = None):
+                 env: dict[str, str] | None = None, max_output: int = MAX_OUTPUT, cwd: str | None = None,
+                 ask: bool = False):
         if stdin not in ("json", "text"):
             raise ValueError('stdin must be "json" or "text"')
+        if ask and stdin != "json":
+            raise ValueError('ask=True needs stdin="json": the input and each answer are one JSON line each')
+        self.ask = ask
         self.command = command
         self.timeout = timeout
         self.stdin = stdin
@@ -174,34 +210,55 @@ class ShellAgent:
         return text[:-1] if text.endswith("\n") else text
 
     async def _talk(self, proc: asyncio.subprocess.Process, data: bytes, ctx: TaskContext) -> tuple[bytes, bytes]:
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()  # ask mode: lines for stdin after the input
+
         async def feed() -> None:
+            # The only writer of stdin: the input, then (ask mode) each answer, until stdout ends.
             try:
-                if not proc.stdin.is_closing():
-                    proc.stdin.write(data)
-                    await proc.stdin.drain()
+                item: bytes | None = data
+                while item is not None:
+                    if not proc.stdin.is_closing():
+                        proc.stdin.write(item)
+                        await proc.stdin.drain()
+                    item = await answers.get() if self.ask else None
             except (BrokenPipeError, ConnectionResetError, RuntimeError):
-                pass  # the command need not read its input
+                pass  # the command need not read its input (or an answer, once it exited)
             finally:
                 proc.stdin.close()
 
         async def stream_stdout() -> bytes:
             kept, size, pending, chunks = [], 0, b"", 0
-            while block := await proc.stdout.read(65536):
-                size += len(block)
-                if size > self.max_output:
-                    raise AgentError(f"command wrote more than {self.max_output} bytes to stdout; it was killed")
-                kept.append(block)
-                pending += block
-                *lines, pending = pending.split(b"\n")
-                while len(pending) >= MAX_LINE:
-                    lines.append(pending[:MAX_LINE])
-                    pending = pending[MAX_LINE:]
-                for line in lines:
-                    if chunks < MAX_CHUNKS:
-                        chunks += 1
-                        ctx.progress(line.decode("utf-8", errors="replace"))
-            if pending and chunks < MAX_CHUNKS:
-                ctx.progress(pending.decode("utf-8", errors="replace"))
+            try:
+                while block := await proc.stdout.read(65536):
+                    size += len(block)
+                    if size > self.max_output:
+                        raise AgentError(f"command wrote more than {self.max_output} bytes to stdout; it was killed")
+                    pending += block
+                    *lines, pending = pending.split(b"\n")
+                    pieces = []
+                    while len(pending) >= MAX_LINE:
+                        pieces.append(pending[:MAX_LINE])
+                        pending = pending[MAX_LINE:]
+                    for line in lines:
+                        asked, prompt = ask_prompt(line) if self.ask else (False, None)
+                        if asked:  # stdout waits (unread) while the caller answers
+                            answers.put_nowait(answer_line(await ctx.ask(prompt)))
+                            continue
+                        kept.append(line + b"\n")
+                        if chunks < MAX_CHUNKS:
+                            chunks += 1
+                            ctx.progress(line.decode("utf-8", errors="replace"))
+                    for piece in pieces:
+                        kept.append(piece)
+                        if chunks < MAX_CHUNKS:
+                            chunks += 1
+                            ctx.progress(piece.decode("utf-8", errors="replace"))
+            finally:
+                answers.put_nowait(None)  # stdout ended (or we stop): nothing more goes to stdin
+            if pending:
+                kept.append(pending)
+                if chunks < MAX_CHUNKS:
+                    ctx.progress(pending.decode("utf-8", errors="replace"))
             return b"".join(kept)
 
         async def keep_stderr() -> bytes:

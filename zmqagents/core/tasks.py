@@ -239,7 +239,7 @@ PROVIDER_STATS = (
     "received", "malformed", "rejected", "denied", "busy", "unknown_capability", "started", "queued",
     "completed", "failed", "canceled", "deadline", "replayed", "attached", "duplicate_submit",
     "unknown_task", "not_owner", "bad_input_state", "late_report", "output_too_large", "chunks",
-    "chunks_suppressed", "caller_gone",
+    "chunks_suppressed", "caller_gone", "input_required", "inputs",
 )
 
 
@@ -348,6 +348,8 @@ class TaskProvider(CoreOutputs):
             if job.state != INPUT_REQUIRED or "in" not in body:
                 self.stats["bad_input_state"] += 1
                 return
+            self.stats["inputs"] += 1
+            job.prompt = None
             self._set(job, WORKING, {}, now)
             self._events.append(TaskInput(job.id, body["in"]))
         else:
@@ -476,10 +478,26 @@ class TaskProvider(CoreOutputs):
         return True
 
     def need_input(self, task_id: bytes, prompt: Any, now: float) -> bool:
-        """The agent waits for more input from the caller (A2A input-required)."""
+        """The agent waits for more input from the caller (A2A input-required).
+
+        False if the task is no longer running here, or if ``prompt`` is over ``max_chunk_bytes``
+        packed (or not encodable): that fails the task (output-too-large) and stops the agent, as an
+        oversize progress chunk does. InvalidTransition unless the task is working (one question at
+        a time: the agent asks again only after the answer came).
+        """
         job = self._live(task_id)
         if job is None:
             return False
+        if job.state != WORKING:
+            raise InvalidTransition(f"input asked for a task in state {job.state!r}")
+        size = packed_size(prompt)
+        if size is None or size > self.config.max_chunk_bytes:
+            self.stats["output_too_large"] += 1
+            why = (f"an input-required prompt of {size} bytes exceeds the {self.config.max_chunk_bytes}-byte limit"
+                   if size else "an input-required prompt is not encodable")
+            self._finish(job, FAILED, {"err": _err(E_OUTPUT_TOO_LARGE, why)}, now, stop=True)
+            return False
+        self.stats["input_required"] += 1
         job.prompt = prompt
         self._set(job, INPUT_REQUIRED, {"prompt": prompt}, now)
         return True
@@ -798,7 +816,7 @@ class _Call:
 CALLER_STATS = (
     "submitted", "completed", "failed", "rejected", "canceled", "rerouted", "updates", "duplicates",
     "out_of_order", "reorder_overflow", "gaps_skipped", "unknown_task", "foreign", "malformed",
-    "invalid_transition", "timeouts", "provider_gone", "busy_waits",
+    "invalid_transition", "timeouts", "provider_gone", "busy_waits", "inputs",
 )
 
 
@@ -881,10 +899,20 @@ class TaskCaller(CoreOutputs):
         return True
 
     def provide_input(self, task_id: bytes, value: Any, now: float) -> None:
-        """Answer a task waiting in input-required."""
+        """Answer a task waiting in input-required.
+
+        InvalidTransition if it is not waiting (ended, or not asked); TaskTooLarge if ``value``
+        cannot be encoded or packs to more than ``max_input_bytes`` (nothing is sent then).
+        """
         call = self._calls.get(task_id)
         if call is None or call.state != INPUT_REQUIRED:
             raise InvalidTransition("the task is not waiting for input")
+        size = packed_size(value)
+        if size is None:
+            raise TaskTooLarge("the answer cannot be encoded (msgpack types only)")
+        if size > self.config.max_input_bytes:
+            raise TaskTooLarge(f"an answer of {size} bytes exceeds the {self.config.max_input_bytes}-byte limit")
+        self.stats["inputs"] += 1
         self._send(call.provider, INPUT, {"id": call.wire, "in": value})
 
     def state_of(self, task_id: bytes) -> str | None:
