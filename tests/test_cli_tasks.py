@@ -321,3 +321,33 @@ def test_input_required_answered_by_answer_exec_or_canceled(tmp_path):
         assert agent.poll() is None
     assert zmqa("agent", "--capability", "x", "--exec", "cat", "--ask", "--stdin", "text").returncode == 2
 
+
+def test_a_provider_stopped_by_sigterm_cancels_its_tasks_and_the_caller_exits_6(tmp_path):
+    started = tmp_path / "started"
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "node", name="seed"))
+        boot = ["--bootstrap", seed]
+        _, agent = stack.enter_context(server(tmp_path, "agent", "--capability", "long", *boot,
+                                              "--exec", f"echo >> {started}; sleep 60", name="a"))
+        proc = subprocess.Popen(CLI + ["task", "long", *boot, "--parallel", "2"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.stdin.write('1\n2\n')
+            proc.stdin.flush()
+            deadline = time.monotonic() + 20
+            while not started.exists() or started.read_text().count("\n") < 2:
+                assert time.monotonic() < deadline and proc.poll() is None, "the tasks did not start"
+                time.sleep(0.05)
+            agent.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert agent.wait(timeout=10) == 0
+        assert proc.returncode == 6, err
+        results = lines(out)
+        assert [r["state"] for r in results] == ["canceled", "canceled"]
+        assert all(r["error"] == {"code": "provider-stopped", "msg": "the provider is shutting down"} and r["maybe_ran"]
+                   for r in results)
+

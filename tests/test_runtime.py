@@ -128,8 +128,8 @@ def test_provider_death_fails_a_plain_task_and_moves_an_idempotent_one(arun, tmp
             # kill the provider of the plain task (it leaves: membership reports it at once)
             victim = next(i for i in (1, 2) if caller.caller._calls[plain_id].provider == nodes[i].node_id)
             idem_at_victim = caller.caller._calls[idem_id].provider == nodes[victim].node_id
+            await nodes[victim].close()  # first, so it cannot tell anyone: as good as dead to the caller
             await agents[victim].close()
-            await nodes[victim].close()
             res = await asyncio.wait_for(plain, 10)
             assert res.state == T.FAILED and res.error["code"] == T.E_PROVIDER_GONE and res.maybe_ran
             if idem_at_victim:
@@ -317,3 +317,29 @@ def test_a_question_nobody_answers_cancels_the_task_and_the_deadline_still_holds
 
     arun(main(), timeout=50)
 
+
+def test_a_provider_that_shuts_down_cancels_its_tasks_at_once(arun):
+    async def main():
+        nodes = await _mesh(3)
+        agents = [Agents(n) for n in nodes]
+
+        async def stuck(value, ctx):
+            await asyncio.sleep(60)
+
+        try:
+            await agents[0].serve(Capability("stuck"), stuck)
+            await agents[1].serve(Capability("quick"), lambda value, ctx: asyncio.sleep(0, value))
+            caller = agents[2]
+            plain = asyncio.ensure_future(caller.request("stuck", 1))
+            while not agents[0]._running:
+                await asyncio.sleep(0.02)
+            start = time.monotonic()
+            await agents[0].close()
+            done = await asyncio.wait_for(plain, 5)
+            assert done.state == T.CANCELED and done.error == {"code": T.E_PROVIDER_STOPPED,
+                                                               "msg": "the provider is shutting down"}
+            assert time.monotonic() - start < 3 and done.maybe_ran
+        finally:
+            await _close(nodes, agents[1:])
+
+    arun(main(), timeout=50)

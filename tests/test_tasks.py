@@ -547,6 +547,26 @@ def test_a_prompt_or_an_answer_over_the_limit_is_refused():
     assert prov.stats["input_required"] == 1 and prov.stats["inputs"] == 1 and m.caller.stats["inputs"] == 1
 
 
+def test_a_provider_that_stops_cancels_its_tasks_and_idempotent_ones_move():
+    m = Mesh(P1, P2, policy=CapabilityPolicy(max_concurrency=2, queue=1))
+    plain = m.submit(TaskSpec("echo", 1), providers=[P1])
+    idem = m.caller.submit(TaskSpec("echo", 2, idempotent=True), [Candidate(P1), Candidate(P2, cost=1.0)], m.now)
+    queued = m.submit(TaskSpec("echo", 3), providers=[P1])
+    running = [s.task_id for s in m.starts(P1)]
+    assert len(running) == 2 and m.caller._calls[idem].provider == P1 and m.providers[P1].load("echo") == 1.5
+    assert m.providers[P1].stop_all(m.now) == 3
+    m.flush()
+    done = {d.task_id: d for d in m.done()}
+    for tid in (plain, queued):
+        assert done[tid].state == CANCELED and done[tid].error["code"] == T.E_PROVIDER_STOPPED
+        assert done[tid].error["msg"] == "the provider is shutting down" and done[tid].maybe_ran
+    assert idem not in done and m.caller._calls[idem].provider == P2 and len(m.starts(P2)) == 1  # moved
+    # the queued task was dropped, not started just to be stopped
+    assert len(m.starts(P1)) == 2 and sorted(e.task_id for e in m.pevents[P1] if isinstance(e, StopTask)) == sorted(running)
+    m.submit(TaskSpec("echo", 4), providers=[P1])  # a stopped provider admits nothing more
+    assert m.done()[-1].state == REJECTED and m.done()[-1].error["code"] == T.E_UNKNOWN_CAPABILITY
+
+
 def test_caller_gone_cancels_its_tasks_at_the_provider():
     m = Mesh(P1)
     m.submit(TaskSpec("echo", 1))

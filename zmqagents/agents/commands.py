@@ -38,7 +38,8 @@ Exit codes (the first that applies):
   4    some task failed, or some input line was invalid (bad JSON, schema)
   124  some task timed out (--timeout, --idle-timeout, or a silent provider)
   5    some task was rejected by every provider tried (busy, denied)
-  6    some task was canceled (e.g. it asked for input and nothing answered it)
+  6    some task was canceled (it asked for input and nothing answered it,
+       or its provider shut down)
   0    every task completed
   2    usage error
 """
@@ -141,7 +142,9 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     The node joins the mesh through --bootstrap, publishes a DHT provider record
     for the capability, and runs COMMAND for each task it admits. The command's
     environment has ZMQAGENTS_TASK_ID, ZMQAGENTS_CAPABILITY and ZMQAGENTS_FROM.
-    A non-zero exit fails the task with the tail of stderr.
+    A non-zero exit fails the task with the tail of stderr. On SIGTERM/SIGINT the
+    agent cancels the tasks it runs (callers get state canceled, code
+    provider-stopped) before it leaves the mesh.
 
     \b
     Asking the caller (--ask, with --stdin json): the command reads its input as

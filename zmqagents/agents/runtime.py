@@ -216,8 +216,20 @@ class Agents:
         node.route(T.PREFIX, self._on_envelope)
         node.on_settled(self._on_settled)
 
-    async def close(self) -> None:
-        """Stop running agents, answers being sought and timers (the node itself is closed by its owner)."""
+    async def close(self, *, flush: float = 2.0) -> None:
+        """Stop serving and calling (the node itself is closed by its owner).
+
+        Every task admitted here ends ``canceled`` with code ``provider-stopped`` (its agent is
+        stopped), and we wait up to ``flush`` seconds for those outcomes to reach their callers,
+        so they learn it now rather than when membership notices the node left (a node closed
+        first cannot tell them: its callers see it gone, as if it died).
+        """
+        if self.provider.stop_all(self._now()) and self.node.running:
+            self._pump()
+            try:
+                await self.node.flush(timeout=flush)
+            except Exception as exc:  # a caller that is gone, or the time is up: we are leaving anyway
+                log.info("not every caller heard that its task was stopped: %s", exc)
         self._watcher.cancel()
         extra = [self._registry_task] if self._registry_task is not None else []
         for task in [*self._running.values(), *self._answering.values(), *self._flushers.values(), *extra]:

@@ -80,6 +80,7 @@ E_OUTPUT_TOO_LARGE = "output-too-large"  # failed: a chunk or the output exceeds
 E_AGENT = "agent-error"  # failed: the agent itself failed (its message says how)
 E_CALLER_GONE = "caller-gone"  # canceled at the provider: the caller died or left
 E_CANCELED = "canceled"  # canceled on the caller's request
+E_PROVIDER_STOPPED = "provider-stopped"  # canceled at the provider: it shut down while the task was admitted
 
 ID_LEN = 16
 MAX_KEY_LEN = 256  # idempotency key, characters or bytes
@@ -239,7 +240,7 @@ PROVIDER_STATS = (
     "received", "malformed", "rejected", "denied", "busy", "unknown_capability", "started", "queued",
     "completed", "failed", "canceled", "deadline", "replayed", "attached", "duplicate_submit",
     "unknown_task", "not_owner", "bad_input_state", "late_report", "output_too_large", "chunks",
-    "chunks_suppressed", "caller_gone", "input_required", "inputs",
+    "chunks_suppressed", "caller_gone", "input_required", "inputs", "stopped",
 )
 
 
@@ -361,6 +362,19 @@ class TaskProvider(CoreOutputs):
         for job in jobs.values():
             self.stats["caller_gone"] += 1
             self._finish(job, CANCELED, {"err": _err(E_CALLER_GONE, "the caller is gone")}, now, stop=True)
+
+    def stop_all(self, now: float, reason: str = "the provider is shutting down") -> int:
+        """Shut down: admit nothing more, and end every admitted task (running, queued or waiting
+        for input) ``canceled`` with code ``provider-stopped``, telling the driver to stop the
+        running ones. The callers hear it at once instead of waiting for membership to notice the
+        node is gone; an idempotent task is then re-sent elsewhere. Returns how many tasks ended."""
+        self._policies.clear()
+        jobs = {j.id: j for j in self._jobs.values()}  # attached ids map to one job
+        # Queued ones first: ending a running task would start the next queued one only to stop it.
+        for job in sorted(jobs.values(), key=lambda j: j.state != SUBMITTED):
+            self.stats["stopped"] += 1
+            self._finish(job, CANCELED, {"err": _err(E_PROVIDER_STOPPED, reason)}, now, stop=True)
+        return len(jobs)
 
     def _owned(self, src: bytes, wire_id: bytes) -> _Job | None:
         job = self._jobs.get(wire_id)
@@ -1054,7 +1068,12 @@ class TaskCaller(CoreOutputs):
             err = body.get("err") if state != COMPLETED else None
             if state != COMPLETED and not isinstance(err, dict):
                 err = _err(E_AGENT, state)
-            self._done(call, state, now, output=body.get("out"), error=err)
+            if state == CANCELED and err.get("code") == E_PROVIDER_STOPPED and call.spec.idempotent:
+                # The provider shut down under the task: like a provider that died, but said so.
+                self._reroute(call, E_PROVIDER_STOPPED, now, final=(CANCELED, err, True))
+                return
+            self._done(call, state, now, output=body.get("out"), error=err,
+                       maybe_ran=state == CANCELED and err.get("code") == E_PROVIDER_STOPPED)
             return
         call.state = state
         self._events.append(StateChanged(call.id, state, call.provider, body.get("prompt")))
