@@ -351,3 +351,51 @@ def test_a_provider_stopped_by_sigterm_cancels_its_tasks_and_the_caller_exits_6(
         assert all(r["error"] == {"code": "provider-stopped", "msg": "the provider is shutting down"} and r["maybe_ran"]
                    for r in results)
 
+
+def test_progress_bar_only_when_stderr_is_a_terminal(tmp_path):
+    import pty
+    import select
+
+    with ExitStack() as stack:
+        seed, _ = stack.enter_context(server(tmp_path, "agent", "--capability", "upper", "--stdin", "text",
+                                             "--exec", "tr a-z A-Z", name="a"))
+        stdin = "".join(f'"w{i}"\n' for i in range(5))
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.Popen(CLI + ["task", "upper", "--bootstrap", seed], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=slave)
+            os.close(slave)
+            slave = -1
+            tty, deadline = b"", time.monotonic() + 30
+            proc.stdin.write(stdin.encode())
+            proc.stdin.close()
+            while time.monotonic() < deadline:  # read the terminal until the command closes it (EIO)
+                ready, _, _ = select.select([master], [], [], 0.5)
+                if not ready:
+                    if proc.poll() is not None:
+                        break
+                    continue
+                try:
+                    block = os.read(master, 4096)
+                except OSError:
+                    break
+                if not block:
+                    break
+                tty += block
+            out = proc.stdout.read().decode()
+            assert proc.wait(timeout=10) == 0, tty
+        finally:
+            if slave != -1:
+                os.close(slave)
+            os.close(master)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert [(o["line"], o["output"]) for o in lines(out)] == [(i + 1, f"W{i}") for i in range(5)]  # only results
+        text = tty.decode()
+        assert "\r\x1b[K" in text and " done  " in text and " ok  " in text and " running" in text, text
+        assert text.endswith("\r\x1b[K")  # the bar is wiped at the end
+
+        res = zmqa("task", "upper", "--bootstrap", seed, input=stdin, timeout=30)  # stderr a pipe: no bar
+        assert res.returncode == 0 and len(lines(res.stdout)) == 5
+        assert "\x1b[" not in res.stderr and "done" not in res.stderr, res.stderr
