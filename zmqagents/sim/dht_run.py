@@ -72,9 +72,9 @@ from ..core.dht import DhtConfig, DhtCore, DhtDone, key_for
 from ..core.membership import Failed, Left, Membership
 from ..core.routing import RoutingCore
 from ..identity import Identity
-from .membership_run import _summary
 from .overlay import EXIT_CORRECTNESS, EXIT_LIVENESS, EXIT_OK, OverlayNode, OverlayRun, OverlayScenario
 from .overlay import exit_code as overlay_exit_code
+from .report import summary
 
 REPUBLISH_JITTER = 1.1  # DhtCore re-arms its republish timer at R * (0.9 + 0.2 * random)
 MAX_REPUBLISH = 600.0  # keeps R below the default provider_ttl (900 s), which DhtConfig requires
@@ -194,7 +194,7 @@ class _Phase:
         done = self.found + self.not_found + self.wrong + sum(self.failed.values())
         return {"attempted": self.attempted, "found": self.found, "local": self.local, "not_found": self.not_found,
                 "failed": dict(self.failed), "wrong_record": self.wrong, "unfinished": self.attempted - done,
-                "rounds": _summary([float(r) for r in self.rounds]), "get_ms": _summary(self.ms)}
+                "rounds": summary([float(r) for r in self.rounds]), "get_ms": summary(self.ms)}
 
     def success(self) -> float | None:
         return round(self.found / self.attempted, 6) if self.attempted else None
@@ -323,7 +323,7 @@ class DhtRun(OverlayRun):
 
     def _progress(self, now: float) -> None:
         b, a = self.phases["before"], self.phases["after"]
-        rounds = _summary([float(r) for r in b.rounds])
+        rounds = summary([float(r) for r in b.rounds])
         # What is known so far, so that a long run stopped early still says something.
         print(f"sim-dht: t={now:.0f}s puts_ok={len(self.put_ok)}/{self.sc.keys} "
               f"gets_before={b.found}/{b.attempted} (rounds p50={rounds['p50']} p99={rounds['p99']}) "
@@ -341,7 +341,7 @@ class DhtRun(OverlayRun):
         for node in self.nodes:
             stats.update({k: v for k, v in node.dht.stats.items() if v})
         unfinished_puts = sum(1 for (phase, _j, _t) in self.ops.values() if phase == "put")
-        rounds = _summary([float(r) for r in b.rounds])
+        rounds = summary([float(r) for r in b.rounds])
         report.update({
             "lookup_success": b.success(),
             "lookup_rounds_p50": rounds["p50"],

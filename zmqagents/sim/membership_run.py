@@ -37,128 +37,30 @@ import resource
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect, _node_id
 from ..identity import Contact
 from .engine import Simulator, bulk_build, frozen_heap
+from .faults import Paused
+from .report import detection, engine_counts
+from .scenario import SimScenario
 
 
 @dataclass
-class Scenario:
-    nodes: int = 100
+class Scenario(SimScenario):
+    """The membership run's scenario: the shared knobs (:class:`~zmqagents.sim.scenario.SimScenario`;
+    ``crash_window`` defaults to (seconds/6, seconds*2/3)) with its own defaults, and its own knobs:
+    the member view (there is no routing table here), graceful leaves, the order in which a paused
+    node catches up, and an idle window."""
+
     seconds: float = 120.0
-    seed: int = 1
     loss: float = 0.01
-    latency: str = "lognormal:5ms:0.5"
-    profile: str = "lan"
-    config: dict = field(default_factory=dict)  # MembershipConfig overrides
     k: int = 20  # view size k * log2(N) above full_view_max
     full_view_max: int = 100
-    crash: int = 0
-    crash_window: tuple[float, float] | None = None  # default: (seconds/6, seconds*2/3)
-    pause_fraction: float = 0.0
-    pause_duty: float = 0.9
-    pause_period: float = 1.0
-    pause_window: tuple[float, float] | None = None  # default: (seconds/4, seconds/4 + 60)
     pause_timers_first: bool = False  # on waking, fire overdue timers before reading the backlog
-    partition: tuple[float, float, float] | None = None  # (start, end, fraction cut off)
     leave: int = 0  # nodes that leave gracefully at random times in crash_window
-    byte_sample: int = 32  # encode one message in this many to estimate bytes
     idle_window: tuple[float, float] | None = None  # measure idle traffic here (no crash/pause/partition)
-
-
-class _Paused:
-    """Wraps a core so the node is stalled ``duty`` of each ``period`` during [start, end).
-
-    While stalled it reads nothing (arrivals are queued) and fires no timers; on waking it reads the
-    backlog and then fires what is overdue (or the other way round with ``timers_first``), like a
-    process resumed after SIGSTOP or a long GC pause.
-    """
-
-    __slots__ = ("inner", "sim", "start", "end", "period", "pause", "phase", "buf", "timers_first")
-
-    def __init__(self, inner, sim, start, end, period, duty, phase, timers_first):
-        self.inner = inner
-        self.sim = sim
-        self.start = start
-        self.end = end
-        self.period = period
-        self.pause = duty * period
-        self.phase = phase
-        self.buf: list = []
-        self.timers_first = timers_first
-
-    def _resume_at(self, t: float) -> float | None:
-        """When the pause containing ``t`` ends, or None if the node runs at ``t``."""
-        if t < self.start or t >= self.end:
-            return None
-        base = self.start - self.phase
-        c0 = base + math.floor((t - base) / self.period) * self.period  # this cycle's start
-        if t - c0 < self.pause - 1e-9:  # the epsilon: at the resume instant itself the node runs
-            r = c0 + self.pause
-            return r if r < self.end else self.end
-        return None
-
-    def receive(self, env, now):
-        if self._resume_at(now) is not None:
-            self.buf.append(env)
-            return
-        if self.buf:
-            self._drain(now)
-        self.inner.receive(env, now)
-
-    def _drain(self, now):
-        buf = self.buf
-        self.buf = []
-        for env in buf:
-            self.inner.receive(env, now)
-
-    def tick(self, now):
-        if self._resume_at(now) is not None:
-            return
-        if self.timers_first:
-            self.inner.tick(now)
-            if self.buf:
-                self._drain(now)
-        else:
-            if self.buf:
-                self._drain(now)
-            self.inner.tick(now)
-
-    def next_timer(self):
-        now = self.sim.now
-        t = self.inner.next_timer()
-        if self.buf:
-            r = self._resume_at(now)
-            wake = now if r is None else r
-            if t is None or wake < t:
-                t = wake
-        if t is None:
-            return None
-        if t < now:
-            t = now  # overdue: it fires as soon as the node runs
-        r = self._resume_at(t)
-        return t if r is None else r
-
-    def take_outgoing(self):
-        return self.inner.take_outgoing()
-
-    def take_events(self):
-        return self.inner.take_events()
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    i = min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))
-    return round(s[i], 3)
-
-
-def _summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50": _pct(values, 0.5), "p90": _pct(values, 0.9), "p99": _pct(values, 0.99),
-            "p100": _pct(values, 1.0)}
 
 
 def sim_contact(i: int) -> Contact:
@@ -209,7 +111,7 @@ class MembershipRun:
         rng = self.rng
         if sc.pause_fraction > 0:
             self.paused = set(rng.sample(range(n), round(sc.pause_fraction * n)))
-        pw = sc.pause_window or (sc.seconds / 4, sc.seconds / 4 + 60.0)
+        pw = sc.pause_span()
         for i in range(n):
             if self.view_size == n - 1:
                 view = [j for j in range(n) if j != i]
@@ -228,7 +130,7 @@ class MembershipRun:
                 self.cores.append(core)
                 if i in self.paused:
                     phase = core_rng.random() * sc.pause_period
-                    return [_Paused(core, self.sim, pw[0], pw[1], sc.pause_period, sc.pause_duty, phase,
+                    return [Paused(core, self.sim, pw[0], pw[1], sc.pause_period, sc.pause_duty, phase,
                                     sc.pause_timers_first)]
                 return [core]
 
@@ -314,21 +216,6 @@ class MembershipRun:
             rep = self.sim.run(until=sc.seconds)
         wall = time.perf_counter() - t0
         n = sc.nodes
-        first, last, per_holder = [], [], []
-        undetected = 0
-        for v, t_c in self.crashed_at.items():
-            d = self.detected[v]
-            holders = self.holders[v]
-            if d:
-                first.append(min(d.values()) - t_c)
-            # Holders that crashed (or left) before noticing cannot report: they do not count.
-            holders = [h for h in holders if h in d or self.up[h]]
-            got = [d[h] - t_c for h in holders if h in d]
-            per_holder.extend(got)
-            missing = len(holders) - len(got)
-            undetected += missing
-            if holders and not missing:
-                last.append(max(got))
         fp_subjects = {j for _, _, j in self.false_positives}
         healthy_fp = [x for x in self.false_positives if x[2] not in self.paused]
         stats: Counter = Counter()
@@ -344,10 +231,7 @@ class MembershipRun:
             "scenario": {**asdict(self.sc), "view_size": self.view_size,
                          "transmit_limit": self.cores[0].transmit_limit if self.cores else None},
             "crashes": len(self.crashed_at),
-            "detect_first_s": _summary(first),
-            "detect_all_s": _summary(last),
-            "detect_holder_s": _summary(per_holder),
-            "undetected": undetected,
+            **detection(self),
             "false_positives": len(self.false_positives),
             "false_positive_subjects": len(fp_subjects),
             "healthy_false_positives": len(healthy_fp),
@@ -364,9 +248,7 @@ class MembershipRun:
             "bytes_per_node_s": round(rep.sent * avg / node_seconds, 1),
             "avg_msg_bytes": round(avg, 1),
             "by_type_per_node_s": {k: round(v / node_seconds, 3) for k, v in sorted(sim.by_type.items())},
-            "sim": {"events": rep.events, "sent": rep.sent, "delivered": rep.delivered,
-                    "dropped_loss": rep.dropped_loss, "dropped_partition": rep.dropped_partition,
-                    "dropped_crashed": rep.dropped_crashed, "stale_timers": rep.stale_timers},
+            "sim": engine_counts(rep),
             "stats": {k: v for k, v in sorted(stats.items()) if v},
             "wall_s": round(wall, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -36,8 +36,9 @@ nodes (the real ``RoutingTable.closest``; no messages, crashed nodes do not answ
 source reaches a node whose table holds the target. The check reads state only, so it does not
 perturb the run.
 
-Failure detection (same definitions as :mod:`zmqagents.sim.membership_run`, whose pause wrapper
-is reused; traffic is counted by the engine itself): ``detect_first_s`` / ``detect_all_s`` per crash, from the
+Failure detection (same definitions as :mod:`zmqagents.sim.membership_run`, both computed by
+:func:`zmqagents.sim.report.detection`; paused nodes are wrapped in :class:`zmqagents.sim.faults.Paused`
+as there; traffic is counted by the engine itself): ``detect_first_s`` / ``detect_all_s`` per crash, from the
 crash until the first / the last *holder* (a live node whose membership held the crashed node at
 crash time) reports ``Failed``. A holder whose routing table dropped the crashed node for another
 reason (a lookup RPC to it timed out) also stops holding it; that counts as detection too and is
@@ -78,34 +79,25 @@ import resource
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ..core.membership import TYPES as SWIM_TYPES
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
 from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore, node_id_for
 from ..identity import Contact
 from .engine import Simulator, bulk_build, frozen_heap
-from .membership_run import _Paused, _summary
+from .faults import Paused
+from .report import detection, engine_counts
+from .scenario import SimScenario
 
 EXIT_OK, EXIT_LIVENESS, EXIT_CORRECTNESS = 0, 128, 129
 
 
 @dataclass
-class OverlayScenario:
-    nodes: int = 100
-    seconds: float = 60.0
-    seed: int = 1
-    loss: float = 0.0
-    latency: str = "lognormal:5ms:0.5"
-    profile: str = "lan"
-    config: dict = field(default_factory=dict)  # MembershipConfig overrides
-    crash: int = 0
-    crash_window: tuple[float, float] | None = None  # default: (max(join end + 2, seconds/6), seconds*2/3)
-    pause_fraction: float = 0.0
-    pause_duty: float = 0.9
-    pause_period: float = 1.0
-    pause_window: tuple[float, float] | None = None  # default: (seconds/4, seconds/4 + 60)
-    partition: tuple[float, float, float] | None = None  # (start, end, fraction cut off)
+class OverlayScenario(SimScenario):
+    """The overlay run's scenario: the shared knobs (:class:`~zmqagents.sim.scenario.SimScenario`;
+    ``crash_window`` defaults to (max(join end + 2, seconds/6), seconds*2/3)) and how nodes join."""
+
     warm_start: bool | None = None  # None: warm start above full_join_max nodes
     full_join_max: int = 500
     join_fraction: float = 0.01  # with warm start: this fraction of nodes (at least join_min) joins for real
@@ -115,7 +107,6 @@ class OverlayScenario:
     join_check: float = 0.5
     join_sources: int = 16
     join_targets: int = 200
-    byte_sample: int = 32
     progress: float = 0.0  # seconds of wall time between progress lines on stderr (0: none)
 
 
@@ -299,7 +290,7 @@ class OverlayRun:
         if sc.pause_fraction > 0:
             cand = [i for i in range(n) if i not in joining]
             self.paused = set(rng.sample(cand, min(len(cand), round(sc.pause_fraction * n))))
-        pw = sc.pause_window or (sc.seconds / 4, sc.seconds / 4 + 60.0)
+        pw = sc.pause_span()
         mcfg, rcfg, contacts, sim = self.mcfg, self.rcfg, self.contacts, self.sim
         for i in range(n):
             def factory(nid, core_rng, i=i):
@@ -312,8 +303,8 @@ class OverlayRun:
                 else:
                     self.nodes.append(node)
                 if i in self.paused:
-                    return [_Paused(node, sim, pw[0], pw[1], sc.pause_period, sc.pause_duty,
-                                    core_rng.random() * sc.pause_period, False)]
+                    return [Paused(node, sim, pw[0], pw[1], sc.pause_period, sc.pause_duty,
+                                   core_rng.random() * sc.pause_period, False)]
                 return [node]
             sim.add_node(factory, node_id=self.ids[i])
         if self.warm:
@@ -567,19 +558,6 @@ class OverlayRun:
             rep = self.sim.run(until=sc.seconds)
         wall = time.perf_counter() - t0
         n = sc.nodes
-        first, last, per_holder = [], [], []
-        undetected = 0
-        for v, t_c in self.crashed_at.items():
-            d = self.detected[v]
-            if d:
-                first.append(min(d.values()) - t_c)
-            holders = [h for h in self.holders[v] if h in d or self.up[h]]
-            got = [d[h] - t_c for h in holders if h in d]
-            per_holder.extend(got)
-            missing = len(holders) - len(got)
-            undetected += missing
-            if holders and not missing:
-                last.append(max(got))
         unrevived = sum(1 for still in self.fp_pairs.values() if still)
         stats: Counter = Counter()
         for node in self.nodes:
@@ -613,10 +591,7 @@ class OverlayRun:
             },
             "join_converged_s": join_conv,
             "crashes": len(self.crashed_at),
-            "detect_first_s": _summary(first),
-            "detect_all_s": _summary(last),
-            "detect_holder_s": _summary(per_holder),
-            "undetected": undetected,
+            **detection(self),
             "routing_dropped": self.routing_dropped,
             "false_positives": len(self.fp),
             "false_positive_subjects": len({j for _, _, j in self.fp}),
@@ -636,9 +611,7 @@ class OverlayRun:
             "bytes_per_node_per_s": round(rep.sent * avg / node_seconds, 1),
             "avg_msg_bytes": round(avg, 1),
             "by_type_per_node_per_s": {k: round(v / node_seconds, 3) for k, v in sorted(sim.by_type.items())},
-            "sim": {"events": rep.events, "sent": rep.sent, "delivered": rep.delivered,
-                    "dropped_loss": rep.dropped_loss, "dropped_partition": rep.dropped_partition,
-                    "dropped_crashed": rep.dropped_crashed, "stale_timers": rep.stale_timers},
+            "sim": engine_counts(rep),
             "membership_stats": {k: v for k, v in sorted(stats.items())},
             "routing_stats": {k: v for k, v in sorted(rstats.items())},
             "build_wall_s": round(self.build_wall, 2),
