@@ -211,6 +211,8 @@ class Child:
 
 
 def stop_all(children: list[Child]) -> None:
+    """Stop every child the way servers expect (stdin EOF), SIGKILL by PID the ones that do not exit
+    within 5 s; every child has exited and been reaped when it returns."""
     for child in children:
         try:
             if child.proc.stdin and not child.proc.stdin.closed:
@@ -222,6 +224,22 @@ def stop_all(children: list[Child]) -> None:
             child.proc.wait(5)
         except subprocess.TimeoutExpired:
             child.kill()
+
+
+def kill_all(children: list[Child]) -> None:
+    """SIGKILL (by PID) and reap every child still running: what a failed run does, since its
+    children have nothing left worth waiting for."""
+    for child in children:
+        child.kill()
+
+
+def failed(benchmark: str, exc: BaseException, children: list[Child]) -> int:
+    """Say on stderr why ``benchmark`` failed, kill its children and return its exit code (1).
+
+    For the ``except BenchError`` of an orchestrator whose ``finally`` calls :func:`stop_all`."""
+    log(f"{benchmark} benchmark FAILED: {exc}")
+    kill_all(children)
+    return 1
 
 
 # -- /proc --------------------------------------------------------------------------
@@ -305,6 +323,25 @@ class OtherLoad:
         return {"other_cpu_s": round(other, 2), "other_cpus_busy_avg": round(other / wall, 3) if wall else 0.0}
 
 
+class BoxLoad:
+    """How loaded the box was around a benchmark, for its ``env`` report.
+
+    Made at the start: the load average and the busy CPUs then (with a warning on stderr when other
+    work already keeps the box busy, so a noisy result says so as it runs), and an :class:`OtherLoad`
+    for the CPU that other processes take while the benchmark runs."""
+
+    def __init__(self) -> None:
+        self.load_avg_at_start = list(os.getloadavg())
+        self.busy_at_start = busy_cpus(0.5)
+        if self.busy_at_start > 0.3:
+            log(f"warning: {self.busy_at_start:.1f} CPUs already busy before the benchmark: figures will be noisy")
+        self.other = OtherLoad()
+
+    def report(self) -> dict:
+        return {"load_avg_at_start": self.load_avg_at_start, "busy_cpus_at_start": round(self.busy_at_start, 2),
+                **self.other.report()}
+
+
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
@@ -314,6 +351,14 @@ def fd_count(pid: int) -> int:
 
 
 # -- reporting ------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0 <= q <= 1) of ``values``: the sample nearest to rank q * (n - 1); None if empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def median(values: list[float]) -> float:

@@ -57,13 +57,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (the raw pyzmq ping-pong is measured the way that benchmark does)
 from _common import (  # noqa: E402
     BenchError,
+    BoxLoad,
     Child,
-    OtherLoad,
-    busy_cpus,
     emit,
     environment,
+    failed,
     log,
     loop_name,
+    percentile,
     raise_fd_limit,
     rss_kb,
     run,
@@ -159,13 +160,6 @@ ROLES = {"nodes": role_nodes}
 # =====================================================================================
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 2)
-
-
 def spread(total: int, parts: int) -> list[int]:
     return [c for c in (total // parts + (1 if i < total % parts else 0) for i in range(parts)) if c > 0]
 
@@ -178,11 +172,7 @@ def key_id(name: str) -> int:
 
 def orchestrate(args) -> int:
     started = time.perf_counter()
-    load_at_start = list(os.getloadavg())
-    busy = busy_cpus(0.5)
-    if busy > 0.3:
-        log(f"warning: {busy:.1f} CPUs already busy before the benchmark: figures will be noisy")
-    other_load = OtherLoad()
+    box = BoxLoad()
     rng = random.Random(args.seed)
     children: list[Child] = []
     out: dict = {}
@@ -277,12 +267,12 @@ def orchestrate(args) -> int:
         rss = {c.name: round(rss_kb(c.pid) / MB, 1) for c, killed in procs if not killed}
 
         def summary(res: dict, ok_status: str) -> dict:
-            ms = [r[1] for r in res.values() if r[0] == ok_status]
+            ms = [round(r[1], 2) for r in res.values() if r[0] == ok_status]
             statuses: dict[str, int] = {}
             for r in res.values():
                 statuses[r[0]] = statuses.get(r[0], 0) + 1
-            return {"n": len(res), "ok": len(ms), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99),
-                    "max_ms": pct(ms, 1.0), "statuses": statuses}
+            return {"n": len(res), "ok": len(ms), "p50_ms": percentile(ms, 0.5), "p99_ms": percentile(ms, 0.99),
+                    "max_ms": percentile(ms, 1.0), "statuses": statuses}
 
         ps, gs, ga = summary(puts, "ok"), summary(gets, "found"), summary(after, "found")
         wrong = gs["statuses"].get("wrong", 0) + ga["statuses"].get("wrong", 0)
@@ -340,21 +330,15 @@ def orchestrate(args) -> int:
                 "publishers": "random node of all for each put; getters: random node of all, after the kill random survivor",
                 "after_kill": "gets start as soon as the victim processes are reaped (no detection time given)",
             },
-            "env": {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2),
-                    **other_load.report()},
+            "env": {**environment(), **box.report()},
             "elapsed_s": round(time.perf_counter() - started, 1),
         }
         if wrong:
             raise BenchError(f"{wrong} gets returned a value other than the one put")
     except BenchError as exc:
-        log(f"dht benchmark FAILED: {exc}")
-        for child in children:
-            child.kill()
-        return 1
+        return failed("dht", exc, children)
     finally:
         stop_all(children)
-        for child in children:
-            child.kill()  # by PID; no-op for those already gone
     print(json.dumps(out, indent=2))
     return 0
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import re
 import signal
@@ -70,15 +69,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CLK_TCK,
     BenchError,
+    BoxLoad,
     Child,
     _die_with_parent,
-    OtherLoad,
-    busy_cpus,
     _local_run,
     cpu_ns,
     cpu_ticks,
     emit,
     environment,
+    failed,
     fd_count,
     log,
     loop_name,
@@ -256,11 +255,7 @@ def idle_figures(pid: int, before: dict, after: dict) -> dict:
 
 def orchestrate(args) -> int:
     started = time.perf_counter()
-    load_at_start = list(os.getloadavg())  # other work on the box skews every figure: keep it visible
-    busy = busy_cpus(0.5)
-    if busy > 0.3:
-        log(f"warning: {busy:.1f} CPUs already busy before the benchmark: figures will be noisy")
-    other_load = OtherLoad()
+    box = BoxLoad()  # other work on the box skews every figure: keep it visible
     children: list[Child] = []
     try:
         common = ["--max-subscribers", str(args.max_subscribers)]
@@ -313,10 +308,7 @@ def orchestrate(args) -> int:
         app_bytes = (tstats1["bytes_in"] + tstats1["bytes_out"]) - (tstats0["bytes_in"] + tstats0["bytes_out"])
         app_frames = (tstats1["frames_in"] + tstats1["frames_out"]) - (tstats0["frames_in"] + tstats0["frames_out"])
     except BenchError as exc:
-        log(f"footprint benchmark FAILED: {exc}")
-        for child in children:
-            child.kill()
-        return 1
+        return failed("footprint", exc, children)
     finally:
         stop_all(children)
 
@@ -362,7 +354,7 @@ def orchestrate(args) -> int:
             "max_subscribers": args.max_subscribers,
             "note": "idle peers say hello but subscribe to nothing, so the node holds one inbound CURVE connection per peer and no SUB sockets",
         },
-        "env": {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2), **other_load.report(), "loop": ready.get("loop"), "raw_loop": raw_ready.get("loop")},
+        "env": {**environment(), **box.report(), "loop": ready.get("loop"), "raw_loop": raw_ready.get("loop")},
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     if stats1["neighbours"] != args.peers:
@@ -491,8 +483,7 @@ def orchestrate_sidecar(args) -> int:
     import tempfile
 
     started = time.perf_counter()
-    busy = busy_cpus(0.5)
-    other_load = OtherLoad()
+    box = BoxLoad()
     mdns_ok = args.in_netns is not None
     if not mdns_ok:
         log("not in a private network namespace (needs root and iproute2): mDNS stays off in every run")
@@ -528,7 +519,7 @@ def orchestrate_sidecar(args) -> int:
                      "network_namespace": args.in_netns, "mdns_possible": mdns_ok,
                      "configs": {k: v or "schema defaults" for k, v in SIDECAR_CONFIGS.items()},
                      "cpu_tick_resolution_percent": round(100.0 / (CLK_TCK * args.window), 4)}
-    out["env"] = {**environment(), "busy_cpus_at_start": round(busy, 2), **other_load.report()}
+    out["env"] = {**environment(), **box.report()}
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=2))
     return 0

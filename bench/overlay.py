@@ -69,15 +69,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     BenchError,
+    BoxLoad,
     Child,
-    OtherLoad,
-    busy_cpus,
     cpu_ns,
     emit,
     environment,
+    failed,
     log,
     loop_name,
     median,
+    percentile,
     raise_fd_limit,
     rss_kb,
     run,
@@ -207,13 +208,6 @@ ROLES = {"nodes": role_nodes}
 # =====================================================================================
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
 def sum_drops(after, before) -> dict:
     total: dict[str, int] = {}
     for sign, reports in ((1, after), (-1, before)):
@@ -235,11 +229,7 @@ def tree_dirty() -> bool | None:
 
 def orchestrate(args) -> int:
     started = time.perf_counter()
-    load_at_start = list(os.getloadavg())
-    busy = busy_cpus(0.5)
-    if busy > 0.3:
-        log(f"warning: {busy:.1f} CPUs already busy before the benchmark: figures will be noisy")
-    other_load = OtherLoad()
+    box = BoxLoad()
     rng = random.Random(args.seed)
     children: list[Child] = []
     workers: list[Child] = []
@@ -360,7 +350,7 @@ def orchestrate(args) -> int:
             times = sorted(detected.values())
             kills.append({"victim": vid[:16], "holders": len(holders), "detected": len(detected),
                           "undetected": len(holders) - len(detected), "times": times,
-                          "p50": pct(times, 0.5), "max": times[-1] if times else None})
+                          "p50": percentile(times, 0.5), "max": times[-1] if times else None})
             log(f"  detected by {len(detected)}/{len(holders)}; max {kills[-1]['max']}")
         time.sleep(0.5)
         poll_events()
@@ -443,19 +433,13 @@ def orchestrate(args) -> int:
                 "idle_bytes": "sum of transport.stats bytes_out over all nodes / nodes / window (envelope bytes)",
                 "cpu": "schedstat CPU of every node process over the idle window / nodes",
             },
-            "env": {**environment(), "zmqagents_uncommitted_changes": tree_dirty(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2),
-                    **other_load.report()},
+            "env": {**environment(), "zmqagents_uncommitted_changes": tree_dirty(), **box.report()},
             "elapsed_s": round(time.perf_counter() - started, 1),
         }
     except BenchError as exc:
-        log(f"overlay benchmark FAILED: {exc}")
-        for child in children:
-            child.kill()
-        return 1
+        return failed("overlay", exc, children)
     finally:
         stop_all(children)
-        for child in children:
-            child.kill()  # by PID; no-op for those already gone
     print(json.dumps(out, indent=2))
     return 0 if out["undetected"] == 0 else 1
 

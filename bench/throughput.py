@@ -67,7 +67,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BenchError, Child, OtherLoad, busy_cpus, emit, environment, log, loop_name, median, run, stdin_eof, stop_all  # noqa: E402
+from _common import BenchError, BoxLoad, Child, emit, environment, kill_all, log, loop_name, median, run, stdin_eof, stop_all  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 BODY_BYTES = 100
@@ -686,8 +686,7 @@ def measure(kind: str, impl: str, n: int, warmup: int, window: int, timeout: flo
         if server.wait(30) != 0:
             raise BenchError(f"{server.name} exited with an error")
     except BaseException:
-        for child in children:
-            child.kill()
+        kill_all(children)
         raise
     finally:
         stop_all(children)
@@ -732,11 +731,7 @@ def summarise(kind: str, impl: str, n: int, client: dict, server: dict) -> dict:
 
 def orchestrate(args) -> int:
     started = time.perf_counter()
-    load_at_start = list(os.getloadavg())  # other work on the box skews every figure: keep it visible
-    busy = busy_cpus(0.5)
-    if busy > 0.3:
-        log(f"warning: {busy:.1f} CPUs already busy before the benchmark: figures will be noisy")
-    other_load = OtherLoad()
+    box = BoxLoad()  # other work on the box skews every figure: keep it visible
     kinds = [k for k in KINDS if k in args.only.split(",")]
     impls = [i for i in ("raw", "za") if i in args.impl.split(",")]
     counts = {
@@ -815,7 +810,7 @@ def orchestrate(args) -> int:
         "statistic": "median over repeats (p50/p99: median of per-run percentiles)",
     }
     loops = {loop for rs in runs.values() for r in rs for loop in r["loop"]}
-    out["env"] = {**environment(), "load_avg_at_start": load_at_start, "busy_cpus_at_start": round(busy, 2), **other_load.report(), "loops": sorted(str(x) for x in loops), "uvloop_used": loops == {"uvloop"}}
+    out["env"] = {**environment(), **box.report(), "loops": sorted(str(x) for x in loops), "uvloop_used": loops == {"uvloop"}}
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=2))
     return 0
