@@ -184,13 +184,17 @@ class Child:
         self.proc.stdin.write((json.dumps(obj) + "\n").encode())
         self.proc.stdin.flush()
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """Close stdin (servers exit on EOF) and wait; kill if it does not exit."""
+    def close_stdin(self) -> None:
+        """Tell a server child to exit (it stops at stdin EOF); a child already gone is fine."""
         try:
             if self.proc.stdin and not self.proc.stdin.closed:
                 self.proc.stdin.close()
         except BrokenPipeError:
             pass
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Close stdin (servers exit on EOF) and wait; kill if it does not exit."""
+        self.close_stdin()
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -214,11 +218,7 @@ def stop_all(children: list[Child]) -> None:
     """Stop every child the way servers expect (stdin EOF), SIGKILL by PID the ones that do not exit
     within 5 s; every child has exited and been reaped when it returns."""
     for child in children:
-        try:
-            if child.proc.stdin and not child.proc.stdin.closed:
-                child.proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        child.close_stdin()
     for child in children:
         try:
             child.proc.wait(5)
@@ -399,6 +399,25 @@ def environment() -> dict:
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
     return info
+
+
+def prepare_node_process(verbose: bool) -> None:
+    """Set up a child that runs many Nodes: descriptors for all their sockets (:func:`raise_fd_limit`),
+    and unless ``verbose`` no transport warnings: one per (peer, reason) per node floods stderr at
+    N=100, and the nodes count their drops either way."""
+    import logging
+
+    raise_fd_limit()
+    if not verbose:
+        logging.getLogger("zmqagents.transport").setLevel(logging.ERROR)
+
+
+async def close_nodes(nodes: list) -> None:
+    """Close a child's Nodes without the graceful-leave pause (``leave_timeout`` each, one after the
+    other): the run is over and every other node is closing too."""
+    for n in nodes:
+        n.config.leave_timeout = 0
+        await n.close()
 
 
 def raise_fd_limit() -> None:

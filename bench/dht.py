@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import random
 import sys
@@ -59,13 +58,14 @@ from _common import (  # noqa: E402
     BenchError,
     BoxLoad,
     Child,
+    close_nodes,
     emit,
     environment,
     failed,
     log,
     loop_name,
     percentile,
-    raise_fd_limit,
+    prepare_node_process,
     rss_kb,
     run,
     serve_commands,
@@ -89,9 +89,7 @@ async def role_nodes(args) -> None:
     from zmqagents.identity import Identity
     from zmqagents.node import Node
 
-    raise_fd_limit()
-    if not args.verbose:
-        logging.getLogger("zmqagents.transport").setLevel(logging.ERROR)
+    prepare_node_process(args.verbose)
     bootstrap = [args.contact] if args.contact else []
     # Identities from the run seed and the node's number: the same seed puts the same ids (so the same
     # keys' closest nodes) among the killed.
@@ -147,9 +145,7 @@ async def role_nodes(args) -> None:
     try:
         await serve_commands({"start": lambda cmd: start_all(), "ops": ops, "stats": lambda cmd: stats()})
     finally:
-        for n in nodes:
-            n.config.leave_timeout = 0
-            await n.close()
+        await close_nodes(nodes)
 
 
 ROLES = {"nodes": role_nodes}

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import subprocess
 import random
@@ -71,6 +70,7 @@ from _common import (  # noqa: E402
     BenchError,
     BoxLoad,
     Child,
+    close_nodes,
     cpu_ns,
     emit,
     environment,
@@ -79,7 +79,7 @@ from _common import (  # noqa: E402
     loop_name,
     median,
     percentile,
-    raise_fd_limit,
+    prepare_node_process,
     rss_kb,
     run,
     serve_commands,
@@ -101,10 +101,7 @@ LOOKUP_CONCURRENCY = 16
 async def role_nodes(args) -> None:
     from zmqagents.node import Node
 
-    raise_fd_limit()
-    if not args.verbose:
-        # one warning per (peer, reason) per node floods stderr at N=100: counted in "drops" instead
-        logging.getLogger("zmqagents.transport").setLevel(logging.ERROR)
+    prepare_node_process(args.verbose)
     bootstrap = [args.contact] if args.contact else []
     nodes = [Node(listen="tcp://127.0.0.1:0", bootstrap=bootstrap) for _ in range(args.count)]
     by_id = {n.node_id: n for n in nodes}
@@ -193,9 +190,7 @@ async def role_nodes(args) -> None:
         await serve_commands({"start": lambda cmd: start_all(), "check": check, "stats": lambda cmd: stats(),
                               "holders": lambda cmd: holders(cmd["victim"]), "events": lambda cmd: take_events()})
     finally:
-        for n in nodes:
-            n.config.leave_timeout = 0  # no graceful-leave pause per node at the end
-            await n.close()
+        await close_nodes(nodes)
         for task in recorders:
             task.cancel()
 
