@@ -49,7 +49,16 @@ def test_parse_latency_and_durations():
     assert all(0.005 <= parse_latency("uniform:5ms:20ms").sample(rng) <= 0.02 for _ in range(100))
     samples = sorted(parse_latency("lognormal:20ms:0.5").sample(rng) for _ in range(2001))
     assert samples[1000] == pytest.approx(0.02, rel=0.1)  # the median
-    for bad in ("const", "const:fast", "uniform:5ms", "gauss:1:2", "uniform:20ms:5ms", "lognormal:0:1"):
+    # Every model has a smallest delay (the parallel simulator's lookahead); lognormal's floor is a fifth of the
+    # median unless given.
+    assert parse_latency("const:10ms").min_delay == pytest.approx(0.01)
+    assert parse_latency("uniform:5ms:20ms").min_delay == pytest.approx(0.005)
+    assert parse_latency("lognormal:20ms:0.5").min_delay == pytest.approx(0.004)
+    floored = parse_latency("lognormal:20ms:3:15ms")
+    assert floored.min_delay == pytest.approx(0.015)
+    assert min(floored.sample(rng) for _ in range(500)) == pytest.approx(0.015)
+    for bad in ("const", "const:fast", "uniform:5ms", "gauss:1:2", "uniform:20ms:5ms", "lognormal:0:1",
+                "lognormal:5ms:0.5:6ms", "lognormal:5ms:0.5:1ms:2"):
         with pytest.raises(ValueError):
             parse_latency(bad)
 

@@ -62,6 +62,56 @@ def test_same_seed_same_report_across_processes():
     assert reports[0] == reports[1]
 
 
+def test_two_workers_run_the_same_run_as_one():
+    """The parallel simulator (zmqagents/sim/parallel.py) splits the nodes over forked workers that
+    run in lockstep windows of the smallest network delay; the run must be the very same: every
+    node's sends (trace digest) and every metric, with joins, crashes, pauses and a partition."""
+    from zmqagents.sim.parallel import run_parallel
+
+    sc = OverlayScenario(nodes=240, seconds=30.0, seed=5, loss=0.02, crash=4, crash_window=(9.0, 14.0),
+                         warm_start=True, join_fraction=0.05, pause_fraction=0.03, pause_window=(5.0, 12.0),
+                         partition=(15.0, 19.0, 0.2), trace=True)
+    one = overlay.run(sc)
+    two, merged = run_parallel(sc, 2)
+    volatile = VOLATILE + ("workers", "parallel")
+    strip = lambda r: json.dumps({k: v for k, v in r.items() if k not in volatile}, sort_keys=True)  # noqa: E731
+    assert one["trace_digest"] and one["trace_digest"] == two["trace_digest"]
+    assert strip(one) == strip(two)
+    assert two["workers"] == 2 and two["parallel"]["windows"] > 1000
+    assert one["crashes"] == 4 and one["join"]["joined_ok"] == 12 and one["failed_partitioned"] > 0
+    assert sorted(merged.crashed_at) == sorted(merged.detected)  # the plot's view of the merged parts
+
+
+def test_a_failing_worker_ends_the_run_with_its_traceback(monkeypatch):
+    from zmqagents.sim import parallel
+
+    real = overlay.OverlayRun.counts
+
+    def broken(self):
+        if self.worker == 1:
+            raise RuntimeError("worker one breaks")
+        return real(self)
+
+    monkeypatch.setattr(overlay.OverlayRun, "counts", broken)  # the forked workers inherit it
+    with pytest.raises(parallel.WorkerFailed, match="worker one breaks|closed its link"):
+        parallel.run_parallel(_small(nodes=40, seconds=5.0, crash=0), 2)
+
+
+def test_workers_flag():
+    bad = CliRunner().invoke(sim, ["--nodes", "30", "--workers", "two"])
+    assert bad.exit_code == 2 and "--workers" in bad.output
+    dht = CliRunner().invoke(sim, ["--nodes", "30", "--workers", "2", "--dht-keys", "5"])
+    assert dht.exit_code == 2 and "--dht-keys" in dht.output
+    flat = CliRunner().invoke(sim, ["--nodes", "30", "--workers", "2", "--latency", "uniform:0ms:5ms"])
+    assert flat.exit_code == 2 and "smallest delay" in flat.output
+    res = CliRunner().invoke(sim, ["--nodes", "30", "--seconds", "30", "--seed", "1", "--crash", "1",
+                                   "--crash-window", "8:10", "--workers", "2", "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = res.stdout if hasattr(res, "stdout") else res.output
+    report = json.loads(out[out.index("{"):])
+    assert report["workers"] == 2 and report["undetected"] == 0
+
+
 def test_warm_start_with_real_joiners():
     r = overlay.run(OverlayScenario(nodes=120, seconds=30.0, seed=2, loss=0.01, crash=1, warm_start=True,
                                     join_fraction=0.05, crash_window=(8.0, 10.0)))

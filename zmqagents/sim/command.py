@@ -14,6 +14,7 @@ also: a get that returned a record other than the one put).
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -47,6 +48,29 @@ def _window(text: str | None, what: str) -> tuple[float, float] | None:
     return a, b
 
 
+def _workers(text: str, nodes: int, dht_keys: int, min_delay: float) -> int:
+    """--workers: a count, or auto (see its help)."""
+    if text == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if dht_keys or not min_delay > 0:
+            return 1
+        return max(1, min(cpus, nodes // 2500))
+    try:
+        n = int(text)
+        if not 1 <= n <= 64:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"must be a count from 1 to 64 or auto, got {text!r}", param_hint="--workers") from None
+    if n > 1 and dht_keys:
+        raise click.UsageError("--workers above 1 does not go with --dht-keys: the DHT run reads every node's "
+                               "records from one place, so it runs in one process")
+    if n > 1 and not min_delay > 0:
+        raise click.BadParameter("the latency has no smallest delay above 0, so workers could not run apart in "
+                                 "virtual time: give one (e.g. lognormal:5ms:0.5:1ms) or use --workers 1",
+                                 param_hint="--workers")
+    return n
+
+
 @click.command("sim")
 @click.option("--nodes", type=click.IntRange(2, 1_000_000), default=100, show_default=True, help="Simulated nodes.")
 @click.option("--seconds", type=click.FloatRange(1.0), default=60.0, show_default=True, help="Virtual seconds to run.")
@@ -78,9 +102,13 @@ def _window(text: str | None, what: str) -> tuple[float, float] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON report (default: a summary line per metric).")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of detection and dissemination over time (needs matplotlib).")
+@click.option("--workers", default="auto", show_default=True, metavar="N|auto",
+              help="Processes to run the simulation on (the same run, whatever N: see zmqagents/sim/parallel.py). "
+                   "auto: one per usable CPU, at most one per 2,500 nodes (below that, keeping the workers in "
+                   "step costs more than it saves); one with --dht-keys.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause, pause_duty, pause_period,
-        pause_window, partition, warm_start, join_fraction, dht_keys, dht_replicas, as_json, plot, quiet):
+        pause_window, partition, warm_start, join_fraction, dht_keys, dht_replicas, workers, as_json, plot, quiet):
     """Simulate a mesh of NODES nodes running the real routing and membership cores.
 
     Prints the seed, runs, and reports join convergence, failure detection times, false
@@ -110,9 +138,10 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
     from .overlay import OverlayScenario, OverlayRun
 
     try:
-        parse_latency(latency)
+        min_delay = parse_latency(latency).min_delay
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--latency") from None
+    n_workers = _workers(workers, nodes, dht_keys, min_delay)
     part = None
     if partition is not None:
         bits = partition.split(":")
@@ -146,9 +175,13 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
             raise click.BadParameter(str(exc), param_hint="--seconds") from None
     else:
         sc = OverlayScenario(**common, crash_window=_window(crash_window, "--crash-window"))
-    click.echo(f"sim: seed {seed}", err=True)
-    run = DhtRun(sc) if dht_keys else OverlayRun(sc)
-    report = run.run()
+    click.echo(f"sim: seed {seed}" + (f", {n_workers} workers" if n_workers > 1 else ""), err=True)
+    if n_workers > 1:
+        from .parallel import run_parallel
+        report, run = run_parallel(sc, n_workers)
+    else:
+        run = DhtRun(sc) if dht_keys else OverlayRun(sc)
+        report = run.run()
     if plot is not None:
         from .report import plot_run
         plot_run(run, report, plot)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import heapq
+import math
 import random
 import struct
 from collections import Counter
@@ -50,6 +51,11 @@ EventHandler = Callable[["SimNode", object, float], None]
 Router = Callable[[Envelope], Core]
 
 _DELIVER, _TIMER, _CALL = 0, 1, 2
+# Heap numbers: a node's events are (index << _NODE_SHIFT | its counter << 1 | is_timer), so they never
+# collide and sort by node; scenario calls are numbered from -_CALL_BASE, before any node's event at
+# the same instant.
+_NODE_SHIFT = 40
+_CALL_BASE = 1 << 62
 _TRACE = struct.Struct(">dBII")
 
 
@@ -96,12 +102,17 @@ def sim_node_id(index: int) -> bytes:
 
 
 class SimNode:
-    """One simulated node: its cores, whether it is up, and its single pending timer event."""
+    """One simulated node: its cores, whether it is up, and its single pending timer event.
 
-    __slots__ = ("id", "index", "factory", "cores", "route", "on_event", "up", "incarnation", "_timer_n", "_timer_at")
+    In a parallel run (see :mod:`zmqagents.sim.parallel`) every worker knows every node, but only
+    the nodes it *owns* (``local``) have cores; messages to the others leave through its outbox.
+    """
+
+    __slots__ = ("id", "index", "factory", "cores", "route", "on_event", "up", "incarnation", "local",
+                 "net_rng", "seq", "trace", "_timer_n", "_timer_at")
 
     def __init__(self, node_id: bytes, index: int, factory: CoreFactory, route: Router | None,
-                 on_event: EventHandler | None):
+                 on_event: EventHandler | None, local: bool = True):
         self.id = node_id
         self.index = index
         self.factory = factory
@@ -110,6 +121,10 @@ class SimNode:
         self.on_event = on_event
         self.up = True
         self.incarnation = 0
+        self.local = local
+        self.net_rng: random.Random | None = None  # the fate of what this node sends (made on first send)
+        self.seq = 0  # numbers this node's heap events: the run's order depends only on the node
+        self.trace = None  # blake2b of what this node sent, when tracing
         self._timer_n = -1  # number of the live timer event in the heap, -1 if none
         self._timer_at = 0.0
 
@@ -149,11 +164,17 @@ class Simulator:
 
     Build it, ``add_node`` for each node, schedule scenario actions with ``at``
     (sends, ``partition``/``heal``, ``crash``/``restart``), then ``run``.
+
+    The order of events depends only on the nodes, never on how many processes run them: ties in
+    virtual time are broken by numbers each node draws from its own counter (scenario calls first,
+    in the order they were scheduled), and what happens to a message on the network is drawn from
+    its sender's own random stream. So a run split over workers (``worker``/``owner_of``, driven by
+    :func:`zmqagents.sim.parallel.run_parallel`) is the same run as in one process.
     """
 
     def __init__(self, seed: int, *, latency: str | Latency = "const:10ms", loss: float = 0.0,
                  count_bytes: bool = False, trace: bool = False, on_event: EventHandler | None = None,
-                 sample_every: int = 0):
+                 sample_every: int = 0, worker: int = 0, owner_of: Callable[[bytes], int] | None = None):
         self.seed = seed
         self.net = Network(latency, loss)
         self.now = 0.0
@@ -161,10 +182,12 @@ class Simulator:
         self.nodes: list[SimNode] = []
         self._by_id: dict[bytes, SimNode] = {}
         self._heap: list[tuple] = []
-        self._n = 0  # event counter: heap tie-break (FIFO among equal times) and timer identity
-        self._net_rng = self.rng("network")
+        self._calls = 0  # scenario calls scheduled so far: their heap numbers, below every node's
+        self.worker = worker
+        self.owner_of = owner_of
+        self.outbox: dict[int, list] = {}  # worker -> messages for its nodes, sent since the last exchange
         self._count_bytes = count_bytes
-        self._trace = hashlib.blake2b(digest_size=16) if trace else None
+        self._tracing = trace
         self.events = 0
         self.sent = 0
         self.delivered = 0
@@ -173,11 +196,12 @@ class Simulator:
         self.stale_timers = 0
         self.bytes_sent = 0
         # Traffic accounting: messages sent per envelope type, and (sample_every > 0) the encoded size of
-        # one message in sample_every, which estimates bytes without encoding everything. ``window``
-        # (start, end) counts the same for the messages sent inside it (e.g. an idle period).
+        # the messages whose id falls in one residue class of sample_every (one in sample_every on
+        # average; chosen by id so the sample does not depend on the order of sends), which estimates
+        # bytes without encoding everything. ``window`` (start, end) counts the same for the messages
+        # sent inside it (e.g. an idle period).
         self.by_type: Counter = Counter()
         self.sample_every = max(0, sample_every)
-        self._k = self.sample_every
         self.sampled_bytes = 0
         self.sampled = 0
         self.window: tuple[float, float] | None = None
@@ -194,13 +218,16 @@ class Simulator:
     def add_node(self, factory: CoreFactory, *, node_id: bytes | None = None, route: Router | None = None,
                  on_event: EventHandler | None = None) -> SimNode:
         """Add a node whose cores are ``factory(node_id, rng)``; ``route(env)`` picks the core for an
-        incoming envelope (default: the first core). ``on_event`` overrides the simulator's handler."""
+        incoming envelope (default: the first core). ``on_event`` overrides the simulator's handler.
+        A node another worker owns is registered without cores (the factory is not called)."""
         index = len(self.nodes)
         nid = sim_node_id(index) if node_id is None else node_id
         if nid in self._by_id:
             raise ValueError(f"node id {nid.hex()[:12]} is already in the simulation")
-        node = SimNode(nid, index, factory, route, on_event)
-        node.cores = list(factory(nid, self.rng(f"node/{index}/0")))
+        local = self.owner_of is None or self.owner_of(nid) == self.worker
+        node = SimNode(nid, index, factory, route, on_event, local)
+        if local:
+            node.cores = list(factory(nid, self.rng(f"node/{index}/0")))
         self.nodes.append(node)
         self._by_id[nid] = node
         self._arm(node)
@@ -211,13 +238,17 @@ class Simulator:
 
     def at(self, t: float, fn: Callable[[float], None], node: SimNode | None = None) -> None:
         """Run ``fn(now)`` at virtual time ``t``; if it touches ``node``'s cores, name the node so its
-        output is sent and its timers re-armed afterwards."""
-        heapq.heappush(self._heap, (t, self._n, _CALL, node, fn))
-        self._n += 1
+        output is sent and its timers re-armed afterwards. A call for a node another worker owns is
+        not run here (it still takes its number, so calls keep the same order in every worker)."""
+        n = self._calls - _CALL_BASE
+        self._calls += 1
+        if node is not None and not node.local:
+            return
+        heapq.heappush(self._heap, (t, n, _CALL, node, fn))
 
     def flush(self, node: SimNode) -> None:
         """Send what ``node``'s cores queued and re-arm its timer (after calling them outside a callback)."""
-        if not node.up:
+        if not node.up or not node.local:
             return
         now = self.now
         handler = node.on_event or self.on_event
@@ -257,20 +288,45 @@ class Simulator:
         """Bring a node back with fresh cores from its factory (all protocol state lost, new randomness)."""
         node = self._by_id[node_id]
         node.incarnation += 1
-        node.cores = list(node.factory(node.id, self.rng(f"node/{node.index}/{node.incarnation}")))
         node.up = True
-        self._arm(node)
+        if node.local:
+            node.cores = list(node.factory(node.id, self.rng(f"node/{node.index}/{node.incarnation}")))
+            self._arm(node)
 
     # -- running ---------------------------------------------------------------------------
 
     def run(self, until: float | None = None, max_events: int | None = None) -> SimReport:
         """Process events in time order until the heap is empty, virtual time passes ``until``, or
         ``max_events`` were processed. The clock ends at ``until`` if given and reached."""
+        self._process(math.inf if until is None else math.nextafter(until, math.inf),
+                      -1 if max_events is None else max_events)
+        if until is not None and (not self._heap or self._heap[0][0] > until) and until > self.now:
+            self.now = until
+        return self.report()
+
+    def next_time(self) -> float:
+        """Virtual time of the earliest event waiting here (inf if none)."""
+        return self._heap[0][0] if self._heap else math.inf
+
+    def inject(self, messages: list) -> None:
+        """Messages another worker sent to nodes owned here: ``(arrival, number, dst index, envelope)``."""
+        push = heapq.heappush
+        heap = self._heap
+        nodes = self.nodes
+        for t, n, dst, env in messages:
+            push(heap, (t, n, _DELIVER, nodes[dst], env))
+
+    def take_outbox(self) -> dict[int, list]:
+        out = self.outbox
+        self.outbox = {}
+        return out
+
+    def _process(self, end: float, budget: int = -1) -> None:
+        """Process the events before virtual time ``end`` (at most ``budget`` of them, -1: no limit)."""
         heap = self._heap
         pop = heapq.heappop
-        budget = -1 if max_events is None else max_events
         while heap and budget:
-            if until is not None and heap[0][0] > until:
+            if heap[0][0] >= end:
                 break
             t, n, kind, node, payload = pop(heap)
             self.now = t
@@ -308,9 +364,8 @@ class Simulator:
                 payload(t)
                 if node is not None:
                     self.flush(node)
-        if until is not None and (not heap or heap[0][0] > until) and until > self.now:
-            self.now = until
-        return self.report()
+                elif self.worker:
+                    self.events -= 1  # a scenario-wide call runs in every worker: counted by the first
 
     def report(self) -> SimReport:
         return SimReport(
@@ -325,8 +380,12 @@ class Simulator:
             dropped_unknown=self.dropped_unknown,
             stale_timers=self.stale_timers,
             bytes_sent=self.bytes_sent if self._count_bytes else None,
-            trace_digest=self._trace.hexdigest() if self._trace is not None else None,
+            trace_digest=combine_traces(self.traces()) if self._tracing else None,
         )
+
+    def traces(self) -> dict[int, bytes]:
+        """Per sending node (by index): the digest of what it sent, when tracing."""
+        return {node.index: node.trace.digest() for node in self.nodes if node.trace is not None}
 
     # -- internals -------------------------------------------------------------------------
 
@@ -337,28 +396,40 @@ class Simulator:
         inside = w is not None and w[0] <= self.now < w[1]
         if inside:
             self.window_sent += 1
-        if self.sample_every:
-            self._k -= 1
-            if not self._k:
-                self._k = self.sample_every
-                n = len(env.encode())
-                self.sampled_bytes += n
-                self.sampled += 1
-                if inside:
-                    self.window_bytes += n
-                    self.window_sampled += 1
+        k = self.sample_every
+        if k and int.from_bytes(env.id[-4:], "big") % k == 0:
+            n = len(env.encode())
+            self.sampled_bytes += n
+            self.sampled += 1
+            if inside:
+                self.window_bytes += n
+                self.window_sampled += 1
         if self._count_bytes:
             self.bytes_sent += len(env.encode())
         dst = self._by_id.get(env.dst)
         if dst is None:
             self.dropped_unknown += 1
             return
-        delay = self.net.delay(node.index, dst.index, self._net_rng)
-        if self._trace is not None:
-            self._trace.update(_TRACE.pack(self.now, delay is not None, node.index, dst.index) + env.id)
+        rng = node.net_rng
+        if rng is None:
+            rng = node.net_rng = self.rng(f"net/{node.index}")
+        delay = self.net.delay(node.index, dst.index, rng)
+        if self._tracing:
+            if node.trace is None:
+                node.trace = hashlib.blake2b(digest_size=16)
+            node.trace.update(_TRACE.pack(self.now, delay is not None, node.index, dst.index) + env.id)
         if delay is not None:
-            heapq.heappush(self._heap, (self.now + delay, self._n, _DELIVER, dst, env))
-            self._n += 1
+            n = node.seq
+            node.seq = n + 1
+            key = (node.index << _NODE_SHIFT) | (n << 1)
+            if dst.local:
+                heapq.heappush(self._heap, (self.now + delay, key, _DELIVER, dst, env))
+            else:
+                w = self.owner_of(dst.id)
+                box = self.outbox.get(w)
+                if box is None:
+                    box = self.outbox[w] = []
+                box.append((self.now + delay, key, dst.index, env))
 
     def _arm(self, node: SimNode) -> None:
         """Keep one heap event at exactly the earliest timer of the node's cores.
@@ -367,7 +438,7 @@ class Simulator:
         becomes stale (skipped by its sequence number), so a node whose timers were cancelled or
         postponed is not woken for nothing.
         """
-        if not node.up:
+        if not node.up or not node.local:
             return
         t = None
         for core in node.cores:
@@ -381,7 +452,16 @@ class Simulator:
             return
         if t < self.now:
             t = self.now
-        node._timer_n = n = self._n
+        n = node.seq
+        node.seq = n + 1
+        node._timer_n = key = (node.index << _NODE_SHIFT) | (n << 1) | 1
         node._timer_at = t
-        heapq.heappush(self._heap, (t, n, _TIMER, node, None))
-        self._n = n + 1
+        heapq.heappush(self._heap, (t, key, _TIMER, node, None))
+
+
+def combine_traces(traces: dict[int, bytes]) -> str:
+    """One digest of a whole run from its nodes' own (by node index, so workers' parts combine)."""
+    h = hashlib.blake2b(digest_size=16)
+    for index in sorted(traces):
+        h.update(index.to_bytes(4, "big") + traces[index])
+    return h.hexdigest()

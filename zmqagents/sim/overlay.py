@@ -54,10 +54,10 @@ such pairs still dead at the end, i.e. not yet reconnected after the heal).
 
 Cost (2-core reference machine, lan profile, 1 % loss): N=1000 for 60 virtual s, ~8 s wall, ~90 MB;
 N=10,000 for 120 s (``zmqagents sim --nodes 10000 --seconds 120 --seed 1 --loss 0.01 --crash 50``):
-5.3M simulator events (1M of them superseded timer events), ~1 GB peak RSS, 142 s of CPU (168 s
-wall) on a lightly loaded machine before the engine work of issue 3's second session, which cut CPU
-by ~10 % (N=2000, 40 crashes, old and new run side by side under the same load: -10 % CPU, -13 %
-per event; arming warm-started nodes' first timer on time added 3 % events).
+5.4M simulator events (1M of them superseded timer events), ~1 GB peak RSS; on a quiet machine
+114 s wall in one process (``--workers 1``; build 8.5 s) and 82 s on two workers (build 4 s, the
+default there: :mod:`zmqagents.sim.parallel`), the same run either way. The two vCPUs slow each other
+down: the one-process run took 154 s while another CPU-bound process ran beside it.
 Building takes no cyclic-GC passes (``engine.bulk_build``: they were a third of the build) and
 the built mesh is frozen out of the collector during the run (``engine.frozen_heap``). A profile
 (pyinstrument) at N=2000 with 40 crashes: ~40 % in ``Membership.receive`` (half of it rumor
@@ -85,8 +85,9 @@ from ..core.membership import TYPES as SWIM_TYPES
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
 from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore, node_id_for
 from ..identity import Contact
-from .engine import Simulator, bulk_build, frozen_heap
+from .engine import Simulator, bulk_build, combine_traces, frozen_heap
 from .faults import Paused
+from .netmodel import parse_latency
 from .report import detection, engine_counts
 from .scenario import SimScenario
 
@@ -108,6 +109,7 @@ class OverlayScenario(SimScenario):
     join_sources: int = 16
     join_targets: int = 200
     progress: float = 0.0  # seconds of wall time between progress lines on stderr (0: none)
+    trace: bool = False  # digest every send (report["trace_digest"]): a check that two runs are the same run
 
 
 def sim_key(seed: int, i: int) -> bytes:
@@ -230,13 +232,17 @@ class OverlayNode:
 class OverlayRun:
     """Build with an OverlayScenario, then ``run()`` for the report dict."""
 
-    def __init__(self, sc: OverlayScenario):
+    def __init__(self, sc: OverlayScenario, *, worker: int = 0, workers: int = 1):
         self.sc = sc
         n = sc.nodes
+        self.worker = worker
+        self.workers = workers
+        self.link = None  # the other workers, in a parallel run (zmqagents.sim.parallel)
         self.mcfg = MembershipConfig.profile(sc.profile, **sc.config)
         self.rcfg = RoutingConfig()
         self.sim = Simulator(sc.seed, latency=sc.latency, loss=sc.loss, on_event=self._on_event,
-                             sample_every=sc.byte_sample)
+                             sample_every=sc.byte_sample, trace=sc.trace, worker=worker,
+                             owner_of=owner_function(workers) if workers > 1 else None)
         self.rng = self.sim.rng("overlay")
         self.contacts = [Contact(sim_key(sc.seed, i), f"tcp://10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:7000")
                          for i in range(n)]
@@ -244,7 +250,8 @@ class OverlayRun:
         self.index = {nid: i for i, nid in enumerate(self.ids)}
         self.by_id = {nid: self.contacts[i] for i, nid in enumerate(self.ids)}
         self.warm = sc.warm_start if sc.warm_start is not None else n > sc.full_join_max
-        self.nodes: list[OverlayNode] = []
+        self.nodes: list[OverlayNode | None] = [None] * n  # None: a node another worker runs
+        self.checks_at: list[float] = []  # times of the join checks still to come (parallel barriers)
         self.up = [True] * n
         self.paused: set[int] = set()
         self.cut: set[int] = set()  # the side of an active partition
@@ -298,10 +305,7 @@ class OverlayRun:
                 mem = Membership(contacts[i], core_rng, mcfg)
                 mem.set_network_size(n)
                 node = self.make_node(i, routing, mem)
-                if len(self.nodes) > i:
-                    self.nodes[i] = node
-                else:
-                    self.nodes.append(node)
+                self.nodes[i] = node
                 if i in self.paused:
                     return [Paused(node, sim, pw[0], pw[1], sc.pause_period, sc.pause_duty,
                                    core_rng.random() * sc.pause_period, False)]
@@ -328,7 +332,7 @@ class OverlayRun:
                    sim.nodes[i])
         if self.joiners:
             # Checks start once the last node has called join(): earlier ones could not pass.
-            sim.at(self.last_join_at, self._check_join)
+            self._schedule_check(self.last_join_at)
         # crashes
         cw = sc.crash_window or (max(j1 + 2.0, sc.seconds / 6), sc.seconds * 2 / 3)
         cand = [i for i in range(n) if i not in self.paused]
@@ -354,11 +358,14 @@ class OverlayRun:
         keyed = sorted((int.from_bytes(self.ids[i], "big"), i) for i in warm)
         ints = [x for x, _ in keyed]
         order = [i for _, i in keyed]
-        rng = random.Random(f"{self.sc.seed}/warm")
         contacts = self.contacts
         ids = self.ids
+        seed = self.sc.seed
         for i in warm:
             node = self.nodes[i]
+            if node is None:
+                continue
+            rng = random.Random(f"{seed}/warm/{i}")  # per node: the same tables however the nodes are split
             table = node.routing.table
             me = int.from_bytes(ids[i], "big")
             for b in range(255, -1, -1):
@@ -393,7 +400,8 @@ class OverlayRun:
         self.up[v] = False
         self.crashed_at[v] = now
         nid = self.ids[v]
-        self.holders[v] = {i for i, node in enumerate(self.nodes) if self.up[i] and nid in node.membership}
+        self.holders[v] = {i for i, node in enumerate(self.nodes)
+                           if node is not None and self.up[i] and nid in node.membership}
         self.detected[v] = {}
         self.sim.crash(nid)
 
@@ -469,19 +477,29 @@ class OverlayRun:
 
     # -- join convergence ------------------------------------------------------------------------
 
+    def table_view(self, j: int, target: bytes, k: int) -> tuple[bool, list[bytes]]:
+        """What node ``j``'s routing table says about ``target``: whether it holds it, and the ids of
+        its ``k`` closest contacts. Asked of the worker that runs node ``j``."""
+        table = self.nodes[j].routing.table
+        return table.get(target) is not None, [e.node_id for e in table.closest(target, k)]
+
+    def _view(self, j: int, target: bytes, k: int) -> tuple[bool, list[bytes]]:
+        if self.nodes[j] is not None:
+            return self.table_view(j, target, k)
+        return self.link.ask(self.sim.owner_of(self.ids[j]), (j, target, k))
+
     def findable(self, src: int, target: bytes) -> bool:
         """An iterative lookup for ``target`` over the current tables of live nodes, from ``src``."""
         k = self.rcfg.k
         up = self.up
         index = self.index
-        nodes = self.nodes
         tgt = int.from_bytes(target, "big")
-        table = nodes[src].routing.table
-        if table.get(target) is not None:
+        has, closest = self._view(src, target, k)
+        if has:
             return True
         cands: dict[bytes, int] = {}
-        for e in table.closest(target, k):
-            cands[e.node_id] = int.from_bytes(e.node_id, "big") ^ tgt
+        for nid in closest:
+            cands[nid] = int.from_bytes(nid, "big") ^ tgt
         asked: set[bytes] = set()
         for _ in range(10 * k):
             window = sorted(cands, key=cands.__getitem__)
@@ -500,19 +518,44 @@ class OverlayRun:
             if nxt is None:
                 return False
             asked.add(nxt)
-            t2 = nodes[index[nxt]].routing.table
-            if nxt == target or t2.get(target) is not None:
+            if nxt == target:
                 return True
-            for e in t2.closest(target, k):
-                if e.node_id not in cands:
-                    cands[e.node_id] = int.from_bytes(e.node_id, "big") ^ tgt
+            has, closest = self._view(index[nxt], target, k)
+            if has:
+                return True
+            for nid in closest:
+                if nid not in cands:
+                    cands[nid] = int.from_bytes(nid, "big") ^ tgt
         return False
 
+    def _schedule_check(self, t: float) -> None:
+        self.checks_at.append(t)
+        self.sim.at(t, self._check_join)
+
     def _check_join(self, now: float) -> None:
+        """Every worker runs this at the same virtual time (a barrier of a parallel run): the first
+        does the lookups, reading the other workers' tables through the link; the others answer."""
         w0 = time.perf_counter()
         sc = self.sc
-        rng = random.Random(f"{sc.seed}/join-check/{self.join_checks}")
+        self.checks_at.remove(now)
         self.join_checks += 1
+        if self.worker == 0:
+            pairs, missing = self._join_lookups()
+            if self.link is not None:
+                self.link.done((pairs, missing))
+        else:
+            pairs, missing = self.link.serve(self.table_view)
+        self.last_check = {"at": round(now, 3), "pairs": pairs, "not_found": missing}
+        self.join_check_wall += time.perf_counter() - w0
+        if missing == 0 and now >= self.last_join_at:
+            self.join_converged_at = now
+            return
+        if now + sc.join_check <= sc.seconds:
+            self._schedule_check(now + sc.join_check)
+
+    def _join_lookups(self) -> tuple[int, int]:
+        sc = self.sc
+        rng = random.Random(f"{sc.seed}/join-check/{self.join_checks - 1}")
         live = [i for i in range(sc.nodes) if self.up[i]]
         started = [i for i in self.joiners if self.up[i]]
         others = [i for i in live if i not in set(self.joiners)] if self.warm else []
@@ -523,7 +566,6 @@ class OverlayRun:
         sources = rng.sample(live, min(sc.join_sources, len(live)))
         missing = 0
         pairs = 0
-        joins_done = now >= self.last_join_at
         for s in sources:
             for t in targets:
                 if s == t:
@@ -531,96 +573,201 @@ class OverlayRun:
                 pairs += 1
                 if not self.findable(s, self.ids[t]):
                     missing += 1
-        self.last_check = {"at": round(now, 3), "pairs": pairs, "not_found": missing}
-        self.join_check_wall += time.perf_counter() - w0
-        if missing == 0 and joins_done:
-            self.join_converged_at = now
-            return
-        if now + sc.join_check <= sc.seconds:
-            self.sim.at(now + sc.join_check, self._check_join)
+        return pairs, missing
 
     # -- running -------------------------------------------------------------------------------
 
+    @staticmethod
+    def lookahead(sc: OverlayScenario) -> float:
+        """How far workers of a parallel run may run apart in virtual time: the smallest delay."""
+        return parse_latency(sc.latency).min_delay
+
+    def counts(self) -> tuple[int, int]:
+        """This worker's share of what the progress line shows: events processed, Failed reports."""
+        return self.sim.events, self.failed_events
+
     def _progress(self, now: float) -> None:
         wall = time.perf_counter() - self._t0
-        print(f"sim: t={now:.0f}s/{self.sc.seconds:.0f}s wall={wall:.1f}s events={self.sim.events} "
-              f"crashes={len(self.crashed_at)} failed_reports={self.failed_events}", file=sys.stderr, flush=True)
+        events, failed = self.link.totals() if self.link is not None else self.counts()
+        print(f"sim: t={now:.0f}s/{self.sc.seconds:.0f}s wall={wall:.1f}s events={events} "
+              f"crashes={len(self.crashed_at)} failed_reports={failed}", file=sys.stderr, flush=True)
         step = max(1.0, self.sc.seconds / 20)
         if now + step < self.sc.seconds:
             self.sim.at(now + step, self._progress)
 
-    def run(self) -> dict:
-        sc = self.sc
-        self._t0 = t0 = time.perf_counter()
-        if sc.progress:
+    def start(self) -> None:
+        """Start the clock (and the progress lines, from the first worker)."""
+        self._t0 = time.perf_counter()
+        if self.sc.progress and self.worker == 0:
             self.sim.at(0.0, self._progress)
+
+    def run(self) -> dict:
+        self.start()
         with frozen_heap():
-            rep = self.sim.run(until=sc.seconds)
-        wall = time.perf_counter() - t0
-        n = sc.nodes
-        unrevived = sum(1 for still in self.fp_pairs.values() if still)
-        stats: Counter = Counter()
-        for node in self.nodes:
-            stats.update({k: v for k, v in node.membership.stats.items() if v})
-        rstats: Counter = Counter()
-        for node in self.nodes:
-            rstats.update({k: v for k, v in node.routing.stats.items() if v})
+            self.sim.run(until=self.sc.seconds)
+        return build_report(self.sc, [self.partial()], time.perf_counter() - self._t0)
+
+    def partial(self) -> dict:
+        """What this worker saw, in a form the first worker's can be merged with (build_report)."""
         sim = self.sim
-        avg = sim.sampled_bytes / sim.sampled if sim.sampled else 0.0
-        node_seconds = n * sc.seconds
-        table_sizes = sorted(len(node.routing.table) for i, node in enumerate(self.nodes) if self.up[i])
-        join_conv = None
-        if self.join_converged_at is not None:
-            join_conv = round(self.join_converged_at - self.last_join_at, 3)
-        report = {
-            "seed": sc.seed,
-            "scenario": {**asdict(sc), "warm_start": self.warm},
-            "join": {
-                "mode": ("warm_start: %d nodes' tables filled as if joined, %d joined via real lookups"
-                         % (n - len(self.joiners), len(self.joiners))) if self.warm
-                else "all %d nodes joined via real lookups" % n,
-                "joiners": len(self.joiners),
-                "joined_ok": self.joined_ok,
-                "joined_failed": self.joined_failed,
-                "checks": self.join_checks,
-                "last_check": self.last_check,
-                "last_join_at": round(self.last_join_at, 3),
-                "converged_at": self.join_converged_at,
-                "measured": "s from the last node's join() until every target was findable from every sampled source "
-                            "(checked every join_check s)",
-            },
-            "join_converged_s": join_conv,
-            "crashes": len(self.crashed_at),
-            **detection(self),
-            "routing_dropped": self.routing_dropped,
-            "false_positives": len(self.fp),
-            "false_positive_subjects": len({j for _, _, j in self.fp}),
-            "unrevived_false_positives": unrevived,
-            "revived": self.revived,
-            "paused_nodes": len(self.paused),
-            "failed_paused": self.failed_paused,
-            "failed_partitioned": self.failed_partitioned,
-            "revived_partitioned": self.revived_partitioned,
-            "partitioned_unrevived": sum(1 for still in self.part_pairs.values() if still),
-            "suspects_of_live": self.suspects_of_live,
-            "refutations": self.refutations,
-            "table_size": {"min": table_sizes[0] if table_sizes else 0,
-                           "p50": table_sizes[len(table_sizes) // 2] if table_sizes else 0,
-                           "max": table_sizes[-1] if table_sizes else 0},
-            "msgs_per_node_per_s": round(rep.sent / node_seconds, 3),
-            "bytes_per_node_per_s": round(rep.sent * avg / node_seconds, 1),
-            "avg_msg_bytes": round(avg, 1),
-            "by_type_per_node_per_s": {k: round(v / node_seconds, 3) for k, v in sorted(sim.by_type.items())},
+        rep = sim.report()
+        stats: Counter = Counter()
+        rstats: Counter = Counter()
+        sizes = []
+        for i, node in enumerate(self.nodes):
+            if node is None:
+                continue
+            stats.update({k: v for k, v in node.membership.stats.items() if v})
+            rstats.update({k: v for k, v in node.routing.stats.items() if v})
+            if self.up[i]:
+                sizes.append(len(node.routing.table))
+        return {
+            "worker": self.worker,
             "sim": engine_counts(rep),
-            "membership_stats": {k: v for k, v in sorted(stats.items())},
-            "routing_stats": {k: v for k, v in sorted(rstats.items())},
-            "build_wall_s": round(self.build_wall, 2),
-            "join_check_wall_s": round(self.join_check_wall, 2),
-            "wall_s": round(wall + self.build_wall, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "by_type": dict(sim.by_type), "sampled_bytes": sim.sampled_bytes, "sampled": sim.sampled,
+            "traces": sim.traces(),
+            "crashed_at": self.crashed_at, "holders": self.holders, "detected": self.detected, "up": self.up,
+            "fp": self.fp, "fp_pairs": self.fp_pairs, "part_pairs": self.part_pairs,
+            "detect_times": self.detect_times,
+            "counts": {name: getattr(self, name) for name in _SUMMED},
+            "membership_stats": stats, "routing_stats": rstats, "table_sizes": sizes,
+            "join": {"joiners": len(self.joiners), "warm": self.warm, "checks": self.join_checks,
+                     "last_check": self.last_check, "last_join_at": self.last_join_at,
+                     "converged_at": self.join_converged_at},
+            "paused_nodes": len(self.paused),
+            "build_wall": self.build_wall, "join_check_wall": self.join_check_wall,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
-        report["exit_code"] = exit_code(report)
-        return report
+
+
+# Counters each worker keeps for its own nodes (summed over workers in the report).
+_SUMMED = ("routing_dropped", "failed_paused", "failed_partitioned", "revived_partitioned", "revived",
+           "suspects_of_live", "refutations", "failed_events", "joined_ok", "joined_failed")
+
+
+def owner_function(workers: int):
+    """Which worker runs a node: by the top bits of its id, so a worker holds one region of the id
+    space. Kademlia tables cluster by id, so most traffic stays inside a worker (at 10,000 nodes
+    one message in ten crosses between two)."""
+    def owner_of(node_id: bytes) -> int:
+        return (int.from_bytes(node_id[:4], "big") * workers) >> 32
+    return owner_of
+
+
+class Merged:
+    """The workers' partial() results put together: what a report (and a plot) is made of."""
+
+    def __init__(self, sc: OverlayScenario, parts: list[dict]):
+        self.sc = sc
+        self.parts = parts = sorted(parts, key=lambda p: p["worker"])
+        first = parts[0]
+        self.crashed_at = first["crashed_at"]  # every worker runs every crash
+        self.up = first["up"]
+        self.holders: dict[int, set[int]] = {v: set() for v in self.crashed_at}
+        self.detected: dict[int, dict[int, float]] = {v: {} for v in self.crashed_at}
+        self.detect_times: list[float] = []
+        for p in parts:
+            for v in self.crashed_at:
+                self.holders[v] |= p["holders"].get(v, set())
+                self.detected[v].update(p["detected"].get(v, {}))
+            self.detect_times += p["detect_times"]
+        self.detect_times.sort()
+
+
+def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
+    """The run's report from its workers' partial() results (one part for a run in one process)."""
+    m = Merged(sc, parts)
+    parts = m.parts
+    first = parts[0]
+    crashed_at = m.crashed_at
+    fp: list = []
+    fp_pairs: dict = {}
+    part_pairs: dict = {}
+    counts: Counter = Counter()
+    simc: Counter = Counter()
+    by_type: Counter = Counter()
+    stats: Counter = Counter()
+    rstats: Counter = Counter()
+    sizes: list[int] = []
+    traces: dict[int, bytes] = {}
+    sampled_bytes = sampled = 0
+    for p in parts:
+        fp += p["fp"]
+        fp_pairs.update(p["fp_pairs"])
+        part_pairs.update(p["part_pairs"])
+        counts.update(p["counts"])
+        simc.update(p["sim"])
+        by_type.update(p["by_type"])
+        stats.update(p["membership_stats"])
+        rstats.update(p["routing_stats"])
+        sizes += p["table_sizes"]
+        traces.update(p["traces"])
+        sampled_bytes += p["sampled_bytes"]
+        sampled += p["sampled"]
+    fp.sort()
+    n = sc.nodes
+    avg = sampled_bytes / sampled if sampled else 0.0
+    node_seconds = n * sc.seconds
+    sizes.sort()
+    join = first["join"]
+    join_conv = None
+    if join["converged_at"] is not None:
+        join_conv = round(join["converged_at"] - join["last_join_at"], 3)
+    joiners = join["joiners"]
+    report = {
+        "seed": sc.seed,
+        "scenario": {**asdict(sc), "warm_start": join["warm"]},
+        "workers": len(parts),
+        "join": {
+            "mode": ("warm_start: %d nodes' tables filled as if joined, %d joined via real lookups"
+                     % (n - joiners, joiners)) if join["warm"]
+            else "all %d nodes joined via real lookups" % n,
+            "joiners": joiners,
+            "joined_ok": counts["joined_ok"],
+            "joined_failed": counts["joined_failed"],
+            "checks": join["checks"],
+            "last_check": join["last_check"],
+            "last_join_at": round(join["last_join_at"], 3),
+            "converged_at": join["converged_at"],
+            "measured": "s from the last node's join() until every target was findable from every sampled source "
+                        "(checked every join_check s)",
+        },
+        "join_converged_s": join_conv,
+        "crashes": len(crashed_at),
+        **detection(m),
+        "routing_dropped": counts["routing_dropped"],
+        "false_positives": len(fp),
+        "false_positive_subjects": len({j for _, _, j in fp}),
+        "unrevived_false_positives": sum(1 for still in fp_pairs.values() if still),
+        "revived": counts["revived"],
+        "paused_nodes": first["paused_nodes"],
+        "failed_paused": counts["failed_paused"],
+        "failed_partitioned": counts["failed_partitioned"],
+        "revived_partitioned": counts["revived_partitioned"],
+        "partitioned_unrevived": sum(1 for still in part_pairs.values() if still),
+        "suspects_of_live": counts["suspects_of_live"],
+        "refutations": counts["refutations"],
+        "table_size": {"min": sizes[0] if sizes else 0,
+                       "p50": sizes[len(sizes) // 2] if sizes else 0,
+                       "max": sizes[-1] if sizes else 0},
+        "msgs_per_node_per_s": round(simc["sent"] / node_seconds, 3),
+        "bytes_per_node_per_s": round(simc["sent"] * avg / node_seconds, 1),
+        "avg_msg_bytes": round(avg, 1),
+        "by_type_per_node_per_s": {k: round(v / node_seconds, 3) for k, v in sorted(by_type.items())},
+        "sim": {k: simc[k] for k in ("events", "sent", "delivered", "dropped_loss", "dropped_partition",
+                                     "dropped_crashed", "stale_timers")},
+        "membership_stats": {k: v for k, v in sorted(stats.items())},
+        "routing_stats": {k: v for k, v in sorted(rstats.items())},
+        "build_wall_s": round(max(p["build_wall"] for p in parts), 2),
+        "join_check_wall_s": round(first["join_check_wall"], 2),
+        "wall_s": round(wall + max(p["build_wall"] for p in parts), 2),
+        # every worker's peak together: what the run needed of the machine
+        "peak_rss_mb": round(sum(p["peak_rss_mb"] for p in parts), 1),
+    }
+    if traces:
+        report["trace_digest"] = combine_traces(traces)
+    report["exit_code"] = exit_code(report)
+    return report
 
 
 def exit_code(report: dict) -> int:
