@@ -11,6 +11,10 @@ providers through DHT provider records and runs tasks with ``Agents.request`` se
 * **throughput**: ``--tasks`` tasks over 3 providers. ``tasks_per_s`` = tasks / wall time from
   the first submit to the last outcome; ``task_p50_ms``/``task_p99_ms`` are per-task times from
   submit to outcome as the caller sees them (TaskDone.elapsed).
+* **raw pyzmq, same run**: ``raw_rr_msgs_per_s`` is bench/throughput.py's raw pyzmq request/reply
+  (a CURVE DEALER keeping ``--parallel`` requests in flight to a ROUTER that echoes them, one
+  process each), measured right after; ``tasks_ratio`` = tasks_per_s / raw_rr_msgs_per_s, the
+  share of a bare request/reply rate that tasks keep with routing, the task protocol and agents.
 * **failover**: three more providers join, then ``--failover-tasks`` non-idempotent tasks run
   while providers are killed one by one with SIGKILL (at 25 %, 50 % and 75 % of the outcomes),
   so three providers remain. ``lost_tasks`` = tasks that never got an outcome;
@@ -257,7 +261,14 @@ def main() -> None:
     if args.quick:
         args.tasks, args.failover_tasks, args.parallel = 300, 600, 16
         args.delay = max(args.delay, 0.005)
-    print(json.dumps(run(orchestrate(args))))
+    result = run(orchestrate(args))
+    import throughput  # the raw pyzmq reference, from the benchmark that owns it (bench/ is sys.path[0])
+
+    log(f"raw pyzmq request/reply: {args.tasks} requests, {args.parallel} in flight")
+    raw = throughput.measure("rr", "raw", args.tasks, min(500, args.tasks), args.parallel, 120.0, None)
+    result["raw_rr_msgs_per_s"] = round(raw["msgs_per_s"], 1)
+    result["tasks_ratio"] = round(result["tasks_per_s"] / raw["msgs_per_s"], 4)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

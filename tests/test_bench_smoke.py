@@ -155,5 +155,6 @@ def test_tasks_quick_reports_rates_and_failover_checks():
     assert out["tasks_per_s"] > 0 and 0 < out["task_p50_ms"] <= out["task_p99_ms"]
     assert out["providers_killed"] == 3 and out["failover_tasks"] == 600
     assert out["lost_tasks"] == 0 and out["duplicate_runs"] == 0
+    assert out["raw_rr_msgs_per_s"] > 0 and out["tasks_ratio"] == round(out["tasks_per_s"] / out["raw_rr_msgs_per_s"], 4)
     assert out["completed"] + out["failed_maybe_ran"] + out["failed_other"] + out["rejected"] == 600
     assert out["never_ran"] >= 0
