@@ -615,6 +615,26 @@ def test_stale_buckets_are_refreshed_on_the_refresh_timer():
     assert a.stats["refreshes"] > before
 
 
+def test_a_joins_bucket_refreshes_stop_at_join_refresh_k_and_the_hourly_ones_at_k():
+    cfg = RoutingConfig(refresh_check=10.0, refresh_interval=100.0, join_refresh_k=4)
+    n = 60
+    cores = [core(i, cfg, seed=9) for i in range(n)]
+    mesh = Mesh(cores, seed=3)
+    for i in range(1, n):
+        boot = cores[mesh.rng.randrange(i)].contact
+        mesh.now = i * 0.02
+        mesh.call(cores[i], lambda c: c.join([boot], mesh.now))
+        mesh.run(mesh.now)
+    mesh.run(5.0)
+    at_join = [ev for _, ev in mesh.done() if ev.purpose == "refresh"]
+    assert at_join and all(ev.ok for ev in at_join)
+    assert max(len(ev.contacts) for ev in at_join) == 4  # done once the 4 closest answered
+    mesh.events.clear()
+    mesh.run(130.0)  # the refresh timer: buckets untouched for refresh_interval get the full window
+    hourly = [ev for _, ev in mesh.done() if ev.purpose == "refresh"]
+    assert hourly and max(len(ev.contacts) for ev in hourly) > 4
+
+
 def test_a_node_whose_table_stays_short_looks_itself_up_again():
     cores = [core(i, seed=5) for i in range(6)]
     mesh = Mesh(cores, seed=2)
