@@ -477,12 +477,7 @@ class TaskProvider(CoreOutputs):
             return False
         if job.state != WORKING:
             raise InvalidTransition(f"progress reported for a task in state {job.state!r}")
-        size = packed_size(data)
-        if size is None or size > self.config.max_chunk_bytes:
-            self.stats["output_too_large"] += 1
-            why = (f"a progress chunk of {size} bytes exceeds the {self.config.max_chunk_bytes}-byte limit"
-                   if size else "a progress chunk is not encodable")
-            self._finish(job, FAILED, {"err": _err(E_OUTPUT_TOO_LARGE, why)}, now, stop=True)
+        if self._fails_oversize(job, "a progress chunk", data, now):
             return False
         if not job.stream:
             self.stats["chunks_suppressed"] += 1
@@ -504,16 +499,23 @@ class TaskProvider(CoreOutputs):
             return False
         if job.state != WORKING:
             raise InvalidTransition(f"input asked for a task in state {job.state!r}")
-        size = packed_size(prompt)
-        if size is None or size > self.config.max_chunk_bytes:
-            self.stats["output_too_large"] += 1
-            why = (f"an input-required prompt of {size} bytes exceeds the {self.config.max_chunk_bytes}-byte limit"
-                   if size else "an input-required prompt is not encodable")
-            self._finish(job, FAILED, {"err": _err(E_OUTPUT_TOO_LARGE, why)}, now, stop=True)
+        if self._fails_oversize(job, "an input-required prompt", prompt, now):
             return False
         self.stats["input_required"] += 1
         job.prompt = prompt
         self._set(job, INPUT_REQUIRED, {"prompt": prompt}, now)
+        return True
+
+    def _fails_oversize(self, job: _Job, what: str, value: Any, now: float) -> bool:
+        """Fail ``job`` (output-too-large, the agent stopped) if ``value`` packs to more than
+        max_chunk_bytes or cannot be packed: one chunk in flight to the caller must stay bounded."""
+        size = packed_size(value)
+        if size is not None and size <= self.config.max_chunk_bytes:
+            return False
+        self.stats["output_too_large"] += 1
+        why = (f"{what} of {size} bytes exceeds the {self.config.max_chunk_bytes}-byte limit"
+               if size else f"{what} is not encodable")
+        self._finish(job, FAILED, {"err": _err(E_OUTPUT_TOO_LARGE, why)}, now, stop=True)
         return True
 
     def complete(self, task_id: bytes, output: Any, now: float) -> bool:
