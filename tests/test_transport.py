@@ -11,7 +11,8 @@ import zmq
 
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity, curve_public_of
-from zmqagents.transport.mesh import Transport, TransportConfig
+from zmqagents.transport.mesh import READ_BATCH, Transport, TransportConfig
+from zmqagents.transport.sockio import MORE_NOBLOCK, NOBLOCK, readable
 
 
 def _raw_dealer(ctx: zmq.Context, server: Transport, *, curve_of: Identity, routing_id: bytes) -> zmq.Socket:
@@ -198,6 +199,81 @@ def test_a_node_connected_to_our_inbox_is_answered_there_before_our_dealer(arun)
             stranger = Identity.generate()
             assert server.relocate(stranger.contact("tcp://127.0.0.1:2")) is False
             assert not server.known(stranger.node_id)
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())
+
+
+def test_readable_follows_the_queue_of_a_real_socket():
+    """Drains stop when ``readable`` says no instead of on a raised zmq.Again: it must be true exactly
+    while a message waits, for single frames and for a multipart message read part by part."""
+    ctx = zmq.Context()
+    try:
+        server = ctx.socket(zmq.ROUTER)
+        server.linger = 0
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        client = ctx.socket(zmq.DEALER)
+        client.linger = 0
+        client.connect(f"tcp://127.0.0.1:{port}")
+        assert not readable(server)
+        client.send(b"one")
+        client.send_multipart([b"two", b"parts"])
+        assert server.poll(2000)
+        assert readable(server)
+        assert server.recv_multipart(NOBLOCK)[1:] == [b"one"]
+        assert readable(server)
+        rid = server.recv(NOBLOCK)
+        assert readable(server)  # the rest of a multipart message counts as waiting
+        assert server.recv(NOBLOCK) == b"two" and server.recv(NOBLOCK) == b"parts"
+        assert not readable(server)
+        server.send(rid, MORE_NOBLOCK)
+        server.send(b"back", NOBLOCK)
+        assert client.poll(2000) and readable(client)
+        assert client.recv(NOBLOCK) == b"back"
+        assert not readable(client)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_burst_over_one_read_batch_arrives_whole_and_in_order(arun):
+    """More than READ_BATCH messages waiting at once: the inbox takes them in batches over several loop
+    turns, none lost or reordered, and a DEALER reply burst likewise."""
+
+    async def main():
+        received: list[Envelope] = []
+        server = _server(received)
+        me = server.identity.node_id
+        peer = Identity.generate()
+        ctx = zmq.Context()
+        ctx.setsockopt(zmq.SNDHWM, 10_000)
+        count = READ_BATCH * 2 + 7
+        try:
+            client = _raw_dealer(ctx, server, curve_of=peer, routing_id=peer.public_key)
+            client.send(_env(peer.node_id, me, b"hello").encode())
+            for _ in range(100):  # the handshake needs the loop (ZAP): wait for it before the burst
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+            assert [e.body for e in received] == [b"hello"]
+            received.clear()
+            for i in range(count):  # all written before the loop runs again, so all wait at once
+                client.send(_env(peer.node_id, me, i.to_bytes(4, "big")).encode(), NOBLOCK)
+            for _ in range(100):
+                if len(received) == count:
+                    break
+                await asyncio.sleep(0.05)
+            assert [int.from_bytes(e.body, "big") for e in received] == list(range(count))
+            assert server.stats["frames_in"] == count + 1 and not server.drops
+            for i in range(count):  # back over the client's own connection (two sends per frame)
+                server.send(_env(me, peer.node_id, i.to_bytes(4, "big")))
+            await asyncio.sleep(0.3)
+            got = []
+            while client.poll(0):
+                got.append(int.from_bytes(decode(client.recv()).body, "big"))
+            assert got == list(range(count))
+            assert server.stats["frames_out"] == count and not server.drops
         finally:
             ctx.destroy(linger=0)
             server.close()

@@ -41,6 +41,7 @@ from ..core.relay import FORWARD
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, node_id_of, short_id
 from .relaying import RelayPaths
+from .sockio import MORE_NOBLOCK, NOBLOCK, readable
 from .zap import ZAP_DOMAIN, ZapHandler
 
 log = logging.getLogger(__name__)
@@ -306,6 +307,8 @@ class Transport:
             self._route(dst, frame)
         socks, self._recheck = self._recheck, set()
         for sock in socks:
+            if sock.closed or not readable(sock):  # the usual case: nothing came in meanwhile
+                continue
             if sock is self.router:
                 self._drain_router(sock)
             elif sock is self.pub:
@@ -337,15 +340,19 @@ class Transport:
         else:
             self._dealers.move_to_end(dst)
         try:
-            link.socket.send(frame, zmq.NOBLOCK)
+            link.socket.send(frame, NOBLOCK)
         except zmq.Again:
             self._drop("send_hwm", dst, "outgoing queue full")
             return
         self._sent(link.socket, frame)
 
     def _send_router(self, rid: bytes, dst: bytes, frame: bytes) -> bool:
+        # Two sends rather than send_multipart, which re-checks and re-flags every part in Python. A
+        # refusal (full queue, connection gone) comes on the routing id; the frame after it then always goes.
+        router = self.router
         try:
-            self.router.send_multipart((rid, frame), zmq.NOBLOCK)
+            router.send(rid, MORE_NOBLOCK)
+            router.send(frame, NOBLOCK)
         except zmq.Again:
             self._drop("send_hwm", dst, "reply queue full")
             return True  # the connection exists; retransmit will retry it
@@ -354,7 +361,7 @@ class Transport:
                 raise
             self._inbound.pop(dst, None)  # that connection is gone
             return False
-        self._sent(self.router, frame)
+        self._sent(router, frame)
         return True
 
     def has_subscriber(self, topic: bytes) -> bool:
@@ -367,7 +374,7 @@ class Transport:
             return
         for _ in range(READ_BATCH):
             try:
-                msg = sock.recv(zmq.NOBLOCK)
+                msg = sock.recv(NOBLOCK)
             except zmq.Again:
                 return
             if msg[:1] == b"\x01":
@@ -379,7 +386,8 @@ class Transport:
 
     def publish(self, topic: bytes, env: Envelope) -> None:
         frame = env.encode(max_size=self.config.max_message_size)
-        self.pub.send_multipart((topic, frame), zmq.NOBLOCK)  # PUB drops at HWM, never blocks
+        self.pub.send(topic, MORE_NOBLOCK)  # PUB drops at HWM, never blocks
+        self.pub.send(frame, NOBLOCK)
         self.stats["publications_out"] += 1
         self._sent(self.pub, frame)
         self._schedule_flush()
@@ -529,18 +537,18 @@ class Transport:
         stats = self.stats
         for _ in range(READ_BATCH):
             try:
-                rid_frame = sock.recv(zmq.NOBLOCK, copy=False)
+                rid_frame = sock.recv(NOBLOCK, copy=False)
             except zmq.Again:
                 break
             # Multipart messages arrive whole, so the frames after the first are already here.
             frame = b""
             extra = False
             if rid_frame.more:
-                body = sock.recv(zmq.NOBLOCK, copy=False)
+                body = sock.recv(NOBLOCK, copy=False)
                 frame = body.bytes
                 more = body.more
                 while more:
-                    more = sock.recv(zmq.NOBLOCK, copy=False).more
+                    more = sock.recv(NOBLOCK, copy=False).more
                     extra = True
             stats["frames_in"] += 1
             stats["bytes_in"] += len(frame)
@@ -617,7 +625,7 @@ class Transport:
         stats = self.stats
         for _ in range(READ_BATCH):
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+                parts = sock.recv_multipart(NOBLOCK)
             except zmq.Again:
                 break
             stats["frames_in"] += 1

@@ -19,6 +19,8 @@ import logging
 
 import zmq
 
+from .sockio import NOBLOCK, readable
+
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = "zmqagents"
 
@@ -37,11 +39,8 @@ class ZapHandler:
     def drain(self) -> None:
         """Answer every pending request (called when the socket's FD is readable)."""
         sock = self.socket
-        while not sock.closed:
-            try:
-                request = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while not sock.closed and readable(sock):
+            request = sock.recv_multipart(NOBLOCK)
             sock.send_multipart(self._answer(request))
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
