@@ -236,6 +236,58 @@ def test_nesting_limit_is_the_same_for_encoder_and_decoder():
         env(body=looped).encode()
 
 
+def kad_nodes_body(contact) -> dict:
+    """A body shaped like a ``kad.nodes`` answer: a map holding a list of 20 [key, endpoint] pairs."""
+    pairs = [[bytes(32), "tcp://127.0.0.1:4000"] for _ in range(19)]
+    return {"nodes": pairs + [contact]}
+
+
+def test_a_kad_nodes_shaped_body_is_walked_like_any_other():
+    """The walk takes plain lists and maps by their exact type first: what hides in such a body, at any
+    depth, is still refused by the encoder and the decoder, and the nesting limit still holds."""
+    ok = env(body=kad_nodes_body([bytes(32), "tcp://127.0.0.1:4001"]))
+    assert E.decode(ok.encode()) == ok
+    # The body is level 2, "nodes" level 3, each pair level 4: a pair holding depth levels more reaches 4 + depth.
+    deepest = env(body=kad_nodes_body([bytes(32), nested(E.MAX_DEPTH - 4)]))
+    assert E.decode(deepest.encode()) == deepest
+    too_deep = env(body=kad_nodes_body([bytes(32), nested(E.MAX_DEPTH - 3)]))
+    with pytest.raises(E.MalformedEnvelope, match="deeper"):
+        too_deep.encode()
+    # The same body on the wire, packed by hand past the encoder: the decoder refuses it too.
+    frame = too_deep.to_map()
+    payload = msgpack.packb(frame, use_bin_type=True)
+    with pytest.raises(E.MalformedEnvelope, match="deeper"):
+        E.decode(struct.pack(">I", len(payload)) + payload)
+    for hidden in (msgpack.ExtType(1, b""), msgpack.Timestamp(0, 0), (msgpack.ExtType(2, b"x"),), {3: "int key"},
+                   [{"ok": 1, None: 2}], object()):
+        with pytest.raises(E.MalformedEnvelope):
+            env(body=kad_nodes_body([bytes(32), hidden])).encode()
+
+
+class KeyedDict(dict):
+    pass
+
+
+class Items(list):
+    pass
+
+
+class Text(str):
+    pass
+
+
+def test_subclasses_of_containers_and_keys_are_checked_like_the_plain_types():
+    """Lists, tuples and maps of other than the exact built-in type take the slow path of the walk: msgpack
+    packs them as their base type, so they pass or fail exactly as a plain list or map would."""
+    fine = [KeyedDict({Text("k"): Items([1, (2, b"x")])}), Items([KeyedDict({b"b": []})])]
+    encoded = env(body=fine).encode()
+    assert E.decode(encoded).body == [{"k": [1, [2, b"x"]]}, [{b"b": []}]]
+    for bad in ([KeyedDict({1: "x"})], [Items([msgpack.ExtType(1, b"")])], [(1, msgpack.Timestamp(1, 0))],
+                [Items([KeyedDict({"a": KeyedDict({(1, 2): 0})})])], Items([nested(E.MAX_DEPTH)])):
+        with pytest.raises(E.MalformedEnvelope):
+            env(body=bad).encode()
+
+
 def test_sign_requires_the_src_identity():
     bob = Identity.from_seed(bytes.fromhex(IDENTITIES["bob"]["seed"]))
     with pytest.raises(ValueError):

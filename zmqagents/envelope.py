@@ -280,13 +280,17 @@ def _check_value(value: Any, depth: int) -> None:
             raise MalformedEnvelope(f"values nest deeper than {MAX_DEPTH} levels")
         below = []
         for value in level:
-            if isinstance(value, (msgpack.ExtType, msgpack.Timestamp)):  # before tuple: ExtType is a namedtuple
-                raise MalformedEnvelope("msgpack extension types are not allowed in an envelope")
-            if isinstance(value, dict):
+            kind = type(value)
+            if kind is list:  # first, and by exact type: what the decoder makes, and the bulk of any walk
+                children = value
+            elif kind is dict:
                 if not _KEY_TYPES.issuperset(map(type, value)):
-                    for key in value:
-                        if not isinstance(key, (str, bytes)):
-                            raise MalformedEnvelope(f"map keys must be strings or bytes, got {type(key).__name__}")
+                    _check_keys(value)
+                children = value.values()
+            elif isinstance(value, (msgpack.ExtType, msgpack.Timestamp)):  # before tuple: ExtType is a namedtuple
+                raise MalformedEnvelope("msgpack extension types are not allowed in an envelope")
+            elif isinstance(value, dict):
+                _check_keys(value)
                 children = value.values()
             elif isinstance(value, (list, tuple)):
                 children = value
@@ -297,6 +301,13 @@ def _check_value(value: Any, depth: int) -> None:
                     below.append(child)
         level = below
         depth += 1
+
+
+def _check_keys(mapping: dict) -> None:
+    """Refuse a map key that is not a string or bytes (subclasses of them pass, as msgpack packs them)."""
+    for key in mapping:
+        if not isinstance(key, (str, bytes)):
+            raise MalformedEnvelope(f"map keys must be strings or bytes, got {type(key).__name__}")
 
 
 # -- decoding --------------------------------------------------------------
