@@ -476,6 +476,32 @@ def test_anti_entropy_repairs_a_lost_left_rumor():
     assert c.of(Failed) == []
 
 
+def test_a_sync_answer_carries_the_tombstones_nearest_the_requester():
+    """After a mass crash the recent rumors are long gone (sync_horizon), but the target's tombstones
+    still tell a straggler which of its members died: those nearest the requester in id space first,
+    since a Kademlia view holds the nodes near its owner."""
+    cfg = MembershipConfig()
+    a = Membership(CONTACTS[0], random.Random(1), cfg)
+    for i in range(1, 64):
+        a.add(CONTACTS[i], 0.0)
+    for i in range(2, 42):  # 40 members buried at t=0
+        a._declare(a._members[IDS[i]], DEAD, 0.0)
+    a.take_outgoing()
+    a.take_events()
+    a.receive(_env(1, 0, PING, [7, 0, [], 1]), 100.0)  # node 1's sync, 100 s later: past the horizon
+    (ack,) = [e for e in a.take_outgoing() if e.type == ACK]
+    rumors = ack.body[2]
+    d = int.from_bytes(IDS[1], "big")
+    nearest = sorted((IDS[i] for i in range(2, 42)), key=lambda nid: int.from_bytes(nid, "big") ^ d)
+    assert [r[1] for r in rumors] == nearest[: cfg.max_rumors_per_message]
+    assert all(r[0] == DEAD and r[2] == 0 for r in rumors)
+    b = Membership(CONTACTS[1], random.Random(2), cfg)  # and the straggler acts on them: it verifies
+    for i in (0, *range(2, 42)):
+        b.add(CONTACTS[i], 0.0)
+    b.receive(ack, 100.0)
+    assert sum(b.state_of(nid) == "suspect" for nid in nearest) == cfg.max_rumors_per_message
+
+
 def test_healed_partition_converges_within_about_one_sync_interval():
     cfg = MembershipConfig(sync_interval=3.0)
     n = 10

@@ -400,6 +400,11 @@ class _Rumor:
 _T_IND, _T_END, _T_NACK, _T_RELAY_END, _T_SUSP, _T_RECHECK = range(6)
 
 
+def _code(wire: list) -> int:
+    """A rumor's precedence (incarnation * 4 + kind), as the dedup memory orders news."""
+    return (wire[1] if wire[0] == ALIVE else wire[2]) * 4 + wire[0]
+
+
 def _rumor_size(wire: list) -> int:
     """Estimated encoded size of a rumor (msgpack): good enough for a byte budget."""
     kind = wire[0]
@@ -1718,23 +1723,39 @@ class Membership(CoreOutputs):
             stats["gossips_sent"] += 1
 
     def _sync_rumors(self, now: float, dst: bytes) -> list:
+        """The answer to ``dst``'s sync: our opinion of it first, then our recent rumors (no older
+        than sync_horizon) and our tombstones, those about the subjects nearest ``dst`` in id space
+        first. A member is held by the nodes near it (Kademlia), so the news nearest the requester is
+        the news most likely about its own members; and tombstones repair what a storm of crashes
+        pushed out of the recent rumors (after a mass crash, a holder that missed the news would
+        otherwise wait for its round-robin probe, minutes)."""
         log = self._log
-        out = []
+        news: dict[bytes, list] = {}
         if log:
             horizon = now - self.config.sync_horizon
-            n = len(log)
-            pos = self._log_pos if n >= self.config.sync_rumors else n
-            for i in range(1, n + 1):
-                t, wire = log[(pos - i) % n]
+            for t, wire in log:
                 if t >= horizon:
-                    out.append(wire)
+                    subject = wire[1] if wire[0] != ALIVE else _node_id(wire[2])
+                    old = news.get(subject)
+                    if old is None or _code(wire) > _code(old):
+                        news[subject] = wire
+        for nid, tomb in self._tombs.items():
+            if nid not in news or tomb.inc * 4 + tomb.state > _code(news[nid]):
+                news[nid] = [tomb.state, nid, tomb.inc]
+        news.pop(dst, None)
+        cap = self.config.max_rumors_per_message
+        out = []
         rec = self._members.get(dst)
         about = rec if rec is not None and rec.state != ALIVE else self._tombs.get(dst) if self._tombs else None
         if about is not None:
-            out.insert(0, self._opinion(dst, about))
+            out.append(self._opinion(dst, about))
         if self._leaving:
             out.insert(0, self._left_wire)
-        return out[: self.config.max_rumors_per_message]
+        if news:
+            d = int.from_bytes(dst, "big")
+            nearest = sorted(news, key=lambda nid: int.from_bytes(nid, "big") ^ d)
+            out += [news[nid] for nid in nearest[: cap - len(out)]]
+        return out[:cap]
 
     def _sync_checks(self, now: float) -> None:
         """Expire old tombstones and re-check the dead member checked longest ago: a healed partition
