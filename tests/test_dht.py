@@ -341,6 +341,17 @@ def test_a_provider_declared_dead_is_forgotten_by_its_holders():
     assert {p.node_id for p in b.dht.held_providers(key_for("cap1"))} == {provs[0].node_id, provs[2].node_id}
     assert b.dht.provider_entries == 4 and b.dht.store_bytes == size * 4 // 6
     assert b.dht.stats["providers_forgotten"] == 2
+    # A holder that did not hear of the death pushes its copy back (re-replication): refused as stale,
+    # so the dead provider is not listed again; an entry the provider signs anew (it was alive) is taken.
+    for name in ("cap1", "cap2"):
+        b.dht.receive(stored_env(a, b, make_provider(provs[1], key_for(name), "tcp://127.0.0.1:1",
+                                                     int(T0) + 100).to_wire(), ADD_PROVIDER, "prov"), T0 + 1)
+        assert answer(b) == {"ok": False, "why": "stale"}
+    assert provs[1].node_id not in {p.node_id for p in b.dht.held_providers(key_for("cap1"))}
+    b.dht.receive(stored_env(a, b, make_provider(provs[1], key_for("cap1"), "tcp://127.0.0.1:1",
+                                                 int(T0) + 160).to_wire(), ADD_PROVIDER, "prov"), T0 + 60)
+    assert answer(b) == {"ok": True}
+    assert provs[1].node_id in {p.node_id for p in b.dht.held_providers(key_for("cap1"))}
 
 
 @settings(max_examples=150, deadline=None)

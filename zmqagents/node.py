@@ -883,8 +883,12 @@ class Node:
             if nid not in held and membership.add(entry.contact, now):
                 held.add(nid)
         for nid in held - in_table:
+            # The table gave it up (RPCs to it failed) before membership concluded: it is gone for us,
+            # and we would never hear its Failed/Left. Its provider entries here go too (a live provider
+            # re-stores at its next refresh), or we would keep listing, and re-replicating, a dead one.
             membership.remove(nid)
             held.discard(nid)
+            self.dht.core.forget(nid)
         self._pump()
         self._reconciler = asyncio.get_running_loop().call_later(RECONCILE_INTERVAL, self._reconcile)
 

@@ -346,6 +346,7 @@ class DhtConfig:
     max_record_bytes: int = 8192  # a value record's signed encoding plus signature
     max_provider_bytes: int = 1024  # a provider entry's (metadata included)
     max_providers_per_key: int = 20  # entries held (and answered) per key
+    max_gone_providers: int = 1024  # providers forgotten here whose old entries are refused (LRU, ~60 KB)
     max_store_bytes: int = 4 << 20  # records and provider entries held for others, in bytes
     max_items: int = 16384  # ... and in number
     max_own: int = 1024  # records and provided keys this node publishes itself
@@ -479,6 +480,10 @@ class DhtCore(CoreOutputs):
         self._me_int = int.from_bytes(self.node_id, "big")
         self._store: dict[bytes, _Held] = {}
         self._provs: dict[bytes, _HeldProviders] = {}
+        # Providers forgotten here (dead or left): node id -> the latest expiry of the entries dropped.
+        # A copy of such an entry pushed back by a holder that did not hear of the death (re-replication)
+        # is refused as "stale"; only an entry the provider signed anew (a later expiry) is taken.
+        self._gone: dict[bytes, int] = {}
         self._items = 0
         self._bytes = 0
         self._far: list = []  # heap of (-distance of key to us, serial, key): eviction order, lazily cleaned
@@ -571,14 +576,22 @@ class DhtCore(CoreOutputs):
         so finds stop listing it before the entries expire. Safe on a false positive: a live provider
         re-stores its entry at its next refresh. Returns the entries dropped (also counted)."""
         n = 0
+        latest = None
         for key in [k for k, h in self._provs.items() if node_id in h.entries]:
             h = self._provs[key]
             p = h.entries.pop(node_id)
             self._items -= 1
             self._bytes -= p.size
             n += 1
+            latest = p.expires if latest is None else max(latest, p.expires)
             if not h.entries:
                 del self._provs[key]
+        if latest is not None:
+            gone = self._gone
+            gone.pop(node_id, None)
+            gone[node_id] = max(latest, gone.get(node_id, latest))
+            if len(gone) > self.config.max_gone_providers:
+                del gone[next(iter(gone))]  # the one forgotten longest ago
         self.stats["providers_forgotten"] += n
         return n
 
@@ -834,6 +847,9 @@ class DhtCore(CoreOutputs):
             return self._refuse("future")
         h = self._provs.get(p.key)
         nid = p.node_id
+        gone = self._gone.get(nid)
+        if gone is not None and p.expires <= gone:
+            return self._refuse("stale")  # an old copy of an entry we dropped when its provider went
         old = None if h is None else h.entries.get(nid)
         if old is not None:
             if p.signature == old.signature:

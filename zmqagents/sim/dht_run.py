@@ -261,6 +261,10 @@ class DhtRun(OverlayRun):
         self.ops[(i, oid)] = (phase, j, now)
         self.sim.flush(self.sim.nodes[i])
 
+    def dropped_by_routing(self, i: int, nid: bytes, now: float) -> None:
+        self.nodes[i].dht.forget(nid)  # as Node's reconciler does when its table gives a contact up
+        OverlayRun.dropped_by_routing(self, i, nid, now)
+
     def _on_event(self, simnode, ev, now: float) -> None:
         t = type(ev)
         if t is not DhtDone:
