@@ -77,7 +77,8 @@ def _workers(text: str, nodes: int, dht_keys: int, min_delay: float) -> int:
 @click.option("--seed", type=int, default=1, show_default=True, help="Run seed: same seed, same run.")
 @click.option("--loss", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Message loss rate.")
 @click.option("--latency", default="lognormal:5ms:0.5", show_default=True,
-              help="const:D, uniform:MIN:MAX or lognormal:MEDIAN:SIGMA.")
+              help="const:D, uniform:MIN:MAX or lognormal:MEDIAN:SIGMA[:FLOOR] (FLOOR default MEDIAN/5). "
+                   "The smallest delay is also how far --workers may run apart.")
 @click.option("--profile", type=click.Choice(["lan", "wan", "edge"]), default="lan", show_default=True,
               help="Membership timing profile.")
 @click.option("--crash", "crash", default="0", show_default=True, help="Nodes to crash: a count or N%.")

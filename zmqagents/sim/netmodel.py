@@ -124,7 +124,7 @@ def parse_latency(spec: str) -> Latency:
                                     parse_duration(args[2]) if len(args) == 3 else None)
     except ValueError as exc:
         raise ValueError(f"latency {spec!r}: {exc}") from None
-    raise ValueError(f"latency {spec!r} must be const:D, uniform:MIN:MAX or lognormal:MEDIAN:SIGMA (e.g. const:10ms)")
+    raise ValueError(f"latency {spec!r} must be const:D, uniform:MIN:MAX or lognormal:MEDIAN:SIGMA[:FLOOR] (e.g. const:10ms)")
 
 
 class Network:
