@@ -50,6 +50,7 @@ from .core.relay import (
     RelayUp,
 )
 from .core.routing import Introduced, Joined, LookupDone, RoutingConfig, RoutingCore
+from .coretimer import CoreTimer
 from .dht import Dht, DhtError, ProviderInfo
 from .envelope import Envelope
 from .identity import Contact, Identity, IdentityError, format_public_key, node_id_of, parse_node_id, short_id
@@ -235,8 +236,7 @@ class Node:
         # node id -> (contact, PUB endpoint). SUB sockets to these exist only while the application
         # subscribes to something: each costs a CURVE connection (~30 KB) on both ends.
         self._neighbours: dict[bytes, tuple[Contact, str]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = CoreTimer(self._now, self._on_timer)
         self._idle: asyncio.Event | None = None
         self._started = False
         self._closed = False
@@ -384,8 +384,7 @@ class Node:
         self._closed = True
         if self._reconciler is not None:
             self._reconciler.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for task in list(self._handler_tasks):
             task.cancel()
         if self._handler_tasks:
@@ -467,8 +466,8 @@ class Node:
         send = self.transport.send
         for env in delivery.take_outgoing():
             send(env)
-        if self._timer is None or (delivery.next_timer() or self._timer_at) < self._timer_at:
-            self._arm_timer()
+        if not self._closed:
+            self._timer.arm((delivery.next_timer(),))  # earlier than the pending timer, or none pending
 
     async def send(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg",
                    msg_id: bytes | None = None, confirm: bool = False) -> bytes:
@@ -1008,25 +1007,14 @@ class Node:
         self._reply(env, {"error": message, "type": kind}, error=True)
 
     def _arm_timer(self) -> None:
-        at = self.delivery.next_timer()
+        if self._closed:
+            return
+        cores = [self.delivery]
         if self.routing is not None:
-            for core in (self.routing, self.membership, self.dht.core, *self._relay_cores):
-                other = core.next_timer()
-                if other is not None and (at is None or other < at):
-                    at = other
-        if at is None or self._closed:
-            return
-        if self._timer_at is not None and self._timer_at <= at and self._timer is not None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer_at = at
-        self._timer = loop.call_at(loop.time() + max(0.0, at - self._now()), self._on_timer)
+            cores += (self.routing, self.membership, self.dht.core, *self._relay_cores)
+        self._timer.arm(core.next_timer() for core in cores)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         now = self._now()
         self.delivery.tick(now)
         self.routing.tick(now)

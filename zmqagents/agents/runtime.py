@@ -36,6 +36,7 @@ from ..core.tasks import (
     CallerConfig, Candidate, Progress, ProviderConfig, Rerouted, StartTask, StateChanged, StopTask, TaskCaller,
     TaskDone, TaskInput, TaskProvider, TaskSpec,
 )
+from ..coretimer import CoreTimer
 from ..envelope import Envelope
 from ..identity import Contact
 from .base import Agent, AgentError, TaskContext
@@ -203,8 +204,7 @@ class Agents:
         self._answering: dict[bytes, asyncio.Task] = {}  # caller task id -> its on_input call
         self._backlog: dict[bytes, deque] = {}  # destination -> envelopes waiting for window room
         self._flushers: dict[bytes, asyncio.Task] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = CoreTimer(self._now, self._on_timer)
         self._descriptions: dict[bytes, tuple[float, dict[str, Capability]]] = {}
         self._describing: dict[bytes, asyncio.Future] = {}
         # Nodes membership or delivery reported gone: their DHT provider records outlive them until
@@ -236,8 +236,7 @@ class Agents:
             task.cancel()
         await asyncio.gather(self._watcher, *self._running.values(), *self._answering.values(),
                              *self._flushers.values(), *extra, return_exceptions=True)
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for pending in self._pending.values():
             if not pending.done.done():
                 pending.done.set_exception(asyncio.CancelledError())
@@ -646,24 +645,9 @@ class Agents:
             self._flushers.pop(dst, None)
 
     def _arm(self) -> None:
-        at = None
-        for core in (self.provider, self.caller):
-            t = core.next_timer()
-            if t is not None and (at is None or t < at):
-                at = t
-        if at is None:
-            return
-        if self._timer is not None:
-            if self._timer_at <= at:
-                return
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer_at = at
-        self._timer = loop.call_at(loop.time() + max(0.0, at - self._now()), self._on_timer)
+        self._timer.arm((self.provider.next_timer(), self.caller.next_timer()))
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         now = self._now()
         self.provider.tick(now)
         self.caller.tick(now)
