@@ -279,3 +279,54 @@ def test_a_burst_over_one_read_batch_arrives_whole_and_in_order(arun):
             server.close()
 
     arun(main())
+
+
+def test_a_forgotten_peer_gets_no_frame_of_its_dead_stream(arun):
+    """Issue 12, the transport half: membership forgets B (declared dead) while frames of A's old
+    stream to B are still queued for this loop turn's writes. B restarts on the same endpoint with
+    the same key and dials A. No frame queued before the forget may reach the restarted B: neither
+    from the queue nor over a connection opened for it that keeps retrying in the background and
+    connects once B is back."""
+
+    async def main():
+        a_got: list[Envelope] = []
+        b_got: list[Envelope] = []
+        # Reconnect every 50 ms without back-off: a background DEALER would connect soon after B is up.
+        a = _server(a_got, reconnect_ivl_ms=50, reconnect_ivl_max_ms=50)
+        me = a.identity.node_id
+        b_key = Identity.generate()
+        probe = zmq.Context().socket(zmq.ROUTER)
+        port = probe.bind_to_random_port("tcp://127.0.0.1")
+        probe.close(linger=0)
+        probe.context.term()
+        endpoint = f"tcp://127.0.0.1:{port}"
+        a.add_contact(b_key.contact(endpoint))
+        b = None
+        try:
+            for i in range(3):  # the old stream's frames, handed over by the delivery core ...
+                a.send(_env(me, b_key.node_id, b"old-%d" % i))
+            assert a.outbox_size == 3
+            a.forget(b_key.node_id)  # ... and, in the same loop turn, B is declared dead
+            assert a.outbox_size == 0
+            assert a.drops.get("forgotten") == 3
+            await asyncio.sleep(0.2)  # the flush ran
+            assert a.dealer_count == 0  # nothing is left connecting to B's address in the background
+            b = Transport(b_key, TransportConfig(listen=endpoint), on_batch=b_got.extend,
+                          on_publication=lambda t, e: None)
+            b.start()  # B restarted, same key, same endpoint
+            b.add_contact(a.identity.contact(a.endpoint))
+            b.send(_env(b_key.node_id, me, b"hello"))  # and dials A
+            for _ in range(100):
+                if a_got:
+                    break
+                await asyncio.sleep(0.02)
+            assert [e.body for e in a_got] == [b"hello"]
+            a.send(_env(me, b_key.node_id, b"new"))  # the new stream, over B's own connection
+            await asyncio.sleep(1.0)  # 20 reconnect intervals: a late connection would have delivered by now
+            assert [e.body for e in b_got] == [b"new"]
+        finally:
+            if b is not None:
+                b.close()
+            a.close()
+
+    arun(main())

@@ -117,7 +117,9 @@ class Transport:
         self._contacts: OrderedDict[bytes, Contact] = OrderedDict()
         self._inbound: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> routing id on our ROUTER
         self._keys: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()  # routing id -> (curve hex, node id)
-        self._outbox: list[tuple[bytes, bytes]] = []  # (dst, frame) waiting for this loop turn's flush
+        # (next hop, frame, destination) waiting for this loop turn's flush; the next hop is a relay
+        # for a relayed frame, the destination otherwise
+        self._outbox: list[tuple[bytes, bytes, bytes]] = []
         self._flush_scheduled = False
         self._recheck: set[zmq.Socket] = set()  # sockets written to since the last flush
         self._closed = False
@@ -269,7 +271,7 @@ class Transport:
         except EnvelopeError as exc:
             self._drop("encode_error", env.dst or b"", exc)
             return False
-        self._outbox.append((env.dst, frame))
+        self._outbox.append((env.dst, frame, env.dst))
         self._schedule_flush()
         return True
 
@@ -287,7 +289,7 @@ class Transport:
         except (EnvelopeError, IdentityError) as exc:
             self._drop("encode_error", dst, exc)
             return False
-        self._outbox.append((relay, frame))
+        self._outbox.append((relay, frame, dst))
         self._schedule_flush()
         return True
 
@@ -303,8 +305,8 @@ class Transport:
         if self._closed:
             return
         outbox, self._outbox = self._outbox, []
-        for dst, frame in outbox:
-            self._route(dst, frame)
+        for hop, frame, _ in outbox:
+            self._route(hop, frame)
         socks, self._recheck = self._recheck, set()
         for sock in socks:
             if sock.closed or not readable(sock):  # the usual case: nothing came in meanwhile
@@ -451,7 +453,20 @@ class Transport:
             self._recheck.discard(link.socket)
 
     def forget(self, node_id: bytes) -> None:
-        """Close everything held for a peer (it left or was declared dead)."""
+        """Close everything held for a peer (it left or was declared dead), and drop the frames for it
+        still waiting for this loop turn's writes.
+
+        Forgotten means forgotten: those frames belong to streams the delivery core has just dropped.
+        Written after the forget, they would open a fresh DEALER to the peer's address that keeps
+        reconnecting in the background and delivers them to a restarted peer, which has opened new
+        streams meanwhile, long after the fact (issue 12). Closing the DEALER (linger 0) discards
+        what libzmq still queues in it."""
+        outbox = self._outbox
+        if outbox:
+            kept = [entry for entry in outbox if entry[0] != node_id and entry[2] != node_id]
+            for _ in range(len(outbox) - len(kept)):
+                self._drop("forgotten", node_id, "the peer was forgotten before its frames were written")
+            self._outbox = kept
         self._close_dealer(node_id)
         self._inbound.pop(node_id, None)
         self.unsubscribe_from(node_id)
@@ -669,7 +684,7 @@ class Transport:
                 log.warning("dropped a message from %s: %s (%s)", who, reason, detail)
 
 
-_OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit"})
+_OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten"})
 
 
 def _any_port_like(endpoint: str) -> str:
