@@ -1136,6 +1136,16 @@ def _register_agents() -> None:
 _register_agents()
 
 
+def _register_fleet() -> None:
+    """`zmqagents ca` (fleet certificates) lives in fleet_commands.py."""
+    from .fleet_commands import register
+
+    register(cli)
+
+
+_register_fleet()
+
+
 def main() -> None:
     cli(prog_name="zmqagents")
 

@@ -226,16 +226,23 @@ class Identity:
 
     # -- key files -------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
-        """Write the key file with mode 0600; refuse to replace one unless ``force``."""
+    def save(self, path: str | os.PathLike, *, force: bool = False, file_format: str = KEY_FILE_FORMAT) -> Path:
+        """Write the key file with mode 0600; refuse to replace one unless ``force``.
+
+        ``file_format`` names what the key is for (a node key, or an operator CA's key, see certs.py), so
+        that one kind of key file is never loaded as the other."""
         path = Path(path)
+        what = "node" if file_format == KEY_FILE_FORMAT else "CA"
         if path.exists() and not force:
-            raise KeyFileError(f"{path} already exists; refusing to overwrite a node key (use --force to replace it)")
+            raise KeyFileError(f"{path} already exists; refusing to overwrite a {what} key (use --force to replace it)")
+        header = (f"# zmqagents node identity. Keep this file secret (mode 0600).\n"
+                  f"# node id:    {format_node_id(self.node_id)}\n") if what == "node" else (
+                  "# zmqagents operator CA key: it signs node certificates. Keep this file secret (mode 0600),\n"
+                  "# ideally offline.\n")
         text = (
-            "# zmqagents node identity. Keep this file secret (mode 0600).\n"
-            f"# node id:    {format_node_id(self.node_id)}\n"
+            header +
             f"# public key: {format_public_key(self.public_key)}\n"
-            f'format = "{KEY_FILE_FORMAT}"\n'
+            f'format = "{file_format}"\n'
             f'secret = "{bytes(self.signing_key).hex()}"\n'
         )
         tmp = path.with_name(path.name + ".tmp")
@@ -256,13 +263,14 @@ class Identity:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Identity":
+    def load(cls, path: str | os.PathLike, *, file_format: str = KEY_FILE_FORMAT) -> "Identity":
         path = Path(path)
         try:
             mode = path.stat().st_mode
             raw = path.read_bytes()
         except FileNotFoundError:
-            raise KeyFileError(f"key file {path} does not exist (create one with: zmqagents keygen {path})") from None
+            create = "zmqagents keygen" if file_format == KEY_FILE_FORMAT else "zmqagents ca init --ca-key"
+            raise KeyFileError(f"key file {path} does not exist (create one with: {create} {path})") from None
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -275,8 +283,8 @@ class Identity:
             doc = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise KeyFileError(f"key file {path} is corrupt: {exc}") from None
-        if doc.get("format") != KEY_FILE_FORMAT:
-            raise KeyFileError(f"key file {path}: format is {doc.get('format')!r}, expected {KEY_FILE_FORMAT!r}")
+        if doc.get("format") != file_format:
+            raise KeyFileError(f"key file {path}: format is {doc.get('format')!r}, expected {file_format!r}")
         secret = doc.get("secret")
         try:
             seed = bytes.fromhex(secret) if isinstance(secret, str) else b""
