@@ -330,6 +330,26 @@ def test_request_deadline_stops_retransmission():
     assert a.stats["retransmits"] == before
 
 
+def test_a_request_carries_the_time_its_requester_still_waits_and_each_copy_refreshes_it():
+    """ttl on a request is what is left of the requester's deadline when that copy was sent (ts is then),
+    so a receiver measuring ttl from receipt needs no synchronised clock; plain messages carry none."""
+    a, b, net = pair(wire=True)
+    net.now = 10.0
+    net.drop = lambda env: env.type == "req" and a.stats["retransmits"] < 2
+    a.send(B, "plain", net.now)
+    a.request(B, "q", net.now, timeout=5.0)
+    net.advance(12.0)
+    copies = [env for env in net.wire if env.type == "req"]
+    assert len(copies) == 3 and len({env.id for env in copies}) == 1
+    assert copies[0].ts == 10_000 and copies[0].ttl == 5_000
+    for env in copies[1:]:
+        # ts + ttl: the same deadline on A's clock (ts is rounded down, ttl up: never less time than there is)
+        assert env.ts > 10_000 and 15_000 <= env.ts + env.ttl <= 15_001
+    assert copies[1] is not copies[0] and copies[0].ttl == 5_000  # a copy handed out is never changed
+    assert [e.env.ttl for e in net.of(B, Delivered) if e.env.type == "req"] == [copies[2].ttl]
+    assert next(env for env in net.wire if env.type == "msg").ttl == 0
+
+
 def test_request_to_unreachable_peer():
     a, _, net = pair(DeliveryConfig(max_retries=2))
     net.drop = lambda env: True

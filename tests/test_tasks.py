@@ -142,6 +142,36 @@ def test_submit_vectors(case):
         assert [type(e) for e in prov.take_events()] == [StartTask]
 
 
+@pytest.mark.parametrize("case", VECTORS["deadline"], ids=lambda c: c["name"])
+def test_deadline_vectors(case):
+    """A caller that never cancels: the provider's own deadline decides what runs (tasks.md §4)."""
+    prov = TaskProvider(P1, random.Random(0))
+    prov.offer("echo", CapabilityPolicy(max_concurrency=case["max_concurrency"], queue=case["queue"]))
+    statuses: dict[str, list[str]] = {}
+    started: list[str] = []
+
+    def drain() -> None:
+        for env in prov.take_outgoing():
+            b = env.body
+            state = b["state"] + (":" + b["err"]["code"] if b["state"] == FAILED else "")
+            statuses.setdefault(b["id"].hex(), []).append(state)
+        started.extend(e.task_id.hex() for e in prov.take_events() if isinstance(e, StartTask))
+
+    for op, ms, *rest in case["steps"]:
+        now = ms / 1000
+        arg = rest[0] if rest else None
+        if op == "submit":
+            body = dict(arg, id=bytes.fromhex(arg["id"]))
+            prov.receive(Envelope(b"\0" * 16, C, T.SUBMIT, body, P1), now)
+        elif op == "complete":
+            assert prov.complete(bytes.fromhex(arg), arg, now)
+        else:
+            prov.tick(now)
+        drain()
+    assert statuses == case["statuses"]
+    assert started == case["started"]
+
+
 # -- the happy path, ordering, duplicates, gaps --------------------------------------------------------
 
 
@@ -478,6 +508,58 @@ def test_deadline_at_the_provider_fails_and_stops_the_task():
     assert [e for e in m.pevents[P1] if isinstance(e, StopTask)] == [StopTask(start.task_id, T.E_DEADLINE)]
     (done,) = m.done()
     assert done.state == FAILED and done.error["code"] == T.E_DEADLINE
+
+
+def _submit_raw(prov: TaskProvider, n: int, now: float, **body) -> bytes:
+    """A task.submit from the caller C straight into ``prov`` (no caller core: nobody cancels it)."""
+    wire = bytes([n]) * 16
+    prov.receive(Envelope(bytes([n, 0xFF]) * 8, C, T.SUBMIT, {"id": wire, "cap": "echo", **body}, P1), now)
+    return wire
+
+
+def _statuses(prov: TaskProvider, wire: bytes) -> list[dict]:
+    return [e.body for e in prov.take_outgoing() if e.type == T.STATUS and e.body["id"] == wire]
+
+
+def test_a_queued_task_whose_deadline_passes_is_never_run():
+    """The caller gave up while its task waited for a slot (its cancel lost, or it is gone): the provider
+    fails the task at the deadline without starting it, says so, and counts it as expired."""
+    prov = TaskProvider(P1, random.Random(0))
+    prov.offer("echo", CapabilityPolicy(max_concurrency=1, queue=2))
+    first = _submit_raw(prov, 1, 0.0)
+    late = _submit_raw(prov, 2, 0.0, ttl=300)
+    assert [s["state"] for s in _statuses(prov, late)] == [SUBMITTED]
+    prov.tick(0.3)
+    (end,) = _statuses(prov, late)
+    assert end["state"] == FAILED and end["err"]["code"] == T.E_DEADLINE and "not run" in end["err"]["msg"]
+    assert prov.stats["expired"] == 1 and prov.stats["deadline"] == 1
+    prov.complete(first, "done", 1.0)
+    assert [e.task_id for e in prov.take_events() if isinstance(e, StartTask)] == [first]  # only the first ran
+
+
+def test_a_queued_task_past_its_deadline_is_not_started_when_a_slot_frees_before_its_timer():
+    """The driver was late (a stalled loop): the slot frees after the queued task's deadline but before
+    the tick that would fail it. It is expired, not started, and the next queued task runs instead."""
+    prov = TaskProvider(P1, random.Random(0))
+    prov.offer("echo", CapabilityPolicy(max_concurrency=1, queue=2))
+    first = _submit_raw(prov, 1, 0.0)
+    late = _submit_raw(prov, 2, 0.0, ttl=100, prio=9)
+    patient = _submit_raw(prov, 3, 0.0)
+    prov.take_outgoing()
+    prov.complete(first, "done", 0.5)  # no tick in between
+    starts = [e.task_id for e in prov.take_events() if isinstance(e, StartTask)]
+    assert starts == [first, patient]
+    (end,) = _statuses(prov, late)
+    assert end["state"] == FAILED and end["err"]["code"] == T.E_DEADLINE
+    assert prov.stats["expired"] == 1 and prov.load("echo") == 1.0
+
+
+def test_a_running_task_at_its_deadline_is_not_counted_as_expired():
+    prov = TaskProvider(P1, random.Random(0))
+    prov.offer("echo", CapabilityPolicy(max_concurrency=1))
+    _submit_raw(prov, 1, 0.0, ttl=100)
+    prov.tick(0.1)
+    assert prov.stats["deadline"] == 1 and prov.stats["expired"] == 0
 
 
 def test_input_required_round_trip():

@@ -136,6 +136,22 @@ def valid_vectors() -> list[dict]:
             ALICE,
         ),
         valid_vector(
+            "request_with_deadline",
+            "A request (reliable delivery, protocols/delivery.md 8.2) sent 5 s before its requester's "
+            "deadline: ttl counts from ts on the sender's clock, and a receiver measures it from when it "
+            "reads the envelope. A retransmitted copy carries a later ts and a smaller ttl.",
+            E.Envelope(id=ID_1, src=ALICE.node_id, type="req", body={"q": 1}, dst=BOB.node_id, ts=TS, ttl=5_000,
+                       seq=1, ep=7),
+        ),
+        valid_vector(
+            "expired_reply",
+            "The error reply to request_with_deadline from a receiver that did not run it because its "
+            "deadline passed while it waited (delivery.md 8.2): type err, re the request id, body type Expired.",
+            E.Envelope(id=ID_2, src=BOB.node_id, type="err", dst=ALICE.node_id, ts=TS + 5_200, seq=1, ep=9, re=ID_1,
+                       body={"error": "the request's deadline passed before a handler was free; it was not run",
+                             "type": "Expired"}),
+        ),
+        valid_vector(
             "unknown_field",
             "A field this version does not define (as a newer minor version might send): kept, "
             "re-encoded after the known fields, and covered by the signature.",

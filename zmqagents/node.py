@@ -62,6 +62,7 @@ HELLO = "hello"  # request type neighbours exchange to learn each other's PUB en
 PEERS = "zmqagents.peers"  # request type answered by the node itself with its routing table
 ROUTING_PREFIX = "kad."  # envelopes for the routing core
 MEMBERSHIP_PREFIX = "swim."  # envelopes for the membership core; everything else goes through delivery
+EXPIRED = "Expired"  # ``type`` of the error reply to a request refused because its deadline passed
 RECONCILE_INTERVAL = 1.0  # s between bringing membership's member set in line with the routing table
 CONTACT_RECORD_DOMAIN = b"zmqagents/contact/v1\x00"  # DHT keys of nodes' own signed contact records
 
@@ -149,7 +150,7 @@ class NodeConfig:
     leave_timeout: float = 0.5  # how long close() lingers after announcing a graceful leave
     member: bool = True  # False for a short-lived client: not put in peers' tables, no leave to announce
     inbox_limit: int = 10_000  # messages waiting for the application before new ones are refused (sender retries)
-    max_handlers: int = 64  # request handlers running at once; further requests wait in the socket queues
+    max_handlers: int = 64  # async request handlers running at once; further requests wait for a slot (unrun if their deadline passes)
     subscription_queue: int = 10_000  # publications buffered per subscriber; the oldest is dropped beyond it
     hello_timeout: float = 5.0
     join_timeout: float = 10.0  # how long start() waits for the bootstrap lookup before carrying on alone
@@ -243,6 +244,7 @@ class Node:
         self.stats: dict[str, int] = {
             "inbox_refused": 0, "publications_dropped": 0, "handler_errors": 0, "replies_dropped": 0,
             "relay_not_served": 0, "relay_refusals_received": 0, "contact_records_refused": 0,
+            "requests_expired": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -971,7 +973,11 @@ class Node:
             self._reply_error(env, "this node serves no requests", "NoHandler")
             return
         if self._handler_is_async:
-            task = asyncio.get_running_loop().create_task(self._run_handler(env))
+            # The requester's deadline on our clock: its ttl counts from now, when we read it (clocks of
+            # different hosts are not compared; protocols/delivery.md §8.2). A plain function below runs
+            # at once, so only a request that waits for a handler slot can outlive it.
+            deadline = self._now() + env.ttl / 1000 if env.ttl else None
+            task = asyncio.get_running_loop().create_task(self._run_handler(env, deadline))
             self._handler_tasks.add(task)
             task.add_done_callback(self._handler_tasks.discard)
             return
@@ -991,8 +997,16 @@ class Node:
             # rather than buffer without bound.
             self.stats["replies_dropped"] += 1
 
-    async def _run_handler(self, env: Envelope) -> None:
+    async def _run_handler(self, env: Envelope, deadline: float | None) -> None:
         async with self._handler_slots:
+            if deadline is not None and self._now() >= deadline:
+                # It waited for a slot until its requester gave up: running it would be work nobody
+                # reads. Refused and counted; the error reply reaches a requester still listening.
+                self.stats["requests_expired"] += 1
+                self._reply(env, {"error": "the request's deadline passed before a handler was free; it was not run",
+                                  "type": EXPIRED}, error=True)
+                self._pump()
+                return
             try:
                 result = await self._handler(env.body, Message(env.src, env.body, env.type, env.id))
                 self._reply(env, result)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import builtins
 import heapq
+import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, fields
@@ -186,14 +187,15 @@ _DEADLINE, _ACK = 1, 2
 class _Request:
     """A request awaiting its reply; also its deadline timer."""
 
-    __slots__ = ("slot", "id", "peer", "pending")
+    __slots__ = ("slot", "id", "peer", "pending", "deadline")
     kind = _DEADLINE
 
-    def __init__(self, rid: bytes, peer: "_Peer", pending: list):
+    def __init__(self, rid: bytes, peer: "_Peer", pending: list, deadline: float):
         self.slot = 0
         self.id = rid
         self.peer = peer
         self.pending = pending
+        self.deadline = deadline  # on our clock; each copy sent carries the time left as its ttl
 
 
 class _Peer:
@@ -230,6 +232,12 @@ class _Peer:
         self.ids: set[bytes] | None = None  # ids recently delivered (dedup)
         self.ring: list[bytes] = []  # the same ids in delivery order, to forget the oldest
         self.ring_pos = 0
+
+
+def _ttl_ms(deadline: float, now: float) -> int:
+    """A request's ``ttl``: whole milliseconds from ``now`` to ``deadline``, rounded up, at least 1, so a
+    receiver never thinks it has less time than the requester gives it (protocols/delivery.md §8.2)."""
+    return max(1, math.ceil((deadline - now) * 1000))
 
 
 def _ack_ok(ack: object) -> bool:
@@ -326,15 +334,16 @@ class Delivery(CoreOutputs):
             self.stats["request_limit"] += 1
             raise TooManyRequests(f"{len(self._requests)} requests already await a reply")
         peer = self._sending_peer(dst)
-        p = self._transmit(peer, type, body, now, None)
+        deadline = now + timeout
+        p = self._transmit(peer, type, body, now, None, None, _ttl_ms(deadline, now))
         rid = p[_ENV].id
-        r = _Request(rid, peer, p)
+        r = _Request(rid, peer, p, deadline)
         p[_REQ] = r
         if peer.requests is None:
             peer.requests = {}
         peer.requests[rid] = r
         self._requests[rid] = r
-        self._arm(r, now + timeout)
+        self._arm(r, deadline)
         return rid
 
     def reply(self, request: Envelope, body, now: float, *, error: bool = False) -> bytes:
@@ -490,13 +499,13 @@ class Delivery(CoreOutputs):
         return peer
 
     def _transmit(self, peer: _Peer, typ: str, body, now: float, re: bytes | None,
-                  msg_id: bytes | None = None) -> list:
+                  msg_id: bytes | None = None, ttl: int = 0) -> list:
         """Sequence, send and arm the retransmit timer of one new reliable message (the hot path)."""
         rng = self._rng
         seq = peer.next_seq
         peer.next_seq = seq + 1
         env = Envelope(msg_id or rng.getrandbits(128).to_bytes(16, "big"), self.node_id, typ, body, peer.id,
-                       int(now * 1000), 0, seq, peer.ep, re, self._piggyback(peer) if peer.owed else None)
+                       int(now * 1000), ttl, seq, peer.ep, re, self._piggyback(peer) if peer.owed else None)
         k = int((now + self._rto_lo + self._rto_span * rng.random()) * self._inv_g) + 1
         if k <= self._fired:
             k = self._fired + 1
@@ -544,8 +553,15 @@ class Delivery(CoreOutputs):
             return
         p[_TRIES] = tries
         p[_SLOT] = self._arm_slot(p, now + self._jittered(cfg.timeout(tries)))
-        # The same object goes out again. Its piggybacked ack may be stale: harmless, acks are cumulative.
-        self._out.append(p[_ENV])
+        env = p[_ENV]
+        r = p[_REQ]
+        if r is not None:
+            # A request's copy says how long its requester still waits, as of this copy (a new object:
+            # one already handed out is never changed). Its piggybacked ack may be stale: harmless,
+            # acks are cumulative.
+            env = p[_ENV] = Envelope(env.id, env.src, env.type, env.body, env.dst, int(now * 1000),
+                                     _ttl_ms(r.deadline, now), env.seq, env.ep, env.re, env.ack)
+        self._out.append(env)
         self.stats["retransmits"] += 1
 
     def _jittered(self, timeout: float) -> float:

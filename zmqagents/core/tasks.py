@@ -240,7 +240,7 @@ PROVIDER_STATS = (
     "received", "malformed", "rejected", "denied", "busy", "unknown_capability", "started", "queued",
     "completed", "failed", "canceled", "deadline", "replayed", "attached", "duplicate_submit",
     "unknown_task", "not_owner", "bad_input_state", "late_report", "output_too_large", "chunks",
-    "chunks_suppressed", "caller_gone", "input_required", "inputs", "stopped",
+    "chunks_suppressed", "caller_gone", "input_required", "inputs", "stopped", "expired",
 )
 
 
@@ -557,9 +557,12 @@ class TaskProvider(CoreOutputs):
             _, _, wire_id = heapq.heappop(heap)
             job = self._jobs.get(wire_id)
             if job is not None and job.id == wire_id:
-                self.stats["deadline"] += 1
-                self._finish(job, FAILED, {"err": _err(E_DEADLINE, "the task's deadline passed at the provider")}, now,
-                             stop=True)
+                if job.state == SUBMITTED:
+                    self._expire(job, now)
+                else:
+                    self.stats["deadline"] += 1
+                    self._finish(job, FAILED, {"err": _err(E_DEADLINE, "the task's deadline passed at the provider")},
+                                 now, stop=True)
         results = self._results
         while results:
             k, (expires, _, _) = next(iter(results.items()))
@@ -584,7 +587,16 @@ class TaskProvider(CoreOutputs):
         job.state = state
         self._send_all(job, STATUS, {"state": state, **extra, "load": self.load(job.cap)})
 
-    def _finish(self, job: _Job, state: str, extra: dict, now: float, *, stop: bool = False) -> None:
+    def _expire(self, job: _Job, now: float, *, promote: bool = True) -> None:
+        """A queued task's deadline passed before a slot freed: it fails without ever running, since its
+        caller gave up (counted in ``deadline`` and ``expired``)."""
+        self.stats["deadline"] += 1
+        self.stats["expired"] += 1
+        self._finish(job, FAILED, {"err": _err(E_DEADLINE, "the task's deadline passed while it waited in the "
+                                               "provider's queue; it was not run")}, now, stop=True, promote=promote)
+
+    def _finish(self, job: _Job, state: str, extra: dict, now: float, *, stop: bool = False,
+                promote: bool = True) -> None:
         """Move ``job`` to a terminal state, free its slot, start the next queued task.
 
         ``stop``: the end comes from this side (cancel, deadline, caller gone, an oversize chunk),
@@ -620,14 +632,21 @@ class TaskProvider(CoreOutputs):
         self.stats[{COMPLETED: "completed", FAILED: "failed", CANCELED: "canceled"}[state]] += 1
         job.state = state
         self._send_all(job, STATUS, {"state": state, **extra, "load": self.load(cap)})
-        self._promote(cap, now)
+        if promote:
+            self._promote(cap, now)
 
     def _promote(self, cap: str, now: float) -> None:
+        """Start queued tasks while ``cap`` has free slots. One whose deadline passed (its timer has not
+        fired yet: the driver was late) is not started but expired, without recursing into here."""
         queue = self._queues[cap]
         limit = self._limits[cap]
         while queue and self._running[cap] < limit:
             _, _, job = heapq.heappop(queue)
-            if self._jobs.get(job.id) is job:
+            if self._jobs.get(job.id) is not job:
+                continue
+            if job.deadline is not None and job.deadline <= now:
+                self._expire(job, now, promote=False)
+            else:
                 self._start(job, now)
 
     def _send_all(self, job: _Job, typ: str, body: dict) -> None:

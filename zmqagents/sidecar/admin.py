@@ -46,7 +46,7 @@ DELIVERY_DROPS = ("malformed", "unsequenced", "stale_epoch", "reorder_overflow",
 ROUTING_DROPS = ("malformed", "misdirected", "from_mismatch", "unmatched", "late_responses")
 MEMBERSHIP_DROPS = ("malformed",)
 NODE_DROPS = {"inbox_refused": "inbox_full", "publications_dropped": "subscription_queue_full",
-              "replies_dropped": "reply_window_full"}
+              "replies_dropped": "reply_window_full", "requests_expired": "expired"}
 
 
 class AdminError(Exception):
