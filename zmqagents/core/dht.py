@@ -5,6 +5,11 @@ is :class:`~zmqagents.core.lookup.Lookup`, the routing table and RTT estimate be
 :class:`~zmqagents.core.routing.RoutingCore` this core is given. Nothing here does IO, reads a clock or
 uses global randomness; signing and verifying (Ed25519, PyNaCl) is computation.
 
+Three modules: :mod:`~zmqagents.core.dht_records` (a record's wire form, what its signature covers, making
+and checking one), :mod:`~zmqagents.core.dht_store` (what this node holds for others, within its bounds;
+:class:`DhtConfig`) and this one (the operations and their RPCs, answering peers, re-replication and
+republishing). Every public name is importable from here.
+
 What it stores:
 
 * **Value records** -- ``key`` (32 bytes), ``value`` (any msgpack value, the whole record at most
@@ -61,7 +66,7 @@ Public API (stable)::
         .find_providers(key, now) -> op id                           # DhtDone(kind="providers", providers=[...])
         .held(key) -> Record | None, .held_providers(key) -> list[ProviderRecord]
         .records -> int (records held), .provider_entries -> int, .store_bytes -> int
-        .stats (dict of counters), .config (DhtConfig), .node_id
+        .stats (dict of counters), .config (DhtConfig), .node_id, .store (the RecordStore)
         .receive(env, now), .tick(now), .next_timer(), .take_outgoing(), .take_events(), .contact_for(node_id)
     DhtDone(op_id, kind, key, ok, record, providers, stored, rounds, queries, duration, reason)
         ok and record None for a get: not found (the lookup converged); ok False: failed ("failed",
@@ -83,18 +88,32 @@ and one RTT estimate per node.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import random
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-import nacl.exceptions
-import nacl.signing
-
-from ..envelope import Envelope, canonical_packb
+from ..envelope import Envelope
 from ..identity import Contact
+from .dht_records import (
+    KEY_LEN,
+    PROVIDER_DOMAIN,
+    RECORD_DOMAIN,
+    ProviderRecord,
+    Record,
+    RecordError,
+    check_key,
+    key_for,
+    lifetime_fault,
+    make_provider,
+    make_record,
+    parse_provider,
+    parse_record,
+    provider_signing_bytes,
+    record_signing_bytes,
+)
+from .dht_store import DhtConfig, RecordStore
 from .lookup import LOOKUP_STAT_KEYS, Lookup, contact_fields, node_id_for
 from .outputs import CoreOutputs
 from .routing import QueryDestinations, RoutingCore, addressed_here
@@ -114,12 +133,6 @@ PROVIDERS = "dht.providers"
 STORE = "dht.store"
 ADD_PROVIDER = "dht.add_provider"
 STORED = "dht.stored"
-
-RECORD_DOMAIN = b"zmqagents/dht-record/v1\x00"
-PROVIDER_DOMAIN = b"zmqagents/dht-provider/v1\x00"
-SIGNATURE_LEN = 64
-KEY_LEN = 32
-MAX_UINT64 = (1 << 64) - 1
 
 STAT_KEYS = LOOKUP_STAT_KEYS + (
     # traffic
@@ -142,237 +155,7 @@ STAT_KEYS = LOOKUP_STAT_KEYS + (
 )
 
 
-class RecordError(ValueError):
-    """A record or provider entry that must be refused. ``reason`` names the counter (e.g. "bad_signature")."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason = reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-
-def key_for(name: str | bytes) -> bytes:
-    """The 32-byte DHT key of ``name``: ``sha256(name.encode("utf-8"))`` for a str (and for bytes that are
-    not 32 long); a 32-byte bytes value is taken as the key itself."""
-    if isinstance(name, str):
-        return hashlib.sha256(name.encode("utf-8")).digest()
-    if isinstance(name, (bytes, bytearray)):
-        name = bytes(name)
-        return name if len(name) == KEY_LEN else hashlib.sha256(name).digest()
-    raise TypeError(f"a DHT key is a str or bytes, not {type(name).__name__}")
-
-
-# -- records ------------------------------------------------------------------------------------------
-
-def record_signing_bytes(key: bytes, value: Any, public_key: bytes, seq: int, expires: int) -> bytes:
-    """What a value record's signature covers: the domain, then the canonical msgpack of
-    ``{"exp", "k", "pk", "seq", "v"}`` (keys sorted by their encoding, recursively)."""
-    return RECORD_DOMAIN + canonical_packb({"k": key, "v": value, "pk": public_key, "seq": seq, "exp": expires})
-
-
-def provider_signing_bytes(key: bytes, contact: list, expires: int, meta: Any = None) -> bytes:
-    """What a provider entry's signature covers: the domain, then the canonical msgpack of
-    ``{"c": [key, endpoint], "exp", "k"}`` plus ``"m"`` when there is metadata."""
-    m = {"k": key, "c": contact, "exp": expires}
-    if meta is not None:
-        m["m"] = meta
-    return PROVIDER_DOMAIN + canonical_packb(m)
-
-
-@dataclass(slots=True, frozen=True, eq=False)
-class Record:
-    """A signed value record (validated). ``size``: bytes of its signed encoding plus the signature."""
-
-    key: bytes
-    value: Any
-    public_key: bytes
-    seq: int
-    expires: int
-    signature: bytes
-    size: int
-    value_bytes: bytes  # canonical msgpack of the value: equal-seq conflicts compare these
-
-    @property
-    def publisher(self) -> bytes:
-        """The publisher's node id, ``sha256(public_key)``."""
-        return node_id_for(self.public_key)
-
-    def to_wire(self) -> dict:
-        return {"k": self.key, "v": self.value, "pk": self.public_key, "seq": self.seq, "exp": self.expires,
-                "sig": self.signature}
-
-
-@dataclass(slots=True, frozen=True, eq=False)
-class ProviderRecord:
-    """A signed provider entry (validated): ``contact`` offers ``key`` until ``expires``."""
-
-    key: bytes
-    contact: Contact
-    expires: int
-    meta: Any
-    signature: bytes
-    size: int
-
-    @property
-    def node_id(self) -> bytes:
-        return node_id_for(self.contact.public_key)
-
-    def to_wire(self) -> dict:
-        m = {"k": self.key, "c": [self.contact.public_key, self.contact.endpoint], "exp": self.expires,
-             "sig": self.signature}
-        if self.meta is not None:
-            m["m"] = self.meta
-        return m
-
-
-def _uint(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= MAX_UINT64
-
-
-def _verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
-        return True
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError,
-            nacl.exceptions.CryptoError):
-        return False
-
-
-def make_record(signer: Any, key: bytes, value: Any, seq: int, expires: int) -> Record:
-    """Sign a value record with ``signer`` (``.public_key``, ``.sign(bytes) -> signature``)."""
-    if type(key) is not bytes or len(key) != KEY_LEN:
-        raise ValueError(f"a record key is {KEY_LEN} bytes")
-    if not _uint(seq) or not _uint(expires):
-        raise ValueError("seq and expires are unsigned 64-bit integers")
-    try:
-        body = record_signing_bytes(key, value, signer.public_key, seq, expires)
-        value_bytes = canonical_packb(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"the value cannot be encoded as msgpack: {exc}") from None
-    sig = signer.sign(body)
-    return Record(key, value, signer.public_key, seq, expires, sig, len(body) - len(RECORD_DOMAIN) + len(sig),
-                  value_bytes)
-
-
-def make_provider(signer: Any, key: bytes, endpoint: str, expires: int, meta: Any = None) -> ProviderRecord:
-    """Sign a provider entry for ``signer``'s own contact (``signer.public_key`` at ``endpoint``)."""
-    if type(key) is not bytes or len(key) != KEY_LEN:
-        raise ValueError(f"a provider key is {KEY_LEN} bytes")
-    if contact_fields([signer.public_key, endpoint]) is None:
-        raise ValueError(f"malformed endpoint {endpoint!r:.80}")
-    if not _uint(expires):
-        raise ValueError("expires is an unsigned 64-bit integer")
-    c = [signer.public_key, endpoint]
-    try:
-        body = provider_signing_bytes(key, c, expires, meta)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"the metadata cannot be encoded as msgpack: {exc}") from None
-    sig = signer.sign(body)
-    return ProviderRecord(key, Contact(signer.public_key, endpoint), expires, meta, sig,
-                          len(body) - len(PROVIDER_DOMAIN) + len(sig))
-
-
-def parse_record(obj: Any, *, max_bytes: int = 1 << 20, verify: bool = True) -> Record:
-    """A value record from its wire map, or RecordError("malformed" | "oversize" | "bad_signature").
-    Unknown map keys are ignored (and not signed). Expiry is the caller's check (it needs the time)."""
-    if type(obj) is not dict:
-        raise RecordError("malformed", "a record is a map")
-    key = obj.get("k")
-    pk = obj.get("pk")
-    seq = obj.get("seq")
-    exp = obj.get("exp")
-    sig = obj.get("sig")
-    if type(key) is not bytes or len(key) != KEY_LEN:
-        raise RecordError("malformed", "k must be 32 bytes")
-    if type(pk) is not bytes or len(pk) != 32:
-        raise RecordError("malformed", "pk must be 32 bytes")
-    if not _uint(seq) or not _uint(exp):
-        raise RecordError("malformed", "seq and exp must be unsigned 64-bit integers")
-    if type(sig) is not bytes or len(sig) != SIGNATURE_LEN:
-        raise RecordError("malformed", "sig must be 64 bytes")
-    if "v" not in obj:
-        raise RecordError("malformed", "no value")
-    value = obj["v"]
-    try:
-        body = record_signing_bytes(key, value, pk, seq, exp)
-        value_bytes = canonical_packb(value)
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        raise RecordError("malformed", "value is not msgpack") from None
-    size = len(body) - len(RECORD_DOMAIN) + SIGNATURE_LEN
-    if size > max_bytes:
-        raise RecordError("oversize", f"{size} bytes, limit {max_bytes}")
-    if verify and not _verify(pk, body, sig):
-        raise RecordError("bad_signature", "the signature does not verify with the record's key")
-    return Record(key, value, pk, seq, exp, sig, size, value_bytes)
-
-
-def parse_provider(obj: Any, *, max_bytes: int = 1 << 20, verify: bool = True) -> ProviderRecord:
-    """A provider entry from its wire map, or RecordError("malformed" | "oversize" | "bad_signature")."""
-    if type(obj) is not dict:
-        raise RecordError("malformed", "a provider entry is a map")
-    key = obj.get("k")
-    c = obj.get("c")
-    exp = obj.get("exp")
-    sig = obj.get("sig")
-    meta = obj.get("m")
-    if type(key) is not bytes or len(key) != KEY_LEN:
-        raise RecordError("malformed", "k must be 32 bytes")
-    f = contact_fields(c) if type(c) is list else None
-    if f is None:
-        raise RecordError("malformed", "c must be [32-byte key, endpoint]")
-    if not _uint(exp):
-        raise RecordError("malformed", "exp must be an unsigned 64-bit integer")
-    if type(sig) is not bytes or len(sig) != SIGNATURE_LEN:
-        raise RecordError("malformed", "sig must be 64 bytes")
-    try:
-        body = provider_signing_bytes(key, [f[0], f[1]], exp, meta)
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        raise RecordError("malformed", "metadata is not msgpack") from None
-    size = len(body) - len(PROVIDER_DOMAIN) + SIGNATURE_LEN
-    if size > max_bytes:
-        raise RecordError("oversize", f"{size} bytes, limit {max_bytes}")
-    if verify and not _verify(f[0], body, sig):
-        raise RecordError("bad_signature", "the signature does not verify with the provider's key")
-    return ProviderRecord(key, Contact(f[0], f[1]), exp, meta, sig, size)
-
-
-# -- configuration and events ------------------------------------------------------------------------
-
-@dataclass
-class DhtConfig:
-    """Tuning of the DHT core. The reasons for each default are in protocols/routing.md, section 10 (10.6, 10.7)."""
-
-    replicas: int = 3  # nodes that hold each record: the closest to its key
-    query_timeout: float = 2.0  # hard timeout of one FIND_VALUE/STORE (s): after it the peer counts as failed
-    max_record_bytes: int = 8192  # a value record's signed encoding plus signature
-    max_provider_bytes: int = 1024  # a provider entry's (metadata included)
-    max_providers_per_key: int = 20  # entries held (and answered) per key
-    max_gone_providers: int = 1024  # providers forgotten here whose old entries are refused (LRU, ~60 KB)
-    max_store_bytes: int = 4 << 20  # records and provider entries held for others, in bytes
-    max_items: int = 16384  # ... and in number
-    max_own: int = 1024  # records and provided keys this node publishes itself
-    default_ttl: float = 3600.0  # lifetime of a put without ttl (s)
-    provider_ttl: float = 900.0  # lifetime of a provider entry; it is re-signed at every republish
-    max_ttl: float = 86400.0  # a record may not expire later than this from now ...
-    max_clock_skew: float = 60.0  # ... plus this much
-    republish_interval: float = 300.0  # the publisher re-stores its records and provider entries (jittered +-10%)
-    replicate_check: float = 10.0  # holders look whether the table changed and re-replicate (jittered +-10%)
-    replicate_interval: float = 600.0  # ... and push everything to the current replica set anyway
-    store_rate: float = 100.0  # STOREs accepted per peer per second (token bucket) ...
-    store_burst: float = 500.0  # ... with this burst
-    rate_peers: int = 4096  # peers whose token buckets are remembered (least recently used forgotten)
-    max_ops: int = 16  # operations (get, put, provide, find) running at once; more are queued
-    max_queued_ops: int = 1024  # beyond this an operation fails at once ("busy")
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"DhtConfig.{f.name} must be a positive number, got {value!r}")
-        if self.provider_ttl > self.max_ttl or self.default_ttl > self.max_ttl:
-            raise ValueError("DhtConfig.default_ttl and provider_ttl must not exceed max_ttl")
-        if self.republish_interval >= self.provider_ttl:
-            raise ValueError("DhtConfig.republish_interval must be shorter than provider_ttl, or entries lapse")
-
+# -- events ------------------------------------------------------------------------------------------
 
 @dataclass(slots=True)
 class DhtDone:
@@ -441,26 +224,6 @@ class _Rpc:
         self.store = store
 
 
-class _Held:
-    """A record held for others, and the replica set it was last pushed to."""
-
-    __slots__ = ("record", "pushed", "serial")
-
-    def __init__(self, record: Record, serial: int):
-        self.record = record
-        self.pushed: frozenset = frozenset()
-        self.serial = serial
-
-
-class _HeldProviders:
-    __slots__ = ("entries", "pushed", "serial")
-
-    def __init__(self, serial: int):
-        self.entries: dict[bytes, ProviderRecord] = {}
-        self.pushed: frozenset = frozenset()
-        self.serial = serial
-
-
 class DhtCore(CoreOutputs):
     """Records and providers of one node. See the module docstring; call a method, then drain
     take_outgoing() and take_events()."""
@@ -478,16 +241,8 @@ class DhtCore(CoreOutputs):
         self._rng = rng
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._me_int = int.from_bytes(self.node_id, "big")
-        self._store: dict[bytes, _Held] = {}
-        self._provs: dict[bytes, _HeldProviders] = {}
-        # Providers forgotten here (dead or left): node id -> the latest expiry of the entries dropped.
-        # A copy of such an entry pushed back by a holder that did not hear of the death (re-replication)
-        # is refused as "stale"; only an entry the provider signed anew (a later expiry) is taken.
-        self._gone: dict[bytes, int] = {}
-        self._items = 0
-        self._bytes = 0
-        self._far: list = []  # heap of (-distance of key to us, serial, key): eviction order, lazily cleaned
-        self._serial = 0
+        self.store = RecordStore(self.node_id, cfg, self.stats)  # what this node holds for others
+        self._serial = 0  # tie-break of the late heap
         self._own: dict[bytes, Record] = {}  # records this node published (republished until they expire)
         self._own_provs: dict[bytes, Any] = {}  # keys this node provides -> metadata (refreshed until unprovide)
         self._last_seq = 0
@@ -535,11 +290,10 @@ class DhtCore(CoreOutputs):
 
     def get(self, key: bytes, now: float) -> int:
         """Look ``key`` up; DhtDone(kind="get") carries the first valid record found (None: not found)."""
-        _check_key(key)
+        check_key(key)
         rec = self._own.get(key)
         if rec is None or rec.expires <= now:
-            h = self._store.get(key)
-            rec = h.record if h is not None and h.record.expires > now else None
+            rec = self.store.live_record(key, now)
         if rec is not None:
             oid = self._next_id
             self._next_id += 1
@@ -551,7 +305,7 @@ class DhtCore(CoreOutputs):
     def provide(self, key: bytes, now: float, *, meta: Any = None) -> int:
         """Announce this node as a provider of ``key`` (with optional small ``meta``); the entry is re-signed
         and re-stored every ``republish_interval`` until :meth:`unprovide`."""
-        _check_key(key)
+        check_key(key)
         me = self.routing.advertised
         if me is None or me[0] != self.signer.public_key:
             raise ValueError("only a node that advertises its own contact, signed by its own key, can provide")
@@ -568,53 +322,34 @@ class DhtCore(CoreOutputs):
 
     def find_providers(self, key: bytes, now: float) -> int:
         """Look up the providers of ``key``; DhtDone(kind="providers").providers lists them."""
-        _check_key(key)
+        check_key(key)
         return self._submit(_FIND, key, None, now)
 
     def forget(self, node_id: bytes) -> int:
         """The liveness layer declared ``node_id`` dead (or it left): drop the provider entries it has here,
         so finds stop listing it before the entries expire. Safe on a false positive: a live provider
-        re-stores its entry at its next refresh. Returns the entries dropped (also counted)."""
-        n = 0
-        latest = None
-        for key in [k for k, h in self._provs.items() if node_id in h.entries]:
-            h = self._provs[key]
-            p = h.entries.pop(node_id)
-            self._items -= 1
-            self._bytes -= p.size
-            n += 1
-            latest = p.expires if latest is None else max(latest, p.expires)
-            if not h.entries:
-                del self._provs[key]
-        if latest is not None:
-            gone = self._gone
-            gone.pop(node_id, None)
-            gone[node_id] = max(latest, gone.get(node_id, latest))
-            if len(gone) > self.config.max_gone_providers:
-                del gone[next(iter(gone))]  # the one forgotten longest ago
-        self.stats["providers_forgotten"] += n
-        return n
+        re-stores its entry at its next refresh; an older copy pushed back by another holder is refused.
+        Returns the entries dropped (also counted)."""
+        return self.store.forget(node_id)
 
     def held(self, key: bytes) -> Record | None:
         """The record this node holds for ``key`` for others (expired ones may linger until the next check)."""
-        h = self._store.get(key)
-        return None if h is None else h.record
+        return self.store.held(key)
 
     def held_providers(self, key: bytes) -> list[ProviderRecord]:
-        h = self._provs.get(key)
-        return [] if h is None else list(h.entries.values())
+        return self.store.held_providers(key)
 
     @property
     def records(self) -> int:
-        return len(self._store)
+        return self.store.records
 
     @property
     def provider_entries(self) -> int:
-        return self._items - len(self._store)
+        return self.store.provider_entries
 
     @property
     def store_bytes(self) -> int:
-        return self._bytes
+        return self.store.bytes
 
     @property
     def own_records(self) -> dict[bytes, Record]:
@@ -725,17 +460,15 @@ class DhtCore(CoreOutputs):
                                                                         skip_failed=True)]
         out: dict[str, Any] = {"nodes": nodes}
         if providers:
-            h = self._provs.get(key)
-            if h is not None:
-                live = [p.to_wire() for p in h.entries.values() if p.expires > now]
-                if live:
-                    out["provs"] = live
-                    stats["providers_answered"] += 1
+            live = self.store.live_providers(key, now)
+            if live:
+                out["provs"] = [p.to_wire() for p in live]
+                stats["providers_answered"] += 1
             typ = PROVIDERS
         else:
-            h = self._store.get(key)
-            if h is not None and h.record.expires > now:
-                out["rec"] = h.record.to_wire()
+            rec = self.store.live_record(key, now)
+            if rec is not None:
+                out["rec"] = rec.to_wire()
                 stats["values_answered"] += 1
             typ = VALUE
         self._send(Envelope(self._rid(), self.node_id, typ, out, src, int(now * 1000), 0, None, None, env.id))
@@ -751,7 +484,7 @@ class DhtCore(CoreOutputs):
             return
         body = env.body
         obj = body.get("prov" if providers else "rec") if type(body) is dict else None
-        why = self._offer_provider(obj, now) if providers else self._offer_record(obj, now)
+        why = self._offer(providers, obj, now)
         answer = {"ok": True} if why is None else {"ok": False, "why": why}
         self._send(Envelope(self._rid(), self.node_id, STORED, answer, src, int(now * 1000), 0, None, None, env.id))
 
@@ -773,193 +506,13 @@ class DhtCore(CoreOutputs):
         b[0] -= 1.0
         return True
 
-    # -- the store -------------------------------------------------------------------------------------
-
-    def _refuse(self, reason: str) -> str:
-        self.stats["refused_" + reason] += 1
-        return reason
-
-    def _offer_record(self, obj: Any, now: float) -> str | None:
-        """Validate a record and store it. Returns None if held (new, updated or a duplicate), else the
-        reason it was refused (also counted)."""
-        cfg = self.config
-        # A copy of what we hold, byte for byte, is a duplicate: no need to verify it again.
-        if type(obj) is dict:
-            k = obj.get("k")
-            h = self._store.get(k) if type(k) is bytes else None
-            if h is not None and obj.get("sig") == h.record.signature and obj.get("seq") == h.record.seq \
-                    and obj.get("exp") == h.record.expires and obj.get("pk") == h.record.public_key:
-                self.stats["duplicates"] += 1
-                return None
-        try:
-            rec = parse_record(obj, max_bytes=cfg.max_record_bytes, verify=False)
-        except RecordError as exc:
-            return self._refuse(exc.reason)
-        if rec.expires <= now:
-            return self._refuse("expired")
-        if rec.expires > now + cfg.max_ttl + cfg.max_clock_skew:
-            return self._refuse("future")
-        h = self._store.get(rec.key)
-        if h is not None and h.record.expires <= now:
-            self._drop_record(rec.key)
-            h = None
-        if h is not None:
-            old = h.record
-            if old.public_key != rec.public_key:
-                return self._refuse("owner")
-            if rec.seq < old.seq:
-                return self._refuse("stale")
-            if rec.seq == old.seq:
-                if rec.value_bytes != old.value_bytes:
-                    return self._refuse("conflict")
-                if rec.expires <= old.expires:
-                    self.stats["duplicates"] += 1
-                    return None
-        if not _verify(rec.public_key, record_signing_bytes(rec.key, rec.value, rec.public_key, rec.seq, rec.expires),
-                       rec.signature):
-            return self._refuse("bad_signature")
-        if h is not None:
-            self._bytes += rec.size - h.record.size
-            h.record = rec
-            self.stats["updated"] += 1
-            self._make_room(None, 0, now)
-            return None
-        if not self._make_room(rec.key, rec.size, now):
-            return self._refuse("full")
-        self._serial += 1
-        self._store[rec.key] = _Held(rec, self._serial)
-        self._push_far(rec.key, self._serial)
-        self._items += 1
-        self._bytes += rec.size
-        self.stats["stored"] += 1
-        self._arm_check(now)
-        return None
-
-    def _offer_provider(self, obj: Any, now: float) -> str | None:
-        cfg = self.config
-        try:
-            p = parse_provider(obj, max_bytes=cfg.max_provider_bytes, verify=False)
-        except RecordError as exc:
-            return self._refuse(exc.reason)
-        if p.expires <= now:
-            return self._refuse("expired")
-        if p.expires > now + cfg.max_ttl + cfg.max_clock_skew:
-            return self._refuse("future")
-        h = self._provs.get(p.key)
-        nid = p.node_id
-        gone = self._gone.get(nid)
-        if gone is not None and p.expires <= gone:
-            return self._refuse("stale")  # an old copy of an entry we dropped when its provider went
-        old = None if h is None else h.entries.get(nid)
-        if old is not None:
-            if p.signature == old.signature:
-                self.stats["duplicates"] += 1
-                return None
-            if p.expires <= old.expires:
-                return self._refuse("stale")
-        if not _verify(p.contact.public_key, provider_signing_bytes(p.key, [p.contact.public_key, p.contact.endpoint],
-                                                                    p.expires, p.meta), p.signature):
-            return self._refuse("bad_signature")
-        if old is not None:
-            h.entries[nid] = p
-            self._bytes += p.size - old.size
-            self.stats["providers_updated"] += 1
-            self._make_room(None, 0, now)
-            return None
-        if h is not None and len(h.entries) >= cfg.max_providers_per_key:
-            # Full: the entry that expires first makes room, if the newcomer outlives it.
-            victim = min(h.entries.values(), key=lambda e: e.expires)
-            if victim.expires >= p.expires:
-                self.stats["providers_full"] += 1
-                return "providers_full"
-            del h.entries[victim.node_id]
-            self._items -= 1
-            self._bytes -= victim.size
-            self.stats["evicted"] += 1
-        if not self._make_room(p.key, p.size, now):
-            return self._refuse("full")
-        h = self._provs.get(p.key)  # room making may have evicted the key
-        if h is None:
-            self._serial += 1
-            h = self._provs[p.key] = _HeldProviders(self._serial)
-            self._push_far(p.key, self._serial)
-        h.entries[nid] = p
-        self._items += 1
-        self._bytes += p.size
-        self.stats["providers_stored"] += 1
-        self._arm_check(now)
-        return None
-
-    def _push_far(self, key: bytes, serial: int) -> None:
-        far = self._far
-        heapq.heappush(far, (-(int.from_bytes(key, "big") ^ self._me_int), serial, key))
-        if len(far) > 2 * (len(self._store) + len(self._provs)) + 64:
-            live = [(-(int.from_bytes(k, "big") ^ self._me_int), h.serial, k) for k, h in self._store.items()]
-            live += [(-(int.from_bytes(k, "big") ^ self._me_int), h.serial, k) for k, h in self._provs.items()]
-            heapq.heapify(live)
-            self._far = live
-
-    def _make_room(self, key: bytes | None, size: int, now: float) -> bool:
-        """Evict until ``size`` more bytes and one more item fit (nothing more for an update, key None). The
-        item whose key is farthest from our id goes first; a newcomer farther than all that is held is
-        refused (False). Expired items are purged before anything live is evicted."""
-        cfg = self.config
-        extra = 0 if key is None else 1
-        if self._items + extra <= cfg.max_items and self._bytes + size <= cfg.max_store_bytes:
-            return True
-        self._purge(now)
-        dist = None if key is None else int.from_bytes(key, "big") ^ self._me_int
-        far = self._far
-        while self._items + extra > cfg.max_items or self._bytes + size > cfg.max_store_bytes:
-            victim = None
-            while far:
-                negd, serial, k = far[0]
-                h = self._store.get(k)
-                if h is None or h.serial != serial:
-                    h = self._provs.get(k)
-                    if h is None or h.serial != serial:
-                        heapq.heappop(far)  # gone since: a stale heap entry
-                        continue
-                victim = (-negd, k, h)
-                break
-            if victim is None:
-                return key is None
-            d, k, h = victim
-            if dist is not None and d <= dist:
-                return False  # the newcomer is the farthest: refuse it rather than evict a closer one
-            heapq.heappop(far)
-            if isinstance(h, _Held):
-                self._drop_record(k)
-            else:
-                self._drop_providers(k)
-            self.stats["evicted"] += 1
-        return True
-
-    def _drop_record(self, key: bytes) -> None:
-        h = self._store.pop(key)
-        self._items -= 1
-        self._bytes -= h.record.size
-
-    def _drop_providers(self, key: bytes) -> None:
-        h = self._provs.pop(key)
-        self._items -= len(h.entries)
-        self._bytes -= sum(p.size for p in h.entries.values())
-
-    def _purge(self, now: float) -> None:
-        n = 0
-        for key in [k for k, h in self._store.items() if h.record.expires <= now]:
-            self._drop_record(key)
-            n += 1
-        for key, h in list(self._provs.items()):
-            gone = [nid for nid, p in h.entries.items() if p.expires <= now]
-            for nid in gone:
-                p = h.entries.pop(nid)
-                self._items -= 1
-                self._bytes -= p.size
-            n += len(gone)
-            if not h.entries:
-                del self._provs[key]
-        self.stats["expired"] += n
+    def _offer(self, provider: bool, obj: Any, now: float) -> str | None:
+        """Offer a record or provider entry (wire map) to the store: None if held, else why not. Whatever is
+        held gets re-replicated, so the check timer is armed (it stays armed while anything is held)."""
+        why = self.store.offer_provider(obj, now) if provider else self.store.offer_record(obj, now)
+        if why is None:
+            self._arm_check(now)
+        return why
 
     # -- re-replication and republishing ---------------------------------------------------------------
 
@@ -979,7 +532,7 @@ class DhtCore(CoreOutputs):
         (or, every replicate_interval, to the whole current replica set)."""
         cfg = self.config
         self._check_at = None
-        self._purge(now)
+        self.store.purge(now)
         full = self._full_at is not None and self._full_at <= now
         mark = self._table_changes()
         if full or mark != self._table_mark:
@@ -988,7 +541,7 @@ class DhtCore(CoreOutputs):
             self._replicate(now, full)
             if full:
                 self._full_at = now + cfg.replicate_interval * (0.9 + 0.2 * self._rng.random())
-        if self._store or self._provs:
+        if self.store:
             self._arm_check(now)
         else:
             self._full_at = None
@@ -1018,7 +571,7 @@ class DhtCore(CoreOutputs):
         cap = max(1, int(self.config.store_burst // 2))
         sent: dict[bytes, int] = {}
         behind = False
-        for key, h in self._store.items():
+        for key, h in self.store.held_records():
             wire = None
             pushed = set()
             for e in self._replica_set(key):
@@ -1037,7 +590,7 @@ class DhtCore(CoreOutputs):
                     self.stats["replicated"] += 1
                 pushed.add(nid)
             h.pushed = frozenset(pushed)
-        for key, h in self._provs.items():
+        for key, h in self.store.held_provider_sets():
             pushed = set()
             live = [p for p in h.entries.values() if p.expires > now]
             for e in self._replica_set(key):
@@ -1193,7 +746,7 @@ class DhtCore(CoreOutputs):
         op.phase = 2
         for c in targets:
             if c is None:
-                why = self._offer_provider(wire["prov"], now) if provider else self._offer_record(wire["rec"], now)
+                why = self._offer(provider, wire["prov" if provider else "rec"], now)
                 if why is None:
                     op.stored += 1
                 else:
@@ -1321,7 +874,7 @@ class DhtCore(CoreOutputs):
         except RecordError:
             self.stats["answers_bad_record"] += 1
             return None
-        if rec.key != key or rec.expires <= now or rec.expires > now + cfg.max_ttl + cfg.max_clock_skew:
+        if rec.key != key or lifetime_fault(rec.expires, now, cfg.max_ttl, cfg.max_clock_skew) is not None:
             self.stats["answers_bad_record"] += 1
             return None
         return rec
@@ -1345,7 +898,7 @@ class DhtCore(CoreOutputs):
             except RecordError:
                 self.stats["answers_bad_provider"] += 1
                 continue
-            if p.key != op.key or p.expires <= now or p.expires > now + cfg.max_ttl + cfg.max_clock_skew:
+            if p.key != op.key or lifetime_fault(p.expires, now, cfg.max_ttl, cfg.max_clock_skew) is not None:
                 self.stats["answers_bad_provider"] += 1
                 continue
             got = True
@@ -1387,8 +940,3 @@ class DhtCore(CoreOutputs):
 
 
 _MISSING = object()
-
-
-def _check_key(key: Any) -> None:
-    if type(key) is not bytes or len(key) != KEY_LEN:
-        raise ValueError(f"a DHT key is {KEY_LEN} bytes (use key_for(name) for a name)")
