@@ -2,7 +2,9 @@
 
 The protocol lives in :mod:`zmqagents.core.dht` (sans-IO); this module turns its operations into
 awaitables for a running :class:`~zmqagents.node.Node`, which feeds it ``dht.*`` envelopes and timer
-ticks like its other cores.
+ticks like its other cores. The node hands it the three things it needs from the node's driving loop
+(its clock, a way to send what a core queued, and a pump) when it makes it, so this module does not
+depend on the Node.
 
 Keys: a ``str`` key or capability name is hashed, ``sha256(name.encode("utf-8"))``, so ``"weather"``
 means the same key on every node; 32 ``bytes`` are used as the key itself; other ``bytes`` are hashed.
@@ -23,13 +25,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from .core.dht import DhtCore, DhtDone, ProviderRecord, Record, key_for
 from .identity import Contact, short_id
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = ["Dht", "DhtError", "DhtTimeout", "PutResult", "ProviderInfo", "key_for"]
 
@@ -90,8 +89,13 @@ _REASONS = {
 class Dht:
     """``node.dht``. Operations need a started node (``async with Node(...)``)."""
 
-    def __init__(self, node: "Node"):
-        self._node = node
+    def __init__(self, *, now: Callable[[], float], send: Callable[[DhtCore], None], pump: Callable[[], None]):
+        """``now``: the clock the node's cores run on; ``send(core)``: send what ``core`` queued (to
+        destinations it may know only from a lookup); ``pump``: have the node act on every core's
+        output, after an operation was handed to the core outside the node's own event handling."""
+        self._now = now
+        self._send = send
+        self._pump = pump
         self.core: DhtCore | None = None  # made by Node.start(), once the node's contact is known
         self._ops: dict[int, asyncio.Future] = {}
 
@@ -156,7 +160,7 @@ class Dht:
         core = self.core
         if core is None:
             return
-        self._node._send_outgoing(core)
+        self._send(core)
         for event in core.take_events():
             if isinstance(event, DhtDone):
                 future = self._ops.pop(event.op_id, None)
@@ -177,11 +181,10 @@ class Dht:
         return self.core
 
     async def _run(self, start: Callable[[float], int], timeout: float, what: str) -> DhtDone:
-        node = self._node
-        op_id = start(node._now())
+        op_id = start(self._now())
         future = asyncio.get_running_loop().create_future()
         self._ops[op_id] = future
-        node._pump()
+        self._pump()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:

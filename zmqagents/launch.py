@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import sys
 
+from .tlsguard import keep_tls_out
+
 LEAN_COMMANDS = frozenset({"node"})
-KEPT_OUT = ("ssl", "_ssl", "_hashlib")
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -31,21 +32,6 @@ def command_of(argv: list[str]) -> str | None:
         if not arg.startswith("-"):
             return arg
     return None
-
-
-def keep_tls_out() -> None:
-    """Make ``import ssl`` and ``import _hashlib`` fail (as on a Python built without OpenSSL),
-    unless something already imported them."""
-    for name in KEPT_OUT:
-        sys.modules.setdefault(name, None)
-
-
-def allow_tls() -> None:
-    """Undo :func:`keep_tls_out` for ``ssl`` before importing a library that needs it at import time
-    (prometheus_client does, for its own HTTPS server): the admin endpoint pays for ssl, not the node."""
-    for name in ("ssl", "_ssl"):
-        if name in sys.modules and sys.modules[name] is None:
-            del sys.modules[name]
 
 
 def main() -> None:

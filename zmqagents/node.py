@@ -213,7 +213,8 @@ class Node:
         self.delivery = Delivery(identity.node_id, self._rng, self.config.delivery)
         self.routing: RoutingCore | None = None  # needs our endpoint, known once the inbox is bound
         self.membership: Membership | None = None  # likewise (alive rumors about us carry our contact)
-        self.dht = Dht(self)  # records and providers (zmqagents/dht.py); its core is made by start()
+        # Records and providers (zmqagents/dht.py); its core is made by start().
+        self.dht = Dht(now=self._now, send=self._send_outgoing, pump=self._pump)
         self._members: set[bytes] = set()  # ids handed to membership, mirrored from the routing table
         self.relay_server: RelayServer | None = None  # with serve_relay
         self.relay_client: RelayClient | None = None  # on an outbound-only node

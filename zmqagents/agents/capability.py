@@ -12,13 +12,18 @@ Records come from other nodes, so :meth:`Capability.from_record` checks every fi
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..core.tasks import MAX_CAPABILITY_LEN, CapabilityPolicy, check_group_name, packed_size
+from ..identity import Contact
 from .schema import SchemaError, check_schema, validate
 
+log = logging.getLogger(__name__)
+
+DESCRIBE = "task.describe"  # request: the capability records a node serves (reply: a list of records)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 MAX_DESCRIPTION = 2000
 MAX_TAGS = 32
@@ -203,3 +208,17 @@ def _strings(label: str, values: Any, max_count: int, max_len: int) -> tuple[str
         if not isinstance(v, str) or not 0 < len(v) <= max_len:
             raise CapabilityError(f"{label}: each entry is a string of 1..{max_len} characters")
     return tuple(values)
+
+
+async def describe(node: Any, peer: bytes | Contact, *, timeout: float = 10.0) -> list[Capability]:
+    """The capabilities ``peer`` (a node id or contact) serves, as it describes them in answer to a
+    ``task.describe`` request (protocols/tasks.md §3.1) sent through ``node``; malformed records
+    are skipped and logged."""
+    records = await node.request(peer, None, timeout=timeout, type=DESCRIBE)
+    caps = []
+    for rec in records if isinstance(records, list) else ():
+        try:
+            caps.append(Capability.from_record(rec))
+        except CapabilityError as exc:
+            log.warning("skipping a malformed capability record: %s", exc)
+    return caps

@@ -533,7 +533,8 @@ def agents_info(key, listen, insecure, capability, bootstrap, to, as_json) -> No
     n = _make_node(key, listen, [], insecure, None, _contacts(bootstrap, hint="--bootstrap"))
 
     async def main() -> int:
-        from .runtime import Agents, describe
+        from .capability import describe
+        from .runtime import Agents
 
         async with n:
             agents = Agents(n, lookup=_lookup_for(n, to))
@@ -611,7 +612,7 @@ def agents_ls(key, listen, insecure, bootstrap, to, show_all, probe_timeout, as_
 
     async def main() -> int:
         from .registry import ALIVE, list_mesh
-        from .runtime import describe
+        from .capability import describe
 
         status = EXIT_OK
         providers: dict[str, list] = {}  # name -> [(contact, state, rtt)]
@@ -684,7 +685,7 @@ def agents_card(key, listen, insecure, to, a2a, url, card_name) -> None:
 
     async def main() -> int:
         from .capability import agent_card
-        from .runtime import describe
+        from .capability import describe
 
         async with n:
             try:

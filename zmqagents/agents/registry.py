@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from ..core.tasks import MAX_CAPABILITY_LEN, packed_size
 from ..identity import Contact
-from .capability import NAME_RE
+from .capability import NAME_RE, describe
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,6 @@ async def list_mesh(node, *, timeout: float = 10.0, probe_timeout: float = PROBE
     """Every node in the registry, with its capabilities and liveness; raises DhtError only if every
     shard lookup failed (a lookup of an empty shard succeeds with no providers)."""
     from ..node import RemoteError
-    from .runtime import describe
 
     results = await asyncio.gather(*(node.find_providers(k, timeout=timeout) for k in all_keys()),
                                    return_exceptions=True)

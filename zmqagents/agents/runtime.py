@@ -39,12 +39,12 @@ from ..core.tasks import (
 from ..coretimer import CoreTimer
 from ..envelope import Envelope
 from ..identity import Contact
+from . import registry
 from .base import Agent, AgentError, TaskContext
-from .capability import Capability, CapabilityError
+from .capability import DESCRIBE, Capability, CapabilityError, describe
 
 log = logging.getLogger(__name__)
 
-DESCRIBE = "task.describe"  # request: the capability records a node serves (reply: a list of records)
 LOOKUP_TTL = 5.0  # s a provider lookup result is reused: one DHT lookup per capability, not per task
 DEAD_MEMORY = 60.0  # s a node reported gone is left out of candidates
 DESCRIBE_TIMEOUT = 3.0  # s a provider has to describe its capabilities before the schema check skips it
@@ -145,18 +145,6 @@ class DirectLookup:
     def forget(self, node_id: bytes) -> None:
         if self._served is not None:
             self._served.pop(node_id, None)
-
-
-async def describe(node, peer: bytes | Contact, *, timeout: float = 10.0) -> list[Capability]:
-    """The capabilities ``peer`` serves, as it describes them (malformed records are skipped and logged)."""
-    records = await node.request(peer, None, timeout=timeout, type=DESCRIBE)
-    caps = []
-    for rec in records if isinstance(records, list) else ():
-        try:
-            caps.append(Capability.from_record(rec))
-        except CapabilityError as exc:
-            log.warning("skipping a malformed capability record: %s", exc)
-    return caps
 
 
 class NoAnswer(Exception):
@@ -288,8 +276,6 @@ class Agents:
 
         A failure is logged, not raised: the capability itself is published, and the DHT core keeps
         refreshing the entry (a full shard is the known limit, protocols/tasks.md §3.3)."""
-        from . import registry
-
         key = registry.shard_key(self.node.node_id)
         if not self._listed:
             try:

@@ -237,7 +237,7 @@ class AdminServer:
         self._connections = 0
 
     async def start(self) -> None:
-        from ..launch import allow_tls
+        from ..tlsguard import allow_tls
 
         allow_tls()  # prometheus_client imports ssl unconditionally; `zmqagents node` keeps it out until now
         from prometheus_client import CollectorRegistry, ProcessCollector

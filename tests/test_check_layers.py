@@ -1,0 +1,107 @@
+"""tools/check_layers.py: the import-cycle and layer check that .ci/run runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("check_layers", ROOT / "tools" / "check_layers.py")
+check_layers = importlib.util.module_from_spec(_spec)
+sys.modules["check_layers"] = check_layers  # dataclasses look their module up while the class is made
+_spec.loader.exec_module(check_layers)
+
+
+def make_package(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A package named zmqagents (the layers are keyed by module names in it) with the given files; the
+    modules the known exception needs are always there, so only what a test adds can break a rule."""
+    base = {
+        "__init__.py": "",
+        "envelope.py": "",
+        "core/__init__.py": "",
+        "node.py": "",
+        "agents/__init__.py": "",
+        "agents/commands.py": "def run():\n    from .. import cli\n",
+        "cli.py": "from .agents import commands\n",
+    }
+    pkg = tmp_path / "zmqagents"
+    for name, text in {**base, **files}.items():
+        path = pkg / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return pkg
+
+
+def found(pkg: Path) -> list[str]:
+    return check_layers.problems(check_layers.build(pkg))
+
+
+def test_the_project_itself_passes():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "check_layers.py")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().endswith(": ok")
+
+
+def test_a_clean_package_passes(tmp_path):
+    pkg = make_package(tmp_path, {"core/a.py": "from ..envelope import x\n", "node.py": "from .core import a\n"})
+    assert found(pkg) == []
+
+
+def test_a_cycle_closed_by_a_lazy_import_inside_a_function_is_found(tmp_path):
+    pkg = make_package(tmp_path, {
+        "core/a.py": "from . import b\n",
+        "core/b.py": "def f():\n    if True:\n        from .a import thing\n",
+    })
+    assert found(pkg) == ["import cycle: zmqagents.core.a <-> zmqagents.core.b"]
+
+
+def test_an_upward_import_is_found_even_when_only_for_type_checking(tmp_path):
+    pkg = make_package(tmp_path, {
+        "core/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..node import Node\n",
+    })
+    assert found(pkg) == ["upward import: zmqagents.core.a (layer core) imports zmqagents.node (layer node)"]
+
+
+def test_absolute_imports_and_importlib_target_strings_count(tmp_path):
+    pkg = make_package(tmp_path, {
+        "envelope.py": "import zmqagents.core.a\n",
+        "core/a.py": 'SERVICE = "zmqagents.node:create"\nOTHER = "not.a:target here"\n',
+    })
+    assert found(pkg) == [
+        "upward import: zmqagents.core.a (layer core) imports zmqagents.node (layer node)",
+        "upward import: zmqagents.envelope (layer envelope/identity) imports zmqagents.core.a (layer core)",
+    ]
+
+
+def test_a_module_in_no_layer_is_refused(tmp_path):
+    pkg = make_package(tmp_path, {"newthing.py": ""})
+    assert found(pkg) == ["unplaced module: zmqagents.newthing is in no layer; add it to LAYERS in "
+                          "tools/check_layers.py"]
+
+
+def test_a_known_exception_that_no_longer_applies_is_refused(tmp_path):
+    pkg = make_package(tmp_path, {"agents/commands.py": ""})
+    (problem,) = found(pkg)
+    assert problem.startswith("stale exception: zmqagents.agents.commands no longer imports zmqagents.cli")
+
+
+def test_the_known_exception_excuses_only_its_own_edge(tmp_path):
+    pkg = make_package(tmp_path, {"agents/commands.py": "from ..cli import main\nfrom .. import demo\n",
+                                  "demo.py": "from .agents import commands\n"})
+    assert found(pkg) == ["upward import: zmqagents.agents.commands (layer agents) imports zmqagents.demo "
+                          "(layer cli/sidecar)",
+                          "import cycle: zmqagents.agents.commands <-> zmqagents.demo"]
+
+
+@pytest.mark.parametrize("edges, expected", [
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+    ({"a": {"b"}, "b": set(), "c": {"d"}, "d": {"c"}}, [["c", "d"]]),
+    ({"a": {"a"}}, []),
+])
+def test_cycles_are_the_strongly_connected_components(edges, expected):
+    assert check_layers.cycles(edges) == expected
