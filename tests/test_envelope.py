@@ -51,13 +51,15 @@ def test_vectors_file_matches_its_generator():
 
 def test_vectors_cover_every_error_class():
     named = {v["error"] for v in VECTORS["invalid"]}
-    assert named == {"TruncatedEnvelope", "OversizeEnvelope", "MalformedEnvelope", "UnsupportedVersion", "BadSignature"}
+    assert named == {"TruncatedEnvelope", "OversizeEnvelope", "MalformedEnvelope", "UnsupportedVersion", "BadSignature",
+                     "TooManyValues"}
 
 
 def test_constants_match_the_vectors():
     assert VECTORS["version"] == E.VERSION
     assert VECTORS["max_size"] == E.DEFAULT_MAX_SIZE == 1 << 20
     assert VECTORS["max_depth"] == E.MAX_DEPTH
+    assert VECTORS["max_values"] == E.DEFAULT_MAX_VALUES == 16_384
     assert bytes.fromhex(VECTORS["signature_domain"]) == E.SIGNATURE_DOMAIN == b"zmqagents/envelope/v1\x00"
 
 
@@ -143,7 +145,7 @@ def test_invalid_vector_raises_exactly_the_named_error(vector):
     data = bytes.fromhex(vector["encoded"])
     with pytest.raises(E.EnvelopeError) as info:
         if vector["stage"] == "decode":
-            E.decode(data)
+            E.decode(data, max_values=vector.get("max_values", E.DEFAULT_MAX_VALUES))
         else:
             E.decode(data).verify()
     assert type(info.value) is expected, f"{vector['name']}: {info.value!r}"
@@ -371,3 +373,59 @@ def test_a_bad_envelope_does_not_lose_the_ones_after_it():
         next(it)
     assert list(dec.feed(b"")) == [env(body=1)]
     dec.close()
+
+
+# -- decoded cost (Envelope.cost bounds the memory a decoded envelope holds) --------------------
+
+def _held_after_decode(frame: bytes) -> tuple[E.Envelope, int]:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        env = E.decode(frame)
+        return env, tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
+_ROOM = E.DEFAULT_MAX_VALUES - 20  # the envelope's own fields take a few values
+
+
+@pytest.mark.parametrize("body", [
+    [{} for _ in range(_ROOM)],
+    [[] for _ in range(_ROOM)],
+    [{"": {}} for _ in range(_ROOM // 3)],
+    [{b"": None} for _ in range(_ROOM // 3)],
+    ["%02d" % (i % 100) for i in range(_ROOM)],
+    [300 + i for i in range(_ROOM)],
+    ["\U0001F600" * 3 for _ in range(64)],  # a small payload of 4-byte-a-character strings
+    "a" * 500_000 + "\U0001F600",  # one large string made 4 bytes a character by its last one
+    ["b" * 60 + "\u20ac" for _ in range(8000)],  # many 2-byte-a-character strings in a large payload
+    {"k" * 20 + str(i): b"x" * 40 for i in range(4000)},
+    "plain text",
+], ids=["empty-maps", "empty-arrays", "maps-of-maps", "bin-keys", "short-strs", "ints", "emoji-small",
+        "wide-large", "wide-many", "map-of-bins", "small"])
+def test_cost_bounds_the_memory_a_decoded_envelope_holds(body):
+    frame = E.Envelope(bytes(16), bytes(32), "msg", body).encode()
+    env, held = _held_after_decode(frame)
+    assert env.body == body
+    assert held <= env.cost, (held, env.cost)
+    assert env.cost <= 4 * len(frame) + E.VALUE_COST * E.DEFAULT_MAX_VALUES  # and it is a bound, not a guess
+
+
+def test_too_many_values_are_refused_by_the_encoder_and_the_decoder_alike():
+    body = [None] * (E.DEFAULT_MAX_VALUES - 11)  # the map, its 5 keys and 5 values, then the elements
+    frame = E.Envelope(bytes(16), bytes(32), "msg", body).encode()
+    assert E.count_values(frame[4:], E.DEFAULT_MAX_VALUES) == E.DEFAULT_MAX_VALUES
+    assert E.decode(frame).body == body
+    body.append(None)
+    with pytest.raises(E.TooManyValues):
+        E.Envelope(bytes(16), bytes(32), "msg", body).encode()
+    frame = E.Envelope(bytes(16), bytes(32), "msg", body).encode(max_values=E.DEFAULT_MAX_VALUES + 1)
+    with pytest.raises(E.TooManyValues):
+        E.decode(frame)
+    with pytest.raises(E.TooManyValues):
+        list(E.StreamDecoder().feed(frame))
+    assert E.decode(frame, max_values=E.DEFAULT_MAX_VALUES + 1).body == body

@@ -181,8 +181,10 @@ def test_nesting_depths(opener, depth):
 def test_100k_nested_arrays_within_1_mib():
     data = nested_frame(b"\x91", 100_000)
     assert len(data) < E.DEFAULT_MAX_SIZE
-    with pytest.raises(E.MalformedEnvelope):
+    with pytest.raises(E.TooManyValues):  # counted before anything is built
         E.decode(data)
+    with pytest.raises(E.MalformedEnvelope):  # with room for them, the depth check refuses it
+        E.decode(data, max_values=200_000)
 
 
 # -- memory stays bounded ------------------------------------------------------------
@@ -229,7 +231,39 @@ def test_decoded_size_is_bounded_by_the_frame_size():
     n = 1 << 16
     head = msgpack.packb({"v": 1, "id": bytes(16), "src": bytes(32), "t": "x"}, use_bin_type=True)
     data = frame(bytes([head[0] + 1]) + head[1:] + b"\xa1b\xdd" + struct.pack(">I", n) + b"\x90" * n)
-    assert peak_while(lambda: E.decode(data)) < 100 * len(data)
+    assert peak_while(lambda: E.decode(data, max_values=2 * n)) < 100 * len(data)
+
+
+def test_too_many_values_are_refused_before_they_are_built():
+    # A 1 MiB payload of empty maps would take ~75 MB decoded; counting its headers takes nothing.
+    n = E.DEFAULT_MAX_SIZE - 128
+    head = msgpack.packb({"v": 1, "id": bytes(16), "src": bytes(32), "t": "x"}, use_bin_type=True)
+    data = frame(bytes([head[0] + 1]) + head[1:] + b"\xa1b\xdd" + struct.pack(">I", n) + b"\x80" * n)
+    assert len(data) <= E.DEFAULT_MAX_SIZE + 4
+    assert peak_while(raises(E.TooManyValues, E.decode, data)) < 16 * 1024
+
+
+countable = st.recursive(
+    scalars | st.text(min_size=30, max_size=40) | st.binary(min_size=250, max_size=300),
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(scalars, inner, max_size=20),
+    max_leaves=60,
+)
+
+
+@fuzz(200)
+@given(countable)
+def test_count_values_counts_every_value(value):
+    def values(v) -> int:
+        if isinstance(v, dict):
+            return 1 + sum(values(k) + values(x) for k, x in v.items())
+        if isinstance(v, (list, tuple)):
+            return 1 + sum(values(x) for x in v)
+        return 1
+    payload = msgpack.packb(value, use_bin_type=True)
+    n = values(value)
+    assert E.count_values(payload, n) == n
+    with pytest.raises(E.TooManyValues):
+        E.count_values(payload, n - 1)
 
 
 # -- round trip and signatures -----------------------------------------------------

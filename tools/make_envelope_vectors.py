@@ -237,6 +237,15 @@ def invalid_vectors() -> list[dict]:
         ("msgpack_too_deep", "2000 nested arrays: beyond what msgpack itself will unpack.",
          nested_arrays(2000), "MalformedEnvelope"),
     ]
+    nineteen = raw(base(b=[None] * 8))  # the map, 5 keys, 5 values, an array of 8 nils: 19 values
+    limited = [  # decoded with the value limit given in the vector (a small one keeps the frames short)
+        ("too_many_values", "19 values (the map, 5 field names, 5 field values, 8 array elements) "
+         "against a limit of 18.", nineteen, "TooManyValues", 18),
+        ("values_before_depth", f"A body of {E.MAX_DEPTH} nested arrays (too deep as well) is refused by the "
+         "value count, which runs before anything is built.", nested_arrays(E.MAX_DEPTH), "TooManyValues", 16),
+        ("values_after_size", "A prefix over the size limit is refused as oversize, whatever the payload "
+         "would hold.", struct.pack(">I", E.DEFAULT_MAX_SIZE + 1) + bytes(8), "OversizeEnvelope", 1),
+    ]
     verify = [
         ("bad_signature", "A valid frame whose body was changed after signing.", bytes(tampered), "BadSignature"),
         ("pk_not_src", "Signed correctly by Bob's key, but src is Alice's node id.", impostor.encode(), "BadSignature"),
@@ -246,6 +255,9 @@ def invalid_vectors() -> list[dict]:
         {"name": n, "description": d, "encoded": data.hex(), "stage": stage, "error": err}
         for stage, cases in (("decode", decode), ("verify", verify))
         for n, d, data, err in cases
+    ] + [
+        {"name": n, "description": d, "encoded": data.hex(), "stage": "decode", "error": err, "max_values": limit}
+        for n, d, data, err, limit in limited
     ]
 
 
@@ -256,6 +268,7 @@ def build() -> dict:
         "version": E.VERSION,
         "max_size": E.DEFAULT_MAX_SIZE,
         "max_depth": E.MAX_DEPTH,
+        "max_values": E.DEFAULT_MAX_VALUES,
         "signature_domain": E.SIGNATURE_DOMAIN.hex(),
         "identities": [
             {

@@ -34,6 +34,20 @@ MAX_TYPE_LEN = 64
 # which is deep enough for repr(), ==, json.dumps or deepcopy of a decoded
 # body to hit Python's recursion limit; 100 leaves every such caller room.
 MAX_DEPTH = 100
+# How many msgpack values (every map key, map value and array element, at any depth, and the
+# envelope map itself) one payload may hold. Decoded, a value takes up to ~90 bytes of Python
+# objects however small it is on the wire (an empty map is one byte and a 64-byte dict), so the
+# byte limit alone lets a 1 MiB payload of empty maps cost ~75 MB. 16,384 values bound that part
+# to ~1.5 MB and still carry any body an agent sends (a 1,536-float embedding, a 20-contact
+# routing answer, a long JSON document); a node that needs more raises it on both ends.
+DEFAULT_MAX_VALUES = 16_384
+# Memory accounting (Envelope.cost): an upper bound of what one decoded value takes beyond its
+# own payload bytes (measured on CPython 3.11: a map holding one empty map is 85 bytes a value).
+VALUE_COST = 96
+# Strings decode to 1, 2 or 4 bytes per character: a mostly-ASCII string with one emoji in it
+# takes four times its UTF-8 length. Payloads up to this size are charged that worst case (3 more
+# bytes per payload byte, at most 12 KiB); larger ones are charged what their non-ASCII strings take.
+SMALL_PAYLOAD = 4096
 SIGNATURE_DOMAIN = b"zmqagents/envelope/v1\x00"
 
 ID_LEN = 16
@@ -64,6 +78,10 @@ class MalformedEnvelope(EnvelopeError):
     """Not msgpack, not a map, a required field missing, or a field of the wrong type."""
 
 
+class TooManyValues(EnvelopeError):
+    """The payload holds more msgpack values than the decoder's ``max_values`` (checked before building them)."""
+
+
 class UnsupportedVersion(EnvelopeError):
     """The envelope's major version is one this implementation does not speak."""
 
@@ -80,6 +98,11 @@ class Envelope:
     delivery core and are absent on messages that do not need them. ``extra``
     holds fields this version does not define (from a newer peer); they are
     not interpreted, but are re-encoded and signed along with the rest.
+
+    ``cost`` is set by the decoder: an upper bound, in bytes, of the memory the
+    decoded envelope holds (payload length, plus VALUE_COST per value, plus what
+    wide strings take beyond their UTF-8 length). Queues that hold what peers
+    send are bounded in it. It is 0 for envelopes built locally.
     """
 
     id: bytes
@@ -96,6 +119,7 @@ class Envelope:
     pk: bytes | None = None
     sig: bytes | None = None
     extra: dict = field(default_factory=dict, repr=False, compare=False)
+    cost: int = field(default=0, repr=False, compare=False)
 
     # -- encoding ------------------------------------------------------------
 
@@ -143,10 +167,10 @@ class Envelope:
             _check_value(self.extra, 1)
         return m
 
-    def encode(self, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+    def encode(self, *, max_size: int = DEFAULT_MAX_SIZE, max_values: int = DEFAULT_MAX_VALUES) -> bytes:
         """Length-prefixed bytes.
 
-        Raises MalformedEnvelope or OversizeEnvelope rather than emit what a peer must refuse.
+        Raises MalformedEnvelope, OversizeEnvelope or TooManyValues rather than emit what a peer must refuse.
         """
         m = self._checked_map()
         try:
@@ -155,6 +179,8 @@ class Envelope:
             raise MalformedEnvelope(f"body cannot be encoded as msgpack: {exc}") from None
         if len(payload) > max_size:
             raise OversizeEnvelope(f"envelope of {len(payload)} bytes exceeds the limit of {max_size} bytes")
+        if len(payload) > max_values:  # every value takes at least one byte: only a longer payload can hold more
+            count_values(payload, max_values)
         return HEADER.pack(len(payload)) + payload
 
     # -- signatures ----------------------------------------------------------
@@ -265,16 +291,18 @@ def _is_flat(value: Any, *, check_keys: bool) -> bool:
     return True
 
 
-def _check_value(value: Any, depth: int) -> None:
+def _check_value(value: Any, depth: int) -> int:
     """Refuse what the decoder would refuse inside a free-form value at nesting level ``depth``.
 
     That is: nesting beyond MAX_DEPTH, map keys other than str/bin, and
     msgpack extension objects. Walks one level at a time, holding only
     references to the containers of the next level, so the walk adds little
     to the memory the value already takes; the depth bound also ends the walk
-    of a value that contains itself.
+    of a value that contains itself. Returns how many values ``value`` holds
+    (map keys and values, array elements, at every depth below it).
     """
     level = [value]
+    count = 0
     while level:
         if depth > MAX_DEPTH:
             raise MalformedEnvelope(f"values nest deeper than {MAX_DEPTH} levels")
@@ -283,17 +311,21 @@ def _check_value(value: Any, depth: int) -> None:
             kind = type(value)
             if kind is list:  # first, and by exact type: what the decoder makes, and the bulk of any walk
                 children = value
+                count += len(value)
             elif kind is dict:
                 if not _KEY_TYPES.issuperset(map(type, value)):
                     _check_keys(value)
                 children = value.values()
+                count += 2 * len(value)
             elif isinstance(value, (msgpack.ExtType, msgpack.Timestamp)):  # before tuple: ExtType is a namedtuple
                 raise MalformedEnvelope("msgpack extension types are not allowed in an envelope")
             elif isinstance(value, dict):
                 _check_keys(value)
                 children = value.values()
+                count += 2 * len(value)
             elif isinstance(value, (list, tuple)):
                 children = value
+                count += len(value)
             else:
                 continue  # bytearray, str subclasses, ...: msgpack packs them as plain scalars
             for child in children:
@@ -301,6 +333,7 @@ def _check_value(value: Any, depth: int) -> None:
                     below.append(child)
         level = below
         depth += 1
+    return count
 
 
 def _check_keys(mapping: dict) -> None:
@@ -316,8 +349,40 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise MalformedEnvelope(f"msgpack extension type {code} is not allowed in an envelope")
 
 
-def _from_map(m: Any) -> Envelope:
-    """Check a decoded top-level value against the schema and build the Envelope."""
+def _inner_values(value: Any) -> int:
+    """How many values a decoded (already checked) container holds below it: 0 for a scalar."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return 0
+    if _is_flat(value, check_keys=False):
+        return 2 * len(value) if kind is dict else len(value)
+    return _check_value(value, 2)
+
+
+def _wide_text(value: Any) -> int:
+    """Bytes that the non-ASCII strings in a decoded value take beyond their length (at most 3 a character).
+
+    CPython stores a string with 1, 2 or 4 bytes per character, the widest its characters need;
+    ``str.isascii`` is O(1). Map keys are strings too. Iterative, for the same reason as _check_value.
+    """
+    extra = 0
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                extra += 3 * len(value)
+        elif kind is list:
+            stack.extend(value)
+        elif kind is dict:
+            stack.extend(value)
+            stack.extend(value.values())
+    return extra
+
+
+def _from_map(m: Any, size: int) -> Envelope:
+    """Check a decoded top-level value against the schema and build the Envelope (``size``: payload bytes)."""
     if type(m) is not dict:
         raise MalformedEnvelope(f"envelope must be a msgpack map, got {type(m).__name__}")
     get = m.get
@@ -340,29 +405,105 @@ def _from_map(m: Any) -> Envelope:
     sig = get("sig")
     _check_fields(mid, src, typ, dst, ts, ttl, seq, ep, re, ack, pk, sig)
     body = get("b")
-    if type(body) not in _SCALARS and not _is_flat(body, check_keys=False):
-        _check_value(body, 2)
-    if ack and not _is_flat(ack, check_keys=False):
-        _check_value(ack, 2)
+    values = 1 + 2 * len(m)  # the map, its keys, its values
+    if type(body) not in _SCALARS:
+        values += _inner_values(body)
+    if ack:
+        values += _inner_values(ack)
+    if _KNOWN_FIELDS.issuperset(m):
+        extra = {}
+    else:
+        extra = _unknown_fields(m)
+        values += _check_value(extra, 1) - 2 * len(extra)  # their keys and values are counted above
+    cost = size + VALUE_COST * values + (3 * size if size <= SMALL_PAYLOAD else _wide_text(m))
     # Positional, in dataclass field order: about twice as fast as keywords.
-    return Envelope(
-        mid, src, typ, body, dst, ts or 0, ttl or 0, seq, ep, re, ack, pk, sig,
-        {} if _KNOWN_FIELDS.issuperset(m) else _unknown_fields(m),
-    )
+    return Envelope(mid, src, typ, body, dst, ts or 0, ttl or 0, seq, ep, re, ack, pk, sig, extra, cost)
 
 
 def _unknown_fields(m: dict) -> dict:
-    """Fields this version does not define: kept, uninterpreted, so they can be passed on."""
+    """Fields this version does not define: kept, uninterpreted, so they can be passed on (checked by the caller)."""
     extra = {k: val for k, val in m.items() if k not in _KNOWN_FIELDS}
     for key in extra:
         if type(key) is not str:
             raise MalformedEnvelope(f"envelope field names must be strings, got {type(key).__name__}")
-    _check_value(extra, 1)
     return extra
 
 
-def decode_payload(payload: bytes) -> Envelope:
-    """Decode the msgpack map (without the length prefix)."""
+# Bytes that follow the first byte of a msgpack value whose size the first byte fixes (scalars).
+_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
+          0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_U16 = struct.Struct(">H")
+
+
+def count_values(payload: bytes, limit: int) -> int:
+    """How many msgpack values ``payload`` holds, reading headers only; TooManyValues beyond ``limit``.
+
+    Nothing is built: a str or bin is skipped by its length, a container adds its element count
+    to the values still to read. The cost is one step per value, and the walk stops at ``limit``,
+    so refusing a payload of a million empty maps costs ``limit`` steps, not a million objects.
+    Bytes msgpack would refuse (an extension, 0xc1, a truncated value) end the count early: the
+    decoder reports them.
+    """
+    n = len(payload)
+    pos = 0
+    todo = 1  # values announced and not yet read
+    count = 0
+    u16 = _U16.unpack_from
+    u32 = HEADER.unpack_from
+    fixed = _FIXED
+    while todo and pos < n:
+        todo -= 1
+        count += 1
+        if count > limit:
+            raise TooManyValues(f"payload holds more than {limit} msgpack values")
+        b = payload[pos]
+        if b < 0x80 or b >= 0xE0:  # positive and negative fixint
+            pos += 1
+        elif b < 0x90:  # fixmap
+            todo += 2 * (b & 0x0F)
+            pos += 1
+        elif b < 0xA0:  # fixarray
+            todo += b & 0x0F
+            pos += 1
+        elif b < 0xC0:  # fixstr
+            pos += 1 + (b & 0x1F)
+        elif b in fixed:
+            pos += 1 + fixed[b]
+        elif b == 0xC4 or b == 0xD9:  # bin 8, str 8
+            if pos + 2 > n:
+                break
+            pos += 2 + payload[pos + 1]
+        elif b == 0xC5 or b == 0xDA:  # bin 16, str 16
+            if pos + 3 > n:
+                break
+            pos += 3 + u16(payload, pos + 1)[0]
+        elif b == 0xC6 or b == 0xDB:  # bin 32, str 32
+            if pos + 5 > n:
+                break
+            pos += 5 + u32(payload, pos + 1)[0]
+        elif b == 0xDC or b == 0xDE:  # array 16, map 16
+            if pos + 3 > n:
+                break
+            todo += u16(payload, pos + 1)[0] * (2 if b == 0xDE else 1)
+            pos += 3
+        elif b == 0xDD or b == 0xDF:  # array 32, map 32
+            if pos + 5 > n:
+                break
+            todo += u32(payload, pos + 1)[0] * (2 if b == 0xDF else 1)
+            pos += 5
+        else:  # 0xc1 (never used), ext and fixext: refused by the decoder
+            break
+    return count
+
+
+def decode_payload(payload: bytes, *, max_values: int = DEFAULT_MAX_VALUES) -> Envelope:
+    """Decode the msgpack map (without the length prefix).
+
+    A payload longer than ``max_values`` bytes is first counted (count_values), so that one
+    holding too many values is refused before any of them is built.
+    """
+    if len(payload) > max_values:
+        count_values(payload, max_values)
     try:
         # max_ext_len=0 refuses every extension before msgpack builds it; the
         # timestamp type (-1) never reaches ext_hook, so the hook alone is not enough.
@@ -375,10 +516,10 @@ def decode_payload(payload: bytes) -> Envelope:
         if "max_ext_len" in str(exc) or "timestamp" in str(exc):
             raise MalformedEnvelope("msgpack extension types are not allowed in an envelope") from None
         raise MalformedEnvelope(f"not a valid msgpack map: {type(exc).__name__}: {exc}"[:200]) from None
-    return _from_map(m)
+    return _from_map(m, len(payload))
 
 
-def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
+def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_values: int = DEFAULT_MAX_VALUES) -> Envelope:
     """Decode exactly one length-prefixed envelope (a whole ZeroMQ frame or record)."""
     n = len(frame)
     if n < HEADER_LEN:
@@ -390,7 +531,7 @@ def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
         raise TruncatedEnvelope(f"envelope announces {length} bytes but only {n - HEADER_LEN} arrived")
     if n > HEADER_LEN + length:
         raise MalformedEnvelope(f"{n - HEADER_LEN - length} bytes follow the envelope inside one frame")
-    return decode_payload(frame[HEADER_LEN:])
+    return decode_payload(memoryview(frame)[HEADER_LEN:], max_values=max_values)  # no copy of the payload
 
 
 class StreamDecoder:
@@ -404,8 +545,9 @@ class StreamDecoder:
     treat OversizeEnvelope as the end of the stream.
     """
 
-    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE):
+    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE, max_values: int = DEFAULT_MAX_VALUES):
         self.max_size = max_size
+        self.max_values = max_values
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> Iterator[Envelope]:
@@ -429,7 +571,7 @@ class StreamDecoder:
                 return
             payload = buf[HEADER_LEN:end]
             del buf[:end]
-            yield decode_payload(payload)
+            yield decode_payload(payload, max_values=self.max_values)
 
     @property
     def pending(self) -> int:
