@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import msgpack
 import nacl.exceptions
 import nacl.signing
 
 from .identity import node_id_of
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -115,15 +118,15 @@ class Envelope:
     seq: int | None = None
     ep: int | None = None
     re: bytes | None = None
-    ack: list | None = None
+    ack: list[Any] | None = None
     pk: bytes | None = None
     sig: bytes | None = None
-    extra: dict = field(default_factory=dict, repr=False, compare=False)
+    extra: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     cost: int = field(default=0, repr=False, compare=False)
 
     # -- encoding ------------------------------------------------------------
 
-    def to_map(self) -> dict:
+    def to_map(self) -> dict[Any, Any]:
         m: dict[str, Any] = {"v": VERSION, "id": self.id, "src": self.src, "t": self.type}
         if self.dst is not None:
             m["dst"] = self.dst
@@ -154,7 +157,7 @@ class Envelope:
             m.update(self.extra)
         return m
 
-    def _checked_map(self) -> dict:
+    def _checked_map(self) -> dict[Any, Any]:
         """``to_map()`` after the decoder's own checks: what fails here, every peer would drop."""
         _check_fields(self.id, self.src, self.type, self.dst, self.ts, self.ttl, self.seq, self.ep,
                       self.re, self.ack, self.pk, self.sig)
@@ -174,7 +177,7 @@ class Envelope:
         """
         m = self._checked_map()
         try:
-            payload = msgpack.packb(m, use_bin_type=True)
+            payload: bytes = msgpack.packb(m, use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as exc:
             raise MalformedEnvelope(f"body cannot be encoded as msgpack: {exc}") from None
         if len(payload) > max_size:
@@ -194,7 +197,7 @@ class Envelope:
         except (TypeError, ValueError, OverflowError) as exc:
             raise MalformedEnvelope(f"body cannot be encoded as msgpack: {exc}") from None
 
-    def sign(self, identity) -> "Envelope":
+    def sign(self, identity: Identity) -> "Envelope":
         """Sign in place with a :class:`~zmqagents.identity.Identity` whose node id is ``src``."""
         if identity.node_id != self.src:
             raise ValueError("an envelope can only be signed by the node named in its src")
@@ -217,7 +220,8 @@ class Envelope:
 
 def canonical_packb(value: Any) -> bytes:
     """msgpack with every map's keys sorted by their own encoded bytes, recursively."""
-    return msgpack.packb(_canonical(value), use_bin_type=True)
+    packed: bytes = msgpack.packb(_canonical(value), use_bin_type=True)
+    return packed
 
 
 def _canonical(value: Any) -> Any:
@@ -241,7 +245,8 @@ def _not_uint(key: str, value: Any) -> MalformedEnvelope:
     return MalformedEnvelope(f"field {key!r} must be a non-negative integer, got {value!r:.40}")
 
 
-def _check_fields(mid, src, typ, dst, ts, ttl, seq, ep, re, ack, pk, sig) -> None:
+def _check_fields(mid: Any, src: Any, typ: Any, dst: Any, ts: Any, ttl: Any, seq: Any, ep: Any, re: Any, ack: Any,
+                  pk: Any, sig: Any) -> None:
     """The schema of every field but ``v`` and ``b``: run by the decoder and by the encoder alike.
 
     None means "not set" for the optional fields (absent, or nil on the wire).
@@ -336,7 +341,7 @@ def _check_value(value: Any, depth: int) -> int:
     return count
 
 
-def _check_keys(mapping: dict) -> None:
+def _check_keys(mapping: dict[Any, Any]) -> None:
     """Refuse a map key that is not a string or bytes (subclasses of them pass, as msgpack packs them)."""
     for key in mapping:
         if not isinstance(key, (str, bytes)):
@@ -385,7 +390,7 @@ def _from_map(m: Any, size: int) -> Envelope:
     """Check a decoded top-level value against the schema and build the Envelope (``size``: payload bytes)."""
     if type(m) is not dict:
         raise MalformedEnvelope(f"envelope must be a msgpack map, got {type(m).__name__}")
-    get = m.get
+    get: Callable[[str], Any] = m.get  # the values are checked below, whatever they are
     v = get("v")
     if type(v) is not int:
         raise MalformedEnvelope("field 'v' (version) is missing or not an integer")
@@ -420,7 +425,7 @@ def _from_map(m: Any, size: int) -> Envelope:
     return Envelope(mid, src, typ, body, dst, ts or 0, ttl or 0, seq, ep, re, ack, pk, sig, extra, cost)
 
 
-def _unknown_fields(m: dict) -> dict:
+def _unknown_fields(m: dict[Any, Any]) -> dict[Any, Any]:
     """Fields this version does not define: kept, uninterpreted, so they can be passed on (checked by the caller)."""
     extra = {k: val for k, val in m.items() if k not in _KNOWN_FIELDS}
     for key in extra:
@@ -435,7 +440,7 @@ _FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4
 _U16 = struct.Struct(">H")
 
 
-def count_values(payload: bytes, limit: int) -> int:
+def count_values(payload: bytes | bytearray | memoryview, limit: int) -> int:
     """How many msgpack values ``payload`` holds, reading headers only; TooManyValues beyond ``limit``.
 
     Nothing is built: a str or bin is skipped by its length, a container adds its element count
@@ -496,7 +501,7 @@ def count_values(payload: bytes, limit: int) -> int:
     return count
 
 
-def decode_payload(payload: bytes, *, max_values: int = DEFAULT_MAX_VALUES) -> Envelope:
+def decode_payload(payload: bytes | bytearray | memoryview, *, max_values: int = DEFAULT_MAX_VALUES) -> Envelope:
     """Decode the msgpack map (without the length prefix).
 
     A payload longer than ``max_values`` bytes is first counted (count_values), so that one

@@ -17,6 +17,7 @@ is reached through relays instead; its endpoint then lists them:
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 import os
@@ -82,7 +83,7 @@ def parse_public_key(text: str) -> bytes:
     cleaned = text.strip().upper()
     try:
         raw = base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
-    except (ValueError, base64.binascii.Error):
+    except (ValueError, binascii.Error):
         raise IdentityError(f"public key {text!r} is not base32 (expected 52 characters a-z, 2-7)") from None
     if len(raw) != PUBLIC_KEY_LEN:
         raise IdentityError(f"public key {text!r} decodes to {len(raw)} bytes, expected {PUBLIC_KEY_LEN}")
@@ -226,7 +227,7 @@ class Identity:
 
     # -- key files -------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike, *, force: bool = False, file_format: str = KEY_FILE_FORMAT) -> Path:
+    def save(self, path: str | os.PathLike[str], *, force: bool = False, file_format: str = KEY_FILE_FORMAT) -> Path:
         """Write the key file with mode 0600; refuse to replace one unless ``force``.
 
         ``file_format`` names what the key is for (a node key, or an operator CA's key, see certs.py), so
@@ -263,7 +264,7 @@ class Identity:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, file_format: str = KEY_FILE_FORMAT) -> "Identity":
+    def load(cls, path: str | os.PathLike[str], *, file_format: str = KEY_FILE_FORMAT) -> "Identity":
         path = Path(path)
         try:
             mode = path.stat().st_mode
@@ -295,7 +296,7 @@ class Identity:
         return cls.from_seed(seed)
 
 
-def load_allowlist(path: str | os.PathLike) -> frozenset[bytes]:
+def load_allowlist(path: str | os.PathLike[str]) -> frozenset[bytes]:
     """The node ids in an allowlist file: one node id (hex), public key (base32) or contact per
     line; '#' starts a comment. Raises IdentityError naming the file (and line) on bad input."""
     ids = set()

@@ -33,6 +33,7 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from itertools import islice
+from typing import Any
 
 from ..envelope import ID_LEN, Envelope
 from .outputs import CoreOutputs
@@ -190,7 +191,7 @@ class _Request:
     __slots__ = ("slot", "id", "peer", "pending", "deadline")
     kind = _DEADLINE
 
-    def __init__(self, rid: bytes, peer: "_Peer", pending: list, deadline: float):
+    def __init__(self, rid: bytes, peer: "_Peer", pending: list[Any], deadline: float):
         self.slot = 0
         self.id = rid
         self.peer = peer
@@ -218,7 +219,7 @@ class _Peer:
         self.next_seq = 1
         self.low = 1  # every seq below this is acked or abandoned (a lower bound of the lowest pending seq)
         self.rcum = 0  # highest cumulative seq the peer has acked on this stream
-        self.out: dict[int, list] = {}  # seq -> pending entry, unacked messages in seq order
+        self.out: dict[int, list[Any]] = {}  # seq -> pending entry, unacked messages in seq order
         self.blocked = False  # WindowFull was raised: report WindowOpen when there is room again
         self.requests: dict[bytes, _Request] | None = None
         self.fwd_at = float("-inf")  # when we last sent this peer a fwd (rate limit)
@@ -274,10 +275,10 @@ class Delivery(CoreOutputs):
         self._requests: dict[bytes, _Request] = {}
         self._npending = 0
         # node id -> (ids, ring, ring_pos, retired epochs) of peers whose state was dropped (kept_dedup)
-        self._kept: OrderedDict[bytes, tuple] = OrderedDict()
+        self._kept: OrderedDict[bytes, tuple[Any, ...]] = OrderedDict()
         CoreOutputs.__init__(self)
         # slot -> timer entries armed in it (some maybe cancelled); every key is in _slots exactly once
-        self._wheel: dict[int, list] = {}
+        self._wheel: dict[int, list[Any]] = {}
         self._live: dict[int, int] = {}  # slot -> entries in it still armed; a slot not in here is dead
         self._slots: list[int] = []  # heap of the wheel's slot numbers
         self._fired = 0  # the last slot tick() fired: nothing is ever armed at or before it
@@ -301,7 +302,7 @@ class Delivery(CoreOutputs):
         peer = self._peers.get(dst)
         return peer is None or len(peer.out) < self.config.window
 
-    def send(self, dst: bytes, body, now: float, *, type: str = "msg", msg_id: bytes | None = None,
+    def send(self, dst: bytes, body: Any, now: float, *, type: str = "msg", msg_id: bytes | None = None,
              confirm: bool = False) -> bytes:
         """Queue a reliable message; returns its id. Raises WindowFull if can_send(dst) is false.
 
@@ -322,9 +323,10 @@ class Delivery(CoreOutputs):
         p = self._transmit(peer, type, body, now, None, msg_id)
         if confirm:
             p[_CONFIRM] = True
-        return p[_ENV].id
+        mid: bytes = p[_ENV].id
+        return mid
 
-    def request(self, dst: bytes, body, now: float, *, timeout: float, type: str = "req") -> bytes:
+    def request(self, dst: bytes, body: Any, now: float, *, timeout: float, type: str = "req") -> bytes:
         """Send a request; its reply comes as Replied, or RequestFailed. Returns the request (= message) id."""
         if type in RESERVED_TYPES:
             raise ValueError(f"request type {type!r} is reserved by the delivery protocol")
@@ -336,7 +338,7 @@ class Delivery(CoreOutputs):
         peer = self._sending_peer(dst)
         deadline = now + timeout
         p = self._transmit(peer, type, body, now, None, None, _ttl_ms(deadline, now))
-        rid = p[_ENV].id
+        rid: bytes = p[_ENV].id
         r = _Request(rid, peer, p, deadline)
         p[_REQ] = r
         if peer.requests is None:
@@ -346,7 +348,7 @@ class Delivery(CoreOutputs):
         self._arm(r, deadline)
         return rid
 
-    def reply(self, request: Envelope, body, now: float, *, error: bool = False) -> bytes:
+    def reply(self, request: Envelope, body: Any, now: float, *, error: bool = False) -> bytes:
         """Answer a delivered request (type "rep", or "err" if ``error``); reliable like send().
 
         A reply may exceed the window up to twice its size: it answers a request the peer
@@ -355,7 +357,8 @@ class Delivery(CoreOutputs):
         """
         typ = ERROR_TYPE if error else REPLY_TYPE
         peer = self._sending_peer(request.src, 2 * self.config.window)
-        return self._transmit(peer, typ, body, now, request.id)[_ENV].id
+        mid: bytes = self._transmit(peer, typ, body, now, request.id)[_ENV].id
+        return mid
 
     def cancel_request(self, request_id: bytes) -> None:
         """Stop waiting for a reply; a late one is dropped. The request stays reliable: an unacked one is
@@ -364,7 +367,9 @@ class Delivery(CoreOutputs):
         if r is None:
             return
         self._cancel(r)
-        del r.peer.requests[request_id]
+        requests = r.peer.requests
+        assert requests is not None  # it holds r
+        del requests[request_id]
         self.stats["requests_cancelled"] += 1
 
     def pending(self, dst: bytes | None = None) -> int:
@@ -412,6 +417,7 @@ class Delivery(CoreOutputs):
             return
         if typ == ACK_TYPE:
             return
+        assert seq is not None and ep is not None  # checked above for every type but ack
         if ep != peer.in_ep and not self._enter_epoch(peer, ep):
             return
         if typ == FWD_TYPE:
@@ -498,8 +504,8 @@ class Delivery(CoreOutputs):
             raise WindowFull(f"{len(peer.out)} messages to {dst.hex()[:12]} are unacked (window {self.config.window})")
         return peer
 
-    def _transmit(self, peer: _Peer, typ: str, body, now: float, re: bytes | None,
-                  msg_id: bytes | None = None, ttl: int = 0) -> list:
+    def _transmit(self, peer: _Peer, typ: str, body: Any, now: float, re: bytes | None,
+                  msg_id: bytes | None = None, ttl: int = 0) -> list[Any]:
         """Sequence, send and arm the retransmit timer of one new reliable message (the hot path)."""
         rng = self._rng
         seq = peer.next_seq
@@ -524,7 +530,7 @@ class Delivery(CoreOutputs):
         self.stats["sent"] += 1
         return p
 
-    def _retransmit(self, p: list, now: float) -> None:
+    def _retransmit(self, p: list[Any], now: float) -> None:
         """A pending message's timer fired: retransmit it, probe for a stalled receiver, or give up."""
         cfg = self.config
         tries = p[_TRIES] + 1
@@ -567,7 +573,7 @@ class Delivery(CoreOutputs):
     def _jittered(self, timeout: float) -> float:
         return timeout * (1.0 + self.config.jitter * (2.0 * self._rng.random() - 1.0))
 
-    def _give_up(self, p: list) -> None:
+    def _give_up(self, p: list[Any]) -> None:
         """Retries exhausted: the message fails as "unreachable"."""
         peer = p[_PEER]
         mid = p[_ENV].id
@@ -582,7 +588,7 @@ class Delivery(CoreOutputs):
             self.stats["requests_failed"] += 1
             self._events.append(RequestFailed(r.id, peer.id, "unreachable"))
 
-    def _abandon(self, p: list) -> None:
+    def _abandon(self, p: list[Any]) -> None:
         """Stop sending a pending message; the end of the tick sends a fwd so the receiver skips it."""
         peer = p[_PEER]
         del peer.out[p[_SEQ]]
@@ -592,7 +598,7 @@ class Delivery(CoreOutputs):
         self._fwd_due[peer.id] = peer
         self._window_check(peer)
 
-    def _settle(self, p: list) -> None:
+    def _settle(self, p: list[Any]) -> None:
         """A message left ``out`` (acked, abandoned or failed): drop its timer and its envelope."""
         if p[_SLOT]:
             self._disarm(p[_SLOT])
@@ -622,7 +628,7 @@ class Delivery(CoreOutputs):
                                   peer.id, int(now * 1000), 0, self._floor(peer), peer.ep, None, ack))
         self.stats["fwd_sent"] += 1
 
-    def _on_ack(self, peer: _Peer, ack: list, now: float) -> bool:
+    def _on_ack(self, peer: _Peer, ack: list[Any], now: float) -> bool:
         """Apply a peer's ack of our stream. False if it acknowledges what we never sent (drop the envelope)."""
         if ack[0] != peer.ep:
             self.stats["acks_stale"] += 1  # about an older stream of ours: nothing pending belongs to it
@@ -742,20 +748,22 @@ class Delivery(CoreOutputs):
     def _deadline(self, r: _Request) -> None:
         """The request's deadline passed: fail it, and stop retransmitting it if it is still unacked."""
         del self._requests[r.id]
-        del r.peer.requests[r.id]
+        requests = r.peer.requests
+        assert requests is not None  # it holds r
+        del requests[r.id]
         if r.pending[_ENV] is not None:
             self._abandon(r.pending)
         self.stats["requests_timed_out"] += 1
         self._events.append(RequestFailed(r.id, r.peer.id, "timeout"))
 
-    def _piggyback(self, peer: _Peer) -> list:
+    def _piggyback(self, peer: _Peer) -> list[Any]:
         """The ack of the peer's stream, to ride on an envelope going to it anyway; settles what is owed."""
         peer.owed = 0
         self._cancel(peer)
         self.stats["acks_piggybacked"] += 1
         return self._ack_state(peer)
 
-    def _ack_state(self, peer: _Peer) -> list:
+    def _ack_state(self, peer: _Peer) -> list[Any]:
         buf = peer.buf
         if not buf:
             return [peer.in_ep, peer.cum, []]
@@ -839,7 +847,7 @@ class Delivery(CoreOutputs):
             self._disarm(entry.slot)
             entry.slot = 0
 
-    def _arm_slot(self, entry, t: float) -> int:
+    def _arm_slot(self, entry: Any, t: float) -> int:
         """Put ``entry`` in the wheel slot ending just after ``t`` (it fires at most one granularity late)."""
         k = int(t * self._inv_g) + 1
         if k <= self._fired:

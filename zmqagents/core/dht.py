@@ -174,7 +174,7 @@ class DhtDone:
     key: bytes
     ok: bool
     record: Record | None = None
-    providers: list = field(default_factory=list)
+    providers: list[Any] = field(default_factory=list)
     stored: int = 0
     rounds: int = 0
     queries: int = 0
@@ -246,10 +246,10 @@ class DhtCore(CoreOutputs):
         self._own: dict[bytes, Record] = {}  # records this node published (republished until they expire)
         self._own_provs: dict[bytes, Any] = {}  # keys this node provides -> metadata (refreshed until unprovide)
         self._last_seq = 0
-        self._rates: OrderedDict[bytes, list] = OrderedDict()  # peer -> [tokens, last refill]
+        self._rates: OrderedDict[bytes, list[Any]] = OrderedDict()  # peer -> [tokens, last refill]
         self._rpcs: dict[bytes, _Rpc] = {}
-        self._fifo: deque = deque()  # (hard deadline, rpc id)
-        self._late: list = []  # heap of (deadline, serial, op)
+        self._fifo: deque[Any] = deque()  # (hard deadline, rpc id)
+        self._late: list[Any] = []  # heap of (deadline, serial, op)
         self._dests = QueryDestinations()  # for contact_for()
         self._active: dict[int, _Op] = {}
         self._queue: deque[_Op] = deque()
@@ -407,7 +407,7 @@ class DhtCore(CoreOutputs):
             if rpc.store:
                 if op.pending.pop(rid, None) is not None:
                     self._pump(op, now)
-            elif op.phase == 1 and not op.lookup.done:
+            elif op.phase == 1 and op.lookup is not None and not op.lookup.done:  # phase 1: it has one
                 op.lookup.on_timeout(rpc.nid, now)
                 self._pump(op, now)
         late = self._late
@@ -431,7 +431,7 @@ class DhtCore(CoreOutputs):
 
     # -- requests from peers --------------------------------------------------------------------------
 
-    def _observe_asker(self, env: Envelope, body: dict, now: float) -> None:
+    def _observe_asker(self, env: Envelope, body: dict[Any, Any], now: float) -> None:
         frm = body.get("from")
         f = None if frm is None else contact_fields(frm)
         src = env.src
@@ -546,14 +546,14 @@ class DhtCore(CoreOutputs):
         else:
             self._full_at = None
 
-    def _replica_set(self, key: bytes) -> list:
+    def _replica_set(self, key: bytes) -> list[Any]:
         """The ``replicas`` closest live contacts to ``key`` in our table, with ``None`` standing for us
         when we are one of them."""
         r = self.config.replicas
         entries = self.table.closest(key, r, skip_failed=True)
         t = int.from_bytes(key, "big")
         mine = self._me_int ^ t
-        out: list = []
+        out: list[Any] = []
         placed = False
         for e in entries:
             if not placed and mine < (int.from_bytes(e.node_id, "big") ^ t):
@@ -590,14 +590,14 @@ class DhtCore(CoreOutputs):
                     self.stats["replicated"] += 1
                 pushed.add(nid)
             h.pushed = frozenset(pushed)
-        for key, h in self.store.held_provider_sets():
+        for key, hp in self.store.held_provider_sets():
             pushed = set()
-            live = [p for p in h.entries.values() if p.expires > now]
+            live = [p for p in hp.entries.values() if p.expires > now]
             for e in self._replica_set(key):
                 if e is None:
                     continue
                 nid = e.node_id
-                if full or nid not in h.pushed:
+                if full or nid not in hp.pushed:
                     n = sent.get(nid, 0)
                     if n + len(live) > cap:
                         behind = True
@@ -607,7 +607,7 @@ class DhtCore(CoreOutputs):
                         self._store_rpc(None, nid, e.public_key, e.endpoint, ADD_PROVIDER, {"prov": p.to_wire()}, now)
                         self.stats["replicated"] += 1
                 pushed.add(nid)
-            h.pushed = frozenset(pushed)
+            hp.pushed = frozenset(pushed)
         if behind:
             self._table_mark = -1  # not everything went: pass again at the next check
 
@@ -631,6 +631,7 @@ class DhtCore(CoreOutputs):
 
     def _provider_entry(self, key: bytes, meta: Any, now: float) -> ProviderRecord:
         me = self.routing.advertised
+        assert me is not None  # only a node that advertises itself provides (provide() checks)
         entry = make_provider(self.signer, key, me[1], int(now + self.config.provider_ttl), meta)
         if entry.size > self.config.max_provider_bytes:
             raise ValueError(f"provider entry of {entry.size} bytes exceeds the limit of "
@@ -671,6 +672,7 @@ class DhtCore(CoreOutputs):
         """Advance an operation: send the queries its lookup wants, or go on to storing, or finish."""
         if op.phase == 1:
             lk = op.lookup
+            assert lk is not None  # phase 1 is the lookup
             lk.late_after = self.routing.rto
             queries = lk.next_queries(now)
             if queries:
@@ -714,6 +716,7 @@ class DhtCore(CoreOutputs):
 
     def _lookup_done(self, op: _Op, now: float) -> None:
         lk = op.lookup
+        assert lk is not None
         kind = op.kind
         if kind == _GET:
             if lk.ok:
@@ -731,7 +734,7 @@ class DhtCore(CoreOutputs):
         t = int.from_bytes(op.key, "big")
         mine = self._me_int ^ t
         found = lk.result()
-        targets: list = []
+        targets: list[Any] = []
         placed = self.routing.advertised is None  # nobody can find a node that does not advertise itself
         for c in found:
             if not placed and mine < (int.from_bytes(node_id_for(c.public_key), "big") ^ t):
@@ -804,14 +807,15 @@ class DhtCore(CoreOutputs):
         self._out.append(env)
         self.stats["sent"] += 1
 
-    def _query(self, op: _Op, pk: bytes, ep: str, typ: str, body: dict, now: float) -> bytes:
+    def _query(self, op: _Op, pk: bytes, ep: str, typ: str, body: dict[Any, Any], now: float) -> bytes:
         return self._rpc(op, node_id_for(pk), pk, ep, typ, body, now, False)
 
-    def _store_rpc(self, op: _Op | None, nid: bytes, pk: bytes, ep: str, typ: str, body: dict, now: float) -> bytes:
+    def _store_rpc(self, op: _Op | None, nid: bytes, pk: bytes, ep: str, typ: str, body: dict[Any, Any], now: float) -> bytes:
         self.stats["stores_sent"] += 1
         return self._rpc(op, nid, pk, ep, typ, body, now, True)
 
-    def _rpc(self, op, nid, pk, ep, typ, body, now, store) -> bytes:
+    def _rpc(self, op: _Op | None, nid: bytes, pk: bytes, ep: str, typ: str, body: dict[Any, Any], now: float,
+             store: bool) -> bytes:
         rid = self._rid()
         self._rpcs[rid] = _Rpc(op, nid, pk, ep, now, store)
         self._fifo.append((now + self.config.query_timeout, rid))
@@ -821,7 +825,10 @@ class DhtCore(CoreOutputs):
 
     def _match(self, env: Envelope, store: bool) -> _Rpc | None:
         re = env.re
-        rpc = self._rpcs.get(re) if type(re) is bytes else None
+        if type(re) is not bytes:
+            self.stats["unmatched"] += 1
+            return None
+        rpc = self._rpcs.get(re)
         if rpc is None or rpc.nid != env.src or rpc.store != store:
             self.stats["unmatched"] += 1
             return None
@@ -835,9 +842,11 @@ class DhtCore(CoreOutputs):
             self.table.touch(env.src, now)
             return
         op = rpc.op
+        assert op is not None  # an answer RPC (not a store) belongs to an operation, in phase 1 with a lookup
         body = env.body
         nodes = body.get("nodes") if type(body) is dict else None
         lk = op.lookup
+        assert lk is not None
         if type(nodes) is not list:
             self.stats["malformed"] += 1  # alive but useless: failed in the lookup, not refreshed
             if op.phase == 1 and not lk.done:
@@ -927,7 +936,7 @@ class DhtCore(CoreOutputs):
         if op is None or op.phase != 2:
             return
         rid = env.re
-        if op.pending.pop(rid, None) is None:
+        if rid is None or op.pending.pop(rid, None) is None:  # (matched above, so it is set)
             return
         if ok:
             op.stored += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import nacl.exceptions
 import nacl.signing
@@ -57,7 +57,7 @@ def record_signing_bytes(key: bytes, value: Any, public_key: bytes, seq: int, ex
     return RECORD_DOMAIN + canonical_packb({"k": key, "v": value, "pk": public_key, "seq": seq, "exp": expires})
 
 
-def provider_signing_bytes(key: bytes, contact: list, expires: int, meta: Any = None) -> bytes:
+def provider_signing_bytes(key: bytes, contact: list[Any], expires: int, meta: Any = None) -> bytes:
     """What a provider entry's signature covers: the domain, then the canonical msgpack of
     ``{"c": [key, endpoint], "exp", "k"}`` plus ``"m"`` when there is metadata."""
     m = {"k": key, "c": contact, "exp": expires}
@@ -84,7 +84,7 @@ class Record:
         """The publisher's node id, ``sha256(public_key)``."""
         return node_id_for(self.public_key)
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[Any, Any]:
         return {"k": self.key, "v": self.value, "pk": self.public_key, "seq": self.seq, "exp": self.expires,
                 "sig": self.signature}
 
@@ -104,7 +104,7 @@ class ProviderRecord:
     def node_id(self) -> bytes:
         return node_id_for(self.contact.public_key)
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[Any, Any]:
         m = {"k": self.key, "c": [self.contact.public_key, self.contact.endpoint], "exp": self.expires,
              "sig": self.signature}
         if self.meta is not None:
@@ -164,11 +164,12 @@ def parse_record(obj: Any, *, max_bytes: int = 1 << 20, verify: bool = True) -> 
     Unknown map keys are ignored (and not signed). Expiry is the caller's check (it needs the time)."""
     if type(obj) is not dict:
         raise RecordError("malformed", "a record is a map")
-    key = obj.get("k")
-    pk = obj.get("pk")
-    seq = obj.get("seq")
-    exp = obj.get("exp")
-    sig = obj.get("sig")
+    get: Callable[[str], Any] = obj.get  # peer input: every value is checked below
+    key = get("k")
+    pk = get("pk")
+    seq = get("seq")
+    exp = get("exp")
+    sig = get("sig")
     if type(key) is not bytes or len(key) != KEY_LEN:
         raise RecordError("malformed", "k must be 32 bytes")
     if type(pk) is not bytes or len(pk) != 32:
@@ -197,11 +198,12 @@ def parse_provider(obj: Any, *, max_bytes: int = 1 << 20, verify: bool = True) -
     """A provider entry from its wire map, or RecordError("malformed" | "oversize" | "bad_signature")."""
     if type(obj) is not dict:
         raise RecordError("malformed", "a provider entry is a map")
-    key = obj.get("k")
-    c = obj.get("c")
-    exp = obj.get("exp")
-    sig = obj.get("sig")
-    meta = obj.get("m")
+    get: Callable[[str], Any] = obj.get  # peer input: every value is checked below
+    key = get("k")
+    c = get("c")
+    exp = get("exp")
+    sig = get("sig")
+    meta = get("m")
     if type(key) is not bytes or len(key) != KEY_LEN:
         raise RecordError("malformed", "k must be 32 bytes")
     f = contact_fields(c) if type(c) is list else None

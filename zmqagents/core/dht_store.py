@@ -11,6 +11,7 @@ bounds this store. No IO, no clock: ``now`` is passed in.
 
 from __future__ import annotations
 
+import builtins
 import heapq
 from dataclasses import dataclass, fields
 from typing import Any, ItemsView
@@ -65,7 +66,7 @@ class HeldRecord:
 
     def __init__(self, record: Record, serial: int):
         self.record = record
-        self.pushed: frozenset = frozenset()
+        self.pushed: frozenset[Any] = frozenset()
         self.serial = serial
 
 
@@ -76,7 +77,7 @@ class HeldProviders:
 
     def __init__(self, serial: int):
         self.entries: dict[bytes, ProviderRecord] = {}
-        self.pushed: frozenset = frozenset()
+        self.pushed: frozenset[Any] = frozenset()
         self.serial = serial
 
 
@@ -95,7 +96,7 @@ class RecordStore:
         self._gone: dict[bytes, int] = {}
         self._items = 0
         self._bytes = 0
-        self._far: list = []  # heap of (-distance of key to us, serial, key): eviction order, lazily cleaned
+        self._far: list[Any] = []  # heap of (-distance of key to us, serial, key): eviction order, lazily cleaned
         self._serial = 0
 
     # -- reading -------------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ class RecordStore:
                 return self._refuse("stale")
         if not verify_provider(p):
             return self._refuse("bad_signature")
-        if old is not None:
+        if h is not None and old is not None:  # (old comes from h)
             h.entries[nid] = p
             self._bytes += p.size - old.size
             self.stats["providers_updated"] += 1
@@ -256,7 +257,7 @@ class RecordStore:
 
     # -- forgetting ------------------------------------------------------------------------------------
 
-    def forget(self, node_id: bytes) -> int:
+    def forget(self, node_id: builtins.bytes) -> int:
         """Drop the provider entries of ``node_id`` (dead or left) and refuse older copies of them from now
         on. Returns the entries dropped (also counted)."""
         n = 0
@@ -298,7 +299,7 @@ class RecordStore:
 
     # -- bounds ----------------------------------------------------------------------------------------
 
-    def _push_far(self, key: bytes, serial: int) -> None:
+    def _push_far(self, key: builtins.bytes, serial: int) -> None:
         far = self._far
         heapq.heappush(far, (-(int.from_bytes(key, "big") ^ self._me_int), serial, key))
         if len(far) > 2 * (len(self._records) + len(self._providers)) + 64:
@@ -307,7 +308,7 @@ class RecordStore:
             heapq.heapify(live)
             self._far = live
 
-    def _make_room(self, key: bytes | None, size: int, now: float) -> bool:
+    def _make_room(self, key: builtins.bytes | None, size: int, now: float) -> bool:
         """Evict until ``size`` more bytes and one more item fit (nothing more for an update, key None). The
         item whose key is farthest from our id goes first; a newcomer farther than all that is held is
         refused (False). Expired items are purged before anything live is evicted."""
@@ -319,7 +320,7 @@ class RecordStore:
         dist = None if key is None else int.from_bytes(key, "big") ^ self._me_int
         far = self._far
         while self._items + extra > cfg.max_items or self._bytes + size > cfg.max_store_bytes:
-            victim = None
+            victim: tuple[int, bytes, HeldRecord | HeldProviders] | None = None
             while far:
                 negd, serial, k = far[0]
                 h: HeldRecord | HeldProviders | None = self._records.get(k)
@@ -343,12 +344,12 @@ class RecordStore:
             self.stats["evicted"] += 1
         return True
 
-    def _drop_record(self, key: bytes) -> None:
+    def _drop_record(self, key: builtins.bytes) -> None:
         h = self._records.pop(key)
         self._items -= 1
         self._bytes -= h.record.size
 
-    def _drop_providers(self, key: bytes) -> None:
+    def _drop_providers(self, key: builtins.bytes) -> None:
         h = self._providers.pop(key)
         self._items -= len(h.entries)
         self._bytes -= sum(p.size for p in h.entries.values())

@@ -145,7 +145,7 @@ class Lookup:
     def __init__(self, target: bytes, contacts: Iterable[Any], *, k: int = 20, alpha: int = 3,
                  self_id: bytes | None = None, late_after: float = 1.0, late_factor: float = 3.0,
                  late_min: float = 0.0, max_candidates: int | None = None, max_queries: int | None = None,
-                 max_per_response: int | None = None, stats: dict | None = None, stop_at_target: bool = False):
+                 max_per_response: int | None = None, stats: dict[Any, Any] | None = None, stop_at_target: bool = False):
         if type(target) is not bytes or len(target) != NODE_ID_LEN:
             raise ValueError(f"lookup target must be {NODE_ID_LEN} bytes")
         if k < 1 or alpha < 1:
@@ -177,12 +177,12 @@ class Lookup:
         # answers, which proves it is reachable through the mesh; the k closest are not waited for.
         self.stop_at_target = stop_at_target
         self._t = int.from_bytes(target, "big")
-        self._sorted: list[list] = []  # candidates, closest first
+        self._sorted: list[list[Any]] = []  # candidates, closest first
         self._dists: list[int] = []  # their distances (parallel to _sorted, for bisect)
-        self._by_id: dict[bytes, list] = {}
-        self._by_pk: dict[bytes, list] = {}  # the same candidates by key: duplicates skip hashing
-        self._waiting: list[list] = []  # candidates in state WAITING (late ones included), in asking order
-        self._outbox: list[list] = []  # chosen to be asked, not yet handed out by next_queries
+        self._by_id: dict[bytes, list[Any]] = {}
+        self._by_pk: dict[bytes, list[Any]] = {}  # the same candidates by key: duplicates skip hashing
+        self._waiting: list[list[Any]] = []  # candidates in state WAITING (late ones included), in asking order
+        self._outbox: list[list[Any]] = []  # chosen to be asked, not yet handed out by next_queries
         self._serial = 0  # answers processed; marks candidates seen in the current answer
         for c in contacts:
             f = contact_fields(c)
@@ -296,7 +296,8 @@ class Lookup:
         """Hop count of the closest peer that answered (0 if none did)."""
         for rec in self._sorted:
             if rec[_ST] == ANSWERED:
-                return rec[_HOP]
+                hop: int = rec[_HOP]
+                return hop
         return 0
 
     @property
@@ -328,7 +329,7 @@ class Lookup:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _answered(self) -> list[list]:
+    def _answered(self) -> list[list[Any]]:
         out = []
         k = self.k
         for rec in self._sorted:
@@ -338,7 +339,7 @@ class Lookup:
                     break
         return out
 
-    def _add(self, pk: bytes, ep: str, hop: int) -> list | None:
+    def _add(self, pk: bytes, ep: str, hop: int) -> list[Any] | None:
         """Insert a new candidate (validated fields) unless it is us, known, or the bound refuses it."""
         nid = node_id_for(pk)
         if nid == self.self_id:
@@ -374,7 +375,7 @@ class Lookup:
         s.insert(i, rec)
         return rec
 
-    def _merge(self, contacts: list | tuple, hop: int) -> None:
+    def _merge(self, contacts: list[Any] | tuple[Any, ...], hop: int) -> None:
         stats = self.stats
         self._serial += 1
         serial = self._serial

@@ -64,7 +64,7 @@ import math
 import random
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..envelope import Envelope
 from ..identity import Contact
@@ -238,7 +238,7 @@ class MembershipConfig:
         return max(1, math.ceil(self.retransmit_mult * math.log10(max(1, n) + 1)))
 
     @classmethod
-    def profile(cls, name: str, **overrides) -> "MembershipConfig":
+    def profile(cls, name: str, **overrides: Any) -> "MembershipConfig":
         """``lan``, ``wan`` or ``edge`` (see PROFILES), with fields overridden by keyword."""
         try:
             base = PROFILES[name]
@@ -247,7 +247,7 @@ class MembershipConfig:
         return cls(**{**base, **overrides})
 
 
-PROFILES: dict[str, dict] = {
+PROFILES: dict[str, dict[Any, Any]] = {
     "lan": {},
     # Cross-region links: RTTs of 50-300 ms with tails, more loss. memberlist's WAN config probes every
     # 5 s with a 3 s timeout; we probe every 3 s with a 1.5 s timeout, and let suspicions last longer.
@@ -341,7 +341,7 @@ _REGULAR, _VERIFY, _CHECK = 0, 1, 2
 class _Probe:
     __slots__ = ("seq", "target", "rec", "kind", "sent", "ind_at", "end_at", "helpers", "nacks", "fair")
 
-    def __init__(self, seq: int, target: bytes, rec, kind: int, sent: float):
+    def __init__(self, seq: int, target: bytes, rec: Any, kind: int, sent: float):
         self.seq = seq
         self.target = target
         self.rec = rec  # _Member, or the _Tomb for a check
@@ -349,7 +349,7 @@ class _Probe:
         self.sent = sent
         self.ind_at = INF
         self.end_at = INF
-        self.helpers: tuple | None = None
+        self.helpers: tuple[Any, ...] | None = None
         self.nacks = 0
         self.fair = True  # False once a timer of ours fired late: the result says nothing about the target
 
@@ -385,7 +385,7 @@ class _Tomb:
 class _Rumor:
     __slots__ = ("subject", "code", "wire", "size", "tx", "live", "limit", "stake")
 
-    def __init__(self, subject: bytes, code: int, wire: list, size: int, limit: int):
+    def __init__(self, subject: bytes, code: int, wire: list[Any], size: int, limit: int):
         self.subject = subject
         self.code = code
         self.wire = wire  # shared, never mutated: a merge builds a new list
@@ -400,12 +400,13 @@ class _Rumor:
 _T_IND, _T_END, _T_NACK, _T_RELAY_END, _T_SUSP, _T_RECHECK = range(6)
 
 
-def _code(wire: list) -> int:
+def _code(wire: list[Any]) -> int:
     """A rumor's precedence (incarnation * 4 + kind), as the dedup memory orders news."""
-    return (wire[1] if wire[0] == ALIVE else wire[2]) * 4 + wire[0]
+    code: int = (wire[1] if wire[0] == ALIVE else wire[2]) * 4 + wire[0]
+    return code
 
 
-def _rumor_size(wire: list) -> int:
+def _rumor_size(wire: list[Any]) -> int:
     """Estimated encoded size of a rumor (msgpack): good enough for a byte budget."""
     kind = wire[0]
     if kind == ALIVE:
@@ -447,7 +448,7 @@ class Membership(CoreOutputs):
         self._by_subject: dict[bytes, _Rumor] = {}
         self._nlive = 0
         self._heard: dict[bytes, int] = {}  # subject -> highest news code seen (insertion order = LRU)
-        self._log: list | None = None  # ring of (time learned, wire) for syncs
+        self._log: list[Any] | None = None  # ring of (time learned, wire) for syncs
         self._log_pos = 0
         # probing
         self._seq = 0
@@ -458,7 +459,7 @@ class Membership(CoreOutputs):
         # Contacts of relay targets we do not hold, so the shell can route our ping to them
         # (contact_for); bounded like the relays themselves, oldest dropped first.
         self._relay_contacts: dict[bytes, Contact] = {}
-        self._heap: list = []
+        self._heap: list[Any] = []
         self._hn = 0
         self._t_probe = INF
         self._t_ind = INF
@@ -467,7 +468,7 @@ class Membership(CoreOutputs):
         self._t_verify = INF
         self._started = False
         self._leaving = False
-        self._left_wire: list | None = None
+        self._left_wire: list[Any] | None = None
         CoreOutputs.__init__(self)
         # derived constants
         k = max(1, cfg.suspicion_confirmations)
@@ -615,7 +616,7 @@ class Membership(CoreOutputs):
 
     # -- rumors for other cores' messages ----------------------------------------------------------------
 
-    def piggyback(self, budget_bytes: int, dst: bytes | None = None) -> list:
+    def piggyback(self, budget_bytes: int, dst: bytes | None = None) -> list[Any]:
         """Rumors to carry on another core's message to ``dst`` (counted as transmissions); [] if none.
         The receiver hands them to its own :meth:`absorb`."""
         out = self._pick(budget_bytes, dst)
@@ -624,7 +625,7 @@ class Membership(CoreOutputs):
             return out
         return []
 
-    def absorb(self, rumors, now: float, src: bytes | None = None) -> None:
+    def absorb(self, rumors: Any, now: float, src: bytes | None = None) -> None:
         """Rumors that came on another core's message from ``src`` (authenticated). Bad input is counted."""
         self._absorb(rumors, src, now)
 
@@ -720,27 +721,34 @@ class Membership(CoreOutputs):
         heap = self._heap
         while heap and heap[0][0] <= now:
             t, _, kind, obj = heapq.heappop(heap)
+            # The entry's kind says what obj is (typed locals for mypy; the checks narrow nothing at run time).
             if kind == _T_IND:
-                if obj.ind_at == t and self._probes.get(obj.seq) is obj:
-                    self._indirect(obj, now)
+                probe: _Probe = obj
+                if probe.ind_at == t and self._probes.get(probe.seq) is probe:
+                    self._indirect(probe, now)
             elif kind == _T_END:
-                if obj.end_at == t and self._probes.get(obj.seq) is obj:
-                    del self._probes[obj.seq]
-                    self._probe_end(obj, now)
+                probe = obj
+                if probe.end_at == t and self._probes.get(probe.seq) is probe:
+                    del self._probes[probe.seq]
+                    self._probe_end(probe, now)
             elif kind == _T_SUSP:
-                if obj.due == t and obj.rec.susp is obj:
-                    self._suspicion_due(obj, now, stalled)
+                susp: _Suspicion = obj
+                if susp.due == t and susp.rec.susp is susp:
+                    self._suspicion_due(susp, now, stalled)
             elif kind == _T_NACK:
-                if obj.nack_at == t and not obj.answered and self._relays.get(obj.seq) is obj:
-                    self._send(NACK, [obj.their_seq, self.incarnation], obj.requester)
+                relay: _Relay = obj
+                if relay.nack_at == t and not relay.answered and self._relays.get(relay.seq) is relay:
+                    self._send(NACK, [relay.their_seq, self.incarnation], relay.requester)
                     self.stats["nacks_sent"] += 1
             elif kind == _T_RELAY_END:
-                if self._relays.get(obj.seq) is obj:
-                    del self._relays[obj.seq]
+                relay = obj
+                if self._relays.get(relay.seq) is relay:
+                    del self._relays[relay.seq]
             elif kind == _T_RECHECK:
-                if obj.recheck == t and self._tombs.get(obj.id) is obj:
-                    obj.recheck = INF
-                    self._urgent(obj.id, now)
+                tomb: _Tomb = obj
+                if tomb.recheck == t and self._tombs.get(tomb.id) is tomb:
+                    tomb.recheck = INF
+                    self._urgent(tomb.id, now)
         if self._t_gossip <= now:
             self._gossip(now)
 
@@ -771,7 +779,7 @@ class Membership(CoreOutputs):
             heapq.heappop(heap)
         return t
 
-    def _live_timer(self, entry: tuple) -> bool:
+    def _live_timer(self, entry: tuple[Any, ...]) -> bool:
         t, _, kind, obj = entry
         if kind == _T_SUSP:
             return obj.due == t and obj.rec.susp is obj
@@ -785,7 +793,7 @@ class Membership(CoreOutputs):
             return obj.recheck == t and self._tombs.get(obj.id) is obj
         return self._relays.get(obj.seq) is obj
 
-    def _push(self, t: float, kind: int, obj) -> None:
+    def _push(self, t: float, kind: int, obj: Any) -> None:
         self._hn += 1
         heapq.heappush(self._heap, (t, self._hn, kind, obj))
 
@@ -895,7 +903,7 @@ class Membership(CoreOutputs):
             return True
         return False
 
-    def _ping(self, rec, nid: bytes, kind: int, now: float) -> _Probe:
+    def _ping(self, rec: Any, nid: bytes, kind: int, now: float) -> _Probe:
         seq = self._next_seq()
         p = _Probe(seq, nid, rec, kind, now)
         self._send(PING, self._body(seq, nid, rec), nid)
@@ -903,7 +911,7 @@ class Membership(CoreOutputs):
         self.stats["probes"] += 1
         return p
 
-    def _body(self, seq: int, dst: bytes, about) -> list:
+    def _body(self, seq: int, dst: bytes, about: Any) -> list[Any]:
         """[seq, incarnation] plus the rumors to piggyback; ``about`` is what we hold on ``dst`` (our opinion
         of it travels first, so a suspected or 'dead' node hears it and refutes: Lifeguard's buddy system)."""
         rumors = self._pick(self.config.piggyback_bytes, dst) if (self._nlive or self._leaving) else None
@@ -915,13 +923,13 @@ class Membership(CoreOutputs):
             return [seq, self.incarnation, rumors]
         return [seq, self.incarnation]
 
-    def _opinion(self, nid: bytes, about) -> list:
+    def _opinion(self, nid: bytes, about: Any) -> list[Any]:
         if type(about) is _Member:
             s = about.susp
             return [SUSPECT, nid, about.inc, list(s.accusers) if s is not None else [self._short]]
         return [about.state, nid, about.inc]
 
-    def _reply(self, typ: str, seq: int, dst: bytes, rec) -> None:
+    def _reply(self, typ: str, seq: int, dst: bytes, rec: Any) -> None:
         about = rec
         if about is None and self._tombs:
             about = self._tombs.get(dst)
@@ -987,7 +995,7 @@ class Membership(CoreOutputs):
         rec = p.rec
         members = self._members
         order = self._order
-        helpers = []
+        helpers: list[bytes] = []
         if order:
             rng = self._rng
             tries = 0
@@ -1028,7 +1036,7 @@ class Membership(CoreOutputs):
                 tomb.passed = None
                 tomb.recheck = INF
             return
-        rec = p.rec
+        rec: _Member = p.rec  # not a check: a member
         if not p.fair:
             # We were stalled while it ran (the stall already counted towards the LHM): no verdict.
             stats["probes_inconclusive"] += 1
@@ -1054,6 +1062,7 @@ class Membership(CoreOutputs):
             self._suspect(rec, rec.inc, None, now, True)
         else:
             s = rec.susp
+            assert s is not None  # not alive: suspected, and a suspect has its suspicion
             if not s.verified:
                 s.verified = True
                 self._confirm(s, self._short, now)
@@ -1062,7 +1071,7 @@ class Membership(CoreOutputs):
                     stats["dead_verified"] += 1
                 self._declare(rec, LEFT if s.final == LEFT else DEAD, now)
 
-    def _on_ping_req(self, src: bytes, seq: int, body: list, now: float) -> None:
+    def _on_ping_req(self, src: bytes, seq: int, body: list[Any], now: float) -> None:
         stats = self.stats
         if len(body) < 5:
             stats["malformed"] += 1
@@ -1097,7 +1106,7 @@ class Membership(CoreOutputs):
         self._push(relay.nack_at, _T_NACK, relay)
         self._push(relay.end_at, _T_RELAY_END, relay)
         stats["relays"] += 1
-        rec = self._members.get(target)
+        rec: _Member | _Tomb | None = self._members.get(target)
         if rec is None:
             contacts = self._relay_contacts
             contacts.pop(target, None)
@@ -1111,7 +1120,7 @@ class Membership(CoreOutputs):
 
     # -- suspicion -----------------------------------------------------------------------------------------
 
-    def _suspect(self, rec: _Member, inc: int, accusers, now: float, ours: bool, final: int = SUSPECT) -> None:
+    def _suspect(self, rec: _Member, inc: int, accusers: Any, now: float, ours: bool, final: int = SUSPECT) -> None:
         """Mark ``rec`` suspect at ``inc``. ``ours``: our own probe failed (we accuse, and tell everyone)."""
         s = _Suspicion(rec, inc, now)
         s.final = final
@@ -1150,7 +1159,7 @@ class Membership(CoreOutputs):
             s.due = due
             self._push(due, _T_SUSP, s)
 
-    def _confirm(self, s: _Suspicion, accusers, now: float) -> bool:
+    def _confirm(self, s: _Suspicion, accusers: Any, now: float) -> bool:
         """Add accusers (one short id, or a list) to a suspicion; True if it grew."""
         acc = s.accusers
         grew = False
@@ -1315,7 +1324,7 @@ class Membership(CoreOutputs):
             self.stats["heard_evicted"] += 1
         heard[subject] = code
 
-    def _enqueue(self, subject: bytes, code: int, wire: list, size: int, now: float) -> None:
+    def _enqueue(self, subject: bytes, code: int, wire: list[Any], size: int, now: float) -> None:
         by_subject = self._by_subject
         old = by_subject.get(subject)
         if old is not None:
@@ -1384,7 +1393,7 @@ class Membership(CoreOutputs):
                     self.stats["rumors_evicted"] += 1
                     return
 
-    def _pick(self, budget: int, dst: bytes | None, max_tx: int = 1 << 30) -> list | None:
+    def _pick(self, budget: int, dst: bytes | None, max_tx: int = 1 << 30) -> list[Any] | None:
         """Rumors for one message to ``dst``: news about ``dst`` itself first, then fewest-sent first
         (only those sent fewer than ``max_tx`` times)."""
         out = None
@@ -1443,7 +1452,7 @@ class Membership(CoreOutputs):
                 buckets[e.tx].append(e)
         return out
 
-    def _absorb(self, rumors, src: bytes | None, now: float) -> None:
+    def _absorb(self, rumors: Any, src: bytes | None, now: float) -> None:
         stats = self.stats
         if type(rumors) is not list:
             stats["malformed"] += 1
@@ -1532,7 +1541,7 @@ class Membership(CoreOutputs):
         if stale:
             stats["rumors_stale"] += stale
 
-    def _on_rumor(self, kind: int, subject: bytes, inc: int, wire: list, src: bytes | None, now: float) -> None:
+    def _on_rumor(self, kind: int, subject: bytes, inc: int, wire: list[Any], src: bytes | None, now: float) -> None:
         stats = self.stats
         code = inc * 4 + kind
         heard = self._heard
@@ -1551,7 +1560,7 @@ class Membership(CoreOutputs):
             e = self._by_subject.get(subject)
             rec = self._members.get(subject)
             grew = False
-            if rec is not None and rec.state == SUSPECT and rec.susp.inc == inc:
+            if rec is not None and rec.state == SUSPECT and rec.susp is not None and rec.susp.inc == inc:
                 grew = self._confirm(rec.susp, wire[3], now)
             elif e is not None and e.code == code:
                 have = e.wire[3] if len(e.wire) > 3 else []
@@ -1584,7 +1593,7 @@ class Membership(CoreOutputs):
         self._remember(subject, code)
         self._enqueue(subject, code, wire, _rumor_size(wire), now)
 
-    def _member_news(self, rec: _Member, kind: int, inc: int, wire: list, direct: bool, now: float) -> bool:
+    def _member_news(self, rec: _Member, kind: int, inc: int, wire: list[Any], direct: bool, now: float) -> bool:
         """A rumor about a member that is news to our dedup memory. Returns whether to forward it."""
         stats = self.stats
         if inc < rec.inc:
@@ -1615,6 +1624,7 @@ class Membership(CoreOutputs):
                 self._suspect(rec, inc, acc, now, False)
                 return True
             s = rec.susp
+            assert s is not None  # not alive: suspected
             if inc > s.inc:
                 # It refuted (we did not hear) and is suspected again: a new suspicion.
                 self._suspect(rec, inc, acc, now, False)
@@ -1627,6 +1637,7 @@ class Membership(CoreOutputs):
             self._suspect(rec, inc, None, now, False, kind)
             return True
         s = rec.susp
+        assert s is not None  # not alive: suspected
         if inc > s.inc:
             s.inc = inc
             rec.inc = inc
@@ -1708,7 +1719,7 @@ class Membership(CoreOutputs):
             return
         members = self._members
         rng = self._rng
-        sent = ()
+        sent: tuple[bytes, ...] = ()
         stats = self.stats
         for _ in range(cfg.gossip_fanout if self._stake else cfg.relay_fanout):
             for _ in range(4):
@@ -1722,7 +1733,7 @@ class Membership(CoreOutputs):
             stats["rumors_sent"] += len(rumors)
             stats["gossips_sent"] += 1
 
-    def _sync_rumors(self, now: float, dst: bytes) -> list:
+    def _sync_rumors(self, now: float, dst: bytes) -> list[Any]:
         """The answer to ``dst``'s sync: our opinion of it first, then our recent rumors (no older
         than sync_horizon) and our tombstones, those about the subjects nearest ``dst`` in id space
         first. A member is held by the nodes near it (Kademlia), so the news nearest the requester is
@@ -1730,7 +1741,7 @@ class Membership(CoreOutputs):
         pushed out of the recent rumors (after a mass crash, a holder that missed the news would
         otherwise wait for its round-robin probe, minutes)."""
         log = self._log
-        news: dict[bytes, list] = {}
+        news: dict[bytes, list[Any]] = {}
         if log:
             horizon = now - self.config.sync_horizon
             for t, wire in log:
@@ -1750,6 +1761,7 @@ class Membership(CoreOutputs):
         if about is not None:
             out.append(self._opinion(dst, about))
         if self._leaving:
+            assert self._left_wire is not None  # set by leave(), with _leaving
             out.insert(0, self._left_wire)
         if news:
             d = int.from_bytes(dst, "big")
@@ -1776,6 +1788,6 @@ class Membership(CoreOutputs):
 
     # -- output --------------------------------------------------------------------------------------------
 
-    def _send(self, typ: str, body: list, dst: bytes) -> None:
+    def _send(self, typ: str, body: list[Any], dst: bytes) -> None:
         self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, typ, body, dst))
         self.stats["sent"] += 1

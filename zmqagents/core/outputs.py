@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..envelope import Envelope
 
 
@@ -13,7 +15,7 @@ class CoreOutputs:
     """
 
     _out: list[Envelope]
-    _events: list
+    _events: list[Any]
 
     def __init__(self) -> None:
         self._out = []
@@ -27,7 +29,7 @@ class CoreOutputs:
         self._out = []
         return out
 
-    def take_events(self) -> list:
+    def take_events(self) -> list[Any]:
         """What happened since the last call, in order."""
         events = self._events
         if not events:

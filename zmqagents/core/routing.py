@@ -102,7 +102,7 @@ import random
 from bisect import insort
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..envelope import Envelope
 from .outputs import CoreOutputs
@@ -189,7 +189,7 @@ class RoutingTable:
                  "_me", "_buckets", "_cache", "_order", "_touched", "_checks", "_size")
 
     def __init__(self, node_id: bytes, k: int = 20, *, replacements: int = 8, stale_after: int = 5,
-                 max_checks: int = 64, stats: dict | None = None):
+                 max_checks: int = 64, stats: dict[Any, Any] | None = None):
         if type(node_id) is not bytes or len(node_id) != NODE_ID_LEN:
             raise ValueError(f"node id must be {NODE_ID_LEN} bytes")
         if k < 1 or replacements < 0 or stale_after < 1 or max_checks < 0:
@@ -468,6 +468,7 @@ class RoutingTable:
             return False
         e.fails += 1
         if self._cache.get(i) or e.fails >= self.stale_after:
+            assert b is not None  # e came from it
             self._remove(i, b, node_id)
             return True
         self._check(node_id)
@@ -514,7 +515,7 @@ class RoutingTable:
             self.stats["table_checks_dropped"] += 1
         checks[node_id] = None
 
-    def _remove(self, i: int, b: dict, node_id: bytes) -> None:
+    def _remove(self, i: int, b: dict[Any, Any], node_id: bytes) -> None:
         del b[node_id]
         self.stats["table_removed"] += 1
         if self._checks:
@@ -633,7 +634,7 @@ class Introduced:
 class _Job:
     __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed", "find", "width")
 
-    def __init__(self, lid: int, target: bytes, purpose: str, seeds: list | None, find: bool = False,
+    def __init__(self, lid: int, target: bytes, purpose: str, seeds: list[Any] | None, find: bool = False,
                  width: int | None = None):
         self.id = lid
         self.target = target
@@ -685,7 +686,7 @@ class QueryDestinations:
     __slots__ = ("_dests",)
 
     def __init__(self) -> None:
-        self._dests: dict[bytes, list] = {}  # node id -> [key, endpoint, pending queries]
+        self._dests: dict[bytes, list[Any]] = {}  # node id -> [key, endpoint, pending queries]
 
     def add(self, nid: bytes, pk: bytes, endpoint: str) -> None:
         """One more query sent to ``nid`` at ``pk``@``endpoint``."""
@@ -733,8 +734,8 @@ class RoutingCore(CoreOutputs):
         self._max_queries = cfg.max_queries or 10 * cfg.k
         CoreOutputs.__init__(self)
         self._rpcs: dict[bytes, _Rpc] = {}  # rpc id (= FIND_NODE envelope id) -> pending query
-        self._fifo: deque = deque()  # (hard deadline, rpc id) in send order: every query has the same timeout
-        self._late: list = []  # heap of (late deadline, serial, job): when to re-pump a lookup
+        self._fifo: deque[Any] = deque()  # (hard deadline, rpc id) in send order: every query has the same timeout
+        self._late: list[Any] = []  # heap of (late deadline, serial, job): when to re-pump a lookup
         self._serial = 0
         self._dests = QueryDestinations()  # for contact_for()
         self._active: dict[int, _Job] = {}
@@ -753,7 +754,7 @@ class RoutingCore(CoreOutputs):
 
     # -- application side ----------------------------------------------------------------------
 
-    def join(self, bootstrap: list, now: float) -> int:
+    def join(self, bootstrap: list[Any], now: float) -> int:
         """Join the mesh: look up our own id starting from ``bootstrap`` contacts (plus whatever the table
         holds), then refresh every bucket farther than the closest neighbour found. Emits LookupDone
         (purpose "join") and Joined. Returns the lookup id. The bootstrap contacts are remembered
@@ -797,6 +798,7 @@ class RoutingCore(CoreOutputs):
         node id (e.g. the authenticated src of any envelope) only refreshes a contact already known."""
         if type(who) is bytes:
             return self.table.touch(who, now, rtt)
+        assert isinstance(who, Contact)
         return self.table.update(who, now, rtt)
 
     def forget(self, node_id: bytes) -> bool:
@@ -818,7 +820,7 @@ class RoutingCore(CoreOutputs):
         return None if e is None else e.contact
 
     @property
-    def advertised(self) -> list | None:
+    def advertised(self) -> list[Any] | None:
         """Our own contact in wire form ``[key, endpoint]`` as sent in ``from``, or None when the node does
         not advertise itself (outbound only). Other cores that send lookups (``core/dht.py``) send the same."""
         return self._me
@@ -941,7 +943,7 @@ class RoutingCore(CoreOutputs):
         stats["nodes_received"] += 1
         re = env.re
         rpc = self._rpcs.get(re) if type(re) is bytes else None
-        if rpc is None or rpc.nid != env.src:
+        if rpc is None or re is None or rpc.nid != env.src:
             stats["unmatched"] += 1  # late past the hard timeout, a duplicate, or never asked of this peer
             self.table.touch(env.src, now)
             return
@@ -968,7 +970,7 @@ class RoutingCore(CoreOutputs):
 
     # -- lookups -------------------------------------------------------------------------------------
 
-    def _submit(self, target: bytes, now: float, purpose: str, seeds: list | None, find: bool = False,
+    def _submit(self, target: bytes, now: float, purpose: str, seeds: list[Any] | None, find: bool = False,
                 width: int | None = None) -> int:
         stats = self.stats
         job = self._targets.get(target)
@@ -1013,6 +1015,7 @@ class RoutingCore(CoreOutputs):
     def _pump(self, job: _Job, now: float) -> None:
         """Send the queries the lookup wants now; finish it if it is done."""
         lk = job.lookup
+        assert lk is not None  # a job is pumped only once its lookup started
         lk.late_after = self.rto
         queries = lk.next_queries(now)
         if queries:
@@ -1042,6 +1045,7 @@ class RoutingCore(CoreOutputs):
 
     def _finish(self, job: _Job, now: float) -> None:
         lk = job.lookup
+        assert lk is not None
         stats = self.stats
         del self._active[job.id]
         if self._targets.get(job.target) is job:

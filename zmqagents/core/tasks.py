@@ -120,7 +120,7 @@ def packed_size(value: Any) -> int | None:
         return None
 
 
-def _err(code: str, message: str) -> dict:
+def _err(code: str, message: str) -> dict[Any, Any]:
     return {"code": code, "msg": message[:MAX_REASON_LEN]}
 
 
@@ -221,7 +221,8 @@ class _Watcher:
 class _Job:
     __slots__ = ("id", "cap", "input", "caller", "prio", "deadline", "state", "key", "watchers", "order", "stream", "prompt")
 
-    def __init__(self, wire_id, cap, body_in, caller, prio, deadline, key, stream, order):
+    def __init__(self, wire_id: bytes, cap: str, body_in: Any, caller: bytes, prio: int, deadline: float | None,
+                 key: str | bytes | None, stream: bool, order: int) -> None:
         self.id = wire_id
         self.cap = cap
         self.input = body_in
@@ -257,9 +258,9 @@ class TaskProvider(CoreOutputs):
         self._jobs: dict[bytes, _Job] = {}  # wire id -> job (running, queued, or input-required)
         self._running: dict[str, int] = {}
         self._limits: dict[str, int] = {}  # max_concurrency, kept after withdraw() for tasks still admitted
-        self._queues: dict[str, list] = {}  # capability -> heap of (-priority, order, job)
-        self._keys: dict[tuple, _Job] = {}  # (caller, capability, key) -> unfinished job
-        self._results: OrderedDict[tuple, tuple[float, str, Any]] = OrderedDict()  # key -> (expires, state, payload)
+        self._queues: dict[str, list[Any]] = {}  # capability -> heap of (-priority, order, job)
+        self._keys: dict[tuple[Any, ...], _Job] = {}  # (caller, capability, key) -> unfinished job
+        self._results: OrderedDict[tuple[Any, ...], tuple[float, str, Any]] = OrderedDict()  # key -> (expires, state, payload)
         self._deadlines: list[tuple[float, int, bytes]] = []
         self._order = 0
         self.stats = dict.fromkeys(PROVIDER_STATS, 0)
@@ -386,7 +387,7 @@ class TaskProvider(CoreOutputs):
             return None
         return job
 
-    def _on_submit(self, src: bytes, body: dict, now: float) -> None:
+    def _on_submit(self, src: bytes, body: dict[Any, Any], now: float) -> None:
         wire_id = body["id"]
         if wire_id in self._jobs:
             self.stats["duplicate_submit"] += 1
@@ -582,7 +583,7 @@ class TaskProvider(CoreOutputs):
 
     # -- state changes -------------------------------------------------------------------------
 
-    def _set(self, job: _Job, state: str, extra: dict, now: float) -> None:
+    def _set(self, job: _Job, state: str, extra: dict[Any, Any], now: float) -> None:
         check_transition(job.state, state)
         job.state = state
         self._send_all(job, STATUS, {"state": state, **extra, "load": self.load(job.cap)})
@@ -595,7 +596,7 @@ class TaskProvider(CoreOutputs):
         self._finish(job, FAILED, {"err": _err(E_DEADLINE, "the task's deadline passed while it waited in the "
                                                "provider's queue; it was not run")}, now, stop=True, promote=promote)
 
-    def _finish(self, job: _Job, state: str, extra: dict, now: float, *, stop: bool = False,
+    def _finish(self, job: _Job, state: str, extra: dict[Any, Any], now: float, *, stop: bool = False,
                 promote: bool = True) -> None:
         """Move ``job`` to a terminal state, free its slot, start the next queued task.
 
@@ -641,7 +642,7 @@ class TaskProvider(CoreOutputs):
         queue = self._queues[cap]
         limit = self._limits[cap]
         while queue and self._running[cap] < limit:
-            _, _, job = heapq.heappop(queue)
+            job: _Job = heapq.heappop(queue)[2]  # (-priority, order, job)
             if self._jobs.get(job.id) is not job:
                 continue
             if job.deadline is not None and job.deadline <= now:
@@ -649,14 +650,14 @@ class TaskProvider(CoreOutputs):
             else:
                 self._start(job, now)
 
-    def _send_all(self, job: _Job, typ: str, body: dict) -> None:
+    def _send_all(self, job: _Job, typ: str, body: dict[Any, Any]) -> None:
         for w in job.watchers:
             self._send(w, typ, body)
 
-    def _send_status(self, w: _Watcher, state: str, extra: dict, load: float) -> None:
+    def _send_status(self, w: _Watcher, state: str, extra: dict[Any, Any], load: float) -> None:
         self._send(w, STATUS, {"state": state, **extra, "load": load})
 
-    def _send(self, w: _Watcher, typ: str, body: dict) -> None:
+    def _send(self, w: _Watcher, typ: str, body: dict[Any, Any]) -> None:
         w.seq += 1
         self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, typ,
                                   {"id": w.id, "seq": w.seq, **body}, w.dst))
@@ -666,7 +667,7 @@ def _is_id(value: Any) -> bool:
     return type(value) is bytes and len(value) == ID_LEN
 
 
-def _check_submit(body: dict) -> str | None:
+def _check_submit(body: dict[Any, Any]) -> str | None:
     """What is wrong with a submit body, or None."""
     cap = body.get("cap")
     if type(cap) is not str or not 0 < len(cap) <= MAX_CAPABILITY_LEN:
@@ -800,7 +801,7 @@ class TaskDone:
     task_id: bytes
     state: str
     output: Any = None
-    error: dict | None = None
+    error: dict[Any, Any] | None = None
     provider: bytes | None = None
     attempts: int = 0
     elapsed: float = 0.0
@@ -811,7 +812,7 @@ class TaskDone:
 class _ProviderStats:
     __slots__ = ("inflight", "load", "load_at", "ok", "bad", "busy_until")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.inflight = 0
         self.load = 0.0
         self.load_at = -math.inf
@@ -837,7 +838,7 @@ class _Call:
         self.started = now
         self.deadline = None if spec.deadline is None else now + spec.deadline
         self.next_seq = 1
-        self.buf: dict[int, tuple[str, dict]] = {}
+        self.buf: dict[int, tuple[str, dict[Any, Any]]] = {}
         self.gap_at: float | None = None
         self.last_heard = now
         self.lost = 0
@@ -889,7 +890,7 @@ class TaskCaller(CoreOutputs):
         cost = c.cost / max_cost if max_cost > 0 else 0.0
         return w.load * load + w.rtt * rtt + w.cost * cost + w.failure * fail
 
-    def rank(self, candidates: Iterable[Candidate], now: float, exclude: set[bytes] = frozenset()) -> list[Candidate]:
+    def rank(self, candidates: Iterable[Candidate], now: float, exclude: set[bytes] | frozenset[bytes] = frozenset()) -> list[Candidate]:
         """Candidates best first; ties broken at random so equal providers share the work."""
         pool = [c for c in candidates if c.node_id not in exclude]
         if not pool:
@@ -982,7 +983,7 @@ class TaskCaller(CoreOutputs):
         self.stats["updates"] += 1
         call.last_heard = now
         call.heard = True
-        load = body.get("load")
+        load: Any = body.get("load")
         if type(load) in (int, float) and 0 <= load < 1e6:
             st = self._stats_of(call.provider)
             st.load, st.load_at = float(load), now
@@ -1062,7 +1063,7 @@ class TaskCaller(CoreOutputs):
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _apply(self, call: _Call, typ: str, body: dict, now: float) -> None:
+    def _apply(self, call: _Call, typ: str, body: dict[Any, Any], now: float) -> None:
         call.next_seq += 1
         if typ == CHUNK:
             if call.state not in (WORKING,):
@@ -1078,7 +1079,7 @@ class TaskCaller(CoreOutputs):
             self.stats["invalid_transition"] += 1
             return
         if state == REJECTED:
-            err = body.get("err") if isinstance(body.get("err"), dict) else _err(E_BAD_REQUEST, "rejected")
+            err: Any = body.get("err") if isinstance(body.get("err"), dict) else _err(E_BAD_REQUEST, "rejected")
             code = err.get("code") if isinstance(err.get("code"), str) else "rejected"
             if code == E_BUSY:
                 self._stats_of(call.provider).busy_until = now + self.config.busy_penalty
@@ -1151,7 +1152,7 @@ class TaskCaller(CoreOutputs):
             self._done(call, FAILED, now, error=_err(code, message + "; not re-sent: the task is not idempotent"),
                        maybe_ran=True)
 
-    def _reroute(self, call: _Call, code: str, now: float, *, final: tuple[str, dict, bool]) -> None:
+    def _reroute(self, call: _Call, code: str, now: float, *, final: tuple[str, dict[Any, Any], bool]) -> None:
         old = call.provider
         if code != E_BUSY:  # busy is load, scored for busy_penalty seconds, not unreliability
             self._record(old, ok=False)
@@ -1224,7 +1225,7 @@ class TaskCaller(CoreOutputs):
             body["stream"] = False
         self._send(provider, SUBMIT, body)
 
-    def _done(self, call: _Call, state: str, now: float, *, output: Any = None, error: dict | None = None,
+    def _done(self, call: _Call, state: str, now: float, *, output: Any = None, error: dict[Any, Any] | None = None,
               maybe_ran: bool = False) -> None:
         del self._calls[call.id]
         if call.wire:
@@ -1261,7 +1262,7 @@ class TaskCaller(CoreOutputs):
             self._providers.move_to_end(provider)
         return st
 
-    def _send(self, dst: bytes, typ: str, body: dict) -> None:
+    def _send(self, dst: bytes, typ: str, body: dict[Any, Any]) -> None:
         self._out.append(Envelope(self._new_id(), self.node_id, typ, body, dst))
 
     def _new_id(self) -> bytes:
