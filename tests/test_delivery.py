@@ -446,6 +446,45 @@ def test_reorder_buffer_is_bounded_and_stream_recovers():
     assert a.pending() == 0
 
 
+def test_reorder_buffer_is_bounded_in_bytes_per_sender_and_in_all_and_the_stream_recovers():
+    cfg = DeliveryConfig(reorder_limit=1000, window=64, reorder_bytes=50_000, reorder_bytes_total=70_000)
+    a, b, net = pair(cfg, wire=True)  # encoded and decoded, so each envelope has its cost
+    c = Delivery(bytes([0xC] * 32), random.Random(3), cfg)
+    net.add(c)
+    net.drop = lambda env: env.seq == 1 and env.type == "msg" and a.stats["retransmits"] + c.stats["retransmits"] == 0
+    for i in range(20):
+        a.send(B, "x" * 10_000 + str(i), 0.0)  # ~11 KB of cost each
+    net.flush()
+    count, size = b.buffered(A)
+    assert 3 <= count <= 4 and size <= 50_000  # seq 2.. until the sender's share is spent
+    assert b.stats["reorder_bytes_full"] == 19 - count
+    for i in range(20):
+        c.send(B, "y" * 10_000 + str(i), 0.0)
+    net.flush()
+    total_count, total = b.buffered()
+    assert total <= 70_000 and total_count == count + b.buffered(c.node_id)[0]
+    assert b.buffered(c.node_id)[0] >= 1
+    net.drop = lambda env: False
+    net.advance(60.0)
+    assert [x[-2:].lstrip("x") for x in net.delivered(B) if x[0] == "x"] == [str(i) for i in range(20)]
+    assert [x[-2:].lstrip("y") for x in net.delivered(B) if x[0] == "y"] == [str(i) for i in range(20)]
+    assert b.buffered() == (0, 0)
+
+
+def test_releases_says_what_an_arrival_would_hand_to_the_application():
+    a, b, net = pair(wire=True)
+    net.drop = lambda env: env.seq == 1 and a.stats["retransmits"] == 0
+    for i in range(4):
+        a.send(B, i, 0.0)
+    net.flush()
+    first, *rest = [e for e in net.wire if e.type == "msg"]
+    assert b.buffered(A)[0] == 3
+    first = decode(first.encode())
+    count, size = b.releases(first)
+    assert count == 4 and size == first.cost + b.buffered(A)[1]
+    assert b.releases(decode(rest[0].encode())) == (0, 0)  # a duplicate of one buffered
+
+
 def test_peer_state_is_lru_bounded():
     cfg = DeliveryConfig(max_peers=3)
     hub = Delivery(A, random.Random(1), cfg)

@@ -377,14 +377,14 @@ def test_a_bad_envelope_does_not_lose_the_ones_after_it():
 
 # -- decoded cost (Envelope.cost bounds the memory a decoded envelope holds) --------------------
 
-def _held_after_decode(frame: bytes) -> tuple[E.Envelope, int]:
+def _held_after_decode(frame: bytes, max_values: int = E.DEFAULT_MAX_VALUES) -> tuple[E.Envelope, int]:
     import gc
     import tracemalloc
 
     gc.collect()
     tracemalloc.start()
     try:
-        env = E.decode(frame)
+        env = E.decode(frame, max_values=max_values)
         return env, tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
@@ -405,14 +405,24 @@ _ROOM = E.DEFAULT_MAX_VALUES - 20  # the envelope's own fields take a few values
     ["b" * 60 + "\u20ac" for _ in range(8000)],  # many 2-byte-a-character strings in a large payload
     {"k" * 20 + str(i): b"x" * 40 for i in range(4000)},
     "plain text",
+    {"n": 7},
+    None,
 ], ids=["empty-maps", "empty-arrays", "maps-of-maps", "bin-keys", "short-strs", "ints", "emoji-small",
-        "wide-large", "wide-many", "map-of-bins", "small"])
+        "wide-large", "wide-many", "map-of-bins", "small", "tiny-map", "none"])
 def test_cost_bounds_the_memory_a_decoded_envelope_holds(body):
     frame = E.Envelope(bytes(16), bytes(32), "msg", body).encode()
     env, held = _held_after_decode(frame)
     assert env.body == body
     assert held <= env.cost, (held, env.cost)
-    assert env.cost <= 4 * len(frame) + E.VALUE_COST * E.DEFAULT_MAX_VALUES  # and it is a bound, not a guess
+    # every field set, an unknown one too, and a wide type name
+    full = E.Envelope(bytes(16), bytes(32), "m\u00e9ss\U0001F600ge", body, bytes(32), 2**63, 2**40, 2**64 - 1,
+                      2**62, bytes(16), [[1, 2**60, [3]]], bytes(32), bytes(64), {"zz": ["\u20ac" * 30, {}]})
+    frame = full.encode(max_values=2 * E.DEFAULT_MAX_VALUES)
+    env, held = _held_after_decode(frame, 2 * E.DEFAULT_MAX_VALUES)
+    assert env == full
+    assert held <= env.cost, (held, env.cost)
+    # and it is a bound, not a guess
+    assert env.cost <= 4 * len(frame) + E.ENVELOPE_COST + E.VALUE_COST * 2 * E.DEFAULT_MAX_VALUES
 
 
 def test_too_many_values_are_refused_by_the_encoder_and_the_decoder_alike():

@@ -305,3 +305,31 @@ def test_receivers_are_forgotten_when_their_credit_is_spent_or_they_leave(arun, 
                 late.close()
 
     arun(main())
+
+
+def test_a_client_gone_with_credit_leaves_the_inbox_within_its_limit(arun, short_dir):
+    # The message taken for a client that left goes back to the head of the node's inbox: what waits
+    # for clients never exceeds inbox_limit (it used to be held beside the inbox: limit + 1).
+    async def main():
+        config = NodeConfig(inbox_limit=20, inbox_share=1.0)
+        async with sidecar(short_dir, config=config) as (node, outbox, api):
+            async with Node(peers=[node.contact]) as sender:  # default retries: it outlasts the refusals
+                gone = Client(api.path)
+                await gone.op("receive", {"credit": 5})
+                gone.close()  # leaves with credit
+                await asyncio.sleep(0.1)
+                for i in range(40):
+                    sender.send_nowait(node.node_id, i)
+                for _ in range(100):
+                    if node.stats["inbox_refused"] and api.stats["client_gone"]:
+                        break
+                    await asyncio.sleep(0.05)
+                assert api.stats["client_gone"] == 1 and node.stats["inbox_refused"] > 0
+                assert api.pending == node.inbox_size[0] == 20
+                assert api.status()["inbox"] == 20
+                late = Client(api.path)
+                await late.op("receive", {"credit": 100})
+                assert [(await late.recv()).body for _ in range(40)] == list(range(40))  # nothing lost
+                late.close()
+
+    arun(main())

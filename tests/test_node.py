@@ -83,12 +83,13 @@ def test_server_can_send_back_to_a_client_that_only_connected_out(arun):
 
 def test_full_inbox_pushes_back_without_losing_messages(arun):
     async def main():
-        config = NodeConfig(inbox_limit=50)
+        config = NodeConfig(inbox_limit=50, inbox_share=1.0)  # one sender may fill it (shares: test_hostile_memory)
         async with Node(config=config) as server, Node(peers=[server.contact]) as client:
             for i in range(300):
                 await client.send(server.node_id, i)
             await asyncio.sleep(0.3)
             assert server.stats["inbox_refused"] > 0  # the bound was really hit
+            assert server.inbox_size[0] == 50
             got = [(await server.receive(timeout=10)).body for _ in range(300)]
             assert got == list(range(300))
             await client.flush(timeout=10)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import msgpack
 import nacl.exceptions
@@ -44,12 +44,18 @@ MAX_DEPTH = 100
 # to ~1.5 MB and still carry any body an agent sends (a 1,536-float embedding, a 20-contact
 # routing answer, a long JSON document); a node that needs more raises it on both ends.
 DEFAULT_MAX_VALUES = 16_384
-# Memory accounting (Envelope.cost): an upper bound of what one decoded value takes beyond its
-# own payload bytes (measured on CPython 3.11: a map holding one empty map is 85 bytes a value).
+# Memory accounting (Envelope.cost): an upper bound of what one decoded value inside the body,
+# the acks or an unknown field takes beyond its own payload bytes (measured on CPython 3.11: a
+# map holding one empty map is 85 bytes a value) ...
 VALUE_COST = 96
+# ... and of what the Envelope object and its defined fields take beyond theirs (about 1 KB with
+# every field set and a one-entry map as the body).
+ENVELOPE_COST = 1024
 # Strings decode to 1, 2 or 4 bytes per character: a mostly-ASCII string with one emoji in it
-# takes four times its UTF-8 length. Payloads up to this size are charged that worst case (3 more
-# bytes per payload byte, at most 12 KiB); larger ones are charged what their non-ASCII strings take.
+# takes four times its UTF-8 length. Strings are charged what they take beyond their length
+# (str.isascii is O(1)), except inside a nested body or unknown field of a payload up to this
+# size, which is charged the worst case (3 more bytes per payload byte, at most 12 KiB) rather
+# than walked a second time.
 SMALL_PAYLOAD = 4096
 SIGNATURE_DOMAIN = b"zmqagents/envelope/v1\x00"
 
@@ -354,14 +360,32 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise MalformedEnvelope(f"msgpack extension type {code} is not allowed in an envelope")
 
 
-def _inner_values(value: Any) -> int:
-    """How many values a decoded (already checked) container holds below it: 0 for a scalar."""
+def _measure(value: Any, size: int) -> tuple[int, int]:
+    """(values below it, wide-string bytes) of a decoded body or ``ak``, checking a nested one.
+
+    ``size`` is the payload's: a nested value in a small payload is charged 3 * size for its
+    strings instead of being walked again (see SMALL_PAYLOAD).
+    """
     kind = type(value)
+    if kind is str:
+        return 0, 0 if value.isascii() else 3 * len(value)
     if kind in _SCALARS:
-        return 0
+        return 0, 0
     if _is_flat(value, check_keys=False):
-        return 2 * len(value) if kind is dict else len(value)
-    return _check_value(value, 2)
+        if kind is dict:
+            return 2 * len(value), _wide_flat(value) + _wide_flat(value.values())
+        return len(value), _wide_flat(value)
+    values = _check_value(value, 2)
+    return values, 3 * size if size <= SMALL_PAYLOAD else _wide_text(value)
+
+
+def _wide_flat(values: Iterable[Any]) -> int:
+    """_wide_text of scalars (a flat body's elements, or its keys)."""
+    extra = 0
+    for value in values:
+        if type(value) is str and not value.isascii():
+            extra += 3 * len(value)
+    return extra
 
 
 def _wide_text(value: Any) -> int:
@@ -410,17 +434,20 @@ def _from_map(m: Any, size: int) -> Envelope:
     sig = get("sig")
     _check_fields(mid, src, typ, dst, ts, ttl, seq, ep, re, ack, pk, sig)
     body = get("b")
-    values = 1 + 2 * len(m)  # the map, its keys, its values
-    if type(body) not in _SCALARS:
-        values += _inner_values(body)
+    values, wide = _measure(body, size)
     if ack:
-        values += _inner_values(ack)
+        more, wider = _measure(ack, size)
+        values += more
+        wide += wider
+    if not typ.isascii():
+        wide += 3 * len(typ)
     if _KNOWN_FIELDS.issuperset(m):
         extra = {}
     else:
         extra = _unknown_fields(m)
-        values += _check_value(extra, 1) - 2 * len(extra)  # their keys and values are counted above
-    cost = size + VALUE_COST * values + (3 * size if size <= SMALL_PAYLOAD else _wide_text(m))
+        values += _check_value(extra, 1)
+        wide += 3 * size if size <= SMALL_PAYLOAD else _wide_text(extra)
+    cost = size + ENVELOPE_COST + VALUE_COST * values + wide
     # Positional, in dataclass field order: about twice as fast as keywords.
     return Envelope(mid, src, typ, body, dst, ts or 0, ttl or 0, seq, ep, re, ack, pk, sig, extra, cost)
 

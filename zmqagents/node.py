@@ -54,6 +54,7 @@ from .coretimer import CoreTimer
 from .dht import Dht, DhtError, ProviderInfo
 from .envelope import Envelope
 from .identity import Contact, Identity, IdentityError, format_public_key, node_id_of, parse_node_id, short_id
+from .queues import BoundedQueue
 from .transport.mesh import Transport, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ PEERS = "zmqagents.peers"  # request type answered by the node itself with its r
 ROUTING_PREFIX = "kad."  # envelopes for the routing core
 MEMBERSHIP_PREFIX = "swim."  # envelopes for the membership core; everything else goes through delivery
 EXPIRED = "Expired"  # ``type`` of the error reply to a request refused because its deadline passed
+# BoundedQueue's reasons -> Node.stats keys (and the dropped-messages metric's reasons, sidecar/admin.py)
+_INBOX_REFUSALS = {"queue_full": "inbox_refused", "queue_bytes": "inbox_bytes_refused",
+                   "peer_share": "inbox_share_refused", "peer_share_bytes": "inbox_share_refused"}
 RECONCILE_INTERVAL = 1.0  # s between bringing membership's member set in line with the routing table
 CONTACT_RECORD_DOMAIN = b"zmqagents/contact/v1\x00"  # DHT keys of nodes' own signed contact records
 
@@ -131,6 +135,7 @@ class Message:
     type: str
     id: bytes
     topic: bytes | None = None
+    cost: int = field(default=0, repr=False, compare=False)  # Envelope.cost: what it holds in memory
 
     @property
     def sender(self) -> str:
@@ -150,8 +155,13 @@ class NodeConfig:
     leave_timeout: float = 0.5  # how long close() lingers after announcing a graceful leave
     member: bool = True  # False for a short-lived client: not put in peers' tables, no leave to announce
     inbox_limit: int = 10_000  # messages waiting for the application before new ones are refused (sender retries)
+    # ...and their bytes (Envelope.cost: what the decoded messages hold). One sender may hold inbox_share of
+    # each bound, so a peer that fills the inbox leaves room for the others. Bounds of the sidecar's 50 MB.
+    inbox_bytes: int = 8 << 20
+    inbox_share: float = 0.5
     max_handlers: int = 64  # async request handlers running at once; further requests wait for a slot (unrun if their deadline passes)
     subscription_queue: int = 10_000  # publications buffered per subscriber; the oldest is dropped beyond it
+    subscription_bytes: int = 4 << 20  # ...and their bytes; one publisher may hold inbox_share of them
     hello_timeout: float = 5.0
     join_timeout: float = 10.0  # how long start() waits for the bootstrap lookup before carrying on alone
     # Reachability through relays (protocols/node.md, "Relaying"). An outbound-only node accepts no
@@ -224,7 +234,7 @@ class Node:
         self._event_queues: list[asyncio.Queue] = []
         self._lookups: dict[int, asyncio.Future] = {}
         self._joined: asyncio.Future | None = None
-        self._inbox: asyncio.Queue[Message] | None = None
+        self._inbox: BoundedQueue[Message] | None = None
         self._requests: dict[bytes, asyncio.Future] = {}
         self._windows: dict[bytes, asyncio.Event] = {}
         self._failures: list[SendFailed] = []
@@ -234,7 +244,7 @@ class Node:
         self._handler_is_async = False
         self._handler_slots: asyncio.Semaphore | None = None
         self._handler_tasks: set[asyncio.Task] = set()
-        self._subscriptions: list[tuple[bytes, asyncio.Queue]] = []
+        self._subscriptions: list[tuple[bytes, BoundedQueue]] = []
         # node id -> (contact, PUB endpoint). SUB sockets to these exist only while the application
         # subscribes to something: each costs a CURVE connection (~30 KB) on both ends.
         self._neighbours: dict[bytes, tuple[Contact, str]] = {}
@@ -243,7 +253,8 @@ class Node:
         self._started = False
         self._closed = False
         self.stats: dict[str, int] = {
-            "inbox_refused": 0, "publications_dropped": 0, "handler_errors": 0, "replies_dropped": 0,
+            "inbox_refused": 0, "inbox_bytes_refused": 0, "inbox_share_refused": 0,
+            "publications_dropped": 0, "publications_refused": 0, "handler_errors": 0, "replies_dropped": 0,
             "relay_not_served": 0, "relay_refusals_received": 0, "contact_records_refused": 0,
             "requests_expired": 0,
         }
@@ -261,7 +272,8 @@ class Node:
         if self._started:
             return
         self._started = True
-        self._inbox = asyncio.Queue()
+        cfg = self.config
+        self._inbox = BoundedQueue(cfg.inbox_limit, cfg.inbox_bytes, cfg.inbox_share)
         self._handler_slots = asyncio.Semaphore(self.config.max_handlers)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -399,7 +411,7 @@ class Node:
         self._requests.clear()
         self._lookups.clear()
         for _, queue in self._subscriptions:
-            queue.put_nowait(None)
+            queue.put(None, b"", 0)
         for queue in self._event_queues:
             queue.put_nowait(None)
         self.transport.close()
@@ -577,11 +589,29 @@ class Node:
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next direct message, in order per sender, exactly once."""
-        return await asyncio.wait_for(self._inbox.get(), timeout)
+        return (await asyncio.wait_for(self._inbox.get(), timeout))[0]
 
     async def messages(self) -> AsyncIterator[Message]:
         while True:
-            yield await self._inbox.get()
+            yield (await self._inbox.get())[0]
+
+    def requeue(self, message: Message) -> None:
+        """Put a message just taken with :meth:`receive` back at the head of the inbox.
+
+        For a consumer that takes a message and then finds nobody to hand it to (the local API's
+        clients went away): it waits in the inbox, first in line, and counts against its bounds again.
+        """
+        self._inbox.unget(message, message.src, message.cost)
+
+    @property
+    def inbox_size(self) -> tuple[int, int]:
+        """(messages, bytes) waiting in the inbox for the application."""
+        return len(self._inbox) if self._inbox is not None else 0, self._inbox.bytes if self._inbox is not None else 0
+
+    @property
+    def subscription_backlog(self) -> int:
+        """Publications waiting in every subscription's queue."""
+        return sum(len(queue) for _, queue in self._subscriptions)
 
     # -- pub/sub -------------------------------------------------------------------
 
@@ -610,7 +640,8 @@ class Node:
     async def subscribe(self, topic: str | bytes = b"") -> AsyncIterator[Message]:
         """Yield publications whose topic starts with ``topic`` until the node closes."""
         topic_b = topic.encode() if isinstance(topic, str) else topic
-        queue: asyncio.Queue = asyncio.Queue()
+        cfg = self.config
+        queue: BoundedQueue[Message | None] = BoundedQueue(cfg.subscription_queue, cfg.subscription_bytes, cfg.inbox_share)
         entry = (topic_b, queue)
         if not self._subscriptions:
             for contact, pub in self._neighbours.values():
@@ -620,7 +651,7 @@ class Node:
         self.transport.add_topic(topic_b)
         try:
             while True:
-                item = await queue.get()
+                item = (await queue.get())[0]
                 if item is None:
                     return
                 yield item
@@ -633,13 +664,20 @@ class Node:
                         self.transport.unsubscribe_from(node_id)
 
     def _on_publication(self, topic: bytes, env: Envelope) -> None:
-        msg = Message(env.src, env.body, env.type, env.id, topic)
+        src = env.src
+        msg = Message(src, env.body, env.type, env.id, topic, env.cost)
         for prefix, queue in self._subscriptions:
             if topic.startswith(prefix):
-                if queue.qsize() >= self.config.subscription_queue:
+                # Best effort: a publisher over its share loses its newest; otherwise the oldest make room.
+                why = queue.refuses(src, env.cost)
+                if why is not None and why.startswith("peer_share"):
+                    self.stats["publications_refused"] += 1
+                    continue
+                while why is not None and len(queue):
                     queue.get_nowait()
                     self.stats["publications_dropped"] += 1
-                queue.put_nowait(msg)
+                    why = queue.refuses(src, env.cost)
+                queue.put(msg, src, env.cost)
 
     # -- hello: neighbours learn each other's PUB endpoint ------------------------
 
@@ -780,7 +818,11 @@ class Node:
     def _on_batch(self, batch: list[Envelope]) -> None:
         delivery = self.delivery
         routing = self.routing
-        room = self.config.inbox_limit - self._inbox.qsize()
+        inbox = self._inbox
+        # Accepted for the inbox but not in it yet: this batch's messages, delivered into the inbox
+        # when the batch is pumped. They count as if queued.
+        held_n = held_b = 0
+        in_batch: dict[bytes, list[int]] = {}
         now = self._now()
         last_src = None
         for env in batch:
@@ -803,10 +845,22 @@ class Node:
             # A full inbox refuses data before the core sees it: no ack, so the sender
             # retransmits later and nothing accepted is ever thrown away.
             if typ == "msg":
-                if room <= 0:
-                    self.stats["inbox_refused"] += 1
-                    continue
-                room -= 1
+                src = env.src
+                # In order, it enters the inbox with the out-of-order ones it completes, which must
+                # fit; out of order, it waits in the delivery core's reorder buffer (bounded there).
+                need, cost = delivery.releases(env)
+                if need:
+                    mine = in_batch.get(src)
+                    if mine is None:
+                        mine = in_batch[src] = [0, 0]
+                    why = inbox.refuses(src, cost, need=need, held=(held_n, held_b), sender_held=(mine[0], mine[1]))
+                    if why is not None:
+                        self.stats[_INBOX_REFUSALS[why]] += 1
+                        continue
+                    held_n += need
+                    held_b += cost
+                    mine[0] += need
+                    mine[1] += cost
             delivery.receive(env, now)
         self._pump()
 
@@ -932,7 +986,7 @@ class Node:
             if isinstance(event, Delivered):
                 env = event.env
                 if env.type == "msg":
-                    self._inbox.put_nowait(Message(env.src, env.body, env.type, env.id))
+                    self._inbox.put(Message(env.src, env.body, env.type, env.id, None, env.cost), env.src, env.cost)
                 elif env.type == HELLO:
                     self._add_neighbour(env.src, env.body)
                     self._reply(env, self._hello_body())

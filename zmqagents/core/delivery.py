@@ -59,7 +59,7 @@ STAT_KEYS = (
     "replies", "replies_unmatched", "send_failed", "requests_failed", "requests_timed_out",
     "requests_cancelled", "request_limit", "abandoned", "fwd_sent", "fwd_received", "skipped",
     "malformed", "unsequenced", "stale_epoch", "epoch_resets", "buffer_discarded", "peers_evicted",
-    "dedup_restored",
+    "dedup_restored", "reorder_bytes_full",
 )
 
 
@@ -79,6 +79,11 @@ class DeliveryConfig:
     ack_delay: float = 0.005  # delayed ack: a prompt reply carries the ack for free; tiny next to rto_initial
     ack_every: int = 64  # ...or ack at once after this many: one ack per 64 messages in a flood, far below window
     reorder_limit: int = 1024  # out-of-order messages buffered per sender: the sender's window, so no loss is fatal
+    # ...and their bytes (Envelope.cost), per sender and over all senders: a buffer of 1024 max-size envelopes
+    # would be a gigabyte. One envelope is always taken into an empty sender buffer (so a large one is not
+    # refused for ever); beyond a bound, arrivals are dropped unacked and retransmitted later, as for the count.
+    reorder_bytes: int = 1 << 20
+    reorder_bytes_total: int = 4 << 20
     dedup_window: int = 4096  # ids remembered per sender: 4x the window, covers re-sends across a sender restart
     max_peers: int = 10000  # peer states kept (LRU): O(k log N) contacts of a large mesh fit with room to spare
     # Dedup memories kept after a peer's state is dropped (forget(), eviction), newest first. A sender
@@ -94,7 +99,8 @@ class DeliveryConfig:
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"DeliveryConfig.{f.name} must be a non-negative number, got {value!r}")
-        for name in ("rto_initial", "timer_granularity", "window", "ack_every", "reorder_limit", "dedup_window",
+        for name in ("rto_initial", "timer_granularity", "window", "ack_every", "reorder_limit", "reorder_bytes",
+                     "reorder_bytes_total", "dedup_window",
                      "max_peers", "sack_max", "max_requests"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DeliveryConfig.{name} must be positive")
@@ -208,7 +214,7 @@ class _Peer:
 
     __slots__ = (
         "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd_at",
-        "in_ep", "cum", "buf", "retired", "owed", "slot", "ids", "ring", "ring_pos",
+        "in_ep", "cum", "buf", "buf_bytes", "retired", "owed", "slot", "ids", "ring", "ring_pos",
     )
     kind = _ACK
 
@@ -227,6 +233,7 @@ class _Peer:
         self.in_ep: int | None = None
         self.cum = 0  # every seq up to here was delivered, or skipped on the sender's word (fwd)
         self.buf: dict[int, Envelope] = {}  # out-of-order arrivals in arrival order (newest last)
+        self.buf_bytes = 0  # their Envelope.cost
         self.retired: list[int] | None = None
         self.owed = 0  # arrivals since our last ack to this peer
         self.slot = 0  # the delayed-ack timer
@@ -274,6 +281,8 @@ class Delivery(CoreOutputs):
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._requests: dict[bytes, _Request] = {}
         self._npending = 0
+        self._buffered = 0  # out-of-order envelopes held, all senders
+        self._buffered_bytes = 0  # ...and their Envelope.cost
         # node id -> (ids, ring, ring_pos, retired epochs) of peers whose state was dropped (kept_dedup)
         self._kept: OrderedDict[bytes, tuple[Any, ...]] = OrderedDict()
         CoreOutputs.__init__(self)
@@ -379,6 +388,37 @@ class Delivery(CoreOutputs):
         peer = self._peers.get(dst)
         return 0 if peer is None else len(peer.out)
 
+    def buffered(self, src: bytes | None = None) -> tuple[int, int]:
+        """(count, bytes) of out-of-order envelopes held from ``src``, or from everyone: accepted, not yet delivered."""
+        if src is None:
+            return self._buffered, self._buffered_bytes
+        peer = self._peers.get(src)
+        return (0, 0) if peer is None else (len(peer.buf), peer.buf_bytes)
+
+    def releases(self, env: Envelope) -> tuple[int, int]:
+        """(count, bytes) of what ``env`` would hand to the application if it arrived now: itself and the
+        out-of-order envelopes it completes. (0, 0) if it would wait in the reorder buffer or is a duplicate.
+
+        A driver that bounds what the application holds admits or refuses ``env`` on this, so the
+        envelopes a reorder buffer releases all at once fit its bound too.
+        """
+        seq = env.seq
+        peer = self._peers.get(env.src)
+        if seq is None or peer is None or env.ep != peer.in_ep or env.type in RESERVED_TYPES:
+            return 1, env.cost  # unsequenced (refused), or the first of a stream: delivered alone
+        if seq != peer.cum + 1:
+            return 0, 0
+        count, cost = 1, env.cost
+        buf = peer.buf
+        while buf:
+            seq += 1
+            nxt = buf.get(seq)
+            if nxt is None:
+                break
+            count += 1
+            cost += nxt.cost
+        return count, cost
+
     def forget(self, peer: bytes) -> None:
         """Drop all state for a peer (it left or was declared dead); what is in flight to it fails "unreachable"."""
         state = self._peers.pop(peer, None)
@@ -431,6 +471,7 @@ class Delivery(CoreOutputs):
                     nxt = buf.pop(seq + 1, None)
                     while nxt is not None:
                         seq += 1
+                        self._unbuffered(peer, nxt)
                         self._deliver(peer, nxt)
                         nxt = buf.pop(seq + 1, None)
                 peer.cum = seq
@@ -441,8 +482,14 @@ class Delivery(CoreOutputs):
                 buf[seq] = buf.pop(seq)  # newest again, so the next ack's selective list reports it
             elif seq - cum > self.config.reorder_limit or len(buf) >= self.config.reorder_limit:
                 stats["reorder_overflow"] += 1  # dropped, in no ack: the sender retransmits it later
+            elif (buf and peer.buf_bytes + env.cost > self.config.reorder_bytes) or (
+                    self._buffered and self._buffered_bytes + env.cost > self.config.reorder_bytes_total):
+                stats["reorder_bytes_full"] += 1  # likewise
             else:
                 buf[seq] = env
+                peer.buf_bytes += env.cost
+                self._buffered += 1
+                self._buffered_bytes += env.cost
                 stats["out_of_order"] += 1
         owed = peer.owed + 1
         peer.owed = owed
@@ -685,8 +732,7 @@ class Delivery(CoreOutputs):
             if len(retired) > RETIRED_EPOCHS:
                 del retired[0]
             self.stats["epoch_resets"] += 1
-            self.stats["buffer_discarded"] += len(peer.buf)
-            peer.buf.clear()
+            self._discard_buffer(peer)
         peer.in_ep = ep
         peer.cum = 0
         return True
@@ -700,15 +746,32 @@ class Delivery(CoreOutputs):
         buf = peer.buf
         below = sorted(s for s in buf if s < floor)
         for s in below:
-            self._deliver(peer, buf.pop(s))
+            env = buf.pop(s)
+            self._unbuffered(peer, env)
+            self._deliver(peer, env)
         self.stats["skipped"] += floor - 1 - cum - len(below)
         cum = floor - 1
         nxt = buf.pop(cum + 1, None)
         while nxt is not None:
             cum += 1
+            self._unbuffered(peer, nxt)
             self._deliver(peer, nxt)
             nxt = buf.pop(cum + 1, None)
         peer.cum = cum
+
+    def _unbuffered(self, peer: _Peer, env: Envelope) -> None:
+        """Account for an envelope just taken out of ``peer``'s reorder buffer."""
+        peer.buf_bytes -= env.cost
+        self._buffered -= 1
+        self._buffered_bytes -= env.cost
+
+    def _discard_buffer(self, peer: _Peer) -> None:
+        """Throw away ``peer``'s reorder buffer (a new epoch, or its state is dropped)."""
+        self.stats["buffer_discarded"] += len(peer.buf)
+        self._buffered -= len(peer.buf)
+        self._buffered_bytes -= peer.buf_bytes
+        peer.buf.clear()
+        peer.buf_bytes = 0
 
     def _deliver(self, peer: _Peer, env: Envelope) -> None:
         """Hand an in-order envelope to the application, unless its id was delivered recently."""
@@ -833,8 +896,7 @@ class Delivery(CoreOutputs):
         self._cancel(peer)
         if peer.blocked:
             events.append(WindowOpen(peer.id))  # can_send() is true again: the state is gone
-        self.stats["buffer_discarded"] += len(peer.buf)
-        peer.buf.clear()
+        self._discard_buffer(peer)
 
     def _arm(self, entry: _Request | _Peer, t: float) -> None:
         """(Re)arm an object timer entry to fire at ``t``."""

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from ..envelope import Envelope
 from .outputs import CoreOutputs
+from .ratelimit import TokenBucket
 
 RELAY_PREFIX = "relay."
 REGISTER = "relay.reg"
@@ -87,23 +88,6 @@ class RelayDown:
     reason: str
 
 
-class _Bucket:
-    __slots__ = ("tokens", "at")
-
-    def __init__(self, tokens: float, at: float):
-        self.tokens = tokens
-        self.at = at
-
-    def take(self, now: float, rate: float, burst: float) -> bool:
-        tokens = min(burst, self.tokens + (now - self.at) * rate)
-        self.at = now
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
-
-
 RELAY_SERVER_STATS = (
     "registered",  # new registrations
     "refreshed",  # keepalives from registered clients
@@ -137,8 +121,8 @@ class RelayServer(CoreOutputs):
         self._rng = rng
         self._direct_route = direct_route
         self._clients: dict[bytes, float] = {}  # client id -> last heard (our clock)
-        self._buckets: dict[bytes, _Bucket] = {}  # sender id -> its token bucket (insertion = LRU order)
-        self._total: _Bucket | None = None
+        self._buckets: dict[bytes, TokenBucket] = {}  # sender id -> its token bucket (insertion = LRU order)
+        self._total: TokenBucket | None = None
         self.stats: dict[str, int] = {name: 0 for name in RELAY_SERVER_STATS}
 
     def __contains__(self, node_id: bytes) -> bool:
@@ -197,7 +181,7 @@ class RelayServer(CoreOutputs):
         cfg = self.config
         bucket = self._buckets.pop(src, None)  # re-inserted below: most recently used last
         if bucket is None:
-            bucket = _Bucket(cfg.client_burst, now)
+            bucket = TokenBucket(cfg.client_burst, now)
             if len(self._buckets) >= cfg.max_senders:
                 del self._buckets[next(iter(self._buckets))]
         self._buckets[src] = bucket
@@ -207,7 +191,7 @@ class RelayServer(CoreOutputs):
             return
         total = self._total
         if total is None:
-            total = self._total = _Bucket(cfg.total_burst, now)
+            total = self._total = TokenBucket(cfg.total_burst, now)
         if not total.take(now, cfg.total_rate, cfg.total_burst):
             bucket.tokens += 1.0  # not this sender's fault: give its token back
             self.stats["refused_total_rate"] += 1

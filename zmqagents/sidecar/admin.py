@@ -42,11 +42,14 @@ READ_TIMEOUT = 5.0  # s a client may take to send its request
 MAX_CONNECTIONS = 16  # served at once; more are closed unanswered (and counted)
 
 # Core counters that are drops of something a peer sent or we could not send, by core.
-DELIVERY_DROPS = ("malformed", "unsequenced", "stale_epoch", "reorder_overflow", "buffer_discarded")
+DELIVERY_DROPS = ("malformed", "unsequenced", "stale_epoch", "reorder_overflow", "reorder_bytes_full",
+                  "buffer_discarded")
 ROUTING_DROPS = ("malformed", "misdirected", "from_mismatch", "unmatched", "late_responses")
 MEMBERSHIP_DROPS = ("malformed",)
-NODE_DROPS = {"inbox_refused": "inbox_full", "publications_dropped": "subscription_queue_full",
-              "replies_dropped": "reply_window_full", "requests_expired": "expired"}
+NODE_DROPS = {"inbox_refused": "inbox_full", "inbox_bytes_refused": "inbox_bytes_full",
+              "inbox_share_refused": "inbox_peer_share", "publications_dropped": "subscription_queue_full",
+              "publications_refused": "subscription_peer_share", "replies_dropped": "reply_window_full",
+              "requests_expired": "expired"}
 
 
 class AdminError(Exception):
@@ -138,14 +141,20 @@ class NodeCollector:
         yield drops
 
         # -- queues ------------------------------------------------------------------------
-        inbox = node._inbox
-        yield gauge("inbox_messages", "Messages waiting for the application.", inbox.qsize() if inbox else 0)
+        inbox_messages, inbox_bytes = node.inbox_size
+        yield gauge("inbox_messages", "Messages waiting for the application.", inbox_messages)
+        yield gauge("inbox_bytes", "Memory the messages waiting for the application hold (Envelope.cost).",
+                    inbox_bytes)
+        reorder_messages, reorder_bytes = node.delivery.buffered()
+        yield gauge("reorder_buffer_messages", "Messages received out of order, waiting for the ones before them.",
+                    reorder_messages)
+        yield gauge("reorder_buffer_bytes", "Memory those messages hold (Envelope.cost).", reorder_bytes)
         yield gauge("unacked_messages", "Messages sent and not yet acknowledged.", node.delivery.pending())
         yield gauge("transport_outbox_messages", "Envelopes waiting for this loop turn's socket writes.",
                     transport.outbox_size)
         yield gauge("handlers_running", "Request handlers running now.", len(node._handler_tasks))
         yield gauge("subscription_queue_messages", "Publications waiting for subscribers.",
-                    sum(q.qsize() for _, q in node._subscriptions))
+                    node.subscription_backlog)
 
         # -- peers and connections -----------------------------------------------------------
         if node.routing is not None:

@@ -351,6 +351,24 @@ class AdminSection:
 
 
 @dataclass(frozen=True)
+class LimitsSection:
+    """What one peer, or all of them, may make this node hold and process (protocols/node.md, "Limits")."""
+
+    inbox_messages: float = setting(Number(1, 10_000_000), 10_000,
+                                    doc="Received messages waiting for local clients; beyond it senders retry later")
+    inbox_bytes: int = setting(Size(minimum=65536), 8 * 2**20,
+                               doc="Memory those messages may hold (decoded, as Envelope.cost counts it)")
+    peer_share: float = setting(Number(0.01, 1), 0.5,
+                                doc="Fraction of the inbox bounds one peer may hold, so others keep room")
+    peer_messages_per_s: float = setting(Number(1, 10_000_000), 20_000,
+                                         doc="Messages a second accepted from one peer; more are dropped unacked "
+                                             "(retransmitted later)")
+    peer_bytes_per_s: int = setting(Size(minimum=65536), 32 * 2**20,
+                                    doc="Bytes a second accepted from one peer (decoded size: many small values "
+                                        "count for what they cost)")
+
+
+@dataclass(frozen=True)
 class LogSection:
     """Log lines on stderr."""
 
@@ -365,6 +383,7 @@ SECTIONS: dict[str, type] = {
     "spool": SpoolSection,
     "mdns": MdnsSection,
     "admin": AdminSection,
+    "limits": LimitsSection,
     "log": LogSection,
 }
 
@@ -379,6 +398,7 @@ class SidecarConfig:
     spool: SpoolSection = field(default_factory=SpoolSection)
     mdns: MdnsSection = field(default_factory=MdnsSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     log: LogSection = field(default_factory=LogSection)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     files: tuple[str, ...] = field(default=(), compare=False)  # config files read, in order

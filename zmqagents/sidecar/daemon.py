@@ -77,6 +77,7 @@ from ..identity import (
 )
 from ..node import Node, NodeConfig
 from ..core.membership import MembershipConfig
+from ..core.ratelimit import RateLimitConfig
 from . import logs, memory, systemd
 from .config import ConfigError, SidecarConfig
 
@@ -203,6 +204,15 @@ class Sidecar:
         node_config = NodeConfig(member=True, membership=MembershipConfig.profile(config.node.profile),
                                  outbound_only=config.node.outbound_only, relays=read_contacts(config, "node.relays"))
         node_config.transport.seal_relayed = config.node.seal
+        limits = config.limits
+        node_config.inbox_limit = int(limits.inbox_messages)
+        node_config.inbox_bytes = limits.inbox_bytes
+        node_config.inbox_share = limits.peer_share
+        # Bursts of twice the rate; the bytes burst holds the largest envelope, or it could never pass.
+        node_config.transport.rate_limit = RateLimitConfig(
+            messages=limits.peer_messages_per_s, message_burst=2 * limits.peer_messages_per_s,
+            bytes=limits.peer_bytes_per_s,
+            byte_burst=max(2 * limits.peer_bytes_per_s, 2 * node_config.transport.max_message_size))
         try:
             self.node = Node(
                 self.identity,

@@ -102,7 +102,7 @@ class LocalApi:
     @property
     def pending(self) -> int:
         """Received messages waiting for a local client (a gauge)."""
-        return self._inbox_size() + len(self._held)
+        return self.node.inbox_size[0]
 
     def __init__(self, node, outbox=None, *, path: str | os.PathLike, mode: int = 0o660,
                  max_size: int = DEFAULT_MAX_SIZE):
@@ -115,7 +115,6 @@ class LocalApi:
         self.sock: zmq.Socket | None = None
         self._clients: dict[bytes, _Client] = {}
         self._receivers: deque[_Client] = deque()  # clients with credit, in round-robin order
-        self._held: deque = deque()  # messages taken from the node that no client could take yet
         self._pump: asyncio.Task | None = None
         self._credit_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -170,8 +169,8 @@ class LocalApi:
             self.path.unlink()
         except FileNotFoundError:
             pass
-        if self._held:
-            log.warning("local API closed with %d received message(s) no client took", len(self._held))
+        if self.pending:
+            log.warning("local API closed with %d received message(s) no client took", self.pending)
 
     def ready(self) -> bool:
         return self.sock is not None and not self._closed
@@ -328,25 +327,23 @@ class LocalApi:
 
     # -- delivering received messages to clients ------------------------------------------------------
 
-    def _inbox_size(self) -> int:
-        inbox = getattr(self.node, "_inbox", None)
-        return inbox.qsize() if inbox is not None else 0
-
     async def _deliver(self) -> None:
         """Move direct messages from the node to clients that asked for them (credit).
 
-        With no client asking, messages wait in the node's inbox (bounded by its ``inbox_limit``;
-        beyond it the node leaves new ones unacknowledged, so their senders retransmit later).
+        With no client asking, messages wait in the node's inbox (bounded by its ``inbox_limit`` and
+        ``inbox_bytes``; beyond them the node leaves new ones unacknowledged, so their senders
+        retransmit later). A message taken for a client that turns out to be gone goes back to the
+        head of the inbox, so what waits here never exceeds those bounds.
         """
         while True:
             while not self._receivers:
                 self._credit_event.clear()
                 await self._credit_event.wait()
-            msg = self._held.popleft() if self._held else await self.node.receive()
+            msg = await self.node.receive()
             while True:
                 client = self._next_receiver()
                 if client is None:
-                    self._held.appendleft(msg)  # nobody to take it now: first in line for the next one
+                    self.node.requeue(msg)  # nobody to take it now: first in line for the next one
                     break
                 if self._push(client, msg):
                     break
@@ -407,7 +404,7 @@ class LocalApi:
         return {
             "node_id": format_node_id(node.node_id),
             "contact": str(node.contact),
-            "inbox": self._inbox_size() + len(self._held),
+            "inbox": self.pending,
             "clients_receiving": len(self._receivers),
             "local_api": dict(self.stats),
             "outbox": self.outbox.status() if self.outbox is not None else None,

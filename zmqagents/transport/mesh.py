@@ -31,12 +31,14 @@ import asyncio
 import errno
 import logging
 import os
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import zmq
 
+from ..core.ratelimit import PeerLimiter, RateLimitConfig
 from ..core.relay import FORWARD
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, node_id_of, short_id
@@ -47,6 +49,9 @@ from .zap import ZAP_DOMAIN, ZapHandler
 log = logging.getLogger(__name__)
 
 READ_BATCH = 512  # messages per readable callback before yielding to the loop
+# ...or fewer: a batch ends once the envelopes decoded in it cost this much (Envelope.cost), so a burst
+# of large envelopes is handed on (and its memory freed) a few at a time, not 512 at once.
+BATCH_BYTES = 2 << 20
 
 
 @dataclass(slots=True)
@@ -65,6 +70,7 @@ class TransportConfig:
     reconnect_ivl_max_ms: int = 5000
     close_linger_ms: int = 0  # how long close() may wait to flush publications (a CLI publisher wants some)
     seal_relayed: bool = False  # encrypt (NaCl Box) every envelope sent through a relay to its destination
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)  # per peer, on every frame received
 
 
 class _Link:
@@ -135,6 +141,7 @@ class Transport:
         }
         self.drops: dict[str, int] = {}
         self._logged_drop: set[tuple[str, bytes]] = set()
+        self.limiter = PeerLimiter(config.rate_limit)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -550,7 +557,11 @@ class Transport:
             return
         batch: list[Envelope] = []
         stats = self.stats
+        cost = 0
         for _ in range(READ_BATCH):
+            if cost > BATCH_BYTES:
+                self.loop.call_soon(self._drain_router, sock)  # the rest next turn, this batch's memory freed
+                break
             try:
                 rid_frame = sock.recv(NOBLOCK, copy=False)
             except zmq.Again:
@@ -577,6 +588,7 @@ class Transport:
             env = self._decode(frame, sender)
             if env is None:
                 continue
+            cost += env.cost
             inbound = self._inbound
             if inbound.get(sender) != rid:
                 inbound[sender] = rid
@@ -615,11 +627,22 @@ class Transport:
         return node_id
 
     def _decode(self, frame: bytes, sender: bytes) -> Envelope | None:
+        """The envelope in ``frame`` from the authenticated ``sender``, or None (dropped and counted).
+
+        The sender's rate limit is checked first, on the frame's length alone, so a flood costs a
+        comparison per frame; what the envelope cost to decode beyond its length is charged after.
+        """
+        limiter = self.limiter
+        why = limiter.admit(sender, len(frame), time.monotonic())
+        if why is not None:
+            self._drop(why, sender, "over its rate limit")  # unacked: a reliable sender retransmits later
+            return None
         try:
             env = decode(frame, max_size=self.config.max_message_size)
         except EnvelopeError as exc:
             self._drop(type(exc).__name__, sender, exc)
             return None
+        limiter.charge(sender, env.cost - len(frame))
         if env.src != sender:
             self._drop("src_mismatch", sender, f"claims src {short_id(env.src)}")
             return None
@@ -638,7 +661,11 @@ class Transport:
         is_sub = sock.type == zmq.SUB
         batch: list[Envelope] = []
         stats = self.stats
+        cost = 0
         for _ in range(READ_BATCH):
+            if cost > BATCH_BYTES:
+                self.loop.call_soon(self._drain_link, sock)
+                break
             try:
                 parts = sock.recv_multipart(NOBLOCK)
             except zmq.Again:
@@ -659,6 +686,7 @@ class Transport:
                 continue
             env = self._decode(parts[0], link.node_id)
             if env is not None:
+                cost += env.cost
                 batch.append(env)
         else:
             self.loop.call_soon(self._drain_link, sock)
