@@ -158,3 +158,22 @@ def test_tasks_quick_reports_rates_and_failover_checks():
     assert out["raw_rr_msgs_per_s"] > 0 and out["tasks_ratio"] == round(out["tasks_per_s"] / out["raw_rr_msgs_per_s"], 4)
     assert out["completed"] + out["failed_maybe_ran"] + out["failed_other"] + out["rejected"] == 600
     assert out["never_ran"] >= 0
+
+
+@pytest.mark.timeout(120)
+def test_chaos_quick_runs_one_round_of_faults_and_accounts_for_every_message():
+    tools = str(BENCH.parent / "tools")
+    if tools not in sys.path:
+        sys.path.append(tools)
+    import netlab
+
+    why = netlab.unavailable()
+    if why:
+        pytest.skip(why)
+    out = _run("chaos.py", "--quick", timeout=110)
+    assert out["rounds"] == 1 and out["faults"] == ["kill_b", "cut_ab", "kill_relay"]
+    assert out["stalls"] == 0 and out["missing"] == 0 and out["unexpected_duplicates"] == 0
+    assert out["accepted"] == out["delivered"] > 0 and out["refused"] == 0 and out["failed_rounds"] == []
+    assert out["unrecovered_faults"] == 0 and out["recovery_s"]["n"] == 3
+    assert 0 <= out["recovery_s"]["p50"] <= out["recovery_s"]["p99"] <= out["recovery_s"]["max"]
+    assert set(out["rss_mb"]) == {"a", "b", "c", "relay"} and all(v > 0 for v in out["rss_mb"].values())

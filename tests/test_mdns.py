@@ -10,11 +10,9 @@ The TXT parser gets the garbage a LAN can send, without any network.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +24,11 @@ from zmqagents.identity import Identity, format_public_key
 from zmqagents.sidecar.mdns import MAX_ENDPOINTS, TokenBucket, TxtError, advertised_endpoints, parse_txt, txt_record
 
 HELPER = Path(__file__).resolve().parent / "sidecar_node.py"
-_serial = itertools.count()
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+if str(TOOLS) not in sys.path:
+    sys.path.append(str(TOOLS))
+
+import netlab  # noqa: E402  (tools/netlab.py: namespaces, always deleted)
 
 
 # -- TXT records: what any host on the LAN can send us ------------------------------------------
@@ -121,27 +123,17 @@ def test_token_bucket_paces_after_the_burst():
 # -- real multicast in a namespace ---------------------------------------------------------------
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-
-
 @pytest.fixture
 def netns():
     """A fresh namespace whose loopback carries multicast; deleted afterwards whatever happens."""
-    if shutil.which("ip") is None:
-        pytest.skip("no `ip` command (iproute2): cannot create a network namespace for multicast")
-    name = f"zmqa-mdns-{os.getpid()}-{next(_serial)}"
-    made = _ip("netns", "add", name)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace ({made.stderr.strip()}): needs root / CAP_SYS_ADMIN")
-    try:
-        for args in (("link", "set", "lo", "up"), ("link", "set", "lo", "multicast", "on"),
-                     ("route", "add", "224.0.0.0/4", "dev", "lo")):
-            r = _ip("-n", name, *args)
-            assert r.returncode == 0, f"ip -n {name} {' '.join(args)}: {r.stderr}"
-        yield name
-    finally:
-        _ip("netns", "del", name)
+    why = netlab.unavailable(tools=("ip",))
+    if why:
+        pytest.skip(f"{why}: cannot create a network namespace for multicast")
+    with netlab.Lab() as lab:
+        host = lab.host("mdns")
+        host.ip("link", "set", "lo", "multicast", "on")
+        host.ip("route", "add", "224.0.0.0/4", "dev", "lo")
+        yield host.ns
 
 
 class Proc:

@@ -1,10 +1,10 @@
 """An outbound-only node that really cannot be reached, in a network namespace, through two relays.
 
-Topology (created here, unique names per test process, always deleted):
+Topology (built with tools/netlab.py: unique names per test process, always deleted):
 
-    [namespace zqrPID]                         [this namespace]
+    [namespace zqPID-edge]                     [this namespace]
      edge node (CLI)  --veth 10.201.x.y/30-->  relay 1 (CLI, PID killed mid-test)
-     listens on its own 127.0.0.1               relay 2 (CLI)
+     listens on its own 127.0.0.1              relay 2 (CLI)
                                                outside node (this process, listens on 127.0.0.1)
 
 The edge namespace has one link, to the relays' address, and no route anywhere else: the test checks
@@ -16,8 +16,6 @@ relay 2.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,39 +28,25 @@ import pytest
 from zmqagents.identity import Contact
 from zmqagents.node import Node, NodeConfig
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "tools") not in sys.path:
+    sys.path.append(str(ROOT / "tools"))
+
+import netlab  # noqa: E402  (tools/netlab.py: namespaces, links, cleanup)
+
 CLI = [sys.executable, "-m", "zmqagents.cli"]
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=check)
 
 
 @contextmanager
 def edge_namespace():
     """A namespace joined to this one by a veth pair; yields (name, host-side IP, edge-side IP)."""
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed: cannot create network namespaces")
-    if os.geteuid() != 0:
-        pytest.skip("creating network namespaces needs root")
-    pid = os.getpid()
-    ns, host_if, edge_if = f"zqr{pid}", f"zr{pid}h", f"zr{pid}e"
-    base = f"10.201.{(pid >> 6) & 255}"
-    host_ip, edge_ip = f"{base}.{(pid & 63) * 4 + 1}", f"{base}.{(pid & 63) * 4 + 2}"
-    try:
-        made = _ip("netns", "add", ns, check=False)
-        if made.returncode != 0:
-            pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", edge_if)
-        _ip("link", "set", edge_if, "netns", ns)
-        _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
-        _ip("link", "set", host_if, "up")
-        _ip("netns", "exec", ns, "ip", "addr", "add", f"{edge_ip}/30", "dev", edge_if)
-        _ip("netns", "exec", ns, "ip", "link", "set", edge_if, "up")
-        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        yield ns, host_ip, edge_ip
-    finally:
-        _ip("netns", "del", ns, check=False)  # takes the edge end of the veth pair with it
-        _ip("link", "del", host_if, check=False)
+    why = netlab.unavailable(tools=("ip",))
+    if why:
+        pytest.skip(why)
+    with netlab.Lab() as lab:
+        edge = lab.host("edge")
+        link = lab.link(lab.here, edge)
+        yield edge.ns, link.address(lab.here), link.address(edge)
 
 
 @contextmanager
