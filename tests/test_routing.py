@@ -1,4 +1,5 @@
-"""Unit tests of the Kademlia routing table and protocol core (zmqagents.core.routing), on a fake clock.
+"""Unit tests of the Kademlia routing table and protocol core (zmqagents.core.routing_table, .routing), on a
+fake clock.
 
 No sockets: RoutingCores exchange envelopes through the fake network of tests/core_mesh.py, with
 per-message latency. The lookup state machine alone is tested in tests/test_lookup.py.
@@ -13,24 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqagents.core.routing import (
-    Introduced,
-    ADDED,
-    CACHED,
-    FIND_NODE,
-    IGNORED,
-    NODES,
-    REPLACED,
-    UPDATED,
-    Joined,
-    LookupDone,
-    RoutingConfig,
-    RoutingCore,
-    RoutingTable,
-    bucket_index,
-    distance,
-    node_id_for,
-)
+from zmqagents.core.lookup import node_id_for
+from zmqagents.core.routing import FIND_NODE, NODES, Introduced, Joined, LookupDone, RoutingConfig, RoutingCore
+from zmqagents.core.routing_table import ADDED, CACHED, IGNORED, REPLACED, UPDATED, RoutingTable, bucket_index, distance
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Contact
 

@@ -83,7 +83,8 @@ from dataclasses import asdict, dataclass
 
 from ..core.membership import TYPES as SWIM_TYPES
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
-from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore, node_id_for
+from ..core.lookup import node_id_for
+from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
 from ..identity import Contact
 from .engine import Simulator, bulk_build, combine_traces, frozen_heap
 from .faults import Paused
