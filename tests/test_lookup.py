@@ -13,14 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqagents.core.lookup import (
-    LOOKUP_STAT_KEYS,
-    MAX_ENDPOINT_LEN,
-    Lookup,
-    contact_fields,
-    node_id_for,
-)
-from zmqagents.identity import Contact
+from zmqagents.core.lookup import LOOKUP_STAT_KEYS, MAX_ENDPOINT_LEN, Lookup, contact_fields
+from zmqagents.identity import Contact, node_id_of
 
 K = 20
 
@@ -38,7 +32,7 @@ class Space:
         self.rng = rng
         self.k = k
         self.pks = [rng.randbytes(32) for _ in range(n)]
-        self.ids = [node_id_for(pk) for pk in self.pks]
+        self.ids = [node_id_of(pk) for pk in self.pks]
         self.ints = [_int(i) for i in self.ids]
         self.index = {nid: j for j, nid in enumerate(self.ids)}
         self._views: dict[int, list[int]] = {}
@@ -87,7 +81,7 @@ def drive(space: Space, src: int, target: bytes, *, dead: frozenset = frozenset(
         qs = lk.next_queries(now)
         assert not qs or lk.waiting <= lk.alpha  # a query is only sent while fewer than alpha are waited for
         for c in qs:
-            j = space.index[node_id_for(c.public_key)]
+            j = space.index[node_id_of(c.public_key)]
             seq += 1
             if j in dead:
                 heapq.heappush(heap, (now + timeout, seq, j, None))
@@ -129,13 +123,6 @@ def test_contact_fields_accepts_the_three_forms_and_refuses_garbage():
         assert contact_fields(bad) is None, bad
 
 
-def test_node_id_for_is_sha256_of_the_key():
-    import hashlib
-
-    pk = bytes(range(32))
-    assert node_id_for(pk) == hashlib.sha256(pk).digest()
-
-
 # -- the state machine on scripted answers ----------------------------------------------------------
 
 def _line(n: int, target: bytes) -> list[list]:
@@ -143,7 +130,7 @@ def _line(n: int, target: bytes) -> list[list]:
     rng = random.Random(7)
     cs = [[rng.randbytes(32), f"sim://{i}"] for i in range(n)]
     t = _int(target)
-    cs.sort(key=lambda c: _int(node_id_for(c[0])) ^ t)
+    cs.sort(key=lambda c: _int(node_id_of(c[0])) ^ t)
     return cs
 
 
@@ -154,13 +141,13 @@ def test_asks_alpha_closest_first_and_stops_once_the_k_closest_answered():
     q = lk.next_queries(0.0)
     assert [c.public_key for c in q] == [cs[0][0], cs[1][0]]
     assert lk.next_queries(0.0) == []  # alpha in flight
-    lk.on_response(node_id_for(cs[0][0]), [], 0.1)
+    lk.on_response(node_id_of(cs[0][0]), [], 0.1)
     q = lk.next_queries(0.1)
     assert [c.public_key for c in q] == [cs[2][0]]
-    lk.on_response(node_id_for(cs[1][0]), [], 0.2)
+    lk.on_response(node_id_of(cs[1][0]), [], 0.2)
     assert lk.next_queries(0.2) == []  # the window (3 closest) is all asked: nothing more to ask
     assert not lk.done
-    lk.on_response(node_id_for(cs[2][0]), [], 0.3)
+    lk.on_response(node_id_of(cs[2][0]), [], 0.3)
     assert lk.done and lk.ok
     assert lk.queries == 3  # the 5 farther candidates were never asked
     assert [c.public_key for c in lk.result()] == [c[0] for c in cs[:3]]
@@ -169,10 +156,10 @@ def test_asks_alpha_closest_first_and_stops_once_the_k_closest_answered():
 
 def test_stop_at_target_ends_as_soon_as_the_target_answers():
     cs = _line(8, bytes(32))
-    target = node_id_for(cs[3][0])  # a node's own id: it is the closest candidate to itself
+    target = node_id_of(cs[3][0])  # a node's own id: it is the closest candidate to itself
     t = _int(target)
-    cs.sort(key=lambda c: _int(node_id_for(c[0])) ^ t)
-    assert node_id_for(cs[0][0]) == target
+    cs.sort(key=lambda c: _int(node_id_of(c[0])) ^ t)
+    assert node_id_of(cs[0][0]) == target
     for stop in (True, False):
         lk = Lookup(target, cs, k=3, alpha=2, late_after=1.0, stop_at_target=stop)
         q = lk.next_queries(0.0)
@@ -182,17 +169,17 @@ def test_stop_at_target_ends_as_soon_as_the_target_answers():
             assert lk.done and lk.ok and lk.queries == 2
             assert lk.result_ids() == [target]
             assert lk.next_queries(0.05) == []
-            assert lk.on_response(node_id_for(cs[1][0]), [], 0.06) is False  # the result is final
+            assert lk.on_response(node_id_of(cs[1][0]), [], 0.06) is False  # the result is final
         else:
             assert not lk.done  # a full lookup waits for the k closest
-            lk.on_response(node_id_for(cs[1][0]), [], 0.06)
+            lk.on_response(node_id_of(cs[1][0]), [], 0.06)
             lk.next_queries(0.06)
-            lk.on_response(node_id_for(cs[2][0]), [], 0.07)
-            assert lk.done and lk.ok and lk.result_ids() == [node_id_for(c[0]) for c in cs[:3]]
+            lk.on_response(node_id_of(cs[2][0]), [], 0.07)
+            assert lk.done and lk.ok and lk.result_ids() == [node_id_of(c[0]) for c in cs[:3]]
     # Other peers' answers do not end it, however close their ids.
     lk = Lookup(target, cs[1:], k=3, alpha=3, late_after=1.0, stop_at_target=True)
     lk.next_queries(0.0)
-    lk.on_response(node_id_for(cs[1][0]), [cs[0]], 0.05)  # referred to the target
+    lk.on_response(node_id_of(cs[1][0]), [cs[0]], 0.05)  # referred to the target
     assert not lk.done
     assert [c.public_key for c in lk.next_queries(0.05)] == [cs[0][0]]
     lk.on_response(target, [], 0.1)
@@ -205,16 +192,16 @@ def test_a_silent_peer_stops_being_waited_for_after_late_after():
     lk = Lookup(target, cs, k=3, alpha=3, late_after=0.2, late_factor=10.0)
     q = lk.next_queries(0.0)
     assert len(q) == 3
-    silent = node_id_for(cs[0][0])
-    lk.on_response(node_id_for(cs[1][0]), [], 0.05)
-    lk.on_response(node_id_for(cs[2][0]), [], 0.06)
+    silent = node_id_of(cs[0][0])
+    lk.on_response(node_id_of(cs[1][0]), [], 0.05)
+    lk.on_response(node_id_of(cs[2][0]), [], 0.06)
     assert lk.next_timer() == pytest.approx(0.2)  # min(late_after, 10 x 0.06)
     assert not lk.done  # cs[0] is still in the window, and not yet late
     assert lk.next_queries(0.19) == []
     q = lk.next_queries(0.2)  # cs[0] is late: it leaves the window, cs[3] enters it
     assert lk.state_of(silent) == "late"
     assert [c.public_key for c in q] == [cs[3][0]]
-    lk.on_response(node_id_for(cs[3][0]), [], 0.25)
+    lk.on_response(node_id_of(cs[3][0]), [], 0.25)
     assert lk.done and lk.ok and lk.late == 1
     assert lk.finished == pytest.approx(0.25)  # never waited for the hard timeout of cs[0]
     assert silent not in lk.result_ids()
@@ -226,7 +213,7 @@ def test_a_silent_peer_stops_being_waited_for_after_late_after():
 def test_once_others_answered_silence_is_judged_against_their_rtt():
     target = bytes(32)
     cs = _line(6, target)
-    nid = [node_id_for(c[0]) for c in cs]
+    nid = [node_id_of(c[0]) for c in cs]
     lk = Lookup(target, cs, k=3, alpha=3, late_after=1.0, late_factor=3.0, late_min=0.01)
     lk.next_queries(0.0)  # asks cs0, cs1, cs2
     assert lk.next_timer() == pytest.approx(1.0)  # nothing answered yet: late_after
@@ -255,10 +242,10 @@ def test_a_late_answer_before_the_end_is_used():
     lk = Lookup(target, cs[:3], k=3, alpha=1, late_after=0.1)
     first = lk.next_queries(0.0)[0]
     lk.next_queries(0.1)  # first is late; the second closest is asked
-    assert lk.state_of(node_id_for(first.public_key)) == "late"
-    lk.on_response(node_id_for(first.public_key), [cs[5]], 0.15)  # late, but useful
-    assert lk.state_of(node_id_for(first.public_key)) == "answered"
-    assert lk.state_of(node_id_for(cs[5][0])) == "fresh"
+    assert lk.state_of(node_id_of(first.public_key)) == "late"
+    lk.on_response(node_id_of(first.public_key), [cs[5]], 0.15)  # late, but useful
+    assert lk.state_of(node_id_of(first.public_key)) == "answered"
+    assert lk.state_of(node_id_of(cs[5][0])) == "fresh"
 
 
 def test_while_nobody_answered_late_queries_are_all_there_is_to_wait_for():
@@ -268,8 +255,8 @@ def test_while_nobody_answered_late_queries_are_all_there_is_to_wait_for():
     assert len(lk.next_queries(0.0)) == 2
     assert lk.next_queries(0.3) == []  # both late, nobody else to ask
     assert not lk.done and lk.late == 2 and lk.next_timer() is None  # the caller's hard timeouts decide
-    lk.on_response(node_id_for(cs[1][0]), [], 0.9)
-    assert lk.done and lk.ok and lk.result_ids() == [node_id_for(cs[1][0])]
+    lk.on_response(node_id_of(cs[1][0]), [], 0.9)
+    assert lk.done and lk.ok and lk.result_ids() == [node_id_of(cs[1][0])]
 
 
 def test_every_peer_failing_ends_the_lookup_not_ok():
@@ -278,7 +265,7 @@ def test_every_peer_failing_ends_the_lookup_not_ok():
     lk = Lookup(target, cs, k=3, alpha=3)
     while not lk.done:
         for c in lk.next_queries(0.0):
-            lk.on_timeout(node_id_for(c.public_key), 1.0)
+            lk.on_timeout(node_id_of(c.public_key), 1.0)
     assert not lk.ok and lk.result() == [] and lk.failures == 4
 
 
@@ -292,7 +279,7 @@ def test_self_and_garbage_and_duplicates_are_counted_and_skipped():
     target = bytes(32)
     me = b"m" * 32
     cs = _line(3, target)
-    lk = Lookup(target, cs[:1], k=3, self_id=node_id_for(me), max_per_response=100)
+    lk = Lookup(target, cs[:1], k=3, self_id=node_id_of(me), max_per_response=100)
     (q,) = lk.next_queries(0.0)
     good = [b"g" * 32, "sim://g"]
     answer = [
@@ -302,7 +289,7 @@ def test_self_and_garbage_and_duplicates_are_counted_and_skipped():
         [b"short", "e"], [b"x" * 32, 5], [b"y" * 32, ""], [b"z" * 32, "e" * 300], ["x" * 32, "e"],
         None, 42, "text", {"a": 1}, [b"w" * 32], [],
     ]
-    lk.on_response(node_id_for(q.public_key), answer, 0.1)
+    lk.on_response(node_id_of(q.public_key), answer, 0.1)
     s = lk.stats
     assert s["contacts_self"] == 1
     assert s["contacts_duplicate"] == 1
@@ -310,7 +297,7 @@ def test_self_and_garbage_and_duplicates_are_counted_and_skipped():
     assert s["contacts_bad"] == 11
     assert s["contacts_accepted"] == 1
     assert len(lk) == 2
-    assert lk.on_response(node_id_for(q.public_key), [], 0.2) is False  # answered twice
+    assert lk.on_response(node_id_of(q.public_key), [], 0.2) is False  # answered twice
     assert lk.on_response(b"n" * 32, [], 0.2) is False  # never asked
     assert s["responses_unexpected"] == 2
 
@@ -319,7 +306,7 @@ def test_a_response_that_is_not_a_list_counts_as_an_empty_answer():
     target = bytes(32)
     lk = Lookup(target, _line(2, target), k=2)
     for c, garbage in zip(lk.next_queries(0.0), ({"nodes": 1}, b"\x00" * 10)):
-        lk.on_response(node_id_for(c.public_key), garbage, 0.1)
+        lk.on_response(node_id_of(c.public_key), garbage, 0.1)
     assert lk.stats["responses_malformed"] == 2
     assert lk.done and lk.ok
 
@@ -330,7 +317,7 @@ def test_a_flood_of_contacts_is_capped_per_answer_and_in_total():
     lk = Lookup(target, _line(1, target), k=K, max_queries=30)
     (q,) = lk.next_queries(0.0)
     flood = [[rng.randbytes(32), "sim://f"] for _ in range(10_000)]
-    lk.on_response(node_id_for(q.public_key), flood, 0.1)
+    lk.on_response(node_id_of(q.public_key), flood, 0.1)
     assert lk.stats["contacts_truncated"] == 1
     assert lk.stats["contacts_accepted"] == K
     # Keep flooding from every peer asked: candidates and queries stay bounded.
@@ -338,7 +325,7 @@ def test_a_flood_of_contacts_is_capped_per_answer_and_in_total():
     while not lk.done:
         now += 0.01
         for c in lk.next_queries(now):
-            lk.on_response(node_id_for(c.public_key), [[rng.randbytes(32), "sim://f"] for _ in range(500)], now)
+            lk.on_response(node_id_of(c.public_key), [[rng.randbytes(32), "sim://f"] for _ in range(500)], now)
         assert len(lk) <= lk.max_candidates
     assert lk.queries <= 30
     assert len(lk.result()) <= K
@@ -350,9 +337,9 @@ def test_candidate_bound_keeps_the_closest():
     lk = Lookup(target, cs[20:], k=4, alpha=1, max_candidates=10, max_queries=50, max_per_response=20)
     assert len(lk) == 10 and lk.stats["candidates_dropped"] == 10
     (q,) = lk.next_queries(0.0)
-    lk.on_response(node_id_for(q.public_key), cs[:20], 0.1)  # closer ones evict the farther never-asked ones
+    lk.on_response(node_id_of(q.public_key), cs[:20], 0.1)  # closer ones evict the farther never-asked ones
     ids = lk._by_id
-    assert all(node_id_for(c[0]) in ids for c in cs[:9])
+    assert all(node_id_of(c[0]) in ids for c in cs[:9])
     assert len(lk) == 10
 
 
@@ -362,13 +349,13 @@ def test_hops_count_the_chain_of_referrals():
     # Each peer only knows the next closer one: a chain of 6 hops from the farthest.
     lk = Lookup(target, [cs[5]], k=1, alpha=1)
     now = 0.0
-    nxt = {node_id_for(cs[i][0]): [cs[i - 1]] if i else [] for i in range(6)}
+    nxt = {node_id_of(cs[i][0]): [cs[i - 1]] if i else [] for i in range(6)}
     while not lk.done:
         for c in lk.next_queries(now):
             now += 0.01
-            lk.on_response(node_id_for(c.public_key), nxt[node_id_for(c.public_key)], now)
+            lk.on_response(node_id_of(c.public_key), nxt[node_id_of(c.public_key)], now)
     assert lk.ok and lk.rounds == 6 and lk.hops == 6
-    assert lk.result_ids() == [node_id_for(cs[0][0])]
+    assert lk.result_ids() == [node_id_of(cs[0][0])]
 
 
 def test_bad_arguments_raise():
@@ -450,7 +437,7 @@ def test_any_interleaving_keeps_the_invariants(data):
             else:
                 lk.on_response(nid, [[rng.randbytes(32), "f"] for _ in range(200)], now)
         qs = lk.next_queries(now)
-        asked += [node_id_for(c.public_key) for c in qs]
+        asked += [node_id_of(c.public_key) for c in qs]
         assert not qs or lk.waiting <= alpha
         assert lk.queries <= max_queries
         assert len(lk) <= lk.max_candidates
@@ -465,5 +452,5 @@ def test_any_interleaving_keeps_the_invariants(data):
             break
         for nid in asked:
             lk.on_timeout(nid, now)
-        asked = [node_id_for(c.public_key) for c in lk.next_queries(now)]
+        asked = [node_id_of(c.public_key) for c in lk.next_queries(now)]
     assert lk.done

@@ -11,14 +11,15 @@ from hypothesis import strategies as st
 
 from zmqagents.core.membership import (
     ACK, ALIVE, DEAD, GOSSIP, NACK, PING, PING_REQ, SUSPECT, Alive, Failed, Left, Membership,
-    MembershipConfig, Refuted, Suspect, _node_id,
+    MembershipConfig, Refuted, Suspect,
 )
 from zmqagents.envelope import Envelope
+from zmqagents.identity import node_id_of
 from zmqagents.sim import Simulator
 from zmqagents.sim.membership_run import Scenario, run, sim_contact
 
 CONTACTS = [sim_contact(i) for i in range(64)]
-IDS = [_node_id(c.public_key) for c in CONTACTS]
+IDS = [node_id_of(c.public_key) for c in CONTACTS]
 INDEX = {nid: i for i, nid in enumerate(IDS)}
 
 
@@ -85,7 +86,7 @@ class Cluster:
         self.events.append((now, node.index, ev))
         if type(ev) is Alive:
             core = self.cores[node.index]
-            if _node_id(ev.contact.public_key) not in core:
+            if node_id_of(ev.contact.public_key) not in core:
                 core.add(ev.contact, now, ev.incarnation)
 
     def at(self, t, i, fn):
@@ -104,7 +105,7 @@ class Cluster:
             if type(ev) is not kind or (observer is not None and obs != observer):
                 continue
             if subject is not None:
-                nid = _node_id(ev.contact.public_key) if kind is Alive else getattr(ev, "node_id", None)
+                nid = node_id_of(ev.contact.public_key) if kind is Alive else getattr(ev, "node_id", None)
                 if nid != IDS[subject]:
                     continue
             out.append((t, obs, ev))

@@ -14,11 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqagents.core.lookup import node_id_for
 from zmqagents.core.routing import FIND_NODE, NODES, Introduced, Joined, LookupDone, RoutingConfig, RoutingCore
 from zmqagents.core.routing_table import ADDED, CACHED, IGNORED, REPLACED, UPDATED, RoutingTable, bucket_index, distance
 from zmqagents.envelope import Envelope, decode
-from zmqagents.identity import Contact
+from zmqagents.identity import Contact, node_id_of
 
 from core_mesh import CoreMesh
 
@@ -40,7 +39,7 @@ def keys_in_bucket(self_id: bytes, i: int, n: int, seed: int = 0) -> list[bytes]
     out = []
     while len(out) < n:
         pk = rng.randbytes(32)
-        if bucket_index(self_id, node_id_for(pk)) == i:
+        if bucket_index(self_id, node_id_of(pk)) == i:
             out.append(pk)
     return out
 
@@ -53,7 +52,7 @@ def check_table(t: RoutingTable) -> None:
         assert 0 < size <= t.k
         for e in t.bucket(i):
             assert t.bucket_index(e.node_id) == i
-            assert e.node_id == node_id_for(e.public_key)
+            assert e.node_id == node_id_of(e.public_key)
             assert e.node_id not in seen
             seen.add(e.node_id)
             n += 1
@@ -99,14 +98,14 @@ def test_random_id_in_bucket_falls_in_that_bucket():
 # -- the table ------------------------------------------------------------------------------------
 
 def test_full_bucket_sends_newcomers_to_a_bounded_replacement_cache():
-    me = node_id_for(b"me" * 16)
+    me = node_id_of(b"me" * 16)
     t = RoutingTable(me, k=4, replacements=2)
     pks = keys_in_bucket(me, 255, 8)
     for j, pk in enumerate(pks[:4]):
         assert t.update(Contact(pk, f"sim://{j}"), float(j)) == ADDED
     assert t.update(Contact(pks[4], "sim://4"), 4.0) == CACHED
     # The least recently seen contact is recorded for a liveness check.
-    assert [e.node_id for e in t.take_checks()] == [node_id_for(pks[0])]
+    assert [e.node_id for e in t.take_checks()] == [node_id_of(pks[0])]
     assert t.take_checks() == []  # drained
     for j in (5, 6, 7):
         assert t.update(Contact(pks[j], f"sim://{j}"), float(j)) == CACHED
@@ -118,42 +117,42 @@ def test_full_bucket_sends_newcomers_to_a_bounded_replacement_cache():
 
 
 def test_update_moves_to_most_recently_seen_and_keeps_metadata():
-    me = node_id_for(b"me" * 16)
+    me = node_id_of(b"me" * 16)
     t = RoutingTable(me, k=4)
     pks = keys_in_bucket(me, 255, 3)
     for j, pk in enumerate(pks):
         t.update(Contact(pk, f"sim://{j}"), float(j))
     assert t.update(Contact(pks[0], "sim://moved"), 10.0, rtt=0.1) == UPDATED
     assert [e.public_key for e in t.bucket(255)] == [pks[1], pks[2], pks[0]]
-    e = t.get(node_id_for(pks[0]))
+    e = t.get(node_id_of(pks[0]))
     assert (e.last_seen, e.rtt, e.endpoint) == (10.0, 0.1, "sim://moved")
     t.update(Contact(pks[0], "sim://moved"), 11.0, rtt=0.2)
     assert e.rtt == pytest.approx(0.1 + 0.125 * 0.1)  # smoothed
-    assert t.touch(node_id_for(pks[1]), 12.0)
+    assert t.touch(node_id_of(pks[1]), 12.0)
     assert [e.public_key for e in t.bucket(255)][-1] == pks[1]
-    assert not t.touch(node_id_for(b"x" * 32), 12.0)  # an id alone never adds a contact
+    assert not t.touch(node_id_of(b"x" * 32), 12.0)  # an id alone never adds a contact
     assert len(t) == 3
     assert t.update(Contact(b"me" * 16, "sim://me"), 1.0) == IGNORED
     assert len(t) == 3
     entries = {e.node_id: e for e in t}
-    assert set(entries) == {node_id_for(pk) for pk in pks}
+    assert set(entries) == {node_id_of(pk) for pk in pks}
     assert all(e.last_seen >= 1.0 for e in entries.values())
 
 
 def test_remove_promotes_the_freshest_replacement():
-    me = node_id_for(b"me" * 16)
+    me = node_id_of(b"me" * 16)
     t = RoutingTable(me, k=3, replacements=3)
     pks = keys_in_bucket(me, 255, 6)
     for j, pk in enumerate(pks):
         t.update(Contact(pk, f"sim://{j}"), float(j))
-    assert t.remove(node_id_for(pks[1]))
+    assert t.remove(node_id_of(pks[1]))
     assert len(t) == 3
     bucket = [e.public_key for e in t.bucket(255)]
     assert bucket[0] == pks[5]  # promoted, first in line to be checked
     assert set(bucket) == {pks[0], pks[2], pks[5]}
-    assert t.remove(node_id_for(pks[3]))  # from the replacement cache
+    assert t.remove(node_id_of(pks[3]))  # from the replacement cache
     assert [e.public_key for e in t.replacements_of(255)] == [pks[4]]
-    assert not t.remove(node_id_for(b"q" * 32))
+    assert not t.remove(node_id_of(b"q" * 32))
     check_table(t)
     # Without replacements a removal shrinks the bucket; an empty bucket disappears.
     for e in list(t):
@@ -164,14 +163,14 @@ def test_remove_promotes_the_freshest_replacement():
 
 
 def test_mark_failed_replaces_at_once_when_a_replacement_exists_else_after_stale_after():
-    me = node_id_for(b"me" * 16)
+    me = node_id_of(b"me" * 16)
     t = RoutingTable(me, k=2, replacements=1, stale_after=3)
     pks = keys_in_bucket(me, 255, 4)
     for j, pk in enumerate(pks[:3]):
         t.update(Contact(pk, f"sim://{j}"), float(j))
-    a, b = node_id_for(pks[0]), node_id_for(pks[1])
+    a, b = node_id_of(pks[0]), node_id_of(pks[1])
     assert t.mark_failed(a)  # pks[2] waits in the cache: promoted
-    assert a not in t and node_id_for(pks[2]) in t
+    assert a not in t and node_id_of(pks[2]) in t
     # No replacement left: b stays (a stale contact beats an empty bucket) until stale_after failures.
     assert not t.mark_failed(b) and t.get(b).fails == 1
     assert [e.node_id for e in t.take_checks()] == [b]
@@ -183,12 +182,12 @@ def test_mark_failed_replaces_at_once_when_a_replacement_exists_else_after_stale
 
 
 def test_a_contact_that_failed_loses_its_place_to_a_newcomer():
-    me = node_id_for(b"me" * 16)
+    me = node_id_of(b"me" * 16)
     t = RoutingTable(me, k=2, replacements=2)
     pks = keys_in_bucket(me, 255, 3)
     t.update(Contact(pks[0], "a"), 0.0)
     t.update(Contact(pks[1], "b"), 1.0)
-    t.mark_failed(node_id_for(pks[1]))
+    t.mark_failed(node_id_of(pks[1]))
     assert t.update(Contact(pks[2], "c"), 2.0) == REPLACED
     assert [e.public_key for e in t.bucket(255)] == [pks[0], pks[2]]
     assert t.replacements_of(255) == []
@@ -196,9 +195,9 @@ def test_a_contact_that_failed_loses_its_place_to_a_newcomer():
 
 
 def test_checks_are_bounded_and_skip_contacts_already_gone():
-    me = node_id_for(b"me" * 16)
+    me = node_id_of(b"me" * 16)
     t = RoutingTable(me, k=1, replacements=1, max_checks=3)
-    pks = [pk for pk in keys(400, 5) if t.bucket_index(node_id_for(pk)) >= 240][:40]
+    pks = [pk for pk in keys(400, 5) if t.bucket_index(node_id_of(pk)) >= 240][:40]
     for j, pk in enumerate(pks):
         t.update(Contact(pk, "x"), float(j))
         t.update(Contact(pks[0], "x"), float(j))  # keep refreshing one
@@ -210,7 +209,7 @@ def test_checks_are_bounded_and_skip_contacts_already_gone():
 
 
 def test_buckets_needing_refresh():
-    me = node_id_for(b"me" * 16)
+    me = node_id_of(b"me" * 16)
     t = RoutingTable(me)
     assert t.buckets_needing_refresh(0.0, 10.0) == []
     near = keys_in_bucket(me, 250, 1)[0]
@@ -268,7 +267,7 @@ def test_table_memory_per_200_contacts():
     """Rough per-table memory (bytes) with ~200 contacts, as a 10,000-node simulation would hold."""
     rng = random.Random(9)
     pks = [rng.randbytes(32) for _ in range(6000)]
-    ids = [node_id_for(pk) for pk in pks]
+    ids = [node_id_of(pk) for pk in pks]
     eps = [f"tcp://10.1.{j // 250}.{j % 250}:7000" for j in range(6000)]
     tracemalloc.start()
     try:
@@ -669,7 +668,7 @@ def summarize(res, alive: list[bytes]) -> dict:
     exact = recall = first = 0.0
     for nid, ev in res:
         want = truth(ev.target, [x for x in alive if x != nid])
-        got = [node_id_for(c.public_key) for c in ev.contacts]
+        got = [node_id_of(c.public_key) for c in ev.contacts]
         exact += got == want
         recall += len(set(got) & set(want)) / len(want)
         first += bool(got) and got[0] == want[0]
@@ -742,7 +741,7 @@ def test_find_returns_once_the_node_answers_and_only_shares_compatible_lookups(m
     mesh500.run(mesh500.now + 10.0)
     res = [ev for nid, ev in mesh500.done() if (nid, ev.lookup_id) in started]
     assert len(res) == 100
-    assert all(ev.ok and ev.target in [node_id_for(c.public_key) for c in ev.contacts] for ev in res)
+    assert all(ev.ok and ev.target in [node_id_of(c.public_key) for c in ev.contacts] for ev in res)
     full = summarize(run_lookups(mesh500, 100, random.Random(9), ids), ids)
     found_q = sum(ev.queries for ev in res) / len(res)
     print(f"\nfind: {found_q:.1f} queries per lookup, full lookups: {full['queries_avg']:.1f}")

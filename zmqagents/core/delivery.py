@@ -47,12 +47,6 @@ EPOCH_MOD = 1 << 63
 RETIRED_EPOCHS = 4  # old epochs per sender remembered, so their late packets cannot reset the stream
 MAX_SACK_ACCEPTED = 4096  # longest selective-ack list taken from a peer; longer is malformed
 
-# The hot path builds envelopes with positional arguments (keywords cost ~50% more); fail at import,
-# not by silently mis-assigning fields, if the Envelope field order ever changes.
-_ENVELOPE_ORDER = ("id", "src", "type", "body", "dst", "ts", "ttl", "seq", "ep", "re", "ack")
-if tuple(f.name for f in fields(Envelope))[: len(_ENVELOPE_ORDER)] != _ENVELOPE_ORDER:
-    raise ImportError("zmqagents.core.delivery assumes the Envelope field order " + ", ".join(_ENVELOPE_ORDER))
-
 STAT_KEYS = (
     "sent", "received", "delivered", "retransmits", "duplicates", "acks_sent", "acks_piggybacked",
     "acks_stale", "out_of_order", "window_full", "reorder_overflow", "sack_truncated",

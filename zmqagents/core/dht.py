@@ -95,7 +95,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..envelope import Envelope
-from ..identity import Contact
+from ..identity import Contact, node_id_of
 from .dht_records import (
     KEY_LEN,
     PROVIDER_DOMAIN,
@@ -114,7 +114,7 @@ from .dht_records import (
     record_signing_bytes,
 )
 from .dht_store import DhtConfig, RecordStore
-from .lookup import LOOKUP_STAT_KEYS, Lookup, contact_fields, node_id_for
+from .lookup import LOOKUP_STAT_KEYS, Lookup, contact_fields
 from .outputs import CoreOutputs
 from .routing import QueryDestinations, RoutingCore, addressed_here
 
@@ -352,11 +352,6 @@ class DhtCore(CoreOutputs):
         return self.store.bytes
 
     @property
-    def own_records(self) -> dict[bytes, Record]:
-        """Records this node published and republishes (read-only view)."""
-        return dict(self._own)
-
-    @property
     def provided(self) -> list[bytes]:
         """Keys this node provides."""
         return list(self._own_provs)
@@ -439,7 +434,7 @@ class DhtCore(CoreOutputs):
             if frm is not None:
                 self.stats["contacts_bad"] += 1
             self.table.touch(src, now)
-        elif node_id_for(f[0]) != src:
+        elif node_id_of(f[0]) != src:
             self.stats["from_mismatch"] += 1
             self.table.touch(src, now)
         else:
@@ -737,7 +732,7 @@ class DhtCore(CoreOutputs):
         targets: list[Any] = []
         placed = self.routing.advertised is None  # nobody can find a node that does not advertise itself
         for c in found:
-            if not placed and mine < (int.from_bytes(node_id_for(c.public_key), "big") ^ t):
+            if not placed and mine < (int.from_bytes(node_id_of(c.public_key), "big") ^ t):
                 targets.append(None)
                 placed = True
             targets.append(c)
@@ -755,7 +750,7 @@ class DhtCore(CoreOutputs):
                 else:
                     op.refusals.append(why)
             else:
-                rid = self._store_rpc(op, node_id_for(c.public_key), c.public_key, c.endpoint,
+                rid = self._store_rpc(op, node_id_of(c.public_key), c.public_key, c.endpoint,
                                       ADD_PROVIDER if provider else STORE, wire, now)
                 op.pending[rid] = now
         if not found:
@@ -808,7 +803,7 @@ class DhtCore(CoreOutputs):
         self.stats["sent"] += 1
 
     def _query(self, op: _Op, pk: bytes, ep: str, typ: str, body: dict[Any, Any], now: float) -> bytes:
-        return self._rpc(op, node_id_for(pk), pk, ep, typ, body, now, False)
+        return self._rpc(op, node_id_of(pk), pk, ep, typ, body, now, False)
 
     def _store_rpc(self, op: _Op | None, nid: bytes, pk: bytes, ep: str, typ: str, body: dict[Any, Any], now: float) -> bytes:
         self.stats["stores_sent"] += 1
@@ -898,7 +893,7 @@ class DhtCore(CoreOutputs):
             if type(obj) is dict:
                 c = obj.get("c")
                 pk = c[0] if type(c) is list and c and type(c[0]) is bytes and len(c[0]) == 32 else None
-                old = None if pk is None else op.provs.get(node_id_for(pk))
+                old = None if pk is None else op.provs.get(node_id_of(pk))
                 if old is not None and obj.get("sig") == old.signature:
                     got = True  # the same entry from another replica: already verified
                     continue

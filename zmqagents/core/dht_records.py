@@ -17,8 +17,8 @@ import nacl.exceptions
 import nacl.signing
 
 from ..envelope import canonical_packb
-from ..identity import Contact
-from .lookup import contact_fields, node_id_for
+from ..identity import Contact, node_id_of
+from .lookup import contact_fields
 
 __all__ = [
     "RECORD_DOMAIN", "PROVIDER_DOMAIN", "SIGNATURE_LEN", "KEY_LEN", "Record", "ProviderRecord", "RecordError",
@@ -82,7 +82,7 @@ class Record:
     @property
     def publisher(self) -> bytes:
         """The publisher's node id, ``sha256(public_key)``."""
-        return node_id_for(self.public_key)
+        return node_id_of(self.public_key)
 
     def to_wire(self) -> dict[Any, Any]:
         return {"k": self.key, "v": self.value, "pk": self.public_key, "seq": self.seq, "exp": self.expires,
@@ -102,7 +102,7 @@ class ProviderRecord:
 
     @property
     def node_id(self) -> bytes:
-        return node_id_for(self.contact.public_key)
+        return node_id_of(self.contact.public_key)
 
     def to_wire(self) -> dict[Any, Any]:
         m = {"k": self.key, "c": [self.contact.public_key, self.contact.endpoint], "exp": self.expires,

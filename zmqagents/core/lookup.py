@@ -70,12 +70,10 @@ from the key (``sha256(public_key)``), never taken from a peer.
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left
-from functools import lru_cache
 from typing import Any, Iterable
 
-from ..identity import Contact
+from ..identity import Contact, node_id_of
 
 NODE_ID_LEN = 32
 PUBLIC_KEY_LEN = 32
@@ -101,13 +99,6 @@ LOOKUP_STAT_KEYS = (
     "responses_unexpected",  # an answer from a peer we did not ask (or asked and already settled)
     "responses_malformed",  # the contact list was not a list
 )
-
-
-@lru_cache(maxsize=1 << 14)
-def node_id_for(public_key: bytes) -> bytes:
-    """``sha256(public_key)``: the node id a key owns. Memoized (bounded): the hash costs ~1 µs and the
-    same keys come back in answer after answer. Pass bytes only (anything unhashable raises)."""
-    return hashlib.sha256(public_key).digest()
 
 
 def contact_fields(c: Any) -> tuple[bytes, str] | None:
@@ -341,7 +332,7 @@ class Lookup:
 
     def _add(self, pk: bytes, ep: str, hop: int) -> list[Any] | None:
         """Insert a new candidate (validated fields) unless it is us, known, or the bound refuses it."""
-        nid = node_id_for(pk)
+        nid = node_id_of(pk)
         if nid == self.self_id:
             self.stats["contacts_self"] += 1
             return None

@@ -58,16 +58,14 @@ raised, and every buffer has a bound whose hits are counted.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 import random
 from dataclasses import dataclass, fields
-from functools import lru_cache
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from ..envelope import Envelope
-from ..identity import Contact
+from ..identity import Contact, node_id_of
 from .outputs import CoreOutputs
 
 __all__ = [
@@ -95,11 +93,6 @@ MAX_ENDPOINT_LEN = 255
 MAX_INCARNATION = (1 << 32) - 1  # larger incarnations are refused: a forger cannot push one past what we can refute
 INF = float("inf")
 
-# The hot path builds envelopes with positional arguments; fail at import if the field order changes.
-_ENVELOPE_ORDER = ("id", "src", "type", "body", "dst")
-if tuple(f.name for f in fields(Envelope))[: len(_ENVELOPE_ORDER)] != _ENVELOPE_ORDER:
-    raise ImportError("zmqagents.core.membership assumes the Envelope field order " + ", ".join(_ENVELOPE_ORDER))
-
 STAT_KEYS = (
     # traffic
     "received", "sent", "pings_sent", "acks_sent", "ping_reqs_sent", "nacks_sent", "gossips_sent", "syncs_sent",
@@ -119,13 +112,6 @@ STAT_KEYS = (
     "malformed", "misdirected", "from_self", "unknown_type", "relay_limit", "relays",
     "members_refused", "tombstones_evicted", "heard_evicted", "stalls", "corrections",
 )
-
-
-@lru_cache(maxsize=1 << 15)
-def _node_id(public_key: bytes) -> bytes:
-    """sha256(public_key), memoized (bounded): the same keys come back in rumor after rumor, and in a
-    simulation the ids of all nodes are then shared bytes objects."""
-    return hashlib.sha256(public_key).digest()
 
 
 # -- configuration -----------------------------------------------------------------------------------------
@@ -428,7 +414,7 @@ class Membership(CoreOutputs):
                  incarnation: int = 0):
         self.config = cfg = config or MembershipConfig()
         self.contact = contact
-        self.node_id: bytes = _node_id(contact.public_key)
+        self.node_id: bytes = node_id_of(contact.public_key)
         self._short = self.node_id[:SHORT_ID_LEN]
         self._rng = rng
         self.incarnation = incarnation
@@ -482,7 +468,7 @@ class Membership(CoreOutputs):
     def add(self, contact: Contact, now: float, incarnation: int = 0) -> bool:
         """Start probing ``contact`` (it entered the table). False if it is us, already held, or refused
         by the max_members bound. An endpoint change of a held member is taken over."""
-        nid = _node_id(contact.public_key)
+        nid = node_id_of(contact.public_key)
         if nid == self.node_id:
             return False
         members = self._members
@@ -514,10 +500,6 @@ class Membership(CoreOutputs):
         elif self._t_probe == INF and not self._leaving:
             self._t_probe = now + self._rng.random() * self._scaled(self.config.probe_interval)
         return True
-
-    def add_many(self, contacts: Iterable[Contact], now: float) -> int:
-        """``add`` each contact; returns how many were added."""
-        return sum(1 for c in contacts if self.add(c, now))
 
     def remove(self, node_id: bytes) -> bool:
         """Stop probing ``node_id`` (it left the table). Tombstones of dead members are kept."""
@@ -1084,7 +1066,7 @@ class Membership(CoreOutputs):
                                                                             or not 0 <= window_ms <= 600_000)):
             stats["malformed"] += 1
             return
-        target = _node_id(pk)
+        target = node_id_of(pk)
         if target == self.node_id or target == src:
             stats["malformed"] += 1
             return
@@ -1507,7 +1489,7 @@ class Membership(CoreOutputs):
                         or len(pk) != PUBLIC_KEY_LEN or type(ep) is not str or not ep or len(ep) > MAX_ENDPOINT_LEN:
                     stats["rumors_bad"] += 1
                     continue
-                subject = _node_id(pk)
+                subject = node_id_of(pk)
             elif SUSPECT <= kind <= LEFT:
                 subject = r[1]
                 inc = r[2]
@@ -1746,7 +1728,7 @@ class Membership(CoreOutputs):
             horizon = now - self.config.sync_horizon
             for t, wire in log:
                 if t >= horizon:
-                    subject = wire[1] if wire[0] != ALIVE else _node_id(wire[2])
+                    subject = wire[1] if wire[0] != ALIVE else node_id_of(wire[2])
                     old = news.get(subject)
                     if old is None or _code(wire) > _code(old):
                         news[subject] = wire

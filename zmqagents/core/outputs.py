@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from ..envelope import Envelope
+
+# The cores build envelopes with positional arguments on their hot paths (keywords cost ~50% more): fail
+# at import, not by silently mis-assigning fields, if the Envelope field order ever changes. Every core
+# that builds envelopes imports this module.
+_POSITIONAL = ("id", "src", "type", "body", "dst", "ts", "ttl", "seq", "ep", "re", "ack")
+if tuple(f.name for f in fields(Envelope))[: len(_POSITIONAL)] != _POSITIONAL:
+    raise ImportError("zmqagents.core builds envelopes positionally in the field order " + ", ".join(_POSITIONAL))
 
 
 class CoreOutputs:

@@ -268,10 +268,6 @@ class RelayClient(CoreOutputs):
     def active(self) -> list[bytes]:
         return [nid for nid in self._order if self._relays[nid].up]
 
-    def is_up(self, node_id: bytes) -> bool:
-        state = self._relays.get(node_id)
-        return state is not None and state.up
-
     def receive(self, env: Envelope, now: float) -> None:
         state = self._relays.get(env.src)
         if state is None:

@@ -38,7 +38,7 @@ Public API::
 
 Memory: an entry is one slotted object (node id, key, endpoint, last seen, RTT, failure count); keys and
 endpoints are shared with the envelope they came from, and node ids are memoized process-wide
-(``node_id_for``), so tables of a simulated mesh share their bytes. About 42 KiB per table of ~185
+(``node_id_of``), so tables of a simulated mesh share their bytes. About 42 KiB per table of ~185
 contacts plus ~55 replacements (tests/test_routing.py measures it with tracemalloc).
 """
 
@@ -48,8 +48,8 @@ import random
 from bisect import insort
 from typing import Any, Iterator
 
-from ..identity import Contact
-from .lookup import NODE_ID_LEN, contact_fields, node_id_for
+from ..identity import Contact, node_id_of
+from .lookup import NODE_ID_LEN, contact_fields
 
 __all__ = [
     "ID_BITS", "Entry", "RoutingTable", "distance", "bucket_index", "TABLE_STAT_KEYS",
@@ -284,7 +284,7 @@ class RoutingTable:
         f = contact_fields(contact)
         if f is None:
             raise ValueError(f"malformed contact {contact!r:.80}")
-        return self.add(node_id_for(f[0]), f[0], f[1], now, rtt)
+        return self.add(node_id_of(f[0]), f[0], f[1], now, rtt)
 
     def add(self, node_id: bytes, public_key: bytes, endpoint: str, now: float, rtt: float | None = None) -> int:
         """:meth:`update` with fields already validated and ``node_id == sha256(public_key)`` known."""

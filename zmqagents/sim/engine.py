@@ -29,7 +29,7 @@ import random
 import struct
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
 
 from ..envelope import Envelope
@@ -154,9 +154,6 @@ class SimReport:
     @property
     def dropped(self) -> int:
         return self.dropped_loss + self.dropped_partition + self.dropped_crashed + self.dropped_unknown
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "dropped": self.dropped}
 
 
 class Simulator:

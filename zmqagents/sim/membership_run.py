@@ -39,8 +39,8 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect, _node_id
-from ..identity import Contact
+from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
+from ..identity import Contact, node_id_of
 from .engine import Simulator, bulk_build, frozen_heap
 from .faults import Paused
 from .report import detection, engine_counts
@@ -80,7 +80,7 @@ class MembershipRun:
                              sample_every=sc.byte_sample)
         self.rng = self.sim.rng("scenario")
         self.contacts = [sim_contact(i) for i in range(n)]
-        self.ids = [_node_id(c.public_key) for c in self.contacts]
+        self.ids = [node_id_of(c.public_key) for c in self.contacts]
         self.index = {nid: i for i, nid in enumerate(self.ids)}
         if n - 1 <= sc.full_view_max:
             self.view_size = n - 1
@@ -199,7 +199,7 @@ class MembershipRun:
             if j is not None and self.up[j]:
                 self.suspects_of_live += 1
         elif t is Alive:
-            nid = _node_id(ev.contact.public_key)
+            nid = node_id_of(ev.contact.public_key)
             if nid not in core and core.add(ev.contact, now, ev.incarnation):
                 self.re_added += 1
         elif t is Left:

@@ -83,9 +83,8 @@ from dataclasses import asdict, dataclass
 
 from ..core.membership import TYPES as SWIM_TYPES
 from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
-from ..core.lookup import node_id_for
 from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
-from ..identity import Contact
+from ..identity import Contact, node_id_of
 from .engine import Simulator, bulk_build, combine_traces, frozen_heap
 from .faults import Paused
 from .netmodel import parse_latency
@@ -247,7 +246,7 @@ class OverlayRun:
         self.rng = self.sim.rng("overlay")
         self.contacts = [Contact(sim_key(sc.seed, i), f"tcp://10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:7000")
                          for i in range(n)]
-        self.ids = [node_id_for(c.public_key) for c in self.contacts]
+        self.ids = [node_id_of(c.public_key) for c in self.contacts]
         self.index = {nid: i for i, nid in enumerate(self.ids)}
         self.by_id = {nid: self.contacts[i] for i, nid in enumerate(self.ids)}
         self.warm = sc.warm_start if sc.warm_start is not None else n > sc.full_join_max
@@ -452,7 +451,7 @@ class OverlayRun:
             node.routing.forget(ev.node_id)
             node.sync(now, self)
         elif t is Alive:
-            nid = node_id_for(ev.contact.public_key)
+            nid = node_id_of(ev.contact.public_key)
             j = self.index.get(nid)
             if j is not None and self.fp_pairs.get((i, j)):
                 self.fp_pairs[(i, j)] = False

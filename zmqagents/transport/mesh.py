@@ -34,7 +34,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import zmq
 
@@ -721,7 +721,3 @@ def _any_port_like(endpoint: str) -> str:
         host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
         return f"tcp://{host}:0"
     return endpoint + ".pub"
-
-
-def parse_contacts(texts: Iterable[str | Contact]) -> list[Contact]:
-    return [t if isinstance(t, Contact) else Contact.parse(t) for t in texts]
