@@ -17,6 +17,7 @@ from zmqagents.core.delivery import (
     Replied,
     RequestFailed,
     SendFailed,
+    Stalled,
     TooManyRequests,
     WindowFull,
     WindowOpen,
@@ -254,7 +255,7 @@ def test_fwd_is_repeated_until_acknowledged():
 
 
 def test_message_held_behind_an_abandoned_hole_is_delivered_though_fwds_are_lost():
-    a, b, net = pair()
+    a, b, net = pair(DeliveryConfig(stall_after=0))  # the probes alone, without the stall watchdog
     first = a.send(B, "lost", 0.0)
     a.send(B, "held", 0.0)  # arrives, is selectively acked, waits behind seq 1
     net.drop = lambda env: (env.type == "msg" and env.seq == 1) or (env.type == "fwd" and net.now < 40.0)
@@ -543,8 +544,7 @@ def test_sender_restart_starts_a_new_stream_and_old_packets_are_stale():
     a.send(B, "old-2", 0.0)
     old = a.take_outgoing()
     b.receive(old[0], 0.0)
-    a2 = Delivery(A, random.Random(42))  # A restarted: new epoch, seq from 1
-    assert a2.epoch != a.epoch
+    a2 = Delivery(A, random.Random(42), epoch=a.epoch + 1000)  # A restarted: a higher epoch, seq from 1
     net.cores[A] = a2
     a2.send(B, "new-1", 0.1)
     net.flush()
@@ -654,7 +654,7 @@ def test_restored_dedup_memory_keeps_the_old_epoch_retired():
     (old,) = a.take_outgoing()
     b.receive(old, 0.0)
     b.forget(A)
-    a2 = Delivery(A, random.Random(5))
+    a2 = Delivery(A, random.Random(5), epoch=a.epoch + 1000)
     net.cores[A] = a2
     a2.send(B, 2, 0.1)
     net.flush()
@@ -662,6 +662,156 @@ def test_restored_dedup_memory_keeps_the_old_epoch_retired():
     net.flush()
     assert net.delivered(B) == [1, 2]  # "late" is neither delivered nor allowed to reset the new stream
     assert b.stats["stale_epoch"] == 1 and b.stats["dedup_restored"] == 1
+
+
+# -- streams are ordered by epoch: no interleaving of old and new frames stalls a stream (issue 12) --
+
+
+def _forgotten_with_old_frames_in_flight():
+    """A's stream to B dies with frames in flight: B restarts, A declares it dead (forget) and its
+    outbox re-sends the messages under their ids on a new stream. Returns the old frames."""
+    a, b, net = pair()
+    ids = [bytes([i]) * 16 for i in range(1, 4)]
+    for i, mid in enumerate(ids):
+        a.send(B, f"m{i}", 0.0, msg_id=mid, confirm=True)
+    old = a.take_outgoing()  # in the transport, not yet written
+    b2 = Delivery(B, random.Random(7))  # B restarted: no state
+    net.cores[B] = b2
+    a.forget(B)
+    net.flush()
+    assert [e.msg_id for e in net.of(A, SendFailed)] == ids
+    for i, mid in enumerate(ids):  # the outbox re-sends under the original ids
+        a.send(B, f"m{i}", 0.1, msg_id=mid, confirm=True)
+    return a, b2, net, old, ids
+
+
+def test_a_late_frame_of_a_dead_stream_never_retires_the_live_one():
+    """The issue's sequence: the new stream reaches the restarted B first, then a frame of the old one."""
+    a, b, net, old, ids = _forgotten_with_old_frames_in_flight()
+    new = a.take_outgoing()
+    assert new[0].ep > old[0].ep  # a re-opened stream has a higher epoch
+    b.receive(new[0], 0.2)
+    b.receive(old[1], 0.3)  # the background connection delivers a frame of the dead stream
+    for env in new[1:]:
+        b.receive(env, 0.4)
+    net.advance(2.0)
+    assert net.delivered(B) == ["m0", "m1", "m2"]
+    assert b.stats["stale_epoch"] == 1 and b.stats["epoch_resets"] == 0
+    assert [e.msg_id for e in net.of(A, Acked)] == ids and a.pending() == 0
+    a.send(B, "after", net.now)
+    net.advance(net.now + 1.0)
+    assert net.delivered(B)[-1] == "after" and a.pending() == 0
+
+
+def test_frames_of_a_dead_stream_first_are_superseded_by_the_live_one():
+    a, b, net, old, ids = _forgotten_with_old_frames_in_flight()
+    new = a.take_outgoing()
+    for env in old[:2]:
+        b.receive(env, 0.2)  # delivered: they are A's messages, and their ids are remembered
+    for env in new + old[2:]:
+        b.receive(env, 0.3)
+    net.advance(2.0)
+    assert net.delivered(B) == ["m0", "m1", "m2"]  # m0 and m1 once each: their re-sends are duplicates
+    assert b.stats["epoch_resets"] == 1 and b.stats["stale_epoch"] == 1
+    assert [e.msg_id for e in net.of(A, Acked)] == ids and a.pending() == 0
+
+
+def test_a_sender_behind_the_epoch_the_receiver_holds_moves_above_it():
+    """A restarted with a lower epoch than its previous run (a clock set back, a random base): B drops
+    the new stream as stale but acks with the epoch it holds, and A reopens its stream above it."""
+    a, b, net = pair()
+    a.send(B, "before", 0.0)
+    net.advance(0.1)
+    a2 = Delivery(A, random.Random(3), epoch=a.epoch - 1000)
+    net.cores[A] = a2
+    mid = a2.send(B, "after", 0.2, confirm=True)
+    a2.send(B, "and after", 0.2)
+    net.advance(1.0)
+    assert net.delivered(B) == ["before", "after", "and after"]
+    assert b.stats["stale_epoch"] == 2 and a2.stats["stream_reopens"] == 1
+    assert net.of(A, Acked) == [Acked(mid, B)] and a2.pending() == 0
+    assert a2.stats["retransmits"] == 2 and net.of(A, SendFailed) == []
+
+
+def test_a_forgotten_sender_that_did_not_restart_goes_on_with_its_stream():
+    """B declared A dead (forgot it) but A lived on and kept its stream: B takes it up where A is."""
+    a, b, net = pair()
+    for i in range(5):
+        a.send(B, i, 0.0)
+    net.advance(0.1)
+    b.forget(A)  # its dedup memory and the epoch it held are kept
+    for i in range(5, 8):
+        a.send(B, i, net.now)
+    net.advance(net.now + 1.0)
+    assert net.delivered(B) == list(range(8))
+    assert a.pending() == 0 and b.stats["stale_epoch"] == 0
+
+
+def test_epochs_must_be_63_bit():
+    for bad in (-1, 1 << 63):
+        with pytest.raises(ValueError):
+            Delivery(A, random.Random(1), epoch=bad)
+    assert Delivery(A, random.Random(1)).epoch < 1 << 62  # a random base leaves room above it
+
+
+def test_an_ack_naming_an_impossible_epoch_is_malformed_and_reopens_are_rate_limited():
+    a, b, net = pair()
+    a.send(B, "x", 0.0)
+    a.take_outgoing()
+    a.receive(Envelope(bytes(16), B, "ack", None, A, ack=[(1 << 63) - 1, 0, []]), 0.0)
+    assert a.stats["malformed"] == 1 and a.stats["stream_reopens"] == 0
+    for n in range(50):  # a peer raising its claim with every ack renumbers our stream once per rto
+        a.receive(Envelope(bytes(16), B, "ack", None, A, ack=[a.epoch + 10 + n, 0, []]), 0.01 * n)
+    assert a.stats["stream_reopens"] == 3  # at 0, 0.2 and 0.4 s
+    assert len(a.take_outgoing()) == 3 and a.pending() == 1
+
+
+# -- the stall watchdog ------------------------------------------------------------------------
+
+
+def test_a_stalled_stream_is_reported_once_and_reopened():
+    """Our frames to B are lost on their way (the path of this stream is broken), while B keeps
+    talking to us: after stall_after without progress A reports Stalled once and opens a fresh
+    stream, which gets through."""
+    a, b, net = pair()
+    a.send(B, "stuck", 0.0)
+    a.send(B, "stuck too", 0.0)
+    broken = a.take_outgoing()[0].ep  # lost, like every later frame of this stream
+    net.drop = lambda env: env.src == A and env.ep == broken
+    t = 0.0
+    while t < 9.5:  # B sends A something every half second
+        b.send(A, t, t)
+        t += 0.5
+        net.advance(t)
+        assert a.stalled_peers == 0
+    net.advance(10.6)
+    (stall,) = net.of(A, Stalled)
+    assert stall.dst == B and stall.pending == 2 and stall.waited >= 10.0
+    assert a.stats["stalls"] == 1 and a.stats["stream_reopens"] == 1
+    net.advance(11.0)
+    assert net.delivered(B) == ["stuck", "stuck too"] and a.pending() == 0
+    assert a.stalled_peers == 0 and len(net.of(A, Stalled)) == 1
+
+
+def test_a_silent_peer_is_not_stalled():
+    a, b, net = pair()
+    net.drop = lambda env: True
+    a.send(B, "x", 0.0)
+    net.advance(30.0)
+    assert net.of(A, Stalled) == [] and a.stats["stalls"] == 0
+    assert len(net.of(A, SendFailed)) == 1
+
+
+def test_stalled_peer_forgotten_leaves_the_gauge():
+    a, b, net = pair()
+    net.drop = lambda env: env.src == A and env.type == "msg"
+    a.send(B, "x", 0.0)
+    for t in range(1, 13):
+        b.send(A, t, float(t))
+        net.advance(float(t))
+    assert a.stalled_peers == 1
+    a.forget(B)
+    assert a.stalled_peers == 0
 
 
 # -- bad input from a peer -------------------------------------------------------------------

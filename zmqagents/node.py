@@ -29,6 +29,7 @@ from .core.delivery import (
     Replied,
     RequestFailed,
     SendFailed,
+    Stalled,
     WindowFull,
     WindowOpen,
 )
@@ -220,7 +221,12 @@ class Node:
         # a stall to membership or fire every retransmit at once. It is anchored to the wall clock once,
         # here, so the times it yields (``last_seen`` in peers()) still read as Unix time.
         self._clock_offset = time.time() - time.monotonic()
-        self.delivery = Delivery(identity.node_id, self._rng, self.config.delivery)
+        # Stream epochs from the wall clock in microseconds: a restarted node opens its streams above
+        # every epoch its previous run used (it opened fewer streams than microseconds passed), so a
+        # receiver never takes a late frame of the old run for the newer stream (protocols/delivery.md
+        # §3). A clock set back is repaired by the receiver, which names the epoch it holds (§5.3).
+        self.delivery = Delivery(identity.node_id, self._rng, self.config.delivery,
+                                 epoch=int(time.time() * 1_000_000))
         self.routing: RoutingCore | None = None  # needs our endpoint, known once the inbox is bound
         self.membership: Membership | None = None  # likewise (alive rumors about us carry our contact)
         # Records and providers (zmqagents/dht.py); its core is made by start().
@@ -1022,6 +1028,11 @@ class Node:
                 waiter = self._windows.get(event.dst)
                 if waiter is not None:
                     waiter.set()
+            elif isinstance(event, Stalled):
+                # Once per stall (the core reports it again only after progress); the core has already
+                # reopened the stream, and the zmqagents_delivery_stalled_peers gauge counts it meanwhile.
+                log.warning("delivery to %s stalled: %d message(s) unacknowledged for %.1f s although it "
+                            "answers; reopened the stream", short_id(event.dst), event.pending, event.waited)
 
     def _start_handler(self, env: Envelope) -> None:
         if self._handler is None:

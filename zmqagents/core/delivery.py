@@ -43,8 +43,8 @@ FWD_TYPE = "fwd"
 REPLY_TYPE = "rep"
 ERROR_TYPE = "err"
 RESERVED_TYPES = frozenset({ACK_TYPE, FWD_TYPE, REPLY_TYPE, ERROR_TYPE})
-EPOCH_MOD = 1 << 63
-RETIRED_EPOCHS = 4  # old epochs per sender remembered, so their late packets cannot reset the stream
+EPOCH_MOD = 1 << 63  # epochs are below this; they are compared as integers and never wrap
+RANDOM_EPOCH_BITS = 62  # a random epoch base leaves 2^62 epochs of room above it for new streams
 MAX_SACK_ACCEPTED = 4096  # longest selective-ack list taken from a peer; longer is malformed
 
 STAT_KEYS = (
@@ -53,7 +53,7 @@ STAT_KEYS = (
     "replies", "replies_unmatched", "send_failed", "requests_failed", "requests_timed_out",
     "requests_cancelled", "request_limit", "abandoned", "fwd_sent", "fwd_received", "skipped",
     "malformed", "unsequenced", "stale_epoch", "epoch_resets", "buffer_discarded", "peers_evicted",
-    "dedup_restored", "reorder_bytes_full",
+    "dedup_restored", "reorder_bytes_full", "stream_reopens", "stalls",
 )
 
 
@@ -87,6 +87,12 @@ class DeliveryConfig:
     sack_max: int = 64  # selective seqs per ack: = ack_every, so one ack reports every arrival since the last
     max_requests: int = 65536  # requests awaiting a reply, all peers: bounds what slow peers can pile up
     timer_granularity: float = 0.001  # timer wheel slot (s): timers fire at most this late; 1 ms << rto_initial
+    # Stall watchdog (s): our messages to a peer that keeps talking to us have seen no cumulative ack
+    # for this long -> Stalled is reported and the stream reopened on a fresh epoch. Above the capped
+    # retransmit timeout (5 s +25 %) plus a round trip, so a healthy stream that just came back from a
+    # partition is never taken for stalled; below the first give-up (19.65 s), so a stalled stream is
+    # restarted before its messages fail. 0 turns the watchdog off.
+    stall_after: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -104,6 +110,8 @@ class DeliveryConfig:
             raise ValueError("DeliveryConfig.jitter must be below 1 (it is a +/- fraction of the timeout)")
         if self.rto_max < self.rto_initial:
             raise ValueError("DeliveryConfig.rto_max must not be below rto_initial")
+        if 0 < self.stall_after <= self.rto_max:
+            raise ValueError("DeliveryConfig.stall_after must be above rto_max (or 0 for no watchdog)")
 
     def timeout(self, attempt: int) -> float:
         """The un-jittered timeout after transmission number ``attempt`` (0 = the first send)."""
@@ -166,6 +174,17 @@ class SendFailed:
 
 
 @dataclass(slots=True)
+class Stalled:
+    """Our stream to ``dst`` stalled: ``dst`` kept talking to us, but none of the ``pending`` messages
+    to it was acknowledged for ``waited`` seconds. Reported once per stall (until an ack makes
+    progress again); the stream is reopened on a fresh epoch at every ``stall_after`` it lasts."""
+
+    dst: bytes
+    pending: int
+    waited: float
+
+
+@dataclass(slots=True)
 class WindowOpen:
     """can_send(dst) is true again after WindowFull was raised for dst."""
 
@@ -182,7 +201,7 @@ class WindowOpen:
 _SLOT, _ENV, _PEER, _SEQ, _TRIES, _REQ, _SACKED, _CONFIRM = range(8)
 
 # Kinds of the object timer entries (each has a ``kind`` class attribute and a ``slot``).
-_DEADLINE, _ACK = 1, 2
+_DEADLINE, _ACK, _WATCH = 1, 2, 3
 
 
 class _Request:
@@ -199,16 +218,27 @@ class _Request:
         self.deadline = deadline  # on our clock; each copy sent carries the time left as its ttl
 
 
+class _Watch:
+    """The stall watchdog timer of one peer (allocated the first time the peer has to be watched)."""
+
+    __slots__ = ("slot", "peer")
+    kind = _WATCH
+
+    def __init__(self, peer: "_Peer"):
+        self.slot = 0
+        self.peer = peer
+
+
 class _Peer:
     """Both directions of our relationship with one peer; itself the timer entry of its delayed ack.
 
     Thousands of these exist in a large simulation, so what only some peers need
-    (requests, retired epochs, dedup memory) is allocated on first use.
+    (requests, the watchdog, dedup memory) is allocated on first use.
     """
 
     __slots__ = (
-        "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd_at",
-        "in_ep", "cum", "buf", "buf_bytes", "retired", "owed", "slot", "ids", "ring", "ring_pos",
+        "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd_at", "reopen_at",
+        "stuck", "watch", "stalled", "in_ep", "cum", "buf", "buf_bytes", "owed", "slot", "ids", "ring", "ring_pos",
     )
     kind = _ACK
 
@@ -223,12 +253,17 @@ class _Peer:
         self.blocked = False  # WindowFull was raised: report WindowOpen when there is room again
         self.requests: dict[bytes, _Request] | None = None
         self.fwd_at = float("-inf")  # when we last sent this peer a fwd (rate limit)
+        self.reopen_at = float("-inf")  # when the peer's ack last made us reopen the stream (rate limit)
+        # Since when the peer has been talking to us while our stream to it made no progress (no
+        # cumulative ack), or None: the stall watchdog's clock.
+        self.stuck: float | None = None
+        self.watch: _Watch | None = None
+        self.stalled = False  # reported Stalled; cleared by the next progress
         # -- the peer's stream to us
-        self.in_ep: int | None = None
+        self.in_ep: int | None = None  # the highest epoch of the peer's seen: older ones are stale
         self.cum = 0  # every seq up to here was delivered, or skipped on the sender's word (fwd)
         self.buf: dict[int, Envelope] = {}  # out-of-order arrivals in arrival order (newest last)
         self.buf_bytes = 0  # their Envelope.cost
-        self.retired: list[int] | None = None
         self.owed = 0  # arrivals since our last ack to this peer
         self.slot = 0  # the delayed-ack timer
         self.ids: set[bytes] | None = None  # ids recently delivered (dedup)
@@ -269,15 +304,23 @@ class Delivery(CoreOutputs):
         self.config = cfg = config or DeliveryConfig()
         self._rng = rng
         # Stream epochs are base + n, n counting the streams this instance opened: a stream re-opened
-        # after forget() or eviction gets a new epoch, so the receiver never confuses it with the old one.
-        self.epoch = rng.getrandbits(63) if epoch is None else epoch % EPOCH_MOD
+        # after forget() or eviction gets a higher epoch, and a receiver moves only to higher epochs,
+        # so a late frame of the old stream can never retire the new one (protocols/delivery.md §3).
+        # The driver passes a base above every epoch its previous runs used (a clock in microseconds);
+        # a random base is the fallback, and a receiver that holds a higher epoch of ours tells us (§5.3).
+        if epoch is None:
+            epoch = rng.getrandbits(RANDOM_EPOCH_BITS)
+        elif not 0 <= epoch < EPOCH_MOD:
+            raise ValueError(f"epoch must be in [0, 2^63), got {epoch!r}")
+        self.epoch = epoch
         self._streams = 0
+        self._stalled = 0  # peers in the Stalled state (a gauge)
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._requests: dict[bytes, _Request] = {}
         self._npending = 0
         self._buffered = 0  # out-of-order envelopes held, all senders
         self._buffered_bytes = 0  # ...and their Envelope.cost
-        # node id -> (ids, ring, ring_pos, retired epochs) of peers whose state was dropped (kept_dedup)
+        # node id -> (ids, ring, ring_pos, highest epoch seen) of peers whose state was dropped (kept_dedup)
         self._kept: OrderedDict[bytes, tuple[Any, ...]] = OrderedDict()
         CoreOutputs.__init__(self)
         # slot -> timer entries armed in it (some maybe cancelled); every key is in _slots exactly once
@@ -297,6 +340,7 @@ class Delivery(CoreOutputs):
         self._ack_every = cfg.ack_every
         self._ack_delay = cfg.ack_delay
         self._dedup_window = cfg.dedup_window
+        self._stall_after = cfg.stall_after
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
 
     # -- application side ----------------------------------------------------------
@@ -413,6 +457,11 @@ class Delivery(CoreOutputs):
             cost += nxt.cost
         return count, cost
 
+    @property
+    def stalled_peers(self) -> int:
+        """Peers whose stream is stalled now (reported Stalled, no progress since): a gauge."""
+        return self._stalled
+
     def forget(self, peer: bytes) -> None:
         """Drop all state for a peer (it left or was declared dead); what is in flight to it fails "unreachable"."""
         state = self._peers.pop(peer, None)
@@ -449,12 +498,14 @@ class Delivery(CoreOutputs):
             peers.move_to_end(src)
         if ack is not None and not self._on_ack(peer, ack, now):
             return
+        if peer.stuck is None and peer.out and self._stall_after:
+            self._start_stall_clock(peer, now)  # it talks to us; our stream must progress from now on
         if typ == ACK_TYPE:
             return
         assert seq is not None and ep is not None  # checked above for every type but ack
         if ep != peer.in_ep and not self._enter_epoch(peer, ep):
-            return
-        if typ == FWD_TYPE:
+            pass  # a late frame of an older stream: dropped, but acked, so its sender learns our epoch
+        elif typ == FWD_TYPE:
             self._on_fwd(peer, seq)
         else:
             cum = peer.cum
@@ -493,7 +544,8 @@ class Delivery(CoreOutputs):
             self._arm(peer, now + self._ack_delay)
 
     def tick(self, now: float) -> None:
-        """Fire every timer due by ``now``: retransmits, give-ups, request deadlines, delayed acks, fwds."""
+        """Fire every timer due by ``now``: retransmits, give-ups, request deadlines, delayed acks, fwds,
+        the stall watchdog."""
         slots = self._slots
         wheel = self._wheel
         live = self._live
@@ -515,6 +567,8 @@ class Delivery(CoreOutputs):
                     if kind == _ACK:
                         if e.owed:
                             self._send_ack(e, now)
+                    elif kind == _WATCH:
+                        self._watchdog(e, now)
                     else:
                         self._deadline(e)
         if self._fwd_due:
@@ -671,8 +725,18 @@ class Delivery(CoreOutputs):
 
     def _on_ack(self, peer: _Peer, ack: list[Any], now: float) -> bool:
         """Apply a peer's ack of our stream. False if it acknowledges what we never sent (drop the envelope)."""
-        if ack[0] != peer.ep:
-            self.stats["acks_stale"] += 1  # about an older stream of ours: nothing pending belongs to it
+        ep = ack[0]
+        if ep != peer.ep:
+            if ep < peer.ep:
+                self.stats["acks_stale"] += 1  # about an older stream of ours: nothing pending belongs to it
+                return True
+            # The peer holds a newer stream of ours than this one (opened by an earlier run of this node,
+            # whose clock was ahead, or with a random base) and drops this one as stale: move above it.
+            if ep + 1 >= EPOCH_MOD:
+                self.stats["malformed"] += 1  # no epoch above it exists: only a hostile peer says so
+                return False
+            if now - peer.reopen_at >= self.config.rto_initial:  # one renumbering per rto, however many acks
+                self._reopen(peer, ep + 1, now)
             return True
         cum = ack[1]
         end = peer.next_seq
@@ -693,6 +757,10 @@ class Delivery(CoreOutputs):
             peer.low = cum + 1
             acked = n0 - len(out)
             if acked:
+                peer.stuck = None  # progress: the stall clock starts again when the peer next talks to us
+                if peer.stalled:
+                    peer.stalled = False
+                    self._stalled -= 1
                 self._npending -= acked
                 if peer.blocked:
                     self._window_check(peer)
@@ -713,18 +781,13 @@ class Delivery(CoreOutputs):
     # -- receiving -----------------------------------------------------------------
 
     def _enter_epoch(self, peer: _Peer, ep: int) -> bool:
-        """A sequenced envelope from an epoch we are not in: a new stream, or a late packet of a retired one."""
+        """A sequenced envelope from an epoch we are not in: a newer stream (higher epoch), which
+        replaces the one we hold, or a late packet of an older one (lower epoch), which is stale."""
         old = peer.in_ep
         if old is not None:
-            retired = peer.retired
-            if retired is None:
-                retired = peer.retired = []
-            elif ep in retired:
+            if ep < old:
                 self.stats["stale_epoch"] += 1
                 return False
-            retired.append(old)
-            if len(retired) > RETIRED_EPOCHS:
-                del retired[0]
             self.stats["epoch_resets"] += 1
             self._discard_buffer(peer)
         peer.in_ep = ep
@@ -845,27 +908,30 @@ class Delivery(CoreOutputs):
             self.stats["peers_evicted"] += 1
             self._fail_peer(old, "evicted")
             self._keep_dedup(old)
-        peer = _Peer(pid, (self.epoch + self._streams) % EPOCH_MOD)
-        self._streams += 1
+        peer = _Peer(pid, self._next_epoch())
         peers[pid] = peer
         kept = self._kept.pop(pid, None) if self._kept else None
         if kept is not None:
             # The same sender again (restarted, or back after being declared dead): what it re-sends
-            # from before is still recognised, and its old epochs cannot reset the new stream.
-            peer.ids, peer.ring, peer.ring_pos, peer.retired = kept
+            # from before is still recognised, and its older epochs cannot reset the new stream. The
+            # stream we held goes on from cum 0, as if we had lost its state (§7.2).
+            peer.ids, peer.ring, peer.ring_pos, peer.in_ep = kept
             self.stats["dedup_restored"] += 1
         return peer
 
+    def _next_epoch(self) -> int:
+        """The epoch of the next stream this instance opens: base + the streams opened so far."""
+        ep = self.epoch + self._streams
+        self._streams += 1
+        return ep if ep < EPOCH_MOD else EPOCH_MOD - 1
+
     def _keep_dedup(self, peer: _Peer) -> None:
-        """Remember a dropped peer's delivered ids (and its epochs) for when it comes back."""
+        """Remember a dropped peer's delivered ids (and its epoch) for when it comes back."""
         limit = self.config.kept_dedup
         if not peer.ids or not limit:
             return
-        retired = list(peer.retired or ())
-        if peer.in_ep is not None:
-            retired.append(peer.in_ep)
         kept = self._kept
-        kept[peer.id] = (peer.ids, peer.ring, peer.ring_pos, retired[-RETIRED_EPOCHS:])
+        kept[peer.id] = (peer.ids, peer.ring, peer.ring_pos, peer.in_ep)
         kept.move_to_end(peer.id)
         while len(kept) > limit:
             kept.popitem(last=False)
@@ -888,17 +954,90 @@ class Delivery(CoreOutputs):
             events.append(RequestFailed(r.id, peer.id, reason))
         peer.requests = None
         self._cancel(peer)
+        if peer.watch is not None:
+            self._cancel(peer.watch)
+        if peer.stalled:
+            peer.stalled = False
+            self._stalled -= 1
         if peer.blocked:
             events.append(WindowOpen(peer.id))  # can_send() is true again: the state is gone
         self._discard_buffer(peer)
 
-    def _arm(self, entry: _Request | _Peer, t: float) -> None:
+    def _start_stall_clock(self, peer: _Peer, now: float) -> None:
+        """The peer talks to us while our messages to it are unacked: from now on they must progress."""
+        peer.stuck = now
+        watch = peer.watch
+        if watch is None:
+            watch = peer.watch = _Watch(peer)
+        if not watch.slot:
+            watch.slot = self._arm_slot(watch, now + self._stall_after)
+
+    def _watchdog(self, watch: _Watch, now: float) -> None:
+        """The watchdog timer fired: report and reopen a stream that made no progress for stall_after."""
+        peer = watch.peer
+        stuck = peer.stuck
+        if stuck is None or self._peers.get(peer.id) is not peer:
+            return  # it progressed (the clock restarts when the peer next talks to us), or was dropped
+        if not peer.out:
+            peer.stuck = None
+            return
+        due = stuck + self._stall_after
+        if now < due:
+            watch.slot = self._arm_slot(watch, due)
+            return
+        if not peer.stalled:
+            peer.stalled = True
+            self._stalled += 1
+            self.stats["stalls"] += 1
+            self._events.append(Stalled(peer.id, len(peer.out), now - stuck))
+        # Whatever the cause (the receiver holds a stream we cannot see, a state we cannot repair from
+        # here), a stream with an epoch it has never seen starts it afresh at seq 1 (§3).
+        self._reopen(peer, max(self._next_epoch(), peer.ep + 1), now)
+        self._start_stall_clock(peer, now)
+
+    def _reopen(self, peer: _Peer, ep: int, now: float) -> None:
+        """Move our stream to ``peer`` to epoch ``ep``: the pending messages, in their order, become
+        seq 1, 2, ... of it (same ids, bodies and retry counts) and go out again at once (a request
+        with a fresh ``ts`` and ``ttl``, §8.2)."""
+        peer.ep = ep
+        peer.reopen_at = now
+        old, peer.out = peer.out, {}
+        out = peer.out
+        ack = self._piggyback(peer) if peer.owed else None
+        seq = 0
+        for p in old.values():  # insertion order is seq order
+            seq += 1
+            env = p[_ENV]
+            r = p[_REQ]
+            if r is None:
+                new = Envelope(env.id, self.node_id, env.type, env.body, peer.id, env.ts, env.ttl, seq, ep, env.re,
+                               ack)
+            else:  # a request's copy says how long its requester still waits, as on a retransmission
+                new = Envelope(env.id, self.node_id, env.type, env.body, peer.id, int(now * 1000),
+                               _ttl_ms(r.deadline, now), seq, ep, env.re, ack)
+            ack = None
+            p[_ENV] = new
+            p[_SEQ] = seq
+            p[_SACKED] = False  # the receiver drops what it buffered of the old stream
+            if p[_SLOT]:
+                self._disarm(p[_SLOT])
+            p[_SLOT] = self._arm_slot(p, now + self._jittered(self.config.timeout(p[_TRIES])))
+            out[seq] = p
+            self._out.append(new)
+        self.stats["retransmits"] += seq
+        peer.next_seq = seq + 1
+        peer.low = 1
+        peer.rcum = 0
+        peer.fwd_at = float("-inf")
+        self.stats["stream_reopens"] += 1
+
+    def _arm(self, entry: _Request | _Peer | _Watch, t: float) -> None:
         """(Re)arm an object timer entry to fire at ``t``."""
         if entry.slot:
             self._disarm(entry.slot)
         entry.slot = self._arm_slot(entry, t)
 
-    def _cancel(self, entry: _Request | _Peer) -> None:
+    def _cancel(self, entry: _Request | _Peer | _Watch) -> None:
         if entry.slot:
             self._disarm(entry.slot)
             entry.slot = 0

@@ -150,6 +150,12 @@ class NodeCollector:
                     reorder_messages)
         yield gauge("reorder_buffer_bytes", "Memory those messages hold (Envelope.cost).", reorder_bytes)
         yield gauge("unacked_messages", "Messages sent and not yet acknowledged.", node.delivery.pending())
+        yield gauge("delivery_stalled_peers", "Peers that answer but have acknowledged none of our messages to "
+                    "them for longer than the stall bound (the stream is reopened meanwhile).",
+                    node.delivery.stalled_peers)
+        yield counter("delivery_stalls_total", "Streams found stalled by the delivery watchdog.", d["stalls"])
+        yield counter("delivery_stream_reopens_total", "Streams renumbered onto a new epoch (a stall, or a "
+                      "receiver holding a newer epoch of ours).", d["stream_reopens"])
         yield gauge("transport_outbox_messages", "Envelopes waiting for this loop turn's socket writes.",
                     transport.outbox_size)
         yield gauge("handlers_running", "Request handlers running now.", len(node._handler_tasks))
