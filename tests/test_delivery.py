@@ -758,10 +758,10 @@ def test_an_ack_naming_an_impossible_epoch_is_malformed_and_reopens_are_rate_lim
     a, b, net = pair()
     a.send(B, "x", 0.0)
     a.take_outgoing()
-    a.receive(Envelope(bytes(16), B, "ack", None, A, ack=[(1 << 63) - 1, 0, []]), 0.0)
+    a.receive(Envelope(bytes(16), B, "ack", None, A, ack=[(1 << 63) - (1 << 33), 0, []]), 0.0)
     assert a.stats["malformed"] == 1 and a.stats["stream_reopens"] == 0
     for n in range(50):  # a peer raising its claim with every ack renumbers our stream once per rto
-        a.receive(Envelope(bytes(16), B, "ack", None, A, ack=[a.epoch + 10 + n, 0, []]), 0.01 * n)
+        a.receive(Envelope(bytes(16), B, "ack", None, A, ack=[a.epoch + (n + 1) * (1 << 34), 0, []]), 0.01 * n)
     assert a.stats["stream_reopens"] == 3  # at 0, 0.2 and 0.4 s
     assert len(a.take_outgoing()) == 3 and a.pending() == 1
 
@@ -919,3 +919,13 @@ def test_lossy_duplicating_reordering_link_delivers_exactly_once_in_order(seed):
     assert net.of(A, SendFailed) == []
     assert net.delivered(B) == sent
     assert a.pending() == 0
+
+
+def test_a_reopened_request_carries_the_time_its_requester_still_waits():
+    a, b, net = pair()
+    a.request(B, "q", 0.0, timeout=5.0)
+    (first,) = a.take_outgoing()
+    assert first.ttl == 5000
+    a.receive(Envelope(bytes(16), B, "ack", None, A, ack=[first.ep + 1, 0, []]), 2.0)  # B holds a newer epoch
+    (again,) = a.take_outgoing()
+    assert (again.id, again.seq, again.ts, again.ttl) == (first.id, 1, 2000, 3000) and again.ep > first.ep + 1

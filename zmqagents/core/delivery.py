@@ -45,6 +45,13 @@ ERROR_TYPE = "err"
 RESERVED_TYPES = frozenset({ACK_TYPE, FWD_TYPE, REPLY_TYPE, ERROR_TYPE})
 EPOCH_MOD = 1 << 63  # epochs are below this; they are compared as integers and never wrap
 RANDOM_EPOCH_BITS = 62  # a random epoch base leaves 2^62 epochs of room above it for new streams
+# A sender told that the receiver holds a higher epoch of it reopens at that epoch + REOPEN_GAP + a
+# random number below REOPEN_GAP. The gap: an earlier run that reached it may have opened streams just
+# above it (after a forget), and no run opens 2^32 streams. The random part: the ack may be late and
+# name an epoch this run has already jumped above once, to a stream the receiver still holds; a
+# second jump from the same epoch must not land on the first (their late frames would share epoch
+# and seqs), and it must not need a memory of forgotten peers. Collision odds: 2^-32 per jump.
+REOPEN_GAP = 1 << 32
 MAX_SACK_ACCEPTED = 4096  # longest selective-ack list taken from a peer; longer is malformed
 
 STAT_KEYS = (
@@ -732,11 +739,11 @@ class Delivery(CoreOutputs):
                 return True
             # The peer holds a newer stream of ours than this one (opened by an earlier run of this node,
             # whose clock was ahead, or with a random base) and drops this one as stale: move above it.
-            if ep + 1 >= EPOCH_MOD:
-                self.stats["malformed"] += 1  # no epoch above it exists: only a hostile peer says so
+            if ep >= EPOCH_MOD - 2 * REOPEN_GAP:
+                self.stats["malformed"] += 1  # no room above it: only a hostile peer says so
                 return False
             if now - peer.reopen_at >= self.config.rto_initial:  # one renumbering per rto, however many acks
-                self._reopen(peer, ep + 1, now)
+                self._reopen(peer, ep + REOPEN_GAP + self._rng.randrange(REOPEN_GAP), now)
             return True
         cum = ack[1]
         end = peer.next_seq
