@@ -57,7 +57,8 @@ def test_a_request_that_waited_for_a_handler_past_its_deadline_is_not_run(arun):
 
 
 class RawClient:
-    """A client written from the specs only: a DEALER whose routing id is its public key, speaking
+    """A client written from the specs only: a DEALER whose routing id is its public key and 16 random
+    bytes (protocols/node.md, "Connections"), speaking
     reliable delivery by hand (one stream, epoch 7). It does not ack, so the node retransmits to it."""
 
     def __init__(self, node: Node):
@@ -68,7 +69,7 @@ class RawClient:
         sock.linger = 0
         sock.curve_secretkey, sock.curve_publickey = self.me.curve_secret, self.me.curve_public
         sock.curve_serverkey = curve_public_of(node.identity.public_key)
-        sock.setsockopt(zmq.ROUTING_ID, self.me.public_key)
+        sock.setsockopt(zmq.ROUTING_ID, self.me.public_key + os.urandom(16))
         sock.connect(node.transport.endpoint)
         self.seq = 0
 

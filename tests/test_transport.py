@@ -11,7 +11,7 @@ import zmq
 
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity, curve_public_of
-from zmqagents.transport.mesh import READ_BATCH, Transport, TransportConfig
+from zmqagents.transport.mesh import READ_BATCH, Transport, TransportConfig, dealer_routing_id
 from zmqagents.transport.sockio import MORE_NOBLOCK, NOBLOCK, readable
 
 
@@ -62,6 +62,42 @@ def test_honest_peer_is_accepted_and_impostors_are_dropped(arun):
             assert all(e.src == alice.node_id for e in received)
             assert server.drops.get("identity_mismatch") == 1
             assert server.drops.get("src_mismatch") == 1
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())
+
+
+def test_only_an_unguessable_routing_id_is_answered_over_its_connection(arun):
+    """A DEALER's routing id is its key and 16 random bytes. The key alone (the form of older nodes) is
+    accepted but never answered over: anyone who knows the key could hold that id once the peer's
+    connection is gone. Any other length is refused and counted."""
+
+    async def main():
+        received: list[Envelope] = []
+        server = _server(received)
+        me = server.identity.node_id
+        alice, bob = Identity.generate(), Identity.generate()
+        ctx = zmq.Context()
+        try:
+            old = _raw_dealer(ctx, server, curve_of=alice, routing_id=alice.public_key)
+            new = _raw_dealer(ctx, server, curve_of=bob, routing_id=dealer_routing_id(bob.public_key))
+            odd = _raw_dealer(ctx, server, curve_of=bob, routing_id=bob.public_key + b"short")
+            old.send(_env(alice.node_id, me, b"old").encode())
+            new.send(_env(bob.node_id, me, b"new").encode())
+            odd.send(_env(bob.node_id, me, b"odd").encode())
+            await asyncio.sleep(0.5)
+            assert sorted(e.body for e in received) == [b"new", b"old"]
+            assert server.drops == {"bad_routing_id": 1}
+            assert server.public_key_of(bob.node_id) == bob.public_key
+            server.send(_env(me, alice.node_id, b"to-old"))
+            server.send(_env(me, bob.node_id, b"to-new"))
+            await asyncio.sleep(0.3)
+            assert not old.poll(0)  # nothing over the guessable id; no contact either, so no route
+            assert server.drops == {"bad_routing_id": 1, "no_route": 1}
+            assert decode(new.recv(NOBLOCK)).body == b"to-new"
+            assert not odd.poll(0)
         finally:
             ctx.destroy(linger=0)
             server.close()
@@ -170,7 +206,7 @@ def test_a_node_connected_to_our_inbox_is_answered_there_before_our_dealer(arun)
             return out
 
         try:
-            client = _raw_dealer(ctx, server, curve_of=peer_id, routing_id=peer_id.public_key)
+            client = _raw_dealer(ctx, server, curve_of=peer_id, routing_id=dealer_routing_id(peer_id.public_key))
             client.send(_env(peer_id.node_id, me, b"hi").encode())
             await asyncio.sleep(0.3)
             assert [e.body for e in received] == [b"hi"]
@@ -250,7 +286,7 @@ def test_a_burst_over_one_read_batch_arrives_whole_and_in_order(arun):
         ctx.setsockopt(zmq.SNDHWM, 10_000)
         count = READ_BATCH * 2 + 7
         try:
-            client = _raw_dealer(ctx, server, curve_of=peer, routing_id=peer.public_key)
+            client = _raw_dealer(ctx, server, curve_of=peer, routing_id=dealer_routing_id(peer.public_key))
             client.send(_env(peer.node_id, me, b"hello").encode())
             for _ in range(100):  # the handshake needs the loop (ZAP): wait for it before the burst
                 if received:

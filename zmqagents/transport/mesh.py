@@ -4,11 +4,12 @@ This module moves bytes and proves who sent them; it makes no protocol
 decisions (those live in ``zmqagents.core``). Identity binding works like this:
 
 * every socket that connects out (DEALER) sets its routing id to the node's
-  32-byte Ed25519 verify key and authenticates with the CURVE key derived
-  from it;
+  32-byte Ed25519 verify key followed by 16 random bytes, fresh for each
+  socket (:func:`dealer_routing_id`), and authenticates with the CURVE key
+  derived from the verify key;
 * the ZAP handler labels each inbound connection with its CURVE key (User-Id);
-* for every message the inbox checks that the routing id converts to that
-  CURVE key and that the envelope's ``src`` is ``sha256(routing id)``.
+* for every message the inbox checks that the key in the routing id converts
+  to that CURVE key and that the envelope's ``src`` is ``sha256(key)``.
   Anything else is dropped and counted: nobody can speak for another node id.
 
 Everything for a node that holds a connection to our inbox goes back over that
@@ -19,6 +20,20 @@ still reachable, and a node restarted on another endpoint is answered at once
 what relays use: a destination whose contact is ``KEY@relay://...`` (or that
 last reached us through a relay) is sent a signed envelope wrapped in a
 ``relay.fwd`` to one of its relays (``relaying.py``).
+
+Why the 16 random bytes: libzmq's ROUTER picks the connection to send on by
+routing id alone, and the routing id is whatever the peer claimed. Were it
+only the public key (known to anyone who holds the contact), a peer with its
+own key could claim it: with ROUTER_HANDOVER it would take the victim's
+connection over, and after the victim's connection closed it would receive
+what we still sent to that id. So the inbox answers over a connection only to
+a routing id it learned from a message that passed the check above, and only
+to the unguessable 48-byte form: the id is held by the connection that proved
+the key, or by nobody (then ROUTER_MANDATORY fails the send and the DEALER is
+used). Only the same DEALER socket, reconnecting, can present that id again,
+so ROUTER_HANDOVER stays on for it: a DEALER that reconnects while our end of
+its old TCP connection is still open (a NAT that forgot the mapping) takes
+its id over at once instead of being ignored until TCP gives up.
 
 ZeroMQ's FD is edge-triggered, so every readable callback drains its socket
 until EAGAIN (in bounded batches). Outgoing frames are written in one burst
@@ -42,6 +57,7 @@ from ..core.ratelimit import PeerLimiter, RateLimitConfig
 from ..core.relay import FORWARD
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, node_id_of, short_id
+from .droplog import DropLog
 from .relaying import RelayPaths
 from .sockio import MORE_NOBLOCK, NOBLOCK, readable
 from .zap import ZAP_DOMAIN, ZapHandler
@@ -52,6 +68,18 @@ READ_BATCH = 512  # messages per readable callback before yielding to the loop
 # ...or fewer: a batch ends once the envelopes decoded in it cost this much (Envelope.cost), so a burst
 # of large envelopes is handed on (and its memory freed) a few at a time, not 512 at once.
 BATCH_BYTES = 2 << 20
+KEY_SIZE = 32  # an Ed25519 verify key
+ROUTING_NONCE_SIZE = 16  # random bytes after the key in a DEALER's routing id
+ROUTING_ID_SIZE = KEY_SIZE + ROUTING_NONCE_SIZE
+
+
+def dealer_routing_id(public_key: bytes) -> bytes:
+    """The routing id a DEALER presents to a node's inbox: its verify key, then 16 fresh random bytes.
+
+    The key says who the connection speaks for (checked against the CURVE key it authenticated
+    with); the random bytes make the id unguessable, so no other connection can ever claim it
+    (see the module docstring and protocols/node.md, "Connections")."""
+    return public_key + os.urandom(ROUTING_NONCE_SIZE)
 
 
 @dataclass(slots=True)
@@ -63,7 +91,7 @@ class TransportConfig:
     secure: bool = True  # CURVE on every link; False only with an explicit --insecure
     max_dealers: int = 256  # outgoing connections kept open (LRU); ~30 KB each
     max_subscribers: int = 64  # neighbours whose PUB we subscribe to
-    max_known_keys: int = 4096  # routing-id -> (CURVE key, node id) cache entries
+    max_known_keys: int = 4096  # public key -> (CURVE key, node id) cache entries
     hwm: int = 10_000  # ZeroMQ high-water mark per connection, messages
     max_message_size: int = DEFAULT_MAX_SIZE  # enforced by libzmq (MAXMSGSIZE) and by the decoder
     reconnect_ivl_ms: int = 100
@@ -121,8 +149,9 @@ class Transport:
         self._topics: dict[bytes, int] = {}
         self.subscribed: set[bytes] = set()  # topic prefixes neighbours subscribed to on our XPUB
         self._contacts: OrderedDict[bytes, Contact] = OrderedDict()
-        self._inbound: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> routing id on our ROUTER
-        self._keys: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()  # routing id -> (curve hex, node id)
+        # node id -> the routing id on our ROUTER of its latest connection that proved its key
+        self._inbound: OrderedDict[bytes, bytes] = OrderedDict()
+        self._keys: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()  # public key -> (curve hex, node id)
         # (next hop, frame, destination) waiting for this loop turn's flush; the next hop is a relay
         # for a relayed frame, the destination otherwise
         self._outbox: list[tuple[bytes, bytes, bytes]] = []
@@ -139,8 +168,8 @@ class Transport:
             "dealers_opened": 0,
             "dealers_evicted": 0,
         }
-        self.drops: dict[str, int] = {}
-        self._logged_drop: set[tuple[str, bytes]] = set()
+        self._droplog = DropLog(log, quiet=_OUTGOING_DROPS)
+        self.drops: dict[str, int] = self._droplog.counts  # refusals by reason (exported as metrics)
         self.limiter = PeerLimiter(config.rate_limit)
 
     # -- lifecycle -----------------------------------------------------------
@@ -153,7 +182,8 @@ class Transport:
             self._watch(self.zap.socket, lambda s: self.zap.drain())
         self.router = self._server_socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown routing id -> error, not a silent drop
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes its routing id over
+        # A DEALER that reconnects with its (unguessable) id takes it over from its own stale connection.
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.bind(cfg.listen)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         # XPUB rather than PUB: it reports subscriptions, so a short-lived publisher
@@ -253,9 +283,9 @@ class Transport:
         if contact is not None:
             return contact.public_key
         rid = self._inbound.get(node_id)
-        if rid is None and self.relaying is not None:
-            return self.relaying.keys.get(node_id)
-        return rid
+        if rid is None:
+            return self.relaying.keys.get(node_id) if self.relaying is not None else None
+        return rid[:KEY_SIZE]
 
     def contacts(self) -> list[Contact]:
         return list(self._contacts.values())
@@ -329,7 +359,7 @@ class Transport:
         """Back over ``dst``'s own connection to our ROUTER if it has one; else our DEALER to it; else a new DEALER.
 
         The inbound connection comes first because it is proof, not a guess: ``dst`` dialled it and
-        authenticated on it, and a restarted ``dst`` takes its routing id over (ROUTER_HANDOVER). Our
+        authenticated on it, and a restarted ``dst`` is answered over its new connection as soon as it speaks. Our
         DEALER only points at the endpoint we were told, which may be dead: a peer restarted on another
         port would otherwise wait for our acks and replies until membership buried its old self. A
         connection that is gone fails the send at once (ROUTER_MANDATORY) and the DEALER is used."""
@@ -442,7 +472,7 @@ class Transport:
             self._close_dealer(oldest)
             self.stats["dealers_evicted"] += 1
         sock = self._client_socket(zmq.DEALER, contact.public_key)
-        sock.setsockopt(zmq.ROUTING_ID, self.identity.public_key)
+        sock.setsockopt(zmq.ROUTING_ID, dealer_routing_id(self.identity.public_key))
         sock.connect(contact.endpoint)
         link = _Link(contact.node_id, sock)
         self._dealers[contact.node_id] = link
@@ -590,7 +620,7 @@ class Transport:
                 continue
             cost += env.cost
             inbound = self._inbound
-            if inbound.get(sender) != rid:
+            if inbound.get(sender) != rid and len(rid) == ROUTING_ID_SIZE:  # never answer a guessable id
                 inbound[sender] = rid
                 while len(inbound) > self.config.max_known_keys:
                     inbound.popitem(last=False)
@@ -601,26 +631,36 @@ class Transport:
             self._on_batch(batch)
 
     def _authenticate(self, rid: bytes, rid_frame: zmq.Frame) -> bytes | None:
-        """The node id a ROUTER message comes from, or None (dropped) if the binding fails."""
+        """The node id a ROUTER message comes from, or None (dropped) if the binding fails.
+
+        The routing id is a public key and 16 random bytes (or, from nodes before that form, the
+        key alone: accepted, but never answered over, see ``_drain_router``); the key must convert to
+        the CURVE key the connection authenticated with."""
+        size = len(rid)
+        if size != ROUTING_ID_SIZE and size != KEY_SIZE:
+            self._drop("bad_routing_id", rid, "routing id is not a public key and 16 random bytes")
+            return None
+        key = rid[:KEY_SIZE]
         keys = self._keys
-        known = keys.get(rid)
+        known = keys.get(key)
         if known is None:
-            if len(rid) != 32:
-                self._drop("bad_routing_id", rid, "routing id is not a 32-byte public key")
-                return None
             try:
-                curve_hex = curve_public_of(rid).hex() if self.config.secure else ""
+                curve_hex = curve_public_of(key).hex() if self.config.secure else ""
             except IdentityError:
-                self._drop("bad_routing_id", rid, "routing id is not a valid public key")
+                self._drop("bad_routing_id", key, "routing id does not start with a valid public key")
                 return None
-            known = (curve_hex, node_id_of(rid))
-            keys[rid] = known
+            known = (curve_hex, node_id_of(key))
+            keys[key] = known
             if len(keys) > self.config.max_known_keys:
                 keys.popitem(last=False)
         curve_hex, node_id = known
-        if self.config.secure and rid_frame.get("User-Id") != curve_hex:
-            self._drop("identity_mismatch", node_id, "routing id does not match the authenticated CURVE key")
-            return None
+        if self.config.secure:
+            user_id = rid_frame.get("User-Id")
+            if user_id != curve_hex:
+                # A connection claims a key it did not authenticate with: a takeover attempt, or a broken client.
+                self._drop("identity_mismatch", bytes.fromhex(user_id) if user_id else key,
+                           f"authenticated with another CURVE key, claims node {short_id(node_id)}")
+                return None
         if self.allow is not None and node_id not in self.allow:
             self._drop("not_allowed", node_id, "node is not on the allowlist")
             return None
@@ -696,20 +736,12 @@ class Transport:
     # -- drops ------------------------------------------------------------------
 
     def _drop(self, reason: str, peer: bytes, detail: object) -> None:
-        """Count a dropped frame; log once per (reason, peer) so a noisy peer cannot flood logs.
+        """Count a dropped frame; log it at most once per (reason, peer) per interval (``droplog.py``).
 
         Frames refused because of what a peer sent are warnings; frames we could not send
         (no route, a full queue) are local conditions the delivery core retries, logged at debug.
         """
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-        key = (reason, peer)
-        if key not in self._logged_drop and len(self._logged_drop) < 1024:
-            self._logged_drop.add(key)
-            who = short_id(peer) if len(peer) == 32 else peer[:16].hex()
-            if reason in _OUTGOING_DROPS:
-                log.debug("could not send to %s: %s (%s)", who, reason, detail)
-            else:
-                log.warning("dropped a message from %s: %s (%s)", who, reason, detail)
+        self._droplog.drop(reason, peer, detail)
 
 
 _OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten"})
