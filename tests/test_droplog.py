@@ -28,8 +28,8 @@ def test_every_drop_is_counted_and_each_peer_logged_once_per_interval(caplog):
         assert drops.counts == {"identity_mismatch": 101, "no_route": 1}
         lines = [r for r in caplog.records if r.name == "droptest"]
         assert [(r.levelno, r.getMessage()[:30]) for r in lines] == [
-            (logging.WARNING, "dropped a message from 6161616"),
-            (logging.WARNING, "dropped a message from 6262626"),
+            (logging.WARNING, "refused from 616161616161: ide"),
+            (logging.WARNING, "refused from 626262626262: ide"),
             (logging.DEBUG, "could not send to 616161616161"),
         ]
         caplog.clear()
@@ -40,7 +40,7 @@ def test_every_drop_is_counted_and_each_peer_logged_once_per_interval(caplog):
         drops.drop("identity_mismatch", a, "x")
         messages = [r.getMessage() for r in caplog.records]
         assert messages[0].startswith("100 more dropped messages or refused links were not logged")
-        assert messages[1].startswith("dropped a message from 6161616")
+        assert messages[1].startswith("refused from 616161616161: ide")
 
 
 def test_a_peer_with_a_new_key_each_time_cannot_flood_the_log(caplog):

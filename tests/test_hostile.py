@@ -116,3 +116,116 @@ def test_a_peer_claiming_anothers_routing_id_gets_nothing_and_the_victim_keeps_w
             await server.close()
 
     arun(main(), timeout=30)
+
+
+def _dropped(node: Node) -> dict[tuple[str, str], float]:
+    """``zmqagents_dropped_messages_total`` as the admin endpoint exports it: {(layer, reason): value}."""
+    from zmqagents.sidecar.admin import NodeCollector
+
+    for family in NodeCollector(node, lambda: [], {}).collect():
+        if family.name == "zmqagents_dropped_messages":
+            return {(s.labels["layer"], s.labels["reason"]): s.value for s in family.samples
+                    if s.name.endswith("_total")}
+    raise AssertionError("no zmqagents_dropped_messages family")
+
+
+async def _until(check, seconds: float = ANSWER_BOUND) -> None:
+    """Wait (bounded) until ``check()`` holds; monitor events arrive asynchronously."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def test_refused_links_are_counted_and_exported_and_the_node_keeps_serving(arun):
+    """Plaintext, a CURVE handshake with the wrong server key, bytes that are not ZMTP, a link dropped
+    mid-handshake: libzmq refuses each before a message exists. Each is counted from the socket
+    monitor, exported under zmqagents_dropped_messages_total, and an honest peer is still answered."""
+    import socket
+
+    async def main():
+        server, honest = Node(), Node()
+        await server.start()
+        await honest.start()
+        server.on_request(lambda body, msg: body)
+        host, port = server.transport.endpoint[len("tcp://"):].rsplit(":", 1)
+        ctx = zmq.Context()
+        try:
+            plain = ctx.socket(zmq.DEALER)
+            plain.linger = 0
+            plain.connect(server.transport.endpoint)
+            plain.send(b"hello?")
+            stranger = Identity.generate()
+            wrong_key = ctx.socket(zmq.DEALER)
+            wrong_key.linger = 0
+            wrong_key.curve_secretkey, wrong_key.curve_publickey = stranger.curve_secret, stranger.curve_public
+            wrong_key.curve_serverkey = stranger.curve_public  # not the server's key
+            wrong_key.connect(server.transport.endpoint)
+            wrong_key.send(b"hello?")
+            drops = server.transport.drops
+            await _until(lambda: drops.get("plaintext", 0) >= 1 and drops.get("handshake_failed", 0) >= 1)
+            plain.close(linger=0)
+            wrong_key.close(linger=0)
+            accepted = server.transport.stats["links_accepted"]
+            closed = server.transport.stats["links_closed"]
+            with socket.create_connection((host, int(port))) as raw:
+                raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not ZMTP: libzmq closes it
+                await _until(lambda: server.transport.stats["links_closed"] > closed)
+            with socket.create_connection((host, int(port))) as raw:
+                raw.sendall(b"\xff" + bytes(8) + b"\x7f\x03")  # half a ZMTP greeting, then gone
+            await _until(lambda: drops.get("handshake_aborted", 0) >= 1)
+            assert server.transport.stats["links_accepted"] >= accepted + 2
+            exported = _dropped(server)
+            for reason in ("plaintext", "handshake_failed", "handshake_aborted"):
+                assert exported[("transport", reason)] == drops[reason] >= 1, reason
+            assert await honest.request(server.contact, "still there?", timeout=ANSWER_BOUND) == "still there?"
+        finally:
+            ctx.destroy(linger=0)
+            await honest.close()
+            await server.close()
+
+    arun(main(), timeout=30)
+
+
+def test_oversize_frames_are_refused_and_the_honest_peer_keeps_working(arun):
+    """A frame just over the envelope limit reaches the decoder (OversizeEnvelope); one far over libzmq's
+    ZMQ_MAXMSGSIZE makes libzmq cut the link (only visible as a closed link). The attacker's DEALER
+    reconnects; the node stays up and answers an honest peer."""
+    from zmqagents.node import NodeConfig
+    from zmqagents.transport.mesh import dealer_routing_id
+
+    async def main():
+        config = NodeConfig()
+        config.transport.max_message_size = 64 * 1024
+        server, honest = Node(config=config), Node()
+        await server.start()
+        await honest.start()
+        server.on_request(lambda body, msg: body)
+        mallory = Identity.generate()
+        ctx = zmq.Context()
+        try:
+            sock = _attacker(ctx, server, key=mallory, routing_id=dealer_routing_id(mallory.public_key))
+            def envelope(body_size: int) -> bytes:
+                return Envelope(id=os.urandom(16), src=mallory.node_id, dst=server.node_id, type="msg",
+                                body=bytes(body_size)).encode(max_size=1 << 20)
+
+            limit = config.transport.max_message_size
+            # 30 bytes over the envelope limit: under libzmq's (limit + 4 + 64), so the decoder sees it.
+            sock.send(envelope(limit + 30 - (len(envelope(limit)) - 4 - limit)))
+            drops = server.transport.drops
+            await _until(lambda: drops.get("OversizeEnvelope", 0) == 1)
+            assert server.transport.stats["links_closed"] == 0
+            sock.send(bytes(1 << 20))  # 1 MiB: libzmq cuts the link on the frame header
+            await _until(lambda: server.transport.stats["links_closed"] >= 1)
+            assert await honest.request(server.contact, "fine?", timeout=ANSWER_BOUND) == "fine?"
+            # The attacker's DEALER reconnects by itself; its next valid envelope passes the transport.
+            frames, refused = server.transport.stats["frames_in"], dict(drops)
+            sock.send(envelope(10))
+            await _until(lambda: server.transport.stats["frames_in"] > frames)
+            assert drops == refused
+        finally:
+            ctx.destroy(linger=0)
+            await honest.close()
+            await server.close()
+
+    arun(main(), timeout=30)

@@ -182,6 +182,14 @@ class NodeCollector:
         conns.add_metric(["inbound"], transport.inbound_count)
         conns.add_metric(["subscription"], transport.subscription_count)
         yield conns
+        links = CounterMetricFamily("zmqagents_transport_links",
+                                    "Links to this node's inbox and XPUB, by event. Links libzmq closes for a frame over "
+                                    "the size limit, or for bytes that are not ZMTP, show only as closed (libzmq 4.3 "
+                                    "gives no reason); refused handshakes are also dropped_messages_total reasons.",
+                                    labels=["event"])
+        for event in ("accepted", "authenticated", "closed"):
+            links.add_metric([event], t[f"links_{event}"])
+        yield links
 
         # -- the DHT store, and a hook for tasks (present once the node has them) ---------------
         dht = dht_core(node)

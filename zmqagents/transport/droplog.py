@@ -22,7 +22,9 @@ DEFAULT_MAX_LINES = 32  # log lines per interval, all reasons and peers together
 
 def peer_label(peer: bytes) -> str:
     """How a peer is named in a log line: a node id or key shortened, anything else as hex."""
-    return short_id(peer) if len(peer) == 32 else peer[:16].hex() or "?"
+    if not peer:
+        return "a peer not yet authenticated"
+    return short_id(peer) if len(peer) == 32 else peer[:16].hex()
 
 
 class DropLog:
@@ -61,4 +63,4 @@ class DropLog:
         if reason in self._quiet:
             self._log.debug("could not send to %s: %s (%s)", peer_label(peer), reason, detail)
         else:
-            self._log.warning("dropped a message from %s: %s (%s)", peer_label(peer), reason, detail)
+            self._log.warning("refused from %s: %s (%s)", peer_label(peer), reason, detail)

@@ -58,6 +58,7 @@ from ..core.relay import FORWARD
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, node_id_of, short_id
 from .droplog import DropLog
+from .linkwatch import LinkWatch
 from .relaying import RelayPaths
 from .sockio import MORE_NOBLOCK, NOBLOCK, readable
 from .zap import ZAP_DOMAIN, ZapHandler
@@ -167,7 +168,11 @@ class Transport:
             "publications_out": 0,
             "dealers_opened": 0,
             "dealers_evicted": 0,
+            "links_accepted": 0,  # connections to our inbox and XPUB (linkwatch.py)
+            "links_authenticated": 0,  # ... that completed the CURVE handshake
+            "links_closed": 0,  # ... that closed, for any reason (libzmq does not say which)
         }
+        self._link_watches: dict[zmq.Socket, LinkWatch] = {}  # monitor socket -> its watch
         self._droplog = DropLog(log, quiet=_OUTGOING_DROPS)
         self.drops: dict[str, int] = self._droplog.counts  # refusals by reason (exported as metrics)
         self.limiter = PeerLimiter(config.rate_limit)
@@ -193,6 +198,10 @@ class Transport:
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._watch(self.router, self._drain_router)
         self._watch(self.pub, self._drain_subscriptions)
+        for server in (self.router, self.pub):  # links libzmq refuses or cuts before we see a message
+            watch = LinkWatch(server, self.stats, self._drop)
+            self._link_watches[watch.socket] = watch
+            self._watch(watch.socket, self._drain_link_watch)
 
     def close(self) -> None:
         """Close every socket and the context. Safe to call twice."""
@@ -203,6 +212,10 @@ class Transport:
         socks += [s for s in (self.router, self.pub) if s is not None]
         if self.zap is not None:
             socks.append(self.zap.socket)
+        for watch in self._link_watches.values():
+            self._unwatch(watch.socket)
+            watch.close()
+        self._link_watches.clear()
         for sock in socks:
             self._unwatch(sock)
             sock.close(linger=self.config.close_linger_ms if sock is self.pub else 0)
@@ -581,6 +594,11 @@ class Transport:
     def _unwatch(self, sock: zmq.Socket) -> None:
         if self.loop is not None and not sock.closed:
             self.loop.remove_reader(sock.FD)
+
+    def _drain_link_watch(self, sock: zmq.Socket) -> None:
+        watch = self._link_watches.get(sock)
+        if watch is not None and watch.drain():
+            self.loop.call_soon(self._drain_link_watch, sock)  # a full batch: more may be waiting
 
     def _drain_router(self, sock: zmq.Socket) -> None:
         if sock.closed:
