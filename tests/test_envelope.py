@@ -212,12 +212,24 @@ def test_size_limit_is_exact_at_both_ends():
         {"body": {"t": msgpack.Timestamp(0, 0)}}, {"body": [[[msgpack.ExtType(1, b"")]]]},
         {"extra": {"v": 2}}, {"extra": {b"x": 1}}, {"extra": {"x": {2: 3}}},
         {"body": object()}, {"body": 2**64}, {"body": -(2**63) - 1},
+        {"ep": 2**63}, {"ep": 2**64 - 1}, {"ep": -1},
     ],
     ids=lambda over: repr(over)[:32],
 )
 def test_encode_refuses_what_a_peer_would_refuse(over):
     with pytest.raises(E.MalformedEnvelope):
         env(**over).encode()
+
+
+def test_an_epoch_is_a_63_bit_number_on_both_sides():
+    """protocols/delivery.md 3: epochs are 63-bit. The largest passes both ways; 2^63 is refused by the
+    decoder (the vector ep_2_63) as by the encoder above."""
+    frame = env(seq=1, ep=E.MAX_EPOCH).encode()
+    assert E.MAX_EPOCH == 2**63 - 1 and E.decode(frame).ep == E.MAX_EPOCH
+    over = frame.replace(b"\xcf" + E.MAX_EPOCH.to_bytes(8, "big"), b"\xcf" + (2**63).to_bytes(8, "big"))
+    assert over != frame
+    with pytest.raises(E.MalformedEnvelope, match="2\\^63"):
+        E.decode(over)
 
 
 def nested(depth: int):

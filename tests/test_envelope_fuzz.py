@@ -106,7 +106,7 @@ envelopes = st.builds(
     ts=st.integers(0, 2**64 - 1),
     ttl=st.integers(0, 2**64 - 1),
     seq=opt_uint,
-    ep=opt_uint,
+    ep=st.none() | st.integers(0, E.MAX_EPOCH),
     re=opt_bytes(16),
     ack=st.none() | st.lists(values, max_size=3),
     extra=st.dictionaries(st.text(min_size=1, max_size=6).filter(lambda k: k not in KNOWN_FIELDS), values, max_size=2),

@@ -14,7 +14,7 @@ import os
 import pytest
 import zmq
 
-from zmqagents.envelope import Envelope
+from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity, curve_public_of
 from zmqagents.node import Node
 
@@ -226,6 +226,43 @@ def test_oversize_frames_are_refused_and_the_honest_peer_keeps_working(arun):
         finally:
             ctx.destroy(linger=0)
             await honest.close()
+            await server.close()
+
+    arun(main(), timeout=30)
+
+
+def test_an_epoch_outside_63_bits_is_refused_and_not_acked(arun):
+    """protocols/delivery.md 3: an epoch is 0 <= ep < 2^63. A reliable message with ep 2^63 or 2^64 - 1 is
+    malformed: dropped before delivery (not acked, not delivered), counted, and the same peer's next
+    message with a valid epoch is delivered and acked."""
+    import msgpack
+
+    from zmqagents.transport.mesh import dealer_routing_id
+
+    async def main():
+        server = Node()
+        await server.start()
+        mallory = Identity.generate()
+        ctx = zmq.Context()
+        try:
+            sock = _attacker(ctx, server, key=mallory, routing_id=dealer_routing_id(mallory.public_key))
+
+            def frame(ep: int, body: str) -> bytes:  # packed by hand: our encoder refuses such an epoch
+                payload = msgpack.packb({"v": 1, "id": os.urandom(16), "src": mallory.node_id, "t": "msg",
+                                         "dst": server.node_id, "b": body, "seq": 1, "ep": ep}, use_bin_type=True)
+                return len(payload).to_bytes(4, "big") + payload
+
+            sock.send(frame(2**63, "too big"))
+            sock.send(frame(2**64 - 1, "far too big"))
+            await _until(lambda: server.transport.drops.get("MalformedEnvelope", 0) == 2)
+            assert await _frames_for(sock, 0.3) == []  # no ack for what was refused
+            sock.send(frame(2**63 - 1, "fine"))
+            assert (await server.receive(timeout=ANSWER_BOUND)).body == "fine"
+            answers = [decode(f) for f in await _frames_for(sock, 0.5)]
+            assert any(a.type == "ack" or a.ack for a in answers), "the valid message was not acked"
+            assert _dropped(server)[("transport", "MalformedEnvelope")] == 2
+        finally:
+            ctx.destroy(linger=0)
             await server.close()
 
     arun(main(), timeout=30)

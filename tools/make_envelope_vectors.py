@@ -158,6 +158,13 @@ def valid_vectors() -> list[dict]:
             E.Envelope(id=ID_1, src=ALICE.node_id, type="ping", extra={"zz": {"hint": "from v1.1"}}),
             ALICE,
         ),
+        valid_vector(
+            "unknown_nil_field",
+            "An unknown field whose value is nil is still a field: kept, re-encoded and covered by the "
+            "signature (only the fields this version defines treat nil as unset, section 4).",
+            E.Envelope(id=ID_1, src=ALICE.node_id, type="ping", extra={"zz": None}),
+            ALICE,
+        ),
     ]
 
 
@@ -171,6 +178,9 @@ def decode_only_vectors() -> list[dict]:
         ("zero_ts", "ts and ttl of 0 mean unset and are left out when re-encoded.", raw(base(ts=0, ttl=0))),
         ("wide_int", "An integer in a wider format than needed (uint 64 for 7) is accepted.",
          with_raw_field("seq", b"\xcf" + (7).to_bytes(8, "big"))),
+        ("ep_max", "The largest epoch, 2^63 - 1, is accepted.", raw(base(seq=1, ep=2**63 - 1))),
+        ("nil_unknown_field", "An unknown field whose value is nil is kept and re-encoded (it is signed too: "
+         "see the valid vector unknown_nil_field).", raw(base() | {"zz": None})),
     ]
     out = []
     for name, description, data in cases:
@@ -219,6 +229,8 @@ def invalid_vectors() -> list[dict]:
         ("ts_float", "'ts' must be an integer, not a float.", raw(base(ts=1.5)), "MalformedEnvelope"),
         ("ttl_bool", "'ttl' must be an integer, not a boolean.", raw(base(ttl=True)), "MalformedEnvelope"),
         ("seq_as_str", "'seq' must be an integer.", raw(base(seq="7")), "MalformedEnvelope"),
+        ("ep_2_63", "'ep' is a 63-bit number: 2^63 is refused.", raw(base(seq=1, ep=2**63)), "MalformedEnvelope"),
+        ("ep_max_uint64", "'ep' of 2^64 - 1 is refused.", raw(base(seq=1, ep=2**64 - 1)), "MalformedEnvelope"),
         ("re_wrong_length", "'re' must be 16 bytes.", raw(base(re=b"\x00" * 17)), "MalformedEnvelope"),
         ("ack_as_map", "'ak' must be an array.", raw(base(ak={"1": 2})), "MalformedEnvelope"),
         ("pk_31_bytes", "'pk' must be 32 bytes.", raw(base(pk=b"\x00" * 31)), "MalformedEnvelope"),

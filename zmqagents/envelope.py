@@ -33,6 +33,7 @@ HEADER = struct.Struct(">I")
 HEADER_LEN = HEADER.size
 DEFAULT_MAX_SIZE = 1 << 20  # 1 MiB: large enough for a task payload, small enough to buffer per peer
 MAX_TYPE_LEN = 64
+MAX_EPOCH = (1 << 63) - 1  # a reliable stream's epoch is a 63-bit number (protocols/delivery.md 3)
 # Nesting limit, the envelope map being level 1. msgpack itself allows 1024,
 # which is deep enough for repr(), ==, json.dumps or deepcopy of a decoded
 # body to hit Python's recursion limit; 100 leaves every such caller room.
@@ -272,8 +273,8 @@ def _check_fields(mid: Any, src: Any, typ: Any, dst: Any, ts: Any, ttl: Any, seq
         raise _not_uint("ttl", ttl)
     if seq is not None and (type(seq) is not int or seq < 0):
         raise _not_uint("seq", seq)
-    if ep is not None and (type(ep) is not int or ep < 0):
-        raise _not_uint("ep", ep)
+    if ep is not None and (type(ep) is not int or ep < 0 or ep > MAX_EPOCH):
+        raise MalformedEnvelope(f"field 'ep' must be an integer from 0 to 2^63 - 1, got {ep!r:.40}")
     if re is not None and (type(re) is not bytes or len(re) != ID_LEN):
         raise _wrong("re", f"{ID_LEN} bytes", re)
     if ack is not None and type(ack) is not list:
