@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from zmqagents.envelope import Envelope, decode
-from zmqagents.identity import Identity, curve_public_of
+from zmqagents.identity import Contact, Identity, curve_public_of
 from zmqagents.node import Node
 
 ANSWER_BOUND = 2.0  # s an honest request may take on a loaded 2-core box
@@ -151,10 +151,11 @@ def test_refused_links_are_counted_and_exported_and_the_node_keeps_serving(arun)
         host, port = server.transport.endpoint[len("tcp://"):].rsplit(":", 1)
         ctx = zmq.Context()
         try:
-            plain = ctx.socket(zmq.DEALER)
-            plain.linger = 0
-            plain.connect(server.transport.endpoint)
-            plain.send(b"hello?")
+            # A plaintext (NULL mechanism) ZMTP 3.0 greeting, written by hand and left open: libzmq's own
+            # NULL client closes as soon as it reads our CURVE greeting, sometimes before ours has read its
+            # mechanism (then it is a handshake_aborted instead).
+            plain = socket.create_connection((host, int(port)))
+            plain.sendall(b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + bytes(31))
             stranger = Identity.generate()
             wrong_key = ctx.socket(zmq.DEALER)
             wrong_key.linger = 0
@@ -164,7 +165,7 @@ def test_refused_links_are_counted_and_exported_and_the_node_keeps_serving(arun)
             wrong_key.send(b"hello?")
             drops = server.transport.drops
             await _until(lambda: drops.get("plaintext", 0) >= 1 and drops.get("handshake_failed", 0) >= 1)
-            plain.close(linger=0)
+            plain.close()
             wrong_key.close(linger=0)
             accepted = server.transport.stats["links_accepted"]
             closed = server.transport.stats["links_closed"]
@@ -266,3 +267,66 @@ def test_an_epoch_outside_63_bits_is_refused_and_not_acked(arun):
             await server.close()
 
     arun(main(), timeout=30)
+
+
+def _libzmq_counter_starts(count: int) -> list[int]:
+    """The first ``count`` values libzmq 4.3.5's ``generate_random()`` gives when nobody seeded the C
+    library's ``rand()`` (libzmq defines ``seed_random()`` but never calls it): glibc's default seed is 1.
+    Each ROUTER (and REP, built on it) starts its counter of assigned routing ids at one of them."""
+    import subprocess
+    import sys
+
+    script = ("import ctypes; c = ctypes.CDLL(None); c.srand(1); "
+              f"print([c.rand() for _ in range({2 * count})])")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    r = [int(x) for x in out.stdout.strip()[1:-1].split(",")]
+    return [((r[2 * i + 1] << 31) | r[2 * i]) & 0xFFFFFFFF for i in range(count)]
+
+
+def test_a_routing_id_squatting_libzmqs_next_assigned_id_cannot_crash_a_node(arun):
+    """libzmq 4.3.5 gives a peer that sends no routing id the next value of a counter (a zero byte and 4
+    counter bytes), without checking that no peer chose that id itself; if one did, libzmq aborts the
+    process (zmq_assert in add_out_pipe). Unseeded, the counter starts where it starts in every process,
+    so two connections could crash any node. The transport seeds it from the OS; here the attacker squats
+    the ids of the unseeded start, then connects without a routing id, and the node process survives."""
+    import struct
+
+    from test_admin import Local
+
+    async def main():
+        node = Local()
+        honest = Node()
+        ctx = zmq.Context()
+        try:
+            await honest.start()
+            target = node.hello["contact"]
+            mallory = Identity.generate()
+            key = curve_public_of(Contact.parse(target).public_key)
+            endpoint = Contact.parse(target).endpoint
+
+            def dealer(routing_id: bytes | None) -> zmq.Socket:
+                sock = ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.curve_secretkey, sock.curve_publickey = mallory.curve_secret, mallory.curve_public
+                sock.curve_serverkey = key
+                if routing_id is not None:
+                    sock.setsockopt(zmq.ROUTING_ID, routing_id)
+                sock.connect(endpoint)
+                return sock
+
+            squats = [dealer(b"\x00" + struct.pack(">I", (start + k) & 0xFFFFFFFF))
+                      for start in _libzmq_counter_starts(8) for k in range(3)]
+            await asyncio.sleep(1.5)  # every squatter handshaken
+            plain = [dealer(None) for _ in range(3)]  # no routing id: libzmq assigns the next counter value
+            for sock in plain:
+                sock.send(b"no routing id")
+            await asyncio.sleep(1.5)
+            assert node.proc.poll() is None, f"the node died: {node.proc.stderr.read().decode()[-500:]}"
+            assert await honest.request(target, "alive?", timeout=ANSWER_BOUND) == {"echo": "alive?"}
+            assert len(squats) == 24 and len(plain) == 3  # all kept open until now
+        finally:
+            ctx.destroy(linger=0)
+            await honest.close()
+            node.stop()
+
+    arun(main(), timeout=40)

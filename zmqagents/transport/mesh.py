@@ -43,7 +43,9 @@ per loop turn, after which the sockets written to are re-checked once.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
+import functools
 import logging
 import os
 import time
@@ -72,6 +74,26 @@ BATCH_BYTES = 2 << 20
 KEY_SIZE = 32  # an Ed25519 verify key
 ROUTING_NONCE_SIZE = 16  # random bytes after the key in a DEALER's routing id
 ROUTING_ID_SIZE = KEY_SIZE + ROUTING_NONCE_SIZE
+
+
+@functools.cache
+def seed_libzmq_counters() -> bool:
+    """Seed the C library's ``rand()`` from the OS, once per process, before any ROUTER exists.
+
+    libzmq 4.3.5 gives a peer that sends no routing id the next value of a per-ROUTER counter (a zero
+    byte, then 4 counter bytes) without checking that no peer chose that very id itself, and aborts the
+    process when one did (``zmq_assert`` in ``routing_socket_base_t::add_out_pipe``). The counter starts
+    at ``rand()``, which libzmq never seeds, so unseeded it starts at the same value in every process:
+    one connection squatting that id and one without an id would crash any node. Seeded, the start is
+    one of 2^32 values nobody outside knows. False if the C library could not be reached (then the
+    counters stay predictable; logged)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "big")))
+    except (OSError, AttributeError) as exc:
+        log.warning("could not seed libzmq's routing id counters (%s): they are predictable", exc)
+        return False
+    return True
 
 
 def dealer_routing_id(public_key: bytes) -> bytes:
@@ -134,6 +156,7 @@ class Transport:
         self.allow = allow
         self._on_batch = on_batch
         self._on_publication = on_publication
+        seed_libzmq_counters()  # before our first ROUTER (and the ZAP handler's REP, built on one)
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.setsockopt(zmq.MAX_SOCKETS, max(1024, config.max_dealers + config.max_subscribers + 64))
         self.loop: asyncio.AbstractEventLoop | None = None
