@@ -208,7 +208,7 @@ def _raw_client(args):
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_serverkey = args.server_key.encode("ascii")
-    sock.setsockopt(zmq.ROUTING_ID, os.urandom(32))  # like a zmqagents DEALER: a 32-byte routing id
+    sock.setsockopt(zmq.ROUTING_ID, os.urandom(48))  # like a zmqagents DEALER: a 48-byte routing id
     sock.connect(args.endpoint)
     return ctx, sock
 
