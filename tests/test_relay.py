@@ -345,3 +345,38 @@ def test_a_restarted_relay_gets_the_registration_and_the_hello_again(arun):
             await close_all(edge, *([again] if again else []))
 
     arun(main())
+
+
+def test_an_edge_node_that_cannot_dial_its_bootstrap_node_joins_through_its_relay(arun, caplog):
+    """Issue 12, item 5: the bootstrap contact is one this host cannot dial (here a closed port; the
+    namespace version is in test_relay_netns.py). The edge node says so at start, joins through its
+    relay (a member of the mesh), and a node that holds only its id finds and reaches it."""
+    import socket
+
+    async def main():
+        r1 = relay_node()
+        await started(r1)
+        plain = Node(bootstrap=[r1.contact])
+        await started(plain)
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        nowhere = Identity.generate().contact(f"tcp://127.0.0.1:{closed.getsockname()[1]}")
+        edge = Node(bootstrap=[nowhere], config=NodeConfig(outbound_only=True, relays=[r1.contact], relay=FAST_RELAY,
+                                                           join_timeout=5.0))
+        edge.on_request(lambda body, msg: body)
+        outside = Node(bootstrap=[plain.contact], config=NodeConfig(member=False))
+        try:
+            with caplog.at_level("WARNING", logger="zmqagents.node"):
+                await started(edge)
+            assert edge.stats["bootstrap_undialable"] == 1
+            assert "cannot dial bootstrap node" in caplog.text and "Joining through its relay" in caplog.text
+            assert any(p["node_id"] == r1.node_id.hex() for p in edge.peers())
+            await started(outside)
+            found = await outside.find_contact(edge.node_id, timeout=5)
+            assert found == edge.contact
+            assert await outside.request(edge.node_id, "found you", timeout=5) == "found you"
+        finally:
+            closed.close()
+            await close_all(outside, edge, plain, r1)
+
+    arun(main(), timeout=40)

@@ -50,14 +50,17 @@ def edge_namespace():
 
 
 @contextmanager
-def process(argv: list[str], contact_file: Path, timeout: float = 20.0):
-    """Start a long-running CLI command that writes ``contact_file``; stop it by PID at the end."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def process(argv: list[str], contact_file: Path, timeout: float = 20.0, stderr: Path | None = None):
+    """Start a long-running CLI command that writes ``contact_file``; stop it by PID at the end.
+    Its stderr goes to the file ``stderr`` if given (to be read afterwards), else to a pipe."""
+    err = open(stderr, "w") if stderr is not None else subprocess.PIPE
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True)
     try:
         deadline = time.monotonic() + timeout
         while not contact_file.exists():
             if proc.poll() is not None:
-                raise AssertionError(f"{argv[3:5]} exited early: {proc.stderr.read()}")
+                said = proc.stderr.read() if stderr is None else stderr.read_text()
+                raise AssertionError(f"{argv[3:5]} exited early: {said}")
             assert time.monotonic() < deadline, f"{argv} did not start"
             time.sleep(0.05)
         yield proc, Contact.parse(contact_file.read_text())
@@ -71,6 +74,8 @@ def process(argv: list[str], contact_file: Path, timeout: float = 20.0):
                 proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+        if stderr is not None:
+            err.close()
 
 
 def _can_connect_from(ns: str, host: str, port: int) -> bool:
@@ -117,3 +122,39 @@ async def _outside(ns: str, host_ip: str, edge_contact: Contact, r1: subprocess.
         assert outside.transport.relaying.misses.get(edge_contact.relays[0].node_id, 0) >= 1
         assert failover_s < 5, f"failover took {failover_s:.2f} s"
         assert not outside.transport.drops.get("relay_bad_signature")
+
+
+@pytest.mark.timeout(90)
+def test_edge_node_whose_only_egress_is_its_relay_joins_through_it(tmp_path, arun):
+    """Issue 12, item 5: the edge node's only route is to its relay; its bootstrap node is one it
+    cannot dial. It says so at start (stderr), joins through its relay (a member of the mesh, started
+    with the same bootstrap node), publishes its relayed contact, and a node that holds only its id
+    finds it and gets an answer."""
+    with edge_namespace() as (ns, host_ip, _edge_ip):
+        with process(CLI + ["node", "--listen", "tcp://127.0.0.1:0", "--contact-file", str(tmp_path / "x")],
+                     tmp_path / "x") as (_x, x_contact), \
+                process(CLI + ["relay", "--listen", f"tcp://{host_ip}:0", "--bootstrap", str(x_contact),
+                               "--contact-file", str(tmp_path / "r")], tmp_path / "r") as (_r, r_contact):
+            edge_log = tmp_path / "edge.log"
+            edge_argv = ["ip", "netns", "exec", ns, *CLI, "node", "--outbound-only", "--relay", str(r_contact),
+                         "--bootstrap", str(x_contact), "--echo", "--contact-file", str(tmp_path / "edge")]
+            with process(edge_argv, tmp_path / "edge", stderr=edge_log) as (_edge, edge_contact):
+                arun(_find_the_edge(ns, x_contact, edge_contact.node_id), timeout=60)
+            text = edge_log.read_text()
+            assert "cannot dial bootstrap node" in text and "Joining through its relay" in text, text
+
+
+async def _find_the_edge(ns: str, x_contact: Contact, edge_id: bytes) -> None:
+    port = int(x_contact.endpoint.rsplit(":", 1)[1])
+    assert not _can_connect_from(ns, "127.0.0.1", port)  # the bootstrap node is out of the edge's reach
+    async with Node(listen="tcp://127.0.0.1:0", bootstrap=[x_contact], config=NodeConfig(member=False)) as outside:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 40
+        found = None
+        while found is None:  # the edge publishes its contact once it has joined (a few seconds)
+            assert loop.time() < deadline, "the edge node's contact record never appeared"
+            found = await outside.find_contact(edge_id, timeout=5)
+            if found is None:
+                await asyncio.sleep(0.5)
+        assert found.relayed
+        assert await outside.request(edge_id, {"hi": 1}, timeout=10) == {"hi": 1}

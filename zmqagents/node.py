@@ -57,6 +57,7 @@ from .envelope import Envelope
 from .identity import Contact, Identity, IdentityError, format_public_key, node_id_of, parse_node_id, short_id
 from .queues import BoundedQueue
 from .transport.mesh import Transport, TransportConfig
+from .transport.reach import dial_problem
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ EXPIRED = "Expired"  # ``type`` of the error reply to a request refused because 
 # BoundedQueue's reasons -> Node.stats keys (and the dropped-messages metric's reasons, sidecar/admin.py)
 _INBOX_REFUSALS = {"queue_full": "inbox_refused", "queue_bytes": "inbox_bytes_refused",
                    "peer_share": "inbox_share_refused", "peer_share_bytes": "inbox_share_refused"}
+# s an outbound-only node waits for a TCP connection to a bootstrap node before joining through its relays
+# instead: a routed host answers a connect in a round trip, a firewall that drops it never does
+DIAL_CHECK_TIMEOUT = 3.0
 RECONCILE_INTERVAL = 1.0  # s between bringing membership's member set in line with the routing table
 CONTACT_RECORD_DOMAIN = b"zmqagents/contact/v1\x00"  # DHT keys of nodes' own signed contact records
 
@@ -263,6 +267,7 @@ class Node:
             "publications_dropped": 0, "publications_refused": 0, "handler_errors": 0, "replies_dropped": 0,
             "relay_not_served": 0, "relay_refusals_received": 0, "contact_records_refused": 0,
             "requests_expired": 0,
+            "bootstrap_undialable": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -298,12 +303,41 @@ class Node:
         if peers:
             await asyncio.gather(*(self._hello(c) for c in peers))
         if self._bootstrap:
-            joined = await self.join(self._bootstrap, timeout=self.config.join_timeout)
+            bootstrap = self._bootstrap
+            if self.config.outbound_only:
+                bootstrap = await self._dialable_bootstrap(bootstrap)
+            joined = await self.join(bootstrap, timeout=self.config.join_timeout)
             if joined and self.config.outbound_only:
                 try:  # the DHT republishes it while we run
                     await self.publish_contact(timeout=self.config.join_timeout)
                 except (DhtError, ValueError) as exc:
                     log.warning("could not publish our relayed contact in the DHT: %s", exc)
+
+    async def _dialable_bootstrap(self, bootstrap: list[Contact]) -> list[Contact]:
+        """The bootstrap contacts an outbound-only node can dial; its relays if it can dial none of them.
+
+        Such a node reaches others by dialling them (only what comes back uses its relays), so a
+        bootstrap node it has no route to can never answer its join: ZeroMQ retries in silence, and the
+        join lookup (which also starts from the table, where the relays' hellos put them) goes on only
+        once it has waited that node out, and says nothing of why. Its relays it can dial (it is
+        registered with them), and a relay that is itself a member of the mesh answers a join like any
+        node, so the node joins through them at once and says so, with the reason for each contact.
+        """
+        timeout = min(DIAL_CHECK_TIMEOUT, self.config.join_timeout)
+        problems = await asyncio.gather(*(dial_problem(c.endpoint, timeout) for c in bootstrap))
+        usable = [c for c, problem in zip(bootstrap, problems) if problem is None]
+        failed = [(c, problem) for c, problem in zip(bootstrap, problems) if problem is not None]
+        self.stats["bootstrap_undialable"] += len(failed)
+        for contact, problem in failed:
+            log.warning("cannot dial bootstrap node %s at %s: %s", short_id(contact.node_id), contact.endpoint, problem)
+        if usable:
+            return usable
+        log.error("this outbound-only node cannot dial any of its %d bootstrap node(s), so it cannot join through "
+                  "them: it dials the nodes it talks to and only hears back through its relays. Joining through "
+                  "its relay(s) %s instead: a relay answers the join only if it is a member of the mesh (started "
+                  "with --bootstrap); nodes this host cannot dial are reached only when they talk to it first "
+                  "(through its relays)", len(bootstrap), ", ".join(short_id(r.node_id) for r in self._relays))
+        return list(self._relays)
 
     async def publish_contact(self, *, timeout: float = 30.0) -> int:
         """Store this node's contact in the DHT under :func:`contact_key`, signed by this node's key;
