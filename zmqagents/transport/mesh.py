@@ -85,8 +85,9 @@ def seed_libzmq_counters() -> bool:
     process when one did (``zmq_assert`` in ``routing_socket_base_t::add_out_pipe``). The counter starts
     at ``rand()``, which libzmq never seeds, so unseeded it starts at the same value in every process:
     one connection squatting that id and one without an id would crash any node. Seeded, the start is
-    one of 2^32 values nobody outside knows. False if the C library could not be reached (then the
-    counters stay predictable; logged)."""
+    one of 2^32 values nobody outside knows. ``rand()`` is the process's, so this covers every ROUTER
+    made after it, the sidecar's local API included (the daemon makes its Node first). False if the C
+    library could not be reached (then the counters stay predictable; logged)."""
     try:
         libc = ctypes.CDLL(None)
         libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "big")))
@@ -700,7 +701,7 @@ class Transport:
             if user_id != curve_hex:
                 # A connection claims a key it did not authenticate with: a takeover attempt, or a broken client.
                 self._drop("identity_mismatch", bytes.fromhex(user_id) if user_id else key,
-                           f"authenticated with another CURVE key, claims node {short_id(node_id)}")
+                           f"the link's CURVE key {(user_id or '?')[:12]} is not node {short_id(node_id)}'s")
                 return None
         if self.allow is not None and node_id not in self.allow:
             self._drop("not_allowed", node_id, "node is not on the allowlist")
