@@ -281,6 +281,25 @@ def test_receiver_that_lost_its_state_is_told_where_the_stream_goes_on():
     assert b2.stats["fwd_received"] >= 1
 
 
+def test_a_restarted_receiver_gets_at_once_what_its_previous_run_had_selectively_acked():
+    """Issue 12, seen in bench/chaos.py (the a-b link cut, then B killed): B held 4..40 behind the
+    hole at 3 and selectively acked them, then restarted and lost them. A marked them acked; each
+    was resent only when its own timer, re-checked every rto_max, found it at rcum + 1: about one
+    message per rto_max (38 took 120 s), with the window full, so nothing new went either."""
+    a, b, net = pair()
+    net.drop = lambda env: env.src == A and env.seq == 3 and a.stats["retransmits"] == 0  # its first copy
+    for i in range(1, 41):
+        a.send(B, i, 0.0)
+    net.advance(0.15)  # acks exchanged, before 3's first retransmission (rto 0.2 s)
+    assert net.delivered(B) == [1, 2] and b.stats["out_of_order"] == 37
+    b2 = Delivery(B, random.Random(99))  # B restarted: its buffer is gone
+    net.add(b2)
+    net.events[B] = []
+    net.advance(2.0)
+    assert sorted(net.delivered(B)) == list(range(3, 41))  # well within one rto_max (6.25 s)
+    assert a.stats["reneged"] == 37 and a.pending(B) == 0  # 4..40
+    assert len(net.delivered(B)) == 38  # each once
+
 # -- request / reply -------------------------------------------------------------------------
 
 

@@ -60,7 +60,7 @@ STAT_KEYS = (
     "replies", "replies_unmatched", "send_failed", "requests_failed", "requests_timed_out",
     "requests_cancelled", "request_limit", "abandoned", "fwd_sent", "fwd_received", "skipped",
     "malformed", "unsequenced", "stale_epoch", "epoch_resets", "buffer_discarded", "peers_evicted",
-    "dedup_restored", "reorder_bytes_full", "stream_reopens", "stalls",
+    "dedup_restored", "reorder_bytes_full", "stream_reopens", "stalls", "reneged",
 )
 
 
@@ -639,7 +639,11 @@ class Delivery(CoreOutputs):
         if p[_SACKED]:
             peer = p[_PEER]
             if p[_SEQ] == peer.rcum + 1:
-                p[_SACKED] = False  # the receiver waits for what it had acked: it lost it (restart); resend
+                # The receiver waits for what it had acked: it lost what it buffered (it restarted or
+                # evicted us). Every other mark came from that same lost buffer: clear them all, or each
+                # would wait for its own timer to find itself at rcum + 1, one message per rto_max.
+                p[_SACKED] = False
+                self._renege(peer, now)
             elif self._floor(peer) < p[_SEQ]:
                 # The receiver holds it behind a hole that a lower pending message will fill or, once
                 # abandoned, a fwd will skip: wait, without spending retries.
@@ -671,6 +675,22 @@ class Delivery(CoreOutputs):
                                      _ttl_ms(r.deadline, now), env.seq, env.ep, env.re, env.ack)
         self._out.append(env)
         self.stats["retransmits"] += 1
+
+    def _renege(self, peer: _Peer, now: float) -> None:
+        """The peer no longer holds what it selectively acked: unmark every other pending message to it
+        and resend each on its current timeout, as an unacked one (RFC 2018 section 8: after a
+        retransmit timeout the sender turns its SACK marks off). The caller resends its own entry."""
+        cfg = self.config
+        n = 1  # the caller's
+        for q in peer.out.values():
+            if not q[_SACKED]:
+                continue
+            q[_SACKED] = False
+            n += 1
+            if q[_SLOT]:
+                self._disarm(q[_SLOT])
+            q[_SLOT] = self._arm_slot(q, now + self._jittered(cfg.timeout(q[_TRIES] + 1)))
+        self.stats["reneged"] += n
 
     def _jittered(self, timeout: float) -> float:
         return timeout * (1.0 + self.config.jitter * (2.0 * self._rng.random() - 1.0))
