@@ -330,3 +330,77 @@ def test_a_routing_id_squatting_libzmqs_next_assigned_id_cannot_crash_a_node(aru
             node.stop()
 
     arun(main(), timeout=40)
+
+
+class _Rebinder:
+    """A TCP relay between a DEALER and a node's inbox that can forget the DEALER's side, as a NAT that
+    drops its mapping does: the DEALER sees its connection reset and reconnects (through the relay,
+    over a new upstream connection), while the node's end of the old connection stays open."""
+
+    def __init__(self, upstream: str):
+        self.host, port = upstream[len("tcp://"):].rsplit(":", 1)
+        self.port = int(port)
+        self.server: asyncio.base_events.Server | None = None
+        self.clients: list[asyncio.StreamWriter] = []
+        self.stale: list[asyncio.StreamWriter] = []  # upstream writers kept open, never closed
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"tcp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self.clients.append(writer)
+        self.stale.append(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def forget_clients(self) -> None:
+        """Reset the DEALER's side of every connection; leave the node's side open and silent."""
+        for writer in self.clients:
+            writer.transport.abort()
+        self.clients.clear()
+
+    async def close(self) -> None:
+        for writer in self.clients + self.stale:
+            writer.transport.abort()
+        if self.server is not None:
+            self.server.close()
+
+
+def test_a_dealer_that_reconnects_over_a_stale_connection_is_answered_at_once(arun):
+    """Why the inbox keeps ROUTER_HANDOVER on: a DEALER whose path lost its state (a NAT mapping) reconnects
+    with its own routing id while the node still holds the old, half-open connection. Handover gives the id
+    to the new connection at once; without it libzmq would ignore the new connection (a duplicate id) until
+    TCP gave up on the old one, and the peer would go unanswered. Only the DEALER that drew the id's random
+    bytes can present it again, so handover gives an attacker nothing (the tests above)."""
+
+    async def main():
+        server, peer = Node(), Node()
+        await server.start()
+        await peer.start()
+        server.on_request(lambda body, msg: body)
+        rebinder = _Rebinder(server.transport.endpoint)
+        try:
+            via = Contact.parse(f"{str(server.contact).split('@', 1)[0]}@{await rebinder.start()}")
+            assert await peer.request(via, "first", timeout=ANSWER_BOUND) == "first"
+            rebinder.forget_clients()
+            await asyncio.sleep(0.3)  # the DEALER notices and reconnects (reconnect_ivl 100 ms)
+            assert len(rebinder.stale) == 2  # a second upstream connection, the first still open
+            for i in range(3):
+                assert await peer.request(via, f"after {i}", timeout=ANSWER_BOUND) == f"after {i}"
+            assert server.transport.drops.get("bad_routing_id") is None
+        finally:
+            await rebinder.close()
+            await peer.close()
+            await server.close()
+
+    arun(main(), timeout=30)
