@@ -91,6 +91,9 @@ def test_metrics_from_a_real_node_follow_prometheus_naming_and_move_with_traffic
         assert family in before, family
     assert _value(before, "zmqagents_dropped_messages", "zmqagents_dropped_messages_total",
                   layer="node", reason="inbox_full") == 0
+    for reason in ("identity_mismatch", "bad_routing_id", "plaintext", "handshake_failed", "OversizeEnvelope"):
+        assert _value(before, "zmqagents_dropped_messages", "zmqagents_dropped_messages_total",
+                      layer="transport", reason=reason) == 0, reason  # there before the first refusal
     assert before["zmqagents_delivery_stalled_peers"].type == "gauge"
     assert _value(before, "zmqagents_delivery_stalled_peers", "zmqagents_delivery_stalled_peers") == 0
     assert _value(before, "zmqagents_delivery_stalls", "zmqagents_delivery_stalls_total") == 0

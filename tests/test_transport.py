@@ -366,3 +366,19 @@ def test_a_forgotten_peer_gets_no_frame_of_its_dead_stream(arun):
             a.close()
 
     arun(main())
+
+
+def test_the_exported_inbox_refusals_cover_every_decode_error_and_refused_link():
+    """INBOX_REFUSALS is exported at 0 from the start (sidecar/admin.py): it must name every reason the
+    decoder and the link monitor can produce, or that series would only appear after its first event."""
+    from zmqagents.envelope import EnvelopeError
+    from zmqagents.transport.linkwatch import MECHANISM_MISMATCH, refusal
+    from zmqagents.transport.mesh import INBOX_REFUSALS
+
+    decode_errors = {cls.__name__ for cls in EnvelopeError.__subclasses__()} - {"BadSignature"}  # verify only
+    links = {refusal(int(event), value)[0] for event, value in (
+        (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, MECHANISM_MISMATCH), (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, 0x11000001),
+        (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400), (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 104))}
+    assert decode_errors and links == {"plaintext", "handshake_failed", "handshake_refused", "handshake_aborted"}
+    assert decode_errors | links <= set(INBOX_REFUSALS)
+    assert len(set(INBOX_REFUSALS)) == len(INBOX_REFUSALS)

@@ -31,6 +31,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
+from ..transport.mesh import INBOX_REFUSALS
+
 if TYPE_CHECKING:
     from ..node import Node
 
@@ -127,8 +129,8 @@ class NodeCollector:
         drops = CounterMetricFamily("zmqagents_dropped_messages",
                                     "Messages dropped, by the layer that dropped them and why.",
                                     labels=["layer", "reason"])
-        for reason, n in sorted(transport.drops.items()):
-            drops.add_metric(["transport", reason], n)
+        for reason in sorted(set(INBOX_REFUSALS).union(transport.drops)):
+            drops.add_metric(["transport", reason], transport.drops.get(reason, 0))
         for key, reason in NODE_DROPS.items():
             drops.add_metric(["node", reason], node.stats[key])
         for reason in DELIVERY_DROPS:

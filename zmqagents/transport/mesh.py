@@ -787,6 +787,12 @@ class Transport:
 
 
 _OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten"})
+# What a peer can make the inbox refuse, in the order the checks run (protocols/node.md, "What the inbox
+# refuses"): exported at 0 from the start, so that a rate() alert on any of them needs no first event.
+INBOX_REFUSALS = ("plaintext", "handshake_failed", "handshake_refused", "handshake_aborted", "multipart",
+                  "bad_routing_id", "identity_mismatch", "not_allowed", "rate_messages", "rate_bytes",
+                  "TruncatedEnvelope", "OversizeEnvelope", "TooManyValues", "MalformedEnvelope",
+                  "UnsupportedVersion", "src_mismatch", "wrong_dst")
 
 
 def _any_port_like(endpoint: str) -> str:
