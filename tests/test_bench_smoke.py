@@ -177,3 +177,15 @@ def test_chaos_quick_runs_one_round_of_faults_and_accounts_for_every_message():
     assert out["unrecovered_faults"] == 0 and out["recovery_s"]["n"] == 3
     assert 0 <= out["recovery_s"]["p50"] <= out["recovery_s"]["p99"] <= out["recovery_s"]["max"]
     assert set(out["rss_mb"]) == {"a", "b", "c", "relay"} and all(v > 0 for v in out["rss_mb"].values())
+
+
+@pytest.mark.timeout(90)
+def test_fleet_quick_reports_the_check_cost_and_both_joins():
+    out = _run("fleet.py", "--quick", timeout=85)
+    assert out["nodes"] == 8 and [r["mode"] for r in out["runs"]] == ["open", "fleet"]
+    _positive(out, "cert_check_us_p50", "cert_check_us_p99", "ed25519_verify_us_p50", "cert_check_vs_verify",
+              "join_open_s", "join_fleet_s", "join_fleet_vs_open", "start_open_s", "start_fleet_s")
+    # a fleet node admits each peer it talks to once, and no more peers than there are
+    assert out["cert_check_us_p50"] <= out["cert_check_us_p99"]
+    assert 0 < out["fleet_admissions_per_node"] <= out["nodes"] - 1
+    assert out["fleet_uncertified_drops"] == 0

@@ -36,8 +36,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("transport", ("transport",)),
     # coretimer: the one loop timer Node and the agent runtime share; dht: the Node's DHT facade;
     # sim: drives the cores (as Node does) with a virtual clock; queues: the inbox's and the
-    # subscriptions' byte-bounded queue.
-    ("node", ("node", "dht", "coretimer", "sim", "queues")),
+    # subscriptions' byte-bounded queue; revocations: a fleet node's revocation lists through the DHT.
+    ("node", ("node", "dht", "coretimer", "sim", "queues", "revocations")),
     ("agents", ("agents",)),
     # The entry points: the CLI (launch.py starts it), its command modules, the sidecar daemon.
     ("cli/sidecar", ("cli", "launch", "demo", "fleet_commands", "sidecar")),

@@ -92,7 +92,7 @@ def render() -> str:
     checks.append(revoked)
 
     cert_env = Envelope(id=bytes(range(16)), src=ALICE.node_id, dst=BOB.node_id, type="fleet.cert",
-                        body={"cert": alice.encoded, "want": True, "rev": 7})
+                        body={"cert": alice.encoded, "want": True, "admitted": False, "rev": 7})
     vectors = {
         "description": __doc__.split("\n\n")[0],
         "now": NOW,

@@ -110,7 +110,10 @@ def _make_node(key: str | None, listen: str, peers: list[Contact], insecure: boo
     from .node import Node, NodeConfig
 
     allow = _read_allowlist(allowlist) if allowlist else None
+    from .fleet_commands import fleet_config
+
     config = config or NodeConfig()
+    config.fleet = config.fleet or fleet_config()
     config.member = member
     config.transport.seal_relayed = seal
     try:
@@ -155,7 +158,9 @@ def _common_node_options(f):
     f = click.option("--insecure", is_flag=True, help="Plaintext links (no CURVE). Only for debugging on a trusted host.")(f)
     f = click.option("--listen", default="tcp://127.0.0.1:0", show_default=True, help="Inbox endpoint (port 0 = any free port).")(f)
     f = click.option("--key", type=click.Path(dir_okay=False), help="Key file from `zmqagents keygen` (default: a throwaway identity).")(f)
-    return f
+    from .fleet_commands import fleet_options  # --ca/--cert/--revocations: join a fleet (zmqagents ca)
+
+    return fleet_options(f)
 
 
 def _mesh_member_options(f):
@@ -306,7 +311,9 @@ def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_
              ("mdns.enabled", mdns, "--mdns" if mdns else "--no-mdns"),
              ("log.level", {0: None, 1: "info"}.get(verbose, "debug"), "-v")]
     overrides += [Override(dotted, value, f"flag {flag}") for dotted, value, flag in flags if value is not None]
-    return overrides
+    from .fleet_commands import fleet_overrides
+
+    return overrides + fleet_overrides(ctx)
 
 
 def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, echo: bool) -> int:

@@ -54,8 +54,11 @@ from .core.routing import Introduced, Joined, LookupDone, RoutingConfig, Routing
 from .coretimer import CoreTimer
 from .dht import Dht, DhtError, ProviderInfo
 from .envelope import Envelope
+from .certs import CertError
 from .identity import Contact, Identity, IdentityError, format_public_key, node_id_of, parse_node_id, short_id
 from .queues import BoundedQueue
+from .revocations import RevocationSync
+from .transport.fleet import FleetConfig
 from .transport.mesh import Transport, TransportConfig
 from .transport.reach import dial_problem
 
@@ -120,7 +123,8 @@ class MemberEvent:
     """A change in what this node knows of a peer: ``kind`` is "joined" (this node joined the mesh;
     ``node_id`` is ours), "alive", "suspect", "failed", "left" or "refuted" (we were suspected and
     raised our own incarnation); on an outbound-only node also "relay_up" / "relay_down" (one of its
-    relays started or stopped answering its keepalive)."""
+    relays started or stopped answering its keepalive); in a fleet "revoked" (a revocation list cut
+    the peer off)."""
 
     kind: str
     node_id: bytes
@@ -176,6 +180,8 @@ class NodeConfig:
     relays: list = field(default_factory=list)  # contacts (str or Contact) of our relays, preferred first
     serve_relay: bool = False
     relay: RelayConfig = field(default_factory=RelayConfig)
+    # join = "fleet" (protocols/certificates.md): talk only to peers with a certificate from our CA
+    fleet: FleetConfig | None = None
 
 
 RequestHandler = Callable[[Any, Message], Any | Awaitable[Any]]
@@ -219,6 +225,7 @@ class Node:
             on_batch=self._on_batch,
             on_publication=self._on_publication,
             allow=frozenset(allowlist) if allowlist is not None else None,
+            fleet=self.config.fleet,
         )
         self._rng = rng or random.Random()
         # The cores get a monotonic clock, so a wall-clock step (NTP, a suspended VM) cannot look like
@@ -269,6 +276,7 @@ class Node:
             "requests_expired": 0,
             "bootstrap_undialable": 0,
         }
+        self.revocation_sync = self._fleet_setup()  # None unless join = "fleet"
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -302,6 +310,8 @@ class Node:
         peers = self._peers + [r for r in self._relays if r not in self._peers]
         if peers:
             await asyncio.gather(*(self._hello(c) for c in peers))
+        if self.revocation_sync is not None:
+            self.revocation_sync.start()
         if self._bootstrap:
             bootstrap = self._bootstrap
             if self.config.outbound_only:
@@ -439,6 +449,8 @@ class Node:
         self._closed = True
         if self._reconciler is not None:
             self._reconciler.cancel()
+        if self.revocation_sync is not None:
+            await self.revocation_sync.close()
         self._timer.cancel()
         for task in list(self._handler_tasks):
             task.cancel()
@@ -804,7 +816,7 @@ class Node:
         typ = env.type
         if typ == DELIVER:
             inner = self.transport.paths().unwrap(env)  # verified, or dropped and counted
-            if inner is not None:
+            if inner is not None and self.transport.admits(inner):  # a fleet takes certified senders only
                 batch.append(inner)  # the caller's loop handles it next, like any other arrival
         elif typ == FORWARD or typ == REGISTER:
             if self.relay_server is not None:
@@ -852,6 +864,54 @@ class Node:
                     self._handler_tasks.add(task)  # cancelled by close() like the handlers
                     task.add_done_callback(self._handler_tasks.discard)
                 self._relays_seen_up.add(event.node_id)
+
+    # -- fleet: join = "fleet" (protocols/certificates.md) ---------------------------
+
+    def _fleet_setup(self) -> "RevocationSync | None":
+        """Check our own certificate as a peer would (a node that would be refused everywhere fails now,
+        with the reason) and wire revocation: lists that cut peers off, the DHT copy of the list."""
+        gate = self.transport.fleet
+        if gate is None:
+            return None
+        try:
+            cert = gate.admission.check_own(self.identity.public_key, time.time())
+        except CertError as exc:
+            raise ValueError(f"this node's fleet certificate cannot be used ({exc.reason}): {exc}") from None
+        left = cert.not_after - time.time()
+        if left < min(7 * 86400, (cert.not_after - cert.not_before) / 5):
+            log.warning("this node's fleet certificate expires in %.1f days: have the operator sign a new one",
+                        left / 86400)
+        sync = RevocationSync(self.dht, self.revoke, gate.admission, interval=self.config.fleet.revocation_poll,
+                              ttl=self.config.dht.max_ttl, rng=self._rng)
+        gate.on_newer_revocations.append(lambda issuer, sequence: sync.poke())
+        return sync
+
+    def revoke(self, revocations: bytes) -> list[bytes]:
+        """Take a CA-signed revocation list (the bytes ``zmqagents ca revoke`` writes, decoded): peers it
+        revokes are cut off and forgotten by every core; the list is published in the DHT for the rest of
+        the fleet. Returns the ids cut off; CertError if the list cannot be trusted, ValueError if this
+        node is not a fleet member."""
+        gate = self.transport.fleet
+        if gate is None:
+            raise ValueError('revocation lists are for join = "fleet" nodes')
+        gone = gate.adopt(revocations)
+        for nid in gone if self.routing is not None else ():  # before start() there is nothing to forget
+            self.routing.forget(nid)  # membership stops probing it at the next reconcile
+            self.delivery.forget(nid)
+            self.transport.forget(nid)
+            self.dht.core.forget(nid)
+            self._neighbours.pop(nid, None)
+            self._emit(MemberEvent("revoked", nid))
+        if self.revocation_sync is not None:
+            self.revocation_sync.poke()
+        if gone:
+            self._pump()
+        return gone
+
+    def certified_groups(self, node_id: bytes) -> frozenset[str]:
+        """The groups the certificate of an admitted fleet peer names (empty outside a fleet)."""
+        gate = self.transport.fleet
+        return frozenset() if gate is None else gate.admission.groups_of(node_id)
 
     # -- driving the core ------------------------------------------------------------
 

@@ -79,15 +79,17 @@ def _groups_option(path: str | None, allow: tuple[str, ...]) -> dict[str, frozen
         raise click.BadParameter(str(exc), param_hint="--groups") from None
 
 
-def _allow_option(values: tuple[str, ...], groups: dict[str, frozenset[bytes]]) -> frozenset[bytes | str]:
-    """--allow values as an allow list: node ids and group names (each group must be in --groups)."""
+def _allow_option(values: tuple[str, ...], groups: dict[str, frozenset[bytes]], *,
+                  fleet: bool = False) -> frozenset[bytes | str]:
+    """--allow values as an allow list: node ids and group names (each group must be in --groups, unless the
+    node joins a fleet: then @GROUP also admits callers whose certificate names the group)."""
     from ..identity import IdentityError, parse_peer_ref
 
     entries: set[bytes | str] = set()
     for value in values:
         if value.startswith("@"):
             name = value[1:]
-            if name not in groups:
+            if name not in groups and not fleet:
                 where = "the --groups file" if groups else "--groups FILE (none given)"
                 raise click.BadParameter(f"{value}: no group {name!r} in {where}", param_hint="--allow")
             entries.add(name)
@@ -130,8 +132,9 @@ def _lookup_for(node, to: tuple[str, ...]):
 @click.option("--input-schema", help="JSON schema of the input, inline or @FILE; bad input is refused before it is sent.")
 @click.option("--output-schema", help="JSON schema of the output, inline or @FILE (published for callers).")
 @click.option("--allow", "allow", multiple=True, metavar="ID|@GROUP|FILE",
-              help="Only these callers (repeatable): a node id, public key or contact, @GROUP from --groups, or an "
-                   "allowlist file (one id per line). Others get rejected with code denied.")
+              help="Only these callers (repeatable): a node id, public key or contact, @GROUP from --groups (in a "
+                   "fleet, --ca/--cert, also any caller whose certificate names GROUP), or an allowlist file (one "
+                   "id per line). Others get rejected with code denied.")
 @click.option("--groups", "groups_file", type=click.Path(dir_okay=False),
               help="Groups that --allow @GROUP names: TOML (or .json) of group = [node ids, keys or contacts].")
 def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, description, tags, cost,
@@ -171,15 +174,15 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     if ask and stdin_mode != "json":
         raise click.UsageError("--ask needs --stdin json: the input and each answer are one JSON line each")
     groups = _groups_option(groups_file, allow)
+    n = _make_node(key, listen, _contacts(peers), insecure, None, _contacts(bootstrap, hint="--bootstrap"), member=True)
     try:
         cap = Capability(name, description=description, tags=tuple(tags), cost_per_call=cost,
                          max_concurrency=max_concurrency, queue=queue,
                          input_schema=_schema_option(input_schema, "--input-schema"),
                          output_schema=_schema_option(output_schema, "--output-schema"),
-                         allow=_allow_option(allow, groups) if allow else None)
+                         allow=_allow_option(allow, groups, fleet=n.transport.fleet is not None) if allow else None)
     except CapabilityError as exc:
         raise click.UsageError(str(exc)) from None
-    n = _make_node(key, listen, _contacts(peers), insecure, None, _contacts(bootstrap, hint="--bootstrap"), member=True)
 
     async def main() -> int:
         from .runtime import Agents

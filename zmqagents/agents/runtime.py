@@ -181,6 +181,9 @@ class Agents:
         self.provider = TaskProvider(node.node_id, rng, provider)
         for name, members in (groups or {}).items():
             self.set_group(name, members)
+        certified = getattr(node, "certified_groups", None)
+        if certified is not None and getattr(getattr(node, "transport", None), "fleet", None) is not None:
+            self.provider.set_group_source(certified)  # a fleet: @group in allow lists also means its certificates
         self._served: dict[str, tuple[Capability, Agent]] = {}
         self._listed: set[str] = set()  # published names, listed in our registry entry (registry.py)
         self._registry_task: asyncio.Task | None = None

@@ -14,7 +14,7 @@ import random
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..envelope import Envelope
 from .outputs import CoreOutputs
@@ -152,6 +152,7 @@ class TaskProvider(CoreOutputs):
         self.config = config or ProviderConfig()
         self._policies: dict[str, CapabilityPolicy] = {}
         self._groups: dict[str, frozenset[bytes]] = {}  # group name -> member node ids (for allow lists)
+        self._group_source: Callable[[bytes], frozenset[str]] | None = None  # caller -> groups it is certified in
         self._jobs: dict[bytes, _Job] = {}  # wire id -> job (running, queued, or input-required)
         self._running: dict[str, int] = {}
         self._limits: dict[str, int] = {}  # max_concurrency, kept after withdraw() for tasks still admitted
@@ -196,6 +197,12 @@ class TaskProvider(CoreOutputs):
     def groups(self) -> dict[str, frozenset[bytes]]:
         return dict(self._groups)
 
+    def set_group_source(self, source: Callable[[bytes], frozenset[str]] | None) -> None:
+        """Also count a caller as a member of the groups ``source(caller)`` names: in a fleet, the groups
+        of the certificate the caller presented (protocols/certificates.md), checked by the transport
+        before any task message got here. A group then needs no local definition."""
+        self._group_source = source
+
     def _denial(self, policy: CapabilityPolicy, src: bytes, cap: str) -> str | None:
         """None if ``src`` may call ``cap``, else the reason it may not (names the groups it is not in)."""
         allow = policy.allow
@@ -204,9 +211,11 @@ class TaskProvider(CoreOutputs):
         groups = policy.groups
         if any(src in self._groups.get(g, ()) for g in groups):
             return None
+        if groups and self._group_source is not None and not self._group_source(src).isdisjoint(groups):
+            return None
         why = f"caller {src.hex()[:12]} is not on the allow list of {cap!r}"
         if groups:
-            undefined = [g for g in groups if g not in self._groups]
+            undefined = [g for g in groups if g not in self._groups] if self._group_source is None else []
             why += " and not in its group(s) " + ", ".join("@" + g for g in groups)
             if undefined:
                 why += " (not defined on this provider: " + ", ".join("@" + g for g in undefined) + ")"

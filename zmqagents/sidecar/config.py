@@ -22,7 +22,7 @@ lists are comma-separated, modes are octal (``0660``). Relative paths in a file 
 that file's directory; elsewhere to the working directory.
 
 Sections and keys other engineers rely on: ``[node]`` key, listen, bootstrap, peers, allowlist,
-secure, outbound_only, relays, seal, profile, contact_file, drain_timeout; ``[local_api]`` enabled, path,
+join, ca, cert, revocations, secure, outbound_only, relays, seal, profile, contact_file, drain_timeout; ``[local_api]`` enabled, path,
 mode; ``[spool]`` dir, max_bytes, fsync; ``[mdns]`` enabled, service; ``[admin]`` enabled, listen;
 ``[log]`` format, level. To add a key, add a ``setting(...)`` to its section's dataclass: parsing,
 env vars, ``config check`` and the error messages follow from it.
@@ -126,6 +126,26 @@ class PathKind(Kind):
         if "\0" in value:
             raise ValueError("must not contain a NUL byte")
         return value
+
+
+class CaKey(PathKind):
+    """A CA public key: its base32 text (kept as it is) or a file holding it (a path, resolved as paths are)."""
+
+    def from_toml(self, value: Any) -> str:
+        value = super().from_toml(value)
+        if value and self.literal(value):
+            from ..identity import IdentityError, parse_public_key
+
+            try:
+                parse_public_key(value)
+            except IdentityError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @staticmethod
+    def literal(value: str) -> bool:
+        """52 characters of base32 and no path separator: a key, not a file name."""
+        return len(value) == 52 and "/" not in value and value.isalnum()
 
 
 class Bool(Kind):
@@ -300,6 +320,15 @@ class NodeSection:
     peers: tuple[str, ...] = setting(ContactList(), (), doc="Contacts of neighbours to connect to directly")
     allowlist: str = setting(PathKind(optional=True), "", reloadable=True,
                              doc="File of node ids/keys/contacts allowed to talk to this node (empty: anyone)")
+    join: str = setting(Choice("open", "allowlist", "fleet"), "open",
+                        doc="Who may talk to this node: open (anyone), allowlist (the allowlist file), or fleet "
+                            "(certificates from [node] ca; protocols/certificates.md). An allowlist applies "
+                            "whenever it is set")
+    ca: str = setting(CaKey(optional=True), "", doc="join = fleet: the CA public key, or a file holding it (ca.pub)")
+    cert: str = setting(PathKind(optional=True), "", reloadable=True,
+                        doc="join = fleet: this node's certificate file from `zmqagents ca sign`")
+    revocations: str = setting(PathKind(optional=True), "", reloadable=True,
+                               doc="join = fleet: revocation list file from `zmqagents ca revoke` (re-read on SIGHUP)")
     secure: bool = setting(Bool(), True, doc="CURVE on every link; false only for debugging on a trusted host")
     outbound_only: bool = setting(Bool(), False, doc="Behind NAT: accept nothing inbound, be reached through relays")
     relays: tuple[str, ...] = setting(ContactList(), (), doc="Contacts of relays an outbound-only node connects to")
@@ -481,7 +510,8 @@ def _check(dotted: str, value: Any, origin: str, *, text: bool) -> Any:
 
 def _resolve_path(dotted: str, value: Any, base: Path | None) -> Any:
     """Paths are expanded (~) and, from a file, made relative to the file's directory."""
-    if isinstance(describe(dotted)[0], PathKind) and value:
+    kind = describe(dotted)[0]
+    if isinstance(kind, PathKind) and value and not (isinstance(kind, CaKey) and kind.literal(value)):
         path = Path(value).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
@@ -643,6 +673,17 @@ def _cross_check(config: SidecarConfig) -> None:
     if config.node.relays and not config.node.outbound_only:
         raise ConfigError(f"{where('node.relays')} is set but {where('node.outbound_only')} is false: "
                           "relays are for outbound-only nodes")
+    node = config.node
+    if node.join == "fleet" and not (node.ca and node.cert):
+        raise ConfigError(f"{where('node.join')} is fleet but {where('node.ca' if not node.ca else 'node.cert')} "
+                          "is empty: a fleet node needs the CA public key (ca) and its certificate (cert); "
+                          "see `zmqagents ca --help`")
+    if node.join != "fleet" and (node.ca or node.cert or node.revocations):
+        key = "node.ca" if node.ca else "node.cert" if node.cert else "node.revocations"
+        raise ConfigError(f"{where(key)} is set but {where('node.join')} is {node.join}: set join = \"fleet\" "
+                          "to admit nodes by certificate")
+    if node.join == "allowlist" and not node.allowlist:
+        raise ConfigError(f"{where('node.join')} is allowlist but {where('node.allowlist')} is empty")
     if config.local_api.enabled and config.local_api.path == config.node.key:
         raise ConfigError(f"{where('local_api.path')} is the same file as {where('node.key')}")
 

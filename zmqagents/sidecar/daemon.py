@@ -19,7 +19,8 @@ Lifecycle
   and are sent after the next start.
 * SIGHUP: re-read the same file, conf.d and environment (flags still win). Applied in place:
   ``[log] level`` and ``format``, the ``[node] allowlist`` (the file is re-read even when its
-  path is unchanged), and whatever a service's ``reload`` applies. Anything else that changed
+  path is unchanged), the fleet's ``[node] revocations`` and ``cert`` files (re-read likewise: a
+  newer revocation list cuts revoked peers off, a renewed certificate is shown from then on), and whatever a service's ``reload`` applies. Anything else that changed
   is logged as "needs a restart" and keeps its running value. A config that no longer
   validates is logged and ignored: the sidecar keeps running as it was.
 
@@ -188,6 +189,32 @@ def read_allowlist(config: SidecarConfig) -> frozenset[bytes] | None:
         raise ConfigError(f"node.allowlist (from {config.sources['node.allowlist']}): {exc}") from None
 
 
+def read_fleet(config: SidecarConfig) -> "FleetConfig | None":
+    """The fleet settings of ``join = "fleet"`` with the CA key, certificate and revocation list read now;
+    None for another join policy. ConfigError names the key and the file."""
+    node = config.node
+    if node.join != "fleet":
+        return None
+    from ..certs import CertError, parse_ca, read_certificate, read_revocations
+    from ..transport.fleet import FleetConfig
+
+    try:
+        ca = parse_ca(node.ca)
+    except IdentityError as exc:
+        raise ConfigError(f"node.ca (from {config.sources['node.ca']}): {exc}") from None
+    try:
+        cert = read_certificate(node.cert)
+    except CertError as exc:
+        raise ConfigError(f"node.cert (from {config.sources['node.cert']}): {exc}") from None
+    revocations = None
+    if node.revocations:
+        try:
+            revocations = read_revocations(node.revocations)
+        except CertError as exc:
+            raise ConfigError(f"node.revocations (from {config.sources['node.revocations']}): {exc}") from None
+    return FleetConfig(cas=(ca,), certificate=cert, revocations=revocations)
+
+
 class Sidecar:
     """A Node plus optional services, driven by a :class:`SidecarConfig`.
 
@@ -213,6 +240,7 @@ class Sidecar:
             messages=limits.peer_messages_per_s, message_burst=2 * limits.peer_messages_per_s,
             bytes=limits.peer_bytes_per_s,
             byte_burst=max(2 * limits.peer_bytes_per_s, 2 * node_config.transport.max_message_size))
+        node_config.fleet = read_fleet(config)
         try:
             self.node = Node(
                 self.identity,
@@ -388,6 +416,7 @@ class Sidecar:
             logs.configure(new.log.format, new.log.level)
             applied += [k for k in ("log.format", "log.level") if k in changed]
         applied += self._reload_allowlist(new, "node.allowlist" in changed)
+        applied += self._reload_fleet(new, changed)
         for name, service in self.services.items():
             reload = getattr(service, "reload", None)
             if reload is None:
@@ -408,6 +437,39 @@ class Sidecar:
         if not changed:
             log.info("reload: configuration unchanged")
         return {"applied": applied, "restart": restart}
+
+    def _reload_fleet(self, new: SidecarConfig, changed: list[str]) -> list[str]:
+        """Re-read the fleet's revocation list and certificate files (they may change under the same path)."""
+        gate = self.node.transport.fleet
+        if gate is None or new.node.join != "fleet":
+            return []
+        from ..certs import CertError
+
+        try:
+            fleet = read_fleet(new)
+        except ConfigError as exc:
+            log.error("reload: keeping the previous fleet certificate and revocation list: %s", exc)
+            return []
+        applied = []
+        if fleet.revocations is not None:
+            try:
+                gone = self.node.revoke(fleet.revocations)
+                log.info("reload: revocation list %d in force (%d peer(s) cut off)",
+                         gate.admission.revocations.sequence(gate.admission.certificate.issuer), len(gone))
+                applied.append("node.revocations")
+            except CertError as exc:
+                log.error("reload: revocation list %s refused: %s", new.node.revocations, exc)
+        if fleet.certificate != gate.admission.certificate.encoded:
+            previous = gate.admission.certificate.encoded
+            gate.admission.replace_certificate(fleet.certificate)
+            try:
+                gate.admission.check_own(self.identity.public_key, time.time())
+                log.info("reload: this node now shows certificate %s", new.node.cert)
+            except CertError as exc:
+                gate.admission.replace_certificate(previous)
+                log.error("reload: keeping the previous certificate; %s cannot be used: %s", new.node.cert, exc)
+        applied.append("node.cert")
+        return [k for k in applied if k in changed]
 
     def _reload_allowlist(self, new: SidecarConfig, path_changed: bool) -> list[str]:
         """Re-read the allowlist (the file may have changed even if its path did not)."""

@@ -60,6 +60,7 @@ from ..core.relay import FORWARD
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, node_id_of, short_id
 from .droplog import DropLog
+from .fleet import FleetConfig, FleetGate
 from .linkwatch import LinkWatch
 from .relaying import RelayPaths
 from .sockio import MORE_NOBLOCK, NOBLOCK, readable
@@ -151,10 +152,14 @@ class Transport:
         on_batch: BatchHandler,
         on_publication: PublicationHandler,
         allow: frozenset[bytes] | None = None,
+        fleet: FleetConfig | None = None,
     ):
         self.identity = identity
         self.config = config
         self.allow = allow
+        # join = "fleet": nothing passes to or from a peer before its certificate (fleet.py)
+        self.fleet: FleetGate | None = None if fleet is None else FleetGate(
+            identity, fleet, drop=self._drop, send_now=self._send_control, requeue=self._requeue)
         self._on_batch = on_batch
         self._on_publication = on_publication
         seed_libzmq_counters()  # before our first ROUTER (and the ZAP handler's REP, built on one)
@@ -354,6 +359,15 @@ class Transport:
 
         The wrapper goes straight to the relay's own connection: a relay is never itself reached
         through a relay, so a contact that claims otherwise cannot make routes loop."""
+        wrapped = self._wrap_relayed(env, relaying)
+        if wrapped is None:
+            return False
+        self._outbox.append((wrapped[0], wrapped[1], env.dst))
+        self._schedule_flush()
+        return True
+
+    def _wrap_relayed(self, env: Envelope, relaying: RelayPaths) -> tuple[bytes, bytes] | None:
+        """(relay, frame of the relay.fwd carrying ``env``), or None (counted) if it cannot be encoded."""
         dst = env.dst
         relay = relaying.pick(env)
         try:
@@ -362,10 +376,33 @@ class Transport:
                              body=body).encode(max_size=self.config.max_message_size)
         except (EnvelopeError, IdentityError) as exc:
             self._drop("encode_error", dst, exc)
-            return False
-        self._outbox.append((relay, frame, dst))
+            return None
+        return relay, frame
+
+    def _send_control(self, env: Envelope) -> None:
+        """Write ``env`` (our fleet.cert) now, ahead of everything queued and past the fleet gate."""
+        relaying = self.relaying
+        if relaying is not None and env.dst in relaying.via and env.dst not in self._inbound:
+            wrapped = self._wrap_relayed(env, relaying)  # the relay hop was admitted, or is asked like any peer
+        else:
+            try:
+                wrapped = env.dst, env.encode(max_size=self.config.max_message_size)
+            except EnvelopeError as exc:
+                self._drop("encode_error", env.dst, exc)
+                wrapped = None
+        if wrapped is not None:
+            self._route(*wrapped)
+            self._schedule_flush()
+
+    def _requeue(self, dst: bytes, frames: list[bytes]) -> None:
+        """Frames the fleet gate held for ``dst`` go out, in order, now that its certificate is accepted."""
+        self._outbox.extend((dst, frame, dst) for frame in frames)
         self._schedule_flush()
-        return True
+
+    def admits(self, env: Envelope) -> bool:
+        """Whether a received envelope may reach the cores (always, unless join = "fleet"): for envelopes
+        that did not come straight off a socket, such as those unwrapped from a relay."""
+        return self.fleet is None or self.fleet.admit(env)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -379,7 +416,10 @@ class Transport:
         if self._closed:
             return
         outbox, self._outbox = self._outbox, []
-        for hop, frame, _ in outbox:
+        gate = self.fleet
+        for hop, frame, dst in outbox:
+            if gate is not None and not gate.clear(hop, frame, dst):
+                continue  # held until hop shows its certificate (or dropped, see fleet.py)
             self._route(hop, frame)
         socks, self._recheck = self._recheck, set()
         for sock in socks:
@@ -544,6 +584,8 @@ class Transport:
         self._close_dealer(node_id)
         self._inbound.pop(node_id, None)
         self.unsubscribe_from(node_id)
+        if self.fleet is not None:
+            self.fleet.forget(node_id)
         if self.relaying is not None:
             self.relaying.forget(node_id)
             self.relaying.remove_relay(node_id)
@@ -666,6 +708,8 @@ class Transport:
                 inbound[sender] = rid
                 while len(inbound) > self.config.max_known_keys:
                     inbound.popitem(last=False)
+            if self.fleet is not None and not self.fleet.admit(env):
+                continue
             batch.append(env)
         else:
             self.loop.call_soon(self._drain_router, sock)  # more may be waiting; let others run first
@@ -759,7 +803,7 @@ class Transport:
                     self._drop("multipart", link.node_id, "publication must be [topic, envelope]")
                     continue
                 env = self._decode(parts[1], link.node_id)
-                if env is not None:
+                if env is not None and (self.fleet is None or self.fleet.admit(env)):
                     stats["publications_in"] += 1
                     self._on_publication(parts[0], env)
                 continue
@@ -767,7 +811,7 @@ class Transport:
                 self._drop("multipart", link.node_id, "unexpected extra frames")
                 continue
             env = self._decode(parts[0], link.node_id)
-            if env is not None:
+            if env is not None and (self.fleet is None or self.fleet.admit(env)):
                 cost += env.cost
                 batch.append(env)
         else:
@@ -786,7 +830,8 @@ class Transport:
         self._droplog.drop(reason, peer, detail)
 
 
-_OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten"})
+_OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten",
+                             "cert_pending_full", "uncertified_destination"})
 # What a peer can make the inbox refuse, in the order the checks run (protocols/node.md, "What the inbox
 # refuses"): exported at 0 from the start, so that a rate() alert on any of them needs no first event.
 INBOX_REFUSALS = ("plaintext", "handshake_failed", "handshake_refused", "handshake_aborted", "multipart",

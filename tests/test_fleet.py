@@ -1,0 +1,367 @@
+"""join = "fleet" between real Nodes (tcp loopback, CURVE on): admission by certificate, every refusal
+reason over real sockets, revocation (a list given to one node reaches the others through the DHT and
+cuts the revoked node off), certificate groups in capability allow lists, the sidecar's config and SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from zmqagents.agents.capability import Capability
+from zmqagents.agents.runtime import Agents, DirectLookup
+from zmqagents.certs import armor, issue, sign_revocations, REVOCATION_FILE_HEADER, CERT_FILE_HEADER
+from zmqagents.core import tasks as T
+from zmqagents.core.membership import MembershipConfig
+from zmqagents.identity import Identity, format_public_key
+from zmqagents.node import Node, NodeConfig, PeerUnreachable, RequestTimeout
+from zmqagents.transport.fleet import FleetConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+CA = Identity.generate()
+
+
+def _cert(identity: Identity, name: str, *, ca: Identity = CA, groups=(), nb=None, na=None) -> bytes:
+    now = int(time.time())
+    return issue(ca, identity.public_key, name, groups=groups, not_before=now - 60 if nb is None else nb,
+                 not_after=now + 3600 if na is None else na, serial=os.urandom(16)).encoded
+
+
+def _config(cert: bytes, **fleet) -> NodeConfig:
+    return NodeConfig(
+        membership=MembershipConfig(probe_interval=0.3, probe_timeout=0.1, suspicion_min=0.6, suspicion_max=1.5,
+                                    gossip_interval=0.1),
+        leave_timeout=0.1, join_timeout=5,
+        fleet=FleetConfig(cas=(CA.public_key,), certificate=cert, revocation_poll=fleet.pop("poll", 30.0), **fleet))
+
+
+def _member(name: str, groups=(), **kw) -> Node:
+    identity = Identity.generate()
+    return Node(identity, config=_config(_cert(identity, name, groups=groups)), **kw)
+
+
+async def _fleet(n: int) -> list[Node]:
+    seed = _member("n0")
+    seed.on_request(lambda body, msg: {"from": "n0", "body": body})
+    await seed.start()
+    nodes = [seed]
+    for i in range(1, n):
+        node = _member(f"n{i}", bootstrap=[seed.contact])
+        node.on_request(lambda body, msg, i=i: {"from": f"n{i}", "body": body})
+        await node.start()
+        nodes.append(node)
+    return nodes
+
+
+async def _until(check, within: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _drops(node: Node) -> dict:
+    return dict(node.transport.drops)
+
+
+def test_a_fleet_joins_and_an_outsider_gets_nothing_either_way(arun):
+    async def main():
+        nodes = await _fleet(4)
+        outsider = Node(config=NodeConfig(leave_timeout=0.1))
+        served = []
+        outsider.on_request(lambda body, msg: served.append(body) or "leaked")
+        await outsider.start()
+        try:
+            ids = {n.node_id for n in nodes}
+            await _until(lambda: all(ids - {n.node_id} <= {e.node_id for e in n.routing.table} for n in nodes),
+                         what="every fleet node in every routing table")
+            assert await nodes[3].request(nodes[1].contact, "hi", timeout=5) == {"from": "n1", "body": "hi"}
+            # the outsider, dialling in: its messages never reach a core, it gets no answer
+            with pytest.raises(RequestTimeout):
+                await outsider.request(nodes[0].contact, "let me in", timeout=1.5)
+            assert _drops(nodes[0]).get("uncertified", 0) >= 1
+            # a fleet node dialling the outsider sends it nothing but its certificate
+            with pytest.raises(RequestTimeout):
+                await nodes[2].request(outsider.contact, "secret", timeout=1.5)
+            assert served == [] and nodes[2].transport.fleet.stats["held"] >= 1
+            assert outsider.node_id not in {e.node_id for n in nodes for e in n.routing.table}
+        finally:
+            await asyncio.gather(outsider.close(), *(n.close() for n in nodes))
+
+    arun(main(), timeout=50)
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("expired", "cert_expired"), ("not_yet_valid", "cert_not_yet_valid"), ("wrong_ca", "cert_unknown_issuer"),
+    ("other_key", "cert_wrong_key"), ("revoked", "cert_revoked"), ("tampered", "cert_bad_signature"),
+])
+def test_each_bad_certificate_is_refused_over_real_sockets(arun, case, reason):
+    async def main():
+        good = _member("good")
+        served = []
+        good.on_request(lambda body, msg: served.append(body) or "served")
+        await good.start()
+        identity = Identity.generate()
+        peer = Node(identity, config=_config(_cert(identity, "peer")))  # a valid one to start with ...
+        now = int(time.time())
+        bad = {
+            "expired": lambda: _cert(identity, "peer", nb=now - 7200, na=now - 1),
+            "not_yet_valid": lambda: _cert(identity, "peer", nb=now + 600, na=now + 7200),
+            "wrong_ca": lambda: _cert(identity, "peer", ca=Identity.generate()),
+            "other_key": lambda: _cert(Identity.generate(), "peer"),
+            "revoked": lambda: _cert(identity, "peer"),
+            "tampered": lambda: _cert(identity, "peer", groups=["ops"]).replace(b"ops", b"adm"),
+        }[case]()
+        peer.transport.fleet.admission.replace_certificate(bad)  # ... and shows this one instead
+        if case == "revoked":
+            good.revoke(sign_revocations(CA, [(identity.public_key, 0)], sequence=1, issued_at=now).encoded)
+        await peer.start()
+        try:
+            with pytest.raises(RequestTimeout):
+                await peer.request(good.contact, "hi", timeout=1.5)
+            drops = _drops(good)
+            assert drops.get(reason, 0) >= 1, drops
+            assert served == []
+            assert not good.transport.fleet.admission.admitted(peer.node_id, time.time())
+        finally:
+            await asyncio.gather(peer.close(), good.close())
+
+    arun(main(), timeout=30)
+
+
+def test_a_revocation_given_to_one_node_reaches_the_others_and_cuts_the_node_off(arun):
+    async def main():
+        nodes = []  # every node looks in the DHT for a newer revocation list twice a second
+        for i in range(5):
+            identity = Identity.generate()
+            node = Node(identity, config=_config(_cert(identity, f"n{i}"), poll=0.5),
+                        bootstrap=[nodes[0].contact] if nodes else [])
+            node.on_request(lambda body, msg, i=i: f"n{i}")
+            await node.start()
+            nodes.append(node)
+        victim, others = nodes[4], nodes[:4]
+        try:
+            for n in others:
+                assert await victim.request(n.contact, "before", timeout=5) == f"n{nodes.index(n)}"
+            crl = sign_revocations(CA, [(victim.identity.public_key, 0)], sequence=1, issued_at=int(time.time()))
+            assert others[0].revoke(crl.encoded) == [victim.node_id]
+            # the others find list 1 in the DHT (published by nodes[0]) and cut the victim off too
+            await _until(lambda: all(not n.transport.fleet.admission.admitted(victim.node_id, time.time())
+                                     and n.transport.fleet.admission.revocations.sequence(
+                                         n.transport.fleet.admission.certificate.issuer) == 1 for n in others),
+                         within=15, what="the revocation list on every other node")
+            for n in others:
+                with pytest.raises((RequestTimeout, PeerUnreachable)):  # not acked, or acked and never answered
+                    await victim.request(n.contact, "after", timeout=1.0)
+                assert _drops(n).get("uncertified", 0) + _drops(n).get("cert_revoked", 0) >= 1
+            # the rest of the fleet still talks
+            assert await others[3].request(others[1].contact, "still", timeout=5) == "n1"
+            await _until(lambda: all(victim.node_id not in {e.node_id for e in n.routing.table} for n in others[:1]),
+                         what="the victim out of the routing table of the node that revoked it")
+        finally:
+            await asyncio.gather(*(n.close() for n in nodes))
+
+    arun(main(), timeout=55)
+
+
+def test_certificate_groups_work_in_allow_lists_without_a_groups_file(arun):
+    async def main():
+        provider = _member("provider")
+        await provider.start()
+        ops = _member("ops-1", groups=["ops"], bootstrap=[provider.contact])
+        dev = _member("dev-1", groups=["dev"], bootstrap=[provider.contact])
+        await ops.start()
+        await dev.start()
+        agents = [Agents(provider), Agents(ops, lookup=DirectLookup(ops, [provider.contact])),
+                  Agents(dev, lookup=DirectLookup(dev, [provider.contact]))]
+        try:
+            async def deploy(value, ctx):
+                return "deployed"
+
+            await agents[0].serve(Capability("deploy", allow=frozenset({"ops"})), deploy, publish=False)
+            done = await agents[1].request("deploy", 1)
+            assert done.state == T.COMPLETED and done.output == "deployed"
+            done = await agents[2].request("deploy", 1)
+            assert done.state == T.REJECTED and done.error["code"] == T.E_DENIED
+            assert "@ops" in done.error["msg"]
+        finally:
+            for a in agents:
+                await a.close()
+            await asyncio.gather(provider.close(), ops.close(), dev.close())
+
+    arun(main(), timeout=40)
+
+
+def test_a_node_refuses_to_start_with_a_certificate_peers_would_refuse():
+    identity = Identity.generate()
+    now = int(time.time())
+    with pytest.raises(ValueError, match="expired"):
+        Node(identity, config=_config(_cert(identity, "x", nb=now - 7200, na=now - 10)))
+    with pytest.raises(ValueError, match="wrong_key"):
+        Node(identity, config=_config(_cert(Identity.generate(), "x")))
+
+
+# -- the sidecar: [node] join = "fleet", and SIGHUP re-reads the revocation list ---------------------------
+
+
+def _files(tmp_path, name: str, groups=()) -> tuple[Identity, dict]:
+    identity = Identity.generate()
+    key = tmp_path / f"{name}.key"
+    identity.save(key)
+    cert = tmp_path / f"{name}.cert"
+    cert.write_text(armor(_cert(identity, name, groups=groups), CERT_FILE_HEADER))
+    (tmp_path / "ca.pub").write_text(format_public_key(CA.public_key) + "\n")
+    return identity, {"key": str(key), "cert": str(cert)}
+
+
+def test_sidecar_config_checks_the_fleet_keys(tmp_path):
+    from zmqagents.sidecar.config import ConfigError, load
+
+    _, f = _files(tmp_path, "a")
+    conf = tmp_path / "node.toml"
+    conf.write_text(f'[node]\njoin = "fleet"\nca = "ca.pub"\n')
+    with pytest.raises(ConfigError, match="node.cert"):
+        load(str(conf))
+    conf.write_text(f'[node]\nca = "ca.pub"\ncert = "{f["cert"]}"\n')
+    with pytest.raises(ConfigError, match='join = \\\\?"fleet\\\\?"|join = "fleet"'):
+        load(str(conf))
+    conf.write_text(f'[node]\njoin = "fleet"\nca = "{format_public_key(CA.public_key)}"\ncert = "a.cert"\n')
+    cfg = load(str(conf))
+    assert cfg.node.ca == format_public_key(CA.public_key) and cfg.node.cert == str(tmp_path / "a.cert")
+    conf.write_text('[node]\njoin = "fleet"\nca = "ca.pub"\ncert = "a.cert"\n')
+    assert load(str(conf)).node.ca == str(tmp_path / "ca.pub")
+
+
+def test_sidecar_sighup_rereads_the_revocation_list(arun, tmp_path):
+    from zmqagents.sidecar.config import load
+    from zmqagents.sidecar.daemon import Sidecar
+
+    async def main():
+        ident, f = _files(tmp_path, "side")
+        crl_path = tmp_path / "revoked.list"
+        crl_path.write_text(armor(sign_revocations(CA, [], sequence=1, issued_at=0).encoded, REVOCATION_FILE_HEADER))
+        conf = tmp_path / "node.toml"
+        conf.write_text(f'[node]\nkey = "{f["key"]}"\nlisten = "tcp://127.0.0.1:0"\njoin = "fleet"\n'
+                        f'ca = "ca.pub"\ncert = "{f["cert"]}"\nrevocations = "revoked.list"\n'
+                        f'[local_api]\nenabled = false\n[mdns]\nenabled = false\n')
+        sidecar = Sidecar(load(str(conf)), loader=lambda: load(str(conf)))
+        sidecar.node.on_request(lambda body, msg: "ok")
+        await sidecar.start()
+        peer = _member("peer")
+        await peer.start()
+        try:
+            assert await peer.request(sidecar.node.contact, 1, timeout=5) == "ok"
+            crl_path.write_text(armor(sign_revocations(CA, [(peer.identity.public_key, 0)], sequence=2,
+                                                       issued_at=0).encoded, REVOCATION_FILE_HEADER))
+            result = await sidecar.reload()
+            assert "node.revocations" not in result["restart"]
+            assert not sidecar.node.transport.fleet.admission.admitted(peer.node_id, time.time())
+            with pytest.raises(RequestTimeout):
+                await peer.request(sidecar.node.contact, 2, timeout=1.0)
+        finally:
+            await peer.close()
+            await sidecar.close()
+
+    arun(main(), timeout=30)
+
+
+def test_a_fleet_member_behind_a_relay_is_reached_and_an_outsider_is_not(arun):
+    from zmqagents.core.relay import RelayConfig
+
+    fast = RelayConfig(keepalive=0.2, dead_after=0.6, expire=1.0)
+
+    def fleet_node(name: str, **cfg) -> Node:
+        identity = Identity.generate()
+        config = _config(_cert(identity, name))
+        for k, v in cfg.items():
+            setattr(config, k, v)
+        config.relay = fast
+        return Node(identity, config=config)
+
+    async def main():
+        relay = fleet_node("relay", serve_relay=True)
+        await relay.start()
+        edge = fleet_node("edge", outbound_only=True, relays=[relay.contact])
+        edge.on_request(lambda body, msg: {"echo": body})
+        await edge.start()
+        outside = fleet_node("outside")
+        outsider = Node(config=NodeConfig(leave_timeout=0.1))
+        await outside.start()
+        await outsider.start()
+        try:
+            await _until(lambda: edge.node_id in relay.relay_server, what="the edge node registered")
+            assert edge.contact.relayed
+            assert await outside.request(edge.contact, "hi", timeout=5) == {"echo": "hi"}
+            assert edge.transport.fleet.admission.admitted(outside.node_id, time.time())
+            # an outsider's envelopes relayed to the edge node reach no core there (the relay refuses it first)
+            with pytest.raises((RequestTimeout, PeerUnreachable)):
+                await outsider.request(edge.contact, "let me in", timeout=1.5)
+            assert _drops(relay).get("uncertified", 0) >= 1
+            # a sender the relay still admits but the edge node has revoked: its relayed envelopes stop there
+            edge.revoke(sign_revocations(CA, [(outside.identity.public_key, 0)], sequence=1, issued_at=0).encoded)
+            before = _drops(edge).get("uncertified", 0)
+            with pytest.raises((RequestTimeout, PeerUnreachable)):
+                await outside.request(edge.contact, "after", timeout=1.5)
+            assert _drops(edge).get("uncertified", 0) > before
+        finally:
+            await asyncio.gather(outsider.close(), outside.close(), edge.close(), relay.close())
+
+    arun(main(), timeout=40)
+
+
+# -- the command line: real processes --------------------------------------------------------------------
+
+
+def test_cli_nodes_join_a_fleet_with_ca_and_cert_and_an_outsider_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from test_cli import server, zmqa
+
+    for step in (["ca", "init"], ["keygen", "a.key"], ["keygen", "b.key"], ["keygen", "c.key"]):
+        assert subprocess.run([sys.executable, "-m", "zmqagents.cli", *step], cwd=tmp_path,
+                              capture_output=True).returncode == 0
+    for name in ("a", "b"):
+        out = zmqa("ca", "sign", str(tmp_path / f"{name}.key"), "--name", name, "--ca-key", str(tmp_path / "ca.key"),
+                   "-o", str(tmp_path / f"{name}.cert"))
+        assert out.returncode == 0, out.stderr
+    fleet = ["--ca", str(tmp_path / "ca.pub")]
+    usage = zmqa("request", "--to", str(Identity.generate().contact("tcp://127.0.0.1:1")), *fleet, "1")
+    assert usage.returncode == 2 and "--cert" in usage.stderr
+    with server(tmp_path, "node", "--echo", "--key", str(tmp_path / "a.key"), *fleet,
+                "--cert", str(tmp_path / "a.cert")) as (contact, _):
+        ok = zmqa("request", "--to", contact, "--key", str(tmp_path / "b.key"), *fleet,
+                  "--cert", str(tmp_path / "b.cert"), "--timeout", "10", '"hello fleet"')
+        assert ok.returncode == 0, ok.stderr
+        assert "hello fleet" in ok.stdout
+        refused = zmqa("request", "--to", contact, "--key", str(tmp_path / "c.key"), "--timeout", "2", '"let me in"')
+        assert refused.returncode != 0 and "hello fleet" not in refused.stdout
+
+
+def test_cli_agent_allows_a_certificate_group_without_a_groups_file(tmp_path):
+    import json
+
+    from test_cli import server, zmqa
+
+    assert zmqa("ca", "init", "--ca-key", str(tmp_path / "ca.key")).returncode == 0
+    fleet = ["--ca", str(tmp_path / "ca.pub")]
+    certs = {}
+    for name, groups in (("agent", []), ("ops", ["--group", "ops"]), ("dev", ["--group", "dev"])):
+        assert zmqa("keygen", str(tmp_path / f"{name}.key")).returncode == 0
+        signed = zmqa("ca", "sign", str(tmp_path / f"{name}.key"), "--name", name, *groups,
+                      "--ca-key", str(tmp_path / "ca.key"), "-o", str(tmp_path / f"{name}.cert"))
+        assert signed.returncode == 0, signed.stderr
+        certs[name] = ["--key", str(tmp_path / f"{name}.key"), *fleet, "--cert", str(tmp_path / f"{name}.cert")]
+    assert zmqa("agent", "--capability", "deploy", "--exec", "cat", "--allow", "@ops").returncode == 2  # no fleet, no file
+    with server(tmp_path, "agent", "--capability", "deploy", "--exec", "cat", "--stdin", "text", "--allow", "@ops",
+                *certs["agent"]) as (contact, _):
+        res = zmqa("task", "deploy", "--bootstrap", contact, *certs["ops"], input='"go"\n', timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout.splitlines()[0])["output"] == "go"
+        res = zmqa("task", "deploy", "--bootstrap", contact, *certs["dev"], input='"go"\n', timeout=30)
+        assert res.returncode == 5, res.stderr
+        out = json.loads(res.stdout.splitlines()[0])
+        assert out["error"]["code"] == "denied" and "@ops" in out["error"]["msg"]
