@@ -233,6 +233,12 @@ def test_sidecar_config_checks_the_fleet_keys(tmp_path):
     assert cfg.node.ca == format_public_key(CA.public_key) and cfg.node.cert == str(tmp_path / "a.cert")
     conf.write_text('[node]\njoin = "fleet"\nca = "ca.pub"\ncert = "a.cert"\n')
     assert load(str(conf)).node.ca == str(tmp_path / "ca.pub")
+    from zmqagents.sidecar.daemon import read_fleet
+
+    assert read_fleet(load(str(conf))).cas == (CA.public_key,)
+    conf.write_text('[node]\njoin = "fleet"\nca = "ca.pub"\ncert = "missing.cert"\n')
+    with pytest.raises(ConfigError, match="node.cert .*does not exist"):
+        read_fleet(load(str(conf)))
 
 
 def test_sidecar_sighup_rereads_the_revocation_list(arun, tmp_path):
@@ -365,3 +371,30 @@ def test_cli_agent_allows_a_certificate_group_without_a_groups_file(tmp_path):
         assert res.returncode == 5, res.stderr
         out = json.loads(res.stdout.splitlines()[0])
         assert out["error"]["code"] == "denied" and "@ops" in out["error"]["msg"]
+
+
+def test_only_admitted_members_may_subscribe_to_a_fleet_nodes_publications(arun):
+    async def main():
+        publisher = _member("pub")
+        member = _member("sub", bootstrap=[])
+        outsider = Node(config=NodeConfig(leave_timeout=0.1))
+        for n in (publisher, member, outsider):
+            await n.start()
+        try:
+            # the member is admitted once it has talked to the publisher; the outsider never is
+            publisher.on_request(lambda body, msg: "ok")
+            assert await member.request(publisher.contact, "hi", timeout=5) == "ok"
+            for n in (member, outsider):
+                n.transport.add_topic(b"t")
+                n.transport.subscribe_to(publisher.contact, publisher.transport.pub_endpoint)
+            assert await publisher.wait_for_subscriber(b"t", timeout=5)
+            await _until(lambda: publisher.transport.zap.stats["zap_refused"] >= 1, what="the outsider refused")
+            for i in range(20):
+                await publisher.publish(b"t", i)
+                await asyncio.sleep(0.02)
+            await _until(lambda: member.transport.stats["publications_in"] >= 1, what="a publication")
+            assert outsider.transport.stats["publications_in"] == 0
+        finally:
+            await asyncio.gather(*(n.close() for n in (publisher, member, outsider)))
+
+    arun(main(), timeout=30)

@@ -931,11 +931,12 @@ def config_check(path, conf_d, settings, as_json) -> None:
     naming the key and the file, variable or flag) if not.
     """
     from .sidecar.config import ConfigError, load, parse_set
-    from .sidecar.daemon import describe_key, read_allowlist
+    from .sidecar.daemon import describe_key, read_allowlist, read_fleet
 
     try:
         cfg = load(path, conf_d=conf_d, overrides=[parse_set(text) for text in settings])
         read_allowlist(cfg)
+        read_fleet(cfg)  # join = "fleet": the CA key, certificate and revocation list files parse
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InsecureKeyFileWarning)
             key = describe_key(cfg)

@@ -28,7 +28,7 @@ from typing import Callable
 
 from ..certs import Admission, Admitted, CertError
 from ..envelope import Envelope
-from ..identity import short_id
+from ..identity import curve_public_of, short_id
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class FleetGate:
         self._asked: OrderedDict[bytes, float] = OrderedDict()  # peer -> when we last sent it our certificate
         self._checked: OrderedDict[bytes, float] = OrderedDict()  # peer not admitted -> when we last checked one
         self._confirmed: OrderedDict[bytes, None] = OrderedDict()  # peers that said they admitted us
+        self._by_curve: OrderedDict[bytes, bytes] = OrderedDict()  # CURVE key -> node id, of admitted peers
         self._pending: dict[bytes, list[bytes]] = {}
         self._pending_bytes = 0
         self.on_admitted: list[Callable[[bytes, Admitted], None]] = []
@@ -127,6 +128,10 @@ class FleetGate:
                 callback(self.admission.certificate.issuer, rev)
         if not known:
             self.stats["admitted"] += 1
+            by_curve = self._by_curve
+            by_curve[curve_public_of(peer.public_key)] = src
+            while len(by_curve) > self.config.max_peers:
+                by_curve.popitem(last=False)
             log.info("admitted %s (%s) to the fleet%s", peer.name, short_id(src),
                      f", groups {', '.join(sorted(peer.groups))}" if peer.groups else "")
             for callback in self.on_admitted:
@@ -168,6 +173,12 @@ class FleetGate:
             self.stats["held"] += 1
         self._offer(hop, now)
         return False
+
+    def admits_curve(self, curve_key: bytes) -> bool:
+        """Whether the peer that authenticated with ``curve_key`` is admitted: who may subscribe to our
+        publications (ZAP asks, with only the CURVE key to go by)."""
+        node_id = self._by_curve.get(curve_key)
+        return node_id is not None and self.admission.admitted(node_id, self._clock())
 
     def _confirm(self, peer: bytes) -> None:
         """``peer`` said it admitted us: once we admitted it too, what we held for it goes."""

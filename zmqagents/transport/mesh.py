@@ -64,7 +64,7 @@ from .fleet import FleetConfig, FleetGate
 from .linkwatch import LinkWatch
 from .relaying import RelayPaths
 from .sockio import MORE_NOBLOCK, NOBLOCK, readable
-from .zap import ZAP_DOMAIN, ZapHandler
+from .zap import PUB_DOMAIN, ZAP_DOMAIN, ZapHandler
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Transport:
         self.loop = asyncio.get_running_loop()
         cfg = self.config
         if cfg.secure:
-            self.zap = ZapHandler(self.ctx)
+            self.zap = ZapHandler(self.ctx, admit_subscriber=None if self.fleet is None else self.fleet.admits_curve)
             self._watch(self.zap.socket, lambda s: self.zap.drain())
         self.router = self._server_socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown routing id -> error, not a silent drop
@@ -222,7 +222,7 @@ class Transport:
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         # XPUB rather than PUB: it reports subscriptions, so a short-lived publisher
         # (a shell command) can wait until someone listens instead of publishing into the void.
-        self.pub = self._server_socket(zmq.XPUB)
+        self.pub = self._server_socket(zmq.XPUB, PUB_DOMAIN if self.fleet is not None else ZAP_DOMAIN)
         self.pub.bind(cfg.pub_listen or _any_port_like(self.endpoint))
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._watch(self.router, self._drain_router)
@@ -516,14 +516,14 @@ class Transport:
 
     # -- connections -------------------------------------------------------------
 
-    def _server_socket(self, kind: int) -> zmq.Socket:
+    def _server_socket(self, kind: int, domain: str = ZAP_DOMAIN) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         self._common_options(sock)
         if self.config.secure:
             sock.curve_server = True
             sock.curve_secretkey = self.identity.curve_secret
             sock.curve_publickey = self.identity.curve_public
-            sock.zap_domain = ZAP_DOMAIN.encode()
+            sock.zap_domain = domain.encode()
         return sock
 
     def _client_socket(self, kind: int, peer_public_key: bytes) -> zmq.Socket:

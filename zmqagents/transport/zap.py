@@ -16,6 +16,7 @@ thread is needed.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import zmq
 
@@ -23,6 +24,7 @@ from .sockio import NOBLOCK, readable
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = "zmqagents"
+PUB_DOMAIN = "zmqagents.pub"  # the XPUB of a fleet node: subscribers must be admitted fleet members
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,11 @@ log = logging.getLogger(__name__)
 class ZapHandler:
     """Answers ZAP requests for one zmq.Context."""
 
-    def __init__(self, ctx: zmq.Context):
+    def __init__(self, ctx: zmq.Context, *, admit_subscriber: Callable[[bytes], bool] | None = None):
+        """``admit_subscriber(curve_key)``: whether a client may connect to the PUB_DOMAIN socket (a fleet
+        node's XPUB, which a SUB connects to without ever sending a message that could carry a
+        certificate); without it that domain is refused."""
+        self.admit_subscriber = admit_subscriber
         self.socket = ctx.socket(zmq.REP)
         self.socket.linger = 0
         self.socket.bind(ZAP_ENDPOINT)
@@ -58,6 +64,9 @@ class ZapHandler:
             self.stats["zap_refused"] += 1
             return [version, request_id, b"400", b"CURVE required", b"", b""]
         key = credentials[0]
+        if domain == PUB_DOMAIN.encode() and (self.admit_subscriber is None or not self.admit_subscriber(key)):
+            self.stats["zap_refused"] += 1
+            return [version, request_id, b"400", b"not an admitted fleet member", b"", b""]
         self.stats["zap_accepted"] += 1
         return [version, request_id, b"200", b"OK", key.hex().encode("ascii"), b""]
 
