@@ -158,3 +158,21 @@ def test_partition_reports_are_not_false_positives():
     assert r["failed_partitioned"] > 0
     assert r["revived_partitioned"] > 0
     assert r["false_positives"] == 0 and r["exit_code"] == 0
+
+
+def test_a_healed_partition_revives_every_pair_within_about_one_sync_interval():
+    """30 % of 150 nodes cut off for 30 s, 1 % loss: every (observer, subject across the cut) pair
+    declared dead is held alive again soon after the heal. Each pair's time runs from the heal, or from
+    its declaration if a suspicion begun while cut off concluded later; the bound is one sync interval
+    (the tombstone check that finds it) plus the two-check probation (2 x 2 periods). Before the fix,
+    3 pairs stayed dead to the end: syncs due 50-100 s later, set while the LHM was high, and lost
+    confirming checks that waited for a one-tombstone-per-sync round-robin."""
+    from zmqagents.core.membership import MembershipConfig
+
+    r = overlay.run(OverlayScenario(nodes=150, seconds=70.0, seed=1, loss=0.01, partition=(10.0, 40.0, 0.3)))
+    cfg = MembershipConfig.profile("lan")
+    assert r["failed_partitioned"] > 1000
+    assert r["partitioned_unrevived"] == 0
+    assert r["revived_partitioned"] >= r["failed_partitioned"]
+    assert r["partition_revival_s"]["p100"] <= cfg.sync_interval + 4 * cfg.probe_interval
+    assert r["unrevived_false_positives"] == 0 and r["exit_code"] == 0

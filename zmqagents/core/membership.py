@@ -450,7 +450,13 @@ class Membership(CoreOutputs):
         self._t_probe = INF
         self._t_ind = INF
         self._t_gossip = INF
-        self._t_sync = INF
+        # The period and the sync interval are stretched by the LHM *now*, not the LHM when they began:
+        # a node that was isolated (LHM 8: a 13.5 s period, a 90 s sync) and then heals must not wait
+        # out deadlines it set while cut off (sim, N=700, 30 % cut off for 30 s: syncs due 50-100 s
+        # after the heal, and the tombstones they would have re-checked stayed dead to the end).
+        self._probe_from = 0.0  # when the current period began
+        self._sync_from = INF  # when the last sync was sent (start: when we started)
+        self._sync_gap = 0.0  # sync_interval x its jitter; due at _sync_from + _sync_gap x (1 + LHM)
         self._t_verify = INF
         self._started = False
         self._leaving = False
@@ -499,6 +505,7 @@ class Membership(CoreOutputs):
             self._start(now)
         elif self._t_probe == INF and not self._leaving:
             self._t_probe = now + self._rng.random() * self._scaled(self.config.probe_interval)
+            self._probe_from = self._t_probe - self._scaled(self.config.probe_interval)
         return True
 
     def remove(self, node_id: bytes) -> bool:
@@ -783,8 +790,14 @@ class Membership(CoreOutputs):
         return value * (1 + self.lhm)
 
     def _lhm_add(self, delta: int) -> None:
-        v = self.lhm + delta
-        self.lhm = 0 if v < 0 else self.config.lhm_max if v > self.config.lhm_max else v
+        old = self.lhm
+        v = old + delta
+        self.lhm = v = 0 if v < 0 else self.config.lhm_max if v > self.config.lhm_max else v
+        if v < old and self._cur is None and self._t_probe < INF:
+            # Healthier: the next period starts sooner (the period in flight has no probe to cut short).
+            t = self._probe_from + self.config.probe_interval * (1 + v)
+            if t < self._t_probe:
+                self._t_probe = t
 
     def _start(self, now: float) -> None:
         """First contact with the clock: random phases, so nodes started together do not probe in step."""
@@ -793,7 +806,9 @@ class Membership(CoreOutputs):
         rng = self._rng
         if self._members and not self._leaving:
             self._t_probe = now + rng.random() * cfg.probe_interval
-        self._t_sync = now + (0.5 + rng.random()) * cfg.sync_interval
+            self._probe_from = self._t_probe - self._scaled(cfg.probe_interval)
+        self._sync_from = now
+        self._sync_gap = (0.5 + rng.random()) * cfg.sync_interval
 
     # -- probing -------------------------------------------------------------------------------------------
 
@@ -814,12 +829,14 @@ class Membership(CoreOutputs):
             self._t_probe = INF
             return
         self._t_probe = now + self._scaled(cfg.probe_interval)
+        self._probe_from = now
         rec = self._next_target()
         if rec is not None:
-            if self._t_sync <= now:
+            if now >= self._sync_from + self._scaled(self._sync_gap):
                 # This period's probe doubles as the anti-entropy pull: the ping asks for the
                 # target's recent rumors, which come back in the ack.
-                self._t_sync = now + self._scaled(cfg.sync_interval) * (0.75 + 0.5 * self._rng.random())
+                self._sync_from = now
+                self._sync_gap = cfg.sync_interval * (0.75 + 0.5 * self._rng.random())
                 self._sync_checks(now)
                 seq = self._next_seq()
                 self._cur = _Probe(seq, rec.id, rec, _REGULAR, now)
@@ -1012,9 +1029,23 @@ class Membership(CoreOutputs):
         """A probe's period ended without an ack."""
         stats = self.stats
         if p.kind == _CHECK:
-            # A dead member stayed silent: its probation (if it had answered once) starts over.
             tomb = self._tombs.get(p.target)
             if tomb is p.rec:
+                # A dead member stayed silent. If it answered a check lately, this one may just have
+                # been lost (a check is one direct ping): try once more while that answer still counts
+                # (revival needs a second answer within 3 gaps of the first, see _tomb_heard). Else its
+                # probation starts over. Sim (N=150, 30 % cut off, 1 % loss): a lost confirming check
+                # left a healed member dead until the next sync, 10 s later, sometimes twice in a row.
+                passed = tomb.passed
+                if passed is not None:
+                    if passed >= p.sent:
+                        return  # a later check was answered: this silence is old news
+                    gap = 2 * self.config.probe_interval
+                    retry = max(now + self._scaled(self.config.probe_interval), passed + gap)
+                    if retry - passed <= 3 * gap:
+                        tomb.recheck = retry
+                        self._push(retry, _T_RECHECK, tomb)
+                        return
                 tomb.passed = None
                 tomb.recheck = INF
             return
@@ -1257,15 +1288,22 @@ class Membership(CoreOutputs):
     def _tomb_heard(self, nid: bytes, inc: int, fresh: bool, now: float) -> None:
         """First-hand word from a tombstoned node. Only answers to our own check probes (``fresh``)
         revive it, two of them at least two periods apart: a message it sends on its own (it woke
-        from a stall, it refuted) makes us check it, at most once per period. So a node that is
+        from a stall, it refuted, it pinged us) makes us check it, at most once per period (later if
+        we checked it less than a period ago). So a node that is
         stalled most of the time is not revived and buried again every time it stirs; one that is
         really back is revived ~2 periods after it answers. A left node must also come back at a
         higher incarnation (it rejoined)."""
         tomb = self._tombs[nid]
         if not fresh or (tomb.state == LEFT and inc <= tomb.inc):
-            if (tomb.state == DEAD or inc > tomb.inc) and nid not in self._verify \
-                    and now - tomb.checked >= self.config.probe_interval and tomb.recheck == INF:
-                self._queue_verify(nid, now)
+            if (tomb.state == DEAD or inc > tomb.inc) and nid not in self._verify and tomb.recheck == INF:
+                due = tomb.checked + self.config.probe_interval
+                if now >= due:
+                    self._queue_verify(nid, now)
+                else:
+                    # Checked less than a period ago (that check may have been lost, or be in flight):
+                    # check again when the period is over rather than wait for the next sync.
+                    tomb.recheck = due
+                    self._push(due, _T_RECHECK, tomb)
             return
         gap = 2 * self.config.probe_interval
         if tomb.passed is None or now - tomb.passed > 3 * gap:
@@ -1281,7 +1319,12 @@ class Membership(CoreOutputs):
                         self._queue_verify(other, now)
             return
         if now - tomb.passed < 0.9 * gap:
-            return  # an early duplicate answer; the second check decides
+            # An early answer (to a check sent before the first was answered): the second check
+            # decides; make sure one is coming.
+            if tomb.recheck == INF:
+                tomb.recheck = tomb.passed + gap
+                self._push(tomb.recheck, _T_RECHECK, tomb)
+            return
         del self._tombs[nid]
         self.stats["revived"] += 1
         self._events.append(Alive(tomb.contact, max(inc, tomb.inc)))
@@ -1752,8 +1795,12 @@ class Membership(CoreOutputs):
         return out[:cap]
 
     def _sync_checks(self, now: float) -> None:
-        """Expire old tombstones and re-check the dead member checked longest ago: a healed partition
-        reconnects this way (the far side answers and is revived)."""
+        """Expire old tombstones and re-check the dead members whose last check is over, those
+        checked longest ago first, as many as there are free probe slots: a healed partition
+        reconnects this way (the far side answers and is revived). Every one of them, not one per
+        interval: a member buried after the heal (its suspicion began while cut off), or one whose
+        confirming check was lost, would otherwise wait for a round-robin of one tombstone per
+        interval (sim, N=2000, 30 % cut off: 60 tombstones per node, minutes)."""
         tombs = self._tombs
         if not tombs:
             return
@@ -1761,12 +1808,15 @@ class Membership(CoreOutputs):
         expire = now - cfg.tombstone_ttl
         for nid in [nid for nid, t in tombs.items() if t.since < expire]:
             del tombs[nid]
-        best = None
-        for nid, t in tombs.items():
-            if t.state == DEAD and (best is None or t.checked < tombs[best].checked):
-                best = nid
-        if best is not None and len(self._probes) < cfg.max_probes:
-            self._verify_probe(best, now)
+        free = cfg.max_probes - len(self._probes)
+        if free <= 0:
+            return
+        since = now - self._scaled(cfg.probe_interval)  # its last check is over
+        due = [t for t in tombs.values() if t.state == DEAD and t.checked <= since and t.recheck == INF]
+        if len(due) > free:
+            due.sort(key=lambda t: t.checked)
+        for t in due[:free]:
+            self._verify_probe(t.id, now)
 
     # -- output --------------------------------------------------------------------------------------------
 

@@ -48,9 +48,15 @@ reported in ``routing_dropped``. ``undetected``: holder/crash pairs never conclu
 on the other side of the partition from the observer (during the partition or after it healed:
 suspicions begun while cut off may conclude later). Reports about paused nodes and across the
 partition are counted apart (``failed_paused``, ``failed_partitioned``; ``partitioned_unrevived``:
-such pairs still dead at the end, i.e. not yet reconnected after the heal).
+such pairs still dead at the end, i.e. not yet reconnected after the heal;
+``declared_after_heal``: such reports made after the heal, by suspicions begun while cut off;
+``partition_revival_s``: per pair revived, the time from the heal, or from its declaration if that
+came later, until the observer held the subject alive again).
+A pair is revived by membership's ``Alive``, or when the observer's routing table takes the subject
+back on its own word (a kad query from it, or its answer): membership then drops the tombstone and
+probes it as alive (``revived_by_table`` counts those).
 ``unrevived_false_positives``: (observer, healthy subject) pairs whose last report was ``Failed``
-(no ``Alive`` since) at the end of the run.
+(not revived since) at the end of the run.
 
 Cost (2-core reference machine, lan profile, 1 % loss): N=1000 for 60 virtual s, ~8 s wall, ~90 MB;
 N=10,000 for 120 s (``zmqagents sim --nodes 10000 --seconds 120 --seed 1 --loss 0.01 --crash 50``):
@@ -88,7 +94,7 @@ from ..identity import Contact, node_id_of
 from .engine import Simulator, bulk_build, combine_traces, frozen_heap
 from .faults import Paused
 from .netmodel import parse_latency
-from .report import detection, engine_counts
+from .report import detection, engine_counts, summary
 from .scenario import SimScenario
 
 EXIT_OK, EXIT_LIVENESS, EXIT_CORRECTNESS = 0, 128, 129
@@ -165,7 +171,8 @@ class OverlayNode:
             e = cur[nid]
             if c is None or c.endpoint != e.endpoint:
                 c = e.contact
-            mem.add(c, now)
+            if mem.add(c, now) and run is not None:
+                run.added_by_routing(self.index, nid, now)
 
     # -- the simulator's core interface -------------------------------------------------------
 
@@ -264,7 +271,11 @@ class OverlayRun:
         self.failed_paused = 0
         self.failed_partitioned = 0
         self.part_pairs: dict[tuple[int, int], bool] = {}  # (observer, subject across the cut) -> still dead
+        self.part_declared: dict[tuple[int, int], float] = {}  # such a pair -> when it was (last) declared
+        self.part_revival: list[float] = []  # per revival of such a pair: s from max(heal, declaration)
         self.revived_partitioned = 0
+        self.revived_by_table = 0
+        self.declared_after_heal = 0
         self.revived = 0
         self.suspects_of_live = 0
         self.refutations = 0
@@ -414,6 +425,28 @@ class OverlayRun:
         # those reports are still the partition's doing (counted apart, not as false positives).
         self.sim.heal()
 
+    def revive(self, i: int, j: int, now: float) -> bool:
+        """Observer ``i`` holds ``j`` alive again (membership's ``Alive``, or its table re-added ``j``):
+        close the pair if ``i`` had declared a healthy ``j`` dead. True if it had."""
+        if self.fp_pairs.get((i, j)):
+            self.fp_pairs[(i, j)] = False
+            self.revived += 1
+            return True
+        if self.part_pairs.get((i, j)):
+            self.part_pairs[(i, j)] = False
+            self.revived_partitioned += 1
+            self.part_revival.append(now - max(self.sc.partition[1], self.part_declared[(i, j)]))
+            return True
+        return False
+
+    def added_by_routing(self, i: int, nid: bytes, now: float) -> None:
+        """Node ``i``'s table handed ``nid`` to membership. The table takes a contact only on its own
+        word (a kad query from it, or its answer to ours), and membership then drops its tombstone and
+        probes it as alive: a declared pair ends here too, without an ``Alive`` event."""
+        j = self.index.get(nid)
+        if j is not None and (self.fp_pairs or self.part_pairs) and self.revive(i, j, now):
+            self.revived_by_table += 1
+
     def dropped_by_routing(self, i: int, nid: bytes, now: float) -> None:
         j = self.index.get(nid)
         if j is None or self.up[j]:
@@ -444,6 +477,9 @@ class OverlayRun:
                 elif self.cut and ((i in self.cut) != (j in self.cut)):
                     self.failed_partitioned += 1
                     self.part_pairs[(i, j)] = True
+                    self.part_declared[(i, j)] = now
+                    if now >= self.sc.partition[1]:
+                        self.declared_after_heal += 1
                 else:
                     self.fp.append((now, i, j))
                     self.fp_pairs[(i, j)] = True
@@ -453,12 +489,8 @@ class OverlayRun:
         elif t is Alive:
             nid = node_id_of(ev.contact.public_key)
             j = self.index.get(nid)
-            if j is not None and self.fp_pairs.get((i, j)):
-                self.fp_pairs[(i, j)] = False
-                self.revived += 1
-            if j is not None and self.part_pairs.get((i, j)):
-                self.part_pairs[(i, j)] = False
-                self.revived_partitioned += 1
+            if j is not None:
+                self.revive(i, j, now)
             node.routing.observe(ev.contact, now)
             node.sync(now, self)
         elif t is Suspect:
@@ -627,7 +659,7 @@ class OverlayRun:
             "by_type": dict(sim.by_type), "sampled_bytes": sim.sampled_bytes, "sampled": sim.sampled,
             "traces": sim.traces(),
             "crashed_at": self.crashed_at, "holders": self.holders, "detected": self.detected, "up": self.up,
-            "fp": self.fp, "fp_pairs": self.fp_pairs, "part_pairs": self.part_pairs,
+            "fp": self.fp, "fp_pairs": self.fp_pairs, "part_pairs": self.part_pairs, "part_revival": self.part_revival,
             "detect_times": self.detect_times,
             "counts": {name: getattr(self, name) for name in _SUMMED},
             "membership_stats": stats, "routing_stats": rstats, "table_sizes": sizes,
@@ -642,6 +674,7 @@ class OverlayRun:
 
 # Counters each worker keeps for its own nodes (summed over workers in the report).
 _SUMMED = ("routing_dropped", "failed_paused", "failed_partitioned", "revived_partitioned", "revived",
+           "revived_by_table", "declared_after_heal",
            "suspects_of_live", "refutations", "failed_events", "joined_ok", "joined_failed")
 
 
@@ -683,6 +716,7 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
     fp: list = []
     fp_pairs: dict = {}
     part_pairs: dict = {}
+    part_revival: list = []
     counts: Counter = Counter()
     simc: Counter = Counter()
     by_type: Counter = Counter()
@@ -695,6 +729,7 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
         fp += p["fp"]
         fp_pairs.update(p["fp_pairs"])
         part_pairs.update(p["part_pairs"])
+        part_revival += p["part_revival"]
         counts.update(p["counts"])
         simc.update(p["sim"])
         by_type.update(p["by_type"])
@@ -744,7 +779,10 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
         "failed_paused": counts["failed_paused"],
         "failed_partitioned": counts["failed_partitioned"],
         "revived_partitioned": counts["revived_partitioned"],
+        "revived_by_table": counts["revived_by_table"],
         "partitioned_unrevived": sum(1 for still in part_pairs.values() if still),
+        "declared_after_heal": counts["declared_after_heal"],
+        "partition_revival_s": summary(part_revival),
         "suspects_of_live": counts["suspects_of_live"],
         "refutations": counts["refutations"],
         "table_size": {"min": sizes[0] if sizes else 0,
