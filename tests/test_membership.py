@@ -235,6 +235,33 @@ def test_a_node_cannot_refute_for_another():
     assert c.of(Alive, subject=0) == []
 
 
+def test_a_suspected_node_tells_the_accusers_it_holds_and_that_clears_their_suspicion():
+    """The refutation goes to the accusers it holds directly, not only as a rumor: only a message from
+    the suspect clears an accuser's suspicion, and the rumor may never reach it (a partition leaves
+    most of the suspect's gossip targets unreachable)."""
+    b = Membership(CONTACTS[1], random.Random(3), MembershipConfig(suspicion_min=1000.0, suspicion_max=1000.0))
+    b.add(CONTACTS[0], 0.0)
+    _drive(b, 5.0, lambda env, now: None)  # node 0 never answers: b's own probe fails, b accuses it
+    assert b.state_of(IDS[0]) == "suspect"
+    a = Membership(CONTACTS[0], random.Random(1))
+    for i in (1, 2, 3):
+        a.add(CONTACTS[i], 0.0)
+    accusers = [IDS[1][:8], IDS[5][:8]]  # node 5 is not one of a's members: a cannot reach it
+    a.receive(_gossip(3, 0, [[SUSPECT, IDS[0], 0, accusers]]), 5.0)
+    assert a.incarnation == 1
+    direct = [e for e in a.take_outgoing() if e.type == GOSSIP]
+    assert [e.dst for e in direct] == [IDS[1]]
+    assert direct[0].body[2] == [[ALIVE, 1, CONTACTS[0].public_key, CONTACTS[0].endpoint]]
+    assert a.stats["refutations_sent"] == 1
+    b.take_events()
+    b.receive(direct[0], 5.01)
+    assert b.state_of(IDS[0]) == "alive" and b.incarnation_of(IDS[0]) == 1
+    assert [type(ev) for ev in b.take_events()] == [Alive]
+    # The same suspicion again (stale now) is not answered again.
+    a.receive(_gossip(2, 0, [[SUSPECT, IDS[0], 0, accusers]]), 6.0)
+    assert not [e for e in a.take_outgoing() if e.type == GOSSIP] and a.stats["refutations_sent"] == 1
+
+
 def test_self_accusation_and_ack_from_a_stranger_are_dropped():
     a = Membership(CONTACTS[0], random.Random(1))
     a.add(CONTACTS[1], 0.0)

@@ -193,6 +193,10 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
                     "false_positives", "unrevived_false_positives", "revived", "msgs_per_node_per_s",
                     "bytes_per_node_per_s", "wall_s", "peak_rss_mb", "exit_code"):
             click.echo(f"{key}: {json.dumps(report[key])}")
+        if part is not None:
+            for key in ("false_positives_in_partition", "failed_partitioned", "partitioned_unrevived",
+                        "declared_after_heal", "partition_revival_s"):
+                click.echo(f"{key}: {json.dumps(report[key])}")
         if dht_keys:
             for key in ("lookup_success", "lookup_rounds_p50", "lookup_rounds_p99", "get_success_after_crash"):
                 click.echo(f"{key}: {json.dumps(report[key])}")

@@ -55,6 +55,9 @@ came later, until the observer held the subject alive again).
 A pair is revived by membership's ``Alive``, or when the observer's routing table takes the subject
 back on its own word (a kad query from it, or its answer): membership then drops the tombstone and
 probes it as alive (``revived_by_table`` counts those).
+``false_positives_in_partition``: those of the false positives reported while a partition was on or
+within ``suspicion_max`` after it healed (still false positives: the subject was on the observer's
+side; the partition made them, see protocols/membership.md 7).
 ``unrevived_false_positives``: (observer, healthy subject) pairs whose last report was ``Failed``
 (not revived since) at the end of the run.
 
@@ -773,6 +776,7 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
         "routing_dropped": counts["routing_dropped"],
         "false_positives": len(fp),
         "false_positive_subjects": len({j for _, _, j in fp}),
+        "false_positives_in_partition": _in_partition(sc, fp),
         "unrevived_false_positives": sum(1 for still in fp_pairs.values() if still),
         "revived": counts["revived"],
         "paused_nodes": first["paused_nodes"],
@@ -806,6 +810,18 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
         report["trace_digest"] = combine_traces(traces)
     report["exit_code"] = exit_code(report)
     return report
+
+
+def _in_partition(sc: OverlayScenario, fp: list) -> int:
+    """Of the false positives, those reported while a partition was on or within ``suspicion_max``
+    after it healed (a suspicion begun while it was on). They stay false positives (the subject was
+    on the observer's side, reachable), but a partition is what made them: most of a node's view
+    is unreachable and not yet declared, so its helpers and gossip targets are drawn from there."""
+    if sc.partition is None:
+        return 0
+    t0, t1, _ = sc.partition
+    t1 += MembershipConfig.profile(sc.profile, **sc.config).suspicion_max
+    return sum(1 for t, _, _ in fp if t0 <= t <= t1)
 
 
 def exit_code(report: dict) -> int:
