@@ -398,3 +398,38 @@ def test_only_admitted_members_may_subscribe_to_a_fleet_nodes_publications(arun)
             await asyncio.gather(*(n.close() for n in (publisher, member, outsider)))
 
     arun(main(), timeout=30)
+
+
+def test_metrics_of_a_fleet_node_show_every_refusal_from_the_start_and_the_admitted_peers(arun):
+    from zmqagents.sidecar.admin import NodeCollector
+    from zmqagents.transport.fleet import FLEET_REFUSALS
+
+    def scrape(node: Node) -> dict:
+        out = {}
+        for fam in NodeCollector(node, lambda: [], {}).collect():
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    async def main():
+        a, b = _member("a"), _member("b")
+        outsider = Node(config=NodeConfig(leave_timeout=0.1))
+        for n in (a, b, outsider):
+            await n.start()
+        try:
+            before = scrape(a)
+            for reason in FLEET_REFUSALS:
+                assert before[("zmqagents_dropped_messages_total", (("layer", "transport"), ("reason", reason)))] == 0
+            assert before[("zmqagents_fleet_admitted_peers", ())] == 0
+            a.on_request(lambda body, msg: "ok")
+            assert await b.request(a.contact, 1, timeout=5) == "ok"
+            with pytest.raises(RequestTimeout):
+                await outsider.request(a.contact, 1, timeout=1)
+            after = scrape(a)
+            assert after[("zmqagents_fleet_admitted_peers", ())] == 1
+            assert after[("zmqagents_dropped_messages_total", (("layer", "transport"), ("reason", "uncertified")))] >= 1
+            assert not any(k[0] == "zmqagents_fleet_admitted_peers" for k in scrape(outsider))
+        finally:
+            await asyncio.gather(*(n.close() for n in (a, b, outsider)))
+
+    arun(main(), timeout=30)

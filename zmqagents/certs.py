@@ -33,7 +33,6 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
-from .core.tasks import check_group_name
 from .identity import Identity, IdentityError, format_public_key, node_id_of, parse_public_key
 
 CA_KEY_FORMAT = "zmqagents-ca-ed25519-v1"
@@ -115,6 +114,10 @@ def _check_name(name: object) -> str:
 
 
 def _check_groups(groups: Iterable[object]) -> tuple[str, ...]:
+    # The task layer's rule for group names (capability allow lists name the same groups). Imported here,
+    # not at the top: a node that never sees a certificate does not load the task cores for it.
+    from .core.tasks_provider import check_group_name
+
     out = []
     for g in groups:
         out.append(check_group_name(g))

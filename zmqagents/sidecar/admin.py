@@ -31,6 +31,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
+from ..transport.fleet import FLEET_REFUSALS
 from ..transport.mesh import INBOX_REFUSALS
 
 if TYPE_CHECKING:
@@ -129,7 +130,8 @@ class NodeCollector:
         drops = CounterMetricFamily("zmqagents_dropped_messages",
                                     "Messages dropped, by the layer that dropped them and why.",
                                     labels=["layer", "reason"])
-        for reason in sorted(set(INBOX_REFUSALS).union(transport.drops)):
+        refusals = set(INBOX_REFUSALS).union(FLEET_REFUSALS if transport.fleet is not None else ())
+        for reason in sorted(refusals.union(transport.drops)):
             drops.add_metric(["transport", reason], transport.drops.get(reason, 0))
         for key, reason in NODE_DROPS.items():
             drops.add_metric(["node", reason], node.stats[key])
@@ -179,6 +181,9 @@ class NodeCollector:
             yield counter("membership_failures_total", "Peers declared dead.", membership.stats["declared_dead"])
             yield counter("lookups_total", "Iterative lookups started.", node.routing.stats["lookups_started"])
         yield gauge("neighbours", "Nodes that completed a hello with this one.", len(node.neighbours()))
+        if transport.fleet is not None:
+            yield gauge("fleet_admitted_peers", "Peers whose fleet certificate this node accepted (and that have "
+                        "not expired).", len(transport.fleet.admission))
         conns = GaugeMetricFamily("zmqagents_connections", "Open ZeroMQ links by kind.", labels=["kind"])
         conns.add_metric(["outgoing"], transport.dealer_count)
         conns.add_metric(["inbound"], transport.inbound_count)

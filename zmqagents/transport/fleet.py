@@ -26,13 +26,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from ..certs import Admission, Admitted, CertError
+from ..certs import REASONS, Admission, Admitted, CertError
 from ..envelope import Envelope
 from ..identity import curve_public_of, short_id
 
 log = logging.getLogger(__name__)
 
 CERT_TYPE = "fleet.cert"
+# What the gate counts in dropped{layer="transport"}: exported at 0 by a fleet node's /metrics from the start.
+FLEET_REFUSALS = ("uncertified", "uncertified_destination", "cert_pending_full", "cert_rate",
+                  *(f"cert_{reason}" for reason in REASONS))
 
 
 @dataclass
