@@ -433,3 +433,82 @@ def test_metrics_of_a_fleet_node_show_every_refusal_from_the_start_and_the_admit
             await asyncio.gather(*(n.close() for n in (a, b, outsider)))
 
     arun(main(), timeout=30)
+
+
+# -- the gate alone (no sockets): bounds and refusals a hostile peer can trigger --------------------------
+
+
+class _Clock:
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self):
+        return self.now
+
+
+def _gate(**bounds):
+    from zmqagents.transport.fleet import FleetGate
+
+    me = Identity.generate()
+    drops, sent, requeued = [], [], []
+    clock = _Clock()
+    gate = FleetGate(me, FleetConfig(cas=(CA.public_key,), certificate=_cert(me, "me"), **bounds),
+                     drop=lambda reason, peer, detail: drops.append(reason), send_now=sent.append,
+                     requeue=lambda dst, frames: requeued.append((dst, frames)), clock=clock)
+    return gate, drops, sent, requeued, clock
+
+
+def _cert_env(src: Identity, dst: bytes, cert: bytes, **body):
+    from zmqagents.envelope import Envelope
+
+    return Envelope(id=os.urandom(16), src=src.node_id, dst=dst, type="fleet.cert",
+                    body={"cert": cert, "want": True, "admitted": False, **body})
+
+
+def test_gate_checks_at_most_one_certificate_a_second_from_a_peer_it_has_not_admitted():
+    gate, drops, sent, _, clock = _gate()
+    peer = Identity.generate()
+    bad = _cert(peer, "p", ca=Identity.generate())
+    assert gate.admit(_cert_env(peer, gate.identity.node_id, bad)) is False
+    assert gate.admit(_cert_env(peer, gate.identity.node_id, bad)) is False
+    assert drops == ["cert_unknown_issuer", "cert_rate"] and sent == []  # a refused certificate is not answered
+    clock.now += 1.1
+    assert gate.admit(_cert_env(peer, gate.identity.node_id, _cert(peer, "p"))) is False  # consumed, not passed on
+    assert gate.admission.admitted(peer.node_id, clock.now)
+    assert len(sent) == 1 and sent[0].body["admitted"] is True and sent[0].body["want"] is True
+    for body in ({"cert": "text", "want": True, "admitted": False}, {"cert": b"x", "want": 1, "admitted": False},
+                 [1, 2], {"cert": b"x", "want": True}):
+        from zmqagents.envelope import Envelope
+
+        gate.admit(Envelope(id=os.urandom(16), src=peer.node_id, type="fleet.cert", body=body))
+        assert drops[-1] == "cert_malformed"
+
+
+def test_gate_holds_frames_within_bounds_and_releases_them_in_order_once_the_peer_is_ready():
+    gate, drops, sent, requeued, clock = _gate(max_pending_frames=3, max_pending_bytes=1000)
+    peer = Identity.generate()
+    frames = [bytes([i]) * 100 for i in range(5)]
+    assert [gate.clear(peer.node_id, f, peer.node_id) for f in frames] == [False] * 5
+    assert drops == ["cert_pending_full", "cert_pending_full"] and gate.pending_bytes == 300
+    assert len(sent) == 1 and sent[0].body["want"] is True  # one certificate ahead of them, not one per frame
+    # its certificate alone does not release them (it has not said it admitted us) ...
+    gate.admit(_cert_env(peer, gate.identity.node_id, _cert(peer, "p")))
+    assert requeued == [] and gate.pending_bytes == 300
+    # ... its word that it did does
+    gate.admit(_cert_env(peer, gate.identity.node_id, _cert(peer, "p"), want=False, admitted=True))
+    assert requeued == [(peer.node_id, frames[:3])] and gate.pending_bytes == 0
+    assert gate.clear(peer.node_id, b"later", peer.node_id) is True
+    # a peer that restarted says it does not know us: we hold again until it does
+    gate.admit(_cert_env(peer, gate.identity.node_id, _cert(peer, "p"), want=False, admitted=False))
+    assert gate.clear(peer.node_id, b"after restart", peer.node_id) is False
+
+
+def test_gate_answers_want_every_time_but_never_answers_an_answer():
+    gate, drops, sent, _, clock = _gate()
+    peer = Identity.generate()
+    cert = _cert(peer, "p")
+    gate.admit(_cert_env(peer, gate.identity.node_id, cert, want=True, admitted=True))
+    gate.admit(_cert_env(peer, gate.identity.node_id, cert, want=True, admitted=True))
+    assert [e.body["want"] for e in sent] == [False, False]  # it confirmed us: nothing more to ask
+    gate.admit(_cert_env(peer, gate.identity.node_id, cert, want=False, admitted=True))
+    assert len(sent) == 2 and drops == []
