@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CERT_TYPE = "fleet.cert"
 # What the gate counts in dropped{layer="transport"}: exported at 0 by a fleet node's /metrics from the start.
-FLEET_REFUSALS = ("uncertified", "uncertified_destination", "cert_pending_full", "cert_rate",
+FLEET_REFUSALS = ("uncertified", "uncertified_destination", "cert_pending_full", "cert_pending_dropped", "cert_rate",
                   *(f"cert_{reason}" for reason in REASONS))
 
 
@@ -203,7 +203,7 @@ class FleetGate:
             self._requeue(peer, held)
         else:
             for _ in held:
-                self._drop("uncertified", peer, "held for a peer whose certificate was refused")
+                self._drop("cert_pending_dropped", peer, "held for a peer that was refused, revoked or forgotten")
 
     def _offer(self, peer: bytes, now: float) -> None:
         """Send ``peer`` our certificate, asking for its own (and for its word that it admitted us), at most

@@ -831,7 +831,7 @@ class Transport:
 
 
 _OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten",
-                             "cert_pending_full", "uncertified_destination"})
+                             "cert_pending_full", "cert_pending_dropped", "uncertified_destination"})
 # What a peer can make the inbox refuse, in the order the checks run (protocols/node.md, "What the inbox
 # refuses"): exported at 0 from the start, so that a rate() alert on any of them needs no first event.
 INBOX_REFUSALS = ("plaintext", "handshake_failed", "handshake_refused", "handshake_aborted", "multipart",
