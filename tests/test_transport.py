@@ -382,3 +382,44 @@ def test_the_exported_inbox_refusals_cover_every_decode_error_and_refused_link()
     assert decode_errors and links == {"plaintext", "handshake_failed", "handshake_refused", "handshake_aborted"}
     assert decode_errors | links <= set(INBOX_REFUSALS)
     assert len(set(INBOX_REFUSALS)) == len(INBOX_REFUSALS)
+
+
+def test_a_refused_send_on_the_inbox_does_not_swallow_what_arrives_meanwhile(arun):
+    """A send on a ZeroMQ socket processes its pending commands, which resets its edge-triggered FD.
+    When the peer's connection is gone (EHOSTUNREACH, a restarted sidecar under a new routing id),
+    the refused send must not leave what its new connection brought unread: nothing else would
+    wake the inbox (found by test_kill_9_mid_stream_to_a_live_peer_neither_loses_nor_duplicates)."""
+    import time
+
+    from zmqagents.transport.mesh import ROUTING_ID_SIZE
+
+    async def main():
+        received: list[Envelope] = []
+        server = _server(received)
+        me = server.identity.node_id
+        peer = Identity.generate()
+        ctx = zmq.Context()
+        try:
+            first = _raw_dealer(ctx, server, curve_of=peer, routing_id=peer.public_key + os.urandom(16))
+            assert len(peer.public_key) + 16 == ROUTING_ID_SIZE
+            first.send(_env(peer.node_id, me, b"before").encode())
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.02)
+            assert [e.body for e in received] == [b"before"]
+            first.close(linger=0)  # the peer dies ...
+            await asyncio.sleep(0.3)
+            second = _raw_dealer(ctx, server, curve_of=peer, routing_id=peer.public_key + os.urandom(16))
+            await asyncio.sleep(0.3)  # ... and comes back on a new connection (handshake done by the loop)
+            second.send(_env(peer.node_id, me, b"after").encode())
+            time.sleep(0.2)  # it is in the inbox's queue, and the loop has not looked yet
+            server.send(_env(me, peer.node_id, b"ack"))  # to the gone connection: EHOSTUNREACH
+            server._flush()  # this loop turn's writes, before the loop polls the inbox's FD
+            await asyncio.sleep(1.0)  # no other traffic: only the flush's re-check can find "after"
+            assert [e.body for e in received] == [b"before", b"after"]
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())

@@ -458,6 +458,7 @@ class Transport:
         try:
             link.socket.send(frame, NOBLOCK)
         except zmq.Again:
+            self._recheck.add(link.socket)  # the refused send may have swallowed the FD's edge too
             self._drop("send_hwm", dst, "outgoing queue full")
             return
         self._sent(link.socket, frame)
@@ -466,6 +467,10 @@ class Transport:
         # Two sends rather than send_multipart, which re-checks and re-flags every part in Python. A
         # refusal (full queue, connection gone) comes on the routing id; the frame after it then always goes.
         router = self.router
+        # Refused or not, a send processes the socket's pending commands and can swallow the edge of
+        # its FD: re-check the inbox after this turn's writes whatever happens. A refused send alone
+        # once left a restarted peer's frames unread for good (no other traffic to wake the inbox).
+        self._recheck.add(router)
         try:
             router.send(rid, MORE_NOBLOCK)
             router.send(frame, NOBLOCK)
