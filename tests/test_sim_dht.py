@@ -8,46 +8,14 @@ import hashlib
 import random
 
 from zmqagents.core.dht import DhtConfig, DhtCore, DhtDone, key_for
-from zmqagents.core.membership import Alive, Failed, Left, Membership, MembershipConfig
+from zmqagents.core.composition import NodeCore
+from zmqagents.core.membership import Membership, MembershipConfig
 from zmqagents.core.routing import RoutingCore
 from zmqagents.identity import Identity
 from zmqagents.sim.engine import Simulator
-from zmqagents.sim.overlay import OverlayNode
 
 N = 100
 KEYS = 20
-
-
-class DhtSimNode:
-    """A node's routing + membership (OverlayNode, wired as in zmqagents.sim.overlay) and its DHT core."""
-
-    def __init__(self, overlay: OverlayNode, dht: DhtCore):
-        self.overlay = overlay
-        self.dht = dht
-
-    def receive(self, env, now):
-        if env.type.startswith("dht."):
-            self.dht.receive(env, now)
-            self.overlay.sync(now)  # answers add contacts to the table: hand them to membership
-        else:
-            self.overlay.receive(env, now)
-
-    def tick(self, now):
-        self.overlay.tick(now)
-        t = self.dht.next_timer()
-        if t is not None and t <= now:
-            self.dht.tick(now)
-            self.overlay.sync(now)
-
-    def next_timer(self):
-        a, b = self.overlay.next_timer(), self.dht.next_timer()
-        return b if a is None else a if b is None else min(a, b)
-
-    def take_outgoing(self):
-        return [*self.overlay.take_outgoing(), *self.dht.take_outgoing()]
-
-    def take_events(self):
-        return [*self.overlay.take_events(), *self.dht.take_events()]
 
 
 def test_records_survive_holder_crashes_after_re_replication():
@@ -57,20 +25,12 @@ def test_records_survive_holder_crashes_after_re_replication():
     mcfg = MembershipConfig.profile("lan")
     # Republishing is pushed past the end of the run: only holders' re-replication can save the records.
     dcfg = DhtConfig(republish_interval=1000, provider_ttl=2000, replicate_check=5)
-    nodes: dict[bytes, DhtSimNode] = {}
+    # Each node is the composition a real node drives (zmqagents.core.composition): it does the wiring.
+    nodes: dict[bytes, NodeCore] = {}
     done: dict[tuple, DhtDone] = {}
 
     def on_event(simnode, ev, now):
-        node = nodes[simnode.id]
-        t = type(ev)
-        if t is Failed or t is Left:
-            node.overlay.held.discard(ev.node_id)
-            node.overlay.routing.forget(ev.node_id)
-            node.overlay.sync(now)
-        elif t is Alive:
-            node.overlay.routing.observe(ev.contact, now)
-            node.overlay.sync(now)
-        elif t is DhtDone:
+        if type(ev) is DhtDone:
             done[(simnode.id, ev.op_id)] = ev  # op ids are per node
 
     sim = Simulator(11, latency="lognormal:5ms:0.5", on_event=on_event)
@@ -79,8 +39,7 @@ def test_records_survive_holder_crashes_after_re_replication():
             routing = RoutingCore(contacts[i], random.Random(rng.getrandbits(64)))
             mem = Membership(contacts[i], rng, mcfg)
             mem.set_network_size(N)
-            nodes[nid] = DhtSimNode(OverlayNode(i, routing, mem), DhtCore(routing, identities[i],
-                                                                        random.Random(rng.getrandbits(64)), dcfg))
+            nodes[nid] = NodeCore(routing, mem, DhtCore(routing, identities[i], random.Random(rng.getrandbits(64)), dcfg))
             return [nodes[nid]]
         sim.add_node(factory, node_id=ids[i])
     rng = random.Random(3)
@@ -90,8 +49,8 @@ def test_records_survive_holder_crashes_after_re_replication():
         node = nodes[nid]
         for j in rng.sample(range(N), N):
             if j != i:
-                node.overlay.routing.observe(contacts[j], 0.0)
-        node.overlay.sync(0.0)
+                node.routing.observe(contacts[j], 0.0)
+        node.sync(0.0)
         sim.flush(sim.nodes[i])
     keys = [key_for(f"sim/{j}") for j in range(KEYS)]
     puts = {}

@@ -35,8 +35,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("core", "certs")),
     ("transport", ("transport",)),
     # coretimer: the one loop timer Node and the agent runtime share; dht: the Node's DHT facade;
-    # sim: drives the cores (as Node does) with a virtual clock; queues: the inbox's and the
-    # subscriptions' byte-bounded queue; revocations: a fleet node's revocation lists through the DHT.
+    # sim: drives the cores' composition (core/composition.py) with a virtual clock; queues: the
+    # inbox's and the subscriptions' byte-bounded queue; revocations: a fleet node's revocation lists
+    # through the DHT.
     ("node", ("node", "dht", "coretimer", "sim", "queues", "revocations")),
     ("agents", ("agents",)),
     # The entry points: the CLI (launch.py starts it), its command modules, the sidecar daemon.

@@ -74,10 +74,11 @@ from .outputs import CoreOutputs
 from .routing_table import TABLE_STAT_KEYS, Entry, RoutingTable
 
 __all__ = [
-    "FIND_NODE", "NODES", "RoutingConfig", "RoutingCore", "LookupDone", "Joined", "Introduced",
+    "PREFIX", "FIND_NODE", "NODES", "RoutingConfig", "RoutingCore", "LookupDone", "Joined", "Introduced",
     "addressed_here", "QueryDestinations",
 ]
 
+PREFIX = "kad."  # every type this core handles starts with it
 FIND_NODE = "kad.find_node"
 NODES = "kad.nodes"
 

@@ -2,9 +2,10 @@
 
 This is the overlay simulation (:mod:`zmqagents.sim.overlay`: warm start or full join, SWIM, crash
 scheduling, the same exit-code rules) with a :class:`~zmqagents.core.dht.DhtCore` added to each node,
-wired as a real node wires it: envelopes whose type starts with ``dht.`` go to the DHT core, which
-feeds what it learns (answers, RTTs, hard timeouts) into the node's one routing table; table changes
-are handed to membership as for ``kad.`` traffic, and a membership ``Failed``/``Left`` also goes to
+wired by the same :class:`~zmqagents.core.composition.NodeCore` a real node drives: envelopes whose
+type starts with ``dht.`` go to the DHT core, which feeds what it learns (answers, RTTs, hard
+timeouts) into the node's one routing table; table changes are handed to membership as for ``kad.``
+traffic, and a member that failed or left, or a contact the table gave up, also goes to
 ``DhtCore.forget``. Each node signs with its own Ed25519 key (derived
 from the run seed and its number), so every STORE and every record in an answer is really verified.
 
@@ -69,7 +70,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..core.dht import DhtConfig, DhtCore, DhtDone, key_for
-from ..core.membership import Failed, Left, Membership
+from ..core.composition import NodeCore
+from ..core.membership import Membership
 from ..core.routing import RoutingCore
 from ..identity import Identity
 from .overlay import EXIT_CORRECTNESS, EXIT_LIVENESS, EXIT_OK, OverlayNode, OverlayRun, OverlayScenario
@@ -123,58 +125,22 @@ def timeline(sc: DhtScenario) -> Timeline:
 
 
 class DhtNode(OverlayNode):
-    """An overlay node with a DHT core: ``dht.`` envelopes go to it, its timers and output join the others'."""
+    """An overlay node whose NodeCore has a DHT core; it notes when a tick fired a query's hard timeout."""
 
     __slots__ = ("dht", "timeout_tick")
 
-    def __init__(self, index: int, routing: RoutingCore, membership: Membership, dht: DhtCore,
-                 contacts: dict | None = None, run: OverlayRun | None = None):
-        super().__init__(index, routing, membership, contacts, run)
-        self.dht = dht
+    def __init__(self, index: int, core: NodeCore):
+        super().__init__(index, core)
+        self.dht = core.dht
         self.timeout_tick = -1.0  # last time a tick of the DHT core fired a query's hard timeout
+        self.tick = self._tick
 
-    def receive(self, env, now: float) -> None:
-        if env.type.startswith("dht."):
-            self.dht.receive(env, now)  # it refreshes (or adds) the sender in the routing table itself
-            self.sync(now)
-        else:
-            OverlayNode.receive(self, env, now)
-
-    def tick(self, now: float) -> None:
-        OverlayNode.tick(self, now)
-        dht = self.dht
-        d = dht.next_timer()
-        if d is not None and d <= now:
-            before = dht.stats["rpc_timeouts"]
-            dht.tick(now)
-            if dht.stats["rpc_timeouts"] != before:
-                self.timeout_tick = now
-            self.sync(now)
-
-    def next_timer(self) -> float | None:
-        t = OverlayNode.next_timer(self)
-        d = self.dht.next_timer()
-        if t is None or (d is not None and d < t):
-            return d
-        return t
-
-    def take_outgoing(self) -> list:
-        a = OverlayNode.take_outgoing(self)
-        b = self.dht.take_outgoing()
-        if not a:
-            return b
-        if b:
-            a.extend(b)
-        return a
-
-    def take_events(self) -> list:
-        a = OverlayNode.take_events(self)
-        b = self.dht.take_events()
-        if not a:
-            return b
-        if b:
-            a.extend(b)
-        return a
+    def _tick(self, now: float) -> None:
+        stats = self.dht.stats
+        before = stats["rpc_timeouts"]
+        self.core.tick(now)
+        if stats["rpc_timeouts"] != before:
+            self.timeout_tick = now
 
 
 class _Phase:
@@ -223,7 +189,7 @@ class DhtRun(OverlayRun):
     def make_node(self, i: int, routing: RoutingCore, mem: Membership) -> OverlayNode:
         signer = Identity.from_seed(hashlib.sha256(b"zmqagents-sim-dht/%d/%d" % (self.sc.seed, i)).digest())
         dht = DhtCore(routing, signer, random.Random(f"{self.sc.seed}/dht/{i}"), self.dcfg)
-        return DhtNode(i, routing, mem, dht, self.by_id, self)
+        return DhtNode(i, NodeCore(routing, mem, dht, contacts=self.by_id))
 
     # -- the workload -------------------------------------------------------------------------------
 
@@ -261,15 +227,9 @@ class DhtRun(OverlayRun):
         self.ops[(i, oid)] = (phase, j, now)
         self.sim.flush(self.sim.nodes[i])
 
-    def dropped_by_routing(self, i: int, nid: bytes, now: float) -> None:
-        self.nodes[i].dht.forget(nid)  # as Node's reconciler does when its table gives a contact up
-        OverlayRun.dropped_by_routing(self, i, nid, now)
-
     def _on_event(self, simnode, ev, now: float) -> None:
         t = type(ev)
         if t is not DhtDone:
-            if t is Failed or t is Left:
-                self.nodes[simnode.index].dht.forget(ev.node_id)  # as Node does: its provider entries go
             OverlayRun._on_event(self, simnode, ev, now)
             return
         i = simnode.index

@@ -1,18 +1,11 @@
 """The overlay simulation: every node runs the real routing (Kademlia) and membership (SWIM) cores.
 
-Each simulated node is one :class:`OverlayNode`, wired the way a real node wires its cores:
-
-* envelopes whose type starts with ``kad.`` go to the :class:`~zmqagents.core.routing.RoutingCore`,
-  ``swim.`` to the :class:`~zmqagents.core.membership.Membership` core; every ``swim.`` envelope is
-  also evidence that its sender is alive (``routing.observe(src)``, which only refreshes a known
-  contact; ``kad.`` envelopes do this inside the routing core);
-* contacts entering the routing table are ``add``-ed to membership, contacts leaving it are
-  ``remove``-d. The table is diffed against the set handed to membership only when its change
-  counters (``table_added`` + ``table_removed`` + ``table_replaced``) moved since the last look, so
-  the common message costs one integer sum;
-* membership ``Failed`` / ``Left`` -> ``routing.forget`` (the freshest replacement is promoted and
-  then ``add``-ed to membership by the diff); ``Alive`` (a dead member answered, or a suspicion
-  cleared) -> ``routing.observe(contact)``.
+Each simulated node is one :class:`OverlayNode`: a
+:class:`~zmqagents.core.composition.NodeCore` holding the node's routing and membership cores,
+the composition a real node drives (which envelope goes to which core, membership probing exactly
+the routing table's contacts, a ``Failed``/``Left`` member forgotten by the table, ``Alive`` observed
+by it: the module docstring of :mod:`zmqagents.core.composition`). The run only counts what the
+nodes report (``Failed``, ``Alive``, ``TableDropped`` ...); it wires nothing itself.
 
 Node ids are ``sha256(public_key)``. Public keys are stand-ins: 32 bytes derived from the run seed
 and the node number (both cores check only the length and derive the id from the key; no
@@ -90,9 +83,9 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from ..core.membership import TYPES as SWIM_TYPES
-from ..core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
-from ..core.routing import Joined, LookupDone, RoutingConfig, RoutingCore
+from ..core.composition import NodeCore, TableAdded, TableDropped
+from ..core.membership import Alive, Failed, Membership, MembershipConfig, Refuted, Suspect
+from ..core.routing import Joined, RoutingConfig, RoutingCore
 from ..identity import Contact, node_id_of
 from .engine import Simulator, bulk_build, combine_traces, frozen_heap
 from .faults import Paused
@@ -127,116 +120,23 @@ def sim_key(seed: int, i: int) -> bytes:
 
 
 class OverlayNode:
-    """One node's routing and membership cores behind the simulator's single-core interface."""
+    """One simulated node: its :class:`~zmqagents.core.composition.NodeCore` (the cores wired as a real
+    node wires them) behind the simulator's single-core interface, and its number in the run."""
 
-    __slots__ = ("index", "routing", "membership", "held", "contacts", "run", "_mark", "_stats")
+    __slots__ = ("index", "core", "routing", "membership", "receive", "tick", "next_timer", "take_outgoing",
+                 "take_events")
 
-    def __init__(self, index: int, routing: RoutingCore, membership: Membership, contacts: dict | None = None,
-                 run: "OverlayRun | None" = None):
+    def __init__(self, index: int, core: NodeCore):
         self.index = index
-        self.run = run  # told when the table drops a crashed node (a detection), whoever made the table change
-        self.contacts = contacts  # node id -> Contact, shared (a sim's memory saver), or None
-        self.routing = routing
-        self.membership = membership
-        self.held: set[bytes] = set()  # node ids handed to membership from the table
-        self._stats = routing.stats
-        self._mark = 0
-
-    def _changes(self) -> int:
-        s = self._stats
-        return s["table_added"] + s["table_removed"] + s["table_replaced"]
-
-    def sync(self, now: float, run: "OverlayRun | None" = None) -> None:
-        """Hand table changes to membership (cheap when nothing changed), in id order (deterministic)."""
-        mark = self._changes()
-        if mark == self._mark:
-            return
-        if run is None:
-            run = self.run
-        self._mark = mark
-        table = self.routing.table
-        cur = {}
-        for e in table:
-            cur[e.node_id] = e
-        held = self.held
-        mem = self.membership
-        # In id order: set order follows the (per-process, randomized) hash of bytes, and the order of
-        # add/remove reaches membership's random choices, so a run would depend on PYTHONHASHSEED.
-        for nid in sorted(held - cur.keys()):
-            held.discard(nid)
-            mem.remove(nid)
-            if run is not None:
-                run.dropped_by_routing(self.index, nid, now)
-        shared = self.contacts
-        for nid in sorted(cur.keys() - held):
-            held.add(nid)
-            c = None if shared is None else shared.get(nid)
-            e = cur[nid]
-            if c is None or c.endpoint != e.endpoint:
-                c = e.contact
-            if mem.add(c, now) and run is not None:
-                run.added_by_routing(self.index, nid, now)
-
-    # -- the simulator's core interface -------------------------------------------------------
-
-    def receive(self, env, now: float) -> None:
-        t = env.type
-        if t in SWIM_TYPES:
-            self.routing.table.touch(env.src, now)
-            self.membership.receive(env, now)
-        elif t.startswith("kad."):
-            self.routing.receive(env, now)
-            self.sync(now)
-
-    def tick(self, now: float) -> None:
-        # Both cores fire only what is due, so asking each for its next timer first would only cost.
-        self.routing.tick(now)
-        self.sync(now)
-        self.membership.tick(now)
-
-    def next_timer(self) -> float | None:
-        r = self.routing.next_timer()
-        m = self.membership.next_timer()
-        if r is None:
-            return m
-        if m is None or r < m:
-            return r
-        return m
-
-    # The two below read the cores' CoreOutputs queues (core/outputs.py) directly rather than through
-    # take_outgoing()/take_events(): they run after every event of a run, and mostly find both empty.
-
-    def take_outgoing(self) -> list | tuple:
-        r = self.routing
-        m = self.membership
-        a = r._out
-        b = m._out
-        if a:
-            r._out = []
-            if b:
-                m._out = []
-                a.extend(b)
-            return a
-        if b:
-            m._out = []
-            return b
-        return ()
-
-    def take_events(self) -> list | tuple:
-        r = self.routing
-        m = self.membership
-        a = r._events
-        b = m._events
-        if a:
-            r._events = []
-            if b:
-                m._events = []
-                a.extend(b)
-            return a
-        if b:
-            m._events = []
-            return b
-        return ()
+        self.core = core
+        self.routing = core.routing
+        self.membership = core.membership
+        # The engine calls these after every event of a run: bound once here, they cost no extra call.
+        self.receive = core.receive
+        self.tick = core.tick
+        self.next_timer = core.next_timer
+        self.take_outgoing = core.take_outgoing
+        self.take_events = core.take_events
 
 
 class OverlayRun:
@@ -362,7 +262,7 @@ class OverlayRun:
     def make_node(self, i: int, routing: RoutingCore, mem: Membership) -> OverlayNode:
         """Node ``i`` around its routing and membership cores; a run that adds cores (sim/dht_run.py)
         returns an OverlayNode subclass here."""
-        return OverlayNode(i, routing, mem, self.by_id, self)
+        return OverlayNode(i, NodeCore(routing, mem, contacts=self.by_id))
 
     def _warm_start(self, joining: set[int]) -> None:
         """Fill the tables of the non-joining nodes as a completed join would (see the module doc)."""
@@ -406,7 +306,9 @@ class OverlayRun:
             if near is not None:
                 for b in range(near, 256):
                     table.touch_bucket(b, 0.0)
-            node.sync(0.0)
+            node.core.sync(0.0)
+            for ev in node.core.take_events():  # TableAdded each: counted now, not all held until the flush
+                self._on_event(node, ev, 0.0)
 
     # -- scenario actions ------------------------------------------------------------------------
 
@@ -460,15 +362,14 @@ class OverlayRun:
             self.routing_dropped += 1
             self.detect_times.append(now)
 
-    # -- wiring: what a node does with its cores' events -----------------------------------------
+    # -- what the run counts of its nodes' events (the wiring itself is NodeCore's) ------------------
 
     def _on_event(self, simnode, ev, now: float) -> None:
         i = simnode.index
-        node = self.nodes[i]
         t = type(ev)
-        if t is Failed or t is Left:
+        if t is Failed:
             j = self.index.get(ev.node_id)
-            if t is Failed and j is not None:
+            if j is not None:
                 self.failed_events += 1
                 if not self.up[j]:
                     d = self.detected.get(j)
@@ -486,16 +387,15 @@ class OverlayRun:
                 else:
                     self.fp.append((now, i, j))
                     self.fp_pairs[(i, j)] = True
-            node.held.discard(ev.node_id)
-            node.routing.forget(ev.node_id)
-            node.sync(now, self)
+        elif t is TableDropped:
+            self.dropped_by_routing(i, ev.node_id, now)
+        elif t is TableAdded:
+            self.added_by_routing(i, ev.node_id, now)
         elif t is Alive:
             nid = node_id_of(ev.contact.public_key)
             j = self.index.get(nid)
             if j is not None:
                 self.revive(i, j, now)
-            node.routing.observe(ev.contact, now)
-            node.sync(now, self)
         elif t is Suspect:
             j = self.index.get(ev.node_id)
             if j is not None and self.up[j]:
@@ -507,8 +407,6 @@ class OverlayRun:
                 self.joined_ok += 1
             else:
                 self.joined_failed += 1
-        elif t is LookupDone:
-            pass
 
     # -- join convergence ------------------------------------------------------------------------
 
