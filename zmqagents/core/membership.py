@@ -1821,7 +1821,7 @@ class Membership(CoreOutputs):
         reconnects this way (the far side answers and is revived). Every one of them, not one per
         interval: a member buried after the heal (its suspicion began while cut off), or one whose
         confirming check was lost, would otherwise wait for a round-robin of one tombstone per
-        interval (sim, N=2000, 30 % cut off: 60 tombstones per node, minutes)."""
+        interval (sim, N=2000, 30 % cut off: ~43 tombstones per node on average, minutes)."""
         tombs = self._tombs
         if not tombs:
             return
