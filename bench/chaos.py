@@ -46,7 +46,9 @@ What is checked, per round and destination:
 * ``recovery_s``: per fault, from its repair (B or the relay answering again after the restart,
   the link healed) to the first delivery of a message not delivered before, to the stream the
   fault hit (B's for kill_b and cut_ab, C's for kill_relay). The restart time itself
-  (spawn to ready) is ``restart_s``.
+  (spawn to ready) is ``restart_s``; ``catch_up_s`` is from the repair until every message sent
+  before it was delivered (the backlog of the fault cleared: a stream that flows again but drains
+  its backlog slowly shows here, not in ``recovery_s``).
 
 Also: the largest RSS of each process over the run (sampled every second), A's delivery and
 outbox counters, and for a round that failed, its work directory (configs and every process's
@@ -454,6 +456,7 @@ def _stream(plan: Plan, fleet: Fleet, app: App) -> dict:
 
     def repaired(ev: dict, now: float) -> None:
         ev["_repaired"] = now
+        ev["_backlog"] = app.sent[ev["stream"]]  # the messages sent by then: catch_up_s waits for all of them
         failed = a_send_failed()
         if failed is not None and ev["_failed"] is not None:
             ev["a_gave_up"] = failed - ev["_failed"]  # > 0: A forgot (or gave up on) the peer during the fault
@@ -569,6 +572,11 @@ def _account(plan: Plan, fleet: Fleet, app: App, events: list[dict], start: floa
             if key in raw:
                 ev[key[1:] + "_at"] = round(raw[key] - start, 3)
         ev.setdefault("recovery_s", None)
+        # From the repair until every message sent before it was delivered (None: some never were).
+        got = app.streams[ev["stream"]].delivered
+        firsts = [got[n][0][0] if n in got else None for n in range(raw.get("_backlog", 0))]
+        ev["catch_up_s"] = None if "_repaired" not in raw or None in firsts else \
+            round(max([raw["_repaired"], *firsts]) - raw["_repaired"], 3)
     out["cut_dropped_packets"] = fleet.ab.cut_dropped
     out["kill_exit_status"] = {k: v for k, v in fleet.exits.items() if v}
     out["rss_mb"] = {k: round(v / 1024, 1) for k, v in fleet.rss_kb.items()}
@@ -634,6 +642,7 @@ def summarize(rounds: list[dict]) -> dict:
     by_kind = {k: percentiles([ev["recovery_s"] for r in rounds for ev in r["faults"]
                                if ev["kind"] == k and ev["recovery_s"] is not None]) for k in FAULTS}
     restarts = [ev["restart_s"] for r in rounds for ev in r["faults"] if ev.get("restart_s") is not None]
+    catch_up = [ev["catch_up_s"] for r in rounds for ev in r["faults"] if ev.get("catch_up_s") is not None]
     rss: dict[str, float] = {}
     for r in rounds:
         for name, mb in r["rss_mb"].items():
@@ -653,6 +662,7 @@ def summarize(rounds: list[dict]) -> dict:
         "recovery_s": percentiles(recoveries),
         "recovery_s_by_fault": by_kind,
         "restart_s": percentiles(restarts),
+        "catch_up_s": percentiles(catch_up),
         "rss_mb": rss,
         "failed_rounds": [_failure_brief(r) for r in rounds if not r["ok"]],
     }

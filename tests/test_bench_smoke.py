@@ -176,6 +176,7 @@ def test_chaos_quick_runs_one_round_of_faults_and_accounts_for_every_message():
     assert out["accepted"] == out["delivered"] > 0 and out["refused"] == 0 and out["failed_rounds"] == []
     assert out["unrecovered_faults"] == 0 and out["recovery_s"]["n"] == 3
     assert 0 <= out["recovery_s"]["p50"] <= out["recovery_s"]["p99"] <= out["recovery_s"]["max"]
+    assert out["catch_up_s"]["n"] == 3 and 0 <= out["catch_up_s"]["p50"] <= out["catch_up_s"]["max"]
     assert set(out["rss_mb"]) == {"a", "b", "c", "relay"} and all(v > 0 for v in out["rss_mb"].values())
 
 
