@@ -137,3 +137,14 @@ def test_a_contact_the_table_gives_up_loses_its_provider_entries_and_keeps_its_l
     assert holder.take_events() == [TableDropped(pid)]  # no PeerGone: the shell keeps its link
     assert pid not in holder.membership
     assert not any(p.node_id == pid for p in holder.dht.held_providers(key))
+
+
+def test_forget_cuts_a_peer_off_in_every_core_at_once():
+    mesh = Mesh()
+    core = mesh.nodes[0]
+    core.take_events()
+    gone = mesh.ids[6]
+    core.forget(gone, 1.0)
+    assert core.routing.table.get(gone) is None
+    assert gone not in core.membership
+    assert core.take_events()[0] == PeerGone(gone)

@@ -84,8 +84,6 @@ def test_request_reply_through_a_relay_both_ways_and_failover_to_the_second(arun
             r1._closed = False
             if r1._timer is not None:
                 r1._timer.cancel()
-            if r1._reconciler is not None:
-                r1._reconciler.cancel()
 
     arun(main())
 

@@ -89,12 +89,11 @@ _REASONS = {
 class Dht:
     """``node.dht``. Operations need a started node (``async with Node(...)``)."""
 
-    def __init__(self, *, now: Callable[[], float], send: Callable[[DhtCore], None], pump: Callable[[], None]):
-        """``now``: the clock the node's cores run on; ``send(core)``: send what ``core`` queued (to
-        destinations it may know only from a lookup); ``pump``: have the node act on every core's
-        output, after an operation was handed to the core outside the node's own event handling."""
+    def __init__(self, *, now: Callable[[], float], pump: Callable[[], None]):
+        """``now``: the clock the node's cores run on; ``pump``: have the node send what its cores
+        queued and act on their events (it hands this object each DhtDone: :meth:`settle`), after an
+        operation was handed to the core outside the node's own event handling."""
         self._now = now
-        self._send = send
         self._pump = pump
         self.core: DhtCore | None = None  # made by Node.start(), once the node's contact is known
         self._ops: dict[int, asyncio.Future] = {}
@@ -155,17 +154,11 @@ class Dht:
 
     # -- driven by the node --------------------------------------------------------------------------
 
-    def pump(self) -> None:
-        """Send what the core wants sent and settle finished operations (called from Node._pump)."""
-        core = self.core
-        if core is None:
-            return
-        self._send(core)
-        for event in core.take_events():
-            if isinstance(event, DhtDone):
-                future = self._ops.pop(event.op_id, None)
-                if future is not None and not future.done():
-                    future.set_result(event)
+    def settle(self, event: DhtDone) -> None:
+        """An operation finished (the node's composition reported it): resolve whoever awaits it."""
+        future = self._ops.pop(event.op_id, None)
+        if future is not None and not future.done():
+            future.set_result(event)
 
     def close(self, error: Exception) -> None:
         for future in self._ops.values():

@@ -1,9 +1,11 @@
 """The public async Node: the delivery core driven by real ZeroMQ sockets.
 
-``Node`` owns no protocol logic. It feeds what the transport receives into the
-sans-IO :class:`~zmqagents.core.delivery.Delivery` core, sends what the core
-wants sent, arms one timer for the core's next deadline, and turns the core's
-events into futures, queues and handler calls for the application.
+``Node`` owns no protocol logic. It feeds what the transport receives into two
+sans-IO objects: :class:`~zmqagents.core.composition.NodeCore` (routing,
+membership, the DHT and the relay cores, wired once, there, for Node and the
+simulator alike) and the :class:`~zmqagents.core.delivery.Delivery` core beside
+it. It sends what they want sent, arms one timer for their next deadline, and
+turns their events into futures, queues and handler calls for the application.
 
     async with Node(listen="tcp://127.0.0.1:0", peers=[contact]) as node:
         reply = await node.request(peer_id, {"q": 1}, timeout=5)
@@ -33,8 +35,8 @@ from .core.delivery import (
     WindowFull,
     WindowOpen,
 )
-from .core.dht import PREFIX as DHT_PREFIX
-from .core.dht import DhtConfig, DhtCore
+from .core.composition import NodeCore, PeerGone
+from .core.dht import DhtConfig, DhtCore, DhtDone
 from .core.membership import Alive, Failed, Left, Membership, MembershipConfig, Refuted, Suspect
 from .core.relay import (
     DELIVER,
@@ -42,7 +44,6 @@ from .core.relay import (
     NOT_FORWARDED,
     REFUSED,
     REGISTER,
-    REGISTERED,
     RELAY_TYPES,
     RelayClient,
     RelayConfig,
@@ -66,8 +67,6 @@ log = logging.getLogger(__name__)
 
 HELLO = "hello"  # request type neighbours exchange to learn each other's PUB endpoint
 PEERS = "zmqagents.peers"  # request type answered by the node itself with its routing table
-ROUTING_PREFIX = "kad."  # envelopes for the routing core
-MEMBERSHIP_PREFIX = "swim."  # envelopes for the membership core; everything else goes through delivery
 EXPIRED = "Expired"  # ``type`` of the error reply to a request refused because its deadline passed
 # BoundedQueue's reasons -> Node.stats keys (and the dropped-messages metric's reasons, sidecar/admin.py)
 _INBOX_REFUSALS = {"queue_full": "inbox_refused", "queue_bytes": "inbox_bytes_refused",
@@ -75,7 +74,6 @@ _INBOX_REFUSALS = {"queue_full": "inbox_refused", "queue_bytes": "inbox_bytes_re
 # s an outbound-only node waits for a TCP connection to a bootstrap node before joining through its relays
 # instead: a routed host answers a connect in a round trip, a firewall that drops it never does
 DIAL_CHECK_TIMEOUT = 3.0
-RECONCILE_INTERVAL = 1.0  # s between bringing membership's member set in line with the routing table
 CONTACT_RECORD_DOMAIN = b"zmqagents/contact/v1\x00"  # DHT keys of nodes' own signed contact records
 
 
@@ -241,13 +239,12 @@ class Node:
         self.routing: RoutingCore | None = None  # needs our endpoint, known once the inbox is bound
         self.membership: Membership | None = None  # likewise (alive rumors about us carry our contact)
         # Records and providers (zmqagents/dht.py); its core is made by start().
-        self.dht = Dht(now=self._now, send=self._send_outgoing, pump=self._pump)
-        self._members: set[bytes] = set()  # ids handed to membership, mirrored from the routing table
+        self.dht = Dht(now=self._now, pump=self._pump)
+        # Routing, membership, the DHT core and the relay cores wired as one (zmqagents/core/composition.py).
+        self.core: NodeCore | None = None
         self.relay_server: RelayServer | None = None  # with serve_relay
         self.relay_client: RelayClient | None = None  # on an outbound-only node
-        self._relay_cores: list = []  # whichever of the two exist, for the pump and the timer
         self._relays_seen_up: set[bytes] = set()
-        self._reconciler: asyncio.TimerHandle | None = None
         self._event_queues: list[asyncio.Queue] = []
         self._lookups: dict[int, asyncio.Future] = {}
         self._joined: asyncio.Future | None = None
@@ -303,7 +300,9 @@ class Node:
         self.routing = RoutingCore(self.contact, self._rng, self.config.routing, advertise=self.config.member)
         self.dht.core = DhtCore(self.routing, self.identity, self._rng, self.config.dht)
         self.membership = Membership(self.contact, self._rng, self.config.membership)
-        self._reconcile()
+        self.core = NodeCore(self.routing, self.membership, self.dht.core,
+                             relay_server=self.relay_server, relay_client=self.relay_client)
+        self._pump()
         if self.relay_client is not None:
             self.relay_client.start(self._now())
             self._pump()
@@ -383,7 +382,9 @@ class Node:
         """
         contacts = [p if isinstance(p, Contact) else Contact.parse(p) for p in bootstrap]
         self._joined = asyncio.get_running_loop().create_future()
-        self.routing.join(contacts, self._now())
+        now = self._now()
+        self.routing.join(contacts, now)
+        self.core.sync(now)
         self._pump()
         try:
             joined = await asyncio.wait_for(asyncio.shield(self._joined), timeout)
@@ -447,8 +448,6 @@ class Node:
             self._pump()
             await asyncio.sleep(self.config.leave_timeout)
         self._closed = True
-        if self._reconciler is not None:
-            self._reconciler.cancel()
         if self.revocation_sync is not None:
             await self.revocation_sync.close()
         self._timer.cancel()
@@ -789,7 +788,7 @@ class Node:
             return False
         self.transport.add_contact(contact)
         if body.get("member", True) is not False:
-            self.routing.observe(contact, self._now())
+            self.core.observe(contact, self._now())
         self._neighbours[node_id] = (contact, pub)
         if self._subscriptions and pub:
             self.transport.subscribe_to(contact, pub)
@@ -807,63 +806,52 @@ class Node:
             for relay in self._relays:
                 transport.add_contact(relay)
             self.relay_client = RelayClient(self.node_id, paths.edge[:], self._rng, cfg.relay)
-            self._relay_cores.append(self.relay_client)
         if cfg.serve_relay:
             self.relay_server = RelayServer(self.node_id, self._rng, cfg.relay, direct_route=transport.direct_route)
-            self._relay_cores.append(self.relay_server)
 
-    def _on_relay(self, env: Envelope, batch: list[Envelope], now: float) -> None:
+    def _on_relay(self, env: Envelope, batch: list[Envelope]) -> None:
+        """The relay envelopes NodeCore leaves to the shell: a relayed delivery (unwrapped by the
+        transport's paths), a relay request when we serve none, a refusal that demotes a relay path."""
         typ = env.type
         if typ == DELIVER:
             inner = self.transport.paths().unwrap(env)  # verified, or dropped and counted
             if inner is not None and self.transport.admits(inner):  # a fleet takes certified senders only
                 batch.append(inner)  # the caller's loop handles it next, like any other arrival
-        elif typ == FORWARD or typ == REGISTER:
-            if self.relay_server is not None:
-                self.relay_server.receive(env, now)
-                return
+        elif typ == FORWARD or typ == REGISTER:  # we serve no relay (NodeCore took it otherwise)
             self.stats["relay_not_served"] += 1
             body = {"to": env.body.get("to") if isinstance(env.body, dict) else None, "why": "not_a_relay"}
             if typ == REGISTER:
                 body = {"n": 0, "why": "not_a_relay"}
             self.transport.send(Envelope(id=os.urandom(16), src=self.node_id, dst=env.src,
                                          type=NOT_FORWARDED if typ == FORWARD else REFUSED, body=body, re=env.id))
-        elif typ == REGISTERED or typ == REFUSED:
-            if self.relay_client is not None:
-                self.relay_client.receive(env, now)
         elif typ == NOT_FORWARDED:
             self.stats["relay_refusals_received"] += 1
             to = env.body.get("to") if isinstance(env.body, dict) else None
             if type(to) is bytes and self.transport.relaying is not None:
                 self.transport.relaying.demote(env.src, to)  # try that destination's next relay first
 
-    def _pump_relay(self) -> None:
-        send = self.transport.send
-        for core in self._relay_cores:
-            for env in core.take_outgoing():
-                send(env)
+    def _on_relay_event(self, event: RelayUp | RelayDown) -> None:
+        """One of our relays started or stopped answering our keepalive (outbound-only nodes)."""
         client = self.relay_client
-        if client is None:
-            return
-        for event in client.take_events():
-            paths = self.transport.paths()
-            active = client.active()
-            paths.edge = active + [r for r in paths.edge if r not in active]
-            if isinstance(event, RelayDown):
-                log.warning("relay %s is down (%s); %d relay(s) up", short_id(event.node_id), event.reason, len(active))
-                paths.demote(event.node_id)
-                self._emit(MemberEvent("relay_down", event.node_id))
-            elif isinstance(event, RelayUp):
-                log.info("relay %s is up", short_id(event.node_id))
-                self._emit(MemberEvent("relay_up", event.node_id))
-                if event.node_id in self._relays_seen_up:
-                    # Back after being down (perhaps restarted, its table empty): introduce ourselves again,
-                    # so it hands our relayed contact out in lookups once more.
-                    contact = next(c for c in self._relays if c.node_id == event.node_id)
-                    task = asyncio.get_running_loop().create_task(self._hello(contact))
-                    self._handler_tasks.add(task)  # cancelled by close() like the handlers
-                    task.add_done_callback(self._handler_tasks.discard)
-                self._relays_seen_up.add(event.node_id)
+        assert client is not None  # only the relay client reports these
+        paths = self.transport.paths()
+        active = client.active()
+        paths.edge = active + [r for r in paths.edge if r not in active]
+        if isinstance(event, RelayDown):
+            log.warning("relay %s is down (%s); %d relay(s) up", short_id(event.node_id), event.reason, len(active))
+            paths.demote(event.node_id)
+            self._emit(MemberEvent("relay_down", event.node_id))
+        else:
+            log.info("relay %s is up", short_id(event.node_id))
+            self._emit(MemberEvent("relay_up", event.node_id))
+            if event.node_id in self._relays_seen_up:
+                # Back after being down (perhaps restarted, its table empty): introduce ourselves again,
+                # so it hands our relayed contact out in lookups once more.
+                contact = next(c for c in self._relays if c.node_id == event.node_id)
+                task = asyncio.get_running_loop().create_task(self._hello(contact))
+                self._handler_tasks.add(task)  # cancelled by close() like the handlers
+                task.add_done_callback(self._handler_tasks.discard)
+            self._relays_seen_up.add(event.node_id)
 
     # -- fleet: join = "fleet" (protocols/certificates.md) ---------------------------
 
@@ -895,11 +883,9 @@ class Node:
         if gate is None:
             raise ValueError('revocation lists are for join = "fleet" nodes')
         gone = gate.adopt(revocations)
-        for nid in gone if self.routing is not None else ():  # before start() there is nothing to forget
-            self.routing.forget(nid)  # membership stops probing it at the next reconcile
-            self.delivery.forget(nid)
-            self.transport.forget(nid)
-            self.dht.core.forget(nid)
+        now = self._now()
+        for nid in gone if self.core is not None else ():  # before start() there is nothing to forget
+            self.core.forget(nid, now)  # delivery and the transport forget it on the PeerGone that follows
             self._neighbours.pop(nid, None)
             self._emit(MemberEvent("revoked", nid))
         if self.revocation_sync is not None:
@@ -917,30 +903,21 @@ class Node:
 
     def _on_batch(self, batch: list[Envelope]) -> None:
         delivery = self.delivery
-        routing = self.routing
+        core = self.core
         inbox = self._inbox
         # Accepted for the inbox but not in it yet: this batch's messages, delivered into the inbox
         # when the batch is pumped. They count as if queued.
         held_n = held_b = 0
         in_batch: dict[bytes, list[int]] = {}
         now = self._now()
-        last_src = None
         for env in batch:
+            # Routing, membership, the DHT and the relay cores take theirs (and any message refreshes
+            # its sender in the table); what is left is delivery's, or a relay path's.
+            if core.receive(env, now):
+                continue
             typ = env.type
-            if typ.startswith(ROUTING_PREFIX):
-                routing.receive(env, now)
-                continue
-            if typ.startswith(DHT_PREFIX):
-                self.dht.core.receive(env, now)  # it refreshes the sender in the table itself
-                continue
-            if env.src is not last_src:  # any message is evidence its sender is alive
-                last_src = env.src
-                routing.observe(last_src, now)
-            if typ.startswith(MEMBERSHIP_PREFIX):
-                self.membership.receive(env, now)
-                continue
             if typ in RELAY_TYPES:
-                self._on_relay(env, batch, now)
+                self._on_relay(env, batch)
                 continue
             # A full inbox refuses data before the core sees it: no ack, so the sender
             # retransmits later and nothing accepted is ever thrown away.
@@ -976,77 +953,62 @@ class Node:
             # dispatch may have produced replies (hello) — send them now
             for env in delivery.take_outgoing():
                 send(env)
-        if self.routing is not None:
-            self._pump_routing()
-            self._pump_membership()
-            self.dht.pump()
-        if self._relay_cores:
-            self._pump_relay()
+        if self.core is not None:
+            self._pump_core()
         if not delivery.pending():
             self._idle.set()
         self._arm_timer()
 
-    def _send_outgoing(self, core) -> None:
-        """Send what ``core`` (membership, routing, the DHT) queued. A destination the transport has no
-        link to yet (a lookup candidate, a ping relayed for another prober) is reached at the contact the
-        core knows for it (``core.contact_for``)."""
+    def _pump_core(self) -> None:
+        """Send what routing, membership, the DHT and the relay cores queued, and act on their events
+        until none is left (acting on one may queue more). A destination the transport has no link to
+        yet (a lookup candidate, a ping relayed for another prober) is reached at the contact the
+        cores know for it (``contact_for``)."""
+        core = self.core
         transport = self.transport
-        for env in core.take_outgoing():
-            if not transport.known(env.dst):
-                contact = core.contact_for(env.dst)
-                if contact is not None:
-                    transport.add_contact(contact)
-            transport.send(env)
+        while True:
+            for env in core.take_outgoing():
+                if not transport.known(env.dst):
+                    contact = core.contact_for(env.dst)
+                    if contact is not None:
+                        transport.add_contact(contact)
+                transport.send(env)
+            events = core.take_events()
+            if not events:
+                return
+            for event in events:
+                self._on_core_event(event)
 
-    def _pump_membership(self) -> None:
-        membership = self.membership
-        send = self.transport.send
-        self._send_outgoing(membership)
-        for event in membership.take_events():
-            if isinstance(event, (Failed, Left)):
-                # Confirmed gone: drop it everywhere; the table promotes a replacement (added on reconcile).
-                nid = event.node_id
-                self.routing.forget(nid)
-                self.delivery.forget(nid)
-                self.transport.forget(nid)
-                self.dht.core.forget(nid)  # its provider entries here: it no longer provides anything
-                if self.relay_server is not None:
-                    self.relay_server.forget(nid)
-                self._members.discard(nid)
-                self._emit(MemberEvent("failed" if isinstance(event, Failed) else "left", nid, event.incarnation))
-            elif isinstance(event, Alive):
-                self.routing.observe(event.contact, self._now())
-                self._emit(MemberEvent("alive", event.contact.node_id, event.incarnation))
-            elif isinstance(event, Suspect):
-                self._emit(MemberEvent("suspect", event.node_id, event.incarnation))
-            elif isinstance(event, Refuted):
-                self._emit(MemberEvent("refuted", self.node_id, event.incarnation))
-        for env in membership.take_outgoing():  # forgetting may have produced more
-            send(env)
-
-    def _reconcile(self) -> None:
-        """Make membership probe exactly the routing table's contacts (O(table), once a second)."""
-        self._reconciler = None
-        if self._closed:
-            return
-        now = self._now()
-        membership = self.membership
-        held = self._members
-        in_table = set()
-        for entry in self.routing.table:
-            nid = entry.node_id
-            in_table.add(nid)
-            if nid not in held and membership.add(entry.contact, now):
-                held.add(nid)
-        for nid in held - in_table:
-            # The table gave it up (RPCs to it failed) before membership concluded: it is gone for us,
-            # and we would never hear its Failed/Left. Its provider entries here go too (a live provider
-            # re-stores at its next refresh), or we would keep listing, and re-replicating, a dead one.
-            membership.remove(nid)
-            held.discard(nid)
-            self.dht.core.forget(nid)
-        self._pump()
-        self._reconciler = asyncio.get_running_loop().call_later(RECONCILE_INTERVAL, self._reconcile)
+    def _on_core_event(self, event: object) -> None:
+        if isinstance(event, DhtDone):
+            self.dht.settle(event)
+        elif isinstance(event, LookupDone):
+            future = self._lookups.pop(event.lookup_id, None)
+            if future is not None and not future.done():
+                future.set_result(event)
+        elif isinstance(event, PeerGone):
+            # Confirmed gone (the Failed/Left before it was reported); the cores forgot it already.
+            self.delivery.forget(event.node_id)
+            self.transport.forget(event.node_id)
+        elif isinstance(event, (Failed, Left)):
+            self._emit(MemberEvent("failed" if isinstance(event, Failed) else "left", event.node_id,
+                                   event.incarnation))
+        elif isinstance(event, Alive):
+            self._emit(MemberEvent("alive", event.contact.node_id, event.incarnation))
+        elif isinstance(event, Suspect):
+            self._emit(MemberEvent("suspect", event.node_id, event.incarnation))
+        elif isinstance(event, Refuted):
+            self._emit(MemberEvent("refuted", self.node_id, event.incarnation))
+        elif isinstance(event, Introduced):
+            self.transport.relocate(event.contact)  # its own word: a stale endpoint it left is dropped
+        elif isinstance(event, Joined):
+            if self._joined is not None and not self._joined.done():
+                self._joined.set_result(event)
+            if event.ok:
+                self._emit(MemberEvent("joined", self.node_id))
+        elif isinstance(event, (RelayUp, RelayDown)):
+            self._on_relay_event(event)
+        # TableAdded, TableDropped: nothing to do here
 
     def _emit(self, event: MemberEvent) -> None:
         for queue in self._event_queues:
@@ -1063,23 +1025,6 @@ class Node:
                 yield event
         finally:
             self._event_queues.remove(queue)
-
-    def _pump_routing(self) -> None:
-        routing = self.routing
-        transport = self.transport
-        self._send_outgoing(routing)
-        for event in routing.take_events():
-            if isinstance(event, LookupDone):
-                future = self._lookups.pop(event.lookup_id, None)
-                if future is not None and not future.done():
-                    future.set_result(event)
-            elif isinstance(event, Introduced):
-                transport.relocate(event.contact)  # its own word: a stale endpoint it left is dropped
-            elif isinstance(event, Joined):
-                if self._joined is not None and not self._joined.done():
-                    self._joined.set_result(event)
-                if event.ok:
-                    self._emit(MemberEvent("joined", self.node_id))
 
     def _dispatch(self, events: list) -> None:
         for event in events:
@@ -1183,19 +1128,16 @@ class Node:
     def _arm_timer(self) -> None:
         if self._closed:
             return
-        cores = [self.delivery]
-        if self.routing is not None:
-            cores += (self.routing, self.membership, self.dht.core, *self._relay_cores)
+        cores: list = [self.delivery]
+        if self.core is not None:
+            cores.append(self.core)
         self._timer.arm(core.next_timer() for core in cores)
 
     def _on_timer(self) -> None:
         now = self._now()
         self.delivery.tick(now)
-        self.routing.tick(now)
-        self.membership.tick(now)
-        self.dht.core.tick(now)
-        for core in self._relay_cores:
-            core.tick(now)
+        if self.core is not None:
+            self.core.tick(now)
         self._pump()
 
 

@@ -43,12 +43,14 @@ from ..envelope import Envelope
 from ..identity import Contact
 from .dht import PREFIX as DHT_PREFIX
 from .dht import DhtCore, DhtDone
-from .membership import TYPES as SWIM_TYPES
 from .membership import Alive, Failed, Left, Membership, Refuted, Suspect
 from .outputs import CoreOutputs
 from .relay import FORWARD, REFUSED, REGISTER, REGISTERED, RelayClient, RelayDown, RelayServer, RelayUp
 from .routing import PREFIX as ROUTING_PREFIX
 from .routing import Introduced, Joined, LookupDone, RoutingCore
+
+
+MEMBERSHIP_PREFIX = "swim."  # every type the membership core handles starts with it
 
 
 @dataclass(slots=True, frozen=True)
@@ -127,7 +129,7 @@ class NodeCore(CoreOutputs):
         none): the shell handles it; its sender has been refreshed in the table all the same."""
         self._now = now
         t = env.type
-        if t in SWIM_TYPES:
+        if t.startswith(MEMBERSHIP_PREFIX):  # an unknown swim. type is counted there, not handed on
             self.routing.table.touch(env.src, now)
             self.membership.receive(env, now)
             return True
@@ -186,6 +188,13 @@ class NodeCore(CoreOutputs):
             if t is None or (d is not None and d < t):
                 t = d
         return t
+
+    def forget(self, node_id: bytes, now: float) -> None:
+        """The shell cut ``node_id`` off on its own authority (a revoked certificate): every core here
+        forgets it as if membership had declared it dead, and :class:`PeerGone` follows."""
+        self._now = now
+        self.membership.remove(node_id)
+        self._forget(node_id, now)
 
     # -- the table-to-membership sync --------------------------------------------------------------
 
