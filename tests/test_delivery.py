@@ -948,3 +948,42 @@ def test_a_reopened_request_carries_the_time_its_requester_still_waits():
     a.receive(Envelope(bytes(16), B, "ack", None, A, ack=[first.ep + 1, 0, []]), 2.0)  # B holds a newer epoch
     (again,) = a.take_outgoing()
     assert (again.id, again.seq, again.ts, again.ttl) == (first.id, 1, 2000, 3000) and again.ep > first.ep + 1
+
+
+def test_messages_a_full_reorder_buffer_dropped_are_sent_again_as_soon_as_the_hole_is_repaired():
+    """B buffers 4 messages out of order and drops the rest of A's window unacknowledged; seq 1 is lost
+    twice. Once its third copy repairs the hole, the cumulative ack makes A send the dropped run again
+    at once instead of waiting for each message's backed-off timer."""
+    a = Delivery(A, random.Random(1))
+    b = Delivery(B, random.Random(2), DeliveryConfig(reorder_limit=4))
+    net = Net(a, b)
+    copies = {1: 0}
+
+    def drop(env):
+        if env.src == A and env.seq == 1 and env.type == "msg":
+            copies[1] += 1
+            return copies[1] <= 2
+        return False
+
+    net.drop = drop
+    for i in range(64):
+        a.send(B, i, 0.0)
+    net.advance(0.5)
+    assert net.delivered(B) == [] and b.stats["reorder_overflow"] > 0
+    while copies[1] < 3:
+        net.advance(net.now + 0.01)
+    repaired = net.now
+    net.advance(repaired + 0.05)  # an ack delay and a round trip later
+    assert net.delivered(B) == list(range(64)) and a.pending() == 0
+    assert 0 < a.stats["fast_retransmits"] <= 63  # each seq at most once this way
+
+
+def test_a_healthy_stream_sends_nothing_twice():
+    a, b, net = pair()
+    for i in range(5000):
+        a.send(B, i, net.now)
+        if i % 100 == 99:
+            net.advance(net.now + 0.01)
+    net.advance(net.now + 1.0)
+    assert net.delivered(B) == list(range(5000))
+    assert a.stats["fast_retransmits"] == 0 and a.stats["retransmits"] == 0 and b.stats["duplicates"] == 0

@@ -60,7 +60,7 @@ STAT_KEYS = (
     "replies", "replies_unmatched", "send_failed", "requests_failed", "requests_timed_out",
     "requests_cancelled", "request_limit", "abandoned", "fwd_sent", "fwd_received", "skipped",
     "malformed", "unsequenced", "stale_epoch", "epoch_resets", "buffer_discarded", "peers_evicted",
-    "dedup_restored", "reorder_bytes_full", "stream_reopens", "stalls", "reneged",
+    "dedup_restored", "reorder_bytes_full", "stream_reopens", "stalls", "reneged", "fast_retransmits",
 )
 
 
@@ -244,7 +244,7 @@ class _Peer:
     """
 
     __slots__ = (
-        "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd_at", "reopen_at",
+        "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd_at", "reopen_at", "fast_hi",
         "stuck", "watch", "stalled", "in_ep", "cum", "buf", "buf_bytes", "owed", "slot", "ids", "ring", "ring_pos",
     )
     kind = _ACK
@@ -261,6 +261,7 @@ class _Peer:
         self.requests: dict[bytes, _Request] | None = None
         self.fwd_at = float("-inf")  # when we last sent this peer a fwd (rate limit)
         self.reopen_at = float("-inf")  # when the peer's ack last made us reopen the stream (rate limit)
+        self.fast_hi = 0  # the highest seq sent again by a fast retransmission (not sent again that way)
         # Since when the peer has been talking to us while our stream to it made no progress (no
         # cumulative ack), or None: the stall watchdog's clock.
         self.stuck: float | None = None
@@ -797,6 +798,8 @@ class Delivery(CoreOutputs):
                 if p is not None:
                     p[_SACKED] = True
         if cum > peer.rcum:
+            if n0 and out:
+                self._fast_retransmit(peer, max(cum, peer.fast_hi) + 1, now)
             peer.rcum = cum
         c1 = cum + 1
         if c1 < end and c1 not in out and now - peer.fwd_at >= self._fwd_interval:
@@ -804,6 +807,33 @@ class Delivery(CoreOutputs):
             # or the ack is stale (reordered; then the fwd is a harmless no-op). Say where the stream goes on.
             self._send_fwd(peer, now)
         return True
+
+    def _fast_retransmit(self, peer: _Peer, seq: int, now: float) -> None:
+        """The cumulative ack advanced: send again, at once, the run of pending messages from ``seq`` on
+        that were already retransmitted once (their first copy got no ack in time) and are not
+        selectively acked, at most ``ack_every`` of them.
+
+        A receiver whose reorder buffer is full drops what arrives beyond it, unacknowledged (§6): after
+        the hole that filled it is repaired, those messages are next in line but would wait for their
+        backed-off timers (up to rto_max each, spending their retries), and a full window of them kept
+        a stream crawling for minutes once the reorder buffer was bounded in bytes (bench/chaos.py).
+        Sent in order right after the progress, the receiver delivers them at once. A message still
+        on its first timer is in flight, not lost: it is left alone, so a healthy stream sends nothing
+        twice. Each seq is sent this way once per stream (``fast_hi``); its timer stays as it was."""
+        out = peer.out
+        for _ in range(self._ack_every):
+            p = out.get(seq)
+            if p is None or p[_SACKED] or not p[_TRIES]:
+                break
+            env = p[_ENV]
+            r = p[_REQ]
+            if r is not None:  # a request's copy says how long its requester still waits (§8.2)
+                env = p[_ENV] = Envelope(env.id, env.src, env.type, env.body, env.dst, int(now * 1000),
+                                         _ttl_ms(r.deadline, now), env.seq, env.ep, env.re, env.ack)
+            self._out.append(env)
+            self.stats["fast_retransmits"] += 1
+            peer.fast_hi = seq
+            seq += 1
 
     # -- receiving -----------------------------------------------------------------
 
@@ -1055,6 +1085,7 @@ class Delivery(CoreOutputs):
         peer.next_seq = seq + 1
         peer.low = 1
         peer.rcum = 0
+        peer.fast_hi = 0
         peer.fwd_at = float("-inf")
         self.stats["stream_reopens"] += 1
 
