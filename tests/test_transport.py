@@ -304,10 +304,13 @@ def test_a_burst_over_one_read_batch_arrives_whole_and_in_order(arun):
             assert server.stats["frames_in"] == count + 1 and not server.drops
             for i in range(count):  # back over the client's own connection (two sends per frame)
                 server.send(_env(me, peer.node_id, i.to_bytes(4, "big")))
-            await asyncio.sleep(0.3)
             got = []
-            while client.poll(0):
-                got.append(int.from_bytes(decode(client.recv()).body, "big"))
+            for _ in range(100):  # bounded wait (5 s): a loaded box may take longer than one sleep
+                while client.poll(0):
+                    got.append(int.from_bytes(decode(client.recv()).body, "big"))
+                if len(got) >= count:
+                    break
+                await asyncio.sleep(0.05)
             assert got == list(range(count))
             assert server.stats["frames_out"] == count and not server.drops
         finally:
