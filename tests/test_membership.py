@@ -424,7 +424,7 @@ def test_unknown_subject_rumors_are_forwarded_once_and_bounded_under_a_flood():
         rumors = [[DEAD, rng.randbytes(32), rng.randrange(10)] for _ in range(cfg.max_rumors_per_message)]
         a.receive(_gossip(1, 0, rumors), 1.0 + batch * 0.01)
     assert a.pending_rumors <= cfg.max_rumors
-    assert len(a._heard) <= cfg.heard_limit
+    assert len(a._rumors.heard) <= cfg.heard_limit
     assert a.stats["rumors_evicted"] > 0 and a.stats["heard_evicted"] > 0
     a.receive(_gossip(1, 0, [[DEAD, rng.randbytes(32), 0]] * 1000), 9.0)
     assert a.stats["rumors_truncated"] == 1

@@ -1,0 +1,295 @@
+"""The rumor queue of the membership core: what news goes out on the next messages, and what news was heard.
+
+A rumor is one piece of news about one node, in wire form (``protocols/membership.md`` section 5):
+``[ALIVE, incarnation, key, endpoint]``, ``[SUSPECT, node id, incarnation, accusers]``, ``[DEAD, node id,
+incarnation]`` or ``[LEFT, node id, incarnation]``. News about one node is ordered by its *code* (5.2),
+``incarnation * 4 + kind``: a higher code overrides a lower one.
+
+:class:`RumorQueue` keeps
+
+* the rumors to send, at most one per subject (the newest news), in buckets by how many times each was
+  sent: a message takes the fewest-sent first, within a byte budget, and a rumor retires after its
+  transmit limit (``ceil(retransmit_mult * log10(N + 1))`` sends; a dead rumor fewer, see
+  :meth:`RumorQueue.enqueue`). When the queue is full the most-sent rumor makes room;
+* the dedup memory: the highest code heard per subject (bounded, least recently heard forgotten first);
+* the log of recent news (time learned, wire) that answers a sync (anti-entropy).
+
+What the news *means* for a member (suspect it, declare it, revive it) is the state machine's business
+(:class:`~zmqagents.core.membership.Membership`); this module only stores and hands out rumors. No IO,
+no clock (``now`` is passed in), no randomness.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..identity import node_id_of
+from .membership_config import MembershipConfig
+
+__all__ = ["ALIVE", "SUSPECT", "DEAD", "LEFT", "RumorQueue", "rumor_code", "rumor_size"]
+
+# Rumor kinds, which are also the member states.
+ALIVE, SUSPECT, DEAD, LEFT = 0, 1, 2, 3
+
+
+def rumor_code(wire: list[Any]) -> int:
+    """A rumor's precedence (incarnation * 4 + kind), as the dedup memory orders news."""
+    code: int = (wire[1] if wire[0] == ALIVE else wire[2]) * 4 + wire[0]
+    return code
+
+
+def rumor_size(wire: list[Any]) -> int:
+    """Estimated encoded size of a rumor (msgpack): good enough for a byte budget."""
+    kind = wire[0]
+    if kind == ALIVE:
+        return 42 + len(wire[3])
+    if kind == SUSPECT and len(wire) > 3:
+        return 40 + 9 * len(wire[3])
+    return 40
+
+
+class _Rumor:
+    __slots__ = ("subject", "code", "wire", "size", "tx", "live", "limit", "stake")
+
+    def __init__(self, subject: bytes, code: int, wire: list[Any], size: int, limit: int):
+        self.subject = subject
+        self.code = code
+        self.wire = wire  # shared, never mutated: a merge builds a new list
+        self.size = size
+        self.tx = 0
+        self.live = True
+        self.limit = limit  # sends after which it retires
+        self.stake = True  # about a member, a tombstone or us (pushed with gossip_fanout)
+
+
+class RumorQueue:
+    """Rumors to send (fewest-sent first), the dedup memory and the sync log of node ``node_id``.
+
+    ``stats`` is the core's counter dict (``rumors_evicted``, ``rumors_retired``, ``heard_evicted``).
+    ``heard`` (subject -> highest code heard, least recently heard first) is read by the core's hot path.
+    """
+
+    def __init__(self, node_id: bytes, config: MembershipConfig, stats: dict[str, int]):
+        self.node_id = node_id
+        self.config = config
+        self.stats = stats
+        self.limit = config.transmit_limit(1)  # transmissions of a rumor (dead ones: see enqueue)
+        self.live = 0  # rumors queued
+        self.heard: dict[bytes, int] = {}  # subject -> highest news code seen (insertion order = LRU)
+        self._dead_skip = max(0, config.gossip_transmits - config.dead_pushes)
+        # _buckets[c] holds the rumors sent c times, newest last
+        self._buckets: list[list[_Rumor]] = [[] for _ in range(self.limit)]
+        self._by_subject: dict[bytes, _Rumor] = {}
+        self._log: list[Any] | None = None  # ring of (time learned, wire) for syncs
+        self._log_pos = 0
+        self._pinned: list[Any] | None = None
+        self._stake = False  # set by pick() when it picked news with a stake
+
+    def resize(self, n: int) -> None:
+        """The mesh is estimated at ``n`` nodes: rumors queued from now on go out that many more or fewer times."""
+        limit = self.config.transmit_limit(n)
+        if limit != self.limit:
+            buckets = self._buckets
+            if limit > len(buckets):
+                buckets.extend([] for _ in range(limit - len(buckets)))
+            self.limit = limit
+
+    def pin(self, wire: list[Any]) -> None:
+        """Carry ``wire`` first on every message from now on (our own 'left', while we leave)."""
+        self._pinned = wire
+
+    # -- the dedup memory ------------------------------------------------------------------------------
+
+    def remember(self, subject: bytes, code: int) -> None:
+        """``code`` is the latest news heard about ``subject``."""
+        heard = self.heard
+        if subject in heard:
+            del heard[subject]
+        elif len(heard) >= self.config.heard_limit:
+            del heard[next(iter(heard))]
+            self.stats["heard_evicted"] += 1
+        heard[subject] = code
+
+    # -- the queue -------------------------------------------------------------------------------------
+
+    def wire_of(self, subject: bytes, code: int | None = None) -> list[Any] | None:
+        """The rumor queued about ``subject`` (only if its code is ``code``, when given), or None."""
+        e = self._by_subject.get(subject)
+        if e is None or (code is not None and e.code != code):
+            return None
+        return e.wire
+
+    def enqueue(self, subject: bytes, code: int, wire: list[Any], size: int, now: float, stake: bool) -> bool:
+        """Queue news about ``subject``; ``stake``: it is about a member, a tombstone or us (pushed wider).
+
+        The same news (same code) replaces the queued wire and keeps its count (a merge: more accusers);
+        older news than what is queued is ignored. A dead rumor starts past all but ``dead_pushes`` of the
+        push rounds and goes half as many times: holders mostly conclude on their own timers, it is for
+        the stragglers. Returns True if the rumor was queued as new news (the caller arms its push round).
+        """
+        by_subject = self._by_subject
+        old = by_subject.get(subject)
+        if old is not None:
+            if old.code > code:
+                return False
+            if old.code == code:
+                old.wire = wire  # a merge (more accusers): same news, keep its count
+                old.size = size
+                return False
+            old.live = False
+            self.live -= 1
+        elif self.live >= self.config.max_rumors:
+            self._evict()
+        e = _Rumor(subject, code, wire, size, self.limit)
+        e.stake = stake
+        if code & 3 == DEAD:
+            c = self._dead_skip  # starting past the first pushes: only dead_pushes of them
+            lim = c + (self.limit + 1) // 2
+            nb = len(self._buckets)
+            if lim > nb:
+                lim = nb
+            if c >= lim:
+                c = lim - 1
+            e.limit = lim
+            e.tx = c
+            self._buckets[c].append(e)
+        else:
+            self._buckets[0].append(e)
+        by_subject[subject] = e
+        self.live += 1
+        log = self._log
+        if log is None:
+            log = self._log = []
+        if len(log) < self.config.sync_rumors:
+            log.append((now, wire))
+        else:
+            log[self._log_pos] = (now, wire)
+            self._log_pos = (self._log_pos + 1) % len(log)
+        return True
+
+    def merge(self, subject: bytes, code: int, wire: list[Any]) -> bool:
+        """Replace the wire of the rumor queued about ``subject`` at ``code`` (the same news, grown: more
+        accusers), keeping its count. False if no such rumor is queued."""
+        e = self._by_subject.get(subject)
+        if e is None or e.code != code:
+            return False
+        e.wire = wire
+        e.size = rumor_size(wire)
+        return True
+
+    def rewind(self, subject: bytes, tx: int) -> bool:
+        """Send the rumor queued about ``subject`` again as if it had gone ``tx`` times, if it went more
+        often than that. True if it was put back (the caller arms its push round)."""
+        e = self._by_subject.get(subject)
+        if e is None or e.tx <= tx:
+            return False
+        e.live = False
+        n = _Rumor(e.subject, e.code, e.wire, e.size, e.limit)
+        n.stake = e.stake
+        n.tx = tx
+        self._buckets[tx].append(n)
+        self._by_subject[e.subject] = n
+        return True
+
+    def _evict(self) -> None:
+        """Make room: drop the rumor sent most often (it has spread furthest)."""
+        for lst in reversed(self._buckets):
+            while lst:
+                e = lst.pop(0)
+                if e.live:
+                    e.live = False
+                    self.live -= 1
+                    if self._by_subject.get(e.subject) is e:
+                        del self._by_subject[e.subject]
+                    self.stats["rumors_evicted"] += 1
+                    return
+
+    def has_fresh(self) -> bool:
+        """Whether some live rumor has been sent fewer than gossip_transmits times."""
+        buckets = self._buckets
+        for c in range(min(len(buckets), self.config.gossip_transmits)):
+            for e in buckets[c]:
+                if e.live:
+                    return True
+        return False
+
+    def pick(self, budget: int, dst: bytes | None, max_tx: int = 1 << 30) -> list[Any] | None:
+        """Rumors for one message to ``dst``, counted as sent: the pinned one, news about ``dst`` itself,
+        then fewest-sent first (only those sent fewer than ``max_tx`` times), within ``budget`` bytes and
+        ``max_rumors_per_message``. None if there is nothing."""
+        out = None
+        pinned = self._pinned
+        if pinned is not None:
+            out = [pinned]
+            budget -= 40
+        if not self.live:
+            return out
+        by_subject = self._by_subject
+        buddy = by_subject.get(dst) if dst is not None else None
+        if buddy is not None and buddy.subject != self.node_id:
+            if out is None:
+                out = [buddy.wire]
+            else:
+                out.append(buddy.wire)
+            budget -= buddy.size
+        cap = self.config.max_rumors_per_message
+        buckets = self._buckets
+        moved = None
+        c = 0
+        nb = len(buckets) if len(buckets) < max_tx else max_tx
+        while c < nb and budget > 0:
+            lst = buckets[c]
+            while lst:
+                e = lst[-1]
+                if not e.live:
+                    lst.pop()
+                    continue
+                if e is not buddy and (e.size > budget or (out is not None and len(out) >= cap)):
+                    budget = 0
+                    break
+                lst.pop()
+                if e is not buddy and e.wire is not pinned:
+                    if out is None:
+                        out = [e.wire]
+                    else:
+                        out.append(e.wire)
+                    budget -= e.size
+                    if e.stake:
+                        self._stake = True
+                e.tx = c + 1
+                if c + 1 >= e.limit:
+                    e.live = False
+                    self.live -= 1
+                    if by_subject.get(e.subject) is e:
+                        del by_subject[e.subject]
+                    self.stats["rumors_retired"] += 1
+                elif moved is None:
+                    moved = [e]
+                else:
+                    moved.append(e)
+            c += 1
+        if moved is not None:
+            for e in moved:
+                buckets[e.tx].append(e)
+        return out
+
+    def pick_push(self, budget: int, max_tx: int) -> tuple[list[Any] | None, bool]:
+        """:meth:`pick` for a push round (no destination), and whether it took news we have a stake in."""
+        self._stake = False
+        out = self.pick(budget, None, max_tx)
+        return out, self._stake
+
+    # -- the sync log ----------------------------------------------------------------------------------
+
+    def recent(self, since: float) -> dict[bytes, list[Any]]:
+        """The newest news per subject among the rumors queued at or after ``since`` (subject -> wire)."""
+        news: dict[bytes, list[Any]] = {}
+        log = self._log
+        if log:
+            for t, wire in log:
+                if t >= since:
+                    subject = wire[1] if wire[0] != ALIVE else node_id_of(wire[2])
+                    old = news.get(subject)
+                    if old is None or rumor_code(wire) > rumor_code(old):
+                        news[subject] = wire
+        return news
