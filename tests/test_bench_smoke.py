@@ -190,3 +190,19 @@ def test_fleet_quick_reports_the_check_cost_and_both_joins():
     assert out["cert_check_us_p50"] <= out["cert_check_us_p99"]
     assert 0 < out["fleet_admissions_per_node"] <= out["nodes"] - 1
     assert out["fleet_uncertified_drops"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_hostile_quick_reports_memory_and_latency_under_attack():
+    out = _run("hostile.py", "--quick", timeout=170)
+    assert out["benchmark"] == "hostile"
+    for key in ("hostile_peak_rss_mb", "rss_after_drain_mb", "idle_rss_mb", "rss_after_attack_mb"):
+        assert out[key] > 0, key
+    assert out["idle_rss_mb"] <= out["hostile_peak_rss_mb"]
+    for key in ("honest_p50_ms", "honest_p50_ms_during_attack", "honest_p50_ms_during_flood"):
+        p99 = key.replace("p50", "p99")
+        assert 0 < out[key] <= out[p99], key
+    assert out["honest_requests"]["flood"] > 0 and out["honest_requests"]["alone"] > 0
+    assert out["flood_sent_per_s"] > 0 and 0 < out["flood_accepted_per_s"] <= out["flood_sent_per_s"]
+    assert out["attack_sent"]["attacker"] > 0
+    assert out["drops"].get("rate_bytes", 0) > 0  # the memory attackers were over their limits, and refused

@@ -333,3 +333,4 @@ def test_a_client_gone_with_credit_leaves_the_inbox_within_its_limit(arun, short
                 late.close()
 
     arun(main())
+

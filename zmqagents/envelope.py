@@ -15,6 +15,8 @@ re-create the signed bytes from decoded values.
 
 from __future__ import annotations
 
+import itertools
+import re as _re
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -303,18 +305,16 @@ def _is_flat(value: Any, *, check_keys: bool) -> bool:
     return True
 
 
-def _check_value(value: Any, depth: int) -> int:
+def _check_value(value: Any, depth: int) -> None:
     """Refuse what the decoder would refuse inside a free-form value at nesting level ``depth``.
 
     That is: nesting beyond MAX_DEPTH, map keys other than str/bin, and
     msgpack extension objects. Walks one level at a time, holding only
     references to the containers of the next level, so the walk adds little
     to the memory the value already takes; the depth bound also ends the walk
-    of a value that contains itself. Returns how many values ``value`` holds
-    (map keys and values, array elements, at every depth below it).
+    of a value that contains itself.
     """
     level = [value]
-    count = 0
     while level:
         if depth > MAX_DEPTH:
             raise MalformedEnvelope(f"values nest deeper than {MAX_DEPTH} levels")
@@ -323,21 +323,17 @@ def _check_value(value: Any, depth: int) -> int:
             kind = type(value)
             if kind is list:  # first, and by exact type: what the decoder makes, and the bulk of any walk
                 children = value
-                count += len(value)
             elif kind is dict:
                 if not _KEY_TYPES.issuperset(map(type, value)):
                     _check_keys(value)
                 children = value.values()
-                count += 2 * len(value)
             elif isinstance(value, (msgpack.ExtType, msgpack.Timestamp)):  # before tuple: ExtType is a namedtuple
                 raise MalformedEnvelope("msgpack extension types are not allowed in an envelope")
             elif isinstance(value, dict):
                 _check_keys(value)
                 children = value.values()
-                count += 2 * len(value)
             elif isinstance(value, (list, tuple)):
                 children = value
-                count += len(value)
             else:
                 continue  # bytearray, str subclasses, ...: msgpack packs them as plain scalars
             for child in children:
@@ -345,7 +341,6 @@ def _check_value(value: Any, depth: int) -> int:
                     below.append(child)
         level = below
         depth += 1
-    return count
 
 
 def _check_keys(mapping: dict[Any, Any]) -> None:
@@ -376,38 +371,55 @@ def _measure(value: Any, size: int) -> tuple[int, int]:
         if kind is dict:
             return 2 * len(value), _wide_flat(value) + _wide_flat(value.values())
         return len(value), _wide_flat(value)
-    values = _check_value(value, 2)
-    return values, 3 * size if size <= SMALL_PAYLOAD else _wide_text(value)
+    if size <= SMALL_PAYLOAD:
+        return _walk_decoded(value, 2, False)[0], 3 * size
+    return _walk_decoded(value, 2, True)
+
+
+_CONTAINERS = frozenset({list, dict})
+
+
+def _walk_decoded(value: Any, depth: int, wide: bool) -> tuple[int, int]:
+    """(values below ``value``, wide-string bytes if ``wide``) of a nested value the decoder built,
+    refusing nesting beyond MAX_DEPTH.
+
+    msgpack has already refused extensions and keys that are not str or bin, and built only lists,
+    dicts and scalars, so unlike _check_value (the encoder's walk, which must check all that) this
+    only counts, level by level, with the per-element work in C (map, chain, len) and one
+    comprehension: it runs on every nested body received, and a hostile one holds thousands of
+    containers.
+    """
+    level = [value]
+    count = extra = 0
+    containers = _CONTAINERS
+    chain = itertools.chain.from_iterable
+    while level:
+        if depth > MAX_DEPTH:
+            raise MalformedEnvelope(f"values nest deeper than {MAX_DEPTH} levels")
+        maps = [c for c in level if type(c) is dict]
+        if len(maps) == len(level):
+            lists: list[Any] = []
+        else:
+            lists = [c for c in level if type(c) is list]
+        count += sum(map(len, lists)) + 2 * sum(map(len, maps))
+        children = [*chain(lists), *chain(map(dict.values, maps))]
+        if wide:
+            extra += _wide_flat(children) + _wide_flat(chain(maps))
+        level = [c for c in children if type(c) in containers]
+        depth += 1
+    return count, extra
 
 
 def _wide_flat(values: Iterable[Any]) -> int:
-    """_wide_text of scalars (a flat body's elements, or its keys)."""
+    """Bytes that the non-ASCII strings among ``values`` (scalars) take beyond their length.
+
+    CPython stores a string with 1, 2 or 4 bytes a character, the widest its characters need, so
+    that is at most 3 more a character; ``str.isascii`` is O(1).
+    """
     extra = 0
     for value in values:
         if type(value) is str and not value.isascii():
             extra += 3 * len(value)
-    return extra
-
-
-def _wide_text(value: Any) -> int:
-    """Bytes that the non-ASCII strings in a decoded value take beyond their length (at most 3 a character).
-
-    CPython stores a string with 1, 2 or 4 bytes per character, the widest its characters need;
-    ``str.isascii`` is O(1). Map keys are strings too. Iterative, for the same reason as _check_value.
-    """
-    extra = 0
-    stack = [value]
-    while stack:
-        value = stack.pop()
-        kind = type(value)
-        if kind is str:
-            if not value.isascii():
-                extra += 3 * len(value)
-        elif kind is list:
-            stack.extend(value)
-        elif kind is dict:
-            stack.extend(value)
-            stack.extend(value.values())
     return extra
 
 
@@ -446,8 +458,9 @@ def _from_map(m: Any, size: int) -> Envelope:
         extra = {}
     else:
         extra = _unknown_fields(m)
-        values += _check_value(extra, 1)
-        wide += 3 * size if size <= SMALL_PAYLOAD else _wide_text(extra)
+        more, wider = _walk_decoded(extra, 1, size > SMALL_PAYLOAD)
+        values += more
+        wide += wider if size > SMALL_PAYLOAD else 3 * size
     cost = size + ENVELOPE_COST + VALUE_COST * values + wide
     # Positional, in dataclass field order: about twice as fast as keywords.
     return Envelope(mid, src, typ, body, dst, ts or 0, ttl or 0, seq, ep, re, ack, pk, sig, extra, cost)
@@ -466,6 +479,10 @@ def _unknown_fields(m: dict[Any, Any]) -> dict[Any, Any]:
 _FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
           0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
 _U16 = struct.Struct(">H")
+# One-byte values: positive and negative fixint, nil, false, true, and the empty fixmap, fixarray
+# and fixstr. A run of them is counted in one step (the regex engine walks it), so the payloads
+# that decode worst (empty containers, one byte each) are also the cheapest to count.
+_ONE_BYTE_RUN = _re.compile(b"[\x00-\x80\x90\xa0\xc0\xc2\xc3\xe0-\xff]+")
 
 
 def count_values(payload: bytes | bytearray | memoryview, limit: int) -> int:
@@ -484,15 +501,23 @@ def count_values(payload: bytes | bytearray | memoryview, limit: int) -> int:
     u16 = _U16.unpack_from
     u32 = HEADER.unpack_from
     fixed = _FIXED
+    run = _ONE_BYTE_RUN.match
     while todo and pos < n:
+        b = payload[pos]
+        if b < 0x81 or b >= 0xE0 or b == 0x90 or b == 0xA0 or b == 0xC0 or b == 0xC2 or b == 0xC3:
+            m = run(payload, pos)  # a run of one-byte values (the byte at pos is one)
+            step = min((m.end() if m is not None else pos + 1) - pos, todo)
+            todo -= step
+            count += step
+            pos += step
+            if count > limit:
+                raise TooManyValues(f"payload holds more than {limit} msgpack values")
+            continue
         todo -= 1
         count += 1
         if count > limit:
             raise TooManyValues(f"payload holds more than {limit} msgpack values")
-        b = payload[pos]
-        if b < 0x80 or b >= 0xE0:  # positive and negative fixint
-            pos += 1
-        elif b < 0x90:  # fixmap
+        if b < 0x90:  # fixmap
             todo += 2 * (b & 0x0F)
             pos += 1
         elif b < 0xA0:  # fixarray

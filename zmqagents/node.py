@@ -54,7 +54,7 @@ from .core.relay import (
 from .core.routing import Introduced, Joined, LookupDone, RoutingConfig, RoutingCore
 from .coretimer import CoreTimer
 from .dht import Dht, DhtError, ProviderInfo
-from .envelope import Envelope
+from .envelope import ENVELOPE_COST, Envelope
 from .certs import CertError
 from .identity import Contact, Identity, IdentityError, format_public_key, node_id_of, parse_node_id, short_id
 from .queues import BoundedQueue
@@ -74,6 +74,17 @@ _INBOX_REFUSALS = {"queue_full": "inbox_refused", "queue_bytes": "inbox_bytes_re
 # s an outbound-only node waits for a TCP connection to a bootstrap node before joining through its relays
 # instead: a routed host answers a connect in a round trip, a firewall that drops it never does
 DIAL_CHECK_TIMEOUT = 3.0
+# What a Message waiting in the inbox or a subscription holds beyond its body's values (Envelope.cost
+# counts those): the Message, its src, id and type, and the body's own container (measured: under
+# 500 bytes). The envelope's other fields are gone by then, so its fixed ENVELOPE_COST is not charged.
+MESSAGE_COST = 512
+
+
+def message_cost(cost: int, count: int = 1) -> int:
+    """What ``count`` messages whose envelopes cost ``cost`` in all hold once they wait as Messages."""
+    return max(count * MESSAGE_COST, cost - count * (ENVELOPE_COST - MESSAGE_COST))
+
+
 CONTACT_RECORD_DOMAIN = b"zmqagents/contact/v1\x00"  # DHT keys of nodes' own signed contact records
 
 
@@ -142,7 +153,7 @@ class Message:
     type: str
     id: bytes
     topic: bytes | None = None
-    cost: int = field(default=0, repr=False, compare=False)  # Envelope.cost: what it holds in memory
+    cost: int = field(default=0, repr=False, compare=False)  # what it holds in memory (message_cost)
 
     @property
     def sender(self) -> str:
@@ -164,7 +175,7 @@ class NodeConfig:
     inbox_limit: int = 10_000  # messages waiting for the application before new ones are refused (sender retries)
     # ...and their bytes (Envelope.cost: what the decoded messages hold). One sender may hold inbox_share of
     # each bound, so a peer that fills the inbox leaves room for the others. Bounds of the sidecar's 50 MB.
-    inbox_bytes: int = 8 << 20
+    inbox_bytes: int = 4 << 20
     inbox_share: float = 0.5
     max_handlers: int = 64  # async request handlers running at once; further requests wait for a slot (unrun if their deadline passes)
     subscription_queue: int = 10_000  # publications buffered per subscriber; the oldest is dropped beyond it
@@ -716,19 +727,20 @@ class Node:
 
     def _on_publication(self, topic: bytes, env: Envelope) -> None:
         src = env.src
-        msg = Message(src, env.body, env.type, env.id, topic, env.cost)
+        cost = message_cost(env.cost)
+        msg = Message(src, env.body, env.type, env.id, topic, cost)
         for prefix, queue in self._subscriptions:
             if topic.startswith(prefix):
                 # Best effort: a publisher over its share loses its newest; otherwise the oldest make room.
-                why = queue.refuses(src, env.cost)
+                why = queue.refuses(src, cost)
                 if why is not None and why.startswith("peer_share"):
                     self.stats["publications_refused"] += 1
                     continue
                 while why is not None and len(queue):
                     queue.get_nowait()
                     self.stats["publications_dropped"] += 1
-                    why = queue.refuses(src, env.cost)
-                queue.put(msg, src, env.cost)
+                    why = queue.refuses(src, cost)
+                queue.put(msg, src, cost)
 
     # -- hello: neighbours learn each other's PUB endpoint ------------------------
 
@@ -927,6 +939,7 @@ class Node:
                 # fit; out of order, it waits in the delivery core's reorder buffer (bounded there).
                 need, cost = delivery.releases(env)
                 if need:
+                    cost = message_cost(cost, need)
                     mine = in_batch.get(src)
                     if mine is None:
                         mine = in_batch[src] = [0, 0]
@@ -1031,7 +1044,8 @@ class Node:
             if isinstance(event, Delivered):
                 env = event.env
                 if env.type == "msg":
-                    self._inbox.put(Message(env.src, env.body, env.type, env.id, None, env.cost), env.src, env.cost)
+                    cost = message_cost(env.cost)
+                    self._inbox.put(Message(env.src, env.body, env.type, env.id, None, cost), env.src, cost)
                 elif env.type == HELLO:
                     self._add_neighbour(env.src, env.body)
                     self._reply(env, self._hello_body())

@@ -83,7 +83,7 @@ class DeliveryConfig:
     # ...and their bytes (Envelope.cost), per sender and over all senders: a buffer of 1024 max-size envelopes
     # would be a gigabyte. One envelope is always taken into an empty sender buffer (so a large one is not
     # refused for ever); beyond a bound, arrivals are dropped unacked and retransmitted later, as for the count.
-    reorder_bytes: int = 1 << 20
+    reorder_bytes: int = 4 << 20  # a whole window (1024) of messages of up to ~3 KB decoded: no loss is fatal
     reorder_bytes_total: int = 4 << 20
     dedup_window: int = 4096  # ids remembered per sender: 4x the window, covers re-sends across a sender restart
     max_peers: int = 10000  # peer states kept (LRU): O(k log N) contacts of a large mesh fit with room to spare

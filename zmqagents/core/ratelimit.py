@@ -8,7 +8,8 @@ length comparison, not a decode.
 
 The bytes bucket is charged in two steps. Before decoding, the frame's length must be covered
 (a frame is refused when the bucket holds less); after decoding, what the envelope turned out
-to cost beyond its length (``Envelope.cost``: the Python objects it built) is charged too, and
+to cost beyond its length and the envelope's fixed part (``Envelope.cost``: the Python objects its
+body built) is charged too, and
 may leave the bucket in debt. A peer sending payloads that decode into many small objects
 thus spends its allowance as fast as the memory and CPU they take, not as their wire size.
 
@@ -54,10 +55,16 @@ class RateLimitConfig:
     largest envelope (a frame larger than the burst could never pass).
     """
 
-    messages: float = 20_000.0  # messages a second per peer; ~ what one node's receive path handles
-    message_burst: float = 40_000.0
-    bytes: float = 32 * 2**20  # bytes a second per peer, as Envelope.cost counts them (at least the wire size)
-    byte_burst: float = 64 * 2**20
+    # Messages a second per peer: about a third of what one sidecar's receive path handles on the
+    # reference box, so one peer flooding leaves the others most of it (bench/hostile.py).
+    messages: float = 10_000.0
+    message_burst: float = 10_000.0
+    # Bytes a second per peer: the wire size, plus what the body decoded into (Envelope.cost without the
+    # envelope's own fixed part). 8 MiB/s lets ~30k small messages through (the message limit binds
+    # first) but only ~5 bodies of 16,384 values, which take a few ms each to count and decode; a burst
+    # of one second's worth keeps what one peer can make the node do at once to a few tens of ms.
+    bytes: float = 8 * 2**20
+    byte_burst: float = 8 * 2**20
     max_peers: int = 4096  # peers whose buckets are remembered (LRU); a forgotten one starts full
 
     def __post_init__(self) -> None:

@@ -385,14 +385,14 @@ class LimitsSection:
 
     inbox_messages: float = setting(Number(1, 10_000_000), 10_000,
                                     doc="Received messages waiting for local clients; beyond it senders retry later")
-    inbox_bytes: int = setting(Size(minimum=65536), 8 * 2**20,
+    inbox_bytes: int = setting(Size(minimum=65536), 4 * 2**20,
                                doc="Memory those messages may hold (decoded, as Envelope.cost counts it)")
     peer_share: float = setting(Number(0.01, 1), 0.5,
                                 doc="Fraction of the inbox bounds one peer may hold, so others keep room")
-    peer_messages_per_s: float = setting(Number(1, 10_000_000), 20_000,
+    peer_messages_per_s: float = setting(Number(1, 10_000_000), 10_000,
                                          doc="Messages a second accepted from one peer; more are dropped unacked "
                                              "(retransmitted later)")
-    peer_bytes_per_s: int = setting(Size(minimum=65536), 32 * 2**20,
+    peer_bytes_per_s: int = setting(Size(minimum=65536), 8 * 2**20,
                                     doc="Bytes a second accepted from one peer (decoded size: many small values "
                                         "count for what they cost)")
 

@@ -235,11 +235,12 @@ class Sidecar:
         node_config.inbox_limit = int(limits.inbox_messages)
         node_config.inbox_bytes = limits.inbox_bytes
         node_config.inbox_share = limits.peer_share
-        # Bursts of twice the rate; the bytes burst holds the largest envelope, or it could never pass.
+        # A burst of one second's worth (the defaults' proportions); the bytes burst holds two of the
+        # largest envelopes, or they could never pass.
         node_config.transport.rate_limit = RateLimitConfig(
-            messages=limits.peer_messages_per_s, message_burst=2 * limits.peer_messages_per_s,
+            messages=limits.peer_messages_per_s, message_burst=limits.peer_messages_per_s,
             bytes=limits.peer_bytes_per_s,
-            byte_burst=max(2 * limits.peer_bytes_per_s, 2 * node_config.transport.max_message_size))
+            byte_burst=max(limits.peer_bytes_per_s, 2 * node_config.transport.max_message_size))
         node_config.fleet = read_fleet(config)
         try:
             self.node = Node(

@@ -118,6 +118,7 @@ class LocalApi:
         self._pump: asyncio.Task | None = None
         self._credit_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._recheck_scheduled = False
         self._closed = False
         self.stats: dict[str, int] = dict.fromkeys((
             "frames_in", "replies_out", "messages_out", "sends_accepted", "sends_refused", "requests",
@@ -216,6 +217,19 @@ class LocalApi:
         # Writing may have consumed the edge of the edge-triggered FD: look again.
         if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             asyncio.get_running_loop().call_soon(self._drain)
+
+    def _wrote(self) -> None:
+        """After a write outside _drain (a pushed message, an answer from a task): the FD is
+        edge-triggered and a send can consume its edge, so clients' frames that arrived meanwhile
+        would wait unnoticed (under a stream of pushes, for ever). Look once more, next loop turn."""
+        if not self._recheck_scheduled:
+            self._recheck_scheduled = True
+            asyncio.get_running_loop().call_soon(self._recheck)
+
+    def _recheck(self) -> None:
+        self._recheck_scheduled = False
+        if self.sock is not None and not self._closed and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._drain()
 
     def _destination(self, env: Envelope) -> tuple[bytes, Contact | None]:
         """The destination of a send or request: ``dst`` (a node id), or ``to`` (a contact or a hex id)."""
@@ -373,6 +387,7 @@ class LocalApi:
             except ValueError:
                 pass
             return False
+        self._wrote()
         client.credit -= 1
         if not client.credit:
             self._clients.pop(client.rid, None)  # it asks again (a new entry) when it wants more
@@ -394,6 +409,7 @@ class LocalApi:
         except (zmq.Again, zmq.ZMQError):
             self.stats["client_gone"] += 1  # the client left (or stopped reading) before its answer
             return
+        self._wrote()
         self.stats["replies_out"] += 1
 
     def _error(self, rid: bytes, re: bytes | None, code: str, message: str, **extra: Any) -> None:

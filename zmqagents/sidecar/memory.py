@@ -7,6 +7,14 @@ them as resident memory for its whole life: measured at about 2 MB after start (
 called once after start and then every ``TRIM_INTERVAL`` seconds, which costs well under a
 millisecond each time on an idle sidecar.
 
+A burst of large messages (a peer sending near-1 MiB envelopes) leaves more behind: after glibc
+frees an mmapped block it raises its mmap threshold (up to 32 MiB), so later blocks of that size
+come from the heap, and the heap is not trimmed by itself while less than twice that threshold
+sits free at its top. So the sidecar fixes the threshold at ``MMAP_THRESHOLD`` (``mallopt``): a
+large block is always its own mapping, returned when freed. And between trims the resident size
+is looked at every ``CHECK_INTERVAL`` seconds (one read of /proc/self/statm) and trimmed at once
+when it grew by ``GROWTH`` since the last trim.
+
 On a C library without ``malloc_trim`` (musl, macOS) this does nothing.
 """
 
@@ -14,10 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
 TRIM_INTERVAL = 60.0  # s between trims while the sidecar runs
+CHECK_INTERVAL = 2.0  # s between looks at the resident size
+GROWTH = 4 << 20  # bytes of growth since the last trim that trigger one
+MMAP_THRESHOLD = 256 << 10  # blocks from this size up are mmapped (glibc's default start: 128 KiB)
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
 
 _trim = None  # the libc function once looked up; False when there is none
 
@@ -38,22 +51,62 @@ def release() -> bool:
     return True
 
 
-class Trimmer:
-    """Calls :func:`release` now and then every ``interval`` seconds on the running loop."""
+def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Make every malloc block of ``size`` bytes or more its own mapping, for good; False where the
+    C library has no ``mallopt``."""
+    try:
+        import ctypes
 
-    def __init__(self, interval: float = TRIM_INTERVAL):
+        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, size))
+    except (OSError, AttributeError):
+        return False
+
+
+def resident() -> int:
+    """This process's resident size in bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class Trimmer:
+    """Calls :func:`release` now, then every ``interval`` seconds, and whenever the resident size
+    (looked at every ``check`` seconds) grew by ``growth`` bytes since the last call."""
+
+    def __init__(self, interval: float = TRIM_INTERVAL, check: float = CHECK_INTERVAL, growth: int = GROWTH):
         self.interval = interval
+        self.check = check
+        self.growth = growth
         self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0  # loop time of the last trim
+        self._after = 0  # resident bytes right after it
+        self.trims = 0
 
     def start(self) -> None:
-        if release():
-            self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        fix_mmap_threshold()
+        if self._trim():
+            self._timer = asyncio.get_running_loop().call_later(self.check, self._tick)
         else:
             log.debug("malloc_trim is not available: freed heap memory stays with the process")
 
+    def _trim(self) -> bool:
+        if not release():
+            return False
+        self.trims += 1
+        self._last = asyncio.get_running_loop().time()
+        self._after = resident()
+        return True
+
     def _tick(self) -> None:
-        release()
-        self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last >= self.interval or resident() - self._after >= self.growth:
+            self._trim()
+        self._timer = loop.call_later(self.check, self._tick)
 
     def stop(self) -> None:
         if self._timer is not None:

@@ -57,7 +57,7 @@ import zmq
 
 from ..core.ratelimit import PeerLimiter, RateLimitConfig
 from ..core.relay import FORWARD
-from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
+from ..envelope import DEFAULT_MAX_SIZE, ENVELOPE_COST, Envelope, EnvelopeError, decode
 from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, node_id_of, short_id
 from .droplog import DropLog
 from .fleet import FleetConfig, FleetGate
@@ -205,6 +205,7 @@ class Transport:
         self._droplog = DropLog(log, quiet=_OUTGOING_DROPS)
         self.drops: dict[str, int] = self._droplog.counts  # refusals by reason (exported as metrics)
         self.limiter = PeerLimiter(config.rate_limit)
+        self._router_again = False  # a drain of the ROUTER is scheduled for the next loop turn
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -679,7 +680,7 @@ class Transport:
         cost = 0
         for _ in range(READ_BATCH):
             if cost > BATCH_BYTES:
-                self.loop.call_soon(self._drain_router, sock)  # the rest next turn, this batch's memory freed
+                self._drain_router_later(sock)  # the rest next turn, this batch's memory freed
                 break
             try:
                 rid_frame = sock.recv(NOBLOCK, copy=False)
@@ -690,7 +691,7 @@ class Transport:
             extra = False
             if rid_frame.more:
                 body = sock.recv(NOBLOCK, copy=False)
-                frame = body.bytes
+                frame = body.buffer  # no copy: a frame refused by its length costs nothing more
                 more = body.more
                 while more:
                     more = sock.recv(NOBLOCK, copy=False).more
@@ -717,9 +718,21 @@ class Transport:
                 continue
             batch.append(env)
         else:
-            self.loop.call_soon(self._drain_router, sock)  # more may be waiting; let others run first
+            self._drain_router_later(sock)  # more may be waiting; let others run first
         if batch:
             self._on_batch(batch)
+
+    def _drain_router_later(self, sock: zmq.Socket) -> None:
+        """Drain again next loop turn, once: the FD's callback and the flush's re-check also drain, and
+        a drain that reschedules itself for each of them would multiply under a flood, each turn longer
+        than the last, until nothing else (a timer, the local API) got a turn for seconds."""
+        if not self._router_again:
+            self._router_again = True
+            self.loop.call_soon(self._drain_router_again, sock)
+
+    def _drain_router_again(self, sock: zmq.Socket) -> None:
+        self._router_again = False
+        self._drain_router(sock)
 
     def _authenticate(self, rid: bytes, rid_frame: zmq.Frame) -> bytes | None:
         """The node id a ROUTER message comes from, or None (dropped) if the binding fails.
@@ -773,7 +786,7 @@ class Transport:
         except EnvelopeError as exc:
             self._drop(type(exc).__name__, sender, exc)
             return None
-        limiter.charge(sender, env.cost - len(frame))
+        limiter.charge(sender, env.cost - len(frame) - ENVELOPE_COST)  # what its body decoded into
         if env.src != sender:
             self._drop("src_mismatch", sender, f"claims src {short_id(env.src)}")
             return None

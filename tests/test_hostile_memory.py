@@ -1,0 +1,156 @@
+"""A real node under hostile-but-valid traffic: what peers make it hold stays bounded in bytes,
+refusals are counted, and an honest peer is still served. Real sockets (CURVE), real processes.
+
+The attackers are written from protocols/ only: a raw pyzmq DEALER with its own key, sending
+well-formed, correctly sequenced envelopes shaped to cost the receiver as much as the limits let
+through (bench/hostile.py builds them; this module drives them against a node in this process,
+so the node's queues can be looked at directly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import msgpack
+import pytest
+import zmq
+
+from zmqagents.core.ratelimit import RateLimitConfig
+from zmqagents.envelope import DEFAULT_MAX_SIZE, DEFAULT_MAX_VALUES, HEADER
+from zmqagents.identity import Identity, curve_public_of
+from zmqagents.node import PEERS, Node, NodeConfig
+
+
+def frame(src: bytes, dst: bytes, seq: int, ep: int, body: bytes) -> bytes:
+    head = msgpack.packb({"v": 1, "id": os.urandom(16), "src": src, "t": "msg", "dst": dst, "seq": seq, "ep": ep},
+                         use_bin_type=True)
+    payload = bytes([head[0] + 1]) + head[1:] + msgpack.packb("b") + body
+    return HEADER.pack(len(payload)) + payload
+
+
+class Attacker:
+    """One hostile identity: its own CURVE key, its own routing id, raw frames."""
+
+    def __init__(self, ctx: zmq.Context, node: Node):
+        self.ident = Identity.generate()
+        self.dst = node.node_id
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.curve_secretkey = self.ident.curve_secret
+        self.sock.curve_publickey = self.ident.curve_public
+        self.sock.curve_serverkey = curve_public_of(node.identity.public_key)
+        self.sock.setsockopt(zmq.ROUTING_ID, self.ident.public_key)
+        self.sock.connect(node.transport.endpoint)
+        self.seq = 1
+
+    def send(self, body: bytes, *, seq: int | None = None, ep: int = 7) -> None:
+        self.sock.send(frame(self.ident.node_id, self.dst, self.seq if seq is None else seq, ep, body))
+        if seq is None:
+            self.seq += 1
+
+
+MANY_VALUES = msgpack.packb([{} for _ in range(DEFAULT_MAX_VALUES - 17)])  # as many empty maps as allowed
+WIDE = msgpack.packb("a" * (DEFAULT_MAX_SIZE - 1024) + "\U0001F600")  # ~4 MiB decoded
+
+
+async def settle(node: Node, seconds: float) -> None:
+    """Let the node read what was sent (the sends are asynchronous)."""
+    await asyncio.sleep(seconds)
+
+
+def test_what_hostile_peers_make_a_node_hold_stays_within_its_byte_bounds(arun):
+    async def main():
+        # Rate limits out of the way: this is about the queues' bounds.
+        config = NodeConfig(inbox_bytes=4 << 20)
+        config.transport.rate_limit = RateLimitConfig(messages=1e6, message_burst=1e6, bytes=1e12, byte_burst=1e12)
+        ctx = zmq.Context()
+        async with Node(config=config) as node:
+            attackers = [Attacker(ctx, node) for _ in range(6)]
+            await asyncio.sleep(0.3)  # handshakes
+            for _ in range(12):
+                attackers[0].send(MANY_VALUES)  # in order: into the inbox
+                attackers[1].send(WIDE)
+                attackers[2].send(MANY_VALUES, seq=attackers[2].seq + 1)  # past a gap: reorder buffer
+                attackers[2].seq += 1
+                attackers[3].send(WIDE, seq=attackers[3].seq + 1)
+                attackers[3].seq += 1
+            for _ in range(30):
+                await settle(node, 0.1)
+            count, held = node.inbox_size
+            buffered, buffered_bytes = node.delivery.buffered()
+            # The inbox: its byte bound, except that a sender holding nothing may bring one message of any size.
+            assert held <= config.inbox_bytes + 4.5 * 2**20, held
+            assert buffered_bytes <= node.delivery.config.reorder_bytes_total + 4.5 * 2**20, buffered_bytes
+            assert node.stats["inbox_bytes_refused"] + node.stats["inbox_share_refused"] > 0
+            assert node.delivery.stats["reorder_bytes_full"] > 0
+            # An honest peer is still answered, and the refused messages were only deferred: once the
+            # application reads, the in-order attackers' messages come through, in order.
+            async with Node(peers=[node.contact]) as honest:
+                assert isinstance(await honest.request(node.node_id, None, type=PEERS, timeout=10), list)
+            got = []
+            while node.inbox_size[0]:
+                got.append(await node.receive(timeout=1))
+            assert got and all(m.src in (attackers[0].ident.node_id, attackers[1].ident.node_id) for m in got)
+            for a in attackers:
+                a.sock.close()
+        ctx.term()
+
+    arun(main(), timeout=60)
+
+
+def test_a_flooding_peer_is_held_to_its_rate_counted_and_the_others_are_served(arun):
+    async def main():
+        config = NodeConfig()
+        config.transport.rate_limit = RateLimitConfig(messages=500, message_burst=500, bytes=1e9, byte_burst=1e9)
+        ctx = zmq.Context()
+        async with Node(config=config) as node:
+            flooder = Attacker(ctx, node)
+            await asyncio.sleep(0.3)
+            body = msgpack.packb("x" * 100)
+            for i in range(3000):  # each the first of a newer stream: none waits behind a refused one
+                flooder.send(body, seq=1, ep=1000 + i)
+            async with Node(peers=[node.contact]) as honest:
+                for _ in range(5):
+                    await honest.send(node.node_id, "honest")
+                await honest.flush(timeout=10)
+                from_flooder = from_honest = 0
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30
+                while loop.time() < deadline:  # until the node has read all 3,000 (a busy box is slow)
+                    while node.inbox_size[0]:
+                        msg = await node.receive(timeout=1)
+                        from_honest += msg.src == honest.node_id
+                        from_flooder += msg.src == flooder.ident.node_id
+                    if node.transport.drops.get("rate_messages", 0) + from_flooder >= 3000:
+                        break
+                    await asyncio.sleep(0.05)
+            assert from_honest == 5
+            assert 0 < from_flooder < 3000
+            assert node.transport.drops["rate_messages"] == 3000 - from_flooder
+            assert node.transport.limiter.stats["refused_messages"] == 3000 - from_flooder
+            flooder.sock.close()
+        ctx.term()
+
+    arun(main(), timeout=60)
+
+
+@pytest.mark.parametrize("shape", ["values", "wide"])
+def test_expensive_envelopes_are_charged_what_they_cost(arun, shape):
+    # A peer within its bytes/s by wire size but not by decoded size is held to the decoded size.
+    async def main():
+        config = NodeConfig()
+        config.transport.rate_limit = RateLimitConfig(bytes=2 << 20, byte_burst=2 << 20)
+        ctx = zmq.Context()
+        async with Node(config=config) as node:
+            attacker = Attacker(ctx, node)
+            await asyncio.sleep(0.3)
+            for _ in range(20):
+                attacker.send(MANY_VALUES if shape == "values" else WIDE)
+            await asyncio.sleep(1.0)
+            assert node.transport.drops.get("rate_bytes", 0) > 0
+            assert node.transport.limiter.stats["charged_bytes"] > 0
+            attacker.sock.close()
+        ctx.term()
+
+    arun(main(), timeout=60)
