@@ -587,3 +587,74 @@ def test_a_relay_knows_where_to_send_the_ping_for_a_target_it_does_not_hold():
     assert len(pings) == 1
     assert relay.contact_for(IDS[1]) == target
     assert relay.contact_for(IDS[0]) == CONTACTS[0]
+
+
+def test_indirect_probe_helpers_are_members_heard_from_lately():
+    """A member cut off by a partition stays alive in our view until its suspicion runs out; as a
+    helper it cannot reach the target. Helpers are picked among the members heard from within the
+    last few periods (here 1, 2 and 3, which talk to us every period), so the silent ones 4-11 are
+    not asked, whichever target's direct ping was lost."""
+    heard = {IDS[1], IDS[2], IDS[3]}
+    for seed in range(10):
+        a = Membership(CONTACTS[0], random.Random(seed), MembershipConfig(suspicion_max=1000.0, suspicion_min=1000.0))
+        for i in range(1, 12):
+            a.add(CONTACTS[i], 0.0)
+
+        def answer(env, now):
+            out = [_gossip(i, 0, []) for i in (1, 2, 3)]
+            if env.type == PING and env.dst in heard:
+                out.append(_env(INDEX[env.dst], 0, ACK, [env.body[0], 0]))
+            return out
+
+        sent = _drive(a, 30.0, answer)
+        asked = [e.dst for _, e in sent if e.type == PING_REQ]
+        assert asked and set(asked) <= heard, seed
+
+
+def test_a_lost_check_after_a_heal_is_retried_within_a_period_not_at_the_next_sync():
+    """After a heal (a dead member answered a check), a check lost to 1 % loss used to wait for the
+    next sync (10 s later, up to 21 s after the heal at N=2000). Now a failed check is retried once a
+    period for a sync interval after a heal is detected. Here the syncs are 60 s apart, so only the
+    retry can revive node 5, whose first two checks after the heal are lost."""
+    cfg = MembershipConfig(sync_interval=60.0)
+    a = Membership(CONTACTS[0], random.Random(2), cfg)
+    for i in range(1, 6):
+        a.add(CONTACTS[i], 0.0)
+    heal = 40.0
+    lost = {5: 2}
+    events = []
+
+    def answer(env, now):
+        j = INDEX[env.dst]
+        if env.type == PING and (j <= 3 or now >= heal):
+            if j in lost and now >= heal and lost[j] > 0:
+                lost[j] -= 1
+                return []
+            return [_env(j, 0, ACK, [env.body[0], 0])]
+        if env.type == PING_REQ:
+            return [_env(j, 0, NACK, [env.body[0], 0])]
+        return []
+
+    def drive(until):
+        while True:
+            t = a.next_timer()
+            if t is None or t > until:
+                return
+            a.tick(t)
+            for env in a.take_outgoing():
+                for reply in answer(env, t):
+                    a.receive(reply, t + 0.002)
+            events.extend((t, e) for e in a.take_events())
+
+    drive(heal)
+    assert {a.state_of(IDS[4]), a.state_of(IDS[5])} == {"dead"}
+    a.receive(_env(4, 0, PING, [1, 0]), heal)  # node 4 is back: we check it, it answers, a heal
+    events.extend((heal, e) for e in a.take_events())
+    for env in a.take_outgoing():
+        for reply in answer(env, heal):
+            a.receive(reply, heal + 0.002)
+    drive(heal + 20.0)
+    back = {node_id_of(e.contact.public_key): t for t, e in events if type(e) is Alive and t >= heal}
+    assert set(back) == {IDS[4], IDS[5]}
+    # two lost checks (a period each) and the two-check probation (2 periods)
+    assert back[IDS[5]] - heal <= 5 * cfg.probe_interval + 0.1

@@ -125,7 +125,7 @@ STAT_KEYS = (
 # -- internal records --------------------------------------------------------------------------------------
 
 class _Member:
-    __slots__ = ("id", "contact", "state", "inc", "rtt", "susp")
+    __slots__ = ("id", "contact", "state", "inc", "rtt", "susp", "heard")
 
     def __init__(self, nid: bytes, contact: Contact, inc: int):
         self.id = nid
@@ -134,6 +134,7 @@ class _Member:
         self.inc = inc
         self.rtt: float | None = None
         self.susp: Suspicion | None = None
+        self.heard = -INF  # when a message from it last came (indirect-probe helpers are picked by it)
 
 
 _REGULAR, _VERIFY, _CHECK = 0, 1, 2
@@ -235,6 +236,9 @@ class Membership(CoreOutputs):
         self._sync_from = INF  # when the last sync was sent (start: when we started)
         self._sync_gap = 0.0  # sync_interval x its jitter; due at _sync_from + _sync_gap x (1 + LHM)
         self._t_verify = INF
+        # Until when a failed tombstone check is retried every period: one sync interval after the last
+        # time a dead member answered a first check (most likely a partition healed), see _tomb_silent.
+        self._heal_until = -INF
         self._started = False
         self._leaving = False
         self._left_wire: list[Any] | None = None
@@ -419,6 +423,7 @@ class Membership(CoreOutputs):
         # Any message from a node is first-hand proof that it is alive, with its own incarnation.
         rec = self._members.get(src)
         if rec is not None:
+            rec.heard = now
             if rec.state != ALIVE or inc > rec.inc:
                 self._firsthand(rec, inc)
         elif self._tombs and src in self._tombs:
@@ -757,9 +762,15 @@ class Membership(CoreOutputs):
         rec = p.rec
         members = self._members
         order = self._order
-        helpers: list[bytes] = []
-        if order:
-            rng = self._rng
+        rng = self._rng
+        # Helpers we heard from lately first: they are reachable now. A member cut off by a partition
+        # stays alive in our view until its own suspicion runs out; picked as a helper, it cannot
+        # reach the target, and a lost direct ping then makes us accuse a member on our own side.
+        recent = now - self._health.scaled(cfg.helper_recent_periods * cfg.probe_interval)
+        helpers = [nid for nid, h in members.items() if h.heard >= recent and h.state == ALIVE and nid != p.target]
+        if len(helpers) > k:
+            helpers = rng.sample(helpers, k)
+        if len(helpers) < k and order:
             tries = 0
             while len(helpers) < k and tries < 4 * k + 8:
                 tries += 1
@@ -1075,13 +1086,18 @@ class Membership(CoreOutputs):
                     self._push(due, _T_RECHECK, tomb)
             return
         gap = 2 * self.config.probe_interval
-        if tomb.passed is None or now - tomb.passed > 3 * gap:
+        # A confirming check may be sent up to 3 gaps after the first answer (_tomb_silent); its answer
+        # comes within a period of that.
+        if tomb.passed is None or now - tomb.passed > 3 * gap + self.config.probe_interval:
             # First answer: on probation. Check again in two periods; a node stalled most of the time
             # fails that one, and is not revived just to be buried again (flapping).
             tomb.passed = now
             tomb.recheck = now + gap
             self._push(tomb.recheck, _T_RECHECK, tomb)
             if tomb.state == DEAD:
+                heal = now + self.config.sync_interval
+                if heal > self._heal_until:
+                    self._heal_until = heal
                 # A dead member answers: most likely a partition healed. Check the others now, and
                 # verify the members we suspect: a suspicion begun while we were cut off would
                 # otherwise run out and bury a member that is back (sim, N=40, 25 % cut off: 8 %
@@ -1106,22 +1122,26 @@ class Membership(CoreOutputs):
 
     def _tomb_silent(self, tomb: _Tomb, sent: float, now: float) -> None:
         """A dead member stayed silent to our check (sent at ``sent``). If it answered a check lately, this
-        one may just have been lost (a check is one direct ping): try once more while that answer still
-        counts (revival needs a second answer within 3 gaps of the first, see _tomb_heard). Else its
-        probation starts over. Sim (N=150, 30 % cut off, 1 % loss): a lost confirming check left a healed
-        member dead until the next sync, 10 s later, sometimes twice in a row."""
+        one may just have been lost (a check is one direct ping): try again now, while that answer still
+        counts (revival needs a second check sent within 3 gaps of the first answer, and answered within
+        a period of that, see _tomb_heard). Else its probation starts over. Sim (N=150, 30 % cut off,
+        1 % loss): a lost confirming check left a healed member dead until the next sync, 10 s later,
+        sometimes twice in a row. Soon after a heal, a lost check is retried about once a period rather
+        than at the next sync (sim, N=2000, 30 % cut off: a pair revived 21 s after the heal)."""
         passed = tomb.passed
         if passed is not None:
             if passed >= sent:
                 return  # a later check was answered: this silence is old news
             gap = 2 * self.config.probe_interval
-            retry = max(now + self._health.scaled(self.config.probe_interval), passed + gap)
+            retry = max(now, passed + gap)
             if retry - passed <= 3 * gap:
                 tomb.recheck = retry
                 self._push(retry, _T_RECHECK, tomb)
                 return
         tomb.passed = None
         tomb.recheck = INF
+        if tomb.state == DEAD and now < self._heal_until and tomb.id not in self._verify:
+            self._queue_verify(tomb.id, now)
 
     def _expire_tombs(self, now: float) -> None:
         """Forget the tombstones older than tombstone_ttl."""
