@@ -27,7 +27,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import msgpack
 import nacl.exceptions
@@ -180,17 +180,25 @@ def _bin(value: object, size: int, what: str) -> bytes:
     return value
 
 
+def _open_signed(data: bytes, what: str, field: str, fields_name: str, max_bytes: int,
+                 keys: set[str]) -> tuple[bytes, bytes, dict[str, Any]]:
+    """The wrapper both signed objects share, ``{field: signed bytes, "s": signature}``: its structure,
+    the signed fields' exact keys and the version. Returns (signed bytes, signature, fields)."""
+    outer = _exact_keys(_unpack(data, what, max_bytes), {field, "s"}, what)
+    signed = outer[field]
+    if type(signed) is not bytes:
+        raise CertError("malformed", f"{what} field {field} must be the signed bytes (msgpack bin)")
+    signature = _bin(outer["s"], SIGNATURE_LEN, f"{what} signature s")
+    f = _exact_keys(_unpack(signed, f"signed {fields_name} fields", max_bytes), keys, f"{fields_name} fields")
+    if f["v"] != CERT_VERSION or type(f["v"]) is not int:
+        raise CertError("malformed", f"{what} version {f['v']!r} is not {CERT_VERSION}")
+    return signed, signature, f
+
+
 def decode_certificate(data: bytes) -> Certificate:
     """Parse a certificate's structure (nothing about trust: see :meth:`Admission.check` / :func:`verify`)."""
-    outer = _exact_keys(_unpack(data, "certificate", MAX_CERT_BYTES), {"c", "s"}, "certificate")
-    signed = outer["c"]
-    if type(signed) is not bytes:
-        raise CertError("malformed", "certificate field c must be the signed bytes (msgpack bin)")
-    signature = _bin(outer["s"], SIGNATURE_LEN, "certificate signature s")
-    f = _exact_keys(_unpack(signed, "signed certificate fields", MAX_CERT_BYTES),
-                    {"v", "k", "n", "g", "nb", "na", "i", "sn"}, "certificate fields")
-    if f["v"] != CERT_VERSION or type(f["v"]) is not int:
-        raise CertError("malformed", f"certificate version {f['v']!r} is not {CERT_VERSION}")
+    signed, signature, f = _open_signed(data, "certificate", "c", "certificate", MAX_CERT_BYTES,
+                                        {"v", "k", "n", "g", "nb", "na", "i", "sn"})
     key = _bin(f["k"], 32, "certificate key k")
     try:
         name = _check_name(f["n"])
@@ -295,15 +303,8 @@ def sign_revocations(ca: Identity, entries: Iterable[tuple[bytes, int]], *, sequ
 
 def decode_revocations(data: bytes) -> RevocationList:
     """Parse a revocation list's structure (the signature is checked by :meth:`Revocations.adopt`)."""
-    outer = _exact_keys(_unpack(data, "revocation list", MAX_REVOCATION_BYTES), {"r", "s"}, "revocation list")
-    signed = outer["r"]
-    if type(signed) is not bytes:
-        raise CertError("malformed", "revocation list field r must be the signed bytes (msgpack bin)")
-    signature = _bin(outer["s"], SIGNATURE_LEN, "revocation list signature s")
-    f = _exact_keys(_unpack(signed, "signed revocation fields", MAX_REVOCATION_BYTES),
-                    {"v", "i", "sq", "t", "r"}, "revocation fields")
-    if f["v"] != CERT_VERSION or type(f["v"]) is not int:
-        raise CertError("malformed", f"revocation list version {f['v']!r} is not {CERT_VERSION}")
+    signed, signature, f = _open_signed(data, "revocation list", "r", "revocation", MAX_REVOCATION_BYTES,
+                                        {"v", "i", "sq", "t", "r"})
     sequence = _int(f["sq"], "sequence sq")
     if sequence == 0:
         raise CertError("malformed", "sequence sq starts at 1")
