@@ -394,24 +394,31 @@ def _held_after_decode(frame: bytes, max_values: int = E.DEFAULT_MAX_VALUES) -> 
     import gc
     import tracemalloc
 
-    # One decode first, dropped: msgpack interns a map's str keys, and the interpreter's table of
-    # interned strings grows now and then (a resize of a table shared by the whole process, kept
-    # after the keys die); a decode that happens to trigger one would be charged megabytes the
-    # envelope does not hold (the full suite hit it: 2.6 MB against a 1.0 MB cost). The measured
-    # decode still allocates every key, value and container afresh.
-    E.decode(frame, max_values=max_values)
-    gc.collect()
+    # msgpack interns a map's str keys, and the interpreter's table of interned strings is resized now
+    # and then (a table shared by the whole process, kept after the keys die, its size set by all the
+    # process interned before): a decode that happens to trigger a resize is charged megabytes the
+    # envelope does not hold (the full suite hit it: 2.6 MB against a 1.0 MB cost). A resize leaves
+    # room for many more keys, so of three decodes, each allocating every key, value and container
+    # afresh, at most one pays it: the least of the three is what the envelope holds.
     # A tracer (coverage.py in CI) allocates its own records as the decoder's lines first run, and
-    # tracemalloc would charge them to the envelope: pause it while measuring.
+    # tracemalloc would charge them to the envelope: it is paused while measuring.
+    held = []
     tracer = sys.gettrace()
     sys.settrace(None)
-    tracemalloc.start()
     try:
-        env = E.decode(frame, max_values=max_values)
-        return env, tracemalloc.get_traced_memory()[0]
+        for i in range(3):
+            if i:
+                del env  # the keys of one decode must not be there to be shared by the next
+            gc.collect()
+            tracemalloc.start()
+            try:
+                env = E.decode(frame, max_values=max_values)
+                held.append(tracemalloc.get_traced_memory()[0])
+            finally:
+                tracemalloc.stop()
     finally:
-        tracemalloc.stop()
         sys.settrace(tracer)
+    return env, min(held)
 
 
 _ROOM = E.DEFAULT_MAX_VALUES - 20  # the envelope's own fields take a few values
