@@ -36,11 +36,15 @@ The driver calls :meth:`receive` with each authenticated envelope, :meth:`tick` 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Mapping, Union
 
 from ..envelope import Envelope
 from ..identity import Contact
+from .broadcast import Broadcast, Delivered, Gap
+from .broadcast_sample import PeerSample
+from .broadcast_wire import PREFIX as BROADCAST_PREFIX
 from .dht import PREFIX as DHT_PREFIX
 from .dht import DhtCore, DhtDone
 from .membership import Alive, Failed, Left, Membership, Refuted, Suspect
@@ -82,9 +86,9 @@ class TableDropped:
 # Everything take_events() yields, each a small dataclass (h11/wsproto style: dispatch on the type).
 # Member events (report them): Alive, Suspect, Failed, Left, Refuted. Routing: LookupDone (resolve a
 # lookup), Joined, Introduced (the peer's own word on its endpoint: relocate its link). DHT: DhtDone.
-# Relay client: RelayUp, RelayDown. This module: PeerGone, TableAdded, TableDropped.
+# Relay client: RelayUp, RelayDown. Broadcast: Delivered, Gap. This module: PeerGone, TableAdded, TableDropped.
 NodeEvent = Union[Alive, Suspect, Failed, Left, Refuted, LookupDone, Joined, Introduced, DhtDone,
-                  RelayUp, RelayDown, PeerGone, TableAdded, TableDropped]
+                  RelayUp, RelayDown, PeerGone, TableAdded, TableDropped, Delivered, Gap]
 
 
 class NodeCore(CoreOutputs):
@@ -100,11 +104,12 @@ class NodeCore(CoreOutputs):
     each contact exists once in memory.
     """
 
-    __slots__ = ("routing", "membership", "dht", "relay_server", "relay_client", "held", "_contacts",
-                 "_stats", "_mark", "_now", "_ticked")
+    __slots__ = ("routing", "membership", "dht", "relay_server", "relay_client", "broadcast", "held", "_contacts",
+                 "_stats", "_mark", "_now", "_ticked", "_sampler")
 
     def __init__(self, routing: RoutingCore, membership: Membership, dht: DhtCore | None = None, *,
                  relay_server: RelayServer | None = None, relay_client: RelayClient | None = None,
+                 broadcast: Broadcast | None = None, sampler: PeerSample | None = None,
                  contacts: Mapping[bytes, Contact] | None = None):
         super().__init__()
         self.routing = routing
@@ -112,14 +117,19 @@ class NodeCore(CoreOutputs):
         self.dht = dht
         self.relay_server = relay_server
         self.relay_client = relay_client
+        self.broadcast = broadcast
+        if broadcast is not None and sampler is None:
+            cfg = broadcast.config
+            sampler = PeerSample(routing.node_id, random.Random(routing.node_id), cfg.per_bucket, cfg.near)
+        self._sampler = sampler
         self.held: set[bytes] = set()  # node ids handed to membership from the table
         self._contacts = contacts
         self._stats = routing.stats
         self._mark = 0  # the table's change counters at the last sync
         self._now = 0.0  # the time of the latest input: the wiring done while draining events uses it
         # The other cores whose timers, output and events are drained with routing's and membership's.
-        self._ticked: tuple[DhtCore | RelayServer | RelayClient, ...] = tuple(
-            c for c in (dht, relay_server, relay_client) if c is not None)
+        self._ticked: tuple[DhtCore | RelayServer | RelayClient | Broadcast, ...] = tuple(
+            c for c in (dht, relay_server, relay_client, broadcast) if c is not None)
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -143,6 +153,11 @@ class NodeCore(CoreOutputs):
             self.sync(now)
             return True
         self.routing.table.touch(env.src, now)
+        if t.startswith(BROADCAST_PREFIX):
+            if self.broadcast is not None:
+                self.broadcast.receive(env, now)
+                return True
+            return False
         if t == FORWARD or t == REGISTER:
             if self.relay_server is not None:
                 self.relay_server.receive(env, now)
@@ -176,6 +191,11 @@ class NodeCore(CoreOutputs):
             self.relay_server.tick(now)
         if self.relay_client is not None:
             self.relay_client.tick(now)
+        b = self.broadcast
+        if b is not None:
+            d = b.next_timer()
+            if d is not None and d <= now:
+                b.tick(now)
 
     def next_timer(self) -> float | None:
         """The earliest deadline of any core, None if none is armed."""
@@ -230,6 +250,8 @@ class NodeCore(CoreOutputs):
             elif nid in mem:
                 held.add(nid)  # membership held it already (an endpoint change is taken over)
             # else refused (the max_members bound): not held, so the next table change offers it again
+        if self.broadcast is not None and self._sampler is not None:
+            self.broadcast.set_sample(self._sampler.pick(self.routing.table), now)
 
     # -- output -------------------------------------------------------------------------------------
 
@@ -296,5 +318,7 @@ class NodeCore(CoreOutputs):
         self.routing.forget(nid)  # its freshest replacement is promoted
         if self.relay_server is not None:
             self.relay_server.forget(nid)
+        if self.broadcast is not None:
+            self.broadcast.peer_down(nid)
         self._events.append(PeerGone(nid))
         self.sync(now)  # the promoted replacement is probed at once

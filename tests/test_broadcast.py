@@ -1,0 +1,296 @@
+"""The broadcast core (Plumtree) alone: trees, repair, and every kind of bad input it must refuse.
+
+Cores are wired by tests/core_mesh.py (a fake clock, random latency, real envelopes through
+encode/decode); signers are real Ed25519 keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from core_mesh import CoreMesh
+from zmqagents.core.broadcast import Broadcast, BroadcastConfig, Delivered, Gap, PublishError
+from zmqagents.core.broadcast_wire import GRAFT, IHAVE, MSG, PRUNE, make_message, message_id
+from zmqagents.envelope import Envelope
+from zmqagents.identity import Identity
+
+
+def ident(i: int, tag: str = "n") -> Identity:
+    return Identity.from_seed(hashlib.sha256(f"bcast-test/{tag}/{i}".encode()).digest())
+
+
+def make_mesh(n: int, degree: int = 4, seed: int = 1, config: BroadcastConfig | None = None,
+              latency=(0.002, 0.01)) -> tuple[CoreMesh, list[Broadcast]]:
+    rng = random.Random(seed)
+    ids = [ident(i) for i in range(n)]
+    cores = [Broadcast(x.node_id, x, 1000, random.Random(i), config) for i, x in enumerate(ids)]
+    # a ring (connected) plus random chords: symmetric enough to look like a table sample
+    for i, c in enumerate(cores):
+        peers = {cores[(i + 1) % n].node_id, cores[(i - 1) % n].node_id}
+        while len(peers) < min(degree, n - 1):
+            j = rng.randrange(n)
+            if j != i:
+                peers.add(cores[j].node_id)
+        c.set_sample(peers, 0.0)
+    return CoreMesh(cores, seed=seed, latency=latency, wire=True), cores
+
+
+def delivered(mesh: CoreMesh) -> list[tuple[bytes, Delivered]]:
+    return [(nid, ev) for nid, _t, ev in mesh.events if type(ev) is Delivered]
+
+
+def publish(mesh: CoreMesh, core: Broadcast, topic: str, data) -> object:
+    return mesh.call(core, lambda c: c.publish(topic, data, mesh.now))
+
+
+def test_every_node_delivers_each_message_once_and_the_tree_prunes_to_low_redundancy():
+    mesh, cores = make_mesh(40)
+    for k in range(20):
+        publish(mesh, cores[k % 7], "", {"n": k})
+        mesh.run(mesh.now + 0.5)
+    got = delivered(mesh)
+    assert len(got) == 40 * 20
+    assert len({(nid, ev.id) for nid, ev in got}) == len(got)  # at most once
+    # the first message floods every link; after the prunes one tree carries them: payloads received
+    # per node per message fall to about one
+    before = sum(c.stats["payloads_received"] for c in cores)
+    for k in range(10):
+        publish(mesh, cores[k], "", k)
+        mesh.run(mesh.now + 0.5)
+    per_delivery = (sum(c.stats["payloads_received"] for c in cores) - before) / (39 * 10)
+    assert per_delivery < 1.2, per_delivery
+    assert len(delivered(mesh)) == 40 * 30
+
+
+class DropPushes:
+    """A node whose incoming payloads are lost until ``until`` (its eager links drop them)."""
+
+    def __init__(self, core: Broadcast, until: float):
+        self.core, self.until, self.dropped = core, until, 0
+        self.node_id = core.node_id
+        self.tick, self.next_timer = core.tick, core.next_timer
+        self.take_outgoing, self.take_events = core.take_outgoing, core.take_events
+
+    def receive(self, env, now):
+        if env.type == MSG and now < self.until:
+            self.dropped += 1
+            return
+        self.core.receive(env, now)
+
+
+def test_lost_pushes_are_repaired_from_an_announcement_and_a_crashed_node_is_routed_around():
+    mesh, cores = make_mesh(30)
+    for k in range(5):
+        publish(mesh, cores[0], "", k)
+        mesh.run(mesh.now + 0.5)
+    victim = cores[17]
+    proxy = DropPushes(victim, mesh.now + 0.06)
+    mesh.nodes[victim.node_id] = proxy
+    before = len(delivered(mesh))
+    publish(mesh, cores[0], "", "lost")
+    mesh.run(mesh.now + 1.0)
+    assert proxy.dropped >= 1 and victim.stats["grafts_sent"] >= 1
+    assert len(delivered(mesh)) - before == 30
+    mesh.nodes[victim.node_id] = victim
+    # crash three nodes: their subtrees are grafted onto the lazy links
+    for c in cores[10:13]:
+        mesh.dead.add(c.node_id)
+    before = len(delivered(mesh))
+    publish(mesh, cores[0], "", "after")
+    mesh.run(mesh.now + 2.0)
+    assert len(delivered(mesh)) - before == 27
+
+
+def test_topics_are_delivered_to_subscribers_only_and_forwarded_by_everyone():
+    mesh, cores = make_mesh(20)
+    subs = {c.node_id for c in cores[::3]}
+    for c in cores[::3]:
+        c.subscribe("weather")
+    publish(mesh, cores[1], "weather", "rain")
+    mesh.run(mesh.now + 1.0)
+    got = {nid for nid, ev in delivered(mesh) if ev.topic == "weather"}
+    assert got == subs
+    assert sum(c.stats["not_subscribed"] for c in cores) >= len(cores) - len(subs) - 1
+
+
+def test_a_forged_signature_is_refused_and_counted_and_the_genuine_message_still_arrives():
+    mesh, cores = make_mesh(10)
+    origin = ident(99, "origin")
+    good = make_message(origin, 5, 1, "", "genuine")
+    forged = dict(good.to_wire(), d="forged")  # same id (same origin, epoch, seq, topic), wrong signature
+    target = cores[3]
+    target.receive(Envelope(b"\x01" * 16, cores[4].node_id, MSG, {"m": forged, "h": 1}), 0.0)
+    assert target.stats["bad_signature"] == 1
+    assert target.take_events() == []
+    target.receive(Envelope(b"\x02" * 16, cores[4].node_id, MSG, {"m": good.to_wire(), "h": 1}), 0.0)
+    evs = target.take_events()
+    assert [(e.data, e.seq) for e in evs] == [("genuine", 1)]
+    # a forged copy arriving after the genuine one is dropped by id, before any verification
+    target.receive(Envelope(b"\x03" * 16, cores[5].node_id, MSG, {"m": forged, "h": 1}), 0.0)
+    assert target.stats["bad_signature"] == 1 and target.stats["duplicates"] == 1
+
+
+def test_duplicates_are_dropped_before_verifying(monkeypatch):
+    import zmqagents.core.broadcast as mod
+    calls = []
+    real = mod.verify_claimed
+
+    def counting(c, limit):
+        calls.append(c.id)
+        return real(c, limit)
+    monkeypatch.setattr(mod, "verify_claimed", counting)
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0))
+    m = make_message(ident(1), 1, 1, "", "x")
+    for k in range(5):
+        core.receive(Envelope(bytes([k]) * 16, ident(2 + k).node_id, MSG, {"m": m.to_wire(), "h": 1}), 0.0)
+    assert calls == [m.id]
+    assert core.stats["duplicates"] == 4 and core.stats["delivered"] == 1
+
+
+def test_replays_and_old_epochs_are_refused_as_stale():
+    cfg = BroadcastConfig(window=8, max_seen=4)
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0), cfg)
+    o = ident(1)
+    src = ident(2).node_id
+
+    def send(epoch, seq):
+        m = make_message(o, epoch, seq, "", seq)
+        core.receive(Envelope(random.randbytes(16), src, MSG, {"m": m.to_wire(), "h": 1}), 0.0)
+
+    for s in range(1, 21):
+        send(10, s)
+    assert core.stats["delivered"] == 20
+    send(10, 3)  # below the window (and long out of the 4-entry seen cache): a replay
+    send(9, 50)  # an older epoch
+    send(10, 18)  # inside the window, already accepted (out of the seen cache too)
+    assert core.stats["stale"] == 2 and core.stats["duplicates"] == 1 and core.stats["delivered"] == 20
+    send(11, 1)  # a restarted origin: newer epoch, numbering starts again
+    assert core.stats["delivered"] == 21
+
+
+def test_gap_is_reported_after_the_repair_window_unless_filled():
+    cfg = BroadcastConfig(gap_report_after=1.0)
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0), cfg)
+    o = ident(1)
+    src = ident(2).node_id
+    for s in (1, 2, 5, 6, 4):  # 3 never comes, 4 comes late
+        m = make_message(o, 7, s, "", s)
+        core.receive(Envelope(random.randbytes(16), src, MSG, {"m": m.to_wire(), "h": 1}), 0.1)
+    core.tick(0.5)
+    assert not [e for e in core.take_events() if type(e) is Gap]
+    t = core.next_timer()
+    assert t is not None and t <= 1.2
+    core.tick(1.2)
+    gaps = [e for e in core.take_events() if type(e) is Gap]
+    assert [(g.epoch, g.missing) for g in gaps] == [(7, (3,))]
+    assert gaps[0].origin == o.node_id
+
+
+def test_ihave_flood_for_ids_never_sent_is_bounded_counted_and_given_up():
+    cfg = BroadcastConfig(max_missing=100, max_ihave_queue=50)
+    mesh, cores = make_mesh(10, config=cfg)
+    target = cores[0]
+    attacker = ident(77, "attacker").node_id
+    for k in range(10):
+        ids = [[random.randbytes(16), 1] for _ in range(400)]
+        target.receive(Envelope(random.randbytes(16), attacker, IHAVE, {"i": ids}), mesh.now)
+    st = target.stats
+    assert st["ihave_ignored"] == 10 * (400 - cfg.max_ihave_ids)
+    assert len(target._missing) <= 50  # one peer opens at most max_ihave_queue entries
+    assert st["missing_full"] > 0
+    mesh.flush(target)
+    mesh.run(mesh.now + 2.0)
+    assert len(target._missing) == 0 and st["graft_gave_up"] == 50
+    # an honest origin's messages still reach everyone
+    publish(mesh, cores[5], "", "hello")
+    mesh.run(mesh.now + 1.0)
+    assert sum(1 for _nid, ev in delivered(mesh) if ev.data == "hello") == 10
+
+
+def test_grafts_for_unknown_ids_and_graft_storms_are_refused_and_counted():
+    cfg = BroadcastConfig(graft_rate=10.0, graft_burst=10.0)
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0), cfg)
+    m = core.publish("", b"x" * 100, 0.0)
+    core.take_outgoing()
+    peer = ident(5).node_id
+    core.receive(Envelope(random.randbytes(16), peer, GRAFT, {"i": [random.randbytes(16) for _ in range(20)]}), 0.0)
+    assert core.stats["graft_unknown"] == 20 and core.take_outgoing() == []
+    for _ in range(50):
+        core.receive(Envelope(random.randbytes(16), peer, GRAFT, {"i": [m.id]}), 0.0)
+    sent = [e for e in core.take_outgoing() if e.type == MSG]
+    assert len(sent) == 10 and core.stats["graft_over_rate"] == 40
+
+
+def test_prune_storm_moves_only_the_sender_to_lazy():
+    mesh, cores = make_mesh(8)
+    c = cores[0]
+    p = next(iter(c.eager))
+    for _ in range(1000):
+        c.receive(Envelope(random.randbytes(16), p, PRUNE, None), 0.0)
+    assert p in c.lazy and p not in c.eager and c.stats["prunes_received"] == 1000
+    assert len(c.eager) + len(c.lazy) == len(c.sample)
+
+
+def test_oversize_is_refused_at_the_publisher_and_counted_in_transit():
+    cfg = BroadcastConfig(max_message_bytes=1000)
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0), cfg)
+    with pytest.raises(PublishError) as exc:
+        core.publish("", b"x" * 2000, 0.0)
+    assert exc.value.reason == "oversize"
+    big = make_message(ident(1), 1, 1, "", b"x" * 2000)
+    core.receive(Envelope(random.randbytes(16), ident(2).node_id, MSG, {"m": big.to_wire(), "h": 1}), 0.0)
+    assert core.stats["oversize"] == 1 and core.take_events() == []
+
+
+def test_an_origin_over_its_rate_is_refused_and_another_origin_is_unaffected():
+    cfg = BroadcastConfig(origin_rate=10.0, origin_burst=10.0)
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0), cfg)
+    flood, honest = ident(1), ident(2)
+    src = ident(3).node_id
+    for s in range(1, 101):
+        m = make_message(flood, 1, s, "", s)
+        core.receive(Envelope(random.randbytes(16), src, MSG, {"m": m.to_wire(), "h": 1}), 0.0)
+        if s % 10 == 0:
+            h = make_message(honest, 1, s // 10, "", s)
+            core.receive(Envelope(random.randbytes(16), src, MSG, {"m": h.to_wire(), "h": 1}), 0.0)
+    got = [e for e in core.take_events() if type(e) is Delivered]
+    assert sum(1 for e in got if e.origin == flood.node_id) == 10
+    assert sum(1 for e in got if e.origin == honest.node_id) == 10
+    assert core.stats["over_rate"] == 90
+    with pytest.raises(PublishError):  # our own origin is held to the same limit
+        for _ in range(11):
+            core.publish("", 1, 0.0)
+
+
+@pytest.mark.parametrize("body", [None, 5, {"m": {}, "h": 1}, {"m": {"o": b"x"}, "h": 1}, {"h": 0},
+                                  {"m": {"o": b"\0" * 32, "e": -1, "s": 1, "t": "", "d": 1, "sig": b"\0" * 64}, "h": 1},
+                                  {"m": {"o": b"\0" * 32, "e": 1, "s": 1, "t": "x" * 129, "d": 1, "sig": b"\0" * 64}, "h": 1}])
+def test_malformed_payloads_are_counted(body):
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0))
+    core.receive(Envelope(random.randbytes(16), ident(1).node_id, MSG, body), 0.0)
+    assert core.stats["malformed"] == 1 and core.take_events() == []
+
+
+def test_inbound_neighbours_are_bounded_and_expire():
+    cfg = BroadcastConfig(max_inbound=3, inbound_ttl=10.0)
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0), cfg)
+    for i in range(1, 6):
+        core.receive(Envelope(random.randbytes(16), ident(i).node_id, IHAVE, {"i": []}), 0.0)
+    assert len(core.inbound) == 3 and core.stats["inbound_full"] == 2
+    assert core.neighbours() == set(core.inbound)
+    core.tick(11.0)
+    t = core.next_timer()
+    while t is not None and t <= 12.0:
+        core.tick(t)
+        t = core.next_timer()
+    assert core.inbound == {} and core.neighbours() == set()
+
+
+def test_message_id_is_what_the_spec_says():
+    o = b"\x11" * 32
+    want = hashlib.sha256(b"zmqagents/bcast-id/v1\x00" + o + (7).to_bytes(8, "big") + (9).to_bytes(8, "big")
+                          + "t".encode()).digest()[:16]
+    assert message_id(o, 7, 9, "t") == want

@@ -1,0 +1,100 @@
+"""Parameters of the broadcast core (:mod:`zmqagents.core.broadcast`), each with the reason for its default.
+
+What others chose, and what their users ran into (read for this module; figures from their public
+documentation): iroh-gossip batches IHAVEs for a few ms, grafts after ~80 ms then ~40 ms per further
+announcer, keeps payloads ~30 s for repair and ids ~90 s; its small default message size limit
+(4 KiB) surprised users whose larger messages were dropped. The ``plumtree`` crate grafts after
+500 ms. go-libp2p-pubsub users reported IHAVE/IWANT amplification and unbounded announcement
+queues; Plumtree deployments with many concurrent senders report eager trees that flap when every
+origin's first arrivals prune different links. So: every queue here has a bound, a bound hit is a
+counter, an oversize publication is refused at the publisher with an error (never dropped
+silently in transit), and a tree changes only on a duplicate (PRUNE) or a repair (GRAFT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class BroadcastConfig:
+    # -- the peer sample (drawn from the routing table, see broadcast_sample.py) ------------------------
+    # One contact from every k-bucket is enough for the sampled graph to be strongly connected (Kademlia's
+    # own routing argument: from any node a contact in the bucket holding the target shares a longer
+    # prefix with it); a second one per bucket keeps it so while a crashed contact waits to be detected.
+    per_bucket: int = 2
+    # The closest contacts too: they close the last bits of that argument, and they are the nodes most
+    # likely to be in each other's samples (links both ways make one tree serve every origin).
+    near: int = 3
+    # Peers that push to us but are not in our sample are neighbours too (Plumtree adds the sender of a
+    # first copy to its eager set); at most this many, so a crowd of senders cannot widen our fan-out.
+    max_inbound: int = 32
+    # An inbound neighbour not heard from for this long is dropped: a peer that still samples us sends
+    # a payload or an IHAVE for every message, so silence this long means it no longer does.
+    inbound_ttl: float = 120.0
+
+    # -- timers -----------------------------------------------------------------------------------------
+    # IHAVEs are batched per peer for this long: one envelope per peer per batch instead of one per
+    # message (iroh-gossip dispatches after a few ms). It adds to the repair time of a lost push only.
+    ihave_interval: float = 0.02
+    # A missing message announced by an IHAVE is grafted after this long without its payload: a few
+    # eager-path latencies (LAN 5 ms median), so an eager copy still on its way is not fetched twice.
+    graft_timeout: float = 0.08
+    # ... then the next announcer is asked every this long (the first may have lost it or be gone).
+    graft_retry: float = 0.04
+    # Housekeeping (expiring caches, inbound neighbours, gap reports) runs at most this often.
+    sweep_interval: float = 1.0
+
+    # -- caches -----------------------------------------------------------------------------------------
+    # Ids of messages seen (never bodies) are remembered this long: longer than any message stays in
+    # flight or in a neighbour's repair cache, so a late copy is still recognised by id.
+    seen_ttl: float = 90.0
+    # ... and at most this many (~150 B each: ~3 MB). Beyond it the oldest go; the per-origin sequence
+    # window below still refuses their replays, so at-most-once does not depend on this bound.
+    max_seen: int = 20_000
+    # Payloads kept to answer GRAFTs (the repair window), by age and by bytes.
+    cache_ttl: float = 30.0
+    cache_bytes: int = 4 << 20
+    # Per (origin, topic) stream: the highest sequence seen and which of the `window` before it arrived.
+    # A sequence number below the window is refused as stale (a replay), one inside it at most once.
+    window: int = 1024
+    # Streams remembered (LRU); also bounds the origins' rate-limit buckets.
+    max_streams: int = 4096
+
+    # -- announcements and repair -------------------------------------------------------------------------
+    max_ihave_ids: int = 256  # ids per IHAVE envelope (a longer batch is split; a longer one received is cut)
+    max_ihave_queue: int = 1024  # ids waiting to be announced to one peer; the oldest beyond it are dropped
+    max_missing: int = 4096  # ids announced but not received, waiting for their graft timer
+    max_announcers: int = 4  # announcers remembered per missing id (the ones asked in turn)
+    max_graft_ids: int = 256  # ids per GRAFT envelope received (the rest are ignored and counted)
+    graft_rate: float = 500.0  # payloads a peer may pull with GRAFTs per second ...
+    graft_burst: float = 1000.0  # ... and at once: a graft storm costs us at most this
+
+    # -- publications -----------------------------------------------------------------------------------
+    # Signed bytes of one message (data + ~80 B of fields). 64 KiB: events and config changes fit many
+    # times over; bulk data belongs on a direct stream. Refused at the publisher (an error), counted in transit.
+    max_message_bytes: int = 64 << 10
+    # Per-origin limits (token buckets): what one origin's publications may cost every node of the mesh.
+    origin_rate: float = 200.0  # messages per second ...
+    origin_burst: float = 400.0
+    origin_bytes: float = 2 << 20  # ... and bytes per second
+    origin_byte_burst: float = 4 << 20
+    max_hops: int = 255  # a message is not forwarded beyond this many hops (the wire allows up to 255)
+    # Delivered-but-unread messages are the shell's: see node.py's subscription queue (bounded, drops counted).
+    # A hole in a stream is reported (a Gap event) if still open this long after it was seen: repair
+    # (IHAVE/GRAFT from the neighbours' caches) has had its chance by then.
+    gap_report_after: float = 5.0
+    max_gaps: int = 1024  # holes waiting to be reported; beyond it the oldest are reported at once
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"BroadcastConfig.{f.name} must be a non-negative number, got {v!r}")
+        if self.per_bucket + self.near < 1:
+            raise ValueError("BroadcastConfig: per_bucket + near must be at least 1 (a node needs a neighbour)")
+        if not 1 <= self.max_hops <= 255:
+            raise ValueError("BroadcastConfig.max_hops must be from 1 to 255")
+        for name in ("max_ihave_ids", "max_graft_ids", "window", "max_streams", "max_seen", "max_announcers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BroadcastConfig.{name} must be at least 1")
