@@ -106,6 +106,20 @@ class Capability:
                     raise CapabilityError("allow: each entry is a 32-byte node id or a group name")
             object.__setattr__(self, "allow", frozenset(self.allow))
 
+    def check_strict(self) -> None:
+        """Raise CapabilityError if a schema uses a keyword the validator would not check.
+
+        Called when a provider registers the capability (:meth:`Agents.serve`): a schema that
+        says ``anyOf`` or ``uniqueItems`` must be enforced, not silently ignored. Records read from
+        peers are only checked leniently (their providers enforce their own schemas).
+        """
+        for label, schema in (("input_schema", self.input_schema), ("output_schema", self.output_schema)):
+            if schema is not None:
+                try:
+                    check_schema(schema, strict=True)
+                except SchemaError as exc:
+                    raise CapabilityError(f"{label}: {exc}") from None
+
     # -- use -------------------------------------------------------------------------------
 
     def check_input(self, value: Any) -> None:

@@ -181,6 +181,7 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
                          input_schema=_schema_option(input_schema, "--input-schema"),
                          output_schema=_schema_option(output_schema, "--output-schema"),
                          allow=_allow_option(allow, groups, fleet=n.transport.fleet is not None) if allow else None)
+        cap.check_strict()
     except CapabilityError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -240,7 +240,9 @@ class Agents:
         Publishing is a DHT provider record with metadata ``{"cost", "mc"}`` (the DHT caps an
         entry at 1 KiB, so the full descriptor is served by ``task.describe`` instead), and our
         entry in the capability registry (``registry.py``) naming what we publish, for `agents ls`.
+        A schema using a keyword the validator does not check is refused here (CapabilityError).
         """
+        capability.check_strict()
         self._served[capability.name] = (capability, agent)
         self.provider.offer(capability.name, capability.policy())
         if publish:

@@ -198,7 +198,7 @@ def _schemas(raw: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
             continue
         for kind, schema in entry.items():
             try:
-                check_schema(schema)
+                check_schema(schema, strict=True)
             except SchemaError as exc:
                 problems.append(f"schemas.{cap}.{kind}: {exc}")
                 continue
