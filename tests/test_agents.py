@@ -336,6 +336,7 @@ def test_llm_stream(kind, model, secret):
 
 
 def make(kind: str, model: str, url: str, **kw):
+    kw.update(retries=1, backoff=0.01)  # 429 and 5xx are tried twice, quickly (tests/test_presets.py: retries)
     if kind == "openai":
         return OpenAIChatAgent(model, base_url=url + "/v1", api_key_env="TEST_LLM_KEY", **kw)
     return AnthropicAgent(model, base_url=url, api_key_env="TEST_LLM_KEY", **kw)
@@ -391,8 +392,9 @@ def test_llm_connection_refused_and_bad_url():
         port = server.sockets[0].getsockname()[1]
         server.close()
         await server.wait_closed()
-        with pytest.raises(AgentError, match="could not connect to 127.0.0.1"):
-            await OpenAIChatAgent("m", base_url=f"http://127.0.0.1:{port}", api_key_env=None)("hi", ctx())
+        with pytest.raises(AgentError, match=r"could not connect to 127.0.0.1.* \(3 attempts\)"):
+            await OpenAIChatAgent("m", base_url=f"http://127.0.0.1:{port}", api_key_env=None, retries=2,
+                                  backoff=0.01)("hi", ctx())
         with pytest.raises(AgentError, match="must be http"):
             await OpenAIChatAgent("m", base_url="ftp://x", api_key_env=None)("hi", ctx())
 

@@ -13,7 +13,12 @@ task on its own connection (``Connection: close``), TLS through :mod:`ssl` for h
 length-delimited or close-delimited bodies, and two clocks: ``connect_timeout`` for the
 connection and ``idle_timeout`` for every read afterwards (an LLM may think for a while between
 tokens, but a server that stops sending must not hold a task forever). The task's own deadline
-arrives as cancellation and closes the connection.
+arrives as cancellation and closes the connection. A connection that fails before any response,
+and a 429 or 5xx answer, are tried again with backoff (``retries``, ``backoff``; Retry-After is
+honoured). Behind a proxy, HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY are honoured as curl
+and urllib read them: https through a CONNECT tunnel, http in absolute form; ``user:password@`` in
+the proxy URL becomes Proxy-Authorization. Certificates are checked against the system's store
+(SSL_CERT_FILE / SSL_CERT_DIR point elsewhere).
 
 API keys are read from an environment variable at request time, are never stored on the
 object, and are scrubbed from every error message.
@@ -22,18 +27,26 @@ object, and are scrubbed from every error message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import random
 import ssl
+import logging
+import urllib.request
 from typing import Any, AsyncIterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .base import AgentError, TaskContext, effective_timeout
+
+log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ERROR_BODY = 64 * 1024
 MAX_EVENT_BYTES = 1 << 20  # one server-sent event
 MAX_TEXT = 900 * 1024  # characters of generated text kept: the output must fit a task result
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504, 529})  # rate limited, overloaded, or a passing server fault
+MAX_RETRY_WAIT = 60.0  # seconds: the longest Retry-After or backoff honoured per attempt
 
 
 class _Conn:
@@ -114,37 +127,96 @@ class _Conn:
         self.writer.close()
 
 
+def _proxy_for(scheme: str, host: str) -> str | None:
+    """The proxy URL the environment names for ``scheme`` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
+    lower or upper case), or None when there is none or NO_PROXY exempts ``host``."""
+    proxies = urllib.request.getproxies_environment()
+    if not proxies or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    return proxies.get(scheme) or proxies.get("all")
+
+
+class _Transient(AgentError):
+    """The connection failed before any response: worth another attempt."""
+
+
+async def _open(host: str, port: int, connect_timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_HEADER_BYTES), connect_timeout)
+    except asyncio.TimeoutError:
+        raise _Transient(f"could not connect to {host}:{port} within {connect_timeout:g} s") from None
+    except OSError as exc:
+        raise _Transient(f"could not connect to {host}:{port}: {exc}") from None
+
+
+async def _through_proxy(proxy: str, host: str, port: int, connect_timeout: float
+                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, str]]:
+    """A connection to ``proxy`` and the headers requests through it need (Proxy-Authorization
+    from the proxy URL's user:password, RFC 7617)."""
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if parts.scheme != "http" or not parts.hostname:
+        raise AgentError(f"the proxy must be an http:// URL, got {parts.scheme or proxy!r}:// "
+                         "(from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY)")
+    reader, writer = await _open(parts.hostname, parts.port or 80, connect_timeout)
+    headers = {}
+    if parts.username is not None:
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+        headers["Proxy-Authorization"] = f"Basic {token}"
+    return reader, writer, headers
+
+
 async def _post(url: str, headers: dict[str, str], payload: dict, *, connect_timeout: float,
                 idle_timeout: float | None) -> _Conn:
+    """POST ``payload`` as JSON and read the response head; the body is left to the caller.
+
+    Honours the proxy environment variables as curl and urllib do: an https URL goes through an
+    HTTP CONNECT tunnel (RFC 9110, 9.3.6) to the proxy, with TLS inside it to the origin; an http
+    URL is sent to the proxy in absolute form.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AgentError(f"the base URL must be http:// or https://, got {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    context = ssl.create_default_context() if parts.scheme == "https" else None
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname, port, ssl=context,
-                                    server_hostname=parts.hostname if context else None, limit=MAX_HEADER_BYTES),
-            connect_timeout)
-    except asyncio.TimeoutError:
-        raise AgentError(f"could not connect to {parts.hostname}:{port} within {connect_timeout:g} s") from None
-    except (OSError, ssl.SSLError) as exc:
-        raise AgentError(f"could not connect to {parts.hostname}:{port}: {exc}") from None
-    body = json.dumps(payload, ensure_ascii=False).encode()
     host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    authority = f"[{parts.hostname}]:{port}" if ":" in parts.hostname else f"{parts.hostname}:{port}"
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    head = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
-            "Accept: text/event-stream", f"Content-Length: {len(body)}", "Connection: close",
-            "User-Agent: zmqagents"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
+    proxy = _proxy_for(parts.scheme, parts.hostname)
+    extra: dict[str, str] = {}
+    if proxy is None:
+        reader, writer = await _open(parts.hostname, port, connect_timeout)
+    else:
+        reader, writer, extra = await _through_proxy(proxy, parts.hostname, port, connect_timeout)
+        if parts.scheme == "http":
+            path = f"http://{host}{path}"  # absolute form: the proxy forwards it
     conn = _Conn(reader, writer, idle_timeout)
     try:
+        if proxy is not None and parts.scheme == "https":
+            tunnel = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"] + [f"{k}: {v}" for k, v in extra.items()]
+            writer.write(("\r\n".join(tunnel) + "\r\n\r\n").encode())
+            await conn._read(writer.drain())
+            await conn.read_head()
+            if conn.status != 200:
+                raise AgentError(f"the proxy refused the tunnel to {authority}: HTTP {conn.status}")
+            extra, conn.headers = {}, {}  # the proxy's credentials stay with the proxy
+        if parts.scheme == "https":
+            try:
+                await asyncio.wait_for(writer.start_tls(ssl.create_default_context(), server_hostname=parts.hostname),
+                                       connect_timeout)
+            except asyncio.TimeoutError:
+                raise AgentError(f"the TLS handshake with {host} took over {connect_timeout:g} s") from None
+            except (OSError, ssl.SSLError) as exc:
+                raise AgentError(f"the TLS handshake with {host} failed: {exc}") from None
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        head = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
+                "Accept: text/event-stream", f"Content-Length: {len(body)}", "Connection: close",
+                "User-Agent: zmqagents"]
+        head += [f"{k}: {v}" for k, v in {**extra, **headers}.items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         await conn._read(writer.drain())
         await conn.read_head()
     except OSError as exc:
         conn.close()
-        raise AgentError(f"the connection to {host} failed: {exc}") from None
+        raise _Transient(f"the connection to {host} failed: {exc}") from None
     except BaseException:
         conn.close()
         raise
@@ -238,7 +310,12 @@ class _HTTPAgent:
     name = "HTTP"
 
     def __init__(self, model: str, *, base_url: str, api_key_env: str | None, options: dict | None,
-                 connect_timeout: float, idle_timeout: float | None, timeout: float | None):
+                 connect_timeout: float, idle_timeout: float | None, timeout: float | None, retries: int = 4,
+                 backoff: float = 1.0):
+        if not isinstance(retries, int) or not 0 <= retries <= 20 or not 0 <= backoff <= MAX_RETRY_WAIT:
+            raise ValueError(f"retries is 0..20 and backoff 0..{MAX_RETRY_WAIT:g} s")
+        self.retries = retries
+        self.backoff = backoff
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -267,14 +344,53 @@ class _HTTPAgent:
             raise AgentError(self._scrub(str(exc), key)) from None
 
     async def _exchange(self, url: str, headers: dict, payload: dict) -> _Conn:
-        conn = await _post(url, headers, payload, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout)
-        if conn.status != 200:
+        """The response to the POST, once its status is 200.
+
+        A connection that fails before a response, and a 429 or 5xx answer (RETRY_STATUS), are tried
+        again up to ``retries`` times, waiting what the server's Retry-After (or retry-after-ms)
+        asks, else ``backoff`` doubled per attempt with jitter, each wait at most MAX_RETRY_WAIT;
+        the task's deadline bounds the whole. Nothing is retried once the body is being read:
+        progress has been streamed by then.
+        """
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            delay = min(MAX_RETRY_WAIT, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
+            try:
+                conn = await _post(url, headers, payload, connect_timeout=self.connect_timeout,
+                                   idle_timeout=self.idle_timeout)
+            except _Transient as exc:
+                if last:
+                    raise AgentError(f"{exc}" + (f" ({attempt + 1} attempts)" if attempt else "")) from None
+                log.info("%s: %s; trying again in %.2f s", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if conn.status == 200:
+                return conn
             try:
                 message = await _error_text(conn)
             finally:
                 conn.close()
-            raise AgentError(f"{self.name} answered HTTP {conn.status}: {message}")
-        return conn
+            if conn.status not in RETRY_STATUS or last:
+                raise AgentError(f"{self.name} answered HTTP {conn.status}: {message}"
+                                 + (f" ({attempt + 1} attempts)" if attempt else ""))
+            wait = _retry_after(conn.headers)
+            delay = delay if wait is None else wait
+            log.info("%s answered HTTP %d; trying again in %.2f s", self.name, conn.status, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    """Seconds the server asks to wait (retry-after-ms, or Retry-After in seconds), capped; None if
+    it says nothing usable (an HTTP date is not used: clocks differ)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            value = float(headers[name]) * scale
+        except (KeyError, ValueError):
+            continue
+        if value >= 0 and value == value:
+            return min(value, MAX_RETRY_WAIT)
+    return None
 
 
 class OpenAIChatAgent(_HTTPAgent):
@@ -284,9 +400,10 @@ class OpenAIChatAgent(_HTTPAgent):
 
     def __init__(self, model: str, *, base_url: str = "https://api.openai.com/v1", api_key_env: str | None = "OPENAI_API_KEY",
                  options: dict | None = None, connect_timeout: float = 10.0, idle_timeout: float | None = 120.0,
-                 timeout: float | None = 600.0):
+                 timeout: float | None = 600.0, retries: int = 4, backoff: float = 1.0):
         super().__init__(model, base_url=base_url, api_key_env=api_key_env, options=options,
-                         connect_timeout=connect_timeout, idle_timeout=idle_timeout, timeout=timeout)
+                         connect_timeout=connect_timeout, idle_timeout=idle_timeout, timeout=timeout,
+                         retries=retries, backoff=backoff)
 
     async def _run(self, value: Any, ctx: TaskContext, key: str | None) -> dict:
         system, messages = _messages(value)
@@ -345,9 +462,11 @@ class AnthropicAgent(_HTTPAgent):
 
     def __init__(self, model: str, *, base_url: str = "https://api.anthropic.com", api_key_env: str | None = "ANTHROPIC_API_KEY",
                  max_tokens: int = 1024, options: dict | None = None, version: str = "2023-06-01",
-                 connect_timeout: float = 10.0, idle_timeout: float | None = 120.0, timeout: float | None = 600.0):
+                 connect_timeout: float = 10.0, idle_timeout: float | None = 120.0, timeout: float | None = 600.0,
+                 retries: int = 4, backoff: float = 1.0):
         super().__init__(model, base_url=base_url, api_key_env=api_key_env, options=options,
-                         connect_timeout=connect_timeout, idle_timeout=idle_timeout, timeout=timeout)
+                         connect_timeout=connect_timeout, idle_timeout=idle_timeout, timeout=timeout,
+                         retries=retries, backoff=backoff)
         self.max_tokens = max_tokens
         self.version = version
 

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from .base import AgentError, TaskContext, effective_timeout
 
@@ -54,7 +54,7 @@ def decode_output(stdout: bytes) -> Any:
 
 async def run_command(command: str, stdin: bytes, *, timeout: float, env: dict[str, str] | None = None) -> CommandResult:
     """Run ``sh -c command``; raise CommandFailed on non-zero exit, signal, or timeout."""
-    proc = await _spawn(command, {**os.environ, **(env or {})})
+    proc = await spawn(command, {**os.environ, **(env or {})})
     try:
         stdout, stderr = await asyncio.wait_for(_communicate(proc, stdin), timeout)
     except asyncio.TimeoutError:
@@ -184,7 +184,7 @@ class ShellAgent:
     async def __call__(self, value: Any, ctx: TaskContext) -> Any:
         env = {**os.environ, **self.env, "ZMQAGENTS_TASK_ID": ctx.task_id, "ZMQAGENTS_CAPABILITY": ctx.capability,
                "ZMQAGENTS_FROM": ctx.caller}
-        proc = await _spawn(self.command, env, self.cwd)
+        proc = await spawn(self.command, env, self.cwd)
         limit = effective_timeout(self.timeout, ctx.timeout)
         try:
             out, err = await asyncio.wait_for(self._talk(proc, self._input_bytes(value), ctx), limit)
@@ -192,7 +192,7 @@ class ShellAgent:
             raise AgentError(f"command timed out after {limit:g} s; its process group was killed") from None
         finally:
             if proc.returncode is None:  # timed out, flooded or canceled while it runs
-                await _reap(proc)
+                await reap(proc)
         code = proc.returncode
         if code != 0:
             tail = err.decode("utf-8", errors="replace")[-STDERR_TAIL:].strip()
@@ -282,7 +282,7 @@ class ShellAgent:
         return out, err
 
 
-async def _reap(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+async def reap(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
     """Kill the command's process group and wait for it.
 
     The pipes are drained to their end: asyncio (3.11) reports the exit only once every pipe is
@@ -302,22 +302,23 @@ async def _reap(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
         pass
 
 
-async def _spawn(command: str, env: dict[str, str], cwd: str | None = None) -> asyncio.subprocess.Process:
-    """``sh -c command`` in a new session (its own process group), pipes on stdin/stdout/stderr.
+async def spawn(command: str | Sequence[str], env: dict[str, str], cwd: str | None = None) -> asyncio.subprocess.Process:
+    """``sh -c command`` (a string) or the program and its arguments (a list, no shell) in a new
+    session (its own process group), pipes on stdin/stdout/stderr. Kill it with :func:`reap`.
 
     A cancel that lands while the process is being created would otherwise leave it running
     with nobody holding it: the spawn finishes under a shield, then the group is killed.
     """
-    spawn = asyncio.ensure_future(asyncio.create_subprocess_shell(
-        command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True, env=env, cwd=cwd,
-    ))
+    pipes = dict(stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                 start_new_session=True, env=env, cwd=cwd)
+    starting = asyncio.ensure_future(asyncio.create_subprocess_shell(command, **pipes) if isinstance(command, str)
+                                     else asyncio.create_subprocess_exec(*command, **pipes))
     try:
-        return await asyncio.shield(spawn)
+        return await asyncio.shield(starting)
     except asyncio.CancelledError:
         try:
-            proc = await spawn
+            proc = await starting
         except Exception:
             raise asyncio.CancelledError from None
-        await _reap(proc)
+        await reap(proc)
         raise
