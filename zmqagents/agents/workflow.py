@@ -21,6 +21,23 @@ Step keys: ``name`` (letters, digits, ``_``, ``-``), ``agent`` (selectors: one
 ``input`` (any JSON; strings may hold references), ``depends_on`` (step names), ``retries``
 (extra attempts after a failure, default 0), ``timeout`` (seconds per attempt), ``idempotent``.
 
+Collaboration steps (``mode``, default ``"task"``: one task as above) run one of the patterns of
+``collab.py`` as a single step, over capabilities named by ``capability:NAME`` selectors:
+
+* ``mode = "sequential"``, ``chain = ["capability:draft", "capability:polish"]``: the input goes
+  to the first, each output to the next; the step's output is the last one.
+* ``mode = "parallel"``, ``agent``, ``limit`` (default 8): the input is an array; each item is a
+  task; the output is the array of outputs (the step fails if any task does).
+* ``mode = "map-reduce"``, ``agent`` (the map), ``reduce = "capability:R"``, ``limit``: the input is
+  an array; the reduce task gets the array of mapped outputs; its output is the step's.
+* ``mode = "vote"``, ``agent``, ``voters`` (default 3), ``quorum`` (default a majority): the same
+  input to that many distinct providers; the output is ``{"output", "votes", "voters"}``.
+* ``mode = "debate"``, ``debaters = [...]``, ``judge``, ``rounds`` (default 2): the input is the
+  question; the output is ``{"verdict", "transcript"}``.
+
+``retries``, ``timeout`` (per task) and ``idempotent`` apply to collaboration steps too (a retry
+runs the whole pattern again); ``tag:`` and ``node:`` selectors only narrow a plain task step.
+
 References: ``${input.A.B}`` reads the workflow's input, ``${steps.NAME.output.A.B}`` a step's
 output (``${steps.NAME.output}`` all of it). A string that is exactly one reference becomes the
 referenced value, whatever its type; a reference inside a longer string is replaced by its text
@@ -55,7 +72,13 @@ from .schema import SchemaError, check_schema
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REF_RE = re.compile(r"\$\{([^}]*)\}")
-STEP_KEYS = {"name", "agent", "input", "depends_on", "retries", "timeout", "idempotent"}
+STEP_KEYS = {"name", "agent", "input", "depends_on", "retries", "timeout", "idempotent", "mode", "chain", "reduce",
+             "limit", "voters", "quorum", "debaters", "judge", "rounds"}
+MODES = ("task", "sequential", "parallel", "map-reduce", "vote", "debate")
+# per mode: the keys that must be there, and those that may be
+MODE_KEYS = {"task": ({"agent"}, set()), "sequential": ({"chain"}, set()), "parallel": ({"agent"}, {"limit"}),
+             "map-reduce": ({"agent", "reduce"}, {"limit"}), "vote": ({"agent"}, {"voters", "quorum"}),
+             "debate": ({"debaters", "judge"}, {"rounds"})}
 MAX_STEPS = 1000
 
 
@@ -78,6 +101,19 @@ class Step:
     retries: int = 0
     timeout: float | None = None
     idempotent: bool = False
+    mode: str = "task"
+    chain: tuple[str, ...] = ()  # sequential: capabilities in order
+    reduce: str | None = None  # map-reduce
+    debaters: tuple[str, ...] = ()  # debate (capability is the judge)
+    limit: int = 8  # parallel, map-reduce: tasks in flight
+    voters: int = 3
+    quorum: int | None = None
+    rounds: int = 2
+
+    def capabilities(self) -> list[str]:
+        """Every capability the step runs, the main one (``capability``) first."""
+        names = [self.capability, *self.chain, *([self.reduce] if self.reduce else []), *self.debaters]
+        return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -220,7 +256,67 @@ def _step(raw: Any, i: int, problems: list[str]) -> Step | None:
         problems.append(f"step {i}: 'name' must be 1..64 letters, digits, _ or -")
         problems.extend(f"step {i}: {p}" for p in found)
         return None
-    agent = raw.get("agent")
+    mode = raw.get("mode", "task")
+    if mode not in MODES:
+        found.append(f"'mode' must be one of {', '.join(MODES)}")
+        mode = "task"
+    needed, optional = MODE_KEYS[mode]
+    mode_keys = {k for keys in MODE_KEYS.values() for k in keys[0] | keys[1]} - {"agent"}
+    for key in sorted(needed - set(raw)):
+        found.append(f"mode {mode!r} needs {key!r}")
+    for key in sorted((set(raw) & mode_keys) - needed - optional):
+        found.append(f"{key!r} does not apply to mode {mode!r}")
+    if mode in ("sequential", "debate") and "agent" in raw:
+        found.append(f"'agent' does not apply to mode {mode!r} (it names its capabilities in "
+                     f"{'chain' if mode == 'sequential' else 'debaters and judge'})")
+    capability, tags, nodes = _selectors(raw.get("agent"), found) if "agent" in raw else (None, [], [])
+    if mode != "task" and (tags or nodes):
+        found.append("tag: and node: selectors only narrow a plain task step (mode = \"task\")")
+    extra: dict[str, Any] = {}
+    if mode == "sequential":
+        chain = _capability_list(raw.get("chain"), "chain", found)
+        extra["chain"] = tuple(chain)
+        capability = chain[0] if chain else None
+    elif mode == "debate":
+        extra["debaters"] = tuple(_capability_list(raw.get("debaters"), "debaters", found))
+        capability = _one_capability(raw.get("judge"), "judge", found)
+    if mode == "map-reduce":
+        extra["reduce"] = _one_capability(raw.get("reduce"), "reduce", found)
+    for key, low, high in (("limit", 1, 4096), ("voters", 1, 100), ("quorum", 1, 100), ("rounds", 1, 100)):
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                found.append(f"{key!r} must be an integer {low}..{high}")
+            else:
+                extra[key] = value
+    if "quorum" in extra and extra["quorum"] > extra.get("voters", 3):
+        found.append("'quorum' cannot exceed 'voters'")
+    deps = raw.get("depends_on", [])
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        found.append("'depends_on' must be an array of step names")
+        deps = []
+    retries = raw.get("retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
+        found.append("'retries' must be an integer 0..100")
+    timeout = raw.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        found.append("'timeout' must be a positive number of seconds")
+    idempotent = raw.get("idempotent", False)
+    if not isinstance(idempotent, bool):
+        found.append("'idempotent' must be true or false")
+    for ref in _refs(raw.get("input")):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", ref):
+            found.append(f"malformed reference ${{{ref}}}")
+    if found:
+        problems.extend(f"step {name!r}: {p}" for p in found)
+        return None
+    assert capability is not None  # every way to a missing capability added a problem above
+    return Step(name, capability, tuple(tags), tuple(nodes), raw.get("input"), tuple(deps), retries,
+                None if timeout is None else float(timeout), idempotent, mode, **extra)
+
+
+def _selectors(agent: Any, found: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """An ``agent`` value: (capability, tags, node prefixes), each problem added to ``found``."""
     selectors = [agent] if isinstance(agent, str) else agent
     capability, tags, nodes = None, [], []
     if not isinstance(selectors, list) or not selectors or not all(isinstance(s, str) for s in selectors):
@@ -244,27 +340,22 @@ def _step(raw: Any, i: int, problems: list[str]) -> Step | None:
             found.append(f"unknown selector kind {kind!r} (capability, tag, node)")
     if capability is None and selectors:
         found.append("needs a capability:NAME selector (tag and node only narrow its providers)")
-    deps = raw.get("depends_on", [])
-    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-        found.append("'depends_on' must be an array of step names")
-        deps = []
-    retries = raw.get("retries", 0)
-    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
-        found.append("'retries' must be an integer 0..100")
-    timeout = raw.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
-        found.append("'timeout' must be a positive number of seconds")
-    idempotent = raw.get("idempotent", False)
-    if not isinstance(idempotent, bool):
-        found.append("'idempotent' must be true or false")
-    for ref in _refs(raw.get("input")):
-        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", ref):
-            found.append(f"malformed reference ${{{ref}}}")
-    if found:
-        problems.extend(f"step {name!r}: {p}" for p in found)
-        return None
-    return Step(name, capability, tuple(tags), tuple(nodes), raw.get("input"), tuple(deps), retries,
-                None if timeout is None else float(timeout), idempotent)
+    return capability, tags, nodes
+
+
+def _one_capability(value: Any, key: str, found: list[str]) -> str | None:
+    if isinstance(value, str) and value.startswith("capability:") and len(value) > len("capability:"):
+        return value.partition(":")[2]
+    found.append(f"{key!r} must be a capability:NAME selector")
+    return None
+
+
+def _capability_list(value: Any, key: str, found: list[str]) -> list[str]:
+    if not isinstance(value, list) or not value:
+        found.append(f"{key!r} must be a non-empty array of capability:NAME selectors")
+        return []
+    names = [_one_capability(v, key, found) for v in value]
+    return [n for n in names if n is not None]
 
 
 def _refs(value: Any) -> list[str]:
@@ -364,6 +455,12 @@ async def _run_step(agents, step: Step, context: dict, start: float) -> StepResu
         result.error = {"code": "reference", "msg": str(exc)}
         return result
     for attempt in range(step.retries + 1):
+        if step.mode != "task":
+            result.attempts += 1
+            result.state, result.output, result.error = await run_collab(agents, step, task_input)
+            if result.state == T.COMPLETED:
+                break
+            continue
         try:
             candidates = await _select(agents, step)
         except Exception as exc:
@@ -387,6 +484,43 @@ async def _run_step(agents, step: Step, context: dict, start: float) -> StepResu
             break
     result.elapsed_ms = (time.perf_counter() - began) * 1000
     return result
+
+
+async def run_collab(agents, step: Step, value: Any) -> tuple[str, Any, dict | None]:
+    """One run of a collaboration step's pattern: (state, output, error). A failed task's own state
+    (failed, rejected, canceled) becomes the step's, with its error."""
+    from . import collab
+
+    spec: dict[str, Any] = {"deadline": step.timeout, "idempotent": step.idempotent}
+    try:
+        if step.mode in ("parallel", "map-reduce") and not isinstance(value, list):
+            return T.FAILED, None, {"code": "bad-input",
+                                    "msg": f"mode {step.mode!r} needs an array input, got {type(value).__name__}"}
+        if step.mode == "sequential":
+            return T.COMPLETED, await collab.sequential(agents, step.chain, value, **spec), None
+        if step.mode == "parallel":
+            outcomes = await collab.parallel(agents, step.capability, value, limit=step.limit, **spec)
+            for i, done in enumerate(outcomes):
+                if done.state != T.COMPLETED:
+                    raise collab.CollabError(f"item {i + 1} ({step.capability})", done)
+            return T.COMPLETED, [done.output for done in outcomes], None
+        if step.mode == "map-reduce":
+            assert step.reduce is not None
+            return T.COMPLETED, await collab.map_reduce(agents, step.capability, step.reduce, value,
+                                                        limit=step.limit, **spec), None
+        if step.mode == "vote":
+            won = await collab.vote(agents, step.capability, value, n=step.voters, quorum=step.quorum, **spec)
+            return T.COMPLETED, {"output": won.output, "votes": won.votes, "voters": won.voters}, None
+        return T.COMPLETED, await collab.debate(agents, step.debaters, step.capability, value, rounds=step.rounds,
+                                                **spec), None
+    except collab.CollabError as exc:
+        state = exc.done.state if exc.done is not None and exc.done.state != T.COMPLETED else T.FAILED
+        code = (exc.done.error or {}).get("code", "collab") if exc.done is not None else "collab"
+        return state, None, {"code": code, "msg": str(exc)}
+    except ValueError as exc:  # an input that fails a capability's schema
+        return T.FAILED, None, {"code": "bad-input", "msg": str(exc)}
+    except Exception as exc:  # the provider lookup failed (the DHT did not answer)
+        return T.FAILED, None, {"code": T.E_NO_PROVIDER, "msg": f"provider lookup failed: {exc}"}
 
 
 async def _select(agents, step: Step) -> list:

@@ -41,6 +41,8 @@ class Schemas:
     input: Any = None
     output: Any = None
     provider_found: bool = False  # some provider matched the step's selectors when the schemas were gathered
+    # a collaboration step's hand-overs between its capabilities: (from, to, what from gives, what to takes)
+    links: tuple[tuple[str, str, Any, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,35 +66,74 @@ class Problem:
 
 def file_schemas(workflow: Workflow) -> dict[str, Schemas]:
     """Each step's schemas as the workflow file's ``schemas`` table declares them (no mesh asked)."""
-    return {name: _merged(workflow, step, None, False) for name, step in workflow.steps.items()}
+    return {name: _compose(step, {c: _merged(workflow, c, None, False) for c in step.capabilities()})
+            for name, step in workflow.steps.items()}
 
 
 async def gather_schemas(agents, workflow: Workflow) -> dict[str, Schemas]:
-    """Each step's schemas: its capability as the first provider matching the step's selectors
-    describes it (``Agents.describe``, cached, so the run that follows asks nobody twice), else the
-    workflow file's ``schemas`` entry, else unknown. A lookup that fails leaves the schemas unknown."""
+    """Each step's schemas: its capabilities as the first provider matching the step's selectors
+    describes them (``Agents.describe``, cached, so the run that follows asks nobody twice), else the
+    workflow file's ``schemas`` entry, else unknown; a collaboration step's are composed from its
+    capabilities' (:func:`_compose`). A lookup that fails leaves the schemas unknown."""
 
-    async def one(step: Step) -> Schemas:
+    async def one(step: Step, name: str) -> Schemas:
         cap, found = None, False
         try:
-            candidates = await _select(agents, step)
+            candidates = await _select(agents, step) if name == step.capability else await agents.candidates(name)
             found = bool(candidates)
             if found:
-                cap = await agents.describe(step.capability, candidates)
+                cap = await agents.describe(name, candidates)
         except Exception as exc:
-            log.info("step %s: could not look up the schemas of %r: %s", step.name, step.capability, exc)
-        return _merged(workflow, step, cap, found)
+            log.info("step %s: could not look up the schemas of %r: %s", step.name, name, exc)
+        return _merged(workflow, name, cap, found)
+
+    async def step_schemas(step: Step) -> Schemas:
+        names = step.capabilities()
+        found = await asyncio.gather(*(one(step, name) for name in names))
+        return _compose(step, dict(zip(names, found)))
 
     steps = list(workflow.steps.values())
-    return dict(zip((s.name for s in steps), await asyncio.gather(*(one(s) for s in steps))))
+    return dict(zip((s.name for s in steps), await asyncio.gather(*(step_schemas(s) for s in steps))))
 
 
-def _merged(workflow: Workflow, step: Step, cap, found: bool) -> Schemas:
-    declared = workflow.schemas.get(step.capability, {})
+def _merged(workflow: Workflow, name: str, cap, found: bool) -> Schemas:
+    declared = workflow.schemas.get(name, {})
     published_in = None if cap is None else cap.input_schema
     published_out = None if cap is None else cap.output_schema
     return Schemas(published_in if published_in is not None else declared.get("input"),
                    published_out if published_out is not None else declared.get("output"), found)
+
+
+def _array(items: Any) -> dict:
+    return {"type": "array"} if items is None else {"type": "array", "items": items}
+
+
+def _compose(step: Step, caps: dict[str, Schemas]) -> Schemas:
+    """A step's input and output schemas from its capabilities', by mode: what its pattern takes and
+    gives (collab.py). ``links`` are the hand-overs inside the pattern, checked like references."""
+    main = caps[step.capability]
+    found = all(s.provider_found for s in caps.values())
+    if step.mode == "task":
+        return main
+    if step.mode == "sequential":
+        first, last = caps[step.chain[0]], caps[step.chain[-1]]
+        links = tuple((a, b, caps[a].output, caps[b].input) for a, b in zip(step.chain, step.chain[1:]))
+        return Schemas(first.input, last.output, found, links)
+    if step.mode == "parallel":
+        return Schemas(_array(main.input), _array(main.output), found)
+    if step.mode == "map-reduce":
+        assert step.reduce is not None
+        reduce = caps[step.reduce]
+        link = (step.capability, step.reduce, None if main.output is None else _array(main.output), reduce.input)
+        return Schemas(_array(main.input), reduce.output, found, (link,))
+    if step.mode == "vote":
+        out = {"type": "object", "required": ["output", "votes", "voters"], "additionalProperties": False,
+               "properties": {"output": True if main.output is None else main.output,
+                              "votes": {"type": "integer"}, "voters": {"type": "integer"}}}
+        return Schemas(main.input, out, found)
+    out = {"type": "object", "required": ["verdict", "transcript"], "additionalProperties": False,
+           "properties": {"verdict": True if main.output is None else main.output, "transcript": {"type": "array"}}}
+    return Schemas(None, out, found)  # debate: any question
 
 
 def check(workflow: Workflow, schemas: dict[str, Schemas], given: Any = UNKNOWN) -> list[Problem]:
@@ -148,6 +189,12 @@ class _StepCheck:
         self.problems.append(Problem(self.step.name, message, ref, at))
 
     def run(self, given: Any) -> None:
+        for source, target, gives, takes in self.known.links:
+            if gives is not None and takes is not None:
+                for conflict in conflicts(gives, takes):
+                    sub, _, what = conflict.partition(": ")
+                    self.problem(f"{source!r} hands {target!r} what it cannot take: {what} "
+                                 f"(at {'the whole value' if sub == '(value)' else sub})")
         template = self.prepare(self.step.input, given)
         for ref in _refs(self.step.input):
             parts = ref.split(".")
