@@ -204,7 +204,7 @@ def test_readiness_and_bad_requests():
 def test_a_sidecar_without_admin_or_mdns_does_not_import_their_libraries(tmp_path):
     code = textwrap.dedent(f"""
         import asyncio, json, sys
-        import zmqagents.cli
+        import zmqagents.cli.app
         from zmqagents.sidecar.config import Override, load
         from zmqagents.sidecar.daemon import Sidecar
 

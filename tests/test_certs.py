@@ -24,7 +24,7 @@ from zmqagents.certs import (
     sign_revocations,
     verify,
 )
-from zmqagents.cli import cli
+from zmqagents.cli.app import cli
 from zmqagents.envelope import decode
 from zmqagents.identity import Identity, format_public_key, parse_public_key
 

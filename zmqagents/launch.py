@@ -1,4 +1,4 @@
-"""The ``zmqagents`` console script: a thin launcher in front of :mod:`zmqagents.cli`.
+"""The ``zmqagents`` console script: a thin launcher in front of :mod:`zmqagents.cli` (the package).
 
 Why a launcher: what a process imports first, it carries for its whole life. ``zmqagents node``
 (the sidecar) never makes a TLS connection, yet ``import asyncio`` pulls in :mod:`ssl`, and
@@ -37,7 +37,7 @@ def command_of(argv: list[str]) -> str | None:
 def main() -> None:
     if command_of(sys.argv[1:]) in LEAN_COMMANDS:
         keep_tls_out()
-    from .cli import main as cli_main
+    from .cli.app import main as cli_main
 
     cli_main()
 

@@ -76,6 +76,7 @@ from ..identity import (
     format_public_key,
     load_allowlist,
 )
+from ..cli.exits import EXIT_FAILED, EXIT_OK
 from ..node import Node, NodeConfig
 from ..core.membership import MembershipConfig
 from ..core.ratelimit import RateLimitConfig
@@ -84,9 +85,6 @@ from .config import ConfigError, SidecarConfig
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # a service or the node failed to start or crashed
-EXIT_CONFIG = 2  # the configuration, key file, allowlist or a contact file cannot be used
 CLOSE_GRACE = 1.0  # s a service's close() may overrun its drain budget before it is abandoned
 
 

@@ -1,6 +1,6 @@
 """``zmqagents ca ...``: the operator's certificate authority for fleets (see zmqagents/certs.py).
 
-Registered in cli.py by :func:`register`. Output follows the CLI's rule: one JSON object per line on
+Registered by zmqagents/cli/app.py (``COMMANDS``). Output follows the CLI's rule: one JSON object per line on
 stdout, diagnostics on stderr, exit 2 for bad arguments or files, 1 for anything else that failed.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .certs import (
+from ..certs import (
     CA_KEY_FORMAT,
     CERT_FILE_HEADER,
     MAX_TIME,
@@ -37,9 +37,8 @@ from .certs import (
     verify,
     write_text,
 )
-from .identity import Contact, Identity, IdentityError, KeyFileError, format_public_key, parse_public_key
+from ..identity import Contact, Identity, IdentityError, KeyFileError, format_public_key, parse_public_key
 
-EXIT_USAGE = 2
 DAY = 86400
 BACKDATE = 60  # s a new certificate is valid before it is signed: a peer whose clock is a little behind still takes it
 
@@ -330,9 +329,7 @@ def ca_show(path: str, ca_text: str | None) -> None:
     _emit({"kind": "ca_public_key", "ca": format_public_key(key), "fingerprint": fingerprint(key).hex()})
 
 
-def register(cli: click.Group) -> None:
-    """Add ``ca`` to the ``zmqagents`` command group."""
-    cli.add_command(ca)
+COMMANDS = (ca,)
 
 
 # -- joining a fleet: the flags of every command that starts a node ------------------------------------
@@ -370,7 +367,7 @@ def _given(ctx: click.Context | None) -> dict[str, str]:
 def fleet_config():
     """The FleetConfig the current command's --ca/--cert/--revocations ask for, or None (UsageError on a bad
     combination or file, with what to do)."""
-    from .transport.fleet import FleetConfig
+    from ..transport.fleet import FleetConfig
 
     given = _given(click.get_current_context(silent=True))
     if not given:
@@ -392,7 +389,7 @@ def fleet_config():
 
 def fleet_overrides(ctx: click.Context) -> list:
     """The fleet flags as sidecar config overrides ([node] join, ca, cert, revocations)."""
-    from .sidecar.config import Override
+    from ..sidecar.config import Override
 
     given = _given(ctx)
     out = [Override(f"node.{k}", v, f"flag --{k}") for k, v in given.items()]
@@ -400,7 +397,3 @@ def fleet_overrides(ctx: click.Context) -> list:
         out.append(Override("node.join", "fleet", "flag --ca/--cert"))
     return out
 
-
-def fleet_requested() -> bool:
-    """Whether the current command was given --ca/--cert (its node joins a fleet)."""
-    return bool(_given(click.get_current_context(silent=True)))

@@ -1,0 +1,267 @@
+"""What the command modules share: output, input lines, contacts, the node a command starts, and
+the loop that runs it.
+
+Output is one JSON object per line on stdout (:func:`emit`); diagnostics go to stderr. Input read
+from stdin is one JSON value per line (:func:`stdin_values`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import click
+
+from ..identity import Contact, Identity, IdentityError, InsecureKeyFileWarning, format_node_id
+from .exits import EXIT_FAILED, EXIT_OK
+
+class Failure(click.ClickException):
+    """A runtime error: message on stderr, exit status 1 (or the given code)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = code
+
+
+def jsonable(value: Any) -> Any:
+    """msgpack values as JSON: text bytes become strings, other bytes {"base64": ...}."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, str) else k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(jsonable(obj), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def parse_body(text: str) -> Any:
+    """A body argument: JSON if it parses, otherwise the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def load_identity(key: str | None) -> Identity:
+    if key is None:
+        return Identity.generate()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InsecureKeyFileWarning)
+            identity = Identity.load(key)
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
+        return identity
+    except IdentityError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def contacts_of(texts: Iterable[str], hint: str = "--to/--peer") -> list[Contact]:
+    out = []
+    for text in texts:
+        if text.startswith("@"):  # @FILE: a contact written by `zmqagents node --contact-file`
+            try:
+                text = Path(text[1:]).read_text().strip()
+            except OSError as exc:
+                raise click.UsageError(f"cannot read contact file {text[1:]}: {exc.strerror}") from None
+        try:
+            out.append(Contact.parse(text))
+        except IdentityError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+    return out
+
+
+def make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool, allowlist: str | None = None,
+               bootstrap: list[Contact] = (), *, member: bool = False, config=None, seal: bool = False):
+    """A node for one command. Only long-running commands (node, reply, subscribe) are mesh members;
+    the others are clients that peers keep out of their routing tables."""
+    from ..node import Node, NodeConfig
+
+    allow = read_allowlist(allowlist) if allowlist else None
+    from .fleet import fleet_config
+
+    config = config or NodeConfig()
+    config.fleet = config.fleet or fleet_config()
+    config.member = member
+    config.transport.seal_relayed = seal
+    try:
+        return Node(load_identity(key), listen=listen, peers=peers, bootstrap=bootstrap, secure=not insecure,
+                    allowlist=allow, config=config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+SEAL_HELP = ("Encrypt end to end (NaCl Box) whatever goes through a relay, so the relay cannot read it "
+              "(it is always signed, so a relay can never alter it).")
+
+
+def read_allowlist(path: str) -> frozenset[bytes]:
+    """One node id (hex), public key (base32) or contact per line; '#' starts a comment."""
+    from ..identity import load_allowlist
+
+    try:
+        return load_allowlist(path)
+    except IdentityError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def run_main(coro) -> int:
+    """Run a command's coroutine; SIGINT/SIGTERM cancel it cleanly (exit 0 for servers)."""
+    from ..node import run
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            return EXIT_OK
+
+    return run(main())
+
+
+def node_options(f):
+    f = click.option("--insecure", is_flag=True, help="Plaintext links (no CURVE). Only for debugging on a trusted host.")(f)
+    f = click.option("--listen", default="tcp://127.0.0.1:0", show_default=True, help="Inbox endpoint (port 0 = any free port).")(f)
+    f = click.option("--key", type=click.Path(dir_okay=False), help="Key file from `zmqagents keygen` (default: a throwaway identity).")(f)
+    from .fleet import fleet_options  # --ca/--cert/--revocations: join a fleet (zmqagents ca)
+
+    return fleet_options(f)
+
+
+def mesh_member_options(f):
+    """The options of a node that stays in the mesh (``node``, ``relay``): whom to reach and whom to accept."""
+    f = click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")(f)
+    f = click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")(f)
+    f = click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh to join through (repeatable).")(f)
+    f = click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")(f)
+    return f
+
+
+def announce(n, contact_file: str | None, *, admin: str | None = None) -> None:
+    contact = str(n.contact)
+    if contact_file:
+        tmp = Path(contact_file + ".tmp")
+        tmp.write_text(contact + "\n")
+        tmp.replace(contact_file)
+    line = {"contact": contact, "node_id": format_node_id(n.node_id), "pub": n.transport.pub_endpoint}
+    if admin:
+        line["admin"] = admin  # HOST:PORT of /metrics, /livez, /readyz (useful with port 0)
+    emit(line)
+
+
+def targets_of(to: tuple[str, ...]) -> list[Contact]:
+    if not to:
+        raise click.UsageError("name at least one peer with --to CONTACT (or --to @FILE)")
+    return contacts_of(to)
+
+
+async def read_lines():
+    """Yield stdin lines without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    reader = sys.stdin.buffer
+    while True:
+        line = await loop.run_in_executor(None, reader.readline)
+        if not line:
+            return
+        yield line
+
+
+def sidecar_options(f):
+    f = click.option("--direct", is_flag=True,
+                     help="Never use a running sidecar: always start a temporary node.")(f)
+    f = click.option("--socket", "socket_path", type=click.Path(dir_okay=False), envvar="ZMQAGENTS_LOCAL_API_PATH",
+                     help="Local API socket of a running sidecar (default: the sidecar's default path, used "
+                          "when a sidecar listens there; env: ZMQAGENTS_LOCAL_API_PATH).")(f)
+    return f
+
+
+def sidecar_socket(ctx: click.Context, socket_path: str | None, direct: bool) -> Path | None:
+    """The local API socket this command should use, or None to start a temporary node.
+
+    An explicit --socket must have a sidecar behind it. Otherwise the default path is used when a
+    sidecar listens there and no flag asks for a node of our own (--key, --listen, --insecure, --seal).
+    """
+    from click.core import ParameterSource
+
+    from ..sidecar.localapi import sidecar_listening
+
+    if direct:
+        return None
+    if socket_path is None:
+        if any(ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+               for name in ("key", "listen", "insecure", "seal") if name in ctx.params):
+            return None
+        from ..sidecar.config import LocalApiSection
+
+        path = Path(LocalApiSection().path)
+        return path if sidecar_listening(path) else None
+    path = Path(socket_path)
+    if not sidecar_listening(path):
+        raise Failure(f"no sidecar is listening on {path}: start one (`zmqagents node --config FILE`), "
+                      "or leave out --socket to send through a temporary node")
+    return path
+
+
+def sidecar_targets(to: tuple[str, ...]) -> list[str]:
+    """--to values for the sidecar: contacts (or @FILE) or 64-hex node ids it already knows."""
+    from ..identity import parse_node_id
+
+    if not to:
+        raise click.UsageError("name at least one peer with --to CONTACT, --to @FILE or --to NODE_ID")
+    out = []
+    for text in to:
+        if text.startswith("@") or "@" in text:
+            out.append(str(contacts_of([text])[0]))
+            continue
+        try:
+            parse_node_id(text)
+        except IdentityError as exc:
+            raise click.BadParameter(f"{exc}; pass a contact PUBLICKEY@ENDPOINT or a node id",
+                                     param_hint="--to") from None
+        out.append(text.lower())
+    return out
+
+
+BAD = object()
+
+
+async def stdin_values():
+    """Yield (line number, JSON value) for each stdin line; a bad line is reported on stderr and yields BAD."""
+    number = 0
+    async for line in read_lines():
+        number += 1
+        yield number, parse_line(line, number)
+
+
+def parse_line(line: bytes, number: int) -> Any:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        click.echo(f"line {number}: not UTF-8; skipped", err=True)
+        return BAD
+    if not text.strip():
+        click.echo(f"line {number}: empty; skipped", err=True)
+        return BAD
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        click.echo(f"line {number}: invalid JSON ({exc}); skipped", err=True)
+        return BAD
+

@@ -1,0 +1,370 @@
+"""Client commands that talk to named nodes: ``send``, ``request``, ``peers``, ``publish`` and
+``subscribe`` (which stays a member until it has what it waited for). ``send`` and ``request`` go
+through a running sidecar when there is one."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import (
+    BAD, SEAL_HELP, announce, contacts_of, emit, make_node, node_options, parse_body, run_main, sidecar_options,
+    sidecar_socket, sidecar_targets, stdin_values, targets_of,
+)
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
+
+@click.command()
+@node_options
+@click.option("--to", "to", multiple=True, help="Contact of the receiving node (repeat to spread lines round-robin).")
+@sidecar_options
+@click.option("--seal", is_flag=True, help=SEAL_HELP)
+@click.argument("body", required=False)
+@click.pass_context
+def send(ctx, key, listen, insecure, to, socket_path, direct, seal, body) -> None:
+    """Send reliable one-way messages.
+
+    With BODY, send it (JSON if it parses, else text). Without, send each stdin
+    line (one JSON value per line; bad lines are reported on stderr and
+    skipped). Waits until every message is acknowledged.
+
+    \b
+    When a sidecar runs on this host (`zmqagents node --config`, socket at
+    its default path or --socket), messages go through it instead: the
+    command returns once the sidecar has *accepted* them (written them to its
+    durable outbox), and the sidecar delivers them even across restarts and
+    while the peer is away. --to may then also be a node id the sidecar knows.
+    """
+    path = sidecar_socket(ctx, socket_path, direct)
+    if path is not None and seal:
+        raise click.UsageError("--seal applies to this command's own node, not to a sidecar: drop --socket")
+    if path is not None:
+        sys.exit(run_main(_send_via_sidecar(path, sidecar_targets(to), body)))
+    targets = targets_of(to)
+    n = make_node(key, listen, targets, insecure, seal=seal)
+
+    async def main() -> int:
+        from ..node import SendError
+
+        failed = 0
+        sent = 0
+        async with n:
+            ids = [c.node_id for c in targets]
+            if body is not None:
+                await n.send(ids[0], parse_body(body))
+                sent = 1
+            else:
+                async for _, value in stdin_values():
+                    if value is BAD:
+                        failed += 1
+                        continue
+                    await n.send(ids[sent % len(ids)], value)
+                    sent += 1
+            try:
+                await n.flush(timeout=60)
+            except SendError as exc:
+                click.echo(f"error: {exc}", err=True)
+                return EXIT_FAILED
+            except asyncio.TimeoutError:
+                click.echo("error: messages not acknowledged within 60 s", err=True)
+                return EXIT_TIMEOUT
+        if failed:
+            click.echo(f"error: {failed} input line(s) were not valid JSON; {sent} sent", err=True)
+        return EXIT_FAILED if failed else EXIT_OK
+
+    sys.exit(run_main(main()))
+
+
+async def _send_via_sidecar(path: Path, targets: list[str], body: str | None) -> int:
+    """Hand messages to the sidecar's outbox; exit 0 once every one is accepted."""
+    from ..sidecar.localapi import LocalClient
+
+    client = LocalClient(path)
+    slots = asyncio.Semaphore(256)  # sends awaiting the sidecar's answer
+    counts = {"bad": 0, "refused": 0, "silent": 0, "sent": 0}
+
+    async def one(value: Any, number: int) -> None:
+        try:
+            reply = await client.call("send", value, to=targets[counts["sent"] % len(targets)])
+        except asyncio.TimeoutError:
+            counts["silent"] += 1
+            click.echo(f"line {number}: no answer from the sidecar at {path} within 30 s", err=True)
+            return
+        except Exception as exc:  # a value the envelope cannot carry
+            counts["refused"] += 1
+            click.echo(f"line {number}: {exc}", err=True)
+            return
+        finally:
+            slots.release()
+        if reply.type != "accepted":
+            counts["refused"] += 1
+            detail = reply.body if isinstance(reply.body, dict) else {}
+            click.echo(f"line {number}: refused by the sidecar ({detail.get('code')}): {detail.get('error')}",
+                       err=True)
+
+    tasks = []
+    try:
+        if body is not None:
+            await slots.acquire()
+            await one(parse_body(body), 1)
+        else:
+            async for number, value in stdin_values():
+                if value is BAD:
+                    counts["bad"] += 1
+                    continue
+                await slots.acquire()
+                tasks.append(asyncio.ensure_future(one(value, number)))
+                counts["sent"] += 1
+            await asyncio.gather(*tasks)
+    finally:
+        await client.close()
+    bad, refused, silent = counts["bad"], counts["refused"], counts["silent"]
+    if bad or refused or silent:
+        click.echo(f"error: {bad} bad line(s), {refused} refused, {silent} unanswered", err=True)
+    if silent and not (bad or refused):
+        return EXIT_TIMEOUT
+    return EXIT_FAILED if (bad or refused or silent) else EXIT_OK
+
+
+
+@click.command()
+@node_options
+@click.option("--to", "to", multiple=True, help="Contact of the serving node (repeat to spread requests round-robin).")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each reply.")
+@click.option("--parallel", default=16, show_default=True, type=click.IntRange(1, 4096), help="Requests in flight at once.")
+@sidecar_options
+@click.option("--seal", is_flag=True, help=SEAL_HELP)
+@click.argument("body", required=False)
+@click.pass_context
+def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, direct, seal, body) -> None:
+    """Send requests and print replies, one JSON object per line.
+
+    With BODY, one request (JSON if it parses, else text): prints the reply
+    body. Without, each stdin line is a request body; output lines come in
+    input order as {"line": N, "ok": true, "reply": ..., "ms": ...} or
+    {"line": N, "ok": false, "error": ...}. Invalid lines are reported on
+    stderr and skipped; the others still go through. Through a running
+    sidecar (see `send --help`) when there is one.
+    """
+    path = sidecar_socket(ctx, socket_path, direct)
+    if path is not None and seal:
+        raise click.UsageError("--seal applies to this command's own node, not to a sidecar: drop --socket")
+    if path is not None:
+        sys.exit(run_main(_request_via_sidecar(path, sidecar_targets(to), timeout, parallel, body)))
+    targets = targets_of(to)
+    n = make_node(key, listen, targets, insecure, seal=seal)
+
+    async def one(dst: bytes, value: Any, number: int) -> dict:
+        from ..node import NodeError, RequestTimeout
+
+        start = time.perf_counter()
+        try:
+            reply_body = await n.request(dst, value, timeout=timeout)
+        except RequestTimeout as exc:
+            return {"line": number, "ok": False, "error": str(exc), "timeout": True}
+        except NodeError as exc:
+            return {"line": number, "ok": False, "error": str(exc)}
+        return {"line": number, "ok": True, "reply": reply_body, "ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    async def main() -> int:
+        async with n:
+            ids = [c.node_id for c in targets]
+            if body is not None:
+                result = await one(ids[0], parse_body(body), 1)
+                if result["ok"]:
+                    emit({"reply": result["reply"]}) if not isinstance(result["reply"], dict) else emit(result["reply"])
+                    return EXIT_OK
+                click.echo(f"error: {result['error']}", err=True)
+                return EXIT_TIMEOUT if result.get("timeout") else EXIT_FAILED
+            return await _request_lines(ids, one, parallel)
+
+    sys.exit(run_main(main()))
+
+
+async def _request_via_sidecar(path: Path, targets: list[str], timeout: float, parallel: int,
+                               body: str | None) -> int:
+    """`request` through the sidecar's local API: same output and exit codes as with a node."""
+    from ..sidecar.localapi import LocalClient
+
+    client = LocalClient(path)
+
+    async def one(to: str, value: Any, number: int) -> dict:
+        start = time.perf_counter()
+        try:
+            reply = await client.call("request", value, to=to, ttl_ms=max(1, int(timeout * 1000)),
+                                      timeout=timeout + 5)
+        except asyncio.TimeoutError:
+            return {"line": number, "ok": False, "error": f"no answer from the sidecar at {path}", "timeout": True}
+        except Exception as exc:  # a value the envelope cannot carry
+            return {"line": number, "ok": False, "error": str(exc)}
+        if reply.type == "reply":
+            return {"line": number, "ok": True, "reply": reply.body,
+                    "ms": round((time.perf_counter() - start) * 1000, 3)}
+        detail = reply.body if isinstance(reply.body, dict) else {}
+        result = {"line": number, "ok": False, "error": str(detail.get("error", reply.type))}
+        if detail.get("code") == "timeout":
+            result["timeout"] = True
+        return result
+
+    try:
+        if body is not None:
+            result = await one(targets[0], parse_body(body), 1)
+            if result["ok"]:
+                emit(result["reply"]) if isinstance(result["reply"], dict) else emit({"reply": result["reply"]})
+                return EXIT_OK
+            click.echo(f"error: {result['error']}", err=True)
+            return EXIT_TIMEOUT if result.get("timeout") else EXIT_FAILED
+        return await _request_lines(targets, one, parallel)
+    finally:
+        await client.close()
+
+
+async def _request_lines(ids: list[bytes], one, parallel: int) -> int:
+    """Pipeline stdin lines through ``one`` with at most ``parallel`` in flight, output in input order."""
+    pending: asyncio.Queue = asyncio.Queue(maxsize=parallel)
+    counts = {"bad": 0, "failed": 0, "timeouts": 0}
+
+    async def writer() -> None:
+        while (task := await pending.get()) is not None:
+            result = await task
+            if not result["ok"]:
+                counts["timeouts" if result.get("timeout") else "failed"] += 1
+            emit(result)
+
+    out = asyncio.ensure_future(writer())
+    number = sent = 0
+    try:
+        async for number, value in stdin_values():
+            if value is BAD:
+                counts["bad"] += 1
+                continue
+            await pending.put(asyncio.ensure_future(one(ids[sent % len(ids)], value, number)))
+            sent += 1
+    finally:
+        await pending.put(None)
+        await out
+    bad, failed, timeouts = counts["bad"], counts["failed"], counts["timeouts"]
+    if bad or failed or timeouts:
+        click.echo(f"error: {bad} bad line(s), {failed} failed, {timeouts} timed out, of {number} line(s)", err=True)
+    if timeouts and not (bad or failed):
+        return EXIT_TIMEOUT
+    return EXIT_FAILED if (bad or failed or timeouts) else EXIT_OK
+
+
+@click.command()
+@node_options
+@click.option("--to", "to", required=True, help="Contact of the node to ask.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per contact instead of a table.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the answer.")
+def peers(key, listen, insecure, to, as_json, timeout) -> None:
+    """List the contacts in a node's routing table."""
+    from ..node import PEERS, NodeError, RequestTimeout
+
+    targets = contacts_of([to])
+    n = make_node(key, listen, targets, insecure)
+
+    async def main() -> int:
+        async with n:
+            try:
+                table = await n.request(targets[0].node_id, None, timeout=timeout, type=PEERS)
+            except RequestTimeout as exc:
+                click.echo(f"error: {exc}", err=True)
+                return EXIT_TIMEOUT
+            except NodeError as exc:
+                click.echo(f"error: {exc}", err=True)
+                return EXIT_FAILED
+        now = time.time()
+        if as_json:
+            for row in table:
+                emit(row)
+        else:
+            click.echo(f"{'NODE':14} {'STATE':9} {'INC':>4} {'RTT ms':>8} {'SEEN s ago':>10}  ENDPOINT")
+            for row in table:
+                rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.2f}"
+                endpoint = row["contact"].split("@", 1)[1]
+                click.echo(f"{row['node_id'][:12]:14} {row['state']:9} {row['incarnation']:>4} {rtt:>8} "
+                           f"{now - row['last_seen']:>10.1f}  {endpoint}")
+        return EXIT_OK
+
+    sys.exit(run_main(main()))
+
+
+@click.command()
+@node_options
+@click.option("--to", "to", multiple=True, help="Contact of a neighbour that subscribes (repeatable).")
+@click.option("--wait", default=5.0, show_default=True, help="Seconds to wait for a subscriber before publishing.")
+@click.argument("topic")
+@click.argument("body", required=False)
+def publish(key, listen, insecure, to, wait, topic, body) -> None:
+    """Publish BODY (or each stdin line) on TOPIC to subscribed neighbours.
+
+    Publications are one hop and best effort. The command connects to the
+    --to nodes, waits until one of them subscribes to TOPIC (exit 124 if none
+    does within --wait), publishes, and lingers briefly so the data leaves.
+    """
+    targets = targets_of(to)
+    n = make_node(key, listen, targets, insecure)
+    n.config.transport.close_linger_ms = 2000
+
+    async def main() -> int:
+        async with n:
+            if not await n.wait_for_subscriber(topic, wait):
+                click.echo(f"error: no neighbour subscribed to {topic!r} within {wait:g} s", err=True)
+                return EXIT_TIMEOUT
+            if body is not None:
+                await n.publish(topic, parse_body(body))
+                return EXIT_OK
+            bad = 0
+            async for _, value in stdin_values():
+                if value is BAD:
+                    bad += 1
+                else:
+                    await n.publish(topic, value)
+            return EXIT_FAILED if bad else EXIT_OK
+
+    sys.exit(run_main(main()))
+
+
+@click.command()
+@node_options
+@click.option("--to", "to", multiple=True, help="Contact of a neighbour to listen to (repeatable).")
+@click.option("--contact-file", type=click.Path(dir_okay=False), help="Write this node's contact here so publishers can connect.")
+@click.option("--count", type=click.IntRange(1), help="Exit after this many publications.")
+@click.option("--timeout", type=float, help="Exit with 124 if nothing arrives for this many seconds.")
+@click.argument("topic", default="")
+def subscribe(key, listen, insecure, to, contact_file, count, timeout, topic) -> None:
+    """Print publications whose topic starts with TOPIC, one JSON line each.
+
+    Publications travel one hop, so the publisher must be a neighbour: either
+    name it with --to, or let it connect here (`publish --to` this node's
+    contact, printed first as {"contact": ...}).
+    """
+    n = make_node(key, listen, contacts_of(to), insecure, member=True)
+
+    async def main() -> int:
+        async with n:
+            announce(n, contact_file)
+            seen = 0
+            stream = n.subscribe(topic)
+            while count is None or seen < count:
+                try:
+                    msg = await asyncio.wait_for(stream.__anext__(), timeout)
+                except asyncio.TimeoutError:
+                    click.echo(f"error: no publication for {timeout:g} s", err=True)
+                    return EXIT_TIMEOUT
+                except StopAsyncIteration:
+                    break
+                seen += 1
+                emit({"topic": msg.topic, "from": msg.sender, "body": msg.body})
+            await stream.aclose()
+        return EXIT_OK
+
+    sys.exit(run_main(main()))
+
+
+
+COMMANDS = (send, request, peers, publish, subscribe)
