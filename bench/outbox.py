@@ -15,6 +15,17 @@ What it does, with real processes and files:
 5. waits until the peer has N distinct ids (or ``--deadline`` s), lingers 1 s for late duplicates,
    and compares what arrived with what was accepted.
 
+The inbound case, the other side of the same promise (protocols/local-api.md §4.3): a second
+sidecar B (fixed port and key, ``[limits] inbox_messages = 20000`` so one sender may hold 10,000)
+receives ``--messages`` messages from the first one (through its local API and outbox) while no
+application takes them; once B's inbound spool holds all of them (each was acknowledged to the
+sender only after it was written there) B is killed with SIGKILL, restarted, and a local client
+takes everything with acknowledgements (``receive`` with ``ack``), lingering 1.5 s for late
+duplicates. Keys: ``inbound_accepted`` (held by B at the kill: received, spooled, acknowledged),
+``inbound_delivered`` (distinct ids the application got, of those sent), ``inbound_duplicates``,
+``inbound_missing`` (sent, never handed to the application), ``inbound_restored`` (queued in B's
+spool after the restart), ``inbound_seconds`` (restart to the last message), ``inbound_ok``.
+
 It also times raw :class:`~zmqagents.sidecar.spool.Spool` appends in this process (one record
 per call and bursts of 256, fsync "batch" and "never"): the spool's own ceiling, apart from the
 local API around it.
@@ -25,7 +36,7 @@ peer's application received), ``duplicates`` (deliveries beyond the first of an 
 the last delivery), ``restart_s`` (from spawning the new process until its socket answers), ``accept_msgs_per_s``
 (through the local API, end to end), ``spool_append_per_s`` (bursts of 256, fsync batch) and the
 other spool rates, ``ok`` (delivered == accepted == messages, no duplicates, nothing missing or
-unexpected), plus ``env``. Progress goes to stderr.
+unexpected) and ``inbound_ok``, plus ``env``. Progress goes to stderr.
 
     python bench/outbox.py                     # 10,000 messages
     python bench/outbox.py --quick             # 500: what the smoke test runs
@@ -203,6 +214,111 @@ def spool_rates(directory: Path, count: int) -> dict:
     return out
 
 
+# -- the inbound case ------------------------------------------------------------------------------------
+
+
+def receive_all(path: str, want: set[bytes], deadline: float) -> tuple[list[bytes], float | None]:
+    """Take messages as an acknowledging application does (``receive`` with ``ack``, acks in batches of
+    500), until every id of ``want`` arrived plus 1.5 s; the ids in arrival order and when the last came."""
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"ipc://{path}")
+    got: list[bytes] = []
+    seen: set[bytes] = set()
+    unacked: list[bytes] = []
+    done_at = None
+    try:
+        sock.send(envelope("receive", {"credit": 10_000, "ack": True})[1])
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if not sock.poll(100):
+                if unacked:
+                    sock.send(envelope("ack", {"ids": unacked})[1])
+                    unacked = []
+                continue
+            env = answer(sock)
+            if env["t"] != "msg":
+                continue
+            got.append(env["id"])
+            seen.add(env["id"])
+            unacked.append(env["id"])
+            if len(unacked) >= 500:
+                sock.send(envelope("ack", {"ids": unacked})[1])
+                unacked = []
+            if done_at is None and want <= seen:
+                done_at = time.time()
+                end = time.monotonic() + 1.5  # late duplicates, if any, arrive here
+        if unacked:
+            sock.send(envelope("ack", {"ids": unacked})[1])
+            sock.poll(2000)
+    finally:
+        sock.close()
+        ctx.term()
+    return got, done_at
+
+
+def inbound_case(args, work: Path, sender_sock: str, children: list) -> dict:
+    """Sidecar B holds received-unconsumed messages, is killed with SIGKILL and restarted: the
+    application must get every one exactly once."""
+    from zmqagents.identity import Contact, Identity
+
+    box = work / "b"
+    box.mkdir()
+    sock_path = str(box / "b.sock")
+    identity = Identity.generate()
+    identity.save(box / "b.key")
+    port = free_port()
+    contact = str(Contact(identity.public_key, f"tcp://127.0.0.1:{port}"))
+    config = box / "b.toml"
+    config.write_text(
+        f'[node]\nkey = "{box / "b.key"}"\nlisten = "tcp://127.0.0.1:{port}"\n'
+        f'[local_api]\npath = "{sock_path}"\nmode = 0o600\n'
+        f'[spool]\ndir = "{box / "spool"}"\nfsync = "{args.fsync}"\n'
+        '[limits]\ninbox_messages = 20000\n[mdns]\nenabled = false\n[admin]\nenabled = false\n')
+    receiver = Child(SCRIPT, "sidecar", "--config", str(config), name="receiver")
+    children.append(receiver)
+    receiver.read(30)
+    wait_listening(sock_path, receiver, 30)
+    log(f"receiver sidecar pid {receiver.pid} up; {args.messages} messages to it, no application taking them")
+    ids, _ = send_all(sender_sock, contact, args.messages)
+    start = time.monotonic()
+    held = 0
+    while time.monotonic() - start < args.deadline:
+        held = status(sock_path)["inbound"]["queued"]
+        if held >= args.messages:
+            break
+        time.sleep(0.1)
+    log(f"receiver holds {held} in its inbound spool; kill -9 {receiver.pid}")
+    os.kill(receiver.pid, signal.SIGKILL)
+    receiver.proc.wait(10)
+    restart = time.time()
+    receiver = Child(SCRIPT, "sidecar", "--config", str(config), name="receiver-restarted")
+    children.append(receiver)
+    receiver.read(30)
+    wait_listening(sock_path, receiver, 30)
+    restored = status(sock_path)["inbound"]["queued"]
+    log(f"restarted with {restored} waiting; an application takes them")
+    sent = set(ids)
+    got, done_at = receive_all(sock_path, sent, args.deadline)
+    delivered = len(sent.intersection(got))
+    result = {
+        "inbound_messages": args.messages,
+        "inbound_accepted": held,
+        "inbound_restored": restored,
+        "inbound_delivered": delivered,
+        "inbound_duplicates": len(got) - len(set(got)),
+        "inbound_missing": len(sent) - delivered,
+        "inbound_unexpected": len(set(got) - sent),
+        "inbound_seconds": round(done_at - restart, 3) if done_at else None,
+    }
+    result["inbound_ok"] = (held == delivered == args.messages and result["inbound_duplicates"] == 0
+                            and result["inbound_missing"] == 0 and result["inbound_unexpected"] == 0)
+    return result
+
+
 # -- the orchestrator ------------------------------------------------------------------------------------
 
 
@@ -287,9 +403,10 @@ def orchestrate(args) -> dict:
             "outbox_queued_at_end": final["queued"],
             "fsync": args.fsync,
         }
+        result.update(inbound_case(args, work, sock_path, children))
         result.update(spool_rates(work, args.spool_records))
         result["ok"] = (result["delivered"] == result["accepted"] == args.messages and result["duplicates"] == 0
-                        and result["missing"] == 0 and result["unexpected"] == 0)
+                        and result["missing"] == 0 and result["unexpected"] == 0 and result["inbound_ok"])
         return result
     finally:
         for child in reversed(children):

@@ -27,8 +27,12 @@ if sys.argv[2] == "send":
     reply = read(sock)  # "accepted": spooled by the sidecar, delivered even if it restarts
     print(json.dumps({"result": reply["t"], "id": reply["re"].hex(), "detail": reply.get("b")}))
     sys.exit(reply["t"] != "accepted")
-sock.send(envelope("receive", {"credit": int(sys.argv[3])}))
-read(sock)  # "ok": the sidecar now pushes up to N messages
+sock.send(envelope("receive", {"credit": int(sys.argv[3]), "ack": True}))
+read(sock)  # "ok": the sidecar now pushes up to N messages, and keeps each on disk until we ack it
+ids = []
 for _ in range(int(sys.argv[3])):
     msg = read(sock)
     print(json.dumps({"id": msg["id"].hex(), "from": msg["src"].hex(), "body": msg.get("b")}), flush=True)
+    ids.append(msg["id"])
+sock.send(envelope("ack", {"ids": ids}))  # printed: the sidecar may forget them (unacked, they come again)
+read(sock)  # "ok" {"acked": N}

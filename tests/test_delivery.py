@@ -642,6 +642,32 @@ def test_outbox_resend_after_sender_restart_is_delivered_once():
     assert [e.msg_id for e in net.of(A, Acked)] == ids  # the restarted sender learns they are done
 
 
+def test_a_restarted_receiver_given_what_it_delivered_does_not_deliver_it_again():
+    """B delivers (and stores) A's messages, then crashes before its acks leave. The restarted B is
+    given the delivered ids (the sidecar reads them from its inbound spool): A's retransmissions of
+    them are dropped as duplicates, the rest is delivered once, in order. Without remember_delivered
+    the same run delivers all of them twice."""
+    for restore in (True, False):
+        a, b, net = pair()
+        ids = [bytes([i]) * 16 for i in range(1, 11)]
+        for i, mid in enumerate(ids):
+            a.send(B, i, 0.0, msg_id=mid, confirm=True)
+        net.drop = lambda env: env.type == "ack" or env.seq is not None and env.seq > 6
+        net.advance(0.05)
+        assert net.delivered(B) == list(range(6))
+        b2 = Delivery(B, random.Random(5))  # B restarted
+        if restore:
+            b2.remember_delivered(A, ids[:6])
+        net.cores[B] = b2
+        net.events[B] = []
+        net.drop = lambda env: False
+        net.advance(30.0)
+        again = [e.env.body for e in net.of(B, Delivered)]
+        assert again == (list(range(6, 10)) if restore else list(range(10)))
+        assert [e.msg_id for e in net.of(A, Acked)] == ids
+        assert b2.stats["duplicates"] >= (6 if restore else 0)
+
+
 def test_dedup_memory_survives_forget_so_a_restarted_sender_is_still_deduplicated():
     """Membership usually declares a crashed sender dead (B forgets it) before it restarts."""
     a, b, net = pair(DeliveryConfig(kept_dedup=2))

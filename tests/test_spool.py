@@ -184,6 +184,43 @@ def test_compaction_deletes_fully_acknowledged_segments_only(tmp_path):
         assert undone(s) == [199]
 
 
+def test_keep_done_keeps_the_newest_acknowledged_records_readable_and_yields_to_new_ones(tmp_path):
+    """The inbound spool's dedup memory: acknowledged records stay (whole segments) while fewer than
+    keep_done records follow them, are read back after a reopen, and give way when space is needed."""
+    s = spool(tmp_path, segment_bytes=4096, max_bytes=28 << 10, keep_done=60)
+    refs = []
+    for i in range(120):
+        refs += s.append([env(i)])
+        if i % 30 == 29:  # acknowledged as they go (an application consuming)
+            for ref in refs:
+                s.mark_done(ref)
+            s.commit()
+            refs = []
+    kept = [(e.body["n"], done) for _, e, done in s.records()]
+    assert all(done for _, done in kept) and undone(s) == []
+    numbers = [n for n, _ in kept]
+    assert numbers == list(range(numbers[0], 120))  # the newest, in order, with no gap
+    assert 60 <= len(numbers) < 60 + 40  # at least keep_done, at most one segment more (~35 records)
+    s.close()
+    with spool(tmp_path, segment_bytes=4096, max_bytes=28 << 10, keep_done=60) as s:
+        assert [e.body["n"] for _, e, _ in s.records()] == numbers  # survives a reopen
+    # New records count as newer ones: with keep_done=60 the kept segments go once 60 follow. With a
+    # keep_done the spool cannot hold, they go when their space is needed, before anything is refused.
+    with spool(tmp_path, segment_bytes=4096, max_bytes=28 << 10, keep_done=10_000) as s:
+        n = 120
+        with pytest.raises(SpoolFull):  # the kept records make room before anything is refused
+            while True:
+                s.append([env(n)])
+                n += 1
+        assert s.stats["kept_evicted"] >= 1 and s.stats["refused_full"] == 1
+        assert [e.body["n"] for _, e, _ in s.records()] == list(range(120, n))  # only undone ones left
+    with spool(tmp_path, segment_bytes=4096) as s:  # keep_done = 0: acknowledged segments go, as always
+        for ref, _, _ in list(s.records()):
+            s.mark_done(ref)
+        s.commit()
+        assert s.segments == 1
+
+
 def test_corrupt_done_file_resends_rather_than_loses(tmp_path):
     s = spool(tmp_path)
     refs = s.append([env(i) for i in range(4)])

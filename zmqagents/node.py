@@ -212,6 +212,7 @@ class Node:
         allowlist: Iterable[bytes] | None = None,
         config: NodeConfig | None = None,
         rng: random.Random | None = None,
+        inbox: "BoundedQueue[Message] | None" = None,
     ):
         if identity is None:
             identity = Identity.generate()
@@ -259,7 +260,10 @@ class Node:
         self._event_queues: list[asyncio.Queue] = []
         self._lookups: dict[int, asyncio.Future] = {}
         self._joined: asyncio.Future | None = None
-        self._inbox: BoundedQueue[Message] | None = None
+        # Direct messages wait here for the application. A caller may pass its own queue with the same
+        # interface plus flush(), called before any ack for what it was given leaves (the sidecar's
+        # inbound spool: nothing acknowledged lives only in memory).
+        self._inbox: BoundedQueue[Message] | None = inbox
         self._requests: dict[bytes, asyncio.Future] = {}
         self._windows: dict[bytes, asyncio.Event] = {}
         self._failures: list[SendFailed] = []
@@ -300,7 +304,8 @@ class Node:
             return
         self._started = True
         cfg = self.config
-        self._inbox = BoundedQueue(cfg.inbox_limit, cfg.inbox_bytes, cfg.inbox_share)
+        if self._inbox is None:
+            self._inbox = BoundedQueue(cfg.inbox_limit, cfg.inbox_bytes, cfg.inbox_share)
         self._handler_slots = asyncio.Semaphore(self.config.max_handlers)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -649,6 +654,11 @@ class Node:
         )
         return handler
 
+    @property
+    def request_handler(self) -> RequestHandler | None:
+        """The handler :meth:`on_request` set (a component that takes over may fall back to it)."""
+        return self._handler
+
     async def receive(self, timeout: float | None = None) -> Message:
         """The next direct message, in order per sender, exactly once."""
         return (await asyncio.wait_for(self._inbox.get(), timeout))[0]
@@ -958,14 +968,11 @@ class Node:
         """Send what the cores want sent, act on their events, re-arm the timer."""
         delivery = self.delivery
         send = self.transport.send
-        for env in delivery.take_outgoing():
-            send(env)
         events = delivery.take_events()
         if events:
-            self._dispatch(events)
-            # dispatch may have produced replies (hello) — send them now
-            for env in delivery.take_outgoing():
-                send(env)
+            self._dispatch(events)  # first: received messages are stored before their acks leave
+        for env in delivery.take_outgoing():
+            send(env)
         if self.core is not None:
             self._pump_core()
         if not delivery.pending():
@@ -1040,12 +1047,20 @@ class Node:
             self._event_queues.remove(queue)
 
     def _dispatch(self, events: list) -> None:
+        # Direct messages go to the inbox (and its flush) before any other event is acted on: a handler
+        # may send, and whatever is sent carries acks for these messages.
+        inbox = self._inbox
+        for event in events:
+            if isinstance(event, Delivered) and event.env.type == "msg":
+                env = event.env
+                cost = message_cost(env.cost)
+                inbox.put(Message(env.src, env.body, env.type, env.id, None, cost), env.src, cost)
+        inbox.flush()
         for event in events:
             if isinstance(event, Delivered):
                 env = event.env
                 if env.type == "msg":
-                    cost = message_cost(env.cost)
-                    self._inbox.put(Message(env.src, env.body, env.type, env.id, None, cost), env.src, cost)
+                    pass  # in the inbox already
                 elif env.type == HELLO:
                     self._add_neighbour(env.src, env.body)
                     self._reply(env, self._hello_body())

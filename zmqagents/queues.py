@@ -85,6 +85,9 @@ class BoundedQueue(Generic[T]):
         self._account(sender, 1, cost)
         self._wake()
 
+    def flush(self) -> None:
+        """Nothing to do: what ``put`` was given is queued at once (a durable inbox writes here)."""
+
     def unget(self, item: T, sender: bytes, cost: int) -> None:
         """Put back at the head an item just taken that could not be handed on (it stays first in line)."""
         self._items.appendleft((item, sender, cost))

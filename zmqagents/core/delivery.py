@@ -33,7 +33,7 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from itertools import islice
-from typing import Any
+from typing import Any, Iterable
 
 from ..envelope import ID_LEN, Envelope
 from .outputs import CoreOutputs
@@ -477,6 +477,17 @@ class Delivery(CoreOutputs):
             self._fail_peer(state, "unreachable")
             self._keep_dedup(state)
 
+    def remember_delivered(self, src: bytes, ids: Iterable[bytes]) -> None:
+        """Restore what a previous run of this node delivered from ``src`` (ids, oldest first): they
+        enter its dedup memory, so a copy the sender re-sends after our restart is not delivered
+        again (protocols/delivery.md §8.1). The driver reads them from durable storage (the
+        sidecar's inbound spool) before it receives anything."""
+        peer = self._peers.get(src)
+        if peer is None:
+            peer = self._new_peer(src)
+        for mid in ids:
+            self._remember(peer, mid)
+
     # -- network side --------------------------------------------------------------
 
     def receive(self, env: Envelope, now: float) -> None:
@@ -889,13 +900,24 @@ class Delivery(CoreOutputs):
 
     def _deliver(self, peer: _Peer, env: Envelope) -> None:
         """Hand an in-order envelope to the application, unless its id was delivered recently."""
-        mid = env.id
+        if not self._remember(peer, env.id):
+            self.stats["duplicates"] += 1
+            return
+        typ = env.type
+        if typ == REPLY_TYPE or typ == ERROR_TYPE:
+            self._on_reply(peer, env)
+        else:
+            self.stats["delivered"] += 1
+            self._events.append(Delivered(env))
+
+    def _remember(self, peer: _Peer, mid: bytes) -> bool:
+        """Add a delivered id to the peer's dedup memory (the oldest beyond dedup_window is forgotten);
+        False if it is already there."""
         ids = peer.ids
         if ids is None:
             ids = peer.ids = set()
         elif mid in ids:
-            self.stats["duplicates"] += 1
-            return
+            return False
         ids.add(mid)
         ring = peer.ring
         if len(ring) < self._dedup_window:
@@ -905,12 +927,7 @@ class Delivery(CoreOutputs):
             ids.discard(ring[pos])
             ring[pos] = mid
             peer.ring_pos = (pos + 1) % len(ring)
-        typ = env.type
-        if typ == REPLY_TYPE or typ == ERROR_TYPE:
-            self._on_reply(peer, env)
-        else:
-            self.stats["delivered"] += 1
-            self._events.append(Delivered(env))
+        return True
 
     def _on_reply(self, peer: _Peer, env: Envelope) -> None:
         r = peer.requests.pop(env.re, None) if peer.requests and env.re is not None else None

@@ -361,6 +361,9 @@ class SpoolSection:
     max_bytes: int = setting(Size(minimum=4096), 64 * 2**20, doc="Spool size bound; beyond it sends are refused")
     fsync: str = setting(Choice("always", "batch", "never"), "batch",
                          doc="always: per message; batch: per write burst; never: leave it to the OS")
+    inbound_max_bytes: int = setting(Size(minimum=4 * 2**20), 64 * 2**20,
+                                     doc="Bound of the inbound spool (dir/inbound): received messages waiting "
+                                         "for local clients; beyond it senders retry later")
 
 
 @dataclass(frozen=True)

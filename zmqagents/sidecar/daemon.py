@@ -82,6 +82,8 @@ from ..core.membership import MembershipConfig
 from ..core.ratelimit import RateLimitConfig
 from . import logs, memory, systemd
 from .config import ConfigError, SidecarConfig
+from .inbound import INBOUND_DIR, SpoolInbox
+from .spool import SpoolConfig, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,16 @@ class Sidecar:
             bytes=limits.peer_bytes_per_s,
             byte_burst=max(limits.peer_bytes_per_s, 2 * node_config.transport.max_message_size))
         node_config.fleet = read_fleet(config)
+        # With a local API, received messages wait on disk until a client acknowledges them
+        # (sidecar/inbound.py): nothing the node acknowledged to its sender is lost to a crash.
+        self.inbox: SpoolInbox | None = None
+        if config.local_api.enabled:
+            window = node_config.delivery.dedup_window
+            self.inbox = SpoolInbox(
+                SpoolConfig(str(Path(config.spool.dir) / INBOUND_DIR), max_bytes=config.spool.inbound_max_bytes,
+                            fsync=config.spool.fsync, keep_done=window),
+                limit=int(limits.inbox_messages), share=limits.peer_share, node_id=self.identity.node_id,
+                dedup_window=window)
         try:
             self.node = Node(
                 self.identity,
@@ -249,6 +261,7 @@ class Sidecar:
                 secure=config.node.secure,
                 allowlist=read_allowlist(config),
                 config=node_config,
+                inbox=self.inbox,
             )
         except ValueError as exc:  # a combination the Node refuses; the config checks should catch it first
             raise ConfigError(f"[node]: {exc}") from None
@@ -273,6 +286,13 @@ class Sidecar:
         """Start the node, then each wanted service; on a failure, close what started and re-raise."""
         self._started = True
         started = time.monotonic()
+        if self.inbox is not None:
+            try:
+                delivered = self.inbox.open()
+            except SpoolError as exc:
+                raise ConfigError(f"[spool] dir: {exc}") from None
+            for src, ids in delivered.items():  # the dedup memory of the previous run
+                self.node.delivery.remember_delivered(src, ids)
         await self.node.start()
         try:
             for spec in SERVICES:
@@ -328,6 +348,8 @@ class Sidecar:
             except Exception:
                 log.exception("service %s failed to close", name)
         await self.node.close()
+        if self.inbox is not None:
+            self.inbox.close()
         log.info("node %s stopped", self.identity.short_id)
 
     async def serve(self, app: Callable[["Sidecar"], Awaitable[Any]] | None = None) -> int:

@@ -20,7 +20,7 @@ import os
 import socket
 import stat
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import zmq
 
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import Contact, IdentityError, format_node_id, parse_node_id
+from .serving import LocalServing, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ MAX_CREDIT = 10_000  # messages a client may have asked for and not yet received
 MAX_RECEIVERS = 1024  # clients holding credit at once (a client with none left is forgotten)
 MAX_REQUESTS = 1024  # requests on the mesh on behalf of local clients at once
 DEFAULT_REQUEST_TIMEOUT_MS = 30_000
+DEFAULT_ACK_TIMEOUT_MS = 60_000  # a message handed to an acknowledging client goes back after this
+MAX_ACK_TIMEOUT_MS = 3_600_000
+MAX_ACK_IDS = 10_000  # ids in one ack
+CHECK_INTERVAL = 1.0  # s between checks of serving clients' leases and unacknowledged messages
+VERSION = 2  # of this API (protocols/local-api.md); `status` reports it
 NO_SRC = bytes(32)  # what a local client puts in `src`: it has no node id of its own
 CLIENT_FIELDS = ("to", "topic")  # extra envelope fields the local API reads
 
@@ -86,11 +92,23 @@ def prepare_socket_path(path: Path, mode: int) -> None:
 
 
 class _Client:
-    __slots__ = ("rid", "credit")
+    __slots__ = ("rid", "credit", "acks")
 
     def __init__(self, rid: bytes):
         self.rid = rid
         self.credit = 0
+        self.acks = False  # the client acknowledges what it receives (version 2): see _Unacked
+
+
+class _Unacked:
+    """Messages handed to an acknowledging client, not yet acknowledged: they are still in the
+    inbound spool, and go back to the head of the line if the client is gone or too slow."""
+
+    __slots__ = ("timeout", "messages")
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.messages: OrderedDict[bytes, tuple[Any, float]] = OrderedDict()  # id -> (Message, handed at)
 
 
 class LocalApi:
@@ -105,9 +123,14 @@ class LocalApi:
         return self.node.inbox_size[0]
 
     def __init__(self, node, outbox=None, *, path: str | os.PathLike, mode: int = 0o660,
-                 max_size: int = DEFAULT_MAX_SIZE):
+                 max_size: int = DEFAULT_MAX_SIZE, inbox=None):
         self.node = node
         self.outbox = outbox
+        self.inbox = inbox  # the node's inbound spool (sidecar/inbound.py), if it has one: acks go there
+        self.serving = LocalServing(node, self._push_work)
+        self._unacked: dict[bytes, _Unacked] = {}  # client -> what it was handed and has not acknowledged
+        self._commit_scheduled = False
+        self._checker: asyncio.TimerHandle | None = None
         self.path = Path(path)
         self.mode = mode
         self.max_size = max_size
@@ -123,6 +146,7 @@ class LocalApi:
         self.stats: dict[str, int] = dict.fromkeys((
             "frames_in", "replies_out", "messages_out", "sends_accepted", "sends_refused", "requests",
             "bad_frames", "malformed", "oversize", "unknown_op", "bad_request", "client_gone",
+            "acks", "unknown_acks", "redelivered", "work_pushed",
         ), 0)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -152,6 +176,7 @@ class LocalApi:
         loop.call_soon(self._drain)
         self._credit_event = asyncio.Event()
         self._pump = loop.create_task(self._deliver())
+        self._checker = loop.call_later(CHECK_INTERVAL, self._check)
         log.info("local API on %s (mode 0o%03o)", self.path, self.mode)
 
     async def close(self, drain_timeout: float = 0.0) -> None:
@@ -159,6 +184,12 @@ class LocalApi:
         if self._closed or self.sock is None:
             return
         self._closed = True
+        if self._checker is not None:
+            self._checker.cancel()
+        await self.serving.close()
+        for rid in list(self._unacked):
+            self._give_back(rid)
+        self._commit()
         for task in [self._pump, *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -201,6 +232,7 @@ class LocalApi:
                 self.stats[kind] += 1
                 self._error(rid, None, kind, f"{type(exc).__name__}: {exc}")
                 continue
+            self.serving.heard(rid)
             try:
                 if env.type == "send":
                     dst, contact = self._destination(env)
@@ -285,15 +317,69 @@ class LocalApi:
             self._reply(rid, "peers", env.id, self.node.peers())
         elif op == "status":
             self._reply(rid, "status", env.id, self.status())
+        elif op == "ack":
+            self._ack(rid, env)
+        elif op == "ping":
+            self._reply(rid, "ok", env.id, None)
+        elif op in ("progress", "result", "fail"):
+            try:
+                self.serving.answer(rid, op, env.re, env.body)
+            except ServingError as exc:
+                raise _Reply(exc.code, str(exc)) from None
+            self._reply(rid, "ok", env.id, None)
+        elif op in ("serve", "withdraw", "handle"):
+            self._serving_op(rid, env)
         else:
-            raise _Reply("unknown_op", f"unknown operation {op!r}: use send, request, receive, publish, peers "
-                         "or status")
+            raise _Reply("unknown_op", f"unknown operation {op!r}: use send, request, receive, ack, publish, peers, "
+                         "status, serve, withdraw, handle, progress, result, fail or ping")
+
+    def _serving_op(self, rid: bytes, env: Envelope) -> None:
+        op = env.type
+        if op == "serve":
+            async def run() -> None:
+                try:
+                    result = await self.serving.serve(rid, env.body)
+                except ServingError as exc:
+                    self.stats[exc.code] = self.stats.get(exc.code, 0) + 1
+                    self._error(rid, env.id, exc.code, str(exc))
+                else:
+                    self._reply(rid, "ok", env.id, result)
+            self._track(asyncio.get_running_loop().create_task(run()))
+            return
+        try:
+            result = self.serving.withdraw(rid, env.body) if op == "withdraw" else self.serving.handle(rid, env.body)
+        except ServingError as exc:
+            raise _Reply(exc.code, str(exc)) from None
+        self._reply(rid, "ok", env.id, result)
+
+    def _push_work(self, rid: bytes, env: Envelope) -> bool:
+        """Push a task, request or cancel to a serving client; False if it is gone."""
+        env.ts = int(time.time() * 1000)
+        try:
+            self.sock.send_multipart((rid, env.encode(max_size=4 * self.max_size)), zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError, EnvelopeError):
+            self.stats["client_gone"] += 1
+            return False
+        self._wrote()
+        self.stats["work_pushed"] += 1
+        return True
 
     def _receive(self, rid: bytes, env: Envelope) -> None:
         body = env.body if env.body is not None else {}
         credit = body.get("credit", 100) if isinstance(body, dict) else None
         if type(credit) is not int or credit < 0:
             raise _Reply("bad_request", "receive body must be {\"credit\": N} with N a non-negative integer")
+        acks = body.get("ack", False)
+        ack_timeout = body.get("ack_timeout_ms", DEFAULT_ACK_TIMEOUT_MS)
+        if type(acks) is not bool or type(ack_timeout) is not int or not 1000 <= ack_timeout <= MAX_ACK_TIMEOUT_MS:
+            raise _Reply("bad_request", f"receive: 'ack' must be a boolean and 'ack_timeout_ms' an integer "
+                         f"1000..{MAX_ACK_TIMEOUT_MS}")
+        unacked = self._unacked.get(rid)
+        if acks:
+            if unacked is None:
+                unacked = self._unacked[rid] = _Unacked(ack_timeout / 1000)
+            unacked.timeout = ack_timeout / 1000
+            credit = min(credit, max(0, MAX_CREDIT - len(unacked.messages)))  # credit + unacked stay bounded
         client = self._clients.get(rid)
         if client is None and credit:
             if len(self._clients) >= MAX_RECEIVERS:
@@ -301,6 +387,7 @@ class LocalApi:
             client = self._clients[rid] = _Client(rid)
         total = 0
         if client is not None:
+            client.acks = acks
             had = client.credit
             client.credit = total = min(MAX_CREDIT, client.credit + credit)
             if not had:
@@ -377,7 +464,7 @@ class LocalApi:
         try:
             frame = env.encode(max_size=4 * self.max_size)
             self.sock.send_multipart((client.rid, frame), zmq.NOBLOCK)
-        except (zmq.Again, zmq.ZMQError):
+        except zmq.ZMQError as exc:
             # Gone (EHOSTUNREACH) or not reading (its queue is full): it gets nothing more until it asks again.
             self.stats["client_gone"] += 1
             self._clients.pop(client.rid, None)
@@ -386,13 +473,80 @@ class LocalApi:
                 self._receivers.remove(client)
             except ValueError:
                 pass
+            if not isinstance(exc, zmq.Again):  # gone: what it did not acknowledge goes to the next client
+                self._give_back(client.rid)
             return False
         self._wrote()
+        if client.acks:
+            unacked = self._unacked.get(client.rid)
+            if unacked is None:
+                unacked = self._unacked[client.rid] = _Unacked(DEFAULT_ACK_TIMEOUT_MS / 1000)
+            unacked.messages[msg.id] = (msg, time.monotonic())
+        elif self.inbox is not None:
+            self.inbox.ack(msg.id)  # written to the client: version 1 semantics, acknowledged on its behalf
+            self._schedule_commit()
         client.credit -= 1
         if not client.credit:
             self._clients.pop(client.rid, None)  # it asks again (a new entry) when it wants more
         self.stats["messages_out"] += 1
         return True
+
+    # -- acknowledgements ---------------------------------------------------------------------------
+
+    def _ack(self, rid: bytes, env: Envelope) -> None:
+        """``ack``: body ``{"ids": [ID, ...]}`` of messages this client was handed."""
+        ids = env.body.get("ids") if isinstance(env.body, dict) else None
+        if type(ids) is not list or len(ids) > MAX_ACK_IDS or any(type(i) is not bytes for i in ids):
+            raise _Reply("bad_request", f"ack body must be {{\"ids\": [...]}}: at most {MAX_ACK_IDS} message ids "
+                         "(bin)")
+        unacked = self._unacked.get(rid)
+        done = unknown = 0
+        for mid in ids:
+            entry = unacked.messages.pop(mid, None) if unacked is not None else None
+            if entry is None:
+                unknown += 1
+                continue
+            done += 1
+            if self.inbox is not None:
+                self.inbox.ack(mid)
+        self.stats["acks"] += done
+        self.stats["unknown_acks"] += unknown
+        if done:
+            self._schedule_commit()
+        self._reply(rid, "ok", env.id, {"acked": done, "unknown": unknown})
+
+    def _give_back(self, rid: bytes) -> None:
+        """The client is gone: what it was handed and did not acknowledge goes back, first in line, in order."""
+        unacked = self._unacked.pop(rid, None)
+        if unacked is None:
+            return
+        for msg, _ in reversed(unacked.messages.values()):
+            self.node.requeue(msg)
+            self.stats["redelivered"] += 1
+
+    def _check(self) -> None:
+        """Every second: serving clients' leases, and messages not acknowledged in time go back."""
+        self._checker = asyncio.get_running_loop().call_later(CHECK_INTERVAL, self._check)
+        self.serving.expire()
+        now = time.monotonic()
+        for rid, unacked in list(self._unacked.items()):
+            late = [m for m, at in unacked.messages.values() if now - at > unacked.timeout]
+            for msg in reversed(late):
+                del unacked.messages[msg.id]
+                self.node.requeue(msg)
+                self.stats["redelivered"] += 1
+            if not unacked.messages and rid not in self._clients:
+                del self._unacked[rid]
+
+    def _schedule_commit(self) -> None:
+        if not self._commit_scheduled and self.inbox is not None:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit)
+
+    def _commit(self) -> None:
+        self._commit_scheduled = False
+        if self.inbox is not None:
+            self.inbox.commit()
 
     # -- replies -------------------------------------------------------------------------------------
 
@@ -418,6 +572,7 @@ class LocalApi:
     def status(self) -> dict:
         node = self.node
         return {
+            "version": VERSION,
             "node_id": format_node_id(node.node_id),
             "contact": str(node.contact),
             "inbox": self.pending,
@@ -426,6 +581,9 @@ class LocalApi:
             "outbox": self.outbox.status() if self.outbox is not None else None,
             "delivery": dict(node.delivery.stats),
             "drops": dict(node.transport.drops),
+            "inbound": self.inbox.status() if self.inbox is not None else None,
+            "unacked": sum(len(u.messages) for u in self._unacked.values()),
+            "serving": self.serving.status(),
         }
 
 
@@ -497,4 +655,5 @@ class LocalClient:
 def create(sidecar) -> LocalApi:
     """The daemon's factory (no IO here: the socket is bound in start())."""
     cfg = sidecar.config.local_api
-    return LocalApi(sidecar.node, sidecar.services.get("outbox"), path=cfg.path, mode=cfg.mode)
+    return LocalApi(sidecar.node, sidecar.services.get("outbox"), path=cfg.path, mode=cfg.mode,
+                    inbox=sidecar.inbox)

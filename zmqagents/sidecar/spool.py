@@ -83,6 +83,11 @@ class SpoolConfig:
     segment_bytes: int = 0  # 0: max_bytes / 16, between 64 KiB and 4 MiB
     max_record: int = DEFAULT_MAX_SIZE  # largest record (envelope payload) accepted, bytes
     sync_interval: float = 1.0  # batch: done marks are fsynced at most this late (the caller runs sync())
+    # Acknowledged records kept on disk, newest first, a whole segment at a time: a fully done segment
+    # is deleted only once at least this many records follow it. What they tell survives a restart (the
+    # inbound spool: ids delivered lately, the receiver's dedup memory). Kept segments count against
+    # max_bytes; an append that would not fit deletes the oldest of them first (kept_evicted).
+    keep_done: int = 0
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -227,7 +232,7 @@ class Spool:
         self.undone_count = 0
         self.stats: dict[str, int] = dict.fromkeys((
             "appended", "acked", "refused_full", "disk_full", "corrupt_regions", "corrupt_bytes",
-            "torn_tail_bytes", "segments_deleted", "fsyncs", "unknown_marks",
+            "torn_tail_bytes", "segments_deleted", "fsyncs", "unknown_marks", "kept_evicted",
         ), 0)
         self._closed = False
         self._open()
@@ -254,16 +259,14 @@ class Spool:
         numbers.sort()
         for i, number in enumerate(numbers):
             seg = self._load(number, last=i == len(numbers) - 1)
-            if seg.count and seg.ndone == seg.count and i != len(numbers) - 1:
-                self._delete(seg)
-                continue
             self._segments[number] = seg
             self.bytes += seg.size + seg.done_size
             self.undone_count += seg.count - seg.ndone
-        if numbers and numbers[-1] in self._segments:
+        if numbers:
             self._active = self._segments[numbers[-1]]
+            self._reclaim()
         else:
-            self._active = self._new_segment(numbers[-1] + 1 if numbers else 1)
+            self._active = self._new_segment(1)
         if self.stats["corrupt_regions"] or self.stats["torn_tail_bytes"]:
             log.warning("spool %s opened with damage: %d corrupt region(s), %d corrupt bytes, %d torn tail bytes",
                         self.directory, self.stats["corrupt_regions"], self.stats["corrupt_bytes"],
@@ -351,6 +354,8 @@ class Spool:
         if not records:
             return []
         total = sum(map(len, records))
+        if self.bytes + total > self.config.max_bytes and self.config.keep_done:
+            self._evict_kept(self.bytes + total - self.config.max_bytes)
         if self.bytes + total > self.config.max_bytes:
             self.stats["refused_full"] += len(records)
             raise SpoolFull(f"spool {self.directory} is full: {self.bytes} of {self.config.max_bytes} bytes used, "
@@ -406,8 +411,7 @@ class Spool:
             self.stats["fsyncs"] += 1
         old.close()
         self._active = self._new_segment(old.number + 1)
-        if old.ndone == old.count:
-            self._delete(old)
+        self._reclaim()
         return self._active
 
     # -- reading ------------------------------------------------------------------------------------
@@ -428,6 +432,13 @@ class Spool:
         env = decode_payload(data[HEADER_LEN:])
         env.extra.pop("crc", None)
         return env
+
+    def records(self) -> Iterator[tuple[int, Envelope, bool]]:
+        """(reference, envelope, done) of every record on disk, done ones included, oldest first."""
+        for seg in list(self._segments.values()):
+            for i in range(seg.count):
+                ref = (seg.number << _REF_SHIFT) + i
+                yield ref, self.read(ref), bool(seg.done[i])
 
     def undone(self) -> Iterator[tuple[int, Envelope]]:
         """(reference, envelope) of every record not yet done, oldest first."""
@@ -465,13 +476,34 @@ class Spool:
             seg = self._segments.get(number)
             if seg is None:
                 continue
-            if seg.ndone == seg.count and seg is not self._active:
+            if seg.ndone == seg.count and seg is not self._active and not self.config.keep_done:
                 self._delete(seg)  # no need to record marks for a segment about to vanish
                 continue
             self._write_marks(seg, offsets)
         if self._active.count and self._active.ndone == self._active.count \
                 and self._active.size >= self.config.segment_bytes // 2:
             self._rotate()  # a large, fully acknowledged active segment: start afresh and reclaim it
+        elif marks and self.config.keep_done:
+            self._reclaim()
+
+    def _reclaim(self) -> None:
+        """Delete every fully done segment but the active one, except those ``keep_done`` keeps."""
+        keep = self.config.keep_done
+        newer = 0
+        for seg in sorted(self._segments.values(), key=lambda s: s.number, reverse=True):
+            if seg is not self._active and seg.ndone == seg.count and newer >= keep:
+                self._delete(seg)
+            newer += seg.count
+
+    def _evict_kept(self, need: int) -> None:
+        """Free at least ``need`` bytes by deleting kept (fully done) segments, oldest first, if there are any."""
+        for seg in sorted(self._segments.values(), key=lambda s: s.number):
+            if need <= 0:
+                return
+            if seg is not self._active and seg.ndone == seg.count:
+                need -= seg.size + seg.done_size
+                self._delete(seg)
+                self.stats["kept_evicted"] += 1
 
     def _write_marks(self, seg: _Segment, offsets: list[int]) -> None:
         try:
