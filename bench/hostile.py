@@ -32,7 +32,8 @@ from one identity while the consumer takes everything and the honest peer measur
 accepted rate is what the consumer received from it); then everybody stops, the consumer drains,
 and the RSS after the drain is read.
 
-JSON keys: ``hostile_peak_rss_mb`` (VmHWM of the sidecar over the whole run), ``rss_after_drain_mb``,
+JSON keys: ``hostile_peak_rss_mb`` (VmHWM of the sidecar over the whole run), ``peak_rss_mb_attack`` and
+``peak_rss_mb_flood`` (the same, each phase alone: the kernel's VmHWM is reset at its start), ``rss_after_drain_mb``,
 ``idle_rss_mb`` (before any attack), ``honest_p50_ms``/``honest_p99_ms`` (reference, no flood),
 ``honest_p50_ms_during_flood``/``honest_p99_ms_during_flood``, ``flood_sent_per_s``,
 ``flood_accepted_per_s``, the sidecar's drop counters and the refusals by reason.
@@ -267,13 +268,14 @@ def role_consumer(args) -> None:
 # -- orchestrator ---------------------------------------------------------------------------------------
 
 
-def _start_sidecar(work: Path) -> tuple[subprocess.Popen, str, Path]:
+def _start_sidecar(work: Path, link_read_ahead: int | None = None) -> tuple[subprocess.Popen, str, Path]:
     toml = work / "node.toml"
     sock = work / "node.sock"
+    limits = [] if link_read_ahead is None else ["[limits]", f"link_read_ahead = {link_read_ahead}"]
     toml.write_text("\n".join([
         "[node]", f'key = "{work}/node.key"', 'listen = "tcp://127.0.0.1:0"', f'contact_file = "{work}/contact"',
         "[local_api]", f'path = "{sock}"', "[spool]", f'dir = "{work}/spool"', "[mdns]", "enabled = false",
-        "[log]", 'level = "warning"']) + "\n")
+        *limits, "[log]", 'level = "warning"']) + "\n")
     err = open(work / "node.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "zmqagents.launch", "node", "--config", str(toml)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
@@ -304,11 +306,31 @@ def _paced_rate(shape: str, factor: float) -> float:
     return factor * min(cfg.messages, cfg.bytes / charged)
 
 
-def _watch_rss(pid: int, seconds: float, peak: list[float]) -> None:
+def _watch_rss(pid: int, seconds: float, peak: list[float]) -> float:
+    """Sample the RSS every 50 ms for ``seconds`` into ``peak[0]``; the phase's own peak in MB: the
+    kernel's high-water mark since :func:`_reset_hwm` when it could be reset, else the sampled one."""
+    peak[0] = max(peak[0], vm_kb(pid, "VmHWM") / MB)  # everything since the last reset (or the start)
+    reset = _reset_hwm(pid)
+    phase = 0.0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        peak[0] = max(peak[0], rss_kb(pid) / MB)
+        phase = max(phase, rss_kb(pid) / MB)
         time.sleep(0.05)
+    if reset:
+        phase = max(phase, vm_kb(pid, "VmHWM") / MB)
+    peak[0] = max(peak[0], phase)
+    return phase
+
+
+def _reset_hwm(pid: int) -> bool:
+    """Start the process's VmHWM again from its current RSS (/proc/PID/clear_refs, value 5), so that
+    each phase's peak is its own, not the run's. False where the kernel does not allow it."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def orchestrate(args) -> int:
@@ -332,7 +354,7 @@ def _orchestrate(args, work: Path, load: BoxLoad, children: list[Child]) -> int:
     proc = None
     try:
         if True:
-            proc, contact, sock = _start_sidecar(work)
+            proc, contact, sock = _start_sidecar(work, args.link_read_ahead)
             consumer = Child(SCRIPT, "consumer", f"--socket={sock}", name="consumer")
             honest = Child(SCRIPT, "honest", f"--contact={contact}", name="honest")
             children += [consumer, honest]
@@ -355,7 +377,7 @@ def _orchestrate(args, work: Path, load: BoxLoad, children: list[Child]) -> int:
                 a.read(60)
             honest.send({"cmd": "window", "seconds": args.seconds})
             peak = [0.0]
-            _watch_rss(proc.pid, args.seconds, peak)
+            attack_peak = _watch_rss(proc.pid, args.seconds, peak)
             under_attack = honest.read(60)
             sent = {a.name: a.read(60) for a in attackers}
             consumer.send({"cmd": "status"})
@@ -376,7 +398,7 @@ def _orchestrate(args, work: Path, load: BoxLoad, children: list[Child]) -> int:
             children.append(flooder)
             flooder.read(60)
             honest.send({"cmd": "window", "seconds": args.seconds})
-            _watch_rss(proc.pid, args.seconds, peak)
+            flood_peak = _watch_rss(proc.pid, args.seconds, peak)
             during = honest.read(60)
             flood = flooder.read(60)
             consumer.send({"cmd": "status"})
@@ -395,7 +417,7 @@ def _orchestrate(args, work: Path, load: BoxLoad, children: list[Child]) -> int:
                 time.sleep(0.5)
             time.sleep(args.drain_wait)
             rss_after_drain = rss_kb(proc.pid) / MB
-            hwm = vm_kb(proc.pid, "VmHWM") / MB
+            hwm = vm_kb(proc.pid, "VmHWM") / MB  # since the flood phase's reset (or the start)
             drops = st["drops"]
             stop_all(children)
             proc.send_signal(signal.SIGTERM)
@@ -410,6 +432,8 @@ def _orchestrate(args, work: Path, load: BoxLoad, children: list[Child]) -> int:
         "rss_after_drain_mb": round(rss_after_drain, 2),
         "idle_rss_mb": round(idle_rss, 2),
         "rss_after_attack_mb": round(rss_after_attack, 2),
+        "peak_rss_mb_attack": round(attack_peak, 2),
+        "peak_rss_mb_flood": round(flood_peak, 2),
         "honest_p50_ms": round(reference["p50_ms"], 3),
         "honest_p99_ms": round(reference["p99_ms"], 3),
         "honest_p50_ms_during_attack": under_attack["p50_ms"] and round(under_attack["p50_ms"], 3),
@@ -424,7 +448,8 @@ def _orchestrate(args, work: Path, load: BoxLoad, children: list[Child]) -> int:
         "inbox_at_attack_end": mid["inbox"],
         "drops": drops,
         "config": {"attackers_per_shape": args.attackers, "factor": args.factor, "flood_factor": args.flood_factor, "seconds": args.seconds, "shapes": args.shapes.split(","),
-                   "sidecar": "default config, mdns off"},
+                   "sidecar": "default config, mdns off" if args.link_read_ahead is None
+                   else f"default config, mdns off, [limits] link_read_ahead = {args.link_read_ahead}"},
         "env": load.report(),
     }
     print(json.dumps(out, indent=2))
@@ -445,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="memory attackers send this many times what the per-peer limits admit (default 4)")
     parser.add_argument("--flood-factor", type=float, default=2.0,
                         help="the flooder sends this many times the per-peer message limit (default 2)")
+    parser.add_argument("--link-read-ahead", type=int, default=None,
+                        help="set the sidecar's [limits] link_read_ahead (default: its default; 10000 was the old one)")
     parser.add_argument("--quick", action="store_true", help="a short run, for the smoke test")
     parser.add_argument("--attackers", type=int, default=4, help="identities per attack shape (default 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase (default 10)")

@@ -400,6 +400,57 @@ def test_only_admitted_members_may_subscribe_to_a_fleet_nodes_publications(arun)
     arun(main(), timeout=30)
 
 
+def test_a_revoked_subscriber_is_cut_off_at_once_and_the_others_keep_their_publications(arun):
+    """ZAP decided when the revoked peer's SUB connected; the revocation closes that connection (every
+    connection to the XPUB, which cannot close one), the others reconnect and the revoked one is refused:
+    nothing published after the revocation reaches it."""
+
+    async def main():
+        publisher = _member("pub")
+        victim, keeper = _member("victim", bootstrap=[]), _member("keeper", bootstrap=[])
+        nodes = (publisher, victim, keeper)
+        got: dict[bytes, list] = {victim.node_id: [], keeper.node_id: []}
+
+        async def collect(node: Node) -> None:
+            async for msg in node.subscribe(b"t"):
+                got[node.node_id].append(msg.body)
+
+        for n in nodes:
+            await n.start()
+        tasks = []
+        try:
+            publisher.on_request(lambda body, msg: "ok")
+            for n in (victim, keeper):
+                assert await n.request(publisher.contact, "hi", timeout=5) == "ok"
+                tasks.append(asyncio.create_task(collect(n)))
+                await asyncio.sleep(0)
+                n.transport.subscribe_to(publisher.contact, publisher.transport.pub_endpoint)
+            for i in range(200):
+                await publisher.publish(b"t", i)
+                await asyncio.sleep(0.02)
+                if all(got.values()):
+                    break
+            assert all(got.values()), "both subscribers should receive before the revocation"
+            refused = publisher.transport.zap.stats["zap_refused"]
+            assert publisher.revoke(sign_revocations(CA, [(victim.identity.public_key, 0)], sequence=1,
+                                                     issued_at=int(time.time())).encoded) == [victim.node_id]
+            for i in range(100):  # 2 s: the keeper reconnects (reconnect_ivl 0.1 s) and hears again
+                await publisher.publish(b"t", 1000 + i)
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            assert [b for b in got[victim.node_id] if b >= 1000] == []
+            assert [b for b in got[keeper.node_id] if b >= 1000]
+            assert publisher.transport.zap.stats["zap_refused"] > refused  # the victim's reconnect, refused
+            assert publisher.transport.stats["subscribers_cut"] == 1
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(n.close() for n in nodes))
+
+    arun(main(), timeout=40)
+
+
 def test_metrics_of_a_fleet_node_show_every_refusal_from_the_start_and_the_admitted_peers(arun):
     from zmqagents.sidecar.admin import NodeCollector
     from zmqagents.transport.fleet import FLEET_REFUSALS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import time
 
 import msgpack
 import zmq
@@ -421,6 +422,49 @@ def test_a_refused_send_on_the_inbox_does_not_swallow_what_arrives_meanwhile(aru
             server._flush()  # this loop turn's writes, before the loop polls the inbox's FD
             await asyncio.sleep(1.0)  # no other traffic: only the flush's re-check can find "after"
             assert [e.body for e in received] == [b"before", b"after"]
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
+
+    arun(main())
+
+
+def test_libzmq_reads_ahead_only_a_few_messages_per_connection_while_the_loop_is_busy(arun):
+    """libzmq bounds what it reads ahead on a connection in messages, and a message may hold up to the
+    size limit (or an ~18 KB shared receive buffer for a small one), so the inbox lets it read only
+    ``recv_hwm`` ahead: the rest waits in the sender's queue and TCP. With the loop busy (nothing is
+    drained), a raw sender gets only its own queue, the kernel's buffers and that read-ahead accepted.
+    With the old read-ahead (10,000) the sender got well over 10,000 frames of 4 KiB accepted."""
+
+    async def main():
+        server = _server([], secure=False, recv_hwm=8)
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.sndhwm = 100
+            sock.sndbuf = 65536  # the kernel's buffers, bounded on our side...
+            sock.setsockopt(zmq.ROUTING_ID, dealer_routing_id(Identity.generate().public_key))
+            sock.connect(server.endpoint)
+            await asyncio.sleep(0.2)  # connected; from here on the loop does not run until the end
+            frame = os.urandom(4096)
+            accepted, stuck_since = 0, None
+            deadline = time.monotonic() + 5
+            while accepted < 20_000 and time.monotonic() < deadline:
+                try:
+                    sock.send(frame, NOBLOCK)
+                    accepted += 1
+                    stuck_since = None
+                except zmq.Again:
+                    now = time.monotonic()
+                    stuck_since = stuck_since or now
+                    if now - stuck_since > 0.5:  # full for half a second: libzmq stopped reading
+                        break
+                    time.sleep(0.005)
+            # sender queue 100 + read-ahead 8 + one being decoded + what the two kernels buffer
+            # (loopback autotuning: a few MB at most, i.e. a few hundred 4 KiB frames)
+            assert accepted < 2_500, accepted
+            assert server.router.rcvhwm == 8
         finally:
             ctx.destroy(linger=0)
             server.close()

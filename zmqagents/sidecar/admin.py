@@ -184,6 +184,8 @@ class NodeCollector:
         if transport.fleet is not None:
             yield gauge("fleet_admitted_peers", "Peers whose fleet certificate this node accepted (and that have "
                         "not expired).", len(transport.fleet.admission))
+            yield counter("fleet_subscribers_cut_total", "Times this node closed every connection to its XPUB to "
+                          "cut off revoked subscribers (the others reconnect).", t["subscribers_cut"])
         conns = GaugeMetricFamily("zmqagents_connections", "Open ZeroMQ links by kind.", labels=["kind"])
         conns.add_metric(["outgoing"], transport.dealer_count)
         conns.add_metric(["inbound"], transport.inbound_count)

@@ -235,6 +235,7 @@ class Sidecar:
         node_config.inbox_limit = int(limits.inbox_messages)
         node_config.inbox_bytes = limits.inbox_bytes
         node_config.inbox_share = limits.peer_share
+        node_config.transport.recv_hwm = int(limits.link_read_ahead)
         # A burst of one second's worth (the defaults' proportions); the bytes burst holds two of the
         # largest envelopes, or they could never pass.
         node_config.transport.rate_limit = RateLimitConfig(

@@ -80,6 +80,10 @@ class FleetGate:
         self._pending_bytes = 0
         self.on_admitted: list[Callable[[bytes, Admitted], None]] = []
         self.on_newer_revocations: list[Callable[[bytes, int], None]] = []  # (issuer, sequence) a peer holds
+        # Called with the revoked peers that were let in as subscribers: ZAP decided at their connect,
+        # and their connections to our XPUB stay open until the shell cuts them.
+        self.on_subscriber_revoked: list[Callable[[list[bytes]], None]] = []
+        self._subscribers: OrderedDict[bytes, None] = OrderedDict()  # peers admitted to our XPUB, by node id
         self.stats = {"admitted": 0, "asked": 0, "answered": 0, "held": 0, "released": 0}
 
     # -- receiving ----------------------------------------------------------------------------------
@@ -179,9 +183,17 @@ class FleetGate:
 
     def admits_curve(self, curve_key: bytes) -> bool:
         """Whether the peer that authenticated with ``curve_key`` is admitted: who may subscribe to our
-        publications (ZAP asks, with only the CURVE key to go by)."""
+        publications (ZAP asks, with only the CURVE key to go by). A peer let in is remembered as a
+        subscriber, so that revoking it can cut its subscription (``on_subscriber_revoked``)."""
         node_id = self._by_curve.get(curve_key)
-        return node_id is not None and self.admission.admitted(node_id, self._clock())
+        if node_id is None or not self.admission.admitted(node_id, self._clock()):
+            return False
+        subscribers = self._subscribers
+        subscribers[node_id] = None
+        subscribers.move_to_end(node_id)
+        while len(subscribers) > self.config.max_peers:
+            subscribers.popitem(last=False)
+        return True
 
     def _confirm(self, peer: bytes) -> None:
         """``peer`` said it admitted us: once we admitted it too, what we held for it goes."""
@@ -234,10 +246,16 @@ class FleetGate:
     def adopt(self, data: bytes) -> list[bytes]:
         """Take a revocation list (CertError if it cannot be trusted); the node ids it cuts off."""
         gone = self.admission.adopt(data, self._clock())
+        subscribed = []
         for nid in gone:
             log.warning("%s is revoked: cut off", short_id(nid))
             self._confirmed.pop(nid, None)
             self._release(nid, False)
+            if self._subscribers.pop(nid, 0) is None:
+                subscribed.append(nid)
+        if subscribed:
+            for callback in self.on_subscriber_revoked:
+                callback(subscribed)
         return gone
 
     def forget(self, node_id: bytes) -> None:

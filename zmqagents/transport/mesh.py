@@ -75,6 +75,18 @@ BATCH_BYTES = 2 << 20
 KEY_SIZE = 32  # an Ed25519 verify key
 ROUTING_NONCE_SIZE = 16  # random bytes after the key in a DEALER's routing id
 ROUTING_ID_SIZE = KEY_SIZE + ROUTING_NONCE_SIZE
+# Messages libzmq's I/O thread reads ahead on one connection before it leaves the rest in the kernel's
+# TCP buffers (ZMQ_RCVHWM). libzmq bounds that queue in messages only, and what a message holds is not
+# its length: a frame near the size limit holds ~1 MiB, and a small frame read in the same recv() as
+# few others keeps alive the whole ~18 KB receive buffer it was decoded into (libzmq 4.3's zero-copy
+# decoder, decoder_allocators.cpp, shares one buffer between the messages it decoded from it: 8 KiB
+# of data and a table of 249 reference records of 40 bytes). So a connection can make libzmq hold up
+# to (RECV_HWM + 1) x the size limit, or RECV_HWM x ~18 KB, while the event loop is behind: measured with bench/hostile.py and the loop held
+# for 1.5 s, 10,000 (the old value) let a flood of small messages pin 83 MB of buffers and four senders
+# of 1 MiB frames 53 MB. 8 keeps the read-ahead at a few wakeups of the I/O thread per message batch,
+# with no throughput cost visible in bench/throughput.py. The senders' own queues hold the rest.
+RECV_HWM = 8
+REBIND_TRIES = 200  # x 10 ms: how long the XPUB may wait for its own port after cutting subscribers
 
 
 @functools.cache
@@ -117,7 +129,8 @@ class TransportConfig:
     max_dealers: int = 256  # outgoing connections kept open (LRU); ~30 KB each
     max_subscribers: int = 64  # neighbours whose PUB we subscribe to
     max_known_keys: int = 4096  # public key -> (CURVE key, node id) cache entries
-    hwm: int = 10_000  # ZeroMQ high-water mark per connection, messages
+    hwm: int = 10_000  # ZeroMQ send high-water mark per connection, messages
+    recv_hwm: int = RECV_HWM  # ZeroMQ receive high-water mark per connection, messages (see RECV_HWM)
     max_message_size: int = DEFAULT_MAX_SIZE  # enforced by libzmq (MAXMSGSIZE) and by the decoder
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 5000
@@ -160,6 +173,8 @@ class Transport:
         # join = "fleet": nothing passes to or from a peer before its certificate (fleet.py)
         self.fleet: FleetGate | None = None if fleet is None else FleetGate(
             identity, fleet, drop=self._drop, send_now=self._send_control, requeue=self._requeue)
+        if self.fleet is not None:
+            self.fleet.on_subscriber_revoked.append(self._cut_subscribers)
         self._on_batch = on_batch
         self._on_publication = on_publication
         seed_libzmq_counters()  # before our first ROUTER (and the ZAP handler's REP, built on one)
@@ -200,12 +215,14 @@ class Transport:
             "links_accepted": 0,  # connections to our inbox and XPUB (linkwatch.py)
             "links_authenticated": 0,  # ... that completed the CURVE handshake
             "links_closed": 0,  # ... that closed, for any reason (libzmq does not say which)
+            "subscribers_cut": 0,  # times our XPUB's connections were closed to cut off revoked subscribers
         }
         self._link_watches: dict[zmq.Socket, LinkWatch] = {}  # monitor socket -> its watch
         self._droplog = DropLog(log, quiet=_OUTGOING_DROPS)
         self.drops: dict[str, int] = self._droplog.counts  # refusals by reason (exported as metrics)
         self.limiter = PeerLimiter(config.rate_limit)
         self._router_again = False  # a drain of the ROUTER is scheduled for the next loop turn
+        self._pub_cut = False  # the XPUB is unbound to cut revoked subscribers off, not yet bound again
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -506,8 +523,48 @@ class Transport:
                 self.subscribed.discard(msg[1:])
         self.loop.call_soon(self._drain_subscriptions, sock)
 
+    def _cut_subscribers(self, revoked: list[bytes]) -> None:
+        """Close every connection to our XPUB: ``revoked`` peers were let in by ZAP, which libzmq asks only
+        when a connection opens, and a PUB socket cannot close one subscriber's connection. Unbinding
+        the endpoint ends the connections accepted on it; bound again (same address) as soon as libzmq's
+        I/O thread has let the port go, the subscribers' SUB sockets reconnect through ZAP, which refuses
+        the revoked ones. Admitted subscribers miss what is published meanwhile (publications are best
+        effort). Counted in ``stats["subscribers_cut"]``."""
+        pub = self.pub
+        if pub is None or self._closed:
+            return
+        pub.unbind(self.pub_endpoint)
+        # Until the port is ours again the old connections may not all be torn down on libzmq's I/O thread,
+        # and a publication could still slip out on one: publish nothing (every subscriber is being cut anyway).
+        self._pub_cut = True
+        self.stats["subscribers_cut"] += 1
+        log.warning("cut the subscriptions of revoked peer(s) %s (all subscribers reconnect)",
+                    ", ".join(short_id(nid) for nid in revoked))
+        self._rebind_pub(REBIND_TRIES)
+
+    def _rebind_pub(self, tries: int) -> None:
+        """Bind the XPUB to its address again; libzmq closes the old listener on its I/O thread, so the
+        port may still be in use for a moment: try again every 10 ms, ``tries`` times in all."""
+        if self._closed:
+            return
+        try:
+            self.pub.bind(self.pub_endpoint)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EADDRINUSE and tries > 1:
+                self.loop.call_later(0.01, self._rebind_pub, tries - 1)
+                return
+            self._pub_cut = False
+            # Taken by someone else meanwhile: nobody can subscribe to us until a restart. Said loudly.
+            log.error("could not bind our publications to %s again after cutting revoked subscribers: %s",
+                      self.pub_endpoint, exc)
+            return
+        self._pub_cut = False
+
     def publish(self, topic: bytes, env: Envelope) -> None:
         frame = env.encode(max_size=self.config.max_message_size)
+        if self._pub_cut:
+            self._drop("subscribers_cut", b"", "publication while revoked subscribers are being cut off")
+            return
         self.pub.send(topic, MORE_NOBLOCK)  # PUB drops at HWM, never blocks
         self.pub.send(frame, NOBLOCK)
         self.stats["publications_out"] += 1
@@ -546,7 +603,7 @@ class Transport:
     def _common_options(self, sock: zmq.Socket) -> None:
         sock.linger = 0
         sock.sndhwm = self.config.hwm
-        sock.rcvhwm = self.config.hwm
+        sock.rcvhwm = self.config.recv_hwm
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + 4 + 64)
 
     def _open_dealer(self, contact: Contact) -> _Link:
@@ -848,7 +905,7 @@ class Transport:
         self._droplog.drop(reason, peer, detail)
 
 
-_OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten",
+_OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten", "subscribers_cut",
                              "cert_pending_full", "cert_pending_dropped", "uncertified_destination"})
 # What a peer can make the inbox refuse, in the order the checks run (protocols/node.md, "What the inbox
 # refuses"): exported at 0 from the start, so that a rate() alert on any of them needs no first event.
