@@ -525,3 +525,37 @@ def test_put_without_any_contact_fails_and_operations_beyond_the_queue_are_busy(
     third = a.dht.get(key_for("c"), T0)
     ev = [e for e in a.dht.take_events() if e.op_id == third][0]
     assert not ev.ok and ev.reason == "busy"
+
+
+def test_a_vouched_record_takes_its_key_from_a_squatter_and_is_never_replaced():
+    """Keys an authority vouches for (a fleet's revocation lists: the CA signs them, any member stores them)
+    are predictable, so someone may store garbage there first. The store's vouch gives the key to the
+    vouched value whoever was first, and nothing unvouched replaces it afterwards, not even from the
+    publisher that stored the vouched value."""
+    cfg = DhtConfig()
+    a, b = two_peers(cfg)
+    squatter, honest = ident("squatter"), ident("honest")
+    key = key_for("revocation list 1")
+    s = b.dht.stats
+    now = T0
+    b.dht.store.vouch = lambda k, v: k == key and v == b"signed by the CA"
+
+    def offer(identity, value, seq=1, exp=100):
+        b.dht.receive(stored_env(a, b, make_record(identity, key, value, seq, int(now) + exp).to_wire()), now)
+        return answer(b)
+
+    assert offer(squatter, b"garbage") == {"ok": True}  # first come: nothing vouches for or against it yet
+    assert offer(honest, b"signed by the CA") == {"ok": True}
+    assert b.dht.held(key).value == b"signed by the CA" and s["vouched_over"] == 1
+    assert offer(squatter, b"garbage", seq=9)["why"] == "vouched"  # the squatter cannot take it back
+    assert offer(honest, b"garbage", seq=2)["why"] == "vouched"  # nor can its own publisher swap it
+    assert offer(squatter, b"signed by the CA")["why"] == "owner"  # another copy of it: held already
+    assert offer(honest, b"signed by the CA", exp=200) == {"ok": True}  # its publisher refreshes it
+    assert b.dht.held(key).value == b"signed by the CA" and b.dht.held(key).expires == int(now) + 200
+    assert (s["refused_vouched"], s["refused_owner"]) == (2, 1)
+    # without a vouch, first come first served as before
+    other = key_for("another key")
+    b.dht.receive(stored_env(a, b, make_record(squatter, other, b"garbage", 1, int(now) + 100).to_wire()), now)
+    assert answer(b) == {"ok": True}
+    b.dht.receive(stored_env(a, b, make_record(honest, other, b"signed by the CA", 1, int(now) + 100).to_wire()), now)
+    assert answer(b)["why"] == "owner"

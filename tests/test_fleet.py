@@ -12,7 +12,8 @@ import pytest
 
 from zmqagents.agents.capability import Capability
 from zmqagents.agents.runtime import Agents, DirectLookup
-from zmqagents.certs import armor, issue, sign_revocations, REVOCATION_FILE_HEADER, CERT_FILE_HEADER
+from zmqagents.certs import armor, issue, revocation_record_key, sign_revocations, REVOCATION_FILE_HEADER, \
+    CERT_FILE_HEADER
 from zmqagents.core import tasks as T
 from zmqagents.core.membership import MembershipConfig
 from zmqagents.identity import Identity, format_public_key
@@ -132,7 +133,11 @@ def test_each_bad_certificate_is_refused_over_real_sockets(arun, case, reason):
     arun(main(), timeout=30)
 
 
-def test_a_revocation_given_to_one_node_reaches_the_others_and_cuts_the_node_off(arun):
+@pytest.mark.parametrize("squat", [False, True])
+def test_a_revocation_given_to_one_node_reaches_the_others_and_cuts_the_node_off(arun, squat):
+    """squat: the victim saw it coming and stored garbage under the key of the next revocation list (its
+    CA and sequence 1 are predictable) before the list existed; the CA's list still takes the key over."""
+
     async def main():
         nodes = []  # every node looks in the DHT for a newer revocation list twice a second
         for i in range(5):
@@ -146,6 +151,11 @@ def test_a_revocation_given_to_one_node_reaches_the_others_and_cuts_the_node_off
         try:
             for n in others:
                 assert await victim.request(n.contact, "before", timeout=5) == f"n{nodes.index(n)}"
+            if squat:
+                issuer = victim.transport.fleet.admission.certificate.issuer
+                forged = sign_revocations(Identity.generate(), [], sequence=1, issued_at=int(time.time())).encoded
+                result = await victim.dht.put(revocation_record_key(issuer, 1), forged, timeout=10)
+                assert result.stored >= 1  # held by the key's replicas, first come
             crl = sign_revocations(CA, [(victim.identity.public_key, 0)], sequence=1, issued_at=int(time.time()))
             assert others[0].revoke(crl.encoded) == [victim.node_id]
             # the others find list 1 in the DHT (published by nodes[0]) and cut the victim off too

@@ -356,6 +356,20 @@ class Revocations:
         self._revoked = revoked
         return crl
 
+    def vouches(self, key: bytes, value: object) -> bool:
+        """Whether ``value`` is a revocation list signed by a CA trusted here and ``key`` is the DHT key of
+        its issuer and sequence: the DHT store's vouch (core/dht_store.py), so that such a record takes its
+        key over from whoever stored something else there first, and is never replaced by anything else."""
+        if type(value) is not bytes:
+            return False
+        try:
+            crl = decode_revocations(value)
+        except CertError:
+            return False
+        ca = self._cas.get(crl.issuer)
+        return ca is not None and key == revocation_record_key(crl.issuer, crl.sequence) \
+            and _verify_signature(ca, REVOCATION_DOMAIN, crl.signed, crl.signature)
+
     def sequence(self, issuer: bytes) -> int:
         held = self.lists.get(issuer)
         return 0 if held is None else held.sequence

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .core.dht import DhtCore, DhtDone, ProviderRecord, Record, key_for
+from .core.dht_store import Vouch
 from .identity import Contact, short_id
 
 __all__ = ["Dht", "DhtError", "DhtTimeout", "PutResult", "ProviderInfo", "key_for"]
@@ -79,6 +80,7 @@ _REASONS = {
     "no_contacts": "this node knows no peer yet (join a mesh with bootstrap contacts first)",
     "busy": "too many DHT operations are queued on this node",
     "owner": "the key is held by another publisher's record until it expires",
+    "vouched": "the key holds a value an authority vouches for (a revocation list) and this one is not",
     "conflict": "the holders have a different value with the same sequence number",
     "stale": "the holders have a newer record for this key",
     "full": "the holders' stores are full",
@@ -99,6 +101,11 @@ class Dht:
         self._ops: dict[int, asyncio.Future] = {}
 
     # -- the API ---------------------------------------------------------------------------------
+
+    def vouch_with(self, vouch: Vouch) -> None:
+        """Have this node's store give keys whose value ``vouch(key, value)`` accepts to that value, whoever
+        stored something else there first (core/dht_store.py, ``RecordStore.offer_record``)."""
+        self._core().store.vouch = vouch
 
     async def put(self, key: str | bytes, value: Any, *, ttl: float | None = None,
                   timeout: float = 30.0) -> PutResult:

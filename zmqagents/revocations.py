@@ -45,6 +45,10 @@ class RevocationSync:
         self.stats = {"fetched": 0, "published": 0, "refused": 0}
 
     def start(self) -> None:
+        # Revocation keys are predictable (the CA and a sequence number): a node, the revoked one first,
+        # could store garbage under the next ones before the CA signs them. The store gives such a key to
+        # the CA's list whoever was first, and never lets anything else replace it.
+        self._dht.vouch_with(self._admission.revocations.vouches)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -96,7 +100,7 @@ class RevocationSync:
             try:
                 await dht.put(revocation_record_key(issuer, crl.sequence), crl.encoded, ttl=ttl)
             except DhtError as exc:
-                if exc.reason != "owner":  # "owner": another node stored it first, which is as good
+                if exc.reason != "owner":  # "owner": another node stored this list first (a squatter would have been displaced: vouches)
                     log.debug("could not publish revocation list %d yet: %s", crl.sequence, exc)
                     continue
             self._published[issuer] = crl.sequence

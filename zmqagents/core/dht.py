@@ -144,6 +144,7 @@ STAT_KEYS = LOOKUP_STAT_KEYS + (
     "stored", "updated", "duplicates",
     "refused_malformed", "refused_oversize", "refused_expired", "refused_future", "refused_bad_signature",
     "refused_owner", "refused_conflict", "refused_stale", "refused_full", "refused_rate", "refused_key",
+    "refused_vouched", "vouched_over",
     "evicted", "expired", "providers_stored", "providers_updated", "providers_full", "providers_forgotten",
     # records in answers to our lookups that were not usable
     "answers_bad_record", "answers_bad_provider",

@@ -14,12 +14,16 @@ from __future__ import annotations
 import builtins
 import heapq
 from dataclasses import dataclass, fields
-from typing import Any, ItemsView
+from typing import Any, Callable, ItemsView
 
 from .dht_records import ProviderRecord, Record, RecordError, lifetime_fault, parse_provider, parse_record, \
     verify_provider, verify_record
 
-__all__ = ["DhtConfig", "HeldProviders", "HeldRecord", "RecordStore"]
+__all__ = ["DhtConfig", "HeldProviders", "HeldRecord", "RecordStore", "Vouch"]
+
+# vouch(key, value): whether an authority this node trusts, not the record's publisher, vouches for ``value``
+# under ``key`` (a fleet's revocation lists: signed by the CA, stored by any member). See offer_record.
+Vouch = Callable[[bytes, Any], bool]
 
 
 @dataclass
@@ -62,12 +66,13 @@ class DhtConfig:
 class HeldRecord:
     """A record held for others. ``pushed``: the replica set the core's re-replication last pushed it to."""
 
-    __slots__ = ("record", "pushed", "serial")
+    __slots__ = ("record", "pushed", "serial", "vouched")
 
-    def __init__(self, record: Record, serial: int):
+    def __init__(self, record: Record, serial: int, vouched: bool = False):
         self.record = record
         self.pushed: frozenset[Any] = frozenset()
         self.serial = serial
+        self.vouched = vouched  # the store's vouch accepted its value under its key
 
 
 class HeldProviders:
@@ -98,6 +103,7 @@ class RecordStore:
         self._bytes = 0
         self._far: list[Any] = []  # heap of (-distance of key to us, serial, key): eviction order, lazily cleaned
         self._serial = 0
+        self.vouch: Vouch | None = None  # set by the shell when some keys have an authority beyond their publisher
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -172,10 +178,26 @@ class RecordStore:
         if h is not None and h.record.expires <= now:
             self._drop_record(rec.key)
             h = None
+        vouch = self.vouch
+        vouched = vouch is not None and vouch(rec.key, rec.value)
         if h is not None:
             old = h.record
+            if h.vouched and not vouched:
+                # What an authority vouched for under this key is never replaced by what it did not,
+                # not even by the same publisher (a member that stored the CA's list cannot swap it).
+                return self._refuse("vouched")
             if old.public_key != rec.public_key:
-                return self._refuse("owner")
+                if not vouched or h.vouched:
+                    return self._refuse("owner")
+                # A squatter was first on a key whose value an authority vouches for: the vouched
+                # record takes the key over (checked below like any record).
+                if not verify_record(rec):
+                    return self._refuse("bad_signature")
+                self._bytes += rec.size - old.size
+                h.record, h.vouched = rec, True
+                self.stats["vouched_over"] += 1
+                self._make_room(None, 0, now)
+                return None
             if rec.seq < old.seq:
                 return self._refuse("stale")
             if rec.seq == old.seq:
@@ -188,14 +210,14 @@ class RecordStore:
             return self._refuse("bad_signature")
         if h is not None:
             self._bytes += rec.size - h.record.size
-            h.record = rec
+            h.record, h.vouched = rec, vouched
             self.stats["updated"] += 1
             self._make_room(None, 0, now)
             return None
         if not self._make_room(rec.key, rec.size, now):
             return self._refuse("full")
         self._serial += 1
-        self._records[rec.key] = HeldRecord(rec, self._serial)
+        self._records[rec.key] = HeldRecord(rec, self._serial, vouched)
         self._push_far(rec.key, self._serial)
         self._items += 1
         self._bytes += rec.size
