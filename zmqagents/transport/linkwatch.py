@@ -29,6 +29,18 @@ closed with only DISCONNECTED, so such links are the accepted ones that never co
 failed a handshake), and a frame over ``ZMQ_MAXMSGSIZE`` on an authenticated link (libzmq closes
 it reporting only DISCONNECTED, like a peer that left). The link counters are there so that an
 operator can still see them: closed links that outnumber what peers' churn explains.
+
+Why an oversize cut cannot be told from a peer that left (libzmq 4.3.5 source): the decoder refuses
+the frame's size header (``v2_decoder_t::size_ready`` sets EMSGSIZE), and
+``stream_engine_base_t::in_event_internal`` then calls ``error (protocol_error)``; a peer that closes
+makes ``read`` return 0, which ``stream_engine_base_t::read`` turns into EPIPE, and the same
+``in_event_internal`` calls ``error (connection_error)``. ``error`` emits a handshake-failure event
+only for a non-protocol error while the handshake is still running, so after the handshake both paths
+emit exactly one event, ``event_disconnected (endpoint, fd)``: its value is the file descriptor, not
+the reason, and the descriptor is closed right after. ``ZMQ_ROUTER_NOTIFY`` would say which routing id
+went, not why. Closing this needs libzmq to carry the reason (an errno in DISCONNECTED's value, or an
+event of its own), or the size check moved out of libzmq (``ZMQ_MAXMSGSIZE`` off and the envelope
+limit checked by us, which would let every connection make libzmq buffer frames of any size).
 """
 
 from __future__ import annotations
