@@ -294,3 +294,67 @@ def test_message_id_is_what_the_spec_says():
     want = hashlib.sha256(b"zmqagents/bcast-id/v1\x00" + o + (7).to_bytes(8, "big") + (9).to_bytes(8, "big")
                           + "t".encode()).digest()[:16]
     assert message_id(o, 7, 9, "t") == want
+
+
+def test_the_table_sample_is_stable_and_strongly_connected():
+    from zmqagents.core.broadcast_sample import PeerSample
+    from zmqagents.core.routing_table import RoutingTable
+    rng = random.Random(3)
+    n = 150
+    keys = [hashlib.sha256(b"k%d" % i).digest() for i in range(n)]
+    ids = [hashlib.sha256(k).digest() for k in keys]
+    tables = []
+    for i in range(n):
+        t = RoutingTable(ids[i], k=8)
+        for j in rng.sample(range(n), n):
+            if j != i:
+                t.add(ids[j], keys[j], f"tcp://10.0.{j // 256}.{j % 256}:7000", 0.0)
+        tables.append(t)
+    samplers = [PeerSample(ids[i], random.Random(i), per_bucket=1, near=2) for i in range(n)]
+    picks = [s.pick(t) for s, t in zip(samplers, tables)]
+    assert all(len(p) <= 2 + len(t.bucket_sizes()) for p, t in zip(picks, tables))
+    index = {nid: i for i, nid in enumerate(ids)}
+    out = [{index[x] for x in p} for p in picks]
+    inn: list[set[int]] = [set() for _ in range(n)]
+    for i, ps in enumerate(out):
+        for j in ps:
+            inn[j].add(i)
+
+    def reach(adj) -> int:
+        seen, stack = {0}, [0]
+        while stack:
+            for y in adj[stack.pop()]:
+                if y not in seen:
+                    seen.add(y)
+                    stack.append(y)
+        return len(seen)
+    assert reach(out) == n and reach(inn) == n  # strongly connected along sampled links alone
+    # touching contacts (what every message does) changes nothing; only a contact leaving does
+    for i in range(n):
+        for e in list(tables[i])[:5]:
+            tables[i].touch(e.node_id, 1.0)
+    assert [s.pick(t) for s, t in zip(samplers, tables)] == picks
+    gone = next(iter(picks[0]))
+    tables[0].remove(gone)
+    assert gone not in samplers[0].pick(tables[0])
+
+
+def test_a_new_sample_member_is_told_so_and_the_link_is_refreshed_while_idle():
+    cfg = BroadcastConfig(link_refresh=40.0, inbound_ttl=120.0)
+    a, b = ident(1), ident(2)
+    ca = Broadcast(a.node_id, a, 1, random.Random(0), cfg)
+    cb = Broadcast(b.node_id, b, 1, random.Random(1), cfg)
+    ca.set_sample({b.node_id}, 0.0)
+    out = ca.take_outgoing()
+    assert [(e.type, e.dst, e.body) for e in out] == [(IHAVE, b.node_id, {"i": []})]
+    cb.receive(out[0], 0.0)
+    assert a.node_id in cb.inbound and cb.neighbours() == {a.node_id}  # b now pushes/announces to a too
+    now = 0.0
+    for _ in range(10):  # 10 refreshes over 400 idle seconds: b never lets the link expire
+        now = ca.next_timer()
+        ca.tick(now)
+        for e in ca.take_outgoing():
+            cb.receive(e, now)
+        while (t := cb.next_timer()) is not None and t <= now:
+            cb.tick(t)
+    assert now >= 400.0 and a.node_id in cb.inbound

@@ -147,6 +147,9 @@ class Broadcast(CoreOutputs):
         self._timers: list[tuple[float, bytes]] = []
         self._gaps: deque[tuple[float, bytes, str, int, int, int]] = deque()  # (due, origin, topic, epoch, lo, hi)
         self._sweep_at: float | None = None
+        self._now = 0.0  # the time of the latest input (what _send stamps)
+        self._link_at: float | None = None  # next refresh of our links (empty IHAVEs to the sample)
+        self._sent: dict[bytes, float] = {}  # sample member -> when we last sent it anything
 
     # -- neighbours ---------------------------------------------------------------------------------
 
@@ -157,15 +160,20 @@ class Broadcast(CoreOutputs):
     def set_sample(self, ids: set[bytes], now: float) -> None:
         """The routing table's sample changed: new members start eager (Plumtree's NeighborUp); members
         that left are dropped unless they are inbound peers too."""
+        self._now = now
         ids = set(ids)
         ids.discard(self.node_id)
         for p in sorted(ids - self.sample):
             self.inbound.pop(p, None)
             if p not in self.lazy:
                 self.eager.add(p)
+            self._send(p, IHAVE, {"i": []})  # a link announcement: p takes us as an inbound neighbour
         for p in sorted(self.sample - ids):
+            self._sent.pop(p, None)
             self._drop_neighbour(p)
         self.sample = ids
+        if ids and self._link_at is None:
+            self._link_at = now + self.config.link_refresh
 
     def peer_down(self, node_id: bytes) -> None:
         """``node_id`` failed or left: it is no neighbour any more (it is out of the sample too once the
@@ -212,6 +220,7 @@ class Broadcast(CoreOutputs):
     def publish(self, topic: str, data: Any, now: float) -> Message:
         """Sign and push a new message on ``topic`` ("" = mesh-wide); it is delivered here too if we are
         subscribed. PublishError if it is over the size limit or our own origin rate (peers would refuse it)."""
+        self._now = now
         seq = self._seqs.get(topic, 0) + 1
         try:
             msg = make_message(self.signer, self.epoch, seq, topic, data)
@@ -233,6 +242,7 @@ class Broadcast(CoreOutputs):
 
     def receive(self, env: Envelope, now: float) -> None:
         """One ``bcast.*`` envelope from ``env.src`` (authenticated by the link)."""
+        self._now = now
         t = env.type
         p = env.src
         try:
@@ -263,11 +273,13 @@ class Broadcast(CoreOutputs):
         state = self._window(c)
         if state:
             st["duplicates" if state == 1 else "stale"] += 1
-            if p in self.eager:  # a redundant eager link: ask it to announce instead
+            # A redundant eager link: ask the sender to announce instead. Whatever our view of it (it may
+            # not have heard an earlier PRUNE), a payload we did not need is answered with one.
+            if p in self.eager:
                 self.eager.discard(p)
                 self.lazy.add(p)
-                self._send(p, PRUNE, None)
-                st["prunes_sent"] += 1
+            self._send(p, PRUNE, None)
+            st["prunes_sent"] += 1
             return
         msg = verify_claimed(c, self.config.max_message_bytes)
         if not self._origin_allows(msg.origin, msg.size, now):
@@ -472,6 +484,25 @@ class Broadcast(CoreOutputs):
 
     def _send(self, to: bytes, typ: str, body: Any) -> None:
         self._out.append(Envelope(self._rng.randbytes(16), self.node_id, typ, body, to))
+        if to in self.sample:
+            self._sent[to] = self._now
+
+    def _refresh_links(self, now: float) -> None:
+        """An empty IHAVE to every sample member we sent nothing for ``link_refresh`` s: it keeps us in
+        its inbound neighbours (they expire after ``inbound_ttl`` of silence), so every sampled link is
+        usable both ways and a node that never publishes is still pushed to."""
+        cut = now - self.config.link_refresh
+        for p in sorted(self.sample):
+            if self._sent.get(p, -1e300) <= cut:
+                self._send(p, IHAVE, {"i": []})
+        self._link_at = now + self.config.link_refresh if self.sample else None
+
+    def state_size(self) -> dict[str, int]:
+        """How much this core holds now (each bounded by its BroadcastConfig field)."""
+        return {"neighbours": len(self.eager) + len(self.lazy), "inbound": len(self.inbound), "seen": len(self._seen),
+                "cache": len(self._cache), "cache_bytes": self._cache_bytes, "missing": len(self._missing),
+                "streams": len(self._streams), "ihave_queued": sum(len(q) for q in self._ihave.values()),
+                "gaps": len(self._gaps)}
 
     # -- timers ----------------------------------------------------------------------------------------
 
@@ -481,12 +512,13 @@ class Broadcast(CoreOutputs):
             d = self._timers[0][0]
             if t is None or d < t:
                 t = d
-        s = self._sweep_at
-        if s is not None and (t is None or s < t):
-            t = s
+        for s in (self._sweep_at, self._link_at):
+            if s is not None and (t is None or s < t):
+                t = s
         return t
 
     def tick(self, now: float) -> None:
+        self._now = now
         if self._ihave_at is not None and self._ihave_at <= now:
             self._flush_ihave()
         timers = self._timers
@@ -494,6 +526,8 @@ class Broadcast(CoreOutputs):
             self._fire_grafts(now)
         if self._sweep_at is not None and self._sweep_at <= now:
             self._sweep(now)
+        if self._link_at is not None and self._link_at <= now:
+            self._refresh_links(now)
 
     def _flush_ihave(self) -> None:
         self._ihave_at = None

@@ -17,6 +17,7 @@ are mostly in each other's samples: links both ways).
 
 from __future__ import annotations
 
+import heapq
 import random
 
 from .routing_table import RoutingTable
@@ -52,8 +53,8 @@ class PeerSample:
                     out.update(e.node_id for e in entries)
                     continue
                 pv = self._pivot(i)
-                entries.sort(key=lambda e: int.from_bytes(e.node_id, "big") ^ pv)
-                out.update(e.node_id for e in entries[:per])
+                out.update(e.node_id for e in heapq.nsmallest(per, entries,
+                                                              key=lambda e: int.from_bytes(e.node_id, "big") ^ pv))
         if self.near:
             out.update(e.node_id for e in table.closest(self.node_id, self.near))
         out.discard(self.node_id)

@@ -100,6 +100,13 @@ def _workers(text: str, nodes: int, dht_keys: int, min_delay: float) -> int:
                    "--crash (all crashed at one time), one republish interval apart (see above).")
 @click.option("--dht-replicas", type=click.IntRange(1, 20), default=3, show_default=True,
               help="With --dht-keys: nodes that hold each record (DhtConfig.replicas).")
+@click.option("--broadcast", "broadcast", type=click.FloatRange(0.0, min_open=True), default=None, metavar="RATE",
+              help="Also run the broadcast core (Plumtree) on every node and publish RATE messages per second, "
+                   "each by a random live node (see zmqagents/sim/broadcast_run.py for the figures).")
+@click.option("--topics", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="With --broadcast: each publication goes to one of this many topics or to the mesh-wide one.")
+@click.option("--subscribers", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.3, show_default=True,
+              help="With --broadcast --topics: fraction of the nodes subscribed to each topic.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON report (default: a summary line per metric).")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of detection and dissemination over time (needs matplotlib).")
@@ -109,7 +116,8 @@ def _workers(text: str, nodes: int, dht_keys: int, min_delay: float) -> int:
                    "step costs more than it saves); one with --dht-keys.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause, pause_duty, pause_period,
-        pause_window, partition, warm_start, join_fraction, dht_keys, dht_replicas, workers, as_json, plot, quiet):
+        pause_window, partition, warm_start, join_fraction, dht_keys, dht_replicas, broadcast, topics, subscribers,
+        workers, as_json, plot, quiet):
     """Simulate a mesh of NODES nodes running the real routing and membership cores.
 
     Prints the seed, runs, and reports join convergence, failure detection times, false
@@ -135,6 +143,7 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
     Example (the DHT figure of the overlay issue; its cost: zmqagents/sim/dht_run.py):
       zmqagents sim --nodes 10000 --seconds 300 --seed 1 --dht-keys 1000 --crash 20% --json
     """
+    from .broadcast_run import BroadcastRun, BroadcastScenario
     from .dht_run import DhtRun, DhtScenario, timeline
     from .overlay import OverlayScenario, OverlayRun
 
@@ -142,7 +151,11 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
         min_delay = parse_latency(latency).min_delay
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--latency") from None
-    n_workers = _workers(workers, nodes, dht_keys, min_delay)
+    if broadcast is not None and dht_keys:
+        raise click.UsageError("--broadcast does not go with --dht-keys (one workload per run)")
+    if broadcast is not None and workers not in ("auto", "1"):
+        raise click.UsageError("--broadcast runs in one process: the run reads every node's deliveries in one place")
+    n_workers = 1 if broadcast is not None else _workers(workers, nodes, dht_keys, min_delay)
     part = None
     if partition is not None:
         bits = partition.split(":")
@@ -174,6 +187,9 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
             timeline(sc)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--seconds") from None
+    elif broadcast is not None:
+        sc = BroadcastScenario(**common, crash_window=_window(crash_window, "--crash-window"), rate=broadcast,
+                               topics=topics, subscribers=subscribers)
     else:
         sc = OverlayScenario(**common, crash_window=_window(crash_window, "--crash-window"))
     click.echo(f"sim: seed {seed}" + (f", {n_workers} workers" if n_workers > 1 else ""), err=True)
@@ -181,7 +197,13 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
         from .parallel import run_parallel
         report, run = run_parallel(sc, n_workers)
     else:
-        run = DhtRun(sc) if dht_keys else OverlayRun(sc)
+        if broadcast is not None:
+            try:
+                run = BroadcastRun(sc)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--seconds") from None
+        else:
+            run = DhtRun(sc) if dht_keys else OverlayRun(sc)
         report = run.run()
     if plot is not None:
         from .report import plot_run
@@ -197,6 +219,12 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
             for key in ("false_positives_in_partition", "failed_partitioned", "partitioned_unrevived",
                         "declared_after_heal", "partition_revival_s"):
                 click.echo(f"{key}: {json.dumps(report[key])}")
+        if broadcast is not None:
+            for key in ("broadcast_delivery", "broadcast_latency_ms", "broadcast_ldh", "broadcast_rmr",
+                        "broadcast_bytes_per_node_per_s", "non_subscriber_payloads"):
+                click.echo(f"{key}: {json.dumps(report[key])}")
+            g = report["broadcast"]["graph"]
+            click.echo(f"broadcast.graph: {json.dumps({k: g[k] for k in ('max_components', 'components_at_end')})}")
         if dht_keys:
             for key in ("lookup_success", "lookup_rounds_p50", "lookup_rounds_p99", "get_success_after_crash"):
                 click.echo(f"{key}: {json.dumps(report[key])}")
