@@ -334,3 +334,80 @@ def test_a_client_gone_with_credit_leaves_the_inbox_within_its_limit(arun, short
 
     arun(main())
 
+
+
+def test_a_client_that_does_not_read_holds_only_a_few_frames_and_loses_nothing(arun, short_dir):
+    """libzmq queues what is pushed to a client in messages (SEND_HWM), and a message may be large: a client
+    with credit that stops reading makes the sidecar hold a few frames in libzmq, not its whole credit. The
+    rest stays in the node's inbox (bounded in bytes); the client keeps its credit and gets everything, in
+    order, once it reads. Its replies wait the same way (held in order, bounded), and nothing is lost."""
+
+    async def main():
+        config = NodeConfig(inbox_share=1.0)
+        async with sidecar(short_dir, config=config) as (node, outbox, api):
+            async with Node(peers=[node.contact]) as sender:
+                ctx = zmq.asyncio.Context()
+                sock = ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.rcvhwm = 1  # its own libzmq reads ahead one message...
+                sock.rcvbuf = 4096  # ...and the kernel a little
+                sock.connect(f"ipc://{api.path}")
+                try:
+                    await sock.send(Envelope(os.urandom(16), bytes(32), "receive", {"credit": 1000}).encode())
+                    body = "x" * (30 << 10)
+                    for i in range(60):
+                        sender.send_nowait(node.node_id, [i, body])
+                    for _ in range(200):  # until the sidecar finds the client's queue full, or 10 s
+                        if api.stats.get("client_full") or api.stats["messages_out"] >= 60:
+                            break
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.5)
+                    # SEND_HWM frames, one in each libzmq and the kernels' buffers: a handful, not 60
+                    assert api.stats["messages_out"] <= 30, api.stats["messages_out"]
+                    assert api.stats["client_full"] >= 1
+                    assert api.pending > 0 and api.stats["client_gone"] == 0
+                    # its status requests are answered once it reads, after what was pushed before them
+                    for _ in range(40):
+                        await sock.send(Envelope(os.urandom(16), bytes(32), "status", None).encode())
+                    got, answers = [], 0
+                    while len(got) < 60 or answers < 41:  # and the answer to its receive
+                        env = decode(await asyncio.wait_for(sock.recv(), 10), max_size=1 << 22)
+                        if env.re is not None:
+                            answers += 1
+                        else:
+                            got.append(env.body[0])
+                    assert answers == 41, answers
+                    assert got == list(range(60)), got
+                    assert api.stats["replies_refused"] == 0
+                finally:
+                    sock.close()
+                    ctx.term()
+
+    arun(main(), timeout=60)
+
+
+def test_replies_to_a_client_that_does_not_read_are_held_within_their_bound(arun, short_dir):
+    async def main():
+        async with sidecar(short_dir) as (node, outbox, api):
+            ctx = zmq.asyncio.Context()
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.rcvhwm = 1
+            sock.rcvbuf = 4096
+            sock.sndhwm = 100_000
+            sock.connect(f"ipc://{api.path}")
+            try:
+                for _ in range(6000):  # more status answers (~1 KB each) than the held replies may take
+                    await sock.send(Envelope(os.urandom(16), bytes(32), "status", None).encode())
+                for _ in range(400):
+                    if api.stats["replies_refused"]:
+                        break
+                    await asyncio.sleep(0.05)
+                assert api.stats["replies_refused"] > 0  # over its share: dropped and counted, not kept
+                assert 0 < api.stats["replies_held"]
+                assert api._unsent.bytes <= api._unsent.max_bytes * api._unsent.share
+            finally:
+                sock.close()
+                ctx.term()
+
+    arun(main(), timeout=60)

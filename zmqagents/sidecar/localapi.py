@@ -28,6 +28,7 @@ import zmq
 
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import Contact, IdentityError, format_node_id, parse_node_id
+from ..queues import BoundedQueue
 from .serving import LocalServing, ServingError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,15 @@ MAX_PATH = 107  # sun_path holds 108 bytes with the NUL
 MAX_CREDIT = 10_000  # messages a client may have asked for and not yet received
 MAX_RECEIVERS = 1024  # clients holding credit at once (a client with none left is forgotten)
 MAX_REQUESTS = 1024  # requests on the mesh on behalf of local clients at once
+# Frames libzmq may queue for one client (ZMQ_SNDHWM): it counts messages, and a pushed message or a reply
+# may be ~1 MiB (up to 4 MiB), so this is what bounds, in bytes, what a client that does not read makes the
+# sidecar hold in libzmq: 16 frames. Beyond it a push waits in the node's inbox (bounded in bytes) and a
+# reply in ``unsent`` (bounded in bytes, a share per client), and both are tried again every PUSH_RETRY s.
+# With the former 20,000 a client holding 10,000 credit and not reading could pin 10,000 messages.
+SEND_HWM = 16
+PUSH_RETRY = 0.005  # s before a client whose queue was full is written to again
+UNSENT_REPLIES = 4096  # replies waiting for clients whose queues are full...
+UNSENT_BYTES = 8 << 20  # ... and their bytes; one client may hold half of either
 DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 DEFAULT_ACK_TIMEOUT_MS = 60_000  # a message handed to an acknowledging client goes back after this
 MAX_ACK_TIMEOUT_MS = 3_600_000
@@ -92,11 +102,12 @@ def prepare_socket_path(path: Path, mode: int) -> None:
 
 
 class _Client:
-    __slots__ = ("rid", "credit", "acks")
+    __slots__ = ("rid", "credit", "acks", "full_until")
 
     def __init__(self, rid: bytes):
         self.rid = rid
         self.credit = 0
+        self.full_until = 0.0  # loop time before which its queue is taken to be full (nothing pushed)
         self.acks = False  # the client acknowledges what it receives (version 2): see _Unacked
 
 
@@ -146,8 +157,12 @@ class LocalApi:
         self.stats: dict[str, int] = dict.fromkeys((
             "frames_in", "replies_out", "messages_out", "sends_accepted", "sends_refused", "requests",
             "bad_frames", "malformed", "oversize", "unknown_op", "bad_request", "client_gone",
-            "acks", "unknown_acks", "redelivered", "work_pushed",
+            "acks", "unknown_acks", "redelivered", "work_pushed", "client_full", "replies_held", "held_sent",
+            "replies_refused",
         ), 0)
+        # Replies for clients whose queue was full, in order per client, written when there is room.
+        self._unsent: BoundedQueue[bytes] = BoundedQueue(UNSENT_REPLIES, UNSENT_BYTES, 0.5)
+        self._unsent_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -158,7 +173,7 @@ class LocalApi:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a client that left raises, not vanishes
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_size)  # over-limit frames up to 4x get a clear error
-        sock.setsockopt(zmq.SNDHWM, 2 * MAX_CREDIT)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.setsockopt(zmq.RCVHWM, 10_000)
         old = os.umask(0o777 & ~self.mode)  # the socket file is born with the right mode...
         try:
@@ -193,6 +208,8 @@ class LocalApi:
         for task in [self._pump, *self._tasks]:
             if task is not None:
                 task.cancel()
+        if self._unsent_timer is not None:
+            self._unsent_timer.cancel()
         await asyncio.gather(*(t for t in [self._pump, *self._tasks] if t is not None), return_exceptions=True)
         asyncio.get_running_loop().remove_reader(self.sock.FD)
         self.sock.close(linger=0)
@@ -356,11 +373,13 @@ class LocalApi:
         """Push a task, request or cancel to a serving client; False if it is gone."""
         env.ts = int(time.time() * 1000)
         try:
-            self.sock.send_multipart((rid, env.encode(max_size=4 * self.max_size)), zmq.NOBLOCK)
-        except (zmq.Again, zmq.ZMQError, EnvelopeError):
+            frame = env.encode(max_size=4 * self.max_size)
+        except EnvelopeError:
             self.stats["client_gone"] += 1
             return False
-        self._wrote()
+        if self._write(rid, frame) in ("gone", "refused"):  # held (its queue is full) is pushed, in order
+            self.stats["client_gone"] += 1
+            return False
         self.stats["work_pushed"] += 1
         return True
 
@@ -436,10 +455,14 @@ class LocalApi:
         retransmit later). A message taken for a client that turns out to be gone goes back to the
         head of the inbox, so what waits here never exceeds those bounds.
         """
+        loop = asyncio.get_running_loop()
         while True:
             while not self._receivers:
                 self._credit_event.clear()
                 await self._credit_event.wait()
+            if all(c.full_until > loop.time() for c in self._receivers):
+                await asyncio.sleep(PUSH_RETRY)  # every client with credit has a full queue: not reading yet
+                continue
             msg = await self.node.receive()
             while True:
                 client = self._next_receiver()
@@ -450,13 +473,19 @@ class LocalApi:
                     break
 
     def _next_receiver(self) -> _Client | None:
+        """The next client in turn with credit and room in its queue, or None."""
         receivers = self._receivers
-        while receivers:
+        now = asyncio.get_running_loop().time()
+        for _ in range(len(receivers)):
+            if not receivers:
+                break
             client = receivers[0]
-            if client.credit > 0:
-                receivers.rotate(-1)
+            if client.credit <= 0:
+                receivers.popleft()
+                continue
+            receivers.rotate(-1)
+            if client.full_until <= now:
                 return client
-            receivers.popleft()
         return None
 
     def _push(self, client: _Client, msg) -> bool:
@@ -464,8 +493,15 @@ class LocalApi:
         try:
             frame = env.encode(max_size=4 * self.max_size)
             self.sock.send_multipart((client.rid, frame), zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            # Gone (EHOSTUNREACH) or not reading (its queue is full): it gets nothing more until it asks again.
+        except zmq.Again:
+            # Its queue is full (SEND_HWM): it is not reading. It keeps its credit; the message stays first
+            # in line (in the node's inbox, bounded in bytes) and the client is tried again after PUSH_RETRY.
+            self.stats["client_full"] += 1
+            client.full_until = asyncio.get_running_loop().time() + PUSH_RETRY
+            return False
+        except zmq.ZMQError:
+            # Gone (EHOSTUNREACH): it gets nothing more until it asks again, and what it did not
+            # acknowledge goes to the next client.
             self.stats["client_gone"] += 1
             self._clients.pop(client.rid, None)
             client.credit = 0
@@ -473,8 +509,7 @@ class LocalApi:
                 self._receivers.remove(client)
             except ValueError:
                 pass
-            if not isinstance(exc, zmq.Again):  # gone: what it did not acknowledge goes to the next client
-                self._give_back(client.rid)
+            self._give_back(client.rid)
             return False
         self._wrote()
         if client.acks:
@@ -558,13 +593,64 @@ class LocalApi:
             env = Envelope(os.urandom(16), self.node.node_id, "error",
                            {"code": "internal", "error": f"reply could not be encoded: {exc}"}, re=re)
             frame = env.encode()
-        try:
-            self.sock.send_multipart((rid, frame), zmq.NOBLOCK)
-        except (zmq.Again, zmq.ZMQError):
-            self.stats["client_gone"] += 1  # the client left (or stopped reading) before its answer
+        if self._write(rid, frame) == "sent":
+            self.stats["replies_out"] += 1
+
+    def _write(self, rid: bytes, frame: bytes) -> str:
+        """Write a reply or pushed work to a client: "sent"; "held" when its queue is full (or earlier frames
+        for it are held: this one goes after them), written later in order; "refused" when the held
+        frames are over their bounds (dropped, counted); "gone" when the client left (counted)."""
+        if not self._unsent.held_by(rid)[0]:
+            try:
+                self.sock.send_multipart((rid, frame), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            except zmq.ZMQError:
+                self.stats["client_gone"] += 1  # it left before its answer
+                return "gone"
+            else:
+                self._wrote()
+                return "sent"
+        # Held within UNSENT_REPLIES and UNSENT_BYTES, half of each per client: beyond them the client is not
+        # reading what it asked for, and what it would be sent is dropped.
+        if self._unsent.refuses(rid, len(frame)) is not None:
+            self.stats["replies_refused"] += 1
+            return "refused"
+        self._unsent.put(frame, rid, len(frame))
+        self.stats["replies_held"] += 1
+        if self._unsent_timer is None:
+            self._unsent_timer = asyncio.get_running_loop().call_later(PUSH_RETRY, self._send_unsent)
+        return "held"
+
+    def _send_unsent(self) -> None:
+        """Write the held frames, oldest first; a client whose queue is still full keeps the rest of its
+        frames, in order, for the next try."""
+        self._unsent_timer = None
+        if self._closed:
             return
-        self._wrote()
-        self.stats["replies_out"] += 1
+        unsent = self._unsent
+        waiting: list[tuple[bytes, bytes, int]] = []
+        full: set[bytes] = set()
+        for _ in range(len(unsent)):
+            frame, rid, cost = unsent.get_nowait()
+            if rid in full:
+                waiting.append((frame, rid, cost))
+                continue
+            try:
+                self.sock.send_multipart((rid, frame), zmq.NOBLOCK)
+            except zmq.Again:
+                full.add(rid)
+                waiting.append((frame, rid, cost))
+                continue
+            except zmq.ZMQError:
+                self.stats["client_gone"] += 1
+                continue
+            self._wrote()
+            self.stats["held_sent"] += 1
+        for entry in reversed(waiting):
+            unsent.unget(*entry)
+        if waiting:
+            self._unsent_timer = asyncio.get_running_loop().call_later(PUSH_RETRY, self._send_unsent)
 
     def _error(self, rid: bytes, re: bytes | None, code: str, message: str, **extra: Any) -> None:
         self._reply(rid, "error", re, {"code": code, "error": message, **extra})
