@@ -27,10 +27,11 @@ processes of this script:
   and counting them per sender.
 
 Sequence: the honest peer's latency alone (the reference); the memory attack (every shape at once,
-from ``--attackers`` identities each, nobody consuming, so the inbox fills: the peak RSS); a flood
-from one identity while the consumer takes everything and the honest peer measures (the flooder's
-accepted rate is what the consumer received from it); then everybody stops, the consumer drains,
-and the RSS after the drain is read.
+from ``--attackers`` identities each, nobody consuming, so the inbox fills: the peak RSS); the
+consumer takes what the attack left in the inbox (``attack_backlog_taken_s``); a flood from one
+identity while the consumer takes everything and the honest peer measures (the flooder's accepted
+rate is what the consumer received from it); then everybody stops, the consumer drains, and the RSS
+after the drain is read.
 
 JSON keys: ``hostile_peak_rss_mb`` (VmHWM of the sidecar over the whole run), ``peak_rss_mb_attack`` and
 ``peak_rss_mb_flood`` (the same, each phase alone: the kernel's VmHWM is reset at its start), ``rss_after_drain_mb``,
@@ -386,12 +387,20 @@ def _orchestrate(args, work: Path, load: BoxLoad, children: list[Child]) -> int:
             log(f"memory attack: peak {peak[0]:.1f} MB, now {rss_after_attack:.1f} MB; inbox {mid['inbox']}; "
                 f"honest p50 {under_attack['p50_ms']} p99 {under_attack['p99_ms']}")
 
-            # The flood: one identity, as fast as it sends; the consumer takes everything.
+            # The flood: one identity, as fast as it sends; the consumer takes everything. First it takes
+            # what the memory attack left accepted (the sidecar's inbound spool keeps it all, in order), so
+            # that the flood is measured alone rather than behind that backlog.
             consumer.send({"cmd": "take"})
             consumer.read(30)
-            time.sleep(1.0)
-            consumer.send({"cmd": "status"})
-            before = consumer.read(30)
+            drain_start = time.monotonic()
+            while True:
+                time.sleep(0.5)
+                consumer.send({"cmd": "status"})
+                before = consumer.read(30)
+                if before["status"]["inbox"] == 0 or time.monotonic() - drain_start > 120:
+                    break
+            backlog_s = time.monotonic() - drain_start
+            log(f"the memory attack's backlog taken in {backlog_s:.1f} s (inbox {before['status']['inbox']})")
             flood_rate = _paced_rate("flood", args.flood_factor)
             flooder = Child(SCRIPT, "attacker", f"--contact={contact}", "--shapes=flood", "--identities=1",
                             f"--seconds={args.seconds}", f"--rates={flood_rate}", "--drain", name="flooder")
@@ -446,6 +455,8 @@ def _orchestrate(args, work: Path, load: BoxLoad, children: list[Child]) -> int:
         "flood_accepted_per_s": round(accepted / flood["seconds"], 1),
         "attack_sent": {name: r["sent"] for name, r in sent.items()},
         "inbox_at_attack_end": mid["inbox"],
+        "attack_backlog_taken_s": round(backlog_s, 2),
+        "inbox_at_flood_start": before["status"]["inbox"],
         "drops": drops,
         "config": {"attackers_per_shape": args.attackers, "factor": args.factor, "flood_factor": args.flood_factor, "seconds": args.seconds, "shapes": args.shapes.split(","),
                    "sidecar": "default config, mdns off" if args.link_read_ahead is None
