@@ -145,7 +145,7 @@ def make_plan(seed: int, rate: float, kinds: tuple[str, ...] = FAULTS, settle: f
 
 def quick_plan(seed: int = 0, settle: float = 30.0) -> Plan:
     """One short round with each fault once, briefly: what the smoke test runs (the suite's own
-    round, tests/test_chaos_netns.py, keeps B down long enough to be declared dead)."""
+    round, tests/sidecar/test_chaos_netns.py, keeps B down long enough to be declared dead)."""
     return Plan(seed, 50.0, [Fault("kill_b", 1.0, 1.0), Fault("cut_ab", 0.0, 1.5), Fault("kill_relay", 1.5, 1.0)],
                 gap=0.5, tail=1.0, settle=settle)
 

@@ -3,7 +3,7 @@
 Everything is fixed -- identity seeds, keys, times -- and Ed25519 signatures are deterministic
 (RFC 8032), so the output is the same on every run. The expected bytes come from this implementation
 (``zmqagents/core/dht_records.py``; the store's rules: ``dht_store.py``); the vectors pin them, so a
-change to the signed encoding fails tests/test_dht_vectors.py, and another implementation can check
+change to the signed encoding fails tests/core/test_dht_vectors.py, and another implementation can check
 itself against the file.
 
 Values are in the tagged form of protocols/envelope-vectors.json (``["str", s]``, ``["bin", hex]``,

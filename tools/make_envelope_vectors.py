@@ -3,7 +3,7 @@
 Everything is fixed — identity seeds, message ids, timestamps — and Ed25519
 signatures are deterministic (RFC 8032), so the output is the same on every
 run. Expected bytes come from this implementation; the vectors pin them, so a
-change that alters the wire format fails tests/test_envelope.py, and another
+change that alters the wire format fails tests/core/test_envelope.py, and another
 implementation can check itself against the file.
 
 Values are written in a tagged form so that types and map order survive JSON:

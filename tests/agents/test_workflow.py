@@ -9,7 +9,7 @@ import sys
 from contextlib import ExitStack
 
 import pytest
-from test_cli import server, zmqa
+from helpers.cli import server, zmqa
 
 from zmqagents.agents.capability import Capability
 from zmqagents.agents.runtime import Agents

@@ -8,7 +8,7 @@ import sys
 import time
 from contextlib import ExitStack
 
-from test_cli import server, zmqa
+from helpers.cli import server, zmqa
 
 from zmqagents.identity import Identity
 

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from test_cli import CLI, server, zmqa
+from helpers.cli import CLI, server, zmqa
 
 from zmqagents.identity import Contact
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "scripts" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "scripts" / "examples"
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -28,7 +28,7 @@ from zmqagents.cli.app import cli
 from zmqagents.envelope import decode
 from zmqagents.identity import Identity, format_public_key, parse_public_key
 
-from vector_files import assert_generated_by, load, untag
+from helpers.vectors import assert_generated_by, load, untag
 
 VECTORS = load("cert-vectors.json")
 CA_V = Identity.from_seed(bytes.fromhex(VECTORS["ca"]["seed"]))

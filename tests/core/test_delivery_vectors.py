@@ -9,7 +9,7 @@ import pytest
 from zmqagents.core.delivery import Delivered, Delivery
 from zmqagents.envelope import decode
 
-from vector_files import assert_generated_by, load
+from helpers.vectors import assert_generated_by, load
 
 VECTORS = load("delivery-vectors.json")
 ALICE = bytes.fromhex(VECTORS["sender"])

@@ -1,8 +1,8 @@
 """Unit tests of the DHT records/providers core (zmqagents.core.dht), on a fake clock.
 
 No sockets: nodes (a RoutingCore and a DhtCore each, with real Ed25519 identities) exchange envelopes
-through the fake network of tests/core_mesh.py with per-message latency, like tests/test_routing.py.
-Bad input from peers is fed straight into receive(). The simulator test is in tests/test_sim_dht.py.
+through the fake network of tests/helpers/fakenet.py with per-message latency, like tests/core/test_routing.py.
+Bad input from peers is fed straight into receive(). The simulator test is in tests/sim/test_sim_dht.py.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from zmqagents.core.routing import RoutingConfig, RoutingCore
 from zmqagents.envelope import Envelope
 from zmqagents.identity import Identity
 
-from core_mesh import CoreMesh
+from helpers.fakenet import CoreMesh
 
 T0 = 1_700_000_000.0  # the cores' clock is Unix time
 
@@ -80,7 +80,7 @@ class Peer:
 
 
 class Mesh(CoreMesh):
-    """Peers wired through tests/core_mesh.py's fake network, from T0, each envelope through the wire format."""
+    """Peers wired through tests/helpers/fakenet.py's fake network, from T0, each envelope through the wire format."""
 
     def __init__(self, peers: list[Peer], seed: int = 0, latency=(0.005, 0.03), wire: bool = True):
         super().__init__(peers, seed, latency, wire, start=T0)

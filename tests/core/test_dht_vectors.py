@@ -12,7 +12,7 @@ from zmqagents.core.routing import RoutingCore
 from zmqagents.envelope import Envelope
 from zmqagents.identity import Identity
 
-from vector_files import assert_generated_by, load, untag
+from helpers.vectors import assert_generated_by, load, untag
 
 VECTORS = load("dht-vectors.json")
 IDS = {i["name"]: Identity.from_seed(bytes.fromhex(i["seed"])) for i in VECTORS["identities"]}

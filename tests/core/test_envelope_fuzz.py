@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from zmqagents import envelope as E
 from zmqagents.identity import Identity
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "protocols" / "envelope-vectors.json").read_text(encoding="utf-8"))
 SEEDS = [bytes.fromhex(v["encoded"]) for v in VECTORS["valid"] + VECTORS["decode_only"]]
 ALICE = Identity.from_seed(bytes.fromhex(VECTORS["identities"][0]["seed"]))

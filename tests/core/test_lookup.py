@@ -1,7 +1,7 @@
 """Unit tests of the iterative lookup state machine (zmqagents.core.lookup), on a fake clock.
 
 The synthetic networks here answer queries from precomputed k-bucket views: no envelopes, no
-RoutingCore (tests/test_routing.py drives whole cores through a dispatcher).
+RoutingCore (tests/core/test_routing.py drives whole cores through a dispatcher).
 """
 
 from __future__ import annotations

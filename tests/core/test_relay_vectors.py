@@ -9,7 +9,7 @@ from zmqagents.identity import Contact, Identity
 from zmqagents.node import contact_key
 from zmqagents.transport.relaying import RelayPaths
 
-from vector_files import assert_generated_by, load
+from helpers.vectors import assert_generated_by, load
 
 VECTORS = load("relay-vectors.json")
 IDS = {name: Identity.from_seed(bytes.fromhex(v["seed"])) for name, v in VECTORS["identities"].items()}

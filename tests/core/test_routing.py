@@ -1,8 +1,8 @@
 """Unit tests of the Kademlia routing table and protocol core (zmqagents.core.routing_table, .routing), on a
 fake clock.
 
-No sockets: RoutingCores exchange envelopes through the fake network of tests/core_mesh.py, with
-per-message latency. The lookup state machine alone is tested in tests/test_lookup.py.
+No sockets: RoutingCores exchange envelopes through the fake network of tests/helpers/fakenet.py, with
+per-message latency. The lookup state machine alone is tested in tests/core/test_lookup.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from zmqagents.core.routing_table import ADDED, CACHED, IGNORED, REPLACED, UPDAT
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Contact, node_id_of
 
-from core_mesh import CoreMesh
+from helpers.fakenet import CoreMesh
 
 K = 20
 
@@ -640,7 +640,7 @@ def test_a_node_whose_table_stays_short_looks_itself_up_again():
 
 
 class Mesh(CoreMesh):
-    """RoutingCores wired through tests/core_mesh.py's fake network."""
+    """RoutingCores wired through tests/helpers/fakenet.py's fake network."""
 
     def done(self, kind=LookupDone) -> list[tuple[bytes, object]]:
         return [(nid, ev) for nid, _, ev in self.events if isinstance(ev, kind)]

@@ -20,7 +20,7 @@ from zmqagents.core.tasks import (
 )
 from zmqagents.envelope import Envelope, decode
 
-VECTORS = json.loads((Path(__file__).parent.parent / "protocols" / "tasks-vectors.json").read_text())
+VECTORS = json.loads((Path(__file__).resolve().parents[2] / "protocols" / "tasks-vectors.json").read_text())
 
 C = bytes([0xC] * 32)  # the caller
 P1 = bytes([0x1] * 32)

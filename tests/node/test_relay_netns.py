@@ -28,7 +28,7 @@ import pytest
 from zmqagents.identity import Contact
 from zmqagents.node import Node, NodeConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tools") not in sys.path:
     sys.path.append(str(ROOT / "tools"))
 

@@ -26,7 +26,7 @@ from zmqagents.sidecar.localapi import LocalApi, LocalApiError, prepare_socket_p
 from zmqagents.sidecar.outbox import Outbox
 from zmqagents.sidecar.spool import SpoolConfig
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "local_client.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local_client.py"
 
 
 @pytest.fixture

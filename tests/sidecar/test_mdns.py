@@ -24,7 +24,7 @@ from zmqagents.identity import Identity, format_public_key
 from zmqagents.sidecar.mdns import MAX_ENDPOINTS, TokenBucket, TxtError, advertised_endpoints, parse_txt, txt_record
 
 HELPER = Path(__file__).resolve().parent / "sidecar_node.py"
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 if str(TOOLS) not in sys.path:
     sys.path.append(str(TOOLS))
 
@@ -53,7 +53,7 @@ def test_txt_round_trip_and_size():
 
 
 def test_txt_vector_from_the_spec():
-    spec = (Path(__file__).resolve().parent.parent / "protocols" / "mdns.md").read_text()
+    spec = (Path(__file__).resolve().parents[2] / "protocols" / "mdns.md").read_text()
     block = spec.split("## 6. Test vector", 1)[1].split("```")[1]
     rdata = bytes.fromhex("".join(block.split()))
     ident = Identity.from_seed(bytes(range(32)))

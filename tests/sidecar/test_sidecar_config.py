@@ -182,7 +182,7 @@ def test_config_check_exit_2_for_bad_config_key_file_or_allowlist(tmp_path):
 
 
 def test_the_example_config_and_the_readme_snippet_are_valid(tmp_path):
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     example = load(root / "scripts" / "node.example.toml", env={})
     assert example.log.format == "json" and example.spool.max_bytes == 64 * 2**20 and example.local_api.mode == 0o660
     readme = (root / "README.md").read_text()

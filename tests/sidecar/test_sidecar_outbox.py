@@ -306,7 +306,7 @@ def test_sigterm_drains_for_a_bounded_time_then_keeps_the_rest_for_the_next_star
 
 @pytest.mark.timeout(60)
 def test_example_client_against_a_sidecar_process():
-    example = Path(__file__).resolve().parent.parent / "examples" / "local_client.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "local_client.py"
     env = Env()
     try:
         env.start_sidecar()

@@ -293,7 +293,7 @@ def test_a_real_full_disk_is_refused_cleanly(tmp_path):
 def test_the_example_records_in_the_spec_are_what_the_spool_writes():
     import re
 
-    spec = (Path(__file__).resolve().parent.parent / "protocols" / "spool.md").read_text()
+    spec = (Path(__file__).resolve().parents[2] / "protocols" / "spool.md").read_text()
     blocks = re.findall(r"\(\d+ bytes\).*?:\n\n((?:    [0-9a-f ]+\n)+)", spec, re.S)
     record, done = (bytes.fromhex("".join(block.split())) for block in blocks)
     msg = Envelope(bytes(range(16)), bytes([0xAA]) * 32, "msg", {"n": 1}, bytes([0xBB]) * 32, 1700000000000)

@@ -39,7 +39,7 @@ Public API::
 Memory: an entry is one slotted object (node id, key, endpoint, last seen, RTT, failure count); keys and
 endpoints are shared with the envelope they came from, and node ids are memoized process-wide
 (``node_id_of``), so tables of a simulated mesh share their bytes. About 42 KiB per table of ~185
-contacts plus ~55 replacements (tests/test_routing.py measures it with tracemalloc).
+contacts plus ~55 replacements (tests/core/test_routing.py measures it with tracemalloc).
 """
 
 from __future__ import annotations

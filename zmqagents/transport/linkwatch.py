@@ -7,7 +7,7 @@ message from it. The only trace is the socket monitor (``zmq_socket_monitor``), 
 socket (the ROUTER inbox, the XPUB) gets one, read from the event loop like any other socket.
 
 What libzmq 4.3.5 reports, and so what can be counted (checked against real sockets in
-``tests/test_hostile.py``):
+``tests/node/test_hostile.py``):
 
 =================================== ============================== ==========================
 event (value)                       cause                          counted as

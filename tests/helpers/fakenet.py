@@ -3,7 +3,7 @@
 ``CoreMesh`` wires objects that speak the cores' driving interface (``node_id``, ``receive(env, now)``,
 ``tick(now)``, ``next_timer()``, ``take_outgoing()``, ``take_events()``: a RoutingCore, or a test's
 routing + DHT pair) through one heap of timed deliveries with a random one-way latency, the way
-node.py drives the cores over sockets. tests/test_routing.py and tests/test_dht.py subclass it for their
+node.py drives the cores over sockets. tests/core/test_routing.py and tests/core/test_dht.py subclass it for their
 own queries on the events.
 """
 
