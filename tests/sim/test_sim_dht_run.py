@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from zmqagents.sim import dht_run
 from zmqagents.sim.command import sim
 from zmqagents.sim.dht_run import DhtScenario, exit_code, timeline, violations
+from zmqagents.sim.parallel import run_parallel
 
 VOLATILE = ("wall_s", "peak_rss_mb", "build_wall_s", "join_check_wall_s", "exit_code")
 
@@ -57,6 +58,40 @@ def test_same_seed_same_report(smoke):
         for h in r["dht"]["holders"].values():
             h.pop("scan_wall_s", None)
     assert json.dumps(strip(again), sort_keys=True) == json.dumps(strip(smoke), sort_keys=True)
+
+
+@pytest.mark.timeout(120)
+def test_two_workers_run_the_same_dht_run_as_one(smoke):
+    """The DHT run on the parallel workers (zmqagents/sim/parallel.py): every worker draws the same
+    publishers and getters and the owner of each runs the operation; the merged report is the one
+    process's, field for field, and every node sent the same messages (trace digest)."""
+    sc = lambda: _small(trace=True, loss=0.01, pause_fraction=0.02, pause_window=(12.0, 40.0))  # noqa: E731
+    one = dht_run.run(sc())
+    two, _merged = run_parallel(sc(), 2)
+    volatile = VOLATILE + ("workers", "parallel")
+    for r in (one, two):
+        for h in r["dht"]["holders"].values():
+            h.pop("scan_wall_s")
+    strip = lambda r: json.dumps({k: v for k, v in r.items() if k not in volatile}, sort_keys=True)  # noqa: E731
+    assert one["trace_digest"] and one["trace_digest"] == two["trace_digest"]
+    assert strip(one) == strip(two)
+    assert two["workers"] == 2 and two["parallel"]["windows"] > 1000
+    assert one["paused_nodes"] == 4 and one["crashes"] == 10
+    assert one["dht"]["puts_stored"] == 50 and one["dht"]["gets_after"]["attempted"] == 50
+
+
+def test_a_get_counts_only_if_its_key_was_stored_before_it_started():
+    # (key, start, outcome, reason, local, rounds, ms): what a worker records of each get it ran
+    gets = [(0, 20.0, "found", None, False, 2, 12.0), (1, 20.0, "found", None, True, 0, 0.1),
+            (2, 20.0, "not_found", None, False, 3, 30.0), (3, 20.0, None, None, False, None, 0.0),
+            (4, 20.0, "failed", "timeout", False, None, 2000.0),
+            (5, 20.0, "found", None, False, 1, 5.0),  # its put finished at 20.0: after the get started
+            (6, 20.0, "not_found", None, False, 1, 5.0)]  # never stored
+    ph = dht_run._Phase(gets, {0: 12.0, 1: 12.0, 2: 12.0, 3: 12.0, 4: 12.0, 5: 20.0})
+    r = ph.report()
+    assert (r["attempted"], r["found"], r["local"], r["not_found"], r["unfinished"]) == (5, 2, 1, 1, 1)
+    assert r["failed"] == {"timeout": 1} and r["rounds"]["n"] == 2 and r["get_ms"]["n"] == 4
+    assert ph.success() == 0.4
 
 
 def test_losing_every_replica_is_a_liveness_failure():
@@ -118,6 +153,17 @@ def test_command_with_dht_keys_prints_the_figures():
                 "wall_s", "peak_rss_mb"):
         assert key in report
     assert report["crashes"] == 4 and report["dht"]["keys"] == 10
+    assert res.exit_code == report["exit_code"]
+
+
+@pytest.mark.timeout(60)
+def test_command_runs_the_dht_run_on_two_workers():
+    res = CliRunner().invoke(sim, ["--nodes", "40", "--seconds", "50", "--seed", "2", "--dht-keys", "10",
+                                   "--crash", "10%", "--workers", "2", "--quiet", "--json"])
+    assert res.exit_code in (0, 128), res.output
+    out = res.stdout if hasattr(res, "stdout") else res.output
+    report = json.loads(out[out.index("{"):])
+    assert report["workers"] == 2 and report["dht"]["keys"] == 10 and report["dht"]["puts_stored"] == 10
     assert res.exit_code == report["exit_code"]
 
 

@@ -100,8 +100,6 @@ def test_a_failing_worker_ends_the_run_with_its_traceback(monkeypatch):
 def test_workers_flag():
     bad = CliRunner().invoke(sim, ["--nodes", "30", "--workers", "two"])
     assert bad.exit_code == 2 and "--workers" in bad.output
-    dht = CliRunner().invoke(sim, ["--nodes", "30", "--workers", "2", "--dht-keys", "5"])
-    assert dht.exit_code == 2 and "--dht-keys" in dht.output
     flat = CliRunner().invoke(sim, ["--nodes", "30", "--workers", "2", "--latency", "uniform:0ms:5ms"])
     assert flat.exit_code == 2 and "smallest delay" in flat.output
     res = CliRunner().invoke(sim, ["--nodes", "30", "--seconds", "30", "--seed", "1", "--crash", "1",

@@ -48,11 +48,11 @@ def _window(text: str | None, what: str) -> tuple[float, float] | None:
     return a, b
 
 
-def _workers(text: str, nodes: int, dht_keys: int, min_delay: float) -> int:
+def _workers(text: str, nodes: int, min_delay: float) -> int:
     """--workers: a count, or auto (see its help)."""
     if text == "auto":
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if dht_keys or not min_delay > 0:
+        if not min_delay > 0:
             return 1
         return max(1, min(cpus, nodes // 2500))
     try:
@@ -61,9 +61,6 @@ def _workers(text: str, nodes: int, dht_keys: int, min_delay: float) -> int:
             raise ValueError
     except ValueError:
         raise click.BadParameter(f"must be a count from 1 to 64 or auto, got {text!r}", param_hint="--workers") from None
-    if n > 1 and dht_keys:
-        raise click.UsageError("--workers above 1 does not go with --dht-keys: the DHT run reads every node's "
-                               "records from one place, so it runs in one process")
     if n > 1 and not min_delay > 0:
         raise click.BadParameter("the latency has no smallest delay above 0, so workers could not run apart in "
                                  "virtual time: give one (e.g. lognormal:5ms:0.5:1ms) or use --workers 1",
@@ -113,7 +110,7 @@ def _workers(text: str, nodes: int, dht_keys: int, min_delay: float) -> int:
 @click.option("--workers", default="auto", show_default=True, metavar="N|auto",
               help="Processes to run the simulation on (the same run, whatever N: see zmqagents/sim/parallel.py). "
                    "auto: one per usable CPU, at most one per 2,500 nodes (below that, keeping the workers in "
-                   "step costs more than it saves); one with --dht-keys.")
+                   "step costs more than it saves).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause, pause_duty, pause_period,
         pause_window, partition, warm_start, join_fraction, dht_keys, dht_replicas, broadcast, topics, subscribers,
@@ -155,7 +152,7 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
         raise click.UsageError("--broadcast does not go with --dht-keys (one workload per run)")
     if broadcast is not None and workers not in ("auto", "1"):
         raise click.UsageError("--broadcast runs in one process: the run reads every node's deliveries in one place")
-    n_workers = 1 if broadcast is not None else _workers(workers, nodes, dht_keys, min_delay)
+    n_workers = 1 if broadcast is not None else _workers(workers, nodes, min_delay)
     part = None
     if partition is not None:
         bits = partition.split(":")

@@ -63,6 +63,7 @@ before the last gets read every live node's store once per key (~2.5 CPU-s at N=
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import sys
 import time
@@ -74,7 +75,7 @@ from ..core.composition import NodeCore
 from ..core.membership import Membership
 from ..core.routing import RoutingCore
 from ..identity import Identity
-from .overlay import EXIT_CORRECTNESS, EXIT_LIVENESS, EXIT_OK, OverlayNode, OverlayRun, OverlayScenario
+from .overlay import EXIT_CORRECTNESS, EXIT_LIVENESS, EXIT_OK, OverlayNode, OverlayRun, OverlayScenario, build_report
 from .overlay import exit_code as overlay_exit_code
 from .report import summary
 
@@ -143,23 +144,49 @@ class DhtNode(OverlayNode):
             self.timeout_tick = now
 
 
-class _Phase:
-    """Outcome counters of one round of gets."""
+ROUNDS_SHOWN = 8  # the progress line's count of gets by lookup rounds: 0 .. 7, deeper ones in the last
 
-    def __init__(self) -> None:
+
+class _Phase:
+    """Outcome counters of one round of gets, made from the gets' records (:meth:`DhtRun.partial`, one
+    ``(key number, start, outcome, reason, local, rounds, ms)`` per get, every worker's together). A get
+    counts if its key was stored (``stored_at``: key number -> when its put was) before it started."""
+
+    def __init__(self, gets: list[tuple], stored_at: dict[int, float]) -> None:
         self.attempted = 0
         self.found = 0
         self.local = 0
         self.not_found = 0
         self.failed: Counter = Counter()
         self.wrong = 0
+        self.unfinished = 0
         self.rounds: list[int] = []
         self.ms: list[float] = []
+        for j, started, outcome, reason, local, rounds, ms in gets:
+            stored = stored_at.get(j)
+            if stored is None or stored >= started:  # at one instant, scenario calls come before nodes' events
+                continue
+            self.attempted += 1
+            if outcome is None:
+                self.unfinished += 1
+                continue
+            if outcome == "found":
+                self.found += 1
+            elif outcome == "not_found":
+                self.not_found += 1
+            elif outcome == "wrong":
+                self.wrong += 1
+            else:
+                self.failed[reason] += 1
+            if local:
+                self.local += 1
+            elif rounds is not None:
+                self.rounds.append(rounds)
+            self.ms.append(ms)
 
     def report(self) -> dict:
-        done = self.found + self.not_found + self.wrong + sum(self.failed.values())
         return {"attempted": self.attempted, "found": self.found, "local": self.local, "not_found": self.not_found,
-                "failed": dict(self.failed), "wrong_record": self.wrong, "unfinished": self.attempted - done,
+                "failed": dict(self.failed), "wrong_record": self.wrong, "unfinished": self.unfinished,
                 "rounds": summary([float(r) for r in self.rounds]), "get_ms": summary(self.ms)}
 
     def success(self) -> float | None:
@@ -167,29 +194,50 @@ class _Phase:
 
 
 class DhtRun(OverlayRun):
-    """Build with a DhtScenario, then ``run()`` for the report dict (the overlay report plus the DHT's)."""
+    """Build with a DhtScenario, then ``run()`` for the report dict (the overlay report plus the DHT's).
 
-    def __init__(self, sc: DhtScenario):
-        self.tl = timeline(sc)
-        sc.crash_window = (self.tl.crash_at, self.tl.crash_at)
+    On several workers (:mod:`zmqagents.sim.parallel`) the workload is a scenario-wide call that every
+    worker runs alike: each draws the same node for a put or a get (the draws read only what every
+    worker knows: which nodes are up or paused), and the worker that owns the node starts the
+    operation and records its outcome. :meth:`partial` holds those records; :meth:`report_from` merges
+    every worker's. The one thing a worker cannot see is whether another worker's put was stored, so
+    a get is started for every key put and counted only if its key was stored before it started (what
+    a run in one process decides at the get's start; both skip the same gets)."""
+
+    def __init__(self, sc: DhtScenario, *, worker: int = 0, workers: int = 1):
+        self.tl = self.prepare(sc)
         self.dcfg = DhtConfig(replicas=sc.replicas, republish_interval=self.tl.republish)
         self.keys = [key_for(f"sim/{sc.seed}/{j}") for j in range(sc.keys)]
-        self.publisher: dict[int, int] = {}  # key number -> node that put it
-        self.put_ok: set[int] = set()
+        self.publisher: dict[int, int] = {}  # key number -> node that put it (every worker knows)
+        self.stored_at: dict[int, float] = {}  # key number -> when its put was stored (puts of this worker's nodes)
         self.put_failed: Counter = Counter()
         self.put_replicas: Counter = Counter()
         self.ops: dict[tuple[int, int], tuple[str, int, float]] = {}  # (node, op id) -> (phase, key number, start)
-        self.phases = {"before": _Phase(), "after": _Phase()}
+        self.gets: dict[str, list[tuple]] = {"before": [], "after": []}  # finished gets of this worker's nodes
+        self.started = {"before": 0, "after": 0}  # gets this worker started (for the progress line)
+        self.rounds_seen = [0] * ROUNDS_SHOWN  # gets before the crash that went to the network, by rounds
         self.waited: list[dict] = []
         self.holders_at: dict[str, dict] = {}
-        super().__init__(sc)
+        self._signers: dict[int, bytes] = {}
+        super().__init__(sc, worker=worker, workers=workers)
         self.drng = self.sim.rng("dht")
         self._schedule()
 
+    @staticmethod
+    def prepare(sc: DhtScenario) -> Timeline:
+        """The run's timeline; the crash window is set from it (all crashes at once). Raises ValueError
+        if ``seconds`` is too short."""
+        tl = timeline(sc)
+        sc.crash_window = (tl.crash_at, tl.crash_at)
+        return tl
+
     def make_node(self, i: int, routing: RoutingCore, mem: Membership) -> OverlayNode:
-        signer = Identity.from_seed(hashlib.sha256(b"zmqagents-sim-dht/%d/%d" % (self.sc.seed, i)).digest())
-        dht = DhtCore(routing, signer, random.Random(f"{self.sc.seed}/dht/{i}"), self.dcfg)
+        dht = DhtCore(routing, Identity.from_seed(self._signer_seed(i)), random.Random(f"{self.sc.seed}/dht/{i}"),
+                      self.dcfg)
         return DhtNode(i, NodeCore(routing, mem, dht, contacts=self.by_id))
+
+    def _signer_seed(self, i: int) -> bytes:
+        return hashlib.sha256(b"zmqagents-sim-dht/%d/%d" % (self.sc.seed, i)).digest()
 
     # -- the workload -------------------------------------------------------------------------------
 
@@ -204,7 +252,7 @@ class DhtRun(OverlayRun):
         sim.at(tl.gets_after[0] - 0.001, lambda now: self._count_holders("before_gets_after"))
 
     def _live(self) -> int:
-        """A random node that is up and not paused."""
+        """A random node that is up and not paused (the same draw in every worker)."""
         n, up, paused, rng = self.sc.nodes, self.up, self.paused, self.drng
         while True:
             i = rng.randrange(n)
@@ -214,16 +262,20 @@ class DhtRun(OverlayRun):
     def _put(self, j: int, now: float) -> None:
         i = self._live()
         self.publisher[j] = i
-        oid = self.nodes[i].dht.put(self.keys[j], f"value-{j}", now)
+        node = self.nodes[i]
+        if node is None:
+            return  # another worker's node: that worker puts
+        oid = node.dht.put(self.keys[j], f"value-{j}", now)
         self.ops[(i, oid)] = ("put", j, now)
         self.sim.flush(self.sim.nodes[i])
 
     def _get(self, phase: str, j: int, now: float) -> None:
-        if j not in self.put_ok:
-            return  # not stored (counted with the puts)
         i = self._live()
-        self.phases[phase].attempted += 1
-        oid = self.nodes[i].dht.get(self.keys[j], now)
+        node = self.nodes[i]
+        if node is None:
+            return  # another worker's node: that worker gets
+        self.started[phase] += 1
+        oid = node.dht.get(self.keys[j], now)
         self.ops[(i, oid)] = (phase, j, now)
         self.sim.flush(self.sim.nodes[i])
 
@@ -242,69 +294,106 @@ class DhtRun(OverlayRun):
                                 "duration_s": round(now - started, 3)})
         if phase == "put":
             if ev.ok:
-                self.put_ok.add(j)
+                self.stored_at[j] = now
                 self.put_replicas[ev.stored] += 1
             else:
                 self.put_failed[ev.reason] += 1
             return
-        ph = self.phases[phase]
         rec = ev.record
+        reason = None
         if not ev.ok:
-            ph.failed[ev.reason] += 1
+            outcome, reason = "failed", ev.reason
         elif rec is None:
-            ph.not_found += 1
+            outcome = "not_found"
         elif (rec.key != self.keys[j] or rec.value != f"value-{j}"
               or rec.public_key != self.signers_pk(self.publisher[j])):
-            ph.wrong += 1
+            outcome = "wrong"
         else:
-            ph.found += 1
-        if ev.ok and rec is not None and ev.queries == 0:
-            ph.local += 1
-        elif ev.ok:
-            ph.rounds.append(ev.rounds)
-        ph.ms.append((now - started) * 1000.0)
+            outcome = "found"
+        local = ev.ok and rec is not None and ev.queries == 0
+        rounds = ev.rounds if ev.ok and not local else None
+        if phase == "before" and rounds is not None:
+            self.rounds_seen[min(rounds, ROUNDS_SHOWN - 1)] += 1
+        self.gets[phase].append((j, started, outcome, reason, local, rounds, (now - started) * 1000.0))
 
     def signers_pk(self, i: int) -> bytes:
-        return self.nodes[i].dht.signer.public_key
+        """Node ``i``'s signing key (derived from the run seed, so any worker knows another's)."""
+        pk = self._signers.get(i)
+        if pk is None:
+            pk = self._signers[i] = Identity.from_seed(self._signer_seed(i)).public_key
+        return pk
 
     def _count_holders(self, label: str) -> None:
-        """Per stored key: how many live nodes hold its record for others, and whether its publisher lives."""
+        """Per key: how many of this worker's live nodes hold its record for others (summed over the
+        workers in the report)."""
         w0 = time.perf_counter()
-        live = [node.dht for i, node in enumerate(self.nodes) if self.up[i] and node.dht.records]
-        counts: Counter = Counter()
-        none = lost = 0
-        for j in sorted(self.put_ok):
-            key = self.keys[j]
-            h = sum(1 for d in live if d.held(key) is not None)
-            counts[h] += 1
-            if h == 0:
-                none += 1
-                if not self.up[self.publisher[j]]:
-                    lost += 1
-        self.holders_at[label] = {"live_holders_per_key": {str(k): v for k, v in sorted(counts.items())},
-                                  "keys_without_live_holder": none, "keys_lost": lost,
-                                  "scan_wall_s": round(time.perf_counter() - w0, 2)}
+        live = [node.dht for i, node in enumerate(self.nodes)
+                if node is not None and self.up[i] and node.dht.records]
+        self.holders_at[label] = {"at": self.sim.now,
+                                  "per_key": [sum(1 for d in live if d.held(key) is not None) for key in self.keys],
+                                  "scan_wall_s": time.perf_counter() - w0}
+
+    def counts(self) -> tuple[int, ...]:
+        """The overlay's counts, then this worker's puts stored, gets started and found per phase,
+        operations that waited on a hard timeout, and gets before the crash by lookup rounds."""
+        found = {ph: sum(1 for g in self.gets[ph] if g[2] == "found") for ph in self.gets}
+        return (*OverlayRun.counts(self), len(self.stored_at), self.started["before"], found["before"],
+                self.started["after"], found["after"], len(self.waited), *self.rounds_seen)
 
     def _progress(self, now: float) -> None:
-        b, a = self.phases["before"], self.phases["after"]
-        rounds = summary([float(r) for r in b.rounds])
+        c = self.link.totals() if self.link is not None else self.counts()
+        puts, b_started, b_found, a_started, a_found, waited = c[2:8]
+        hist = c[8:]
         # What is known so far, so that a long run stopped early still says something.
-        print(f"sim-dht: t={now:.0f}s puts_ok={len(self.put_ok)}/{self.sc.keys} "
-              f"gets_before={b.found}/{b.attempted} (rounds p50={rounds['p50']} p99={rounds['p99']}) "
-              f"gets_after={a.found}/{a.attempted} waited_hard_timeout={len(self.waited)}",
+        print(f"sim-dht: t={now:.0f}s puts_ok={puts}/{self.sc.keys} "
+              f"gets_before={b_found}/{b_started} (rounds p50={_hist_quantile(hist, 0.5)} "
+              f"p99={_hist_quantile(hist, 0.99)}) gets_after={a_found}/{a_started} waited_hard_timeout={waited}",
               file=sys.stderr, flush=True)
         OverlayRun._progress(self, now)
 
     # -- the report ------------------------------------------------------------------------------------
 
-    def run(self) -> dict:
-        report = OverlayRun.run(self)
-        sc, tl = self.sc, self.tl
-        b, a = self.phases["before"], self.phases["after"]
+    def partial(self) -> dict:
+        part = OverlayRun.partial(self)
         stats: Counter = Counter()
         for node in self.nodes:
-            stats.update({k: v for k, v in node.dht.stats.items() if v})
-        unfinished_puts = sum(1 for (phase, _j, _t) in self.ops.values() if phase == "put")
+            if node is not None:
+                stats.update({k: v for k, v in node.dht.stats.items() if v})
+        gets = {ph: list(self.gets[ph]) for ph in self.gets}
+        unfinished_puts = 0
+        for (_i, _oid), (phase, j, started) in self.ops.items():
+            if phase == "put":
+                unfinished_puts += 1
+            else:
+                gets[phase].append((j, started, None, None, False, None, 0.0))
+        part["dht"] = {"stored_at": self.stored_at, "publisher": self.publisher, "put_failed": self.put_failed,
+                       "put_replicas": self.put_replicas, "unfinished_puts": unfinished_puts, "gets": gets,
+                       "waited": self.waited, "holders": self.holders_at, "stats": stats}
+        return part
+
+    @classmethod
+    def report_from(cls, sc: DhtScenario, parts: list[dict], wall: float) -> dict:
+        """The overlay report of the workers' parts plus the DHT's (see the module docstring)."""
+        report = build_report(sc, parts, wall)
+        tl = timeline(sc)
+        dparts = [p["dht"] for p in sorted(parts, key=lambda p: p["worker"])]
+        stored_at: dict[int, float] = {}
+        put_failed: Counter = Counter()
+        put_replicas: Counter = Counter()
+        stats: Counter = Counter()
+        gets: dict[str, list] = {"before": [], "after": []}
+        waited: list[dict] = []
+        for d in dparts:
+            stored_at.update(d["stored_at"])
+            put_failed.update(d["put_failed"])
+            put_replicas.update(d["put_replicas"])
+            stats.update(d["stats"])
+            for ph in gets:
+                gets[ph] += d["gets"][ph]
+            waited += d["waited"]
+        waited.sort(key=lambda w: (w["at"], w["node"], w["key"]))
+        publisher = dparts[0]["publisher"]  # every worker drew the same publishers
+        b, a = _Phase(gets["before"], stored_at), _Phase(gets["after"], stored_at)
         rounds = summary([float(r) for r in b.rounds])
         report.update({
             "lookup_success": b.success(),
@@ -317,21 +406,58 @@ class DhtRun(OverlayRun):
                 "republish_interval_s": round(tl.republish, 3),
                 "timeline_s": {"puts": _r(tl.puts), "gets_before": _r(tl.gets_before), "crash_at": round(tl.crash_at, 3),
                                "gets_after": _r(tl.gets_after)},
-                "puts_stored": len(self.put_ok),
-                "puts_failed": dict(self.put_failed),
-                "puts_unfinished": unfinished_puts,
-                "put_replicas": {str(k): v for k, v in sorted(self.put_replicas.items())},
+                "puts_stored": len(stored_at),
+                "puts_failed": dict(put_failed),
+                "puts_unfinished": sum(d["unfinished_puts"] for d in dparts),
+                "put_replicas": {str(k): v for k, v in sorted(put_replicas.items())},
                 "gets_before": b.report(),
                 "gets_after": a.report(),
-                "waited_hard_timeout": len(self.waited),
-                "waited_examples": self.waited[:10],
-                "holders": self.holders_at,
+                "waited_hard_timeout": len(waited),
+                "waited_examples": waited[:10],
+                "holders": _holders(dparts, stored_at, publisher, parts[0]["up"]),
                 "stats": {k: v for k, v in sorted(stats.items())},
             },
         })
         report["dht"]["violations"] = violations(report)
         report["exit_code"] = exit_code(report)
         return report
+
+
+def _holders(dparts: list[dict], stored_at: dict[int, float], publisher: dict[int, int], up: list[bool]) -> dict:
+    """Per scan (at the crash, before the gets after it): how many live nodes held the record of each
+    key stored by then, summed over the workers; keys held by none, and those of them whose publisher is
+    down too (``up``: at the end, the same as at the scans, which come after the one crash)."""
+    out = {}
+    for label in dparts[0]["holders"]:
+        scans = [d["holders"][label] for d in dparts]
+        at = scans[0]["at"]
+        counts: Counter = Counter()
+        none = lost = 0
+        for j in sorted(j for j, t in stored_at.items() if t <= at):
+            h = sum(s["per_key"][j] for s in scans)
+            counts[h] += 1
+            if h == 0:
+                none += 1
+                if not up[publisher[j]]:
+                    lost += 1
+        out[label] = {"live_holders_per_key": {str(k): v for k, v in sorted(counts.items())},
+                      "keys_without_live_holder": none, "keys_lost": lost,
+                      "scan_wall_s": round(max(s["scan_wall_s"] for s in scans), 2)}
+    return out
+
+
+def _hist_quantile(hist: tuple[int, ...], q: float) -> int | None:
+    """The nearest-rank ``q`` quantile of the values a histogram (count per value 0, 1, ...) counts."""
+    total = sum(hist)
+    if not total:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for value, n in enumerate(hist):
+        seen += n
+        if seen >= rank:
+            return value
+    return len(hist) - 1
 
 
 def _r(pair: tuple[float, float]) -> list[float]:

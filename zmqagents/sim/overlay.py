@@ -515,13 +515,14 @@ class OverlayRun:
         """How far workers of a parallel run may run apart in virtual time: the smallest delay."""
         return parse_latency(sc.latency).min_delay
 
-    def counts(self) -> tuple[int, int]:
-        """This worker's share of what the progress line shows: events processed, Failed reports."""
+    def counts(self) -> tuple[int, ...]:
+        """This worker's share of what the progress line shows: events processed, Failed reports (a
+        run that adds a workload appends its own counts)."""
         return self.sim.events, self.failed_events
 
     def _progress(self, now: float) -> None:
         wall = time.perf_counter() - self._t0
-        events, failed = self.link.totals() if self.link is not None else self.counts()
+        events, failed = (self.link.totals() if self.link is not None else self.counts())[:2]
         print(f"sim: t={now:.0f}s/{self.sc.seconds:.0f}s wall={wall:.1f}s events={events} "
               f"crashes={len(self.crashed_at)} failed_reports={failed}", file=sys.stderr, flush=True)
         step = max(1.0, self.sc.seconds / 20)
@@ -538,7 +539,17 @@ class OverlayRun:
         self.start()
         with frozen_heap():
             self.sim.run(until=self.sc.seconds)
-        return build_report(self.sc, [self.partial()], time.perf_counter() - self._t0)
+        return self.report_from(self.sc, [self.partial()], time.perf_counter() - self._t0)
+
+    @staticmethod
+    def prepare(sc: OverlayScenario) -> None:
+        """What a run sets in its scenario before it is built (a run that adds a workload may: see
+        sim/dht_run.py); a parallel run calls it before it forks, so the report shows the same scenario."""
+
+    @classmethod
+    def report_from(cls, sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
+        """The run's report from its workers' :meth:`partial` results (one part in one process)."""
+        return build_report(sc, parts, wall)
 
     def partial(self) -> dict:
         """What this worker saw, in a form the first worker's can be merged with (build_report)."""

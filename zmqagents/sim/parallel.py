@@ -1,4 +1,4 @@
-"""One overlay simulation run by several processes: a conservative parallel discrete-event run.
+"""One overlay (or DHT) simulation run by several processes: a conservative parallel discrete-event run.
 
 Why: a 10,000-node run is ~5 million events of pure Python, one core's work. The nodes are split
 among ``workers`` processes by the top bits of their ids (one region of the id space each; Kademlia
@@ -20,8 +20,12 @@ itself, and each sender's network draws come from its own stream (see
 :class:`~zmqagents.sim.engine.Simulator`), so a run on 2 workers reports exactly what it does on 1
 (the tests compare the two, trace digest included).
 
+The DHT run (:mod:`zmqagents.sim.dht_run`) splits the same way: its puts and gets are scenario-wide
+calls every worker runs, and the worker that owns the chosen node does the operation (see
+:class:`~zmqagents.sim.dht_run.DhtRun`).
+
 The workers are forked children of the calling process; each sends its partial report back over
-a pipe, and the caller merges them (:func:`zmqagents.sim.overlay.build_report`). A worker that
+a pipe, and the caller merges them (the run class's ``report_from``). A worker that
 fails ends the run with its traceback; the others are stopped by their PIDs.
 """
 
@@ -39,8 +43,9 @@ import time
 import traceback
 
 from ..envelope import Envelope
+from .dht_run import DhtRun, DhtScenario
 from .engine import frozen_heap
-from .overlay import Merged, OverlayRun, OverlayScenario, build_report
+from .overlay import Merged, OverlayRun, OverlayScenario
 
 _LEN = struct.Struct(">Q")
 
@@ -61,7 +66,7 @@ class Link:
         self.worker = worker
         self.socks = socks
         self._bufs = {w: bytearray() for w in socks}
-        self._counts: dict[int, tuple[int, int]] = {}
+        self._counts: dict[int, tuple[int, ...]] = {}
         self.local_counts = None  # a callable giving this worker's own counts
 
     # -- framing ---------------------------------------------------------------------------------
@@ -166,14 +171,13 @@ class Link:
 
     # -- progress ----------------------------------------------------------------------------------
 
-    def note(self, w: int, counts: tuple[int, int]) -> None:
+    def note(self, w: int, counts: tuple[int, ...]) -> None:
         self._counts[w] = counts
 
-    def totals(self) -> tuple[int, int]:
-        """Events and Failed reports over all workers (the others' as of the last swap)."""
-        own = self.local_counts()
-        rest = list(self._counts.values())
-        return own[0] + sum(c[0] for c in rest), own[1] + sum(c[1] for c in rest)
+    def totals(self) -> tuple[int, ...]:
+        """The run's counts (:meth:`~zmqagents.sim.overlay.OverlayRun.counts`: events, Failed reports,
+        ...) summed over all workers (the others' as of the last swap)."""
+        return tuple(map(sum, zip(self.local_counts(), *self._counts.values())))
 
 
 def _flat(env: Envelope) -> tuple:
@@ -234,8 +238,13 @@ def run_windows(run: OverlayRun, link: Link) -> tuple[int, float]:
     return windows, waited
 
 
+def run_class(sc: OverlayScenario) -> type[OverlayRun]:
+    """The run a scenario describes: the DHT run (sim/dht_run.py) or the overlay run alone."""
+    return DhtRun if isinstance(sc, DhtScenario) else OverlayRun
+
+
 def _worker(sc: OverlayScenario, worker: int, workers: int, socks: dict[int, socket.socket], result) -> None:
-    run = OverlayRun(sc, worker=worker, workers=workers)
+    run = run_class(sc)(sc, worker=worker, workers=workers)
     run.link = Link(worker, socks)
     run.start()
     with frozen_heap():
@@ -254,6 +263,8 @@ def run_parallel(sc: OverlayScenario, workers: int) -> tuple[dict, Merged]:
     if not OverlayRun.lookahead(sc) > 0:
         raise ValueError(f"latency {sc.latency!r} has no smallest delay above 0: the workers could not run "
                          "apart in virtual time (give a floor, e.g. lognormal:5ms:0.5:1ms, or use one worker)")
+    cls = run_class(sc)
+    cls.prepare(sc)  # before the fork: the scenario in the report is the one the workers ran
     t0 = time.perf_counter()
     pairs = {}
     for i in range(workers):
@@ -301,7 +312,7 @@ def run_parallel(sc: OverlayScenario, workers: int) -> tuple[dict, Merged]:
                 pass
             os.waitpid(pid, 0)
     build = max(p["build_wall"] for p in parts)
-    report = build_report(sc, parts, time.perf_counter() - t0 - build)
+    report = cls.report_from(sc, parts, time.perf_counter() - t0 - build)
     parts.sort(key=lambda p: p["worker"])
     report["parallel"] = {
         "windows": parts[0]["windows"],
