@@ -335,7 +335,7 @@ def test_cli_nodes_join_a_fleet_with_ca_and_cert_and_an_outsider_is_refused(tmp_
     import subprocess
     import sys
 
-    from test_cli import server, zmqa
+    from helpers.cli import server, zmqa
 
     for step in (["ca", "init"], ["keygen", "a.key"], ["keygen", "b.key"], ["keygen", "c.key"]):
         assert subprocess.run([sys.executable, "-m", "zmqagents.cli", *step], cwd=tmp_path,
@@ -360,7 +360,7 @@ def test_cli_nodes_join_a_fleet_with_ca_and_cert_and_an_outsider_is_refused(tmp_
 def test_cli_agent_allows_a_certificate_group_without_a_groups_file(tmp_path):
     import json
 
-    from test_cli import server, zmqa
+    from helpers.cli import server, zmqa
 
     assert zmqa("ca", "init", "--ca-key", str(tmp_path / "ca.key")).returncode == 0
     fleet = ["--ca", str(tmp_path / "ca.pub")]

@@ -291,10 +291,10 @@ def test_a_routing_id_squatting_libzmqs_next_assigned_id_cannot_crash_a_node(aru
     the ids of the unseeded start, then connects without a routing id, and the node process survives."""
     import struct
 
-    from test_admin import Local
+    from helpers.nodeproc import NodeProc
 
     async def main():
-        node = Local()
+        node = NodeProc()
         honest = Node()
         ctx = zmq.Context()
         try:

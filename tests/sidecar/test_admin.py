@@ -16,23 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from zmqagents.node import Node
 from zmqagents.sidecar.admin import DEFAULT_LISTEN, AdminError, AdminServer, parse_listen
 
-from test_mdns import Proc as _Proc  # the same JSON-lines helper process, without a namespace
-
-
-class Local(_Proc):
-    """A helper node process on this host's loopback (no namespace needed)."""
-
-    def __init__(self, *args: str):
-        import os
-
-        from test_mdns import HELPER
-
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HELPER), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self._buf = b""
-        self.hello = self.read(15)
+from helpers.nodeproc import NodeProc
 
 
 def _get(address: str, path: str) -> tuple[int, str, str]:
@@ -66,7 +50,7 @@ def local_procs():
 
 @pytest.mark.timeout(30)
 def test_metrics_from_a_real_node_follow_prometheus_naming_and_move_with_traffic(local_procs):
-    server = Local("--admin", "127.0.0.1:0")
+    server = NodeProc("--admin", "127.0.0.1:0")
     local_procs.append(server)
     address = server.hello["admin"]
     assert address.startswith("127.0.0.1:")
@@ -98,7 +82,7 @@ def test_metrics_from_a_real_node_follow_prometheus_naming_and_move_with_traffic
     assert _value(before, "zmqagents_delivery_stalled_peers", "zmqagents_delivery_stalled_peers") == 0
     assert _value(before, "zmqagents_delivery_stalls", "zmqagents_delivery_stalls_total") == 0
 
-    client = Local("--bootstrap", server.hello["contact"])
+    client = NodeProc("--bootstrap", server.hello["contact"])
     local_procs.append(client)
     for i in range(5):
         assert client.ask({"cmd": "request", "to": server.hello["node_id"], "body": i}) == {"reply": {"echo": i}}
@@ -240,11 +224,9 @@ def test_admin_served_by_the_sidecar_cli(tmp_path):
            "--set", "admin.listen=127.0.0.1:0"]
     if "local_api.enabled" in keys():
         cli += ["--set", "local_api.enabled=false"]
-    p = Local.__new__(Local)
-    p.proc = subprocess.Popen(cli, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    p._buf = b""
+    p = NodeProc(*cli[1:], program=cli[:1])
     try:
-        hello = p.read(15)
+        hello = p.hello
         address = hello["admin"]
         assert address.startswith("127.0.0.1:")
         assert _get(address, "/livez")[0] == 200

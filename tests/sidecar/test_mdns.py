@@ -10,9 +10,7 @@ The TXT parser gets the garbage a LAN can send, without any network.
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import subprocess
 import sys
 import time
@@ -23,7 +21,8 @@ import pytest
 from zmqagents.identity import Identity, format_public_key
 from zmqagents.sidecar.mdns import MAX_ENDPOINTS, TokenBucket, TxtError, advertised_endpoints, parse_txt, txt_record
 
-HELPER = Path(__file__).resolve().parent / "sidecar_node.py"
+from helpers.nodeproc import NodeProc
+
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 if str(TOOLS) not in sys.path:
     sys.path.append(str(TOOLS))
@@ -136,51 +135,9 @@ def netns():
         yield host.ns
 
 
-class Proc:
-    """A helper node process in the namespace, spoken to with JSON lines."""
-
-    def __init__(self, ns: str, *args: str):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(HELPER), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        )
-        self._buf = b""
-        self.hello = self.read(15)
-
-    def read(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"helper pid {self.proc.pid} said nothing in {timeout} s")
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise AssertionError(f"helper exited {self.proc.wait()}: {self.proc.stderr.read().decode()[-2000:]}")
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line)
-
-    def ask(self, cmd: dict, timeout: float = 10) -> dict:
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-        self.proc.stdin.flush()
-        return self.read(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(10)
-            except (subprocess.TimeoutExpired, BrokenPipeError):
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def procs():
-    started: list[Proc] = []
+    started: list[NodeProc] = []
     yield started
     for p in started:
         p.stop()
@@ -199,7 +156,7 @@ def _wait_for(check, timeout: float, what: str):
 
 @pytest.mark.timeout(40)
 def test_three_nodes_find_each_other_with_no_bootstrap(netns, procs):
-    nodes = [Proc(netns, "--mdns") for _ in range(3)]
+    nodes = [NodeProc("--mdns", ns=netns) for _ in range(3)]
     procs.extend(nodes)
     ids = {n.hello["node_id"] for n in nodes}
 
@@ -220,9 +177,9 @@ def test_three_nodes_find_each_other_with_no_bootstrap(netns, procs):
 @pytest.mark.timeout(40)
 def test_a_node_announcing_someone_elses_id_is_not_trusted(netns, procs):
     victim = Identity.generate()  # its owner is not on this LAN; the impostor does not hold its key
-    honest = Proc(netns, "--mdns")
+    honest = NodeProc("--mdns", ns=netns)
     procs.append(honest)
-    impostor = Proc(netns, "--claim-key", format_public_key(victim.public_key))
+    impostor = NodeProc("--claim-key", format_public_key(victim.public_key), ns=netns)
     procs.append(impostor)
 
     def refused():
@@ -242,11 +199,11 @@ def test_a_node_announcing_someone_elses_id_is_not_trusted(netns, procs):
 
 @pytest.mark.timeout(40)
 def test_mdns_and_bootstrap_work_together(netns, procs):
-    a = Proc(netns, "--mdns")
+    a = NodeProc("--mdns", ns=netns)
     procs.append(a)
-    b = Proc(netns, "--bootstrap", a.hello["contact"])  # no mDNS: joins only through its bootstrap
+    b = NodeProc("--bootstrap", a.hello["contact"], ns=netns)  # no mDNS: joins only through its bootstrap
     procs.append(b)
-    c = Proc(netns, "--mdns")  # finds a over mDNS, then learns b through a's table
+    c = NodeProc("--mdns", ns=netns)  # finds a over mDNS, then learns b through a's table
     procs.append(c)
     _wait_for(lambda: b.hello["node_id"] in c.ask({"cmd": "state"})["peers"], 25, "c did not learn b")
     reply = c.ask({"cmd": "request", "to": b.hello["node_id"], "body": [1, 2]})
@@ -284,12 +241,8 @@ def test_sidecars_started_by_the_cli_find_each_other(netns, procs, tmp_path):
            "--set", "local_api.enabled=false"]
     sidecars = []
     for name in ("a", "b"):
-        p = Proc.__new__(Proc)
-        p.proc = subprocess.Popen(["ip", "netns", "exec", netns, *cli, "--key", str(tmp_path / f"{name}.key")],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        p._buf = b""
+        p = NodeProc(*cli[1:], "--key", str(tmp_path / f"{name}.key"), ns=netns, program=cli[:1])
         procs.append(p)
-        p.hello = p.read(15)
         sidecars.append(p)
     a, b = sidecars
 

@@ -1,7 +1,7 @@
 """A node process for the sidecar-service tests: a real Node plus mDNS discovery and/or the admin
 endpoint, driven by one JSON command per line on stdin (answers one JSON line on stdout).
 
-    python tests/sidecar/sidecar_node.py [--mdns] [--admin 127.0.0.1:0] [--claim-key PUBLICKEY]
+    python tests/helpers/sidecar_node.py [--mdns] [--admin 127.0.0.1:0] [--claim-key PUBLICKEY]
 
 ``--claim-key`` makes it an impostor: instead of announcing itself, it announces someone else's
 public key (and so their id) with its own endpoint. It still runs a real node there, so the
