@@ -1,6 +1,6 @@
 """The broadcast core (Plumtree) alone: trees, repair, and every kind of bad input it must refuse.
 
-Cores are wired by tests/core_mesh.py (a fake clock, random latency, real envelopes through
+Cores are wired by tests/helpers/fakenet.py (a fake clock, random latency, real envelopes through
 encode/decode); signers are real Ed25519 keys.
 """
 
@@ -11,11 +11,12 @@ import random
 
 import pytest
 
-from core_mesh import CoreMesh
 from zmqagents.core.broadcast import Broadcast, BroadcastConfig, Delivered, Gap, PublishError
 from zmqagents.core.broadcast_wire import GRAFT, IHAVE, MSG, PRUNE, make_message, message_id
 from zmqagents.envelope import Envelope
 from zmqagents.identity import Identity
+
+from helpers.fakenet import CoreMesh
 
 
 def ident(i: int, tag: str = "n") -> Identity:
