@@ -336,7 +336,7 @@ def test_llm_stream(kind, model, secret):
 
 
 def make(kind: str, model: str, url: str, **kw):
-    kw.update(retries=1, backoff=0.01)  # 429 and 5xx are tried twice, quickly (tests/test_presets.py: retries)
+    kw.update(retries=1, backoff=0.01)  # 429 and 5xx are tried twice, quickly (tests/agents/test_presets.py: retries)
     if kind == "openai":
         return OpenAIChatAgent(model, base_url=url + "/v1", api_key_env="TEST_LLM_KEY", **kw)
     return AnthropicAgent(model, base_url=url, api_key_env="TEST_LLM_KEY", **kw)

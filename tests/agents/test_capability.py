@@ -68,7 +68,7 @@ def test_more_keywords():
     assert validate({"additionalProperties": {"type": "integer"}}, {"a": 1, "b": "x"}) == ["/b: expected integer, got string"]
     assert validate({"properties": {"a/b": {"type": "null"}}}, {"a/b": 0}) == ["/a~1b: expected null, got integer"]
     assert validate(False, 1) == ["(input): no value is allowed here"] and validate(True, 1) == []
-    # the pattern that stalls a backtracking engine is checked by the bounded one (tests/test_schema.py)
+    # the pattern that stalls a backtracking engine is checked by the bounded one (tests/agents/test_schema.py)
     assert validate({"pattern": "^(a+)+$", "x-unknown": 1}, "a" * 40 + "!") == [
         "(input): does not match the pattern '^(a+)+$'"]
 

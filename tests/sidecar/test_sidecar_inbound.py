@@ -32,7 +32,7 @@ from zmqagents.sidecar.config import load
 from zmqagents.sidecar.daemon import Sidecar
 
 CLI = [sys.executable, "-m", "zmqagents.cli"]
-SERVE_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "local_serve.py"
+SERVE_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local_serve.py"
 
 
 def frame(op: str, body=None, **fields) -> tuple[bytes, bytes]:
