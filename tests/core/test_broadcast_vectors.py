@@ -13,7 +13,7 @@ from zmqagents.core.broadcast_wire import message_id
 from zmqagents.envelope import canonical_packb, decode
 from zmqagents.identity import Identity
 
-from vector_files import assert_generated_by, load, untag
+from helpers.vectors import assert_generated_by, load, untag
 
 VECTORS = load("broadcast-vectors.json")
 IDS = {name: Identity.from_seed(bytes.fromhex(v["seed"])) for name, v in VECTORS["identities"].items()}
