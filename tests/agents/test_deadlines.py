@@ -15,8 +15,10 @@ from zmqagents.agents.capability import Capability
 from zmqagents.agents.runtime import Agents
 from zmqagents.core import tasks as T
 from zmqagents.envelope import Envelope, decode
-from zmqagents.identity import Identity, curve_public_of
+from zmqagents.identity import Identity
 from zmqagents.node import EXPIRED, Node, NodeConfig, RequestTimeout
+
+from helpers.peers import curve_dealer
 
 
 def test_a_request_that_waited_for_a_handler_past_its_deadline_is_not_run(arun):
@@ -65,12 +67,7 @@ class RawClient:
         self.me = Identity.generate()
         self.node_id = node.node_id
         self.ctx = zmq.asyncio.Context()
-        sock = self.sock = self.ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.curve_secretkey, sock.curve_publickey = self.me.curve_secret, self.me.curve_public
-        sock.curve_serverkey = curve_public_of(node.identity.public_key)
-        sock.setsockopt(zmq.ROUTING_ID, self.me.public_key + os.urandom(16))
-        sock.connect(node.transport.endpoint)
+        self.sock = curve_dealer(self.ctx, node.contact, key=self.me, routing_id=self.me.public_key + os.urandom(16))
         self.seq = 0
 
     def send(self, type: str, body, *, ttl: int = 0) -> bytes:

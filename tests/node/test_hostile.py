@@ -15,22 +15,12 @@ import pytest
 import zmq
 
 from zmqagents.envelope import Envelope, decode
-from zmqagents.identity import Contact, Identity, curve_public_of
+from zmqagents.identity import Contact, Identity
 from zmqagents.node import Node
 
+from helpers.peers import curve_dealer
+
 ANSWER_BOUND = 2.0  # s an honest request may take on a loaded 2-core box
-
-
-def _attacker(ctx: zmq.Context, target: Node, *, key: Identity, routing_id: bytes) -> zmq.Socket:
-    """A DEALER that authenticates with ``key`` and claims ``routing_id`` on ``target``'s inbox."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.curve_secretkey = key.curve_secret
-    sock.curve_publickey = key.curve_public
-    sock.curve_serverkey = curve_public_of(target.identity.public_key)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    sock.connect(target.transport.endpoint)
-    return sock
 
 
 async def _frames_for(sock: zmq.Socket, seconds: float) -> list[bytes]:
@@ -76,7 +66,7 @@ def test_a_peer_claiming_anothers_routing_id_gets_nothing_and_the_victim_keeps_w
         attackers: list[zmq.Socket] = []
 
         def attack() -> zmq.Socket:
-            sock = _attacker(ctx, server, key=mallory, routing_id=_claims(victim.identity)[claim])
+            sock = curve_dealer(ctx, server.contact, key=mallory, routing_id=_claims(victim.identity)[claim])
             attackers.append(sock)
             return sock
 
@@ -205,7 +195,7 @@ def test_oversize_frames_are_refused_and_the_honest_peer_keeps_working(arun):
         mallory = Identity.generate()
         ctx = zmq.Context()
         try:
-            sock = _attacker(ctx, server, key=mallory, routing_id=dealer_routing_id(mallory.public_key))
+            sock = curve_dealer(ctx, server.contact, key=mallory, routing_id=dealer_routing_id(mallory.public_key))
             def envelope(body_size: int) -> bytes:
                 return Envelope(id=os.urandom(16), src=mallory.node_id, dst=server.node_id, type="msg",
                                 body=bytes(body_size)).encode(max_size=1 << 20)
@@ -246,7 +236,7 @@ def test_an_epoch_outside_63_bits_is_refused_and_not_acked(arun):
         mallory = Identity.generate()
         ctx = zmq.Context()
         try:
-            sock = _attacker(ctx, server, key=mallory, routing_id=dealer_routing_id(mallory.public_key))
+            sock = curve_dealer(ctx, server.contact, key=mallory, routing_id=dealer_routing_id(mallory.public_key))
 
             def frame(ep: int, body: str) -> bytes:  # packed by hand: our encoder refuses such an epoch
                 payload = msgpack.packb({"v": 1, "id": os.urandom(16), "src": mallory.node_id, "t": "msg",
@@ -301,23 +291,12 @@ def test_a_routing_id_squatting_libzmqs_next_assigned_id_cannot_crash_a_node(aru
             await honest.start()
             target = node.hello["contact"]
             mallory = Identity.generate()
-            key = curve_public_of(Contact.parse(target).public_key)
-            endpoint = Contact.parse(target).endpoint
-
-            def dealer(routing_id: bytes | None) -> zmq.Socket:
-                sock = ctx.socket(zmq.DEALER)
-                sock.linger = 0
-                sock.curve_secretkey, sock.curve_publickey = mallory.curve_secret, mallory.curve_public
-                sock.curve_serverkey = key
-                if routing_id is not None:
-                    sock.setsockopt(zmq.ROUTING_ID, routing_id)
-                sock.connect(endpoint)
-                return sock
-
-            squats = [dealer(b"\x00" + struct.pack(">I", (start + k) & 0xFFFFFFFF))
+            at = Contact.parse(target)
+            squats = [curve_dealer(ctx, at, key=mallory, routing_id=b"\x00" + struct.pack(">I", (start + k) & 0xFFFFFFFF))
                       for start in _libzmq_counter_starts(8) for k in range(3)]
             await asyncio.sleep(1.5)  # every squatter handshaken
-            plain = [dealer(None) for _ in range(3)]  # no routing id: libzmq assigns the next counter value
+            plain = [curve_dealer(ctx, at, key=mallory, routing_id=None)  # libzmq assigns the next counter value
+                     for _ in range(3)]
             for sock in plain:
                 sock.send(b"no routing id")
             await asyncio.sleep(1.5)

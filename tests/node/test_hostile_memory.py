@@ -18,8 +18,10 @@ import zmq
 
 from zmqagents.core.ratelimit import RateLimitConfig
 from zmqagents.envelope import DEFAULT_MAX_SIZE, DEFAULT_MAX_VALUES, HEADER
-from zmqagents.identity import Identity, curve_public_of
+from zmqagents.identity import Identity
 from zmqagents.node import PEERS, Node, NodeConfig
+
+from helpers.peers import curve_dealer
 
 
 def frame(src: bytes, dst: bytes, seq: int, ep: int, body: bytes) -> bytes:
@@ -35,13 +37,7 @@ class Attacker:
     def __init__(self, ctx: zmq.Context, node: Node):
         self.ident = Identity.generate()
         self.dst = node.node_id
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.curve_secretkey = self.ident.curve_secret
-        self.sock.curve_publickey = self.ident.curve_public
-        self.sock.curve_serverkey = curve_public_of(node.identity.public_key)
-        self.sock.setsockopt(zmq.ROUTING_ID, self.ident.public_key)
-        self.sock.connect(node.transport.endpoint)
+        self.sock = curve_dealer(ctx, node.contact, key=self.ident, routing_id=self.ident.public_key)
         self.seq = 1
 
     def send(self, body: bytes, *, seq: int | None = None, ep: int = 7) -> None:

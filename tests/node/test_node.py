@@ -199,19 +199,14 @@ def test_replayed_envelopes_and_reused_ids_are_delivered_once(arun):
     import zmq
 
     from zmqagents.envelope import Envelope
-    from zmqagents.identity import curve_public_of
+    from helpers.peers import curve_dealer
 
     async def main():
         async with Node() as node:
             alice = Identity.generate()
             ctx = zmq.Context()
             try:
-                sock = ctx.socket(zmq.DEALER)
-                sock.linger = 0
-                sock.curve_secretkey, sock.curve_publickey = alice.curve_secret, alice.curve_public
-                sock.curve_serverkey = curve_public_of(node.identity.public_key)
-                sock.setsockopt(zmq.ROUTING_ID, alice.public_key)
-                sock.connect(node.transport.endpoint)
+                sock = curve_dealer(ctx, node.contact, key=alice, routing_id=alice.public_key)
 
                 def env(mid: bytes, seq: int, body: str) -> bytes:
                     return Envelope(id=mid, src=alice.node_id, dst=node.node_id, type="msg", body=body,

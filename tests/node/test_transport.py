@@ -11,21 +11,11 @@ import msgpack
 import zmq
 
 from zmqagents.envelope import Envelope, decode
-from zmqagents.identity import Identity, curve_public_of
+from zmqagents.identity import Identity
 from zmqagents.transport.mesh import READ_BATCH, Transport, TransportConfig, dealer_routing_id
 from zmqagents.transport.sockio import MORE_NOBLOCK, NOBLOCK, readable
 
-
-def _raw_dealer(ctx: zmq.Context, server: Transport, *, curve_of: Identity, routing_id: bytes) -> zmq.Socket:
-    """A hand-made client: authenticates with ``curve_of``'s CURVE key but claims ``routing_id``."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.curve_secretkey = curve_of.curve_secret
-    sock.curve_publickey = curve_of.curve_public
-    sock.curve_serverkey = curve_public_of(server.identity.public_key)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    sock.connect(server.endpoint)
-    return sock
+from helpers.peers import curve_dealer
 
 
 def _env(src: bytes, dst: bytes, body=b"x") -> Envelope:
@@ -51,9 +41,9 @@ def test_honest_peer_is_accepted_and_impostors_are_dropped(arun):
         alice, bob = Identity.generate(), Identity.generate()
         ctx = zmq.Context()
         try:
-            honest = _raw_dealer(ctx, server, curve_of=alice, routing_id=alice.public_key)
+            honest = curve_dealer(ctx, server.contact(), key=alice, routing_id=alice.public_key)
             # Alice's CURVE key, but claiming to be Bob: the routing id does not match the key.
-            impostor = _raw_dealer(ctx, server, curve_of=alice, routing_id=bob.public_key)
+            impostor = curve_dealer(ctx, server.contact(), key=alice, routing_id=bob.public_key)
             # Alice's own connection, but an envelope that claims Bob as its source.
             honest.send(_env(alice.node_id, server.identity.node_id, b"good").encode())
             impostor.send(_env(bob.node_id, server.identity.node_id, b"forged").encode())
@@ -82,9 +72,9 @@ def test_only_an_unguessable_routing_id_is_answered_over_its_connection(arun):
         alice, bob = Identity.generate(), Identity.generate()
         ctx = zmq.Context()
         try:
-            old = _raw_dealer(ctx, server, curve_of=alice, routing_id=alice.public_key)
-            new = _raw_dealer(ctx, server, curve_of=bob, routing_id=dealer_routing_id(bob.public_key))
-            odd = _raw_dealer(ctx, server, curve_of=bob, routing_id=bob.public_key + b"short")
+            old = curve_dealer(ctx, server.contact(), key=alice, routing_id=alice.public_key)
+            new = curve_dealer(ctx, server.contact(), key=bob, routing_id=dealer_routing_id(bob.public_key))
+            odd = curve_dealer(ctx, server.contact(), key=bob, routing_id=bob.public_key + b"short")
             old.send(_env(alice.node_id, me, b"old").encode())
             new.send(_env(bob.node_id, me, b"new").encode())
             odd.send(_env(bob.node_id, me, b"odd").encode())
@@ -113,7 +103,7 @@ def test_garbage_truncated_oversize_and_multipart_are_counted_not_fatal(arun):
         alice = Identity.generate()
         ctx = zmq.Context()
         try:
-            sock = _raw_dealer(ctx, server, curve_of=alice, routing_id=alice.public_key)
+            sock = curve_dealer(ctx, server.contact(), key=alice, routing_id=alice.public_key)
             good = _env(alice.node_id, server.identity.node_id, b"after").encode()
             payload = msgpack.packb({"v": 1, "id": b"short", "src": alice.node_id, "t": "msg"})
             sock.send(b"\x00\x01")  # shorter than the length prefix
@@ -149,8 +139,8 @@ def test_allowlist_drops_unlisted_nodes(arun):
         server.start()
         ctx = zmq.Context()
         try:
-            a = _raw_dealer(ctx, server, curve_of=alice, routing_id=alice.public_key)
-            m = _raw_dealer(ctx, server, curve_of=mallory, routing_id=mallory.public_key)
+            a = curve_dealer(ctx, server.contact(), key=alice, routing_id=alice.public_key)
+            m = curve_dealer(ctx, server.contact(), key=mallory, routing_id=mallory.public_key)
             a.send(_env(alice.node_id, server.identity.node_id, b"a").encode())
             m.send(_env(mallory.node_id, server.identity.node_id, b"m").encode())
             await asyncio.sleep(0.5)
@@ -207,7 +197,7 @@ def test_a_node_connected_to_our_inbox_is_answered_there_before_our_dealer(arun)
             return out
 
         try:
-            client = _raw_dealer(ctx, server, curve_of=peer_id, routing_id=dealer_routing_id(peer_id.public_key))
+            client = curve_dealer(ctx, server.contact(), key=peer_id, routing_id=dealer_routing_id(peer_id.public_key))
             client.send(_env(peer_id.node_id, me, b"hi").encode())
             await asyncio.sleep(0.3)
             assert [e.body for e in received] == [b"hi"]
@@ -287,7 +277,7 @@ def test_a_burst_over_one_read_batch_arrives_whole_and_in_order(arun):
         ctx.setsockopt(zmq.SNDHWM, 10_000)
         count = READ_BATCH * 2 + 7
         try:
-            client = _raw_dealer(ctx, server, curve_of=peer, routing_id=dealer_routing_id(peer.public_key))
+            client = curve_dealer(ctx, server.contact(), key=peer, routing_id=dealer_routing_id(peer.public_key))
             client.send(_env(peer.node_id, me, b"hello").encode())
             for _ in range(100):  # the handshake needs the loop (ZAP): wait for it before the burst
                 if received:
@@ -404,7 +394,7 @@ def test_a_refused_send_on_the_inbox_does_not_swallow_what_arrives_meanwhile(aru
         peer = Identity.generate()
         ctx = zmq.Context()
         try:
-            first = _raw_dealer(ctx, server, curve_of=peer, routing_id=peer.public_key + os.urandom(16))
+            first = curve_dealer(ctx, server.contact(), key=peer, routing_id=peer.public_key + os.urandom(16))
             assert len(peer.public_key) + 16 == ROUTING_ID_SIZE
             first.send(_env(peer.node_id, me, b"before").encode())
             for _ in range(100):
@@ -414,7 +404,7 @@ def test_a_refused_send_on_the_inbox_does_not_swallow_what_arrives_meanwhile(aru
             assert [e.body for e in received] == [b"before"]
             first.close(linger=0)  # the peer dies ...
             await asyncio.sleep(0.3)
-            second = _raw_dealer(ctx, server, curve_of=peer, routing_id=peer.public_key + os.urandom(16))
+            second = curve_dealer(ctx, server.contact(), key=peer, routing_id=peer.public_key + os.urandom(16))
             await asyncio.sleep(0.3)  # ... and comes back on a new connection (handshake done by the loop)
             second.send(_env(peer.node_id, me, b"after").encode())
             time.sleep(0.2)  # it is in the inbox's queue, and the loop has not looked yet
