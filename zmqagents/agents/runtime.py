@@ -50,6 +50,27 @@ DEAD_MEMORY = 60.0  # s a node reported gone is left out of candidates
 DESCRIBE_TIMEOUT = 3.0  # s a provider has to describe its capabilities before the schema check skips it
 DESCRIBE_MEMORY = 60.0  # s a description (or a failure to get one) is reused
 REGISTRY_SPACING = 1.05  # s between registry entry updates: provider expiries are whole seconds (wait_listed)
+# Upper bounds (s) of the run-time histogram of tasks served here: from a shell command's milliseconds
+# to an LLM's minutes.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """What the tasks this node serves look like now (a read-only view for metrics).
+
+    ``by_state``: tasks admitted and not finished, by state; ``queue_depth``: those waiting for a
+    free slot; ``outcomes``: agent runs ended, by outcome (completed, failed, canceled);
+    ``duration_counts[i]``: runs that took at most ``DURATION_BUCKETS[i]`` seconds (cumulative, as
+    Prometheus histograms count), ``duration_count`` all runs, ``duration_sum`` their seconds.
+    """
+
+    by_state: dict[str, int]
+    queue_depth: int
+    outcomes: dict[str, int]
+    duration_counts: tuple[int, ...]
+    duration_count: int
+    duration_sum: float
 
 
 @dataclass(frozen=True)
@@ -203,6 +224,9 @@ class Agents:
         self._dead: dict[bytes, float] = {}
         self.stats = {"reroutes": 0, "agent_errors": 0, "send_backlog": 0, "questions": 0, "answers": 0,
                       "answered": 0, "unanswered": 0}
+        self._outcomes = dict.fromkeys(("completed", "failed", "canceled"), 0)
+        self._durations = [0] * len(DURATION_BUCKETS)  # runs per bucket (not cumulative)
+        self._duration_sum = 0.0
         self._watcher = asyncio.get_running_loop().create_task(self._watch_members())
         node.route(T.PREFIX, self._on_envelope)
         node.on_settled(self._on_settled)
@@ -326,7 +350,8 @@ class Agents:
         ctx = TaskContext(ev.task_id.hex(), ev.capability, ev.caller.hex(), timeout,
                           progress=lambda chunk, tid=ev.task_id: self._progress(tid, chunk),
                           ask=lambda prompt, tid=ev.task_id: self._ask(tid, prompt))
-        task = asyncio.get_running_loop().create_task(self._run_agent(ev.task_id, cap, agent, ev.input, ctx))
+        task = asyncio.get_running_loop().create_task(self._run_agent(ev.task_id, cap, agent, ev.input, ctx,
+                                                                      time.monotonic()))
         self._running[ev.task_id] = task
 
     def _progress(self, task_id: bytes, chunk: Any) -> None:
@@ -354,14 +379,18 @@ class Agents:
         finally:
             self._questions.pop(task_id, None)
 
-    async def _run_agent(self, task_id: bytes, cap: Capability, agent: Agent, value: Any, ctx: TaskContext) -> None:
+    async def _run_agent(self, task_id: bytes, cap: Capability, agent: Agent, value: Any, ctx: TaskContext,
+                         started: float) -> None:
+        outcome = "failed"
         try:
             try:
                 cap.check_input(value)
             except CapabilityError as exc:
                 raise AgentError(str(exc)) from None
             output = await agent(value, ctx)
+            outcome = "completed"
         except asyncio.CancelledError:
+            outcome = "canceled"
             return  # stopped by the core (cancel, deadline, caller gone): it already told the caller
         except AgentError as exc:
             self.stats["agent_errors"] += 1
@@ -374,7 +403,25 @@ class Agents:
             self.provider.complete(task_id, output, self._now())
         finally:
             self._running.pop(task_id, None)
+            self._observe(outcome, time.monotonic() - started)
         self._pump()
+
+    def _observe(self, outcome: str, seconds: float) -> None:
+        self._outcomes[outcome] += 1
+        self._duration_sum += seconds
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self._durations[i] += 1
+                break
+
+    def task_metrics(self) -> TaskMetrics:
+        """The tasks served here, for metrics (see :class:`TaskMetrics`)."""
+        cumulative, total = [], 0
+        for n in self._durations:
+            total += n
+            cumulative.append(total)
+        return TaskMetrics(self.provider.counts_by_state(), self.provider.queue_depth(), dict(self._outcomes),
+                           tuple(cumulative), sum(self._outcomes.values()), self._duration_sum)
 
     # -- calling -----------------------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import click
 
-from .common import announce, contacts_of, emit, make_node, node_options, read_allowlist, run_main
+from .common import (
+    admin_option, announce, contacts_of, emit, make_node, node_options, read_allowlist, run_main, start_admin,
+)
 from .exits import EXIT_NOT_FOUND, EXIT_OK, EXIT_SOME_FAILED
 
 def _schema_option(text: str | None, name: str) -> Any:
@@ -100,8 +102,10 @@ def lookup_for(node, to: tuple[str, ...]):
                    "id per line). Others get rejected with code denied.")
 @click.option("--groups", "groups_file", type=click.Path(dir_okay=False),
               help="Groups that --allow @GROUP names: TOML (or .json) of group = [node ids, keys or contacts].")
+@admin_option
 def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, description, tags, cost,
-          max_concurrency, queue, timeout, stdin_mode, ask, input_schema, output_schema, allow, groups_file) -> None:
+          max_concurrency, queue, timeout, stdin_mode, ask, input_schema, output_schema, allow, groups_file,
+          admin) -> None:
     """Serve a capability on the mesh by running a shell command per task.
 
     \b
@@ -129,6 +133,11 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     \b
     Only some callers (a groups file is TOML: ops = ["<node id>", ...]):
       zmqagents agent --capability deploy --exec ./deploy.sh --allow @ops --allow <node id> --groups groups.toml
+
+    
+    With --admin HOST:PORT it serves /metrics (the node's, plus zmqagents_tasks
+    by state, zmqagents_tasks_queued, zmqagents_task_runs_total by outcome and
+    the zmqagents_task_duration_seconds histogram), /livez and /readyz.
     """
     from ..agents.capability import Capability, CapabilityError
     from ..agents.shell import ShellAgent
@@ -150,19 +159,25 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     async def main() -> int:
         from ..agents.runtime import Agents
 
+        from ..sidecar.runtime_metrics import AgentsMetrics
+
         async with n:
             agents = Agents(n, groups=groups)
+            server = None
             try:
+                server = await start_admin(n, admin, [AgentsMetrics(agents)], expect_peers=bool(bootstrap))
                 try:
                     await agents.serve(cap, ShellAgent(command, timeout=timeout, stdin=stdin_mode, ask=ask), timeout=10)
                 except Exception as exc:  # alone, or the DHT did not answer: still reachable with --to
                     click.echo(f"warning: provider record not stored yet ({exc}); it is retried while the node runs",
                                err=True)
                 await agents.wait_listed()  # in the registry (`agents ls`) before we say we are up
-                announce(n, contact_file)
+                announce(n, contact_file, admin=server.address if server is not None else None)
                 await asyncio.Event().wait()
             finally:
                 await agents.close()
+                if server is not None:
+                    await server.close()
         return EXIT_OK
 
     sys.exit(run_main(main()))

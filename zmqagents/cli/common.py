@@ -154,6 +154,39 @@ def mesh_member_options(f):
     return f
 
 
+ADMIN_HELP = ("Serve /metrics, /livez and /readyz over HTTP on HOST:PORT (port 0: any free one; the first "
+              "output line names it as \"admin\"). Loopback unless you name another address.")
+
+
+def admin_option(f):
+    """``--admin HOST:PORT`` of the commands that run until a signal (``node``, ``relay``, ``agent``)."""
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        from ..sidecar.admin import AdminError, parse_listen
+
+        try:
+            parse_listen(value)
+        except AdminError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+    return click.option("--admin", metavar="HOST:PORT", callback=check, help=ADMIN_HELP)(f)
+
+
+async def start_admin(n, listen: str | None, sources=(), *, expect_peers: bool = False):
+    """The admin endpoint of a plain node (``--admin``), with ``sources`` adding their metrics; None
+    without the flag. A port in use is a Failure (exit 1) with the reason. The caller closes it."""
+    if listen is None:
+        return None
+    from ..sidecar.admin import AdminError
+    from ..sidecar.runtime_metrics import serve_admin
+
+    try:
+        return await serve_admin(n, listen, sources, expect_peers=expect_peers)
+    except AdminError as exc:
+        raise Failure(str(exc)) from None
+
+
 def announce(n, contact_file: str | None, *, admin: str | None = None) -> None:
     contact = str(n.contact)
     if contact_file:

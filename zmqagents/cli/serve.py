@@ -11,7 +11,8 @@ import click
 
 from ..identity import format_node_id
 from .common import (
-    SEAL_HELP, Failure, announce, contacts_of, emit, make_node, mesh_member_options, node_options, run_main,
+    SEAL_HELP, Failure, admin_option, announce, contacts_of, emit, make_node, mesh_member_options, node_options,
+    run_main, start_admin,
 )
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -36,8 +37,9 @@ log = logging.getLogger("zmqagents")
 @click.option("--relay", "relays", multiple=True, metavar="CONTACT",
               help="Contact of a relay (`zmqagents relay`) to register with; repeat for failover, preferred first.")
 @click.option("--seal", is_flag=True, help=SEAL_HELP)
+@admin_option
 def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo, config_file, conf_d, settings,
-         log_format, outbound_only, relays, seal, mdns) -> None:
+         log_format, outbound_only, relays, seal, mdns, admin) -> None:
     """Run a node until SIGINT/SIGTERM.
 
     With --bootstrap it joins the mesh (Kademlia lookup of its own id, then of
@@ -63,7 +65,8 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
     after a CURVE-authenticated hello (--no-mdns or [mdns] enabled = false to
     turn off; a loopback --listen is announced on loopback only). With
     [admin] enabled = true (or --set admin.enabled=true) it serves /metrics,
-    /livez and /readyz on http://127.0.0.1:9464 ([admin] listen).
+    /livez and /readyz on http://127.0.0.1:9464 ([admin] listen); --admin
+    HOST:PORT does both, with or without --config.
     """
     verbose = ctx.find_root().params.get("verbose", 0)
     if config_file is None and conf_d is None and not settings and mdns is None:
@@ -74,12 +77,12 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
 
             logs.configure(log_format, logging.getLogger().level)
         _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo,
-                        outbound_only=outbound_only, relays=relays, seal=seal)
+                        outbound_only=outbound_only, relays=relays, seal=seal, admin=admin)
         return
     overrides = _sidecar_overrides(ctx, key=key, listen=listen, insecure=insecure, peers=peers, bootstrap=bootstrap,
                                    contact_file=contact_file, allowlist=allowlist, log_format=log_format,
                                    verbose=verbose, settings=settings, outbound_only=outbound_only, relays=relays,
-                                   seal=seal, mdns=mdns)
+                                   seal=seal, mdns=mdns, admin=admin)
     sys.exit(_run_sidecar(config_file, conf_d, overrides, echo))
 
 
@@ -96,7 +99,7 @@ def _request_handler(echo: bool):
 
 
 def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_file, allowlist, log_format, verbose,
-                       settings, outbound_only=False, relays=(), seal=False, mdns=None) -> list:
+                       settings, outbound_only=False, relays=(), seal=False, mdns=None, admin=None) -> list:
     """The flags given on the command line as config overrides (flags that were not given do not override)."""
     from click.core import ParameterSource
     from ..sidecar.config import ConfigError, Override, parse_set
@@ -117,6 +120,7 @@ def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_
              ("node.relays", list(relays) or None, "--relay"), ("node.seal", True if seal else None, "--seal"),
              ("log.format", log_format, "--log-format"),
              ("mdns.enabled", mdns, "--mdns" if mdns else "--no-mdns"),
+             ("admin.enabled", True if admin else None, "--admin"), ("admin.listen", admin, "--admin"),
              ("log.level", {0: None, 1: "info"}.get(verbose, "debug"), "-v")]
     overrides += [Override(dotted, value, f"flag {flag}") for dotted, value, flag in flags if value is not None]
     from .fleet import fleet_overrides
@@ -166,7 +170,7 @@ def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, e
 
 
 def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo, *,
-                    outbound_only: bool = False, relays=(), seal: bool = False) -> None:
+                    outbound_only: bool = False, relays=(), seal: bool = False, admin: str | None = None) -> None:
     from ..node import NodeConfig
 
     config = NodeConfig(outbound_only=outbound_only, relays=contacts_of(relays, hint="--relay"))
@@ -176,9 +180,14 @@ def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allow
     async def main() -> int:
         async with n:
             n.on_request(_request_handler(echo))
-            announce(n, contact_file)
-            async for msg in n.messages():
-                emit({"type": msg.type, "from": msg.sender, "body": msg.body})
+            server = await start_admin(n, admin, expect_peers=bool(bootstrap))
+            try:
+                announce(n, contact_file, admin=server.address if server is not None else None)
+                async for msg in n.messages():
+                    emit({"type": msg.type, "from": msg.sender, "body": msg.body})
+            finally:
+                if server is not None:
+                    await server.close()
         return EXIT_OK
 
     sys.exit(run_main(main()))
@@ -191,7 +200,9 @@ def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allow
 @click.option("--client-rate", default=2000.0, show_default=True, type=click.FloatRange(min=0.001), help="Forwards per second per sender (burst: twice as many).")
 @click.option("--total-rate", default=20000.0, show_default=True, type=click.FloatRange(min=0.001), help="Forwards per second over all senders (burst: twice as many).")
 @click.option("--expire", default=10.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds of silence after which a client's registration is dropped.")
-def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_clients, client_rate, total_rate, expire) -> None:
+@admin_option
+def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_clients, client_rate, total_rate, expire,
+          admin) -> None:
     """Run a node that relays for outbound-only nodes, until SIGINT/SIGTERM.
 
     Outbound-only nodes (`zmqagents node --outbound-only --relay CONTACT`)
@@ -202,7 +213,9 @@ def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_
     refused and counted. Listen on an address the clients can reach, e.g.
     --listen tcp://0.0.0.0:7000 (the printed contact must be reachable, so
     prefer the real address). Prints {"contact": ...} first and
-    {"relay_stats": ...} when it stops.
+    {"relay_stats": ...} when it stops. With --admin HOST:PORT it serves
+    /metrics (the node's, plus zmqagents_relay_clients and
+    zmqagents_relay_events_total by outcome), /livez and /readyz.
     """
     from ..core.relay import RelayConfig
     from ..node import NodeConfig
@@ -213,12 +226,17 @@ def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_
     n = make_node(key, listen, contacts_of(peers), insecure, allowlist, contacts_of(bootstrap), member=True, config=config)
 
     async def main() -> int:
+        from ..sidecar.runtime_metrics import RelayMetrics
+
         async with n:
-            announce(n, contact_file)
+            server = await start_admin(n, admin, [RelayMetrics(n)], expect_peers=bool(bootstrap))
+            announce(n, contact_file, admin=server.address if server is not None else None)
             try:
                 await asyncio.Event().wait()
             finally:
                 emit({"relay_stats": n.relay_server.stats, "clients": len(n.relay_server)})
+                if server is not None:
+                    await server.close()
         return EXIT_OK
 
     sys.exit(run_main(main()))

@@ -231,6 +231,18 @@ class TaskProvider(CoreOutputs):
     def active(self) -> int:
         return len(self._jobs)
 
+    def counts_by_state(self) -> dict[str, int]:
+        """Tasks admitted here and not finished, by state (submitted: waiting in a queue; working;
+        input-required): what an operator's gauge shows."""
+        counts = dict.fromkeys((SUBMITTED, WORKING, INPUT_REQUIRED), 0)
+        for job in self._jobs.values():
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return counts
+
+    def queue_depth(self) -> int:
+        """Tasks waiting for a free slot of their capability, all capabilities together."""
+        return sum(len(queue) for queue in self._queues.values())
+
     # -- input from peers -----------------------------------------------------------------
 
     def receive(self, env: Envelope, now: float) -> None:

@@ -223,6 +223,9 @@ class NodeCollector:
 
         # -- services --------------------------------------------------------------------------
         for service in self.services():
+            families = getattr(service, "metric_families", None)  # a source with metrics of its own
+            if families is not None:
+                yield from families()
             stats = getattr(service, "stats", None)
             kind = getattr(service, "metric_name", None)
             if not stats or not kind:
