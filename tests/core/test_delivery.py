@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -24,62 +23,24 @@ from zmqagents.core.delivery import (
 )
 from zmqagents.envelope import Envelope, decode
 
+from helpers.fakenet import DirectNet
+
 A = bytes([0xA] * 32)
 B = bytes([0xB] * 32)
 C = bytes([0xC] * 32)
 
 
-class Net:
+class Net(DirectNet):
     """Delivery cores wired together on a fake clock; ``drop(env)`` decides which envelopes are lost."""
 
     def __init__(self, *cores: Delivery, wire: bool = False):
-        self.cores = {c.node_id: c for c in cores}
-        self.events: dict[bytes, list] = {c.node_id: [] for c in cores}
-        self.wire: list[Envelope] = []  # every envelope sent, in order
-        self.now = 0.0
-        self.drop: Callable[[Envelope], bool] = lambda env: False
-        self.encode = wire  # pass envelopes through encode/decode, as the transport does
-
-    def add(self, core: Delivery) -> None:
-        self.cores[core.node_id] = core
-        self.events.setdefault(core.node_id, [])
-
-    def flush(self) -> None:
-        moved = True
-        while moved:
-            moved = False
-            for nid, core in list(self.cores.items()):
-                self.events[nid] += core.take_events()
-                for env in core.take_outgoing():
-                    moved = True
-                    self.wire.append(env)
-                    if self.drop(env) or env.dst not in self.cores:
-                        continue
-                    if self.encode:
-                        env = decode(env.encode())
-                    self.cores[env.dst].receive(env, self.now)
-                self.events[nid] += core.take_events()
-
-    def advance(self, until: float) -> None:
-        """Move the clock to ``until``, running every timer due on the way."""
-        self.flush()
-        while True:
-            due = [t for t in (c.next_timer() for c in self.cores.values()) if t is not None and t <= until]
-            if not due:
-                break
-            self.now = max(self.now, min(due))
-            for core in list(self.cores.values()):
-                t = core.next_timer()
-                if t is not None and t <= self.now:
-                    core.tick(self.now)
-            self.flush()
-        self.now = until
+        super().__init__(cores, encode=wire)  # wire: through encode/decode, as the transport does
 
     def delivered(self, nid: bytes) -> list:
-        return [e.env.body for e in self.events[nid] if isinstance(e, Delivered)]
+        return [e.env.body for e in self.reported[nid] if isinstance(e, Delivered)]
 
     def of(self, nid: bytes, kind: type) -> list:
-        return [e for e in self.events[nid] if isinstance(e, kind)]
+        return [e for e in self.reported[nid] if isinstance(e, kind)]
 
 
 def pair(config: DeliveryConfig | None = None, **kw) -> tuple[Delivery, Delivery, Net]:
@@ -277,7 +238,7 @@ def test_receiver_that_lost_its_state_is_told_where_the_stream_goes_on():
     net.add(b2)
     a.send(B, "after", net.now)
     net.advance(net.now + 1)
-    assert [e.env.body for e in net.events[B] if isinstance(e, Delivered)][-1] == "after"
+    assert [e.env.body for e in net.reported[B] if isinstance(e, Delivered)][-1] == "after"
     assert b2.stats["fwd_received"] >= 1
 
 
@@ -294,7 +255,7 @@ def test_a_restarted_receiver_gets_at_once_what_its_previous_run_had_selectively
     assert net.delivered(B) == [1, 2] and b.stats["out_of_order"] == 37
     b2 = Delivery(B, random.Random(99))  # B restarted: its buffer is gone
     net.add(b2)
-    net.events[B] = []
+    net.reported[B] = []
     net.advance(2.0)
     assert sorted(net.delivered(B)) == list(range(3, 41))  # well within one rto_max (6.25 s)
     assert a.stats["reneged"] == 37 and a.pending(B) == 0  # 4..40
@@ -659,7 +620,7 @@ def test_a_restarted_receiver_given_what_it_delivered_does_not_deliver_it_again(
         if restore:
             b2.remember_delivered(A, ids[:6])
         net.cores[B] = b2
-        net.events[B] = []
+        net.reported[B] = []
         net.drop = lambda env: False
         net.advance(30.0)
         again = [e.env.body for e in net.of(B, Delivered)]

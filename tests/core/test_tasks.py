@@ -18,7 +18,9 @@ from zmqagents.core.tasks import (
     StartTask, StateChanged, StopTask, TaskCaller, TaskDone, TaskInput, TaskProvider, TaskSpec,
     TaskTooLarge, Weights,
 )
-from zmqagents.envelope import Envelope, decode
+from zmqagents.envelope import Envelope
+
+from helpers.fakenet import DirectNet
 
 VECTORS = json.loads((Path(__file__).resolve().parents[2] / "protocols" / "tasks-vectors.json").read_text())
 
@@ -28,8 +30,9 @@ P2 = bytes([0x2] * 32)
 P3 = bytes([0x3] * 32)
 
 
-class Mesh:
-    """One caller and some providers passing envelopes directly (through encode/decode), on a fake clock.
+class Mesh(DirectNet):
+    """One caller and some providers passing envelopes directly (through encode/decode: bytes in bodies
+    stay bytes), on a fake clock. ``events``: the caller's; ``pevents``: each provider's.
 
     ``hold(env)`` returns True to keep an envelope back (released by ``release``), so tests can
     reorder, drop or duplicate what the task layer sees.
@@ -37,52 +40,31 @@ class Mesh:
 
     def __init__(self, *providers: bytes, caller_config: CallerConfig | None = None,
                  provider_config: ProviderConfig | None = None, policy: CapabilityPolicy | None = None):
-        self.now = 0.0
         self.caller = TaskCaller(C, random.Random(1), caller_config)
         self.providers = {p: TaskProvider(p, random.Random(i), provider_config) for i, p in enumerate(providers)}
+        super().__init__([self.caller, *self.providers.values()], encode=True)
         for prov in self.providers.values():
             prov.offer("echo", policy)
-        self.events: list = []  # caller events
-        self.pevents: dict[bytes, list] = {p: [] for p in providers}
+        self.events = self.reported[C]
+        self.pevents = self.reported
         self.held: list[Envelope] = []
         self.hold: Callable[[Envelope], bool] = lambda env: False
-        self.wire: list[Envelope] = []
+        self.drop = self._held
 
-    def flush(self) -> None:
-        moved = True
-        while moved:
-            moved = False
-            for env in self.caller.take_outgoing():
-                moved = True
-                self._deliver(env)
-            self.events += self.caller.take_events()
-            for pid, prov in self.providers.items():
-                for env in prov.take_outgoing():
-                    moved = True
-                    self._deliver(env)
-                self.pevents[pid] += prov.take_events()
-
-    def _deliver(self, env: Envelope) -> None:
-        self.wire.append(env)
+    def _held(self, env: Envelope) -> bool:
         if self.hold(env):
             self.held.append(env)
-            return
-        self.inject(env)
-
-    def inject(self, env: Envelope) -> None:
-        env = decode(env.encode())  # what a peer would get: bytes in bodies stay bytes
-        if env.dst == C:
-            self.caller.receive(env, self.now)
-        elif env.dst in self.providers:
-            self.providers[env.dst].receive(env, self.now)
+            return True
+        return False
 
     def release(self, order: Callable[[list], list] = lambda x: x) -> None:
         held, self.held = self.held, []
         for env in order(held):
-            self.inject(env)
+            self.deliver(env)
         self.flush()
 
-    def advance(self, dt: float) -> None:
+    def tick_all(self, dt: float) -> None:
+        """``dt`` seconds later, one tick of every core (not each timer at its own time)."""
         self.now += dt
         self.caller.tick(self.now)
         for prov in self.providers.values():
@@ -234,9 +216,9 @@ def test_a_gap_that_does_not_fill_is_skipped_after_gap_timeout():
     m.flush()
     assert m.done() == []  # the completion waits behind the hole
     assert m.caller.next_timer() == pytest.approx(1.0)
-    m.advance(0.9)
+    m.tick_all(0.9)
     assert m.done() == []
-    m.advance(0.2)
+    m.tick_all(0.2)
     assert [e.data for e in m.events if isinstance(e, Progress)] == ["kept"]
     (done,) = m.done()
     assert done.state == COMPLETED and done.lost_updates == 1
@@ -405,12 +387,12 @@ def test_busy_everywhere_waits_for_room_then_runs():
     tid = m.submit(TaskSpec("echo", "c"))
     assert m.done() == [] and m.caller.stats["busy_waits"] == 1
     assert m.caller.next_timer() is not None and m.caller.next_timer() <= 0.15
-    m.advance(0.2)  # a second round: still busy everywhere
+    m.tick_all(0.2)  # a second round: still busy everywhere
     assert m.caller.stats["busy_waits"] == 2 and m.done() == []
     (a,) = m.starts(P1)
     m.providers[P1].complete(a.task_id, "A", m.now)
     m.flush()
-    m.advance(0.5)
+    m.tick_all(0.5)
     assert [s.input for s in m.starts(P1)] == ["a", "c"]
     m.providers[P1].complete(m.starts(P1)[1].task_id, "C", m.now)
     m.flush()
@@ -425,13 +407,13 @@ def test_idempotent_task_waits_for_a_busy_provider_when_the_other_one_is_silent(
     m.hold = lambda env: env.dst == P2  # P2 died without anyone noticing yet
     tid = m.submit(TaskSpec("echo", "c", idempotent=True))
     for _ in range(15):
-        m.advance(0.1)
+        m.tick_all(0.1)
     assert m.done() == []  # P2 timed out (excluded for good), P1 answers busy: wait for room
     (a,) = m.starts(P1)
     m.providers[P1].complete(a.task_id, "A", m.now)
     m.flush()
     for _ in range(30):
-        m.advance(0.1)
+        m.tick_all(0.1)
     starts = m.starts(P1)
     assert [s.input for s in starts] == ["a", "c"]
     m.providers[P1].complete(starts[1].task_id, "C", m.now)
@@ -445,7 +427,7 @@ def test_busy_wait_is_bounded():
     m.submit(TaskSpec("echo", "a"))
     m.submit(TaskSpec("echo", "b"))
     for _ in range(40):
-        m.advance(0.1)
+        m.tick_all(0.1)
     (done,) = m.done()
     assert done.state == REJECTED and done.error["code"] == T.E_BUSY and done.elapsed >= 1.0
 
@@ -504,7 +486,7 @@ def test_deadline_at_the_provider_fails_and_stops_the_task():
     assert start.deadline == pytest.approx(5.0)
     assert m.providers[P1].next_timer() == pytest.approx(5.0)
     m.hold = lambda env: env.dst == C  # the caller hears nothing: its own deadline is equal
-    m.advance(5.0)
+    m.tick_all(5.0)
     assert [e for e in m.pevents[P1] if isinstance(e, StopTask)] == [StopTask(start.task_id, T.E_DEADLINE)]
     (done,) = m.done()
     assert done.state == FAILED and done.error["code"] == T.E_DEADLINE
@@ -595,7 +577,7 @@ def test_deadline_and_cancel_end_a_task_waiting_for_input():
     m.flush()
     assert m.caller.state_of(waiting) == m.caller.state_of(asked) == INPUT_REQUIRED
     assert m.caller.next_timer() == pytest.approx(5.0)  # no idle timeout while it is the caller's turn
-    m.advance(5.0)
+    m.tick_all(5.0)
     assert m.caller.cancel(asked, m.now, "no answer")
     m.flush()
     done = {d.task_id: d for d in m.done()}
@@ -752,7 +734,7 @@ def test_silent_provider_times_out_and_keyed_task_is_resent_to_it_not_elsewhere(
     m.submit(TaskSpec("echo", 1, key="k"))
     first = next(p for p in (P1, P2) if m.starts(p))
     m.hold = lambda env: False
-    m.advance(2.0)
+    m.tick_all(2.0)
     assert m.caller.stats["timeouts"] == 1
     # re-sent to the same provider, which attached it to the running task
     assert m.providers[first].stats["attached"] == 1
@@ -767,7 +749,7 @@ def test_silent_provider_fails_a_plain_task_without_rerunning_it():
     m = Mesh(P1, P2, caller_config=CallerConfig(accept_timeout=2.0))
     m.hold = lambda env: env.dst == C
     m.submit(TaskSpec("echo", 1))
-    m.advance(2.0)
+    m.tick_all(2.0)
     (done,) = m.done()
     assert done.state == FAILED and done.error["code"] == T.E_TIMEOUT and done.maybe_ran
     assert sum(len(m.starts(p)) for p in (P1, P2)) == 1
@@ -777,12 +759,12 @@ def test_idle_timeout_on_a_working_task():
     m = Mesh(P1, caller_config=CallerConfig(accept_timeout=1.0))
     m.submit(TaskSpec("echo", 1, idle_timeout=3.0))
     (start,) = m.starts(P1)
-    m.advance(2.5)
+    m.tick_all(2.5)
     m.providers[P1].progress(start.task_id, "still here", m.now)
     m.flush()
-    m.advance(2.9)
+    m.tick_all(2.9)
     assert m.done() == []
-    m.advance(0.2)
+    m.tick_all(0.2)
     (done,) = m.done()
     assert done.error["code"] == T.E_TIMEOUT
 

@@ -1,4 +1,8 @@
-"""A fake network for unit tests of the sans-IO protocol cores: no sockets, a fake clock.
+"""Fake networks for unit tests of the sans-IO protocol cores: no sockets, a fake clock.
+
+``DirectNet`` hands every envelope to its destination at once (no latency): the delivery and task
+cores' tests, which decide themselves what is lost, held back or reordered. ``CoreMesh`` adds
+one-way latency and a clock that runs the cores' timers, for the routing, DHT and broadcast cores.
 
 ``CoreMesh`` wires objects that speak the cores' driving interface (``node_id``, ``receive(env, now)``,
 ``tick(now)``, ``next_timer()``, ``take_outgoing()``, ``take_events()``: a RoutingCore, or a test's
@@ -12,7 +16,72 @@ from __future__ import annotations
 import heapq
 import random
 
-from zmqagents.envelope import decode
+from typing import Callable
+
+from zmqagents.envelope import Envelope, decode
+
+
+class DirectNet:
+    """Cores (anything with ``node_id`` and the sans-IO driving interface) that pass envelopes to each
+    other at once, on a fake clock (``now``).
+
+    ``reported`` maps each node id to the events its core reported, in order; ``wire`` lists every
+    envelope sent. ``drop(env)`` returning True keeps an envelope from its destination (a test that
+    wants it later keeps it itself); an envelope to a node not in the net is lost. ``encode=True``
+    passes what is delivered through encode/decode, as a real peer would get it.
+    """
+
+    def __init__(self, cores=(), *, encode: bool = False):
+        self.cores: dict[bytes, object] = {}
+        self.reported: dict[bytes, list] = {}
+        self.wire: list[Envelope] = []
+        self.now = 0.0
+        self.drop: Callable[[Envelope], bool] = lambda env: False
+        self.encode = encode
+        for core in cores:
+            self.add(core)
+
+    def add(self, core) -> None:
+        self.cores[core.node_id] = core
+        self.reported.setdefault(core.node_id, [])
+
+    def deliver(self, env: Envelope) -> None:
+        """Hand ``env`` to its destination now (nothing if it is not in the net)."""
+        core = self.cores.get(env.dst)
+        if core is None:
+            return
+        if self.encode:
+            env = decode(env.encode())
+        core.receive(env, self.now)
+
+    def flush(self) -> None:
+        """Move what the cores send until none has anything left, collecting their events."""
+        moved = True
+        while moved:
+            moved = False
+            for nid, core in list(self.cores.items()):
+                self.reported[nid] += core.take_events()
+                for env in core.take_outgoing():
+                    moved = True
+                    self.wire.append(env)
+                    if not self.drop(env):
+                        self.deliver(env)
+                self.reported[nid] += core.take_events()
+
+    def advance(self, until: float) -> None:
+        """Move the clock to ``until``, running every timer due on the way, each at its time."""
+        self.flush()
+        while True:
+            due = [t for t in (c.next_timer() for c in self.cores.values()) if t is not None and t <= until]
+            if not due:
+                break
+            self.now = max(self.now, min(due))
+            for core in list(self.cores.values()):
+                t = core.next_timer()
+                if t is not None and t <= self.now:
+                    core.tick(self.now)
+            self.flush()
+        self.now = until
 
 
 class CoreMesh:
