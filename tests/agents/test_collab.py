@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import sys
 
@@ -13,7 +12,8 @@ from zmqagents.agents.collab import CollabError, debate, map_reduce, parallel, s
 from zmqagents.agents.runtime import Agents
 from zmqagents.agents.shell import ShellAgent
 from zmqagents.core import tasks as T
-from zmqagents.node import Node
+
+from helpers.realmesh import close_mesh, start_mesh
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -26,26 +26,10 @@ def py(code: str) -> ShellAgent:
     return ShellAgent(f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}", timeout=20)
 
 
-async def mesh(n: int) -> tuple[list[Node], list[Agents]]:
-    seed = Node()
-    await seed.start()
-    nodes = [seed]
-    for _ in range(n - 1):
-        node = Node(bootstrap=[seed.contact])
-        await node.start()
-        nodes.append(node)
-    return nodes, [Agents(node) for node in nodes]
-
-
-async def close(nodes, agents) -> None:
-    for a in agents:
-        await a.close()
-    await asyncio.gather(*(n.close() for n in nodes))
-
-
 def test_sequential_parallel_and_map_reduce(arun):
     async def main():
-        nodes, agents = await mesh(3)
+        nodes = await start_mesh(3)
+        agents = [Agents(node) for node in nodes]
         try:
             await agents[1].serve(Capability("add1"), py('out = {"n": x["n"] + 1}'))
             await agents[2].serve(Capability("double"), py('out = {"n": x["n"] * 2}'))
@@ -64,14 +48,15 @@ def test_sequential_parallel_and_map_reduce(arun):
             words = ["mesh", "of", "agents", "talking"]
             assert await map_reduce(caller, "length", "sum", words) == {"n": sum(map(len, words))}
         finally:
-            await close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=80)
 
 
 def test_vote_across_distinct_providers_and_quorum(arun):
     async def main():
-        nodes, agents = await mesh(5)
+        nodes = await start_mesh(5)
+        agents = [Agents(node) for node in nodes]
         try:
             await agents[1].serve(Capability("answer"), py('out = {"a": 42}'))
             await agents[2].serve(Capability("answer"), py('out = {"a": 42}'))
@@ -84,14 +69,15 @@ def test_vote_across_distinct_providers_and_quorum(arun):
             with pytest.raises(CollabError, match="needs 4 providers"):
                 await vote(agents[0], "answer", {"q": "meaning"}, n=4)
         finally:
-            await close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=80)
 
 
 def test_debate_rounds_then_judge(arun):
     async def main():
-        nodes, agents = await mesh(3)
+        nodes = await start_mesh(3)
+        agents = [Agents(node) for node in nodes]
         try:
             await agents[1].serve(Capability("pro"), py('out = f"pro r{x[\'round\']} after {len(x[\'transcript\'])} turns"'))
             await agents[2].serve(Capability("con"), py('out = f"con r{x[\'round\']} after {len(x[\'transcript\'])} turns"'))
@@ -104,7 +90,7 @@ def test_debate_rounds_then_judge(arun):
             with pytest.raises(ValueError):
                 await debate(agents[0], ["pro"], "judge", "q", rounds=0)
         finally:
-            await close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=80)
 
@@ -117,7 +103,8 @@ def test_each_mode_is_a_workflow_step(arun):
     n_in = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
 
     async def main():
-        nodes, agents = await mesh(4)
+        nodes = await start_mesh(4)
+        agents = [Agents(node) for node in nodes]
         try:
             for a in agents[1:]:
                 await a.serve(Capability("answer"), py('out = {"a": 42}'))
@@ -159,7 +146,7 @@ def test_each_mode_is_a_workflow_step(arun):
             assert "step 2 (fail)" in results["broken"].error["msg"]
             assert "needs an array input" in results["scalar"].error["msg"]
         finally:
-            await close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=80)
 

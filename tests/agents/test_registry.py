@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_runtime import _close, _mesh
 
 from zmqagents.agents import registry
 from zmqagents.agents.capability import Capability
 from zmqagents.agents.runtime import Agents
 from zmqagents.core.tasks import packed_size
 from zmqagents.dht import key_for
+
+from helpers.realmesh import close_mesh, quick_detection, start_mesh
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,7 +47,7 @@ def test_shards_cover_every_node_id():
 
 def test_list_mesh_finds_every_agent_and_describes_one_that_lists_too_much(arun):
     async def main():
-        nodes = await _mesh(4)
+        nodes = await start_mesh(4, quick_detection)
         agents = [Agents(n) for n in nodes]
         try:
             async def echo(value, ctx):
@@ -85,6 +86,6 @@ def test_list_mesh_finds_every_agent_and_describes_one_that_lists_too_much(arun)
             await asyncio.wait_for(agents[1].wait_listed(), 10)
             assert shard not in nodes[1].dht.core.provided
         finally:
-            await _close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main())

@@ -14,37 +14,15 @@ from zmqagents.agents.capability import Capability, InvalidInput
 from zmqagents.agents.runtime import NO_ON_INPUT, Agents, DirectLookup, NoAnswer
 from zmqagents.agents.shell import ShellAgent
 from zmqagents.core import tasks as T
-from zmqagents.core.membership import MembershipConfig
-from zmqagents.node import Node, NodeConfig
+
+from helpers.realmesh import close_mesh, quick_detection, start_mesh
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _fast() -> NodeConfig:
-    return NodeConfig(membership=MembershipConfig(probe_interval=0.3, probe_timeout=0.1, suspicion_min=0.6,
-                                                  suspicion_max=1.5, gossip_interval=0.1), leave_timeout=0.2)
-
-
-async def _mesh(n: int) -> list[Node]:
-    seed = Node(config=_fast())
-    await seed.start()
-    nodes = [seed]
-    for _ in range(n - 1):
-        node = Node(config=_fast(), bootstrap=[seed.contact])
-        await node.start()
-        nodes.append(node)
-    return nodes
-
-
-async def _close(nodes, agents):
-    for a in agents:
-        await a.close()
-    await asyncio.gather(*(n.close() for n in nodes))
-
-
 def test_shell_and_coroutine_agents_found_through_the_dht(arun):
     async def main():
-        nodes = await _mesh(4)
+        nodes = await start_mesh(4, quick_detection)
         agents = [Agents(n) for n in nodes]
         try:
             await agents[1].serve(Capability("upper", max_concurrency=2),
@@ -74,14 +52,14 @@ def test_shell_and_coroutine_agents_found_through_the_dht(arun):
             done = await agents[0].request("nobody-offers-this", 1)
             assert done.state == T.REJECTED and done.error["code"] == T.E_NO_PROVIDER
         finally:
-            await _close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=50)
 
 
 def test_busy_providers_route_elsewhere_then_wait_for_room(arun):
     async def main():
-        nodes = await _mesh(3)
+        nodes = await start_mesh(3, quick_detection)
         agents = [Agents(n) for n in nodes]
         gate = asyncio.Event()
 
@@ -105,14 +83,14 @@ def test_busy_providers_route_elsewhere_then_wait_for_room(arun):
             assert {r.provider for r in results} == {nodes[0].node_id, nodes[1].node_id}
             assert agents[0].provider.stats["busy"] + agents[1].provider.stats["busy"] >= 2
         finally:
-            await _close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=50)
 
 
 def test_provider_death_fails_a_plain_task_and_moves_an_idempotent_one(arun, tmp_path):
     async def main():
-        nodes = await _mesh(4)
+        nodes = await start_mesh(4, quick_detection)
         agents = [Agents(n) for n in nodes]
         runs = tmp_path / "runs"
         try:
@@ -141,14 +119,14 @@ def test_provider_death_fails_a_plain_task_and_moves_an_idempotent_one(arun, tmp
             # the plain task ran once in all (never re-sent); the idempotent one at most twice
             assert runs.read_text().count("run") == 2 + (1 if idem_at_victim else 0)
         finally:
-            await _close([n for n in nodes if not n._closed], [a for i, a in enumerate(agents)])
+            await close_mesh([n for n in nodes if not n._closed], [a for i, a in enumerate(agents)])
 
     arun(main(), timeout=50)
 
 
 def test_allow_list_and_direct_lookup_and_cancel(arun, tmp_path):
     async def main():
-        nodes = await _mesh(3)
+        nodes = await start_mesh(3, quick_detection)
         pidfile = tmp_path / "pid"
         agents = [Agents(nodes[0]), Agents(nodes[1]), Agents(nodes[2], lookup=DirectLookup(nodes[2], [nodes[0].contact]))]
         try:
@@ -174,14 +152,14 @@ def test_allow_list_and_direct_lookup_and_cancel(arun, tmp_path):
                 await asyncio.sleep(0.05)
             assert agents[0].provider.stats["canceled"] == 1
         finally:
-            await _close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=50)
 
 
 def test_agent_failure_and_deadline(arun):
     async def main():
-        nodes = await _mesh(2)
+        nodes = await start_mesh(2, quick_detection)
         agents = [Agents(n) for n in nodes]
 
         async def broken(value, ctx):
@@ -203,14 +181,14 @@ def test_agent_failure_and_deadline(arun):
                 await asyncio.sleep(0.02)
             assert not agents[0]._running
         finally:
-            await _close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=50)
 
 
 def test_agents_ask_their_caller_mid_task(arun):
     async def main():
-        nodes = await _mesh(2)
+        nodes = await start_mesh(2, quick_detection)
         agents = [Agents(n) for n in nodes]
 
         async def greet(value, ctx):
@@ -244,14 +222,14 @@ def test_agents_ask_their_caller_mid_task(arun):
             done = await agents[1].request("asker", {"a": 1}, on_input=fixed)
             assert done.state == T.COMPLETED and done.output == {"x": {"a": 1}, "y": [1, 2]}, done
         finally:
-            await _close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=50)
 
 
 def test_a_question_nobody_answers_cancels_the_task_and_the_deadline_still_holds(arun, tmp_path):
     async def main():
-        nodes = await _mesh(2)
+        nodes = await start_mesh(2, quick_detection)
         agents = [Agents(n) for n in nodes]
         pidfile = tmp_path / "pid"
         stopped = []
@@ -313,14 +291,14 @@ def test_a_question_nobody_answers_cancels_the_task_and_the_deadline_still_holds
             assert stopped == [1, 2, 3, 4, 5] and answering == ["stopped", "stopped"] and not caller._answering
             assert caller.stats["unanswered"] == 4 and agents[0].provider.stats["input_required"] == 6
         finally:
-            await _close(nodes, agents)
+            await close_mesh(nodes, agents)
 
     arun(main(), timeout=50)
 
 
 def test_a_provider_that_shuts_down_cancels_its_tasks_at_once(arun):
     async def main():
-        nodes = await _mesh(3)
+        nodes = await start_mesh(3, quick_detection)
         agents = [Agents(n) for n in nodes]
 
         async def stuck(value, ctx):
@@ -340,6 +318,6 @@ def test_a_provider_that_shuts_down_cancels_its_tasks_at_once(arun):
                                                                "msg": "the provider is shutting down"}
             assert time.monotonic() - start < 3 and done.maybe_ran
         finally:
-            await _close(nodes, agents[1:])
+            await close_mesh(nodes, agents[1:])
 
     arun(main(), timeout=50)

@@ -14,23 +14,14 @@ from zmqagents.dht import DhtError
 from zmqagents.identity import Contact
 from zmqagents.node import Node, NodeConfig
 
+from helpers.realmesh import start_mesh
+
 
 def _fast() -> NodeConfig:
     """Failure detection within a few seconds and a re-replication check twice a second."""
     return NodeConfig(membership=MembershipConfig(probe_interval=0.3, probe_timeout=0.1, suspicion_min=0.6,
                                                   suspicion_max=1.5, gossip_interval=0.1, sync_interval=2.0),
                       dht=DhtConfig(replicate_check=0.5))
-
-
-async def _mesh(n: int, config=None) -> list[Node]:
-    seed = Node(config=config() if config else None)
-    await seed.start()
-    nodes = [seed]
-    for _ in range(n - 1):
-        node = Node(config=config() if config else None, bootstrap=[seed.contact])
-        await node.start()
-        nodes.append(node)
-    return nodes
 
 
 def _closest(ids, key: bytes, n: int) -> list[bytes]:
@@ -48,7 +39,7 @@ async def _held_by(nodes: list[Node], key: bytes, want: list[bytes], timeout: fl
 
 def test_put_on_one_node_get_on_another_and_providers(arun):
     async def main():
-        nodes = await _mesh(8)
+        nodes = await start_mesh(8)
         try:
             put = await nodes[2].dht.put("site/7/config", {"interval": 30}, ttl=600)
             assert put.stored >= 1 and put.key == key_for("site/7/config")
@@ -104,7 +95,7 @@ def test_a_record_survives_the_crash_of_its_closest_holder(arun, tmp_path):
     place, and the record is still found on the three closest live nodes."""
 
     async def main():
-        nodes = await _mesh(5, _fast)
+        nodes = await start_mesh(5, _fast)
         procs = []
         try:
             files = [tmp_path / f"p{i}.contact" for i in range(3)]
