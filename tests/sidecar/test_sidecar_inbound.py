@@ -406,3 +406,33 @@ def test_a_flooding_client_that_reads_nothing_does_not_starve_the_others(arun, s
             honest.close()
 
     arun(main())
+
+
+def test_a_message_the_spool_cannot_hold_stays_in_memory_counted_and_the_rest_are_written(arun, short_dir):
+    """A burst with one record too large for the spool: the others are written, that one is kept in
+    memory (accepted: it is not dropped), counted; all come out in order and leave when acknowledged."""
+    from zmqagents.node import Message
+    from zmqagents.sidecar.inbound import SpoolInbox
+    from zmqagents.sidecar.spool import SpoolConfig
+
+    async def main():
+        inbox = SpoolInbox(SpoolConfig(str(short_dir / "in"), max_bytes=1 << 20, max_record=4096, fsync="never"),
+                           limit=100, share=1.0, node_id=bytes(32), dedup_window=16)
+        inbox.open()
+        src = bytes([7]) * 32
+        bodies = ["small", "x" * 10_000, "after"]
+        for i, body in enumerate(bodies):
+            inbox.put(Message(src, body, "msg", bytes([i]) * 16, None, 600), src, 600)
+        inbox.flush()
+        assert inbox.stats["unspooled"] == 1 and inbox.spool.undone_count == 2 and len(inbox) == 3
+        got = [(await inbox.get())[0] for _ in bodies]
+        assert [m.body for m in got] == bodies
+        inbox.release(got[2].id)  # handed back: first in line again
+        assert (await inbox.get())[0].id == got[2].id
+        for m in got:
+            assert inbox.ack(m.id)
+        inbox.commit()
+        assert inbox.spool.undone_count == 0 and inbox.stats["acked"] == 3 and not inbox.ack(got[0].id)
+        inbox.close()
+
+    arun(main())

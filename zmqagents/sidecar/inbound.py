@@ -116,15 +116,24 @@ class SpoolInbox:
         pending, self._pending = self._pending, []
         ts = int(time.time() * 1000)
         envs = [Envelope(m.id, m.src, m.type, m.body, self.node_id, ts) for m in pending]
+        refs: list[int | Message]
         try:
-            refs: list[int | Message] = list(self.spool.append(envs))
-        except (SpoolError, EnvelopeError) as exc:
-            log.error("inbound spool: %d received message(s) kept in memory only: %s", len(pending), exc)
-            self.stats["unspooled"] += len(pending)
-            refs = list(pending)
+            refs = list(self.spool.append(envs))
+        except (SpoolError, EnvelopeError):
+            refs = [self._append_one(env, message) for env, message in zip(envs, pending)]
         for item, message in zip(refs, pending):
             self._queue.put(item, message.src, message.cost)
         self.stats["accepted"] += len(pending)
+
+    def _append_one(self, env: Envelope, message: Message) -> int | Message:
+        """After a burst failed: this message's record, or the message itself if it cannot be written
+        (kept in memory, counted: accepted, only not across a crash)."""
+        try:
+            return self.spool.append([env])[0]
+        except (SpoolError, EnvelopeError) as exc:
+            log.error("inbound spool: a message from %s is kept in memory only: %s", env.src.hex()[:12], exc)
+            self.stats["unspooled"] += 1
+            return message
 
     async def get(self) -> tuple[Message, bytes, int]:
         """The oldest waiting message; it stays on disk until :meth:`ack` (or goes back with :meth:`unget`)."""
@@ -156,11 +165,16 @@ class SpoolInbox:
 
     def unget(self, message: Message, sender: bytes, cost: int) -> None:
         """Put a taken message back at the head of the line (its client left without acknowledging it)."""
-        entry = self._untake(message.id)
+        self.release(message.id)
+
+    def release(self, msg_id: bytes) -> bool:
+        """:meth:`unget` by id: what a consumer holding only ids (not the messages) gives back."""
+        entry = self._untake(msg_id)
         if entry is None:
-            return
+            return False
         self.stats["requeued"] += 1
         self._queue.unget(*entry)
+        return True
 
     def ack(self, msg_id: bytes) -> bool:
         """The application has the message: it leaves the spool. False if it was not taken (or acked)."""

@@ -113,13 +113,15 @@ class _Client:
 
 class _Unacked:
     """Messages handed to an acknowledging client, not yet acknowledged: they are still in the
-    inbound spool, and go back to the head of the line if the client is gone or too slow."""
+    inbound spool, and go back to the head of the line if the client is gone or too slow. With a
+    spool only their ids are held here (the spool has the rest); a node without one (tests, a plain
+    Node) needs the Message to put it back."""
 
     __slots__ = ("timeout", "messages")
 
     def __init__(self, timeout: float):
         self.timeout = timeout
-        self.messages: OrderedDict[bytes, tuple[Any, float]] = OrderedDict()  # id -> (Message, handed at)
+        self.messages: OrderedDict[bytes, tuple[Any, float]] = OrderedDict()  # id -> (Message or None, handed at)
 
 
 class LocalApi:
@@ -516,7 +518,7 @@ class LocalApi:
             unacked = self._unacked.get(client.rid)
             if unacked is None:
                 unacked = self._unacked[client.rid] = _Unacked(DEFAULT_ACK_TIMEOUT_MS / 1000)
-            unacked.messages[msg.id] = (msg, time.monotonic())
+            unacked.messages[msg.id] = (None if self.inbox is not None else msg, time.monotonic())
         elif self.inbox is not None:
             self.inbox.ack(msg.id)  # written to the client: version 1 semantics, acknowledged on its behalf
             self._schedule_commit()
@@ -555,9 +557,8 @@ class LocalApi:
         unacked = self._unacked.pop(rid, None)
         if unacked is None:
             return
-        for msg, _ in reversed(unacked.messages.values()):
-            self.node.requeue(msg)
-            self.stats["redelivered"] += 1
+        for mid, (msg, _) in reversed(unacked.messages.items()):
+            self._put_back(mid, msg)
 
     def _check(self) -> None:
         """Every second: serving clients' leases, and messages not acknowledged in time go back."""
@@ -565,13 +566,20 @@ class LocalApi:
         self.serving.expire()
         now = time.monotonic()
         for rid, unacked in list(self._unacked.items()):
-            late = [m for m, at in unacked.messages.values() if now - at > unacked.timeout]
-            for msg in reversed(late):
-                del unacked.messages[msg.id]
-                self.node.requeue(msg)
-                self.stats["redelivered"] += 1
+            late = [(mid, m) for mid, (m, at) in unacked.messages.items() if now - at > unacked.timeout]
+            for mid, msg in reversed(late):
+                del unacked.messages[mid]
+                self._put_back(mid, msg)
             if not unacked.messages and rid not in self._clients:
                 del self._unacked[rid]
+
+    def _put_back(self, mid: bytes, msg: Any) -> None:
+        """A handed message goes back to the head of the line, to be pushed again."""
+        if self.inbox is not None:
+            self.inbox.release(mid)
+        else:
+            self.node.requeue(msg)
+        self.stats["redelivered"] += 1
 
     def _schedule_commit(self) -> None:
         if not self._commit_scheduled and self.inbox is not None:
