@@ -436,3 +436,42 @@ def test_a_message_the_spool_cannot_hold_stays_in_memory_counted_and_the_rest_ar
         inbox.close()
 
     arun(main())
+
+
+def test_no_acknowledgement_leaves_before_the_messages_it_covers_are_in_the_spool(arun, short_dir):
+    """Every ack the receiving node sends (alone or riding on another envelope) covers only messages
+    already appended to its inbound spool: checked on each envelope the transport is handed."""
+    from zmqagents.sidecar.inbound import SpoolInbox
+    from zmqagents.sidecar.spool import SpoolConfig
+
+    async def main():
+        inbox = SpoolInbox(SpoolConfig(str(short_dir / "in"), max_bytes=16 << 20, fsync="never"),
+                           limit=10_000, share=1.0, node_id=bytes(32), dedup_window=4096)
+        receiver = Node(inbox=inbox)
+        inbox.open()
+        checked = []
+        early = []
+        await receiver.start()
+        send = receiver.transport.send
+
+        def watched(env):
+            # The sender's stream starts with its hello request (seq 1); its messages are seqs 2..2001.
+            if env.ack is not None and env.ack[1] > 1:
+                checked.append(env.ack[1])
+                if env.ack[1] - 1 > inbox.spool.stats["appended"]:
+                    early.append((env.ack[1], inbox.spool.stats["appended"]))
+            return send(env)
+        receiver.transport.send = watched
+        try:
+            async with Node(peers=[receiver.contact]) as sender:
+                for i in range(2000):
+                    sender.send_nowait(receiver.node_id, i) if sender.delivery.can_send(receiver.node_id) \
+                        else await sender.send(receiver.node_id, i)
+                await sender.flush(timeout=15)
+            assert checked and max(checked) == 2001 and early == []
+            assert inbox.spool.undone_count == 2000
+        finally:
+            await receiver.close()
+            inbox.close()
+
+    arun(main())
