@@ -58,6 +58,16 @@ it grow for minutes. N=2000, 300 s, 20 % crash: 231 s of CPU, 5.5M events, 336 M
 not finish in the time available: 2.5 wall-min to the crash at 40 s, then 11.6M events and 17.5
 wall-min for the 60 virtual seconds after 45 s (protocols/routing.md 10.9 has the figures). The holder scans at the crash and
 before the last gets read every live node's store once per key (~2.5 CPU-s at N=10,000).
+
+On the parallel workers (``--workers``, :mod:`zmqagents.sim.parallel`; the same run and report as in one
+process): N=2000, 300 s, 20 % crash on 2 workers, 5.65M events, 280,000 lockstep windows, 294 CPU-s
+user + 15 sys for all processes together (about 150 per worker), 383 MB for both; every DHT and
+detection figure as in one process (load average 11-38 during that run, so its 1,462 s of wall time
+says nothing of the split). Where the time goes after a mass crash (cProfile, N=2000, 80 s, 400 of
+them crashing, one process): membership's receive ~38 % of it, most of that rumor handling
+(``_absorb``, ``_on_rumor``, the rumor queue's ``enqueue`` and ``pick``); the engine's flush and
+timers ~25 %. Two workers can at best halve the work per process, so a 10,000-node run with a 20 %
+crash needs a cheaper SWIM core under a mass crash as well to finish in minutes.
 """
 
 from __future__ import annotations
