@@ -267,7 +267,7 @@ def main() -> None:
     log(f"raw pyzmq request/reply: {args.tasks} requests, {args.parallel} in flight")
     raw = throughput.measure("rr", "raw", args.tasks, min(500, args.tasks), args.parallel, 120.0, None)
     result["raw_rr_msgs_per_s"] = round(raw["msgs_per_s"], 1)
-    result["tasks_ratio"] = round(result["tasks_per_s"] / raw["msgs_per_s"], 4)
+    result["tasks_ratio"] = round(result["tasks_per_s"] / result["raw_rr_msgs_per_s"], 4)
     print(json.dumps(result))
 
 
