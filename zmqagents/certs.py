@@ -34,6 +34,7 @@ import nacl.exceptions
 import nacl.signing
 
 from .identity import Identity, IdentityError, format_public_key, node_id_of, parse_public_key
+from .errors import Error, InvalidArgument
 
 CA_KEY_FORMAT = "zmqagents-ca-ed25519-v1"
 CERT_VERSION = 1
@@ -58,7 +59,7 @@ REASONS = ("malformed", "oversize", "unknown_issuer", "bad_signature", "not_yet_
            "wrong_key")
 
 
-class CertError(ValueError):
+class CertError(Error, ValueError):
     """A certificate or revocation list cannot be used; ``reason`` is one of :data:`REASONS`."""
 
     def __init__(self, reason: str, message: str):
@@ -109,7 +110,7 @@ class Certificate:
 
 def _check_name(name: object) -> str:
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN or not name.isprintable():
-        raise ValueError(f"a certificate name is 1..{MAX_NAME_LEN} printable characters, got {name!r:.80}")
+        raise InvalidArgument(f"a certificate name is 1..{MAX_NAME_LEN} printable characters, got {name!r:.80}")
     return name
 
 
@@ -122,7 +123,7 @@ def _check_groups(groups: Iterable[object]) -> tuple[str, ...]:
     for g in groups:
         out.append(check_group_name(g))
     if len(out) > MAX_GROUPS:
-        raise ValueError(f"a certificate holds at most {MAX_GROUPS} groups, got {len(out)}")
+        raise InvalidArgument(f"a certificate holds at most {MAX_GROUPS} groups, got {len(out)}")
     return tuple(sorted(set(out)))
 
 
@@ -130,21 +131,21 @@ def issue(ca: Identity, public_key: bytes, name: str, *, groups: Iterable[str] =
           not_after: int, serial: bytes) -> Certificate:
     """Sign a certificate for ``public_key`` with the CA's key. ValueError on a bad field (the message says which)."""
     if len(public_key) != 32:
-        raise ValueError("the node public key must be 32 bytes")
+        raise InvalidArgument("the node public key must be 32 bytes")
     parse_public_key(format_public_key(public_key))  # a valid Ed25519 point, or IdentityError
     _check_name(name)
     groups = _check_groups(groups)
     if not (isinstance(not_before, int) and isinstance(not_after, int) and 0 <= not_before < not_after <= MAX_TIME):
-        raise ValueError(f"validity must satisfy 0 <= not_before < not_after < 2^63, got {not_before}..{not_after}")
+        raise InvalidArgument(f"validity must satisfy 0 <= not_before < not_after < 2^63, got {not_before}..{not_after}")
     if len(serial) != SERIAL_LEN:
-        raise ValueError(f"the serial must be {SERIAL_LEN} bytes")
+        raise InvalidArgument(f"the serial must be {SERIAL_LEN} bytes")
     fields = {"v": CERT_VERSION, "k": public_key, "n": name, "g": list(groups), "nb": not_before, "na": not_after,
               "i": fingerprint(ca.public_key), "sn": serial}
     signed = msgpack.packb(fields, use_bin_type=True)
     signature = ca.sign(CERT_DOMAIN + signed)
     encoded = msgpack.packb({"c": signed, "s": signature}, use_bin_type=True)
     if len(encoded) > MAX_CERT_BYTES:
-        raise ValueError(f"the certificate is {len(encoded)} bytes; at most {MAX_CERT_BYTES} (fewer or shorter groups)")
+        raise InvalidArgument(f"the certificate is {len(encoded)} bytes; at most {MAX_CERT_BYTES} (fewer or shorter groups)")
     return decode_certificate(encoded)
 
 
@@ -203,7 +204,7 @@ def decode_certificate(data: bytes) -> Certificate:
     try:
         name = _check_name(f["n"])
         if not isinstance(f["g"], list):
-            raise ValueError("certificate groups g must be an array")
+            raise InvalidArgument("certificate groups g must be an array")
         groups = _check_groups(f["g"])
     except ValueError as exc:
         raise CertError("malformed", str(exc)) from None
@@ -221,7 +222,7 @@ def trust(cas: Iterable[bytes]) -> dict[bytes, nacl.signing.VerifyKey]:
     try:
         return {fingerprint(k): nacl.signing.VerifyKey(k) for k in cas}
     except (nacl.exceptions.ValueError, nacl.exceptions.TypeError):
-        raise ValueError("a CA public key is 32 bytes") from None
+        raise InvalidArgument("a CA public key is 32 bytes") from None
 
 
 def _verify_signature(ca: nacl.signing.VerifyKey, domain: bytes, signed: bytes, signature: bytes) -> bool:
@@ -286,14 +287,14 @@ def sign_revocations(ca: Identity, entries: Iterable[tuple[bytes, int]], *, sequ
     merged: dict[bytes, int] = {}
     for key, until in entries:
         if len(key) != 32 or type(until) is not int or not 0 <= until <= MAX_TIME:
-            raise ValueError("a revocation entry is a 32-byte public key and an until time (0 = for ever)")
+            raise InvalidArgument("a revocation entry is a 32-byte public key and an until time (0 = for ever)")
         old = merged.get(key)
         merged[key] = 0 if 0 in (old, until) else max(old or 0, until)
     if len(merged) > MAX_REVOKED:
-        raise ValueError(f"a revocation list holds at most {MAX_REVOKED} keys (it must fit in one DHT record); "
+        raise InvalidArgument(f"a revocation list holds at most {MAX_REVOKED} keys (it must fit in one DHT record); "
                          "entries drop out once their until time passes")
     if not 0 < sequence <= MAX_TIME or not 0 <= issued_at <= MAX_TIME:
-        raise ValueError("sequence must be 1..2^63-1 and issued_at 0..2^63-1")
+        raise InvalidArgument("sequence must be 1..2^63-1 and issued_at 0..2^63-1")
     fields = {"v": CERT_VERSION, "i": fingerprint(ca.public_key), "sq": sequence, "t": issued_at,
               "r": [[k, merged[k]] for k in sorted(merged)]}
     signed = msgpack.packb(fields, use_bin_type=True)
@@ -407,12 +408,12 @@ class Admission:
     def __init__(self, cas: Iterable[bytes], certificate: bytes, *, max_peers: int = 4096):
         self.cas = tuple(cas)
         if not self.cas:
-            raise ValueError("a fleet needs at least one CA public key")
+            raise InvalidArgument("a fleet needs at least one CA public key")
         self.revocations = Revocations(self.cas)
         self._trusted = trust(self.cas)
         self.certificate = decode_certificate(certificate)
         if self.certificate.issuer not in self._trusted:
-            raise ValueError("this node's certificate is not issued by any of the configured CAs "
+            raise InvalidArgument("this node's certificate is not issued by any of the configured CAs "
                              f"(issuer {self.certificate.issuer.hex()[:16]})")
         self.max_peers = max_peers
         self._peers: OrderedDict[bytes, Admitted] = OrderedDict()

@@ -30,11 +30,12 @@ from typing import Any, Callable
 from .core.dht import DhtCore, DhtDone, ProviderRecord, Record, key_for
 from .core.dht_store import Vouch
 from .identity import Contact, short_id
+from .errors import Error
 
 __all__ = ["Dht", "DhtError", "DhtTimeout", "PutResult", "ProviderInfo", "key_for"]
 
 
-class DhtError(Exception):
+class DhtError(Error):
     """A DHT operation failed; ``reason`` is the core's (see the module docstring)."""
 
     def __init__(self, message: str, reason: str = "failed"):

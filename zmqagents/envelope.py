@@ -26,6 +26,7 @@ import nacl.exceptions
 import nacl.signing
 
 from .identity import node_id_of
+from .errors import Error, InvalidArgument
 
 if TYPE_CHECKING:
     from .identity import Identity
@@ -74,7 +75,7 @@ _SCALARS = frozenset({type(None), bool, int, float, str, bytes})  # the types ms
 _KEY_TYPES = frozenset({str, bytes})  # map keys msgpack's strict_map_key lets through
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(Error, ValueError):
     """Base of every envelope decoding or verification failure."""
 
 
@@ -209,7 +210,7 @@ class Envelope:
     def sign(self, identity: Identity) -> "Envelope":
         """Sign in place with a :class:`~zmqagents.identity.Identity` whose node id is ``src``."""
         if identity.node_id != self.src:
-            raise ValueError("an envelope can only be signed by the node named in its src")
+            raise InvalidArgument("an envelope can only be signed by the node named in its src")
         self.pk = identity.public_key
         self.sig = None
         self.sig = identity.sign(self.signing_bytes())

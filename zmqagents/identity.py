@@ -30,6 +30,7 @@ from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
+from .errors import Error
 
 KEY_FILE_FORMAT = "zmqagents-ed25519-v1"
 NODE_ID_LEN = 32
@@ -41,7 +42,7 @@ RELAY_SCHEME = "relay://"
 MAX_ENDPOINT_LEN = 255
 
 
-class IdentityError(ValueError):
+class IdentityError(Error, ValueError):
     """A key, key file, node id or contact could not be used; the message says why."""
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from typing import Generic, TypeVar
+from .errors import InvalidArgument
 
 T = TypeVar("T")
 
@@ -30,7 +31,7 @@ class BoundedQueue(Generic[T]):
 
     def __init__(self, limit: int, max_bytes: int, share: float = 1.0):
         if limit < 1 or max_bytes < 1 or not 0 < share <= 1:
-            raise ValueError("a queue needs limit >= 1, max_bytes >= 1 and 0 < share <= 1")
+            raise InvalidArgument("a queue needs limit >= 1, max_bytes >= 1 and 0 < share <= 1")
         self.limit = limit
         self.max_bytes = max_bytes
         self.share = share

@@ -119,3 +119,11 @@ def test_the_known_exception_excuses_only_its_own_edge(tmp_path, monkeypatch):
 ])
 def test_cycles_are_the_strongly_connected_components(edges, expected):
     assert check_layers.cycles(edges) == expected
+
+
+def test_the_package_root_is_a_dependency_only_when_a_name_is_taken_from_it(tmp_path):
+    # the root re-exports from the top layer: importing a submodule through it is not importing it
+    pkg = make_package(tmp_path, {"core/a.py": "from .. import envelope\n"})
+    assert found(pkg) == []
+    pkg = make_package(tmp_path, {"core/a.py": "from .. import __version__\n"})
+    assert found(pkg) == ["upward import: zmqagents.core.a (layer core) imports zmqagents (layer cli/sidecar)"]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
+from ..errors import Error
 
 
-class AgentError(Exception):
+class AgentError(Error):
     """The agent could not do the task; ``str()`` is what the caller is told (keep secrets out of it)."""
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from ..core.tasks import MAX_CAPABILITY_LEN, CapabilityPolicy, check_group_name, packed_size
 from ..identity import Contact
 from .schema import SchemaError, check_schema, validate
+from ..errors import Error
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ MAX_RECORD_BYTES = 16 * 1024  # a record travels in DHT values and hello bodies:
 A2A_PROTOCOL_VERSION = "0.3.0"
 
 
-class CapabilityError(ValueError):
+class CapabilityError(Error, ValueError):
     """A descriptor or record that breaks the rules below; the message says which field."""
 
 

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 from .base import AgentError, TaskContext, effective_timeout
 from .shell import MAX_CHUNKS, STDERR_TAIL, reap, spawn
+from ..errors import InvalidArgument
 
 MAX_EVENT_LINE = 4 << 20  # bytes of one JSON line kept for parsing; longer ones are skipped
 MAX_TEXT = 900 * 1024  # characters of the final text: it must fit a task result
@@ -178,7 +179,7 @@ class JsonLinesAgent:
     def __init__(self, argv: Sequence[str], reader: type, *, timeout: float | None = 1800.0,
                  env: dict[str, str] | None = None, cwd: str | None = None):
         if not argv:
-            raise ValueError("argv names the program to run")
+            raise InvalidArgument("argv names the program to run")
         self.argv = list(argv)
         self.reader = reader
         self.timeout = timeout

@@ -23,9 +23,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..core import tasks as T
 from ..core.tasks import TaskDone, TaskSpec
+from ..errors import Error, InvalidArgument
 
 
-class CollabError(Exception):
+class CollabError(Error):
     """A task the pattern needed did not complete; ``done`` is its outcome."""
 
     def __init__(self, what: str, done: TaskDone | None):
@@ -126,7 +127,7 @@ async def debate(agents, debaters: Sequence[str], judge: str, question: Any, *, 
     Returns ``{"verdict": judge output, "transcript": [...]}``.
     """
     if rounds < 1 or not debaters:
-        raise ValueError("a debate needs at least one round and one debater")
+        raise InvalidArgument("a debate needs at least one round and one debater")
     transcript: list[dict] = []
     for r in range(1, rounds + 1):
         for speaker in debaters:

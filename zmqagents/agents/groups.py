@@ -21,13 +21,14 @@ from pathlib import Path
 
 from ..core.tasks import check_group_name
 from ..identity import IdentityError, parse_peer_ref
+from ..errors import Error
 
 MAX_GROUPS = 1000
 MAX_MEMBERS = 10_000  # per group
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
-class GroupsError(ValueError):
+class GroupsError(Error, ValueError):
     """A groups file that cannot be used; the message names the file and the entry."""
 
 

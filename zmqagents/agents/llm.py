@@ -38,6 +38,7 @@ from typing import Any, AsyncIterator
 from urllib.parse import unquote, urlsplit
 
 from .base import AgentError, TaskContext, effective_timeout
+from ..errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ class _HTTPAgent:
                  connect_timeout: float, idle_timeout: float | None, timeout: float | None, retries: int = 4,
                  backoff: float = 1.0):
         if not isinstance(retries, int) or not 0 <= retries <= 20 or not 0 <= backoff <= MAX_RETRY_WAIT:
-            raise ValueError(f"retries is 0..20 and backoff 0..{MAX_RETRY_WAIT:g} s")
+            raise InvalidArgument(f"retries is 0..20 and backoff 0..{MAX_RETRY_WAIT:g} s")
         self.retries = retries
         self.backoff = backoff
         self.model = model

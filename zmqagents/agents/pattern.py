@@ -23,6 +23,7 @@ A pattern matches anywhere in the string (it is not implicitly anchored), as JSO
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ..errors import Error
 
 MAX_PATTERN = 1000  # characters of a pattern
 MAX_STATES = 5000  # NFA states after expanding counted repetitions
@@ -41,11 +42,11 @@ _CLASSES = {"d": (_DIGIT, False), "D": (_DIGIT, True), "w": (_WORD, False), "W":
 _CONTROL = {"t": 0x09, "n": 0x0A, "r": 0x0D, "f": 0x0C, "v": 0x0B, "0": 0x00}
 
 
-class PatternError(ValueError):
+class PatternError(Error, ValueError):
     """The pattern is not one this engine runs (bad syntax, an unsupported feature, too large)."""
 
 
-class PatternTooCostly(RuntimeError):
+class PatternTooCostly(Error, RuntimeError):
     """A search spent its work budget; the value could not be checked (treat it as not matching)."""
 
 

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping
 
 from .base import Agent
 from .capability import Capability, CapabilityError
+from ..errors import Error
 
 BUILTIN = Path(__file__).with_name("presets.toml")
 KINDS = ("claude-code", "codex", "openai", "anthropic")
@@ -66,7 +67,7 @@ _NUM_KEYS = ("timeout", "idle_timeout")
 _INT_KEYS = ("max_concurrency", "queue", "retries", "max_tokens")
 
 
-class PresetError(ValueError):
+class PresetError(Error, ValueError):
     """A preset file or table that cannot be used; the message names the file, preset and key."""
 
 

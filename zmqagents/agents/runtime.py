@@ -42,6 +42,7 @@ from ..identity import Contact
 from . import registry
 from .base import Agent, AgentError, TaskContext
 from .capability import DESCRIBE, Capability, CapabilityError, describe
+from ..errors import Error
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class DirectLookup:
             self._served.pop(node_id, None)
 
 
-class NoAnswer(Exception):
+class NoAnswer(Error):
     """Raised by an ``on_input`` callback that will not answer: the task is canceled with ``str()`` as the reason."""
 
 

@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .pattern import Pattern, PatternError, PatternTooCostly
+from ..errors import Error
 
 TYPES = ("null", "boolean", "integer", "number", "string", "array", "object")
 MAX_ERRORS = 20  # errors reported per validation; enough to fix an input, bounded for a huge one
@@ -67,7 +68,7 @@ _PATTERNS: dict[str, Pattern] = {}  # compiled patterns, bounded below
 MAX_PATTERNS_CACHED = 256
 
 
-class SchemaError(ValueError):
+class SchemaError(Error, ValueError):
     """The schema itself is not valid here (wrong keyword types, unknown type names, a keyword that
     strict mode does not check, a $ref that does not resolve, a pattern the bounded engine refuses)."""
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .base import AgentError, TaskContext, effective_timeout
+from ..errors import Error, InvalidArgument
 
 MAX_OUTPUT = 1 << 20  # bytes of stdout kept (a reply must fit in one envelope)
 STDERR_TAIL = 2000  # characters of stderr reported when a command fails
 
 
-class CommandFailed(Exception):
+class CommandFailed(Error):
     """The command exited non-zero, was killed, or timed out. ``str()`` says which, with stderr's tail."""
 
 
@@ -162,9 +163,9 @@ class ShellAgent:
                  env: dict[str, str] | None = None, max_output: int = MAX_OUTPUT, cwd: str | None = None,
                  ask: bool = False):
         if stdin not in ("json", "text"):
-            raise ValueError('stdin must be "json" or "text"')
+            raise InvalidArgument('stdin must be "json" or "text"')
         if ask and stdin != "json":
-            raise ValueError('ask=True needs stdin="json": the input and each answer are one JSON line each')
+            raise InvalidArgument('ask=True needs stdin="json": the input and each answer are one JSON line each')
         self.ask = ask
         self.command = command
         self.timeout = timeout

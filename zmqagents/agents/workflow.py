@@ -69,6 +69,7 @@ from typing import Any
 
 from ..core import tasks as T
 from .schema import SchemaError, check_schema
+from ..errors import Error
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REF_RE = re.compile(r"\$\{([^}]*)\}")
@@ -82,7 +83,7 @@ MODE_KEYS = {"task": ({"agent"}, set()), "sequential": ({"chain"}, set()), "para
 MAX_STEPS = 1000
 
 
-class WorkflowError(ValueError):
+class WorkflowError(Error, ValueError):
     """The workflow file is not valid: ``problems`` lists every problem found, each naming its step."""
 
     def __init__(self, problems: str | list[str]):

@@ -20,8 +20,9 @@ import click
 
 from ..identity import Contact, Identity, IdentityError, InsecureKeyFileWarning, format_node_id
 from .exits import EXIT_FAILED, EXIT_OK
+from ..errors import Error
 
-class Failure(click.ClickException):
+class Failure(click.ClickException, Error):
     """A runtime error: message on stderr, exit status 1 (or the given code)."""
 
     def __init__(self, message: str, code: int = EXIT_FAILED):

@@ -43,6 +43,7 @@ from .broadcast_wire import (GRAFT, IHAVE, MSG, PRUNE, BadMessage, Claimed, Mess
                              parse_graft_body, parse_ihave_body, parse_msg_body, verify_claimed)
 from .outputs import CoreOutputs
 from .ratelimit import TokenBucket
+from ..errors import Error
 
 STAT_KEYS = (
     "published", "delivered", "payloads_received", "duplicates", "stale", "malformed", "bad_signature",
@@ -54,7 +55,7 @@ STAT_KEYS = (
 CACHE_OVERHEAD = 256  # bytes charged per cached message beyond its signed size (the dict, the tuple)
 
 
-class PublishError(ValueError):
+class PublishError(Error, ValueError):
     """A publication refused at its origin: ``reason`` is "oversize", "rate" or "malformed"."""
 
     def __init__(self, reason: str, detail: str):

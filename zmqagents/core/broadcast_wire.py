@@ -22,6 +22,7 @@ import nacl.exceptions
 import nacl.signing
 
 from ..envelope import canonical_packb
+from ..errors import Error
 
 PREFIX = "bcast."
 MSG = "bcast.msg"  # a message pushed eagerly: {"m": message, "h": hops}
@@ -40,7 +41,7 @@ MAX_UINT64 = 2**64 - 1
 _U64 = struct.Struct(">Q")
 
 
-class BadMessage(ValueError):
+class BadMessage(Error, ValueError):
     """A message or body that must be refused; ``reason`` names the counter it is counted under."""
 
     def __init__(self, reason: str, detail: str = ""):

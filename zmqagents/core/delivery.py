@@ -37,6 +37,7 @@ from typing import Any, Iterable
 
 from ..envelope import ID_LEN, Envelope
 from .outputs import CoreOutputs
+from ..errors import Error
 
 ACK_TYPE = "ack"
 FWD_TYPE = "fwd"
@@ -125,11 +126,11 @@ class DeliveryConfig:
         return min(self.rto_initial * self.backoff ** attempt, self.rto_max)
 
 
-class WindowFull(Exception):
+class WindowFull(Error):
     """send/request/reply refused: ``window`` messages to this destination are unacked. Wait for WindowOpen."""
 
 
-class TooManyRequests(Exception):
+class TooManyRequests(Error):
     """request refused: ``max_requests`` requests already await a reply. Wait for replies or timeouts."""
 
 

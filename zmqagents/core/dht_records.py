@@ -19,6 +19,7 @@ import nacl.signing
 from ..envelope import canonical_packb
 from ..identity import Contact, node_id_of
 from .lookup import contact_fields
+from ..errors import Error
 
 __all__ = [
     "RECORD_DOMAIN", "PROVIDER_DOMAIN", "SIGNATURE_LEN", "KEY_LEN", "Record", "ProviderRecord", "RecordError",
@@ -32,7 +33,7 @@ SIGNATURE_LEN = 64
 KEY_LEN = 32
 MAX_UINT64 = (1 << 64) - 1
 
-class RecordError(ValueError):
+class RecordError(Error, ValueError):
     """A record or provider entry that must be refused. ``reason`` names the counter (e.g. "bad_signature")."""
 
     def __init__(self, reason: str, detail: str = ""):

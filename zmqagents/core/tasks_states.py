@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from ..errors import Error
 
 PREFIX = "task."
 SUBMIT = "task.submit"  # caller -> provider
@@ -64,7 +65,7 @@ MAX_REASON_LEN = 1000
 MAX_PRIORITY = 9
 
 
-class TaskError(Exception):
+class TaskError(Error):
     """Base of the errors the task cores raise at their caller (the driver), never at a peer."""
 
 

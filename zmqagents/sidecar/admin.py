@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from ..transport.fleet import FLEET_REFUSALS
 from ..transport.mesh import INBOX_REFUSALS
+from ..errors import Error
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -55,7 +56,7 @@ NODE_DROPS = {"inbox_refused": "inbox_full", "inbox_bytes_refused": "inbox_bytes
               "requests_expired": "expired"}
 
 
-class AdminError(Exception):
+class AdminError(Error):
     """The admin endpoint cannot start (bad listen address, port taken)."""
 
 

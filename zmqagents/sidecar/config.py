@@ -37,6 +37,7 @@ import tomllib
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+from ..errors import Error
 
 ENV_PREFIX = "ZMQAGENTS_"
 ENV_CONFIG = "ZMQAGENTS_CONFIG"  # path of the config file when --config is not given
@@ -44,7 +45,7 @@ ENV_CONF_D = "ZMQAGENTS_CONF_D"  # conf.d directory when --conf-d is not given
 DEFAULT_ORIGIN = "default"
 
 
-class ConfigError(ValueError):
+class ConfigError(Error, ValueError):
     """The configuration cannot be used; the message names the key and the file, variable or flag."""
 
 

@@ -29,6 +29,7 @@ import zmq
 from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import Contact, IdentityError, format_node_id, parse_node_id
 from ..queues import BoundedQueue
+from ..errors import Error
 from .serving import LocalServing, ServingError
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,11 @@ NO_SRC = bytes(32)  # what a local client puts in `src`: it has no node id of it
 CLIENT_FIELDS = ("to", "topic")  # extra envelope fields the local API reads
 
 
-class LocalApiError(Exception):
+class LocalApiError(Error):
     """The local API cannot start (socket path in use, too long, not a socket, ...)."""
 
 
-class _Reply(Exception):
+class _Reply(Error):
     """Raised inside an operation to answer the client with an error."""
 
     def __init__(self, code: str, message: str, **extra: Any):

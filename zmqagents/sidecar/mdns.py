@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..identity import Contact, IdentityError, format_public_key, node_id_of, parse_public_key, short_id
+from ..errors import Error
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -76,7 +77,7 @@ class MdnsConfig:
     max_failed: int = 1024  # failed ids remembered for retry_after
 
 
-class TxtError(ValueError):
+class TxtError(Error, ValueError):
     """An announcement's TXT record is unusable; ``str()`` says why."""
 
 

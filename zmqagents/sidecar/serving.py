@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..envelope import Envelope
+from ..errors import Error
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,11 @@ MAX_LEASE_MS = 300_000
 REQUEST_TIMEOUT = 60.0  # s a mesh request waits for a local handler's answer (its requester has its own)
 
 
-class WorkRejected(Exception):
+class WorkRejected(Error):
     """A task or request could not be done by the application: ``str()`` is what the caller is told."""
 
 
-class ServingError(Exception):
+class ServingError(Error):
     """A serving operation is refused; ``code`` is the local API error code."""
 
     def __init__(self, code: str, message: str):

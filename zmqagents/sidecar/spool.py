@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..envelope import DEFAULT_MAX_SIZE, HEADER, HEADER_LEN, Envelope, EnvelopeError, decode_payload
+from ..errors import Error
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ _CRC = struct.Struct(">I")
 _REF_SHIFT = 32  # a record reference is (segment number << 32) | index in the segment
 
 
-class SpoolError(Exception):
+class SpoolError(Error):
     """The spool cannot be used (a bad directory or setting, an IO error)."""
 
 

@@ -46,11 +46,12 @@ from ..envelope import Envelope
 from .dht_run import DhtRun, DhtScenario
 from .engine import frozen_heap
 from .overlay import Merged, OverlayRun, OverlayScenario
+from ..errors import Error
 
 _LEN = struct.Struct(">Q")
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(Error, RuntimeError):
     """A worker process raised (its traceback is the message) or died."""
 
 
