@@ -69,6 +69,42 @@ def _allow_option(values: tuple[str, ...], groups: dict[str, frozenset[bytes]], 
     return frozenset(entries)
 
 
+def _preset_option(preset: str, files: tuple[str, ...], **overrides: Any):
+    """The preset named ``preset`` with the flags that override it (exit 2 naming the problem)."""
+    from ..agents.presets import PresetError, load
+
+    try:
+        presets = load(files)
+    except PresetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--preset-file") from None
+    if preset not in presets:
+        raise click.BadParameter(f"no preset {preset!r}; there are: {', '.join(sorted(presets))}", param_hint="--preset")
+    chosen = presets[preset]
+    if overrides.get("args") and chosen.kind not in ("claude-code", "codex"):
+        raise click.UsageError(f"--arg is for the claude-code and codex kinds; {preset!r} is {chosen.kind}")
+    if overrides.get("base_url") and chosen.kind not in ("openai", "anthropic"):
+        raise click.UsageError(f"--base-url is for the openai and anthropic kinds; {preset!r} is {chosen.kind}")
+    overrides["capability"] = overrides.pop("name")
+    if overrides.get("args"):
+        overrides["args"] = chosen.args + overrides["args"]
+    try:
+        chosen = chosen.with_overrides(**overrides)
+        chosen.to_capability()
+    except (PresetError, ValueError) as exc:
+        raise click.UsageError(f"--preset {preset}: {exc}") from None
+    return chosen
+
+
+def _preset_agent(chosen):
+    """The preset's adapter (exit 2 when it cannot be built: an unset variable, no model)."""
+    from ..agents.presets import PresetError
+
+    try:
+        return chosen.agent()
+    except PresetError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def lookup_for(node, to: tuple[str, ...]):
     from ..agents.runtime import DhtLookup, DirectLookup
 
@@ -77,18 +113,27 @@ def lookup_for(node, to: tuple[str, ...]):
 
 @click.command()
 @node_options
-@click.option("--capability", "name", required=True, help="Name of the capability this agent serves.")
-@click.option("--exec", "command", required=True,
+@click.option("--capability", "name", help="Name of the capability this agent serves (with --preset: the preset's).")
+@click.option("--exec", "command",
               help="Shell command run per task: input JSON on stdin, stdout lines stream as progress, stdout is the output.")
+@click.option("--preset", metavar="NAME",
+              help="Serve a ready-made agent instead of --exec: claude-code, codex, openai, ollama, anthropic, or one of "
+                   "your own (see Presets below).")
+@click.option("--preset-file", "preset_files", multiple=True, type=click.Path(dir_okay=False),
+              help="A TOML file of presets, read after the shipped ones and ~/.config/zmqagents/presets.toml (repeatable).")
+@click.option("--model", help="--preset: the model (overrides the preset's).")
+@click.option("--base-url", help="--preset openai/anthropic kinds: the API's base URL (vLLM, llama.cpp, a gateway).")
+@click.option("--api-key-env", metavar="VAR", help='--preset: the environment variable holding the API key ("" for none).')
+@click.option("--arg", "args", multiple=True, help="--preset claude-code/codex kinds: an extra argument for the tool (repeatable).")
 @click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh (repeatable); without it this node is a seed.")
 @click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
 @click.option("--description", default="", help="What the capability does (shown by `agents info` and A2A cards).")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option("--cost", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Cost per call, compared among providers.")
-@click.option("--max-concurrency", default=4, show_default=True, type=click.IntRange(1, 100000), help="Tasks run at once; more are rejected (busy) so callers go elsewhere.")
+@click.option("--max-concurrency", type=click.IntRange(1, 100000), help="Tasks run at once; more are rejected (busy) so callers go elsewhere.  [default: 4, or the preset's]")
 @click.option("--queue", default=0, show_default=True, type=click.IntRange(0, 100000), help="Tasks allowed to wait for a free slot (by priority).")
-@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.001), help="Seconds a command may run; then its process group is killed.")
+@click.option("--timeout", type=click.FloatRange(min=0.001), help="Seconds a task may run; then its command's process group is killed (or its request closed).  [default: 300, or the preset's]")
 @click.option("--stdin", "stdin_mode", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="Input on stdin as one JSON line, or a string input as raw text.")
 @click.option("--ask", is_flag=True,
@@ -103,10 +148,10 @@ def lookup_for(node, to: tuple[str, ...]):
 @click.option("--groups", "groups_file", type=click.Path(dir_okay=False),
               help="Groups that --allow @GROUP names: TOML (or .json) of group = [node ids, keys or contacts].")
 @admin_option
-def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, description, tags, cost,
-          max_concurrency, queue, timeout, stdin_mode, ask, input_schema, output_schema, allow, groups_file,
-          admin) -> None:
-    """Serve a capability on the mesh by running a shell command per task.
+def agent(key, listen, insecure, name, command, preset, preset_files, model, base_url, api_key_env, args, bootstrap,
+          peers, contact_file, description, tags, cost, max_concurrency, queue, timeout, stdin_mode, ask, input_schema,
+          output_schema, allow, groups_file, admin) -> None:
+    """Serve a capability on the mesh by running a shell command per task, or a ready-made agent (--preset).
 
     \b
     The node joins the mesh through --bootstrap, publishes a DHT provider record
@@ -134,6 +179,22 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     Only some callers (a groups file is TOML: ops = ["<node id>", ...]):
       zmqagents agent --capability deploy --exec ./deploy.sh --allow @ops --allow <node id> --groups groups.toml
 
+    \b
+    Presets (--preset NAME; data in zmqagents/agents/presets.toml, yours in
+    ~/.config/zmqagents/presets.toml or --preset-file, `extends = "openai"`
+    to start from one):
+      claude-code  `claude -p --output-format stream-json`, capability claude-code
+      codex        `codex exec --json -`, capability codex
+      openai       chat completions at --base-url ($OPENAI_BASE_URL, default
+                   api.openai.com), key in $OPENAI_API_KEY, capability chat
+      ollama       a local model at $OLLAMA_HOST (127.0.0.1:11434), no key
+      anthropic    the Messages API, key in $ANTHROPIC_API_KEY
+    Text and tool use stream as task progress; the output is {"text", ...}.
+    HTTP presets honour HTTPS_PROXY/NO_PROXY and retry 429 and 5xx answers.
+      zmqagents agent --preset ollama --model qwen2.5 --bootstrap @seed.contact &
+      echo '"Say hi"' | zmqagents task chat --bootstrap @seed.contact | jq -r .output.text
+      zmqagents agent --preset openai --base-url http://gpu1:8000/v1 --api-key-env "" --model Qwen/Qwen2.5-7B-Instruct
+
     
     With --admin HOST:PORT it serves /metrics (the node's, plus zmqagents_tasks
     by state, zmqagents_tasks_queued, zmqagents_task_runs_total by outcome and
@@ -142,15 +203,40 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
     from ..agents.capability import Capability, CapabilityError
     from ..agents.shell import ShellAgent
 
+    if (command is None) == (preset is None):
+        raise click.UsageError("give --exec COMMAND or --preset NAME (one of them)")
     if ask and stdin_mode != "json":
         raise click.UsageError("--ask needs --stdin json: the input and each answer are one JSON line each")
     groups = _groups_option(groups_file, allow)
+    if preset is None:
+        for flag, value in (("--preset-file", preset_files), ("--model", model), ("--base-url", base_url),
+                            ("--api-key-env", api_key_env), ("--arg", args)):
+            if value:
+                raise click.UsageError(f"{flag} goes with --preset")
+        if name is None:
+            raise click.UsageError("--exec needs --capability NAME")
+        runner = ShellAgent(command, timeout=300.0 if timeout is None else timeout, stdin=stdin_mode, ask=ask)
+        defaults = {"max_concurrency": 4, "description": "", "tags": (), "input_schema": None, "output_schema": None}
+    else:
+        if ask or stdin_mode != "json":
+            raise click.UsageError("--ask and --stdin are for --exec commands")
+        chosen = _preset_option(preset, preset_files, name=name, model=model, base_url=base_url,
+                                api_key_env=api_key_env, args=tuple(args) or None, timeout=timeout,
+                                max_concurrency=max_concurrency)
+        name = chosen.capability
+        cap_default = chosen.to_capability()
+        runner = _preset_agent(chosen)
+        defaults = {"max_concurrency": chosen.max_concurrency, "description": cap_default.description,
+                    "tags": cap_default.tags, "input_schema": cap_default.input_schema,
+                    "output_schema": cap_default.output_schema}
     n = make_node(key, listen, contacts_of(peers), insecure, None, contacts_of(bootstrap, hint="--bootstrap"), member=True)
     try:
-        cap = Capability(name, description=description, tags=tuple(tags), cost_per_call=cost,
-                         max_concurrency=max_concurrency, queue=queue,
-                         input_schema=_schema_option(input_schema, "--input-schema"),
-                         output_schema=_schema_option(output_schema, "--output-schema"),
+        in_schema = _schema_option(input_schema, "--input-schema")
+        out_schema = _schema_option(output_schema, "--output-schema")
+        cap = Capability(name, description=description or defaults["description"], tags=tuple(tags) or defaults["tags"],
+                         cost_per_call=cost, max_concurrency=max_concurrency or defaults["max_concurrency"], queue=queue,
+                         input_schema=defaults["input_schema"] if in_schema is None else in_schema,
+                         output_schema=defaults["output_schema"] if out_schema is None else out_schema,
                          allow=_allow_option(allow, groups, fleet=n.transport.fleet is not None) if allow else None)
         cap.check_strict()
     except CapabilityError as exc:
@@ -167,7 +253,7 @@ def agent(key, listen, insecure, name, command, bootstrap, peers, contact_file, 
             try:
                 server = await start_admin(n, admin, [AgentsMetrics(agents)], expect_peers=bool(bootstrap))
                 try:
-                    await agents.serve(cap, ShellAgent(command, timeout=timeout, stdin=stdin_mode, ask=ask), timeout=10)
+                    await agents.serve(cap, runner, timeout=10)
                 except Exception as exc:  # alone, or the DHT did not answer: still reachable with --to
                     click.echo(f"warning: provider record not stored yet ({exc}); it is retried while the node runs",
                                err=True)

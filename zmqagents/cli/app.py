@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from . import agents, config, dht, fleet, keys, messages, serve, sim, tasks, workflow
+from . import agents, collab, config, dht, fleet, keys, messages, serve, sim, tasks, workflow
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -45,7 +45,7 @@ def cli(verbose: int) -> None:
 
 
 # Each module's COMMANDS are added to the group; click lists them by name.
-GROUPS = (keys, serve, messages, config, dht, agents, tasks, workflow, fleet, sim)
+GROUPS = (keys, serve, messages, config, dht, agents, tasks, collab, workflow, fleet, sim)
 
 for _module in GROUPS:
     for _command in _module.COMMANDS:

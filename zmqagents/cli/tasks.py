@@ -87,10 +87,12 @@ def task(key, listen, insecure, capability, body, bootstrap, to, parallel, timeo
     opts = dict(timeout=timeout, idle_timeout=idle_timeout, stream=stream, unordered=unordered, idempotent=idempotent,
                 priority=priority, validate=not no_validate, parallel=parallel, answer_exec=answer_exec,
                 answer_timeout=answer_timeout)
-    sys.exit(_run_task(n, capability, body, to, config, opts))
+    sys.exit(run_task(n, capability, body, to, config, opts))
 
 
-def _run_task(n, capability: str, body: str | None, to, config, opts) -> int:
+def run_task(n, capability: str, body: str | None, to, config, opts, *, runner: type | None = None) -> int:
+    """Run the lines of stdin (or BODY) through ``runner`` (default TaskRun: one task per line) on node ``n``;
+    SIGINT/SIGTERM cancel what is in flight. The exit status."""
     from ..node import run
 
     got: dict[str, int] = {}
@@ -107,7 +109,7 @@ def _run_task(n, capability: str, body: str | None, to, config, opts) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         async with n:
-            run_ = _TaskRun(n, capability, to, config, opts)
+            run_ = (runner or TaskRun)(n, capability, to, config, opts)
             try:
                 return await run_.run(body)
             except asyncio.CancelledError:
@@ -121,8 +123,13 @@ def _run_task(n, capability: str, body: str | None, to, config, opts) -> int:
     return run(main())
 
 
-class _TaskRun:
-    """One `zmqagents task` invocation: reads lines, keeps --parallel tasks in flight, prints results."""
+class TaskRun:
+    """One `zmqagents task` invocation: reads lines, keeps --parallel tasks in flight, prints results.
+
+    ``zmqagents collab`` runs its patterns through a subclass: it names the capabilities it needs
+    (:meth:`capabilities`), runs one line in ``_one`` and counts each outcome with :meth:`record`, so
+    both commands share the pipeline, the signals and the exit statuses.
+    """
 
     def __init__(self, node, capability: str, to, config, opts: dict):
         from ..agents.runtime import Agents
@@ -155,21 +162,46 @@ class _TaskRun:
     async def run(self, body: str | None) -> int:
         from ..agents.capability import CapabilityError
 
-        try:
-            candidates = await self.agents.candidates(self.capability)
-        except Exception as exc:
-            click.echo(f"error: looking for providers of {self.capability!r} failed: {exc}", err=True)
-            return EXIT_NOT_FOUND
-        if not candidates:
-            click.echo(f"error: no provider offers {self.capability!r}", err=True)
-            return EXIT_NOT_FOUND
-        del candidates  # each task looks again (cached for a few seconds): providers come and go
+        for capability in self.capabilities():
+            try:
+                candidates = await self.agents.candidates(capability)
+            except Exception as exc:
+                click.echo(f"error: looking for providers of {capability!r} failed: {exc}", err=True)
+                return EXIT_NOT_FOUND
+            if not candidates:
+                click.echo(f"error: no provider offers {capability!r}", err=True)
+                return EXIT_NOT_FOUND
+        # each task looks again (cached for a few seconds): providers come and go
         if body is not None:
             values = [(1, parse_body(body))]
             await self._pipeline(_aiter(values))
         else:
             await self._pipeline(stdin_values())
         return self._exit_code()
+
+    def capabilities(self) -> list[str]:
+        """The capabilities a line needs: without a provider of each, nothing runs (exit 3)."""
+        return [self.capability]
+
+    def record(self, state: str, error: dict | None) -> None:
+        """Count one line's outcome for the summary and the exit status."""
+        from ..core import tasks as T
+
+        code = (error or {}).get("code")
+        if state == T.COMPLETED:
+            self.counts["completed"] += 1
+        elif state == "invalid":
+            self.counts["invalid"] += 1
+        elif code == T.E_NO_PROVIDER:
+            self.counts["no_provider"] += 1
+        elif code in (T.E_TIMEOUT, T.E_DEADLINE):
+            self.counts["timeout"] += 1
+        elif state == T.FAILED:
+            self.counts["failed"] += 1
+        elif state == T.REJECTED:
+            self.counts["rejected"] += 1
+        else:
+            self.counts["canceled"] += 1
 
     async def _pipeline(self, values) -> None:
         """Keep --parallel tasks in flight; print in input order (or as they finish with --unordered).
@@ -256,22 +288,11 @@ class _TaskRun:
         finally:
             self.inflight.pop(task_id, None)
         out = {"line": number, "task": res.task_id.hex(), "state": res.state}
+        self.record(res.state, res.error)
         if res.state == T.COMPLETED:
             out["output"] = res.output
-            self.counts["completed"] += 1
         else:
             out["error"] = res.error
-            code = (res.error or {}).get("code")
-            if code == T.E_NO_PROVIDER:
-                self.counts["no_provider"] += 1
-            elif code in (T.E_TIMEOUT, T.E_DEADLINE):
-                self.counts["timeout"] += 1
-            elif res.state == T.FAILED:
-                self.counts["failed"] += 1
-            elif res.state == T.REJECTED:
-                self.counts["rejected"] += 1
-            else:
-                self.counts["canceled"] += 1
             if res.maybe_ran:
                 out["maybe_ran"] = True
         out["provider"] = res.provider.hex() if res.provider else None
