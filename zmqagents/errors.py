@@ -14,3 +14,7 @@ class Error(Exception):
 
 class InvalidArgument(Error, ValueError):
     """An argument or setting out of its range: a mistake in the calling code or its configuration."""
+
+
+class WrongType(Error, TypeError):
+    """An argument of a type the function does not take."""

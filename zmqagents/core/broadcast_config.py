@@ -14,6 +14,7 @@ silently in transit), and a tree changes only on a duplicate (PRUNE) or a repair
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from ..errors import InvalidArgument
 
 
 @dataclass
@@ -100,11 +101,11 @@ class BroadcastConfig:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"BroadcastConfig.{f.name} must be a non-negative number, got {v!r}")
+                raise InvalidArgument(f"BroadcastConfig.{f.name} must be a non-negative number, got {v!r}")
         if self.per_bucket + self.near < 1:
-            raise ValueError("BroadcastConfig: per_bucket + near must be at least 1 (a node needs a neighbour)")
+            raise InvalidArgument("BroadcastConfig: per_bucket + near must be at least 1 (a node needs a neighbour)")
         if not 1 <= self.max_hops <= 255:
-            raise ValueError("BroadcastConfig.max_hops must be from 1 to 255")
+            raise InvalidArgument("BroadcastConfig.max_hops must be from 1 to 255")
         for name in ("max_ihave_ids", "max_graft_ids", "window", "max_streams", "max_seen", "max_announcers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"BroadcastConfig.{name} must be at least 1")
+                raise InvalidArgument(f"BroadcastConfig.{name} must be at least 1")

@@ -37,7 +37,7 @@ from typing import Any, Iterable
 
 from ..envelope import ID_LEN, Envelope
 from .outputs import CoreOutputs
-from ..errors import Error
+from ..errors import Error, InvalidArgument
 
 ACK_TYPE = "ack"
 FWD_TYPE = "fwd"
@@ -106,20 +106,20 @@ class DeliveryConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"DeliveryConfig.{f.name} must be a non-negative number, got {value!r}")
+                raise InvalidArgument(f"DeliveryConfig.{f.name} must be a non-negative number, got {value!r}")
         for name in ("rto_initial", "timer_granularity", "window", "ack_every", "reorder_limit", "reorder_bytes",
                      "reorder_bytes_total", "dedup_window",
                      "max_peers", "sack_max", "max_requests"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"DeliveryConfig.{name} must be positive")
+                raise InvalidArgument(f"DeliveryConfig.{name} must be positive")
         if self.backoff < 1:
-            raise ValueError("DeliveryConfig.backoff must be at least 1")
+            raise InvalidArgument("DeliveryConfig.backoff must be at least 1")
         if self.jitter >= 1:
-            raise ValueError("DeliveryConfig.jitter must be below 1 (it is a +/- fraction of the timeout)")
+            raise InvalidArgument("DeliveryConfig.jitter must be below 1 (it is a +/- fraction of the timeout)")
         if self.rto_max < self.rto_initial:
-            raise ValueError("DeliveryConfig.rto_max must not be below rto_initial")
+            raise InvalidArgument("DeliveryConfig.rto_max must not be below rto_initial")
         if 0 < self.stall_after <= self.rto_max:
-            raise ValueError("DeliveryConfig.stall_after must be above rto_max (or 0 for no watchdog)")
+            raise InvalidArgument("DeliveryConfig.stall_after must be above rto_max (or 0 for no watchdog)")
 
     def timeout(self, attempt: int) -> float:
         """The un-jittered timeout after transmission number ``attempt`` (0 = the first send)."""
@@ -320,7 +320,7 @@ class Delivery(CoreOutputs):
         if epoch is None:
             epoch = rng.getrandbits(RANDOM_EPOCH_BITS)
         elif not 0 <= epoch < EPOCH_MOD:
-            raise ValueError(f"epoch must be in [0, 2^63), got {epoch!r}")
+            raise InvalidArgument(f"epoch must be in [0, 2^63), got {epoch!r}")
         self.epoch = epoch
         self._streams = 0
         self._stalled = 0  # peers in the Stalled state (a gauge)
@@ -368,9 +368,9 @@ class Delivery(CoreOutputs):
         :class:`Acked` event once ``dst`` has it (failure is reported as SendFailed either way).
         """
         if type in RESERVED_TYPES:
-            raise ValueError(f"message type {type!r} is reserved by the delivery protocol")
+            raise InvalidArgument(f"message type {type!r} is reserved by the delivery protocol")
         if msg_id is not None and (builtins.type(msg_id) is not bytes or len(msg_id) != ID_LEN):
-            raise ValueError(f"msg_id must be {ID_LEN} bytes, got {msg_id!r:.60}")
+            raise InvalidArgument(f"msg_id must be {ID_LEN} bytes, got {msg_id!r:.60}")
         peer = self._peers.get(dst)
         if peer is None or len(peer.out) >= self.config.window:
             peer = self._sending_peer(dst)
@@ -385,9 +385,9 @@ class Delivery(CoreOutputs):
     def request(self, dst: bytes, body: Any, now: float, *, timeout: float, type: str = "req") -> bytes:
         """Send a request; its reply comes as Replied, or RequestFailed. Returns the request (= message) id."""
         if type in RESERVED_TYPES:
-            raise ValueError(f"request type {type!r} is reserved by the delivery protocol")
+            raise InvalidArgument(f"request type {type!r} is reserved by the delivery protocol")
         if not timeout > 0:
-            raise ValueError(f"request timeout must be positive, got {timeout!r}")
+            raise InvalidArgument(f"request timeout must be positive, got {timeout!r}")
         if len(self._requests) >= self.config.max_requests:
             self.stats["request_limit"] += 1
             raise TooManyRequests(f"{len(self._requests)} requests already await a reply")

@@ -117,6 +117,7 @@ from .dht_store import DhtConfig, RecordStore
 from .lookup import LOOKUP_STAT_KEYS, Lookup, contact_fields
 from .outputs import CoreOutputs
 from .routing import QueryDestinations, RoutingCore, addressed_here
+from ..errors import InvalidArgument
 
 __all__ = [
     "PREFIX", "FIND_VALUE", "VALUE", "FIND_PROVIDERS", "PROVIDERS", "STORE", "ADD_PROVIDER", "STORED",
@@ -232,7 +233,7 @@ class DhtCore(CoreOutputs):
     def __init__(self, routing: RoutingCore, signer: Any, rng: random.Random, config: DhtConfig | None = None):
         pk = getattr(signer, "public_key", None)
         if type(pk) is not bytes or len(pk) != 32 or not callable(getattr(signer, "sign", None)):
-            raise ValueError("signer needs .public_key (32 bytes) and .sign(bytes)")
+            raise InvalidArgument("signer needs .public_key (32 bytes) and .sign(bytes)")
         CoreOutputs.__init__(self)
         self.routing = routing
         self.table = routing.table
@@ -261,7 +262,7 @@ class DhtCore(CoreOutputs):
         self._table_mark = -1
         self._max_queries = routing.config.max_queries or 10 * routing.config.k
         if cfg.replicas > routing.config.k:
-            raise ValueError("DhtConfig.replicas must not exceed the routing table's k")
+            raise InvalidArgument("DhtConfig.replicas must not exceed the routing table's k")
 
     # -- application side ----------------------------------------------------------------------------
 
@@ -273,7 +274,7 @@ class DhtCore(CoreOutputs):
         cfg = self.config
         ttl = cfg.default_ttl if ttl is None else ttl
         if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= cfg.max_ttl:
-            raise ValueError(f"ttl must be in (0, {cfg.max_ttl:g}] seconds")
+            raise InvalidArgument(f"ttl must be in (0, {cfg.max_ttl:g}] seconds")
         if seq is None:
             seq = max(self._last_seq + 1, int(now * 1000))
             held = self._own.get(key)
@@ -282,9 +283,9 @@ class DhtCore(CoreOutputs):
         self._last_seq = max(self._last_seq, seq)
         rec = make_record(self.signer, key, value, seq, int(now + ttl))
         if rec.size > cfg.max_record_bytes:
-            raise ValueError(f"record of {rec.size} bytes exceeds the limit of {cfg.max_record_bytes} bytes")
+            raise InvalidArgument(f"record of {rec.size} bytes exceeds the limit of {cfg.max_record_bytes} bytes")
         if key not in self._own and len(self._own) + len(self._own_provs) >= cfg.max_own:
-            raise ValueError(f"this node already publishes {cfg.max_own} records and provided keys")
+            raise InvalidArgument(f"this node already publishes {cfg.max_own} records and provided keys")
         self._own[key] = rec
         self._arm_republish(now)
         return self._submit(_PUT, key, rec, now)
@@ -309,9 +310,9 @@ class DhtCore(CoreOutputs):
         check_key(key)
         me = self.routing.advertised
         if me is None or me[0] != self.signer.public_key:
-            raise ValueError("only a node that advertises its own contact, signed by its own key, can provide")
+            raise InvalidArgument("only a node that advertises its own contact, signed by its own key, can provide")
         if key not in self._own_provs and len(self._own) + len(self._own_provs) >= self.config.max_own:
-            raise ValueError(f"this node already publishes {self.config.max_own} records and provided keys")
+            raise InvalidArgument(f"this node already publishes {self.config.max_own} records and provided keys")
         entry = self._provider_entry(key, meta, now)  # raises ValueError if the metadata is too big
         self._own_provs[key] = meta
         self._arm_republish(now)
@@ -630,7 +631,7 @@ class DhtCore(CoreOutputs):
         assert me is not None  # only a node that advertises itself provides (provide() checks)
         entry = make_provider(self.signer, key, me[1], int(now + self.config.provider_ttl), meta)
         if entry.size > self.config.max_provider_bytes:
-            raise ValueError(f"provider entry of {entry.size} bytes exceeds the limit of "
+            raise InvalidArgument(f"provider entry of {entry.size} bytes exceeds the limit of "
                              f"{self.config.max_provider_bytes} bytes (make the metadata smaller)")
         return entry
 

@@ -19,7 +19,7 @@ import nacl.signing
 from ..envelope import canonical_packb
 from ..identity import Contact, node_id_of
 from .lookup import contact_fields
-from ..errors import Error
+from ..errors import Error, InvalidArgument, WrongType
 
 __all__ = [
     "RECORD_DOMAIN", "PROVIDER_DOMAIN", "SIGNATURE_LEN", "KEY_LEN", "Record", "ProviderRecord", "RecordError",
@@ -49,7 +49,7 @@ def key_for(name: str | bytes) -> bytes:
     if isinstance(name, (bytes, bytearray)):
         name = bytes(name)
         return name if len(name) == KEY_LEN else hashlib.sha256(name).digest()
-    raise TypeError(f"a DHT key is a str or bytes, not {type(name).__name__}")
+    raise WrongType(f"a DHT key is a str or bytes, not {type(name).__name__}")
 
 
 def record_signing_bytes(key: bytes, value: Any, public_key: bytes, seq: int, expires: int) -> bytes:
@@ -129,14 +129,14 @@ def _verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
 def make_record(signer: Any, key: bytes, value: Any, seq: int, expires: int) -> Record:
     """Sign a value record with ``signer`` (``.public_key``, ``.sign(bytes) -> signature``)."""
     if type(key) is not bytes or len(key) != KEY_LEN:
-        raise ValueError(f"a record key is {KEY_LEN} bytes")
+        raise InvalidArgument(f"a record key is {KEY_LEN} bytes")
     if not _uint(seq) or not _uint(expires):
-        raise ValueError("seq and expires are unsigned 64-bit integers")
+        raise InvalidArgument("seq and expires are unsigned 64-bit integers")
     try:
         body = record_signing_bytes(key, value, signer.public_key, seq, expires)
         value_bytes = canonical_packb(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"the value cannot be encoded as msgpack: {exc}") from None
+        raise InvalidArgument(f"the value cannot be encoded as msgpack: {exc}") from None
     sig = signer.sign(body)
     return Record(key, value, signer.public_key, seq, expires, sig, len(body) - len(RECORD_DOMAIN) + len(sig),
                   value_bytes)
@@ -145,16 +145,16 @@ def make_record(signer: Any, key: bytes, value: Any, seq: int, expires: int) -> 
 def make_provider(signer: Any, key: bytes, endpoint: str, expires: int, meta: Any = None) -> ProviderRecord:
     """Sign a provider entry for ``signer``'s own contact (``signer.public_key`` at ``endpoint``)."""
     if type(key) is not bytes or len(key) != KEY_LEN:
-        raise ValueError(f"a provider key is {KEY_LEN} bytes")
+        raise InvalidArgument(f"a provider key is {KEY_LEN} bytes")
     if contact_fields([signer.public_key, endpoint]) is None:
-        raise ValueError(f"malformed endpoint {endpoint!r:.80}")
+        raise InvalidArgument(f"malformed endpoint {endpoint!r:.80}")
     if not _uint(expires):
-        raise ValueError("expires is an unsigned 64-bit integer")
+        raise InvalidArgument("expires is an unsigned 64-bit integer")
     c = [signer.public_key, endpoint]
     try:
         body = provider_signing_bytes(key, c, expires, meta)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"the metadata cannot be encoded as msgpack: {exc}") from None
+        raise InvalidArgument(f"the metadata cannot be encoded as msgpack: {exc}") from None
     sig = signer.sign(body)
     return ProviderRecord(key, Contact(signer.public_key, endpoint), expires, meta, sig,
                           len(body) - len(PROVIDER_DOMAIN) + len(sig))
@@ -254,4 +254,4 @@ def lifetime_fault(expires: int, now: float, max_ttl: float, max_clock_skew: flo
 def check_key(key: Any) -> None:
     """Raise ValueError unless ``key`` is a 32-byte DHT key."""
     if type(key) is not bytes or len(key) != KEY_LEN:
-        raise ValueError(f"a DHT key is {KEY_LEN} bytes (use key_for(name) for a name)")
+        raise InvalidArgument(f"a DHT key is {KEY_LEN} bytes (use key_for(name) for a name)")

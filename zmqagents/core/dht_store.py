@@ -18,6 +18,7 @@ from typing import Any, Callable, ItemsView
 
 from .dht_records import ProviderRecord, Record, RecordError, lifetime_fault, parse_provider, parse_record, \
     verify_provider, verify_record
+from ..errors import InvalidArgument
 
 __all__ = ["DhtConfig", "HeldProviders", "HeldRecord", "RecordStore", "Vouch"]
 
@@ -56,11 +57,11 @@ class DhtConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"DhtConfig.{f.name} must be a positive number, got {value!r}")
+                raise InvalidArgument(f"DhtConfig.{f.name} must be a positive number, got {value!r}")
         if self.provider_ttl > self.max_ttl or self.default_ttl > self.max_ttl:
-            raise ValueError("DhtConfig.default_ttl and provider_ttl must not exceed max_ttl")
+            raise InvalidArgument("DhtConfig.default_ttl and provider_ttl must not exceed max_ttl")
         if self.republish_interval >= self.provider_ttl:
-            raise ValueError("DhtConfig.republish_interval must be shorter than provider_ttl, or entries lapse")
+            raise InvalidArgument("DhtConfig.republish_interval must be shorter than provider_ttl, or entries lapse")
 
 
 class HeldRecord:

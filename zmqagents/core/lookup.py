@@ -74,6 +74,7 @@ from bisect import bisect_left
 from typing import Any, Iterable
 
 from ..identity import Contact, node_id_of
+from ..errors import InvalidArgument
 
 NODE_ID_LEN = 32
 PUBLIC_KEY_LEN = 32
@@ -138,9 +139,9 @@ class Lookup:
                  late_min: float = 0.0, max_candidates: int | None = None, max_queries: int | None = None,
                  max_per_response: int | None = None, stats: dict[Any, Any] | None = None, stop_at_target: bool = False):
         if type(target) is not bytes or len(target) != NODE_ID_LEN:
-            raise ValueError(f"lookup target must be {NODE_ID_LEN} bytes")
+            raise InvalidArgument(f"lookup target must be {NODE_ID_LEN} bytes")
         if k < 1 or alpha < 1:
-            raise ValueError("k and alpha must be at least 1")
+            raise InvalidArgument("k and alpha must be at least 1")
         self.target = target
         self.k = k
         self.alpha = alpha

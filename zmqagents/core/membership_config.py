@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from typing import Any
+from ..errors import InvalidArgument
 
 __all__ = ["MembershipConfig", "PROFILES"]
 
@@ -111,18 +112,18 @@ class MembershipConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"MembershipConfig.{f.name} must be a non-negative number, got {value!r}")
+                raise InvalidArgument(f"MembershipConfig.{f.name} must be a non-negative number, got {value!r}")
         for name in ("probe_interval", "probe_timeout", "suspicion_min", "gossip_interval", "sync_interval",
                      "max_rumors", "heard_limit", "max_members", "max_probes", "retransmit_mult"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"MembershipConfig.{name} must be positive")
+                raise InvalidArgument(f"MembershipConfig.{name} must be positive")
         if self.probe_timeout >= self.probe_interval:
-            raise ValueError("MembershipConfig.probe_timeout must be below probe_interval (the indirect round "
+            raise InvalidArgument("MembershipConfig.probe_timeout must be below probe_interval (the indirect round "
                              "needs the rest of the period)")
         if self.suspicion_max < self.suspicion_min:
-            raise ValueError("MembershipConfig.suspicion_max must not be below suspicion_min")
+            raise InvalidArgument("MembershipConfig.suspicion_max must not be below suspicion_min")
         if not 0 < self.rtt_alpha <= 1:
-            raise ValueError("MembershipConfig.rtt_alpha must be in (0, 1]")
+            raise InvalidArgument("MembershipConfig.rtt_alpha must be in (0, 1]")
 
     def transmit_limit(self, n: int) -> int:
         """Transmissions of one rumor by one node in a mesh of ``n`` nodes."""
@@ -134,7 +135,7 @@ class MembershipConfig:
         try:
             base = PROFILES[name]
         except KeyError:
-            raise ValueError(f"unknown membership profile {name!r} (choose from {', '.join(PROFILES)})") from None
+            raise InvalidArgument(f"unknown membership profile {name!r} (choose from {', '.join(PROFILES)})") from None
         return cls(**{**base, **overrides})
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, fields
+from ..errors import InvalidArgument
 
 
 class TokenBucket:
@@ -71,9 +72,9 @@ class RateLimitConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"RateLimitConfig.{f.name} must be a positive number, got {value!r}")
+                raise InvalidArgument(f"RateLimitConfig.{f.name} must be a positive number, got {value!r}")
         if self.message_burst < 1:
-            raise ValueError("RateLimitConfig.message_burst must be at least 1 (one message)")
+            raise InvalidArgument("RateLimitConfig.message_burst must be at least 1 (one message)")
 
 
 class _Peer:

@@ -35,6 +35,7 @@ from typing import Any, Callable
 from ..envelope import Envelope
 from .outputs import CoreOutputs
 from .ratelimit import TokenBucket
+from ..errors import InvalidArgument
 
 RELAY_PREFIX = "relay."
 REGISTER = "relay.reg"
@@ -70,7 +71,7 @@ class RelayConfig:
                      "max_senders", "keepalive", "dead_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"RelayConfig.{name} must be a positive number, got {value!r}")
+                raise InvalidArgument(f"RelayConfig.{name} must be a positive number, got {value!r}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -251,7 +252,7 @@ class RelayClient(CoreOutputs):
         super().__init__()
         self.node_id = node_id
         if not relays:
-            raise ValueError("a relay client needs at least one relay")
+            raise InvalidArgument("a relay client needs at least one relay")
         self.config = config or RelayConfig()
         self._rng = rng
         self._relays = {nid: _RelayState(nid) for nid in relays}

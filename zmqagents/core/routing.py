@@ -72,6 +72,7 @@ from ..identity import Contact, node_id_of
 from .lookup import LOOKUP_STAT_KEYS, NODE_ID_LEN, Lookup, contact_fields
 from .outputs import CoreOutputs
 from .routing_table import TABLE_STAT_KEYS, Entry, RoutingTable
+from ..errors import InvalidArgument
 
 __all__ = [
     "PREFIX", "FIND_NODE", "NODES", "RoutingConfig", "RoutingCore", "LookupDone", "Joined", "Introduced",
@@ -131,15 +132,15 @@ class RoutingConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"RoutingConfig.{f.name} must be a non-negative number, got {value!r}")
+                raise InvalidArgument(f"RoutingConfig.{f.name} must be a non-negative number, got {value!r}")
         for name in ("k", "alpha", "join_alpha", "join_refresh_k", "query_timeout", "late_initial", "late_min",
                      "refresh_interval", "refresh_check", "max_lookups", "stale_after"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"RoutingConfig.{name} must be positive")
+                raise InvalidArgument(f"RoutingConfig.{name} must be positive")
         if not self.late_min <= self.late_max <= self.query_timeout or self.late_initial > self.late_max:
-            raise ValueError("RoutingConfig needs late_min <= late_max <= query_timeout and late_initial <= late_max")
+            raise InvalidArgument("RoutingConfig needs late_min <= late_max <= query_timeout and late_initial <= late_max")
         if self.late_factor < 1:
-            raise ValueError("RoutingConfig.late_factor must be at least 1")
+            raise InvalidArgument("RoutingConfig.late_factor must be at least 1")
 
 
 @dataclass(slots=True)
@@ -274,7 +275,7 @@ class RoutingCore(CoreOutputs):
                  advertise: bool = True):
         f = contact_fields(contact)
         if f is None:
-            raise ValueError(f"malformed own contact {contact!r:.80}")
+            raise InvalidArgument(f"malformed own contact {contact!r:.80}")
         self.config = cfg = config or RoutingConfig()
         self.contact = contact
         self.node_id: bytes = node_id_of(f[0])
@@ -318,7 +319,7 @@ class RoutingCore(CoreOutputs):
         for c in bootstrap:
             f = contact_fields(c)
             if f is None:
-                raise ValueError(f"malformed bootstrap contact {c!r:.80}")
+                raise InvalidArgument(f"malformed bootstrap contact {c!r:.80}")
             seeds.append(Contact(f[0], f[1]))
         self._seeds = seeds[: self.config.max_seeds]
         self.stats["joins"] += 1
@@ -336,7 +337,7 @@ class RoutingCore(CoreOutputs):
         ``find``: look for the node whose id is ``target`` rather than for the k closest to it: done
         (ok) as soon as that node answers, so a node in our table is found in one round trip."""
         if type(target) is not bytes or len(target) != NODE_ID_LEN:
-            raise ValueError(f"lookup target must be {NODE_ID_LEN} bytes")
+            raise InvalidArgument(f"lookup target must be {NODE_ID_LEN} bytes")
         if self._refresh_at is None:
             self._arm_refresh(now)
         return self._submit(target, now, purpose, None, find)

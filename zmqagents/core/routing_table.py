@@ -50,6 +50,7 @@ from typing import Any, Iterator
 
 from ..identity import Contact, node_id_of
 from .lookup import NODE_ID_LEN, contact_fields
+from ..errors import InvalidArgument
 
 __all__ = [
     "ID_BITS", "Entry", "RoutingTable", "distance", "bucket_index", "TABLE_STAT_KEYS",
@@ -117,9 +118,9 @@ class RoutingTable:
     def __init__(self, node_id: bytes, k: int = 20, *, replacements: int = 8, stale_after: int = 5,
                  max_checks: int = 64, stats: dict[Any, Any] | None = None):
         if type(node_id) is not bytes or len(node_id) != NODE_ID_LEN:
-            raise ValueError(f"node id must be {NODE_ID_LEN} bytes")
+            raise InvalidArgument(f"node id must be {NODE_ID_LEN} bytes")
         if k < 1 or replacements < 0 or stale_after < 1 or max_checks < 0:
-            raise ValueError("k and stale_after must be at least 1; replacements and max_checks non-negative")
+            raise InvalidArgument("k and stale_after must be at least 1; replacements and max_checks non-negative")
         self.node_id = node_id
         self.k = k
         self.replacements = replacements  # replacement cache size per full bucket
@@ -255,7 +256,7 @@ class RoutingTable:
     def random_id_in_bucket(self, i: int, rng: random.Random) -> bytes:
         """A uniformly random id whose distance to us falls in bucket ``i``."""
         if not 0 <= i < ID_BITS:
-            raise ValueError(f"bucket index must be in 0..{ID_BITS - 1}, got {i}")
+            raise InvalidArgument(f"bucket index must be in 0..{ID_BITS - 1}, got {i}")
         x = (1 << i) | rng.getrandbits(i)
         return (self._me ^ x).to_bytes(NODE_ID_LEN, "big")
 
@@ -283,7 +284,7 @@ class RoutingTable:
         """
         f = contact_fields(contact)
         if f is None:
-            raise ValueError(f"malformed contact {contact!r:.80}")
+            raise InvalidArgument(f"malformed contact {contact!r:.80}")
         return self.add(node_id_of(f[0]), f[0], f[1], now, rtt)
 
     def add(self, node_id: bytes, public_key: bytes, endpoint: str, now: float, rtt: float | None = None) -> int:

@@ -24,6 +24,7 @@ from .tasks_states import (
     MAX_REASON_LEN, REJECTED, STATES, STATUS, SUBMIT, SUBMITTED, TERMINAL, TRANSITIONS, WORKING,
     InvalidTransition, TaskTooLarge, TooManyTasks, error_body, is_task_id, packed_size,
 )
+from ..errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ class CallerConfig:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.reorder_limit < 1 or self.max_tasks < 1:
-            raise ValueError("CallerConfig needs max_attempts, reorder_limit and max_tasks >= 1")
+            raise InvalidArgument("CallerConfig needs max_attempts, reorder_limit and max_tasks >= 1")
         if not 0 < self.success_decay < 1:
-            raise ValueError("CallerConfig.success_decay must be in (0, 1)")
+            raise InvalidArgument("CallerConfig.success_decay must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -242,11 +243,11 @@ class TaskCaller(CoreOutputs):
         if len(self._calls) >= self.config.max_tasks:
             raise TooManyTasks(f"{len(self._calls)} tasks are unfinished (max_tasks {self.config.max_tasks})")
         if not 0 <= spec.priority <= MAX_PRIORITY:
-            raise ValueError(f"priority must be 0..{MAX_PRIORITY}")
+            raise InvalidArgument(f"priority must be 0..{MAX_PRIORITY}")
         if spec.key is not None and not 0 < len(spec.key) <= MAX_KEY_LEN:
-            raise ValueError(f"an idempotency key is 1..{MAX_KEY_LEN} characters or bytes")
+            raise InvalidArgument(f"an idempotency key is 1..{MAX_KEY_LEN} characters or bytes")
         if spec.deadline is not None and not spec.deadline > 0:
-            raise ValueError("a deadline is a positive number of seconds")
+            raise InvalidArgument("a deadline is a positive number of seconds")
         size = packed_size(spec.input)
         if size is None:
             raise TaskTooLarge("the task input cannot be encoded (msgpack types only)")

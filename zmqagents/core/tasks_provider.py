@@ -24,6 +24,7 @@ from .tasks_states import (
     MAX_CAPABILITY_LEN, MAX_KEY_LEN, MAX_PRIORITY, REJECTED, STATUS, SUBMIT, SUBMITTED, WORKING,
     InvalidTransition, check_transition, error_body, is_task_id, packed_size,
 )
+from ..errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,12 @@ class CapabilityPolicy:
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.queue < 0:
-            raise ValueError("CapabilityPolicy needs max_concurrency >= 1 and queue >= 0")
+            raise InvalidArgument("CapabilityPolicy needs max_concurrency >= 1 and queue >= 0")
         for entry in self.allow or ():
             if isinstance(entry, str):
                 check_group_name(entry)
             elif not isinstance(entry, bytes):
-                raise ValueError("an allow list holds node ids (bytes) and group names (str)")
+                raise InvalidArgument("an allow list holds node ids (bytes) and group names (str)")
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -62,7 +63,7 @@ GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def check_group_name(name: Any) -> str:
     """Raise ValueError unless ``name`` is a group name: 1..64 letters, digits, _ . - (no "@")."""
     if not isinstance(name, str) or not GROUP_NAME_RE.match(name):
-        raise ValueError(f"group name {name!r:.80} must be 1..64 letters, digits, _ . - starting with a letter "
+        raise InvalidArgument(f"group name {name!r:.80} must be 1..64 letters, digits, _ . - starting with a letter "
                          "or digit (write it without the @ that the command line puts in front)")
     return name
 
@@ -168,7 +169,7 @@ class TaskProvider(CoreOutputs):
     def offer(self, capability: str, policy: CapabilityPolicy | None = None) -> None:
         """Serve ``capability`` (or change its policy; tasks already admitted keep running)."""
         if not isinstance(capability, str) or not 0 < len(capability) <= MAX_CAPABILITY_LEN:
-            raise ValueError(f"a capability name is 1..{MAX_CAPABILITY_LEN} characters")
+            raise InvalidArgument(f"a capability name is 1..{MAX_CAPABILITY_LEN} characters")
         policy = policy or CapabilityPolicy()
         self._policies[capability] = policy
         self._limits[capability] = policy.max_concurrency
@@ -191,7 +192,7 @@ class TaskProvider(CoreOutputs):
             return
         ids = frozenset(members)
         if not all(isinstance(m, bytes) and len(m) == 32 for m in ids):
-            raise ValueError(f"group {name!r}: members are 32-byte node ids")
+            raise InvalidArgument(f"group {name!r}: members are 32-byte node ids")
         self._groups[name] = ids
 
     def groups(self) -> dict[str, frozenset[bytes]]:

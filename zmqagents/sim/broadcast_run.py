@@ -62,6 +62,7 @@ from ..core.routing import RoutingCore
 from ..identity import Identity
 from .overlay import OverlayNode, OverlayRun, OverlayScenario
 from .report import percentile
+from ..errors import InvalidArgument
 
 
 @dataclass
@@ -123,7 +124,7 @@ class BroadcastRun(OverlayRun):
         self.b0 = b0
         self.b1 = sc.seconds - sc.drain
         if self.b1 <= b0:
-            raise ValueError(f"a broadcast run of {sc.seconds:g} s is too short: publications start at {b0:g} s "
+            raise InvalidArgument(f"a broadcast run of {sc.seconds:g} s is too short: publications start at {b0:g} s "
                              f"and stop {sc.drain:g} s before the end")
         self.brng = self.sim.rng("broadcast")
         self._schedule()

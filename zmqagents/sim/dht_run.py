@@ -88,6 +88,7 @@ from ..identity import Identity
 from .overlay import EXIT_CORRECTNESS, EXIT_LIVENESS, EXIT_OK, OverlayNode, OverlayRun, OverlayScenario, build_report
 from .overlay import exit_code as overlay_exit_code
 from .report import summary
+from ..errors import InvalidArgument
 
 REPUBLISH_JITTER = 1.1  # DhtCore re-arms its republish timer at R * (0.9 + 0.2 * random)
 MAX_REPUBLISH = 600.0  # keeps R below the default provider_ttl (900 s), which DhtConfig requires
@@ -126,11 +127,11 @@ def timeline(sc: DhtScenario) -> Timeline:
     r = sc.republish if sc.republish is not None else min(MAX_REPUBLISH, (s - crash_at - w - 15.0) / REPUBLISH_JITTER)
     if r < MIN_REPUBLISH:
         need = crash_at + w + 15.0 + REPUBLISH_JITTER * MIN_REPUBLISH
-        raise ValueError(f"a DHT run of {s:g} s is too short: give --seconds {need:.0f} or more")
+        raise InvalidArgument(f"a DHT run of {s:g} s is too short: give --seconds {need:.0f} or more")
     a0 = crash_at + REPUBLISH_JITTER * r + 5.0
     after = (a0, a0 + w)
     if after[1] + 5.0 > s:
-        raise ValueError(f"a republish interval of {r:g} s does not fit in {s:g} s: give --seconds "
+        raise InvalidArgument(f"a republish interval of {r:g} s does not fit in {s:g} s: give --seconds "
                          f"{after[1] + 5.0:.0f} or more")
     return Timeline(puts, before, crash_at, r, after)
 

@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 from ..envelope import Envelope
 from .netmodel import Latency, Network
+from ..errors import InvalidArgument
 
 
 class Core(Protocol):
@@ -220,7 +221,7 @@ class Simulator:
         index = len(self.nodes)
         nid = sim_node_id(index) if node_id is None else node_id
         if nid in self._by_id:
-            raise ValueError(f"node id {nid.hex()[:12]} is already in the simulation")
+            raise InvalidArgument(f"node id {nid.hex()[:12]} is already in the simulation")
         local = self.owner_of is None or self.owner_of(nid) == self.worker
         node = SimNode(nid, index, factory, route, on_event, local)
         if local:

@@ -27,6 +27,7 @@ import random
 import re
 from math import exp as _exp
 from typing import Iterable
+from ..errors import InvalidArgument
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|ms|s)?\s*$")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}
@@ -36,7 +37,7 @@ def parse_duration(text: str) -> float:
     """``"10ms"`` -> 0.01. Raises ValueError naming the accepted forms."""
     m = _DURATION.match(text)
     if m is None:
-        raise ValueError(f"duration {text!r} must be a number with an optional unit us, ms or s (e.g. 10ms)")
+        raise InvalidArgument(f"duration {text!r} must be a number with an optional unit us, ms or s (e.g. 10ms)")
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -62,7 +63,7 @@ class UniformLatency:
 
     def __init__(self, low: float, high: float):
         if high < low:
-            raise ValueError(f"uniform latency: high ({high}s) is below low ({low}s)")
+            raise InvalidArgument(f"uniform latency: high ({high}s) is below low ({low}s)")
         self.low = low
         self.high = high
 
@@ -82,11 +83,11 @@ class LognormalLatency:
 
     def __init__(self, median: float, sigma: float, floor: float | None = None):
         if median <= 0 or sigma < 0:
-            raise ValueError("lognormal latency needs a positive median and a non-negative sigma")
+            raise InvalidArgument("lognormal latency needs a positive median and a non-negative sigma")
         if floor is None:
             floor = median / 5
         if not 0 <= floor <= median:
-            raise ValueError("lognormal latency: the floor must lie between 0 and the median")
+            raise InvalidArgument("lognormal latency: the floor must lie between 0 and the median")
         self.median = median
         self.sigma = sigma
         self.floor = floor
@@ -123,8 +124,8 @@ def parse_latency(spec: str) -> Latency:
             return LognormalLatency(parse_duration(args[0]), float(args[1]),
                                     parse_duration(args[2]) if len(args) == 3 else None)
     except ValueError as exc:
-        raise ValueError(f"latency {spec!r}: {exc}") from None
-    raise ValueError(f"latency {spec!r} must be const:D, uniform:MIN:MAX or lognormal:MEDIAN:SIGMA[:FLOOR] (e.g. const:10ms)")
+        raise InvalidArgument(f"latency {spec!r}: {exc}") from None
+    raise InvalidArgument(f"latency {spec!r} must be const:D, uniform:MIN:MAX or lognormal:MEDIAN:SIGMA[:FLOOR] (e.g. const:10ms)")
 
 
 class Network:
@@ -135,7 +136,7 @@ class Network:
     def __init__(self, latency: str | Latency = "const:10ms", loss: float = 0.0):
         self.latency = parse_latency(latency) if isinstance(latency, str) else latency
         if not 0.0 <= loss <= 1.0:
-            raise ValueError(f"loss rate must be between 0 and 1, got {loss}")
+            raise InvalidArgument(f"loss rate must be between 0 and 1, got {loss}")
         self.loss = loss
         self._groups: dict[int, int] | None = None
         self.dropped_loss = 0

@@ -46,7 +46,7 @@ from ..envelope import Envelope
 from .dht_run import DhtRun, DhtScenario
 from .engine import frozen_heap
 from .overlay import Merged, OverlayRun, OverlayScenario
-from ..errors import Error
+from ..errors import Error, InvalidArgument
 
 _LEN = struct.Struct(">Q")
 
@@ -260,9 +260,9 @@ def _worker(sc: OverlayScenario, worker: int, workers: int, socks: dict[int, soc
 def run_parallel(sc: OverlayScenario, workers: int) -> tuple[dict, Merged]:
     """Run ``sc`` on ``workers`` forked processes; returns the report and the merged parts (for a plot)."""
     if workers < 2:
-        raise ValueError("run_parallel needs at least 2 workers (OverlayRun(sc).run() runs in this process)")
+        raise InvalidArgument("run_parallel needs at least 2 workers (OverlayRun(sc).run() runs in this process)")
     if not OverlayRun.lookahead(sc) > 0:
-        raise ValueError(f"latency {sc.latency!r} has no smallest delay above 0: the workers could not run "
+        raise InvalidArgument(f"latency {sc.latency!r} has no smallest delay above 0: the workers could not run "
                          "apart in virtual time (give a floor, e.g. lognormal:5ms:0.5:1ms, or use one worker)")
     cls = run_class(sc)
     cls.prepare(sc)  # before the fork: the scenario in the report is the one the workers ran
