@@ -26,6 +26,7 @@ from typing import Any
 from ..core.delivery import WindowFull
 from ..envelope import Envelope, EnvelopeError
 from ..identity import Contact, IdentityError, short_id
+from ..errors import Error
 from .spool import Spool, SpoolConfig, SpoolError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ RETRY_DELAY = 1.0  # s before re-sending to a destination whose messages failed;
 RETRY_MAX = 5.0  # ...up to this: with one probe at a time a dead peer costs little, and one that returns is found soon
 FEED_INTERVAL = 1.0  # s between safety-net passes (window room freed by others' messages, ends of back-off)
 TO_FIELD = "to"  # envelope field of a spool record: the destination's contact, when the application gave one
+
+
+class OutboxClosed(Error, RuntimeError):
+    """The outbox is starting or stopping: it takes no message now."""
 
 
 class _Dest:
@@ -155,7 +160,7 @@ class Outbox:
         Accepted means written (and fsynced, per policy) when this returns.
         """
         if not self.accepting:
-            raise RuntimeError("the outbox is not accepting messages (starting or stopping)")
+            raise OutboxClosed("the outbox is not accepting messages (starting or stopping)")
         ts = int(time.time() * 1000)
         src = self.node.node_id
         envs = []

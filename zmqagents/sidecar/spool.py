@@ -76,6 +76,10 @@ class SpoolFull(SpoolError):
     """An append would exceed the spool's size bound, or the disk is full. Nothing was written."""
 
 
+class NoSuchRecord(SpoolError, KeyError):
+    """A reference to no record the spool holds (acknowledged and reclaimed meanwhile)."""
+
+
 @dataclass(slots=True)
 class SpoolConfig:
     directory: str
@@ -421,7 +425,7 @@ class Spool:
         """The envelope a reference names (read back from its segment)."""
         seg, i = self._locate(ref)
         if seg is None:
-            raise KeyError(f"no spool record {ref:#x}")
+            raise NoSuchRecord(f"no spool record {ref:#x}")
         try:
             if seg.fd < 0:
                 seg.fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
