@@ -19,7 +19,7 @@ import pytest
 
 import zmqagents
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 # Exception classes not yet under zmqagents.Error (by class name: they are moving between modules), with

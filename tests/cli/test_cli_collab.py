@@ -14,8 +14,9 @@ from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from test_cli import server, zmqa
-from test_presets import CLAUDE, stand_in
+
+from helpers.cli import server, zmqa
+from helpers.standins import CLAUDE, stand_in
 
 pytestmark = pytest.mark.timeout(120)
 
