@@ -181,8 +181,14 @@ def test_agents_ls_marks_a_killed_provider_unreachable(tmp_path):
         assert res.returncode == 0, res.stderr
         rows = {r["name"]: r for r in lines(res.stdout)}
         states = {p["node_id"]: (p["state"], p["rtt_ms"]) for p in rows["shared"]["providers"]}
-        assert states[doomed_id] == ("unreachable", None)
-        assert [s for nid, s in states.items() if nid != doomed_id][0][0] == "alive"
+        # Two honest outcomes, decided by a race this test does not control: the holders' failure
+        # detectors may already have confirmed c dead, and holders drop a dead node's provider entries
+        # (DhtStore.forget). Until then the entry is listed and its probe must find it unreachable.
+        still_listed = doomed_id in states
+        if still_listed:
+            assert states[doomed_id] == ("unreachable", None)
+        others = [state for nid, (state, _) in states.items() if nid != doomed_id]
+        assert others == ["alive"], states
         assert rows["upper"]["providers"][0]["state"] == "alive"
         assert took < 20, took  # probes run in parallel, each bounded by --probe-timeout
 
@@ -191,7 +197,8 @@ def test_agents_ls_marks_a_killed_provider_unreachable(tmp_path):
         rows = {r["name"]: r for r in lines(res.stdout)}
         assert [p["state"] for p in rows["shared"]["providers"]] == ["alive"]
         assert rows["shared"]["providers"][0]["node_id"] != doomed_id
-        assert "1 listed node(s) are unreachable or dead and not shown" in res.stderr
+        if "not shown" in res.stderr:  # the entry was still stored: the note says why the list is shorter
+            assert "1 listed node(s) are unreachable or dead and not shown" in res.stderr
         assert live.poll() is None
 
 
