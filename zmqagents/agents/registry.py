@@ -11,8 +11,9 @@ contact and signature, so the metadata lists names only while it packs into
 :data:`META_BUDGET` bytes, sorted, and says ``"more": true`` when it left some out; the reader
 then asks that node (``task.describe``) for the full list. Spec: protocols/tasks.md §3.3.
 
-Entries outlive their nodes (a provider entry expires only after its TTL), so a listing says which
-nodes are still there: one this node's membership knows to be dead is marked ``dead`` without a
+A holder drops a node's provider entries once its own failure detector confirms that node failed or
+left (``DhtStore.forget``); until then, and on holders that never knew the node, an entry outlives its
+node until its TTL, so a listing says which nodes are still there: one this node's membership knows to be dead is marked ``dead`` without a
 word sent; one membership knows alive (with a measured RTT) is ``alive``; every other one is asked
 ``task.describe`` (at most :data:`PROBE_PARALLEL` at once, each within a probe timeout), and is
 ``alive`` with the measured round trip if it answers, else ``unreachable``.
