@@ -359,3 +359,21 @@ def test_a_new_sample_member_is_told_so_and_the_link_is_refreshed_while_idle():
         while (t := cb.next_timer()) is not None and t <= now:
             cb.tick(t)
     assert now >= 400.0 and a.node_id in cb.inbound
+
+
+def test_an_announcement_over_a_much_shorter_path_regrafts_the_tree():
+    me, parent, short = ident(0), ident(1), ident(2)
+    core = Broadcast(me.node_id, me, 1, random.Random(0), BroadcastConfig(optimization_threshold=4))  # our copy: 10 hops
+    core.set_sample({parent.node_id, short.node_id}, 0.0)
+    core.take_outgoing()
+    m = make_message(ident(9), 1, 1, "", "x")
+    core.receive(Envelope(random.randbytes(16), parent.node_id, MSG, {"m": m.to_wire(), "h": 10}), 0.0)
+    core.take_outgoing()
+    core.receive(Envelope(random.randbytes(16), short.node_id, IHAVE, {"i": [[m.id, 7]]}), 0.01)
+    assert core.take_outgoing() == []  # 7 + 4 > 10: not worth a change
+    core.receive(Envelope(random.randbytes(16), short.node_id, IHAVE, {"i": [[m.id, 6]]}), 0.02)
+    out = {(e.type, e.dst) for e in core.take_outgoing()}
+    assert out == {(GRAFT, short.node_id), (PRUNE, parent.node_id)}
+    assert short.node_id in core.eager and parent.node_id in core.lazy and core.stats["optimized"] == 1
+    core.receive(Envelope(random.randbytes(16), short.node_id, IHAVE, {"i": [[m.id, 1]]}), 0.03)
+    assert core.take_outgoing() == []  # once per message

@@ -50,7 +50,7 @@ STAT_KEYS = (
     "oversize", "over_rate", "not_subscribed", "pushed", "hop_limit", "ihave_sent", "ihave_received",
     "ihave_ignored", "ihave_queue_dropped", "missing_full", "grafts_sent", "graft_gave_up", "grafts_received",
     "graft_answered", "graft_unknown", "graft_over_rate", "prunes_sent", "prunes_received", "inbound_full",
-    "gaps_reported", "seen_evicted", "cache_evicted", "streams_evicted", "gaps_dropped",
+    "gaps_reported", "seen_evicted", "cache_evicted", "streams_evicted", "gaps_dropped", "optimized",
 )
 CACHE_OVERHEAD = 256  # bytes charged per cached message beyond its signed size (the dict, the tuple)
 
@@ -75,6 +75,7 @@ class Delivered:
     data: Any
     hops: int
     id: bytes
+    size: int  # bytes of its signed form (the data's encoding + ~80): what holding it costs, roughly
 
 
 @dataclass(slots=True, frozen=True)
@@ -136,7 +137,8 @@ class Broadcast(CoreOutputs):
         self.lazy: set[bytes] = set()
         self._seqs: dict[str, int] = {}  # our next seq per topic
         self._seen: OrderedDict[bytes, float] = OrderedDict()
-        self._cache: OrderedDict[bytes, tuple[dict[str, Any], int, int, float]] = OrderedDict()
+        # id -> (wire form, hops it is forwarded with, bytes charged, when, who sent it first (None: ours))
+        self._cache: OrderedDict[bytes, tuple[dict[str, Any], int, int, float, bytes | None]] = OrderedDict()
         self._cache_bytes = 0
         self._streams: OrderedDict[tuple[bytes, str], _Stream] = OrderedDict()
         self._origins: OrderedDict[bytes, tuple[TokenBucket, TokenBucket]] = OrderedDict()
@@ -302,6 +304,8 @@ class Broadcast(CoreOutputs):
         missing = self._missing
         for mid, hops in pairs:
             if mid in self._seen:
+                if cfg.optimization_threshold:
+                    self._shorter_path(mid, p, hops)
                 continue
             m = missing.get(mid)
             if m is not None:
@@ -341,7 +345,7 @@ class Broadcast(CoreOutputs):
             if not bucket.take(now, cfg.graft_rate, cfg.graft_burst):
                 st["graft_over_rate"] += 1
                 continue
-            wire, hops, _size, _t = ent
+            wire, hops = ent[0], ent[1]
             self._send(p, MSG, {"m": wire, "h": hops})
             st["graft_answered"] += 1
 
@@ -405,11 +409,11 @@ class Broadcast(CoreOutputs):
         if nxt <= cfg.max_hops:
             size = msg.size + CACHE_OVERHEAD
             cache = self._cache
-            cache[mid] = (wire, nxt, size, now)
+            cache[mid] = (wire, nxt, size, now, frm)
             self._cache_bytes += size
             while self._cache_bytes > cfg.cache_bytes and cache:
-                _k, (_w, _h, sz, _t) = cache.popitem(last=False)
-                self._cache_bytes -= sz
+                _k, ent = cache.popitem(last=False)
+                self._cache_bytes -= ent[2]
                 self.stats["cache_evicted"] += 1
             body = {"m": wire, "h": nxt}
             for p in sorted(self.eager):
@@ -432,7 +436,32 @@ class Broadcast(CoreOutputs):
             self.stats["hop_limit"] += 1
         if msg.topic in self.topics:
             self.stats["delivered"] += 1
-            self._events.append(Delivered(node_id_of(msg.origin), msg.topic, msg.epoch, msg.seq, msg.data, hops, mid))
+            self._events.append(Delivered(node_id_of(msg.origin), msg.topic, msg.epoch, msg.seq, msg.data, hops, mid,
+                                           msg.size))
+
+    def _shorter_path(self, mid: bytes, p: bytes, hops: int) -> None:
+        """Plumtree's optimization (Leitao et al. 3.8): ``p`` announces a message we got from our eager
+        parent over ``optimization_threshold`` or more hops more than ``p``'s copy took: the tree is
+        deeper than it need be here. Graft ``p`` (it pushes to us from now on) and prune the parent.
+        At most once per message (the cache entry forgets its parent)."""
+        ent = self._cache.get(mid)
+        if ent is None or ent[4] is None or ent[4] == p:
+            return
+        parent = ent[4]
+        if hops + self.config.optimization_threshold > ent[1] - 1:  # ent[1]: our copy's hops + 1
+            return
+        self._cache[mid] = (ent[0], ent[1], ent[2], ent[3], None)
+        self.stats["optimized"] += 1
+        if p in self.lazy:
+            self.lazy.discard(p)
+            self.eager.add(p)
+        self._send(p, GRAFT, {"i": []})
+        if parent in self.eager:
+            self.eager.discard(parent)
+            self.lazy.add(parent)
+        self._send(parent, PRUNE, None)
+        self.stats["grafts_sent"] += 1
+        self.stats["prunes_sent"] += 1
 
     def _closed(self, m: _Missing) -> None:
         n = self._missing_by.get(m.creator, 0) - 1
@@ -587,11 +616,11 @@ class Broadcast(CoreOutputs):
         cache = self._cache
         cut = now - cfg.cache_ttl
         while cache:
-            mid, (_w, _h, sz, t) = next(iter(cache.items()))
-            if t > cut:
+            mid, ent = next(iter(cache.items()))
+            if ent[3] > cut:
                 break
             cache.popitem(last=False)
-            self._cache_bytes -= sz
+            self._cache_bytes -= ent[2]
         cut = now - cfg.inbound_ttl
         for p in [p for p, t in self.inbound.items() if t <= cut]:
             del self.inbound[p]

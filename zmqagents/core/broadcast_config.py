@@ -53,6 +53,13 @@ class BroadcastConfig:
     graft_timeout: float = 0.08
     # ... then the next announcer is asked every this long (the first may have lost it or be gone).
     graft_retry: float = 0.04
+    # Plumtree's optimization (Leitao et al. 3.8): an IHAVE showing a path this many hops shorter than the
+    # one our copy came along makes the announcer our parent (GRAFT) and prunes the old one; 0 turns it
+    # off. The first copies shape the tree by arrival order under the first messages' flood, so trees get
+    # deep. Sim, N=400, 30 s, 2 publications/s, 1 % loss, 20 crashes, seed 1: off: last-delivery hop p50 12
+    # max 16, latency p50 40 / max 199 ms, RMR 0.08; 3: hops 8 / 11, 27 / 155 ms, RMR 0.15; 6: hops 10 / 14,
+    # 42 / 245 ms, RMR 0.29 (iroh-gossip's default is 7). So 3.
+    optimization_threshold: int = 3
     # Housekeeping (expiring caches, inbound neighbours, gap reports) runs at most this often.
     sweep_interval: float = 1.0
 
