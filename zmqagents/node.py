@@ -1100,7 +1100,8 @@ class Node:
                 # Once per stall (the core reports it again only after progress); the core has already
                 # reopened the stream, and the zmqagents_delivery_stalled_peers gauge counts it meanwhile.
                 log.warning("delivery to %s stalled: %d message(s) unacknowledged for %.1f s although it "
-                            "answers; reopened the stream", short_id(event.dst), event.pending, event.waited)
+                            "answers; reopened the stream (state before: %s)", short_id(event.dst), event.pending,
+                            event.waited, event.state)
 
     def _start_handler(self, env: Envelope) -> None:
         if self._handler is None:

@@ -808,6 +808,33 @@ def test_a_silent_peer_is_not_stalled():
     assert len(net.of(A, SendFailed)) == 1
 
 
+@pytest.mark.parametrize("last_word", ["progress", "chatter"])
+def test_a_peer_that_went_away_mid_stream_is_not_stalled(last_word):
+    """bench/chaos.py, 3 of 35 rounds: B's sidecar was killed mid-stream and stayed down 10.7-14.3 s;
+    10 s after B's last ack, before B was back (or declared dead), A reported B stalled and reopened
+    its stream. The clock had started at the very ack that made progress and run on through B's
+    silence: the peer was not talking, it was gone. Now the clock runs only while the peer talks:
+    whether B's last word was an ack that made progress or anything else, its silence is no stall,
+    and once back its stream resumes on the retransmissions alone."""
+    a, b, net = pair()
+    net.drop = lambda env: env.src == A and env.type == "msg" and env.body >= 20  # B is killed while these are on their way
+    for i in range(30):
+        a.send(B, i, 0.0)
+    net.advance(0.1)
+    assert a.pending() == 10 and a.stats["stalls"] == 0  # B's last ack made progress
+    if last_word == "chatter":
+        b.send(A, "still here", 0.1)  # heard after the last progress: the clock starts here
+    net.advance(0.2)
+    net.drop = lambda env: True  # B is down for 14.8 s
+    net.advance(15.0)
+    assert net.of(A, Stalled) == [] and a.stats["stalls"] == 0 and a.stalled_peers == 0
+    net.drop = lambda env: False  # B is back (same state: the silence alone is under test)
+    b.send(A, "back", 15.0)
+    net.advance(25.0)
+    assert net.delivered(B) == list(range(30)) and a.pending() == 0
+    assert net.of(A, Stalled) == [] and a.stats["stream_reopens"] == 0
+
+
 def test_stalled_peer_forgotten_leaves_the_gauge():
     a, b, net = pair()
     net.drop = lambda env: env.src == A and env.type == "msg"

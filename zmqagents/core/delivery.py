@@ -31,7 +31,7 @@ import heapq
 import math
 import random
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from itertools import islice
 from typing import Any, Iterable
 
@@ -190,6 +190,7 @@ class Stalled:
     dst: bytes
     pending: int
     waited: float
+    state: dict[str, Any] = field(default_factory=dict)  # Delivery.stream_state(dst) before the reopen
 
 
 @dataclass(slots=True)
@@ -246,7 +247,7 @@ class _Peer:
 
     __slots__ = (
         "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd_at", "reopen_at", "fast_hi",
-        "stuck", "watch", "stalled", "in_ep", "cum", "buf", "buf_bytes", "owed", "slot", "ids", "ring", "ring_pos",
+        "stuck", "watch", "stalled", "heard_at", "acked_at", "in_ep", "cum", "buf", "buf_bytes", "owed", "slot", "ids", "ring", "ring_pos",
     )
     kind = _ACK
 
@@ -268,6 +269,8 @@ class _Peer:
         self.stuck: float | None = None
         self.watch: _Watch | None = None
         self.stalled = False  # reported Stalled; cleared by the next progress
+        self.heard_at = float("-inf")  # when the peer last sent us anything
+        self.acked_at = float("-inf")  # when an ack of ours last advanced its cumulative seq (progress)
         # -- the peer's stream to us
         self.in_ep: int | None = None  # the highest epoch of the peer's seen: older ones are stale
         self.cum = 0  # every seq up to here was delivered, or skipped on the sender's word (fwd)
@@ -350,6 +353,10 @@ class Delivery(CoreOutputs):
         self._ack_delay = cfg.ack_delay
         self._dedup_window = cfg.dedup_window
         self._stall_after = cfg.stall_after
+        # The longest a live peer we have messages pending for stays silent: it answers every copy it
+        # gets, and a copy goes at least every capped, jittered timeout; rto_initial covers the round
+        # trip. A peer silent for longer is away (down, cut off): that is no stall (§7.3).
+        self._quiet = cfg.rto_max * (1.0 + cfg.jitter) + cfg.rto_initial
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
 
     # -- application side ----------------------------------------------------------
@@ -471,6 +478,32 @@ class Delivery(CoreOutputs):
         """Peers whose stream is stalled now (reported Stalled, no progress since): a gauge."""
         return self._stalled
 
+    def stream_state(self, dst: bytes, now: float) -> dict[str, Any]:
+        """Both streams with ``dst`` as this core sees them, for a log line when something looks wrong
+        (the watchdog's Stalled carries it): our stream (epoch, next seq, pending seqs, how often they
+        were sent, what the peer acked and when) and the peer's stream to us (the epoch we hold, its
+        cumulative seq, the reorder buffer). Times are seconds before ``now``. O(pending)."""
+        peer = self._peers.get(dst)
+        if peer is None:
+            return {}
+        out = peer.out
+        tries = [p[_TRIES] for p in out.values()]
+
+        def ago(t: float) -> float | None:
+            return None if t == float("-inf") else round(now - t, 3)
+
+        return {
+            "ep": peer.ep, "next_seq": peer.next_seq, "window": self.config.window, "pending": len(out),
+            "pending_lo": min(out, default=None), "pending_hi": max(out, default=None),
+            "sacked": sum(1 for p in out.values() if p[_SACKED]), "timers_armed": sum(1 for p in out.values() if p[_SLOT]),
+            "tries_min": min(tries, default=None), "tries_max": max(tries, default=None),
+            "rcum": peer.rcum, "fast_hi": peer.fast_hi, "heard_s_ago": ago(peer.heard_at),
+            "progress_s_ago": ago(peer.acked_at), "reopened_s_ago": ago(peer.reopen_at),
+            "stuck_s": None if peer.stuck is None else round(now - peer.stuck, 3),
+            "in_ep": peer.in_ep, "cum": peer.cum, "buffered": len(peer.buf), "buffered_bytes": peer.buf_bytes,
+            "buffered_lo": min(peer.buf, default=None), "owed": peer.owed,
+        }
+
     def forget(self, peer: bytes) -> None:
         """Drop all state for a peer (it left or was declared dead); what is in flight to it fails "unreachable"."""
         state = self._peers.pop(peer, None)
@@ -516,10 +549,14 @@ class Delivery(CoreOutputs):
             peer = self._new_peer(src)
         else:
             peers.move_to_end(src)
+        heard, peer.heard_at = peer.heard_at, now
         if ack is not None and not self._on_ack(peer, ack, now):
             return
-        if peer.stuck is None and peer.out and self._stall_after:
-            self._start_stall_clock(peer, now)  # it talks to us; our stream must progress from now on
+        if peer.out and self._stall_after and peer.acked_at != now:
+            # It talks to us (and did not just ack progress): our stream must progress from now on. A
+            # peer back from a silence longer than a live one keeps was away: its clock starts afresh.
+            if peer.stuck is None or now - heard > self._quiet:
+                self._start_stall_clock(peer, now)
         if typ == ACK_TYPE:
             return
         assert seq is not None and ep is not None  # checked above for every type but ack
@@ -797,6 +834,7 @@ class Delivery(CoreOutputs):
             peer.low = cum + 1
             acked = n0 - len(out)
             if acked:
+                peer.acked_at = now
                 peer.stuck = None  # progress: the stall clock starts again when the peer next talks to us
                 if peer.stalled:
                     peer.stalled = False
@@ -1053,8 +1091,8 @@ class Delivery(CoreOutputs):
         stuck = peer.stuck
         if stuck is None or self._peers.get(peer.id) is not peer:
             return  # it progressed (the clock restarts when the peer next talks to us), or was dropped
-        if not peer.out:
-            peer.stuck = None
+        if not peer.out or now - peer.heard_at > self._quiet:
+            peer.stuck = None  # nothing pending, or the peer fell silent: its clock restarts when it talks
             return
         due = stuck + self._stall_after
         if now < due:
@@ -1064,7 +1102,7 @@ class Delivery(CoreOutputs):
             peer.stalled = True
             self._stalled += 1
             self.stats["stalls"] += 1
-            self._events.append(Stalled(peer.id, len(peer.out), now - stuck))
+            self._events.append(Stalled(peer.id, len(peer.out), now - stuck, self.stream_state(peer.id, now)))
         # Whatever the cause (the receiver holds a stream we cannot see, a state we cannot repair from
         # here), a stream with an epoch it has never seen starts it afresh at seq 1 (§3).
         self._reopen(peer, max(self._next_epoch(), peer.ep + 1), now)
