@@ -78,6 +78,7 @@ DIAL_CHECK_TIMEOUT = 3.0
 # counts those): the Message, its src, id and type, and the body's own container (measured: under
 # 500 bytes). The envelope's other fields are gone by then, so its fixed ENVELOPE_COST is not charged.
 MESSAGE_COST = 512
+MAX_REFUSED_SENDERS = 1024  # senders remembered for a window update once the inbox has room (others wait for timers)
 
 
 def message_cost(cost: int, count: int = 1) -> int:
@@ -264,6 +265,7 @@ class Node:
         # interface plus flush(), called before any ack for what it was given leaves (the sidecar's
         # inbound spool: nothing acknowledged lives only in memory).
         self._inbox: BoundedQueue[Message] | None = inbox
+        self._refused: set[bytes] = set()  # senders whose messages the inbox refused, owed a window update
         self._requests: dict[bytes, asyncio.Future] = {}
         self._windows: dict[bytes, asyncio.Event] = {}
         self._failures: list[SendFailed] = []
@@ -661,11 +663,33 @@ class Node:
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next direct message, in order per sender, exactly once."""
-        return (await asyncio.wait_for(self._inbox.get(), timeout))[0]
+        message = (await asyncio.wait_for(self._inbox.get(), timeout))[0]
+        if self._refused:
+            self._offer_room()
+        return message
 
     async def messages(self) -> AsyncIterator[Message]:
         while True:
-            yield (await self._inbox.get())[0]
+            message = (await self._inbox.get())[0]
+            if self._refused:
+                self._offer_room()
+            yield message
+
+    def _offer_room(self) -> None:
+        """The application took a message: ack each sender whose messages the full inbox refused, once
+        what its reorder buffer would release with the next one fits again (a window update). Refused
+        messages reached no core and got no ack; without this the sender resent them on its backed-off
+        timer, up to 6 s later (a restarted sidecar whose inbox filled before its local API started:
+        bench/chaos.py, seed 35)."""
+        inbox = self._inbox
+        delivery = self.delivery
+        now = self._now()
+        for src in list(self._refused):
+            n, held = delivery.buffered(src)
+            if inbox.refuses(src, message_cost(held + (held // n if n else ENVELOPE_COST), n + 1), need=n + 1) is None:
+                self._refused.discard(src)
+                delivery.ack(src, now)
+        self._pump()
 
     def requeue(self, message: Message) -> None:
         """Put a message just taken with :meth:`receive` back at the head of the inbox.
@@ -956,6 +980,8 @@ class Node:
                     why = inbox.refuses(src, cost, need=need, held=(held_n, held_b), sender_held=(mine[0], mine[1]))
                     if why is not None:
                         self.stats[_INBOX_REFUSALS[why]] += 1
+                        if len(self._refused) < MAX_REFUSED_SENDERS:
+                            self._refused.add(src)
                         continue
                     held_n += need
                     held_b += cost

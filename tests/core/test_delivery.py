@@ -966,30 +966,66 @@ def test_a_reopened_request_carries_the_time_its_requester_still_waits():
 
 def test_messages_a_full_reorder_buffer_dropped_are_sent_again_as_soon_as_the_hole_is_repaired():
     """B buffers 4 messages out of order and drops the rest of A's window unacknowledged; seq 1 is lost
-    twice. Once its third copy repairs the hole, the cumulative ack makes A send the dropped run again
-    at once instead of waiting for each message's backed-off timer."""
+    until every message's first timer has fired. Once a copy repairs the hole, the cumulative ack makes
+    A send the dropped run again at once instead of waiting for each message's backed-off timer."""
     a = Delivery(A, random.Random(1))
     b = Delivery(B, random.Random(2), DeliveryConfig(reorder_limit=4))
     net = Net(a, b)
-    copies = {1: 0}
-
-    def drop(env):
-        if env.src == A and env.seq == 1 and env.type == "msg":
-            copies[1] += 1
-            return copies[1] <= 2
-        return False
-
-    net.drop = drop
+    net.drop = lambda env: env.src == A and env.type == "msg" and env.seq == 1 and net.now < 0.3
     for i in range(64):
         a.send(B, i, 0.0)
-    net.advance(0.5)
+    net.advance(0.1)
     assert net.delivered(B) == [] and b.stats["reorder_overflow"] > 0
-    while copies[1] < 3:
+    while not net.delivered(B):
         net.advance(net.now + 0.01)
     repaired = net.now
     net.advance(repaired + 0.05)  # an ack delay and a round trip later
     assert net.delivered(B) == list(range(64)) and a.pending() == 0
     assert 0 < a.stats["fast_retransmits"] <= 63  # each seq at most once this way
+
+
+def test_a_repeated_ack_resends_the_floor_at_once_and_no_faster_than_once_per_rto():
+    """B's driver refuses seq 1 for want of room (it never reaches B's core: no ack) while B buffers
+    the rest; A's timer for seq 1 backs off. When B has room again it acks (a window update): A resends
+    seq 1 at once rather than on its timer, ~1.6 s away. Acks repeated faster than rto_initial resend
+    nothing more, and a floor still on its first timer is not resent (it is in flight)."""
+    a, b, net = pair()
+    state = {"room": False, "hole": False}
+    refused = []
+
+    def drop(env):
+        if env.dst == B and env.type == "msg" and env.seq == 1 and not state["room"]:
+            refused.append(net.now)
+            return True
+        return env.dst == B and env.type == "msg" and env.seq > 10 and state["hole"]
+
+    net.drop = drop
+    for i in range(10):
+        a.send(B, i, 0.0)
+    net.advance(0.1)
+    b.ack(A, net.now)  # seq 1 still on its first timer: nothing resent
+    net.flush()
+    assert a.stats["floor_resends"] == 0 and len(refused) == 1
+    net.advance(1.5)  # copies at ~0.2, ~0.6, ~1.4: all refused; the next one ~1.6 s later
+    assert len(refused) == 4 and net.delivered(B) == []
+    state["room"] = True
+    b.ack(A, net.now)
+    net.flush()
+    assert net.delivered(B) == list(range(10)) and a.stats["floor_resends"] == 1
+    net.advance(net.now + 0.01)  # B's delayed ack
+    assert a.pending() == 0 and len(refused) == 4
+    state["hole"] = True
+    for i in range(10, 13):  # seqs 11-13, lost until further notice
+        a.send(B, i, net.now)
+    net.advance(net.now + 0.3)  # their timers fired once (tries 1): copies lost too
+    before = a.stats["floor_resends"]
+    t = net.now
+    for k in range(3):  # three repeated acks within rto_initial: one run resent, once
+        b.ack(A, t + 0.05 * k)
+        for env in b.take_outgoing():
+            a.receive(env, t + 0.05 * k)
+    assert a.stats["floor_resends"] - before == 3  # seqs 11, 12, 13, each once
+    assert [env.seq for env in a.take_outgoing()] == [11, 12, 13]
 
 
 def test_a_healthy_stream_sends_nothing_twice():

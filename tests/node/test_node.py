@@ -97,6 +97,27 @@ def test_full_inbox_pushes_back_without_losing_messages(arun):
     arun(main(), timeout=40)
 
 
+def test_a_drained_inbox_asks_the_refused_sender_to_resend_at_once(arun):
+    """The inbox refuses the client's messages until the application reads (a restarted sidecar whose
+    local API was not up yet: bench/chaos.py, seed 35). The refused message reached no core, so no ack
+    told the client anything, and it waited for its backed-off timer. Now the first read that makes
+    room again acks the client's stream (a window update), and the client resends its floor at once."""
+    async def main():
+        config = NodeConfig(inbox_limit=50, inbox_share=1.0)
+        async with Node(config=config) as server, Node(peers=[server.contact]) as client:
+            for i in range(300):
+                await client.send(server.node_id, i)
+            await asyncio.sleep(1.0)  # the floor's copies are refused; its timer backs off
+            assert server.stats["inbox_refused"] > 0 and server.inbox_size[0] == 50
+            assert client.delivery.stats["floor_resends"] == 0  # the server said nothing meanwhile
+            got = [(await server.receive(timeout=10)).body for _ in range(300)]
+            assert got == list(range(300))
+            assert client.delivery.stats["floor_resends"] > 0  # on the server's window updates
+            await client.flush(timeout=10)
+
+    arun(main(), timeout=40)
+
+
 def test_unknown_peer_timeout_and_unreachable(arun):
     async def main():
         async with Node(config=fast_config()) as client:

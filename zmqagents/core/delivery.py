@@ -62,6 +62,7 @@ STAT_KEYS = (
     "requests_cancelled", "request_limit", "abandoned", "fwd_sent", "fwd_received", "skipped",
     "malformed", "unsequenced", "stale_epoch", "epoch_resets", "buffer_discarded", "peers_evicted",
     "dedup_restored", "reorder_bytes_full", "stream_reopens", "stalls", "reneged", "fast_retransmits",
+    "floor_resends",
 )
 
 
@@ -247,7 +248,7 @@ class _Peer:
 
     __slots__ = (
         "id", "ep", "next_seq", "low", "rcum", "out", "blocked", "requests", "fwd_at", "reopen_at", "fast_hi",
-        "stuck", "watch", "stalled", "heard_at", "acked_at", "in_ep", "cum", "buf", "buf_bytes", "owed", "slot", "ids", "ring", "ring_pos",
+        "stuck", "watch", "stalled", "heard_at", "acked_at", "nudged_at", "in_ep", "cum", "buf", "buf_bytes", "owed", "slot", "ids", "ring", "ring_pos",
     )
     kind = _ACK
 
@@ -271,6 +272,7 @@ class _Peer:
         self.stalled = False  # reported Stalled; cleared by the next progress
         self.heard_at = float("-inf")  # when the peer last sent us anything
         self.acked_at = float("-inf")  # when an ack of ours last advanced its cumulative seq (progress)
+        self.nudged_at = float("-inf")  # when a repeated ack last made us resend the floor (rate limit)
         # -- the peer's stream to us
         self.in_ep: int | None = None  # the highest epoch of the peer's seen: older ones are stale
         self.cum = 0  # every seq up to here was delivered, or skipped on the sender's word (fwd)
@@ -350,6 +352,7 @@ class Delivery(CoreOutputs):
         # cannot make us flood, yet a lost fwd is replaced well within one retransmission timeout.
         self._fwd_interval = cfg.rto_initial / 2
         self._ack_every = cfg.ack_every
+        self._rto_initial = cfg.rto_initial
         self._ack_delay = cfg.ack_delay
         self._dedup_window = cfg.dedup_window
         self._stall_after = cfg.stall_after
@@ -477,6 +480,17 @@ class Delivery(CoreOutputs):
     def stalled_peers(self) -> int:
         """Peers whose stream is stalled now (reported Stalled, no progress since): a gauge."""
         return self._stalled
+
+    def ack(self, src: bytes, now: float) -> None:
+        """Send ``src`` an ack of its stream to us now (nothing if we hold none).
+
+        For a driver that refused ``src``'s messages for want of room (they reached no core, so no
+        ack said anything) and has room again: the ack repeats our cumulative seq, which makes the
+        sender resend its floor at once (§5.2) instead of on its backed-off timer. A window update,
+        as TCP's receiver sends when its window opens again (RFC 9293 section 3.8.6.2.2)."""
+        peer = self._peers.get(src)
+        if peer is not None and peer.in_ep is not None:
+            self._send_ack(peer, now)
 
     def stream_state(self, dst: bytes, now: float) -> dict[str, Any]:
         """Both streams with ``dst`` as this core sees them, for a log line when something looks wrong
@@ -851,12 +865,33 @@ class Delivery(CoreOutputs):
             if n0 and out:
                 self._fast_retransmit(peer, max(cum, peer.fast_hi) + 1, now)
             peer.rcum = cum
+        elif cum == peer.rcum and out and now - peer.nudged_at >= self._rto_initial:
+            self._resend_floor(peer, self._floor(peer), now)
         c1 = cum + 1
         if c1 < end and c1 not in out and now - peer.fwd_at >= self._fwd_interval:
             # This ack waits for a seq we no longer send: it was abandoned, the receiver lost its state,
             # or the ack is stale (reordered; then the fwd is a harmless no-op). Say where the stream goes on.
             self._send_fwd(peer, now)
         return True
+
+    def _resend_floor(self, peer: _Peer, seq: int, now: float) -> None:
+        """An ack of the current epoch repeats the cumulative seq while ``seq`` (the floor) is pending:
+        the peer answers, but still lacks the floor. If the floor's own timer has fired at least once
+        (its first copy got no ack in time) and it is not selectively acked, send it again now, with
+        the run of such messages after it (at most ``ack_every``), at most once per ``rto_initial``
+        per peer; timers untouched.
+
+        Without this a floor lost again and again, or refused by a receiver whose application was not
+        reading yet, waited for its backed-off timer (up to rto_max) each time while the peer kept
+        acking the rest: 10 s without progress at 40 % loss in the chaos tests, and after a sidecar's
+        restart (its inbox full until its local API started) the stream waited 3-6 s per refusal
+        (bench/chaos.py seed 35: the stall watchdog fired). The peer's own acks pace these copies,
+        like TCP's fast retransmission on duplicate acks (RFC 5681 section 3.2)."""
+        p = peer.out.get(seq)
+        if p is None or p[_SACKED] or not p[_TRIES]:
+            return
+        peer.nudged_at = now
+        self._resend_run(peer, seq, now, "floor_resends")
 
     def _fast_retransmit(self, peer: _Peer, seq: int, now: float) -> None:
         """The cumulative ack advanced: send again, at once, the run of pending messages from ``seq`` on
@@ -870,7 +905,15 @@ class Delivery(CoreOutputs):
         Sent in order right after the progress, the receiver delivers them at once. A message still
         on its first timer is in flight, not lost: it is left alone, so a healthy stream sends nothing
         twice. Each seq is sent this way once per stream (``fast_hi``); its timer stays as it was."""
+        last = self._resend_run(peer, seq, now, "fast_retransmits")
+        if last:
+            peer.fast_hi = last
+
+    def _resend_run(self, peer: _Peer, seq: int, now: float, stat: str) -> int:
+        """Send again the run of pending messages from ``seq`` on that were retransmitted already and
+        are not selectively acked, at most ``ack_every``; the last seq sent (0 if none). Timers untouched."""
         out = peer.out
+        first = seq
         for _ in range(self._ack_every):
             p = out.get(seq)
             if p is None or p[_SACKED] or not p[_TRIES]:
@@ -881,9 +924,9 @@ class Delivery(CoreOutputs):
                 env = p[_ENV] = Envelope(env.id, env.src, env.type, env.body, env.dst, int(now * 1000),
                                          _ttl_ms(r.deadline, now), env.seq, env.ep, env.re, env.ack)
             self._out.append(env)
-            self.stats["fast_retransmits"] += 1
-            peer.fast_hi = seq
             seq += 1
+        self.stats[stat] += seq - first
+        return seq - 1 if seq > first else 0
 
     # -- receiving -----------------------------------------------------------------
 
