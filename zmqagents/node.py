@@ -960,6 +960,7 @@ class Node:
             # Routing, membership, the DHT and the relay cores take theirs (and any message refreshes
             # its sender in the table); what is left is delivery's, or a relay path's.
             if core.receive(env, now):
+                delivery.heard(env.src, now)  # the path from it works: a stalled floor to it goes again now
                 continue
             typ = env.type
             if typ in RELAY_TYPES:

@@ -1028,6 +1028,31 @@ def test_a_repeated_ack_resends_the_floor_at_once_and_no_faster_than_once_per_rt
     assert [env.seq for env in a.take_outgoing()] == [11, 12, 13]
 
 
+def test_a_peer_heard_from_again_gets_the_unanswered_floor_at_once():
+    """The path to B is down for 4.2 s (a relay restarting, a cut): A's copies back off (four copies
+    by 3.75 s, the fifth not before 4.65 s). Membership then hears from B (Delivery.heard): the path
+    works again, and A resends its floor run at once instead of on its timer. Heard again within
+    rto_initial: nothing more."""
+    a, b, net = pair()
+    net.drop = lambda env: net.now < 4.2
+    for i in range(5):
+        a.send(B, i, 0.0)
+    net.advance(4.2)
+    assert net.delivered(B) == [] and a.stats["retransmits"] > 0
+    nxt = a.next_timer()
+    assert nxt is not None and nxt > 4.6  # the backed-off timers
+    net.drop = lambda env: False
+    a.heard(B, 4.2)
+    net.flush()
+    assert net.delivered(B) == list(range(5)) and a.stats["floor_resends"] == 5
+    a.heard(B, 4.3)  # still pending (B's ack is delayed), but within rto_initial of the last resend
+    assert a.take_outgoing() == []
+    net.advance(4.4)
+    assert a.pending() == 0
+    a.heard(B, 4.5)  # nothing pending: nothing to do
+    assert a.take_outgoing() == []
+
+
 def test_a_healthy_stream_sends_nothing_twice():
     a, b, net = pair()
     for i in range(5000):

@@ -481,6 +481,22 @@ class Delivery(CoreOutputs):
         """Peers whose stream is stalled now (reported Stalled, no progress since): a gauge."""
         return self._stalled
 
+    def heard(self, src: bytes, now: float) -> None:
+        """``src`` sent us something that was not for this core (a membership probe or its answer, a
+        lookup): the path from it works now. If our floor to it has gone unanswered (its timer fired
+        at least once), send it again at once, as on a repeated ack (§5.3), rather than on a timer
+        that backed off while the path was down: after a peer's restart, a healed cut or a relay's
+        restart, membership speaks first and the stream's next copy was up to rto_max (+jitter) away
+        (bench/chaos.py: a relay down 2.3 s, the stream behind it resumed 5 s after it was back). For
+        the watchdog (§7.3) this is the peer talking, like any envelope of ours."""
+        peer = self._peers.get(src)
+        if peer is None or not peer.out:
+            return
+        self._talked(peer, now, now - peer.heard_at)
+        peer.heard_at = now
+        if now - peer.nudged_at >= self._rto_initial:
+            self._resend_floor(peer, self._floor(peer), now)
+
     def ack(self, src: bytes, now: float) -> None:
         """Send ``src`` an ack of its stream to us now (nothing if we hold none).
 
@@ -563,14 +579,12 @@ class Delivery(CoreOutputs):
             peer = self._new_peer(src)
         else:
             peers.move_to_end(src)
-        heard, peer.heard_at = peer.heard_at, now
+        silent = now - peer.heard_at
+        peer.heard_at = now
         if ack is not None and not self._on_ack(peer, ack, now):
             return
-        if peer.out and self._stall_after and peer.acked_at != now:
-            # It talks to us (and did not just ack progress): our stream must progress from now on. A
-            # peer back from a silence longer than a live one keeps was away: its clock starts afresh.
-            if peer.stuck is None or now - heard > self._quiet:
-                self._start_stall_clock(peer, now)
+        if peer.out and peer.acked_at != now:  # (an envelope that acked progress starts no clock)
+            self._talked(peer, now, silent)
         if typ == ACK_TYPE:
             return
         assert seq is not None and ep is not None  # checked above for every type but ack
@@ -1118,6 +1132,13 @@ class Delivery(CoreOutputs):
         if peer.blocked:
             events.append(WindowOpen(peer.id))  # can_send() is true again: the state is gone
         self._discard_buffer(peer)
+
+    def _talked(self, peer: _Peer, now: float, silent: float) -> None:
+        """The peer talks to us, after ``silent`` seconds, while our messages to it are pending: our
+        stream must progress from now on. A peer back from a silence longer than a live one keeps was
+        away: its stall clock starts afresh."""
+        if self._stall_after and (peer.stuck is None or silent > self._quiet):
+            self._start_stall_clock(peer, now)
 
     def _start_stall_clock(self, peer: _Peer, now: float) -> None:
         """The peer talks to us while our messages to it are unacked: from now on they must progress."""
