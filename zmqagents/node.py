@@ -288,7 +288,7 @@ class Node:
             "publications_dropped": 0, "publications_refused": 0, "handler_errors": 0, "replies_dropped": 0,
             "relay_not_served": 0, "relay_refusals_received": 0, "contact_records_refused": 0,
             "requests_expired": 0,
-            "bootstrap_undialable": 0,
+            "bootstrap_undialable": 0, "window_updates": 0,
         }
         self.revocation_sync = self._fleet_setup()  # None unless join = "fleet"
 
@@ -689,6 +689,7 @@ class Node:
             if inbox.refuses(src, message_cost(held + (held // n if n else ENVELOPE_COST), n + 1), need=n + 1) is None:
                 self._refused.discard(src)
                 delivery.ack(src, now)
+                self.stats["window_updates"] += 1
         self._pump()
 
     def requeue(self, message: Message) -> None:
