@@ -213,3 +213,13 @@ def test_hostile_quick_reports_memory_and_latency_under_attack():
     assert out["flood_sent_per_s"] > 0 and 0 < out["flood_accepted_per_s"] <= out["flood_sent_per_s"]
     assert out["attack_sent"]["attacker"] > 0
     assert out["drops"].get("rate_bytes", 0) > 0  # the memory attackers were over their limits, and refused
+
+
+@pytest.mark.timeout(180)
+def test_cli_pipes_quick_measures_exit_times_for_request_and_task():
+    out = _run("cli_pipes.py", "--quick", timeout=170)
+    assert out["bench"] == "cli_pipes" and out["params"]["quick"] is True and out["params"]["lines"] == 20
+    for kind in ("request", "task"):
+        assert 0 <= out[f"{kind}_last_answer_to_exit_s"] <= out[f"{kind}_last_answer_to_exit_max_s"]
+        # the one SIGTERM run exited 143 with a canceled line per input line (else it counts as not ok)
+        assert out[f"{kind}_sigterm_runs_ok"] == 1 and out[f"{kind}_sigterm_to_exit_s"] >= 0

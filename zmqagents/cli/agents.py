@@ -266,7 +266,7 @@ def agent(key, listen, insecure, name, command, preset, preset_files, model, bas
                     await server.close()
         return EXIT_OK
 
-    sys.exit(run_main(main()))
+    sys.exit(run_main(main(), server=True))
 
 
 

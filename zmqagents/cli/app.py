@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from . import agents, collab, config, dht, fleet, keys, messages, serve, sim, tasks, workflow
+from . import agents, collab, config, dht, fleet, keys, messages, reference, serve, sim, tasks, workflow
+from .common import VERBOSITY, verbosity_params
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -25,9 +26,9 @@ Exit codes:
 """
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES_HELP)
-@click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
 @click.version_option(package_name="zmqagents")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """A brokerless message bus for AI agents.
 
     Nodes talk over CURVE-encrypted ZeroMQ; each node's identity is one
@@ -40,15 +41,26 @@ def cli(verbose: int) -> None:
       zmqagents reply --exec 'tr a-z A-Z' --contact-file /tmp/w.contact &
       echo '"hello"' | zmqagents request --to @/tmp/w.contact
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    VERBOSITY.apply(ctx)  # -v/-q given before the command; those after it apply as they are parsed
 
 
 # Each module's COMMANDS are added to the group; click lists them by name.
-GROUPS = (keys, serve, messages, config, dht, agents, tasks, collab, workflow, fleet, sim)
+GROUPS = (keys, serve, messages, config, dht, agents, tasks, collab, workflow, fleet, sim, reference)
 
+def _with_verbosity(command: click.Command) -> None:
+    """-v and -q on every command, so they work after the subcommand too (`zmqagents task ... -v`)."""
+    command.params.extend(verbosity_params())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _with_verbosity(sub)
+
+
+cli.params.extend(verbosity_params())
 for _module in GROUPS:
     for _command in _module.COMMANDS:
+        if not isinstance(_command, sim.LazySim):  # its arguments all go to the simulator's own parser
+            _with_verbosity(_command)
         cli.add_command(_command)
 
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
+import logging
+import os
 import signal
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,8 +23,9 @@ from typing import Any, Iterable
 import click
 
 from ..identity import Contact, Identity, IdentityError, InsecureKeyFileWarning, format_node_id
-from .exits import EXIT_FAILED, EXIT_OK
 from ..errors import Error
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_SIGPIPE, EXIT_USAGE
+
 
 class Failure(click.ClickException, Error):
     """A runtime error: message on stderr, exit status 1 (or the given code)."""
@@ -44,9 +49,35 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+_stdout_closed = False  # set once: a callback that swallowed StdoutClosed must not make the next emit() succeed
+
+
+class StdoutClosed(Exception):
+    """Whoever read our stdout has gone (``| head -1`` got its line). The command stops what is in
+    flight and exits quietly with EXIT_SIGPIPE, as a program killed by SIGPIPE would."""
+
+
 def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(jsonable(obj), ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    """Write one JSON line to stdout; StdoutClosed if the reader has gone (now or before)."""
+    if _stdout_closed:
+        raise StdoutClosed()
+    line = json.dumps(jsonable(obj), ensure_ascii=False) + "\n"
+    try:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stdout_gone()
+        raise StdoutClosed() from None
+
+
+def stdout_gone() -> None:
+    """Point fd 1 at /dev/null: whatever is still buffered, and the interpreter's last flush, then go
+    nowhere instead of raising BrokenPipeError again (and printing "Exception ignored ...")."""
+    global _stdout_closed
+    _stdout_closed = True
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def parse_body(text: str) -> Any:
@@ -87,7 +118,7 @@ def contacts_of(texts: Iterable[str], hint: str = "--to/--peer") -> list[Contact
 
 
 def make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool, allowlist: str | None = None,
-               bootstrap: list[Contact] = (), *, member: bool = False, config=None, seal: bool = False):
+              bootstrap: list[Contact] = (), *, member: bool = False, config=None, seal: bool = False):
     """A node for one command. Only long-running commands (node, reply, subscribe) are mesh members;
     the others are clients that peers keep out of their routing tables."""
     from ..node import Node, NodeConfig
@@ -107,7 +138,7 @@ def make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool
 
 
 SEAL_HELP = ("Encrypt end to end (NaCl Box) whatever goes through a relay, so the relay cannot read it "
-              "(it is always signed, so a relay can never alter it).")
+             "(it is always signed, so a relay can never alter it).")
 
 
 def read_allowlist(path: str) -> frozenset[bytes]:
@@ -120,21 +151,104 @@ def read_allowlist(path: str) -> frozenset[bytes]:
         raise click.UsageError(str(exc)) from None
 
 
-def run_main(coro) -> int:
-    """Run a command's coroutine; SIGINT/SIGTERM cancel it cleanly (exit 0 for servers)."""
-    from ..node import run
+def run_main(coro, *, server: bool = False) -> int:
+    """Run a command's coroutine with the rules every command follows.
+
+    Signals: the first SIGINT or SIGTERM cancels the coroutine, which stops what is in flight (and
+    prints a ``canceled`` result for each input line that had started); the command then exits
+    130 or 143. A server (``server=True``: node, relay, reply, agent) exits 0 instead: a signal is
+    how it is stopped. A second signal exits at once with 128 + its number.
+
+    A reader of stdout that has gone (StdoutClosed) ends the command quietly with EXIT_SIGPIPE.
+    Any other error is one line on stderr (the traceback too with -v): exit 2 when the node cannot
+    use what it was given (an endpoint it cannot listen on), else 1.
+    """
+    got: list[int] = []
 
     async def main() -> int:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if got:  # the second one: the user does not want to wait for the cleanup
+                os._exit(128 + signum)
+            got.append(signum)
+            task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal, sig)
         try:
             return await coro
         except asyncio.CancelledError:
-            return EXIT_OK
+            if not got:
+                raise
+            return EXIT_OK if server else 128 + got[0]
+        except StdoutClosed:
+            return EXIT_SIGPIPE
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            return report_error(exc)
 
-    return run(main())
+    return run_loop(main())
+
+
+def report_error(exc: BaseException) -> int:
+    """One line on stderr for an error nothing else explained (with the traceback at -v); the exit status."""
+    import zmq
+
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        traceback.print_exception(exc)
+    usage = isinstance(exc, zmq.ZMQError) and exc.errno in (errno.EINVAL, errno.EPROTONOSUPPORT, errno.ENODEV)
+    click.echo(f"error: {exc}" + ("" if logging.getLogger().isEnabledFor(logging.INFO) else
+                                  " (-v shows where)"), err=True)
+    return EXIT_USAGE if usage else EXIT_FAILED
+
+
+def run_loop(coro: Any) -> Any:
+    """asyncio.run, on uvloop when it can be imported (not in the lean ``zmqagents node``, see launch.py).
+
+    Not ``node.run``: that one runs the loop inside its ``except ImportError`` block, so every
+    exception raised in a command carried "No module named 'uvloop'" as its context.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is None:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+class Verbosity:
+    """How much the command logs on stderr: each -v one level more, each -q one less, wherever given."""
+
+    KEY = "zmqagents.verbosity"
+
+    def add(self, ctx: click.Context, param: click.Parameter, count: int) -> int:
+        if count:
+            root = ctx.find_root()
+            root.meta[self.KEY] = self.of(ctx) + (count if param.name == "verbose" else -count)
+            self.apply(ctx)
+        return count
+
+    def of(self, ctx: click.Context) -> int:
+        """-v minus -q so far (0: warnings and errors only)."""
+        return ctx.find_root().meta.get(self.KEY, 0)
+
+    def apply(self, ctx: click.Context) -> None:
+        level = self.of(ctx)
+        logging.getLogger().setLevel(max(logging.DEBUG, min(logging.ERROR, logging.WARNING - 10 * level)))
+
+
+VERBOSITY = Verbosity()
+
+
+def verbosity_params() -> list[click.Parameter]:
+    return [click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=VERBOSITY.add,
+                         help="More logging on stderr (-v info, -vv debug); tracebacks of errors."),
+            click.Option(["-q", "--quiet"], count=True, expose_value=False, callback=VERBOSITY.add,
+                         help="Less logging on stderr (errors only).")]
 
 
 def node_options(f):
@@ -206,17 +320,6 @@ def targets_of(to: tuple[str, ...]) -> list[Contact]:
     return contacts_of(to)
 
 
-async def read_lines():
-    """Yield stdin lines without blocking the event loop."""
-    loop = asyncio.get_running_loop()
-    reader = sys.stdin.buffer
-    while True:
-        line = await loop.run_in_executor(None, reader.readline)
-        if not line:
-            return
-        yield line
-
-
 def sidecar_options(f):
     f = click.option("--direct", is_flag=True,
                      help="Never use a running sidecar: always start a temporary node.")(f)
@@ -271,31 +374,3 @@ def sidecar_targets(to: tuple[str, ...]) -> list[str]:
                                      param_hint="--to") from None
         out.append(text.lower())
     return out
-
-
-BAD = object()
-
-
-async def stdin_values():
-    """Yield (line number, JSON value) for each stdin line; a bad line is reported on stderr and yields BAD."""
-    number = 0
-    async for line in read_lines():
-        number += 1
-        yield number, parse_line(line, number)
-
-
-def parse_line(line: bytes, number: int) -> Any:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError:
-        click.echo(f"line {number}: not UTF-8; skipped", err=True)
-        return BAD
-    if not text.strip():
-        click.echo(f"line {number}: empty; skipped", err=True)
-        return BAD
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        click.echo(f"line {number}: invalid JSON ({exc}); skipped", err=True)
-        return BAD
-

@@ -20,3 +20,20 @@ EXIT_WORKFLOW_INVALID = 7  # workflow run/check: the file or its step inputs fai
 EXIT_TIMEOUT = 124  # a deadline passed
 EXIT_SIGINT = 130  # interrupted by SIGINT (128 + 2)
 EXIT_SIGTERM = 143  # terminated by SIGTERM (128 + 15)
+EXIT_SIGPIPE = 141  # stdout was closed by its reader (128 + SIGPIPE), as `| head` does; nothing is printed
+
+# What `zmqagents help exit-codes` prints: (status, name, meaning), every status above once.
+TABLE: tuple[tuple[int, str, str], ...] = (
+    (EXIT_OK, "ok", "success: every request, line or task completed"),
+    (EXIT_FAILED, "failed", "something failed: a request, a line of input, a peer, a service"),
+    (EXIT_USAGE, "usage", "bad flags, arguments, key file, contact or configuration; nothing was done"),
+    (EXIT_NOT_FOUND, "not-found", "the lookup worked and found nothing: no record (dht get), no provider (find, task)"),
+    (EXIT_SOME_FAILED, "some-failed", "task, workflow: some task failed, or some input line was invalid"),
+    (EXIT_REJECTED, "rejected", "task: some task was rejected by every provider tried (busy, denied)"),
+    (EXIT_CANCELED, "canceled", "task: some task was canceled (an unanswered question, its provider stopped)"),
+    (EXIT_WORKFLOW_INVALID, "workflow-invalid", "workflow run/check: the workflow failed its checks; nothing ran"),
+    (EXIT_TIMEOUT, "timeout", "a deadline passed (--timeout; the coreutils `timeout` convention)"),
+    (EXIT_SIGINT, "sigint", "interrupted by SIGINT: work in flight was canceled, each started line reported"),
+    (EXIT_SIGPIPE, "sigpipe", "stdout was closed by its reader (`| head -1`): work in flight was canceled"),
+    (EXIT_SIGTERM, "sigterm", "terminated by SIGTERM: as sigint"),
+)

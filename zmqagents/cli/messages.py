@@ -13,19 +13,24 @@ from typing import Any
 import click
 
 from .common import (
-    BAD, SEAL_HELP, announce, contacts_of, emit, make_node, node_options, parse_body, run_main, sidecar_options,
-    sidecar_socket, sidecar_targets, stdin_values, targets_of,
+    SEAL_HELP, announce, contacts_of, emit, make_node, node_options, parse_body, run_main, sidecar_options,
+    sidecar_socket, sidecar_targets, targets_of,
 )
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
+from .lines import BAD, run_lines, stdin_values, terminal_hint
+
 
 @click.command()
 @node_options
 @click.option("--to", "to", multiple=True, help="Contact of the receiving node (repeat to spread lines round-robin).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Seconds for every message to be acknowledged, counted from the start for BODY and from "
+                   "the end of stdin for lines (the node's hello included).")
 @sidecar_options
 @click.option("--seal", is_flag=True, help=SEAL_HELP)
 @click.argument("body", required=False)
 @click.pass_context
-def send(ctx, key, listen, insecure, to, socket_path, direct, seal, body) -> None:
+def send(ctx, key, listen, insecure, to, timeout, socket_path, direct, seal, body) -> None:
     """Send reliable one-way messages.
 
     With BODY, send it (JSON if it parses, else text). Without, send each stdin
@@ -46,31 +51,36 @@ def send(ctx, key, listen, insecure, to, socket_path, direct, seal, body) -> Non
         sys.exit(run_main(_send_via_sidecar(path, sidecar_targets(to), body)))
     targets = targets_of(to)
     n = make_node(key, listen, targets, insecure, seal=seal)
+    n.config.hello_timeout = min(n.config.hello_timeout, timeout)
 
     async def main() -> int:
         from ..node import SendError
 
         failed = 0
         sent = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         async with n:
             ids = [c.node_id for c in targets]
             if body is not None:
                 await n.send(ids[0], parse_body(body))
                 sent = 1
             else:
+                terminal_hint()
                 async for _, value in stdin_values():
                     if value is BAD:
                         failed += 1
                         continue
                     await n.send(ids[sent % len(ids)], value)
                     sent += 1
+                deadline = loop.time() + timeout
             try:
-                await n.flush(timeout=60)
+                await n.flush(timeout=max(0.001, deadline - loop.time()))
             except SendError as exc:
                 click.echo(f"error: {exc}", err=True)
                 return EXIT_FAILED
             except asyncio.TimeoutError:
-                click.echo("error: messages not acknowledged within 60 s", err=True)
+                click.echo(f"error: messages not acknowledged within {timeout:g} s", err=True)
                 return EXIT_TIMEOUT
         if failed:
             click.echo(f"error: {failed} input line(s) were not valid JSON; {sent} sent", err=True)
@@ -130,7 +140,6 @@ async def _send_via_sidecar(path: Path, targets: list[str], body: str | None) ->
     return EXIT_FAILED if (bad or refused or silent) else EXIT_OK
 
 
-
 @click.command()
 @node_options
 @click.option("--to", "to", multiple=True, help="Contact of the serving node (repeat to spread requests round-robin).")
@@ -149,6 +158,13 @@ def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, dire
     {"line": N, "ok": false, "error": ...}. Invalid lines are reported on
     stderr and skipped; the others still go through. Through a running
     sidecar (see `send --help`) when there is one.
+
+    \b
+    --timeout counts from when each request starts, which for the first ones
+    is before the node has connected and said hello: nothing waits longer. On
+    SIGINT/SIGTERM the
+    requests in flight are dropped, each gets {"line": N, "ok": false,
+    "state": "canceled", ...}, and the command exits 130/143.
     """
     path = sidecar_socket(ctx, socket_path, direct)
     if path is not None and seal:
@@ -157,30 +173,47 @@ def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, dire
         sys.exit(run_main(_request_via_sidecar(path, sidecar_targets(to), timeout, parallel, body)))
     targets = targets_of(to)
     n = make_node(key, listen, targets, insecure, seal=seal)
-
-    async def one(dst: bytes, value: Any, number: int) -> dict:
-        from ..node import NodeError, RequestTimeout
-
-        start = time.perf_counter()
-        try:
-            reply_body = await n.request(dst, value, timeout=timeout)
-        except RequestTimeout as exc:
-            return {"line": number, "ok": False, "error": str(exc), "timeout": True}
-        except NodeError as exc:
-            return {"line": number, "ok": False, "error": str(exc)}
-        return {"line": number, "ok": True, "reply": reply_body, "ms": round((time.perf_counter() - start) * 1000, 3)}
+    n.config.hello_timeout = min(n.config.hello_timeout, timeout)
 
     async def main() -> int:
-        async with n:
+        from ..node import NodeError, RequestTimeout
+
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        # The node starts (and says hello) while the first lines are read: both count against --timeout.
+        starting = asyncio.ensure_future(n.start())
+
+        async def one(dst: bytes, value: Any, number: int, read_at: float) -> dict:
+            deadline = read_at + timeout
+            start = time.perf_counter()
+            try:
+                await asyncio.wait_for(asyncio.shield(starting), max(0.0, deadline - loop.time()))
+                reply_body = await n.request(dst, value, timeout=max(0.001, deadline - loop.time()))
+            except (RequestTimeout, asyncio.TimeoutError):
+                return {"line": number, "ok": False, "error": f"no reply within {timeout:g} s", "timeout": True}
+            except NodeError as exc:
+                return {"line": number, "ok": False, "error": str(exc)}
+            return {"line": number, "ok": True, "reply": reply_body,
+                    "ms": round((time.perf_counter() - start) * 1000, 3)}
+
+        try:
             ids = [c.node_id for c in targets]
             if body is not None:
-                result = await one(ids[0], parse_body(body), 1)
+                result = await one(ids[0], parse_body(body), 1, began)
                 if result["ok"]:
                     emit({"reply": result["reply"]}) if not isinstance(result["reply"], dict) else emit(result["reply"])
                     return EXIT_OK
                 click.echo(f"error: {result['error']}", err=True)
                 return EXIT_TIMEOUT if result.get("timeout") else EXIT_FAILED
-            return await _request_lines(ids, one, parallel)
+            status = await _request_lines(ids, lambda dst, value, number: one(dst, value, number, loop.time()),
+                                          parallel)
+            await starting  # a node that could not start is an error even when stdin was empty
+            return status
+        finally:
+            if not starting.done():
+                starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await n.close()
 
     sys.exit(run_main(main()))
 
@@ -223,33 +256,36 @@ async def _request_via_sidecar(path: Path, targets: list[str], timeout: float, p
         await client.close()
 
 
-async def _request_lines(ids: list[bytes], one, parallel: int) -> int:
-    """Pipeline stdin lines through ``one`` with at most ``parallel`` in flight, output in input order."""
-    pending: asyncio.Queue = asyncio.Queue(maxsize=parallel)
-    counts = {"bad": 0, "failed": 0, "timeouts": 0}
+async def _request_lines(ids: list, one, parallel: int) -> int:
+    """Run stdin lines through ``one(dst, value, number)``, at most ``parallel`` in flight, output in input
+    order; destinations round-robin over ``ids``."""
+    counts = {"bad": 0, "failed": 0, "timeouts": 0, "lines": 0}
 
-    async def writer() -> None:
-        while (task := await pending.get()) is not None:
-            result = await task
-            if not result["ok"]:
-                counts["timeouts" if result.get("timeout") else "failed"] += 1
-            emit(result)
-
-    out = asyncio.ensure_future(writer())
-    number = sent = 0
-    try:
+    async def values():
+        sent = 0
         async for number, value in stdin_values():
+            counts["lines"] = number
             if value is BAD:
                 counts["bad"] += 1
                 continue
-            await pending.put(asyncio.ensure_future(one(ids[sent % len(ids)], value, number)))
+            yield number, (ids[sent % len(ids)], value)
             sent += 1
-    finally:
-        await pending.put(None)
-        await out
+
+    def show(result: dict) -> None:
+        if not result["ok"] and result.get("state") != "canceled":
+            counts["timeouts" if result.get("timeout") else "failed"] += 1
+        emit(result)
+
+    def canceled(number: int) -> dict:
+        return {"line": number, "ok": False, "state": "canceled", "error": "the command was interrupted"}
+
+    terminal_hint()
+    await run_lines(values(), lambda number, item: one(item[0], item[1], number), parallel, ordered=True,
+                    show=show, canceled=canceled)
     bad, failed, timeouts = counts["bad"], counts["failed"], counts["timeouts"]
     if bad or failed or timeouts:
-        click.echo(f"error: {bad} bad line(s), {failed} failed, {timeouts} timed out, of {number} line(s)", err=True)
+        click.echo(f"error: {bad} bad line(s), {failed} failed, {timeouts} timed out, of {counts['lines']} line(s)",
+                   err=True)
     if timeouts and not (bad or failed):
         return EXIT_TIMEOUT
     return EXIT_FAILED if (bad or failed or timeouts) else EXIT_OK

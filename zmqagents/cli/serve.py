@@ -11,8 +11,8 @@ import click
 
 from ..identity import format_node_id
 from .common import (
-    SEAL_HELP, Failure, admin_option, announce, contacts_of, emit, make_node, mesh_member_options, node_options,
-    run_main, start_admin,
+    SEAL_HELP, VERBOSITY, Failure, admin_option, announce, contacts_of, emit, make_node, mesh_member_options,
+    node_options, run_loop, run_main, start_admin,
 )
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -68,7 +68,7 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
     /livez and /readyz on http://127.0.0.1:9464 ([admin] listen); --admin
     HOST:PORT does both, with or without --config.
     """
-    verbose = ctx.find_root().params.get("verbose", 0)
+    verbose = VERBOSITY.of(ctx)
     if config_file is None and conf_d is None and not settings and mdns is None:
         if bool(outbound_only) != bool(relays):
             raise click.UsageError("--outbound-only and --relay go together: name at least one --relay CONTACT")
@@ -121,7 +121,8 @@ def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_
              ("log.format", log_format, "--log-format"),
              ("mdns.enabled", mdns, "--mdns" if mdns else "--no-mdns"),
              ("admin.enabled", True if admin else None, "--admin"), ("admin.listen", admin, "--admin"),
-             ("log.level", {0: None, 1: "info"}.get(verbose, "debug"), "-v")]
+             ("log.level", {0: None, 1: "info", -1: "warning"}.get(verbose, "debug" if verbose > 0 else "error"),
+              "-v/-q")]
     overrides += [Override(dotted, value, f"flag {flag}") for dotted, value, flag in flags if value is not None]
     from .fleet import fleet_overrides
 
@@ -129,7 +130,6 @@ def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_
 
 
 def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, echo: bool) -> int:
-    from ..node import run
     from ..sidecar import logs
     from ..sidecar.config import ConfigError, load
     from ..sidecar.daemon import Sidecar
@@ -166,7 +166,7 @@ def _run_sidecar(config_file: str | None, conf_d: str | None, overrides: list, e
             log.error("the sidecar failed: %s", exc)
             return EXIT_FAILED
 
-    return run(main())
+    return run_loop(main())
 
 
 def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allowlist, echo, *,
@@ -190,7 +190,7 @@ def _run_plain_node(key, listen, insecure, peers, bootstrap, contact_file, allow
                     await server.close()
         return EXIT_OK
 
-    sys.exit(run_main(main()))
+    sys.exit(run_main(main(), server=True))
 
 
 @click.command()
@@ -239,7 +239,7 @@ def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_
                     await server.close()
         return EXIT_OK
 
-    sys.exit(run_main(main()))
+    sys.exit(run_main(main(), server=True))
 
 
 
@@ -275,7 +275,7 @@ def reply(key, listen, insecure, command, peers, contact_file, timeout, concurre
             await asyncio.Event().wait()
         return EXIT_OK
 
-    sys.exit(run_main(main()))
+    sys.exit(run_main(main(), server=True))
 
 
 

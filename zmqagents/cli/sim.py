@@ -15,7 +15,8 @@ class LazySim(click.Command):
     def invoke(self, ctx: click.Context):
         from ..sim.command import sim
 
-        return sim.main(list(ctx.params["args"]), prog_name="zmqagents sim", standalone_mode=True)
+        return sim.main(list(ctx.params["args"]), prog_name="zmqagents sim", standalone_mode=True,
+                        help_option_names=["-h", "--help"])
 
 
 COMMANDS = (LazySim(),)

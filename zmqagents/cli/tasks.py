@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 import time
 from typing import Any
@@ -12,10 +11,9 @@ from typing import Any
 import click
 
 from .agents import lookup_for
-from .common import BAD, contacts_of, emit, jsonable, make_node, node_options, parse_body, stdin_values
-from .exits import (
-    EXIT_CANCELED, EXIT_NOT_FOUND, EXIT_OK, EXIT_REJECTED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, EXIT_TIMEOUT,
-)
+from .common import StdoutClosed, contacts_of, emit, jsonable, make_node, node_options, parse_body, run_main
+from .exits import EXIT_CANCELED, EXIT_NOT_FOUND, EXIT_OK, EXIT_REJECTED, EXIT_SOME_FAILED, EXIT_TIMEOUT
+from .lines import BAD, run_lines, stdin_values, terminal_hint
 
 TASK_EXIT_HELP = """\b
 Exit codes (the first that applies):
@@ -92,35 +90,19 @@ def task(key, listen, insecure, capability, body, bootstrap, to, parallel, timeo
 
 def run_task(n, capability: str, body: str | None, to, config, opts, *, runner: type | None = None) -> int:
     """Run the lines of stdin (or BODY) through ``runner`` (default TaskRun: one task per line) on node ``n``;
-    SIGINT/SIGTERM cancel what is in flight. The exit status."""
-    from ..node import run
-
-    got: dict[str, int] = {}
-
+    SIGINT/SIGTERM cancel what is in flight (each started line gets a canceled result). The exit status."""
     async def main() -> int:
-        loop = asyncio.get_running_loop()
-        me = asyncio.current_task()
-
-        def on_signal(signum: int) -> None:
-            if not got:
-                got["signal"] = signum
-                me.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
         async with n:
             run_ = (runner or TaskRun)(n, capability, to, config, opts)
             try:
                 return await run_.run(body)
-            except asyncio.CancelledError:
-                if not got:
-                    raise
+            except (asyncio.CancelledError, StdoutClosed):  # a signal, or `| head` has what it wanted
                 await run_.cancel_all()
-                return EXIT_SIGINT if got["signal"] == signal.SIGINT else EXIT_SIGTERM
+                raise
             finally:
                 await run_.close()
 
-    return run(main())
+    return run_main(main())
 
 
 class TaskRun:
@@ -139,6 +121,7 @@ class TaskRun:
         self.opts = opts
         self.agents = Agents(node, lookup=lookup_for(node, to), caller=config)
         self.inflight: dict[bytes, int] = {}
+        self.task_of: dict[int, bytes] = {}  # line number -> task id, while the task runs
         self.counts = {"completed": 0, "failed": 0, "timeout": 0, "rejected": 0, "canceled": 0, "invalid": 0,
                        "no_provider": 0}
         self.total = 0
@@ -176,6 +159,7 @@ class TaskRun:
             values = [(1, parse_body(body))]
             await self._pipeline(_aiter(values))
         else:
+            terminal_hint()
             await self._pipeline(stdin_values())
         return self._exit_code()
 
@@ -206,50 +190,17 @@ class TaskRun:
     async def _pipeline(self, values) -> None:
         """Keep --parallel tasks in flight; print in input order (or as they finish with --unordered).
 
-        On a signal (cancellation) every task still running is canceled rather than awaited, so
-        each one's provider is told to stop it (``_one`` does that when canceled).
-        """
-        parallel = self.opts["parallel"]
-        running: set[asyncio.Task] = set()
+        On a signal every running task is canceled rather than awaited (``_one`` then tells its
+        provider to stop it) and each started line gets a canceled result."""
+        await run_lines(values, self._one, self.opts["parallel"], ordered=not self.opts["unordered"],
+                        show=self._print, canceled=self._canceled)
 
-        def spawn(coro) -> asyncio.Task:
-            t = asyncio.ensure_future(coro)
-            running.add(t)
-            t.add_done_callback(running.discard)
-            return t
-
-        try:
-            if self.opts["unordered"]:
-                slots = asyncio.Semaphore(parallel)
-
-                async def one_unordered(number, value):
-                    try:
-                        self._print(await self._one(number, value))
-                    finally:
-                        slots.release()
-
-                async for number, value in values:
-                    await slots.acquire()
-                    spawn(one_unordered(number, value))
-                if running:
-                    await asyncio.gather(*running)
-                return
-            pending: asyncio.Queue = asyncio.Queue(maxsize=parallel)
-
-            async def writer() -> None:
-                while (t := await pending.get()) is not None:
-                    self._print(await t)
-
-            out = spawn(writer())
-            async for number, value in values:
-                await pending.put(spawn(self._one(number, value)))
-            await pending.put(None)
-            await out
-        except BaseException:
-            for t in list(running):
-                t.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            raise
+    def _canceled(self, number: int) -> dict:
+        """The result line of a task cut short by a signal."""
+        self.counts["canceled"] += 1
+        task_id = self.task_of.pop(number, None)
+        return {"line": number, "task": task_id.hex() if task_id else None, "state": "canceled",
+                "error": {"code": "interrupted", "msg": "the caller was interrupted"}}
 
     async def _one(self, number: int, value: Any) -> dict:
         from ..core import tasks as T
@@ -280,6 +231,7 @@ class TaskRun:
             click.echo(f"line {number}: {exc}", err=True)
             return {"line": number, "state": "invalid", "error": {"code": "bad-input", "msg": str(exc)}}
         self.inflight[task_id] = number
+        self.task_of[number] = task_id  # until its result exists: a signal's canceled line names it
         try:
             res = await done
         except asyncio.CancelledError:
@@ -287,6 +239,7 @@ class TaskRun:
             raise
         finally:
             self.inflight.pop(task_id, None)
+        self.task_of.pop(number, None)
         out = {"line": number, "task": res.task_id.hex(), "state": res.state}
         self.record(res.state, res.error)
         if res.state == T.COMPLETED:
