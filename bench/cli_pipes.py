@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,25 +131,27 @@ def measure(pythonpath: Path, lines: int, rounds: int, work: Path) -> dict:
     marks = work / "marks"
     marks.mkdir(exist_ok=True)
     fast = "sleep 0.5; cat"
-    hung = f"touch {marks}/$$; exec sleep 120"
+    hung = f"touch {marks}/$$; exec sleep 30"
+
+    def serve(kind: str, job: str, name: str):
+        args = (["reply", "--concurrency", str(lines + 8)] if kind == "request" else
+                ["agent", "--capability", "work", "--max-concurrency", str(lines + 8)])
+        return server(cmd, env, args + ["--exec", job], work / f"{kind}-{name}.contact")
+
     out: dict = {}
-    with ExitStack() as stack:
-        contacts = {}
-        for name, job in (("fast", fast), ("hung", hung)):
-            contacts["request", name] = stack.enter_context(server(
-                cmd, env, ["reply", "--concurrency", str(lines + 8), "--exec", job], work / f"reply-{name}"))
-            contacts["task", name] = stack.enter_context(server(
-                cmd, env, ["agent", "--capability", "work", "--max-concurrency", str(lines + 8), "--exec", job],
-                work / f"agent-{name}"))
-        for kind in ("request", "task"):
-            drains = [drain_once(cmd, env, kind, contacts[kind, "fast"], lines) for _ in range(rounds)]
-            stops = [sigterm_once(cmd, env, kind, contacts[kind, "hung"], lines, marks) for _ in range(rounds)]
-            out[f"{kind}_last_answer_to_exit_s"] = round(statistics.median(drains), 4)
-            out[f"{kind}_last_answer_to_exit_max_s"] = round(max(drains), 4)
-            good = [s for s in stops if s is not None]
-            out[f"{kind}_sigterm_to_exit_s"] = round(statistics.median(good), 4) if good else None
-            out[f"{kind}_sigterm_to_exit_max_s"] = round(max(good), 4) if good else None
-            out[f"{kind}_sigterm_runs_ok"] = len(good)
+    for kind in ("request", "task"):
+        with serve(kind, fast, "fast") as contact:
+            drains = [drain_once(cmd, env, kind, contact, lines) for _ in range(rounds)]
+        stops = []
+        for i in range(rounds):  # a fresh server each time: a reply server keeps running what it was given
+            with serve(kind, hung, f"hung{i}") as contact:
+                stops.append(sigterm_once(cmd, env, kind, contact, lines, marks))
+        out[f"{kind}_last_answer_to_exit_s"] = round(statistics.median(drains), 4)
+        out[f"{kind}_last_answer_to_exit_max_s"] = round(max(drains), 4)
+        good = [s for s in stops if s is not None]
+        out[f"{kind}_sigterm_to_exit_s"] = round(statistics.median(good), 4) if good else None
+        out[f"{kind}_sigterm_to_exit_max_s"] = round(max(good), 4) if good else None
+        out[f"{kind}_sigterm_runs_ok"] = len(good)
     return out
 
 

@@ -177,7 +177,9 @@ def test_request_timeout_counts_the_hello_to_a_dead_peer(tmp_path):
         res = zmqa(*args, timeout=30)
         took = time.monotonic() - began
         assert res.returncode == 124, (args, res.stderr)
-        assert took < 2 + 2.5, (args, took)  # 2 s, plus starting Python and the node
+        # The hello alone used to wait 5 s before the 2 s began (7 s at least, plus starting Python and
+        # the node); now the 2 s include it. The margin is for starting on a loaded machine.
+        assert took < 7, (args, took)
 
 
 def test_a_taken_listen_address_is_one_line_without_traceback(tmp_path):
