@@ -13,8 +13,9 @@ from typing import Any
 import click
 
 from .common import (
-    admin_option, announce, contacts_of, emit, make_node, node_options, read_allowlist, run_main, start_admin,
+    Aliased, admin_option, announce, contacts_of, emit, make_node, node_options, read_allowlist, run_main, start_admin,
 )
+from .context import mesh_option, resolve_mesh
 from .exits import EXIT_NOT_FOUND, EXIT_OK, EXIT_SOME_FAILED
 
 def _schema_option(text: str | None, name: str) -> Any:
@@ -125,15 +126,15 @@ def lookup_for(node, to: tuple[str, ...]):
 @click.option("--base-url", help="--preset openai/anthropic kinds: the API's base URL (vLLM, llama.cpp, a gateway).")
 @click.option("--api-key-env", metavar="VAR", help='--preset: the environment variable holding the API key ("" for none).')
 @click.option("--arg", "args", multiple=True, help="--preset claude-code/codex kinds: an extra argument for the tool (repeatable).")
-@click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh (repeatable); without it this node is a seed.")
+@mesh_option(help="Contact of a node already in the mesh (repeatable); without it this node is a seed.")
 @click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
 @click.option("--description", default="", help="What the capability does (shown by `agents info` and A2A cards).")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option("--cost", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Cost per call, compared among providers.")
-@click.option("--max-concurrency", type=click.IntRange(1, 100000), help="Tasks run at once; more are rejected (busy) so callers go elsewhere.  [default: 4, or the preset's]")
+@click.option("--parallel", "--max-concurrency", "max_concurrency", cls=Aliased, type=click.IntRange(1, 100000), help="Tasks run at once; more are rejected (busy) so callers go elsewhere.  [default: 4, or the preset's]")
 @click.option("--queue", default=0, show_default=True, type=click.IntRange(0, 100000), help="Tasks allowed to wait for a free slot (by priority).")
-@click.option("--timeout", type=click.FloatRange(min=0.001), help="Seconds a task may run; then its command's process group is killed (or its request closed).  [default: 300, or the preset's]")
+@click.option("--exec-timeout", "--timeout", "timeout", cls=Aliased, type=click.FloatRange(min=0.001), help="Seconds a task may run; then its command's process group is killed (or its request closed).  [default: 300, or the preset's]")
 @click.option("--stdin", "stdin_mode", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="Input on stdin as one JSON line, or a string input as raw text.")
 @click.option("--ask", is_flag=True,
@@ -154,7 +155,7 @@ def agent(key, listen, insecure, name, command, preset, preset_files, model, bas
     """Serve a capability on the mesh by running a shell command per task, or a ready-made agent (--preset).
 
     \b
-    The node joins the mesh through --bootstrap, publishes a DHT provider record
+    The node joins the mesh through --mesh, publishes a DHT provider record
     for the capability, and runs COMMAND for each task it admits. The command's
     environment has ZMQAGENTS_TASK_ID, ZMQAGENTS_CAPABILITY and ZMQAGENTS_FROM.
     A non-zero exit fails the task with the tail of stderr. On SIGTERM/SIGINT the
@@ -166,14 +167,14 @@ def agent(key, listen, insecure, name, command, preset, preset_files, model, bas
     the FIRST stdin line (stdin stays open, so do not read to end of file), and
     asks by printing a line that is exactly {"input_required": PROMPT}; the
     caller's answer is the next stdin line, as JSON. The task is input-required
-    meanwhile; --timeout includes the wait. Such lines are not progress or output.
+    meanwhile; --exec-timeout includes the wait. Such lines are not progress or output.
       zmqagents agent --capability greet --ask --exec \\
         'read -r in; echo "{\\"input_required\\": \\"name?\\"}"; read -r name; echo "hello $name"'
 
     \b
     Example:
       zmqagents agent --capability upper --stdin text --exec 'tr a-z A-Z' --contact-file /tmp/a.contact &
-      echo '"hello"' | zmqagents task upper --bootstrap @/tmp/a.contact
+      echo '"hello"' | zmqagents task upper --mesh @/tmp/a.contact
 
     \b
     Only some callers (a groups file is TOML: ops = ["<node id>", ...]):
@@ -203,6 +204,7 @@ def agent(key, listen, insecure, name, command, preset, preset_files, model, bas
     from ..agents.capability import Capability, CapabilityError
     from ..agents.shell import ShellAgent
 
+    bootstrap = resolve_mesh(bootstrap)
     if (command is None) == (preset is None):
         raise click.UsageError("give --exec COMMAND or --preset NAME (one of them)")
     if ask and stdin_mode != "json":
@@ -229,7 +231,7 @@ def agent(key, listen, insecure, name, command, preset, preset_files, model, bas
         defaults = {"max_concurrency": chosen.max_concurrency, "description": cap_default.description,
                     "tags": cap_default.tags, "input_schema": cap_default.input_schema,
                     "output_schema": cap_default.output_schema}
-    n = make_node(key, listen, contacts_of(peers), insecure, None, contacts_of(bootstrap, hint="--bootstrap"), member=True)
+    n = make_node(key, listen, contacts_of(peers), insecure, None, contacts_of(bootstrap, hint="--mesh"), member=True)
     try:
         in_schema = _schema_option(input_schema, "--input-schema")
         out_schema = _schema_option(output_schema, "--output-schema")
@@ -278,14 +280,16 @@ def agents_group() -> None:
 @agents_group.command("info")
 @node_options
 @click.argument("capability")
-@click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh (providers are found in the DHT).")
+@mesh_option(help="Contact of a node in the mesh (providers are found in the DHT).")
 @click.option("--to", "to", multiple=True, help="Contact of a node to ask directly instead (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per provider.")
 def agents_info(key, listen, insecure, capability, bootstrap, to, as_json) -> None:
     """Who provides CAPABILITY, with its description, schemas, cost and concurrency."""
+    bootstrap = bootstrap if to else resolve_mesh(bootstrap)
     if not bootstrap and not to:
-        raise click.UsageError("say where to look: --bootstrap CONTACT or --to CONTACT")
-    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--bootstrap"))
+        raise click.UsageError("say where to look: --mesh CONTACT (or a context, see `zmqagents help context`) "
+                               "or --to CONTACT")
+    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--mesh"))
 
     async def main() -> int:
         from ..agents.capability import describe
@@ -337,7 +341,7 @@ Exit codes:
   2  usage error
 """)
 @node_options
-@click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh: list every capability in the mesh (DHT registry).")
+@mesh_option(help="Contact of a node in the mesh: list every capability in the mesh (DHT registry).")
 @click.option("--to", "to", multiple=True, help="Contact of a node to ask directly instead (repeatable): list what it serves.")
 @click.option("--all", "show_all", is_flag=True, help="Also list providers that are unreachable or dead (see States).")
 @click.option("--probe-timeout", default=2.0, show_default=True, type=click.FloatRange(min=0.01),
@@ -348,7 +352,7 @@ def agents_ls(key, listen, insecure, bootstrap, to, show_all, probe_timeout, as_
     """List the capabilities in the mesh, each with the nodes that provide it and whether they are alive.
 
     \b
-    With --bootstrap every agent in the mesh is found through the capability
+    With --mesh every agent in the mesh is found through the capability
     registry in the DHT (each agent lists its capability names under a well-known
     key, protocols/tasks.md 3.3), then each listed node is probed; with --to only
     the given nodes are asked. `zmqagents agents info CAPABILITY` shows one
@@ -356,13 +360,15 @@ def agents_ls(key, listen, insecure, bootstrap, to, show_all, probe_timeout, as_
 
     \b
     Example:
-      zmqagents agents ls --bootstrap @/tmp/seed.contact
-      zmqagents agents ls --bootstrap @/tmp/seed.contact --all --json | jq -c '.providers[] | [.node_id, .state]'
+      zmqagents agents ls --mesh @/tmp/seed.contact
+      zmqagents agents ls --mesh @/tmp/seed.contact --all --json | jq -c '.providers[] | [.node_id, .state]'
     """
+    bootstrap = bootstrap if to else resolve_mesh(bootstrap)
     if not bootstrap and not to:
-        raise click.UsageError("say where to look: --bootstrap CONTACT (the whole mesh) or --to CONTACT")
+        raise click.UsageError("say where to look: --mesh CONTACT (the whole mesh; or a context, see "
+                               "`zmqagents help context`) or --to CONTACT")
     targets = contacts_of(to, hint="--to") if to else []
-    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--bootstrap"))
+    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--mesh"))
 
     async def main() -> int:
         from ..agents.registry import ALIVE, list_mesh

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from . import agents, collab, config, dht, fleet, keys, messages, reference, serve, sim, tasks, workflow
+from . import agents, collab, config, context, dht, fleet, keys, messages, reference, serve, sim, tasks, workflow
 from .common import VERBOSITY, verbosity_params
 
 EXIT_CODES_HELP = """\b
@@ -46,7 +46,7 @@ def cli(ctx: click.Context) -> None:
 
 
 # Each module's COMMANDS are added to the group; click lists them by name.
-GROUPS = (keys, serve, messages, config, dht, agents, tasks, collab, workflow, fleet, sim, reference)
+GROUPS = (keys, serve, messages, config, context, dht, agents, tasks, collab, workflow, fleet, sim, reference)
 
 def _with_verbosity(command: click.Command) -> None:
     """-v and -q on every command, so they work after the subcommand too (`zmqagents task ... -v`)."""

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
-from .common import BAD, contacts_of, make_node, node_options
+from .common import contacts_of, make_node, node_options
+from .context import mesh_option, resolve_mesh
+from .lines import BAD
 from .tasks import TASK_EXIT_HELP, TaskRun, run_task
 
 RESULT_HELP = """\b
@@ -39,7 +41,7 @@ def _mesh_options(f):
     f = click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1, 100),
                      help="Providers tried per task.")(f)
     f = click.option("--to", "to", multiple=True, help="Contact of a provider to use directly instead of the DHT (repeatable).")(f)
-    f = click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh; providers are found in the DHT through it.")(f)
+    f = mesh_option(help="Contact of a node in the mesh; providers are found in the DHT through it.")(f)
     f = click.option("--input", "body", metavar="JSON", help="Run once for this value instead of each stdin line.")(f)
     return node_options(f)
 
@@ -69,7 +71,7 @@ def collab_sequential(capabilities, **kw) -> None:
 
     \b
     Example:
-      jq -c '.[]' drafts.json | zmqagents collab sequential proofread shorten --bootstrap @seed.contact
+      jq -c '.[]' drafts.json | zmqagents collab sequential proofread shorten --mesh @seed.contact
     """
     _run({"mode": "sequential", "chain": [f"capability:{c}" for c in capabilities]}, kw)
 
@@ -94,7 +96,7 @@ def collab_map_reduce(map_capability, reduce_capability, limit, **kw) -> None:
 
     \b
     Example:
-      echo '["a long text", "another"]' | zmqagents collab map-reduce summarize merge --bootstrap @seed.contact
+      echo '["a long text", "another"]' | zmqagents collab map-reduce summarize merge --mesh @seed.contact
     """
     _run({"mode": "map-reduce", "agent": f"capability:{map_capability}", "reduce": f"capability:{reduce_capability}",
           "limit": limit}, kw)
@@ -131,8 +133,11 @@ def _run(raw: dict, kw: dict) -> None:
     from ..agents.workflow import WorkflowError, parse
     from ..core.tasks import CallerConfig
 
+    if not kw["to"]:
+        kw["bootstrap"] = resolve_mesh(kw["bootstrap"])
     if not kw["bootstrap"] and not kw["to"]:
-        raise click.UsageError("say where the providers are: --bootstrap CONTACT (find them in the DHT) or --to CONTACT")
+        raise click.UsageError("say where the providers are: --mesh CONTACT (find them in the DHT; or a context, "
+                               "see `zmqagents help context`) or --to CONTACT")
     raw = {"name": "collab", **raw, "idempotent": kw["idempotent"]}
     if kw["timeout"] is not None:
         raw["timeout"] = kw["timeout"]
@@ -140,7 +145,7 @@ def _run(raw: dict, kw: dict) -> None:
         (step,) = parse({"steps": [raw]}).steps.values()
     except WorkflowError as exc:
         raise click.UsageError("; ".join(p.removeprefix("step 'collab': ") for p in exc.problems)) from None
-    n = make_node(kw["key"], kw["listen"], [], kw["insecure"], None, contacts_of(kw["bootstrap"], hint="--bootstrap"))
+    n = make_node(kw["key"], kw["listen"], [], kw["insecure"], None, contacts_of(kw["bootstrap"], hint="--mesh"))
     config = CallerConfig(accept_timeout=kw["accept_timeout"], max_attempts=kw["max_attempts"])
     opts = dict(timeout=kw["timeout"], idle_timeout=None, stream=False, unordered=kw["unordered"],
                 idempotent=kw["idempotent"], priority=0, validate=True, parallel=kw["parallel"], answer_exec=None,

@@ -220,6 +220,19 @@ def run_loop(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+class Aliased(click.Option):
+    """An option shown under its first name; its other long names are old ones that still work
+    (kept for a release so scripts do not break, then removed), e.g. --mesh and the old --bootstrap."""
+
+    def get_help_record(self, ctx: click.Context):
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        names, text = record
+        joined = ", ".join(self.opts)
+        return (self.opts[0] + names[len(joined):], text) if names.startswith(joined) else record
+
+
 class Verbosity:
     """How much the command logs on stderr: each -v one level more, each -q one less, wherever given."""
 
@@ -264,7 +277,8 @@ def mesh_member_options(f):
     """The options of a node that stays in the mesh (``node``, ``relay``): whom to reach and whom to accept."""
     f = click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")(f)
     f = click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")(f)
-    f = click.option("--bootstrap", multiple=True, help="Contact of a node already in the mesh to join through (repeatable).")(f)
+    f = click.option("--mesh", "--bootstrap", "bootstrap", cls=Aliased, multiple=True, metavar="CONTACT",
+                     help="Contact of a node already in the mesh to join through (repeatable).")(f)
     f = click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")(f)
     return f
 

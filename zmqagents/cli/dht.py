@@ -11,14 +11,16 @@ import click
 
 from ..identity import Contact, format_node_id
 from .common import contacts_of, emit, jsonable, make_node, node_options, parse_body, run_main
-from .exits import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
+from .context import mesh_option, resolve_mesh
+from .exits import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE
 
 DHT_EXIT_CODES_HELP = """\b
 Exit codes:
   0    success
-  1    failed: the bootstrap or the mesh did not answer, or the holders refused the record
+  1    failed: the holders refused the record
   2    usage error (bad flags, arguments, key file, contact, value)
   3    not found: the lookup converged and no node holds it
+  8    unreachable: no node named by --mesh (or the context) answered
   124  timed out
 """
 
@@ -26,9 +28,17 @@ Exit codes:
 def _dht_options(f):
     f = click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      help="Seconds the whole command may take (joining included).")(f)
-    f = click.option("--bootstrap", multiple=True, required=True,
-                     help="Contact (or @FILE) of a mesh node to join through (repeatable).")(f)
+    f = mesh_option(help="Contact (or @FILE) of a mesh node to join through (repeatable; default: "
+                         "ZMQAGENTS_MESH or the current context).")(f)
     return node_options(f)
+
+
+def _mesh(given: tuple[str, ...]) -> list[Contact]:
+    """The contacts to join through: --mesh, else the environment's or the current context's."""
+    found = resolve_mesh(given)
+    if not found:
+        raise click.UsageError("say where the mesh is: --mesh CONTACT (or a context, see `zmqagents help context`)")
+    return contacts_of(found, hint="--mesh")
 
 
 async def _dht_session(n, bootstrap: list[Contact], timeout: float, work) -> int:
@@ -38,8 +48,8 @@ async def _dht_session(n, bootstrap: list[Contact], timeout: float, work) -> int
     deadline = time.monotonic() + timeout
     async with n:
         if not await n.join(bootstrap, timeout=timeout):
-            click.echo("error: no bootstrap contact answered; check --bootstrap (is that node running?)", err=True)
-            return EXIT_FAILED
+            click.echo("error: no mesh node answered (unreachable); check --mesh: is that node running?", err=True)
+            return EXIT_UNREACHABLE
         try:
             return await asyncio.wait_for(work(max(0.1, deadline - time.monotonic())), max(0.1, deadline - time.monotonic()))
         except (DhtTimeout, asyncio.TimeoutError):
@@ -62,8 +72,8 @@ def dht() -> None:
     --key to update it). Mesh nodes re-replicate it when holders die.
 
     \b
-      zmqagents dht put site/7 '{"interval": 30}' --ttl 600 --bootstrap @seed.contact
-      zmqagents dht get site/7 --bootstrap @seed.contact
+      zmqagents dht put site/7 '{"interval": 30}' --ttl 600 --mesh @seed.contact
+      zmqagents dht get site/7 --mesh @seed.contact
     """
 
 
@@ -94,7 +104,7 @@ def dht_put(key, listen, insecure, bootstrap, timeout, ttl, key_text, value) -> 
         emit({"key": key_for(key_text).hex(), "stored": result.stored, "seq": result.seq, "expires": result.expires})
         return EXIT_OK
 
-    sys.exit(run_main(_dht_session(n, contacts_of(bootstrap), timeout, work)))
+    sys.exit(run_main(_dht_session(n, _mesh(bootstrap), timeout, work)))
 
 
 @dht.command("get", epilog=DHT_EXIT_CODES_HELP)
@@ -125,7 +135,7 @@ def dht_get(key, listen, insecure, bootstrap, timeout, as_json, key_text) -> Non
             sys.stdout.flush()
         return EXIT_OK
 
-    sys.exit(run_main(_dht_session(n, contacts_of(bootstrap), timeout, work)))
+    sys.exit(run_main(_dht_session(n, _mesh(bootstrap), timeout, work)))
 
 
 @click.command(epilog=DHT_EXIT_CODES_HELP)
@@ -158,7 +168,7 @@ def find(key, listen, insecure, bootstrap, timeout, as_json, capability) -> None
                 click.echo(f"{p.node_id.hex()[:12]:14} {p.expires - now:>12.0f}  {p.contact}")
         return EXIT_OK
 
-    sys.exit(run_main(_dht_session(n, contacts_of(bootstrap), timeout, work)))
+    sys.exit(run_main(_dht_session(n, _mesh(bootstrap), timeout, work)))
 
 
 

@@ -17,6 +17,7 @@ EXIT_SOME_FAILED = 4  # task/workflow: some task failed, or some input line was 
 EXIT_REJECTED = 5  # task: some task was rejected by every provider tried (busy, denied)
 EXIT_CANCELED = 6  # task: some task was canceled (unanswered question, provider shut down)
 EXIT_WORKFLOW_INVALID = 7  # workflow run/check: the file or its step inputs failed the checks
+EXIT_UNREACHABLE = 8  # the mesh, or the nodes named with --to, did not answer (not: answered "none here")
 EXIT_TIMEOUT = 124  # a deadline passed
 EXIT_SIGINT = 130  # interrupted by SIGINT (128 + 2)
 EXIT_SIGTERM = 143  # terminated by SIGTERM (128 + 15)
@@ -32,6 +33,7 @@ TABLE: tuple[tuple[int, str, str], ...] = (
     (EXIT_REJECTED, "rejected", "task: some task was rejected by every provider tried (busy, denied)"),
     (EXIT_CANCELED, "canceled", "task: some task was canceled (an unanswered question, its provider stopped)"),
     (EXIT_WORKFLOW_INVALID, "workflow-invalid", "workflow run/check: the workflow failed its checks; nothing ran"),
+    (EXIT_UNREACHABLE, "unreachable", "the mesh (--mesh, the context) or the nodes named with --to did not answer"),
     (EXIT_TIMEOUT, "timeout", "a deadline passed (--timeout; the coreutils `timeout` convention)"),
     (EXIT_SIGINT, "sigint", "interrupted by SIGINT: work in flight was canceled, each started line reported"),
     (EXIT_SIGPIPE, "sigpipe", "stdout was closed by its reader (`| head -1`): work in flight was canceled"),

@@ -117,7 +117,7 @@ def ca() -> None:
       zmqagents ca init                         # writes ca.key (secret) and ca.pub
       zmqagents keygen web-1.key                # on the node; prints its public key
       zmqagents ca sign PUBLIC_KEY --name web-1 --group ops --days 90 -o web-1.cert
-      zmqagents node --key web-1.key --ca ca.pub --cert web-1.cert --bootstrap ...
+      zmqagents node --key web-1.key --ca ca.pub --cert web-1.cert --mesh ...
     Revoke a node (then copy revoked.list to one node and SIGHUP it, or start
     nodes with --revocations revoked.list: they spread it through the DHT):
       zmqagents ca revoke web-1.cert --list revoked.list

@@ -143,7 +143,7 @@ async def _send_via_sidecar(path: Path, targets: list[str], body: str | None) ->
 @click.command()
 @node_options
 @click.option("--to", "to", multiple=True, help="Contact of the serving node (repeat to spread requests round-robin).")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each reply.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds each request may take, connecting included.")
 @click.option("--parallel", default=16, show_default=True, type=click.IntRange(1, 4096), help="Requests in flight at once.")
 @sidecar_options
 @click.option("--seal", is_flag=True, help=SEAL_HELP)

@@ -9,7 +9,8 @@ from typing import Callable
 
 import click
 
-from . import exits
+from . import context, exits
+from .common import Failure
 
 
 def exit_codes() -> str:
@@ -22,15 +23,31 @@ def exit_codes() -> str:
     ])
 
 
+def contexts() -> str:
+    return (context.__doc__ or "").strip() + f"\n\nContexts file here: {context.contexts_path()}"
+
+
+def presets() -> str:
+    """The agent presets `zmqagents agent --preset NAME` can start (shipped, the user's file)."""
+    from ..agents.presets import PresetError, load, table
+
+    try:
+        return table(load())
+    except PresetError as exc:
+        raise Failure(str(exc)) from None
+
+
 TOPICS: dict[str, tuple[str, Callable[[], str]]] = {
     "exit-codes": ("what each exit status means", exit_codes),
+    "context": ("naming the mesh once: --mesh, ZMQAGENTS_MESH, contexts", contexts),
+    "presets": ("the agent presets (claude-code, codex, openai, ollama, anthropic, yours)", presets),
 }
 
 
 @click.command("help")
 @click.argument("topic", required=False)
 def help_command(topic: str | None) -> None:
-    """Print a reference table: exit-codes (and the topics listed without TOPIC)."""
+    """Print a reference: exit-codes, context, presets (without TOPIC: the list)."""
     if topic is None:
         for name, (summary, _) in TOPICS.items():
             click.echo(f"  {name:<12} {summary}")

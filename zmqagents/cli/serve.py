@@ -11,8 +11,8 @@ import click
 
 from ..identity import format_node_id
 from .common import (
-    SEAL_HELP, VERBOSITY, Failure, admin_option, announce, contacts_of, emit, make_node, mesh_member_options,
-    node_options, run_loop, run_main, start_admin,
+    SEAL_HELP, VERBOSITY, Aliased, Failure, admin_option, announce, contacts_of, emit, make_node,
+    mesh_member_options, node_options, run_loop, run_main, start_admin,
 )
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -42,7 +42,7 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
          log_format, outbound_only, relays, seal, mdns, admin) -> None:
     """Run a node until SIGINT/SIGTERM.
 
-    With --bootstrap it joins the mesh (Kademlia lookup of its own id, then of
+    With --mesh it joins the mesh (Kademlia lookup of its own id, then of
     far buckets). Prints {"contact": ...} first, then every direct message and
     request it receives as one JSON line.
 
@@ -114,7 +114,7 @@ def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_
         raise Failure(str(exc), EXIT_USAGE) from None
     flags = [("node.key", key, "--key"), ("node.listen", listen if given("listen") else None, "--listen"),
              ("node.secure", False if insecure else None, "--insecure"),
-             ("node.peers", list(peers) or None, "--peer"), ("node.bootstrap", list(bootstrap) or None, "--bootstrap"),
+             ("node.peers", list(peers) or None, "--peer"), ("node.bootstrap", list(bootstrap) or None, "--mesh"),
              ("node.contact_file", contact_file, "--contact-file"), ("node.allowlist", allowlist, "--allowlist"),
              ("node.outbound_only", True if outbound_only else None, "--outbound-only"),
              ("node.relays", list(relays) or None, "--relay"), ("node.seal", True if seal else None, "--seal"),
@@ -248,8 +248,10 @@ def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_
 @click.option("--exec", "command", required=True, help="Shell command run per request: body on stdin, stdout is the reply.")
 @click.option("--peer", "peers", multiple=True, help="Contact of a node to connect to (repeatable).")
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds a command may run before its process group is killed.")
-@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 1024), help="Commands run at once.")
+@click.option("--exec-timeout", "--timeout", "timeout", cls=Aliased, default=60.0, show_default=True,
+              help="Seconds a command may run before its process group is killed.")
+@click.option("--parallel", "--concurrency", "concurrency", cls=Aliased, default=4, show_default=True,
+              type=click.IntRange(1, 1024), help="Commands run at once.")
 def reply(key, listen, insecure, command, peers, contact_file, timeout, concurrency) -> None:
     """Serve requests by running a shell command.
 

@@ -12,14 +12,20 @@ import click
 
 from .agents import lookup_for
 from .common import StdoutClosed, contacts_of, emit, jsonable, make_node, node_options, parse_body, run_main
-from .exits import EXIT_CANCELED, EXIT_NOT_FOUND, EXIT_OK, EXIT_REJECTED, EXIT_SOME_FAILED, EXIT_TIMEOUT
+from .context import mesh_option, resolve_mesh
+from .exits import (
+    EXIT_CANCELED, EXIT_NOT_FOUND, EXIT_OK, EXIT_REJECTED, EXIT_SOME_FAILED, EXIT_TIMEOUT, EXIT_UNREACHABLE,
+)
 from .lines import BAD, run_lines, stdin_values, terminal_hint
 
 TASK_EXIT_HELP = """\b
 Exit codes (the first that applies):
   130  interrupted by SIGINT (in-flight tasks were canceled first)
   143  terminated by SIGTERM (likewise)
+  141  stdout was closed (| head): in-flight tasks were canceled
   3    no provider offers the capability
+  8    unreachable: no mesh node (--mesh, the context), or none of the --to
+       nodes, answered
   4    some task failed, or some input line was invalid (bad JSON, schema)
   124  some task timed out (--timeout, --idle-timeout, or a silent provider)
   5    some task was rejected by every provider tried (busy, denied)
@@ -34,7 +40,7 @@ Exit codes (the first that applies):
 @node_options
 @click.argument("capability")
 @click.argument("body", required=False)
-@click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh; providers are found in the DHT through it.")
+@mesh_option(help="Contact of a node in the mesh; providers are found in the DHT through it.")
 @click.option("--to", "to", multiple=True, help="Contact of a provider to use directly instead of the DHT (repeatable).")
 @click.option("--parallel", default=8, show_default=True, type=click.IntRange(1, 4096), help="Tasks in flight at once.")
 @click.option("--timeout", type=click.FloatRange(min=0.001), help="Deadline per task in seconds (none by default).")
@@ -70,17 +76,19 @@ def task(key, listen, insecure, capability, body, bootstrap, to, parallel, timeo
     its stdout is sent back as the answer. A non-zero exit, a timeout, or no
     --answer-exec at all cancels the task with the reason in its result line
     (state canceled, exit 6).
-      ... | zmqagents task greet --bootstrap @seed.contact --answer-exec 'echo Ann'
+      ... | zmqagents task greet --mesh @seed.contact --answer-exec 'echo Ann'
 
     \b
     Example:
-      jq -c '.[]' docs.json | zmqagents task summarize --bootstrap @seed.contact --parallel 8 | jq -r .output.text
+      jq -c '.[]' docs.json | zmqagents task summarize --mesh @seed.contact --parallel 8 | jq -r .output.text
     """
+    bootstrap = bootstrap if to else resolve_mesh(bootstrap)
     if not bootstrap and not to:
-        raise click.UsageError("say where the providers are: --bootstrap CONTACT (find them in the DHT) or --to CONTACT")
+        raise click.UsageError("say where the providers are: --mesh CONTACT (find them in the DHT; or a context, "
+                               "see `zmqagents help context`) or --to CONTACT")
     from ..core.tasks import CallerConfig
 
-    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--bootstrap"))
+    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--mesh"))
     config = CallerConfig(accept_timeout=accept_timeout, max_attempts=max_attempts)
     opts = dict(timeout=timeout, idle_timeout=idle_timeout, stream=stream, unordered=unordered, idempotent=idempotent,
                 priority=priority, validate=not no_validate, parallel=parallel, answer_exec=answer_exec,
@@ -92,8 +100,17 @@ def run_task(n, capability: str, body: str | None, to, config, opts, *, runner: 
     """Run the lines of stdin (or BODY) through ``runner`` (default TaskRun: one task per line) on node ``n``;
     SIGINT/SIGTERM cancel what is in flight (each started line gets a canceled result). The exit status."""
     async def main() -> int:
+        from ..agents.runtime import DirectLookup
+
         async with n:
-            run_ = (runner or TaskRun)(n, capability, to, config, opts)
+            lookup = lookup_for(n, ())  # the DHT
+            if to:  # unreachable (exit 8) is not "offers nothing" (exit 3): ask them first
+                answering = await _answering(n, contacts_of(to, hint="--to"), config.accept_timeout)
+                if not answering:
+                    click.echo("error: none of the --to nodes answered (unreachable)", err=True)
+                    return EXIT_UNREACHABLE
+                lookup = DirectLookup(n, answering)
+            run_ = (runner or TaskRun)(n, capability, lookup, config, opts)
             try:
                 return await run_.run(body)
             except (asyncio.CancelledError, StdoutClosed):  # a signal, or `| head` has what it wanted
@@ -105,6 +122,18 @@ def run_task(n, capability: str, body: str | None, to, config, opts, *, runner: 
     return run_main(main())
 
 
+async def _answering(node, contacts: list, timeout: float) -> list:
+    """The contacts that say what they serve within ``timeout``; each silent one is named on stderr."""
+    from ..agents.capability import describe
+
+    answers = await asyncio.gather(*(describe(node, c, timeout=timeout) for c in contacts), return_exceptions=True)
+    for contact, answer in zip(contacts, answers):
+        if isinstance(answer, BaseException):
+            click.echo(f"warning: {contact.node_id.hex()[:12]} did not answer: {answer or type(answer).__name__}",
+                       err=True)
+    return [c for c, answer in zip(contacts, answers) if not isinstance(answer, BaseException)]
+
+
 class TaskRun:
     """One `zmqagents task` invocation: reads lines, keeps --parallel tasks in flight, prints results.
 
@@ -113,13 +142,14 @@ class TaskRun:
     both commands share the pipeline, the signals and the exit statuses.
     """
 
-    def __init__(self, node, capability: str, to, config, opts: dict):
-        from ..agents.runtime import Agents
+    def __init__(self, node, capability: str, lookup, config, opts: dict):
+        from ..agents.runtime import Agents, DirectLookup
 
         self.node = node
         self.capability = capability
         self.opts = opts
-        self.agents = Agents(node, lookup=lookup_for(node, to), caller=config)
+        self.direct = isinstance(lookup, DirectLookup)
+        self.agents = Agents(node, lookup=lookup, caller=config)
         self.inflight: dict[bytes, int] = {}
         self.task_of: dict[int, bytes] = {}  # line number -> task id, while the task runs
         self.counts = {"completed": 0, "failed": 0, "timeout": 0, "rejected": 0, "canceled": 0, "invalid": 0,
@@ -149,9 +179,14 @@ class TaskRun:
             try:
                 candidates = await self.agents.candidates(capability)
             except Exception as exc:
-                click.echo(f"error: looking for providers of {capability!r} failed: {exc}", err=True)
-                return EXIT_NOT_FOUND
+                click.echo(f"error: the mesh did not answer the lookup for providers of {capability!r} "
+                           f"(unreachable): {exc}", err=True)
+                return EXIT_UNREACHABLE
             if not candidates:
+                if not self.direct and not self.node.peers():
+                    click.echo("error: no mesh node answered (unreachable); check --mesh: is that node running?",
+                               err=True)
+                    return EXIT_UNREACHABLE
                 click.echo(f"error: no provider offers {capability!r}", err=True)
                 return EXIT_NOT_FOUND
         # each task looks again (cached for a few seconds): providers come and go

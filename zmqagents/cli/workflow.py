@@ -10,6 +10,7 @@ import click
 
 from .agents import lookup_for
 from .common import contacts_of, emit, make_node, node_options, parse_body, run_main
+from .context import mesh_option, resolve_mesh
 from .exits import EXIT_OK, EXIT_SOME_FAILED, EXIT_WORKFLOW_INVALID
 
 @click.group("workflow")
@@ -55,7 +56,7 @@ Exit codes:
 @node_options
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input", "input_text", help="The workflow's input (JSON), read by ${input...} references.")
-@click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh (providers are found in the DHT).")
+@mesh_option(help="Contact of a node in the mesh (providers are found in the DHT).")
 @click.option("--to", "to", multiple=True, help="Contact of a provider to use directly instead (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per step instead of a table.")
 def workflow_run(key, listen, insecure, path, input_text, bootstrap, to, as_json) -> None:
@@ -66,10 +67,12 @@ def workflow_run(key, listen, insecure, path, input_text, bootstrap, to, as_json
     dependencies completed; per-step state and timing are printed when all are done.
     """
     wf = _load_workflow(path)
+    bootstrap = bootstrap if to else resolve_mesh(bootstrap)
     if not bootstrap and not to:
-        raise click.UsageError("say where the providers are: --bootstrap CONTACT or --to CONTACT")
+        raise click.UsageError("say where the providers are: --mesh CONTACT (or a context, see "
+                               "`zmqagents help context`) or --to CONTACT")
     value = parse_body(input_text) if input_text is not None else None
-    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--bootstrap"))
+    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--mesh"))
 
     async def main() -> int:
         from ..agents.runtime import Agents
@@ -113,7 +116,7 @@ Exit codes:
 @node_options
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input", "input_text", help="The workflow's input (JSON): ${input...} references are checked with it.")
-@click.option("--bootstrap", multiple=True, help="Contact of a node in the mesh: fetch the capabilities' schemas from their providers.")
+@mesh_option(help="Contact of a node in the mesh: fetch the capabilities' schemas from their providers.")
 @click.option("--to", "to", multiple=True, help="Contact of a provider to ask for schemas directly instead (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help='One JSON object per problem: {"step", "at", "ref", "problem"}.')
 def workflow_check(key, listen, insecure, path, input_text, bootstrap, to, as_json) -> None:
@@ -121,23 +124,24 @@ def workflow_check(key, listen, insecure, path, input_text, bootstrap, to, as_js
 
     \b
     The capabilities' schemas are published by their providers, so to check
-    types against them say where the mesh is (--bootstrap or --to). Without
+    types against them say where the mesh is (--mesh or --to). Without
     either, only the file itself and the schemas its [schemas] table declares
     are checked. A summary goes to stderr: how many steps had a provider and
     known schemas (unknown ones are not checked).
 
     \b
     Example:
-      zmqagents workflow check flow.toml --bootstrap @/tmp/seed.contact --input '{"text": "hi"}'
+      zmqagents workflow check flow.toml --mesh @/tmp/seed.contact --input '{"text": "hi"}'
     """
     from ..agents.workflow_check import UNKNOWN, file_schemas, gather_schemas
 
     wf = _load_workflow(path)
     value = parse_body(input_text) if input_text is not None else UNKNOWN
+    bootstrap = bootstrap if to else resolve_mesh(bootstrap)
     if not bootstrap and not to:
-        click.echo("note: no --bootstrap/--to: checking with the file's [schemas] only", err=True)
+        click.echo("note: no --mesh/--to: checking with the file's [schemas] only", err=True)
         sys.exit(_report_check(path, wf, file_schemas(wf), value, as_json, asked_mesh=False))
-    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--bootstrap"))
+    n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--mesh"))
 
     async def main() -> int:
         from ..agents.runtime import Agents
