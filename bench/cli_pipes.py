@@ -11,7 +11,9 @@ Two figures per command, each with --lines lines in flight at once (--parallel =
   line and exit 143, else the run is invalid.
 
 The servers are real CLI processes (``reply`` and ``agent`` running a shell command per line) on
-loopback. Each figure is the median (and max) over --rounds runs. With --baseline REV the same
+loopback. ``task_one_line_wall_s`` is ``echo '"x"' | zmqagents task work`` end to end (p50 of
+--one-line runs, 20 by default), the mesh named by a context (no flag, no sidecar); a baseline that
+has no contexts is given --bootstrap instead. Each figure is the median (and max) over --rounds runs. With --baseline REV the same
 runs are made with the ``zmqagents`` package of git revision REV (extracted to a temporary
 directory) and each figure gets a ``*_ratio`` (this tree / REV); a baseline run that does not
 exit 143 with every line reported is recorded as such, not as a time. Prints one JSON object.
@@ -126,8 +128,34 @@ def sigterm_once(cmd, env, kind: str, contact: str, lines: int, marks: Path) -> 
     return exited - sent
 
 
-def measure(pythonpath: Path, lines: int, rounds: int, work: Path) -> dict:
+def one_line_walls(cmd, env, contact: str, runs: int, work: Path) -> list[float]:
+    """Wall seconds of `echo '"x"' | zmqagents task work`, the mesh from a context when the CLI has them."""
+    env = dict(env, ZMQAGENTS_CONTEXTS=str(work / "contexts.json"))
+    added = subprocess.run(cmd + ["context", "add", "bench", "--mesh", contact, "--use", "--force"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    where = [] if added.returncode == 0 else ["--bootstrap", contact]
+    walls = []
+    for _ in range(runs):
+        began = time.monotonic()
+        done = subprocess.run(cmd + ["task", "work", *where], input='"x"\n', env=env, capture_output=True, text=True,
+                              timeout=60)
+        walls.append(time.monotonic() - began)
+        if done.returncode != 0:
+            raise RuntimeError(f"one-line task: exit {done.returncode}: {done.stderr[-2000:]}")
+    return walls
+
+
+def package_dir(cmd, env) -> str:
+    """Where the measured CLI imports zmqagents from (so a baseline is known to be the baseline)."""
+    return subprocess.run([cmd[0], "-c", "import os, zmqagents; print(os.path.dirname(zmqagents.__file__))"], env=env,
+                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+def measure(pythonpath: Path, lines: int, rounds: int, work: Path, one_line: int) -> dict:
     cmd, env = cli(pythonpath)
+    where = package_dir(cmd, env)
+    if not where.startswith(str(pythonpath)):
+        raise RuntimeError(f"measuring {where}, not the zmqagents under {pythonpath}")
     marks = work / "marks"
     marks.mkdir(exist_ok=True)
     fast = "sleep 0.5; cat"
@@ -138,10 +166,13 @@ def measure(pythonpath: Path, lines: int, rounds: int, work: Path) -> dict:
                 ["agent", "--capability", "work", "--max-concurrency", str(lines + 8)])
         return server(cmd, env, args + ["--exec", job], work / f"{kind}-{name}.contact")
 
-    out: dict = {}
+    out: dict = {"package": where}
     for kind in ("request", "task"):
         with serve(kind, fast, "fast") as contact:
             drains = [drain_once(cmd, env, kind, contact, lines) for _ in range(rounds)]
+            if kind == "task":
+                walls = one_line_walls(cmd, env, contact, one_line, work)
+                out["task_one_line_wall_s"] = round(statistics.median(walls), 4)
         stops = []
         for i in range(rounds):  # a fresh server each time: a reply server keeps running what it was given
             with serve(kind, hung, f"hung{i}") as contact:
@@ -160,15 +191,17 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=100, help="lines in flight at once (default 100)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--baseline", metavar="REV", help="also measure the zmqagents of git revision REV")
-    parser.add_argument("--quick", action="store_true", help="20 lines, one round (the smoke test)")
+    parser.add_argument("--one-line", type=int, default=20, help="runs of the one-line task (default 20)")
+    parser.add_argument("--quick", action="store_true", help="20 lines, one round, 3 one-line runs (the smoke test)")
     args = parser.parse_args()
-    lines, rounds = (20, 1) if args.quick else (args.lines, args.rounds)
+    lines, rounds, one_line = (20, 1, 3) if args.quick else (args.lines, args.rounds, args.one_line)
     with tempfile.TemporaryDirectory(prefix="zmqa-clipipes-") as tmp:
         work = Path(tmp)
+        os.chdir(work)  # `python -m` puts the working directory first on sys.path: it must hold no zmqagents
         (work / "new").mkdir()
         result = {"bench": "cli_pipes", "params": {"lines": lines, "rounds": rounds, "quick": args.quick,
-                                                    "baseline": args.baseline}}
-        result.update(measure(REPO, lines, rounds, work / "new"))
+                                                    "baseline": args.baseline, "one_line": one_line}}
+        result.update(measure(REPO, lines, rounds, work / "new", one_line))
         if args.baseline:
             old = work / "old"
             old.mkdir()
@@ -176,7 +209,7 @@ def main() -> int:
                                      capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
             (work / "oldrun").mkdir()
-            base = measure(old, lines, rounds, work / "oldrun")
+            base = measure(old, lines, rounds, work / "oldrun", one_line)
             for key, value in base.items():
                 result[f"baseline_{key}"] = value
                 if key.endswith("_s") and isinstance(value, (int, float)) and value > 0 \

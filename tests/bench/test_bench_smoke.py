@@ -223,3 +223,5 @@ def test_cli_pipes_quick_measures_exit_times_for_request_and_task():
         assert 0 <= out[f"{kind}_last_answer_to_exit_s"] <= out[f"{kind}_last_answer_to_exit_max_s"]
         # the one SIGTERM run exited 143 with a canceled line per input line (else it counts as not ok)
         assert out[f"{kind}_sigterm_runs_ok"] == 1 and out[f"{kind}_sigterm_to_exit_s"] >= 0
+    assert out["task_one_line_wall_s"] > 0 and out["params"]["one_line"] == 3
+    assert out["package"].startswith(str(BENCH.parent))  # this tree was measured, not an installed copy

@@ -159,7 +159,7 @@ def test_bad_key_files_allowlists_and_contacts_exit_2_naming_key_and_file(tmp_pa
 
     out = subprocess.run(CLI + ["node", "--config", str(cfg), "--bootstrap", f"@{tmp_path}/absent.contact"],
                          capture_output=True, text=True, timeout=20, env=clean_env())
-    assert out.returncode == 2 and "node.bootstrap (from flag --bootstrap)" in out.stderr
+    assert out.returncode == 2 and "node.bootstrap (from flag --mesh)" in out.stderr  # --mesh: the name --bootstrap now stands for
 
     out = subprocess.run(CLI + ["node", "--config", str(cfg)], capture_output=True, text=True, timeout=20,
                          env=clean_env(ZMQAGENTS_SPOOL_FSYNC="sometimes"))

@@ -115,6 +115,8 @@ def run_task(n, capability: str, body: str | None, to, config, opts, *, runner: 
                 return await run_.run(body)
             except (asyncio.CancelledError, StdoutClosed):  # a signal, or `| head` has what it wanted
                 await run_.cancel_all()
+                if run_.stdout_closed:  # found by a progress line: it canceled the run to stop it
+                    raise StdoutClosed() from None
                 raise
             finally:
                 await run_.close()
@@ -157,6 +159,8 @@ class TaskRun:
         self.total = 0
         self.tty = sys.stderr.isatty()
         self._bar_at = 0.0
+        self.stdout_closed = False  # a progress callback found stdout closed (and canceled the run)
+        self._run_task: asyncio.Task | None = None
 
     async def close(self) -> None:
         if self.tty:
@@ -174,6 +178,8 @@ class TaskRun:
 
     async def run(self, body: str | None) -> int:
         from ..agents.capability import CapabilityError
+
+        self._run_task = asyncio.current_task()
 
         for capability in self.capabilities():
             try:
@@ -251,7 +257,13 @@ class TaskRun:
         on_progress = None
         if self.opts["stream"]:
             def on_progress(p, number=number):
-                self._print({"line": number, "task": p.task_id.hex(), "seq": p.seq, "progress": p.data}, bar=False)
+                try:
+                    self._print({"line": number, "task": p.task_id.hex(), "seq": p.seq, "progress": p.data},
+                                bar=False)
+                except StdoutClosed:  # a callback cannot raise it to the run: cancel the run instead
+                    if not self.stdout_closed and self._run_task is not None:
+                        self.stdout_closed = True
+                        self._run_task.cancel()
         ids: list[bytes] = []  # the task id, for the answer command's environment (known before any question)
 
         async def on_input(prompt: Any) -> Any:
