@@ -18,6 +18,7 @@ from .common import (
 from .context import mesh_option, resolve_mesh
 from .exits import EXIT_NOT_FOUND, EXIT_OK, EXIT_SOME_FAILED
 
+
 def _schema_option(text: str | None, name: str) -> Any:
     """A JSON schema given inline or as @FILE."""
     if text is None:

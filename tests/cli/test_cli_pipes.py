@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from test_cli import CLI, server, zmqa
+from helpers.cli import CLI, server, zmqa
 
 pytestmark = pytest.mark.timeout(120)
 

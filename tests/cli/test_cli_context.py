@@ -15,11 +15,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from test_cli import CLI, server
+from helpers.cli import CLI, server
 
 pytestmark = pytest.mark.timeout(120)
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def run(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 40):
@@ -111,7 +111,7 @@ def test_help_topics():
 
 def readme_pipeline() -> str:
     text = README.read_text()
-    match = re.search(r"<!-- tested: tests/test_cli_context.py -->\s*```sh\n(.*?)```", text, re.S)
+    match = re.search(r"<!-- tested: tests/cli/test_cli_context.py -->\s*```sh\n(.*?)```", text, re.S)
     assert match, "README lost its tested shell pipeline"
     return match.group(1)
 
