@@ -22,7 +22,8 @@ from zmqagents.core.delivery import DeliveryConfig
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity, format_public_key
 from zmqagents.node import Node, NodeConfig
-from zmqagents.sidecar.localapi import LocalApi, LocalApiError, prepare_socket_path
+from zmqagents.sidecar.localapi import (PUSH_RETRY, PUSH_RETRY_MIN, LocalApi, LocalApiError, prepare_socket_path,
+                                        retry_after)
 from zmqagents.sidecar.outbox import Outbox
 from zmqagents.sidecar.spool import SpoolConfig
 
@@ -334,6 +335,21 @@ def test_a_client_gone_with_credit_leaves_the_inbox_within_its_limit(arun, short
 
     arun(main())
 
+
+
+def test_a_full_client_queue_is_retried_soon_then_less_often():
+    """A client's queue (SEND_HWM frames) fills whenever the mesh delivers faster than it reads, even if it
+    reads promptly: the first retry must come within a fraction of a millisecond. A fixed 5 ms wait capped
+    such a client at 16 frames per 5 ms (bench/outbox.py inbound_seconds 1.6 s -> 6.7 s, bench/hostile.py
+    flood accepted 6,200/s -> 1,700/s). While the queue stays full the wait doubles up to PUSH_RETRY, so a
+    client that is not reading costs one failed write per PUSH_RETRY, no more."""
+    waits = [retry_after(0.0)]
+    while waits[-1] < PUSH_RETRY and len(waits) < 100:
+        waits.append(retry_after(waits[-1]))
+    assert waits[0] == PUSH_RETRY_MIN <= 0.00025
+    assert waits == [min(PUSH_RETRY, PUSH_RETRY_MIN * 2 ** i) for i in range(len(waits))]
+    assert waits[-1] == PUSH_RETRY == retry_after(PUSH_RETRY) and len(waits) <= 8
+    assert sum(waits[:4]) < PUSH_RETRY  # four retries before the old single wait ended
 
 
 def test_a_client_that_does_not_read_holds_only_a_few_frames_and_loses_nothing(arun, short_dir):

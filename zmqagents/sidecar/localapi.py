@@ -42,10 +42,16 @@ MAX_REQUESTS = 1024  # requests on the mesh on behalf of local clients at once
 # Frames libzmq may queue for one client (ZMQ_SNDHWM): it counts messages, and a pushed message or a reply
 # may be ~1 MiB (up to 4 MiB), so this is what bounds, in bytes, what a client that does not read makes the
 # sidecar hold in libzmq: 16 frames. Beyond it a push waits in the node's inbox (bounded in bytes) and a
-# reply in ``unsent`` (bounded in bytes, a share per client), and both are tried again every PUSH_RETRY s.
+# reply in ``unsent`` (bounded in bytes, a share per client), and both are tried again (retry_after).
 # With the former 20,000 a client holding 10,000 credit and not reading could pin 10,000 messages.
 SEND_HWM = 16
-PUSH_RETRY = 0.005  # s before a client whose queue was full is written to again
+# A full queue is the normal state of a client that reads promptly but slower than the mesh delivers: 16
+# frames go in a few microseconds. A fixed 5 ms wait capped such a client at 16 frames per 5 ms (~3,200/s,
+# ~1,000/s on a loaded box). So the wait starts short and doubles while the queue stays full, up to
+# PUSH_RETRY: a client that is not reading costs one failed write per 5 ms, one that reads is written to
+# again within a fraction of a millisecond; a frame from the client (it shows life) ends the wait.
+PUSH_RETRY_MIN = 0.0002  # s before the first retry after a queue was found full
+PUSH_RETRY = 0.005  # s, the longest wait between retries
 UNSENT_REPLIES = 4096  # replies waiting for clients whose queues are full...
 UNSENT_BYTES = 8 << 20  # ... and their bytes; one client may hold half of either
 DEFAULT_REQUEST_TIMEOUT_MS = 30_000
@@ -102,13 +108,20 @@ def prepare_socket_path(path: Path, mode: int) -> None:
         probe.close()
 
 
+def retry_after(wait: float) -> float:
+    """The wait before the next retry when a queue is still full after a wait of ``wait`` s (0: it was
+    not full before): PUSH_RETRY_MIN, doubling up to PUSH_RETRY."""
+    return min(PUSH_RETRY, max(PUSH_RETRY_MIN, 2 * wait))
+
+
 class _Client:
-    __slots__ = ("rid", "credit", "acks", "full_until")
+    __slots__ = ("rid", "credit", "acks", "full_until", "wait")
 
     def __init__(self, rid: bytes):
         self.rid = rid
         self.credit = 0
         self.full_until = 0.0  # loop time before which its queue is taken to be full (nothing pushed)
+        self.wait = 0.0  # the last wait after a full queue (0 once a push went through): see retry_after
         self.acks = False  # the client acknowledges what it receives (version 2): see _Unacked
 
 
@@ -165,7 +178,8 @@ class LocalApi:
         ), 0)
         # Replies for clients whose queue was full, in order per client, written when there is room.
         self._unsent: BoundedQueue[bytes] = BoundedQueue(UNSENT_REPLIES, UNSENT_BYTES, 0.5)
-        self._unsent_timer: asyncio.TimerHandle | None = None
+        self._unsent_timer: asyncio.Handle | None = None
+        self._unsent_wait = 0.0  # the last wait before retrying them (0 once one went through)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -253,6 +267,7 @@ class LocalApi:
                 self._error(rid, None, kind, f"{type(exc).__name__}: {exc}")
                 continue
             self.serving.heard(rid)
+            self._shows_life(rid)
             try:
                 if env.type == "send":
                     dst, contact = self._destination(env)
@@ -269,6 +284,18 @@ class LocalApi:
         # Writing may have consumed the edge of the edge-triggered FD: look again.
         if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             asyncio.get_running_loop().call_soon(self._drain)
+
+    def _shows_life(self, rid: bytes) -> None:
+        """A frame from a client: it is reading its socket, so whatever waits for room in its queue is tried
+        again at once rather than after the rest of its wait."""
+        client = self._clients.get(rid)
+        if client is not None and client.wait:
+            client.full_until = 0.0
+            client.wait = 0.0
+        if self._unsent_wait and self._unsent_timer is not None and self._unsent.held_by(rid)[0]:
+            self._unsent_timer.cancel()
+            self._unsent_wait = 0.0
+            self._unsent_timer = asyncio.get_running_loop().call_soon(self._send_unsent)
 
     def _wrote(self) -> None:
         """After a write outside _drain (a pushed message, an answer from a task): the FD is
@@ -463,8 +490,9 @@ class LocalApi:
             while not self._receivers:
                 self._credit_event.clear()
                 await self._credit_event.wait()
-            if all(c.full_until > loop.time() for c in self._receivers):
-                await asyncio.sleep(PUSH_RETRY)  # every client with credit has a full queue: not reading yet
+            wait = min(c.full_until for c in self._receivers) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # every client with credit has a full queue: until the first retry
                 continue
             msg = await self.node.receive()
             while True:
@@ -497,10 +525,12 @@ class LocalApi:
             frame = env.encode(max_size=4 * self.max_size)
             self.sock.send_multipart((client.rid, frame), zmq.NOBLOCK)
         except zmq.Again:
-            # Its queue is full (SEND_HWM): it is not reading. It keeps its credit; the message stays first
-            # in line (in the node's inbox, bounded in bytes) and the client is tried again after PUSH_RETRY.
+            # Its queue is full (SEND_HWM): it has not read that far yet. It keeps its credit; the message
+            # stays first in line (in the node's inbox, bounded in bytes) and the client is tried again
+            # after a wait that grows while it stays full (retry_after), or when it sends a frame.
             self.stats["client_full"] += 1
-            client.full_until = asyncio.get_running_loop().time() + PUSH_RETRY
+            client.wait = retry_after(client.wait)
+            client.full_until = asyncio.get_running_loop().time() + client.wait
             return False
         except zmq.ZMQError:
             # Gone (EHOSTUNREACH): it gets nothing more until it asks again, and what it did not
@@ -515,6 +545,7 @@ class LocalApi:
             self._give_back(client.rid)
             return False
         self._wrote()
+        client.wait = 0.0
         if client.acks:
             unacked = self._unacked.get(client.rid)
             if unacked is None:
@@ -628,7 +659,8 @@ class LocalApi:
         self._unsent.put(frame, rid, len(frame))
         self.stats["replies_held"] += 1
         if self._unsent_timer is None:
-            self._unsent_timer = asyncio.get_running_loop().call_later(PUSH_RETRY, self._send_unsent)
+            self._unsent_wait = retry_after(0.0)
+            self._unsent_timer = asyncio.get_running_loop().call_later(self._unsent_wait, self._send_unsent)
         return "held"
 
     def _send_unsent(self) -> None:
@@ -640,6 +672,7 @@ class LocalApi:
         unsent = self._unsent
         waiting: list[tuple[bytes, bytes, int]] = []
         full: set[bytes] = set()
+        sent = 0
         for _ in range(len(unsent)):
             frame, rid, cost = unsent.get_nowait()
             if rid in full:
@@ -656,10 +689,14 @@ class LocalApi:
                 continue
             self._wrote()
             self.stats["held_sent"] += 1
+            sent += 1
         for entry in reversed(waiting):
             unsent.unget(*entry)
         if waiting:
-            self._unsent_timer = asyncio.get_running_loop().call_later(PUSH_RETRY, self._send_unsent)
+            self._unsent_wait = retry_after(0.0 if sent else self._unsent_wait)
+            self._unsent_timer = asyncio.get_running_loop().call_later(self._unsent_wait, self._send_unsent)
+        else:
+            self._unsent_wait = 0.0
 
     def _error(self, rid: bytes, re: bytes | None, code: str, message: str, **extra: Any) -> None:
         self._reply(rid, "error", re, {"code": code, "error": message, **extra})
