@@ -37,11 +37,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # certs: sans-IO certificate checks (keys, signatures, validity), used by the transport's admission.
     ("core", ("core", "certs")),
     ("transport", ("transport",)),
+    # shell: the pieces Node composes (its loop, sending, serving, neighbours, relay glue, API types);
     # coretimer: the one loop timer Node and the agent runtime share; dht: the Node's DHT facade;
     # sim: drives the cores' composition (core/composition.py) with a virtual clock; queues: the
     # inbox's and the subscriptions' byte-bounded queue; revocations: a fleet node's revocation lists
     # through the DHT.
-    ("node", ("node", "dht", "coretimer", "sim", "queues", "revocations")),
+    ("node", ("node", "shell", "dht", "coretimer", "sim", "queues", "revocations")),
     ("agents", ("agents",)),
     # The entry points: the CLI package (launch.py starts it), the sidecar daemon (which takes its exit
     # statuses from cli/exits.py). The package root (__init__) re-exports Node, Agents, Capability, ... on

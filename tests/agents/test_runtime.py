@@ -119,7 +119,7 @@ def test_provider_death_fails_a_plain_task_and_moves_an_idempotent_one(arun, tmp
             # the plain task ran once in all (never re-sent); the idempotent one at most twice
             assert runs.read_text().count("run") == 2 + (1 if idem_at_victim else 0)
         finally:
-            await close_mesh([n for n in nodes if not n._closed], [a for i, a in enumerate(agents)])
+            await close_mesh([n for n in nodes if n.running], [a for i, a in enumerate(agents)])
 
     arun(main(), timeout=50)
 

@@ -468,3 +468,28 @@ def test_a_peer_restarted_on_another_port_is_answered_at_once(arun, how):
             await b.close()
 
     arun(main(), timeout=30)
+
+
+def test_a_passed_transport_config_is_honoured_and_never_modified(arun, tmp_path):
+    """Node's listen/secure keywords override config.transport only when given: a TransportConfig passed
+    in is what the node binds, and the caller's NodeConfig (one config shared by several nodes) is left
+    as it was, whether the keywords are given or not."""
+    from zmqagents.transport.mesh import TransportConfig
+
+    async def main():
+        endpoint = f"ipc://{tmp_path}/inbox"
+        shared = NodeConfig(transport=TransportConfig(listen=endpoint, secure=False))
+        async with Node(config=shared) as a:
+            assert a.contact.endpoint == endpoint  # the passed listen, not the keyword's default
+            assert a.config.transport.secure is False
+            assert (shared.transport.listen, shared.transport.secure) == (endpoint, False)
+            async with Node(listen="tcp://127.0.0.1:0", secure=True, config=shared) as b:
+                assert b.contact.endpoint.startswith("tcp://127.0.0.1:") and b.config.transport.secure
+                # The keywords went into b's own copy: the shared object and a's view are untouched.
+                assert (shared.transport.listen, shared.transport.secure) == (endpoint, False)
+                assert a.config.transport.listen == endpoint
+            a.on_request(lambda body, msg: body + 1)
+            async with Node(secure=False, peers=[a.contact]) as c:  # a really listens there, without CURVE
+                assert await c.request(a.node_id, 1, timeout=5) == 2
+
+    arun(main())

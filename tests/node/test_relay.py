@@ -71,7 +71,7 @@ def test_request_reply_through_a_relay_both_ways_and_failover_to_the_second(arun
             assert edge.transport.drops == {} and outside.transport.drops == {}
 
             # Kill the first relay abruptly (no leave): sockets closed, nothing announced.
-            r1._closed = True
+            r1.loop.halt()  # its timers and keepalives stop
             r1.transport.close()
             for i in range(5):
                 assert await outside.request(edge.node_id, i, timeout=5) == {"echo": i, "from": outside.node_id.hex()}
@@ -81,9 +81,6 @@ def test_request_reply_through_a_relay_both_ways_and_failover_to_the_second(arun
             await wait_until(lambda: edge.relay_client.active() == [r2.node_id])
         finally:
             await close_all(outside, edge, r2)
-            r1._closed = False
-            if r1._timer is not None:
-                r1._timer.cancel()
 
     arun(main())
 
@@ -258,12 +255,10 @@ def test_registration_expires_when_the_client_goes_quiet(arun):
         await started(edge)
         try:
             await wait_until(lambda: edge.node_id in relay.relay_server)
-            edge._closed = True  # silence it without a leave: its timers and keepalives stop
-            edge._timer.cancel()
+            edge.loop.halt()  # silence it without a leave: its timers and keepalives stop
             await wait_until(lambda: edge.node_id not in relay.relay_server, timeout=3)
             assert relay.relay_server.stats["expired"] == 1
         finally:
-            edge._closed = False
             await close_all(edge, relay)
 
     arun(main())

@@ -163,7 +163,7 @@ class NodeCollector:
                       "receiver holding a newer epoch of ours).", d["stream_reopens"])
         yield gauge("transport_outbox_messages", "Envelopes waiting for this loop turn's socket writes.",
                     transport.outbox_size)
-        yield gauge("handlers_running", "Request handlers running now.", len(node._handler_tasks))
+        yield gauge("handlers_running", "Request handlers running now.", node.handlers_running)
         yield gauge("subscription_queue_messages", "Publications waiting for subscribers.",
                     node.subscription_backlog)
 
