@@ -17,6 +17,12 @@ runs before any module of the package in any case, and re-exports from the top l
 Layers, lowest first (``LAYERS``): a module may import its own layer and the ones below it.
 Within a layer only cycles are forbidden. Every module must be placed: a new top-level module or
 subpackage fails the check until it is added to ``LAYERS``.
+
+It also fails on a reach into another module's private members (:func:`private_reaches`): ``x._name``
+where ``x`` is not ``self``/``cls`` and this module defines no ``_name`` of its own (a method, a class,
+a function, an attribute it assigns, a ``__slots__`` entry), and ``from .module import _name``. What
+a module defines it may touch on any object of its own classes; what another module keeps private it
+may not: that module gives a public method or read-only view instead.
 """
 
 from __future__ import annotations
@@ -220,10 +226,87 @@ def problems(graph: Graph) -> list[str]:
     return out
 
 
+# Private names a module may use although it does not define them: the standard library's public API
+# spelt with an underscore.
+STDLIB_PRIVATE = frozenset({"_exit", "_replace", "_asdict", "_fields", "_make", "_getframe"})
+
+# Private names a module imports from another although they break the rule, as (importer, imported
+# module) with the reason and when it goes. An entry that no longer matches fails the check, like
+# KNOWN_EXCEPTIONS.
+PRIVATE_IMPORT_EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("agents.workflow_check", "agents.schema"): "schema helpers the workflow checker shares: to be made public",
+    ("agents.workflow_check", "agents.workflow"): "workflow helpers the workflow checker shares: to be made public",
+}
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _own_private_names(tree: ast.AST) -> set[str]:
+    """The private names a module defines: functions, classes, attributes it assigns on anything,
+    names it binds, ``__slots__`` entries."""
+    own: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            own.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            own.add(node.id)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "__slots__" for t in targets) and node.value is not None:
+                for const in ast.walk(node.value):
+                    if isinstance(const, ast.Constant) and isinstance(const.value, str):
+                        own.add(const.value)
+    return {name for name in own if _is_private(name)}
+
+
+def private_reaches(graph: Graph) -> list[str]:
+    """Every reach into another module's private members (see the module docstring), as lines."""
+    pkg = graph.package
+    out = []
+    matched: set[tuple[str, str]] = set()
+    for name, path in sorted(graph.modules.items()):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        own = _own_private_names(tree)
+        is_package = path.name == "__init__.py"
+        where = f"{pkg}/{name.replace('.', '/') or ''}{'/__init__' if is_package else ''}.py".replace("//", "/")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _is_private(node.attr):
+                value = node.value
+                if isinstance(value, ast.Name) and value.id in ("self", "cls"):
+                    continue
+                if node.attr in own or node.attr in STDLIB_PRIVATE:
+                    continue
+                out.append(f"private reach: {where}:{node.lineno}: {ast.unparse(node)} is private to another "
+                           "module; give it a public method or read-only view")
+            elif isinstance(node, ast.ImportFrom):
+                names = [alias.name for alias in node.names if _is_private(alias.name)]
+                if not names:
+                    continue
+                if node.level:
+                    source = ".".join(_resolve(name, is_package, node.level, node.module))
+                elif (node.module or "").split(".")[0] == pkg:
+                    source = ".".join(node.module.split(".")[1:])
+                else:
+                    continue  # another package's private name is that package's business
+                if (name, source) in PRIVATE_IMPORT_EXCEPTIONS:
+                    matched.add((name, source))
+                    continue
+                out.append(f"private reach: {where}:{node.lineno}: imports {', '.join(names)} from "
+                           f"{pkg}.{source}, private there; make it public")
+    for key, why in PRIVATE_IMPORT_EXCEPTIONS.items():
+        if key not in matched:
+            out.append(f"stale exception: {pkg}.{key[0]} no longer imports private names from {pkg}.{key[1]}; "
+                       f"remove it from PRIVATE_IMPORT_EXCEPTIONS ({why})")
+    return out
+
 def main(argv: list[str]) -> int:
     package_dir = Path(argv[0]) if argv else ROOT / "zmqagents"
     graph = build(package_dir)
-    found = problems(graph)
+    found = problems(graph) + private_reaches(graph)
     for line in found:
         print(line)
     n_edges = sum(len(t) for t in graph.edges.values())

@@ -110,9 +110,13 @@ class Node:
             identity = Identity.load(identity)
         self.identity = identity
         config = config or NodeConfig()
-        overrides = {k: v for k, v in (("listen", listen), ("secure", secure)) if v is not None}
-        if overrides:
-            config = dataclasses.replace(config, transport=dataclasses.replace(config.transport, **overrides))
+        if listen is not None or secure is not None:  # into copies: the caller's objects stay as they were
+            transport = dataclasses.replace(config.transport)
+            if listen is not None:
+                transport.listen = listen
+            if secure is not None:
+                transport.secure = secure
+            config = dataclasses.replace(config, transport=transport)
         self.config = config
         self._peers = [p if isinstance(p, Contact) else Contact.parse(p) for p in peers]
         relays = [p if isinstance(p, Contact) else Contact.parse(p) for p in config.relays]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
@@ -491,5 +492,17 @@ def test_a_passed_transport_config_is_honoured_and_never_modified(arun, tmp_path
             a.on_request(lambda body, msg: body + 1)
             async with Node(secure=False, peers=[a.contact]) as c:  # a really listens there, without CURVE
                 assert await c.request(a.node_id, 1, timeout=5) == 2
+
+    arun(main())
+
+
+def test_node_provides_the_protocol_the_layers_above_are_written_against(arun):
+    """agents/, the local API and the outbox take a NodeAPI (zmqagents/shell/api.py): Node has every member."""
+    from zmqagents.shell.api import NodeAPI
+
+    async def main():
+        async with Node() as node:
+            assert isinstance(node, NodeAPI)
+            assert abs(node.now() - time.time()) < 1  # its one clock reads as Unix time
 
     arun(main())

@@ -127,3 +127,52 @@ def test_the_package_root_is_a_dependency_only_when_a_name_is_taken_from_it(tmp_
     assert found(pkg) == []
     pkg = make_package(tmp_path, {"core/a.py": "from .. import __version__\n"})
     assert found(pkg) == ["upward import: zmqagents.core.a (layer core) imports zmqagents (layer cli/sidecar)"]
+
+
+@pytest.fixture
+def no_private_exceptions(monkeypatch):
+    """The mechanism alone: the project's own exceptions name modules these packages do not have."""
+    monkeypatch.setattr(check_layers, "PRIVATE_IMPORT_EXCEPTIONS", {})
+
+
+def reaches(pkg: Path) -> list[str]:
+    return check_layers.private_reaches(check_layers.build(pkg))
+
+
+def test_a_reach_into_another_modules_private_member_is_found(tmp_path, no_private_exceptions):
+    pkg = make_package(tmp_path, {
+        "core/a.py": "class A:\n    def __init__(self):\n        self._items = []\n",
+        "node.py": "from .core.a import A\n\ndef count(a: A) -> int:\n    return len(a._items)\n",
+    })
+    assert reaches(pkg) == ["private reach: zmqagents/node.py:4: a._items is private to another module; "
+                            "give it a public method or read-only view"]
+
+
+def test_private_names_a_module_defines_itself_and_self_access_pass(tmp_path, no_private_exceptions):
+    pkg = make_package(tmp_path, {
+        # its own class's private attribute on another instance, a slot, a private helper, the stdlib's os._exit
+        "core/a.py": ("import os\n\nclass A:\n    __slots__ = ('_n',)\n\n    def __init__(self):\n"
+                      "        self._n = 0\n\n    def merge(self, other: 'A') -> None:\n        self._n += other._n\n\n"
+                      "def _helper(x):\n    return x._n\n\ndef leave():\n    os._exit(0)\n"),
+    })
+    assert reaches(pkg) == []
+
+
+def test_importing_a_private_name_from_the_package_is_found_and_other_packages_are_not_judged(
+        tmp_path, no_private_exceptions):
+    pkg = make_package(tmp_path, {
+        "core/a.py": "_TABLE = {}\n",
+        "core/b.py": "from ._private_lib import thing\nfrom .a import _TABLE\nfrom collections import _chain\n",
+        "core/_private_lib.py": "thing = 1\n",
+    })
+    assert reaches(pkg) == ["private reach: zmqagents/core/b.py:2: imports _TABLE from zmqagents.core.a, "
+                            "private there; make it public"]
+
+
+def test_a_private_import_exception_that_no_longer_matches_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(check_layers, "PRIVATE_IMPORT_EXCEPTIONS", {("core.b", "core.a"): "shared helper"})
+    pkg = make_package(tmp_path, {"core/a.py": "_T = 1\n", "core/b.py": "from .a import _T\n"})
+    assert reaches(pkg) == []
+    (pkg / "core" / "b.py").write_text("T = 1\n")
+    assert reaches(pkg) == ["stale exception: zmqagents.core.b no longer imports private names from "
+                            "zmqagents.core.a; remove it from PRIVATE_IMPORT_EXCEPTIONS (shared helper)"]

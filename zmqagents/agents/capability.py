@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..core.tasks import MAX_CAPABILITY_LEN, CapabilityPolicy, check_group_name, packed_size
 from ..identity import Contact
 from .schema import SchemaError, check_schema, validate
 from ..errors import Error
+
+if TYPE_CHECKING:
+    from ..shell.api import NodeAPI
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +228,7 @@ def _strings(label: str, values: Any, max_count: int, max_len: int) -> tuple[str
     return tuple(values)
 
 
-async def describe(node: Any, peer: bytes | Contact, *, timeout: float = 10.0) -> list[Capability]:
+async def describe(node: NodeAPI, peer: bytes | Contact, *, timeout: float = 10.0) -> list[Capability]:
     """The capabilities ``peer`` (a node id or contact) serves, as it describes them in answer to a
     ``task.describe`` request (protocols/tasks.md §3.1) sent through ``node``; malformed records
     are skipped and logged."""

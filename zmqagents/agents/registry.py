@@ -25,11 +25,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..core.tasks import MAX_CAPABILITY_LEN, packed_size
 from ..identity import Contact
 from .capability import NAME_RE, describe
+
+if TYPE_CHECKING:
+    from ..shell.api import NodeAPI
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class Listed:
     rtt: float | None = None  # s: membership's smoothed probe RTT, or this listing's probe round trip
 
 
-async def list_mesh(node, *, timeout: float = 10.0, probe_timeout: float = PROBE_TIMEOUT,
+async def list_mesh(node: NodeAPI, *, timeout: float = 10.0, probe_timeout: float = PROBE_TIMEOUT,
                     parallel: int = PROBE_PARALLEL) -> list[Listed]:
     """Every node in the registry, with its capabilities and liveness; raises DhtError only if every
     shard lookup failed (a lookup of an empty shard succeeds with no providers)."""

@@ -2,8 +2,9 @@
 
 :class:`Agents` drives the two sans-IO task cores (``core/tasks.py``) with a Node: ``task.*``
 envelopes reach it through ``Node.route``, what the cores want sent goes out over the node's
-reliable delivery, their timers run on the event loop, and membership deaths and delivery
-failures become ``provider_gone``/``caller_gone``.
+reliable delivery, their deadlines are served by the node's one timer on the node's one clock
+(``node.now()``, ``node.attach``), and membership deaths and delivery failures become
+``provider_gone``/``caller_gone``.
 
     async with Node(bootstrap=[seed]) as node:
         agents = Agents(node)
@@ -25,10 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Protocol
 
 from ..core import tasks as T
 from ..core.delivery import WindowFull
@@ -36,13 +36,15 @@ from ..core.tasks import (
     CallerConfig, Candidate, Progress, ProviderConfig, Rerouted, StartTask, StateChanged, StopTask, TaskCaller,
     TaskDone, TaskInput, TaskProvider, TaskSpec,
 )
-from ..coretimer import CoreTimer
 from ..envelope import Envelope
 from ..identity import Contact
 from . import registry
 from .base import Agent, AgentError, TaskContext
 from .capability import DESCRIBE, Capability, CapabilityError, describe
 from ..errors import Error
+
+if TYPE_CHECKING:
+    from ..shell.api import NodeAPI
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class ProviderLookup(Protocol):
 class DhtLookup:
     """Providers from DHT provider records (``node.find_providers``), cached for ``ttl`` seconds."""
 
-    def __init__(self, node, *, ttl: float = LOOKUP_TTL, timeout: float = 10.0):
+    def __init__(self, node: NodeAPI, *, ttl: float = LOOKUP_TTL, timeout: float = 10.0):
         self.node = node
         self.ttl = ttl
         self.timeout = timeout
@@ -102,7 +104,7 @@ class DhtLookup:
 
     async def find(self, capability: str) -> list[Provider]:
         hit = self._cache.get(capability)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and hit[0] > self.node.now():
             return hit[1]
         running = self._inflight.get(capability)
         if running is None:  # one lookup per capability at a time, however many tasks ask
@@ -111,7 +113,7 @@ class DhtLookup:
         return await asyncio.shield(running)
 
     async def _find(self, capability: str) -> list[Provider]:
-        now = time.monotonic()
+        now = self.node.now()
         found = []
         try:
             infos = await self.node.find_providers(capability, timeout=self.timeout)
@@ -144,7 +146,7 @@ class DhtLookup:
 class DirectLookup:
     """Providers among a fixed set of nodes, each asked once what it serves (``task.describe``)."""
 
-    def __init__(self, node, contacts: Iterable[Contact], *, timeout: float = 10.0):
+    def __init__(self, node: NodeAPI, contacts: Iterable[Contact], *, timeout: float = 10.0):
         self.node = node
         self.contacts = list(contacts)
         self.timeout = timeout
@@ -194,7 +196,7 @@ class _Pending:
 class Agents:
     """The task layer of one Node: serves capabilities and runs tasks on other nodes."""
 
-    def __init__(self, node, *, lookup: ProviderLookup | None = None, caller: CallerConfig | None = None,
+    def __init__(self, node: NodeAPI, *, lookup: ProviderLookup | None = None, caller: CallerConfig | None = None,
                  provider: ProviderConfig | None = None, groups: dict[str, Iterable[bytes]] | None = None):
         self.node = node
         self.lookup = lookup or DhtLookup(node)
@@ -203,21 +205,21 @@ class Agents:
         self.provider = TaskProvider(node.node_id, rng, provider)
         for name, members in (groups or {}).items():
             self.set_group(name, members)
-        certified = getattr(node, "certified_groups", None)
-        if certified is not None and getattr(getattr(node, "transport", None), "fleet", None) is not None:
-            self.provider.set_group_source(certified)  # a fleet: @group in allow lists also means its certificates
+        if node.transport.fleet is not None:  # a fleet: @group in allow lists also means its certificates
+            self.provider.set_group_source(node.certified_groups)
         self._served: dict[str, tuple[Capability, Agent]] = {}
         self._listed: set[str] = set()  # published names, listed in our registry entry (registry.py)
         self._registry_task: asyncio.Task | None = None
         self._registry_dirty = False
-        self._registry_at = 0.0  # wall clock of our last registry store (provider expiry is in Unix seconds)
+        self._registry_at = 0.0  # node.now() (reads as Unix seconds, like provider expiry) of our last registry store
         self._running: dict[bytes, asyncio.Task] = {}
         self._questions: dict[bytes, asyncio.Future] = {}  # provider task id -> the answer its agent awaits
         self._pending: dict[bytes, _Pending] = {}
         self._answering: dict[bytes, asyncio.Task] = {}  # caller task id -> its on_input call
         self._backlog: dict[bytes, deque] = {}  # destination -> envelopes waiting for window room
         self._flushers: dict[bytes, asyncio.Task] = {}
-        self._timer = CoreTimer(self._now, self._on_timer)
+        self._ticks = _TaskTimers(self)
+        node.attach(self._ticks)  # the node's one timer serves the task cores' deadlines
         self._descriptions: dict[bytes, tuple[float, dict[str, Capability]]] = {}
         self._describing: dict[bytes, asyncio.Future] = {}
         # Nodes membership or delivery reported gone: their DHT provider records outlive them until
@@ -252,7 +254,7 @@ class Agents:
             task.cancel()
         await asyncio.gather(self._watcher, *self._running.values(), *self._answering.values(),
                              *self._flushers.values(), *extra, return_exceptions=True)
-        self._timer.cancel()
+        self.node.detach(self._ticks)
         for pending in self._pending.values():
             if not pending.done.done():
                 pending.done.set_exception(asyncio.CancelledError())
@@ -294,12 +296,12 @@ class Agents:
 
     async def _registry_loop(self) -> None:
         while self._registry_dirty:
-            wait = self._registry_at + REGISTRY_SPACING - time.time()
+            wait = self._registry_at + REGISTRY_SPACING - self._now()
             if wait > 0:
                 await asyncio.sleep(wait)
             self._registry_dirty = False
             await self._publish_registry()
-            self._registry_at = time.time()
+            self._registry_at = self._now()
 
     async def _publish_registry(self, timeout: float = 30.0) -> None:
         """Provide our registry shard with the names we publish, so `agents ls` finds them (registry.py).
@@ -352,7 +354,7 @@ class Agents:
                           progress=lambda chunk, tid=ev.task_id: self._progress(tid, chunk),
                           ask=lambda prompt, tid=ev.task_id: self._ask(tid, prompt))
         task = asyncio.get_running_loop().create_task(self._run_agent(ev.task_id, cap, agent, ev.input, ctx,
-                                                                      time.monotonic()))
+                                                                      self._now()))
         self._running[ev.task_id] = task
 
     def _progress(self, task_id: bytes, chunk: Any) -> None:
@@ -404,7 +406,7 @@ class Agents:
             self.provider.complete(task_id, output, self._now())
         finally:
             self._running.pop(task_id, None)
-            self._observe(outcome, time.monotonic() - started)
+            self._observe(outcome, self._now() - started)
         self._pump()
 
     def _observe(self, outcome: str, seconds: float) -> None:
@@ -534,7 +536,7 @@ class Agents:
     # -- driving the cores ------------------------------------------------------------------------------
 
     def _now(self) -> float:
-        return time.monotonic()
+        return self.node.now()  # the node's one clock: task deadlines, provider memory, registry spacing
 
     def _on_envelope(self, env: Envelope) -> None:
         now = self._now()
@@ -684,10 +686,24 @@ class Agents:
             self._flushers.pop(dst, None)
 
     def _arm(self) -> None:
-        self._timer.arm((self.provider.next_timer(), self.caller.next_timer()))
+        self.node.wake(self._ticks.next_timer())
 
-    def _on_timer(self) -> None:
-        now = self._now()
-        self.provider.tick(now)
-        self.caller.tick(now)
-        self._pump()
+
+class _TaskTimers:
+    """The two task cores' deadlines, as a Ticker the node's one timer serves (Node.attach)."""
+
+    __slots__ = ("agents",)
+
+    def __init__(self, agents: Agents):
+        self.agents = agents
+
+    def next_timer(self) -> float | None:
+        a = self.agents.provider.next_timer()
+        b = self.agents.caller.next_timer()
+        return a if b is None else b if a is None else min(a, b)
+
+    def tick(self, now: float) -> None:
+        agents = self.agents
+        agents.provider.tick(now)
+        agents.caller.tick(now)
+        agents._pump()

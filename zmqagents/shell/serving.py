@@ -139,8 +139,10 @@ class Serving:
                                  "type": EXPIRED}, error=True)
                 self.loop.pump()
                 return
+            handler = self._handler  # the one set now (on_request may have replaced it while this waited)
+            assert handler is not None  # a handler is never unset
             try:
-                result = await self._handler(env.body, Message(env.src, env.body, env.type, env.id))
+                result = await handler(env.body, Message(env.src, env.body, env.type, env.id))
                 self.reply(env, result)
             except asyncio.CancelledError:
                 raise

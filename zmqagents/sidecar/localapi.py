@@ -22,7 +22,7 @@ import stat
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -31,6 +31,9 @@ from ..identity import Contact, IdentityError, format_node_id, parse_node_id
 from ..queues import BoundedQueue
 from ..errors import Error
 from .serving import LocalServing, ServingError
+
+if TYPE_CHECKING:
+    from ..shell.api import NodeAPI
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +152,7 @@ class LocalApi:
         """Received messages waiting for a local client (a gauge)."""
         return self.node.inbox_size[0]
 
-    def __init__(self, node, outbox=None, *, path: str | os.PathLike, mode: int = 0o660,
+    def __init__(self, node: NodeAPI, outbox=None, *, path: str | os.PathLike, mode: int = 0o660,
                  max_size: int = DEFAULT_MAX_SIZE, inbox=None):
         self.node = node
         self.outbox = outbox

@@ -21,13 +21,16 @@ import heapq
 import logging
 import time
 from array import array
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.delivery import WindowFull
 from ..envelope import Envelope, EnvelopeError
 from ..identity import Contact, IdentityError, short_id
 from ..errors import Error
 from .spool import Spool, SpoolConfig, SpoolError
+
+if TYPE_CHECKING:
+    from ..shell.api import NodeAPI
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ class Outbox:
 
     metric_name = "outbox"  # the admin endpoint exports stats as zmqagents_outbox_events_total{outcome=...}
 
-    def __init__(self, node, spool: SpoolConfig, *, retry_delay: float = RETRY_DELAY,
+    def __init__(self, node: NodeAPI, spool: SpoolConfig, *, retry_delay: float = RETRY_DELAY,
                  retry_max: float = RETRY_MAX):
         self.node = node
         self.spool_config = spool

@@ -296,7 +296,7 @@ class Simulator:
     def run(self, until: float | None = None, max_events: int | None = None) -> SimReport:
         """Process events in time order until the heap is empty, virtual time passes ``until``, or
         ``max_events`` were processed. The clock ends at ``until`` if given and reached."""
-        self._process(math.inf if until is None else math.nextafter(until, math.inf),
+        self.process_before(math.inf if until is None else math.nextafter(until, math.inf),
                       -1 if max_events is None else max_events)
         if until is not None and (not self._heap or self._heap[0][0] > until) and until > self.now:
             self.now = until
@@ -319,8 +319,9 @@ class Simulator:
         self.outbox = {}
         return out
 
-    def _process(self, end: float, budget: int = -1) -> None:
-        """Process the events before virtual time ``end`` (at most ``budget`` of them, -1: no limit)."""
+    def process_before(self, end: float, budget: int = -1) -> None:
+        """Process the events before virtual time ``end`` (at most ``budget`` of them, -1: no limit): one
+        window of a parallel run (sim/parallel.py), or the whole of :meth:`run`."""
         heap = self._heap
         pop = heapq.heappop
         while heap and budget:

@@ -214,7 +214,7 @@ def run_windows(run: OverlayRun, link: Link) -> tuple[int, float]:
                 end = b
         if end > end_all:
             end = end_all
-        sim._process(end)
+        sim.process_before(end)
         ready = time.perf_counter()
         out = sim.take_outbox()
         nxt = sim.next_time()
