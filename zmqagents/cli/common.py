@@ -52,7 +52,7 @@ def jsonable(value: Any) -> Any:
 _stdout_closed = False  # set once: a callback that swallowed StdoutClosed must not make the next emit() succeed
 
 
-class StdoutClosed(Exception):
+class StdoutClosed(Error):
     """Whoever read our stdout has gone (``| head -1`` got its line). The command stops what is in
     flight and exits quietly with EXIT_SIGPIPE, as a program killed by SIGPIPE would."""
 
