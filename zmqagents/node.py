@@ -38,6 +38,7 @@ from .core.relay import RelayClient, RelayDown, RelayServer, RelayUp
 from .core.routing import Introduced, Joined, LookupDone, RoutingCore
 from .dht import Dht, DhtError, ProviderInfo
 from .envelope import Envelope
+from .errors import InvalidArgument
 from .identity import Contact, Identity, IdentityError, short_id
 from .queues import BoundedQueue
 from .revocations import RevocationSync
@@ -121,9 +122,9 @@ class Node:
         self._peers = [p if isinstance(p, Contact) else Contact.parse(p) for p in peers]
         relays = [p if isinstance(p, Contact) else Contact.parse(p) for p in config.relays]
         if config.outbound_only and not relays:
-            raise ValueError("an outbound-only node needs at least one relay contact (NodeConfig.relays / --relay)")
+            raise InvalidArgument("an outbound-only node needs at least one relay contact (NodeConfig.relays / --relay)")
         if relays and not config.outbound_only:
-            raise ValueError("relays are for outbound-only nodes: set NodeConfig.outbound_only (--outbound-only)")
+            raise InvalidArgument("relays are for outbound-only nodes: set NodeConfig.outbound_only (--outbound-only)")
         self._bootstrap = [p if isinstance(p, Contact) else Contact.parse(p) for p in bootstrap]
         self._rng = rng or random.Random()
         self.stats: dict[str, int] = {
@@ -571,7 +572,7 @@ class Node:
         try:
             cert = gate.admission.check_own(self.identity.public_key, time.time())
         except CertError as exc:
-            raise ValueError(f"this node's fleet certificate cannot be used ({exc.reason}): {exc}") from None
+            raise InvalidArgument(f"this node's fleet certificate cannot be used ({exc.reason}): {exc}") from None
         left = cert.not_after - time.time()
         if left < min(7 * 86400, (cert.not_after - cert.not_before) / 5):
             log.warning("this node's fleet certificate expires in %.1f days: have the operator sign a new one",
@@ -584,11 +585,11 @@ class Node:
     def revoke(self, revocations: bytes) -> list[bytes]:
         """Take a CA-signed revocation list (the bytes ``zmqagents ca revoke`` writes, decoded): peers it
         revokes are cut off and forgotten by every core; the list is published in the DHT for the rest of
-        the fleet. Returns the ids cut off; CertError if the list cannot be trusted, ValueError if this
-        node is not a fleet member."""
+        the fleet. Returns the ids cut off; CertError if the list cannot be trusted, InvalidArgument (a
+        ValueError) if this node is not a fleet member."""
         gate = self.transport.fleet
         if gate is None:
-            raise ValueError('revocation lists are for join = "fleet" nodes')
+            raise InvalidArgument('revocation lists are for join = "fleet" nodes')
         gone = gate.adopt(revocations)
         now = self.now()
         for nid in gone if self.core is not None else ():  # before start() there is nothing to forget

@@ -22,10 +22,6 @@ import zmqagents
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
-# Exception classes not yet under zmqagents.Error (by class name: they are moving between modules), with
-# the reason; the test fails when one of them is fixed (so this list only shrinks) or another appears.
-PENDING_REASON = "node.py is being carved into zmqagents/shell/ (issue 13, item 2); its errors move there"
-PENDING = {"NodeError", "UnknownPeer", "RequestTimeout", "PeerUnreachable", "RemoteError", "SendError"}
 
 
 def _modules():
@@ -55,8 +51,7 @@ def test_every_exception_class_derives_from_error():
             if (inspect.isclass(obj) and issubclass(obj, BaseException) and not issubclass(obj, Warning)
                     and obj.__module__ == module.__name__ and not issubclass(obj, zmqagents.Error)):
                 strays.add(f"{module.__name__}.{name}")
-    assert {s for s in strays if s.rpartition(".")[2] not in PENDING} == set(), "exceptions outside zmqagents.Error"
-    assert PENDING - {s.rpartition(".")[2] for s in strays} == set(), "fixed: remove these from PENDING"
+    assert strays == set(), "exceptions outside zmqagents.Error"
     # builtin bases kept: callers catching ValueError/TimeoutError still do
     from zmqagents.agents.schema import SchemaError
     from zmqagents.dht import DhtTimeout

@@ -18,6 +18,7 @@ from ..core.membership import MembershipConfig
 from ..core.relay import RelayConfig
 from ..core.routing import RoutingConfig
 from ..envelope import ENVELOPE_COST
+from ..errors import Error
 from ..identity import short_id
 from ..transport.fleet import FleetConfig
 from ..transport.mesh import TransportConfig
@@ -48,8 +49,8 @@ def contact_key(node_id: bytes) -> bytes:
     return hashlib.sha256(CONTACT_RECORD_DOMAIN + node_id).digest()
 
 
-class NodeError(Exception):
-    """Base of errors the Node API raises."""
+class NodeError(Error):
+    """Base of errors the Node API raises (a zmqagents.Error)."""
 
 
 class UnknownPeer(NodeError):
