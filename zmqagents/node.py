@@ -30,6 +30,9 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 from .certs import CertError
+from .core.broadcast import Broadcast
+from .core.broadcast import Delivered as Published
+from .core.broadcast import Gap
 from .core.composition import NodeCore, PeerGone
 from .core.delivery import Delivered, Delivery
 from .core.dht import DhtCore, DhtDone
@@ -42,6 +45,7 @@ from .errors import InvalidArgument
 from .identity import Contact, Identity, IdentityError, short_id
 from .queues import BoundedQueue
 from .revocations import RevocationSync
+from .shell.broadcasting import MeshTopics
 from .shell.loop import Clock, NodeLoop, Ticker
 from .shell.neighbours import Neighbours
 from .shell.relays import Relays
@@ -168,6 +172,8 @@ class Node:
         self.membership: Membership | None = None  # likewise (alive rumors about us carry our contact)
         # Records and providers (zmqagents/dht.py); its core is made by start().
         self.dht = Dht(now=self.clock.now, pump=self.loop.pump)
+        # Mesh-wide publish/subscribe (zmqagents/shell/broadcasting.py); its core is made by start().
+        self._topics = MeshTopics(config, self.stats, now=self.clock.now, pump=self.loop.pump)
         # Routing, membership, the DHT core and the relay cores wired as one (zmqagents/core/composition.py).
         self.core: NodeCore | None = None
         self._event_queues: list[asyncio.Queue] = []
@@ -198,8 +204,11 @@ class Node:
         self.routing = RoutingCore(self.contact, self._rng, cfg.routing, advertise=cfg.member)
         self.dht.core = DhtCore(self.routing, self.identity, self._rng, cfg.dht)
         self.membership = Membership(self.contact, self._rng, cfg.membership)
+        # Broadcast epoch: the wall clock in ms, so a restarted origin numbers its messages above its last run.
+        broadcast = Broadcast(self.node_id, self.identity, int(time.time() * 1000), self._rng, cfg.broadcast)
+        self._topics.attach(broadcast)
         self.core = NodeCore(self.routing, self.membership, self.dht.core,
-                             relay_server=self._relays.server, relay_client=self._relays.client)
+                             relay_server=self._relays.server, relay_client=self._relays.client, broadcast=broadcast)
         self.loop.start(self.core, self._inbox)
         if self._relays.client is not None:
             self._relays.client.start(self.now())
@@ -359,6 +368,7 @@ class Node:
                 fut.set_exception(closed)
         self._lookups.clear()
         self._neighbours.close()
+        self._topics.close()
         for queue in self._event_queues:
             queue.put_nowait(None)
         self.transport.close()
@@ -515,7 +525,7 @@ class Node:
     @property
     def subscription_backlog(self) -> int:
         """Publications waiting in every subscription's queue."""
-        return self._neighbours.backlog
+        return self._neighbours.backlog + self._topics.backlog()
 
     @property
     def handlers_running(self) -> int:
@@ -524,9 +534,21 @@ class Node:
 
     # -- pub/sub -------------------------------------------------------------------
 
-    async def publish(self, topic: str | bytes, body: Any) -> None:
-        """Send to every neighbour subscribed to a prefix of ``topic`` (one hop, best effort)."""
-        self._neighbours.publish(topic.encode() if isinstance(topic, str) else topic, body)
+    async def publish(self, topic: str | bytes, body: Any, *, one_hop: bool = False) -> int | None:
+        """Publish ``body`` on ``topic`` to every node of the mesh subscribed to it, wherever it is (signed
+        by this node, carried by the broadcast tree: protocols/broadcast.md); returns its sequence
+        number on the topic. ValueError if it is over the size limit or this node's publication rate.
+
+        ``one_hop=True``: the PUB/SUB path instead: to every *neighbour* subscribed to a prefix of
+        ``topic`` (best effort, unsigned, no sequence number; returns None)."""
+        if one_hop:
+            self._neighbours.publish(topic.encode() if isinstance(topic, str) else topic, body)
+            return None
+        return self._topics.publish(topic, body)
+
+    async def broadcast(self, body: Any) -> int:
+        """Publish on the mesh-wide topic ``""``, which every member receives."""
+        return self._topics.publish("", body)
 
     async def wait_for_subscriber(self, topic: str | bytes, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until a neighbour subscribes to a prefix of ``topic``.
@@ -536,10 +558,17 @@ class Node:
         """
         return await self._neighbours.wait_for_subscriber(topic.encode() if isinstance(topic, str) else topic, timeout)
 
-    def subscribe(self, topic: str | bytes = b"") -> AsyncIterator[Message]:
-        """Yield publications whose topic starts with ``topic`` until the node closes (an async
-        generator: ``aclose()`` it, or leave its ``async for``, to unsubscribe)."""
-        return self._neighbours.subscribe(topic.encode() if isinstance(topic, str) else topic)
+    def subscribe(self, topic: str | bytes = "", *, one_hop: bool = False) -> AsyncIterator[Message]:
+        """Yield the mesh's publications on exactly ``topic`` ("" = the mesh-wide broadcasts) until the node
+        closes (an async generator: ``aclose()`` it, or leave its ``async for``, to unsubscribe). Each
+        Message names its origin (``src``), ``topic`` and ``seq`` (per origin and topic: a jump is a gap).
+        A reader that falls behind loses its oldest (``stats["broadcast_dropped"]``).
+
+        ``one_hop=True``: publications of *neighbours* (their PUB sockets) whose topic starts with
+        ``topic``; see :meth:`wait_for_subscriber`."""
+        if one_hop:
+            return self._neighbours.subscribe(topic.encode() if isinstance(topic, str) else topic)
+        return self._topics.subscribe(topic)
 
     # -- hello: neighbours learn each other's PUB endpoint ------------------------
 
@@ -651,6 +680,8 @@ class Node:
                 self._emit(MemberEvent("joined", self.node_id))
         elif isinstance(event, (RelayUp, RelayDown)):
             self._relays.on_event(event)
+        elif isinstance(event, (Published, Gap)):
+            self._topics.on_event(event)
         # TableAdded, TableDropped: nothing to do here
 
     def _emit(self, event: MemberEvent) -> None:

@@ -87,6 +87,19 @@ def test_publish_reaches_a_subscriber(tmp_path):
     assert [(g["topic"], g["body"]) for g in got] == [("news/today", "a"), ("news/today", "b")]
 
 
+def test_publish_and_subscribe_mesh_wide_through_a_bootstrap_node(tmp_path):
+    with server(tmp_path, "node", name="seed") as (seed, _):
+        with server(tmp_path, "subscribe", "weather", "--bootstrap", seed, "--count", "2", name="sub") as (_, proc):
+            run = zmqa("publish", "weather", "--bootstrap", seed, input='"sun"\n"rain"\n')
+            assert run.returncode == 0, run.stderr
+            out, _ = proc.communicate(timeout=15)
+    got = sorted((json.loads(line) for line in out.splitlines() if '"seq"' in line), key=lambda g: g["seq"])
+    assert [(g["topic"], g["body"], g["seq"]) for g in got] == [("weather", "sun", 1), ("weather", "rain", 2)]
+    assert got[0]["origin"] == got[1]["origin"] and len(got[0]["origin"]) == 64
+    both = zmqa("publish", "--to", seed, "--bootstrap", seed, "t", "1")
+    assert both.returncode == 2 and "--bootstrap" in both.stderr
+
+
 def test_publish_without_subscribers_times_out(tmp_path):
     with server(tmp_path, "node", name="quiet") as (contact, _):
         run = zmqa("publish", "--to", contact, "--wait", "0.5", "t", '"x"')

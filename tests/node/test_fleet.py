@@ -400,7 +400,7 @@ def test_only_admitted_members_may_subscribe_to_a_fleet_nodes_publications(arun)
             assert await publisher.wait_for_subscriber(b"t", timeout=5)
             await _until(lambda: publisher.transport.zap.stats["zap_refused"] >= 1, what="the outsider refused")
             for i in range(20):
-                await publisher.publish(b"t", i)
+                await publisher.publish(b"t", i, one_hop=True)
                 await asyncio.sleep(0.02)
             await _until(lambda: member.transport.stats["publications_in"] >= 1, what="a publication")
             assert outsider.transport.stats["publications_in"] == 0
@@ -422,7 +422,7 @@ def test_a_revoked_subscriber_is_cut_off_at_once_and_the_others_keep_their_publi
         got: dict[bytes, list] = {victim.node_id: [], keeper.node_id: []}
 
         async def collect(node: Node) -> None:
-            async for msg in node.subscribe(b"t"):
+            async for msg in node.subscribe(b"t", one_hop=True):
                 got[node.node_id].append(msg.body)
 
         for n in nodes:
@@ -436,7 +436,7 @@ def test_a_revoked_subscriber_is_cut_off_at_once_and_the_others_keep_their_publi
                 await asyncio.sleep(0)
                 n.transport.subscribe_to(publisher.contact, publisher.transport.pub_endpoint)
             for i in range(200):
-                await publisher.publish(b"t", i)
+                await publisher.publish(b"t", i, one_hop=True)
                 await asyncio.sleep(0.02)
                 if all(got.values()):
                     break
@@ -445,7 +445,7 @@ def test_a_revoked_subscriber_is_cut_off_at_once_and_the_others_keep_their_publi
             assert publisher.revoke(sign_revocations(CA, [(victim.identity.public_key, 0)], sequence=1,
                                                      issued_at=int(time.time())).encoded) == [victim.node_id]
             for i in range(100):  # 2 s: the keeper reconnects (reconnect_ivl 0.1 s) and hears again
-                await publisher.publish(b"t", 1000 + i)
+                await publisher.publish(b"t", 1000 + i, one_hop=True)
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.3)
             assert [b for b in got[victim.node_id] if b >= 1000] == []

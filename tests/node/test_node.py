@@ -158,11 +158,11 @@ def test_no_handler_gives_a_clear_remote_error(arun):
 def test_publish_subscribe_one_hop_with_prefix_filter(arun):
     async def main():
         async with Node() as publisher, Node(peers=[publisher.contact]) as subscriber:
-            stream = subscriber.subscribe("news/")
+            stream = subscriber.subscribe("news/", one_hop=True)
             first = asyncio.ensure_future(stream.__anext__())
             assert await publisher.wait_for_subscriber("news/today", 5)
-            await publisher.publish("sport/today", "not for us")
-            await publisher.publish("news/today", {"headline": 1})
+            await publisher.publish("sport/today", "not for us", one_hop=True)
+            await publisher.publish("news/today", {"headline": 1}, one_hop=True)
             msg = await asyncio.wait_for(first, 5)
             assert (msg.topic, msg.body, msg.src) == (b"news/today", {"headline": 1}, publisher.node_id)
             await stream.aclose()
@@ -284,11 +284,11 @@ def test_sub_sockets_exist_only_while_the_application_subscribes(arun):
     async def main():
         async with Node() as a, Node(peers=[a.contact]) as b:
             assert a.neighbours() == [b.node_id] and len(a.transport._subs) == len(b.transport._subs) == 0
-            stream = b.subscribe("x")
+            stream = b.subscribe("x", one_hop=True)
             first = asyncio.ensure_future(stream.__anext__())
             assert await a.wait_for_subscriber("x", 5)
             assert len(b.transport._subs) == 1
-            await a.publish("x", 1)
+            await a.publish("x", 1, one_hop=True)
             assert (await asyncio.wait_for(first, 5)).body == 1
             await stream.aclose()
             assert len(b.transport._subs) == 0

@@ -331,35 +331,58 @@ def peers(key, listen, insecure, to, as_json, timeout) -> None:
 
 @click.command()
 @node_options
-@click.option("--to", "to", multiple=True, help="Contact of a neighbour that subscribes (repeatable).")
-@click.option("--wait", default=5.0, show_default=True, help="Seconds to wait for a subscriber before publishing.")
+@click.option("--bootstrap", multiple=True,
+              help="Contact of a node in the mesh (repeatable): publish mesh-wide, to every subscriber of TOPIC.")
+@click.option("--to", "to", multiple=True, help="Contact of a neighbour that subscribes (repeatable): one hop only.")
+@click.option("--wait", default=5.0, show_default=True, help="With --to: seconds to wait for a subscriber before publishing.")
 @click.argument("topic")
 @click.argument("body", required=False)
-def publish(key, listen, insecure, to, wait, topic, body) -> None:
-    """Publish BODY (or each stdin line) on TOPIC to subscribed neighbours.
+def publish(key, listen, insecure, bootstrap, to, wait, topic, body) -> None:
+    """Publish BODY (or each stdin line) on TOPIC.
 
-    Publications are one hop and best effort. The command connects to the
+    \b
+    With --bootstrap the publication reaches every node subscribed to TOPIC
+    anywhere in the mesh (signed by this node, carried by the mesh's
+    broadcast tree; protocols/broadcast.md). The command joins through the
+    contact(s), publishes, and lingers briefly so the data leaves.
+
+    \b
+    With --to it travels one hop, best effort: the command connects to the
     --to nodes, waits until one of them subscribes to TOPIC (exit 124 if none
-    does within --wait), publishes, and lingers briefly so the data leaves.
+    does within --wait) and publishes to the subscribed ones.
     """
-    targets = targets_of(to)
-    n = make_node(key, listen, targets, insecure)
+    if bool(bootstrap) == bool(to):
+        raise click.UsageError("say where to publish: --bootstrap CONTACT (mesh-wide) or --to CONTACT (one hop)")
+    if bootstrap:
+        n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--bootstrap"))
+    else:
+        n = make_node(key, listen, targets_of(to), insecure)
     n.config.transport.close_linger_ms = 2000
+
+    async def pub(value: Any) -> None:
+        if bootstrap:
+            await n.publish(topic, value)
+        else:
+            await n.publish(topic, value, one_hop=True)
 
     async def main() -> int:
         async with n:
-            if not await n.wait_for_subscriber(topic, wait):
+            if not bootstrap and not await n.wait_for_subscriber(topic, wait):
                 click.echo(f"error: no neighbour subscribed to {topic!r} within {wait:g} s", err=True)
                 return EXIT_TIMEOUT
-            if body is not None:
-                await n.publish(topic, parse_body(body))
-                return EXIT_OK
-            bad = 0
-            async for _, value in stdin_values():
-                if value is BAD:
-                    bad += 1
-                else:
-                    await n.publish(topic, value)
+            try:
+                if body is not None:
+                    await pub(parse_body(body))
+                    return EXIT_OK
+                bad = 0
+                async for _, value in stdin_values():
+                    if value is BAD:
+                        bad += 1
+                    else:
+                        await pub(value)
+            except ValueError as exc:  # too large for a broadcast, or over this origin's rate
+                click.echo(f"error: {exc}", err=True)
+                return EXIT_FAILED
             return EXIT_FAILED if bad else EXIT_OK
 
     sys.exit(run_main(main()))
@@ -367,25 +390,37 @@ def publish(key, listen, insecure, to, wait, topic, body) -> None:
 
 @click.command()
 @node_options
-@click.option("--to", "to", multiple=True, help="Contact of a neighbour to listen to (repeatable).")
+@click.option("--bootstrap", multiple=True,
+              help="Contact of a node in the mesh (repeatable): hear TOPIC's publications from anywhere in the mesh.")
+@click.option("--to", "to", multiple=True, help="Contact of a neighbour to listen to (repeatable): one hop only.")
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Write this node's contact here so publishers can connect.")
 @click.option("--count", type=click.IntRange(1), help="Exit after this many publications.")
 @click.option("--timeout", type=float, help="Exit with 124 if nothing arrives for this many seconds.")
 @click.argument("topic", default="")
-def subscribe(key, listen, insecure, to, contact_file, count, timeout, topic) -> None:
-    """Print publications whose topic starts with TOPIC, one JSON line each.
+def subscribe(key, listen, insecure, bootstrap, to, contact_file, count, timeout, topic) -> None:
+    """Print publications on TOPIC, one JSON line each.
 
-    Publications travel one hop, so the publisher must be a neighbour: either
-    name it with --to, or let it connect here (`publish --to` this node's
-    contact, printed first as {"contact": ...}).
+    \b
+    With --bootstrap this node joins the mesh (a member) and prints every
+    publication on exactly TOPIC ("" = mesh-wide broadcasts) from any node:
+    {"topic", "origin" (node id), "seq" (the origin's sequence number on the
+    topic: a jump is a gap), "from" (short id), "body"}.
+
+    \b
+    Without it publications travel one hop and match by prefix: the
+    publisher must be a neighbour: either name it with --to, or let it
+    connect here (`publish --to` this node's contact, printed first as
+    {"contact": ...}).
     """
-    n = make_node(key, listen, contacts_of(to), insecure, member=True)
+    if bootstrap and to:
+        raise click.UsageError("--bootstrap (mesh-wide) and --to (one hop) do not go together")
+    n = make_node(key, listen, contacts_of(to), insecure, None, contacts_of(bootstrap, hint="--bootstrap"), member=True)
 
     async def main() -> int:
         async with n:
             announce(n, contact_file)
             seen = 0
-            stream = n.subscribe(topic)
+            stream = n.subscribe(topic) if bootstrap else n.subscribe(topic, one_hop=True)
             while count is None or seen < count:
                 try:
                     msg = await asyncio.wait_for(stream.__anext__(), timeout)
@@ -395,7 +430,11 @@ def subscribe(key, listen, insecure, to, contact_file, count, timeout, topic) ->
                 except StopAsyncIteration:
                     break
                 seen += 1
-                emit({"topic": msg.topic, "from": msg.sender, "body": msg.body})
+                if bootstrap:
+                    emit({"topic": msg.topic, "origin": msg.src.hex(), "seq": msg.seq, "from": msg.sender,
+                          "body": msg.body})
+                else:
+                    emit({"topic": msg.topic, "from": msg.sender, "body": msg.body})
             await stream.aclose()
         return EXIT_OK
 

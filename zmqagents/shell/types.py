@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from ..core.broadcast_config import BroadcastConfig
 from ..core.delivery import DeliveryConfig, SendFailed
 from ..core.dht import DhtConfig
 from ..core.membership import MembershipConfig
@@ -109,6 +110,7 @@ class Message:
     id: bytes
     topic: bytes | None = None
     cost: int = field(default=0, repr=False, compare=False)  # what it holds in memory (message_cost)
+    seq: int | None = None  # a mesh-wide publication's sequence number (per origin and topic)
 
     @property
     def sender(self) -> str:
@@ -124,6 +126,7 @@ class NodeConfig:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     dht: DhtConfig = field(default_factory=DhtConfig)
+    broadcast: BroadcastConfig = field(default_factory=BroadcastConfig)  # mesh-wide publish/subscribe
     event_queue: int = 1000  # membership events buffered per events() reader; the oldest is dropped beyond it
     leave_timeout: float = 0.5  # how long close() lingers after announcing a graceful leave
     member: bool = True  # False for a short-lived client: not put in peers' tables, no leave to announce
