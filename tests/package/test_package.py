@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 
-
 def _modules():
     for info in pkgutil.walk_packages(zmqagents.__path__, "zmqagents."):
         yield importlib.import_module(info.name)
