@@ -1,8 +1,11 @@
 # The zmqagents sidecar as a container. See README, "Run as a sidecar", for the run line.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml setup.cfg README.md ./
+COPY pyproject.toml setup.cfg README.md LICENSE ./
 COPY zmqagents ./zmqagents
+# zmqagents/_data links to these (the specs, example config and unit the wheel ships; setup.cfg).
+COPY protocols ./protocols
+COPY scripts/node.example.toml scripts/zmqagents.service ./scripts/
 # Runtime dependencies only (pyzmq, pynacl, msgpack, click, zeroconf, prometheus-client), all from wheels.
 RUN python -m venv /opt/zmqagents \
  && /opt/zmqagents/bin/pip install --no-cache-dir --disable-pip-version-check /src

@@ -14,6 +14,7 @@ import click
 
 from . import agents, collab, config, context, dht, fleet, keys, messages, reference, serve, sim, tasks, workflow
 from .common import VERBOSITY, verbosity_params
+from .version import version_option
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -26,7 +27,7 @@ Exit codes:
 """
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES_HELP)
-@click.version_option(package_name="zmqagents")
+@version_option
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """A brokerless message bus for AI agents.
