@@ -8,7 +8,7 @@ the README refer to (``zmqagents/_data`` in the package; see ``[options.package_
 
 from __future__ import annotations
 
-from importlib import metadata, resources
+from importlib import resources
 from typing import Any
 
 import click
@@ -31,8 +31,10 @@ def data_dir() -> str:
 
 
 def version_text() -> str:
+    from .. import __version__
+
     wire = ", ".join(f"{name} {version}" for name, version in protocol_versions().items())
-    return (f"zmqagents, version {metadata.version('zmqagents')}\n"
+    return (f"zmqagents, version {__version__}\n"
             f"wire protocols: {wire}\n"
             f"specs (protocols/), example config, systemd unit: {data_dir()}")
 
