@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from zmqagents.core.broadcast_config import BroadcastConfig
 from zmqagents.core.delivery import DeliveryConfig
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity, format_public_key
@@ -427,3 +429,24 @@ def test_replies_to_a_client_that_does_not_read_are_held_within_their_bound(arun
                 ctx.term()
 
     arun(main(), timeout=60)
+
+
+def test_publish_answers_with_what_the_node_decided(arun, short_dir):
+    """A publication the broadcast core refuses (over its size limit) is answered with an error, not
+    ``ok``: a client must never take a dropped publication for a sent one."""
+    async def main():
+        config = dataclasses.replace(fast(), broadcast=BroadcastConfig(max_message_bytes=2048))
+        async with sidecar(short_dir, config=config) as (node, outbox, api):
+            client = Client(api.path)
+            first = await client.op("publish", "hello", topic="news")
+            second = await client.op("publish", "again", topic="news")
+            assert (first.type, second.type) == ("ok", "ok"), (first.body, second.body)
+            assert second.body["seq"] == first.body["seq"] + 1
+            limit = node.config.broadcast.max_message_bytes
+            big = await client.op("publish", b"x" * (limit + 1), topic="news")
+            assert big.type == "error" and big.body["code"] == "refused", big.body
+            assert "oversize" in big.body["error"]
+            assert api.stats["publishes"] == 2 and api.stats["publishes_refused"] == 1
+            client.close()
+
+    arun(main())

@@ -177,7 +177,7 @@ class LocalApi:
             "frames_in", "replies_out", "messages_out", "sends_accepted", "sends_refused", "requests",
             "bad_frames", "malformed", "oversize", "unknown_op", "bad_request", "client_gone",
             "acks", "unknown_acks", "redelivered", "work_pushed", "client_full", "replies_held", "held_sent",
-            "replies_refused",
+            "replies_refused", "publishes", "publishes_refused",
         ), 0)
         # Replies for clients whose queue was full, in order per client, written when there is room.
         self._unsent: BoundedQueue[bytes] = BoundedQueue(UNSENT_REPLIES, UNSENT_BYTES, 0.5)
@@ -360,9 +360,7 @@ class LocalApi:
             topic = env.extra.get("topic")
             if type(topic) is not str or not topic:
                 raise _Reply("bad_request", "publish needs a non-empty string field 'topic'")
-            task = asyncio.get_running_loop().create_task(self.node.publish(topic, env.body))
-            self._track(task)
-            self._reply(rid, "ok", env.id, None)
+            self._publish(rid, env, topic)
         elif op == "peers":
             self._reply(rid, "peers", env.id, self.node.peers())
         elif op == "status":
@@ -471,6 +469,22 @@ class LocalApi:
                 self._error(rid, env.id, "bad_request", f"{type(exc).__name__}: {exc}")
             else:
                 self._reply(rid, "reply", env.id, result)
+
+        self._track(asyncio.get_running_loop().create_task(run()))
+
+    def _publish(self, rid: bytes, env: Envelope, topic: str) -> None:
+        """Hand a publication to the node and answer with what it decided: ``ok`` with the sequence
+        number, or ``refused`` (over the broadcast size limit or the origin's rate, counted) so a client
+        never takes a publication the node dropped for a sent one."""
+        async def run() -> None:
+            try:
+                seq = await self.node.publish(topic, env.body)
+            except ValueError as exc:  # PublishError: oversize, rate, or a body the envelope cannot carry
+                self.stats["publishes_refused"] += 1
+                self._error(rid, env.id, "refused", str(exc))
+            else:
+                self.stats["publishes"] += 1
+                self._reply(rid, "ok", env.id, {"seq": seq})
 
         self._track(asyncio.get_running_loop().create_task(run()))
 
