@@ -24,7 +24,8 @@ from zmqagents.core.delivery import DeliveryConfig
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity, format_public_key
 from zmqagents.node import Node, NodeConfig
-from zmqagents.sidecar.localapi import (PUSH_RETRY, PUSH_RETRY_MIN, LocalApi, LocalApiError, prepare_socket_path,
+from zmqagents.sidecar.localsocket import LocalApiError, prepare_socket_path
+from zmqagents.sidecar.localapi import (PUSH_RETRY, PUSH_RETRY_MIN, LocalApi,
                                         retry_after)
 from zmqagents.sidecar.outbox import Outbox
 from zmqagents.sidecar.spool import SpoolConfig

@@ -351,7 +351,7 @@ def sidecar_socket(ctx: click.Context, socket_path: str | None, direct: bool) ->
     """
     from click.core import ParameterSource
 
-    from ..sidecar.localapi import sidecar_listening
+    from ..sidecar.localsocket import sidecar_listening
 
     if direct:
         return None

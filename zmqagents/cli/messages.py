@@ -91,7 +91,7 @@ def send(ctx, key, listen, insecure, to, timeout, socket_path, direct, seal, bod
 
 async def _send_via_sidecar(path: Path, targets: list[str], body: str | None) -> int:
     """Hand messages to the sidecar's outbox; exit 0 once every one is accepted."""
-    from ..sidecar.localapi import LocalClient
+    from ..sidecar.localclient import LocalClient
 
     client = LocalClient(path)
     slots = asyncio.Semaphore(256)  # sends awaiting the sidecar's answer
@@ -221,7 +221,7 @@ def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, dire
 async def _request_via_sidecar(path: Path, targets: list[str], timeout: float, parallel: int,
                                body: str | None) -> int:
     """`request` through the sidecar's local API: same output and exit codes as with a node."""
-    from ..sidecar.localapi import LocalClient
+    from ..sidecar.localclient import LocalClient
 
     client = LocalClient(path)
 

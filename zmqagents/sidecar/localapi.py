@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
-import stat
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -30,6 +28,7 @@ from ..envelope import DEFAULT_MAX_SIZE, Envelope, EnvelopeError, decode
 from ..identity import Contact, IdentityError, format_node_id, parse_node_id
 from ..queues import BoundedQueue
 from ..errors import Error
+from .localsocket import LocalApiError, prepare_socket_path
 from .serving import LocalServing, ServingError
 
 if TYPE_CHECKING:
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_BATCH = 512  # frames per readable callback: one spool write (and fsync) per burst
-MAX_PATH = 107  # sun_path holds 108 bytes with the NUL
 MAX_CREDIT = 10_000  # messages a client may have asked for and not yet received
 MAX_RECEIVERS = 1024  # clients holding credit at once (a client with none left is forgotten)
 MAX_REQUESTS = 1024  # requests on the mesh on behalf of local clients at once
@@ -63,12 +61,7 @@ MAX_ACK_TIMEOUT_MS = 3_600_000
 MAX_ACK_IDS = 10_000  # ids in one ack
 CHECK_INTERVAL = 1.0  # s between checks of serving clients' leases and unacknowledged messages
 VERSION = 2  # of this API (protocols/local-api.md); `status` reports it
-NO_SRC = bytes(32)  # what a local client puts in `src`: it has no node id of its own
 CLIENT_FIELDS = ("to", "topic")  # extra envelope fields the local API reads
-
-
-class LocalApiError(Error):
-    """The local API cannot start (socket path in use, too long, not a socket, ...)."""
 
 
 class _Reply(Error):
@@ -78,37 +71,6 @@ class _Reply(Error):
         super().__init__(message)
         self.code = code
         self.extra = extra
-
-
-def prepare_socket_path(path: Path, mode: int) -> None:
-    """Create the parent directory if needed; refuse a path in use; remove a stale socket."""
-    if len(os.fsencode(path)) > MAX_PATH:
-        raise LocalApiError(f"local API socket path {path} is longer than {MAX_PATH} bytes (a unix socket "
-                            "limit); choose a shorter [local_api] path")
-    parent = path.parent
-    if not parent.exists():
-        try:
-            parent.mkdir(mode=0o750 if mode & 0o070 else 0o700, parents=True)
-        except OSError as exc:
-            raise LocalApiError(f"cannot create {parent} for the local API socket: {exc.strerror}") from None
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise LocalApiError(f"{path} exists and is not a socket; refusing to replace it (check [local_api] path)")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except ConnectionRefusedError:
-        path.unlink()  # left behind by a sidecar that died (kill -9, power loss)
-        return
-    except OSError:
-        pass
-    else:
-        raise LocalApiError(f"another process is serving {path}; stop it or choose another [local_api] path")
-    finally:
-        probe.close()
 
 
 def retry_after(wait: float) -> float:
@@ -734,71 +696,6 @@ class LocalApi:
             "unacked": sum(len(u.messages) for u in self._unacked.values()),
             "serving": self.serving.status(),
         }
-
-
-def sidecar_listening(path: str | os.PathLike) -> bool:
-    """Whether a process accepts connections on the unix socket at ``path`` (not just a stale file)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(os.fspath(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-class LocalClient:
-    """An asyncio client of the local API (the CLI's): many operations in flight on one connection.
-
-    Every call returns the sidecar's answer envelope (``accepted``, ``reply``, ``error``, ...).
-    """
-
-    def __init__(self, path: str | os.PathLike, *, max_size: int = DEFAULT_MAX_SIZE):
-        import zmq.asyncio
-
-        self.max_size = max_size
-        self.ctx = zmq.asyncio.Context(io_threads=1)
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(f"ipc://{os.fspath(path)}")
-        self._waiting: dict[bytes, asyncio.Future] = {}
-        self._reader: asyncio.Task | None = None
-
-    async def call(self, op: str, body: Any = None, *, to: str | None = None, ttl_ms: int = 0,
-                   msg_id: bytes | None = None, timeout: float = 30.0) -> Envelope:
-        env = Envelope(msg_id or os.urandom(16), NO_SRC, op, body, ttl=ttl_ms)
-        if to is not None:
-            env.extra["to"] = to
-        frame = env.encode(max_size=self.max_size)
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[env.id] = future
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read())
-        try:
-            await self.sock.send(frame)
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            self._waiting.pop(env.id, None)
-
-    async def _read(self) -> None:
-        while True:
-            frame = await self.sock.recv()
-            try:
-                env = decode(frame, max_size=4 * self.max_size)
-            except EnvelopeError as exc:
-                log.warning("undecodable answer from the sidecar: %s", exc)
-                continue
-            future = self._waiting.get(env.re) if env.re is not None else None
-            if future is not None and not future.done():
-                future.set_result(env)
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        self.sock.close()
-        self.ctx.term()
 
 
 def create(sidecar) -> LocalApi:
