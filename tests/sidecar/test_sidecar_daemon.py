@@ -333,22 +333,32 @@ def test_second_signal_exits_at_once_without_draining(tmp_path):
 
 
 def test_startup_imports_neither_zeroconf_nor_prometheus_client_when_disabled(tmp_path):
-    """Item 7: with mDNS and admin off, the running sidecar has not imported their libraries."""
-    def imported(extra: str, name: str) -> set[str]:
+    """Item 7: with mDNS and admin off, the running sidecar has not imported their libraries. With
+    the admin endpoint on, it still imports neither prometheus_client nor ssl (the endpoint writes
+    the text format itself): started as the console script starts it (zmqagents.launch), no
+    OpenSSL library is mapped into the process."""
+    def imported(extra: str, name: str) -> tuple[set[str], str]:
         cfg = sidecar_config(tmp_path, extra, name=name)
-        args = [sys.executable, "-X", "importtime", "-m", "zmqagents.cli", "node", "--config", str(cfg)]
+        args = [sys.executable, "-X", "importtime", "-m", "zmqagents.launch", "node", "--config", str(cfg)]
         with running(args, tmp_path / f"{name}.contact") as (proc, _):
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
             proc.send_signal(signal.SIGTERM)
             code, _, err = finish(proc)
         assert code == 0, err
-        return {line.split("|")[-1].strip().split(".")[0] for line in err.splitlines() if line.startswith("import time:")}
+        return {line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")}, maps
 
-    off = imported("[admin]\nenabled = false\n", "off")
-    assert "zmqagents" in off and "zmq" in off  # the listing is real
-    assert "zeroconf" not in off and "prometheus_client" not in off
+    def top(modules: set[str]) -> set[str]:
+        return {m.split(".")[0] for m in modules}
+
+    off, _ = imported("[admin]\nenabled = false\n", "off")
+    assert "zmqagents.node" in off and "zmq" in off  # the listing is real
+    assert "zeroconf" not in top(off) and "prometheus_client" not in top(off)
+    assert "zmqagents.sidecar.exposition" not in off
     port = _free_port()
-    on = imported(f'[admin]\nenabled = true\nlisten = "127.0.0.1:{port}"\n', "on")  # the control: admin on
-    assert "prometheus_client" in on and "zeroconf" not in on
+    on, maps = imported(f'[admin]\nenabled = true\nlisten = "127.0.0.1:{port}"\n', "on")
+    assert "zmqagents.sidecar.exposition" in on  # the control: the endpoint's code was loaded
+    assert "prometheus_client" not in top(on) and "zeroconf" not in top(on)
+    assert "zmq" in maps and "libssl" not in maps and "_ssl." not in maps  # zmq's own library is mapped
 
 
 def _free_port() -> int:

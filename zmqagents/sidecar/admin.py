@@ -14,10 +14,11 @@ cores' ``stats`` dicts and queues in a consistent state with no lock, and the si
 thread. The server speaks just enough HTTP/1.1 for scrapers and probes (GET/HEAD, one request
 per connection), with bounded request size, read time and connections.
 
-Why a custom collector: the hot path already counts everything in plain dicts (``stats`` of
-the transport, the cores and the services). The collector turns them into metric families at
-scrape time, so metrics cost nothing between scrapes. prometheus_client is imported by
-:meth:`AdminServer.start` only, i.e. only when the endpoint is enabled.
+Why a collector that reads at scrape time: the hot path already counts everything in plain dicts
+(``stats`` of the transport, the cores and the services). The collector turns them into metric
+families when scraped, so metrics cost nothing between scrapes. The families and the text format
+come from :mod:`.exposition` (a page of code), not prometheus_client: importing that library
+(and the ``ssl`` it imports) cost the sidecar about 5 MB of RSS for a format we can write ourselves.
 
 Naming follows Prometheus conventions: ``zmqagents_`` prefix, base units (bytes, seconds),
 counters end in ``_total``, and no label takes per-peer values (label values come from fixed
@@ -32,6 +33,8 @@ import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from ..transport.fleet import FLEET_REFUSALS
+from .exposition import CONTENT_TYPE, MetricFamily, info, process_families, render
+from .exposition import counter as metric_counter, gauge as metric_gauge
 from ..transport.mesh import INBOX_REFUSALS
 from ..errors import Error
 
@@ -82,29 +85,27 @@ def tasks_by_state(node: "Node") -> Mapping[str, int] | None:
 
 
 class NodeCollector:
-    """A prometheus_client collector that reads the node (and its services) when scraped."""
+    """Reads the node (and its services) into metric families when scraped."""
 
     def __init__(self, node: "Node", services: Callable[[], Iterable[Any]], admin_stats: dict[str, int]):
         self.node = node
         self.services = services
         self.admin_stats = admin_stats
 
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-
+    def collect(self) -> Iterator[MetricFamily]:
         node = self.node
         transport = node.transport
         t = transport.stats
         d = node.delivery.stats
 
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(f"zmqagents_{name}", doc, value=value)
+        def counter(name: str, doc: str, value: float) -> MetricFamily:
+            return metric_counter(f"zmqagents_{name}", doc, value)
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"zmqagents_{name}", doc, value=value)
+        def gauge(name: str, doc: str, value: float) -> MetricFamily:
+            return metric_gauge(f"zmqagents_{name}", doc, value)
 
-        yield InfoMetricFamily("zmqagents_node", "This node's identity and software version.",
-                               value={"node_id": node.node_id.hex(), "version": _version()})
+        yield info("zmqagents_node", "This node's identity and software version.",
+                   {"node_id": node.node_id.hex(), "version": _version()})
 
         # -- traffic ---------------------------------------------------------------------
         yield counter("transport_received_messages_total", "Envelopes read from sockets.", t["frames_in"])
@@ -119,7 +120,7 @@ class NodeCollector:
                       "exactly once.", d["delivered"])
         yield counter("retransmits_total", "Envelopes sent again because no ack came in time.", d["retransmits"])
         yield counter("duplicates_total", "Envelopes received again and not redelivered.", d["duplicates"])
-        failed = CounterMetricFamily("zmqagents_requests_failed", "Requests that got no reply, by reason.",
+        failed = metric_counter("zmqagents_requests_failed", "Requests that got no reply, by reason.",
                                      labels=["reason"])
         failed.add_metric(["timeout"], d["requests_timed_out"])
         failed.add_metric(["unreachable"], d["requests_failed"])
@@ -128,7 +129,7 @@ class NodeCollector:
         yield counter("handler_errors_total", "Requests whose handler raised.", node.stats["handler_errors"])
 
         # -- drops by reason (fixed reason names from the code, never peer-chosen text) -----
-        drops = CounterMetricFamily("zmqagents_dropped_messages",
+        drops = metric_counter("zmqagents_dropped_messages",
                                     "Messages dropped, by the layer that dropped them and why.",
                                     labels=["layer", "reason"])
         refusals = set(INBOX_REFUSALS).union(FLEET_REFUSALS if transport.fleet is not None else ())
@@ -174,7 +175,7 @@ class NodeCollector:
             for entry in node.routing.table:
                 state = membership.state_of(entry.node_id) or "unprobed"
                 states[state] = states.get(state, 0) + 1
-            peers = GaugeMetricFamily("zmqagents_peers", "Routing-table contacts by membership state.",
+            peers = metric_gauge("zmqagents_peers", "Routing-table contacts by membership state.",
                                       labels=["state"])
             for state, n in states.items():
                 peers.add_metric([state], n)
@@ -187,12 +188,12 @@ class NodeCollector:
                         "not expired).", len(transport.fleet.admission))
             yield counter("fleet_subscribers_cut_total", "Times this node closed every connection to its XPUB to "
                           "cut off revoked subscribers (the others reconnect).", t["subscribers_cut"])
-        conns = GaugeMetricFamily("zmqagents_connections", "Open ZeroMQ links by kind.", labels=["kind"])
+        conns = metric_gauge("zmqagents_connections", "Open ZeroMQ links by kind.", labels=["kind"])
         conns.add_metric(["outgoing"], transport.dealer_count)
         conns.add_metric(["inbound"], transport.inbound_count)
         conns.add_metric(["subscription"], transport.subscription_count)
         yield conns
-        links = CounterMetricFamily("zmqagents_transport_links",
+        links = metric_counter("zmqagents_transport_links",
                                     "Links to this node's inbox and XPUB, by event. Links libzmq closes for a frame over "
                                     "the size limit, or for bytes that are not ZMTP, show only as closed (libzmq 4.3 "
                                     "gives no reason); refused handshakes are also dropped_messages_total reasons.",
@@ -208,7 +209,7 @@ class NodeCollector:
             yield gauge("dht_provider_entries", "Provider entries held in this node's DHT store.",
                         dht.provider_entries)
             yield gauge("dht_store_bytes", "Bytes of records and provider entries held.", dht.store_bytes)
-            refused = CounterMetricFamily("zmqagents_dht_refused_records",
+            refused = metric_counter("zmqagents_dht_refused_records",
                                           "Records and provider entries the store refused, by reason.",
                                           labels=["reason"])
             for key, n in dht.stats.items():
@@ -217,7 +218,7 @@ class NodeCollector:
             yield refused
         tasks = tasks_by_state(node)
         if tasks is not None:
-            fam = GaugeMetricFamily("zmqagents_tasks", "Tasks by state.", labels=["state"])
+            fam = metric_gauge("zmqagents_tasks", "Tasks by state.", labels=["state"])
             for state, n in sorted(tasks.items()):
                 fam.add_metric([state], n)
             yield fam
@@ -231,7 +232,7 @@ class NodeCollector:
             kind = getattr(service, "metric_name", None)
             if not stats or not kind:
                 continue
-            fam = CounterMetricFamily(f"zmqagents_{kind}_events", f"{kind} service events by outcome.",
+            fam = metric_counter(f"zmqagents_{kind}_events", f"{kind} service events by outcome.",
                                       labels=["outcome"])
             for outcome, n in stats.items():
                 fam.add_metric([outcome], n)
@@ -239,7 +240,7 @@ class NodeCollector:
             pending = getattr(service, "pending", None)
             if isinstance(pending, int):
                 yield gauge(f"{kind}_pending", f"Items the {kind} service has waiting.", pending)
-        admin = CounterMetricFamily("zmqagents_admin_requests", "Admin endpoint requests by outcome.",
+        admin = metric_counter("zmqagents_admin_requests", "Admin endpoint requests by outcome.",
                                     labels=["outcome"])
         for outcome, n in self.admin_stats.items():
             admin.add_metric([outcome], n)
@@ -269,21 +270,13 @@ class AdminServer:
         self._ready = False
         self.address = ""
         self._server: asyncio.base_events.Server | None = None
-        self._registry = None
+        self._collector: NodeCollector | None = None
         self._connections = 0
 
     async def start(self) -> None:
-        from ..tlsguard import allow_tls
-
-        allow_tls()  # prometheus_client imports ssl unconditionally; `zmqagents node` keeps it out until now
-        from prometheus_client import CollectorRegistry, ProcessCollector
-
         host, port = parse_listen(self.listen)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(NodeCollector(self.node, lambda: [s for s in self.services() if s is not self],
-                                        self.stats))
-        ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
-        self._registry = registry
+        self._collector = NodeCollector(self.node, lambda: [s for s in self.services() if s is not self],
+                                        self.stats)
         try:
             sock = _listening_socket(host, port)
         except OSError as exc:
@@ -296,6 +289,11 @@ class AdminServer:
 
     def ready(self) -> bool:
         return self._ready
+
+    def metrics(self) -> bytes:
+        """The node's metrics and the process's (``process_*``), in the Prometheus text format."""
+        assert self._collector is not None, "start() first"
+        return render([*self._collector.collect(), *process_families()])
 
     async def close(self, drain_timeout: float = 0.0) -> None:
         """Stop serving (``drain_timeout`` is part of the service protocol; scrapes need no drain)."""
@@ -363,12 +361,10 @@ class AdminServer:
             return "405 Method Not Allowed", "text/plain", b"only GET and HEAD\n", head_only
         head_only = method == b"HEAD"
         if target == b"/metrics":
-            from prometheus_client.exposition import choose_encoder
-
-            # Scrapers say which format they read (Accept); no header gets the classic text format.
-            encode, ctype = choose_encoder(_header(head, b"accept"))
+            # The classic text format: every scraper reads it (Prometheus asks for it as a fallback
+            # in its Accept header), so OpenMetrics is not offered.
             self.stats["ok"] += 1
-            return "200 OK", ctype, encode(self._registry), head_only
+            return "200 OK", CONTENT_TYPE, self.metrics(), head_only
         if target == b"/livez":
             self.stats["ok"] += 1
             return "200 OK", "text/plain", b"ok\n", head_only
@@ -409,15 +405,6 @@ def _is_address(host: str) -> bool:
         except OSError:
             continue
     return False
-
-
-def _header(head: bytes, name: bytes) -> str:
-    """The value of header ``name`` (lower case) in a request head, or ""."""
-    for line in head.split(b"\r\n")[1:]:
-        key, sep, value = line.partition(b":")
-        if sep and key.strip().lower() == name:
-            return value.strip().decode("latin-1")
-    return ""
 
 
 def _version() -> str:

@@ -9,8 +9,7 @@ The admin endpoint (``admin.py``) reads each of its services when scraped; a ser
   refusals by outcome), read from ``node.relay_server``.
 
 :func:`serve_admin` starts the endpoint for a plain node (not a sidecar): the `node` (without
-``--config``), `agent` and `relay` commands' ``--admin HOST:PORT``. prometheus_client is imported
-when the endpoint starts, not before.
+``--config``), `agent` and `relay` commands' ``--admin HOST:PORT``.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from .admin import AdminServer
+from .exposition import MetricFamily, counter, gauge, histogram
 
 
 class AgentsMetrics:
@@ -26,30 +26,25 @@ class AgentsMetrics:
     def __init__(self, agents: Any):
         self.agents = agents
 
-    def metric_families(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
+    def metric_families(self) -> Iterator[MetricFamily]:
         from ..agents.runtime import DURATION_BUCKETS
 
         view = self.agents.task_metrics()
-        states = GaugeMetricFamily("zmqagents_tasks", "Tasks served here and not finished, by state.",
-                                   labels=["state"])
+        states = gauge("zmqagents_tasks", "Tasks served here and not finished, by state.", labels=["state"])
         for state, n in sorted(view.by_state.items()):
             states.add_metric([state], n)
         yield states
-        yield GaugeMetricFamily("zmqagents_tasks_queued", "Tasks waiting for a free slot of their capability.",
-                                value=view.queue_depth)
-        outcomes = CounterMetricFamily("zmqagents_task_runs", "Agent runs ended, by outcome.", labels=["outcome"])
+        yield gauge("zmqagents_tasks_queued", "Tasks waiting for a free slot of their capability.",
+                    value=view.queue_depth)
+        outcomes = counter("zmqagents_task_runs", "Agent runs ended, by outcome.", labels=["outcome"])
         for outcome, n in sorted(view.outcomes.items()):
             outcomes.add_metric([outcome], n)
         yield outcomes
         buckets = [(_bound(b), n) for b, n in zip(DURATION_BUCKETS, view.duration_counts)]
         buckets.append(("+Inf", view.duration_count))
-        yield HistogramMetricFamily("zmqagents_task_duration_seconds", "Run time of the tasks served here, "
-                                    "from start to their end (any outcome).", buckets=buckets,
-                                    sum_value=view.duration_sum)
-        runtime = CounterMetricFamily("zmqagents_task_runtime_events", "Task runtime events by outcome.",
-                                      labels=["outcome"])
+        yield histogram("zmqagents_task_duration_seconds", "Run time of the tasks served here, "
+                        "from start to their end (any outcome).", buckets, view.duration_sum)
+        runtime = counter("zmqagents_task_runtime_events", "Task runtime events by outcome.", labels=["outcome"])
         for key, n in sorted({**self.agents.stats, **self.agents.provider.stats}.items()):
             runtime.add_metric([key], n)
         yield runtime
@@ -61,16 +56,14 @@ class RelayMetrics:
     def __init__(self, node: Any):
         self.node = node
 
-    def metric_families(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+    def metric_families(self) -> Iterator[MetricFamily]:
         server = self.node.relay_server
         if server is None:
             return
-        yield GaugeMetricFamily("zmqagents_relay_clients", "Outbound-only nodes registered with this relay.",
-                                value=len(server))
-        events = CounterMetricFamily("zmqagents_relay_events", "Relay events by outcome (forwards, refusals "
-                                     "by reason, registrations).", labels=["outcome"])
+        yield gauge("zmqagents_relay_clients", "Outbound-only nodes registered with this relay.",
+                    value=len(server))
+        events = counter("zmqagents_relay_events", "Relay events by outcome (forwards, refusals "
+                         "by reason, registrations).", labels=["outcome"])
         for key, n in sorted(server.stats.items()):
             events.add_metric([key], n)
         yield events
