@@ -479,6 +479,17 @@ def _netns_wrap(argv: list[str]) -> int | None:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+def _parse_runs(text: str) -> list[tuple[str, int]]:
+    """``default_100,all_100`` into [("default", 100), ("all", 100)]; SystemExit naming a bad one."""
+    out = []
+    for item in text.split(","):
+        config, _, peers = item.strip().rpartition("_")
+        if config not in SIDECAR_CONFIGS or not peers.isdigit():
+            raise SystemExit(f"--runs: {item!r} is not CONFIG_PEERS with CONFIG one of {', '.join(SIDECAR_CONFIGS)}")
+        out.append((config, int(peers)))
+    return out
+
+
 def orchestrate_sidecar(args) -> int:
     import tempfile
 
@@ -490,12 +501,14 @@ def orchestrate_sidecar(args) -> int:
     counts = [0, args.peers] if args.quick else [0, 100, 200]
     # --quick: the two ends only (defaults alone, everything on with peers), to stay a smoke test
     matrix = [("default", 0), ("all", args.peers)] if args.quick else [(c, n) for c in SIDECAR_CONFIGS for n in counts]
+    if args.runs:
+        matrix = _parse_runs(args.runs)
     runs = []
     try:
         with tempfile.TemporaryDirectory(prefix="zmqagents-footprint-") as work:
             for config, peers in matrix:
                 runs.append(_measure_sidecar(args, Path(work), config, peers, mdns_ok))
-            if not args.quick:
+            if not (args.quick or args.runs):
                 mesh = _measure_sidecar(args, Path(work), "default", 100, mdns_ok, mesh_rate=True)
     except BenchError as exc:
         log(f"sidecar footprint benchmark FAILED: {exc}")
@@ -504,13 +517,14 @@ def orchestrate_sidecar(args) -> int:
     out = {"benchmark": "footprint_sidecar", **{f"rss_mb_{key}": r["rss_mb"] for key, r in by.items()},
            "idle_cpu_percent": max(r["cpu_percent"] for r in runs),
            "idle_cpu_percent_precise": max(r["cpu_percent_precise"] for r in runs),
-           **({} if args.quick else {"idle_cpu_percent_mesh_rate_100": mesh["cpu_percent"],
+           **({} if args.quick or args.runs else {"idle_cpu_percent_mesh_rate_100": mesh["cpu_percent"],
                                      "idle_cpu_percent_precise_mesh_rate_100": mesh["cpu_percent_precise"]}),
-           "startup_s": by["default_0"]["startup_s"],
+           "startup_s": by["default_0"]["startup_s"] if "default_0" in by else None,
            "services": {r["config"]: r["services"] for r in runs},
-           "runs": runs + ([] if args.quick else [mesh])}
-    if not args.quick:
+           "runs": runs + ([] if args.quick or args.runs else [mesh])}
+    if not (args.quick or args.runs):
         out["targets"] = {"rss_default_100_le_32mb": by["default_100"]["rss_mb"] <= 32,
+                          "rss_all_100_le_45mb": by["all_100"]["rss_mb"] <= 45,
                           "rss_all_200_le_45mb": by["all_200"]["rss_mb"] <= 45,
                           "rss_all_runs_lt_50mb": all(r["rss_mb"] < 50 for r in runs),
                           "idle_cpu_le_0.1pct": out["idle_cpu_percent"] <= 0.1,
@@ -533,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, help="seconds to wait before measuring (default 2; quick 0.5)")
     p.add_argument("--max-subscribers", type=int, help="TransportConfig.max_subscribers of the node (default: max(64, peers))")
     p.add_argument("--sidecar", action="store_true", help="measure `zmqagents node --config` in two configs at 0/100/200 peers")
+    p.add_argument("--runs", help="with --sidecar: only these runs, CONFIG_PEERS comma-separated (e.g. default_100,all_100)")
     # child-only
     p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     p.add_argument("--contact", help=argparse.SUPPRESS)
