@@ -183,7 +183,7 @@ def test_oversize_frames_are_refused_and_the_honest_peer_keeps_working(arun):
     ZMQ_MAXMSGSIZE makes libzmq cut the link (only visible as a closed link). The attacker's DEALER
     reconnects; the node stays up and answers an honest peer."""
     from zmqagents.node import NodeConfig
-    from zmqagents.transport.mesh import dealer_routing_id
+    from zmqagents.transport.binding import dealer_routing_id
 
     async def main():
         config = NodeConfig()
@@ -228,7 +228,7 @@ def test_an_epoch_outside_63_bits_is_refused_and_not_acked(arun):
     message with a valid epoch is delivered and acked."""
     import msgpack
 
-    from zmqagents.transport.mesh import dealer_routing_id
+    from zmqagents.transport.binding import dealer_routing_id
 
     async def main():
         server = Node()

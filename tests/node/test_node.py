@@ -475,7 +475,7 @@ def test_a_passed_transport_config_is_honoured_and_never_modified(arun, tmp_path
     """Node's listen/secure keywords override config.transport only when given: a TransportConfig passed
     in is what the node binds, and the caller's NodeConfig (one config shared by several nodes) is left
     as it was, whether the keywords are given or not."""
-    from zmqagents.transport.mesh import TransportConfig
+    from zmqagents.transport.config import TransportConfig
 
     async def main():
         endpoint = f"ipc://{tmp_path}/inbox"

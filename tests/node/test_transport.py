@@ -12,7 +12,9 @@ import zmq
 
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity
-from zmqagents.transport.mesh import READ_BATCH, Transport, TransportConfig, dealer_routing_id
+from zmqagents.transport.binding import dealer_routing_id
+from zmqagents.transport.config import TransportConfig
+from zmqagents.transport.mesh import READ_BATCH, Transport
 from zmqagents.transport.sockio import MORE_NOBLOCK, NOBLOCK, readable
 
 from helpers.peers import curve_dealer
@@ -367,7 +369,7 @@ def test_the_exported_inbox_refusals_cover_every_decode_error_and_refused_link()
     decoder and the link monitor can produce, or that series would only appear after its first event."""
     from zmqagents.envelope import EnvelopeError
     from zmqagents.transport.linkwatch import MECHANISM_MISMATCH, refusal
-    from zmqagents.transport.mesh import INBOX_REFUSALS
+    from zmqagents.transport.droplog import INBOX_REFUSALS
 
     decode_errors = {cls.__name__ for cls in EnvelopeError.__subclasses__()} - {"BadSignature"}  # verify only
     links = {refusal(int(event), value)[0] for event, value in (
@@ -385,7 +387,7 @@ def test_a_refused_send_on_the_inbox_does_not_swallow_what_arrives_meanwhile(aru
     wake the inbox (found by test_kill_9_mid_stream_to_a_live_peer_neither_loses_nor_duplicates)."""
     import time
 
-    from zmqagents.transport.mesh import ROUTING_ID_SIZE
+    from zmqagents.transport.binding import ROUTING_ID_SIZE
 
     async def main():
         received: list[Envelope] = []

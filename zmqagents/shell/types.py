@@ -22,7 +22,7 @@ from ..envelope import ENVELOPE_COST
 from ..errors import Error
 from ..identity import short_id
 from ..transport.fleet import FleetConfig
-from ..transport.mesh import TransportConfig
+from ..transport.config import TransportConfig
 
 HELLO = "hello"  # request type neighbours exchange to learn each other's PUB endpoint
 PEERS = "zmqagents.peers"  # request type answered by the node itself with its routing table

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 from ..transport.fleet import FLEET_REFUSALS
 from .exposition import CONTENT_TYPE, MetricFamily, info, process_families, render
 from .exposition import counter as metric_counter, gauge as metric_gauge
-from ..transport.mesh import INBOX_REFUSALS
+from ..transport.droplog import INBOX_REFUSALS
 from ..errors import Error
 
 if TYPE_CHECKING:

@@ -396,7 +396,7 @@ class LimitsSection:
     peer_messages_per_s: float = setting(Number(1, 10_000_000), 10_000,
                                          doc="Messages a second accepted from one peer; more are dropped unacked "
                                              "(retransmitted later)")
-    link_read_ahead: float = setting(Number(1, 1_000_000), 8,  # transport.mesh.RECV_HWM, which says why
+    link_read_ahead: float = setting(Number(1, 1_000_000), 8,  # transport.config.RECV_HWM, which says why
                                      doc="Messages ZeroMQ reads ahead on one connection before it leaves the rest "
                                          "in TCP (each may hold up to the size limit)")
     peer_bytes_per_s: int = setting(Size(minimum=65536), 8 * 2**20,

@@ -64,3 +64,14 @@ class DropLog:
             self._log.debug("could not send to %s: %s (%s)", peer_label(peer), reason, detail)
         else:
             self._log.warning("refused from %s: %s (%s)", peer_label(peer), reason, detail)
+
+
+# Frames we could not send: local conditions the delivery core retries, logged at debug.
+OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten", "subscribers_cut",
+                            "cert_pending_full", "cert_pending_dropped", "uncertified_destination"})
+# What a peer can make the inbox refuse, in the order the checks run (protocols/node.md, "What the inbox
+# refuses"): exported at 0 from the start, so that a rate() alert on any of them needs no first event.
+INBOX_REFUSALS = ("plaintext", "handshake_failed", "handshake_refused", "handshake_aborted", "multipart",
+                  "bad_routing_id", "identity_mismatch", "not_allowed", "rate_messages", "rate_bytes",
+                  "TruncatedEnvelope", "OversizeEnvelope", "TooManyValues", "MalformedEnvelope",
+                  "UnsupportedVersion", "src_mismatch", "wrong_dst")

@@ -1,16 +1,8 @@
 """The ZeroMQ shell: one ROUTER inbox, a bounded LRU of DEALERs, PUB/SUB.
 
 This module moves bytes and proves who sent them; it makes no protocol
-decisions (those live in ``zmqagents.core``). Identity binding works like this:
-
-* every socket that connects out (DEALER) sets its routing id to the node's
-  32-byte Ed25519 verify key followed by 16 random bytes, fresh for each
-  socket (:func:`dealer_routing_id`), and authenticates with the CURVE key
-  derived from the verify key;
-* the ZAP handler labels each inbound connection with its CURVE key (User-Id);
-* for every message the inbox checks that the key in the routing id converts
-  to that CURVE key and that the envelope's ``src`` is ``sha256(key)``.
-  Anything else is dropped and counted: nobody can speak for another node id.
+decisions (those live in ``zmqagents.core``). Who a frame comes from is settled by
+the routing id bound to the CURVE key its connection proved (``binding.py``).
 
 Everything for a node that holds a connection to our inbox goes back over that
 connection (ROUTER to the routing id), ahead of any DEALER of ours: a
@@ -21,20 +13,6 @@ what relays use: a destination whose contact is ``KEY@relay://...`` (or that
 last reached us through a relay) is sent a signed envelope wrapped in a
 ``relay.fwd`` to one of its relays (``relaying.py``).
 
-Why the 16 random bytes: libzmq's ROUTER picks the connection to send on by
-routing id alone, and the routing id is whatever the peer claimed. Were it
-only the public key (known to anyone who holds the contact), a peer with its
-own key could claim it: with ROUTER_HANDOVER it would take the victim's
-connection over, and after the victim's connection closed it would receive
-what we still sent to that id. So the inbox answers over a connection only to
-a routing id it learned from a message that passed the check above, and only
-to the unguessable 48-byte form: the id is held by the connection that proved
-the key, or by nobody (then ROUTER_MANDATORY fails the send and the DEALER is
-used). Only the same DEALER socket, reconnecting, can present that id again,
-so ROUTER_HANDOVER stays on for it: a DEALER that reconnects while our end of
-its old TCP connection is still open (a NAT that forgot the mapping) takes
-its id over at once instead of being ignored until TCP gives up.
-
 ZeroMQ's FD is edge-triggered, so every readable callback drains its socket
 until EAGAIN (in bounded batches). Outgoing frames are written in one burst
 per loop turn, after which the sockets written to are re-checked once.
@@ -43,23 +21,22 @@ per loop turn, after which the sockets written to are re-checked once.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
-import functools
 import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Callable
 
 import zmq
 
-from ..core.ratelimit import PeerLimiter, RateLimitConfig
+from ..core.ratelimit import PeerLimiter
 from ..core.relay import FORWARD
-from ..envelope import DEFAULT_MAX_SIZE, ENVELOPE_COST, Envelope, EnvelopeError, decode
-from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, node_id_of, short_id
-from .droplog import DropLog
+from ..envelope import ENVELOPE_COST, Envelope, EnvelopeError, decode
+from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, short_id
+from .binding import KEY_SIZE, ROUTING_ID_SIZE, PeerBinding, dealer_routing_id, seed_libzmq_counters
+from .config import TransportConfig
+from .droplog import OUTGOING_DROPS, DropLog
 from .fleet import FleetConfig, FleetGate
 from .linkwatch import LinkWatch
 from .relaying import RelayPaths
@@ -72,77 +49,7 @@ READ_BATCH = 512  # messages per readable callback before yielding to the loop
 # ...or fewer: a batch ends once the envelopes decoded in it cost this much (Envelope.cost), so a burst
 # of large envelopes is handed on (and its memory freed) a few at a time, not 512 at once.
 BATCH_BYTES = 2 << 20
-KEY_SIZE = 32  # an Ed25519 verify key
-ROUTING_NONCE_SIZE = 16  # random bytes after the key in a DEALER's routing id
-ROUTING_ID_SIZE = KEY_SIZE + ROUTING_NONCE_SIZE
-# Messages libzmq's I/O thread reads ahead on one connection before it leaves the rest in the kernel's
-# TCP buffers (ZMQ_RCVHWM). libzmq bounds that queue in messages only, and what a message holds is not
-# its length: a frame near the size limit holds ~1 MiB, and a small frame read in the same recv() as
-# few others keeps alive the whole ~18 KB receive buffer it was decoded into (libzmq 4.3's zero-copy
-# decoder, decoder_allocators.cpp, shares one buffer between the messages it decoded from it: 8 KiB
-# of data and a table of 249 reference records of 40 bytes). So a connection can make libzmq hold up
-# to (RECV_HWM + 1) x the size limit, or RECV_HWM x ~18 KB, while the event loop is behind: measured with bench/hostile.py and the loop held
-# for 1.5 s, 10,000 (the old value) let a flood of small messages pin 83 MB of buffers and four senders
-# of 1 MiB frames 53 MB. 8 keeps the read-ahead at a few wakeups of the I/O thread per message batch,
-# with no throughput cost visible in bench/throughput.py. The senders' own queues hold the rest.
-RECV_HWM = 8
 REBIND_TRIES = 200  # x 10 ms: how long the XPUB may wait for its own port after cutting subscribers
-
-
-@functools.cache
-def seed_libzmq_counters() -> bool:
-    """Seed the C library's ``rand()`` from the OS, once per process, before any ROUTER exists.
-
-    libzmq 4.3.5 gives a peer that sends no routing id the next value of a per-ROUTER counter (a zero
-    byte, then 4 counter bytes) without checking that no peer chose that very id itself, and aborts the
-    process when one did (``zmq_assert`` in ``routing_socket_base_t::add_out_pipe``). The counter starts
-    at ``rand()``, which libzmq never seeds, so unseeded it starts at the same value in every process:
-    one connection squatting that id and one without an id would crash any node. Seeded, the start is
-    one of 2^32 values nobody outside knows. ``rand()`` is the process's, so this covers every ROUTER
-    made after it, the sidecar's local API included (the daemon makes its Node first). False if the C
-    library could not be reached (then the counters stay predictable; logged)."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "big")))
-    except (OSError, AttributeError) as exc:
-        log.warning("could not seed libzmq's routing id counters (%s): they are predictable", exc)
-        return False
-    return True
-
-
-def dealer_routing_id(public_key: bytes) -> bytes:
-    """The routing id a DEALER presents to a node's inbox: its verify key, then 16 fresh random bytes.
-
-    The key says who the connection speaks for (checked against the CURVE key it authenticated
-    with); the random bytes make the id unguessable, so no other connection can ever claim it
-    (see the module docstring and protocols/node.md, "Connections")."""
-    return public_key + os.urandom(ROUTING_NONCE_SIZE)
-
-
-@dataclass(slots=True)
-class TransportConfig:
-    """Bounds of the socket layer. Each one, when hit, is counted in ``Transport.stats``."""
-
-    listen: str = "tcp://127.0.0.1:0"  # inbox endpoint; port 0 picks a free port
-    pub_listen: str | None = None  # PUB endpoint; default: same host, a free port
-    secure: bool = True  # CURVE on every link; False only with an explicit --insecure
-    max_dealers: int = 256  # outgoing connections kept open (LRU); ~30 KB each
-    max_subscribers: int = 64  # neighbours whose PUB we subscribe to
-    max_known_keys: int = 4096  # public key -> (CURVE key, node id) cache entries
-    hwm: int = 10_000  # ZeroMQ send high-water mark per connection, messages
-    recv_hwm: int = RECV_HWM  # ZeroMQ receive high-water mark per connection, messages (see RECV_HWM)
-    max_message_size: int = DEFAULT_MAX_SIZE  # enforced by libzmq (MAXMSGSIZE) and by the decoder
-    reconnect_ivl_ms: int = 100
-    # libzmq doubles the wait between connection attempts (100 ms, 200 ms, ...) up to this, so a peer
-    # back after d seconds is redialled up to min(d, this) late. 1 s, not 5: after a relay's restart
-    # its outbound-only clients and the senders to them came back up to 5 s late (bench/chaos.py
-    # --rounds 6 --seed 1, the two settings side by side: kill_relay recovery p50 3.2 -> 1.0 s, p99
-    # 6.0 -> 1.9 s). The cost: one TCP SYN a second per DEALER to a dead peer (max_dealers bounds them,
-    # and membership forgets the dead).
-    reconnect_ivl_max_ms: int = 1000
-    close_linger_ms: int = 0  # how long close() may wait to flush publications (a CLI publisher wants some)
-    seal_relayed: bool = False  # encrypt (NaCl Box) every envelope sent through a relay to its destination
-    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)  # per peer, on every frame received
 
 
 class _Link:
@@ -202,7 +109,6 @@ class Transport:
         self._contacts: OrderedDict[bytes, Contact] = OrderedDict()
         # node id -> the routing id on our ROUTER of its latest connection that proved its key
         self._inbound: OrderedDict[bytes, bytes] = OrderedDict()
-        self._keys: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()  # public key -> (curve hex, node id)
         # (next hop, frame, destination) waiting for this loop turn's flush; the next hop is a relay
         # for a relayed frame, the destination otherwise
         self._outbox: list[tuple[bytes, bytes, bytes]] = []
@@ -224,8 +130,9 @@ class Transport:
             "subscribers_cut": 0,  # times our XPUB's connections were closed to cut off revoked subscribers
         }
         self._link_watches: dict[zmq.Socket, LinkWatch] = {}  # monitor socket -> its watch
-        self._droplog = DropLog(log, quiet=_OUTGOING_DROPS)
+        self._droplog = DropLog(log, quiet=OUTGOING_DROPS)
         self.drops: dict[str, int] = self._droplog.counts  # refusals by reason (exported as metrics)
+        self._binding = PeerBinding(secure=config.secure, max_keys=config.max_known_keys, drop=self._drop)
         self.limiter = PeerLimiter(config.rate_limit)
         self._router_again = False  # a drain of the ROUTER is scheduled for the next loop turn
         self._pub_cut = False  # the XPUB is unbound to cut revoked subscribers off, not yet bound again
@@ -740,6 +647,7 @@ class Transport:
             return
         batch: list[Envelope] = []
         stats = self.stats
+        secure = self.config.secure
         cost = 0
         for _ in range(READ_BATCH):
             if cost > BATCH_BYTES:
@@ -765,7 +673,7 @@ class Transport:
             if extra:
                 self._drop("multipart", rid, "unexpected extra frames")
                 continue
-            sender = self._authenticate(rid, rid_frame)
+            sender = self._binding.sender(rid, rid_frame.get("User-Id") if secure else None, self.allow)
             if sender is None:
                 continue
             env = self._decode(frame, sender)
@@ -796,42 +704,6 @@ class Transport:
     def _drain_router_again(self, sock: zmq.Socket) -> None:
         self._router_again = False
         self._drain_router(sock)
-
-    def _authenticate(self, rid: bytes, rid_frame: zmq.Frame) -> bytes | None:
-        """The node id a ROUTER message comes from, or None (dropped) if the binding fails.
-
-        The routing id is a public key and 16 random bytes (or, from nodes before that form, the
-        key alone: accepted, but never answered over, see ``_drain_router``); the key must convert to
-        the CURVE key the connection authenticated with."""
-        size = len(rid)
-        if size != ROUTING_ID_SIZE and size != KEY_SIZE:
-            self._drop("bad_routing_id", rid, "routing id is not a public key and 16 random bytes")
-            return None
-        key = rid[:KEY_SIZE]
-        keys = self._keys
-        known = keys.get(key)
-        if known is None:
-            try:
-                curve_hex = curve_public_of(key).hex() if self.config.secure else ""
-            except IdentityError:
-                self._drop("bad_routing_id", key, "routing id does not start with a valid public key")
-                return None
-            known = (curve_hex, node_id_of(key))
-            keys[key] = known
-            if len(keys) > self.config.max_known_keys:
-                keys.popitem(last=False)
-        curve_hex, node_id = known
-        if self.config.secure:
-            user_id = rid_frame.get("User-Id")
-            if user_id != curve_hex:
-                # A connection claims a key it did not authenticate with: a takeover attempt, or a broken client.
-                self._drop("identity_mismatch", bytes.fromhex(user_id) if user_id else key,
-                           f"the link's CURVE key {(user_id or '?')[:12]} is not node {short_id(node_id)}'s")
-                return None
-        if self.allow is not None and node_id not in self.allow:
-            self._drop("not_allowed", node_id, "node is not on the allowlist")
-            return None
-        return node_id
 
     def _decode(self, frame: bytes, sender: bytes) -> Envelope | None:
         """The envelope in ``frame`` from the authenticated ``sender``, or None (dropped and counted).
@@ -909,16 +781,6 @@ class Transport:
         (no route, a full queue) are local conditions the delivery core retries, logged at debug.
         """
         self._droplog.drop(reason, peer, detail)
-
-
-_OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_limit", "forgotten", "subscribers_cut",
-                             "cert_pending_full", "cert_pending_dropped", "uncertified_destination"})
-# What a peer can make the inbox refuse, in the order the checks run (protocols/node.md, "What the inbox
-# refuses"): exported at 0 from the start, so that a rate() alert on any of them needs no first event.
-INBOX_REFUSALS = ("plaintext", "handshake_failed", "handshake_refused", "handshake_aborted", "multipart",
-                  "bad_routing_id", "identity_mismatch", "not_allowed", "rate_messages", "rate_bytes",
-                  "TruncatedEnvelope", "OversizeEnvelope", "TooManyValues", "MalformedEnvelope",
-                  "UnsupportedVersion", "src_mismatch", "wrong_dst")
 
 
 def _any_port_like(endpoint: str) -> str:

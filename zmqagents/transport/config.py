@@ -1,0 +1,50 @@
+"""The bounds of the socket layer, in one place: what the sidecar's ``[limits]`` and flags set.
+
+Kept apart from the sockets so that configuration code (the sidecar, the Node's options) can name
+them without importing the transport's machinery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.ratelimit import RateLimitConfig
+from ..envelope import DEFAULT_MAX_SIZE
+
+# Messages libzmq's I/O thread reads ahead on one connection before it leaves the rest in the kernel's
+# TCP buffers (ZMQ_RCVHWM). libzmq bounds that queue in messages only, and what a message holds is not
+# its length: a frame near the size limit holds ~1 MiB, and a small frame read in the same recv() as
+# few others keeps alive the whole ~18 KB receive buffer it was decoded into (libzmq 4.3's zero-copy
+# decoder, decoder_allocators.cpp, shares one buffer between the messages it decoded from it: 8 KiB
+# of data and a table of 249 reference records of 40 bytes). So a connection can make libzmq hold up
+# to (RECV_HWM + 1) x the size limit, or RECV_HWM x ~18 KB, while the event loop is behind: measured
+# with bench/hostile.py and the loop held for 1.5 s, 10,000 (the old value) let a flood of small
+# messages pin 83 MB of buffers and four senders of 1 MiB frames 53 MB. 8 keeps the read-ahead at a
+# few wakeups of the I/O thread per message batch, with no throughput cost visible in
+# bench/throughput.py. The senders' own queues hold the rest.
+RECV_HWM = 8
+
+
+@dataclass(slots=True)
+class TransportConfig:
+    """Bounds of the socket layer. Each one, when hit, is counted in ``Transport.stats``."""
+
+    listen: str = "tcp://127.0.0.1:0"  # inbox endpoint; port 0 picks a free port
+    pub_listen: str | None = None  # PUB endpoint; default: same host, a free port
+    secure: bool = True  # CURVE on every link; False only with an explicit --insecure
+    max_dealers: int = 256  # outgoing connections kept open (LRU); ~30 KB each
+    max_subscribers: int = 64  # neighbours whose PUB we subscribe to
+    max_known_keys: int = 4096  # public key -> (CURVE key, node id) cache entries
+    hwm: int = 10_000  # ZeroMQ send high-water mark per connection, messages
+    recv_hwm: int = RECV_HWM  # ZeroMQ receive high-water mark per connection, messages (see RECV_HWM)
+    max_message_size: int = DEFAULT_MAX_SIZE  # enforced by libzmq (MAXMSGSIZE) and by the decoder
+    reconnect_ivl_ms: int = 100
+    # libzmq doubles the wait between connection attempts (100 ms, 200 ms, ...) up to this, so a peer
+    # back after d seconds is redialled up to min(d, this) late. 1 s, not 5: after a relay's restart
+    # its outbound-only clients and the senders to them came back up to 5 s late (bench/chaos.py
+    # --rounds 6 --seed 1, the two settings side by side: kill_relay recovery p50 3.2 -> 1.0 s, p99
+    # 6.0 -> 1.9 s). The cost: one TCP SYN a second per DEALER to a dead peer (max_dealers bounds them,
+    # and membership forgets the dead).
+    reconnect_ivl_max_ms: int = 1000
+    close_linger_ms: int = 0  # how long close() may wait to flush publications (a CLI publisher wants some)
+    seal_relayed: bool = False  # encrypt (NaCl Box) every envelope sent through a relay to its destination
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)  # per peer, on every frame received
