@@ -468,8 +468,8 @@ def test_metrics_of_a_fleet_node_show_every_refusal_from_the_start_and_the_admit
     def scrape(node: Node) -> dict:
         out = {}
         for fam in NodeCollector(node, lambda: [], {}).collect():
-            for s in fam.samples:
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            for name, labels, value in fam.samples:
+                out[(name, tuple(sorted(labels.items())))] = value
         return out
 
     async def main():

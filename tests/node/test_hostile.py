@@ -114,8 +114,8 @@ def _dropped(node: Node) -> dict[tuple[str, str], float]:
 
     for family in NodeCollector(node, lambda: [], {}).collect():
         if family.name == "zmqagents_dropped_messages":
-            return {(s.labels["layer"], s.labels["reason"]): s.value for s in family.samples
-                    if s.name.endswith("_total")}
+            return {(labels["layer"], labels["reason"]): value for name, labels, value in family.samples
+                    if name.endswith("_total")}
     raise AssertionError("no zmqagents_dropped_messages family")
 
 
