@@ -498,16 +498,22 @@ class Node:
     async def receive(self, timeout: float | None = None) -> Message:
         """The next direct message, in order per sender, exactly once."""
         message = (await asyncio.wait_for(self._inbox.get(), timeout))[0]
-        if self.loop.owes_window_update:
-            self.loop.offer_room()
+        self.room_made()
         return message
 
     async def messages(self) -> AsyncIterator[Message]:
         while True:
             message = (await self._inbox.get())[0]
-            if self.loop.owes_window_update:
-                self.loop.offer_room()
+            self.room_made()
             yield message
+
+    def room_made(self) -> None:
+        """The inbox may have room again: senders whose messages it refused get a window update
+        (protocols/delivery.md 5.2) if theirs fit now. :meth:`receive` calls it; an inbox that holds
+        taken messages until the application acknowledges them (the sidecar's inbound spool) makes
+        room only then, and its owner calls this after the acknowledgements."""
+        if self.loop.owes_window_update:
+            self.loop.offer_room()
 
     def requeue(self, message: Message) -> None:
         """Put a message just taken with :meth:`receive` back at the head of the inbox.

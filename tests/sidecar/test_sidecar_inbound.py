@@ -244,11 +244,11 @@ class LocalClient:
         self.ctx.term()
 
 
-def sidecar_config(d: Path):
+def sidecar_config(d: Path, extra: str = ""):
     (d / "c.toml").write_text(
         f'[node]\nkey = "{d / "k.key"}"\nlisten = "tcp://127.0.0.1:0"\ndrain_timeout = 0\n'
         f'[local_api]\npath = "{d / "s.sock"}"\nmode = 0o600\n[spool]\ndir = "{d / "spool"}"\n'
-        '[mdns]\nenabled = false\n[admin]\nenabled = false\n')
+        '[mdns]\nenabled = false\n[admin]\nenabled = false\n' + extra)
     return load(d / "c.toml", env={})
 
 
@@ -289,6 +289,52 @@ def test_unacknowledged_messages_go_back_and_acknowledged_ones_leave_the_spool(a
                 bad = await second.op("receive", {"credit": 1, "ack": "yes"})
                 assert bad["t"] == "error" and bad["b"]["code"] == "bad_request"
                 second.close()
+
+    arun(main())
+
+
+def test_an_acknowledgement_that_makes_room_sends_the_refused_sender_a_window_update(arun, short_dir):
+    """Messages handed to an acknowledging client count against the inbox bounds until it acknowledges
+    them (the spool still holds them), so a full inbox refuses their sender meanwhile. The acknowledgement
+    is what makes room, so it is what sends the window update (protocols/delivery.md 5.2), not the next
+    message taken: with every waiting message taken, that would be the sender's own retransmission,
+    up to rto_max later (bench/chaos.py's application acknowledges)."""
+    async def main():
+        limits = "[limits]\ninbox_messages = 10\npeer_share = 1.0\n"
+        async with Sidecar(sidecar_config(short_dir, limits)) as sc:
+            client = LocalClient(str(short_dir / "s.sock"))
+            await client.send("receive", {"credit": 100, "ack": True})
+            async with Node(peers=[sc.node.contact]) as sender:
+                for i in range(30):
+                    await sender.send(sc.node.node_id, i)
+                got: list[dict] = []
+                while len(got) < 10:
+                    env = await client.recv()
+                    if env["t"] == "msg":
+                        got.append(env)
+                for _ in range(200):  # the sender's next messages find the inbox full of taken ones
+                    if sc.node.stats["inbox_refused"]:
+                        break
+                    await asyncio.sleep(0.02)
+                assert sc.node.stats["inbox_refused"] > 0 and sc.node.stats["window_updates"] == 0
+                assert sc.inbox.stats["accepted"] == 10 and sc.node.inbox_size[0] == 0  # all taken, none acknowledged
+                await client.send("ack", {"ids": [m["id"] for m in got]})
+                accepted_then = None
+                for _ in range(20_000):  # every loop turn, so the first window update is caught as it happens
+                    if sc.node.stats["window_updates"]:
+                        accepted_then = sc.inbox.stats["accepted"]
+                        break
+                    await asyncio.sleep(0)
+                # Sent on the acknowledgement: no message of the sender had entered the inbox yet.
+                assert accepted_then == 10, accepted_then
+                rest = [m["b"] for m in got]
+                while len(rest) < 30:
+                    env = await client.recv()
+                    if env["t"] == "msg":
+                        rest.append(env["b"])
+                        await client.send("ack", {"ids": [env["id"]]})
+                assert rest == list(range(30))
+            client.close()
 
     arun(main())
 

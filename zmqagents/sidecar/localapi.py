@@ -601,6 +601,10 @@ class LocalApi:
         self._commit_scheduled = False
         if self.inbox is not None:
             self.inbox.commit()
+            if not self._closed:
+                # Acknowledged messages left the spool's bounds: senders it refused meanwhile get a window
+                # update now, not when their backed-off retransmission finds the room (up to rto_max later).
+                self.node.room_made()
 
     # -- replies -------------------------------------------------------------------------------------
 
