@@ -5,10 +5,13 @@ is :class:`~zmqagents.core.lookup.Lookup`, the routing table and RTT estimate be
 :class:`~zmqagents.core.routing.RoutingCore` this core is given. Nothing here does IO, reads a clock or
 uses global randomness; signing and verifying (Ed25519, PyNaCl) is computation.
 
-Three modules: :mod:`~zmqagents.core.dht_records` (a record's wire form, what its signature covers, making
+Six modules: :mod:`~zmqagents.core.dht_records` (a record's wire form, what its signature covers, making
 and checking one), :mod:`~zmqagents.core.dht_store` (what this node holds for others, within its bounds;
-:class:`DhtConfig`) and this one (the operations and their RPCs, answering peers, re-replication and
-republishing). Every public name is importable from here.
+:class:`DhtConfig`), :mod:`~zmqagents.core.dht_events` (message types, counters, :class:`DhtDone`),
+:mod:`~zmqagents.core.dht_ops` (operations: lookups, the store phase, the RPC table),
+:mod:`~zmqagents.core.dht_replication` (re-replication by holders, republishing by publishers) and this
+one (the public API, answering peers, the timers). :class:`DhtCore` is built on the two layers below it
+(operations, then replication). Every public name is importable from here.
 
 What it stores:
 
@@ -88,14 +91,17 @@ and one RTT estimate per node.
 
 from __future__ import annotations
 
-import heapq
 import random
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from typing import Any
 
 from ..envelope import Envelope
+from ..errors import InvalidArgument
 from ..identity import Contact, node_id_of
+from .dht_events import (
+    ADD_PROVIDER, FIND_PROVIDERS, FIND_VALUE, PREFIX, PROVIDERS, STAT_KEYS, STORE, STORED, VALUE, DhtDone,
+)
+from .dht_ops import OP_FIND, OP_GET, OP_PROVIDE, OP_PUT
 from .dht_records import (
     KEY_LEN,
     PROVIDER_DOMAIN,
@@ -105,7 +111,6 @@ from .dht_records import (
     RecordError,
     check_key,
     key_for,
-    lifetime_fault,
     make_provider,
     make_record,
     parse_provider,
@@ -113,11 +118,10 @@ from .dht_records import (
     provider_signing_bytes,
     record_signing_bytes,
 )
+from .dht_replication import DhtReplication
 from .dht_store import DhtConfig, RecordStore
-from .lookup import LOOKUP_STAT_KEYS, Lookup, contact_fields
-from .outputs import CoreOutputs
-from .routing import QueryDestinations, RoutingCore, addressed_here
-from ..errors import InvalidArgument
+from .lookup import contact_fields
+from .routing import RoutingCore, addressed_here
 
 __all__ = [
     "PREFIX", "FIND_VALUE", "VALUE", "FIND_PROVIDERS", "PROVIDERS", "STORE", "ADD_PROVIDER", "STORED",
@@ -126,107 +130,8 @@ __all__ = [
     "record_signing_bytes", "provider_signing_bytes",
 ]
 
-PREFIX = "dht."
-FIND_VALUE = "dht.find_value"
-VALUE = "dht.value"
-FIND_PROVIDERS = "dht.find_providers"
-PROVIDERS = "dht.providers"
-STORE = "dht.store"
-ADD_PROVIDER = "dht.add_provider"
-STORED = "dht.stored"
 
-STAT_KEYS = LOOKUP_STAT_KEYS + (
-    # traffic
-    "received", "sent", "malformed", "misdirected", "from_self", "from_mismatch", "other_types", "unmatched",
-    "late_responses", "rpc_timeouts",
-    "find_value_received", "find_providers_received", "store_received", "add_provider_received",
-    "values_answered", "providers_answered",
-    # records and provider entries offered to the store (STORE, our own puts, re-replication)
-    "stored", "updated", "duplicates",
-    "refused_malformed", "refused_oversize", "refused_expired", "refused_future", "refused_bad_signature",
-    "refused_owner", "refused_conflict", "refused_stale", "refused_full", "refused_rate", "refused_key",
-    "refused_vouched", "vouched_over",
-    "evicted", "expired", "providers_stored", "providers_updated", "providers_full", "providers_forgotten",
-    # records in answers to our lookups that were not usable
-    "answers_bad_record", "answers_bad_provider",
-    # operations
-    "ops_started", "ops_queued", "ops_refused", "gets_found", "gets_local", "gets_not_found", "gets_failed",
-    "puts_ok", "puts_failed", "provides_ok", "provides_failed", "finds_ok", "finds_failed",
-    "stores_sent", "stores_acked", "stores_refused", "republished", "reprovided",
-    "replicate_passes", "replicated",
-)
-
-
-# -- events ------------------------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class DhtDone:
-    """An operation finished.
-
-    ``kind``: "get", "put", "provide" or "providers". ``ok``: the operation did what it was asked (a get
-    that converged without finding anything is ok with ``record`` None: not found). ``record``: for a get
-    the record found, for a put the signed record it stored (its ``seq`` and ``expires``). ``stored``: replicas
-    that accepted a put/provide (ours included). ``rounds``: the deepest lookup hop that answered.
-    ``reason``: "" when ok (a get that found nothing: "not_found"); else "failed" (nobody answered),
-    "no_contacts", "busy", or for put/provide the refusal the holders gave ("owner", "conflict", ...).
-    """
-
-    op_id: int
-    kind: str
-    key: bytes
-    ok: bool
-    record: Record | None = None
-    providers: list[Any] = field(default_factory=list)
-    stored: int = 0
-    rounds: int = 0
-    queries: int = 0
-    duration: float = 0.0
-    reason: str = ""
-
-
-# -- internals ------------------------------------------------------------------------------------------
-
-_GET, _PUT, _PROVIDE, _FIND, _REPUBLISH, _REPROVIDE = "get", "put", "provide", "providers", "republish", "reprovide"
-_QUERY_TYPE = {_GET: FIND_VALUE, _PUT: FIND_VALUE, _REPUBLISH: FIND_VALUE,
-               _PROVIDE: FIND_PROVIDERS, _FIND: FIND_PROVIDERS, _REPROVIDE: FIND_PROVIDERS}
-_PUBLIC_KIND = {_REPUBLISH: None, _REPROVIDE: None}
-
-
-class _Op:
-    __slots__ = ("id", "kind", "key", "item", "lookup", "phase", "found", "provs", "with_provs", "pending",
-                 "stored", "refusals", "max_ack", "armed", "started")
-
-    def __init__(self, oid: int, kind: str, key: bytes, item: Any):
-        self.id = oid
-        self.kind = kind
-        self.key = key
-        self.item = item  # the Record / ProviderRecord to store
-        self.lookup: Lookup | None = None
-        self.phase = 0  # 0 queued, 1 lookup, 2 store, 3 done
-        self.found: Record | None = None
-        self.provs: dict[bytes, ProviderRecord] = {}
-        self.with_provs = 0  # answers that held provider entries
-        self.pending: dict[bytes, float] = {}  # rpc id -> sent, stores not yet answered
-        self.stored = 0
-        self.refusals: list[str] = []
-        self.max_ack: float | None = None  # slowest store acknowledgement (s)
-        self.armed: float | None = None
-        self.started = 0.0
-
-
-class _Rpc:
-    __slots__ = ("op", "nid", "pk", "ep", "sent", "store")
-
-    def __init__(self, op: _Op | None, nid: bytes, pk: bytes, ep: str, sent: float, store: bool):
-        self.op = op
-        self.nid = nid
-        self.pk = pk
-        self.ep = ep
-        self.sent = sent
-        self.store = store
-
-
-class DhtCore(CoreOutputs):
+class DhtCore(DhtReplication):
     """Records and providers of one node. See the module docstring; call a method, then drain
     take_outgoing() and take_events()."""
 
@@ -234,7 +139,6 @@ class DhtCore(CoreOutputs):
         pk = getattr(signer, "public_key", None)
         if type(pk) is not bytes or len(pk) != 32 or not callable(getattr(signer, "sign", None)):
             raise InvalidArgument("signer needs .public_key (32 bytes) and .sign(bytes)")
-        CoreOutputs.__init__(self)
         self.routing = routing
         self.table = routing.table
         self.signer = signer
@@ -244,22 +148,9 @@ class DhtCore(CoreOutputs):
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._me_int = int.from_bytes(self.node_id, "big")
         self.store = RecordStore(self.node_id, cfg, self.stats)  # what this node holds for others
-        self._serial = 0  # tie-break of the late heap
-        self._own: dict[bytes, Record] = {}  # records this node published (republished until they expire)
-        self._own_provs: dict[bytes, Any] = {}  # keys this node provides -> metadata (refreshed until unprovide)
+        DhtReplication.__init__(self)  # the operations' state, the replication's timers, our own records
         self._last_seq = 0
         self._rates: OrderedDict[bytes, list[Any]] = OrderedDict()  # peer -> [tokens, last refill]
-        self._rpcs: dict[bytes, _Rpc] = {}
-        self._fifo: deque[Any] = deque()  # (hard deadline, rpc id)
-        self._late: list[Any] = []  # heap of (deadline, serial, op)
-        self._dests = QueryDestinations()  # for contact_for()
-        self._active: dict[int, _Op] = {}
-        self._queue: deque[_Op] = deque()
-        self._next_id = 1
-        self._check_at: float | None = None
-        self._full_at: float | None = None
-        self._republish_at: float | None = None
-        self._table_mark = -1
         self._max_queries = routing.config.max_queries or 10 * routing.config.k
         if cfg.replicas > routing.config.k:
             raise InvalidArgument("DhtConfig.replicas must not exceed the routing table's k")
@@ -288,7 +179,7 @@ class DhtCore(CoreOutputs):
             raise InvalidArgument(f"this node already publishes {cfg.max_own} records and provided keys")
         self._own[key] = rec
         self._arm_republish(now)
-        return self._submit(_PUT, key, rec, now)
+        return self._submit(OP_PUT, key, rec, now)
 
     def get(self, key: bytes, now: float) -> int:
         """Look ``key`` up; DhtDone(kind="get") carries the first valid record found (None: not found)."""
@@ -300,9 +191,9 @@ class DhtCore(CoreOutputs):
             oid = self._next_id
             self._next_id += 1
             self.stats["gets_local"] += 1
-            self._events.append(DhtDone(oid, _GET, key, True, rec))
+            self._events.append(DhtDone(oid, OP_GET, key, True, rec))
             return oid
-        return self._submit(_GET, key, None, now)
+        return self._submit(OP_GET, key, None, now)
 
     def provide(self, key: bytes, now: float, *, meta: Any = None) -> int:
         """Announce this node as a provider of ``key`` (with optional small ``meta``); the entry is re-signed
@@ -316,7 +207,7 @@ class DhtCore(CoreOutputs):
         entry = self._provider_entry(key, meta, now)  # raises ValueError if the metadata is too big
         self._own_provs[key] = meta
         self._arm_republish(now)
-        return self._submit(_PROVIDE, key, entry, now)
+        return self._submit(OP_PROVIDE, key, entry, now)
 
     def unprovide(self, key: bytes) -> bool:
         """Stop refreshing our provider entry for ``key`` (held copies expire within ``provider_ttl``)."""
@@ -325,7 +216,7 @@ class DhtCore(CoreOutputs):
     def find_providers(self, key: bytes, now: float) -> int:
         """Look up the providers of ``key``; DhtDone(kind="providers").providers lists them."""
         check_key(key)
-        return self._submit(_FIND, key, None, now)
+        return self._submit(OP_FIND, key, None, now)
 
     def forget(self, node_id: bytes) -> int:
         """The liveness layer declared ``node_id`` dead (or it left): drop the provider entries it has here,
@@ -388,32 +279,7 @@ class DhtCore(CoreOutputs):
 
     def tick(self, now: float) -> None:
         """Fire what is due: hard timeouts, late deadlines, re-replication, expiry, republishing."""
-        fifo = self._fifo
-        rpcs = self._rpcs
-        while fifo and fifo[0][0] <= now:
-            rid = fifo.popleft()[1]
-            rpc = rpcs.pop(rid, None)
-            if rpc is None:
-                continue
-            self._dests.release(rpc.nid)
-            self.stats["rpc_timeouts"] += 1
-            self.table.mark_failed(rpc.nid)
-            op = rpc.op
-            if op is None or op.phase == 3:
-                continue
-            if rpc.store:
-                if op.pending.pop(rid, None) is not None:
-                    self._pump(op, now)
-            elif op.phase == 1 and op.lookup is not None and not op.lookup.done:  # phase 1: it has one
-                op.lookup.on_timeout(rpc.nid, now)
-                self._pump(op, now)
-        late = self._late
-        while late and late[0][0] <= now:
-            t, _, op = heapq.heappop(late)
-            if op.armed == t:
-                op.armed = None
-            if op.phase in (1, 2):
-                self._pump(op, now)
+        self._expire(now)
         if self._check_at is not None and self._check_at <= now:
             self._check(now)
         if self._republish_at is not None and self._republish_at <= now:
@@ -503,446 +369,6 @@ class DhtCore(CoreOutputs):
         b[0] -= 1.0
         return True
 
-    def _offer(self, provider: bool, obj: Any, now: float) -> str | None:
-        """Offer a record or provider entry (wire map) to the store: None if held, else why not. Whatever is
-        held gets re-replicated, so the check timer is armed (it stays armed while anything is held)."""
-        why = self.store.offer_provider(obj, now) if provider else self.store.offer_record(obj, now)
-        if why is None:
-            self._arm_check(now)
-        return why
-
-    # -- re-replication and republishing ---------------------------------------------------------------
-
-    def _arm_check(self, now: float) -> None:
-        if self._check_at is None:
-            cfg = self.config
-            self._check_at = now + cfg.replicate_check * (0.9 + 0.2 * self._rng.random())
-            if self._full_at is None:
-                self._full_at = now + cfg.replicate_interval * (0.9 + 0.2 * self._rng.random())
-
-    def _table_changes(self) -> int:
-        s = self.routing.stats
-        return s["table_added"] + s["table_removed"] + s["table_replaced"] + s["table_promoted"]
-
-    def _check(self, now: float) -> None:
-        """Purge expired items, and push held items to replicas that lack them when the table changed
-        (or, every replicate_interval, to the whole current replica set)."""
-        cfg = self.config
-        self._check_at = None
-        self.store.purge(now)
-        full = self._full_at is not None and self._full_at <= now
-        mark = self._table_changes()
-        if full or mark != self._table_mark:
-            self._table_mark = mark
-            self.stats["replicate_passes"] += 1
-            self._replicate(now, full)
-            if full:
-                self._full_at = now + cfg.replicate_interval * (0.9 + 0.2 * self._rng.random())
-        if self.store:
-            self._arm_check(now)
-        else:
-            self._full_at = None
-
-    def _replica_set(self, key: bytes) -> list[Any]:
-        """The ``replicas`` closest live contacts to ``key`` in our table, with ``None`` standing for us
-        when we are one of them."""
-        r = self.config.replicas
-        entries = self.table.closest(key, r, skip_failed=True)
-        t = int.from_bytes(key, "big")
-        mine = self._me_int ^ t
-        out: list[Any] = []
-        placed = False
-        for e in entries:
-            if not placed and mine < (int.from_bytes(e.node_id, "big") ^ t):
-                out.append(None)
-                placed = True
-            out.append(e)
-        if not placed:
-            out.append(None)
-        return out[:r]
-
-    def _replicate(self, now: float, full: bool) -> None:
-        """Push held items to replicas that lack them. At most half a token bucket's burst goes to one peer
-        per pass, so an honest holder never trips its peers' STORE rate bound; what is left over goes at
-        the next check."""
-        cap = max(1, int(self.config.store_burst // 2))
-        sent: dict[bytes, int] = {}
-        behind = False
-        for key, h in self.store.held_records():
-            wire = None
-            pushed = set()
-            for e in self._replica_set(key):
-                if e is None:
-                    continue
-                nid = e.node_id
-                if full or nid not in h.pushed:
-                    n = sent.get(nid, 0)
-                    if n >= cap:
-                        behind = True
-                        continue
-                    sent[nid] = n + 1
-                    if wire is None:
-                        wire = {"rec": h.record.to_wire()}
-                    self._store_rpc(None, nid, e.public_key, e.endpoint, STORE, wire, now)
-                    self.stats["replicated"] += 1
-                pushed.add(nid)
-            h.pushed = frozenset(pushed)
-        for key, hp in self.store.held_provider_sets():
-            pushed = set()
-            live = [p for p in hp.entries.values() if p.expires > now]
-            for e in self._replica_set(key):
-                if e is None:
-                    continue
-                nid = e.node_id
-                if full or nid not in hp.pushed:
-                    n = sent.get(nid, 0)
-                    if n + len(live) > cap:
-                        behind = True
-                        continue
-                    sent[nid] = n + len(live)
-                    for p in live:
-                        self._store_rpc(None, nid, e.public_key, e.endpoint, ADD_PROVIDER, {"prov": p.to_wire()}, now)
-                        self.stats["replicated"] += 1
-                pushed.add(nid)
-            hp.pushed = frozenset(pushed)
-        if behind:
-            self._table_mark = -1  # not everything went: pass again at the next check
-
-    def _arm_republish(self, now: float) -> None:
-        if self._republish_at is None:
-            self._republish_at = now + self.config.republish_interval * (0.9 + 0.2 * self._rng.random())
-
-    def _republish(self, now: float) -> None:
-        self._republish_at = None
-        for key, rec in list(self._own.items()):
-            if rec.expires <= now:
-                del self._own[key]
-                continue
-            self.stats["republished"] += 1
-            self._submit(_REPUBLISH, key, rec, now)
-        for key, meta in list(self._own_provs.items()):
-            self.stats["reprovided"] += 1
-            self._submit(_REPROVIDE, key, self._provider_entry(key, meta, now), now)
-        if self._own or self._own_provs:
-            self._arm_republish(now)
-
-    def _provider_entry(self, key: bytes, meta: Any, now: float) -> ProviderRecord:
-        me = self.routing.advertised
-        assert me is not None  # only a node that advertises itself provides (provide() checks)
-        entry = make_provider(self.signer, key, me[1], int(now + self.config.provider_ttl), meta)
-        if entry.size > self.config.max_provider_bytes:
-            raise InvalidArgument(f"provider entry of {entry.size} bytes exceeds the limit of "
-                             f"{self.config.max_provider_bytes} bytes (make the metadata smaller)")
-        return entry
-
-    # -- operations ----------------------------------------------------------------------------------
-
-    def _submit(self, kind: str, key: bytes, item: Any, now: float) -> int:
-        cfg = self.config
-        oid = self._next_id
-        self._next_id += 1
-        op = _Op(oid, kind, key, item)
-        if len(self._active) < cfg.max_ops:
-            self._start(op, now)
-        elif len(self._queue) < cfg.max_queued_ops:
-            self._queue.append(op)
-            self.stats["ops_queued"] += 1
-        else:
-            self.stats["ops_refused"] += 1
-            op.phase = 3
-            self._report(op, False, "busy")
-        return oid
-
-    def _start(self, op: _Op, now: float) -> None:
-        rcfg = self.routing.config
-        self.stats["ops_started"] += 1
-        seeds = self.table.closest(op.key, rcfg.k, skip_failed=True) or self.table.closest(op.key, rcfg.k)
-        self._active[op.id] = op
-        op.started = now
-        op.phase = 1
-        op.lookup = Lookup(op.key, seeds, k=rcfg.k, alpha=rcfg.alpha, self_id=self.node_id,
-                           late_after=self.routing.rto, late_factor=rcfg.late_factor, late_min=rcfg.late_min,
-                           max_queries=self._max_queries, stats=self.stats)
-        self._pump(op, now)
-
-    def _pump(self, op: _Op, now: float) -> None:
-        """Advance an operation: send the queries its lookup wants, or go on to storing, or finish."""
-        if op.phase == 1:
-            lk = op.lookup
-            assert lk is not None  # phase 1 is the lookup
-            lk.late_after = self.routing.rto
-            queries = lk.next_queries(now)
-            if queries:
-                typ = _QUERY_TYPE[op.kind]
-                me = self.routing.advertised
-                body = {"key": op.key, "from": me} if me is not None else {"key": op.key}
-                for c in queries:
-                    self._query(op, c.public_key, c.endpoint, typ, body, now)
-            if lk.done:
-                self._lookup_done(op, now)
-                return
-            self._arm_late(op, lk.next_timer())
-        elif op.phase == 2:
-            if not op.pending:
-                self._finish_store(op, now)
-                return
-            limit = self._store_late_limit(op)
-            earliest = min(op.pending.values())
-            if op.stored > 0 and earliest + limit <= now:
-                # Every store still unanswered has been silent past the late limit, and one replica has it.
-                self._finish_store(op, now)
-                return
-            if op.stored > 0:
-                self._arm_late(op, earliest + limit)
-
-    def _store_late_limit(self, op: _Op) -> float:
-        """How long an unanswered STORE is waited for once another replica accepted: the node's RTO (RFC 6298:
-        when a live peer's answer is overdue), or late_factor times this put's slowest acknowledgement if
-        that is longer, never the hard timeout. A put reports the replicas that answered within it."""
-        rcfg = self.routing.config
-        limit = self.routing.rto
-        if op.max_ack is not None and rcfg.late_factor * op.max_ack > limit:
-            limit = rcfg.late_factor * op.max_ack
-        return limit if limit < self.config.query_timeout else self.config.query_timeout
-
-    def _arm_late(self, op: _Op, t: float | None) -> None:
-        if t is not None and (op.armed is None or t < op.armed):
-            op.armed = t
-            self._serial += 1
-            heapq.heappush(self._late, (t, self._serial, op))
-
-    def _lookup_done(self, op: _Op, now: float) -> None:
-        lk = op.lookup
-        assert lk is not None
-        kind = op.kind
-        if kind == _GET:
-            if lk.ok:
-                self._finish(op, True, "not_found", now)
-            else:
-                self._finish(op, False, "failed" if lk.queries else "no_contacts", now)
-            return
-        if kind == _FIND:
-            if lk.ok or op.provs:
-                self._finish(op, True, "", now)
-            else:
-                self._finish(op, False, "failed" if lk.queries else "no_contacts", now)
-            return
-        # put / provide / their republishing: store on the replicas closest among those that answered and us
-        t = int.from_bytes(op.key, "big")
-        mine = self._me_int ^ t
-        found = lk.result()
-        targets: list[Any] = []
-        placed = self.routing.advertised is None  # nobody can find a node that does not advertise itself
-        for c in found:
-            if not placed and mine < (int.from_bytes(node_id_of(c.public_key), "big") ^ t):
-                targets.append(None)
-                placed = True
-            targets.append(c)
-        if not placed:
-            targets.append(None)
-        targets = targets[: self.config.replicas]
-        provider = kind in (_PROVIDE, _REPROVIDE)
-        wire = {"prov" if provider else "rec": op.item.to_wire()}
-        op.phase = 2
-        for c in targets:
-            if c is None:
-                why = self._offer(provider, wire["prov" if provider else "rec"], now)
-                if why is None:
-                    op.stored += 1
-                else:
-                    op.refusals.append(why)
-            else:
-                rid = self._store_rpc(op, node_id_of(c.public_key), c.public_key, c.endpoint,
-                                      ADD_PROVIDER if provider else STORE, wire, now)
-                op.pending[rid] = now
-        if not found:
-            # Nobody else holds it (we may, and republish it once peers appear): that is not a success.
-            self._finish(op, False, "failed" if lk.queries else "no_contacts", now)
-            return
-        self._pump(op, now)
-
-    def _finish_store(self, op: _Op, now: float) -> None:
-        if op.stored > 0:
-            self._finish(op, True, "", now)
-        else:
-            reason = max(set(op.refusals), key=op.refusals.count) if op.refusals else "failed"
-            self._finish(op, False, reason, now)
-
-    def _finish(self, op: _Op, ok: bool, reason: str, now: float) -> None:
-        op.phase = 3
-        self._active.pop(op.id, None)
-        stats = self.stats
-        kind = op.kind
-        if kind == _GET:
-            stats["gets_found" if op.found is not None else "gets_not_found" if ok else "gets_failed"] += 1
-        elif kind == _PUT:
-            stats["puts_ok" if ok else "puts_failed"] += 1
-        elif kind == _PROVIDE:
-            stats["provides_ok" if ok else "provides_failed"] += 1
-        elif kind == _FIND:
-            stats["finds_ok" if ok else "finds_failed"] += 1
-        self._report(op, ok, reason, now)
-        while self._queue and len(self._active) < self.config.max_ops:
-            self._start(self._queue.popleft(), now)
-
-    def _report(self, op: _Op, ok: bool, reason: str, now: float | None = None) -> None:
-        if op.kind in _PUBLIC_KIND:
-            return
-        lk = op.lookup
-        provs = sorted(op.provs.values(), key=lambda p: int.from_bytes(p.node_id, "big") ^ int.from_bytes(op.key, "big"))
-        record = op.found if op.kind == _GET else op.item if isinstance(op.item, Record) else None
-        self._events.append(DhtDone(op.id, op.kind, op.key, ok, record, provs, op.stored,
-                                    lk.rounds if lk else 0, lk.queries if lk else 0,
-                                    (now - op.started) if (lk is not None and now is not None) else 0.0, reason))
-
-    # -- RPCs --------------------------------------------------------------------------------------
-
-    def _rid(self) -> bytes:
-        return self._rng.getrandbits(128).to_bytes(16, "big")
-
-    def _send(self, env: Envelope) -> None:
-        self._out.append(env)
-        self.stats["sent"] += 1
-
-    def _query(self, op: _Op, pk: bytes, ep: str, typ: str, body: dict[Any, Any], now: float) -> bytes:
-        return self._rpc(op, node_id_of(pk), pk, ep, typ, body, now, False)
-
-    def _store_rpc(self, op: _Op | None, nid: bytes, pk: bytes, ep: str, typ: str, body: dict[Any, Any], now: float) -> bytes:
-        self.stats["stores_sent"] += 1
-        return self._rpc(op, nid, pk, ep, typ, body, now, True)
-
-    def _rpc(self, op: _Op | None, nid: bytes, pk: bytes, ep: str, typ: str, body: dict[Any, Any], now: float,
-             store: bool) -> bytes:
-        rid = self._rid()
-        self._rpcs[rid] = _Rpc(op, nid, pk, ep, now, store)
-        self._fifo.append((now + self.config.query_timeout, rid))
-        self._dests.add(nid, pk, ep)
-        self._send(Envelope(rid, self.node_id, typ, body, nid, int(now * 1000)))
-        return rid
-
-    def _match(self, env: Envelope, store: bool) -> _Rpc | None:
-        re = env.re
-        if type(re) is not bytes:
-            self.stats["unmatched"] += 1
-            return None
-        rpc = self._rpcs.get(re)
-        if rpc is None or rpc.nid != env.src or rpc.store != store:
-            self.stats["unmatched"] += 1
-            return None
-        del self._rpcs[re]
-        self._dests.release(rpc.nid)
-        return rpc
-
-    def _on_answer(self, env: Envelope, now: float) -> None:
-        rpc = self._match(env, False)
-        if rpc is None:
-            self.table.touch(env.src, now)
-            return
-        op = rpc.op
-        assert op is not None  # an answer RPC (not a store) belongs to an operation, in phase 1 with a lookup
-        body = env.body
-        nodes = body.get("nodes") if type(body) is dict else None
-        lk = op.lookup
-        assert lk is not None
-        if type(nodes) is not list:
-            self.stats["malformed"] += 1  # alive but useless: failed in the lookup, not refreshed
-            if op.phase == 1 and not lk.done:
-                lk.on_failure(rpc.nid, now)
-                self._pump(op, now)
-            return
-        rtt = now - rpc.sent
-        self.routing.sample_rtt(rtt)
-        self.table.add(rpc.nid, rpc.pk, rpc.ep, now, rtt)
-        if op.phase != 1 or lk.done:
-            self.stats["late_responses"] += 1
-            return
-        if op.kind == _GET and "rec" in body:
-            rec = self._answer_record(body["rec"], op.key, now)
-            if rec is not None:
-                lk.on_response(rpc.nid, nodes, now)
-                op.found = rec
-                self._finish(op, True, "", now)
-                return
-        elif op.kind == _FIND and "provs" in body:
-            if self._merge_providers(op, body["provs"], now):
-                op.with_provs += 1
-        lk.on_response(rpc.nid, nodes, now)
-        if op.kind == _FIND and (op.with_provs >= self.config.replicas
-                                 or len(op.provs) >= self.config.max_providers_per_key):
-            self._finish(op, True, "", now)
-            return
-        self._pump(op, now)
-
-    def _answer_record(self, obj: Any, key: bytes, now: float) -> Record | None:
-        cfg = self.config
-        try:
-            rec = parse_record(obj, max_bytes=cfg.max_record_bytes)
-        except RecordError:
-            self.stats["answers_bad_record"] += 1
-            return None
-        if rec.key != key or lifetime_fault(rec.expires, now, cfg.max_ttl, cfg.max_clock_skew) is not None:
-            self.stats["answers_bad_record"] += 1
-            return None
-        return rec
-
-    def _merge_providers(self, op: _Op, provs: Any, now: float) -> bool:
-        cfg = self.config
-        if type(provs) is not list:
-            self.stats["answers_bad_provider"] += 1
-            return False
-        got = False
-        for obj in provs[: cfg.max_providers_per_key]:
-            if type(obj) is dict:
-                c = obj.get("c")
-                pk = c[0] if type(c) is list and c and type(c[0]) is bytes and len(c[0]) == 32 else None
-                old = None if pk is None else op.provs.get(node_id_of(pk))
-                if old is not None and obj.get("sig") == old.signature:
-                    got = True  # the same entry from another replica: already verified
-                    continue
-            try:
-                p = parse_provider(obj, max_bytes=cfg.max_provider_bytes)
-            except RecordError:
-                self.stats["answers_bad_provider"] += 1
-                continue
-            if p.key != op.key or lifetime_fault(p.expires, now, cfg.max_ttl, cfg.max_clock_skew) is not None:
-                self.stats["answers_bad_provider"] += 1
-                continue
-            got = True
-            old = op.provs.get(p.node_id)
-            if old is None or p.expires > old.expires:
-                if old is None and len(op.provs) >= cfg.max_providers_per_key:
-                    continue
-                op.provs[p.node_id] = p
-        return got
-
-    def _on_stored(self, env: Envelope, now: float) -> None:
-        rpc = self._match(env, True)
-        if rpc is None:
-            self.table.touch(env.src, now)
-            return
-        rtt = now - rpc.sent
-        self.routing.sample_rtt(rtt)
-        self.table.add(rpc.nid, rpc.pk, rpc.ep, now, rtt)
-        body = env.body
-        ok = type(body) is dict and body.get("ok") is True
-        if ok:
-            self.stats["stores_acked"] += 1
-        else:
-            self.stats["stores_refused"] += 1
-        op = rpc.op
-        if op is None or op.phase != 2:
-            return
-        rid = env.re
-        if rid is None or op.pending.pop(rid, None) is None:  # (matched above, so it is set)
-            return
-        if ok:
-            op.stored += 1
-            if op.max_ack is None or rtt > op.max_ack:
-                op.max_ack = rtt
-        else:
-            why = body.get("why") if type(body) is dict else None
-            op.refusals.append(why if type(why) is str and len(why) <= 32 else "refused")
-        self._pump(op, now)
 
 
 _MISSING = object()
