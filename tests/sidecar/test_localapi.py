@@ -451,3 +451,79 @@ def test_publish_answers_with_what_the_node_decided(arun, short_dir):
             client.close()
 
     arun(main())
+
+
+def fast_probes() -> NodeConfig:
+    return dataclasses.replace(NodeConfig(), membership=dataclasses.replace(NodeConfig().membership,
+                                                                             probe_interval=0.2, probe_timeout=0.1))
+
+
+def test_top_and_members_show_the_nodes_peers_traffic_and_a_member_that_left(arun, short_dir):
+    """`top` and `members` (local-api.md 4.5): real peers join the sidecar's node, traffic moves the
+    counters, a peer that leaves stays listed as "left" (a tombstone), outside the routing table."""
+    async def main():
+        async with sidecar(short_dir, config=fast_probes()) as (node, outbox, api):
+            peers = [Node(peers=[node.contact], config=fast_probes()) for _ in range(3)]
+            for p in peers:
+                await p.start()
+            client = Client(api.path)
+            try:
+                ids = {p.node_id.hex() for p in peers}
+                contacts = {p.node_id.hex(): str(p.contact) for p in peers}
+                for _ in range(200):
+                    members = (await client.op("members")).body
+                    if {m["node_id"] for m in members["members"] if m["state"] == "alive" and m["rtt_ms"]} >= ids:
+                        break
+                    await asyncio.sleep(0.05)
+                assert members["total"] == 3 and len(members["members"]) == 3
+                for row in members["members"]:
+                    assert row["node_id"] in ids and row["state"] == "alive" and row["in_table"]
+                    assert row["contact"] == contacts[row["node_id"]]
+                    assert row["rtt_ms"] is not None and 0 <= row["rtt_ms"] < 1000
+                    assert 0 <= row["age_s"] < 5 and row["tags"] == [] and row["incarnation"] >= 0
+
+                before = (await client.op("top")).body
+                assert before["node_id"] == node.node_id.hex() and before["contact"] == str(node.contact)
+                assert before["peer_states"]["alive"] == 3 and before["peers_total"] == 3
+                assert {"inbox_messages", "unacked_messages", "outbox_queued", "inbound_queued",
+                        "local_unacked"} <= set(before["queues"])
+                reasons = {(layer, reason) for layer, reason, _ in before["drops"]}
+                assert ("delivery", "malformed") in reasons and ("transport", "OversizeEnvelope") in reasons
+                for i in range(20):
+                    assert (await client.op("send", {"n": i}, to=str(peers[0].contact))).type == "accepted"
+                for _ in range(20):
+                    await peers[0].receive(timeout=5)
+                after = (await client.op("top")).body
+                assert after["time"] > before["time"]
+                moved = {k: after["traffic"][k] - before["traffic"][k] for k in before["traffic"]}
+                assert moved["messages_out"] >= 20 and moved["bytes_out"] > 20 * 10 and moved["submitted"] >= 20
+                assert moved["messages_in"] >= 1  # the acks, at least
+
+                await peers[2].close()  # a graceful leave
+                gone = peers[2].node_id.hex()
+                for _ in range(200):
+                    rows = {m["node_id"]: m for m in (await client.op("members")).body["members"]}
+                    if rows.get(gone, {}).get("state") == "left":
+                        break
+                    await asyncio.sleep(0.05)
+                assert rows[gone]["state"] == "left" and not rows[gone]["in_table"]
+                assert (await client.op("top")).body["peer_states"]["alive"] == 2
+            finally:
+                client.close()
+                for p in peers[:2]:
+                    await p.close()
+    arun(main(), timeout=60)
+
+
+def test_first_rows_keeps_live_members_first_and_bounds_the_answer():
+    from zmqagents.envelope import DEFAULT_MAX_VALUES, Envelope as Env, decode as dec
+    from zmqagents.sidecar import views
+
+    rows = [{"node_id": f"{i:064x}", "contact": f"{'a' * 52}@tcp://127.0.0.1:{i}", "state": state,
+             "incarnation": i, "rtt_ms": 1.5, "age_s": 0.25, "in_table": True, "fails": 0, "tags": ["g1", "g2"]}
+            for i, state in enumerate(["dead", "left", "alive", "suspect", "unprobed"] * 300)]
+    first = views.first_rows(rows)
+    assert len(first) == views.MAX_ROWS
+    assert [r["state"] for r in first[:3]] == ["alive"] * 3 and first[-1]["state"] in ("alive", "suspect", "unprobed")
+    frame = Env(os.urandom(16), bytes(32), "members", {"members": first, "total": len(rows)}).encode(max_size=1 << 22)
+    assert len(dec(frame, max_size=1 << 22, max_values=DEFAULT_MAX_VALUES).body["members"]) == views.MAX_ROWS

@@ -32,10 +32,9 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
-from ..transport.fleet import FLEET_REFUSALS
+from . import views
 from .exposition import CONTENT_TYPE, MetricFamily, info, process_families, render
 from .exposition import counter as metric_counter, gauge as metric_gauge
-from ..transport.droplog import INBOX_REFUSALS
 from ..errors import Error
 
 if TYPE_CHECKING:
@@ -47,16 +46,6 @@ DEFAULT_LISTEN = "127.0.0.1:9464"
 MAX_HEAD = 8192  # bytes of request line + headers
 READ_TIMEOUT = 5.0  # s a client may take to send its request
 MAX_CONNECTIONS = 16  # served at once; more are closed unanswered (and counted)
-
-# Core counters that are drops of something a peer sent or we could not send, by core.
-DELIVERY_DROPS = ("malformed", "unsequenced", "stale_epoch", "reorder_overflow", "reorder_bytes_full",
-                  "buffer_discarded")
-ROUTING_DROPS = ("malformed", "misdirected", "from_mismatch", "unmatched", "late_responses")
-MEMBERSHIP_DROPS = ("malformed",)
-NODE_DROPS = {"inbox_refused": "inbox_full", "inbox_bytes_refused": "inbox_bytes_full",
-              "inbox_share_refused": "inbox_peer_share", "publications_dropped": "subscription_queue_full",
-              "publications_refused": "subscription_peer_share", "replies_dropped": "reply_window_full",
-              "requests_expired": "expired"}
 
 
 class AdminError(Error):
@@ -121,7 +110,7 @@ class NodeCollector:
         yield counter("retransmits_total", "Envelopes sent again because no ack came in time.", d["retransmits"])
         yield counter("duplicates_total", "Envelopes received again and not redelivered.", d["duplicates"])
         failed = metric_counter("zmqagents_requests_failed", "Requests that got no reply, by reason.",
-                                     labels=["reason"])
+                                labels=["reason"])
         failed.add_metric(["timeout"], d["requests_timed_out"])
         failed.add_metric(["unreachable"], d["requests_failed"])
         yield failed
@@ -130,20 +119,10 @@ class NodeCollector:
 
         # -- drops by reason (fixed reason names from the code, never peer-chosen text) -----
         drops = metric_counter("zmqagents_dropped_messages",
-                                    "Messages dropped, by the layer that dropped them and why.",
-                                    labels=["layer", "reason"])
-        refusals = set(INBOX_REFUSALS).union(FLEET_REFUSALS if transport.fleet is not None else ())
-        for reason in sorted(refusals.union(transport.drops)):
-            drops.add_metric(["transport", reason], transport.drops.get(reason, 0))
-        for key, reason in NODE_DROPS.items():
-            drops.add_metric(["node", reason], node.stats[key])
-        for reason in DELIVERY_DROPS:
-            drops.add_metric(["delivery", reason], d[reason])
-        if node.routing is not None:
-            for reason in ROUTING_DROPS:
-                drops.add_metric(["routing", reason], node.routing.stats[reason])
-            for reason in MEMBERSHIP_DROPS:
-                drops.add_metric(["membership", reason], node.membership.stats[reason])
+                               "Messages dropped, by the layer that dropped them and why.",
+                               labels=["layer", "reason"])
+        for layer, reason, n in views.drops(node):
+            drops.add_metric([layer, reason], n)
         yield drops
 
         # -- queues ------------------------------------------------------------------------
@@ -176,7 +155,7 @@ class NodeCollector:
                 state = membership.state_of(entry.node_id) or "unprobed"
                 states[state] = states.get(state, 0) + 1
             peers = metric_gauge("zmqagents_peers", "Routing-table contacts by membership state.",
-                                      labels=["state"])
+                                 labels=["state"])
             for state, n in states.items():
                 peers.add_metric([state], n)
             yield peers
@@ -194,9 +173,9 @@ class NodeCollector:
         conns.add_metric(["subscription"], transport.subscription_count)
         yield conns
         links = metric_counter("zmqagents_transport_links",
-                                    "Links to this node's inbox and XPUB, by event. Links libzmq closes for a frame over "
-                                    "the size limit, or for bytes that are not ZMTP, show only as closed (libzmq 4.3 "
-                                    "gives no reason); refused handshakes are also dropped_messages_total reasons.",
+                               "Links to this node's inbox and XPUB, by event. Links libzmq closes for a frame over "
+                               "the size limit, or for bytes that are not ZMTP, show only as closed (libzmq 4.3 "
+                               "gives no reason); refused handshakes are also dropped_messages_total reasons.",
                                     labels=["event"])
         for event in ("accepted", "authenticated", "closed"):
             links.add_metric([event], t[f"links_{event}"])
@@ -210,8 +189,8 @@ class NodeCollector:
                         dht.provider_entries)
             yield gauge("dht_store_bytes", "Bytes of records and provider entries held.", dht.store_bytes)
             refused = metric_counter("zmqagents_dht_refused_records",
-                                          "Records and provider entries the store refused, by reason.",
-                                          labels=["reason"])
+                                     "Records and provider entries the store refused, by reason.",
+                                     labels=["reason"])
             for key, n in dht.stats.items():
                 if key.startswith("refused_"):
                     refused.add_metric([key[len("refused_"):]], n)
@@ -233,7 +212,7 @@ class NodeCollector:
             if not stats or not kind:
                 continue
             fam = metric_counter(f"zmqagents_{kind}_events", f"{kind} service events by outcome.",
-                                      labels=["outcome"])
+                                 labels=["outcome"])
             for outcome, n in stats.items():
                 fam.add_metric([outcome], n)
             yield fam
@@ -241,7 +220,7 @@ class NodeCollector:
             if isinstance(pending, int):
                 yield gauge(f"{kind}_pending", f"Items the {kind} service has waiting.", pending)
         admin = metric_counter("zmqagents_admin_requests", "Admin endpoint requests by outcome.",
-                                    labels=["outcome"])
+                               labels=["outcome"])
         for outcome, n in self.admin_stats.items():
             admin.add_metric([outcome], n)
         yield admin

@@ -29,6 +29,7 @@ from ..identity import Contact, IdentityError, format_node_id, parse_node_id
 from ..queues import BoundedQueue
 from ..errors import Error
 from .localsocket import LocalApiError, prepare_socket_path
+from . import views
 from .serving import LocalServing, ServingError
 
 if TYPE_CHECKING:
@@ -327,6 +328,11 @@ class LocalApi:
             self._reply(rid, "peers", env.id, self.node.peers())
         elif op == "status":
             self._reply(rid, "status", env.id, self.status())
+        elif op == "top":
+            self._reply(rid, "top", env.id, self.top())
+        elif op == "members":
+            rows = views.members(self.node)
+            self._reply(rid, "members", env.id, {"members": views.first_rows(rows), "total": len(rows)})
         elif op == "ack":
             self._ack(rid, env)
         elif op == "ping":
@@ -341,7 +347,7 @@ class LocalApi:
             self._serving_op(rid, env)
         else:
             raise _Reply("unknown_op", f"unknown operation {op!r}: use send, request, receive, ack, publish, peers, "
-                         "status, serve, withdraw, handle, progress, result, fail or ping")
+                         "status, top, members, serve, withdraw, handle, progress, result, fail or ping")
 
     def _serving_op(self, rid: bytes, env: Envelope) -> None:
         op = env.type
@@ -683,6 +689,19 @@ class LocalApi:
 
     def _error(self, rid: bytes, re: bytes | None, code: str, message: str, **extra: Any) -> None:
         self._reply(rid, "error", re, {"code": code, "error": message, **extra})
+
+    def top(self) -> dict:
+        """The node's live view (``views.snapshot``, its table cut to ``views.MAX_ROWS``) and what
+        waits in this sidecar: messages for local clients, the outbox, the inbound spool."""
+        view = views.snapshot(self.node)
+        view["peers_total"] = len(view["peers"])
+        view["peers"] = views.first_rows(view["peers"])
+        view["queues"].update({
+            "local_unacked": sum(len(u.messages) for u in self._unacked.values()),
+            "outbox_queued": self.outbox.status()["queued"] if self.outbox is not None else 0,
+            "inbound_queued": self.inbox.status()["queued"] if self.inbox is not None else 0,
+        })
+        return view
 
     def status(self) -> dict:
         node = self.node
