@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from . import agents, collab, config, context, dht, fleet, keys, messages, reference, serve, sim, tasks, workflow
+from . import (agents, collab, config, context, dht, fleet, keys, members, messages, reference, serve, sim, tasks, top,
+               workflow)
 from .common import VERBOSITY, verbosity_params
 from .version import version_option
 
@@ -47,7 +48,7 @@ def cli(ctx: click.Context) -> None:
 
 
 # Each module's COMMANDS are added to the group; click lists them by name.
-GROUPS = (keys, serve, messages, config, context, dht, agents, tasks, collab, workflow, fleet, sim, reference)
+GROUPS = (keys, serve, messages, config, context, dht, agents, tasks, collab, workflow, fleet, sim, reference, members, top)
 
 def _with_verbosity(command: click.Command) -> None:
     """-v and -q on every command, so they work after the subcommand too (`zmqagents task ... -v`)."""
