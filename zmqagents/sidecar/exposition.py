@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-Sample = tuple[str, dict[str, str], float]
+class Sample(NamedTuple):
+    """One line of a family: as prometheus_client's Sample, a tuple whose fields also have names."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
 
 
 class MetricFamily:
@@ -40,7 +45,7 @@ class MetricFamily:
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         """A sample with ``labels`` (values in the order of the family's label names)."""
         suffix = "_total" if self.type == "counter" else ""
-        self.samples.append((self.name + suffix, dict(zip(self.labels, labels)), value))
+        self.samples.append(Sample(self.name + suffix, dict(zip(self.labels, labels)), value))
 
 
 def counter(name: str, documentation: str, value: float | None = None, *,
@@ -65,7 +70,7 @@ def gauge(name: str, documentation: str, value: float | None = None, *,
 def info(name: str, documentation: str, value: Mapping[str, str]) -> MetricFamily:
     """A constant 1 whose labels carry facts (an identity, a version): written as ``NAME_info``."""
     family = MetricFamily(name, documentation, "info")
-    family.samples.append((name + "_info", dict(value), 1.0))
+    family.samples.append(Sample(name + "_info", dict(value), 1.0))
     return family
 
 
@@ -75,10 +80,10 @@ def histogram(name: str, documentation: str, buckets: Iterable[tuple[str, float]
     family = MetricFamily(name, documentation, "histogram")
     count = 0.0
     for bound, n in buckets:
-        family.samples.append((name + "_bucket", {"le": bound}, n))
+        family.samples.append(Sample(name + "_bucket", {"le": bound}, n))
         count = n
-    family.samples.append((name + "_count", {}, count))
-    family.samples.append((name + "_sum", {}, sum_value))
+    family.samples.append(Sample(name + "_count", {}, count))
+    family.samples.append(Sample(name + "_sum", {}, sum_value))
     return family
 
 
