@@ -27,6 +27,9 @@ SHIPPED = {  # path in the repository -> path in the wheel
        for p in sorted((ROOT / "protocols").iterdir()) if p.suffix in (".md", ".json")},
     "scripts/node.example.toml": "zmqagents/_data/node.example.toml",
     "scripts/zmqagents.service": "zmqagents/_data/zmqagents.service",
+    # the admin dashboard (/ui) and `mesh graph --format html`: served from the package, never a CDN
+    **{f"zmqagents/sidecar/ui/{p.name}": f"zmqagents/sidecar/ui/{p.name}"
+       for p in sorted((ROOT / "zmqagents/sidecar/ui").iterdir())},
 }
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 # Child processes run unmeasured by coverage (.ci/run measures the processes tests start): the installed

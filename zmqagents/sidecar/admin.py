@@ -4,6 +4,8 @@
     GET /livez    200 while the process and its event loop run (the answer comes from the loop)
     GET /readyz   200 when the inbox is bound, the node has joined (or runs alone by config)
                   and every sidecar service says it is ready; 503 with the failing checks otherwise
+    GET /ui       a web dashboard of the node and the mesh it can see (sidecar/dashboard.py,
+                  imported on the first /ui request only)
 
 It listens on 127.0.0.1 by default: metrics say who we talk to and how much, so exposing them
 further is the operator's explicit choice (``[admin] listen``).
@@ -251,6 +253,7 @@ class AdminServer:
         self._server: asyncio.base_events.Server | None = None
         self._collector: NodeCollector | None = None
         self._connections = 0
+        self._dashboard = None  # sidecar/dashboard.py's Dashboard, once /ui is first asked for
 
     async def start(self) -> None:
         host, port = parse_listen(self.listen)
@@ -277,6 +280,8 @@ class AdminServer:
     async def close(self, drain_timeout: float = 0.0) -> None:
         """Stop serving (``drain_timeout`` is part of the service protocol; scrapes need no drain)."""
         self._ready = False
+        if self._dashboard is not None:
+            await self._dashboard.close()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -353,8 +358,20 @@ class AdminServer:
             if failing:
                 return "503 Service Unavailable", "text/plain", ("not ready: " + ", ".join(failing) + "\n").encode(), head_only
             return "200 OK", "text/plain", b"ready\n", head_only
+        if target == b"/ui" or target.startswith(b"/ui/"):
+            status, ctype, body = await self._ui(target)
+            self.stats["ok" if status.startswith("200") else "not_found"] += 1
+            return status, ctype, body, head_only
         self.stats["not_found"] += 1
-        return "404 Not Found", "text/plain", b"try /metrics, /livez or /readyz\n", head_only
+        return "404 Not Found", "text/plain", b"try /metrics, /livez, /readyz or /ui\n", head_only
+
+    async def _ui(self, target: bytes) -> tuple[str, str, bytes]:
+        """The web dashboard (sidecar/dashboard.py), imported and built on its first request only."""
+        if self._dashboard is None:
+            from .dashboard import Dashboard
+
+            self._dashboard = Dashboard(self.node)
+        return await self._dashboard.answer(target.decode("latin-1"))
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

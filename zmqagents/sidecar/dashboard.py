@@ -1,0 +1,141 @@
+"""The admin endpoint's web dashboard (``/ui``): this node, its rates and peers, and the mesh it can see.
+
+    GET /ui, /ui/           the page (sidecar/ui/index.html), which loads:
+    GET /ui/style.css, /ui/graph.js, /ui/dashboard.js
+    GET /ui/api/status      JSON: this node (id, contact, version), its counters and gauges (the page
+                            turns counter deltas into rates), its routing table (as zmqagents.peers)
+    GET /ui/api/graph       JSON: the part of the mesh this node can crawl ({"nodes", "edges", "crawl"},
+                            core/crawl.py), plus "crawling" and "age_s"
+
+Why this shape: the page is four static files shipped in the package (no CDN, no build step, no
+framework) that poll two JSON answers, so the admin server stays the small HTTP/1.1 responder it
+is (one request per connection) and needs no websocket or new dependency. This module is imported
+by the admin server on the first ``/ui`` request only: a sidecar whose dashboard nobody opens
+pays nothing for it, not even the import.
+
+The crawl starts from this node's own table and asks the nodes it meets (``zmqagents.peers``,
+``task.describe``) through the node, bounded and rate-limited by :class:`CrawlLimits`. It runs in
+the background, one at a time, at most once every ``refresh`` seconds however many pages poll:
+a flood of GETs cannot make the node flood the mesh. A graph request answers at once with the
+last finished crawl (the node's own table before the first one finishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ..core.crawl import Crawl, CrawlLimits
+from ..shell.crawling import crawl
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+log = logging.getLogger(__name__)
+
+ASSETS = {  # path -> (file under sidecar/ui, content type); nothing else is served
+    "/ui": ("index.html", "text/html; charset=utf-8"),
+    "/ui/": ("index.html", "text/html; charset=utf-8"),
+    "/ui/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/ui/graph.js": ("graph.js", "text/javascript; charset=utf-8"),
+    "/ui/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+}
+JSON = "application/json"
+REFRESH = 10.0  # s between two crawls at most
+CRAWL_LIMITS = CrawlLimits(max_nodes=200, in_flight=8, rate=20.0)
+CRAWL_DEADLINE = 30.0  # s one crawl may take; what it has not reached by then stays "unvisited"
+
+
+def asset(name: str) -> bytes:
+    """A file of the dashboard, as shipped in the package (sidecar/ui/NAME)."""
+    return resources.files(__package__).joinpath("ui", name).read_bytes()
+
+
+class Dashboard:
+    """Answers ``/ui`` requests for ``node``; owns the background crawl and its cached graph."""
+
+    def __init__(self, node: "Node", *, limits: CrawlLimits = CRAWL_LIMITS, refresh: float = REFRESH,
+                 deadline: float = CRAWL_DEADLINE):
+        self.node = node
+        self.limits = limits
+        self.refresh = refresh
+        self.deadline = deadline
+        self.stats = {"crawls": 0, "crawl_messages": 0}
+        self._assets: dict[str, bytes] = {}
+        self._graph: dict[str, Any] | None = None
+        self._crawled_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def answer(self, target: str) -> tuple[str, str, bytes]:
+        """(status line, content type, body) for GET ``target``; 404 for anything not listed above."""
+        if target in ASSETS:
+            name, ctype = ASSETS[target]
+            if name not in self._assets:
+                self._assets[name] = asset(name)
+            return "200 OK", ctype, self._assets[name]
+        if target == "/ui/api/status":
+            return "200 OK", JSON, _dumps(self.status())
+        if target == "/ui/api/graph":
+            return "200 OK", JSON, _dumps(self.graph())
+        return "404 Not Found", "text/plain", b"the dashboard is at /ui (its data: /ui/api/status, /ui/api/graph)\n"
+
+    def status(self) -> dict[str, Any]:
+        """This node: who, its counters (the page derives rates), gauges and routing table."""
+        from .. import __version__
+
+        node = self.node
+        t, d = node.transport.stats, node.delivery.stats
+        inbox_messages, _ = node.inbox_size
+        counters = {"messages_in": t["frames_in"], "messages_out": t["frames_out"], "bytes_in": t["bytes_in"],
+                    "bytes_out": t["bytes_out"], "delivered": d["delivered"], "submitted": d["sent"],
+                    "retransmits": d["retransmits"], "duplicates": d["duplicates"],
+                    "publications_in": t["publications_in"], "publications_out": t["publications_out"],
+                    "transport_drops": sum(node.transport.drops.values())}
+        peers = node.peers() if node.routing is not None else []
+        gauges = {"peers": len(peers), "neighbours": len(node.neighbours()),
+                  "inbox_messages": inbox_messages, "unacked_messages": node.delivery.pending()}
+        return {"node_id": node.node_id.hex(), "contact": str(node.contact), "version": __version__,
+                "running": node.running, "time": node.now(), "counters": counters, "gauges": gauges,
+                "peers": peers}
+
+    def graph(self) -> dict[str, Any]:
+        """The last crawl's graph (starting a new crawl in the background when it is stale)."""
+        now = self.node.now()
+        running = self._task is not None and not self._task.done()
+        if not running and (self._crawled_at is None or now - self._crawled_at >= self.refresh):
+            self._task = asyncio.get_running_loop().create_task(self._crawl())
+            running = True
+        graph = self._graph
+        if graph is None:  # before the first crawl ends: this node and its own table
+            first = Crawl(self.limits, now=now)
+            first.local(str(self.node.contact), self.node.peers() if self.node.routing is not None else [])
+            first.stop(now)
+            graph = first.graph()
+        age = None if self._crawled_at is None else round(now - self._crawled_at, 1)
+        return {**graph, "crawling": running, "age_s": age}
+
+    async def _crawl(self) -> None:
+        try:
+            done = await crawl(self.node, [], self.limits, local=True, deadline=self.deadline)
+        except Exception:  # a bug here must not take the admin endpoint down; the page shows the old graph
+            log.exception("dashboard crawl failed")
+            self._crawled_at = self.node.now()
+            return
+        self.stats["crawls"] += 1
+        self.stats["crawl_messages"] += done.messages_sent
+        self._graph = done.graph()
+        self._crawled_at = self.node.now()
+
+    async def close(self) -> None:
+        """Stop a crawl in progress (the admin server closes)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
