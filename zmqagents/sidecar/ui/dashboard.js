@@ -34,7 +34,7 @@
     $("node-id").textContent = s.node_id;
     rows($("status"), [
       ["contact", [s.contact, "mono"]], ["version", s.version], ["running", s.running ? "yes" : "no"],
-      ["up", fmt(s.uptime_s, 0) + " s"], ["routing table", fmt(s.gauges.peers)],
+      ["routing table", fmt(s.gauges.peers) + " contacts"],
       ["neighbours", fmt(s.gauges.neighbours)], ["inbox", fmt(s.gauges.inbox_messages) + " messages"],
       ["unacked", fmt(s.gauges.unacked_messages)],
     ]);
