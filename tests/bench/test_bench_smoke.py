@@ -239,3 +239,18 @@ def test_broadcast_quick_reports_delivery_latency_redundancy_and_a_kill_mid_stre
     assert out["after_kill"]["targets"] == 16 - 1 - 2 and out["after_kill"]["delivery"] > 0
     assert all(p["duplicates_to_app"] == 0 for p in out["phases"])  # at most once to the application
     assert isinstance(out["aims"]["delivery_1"], bool)
+
+
+@pytest.mark.timeout(120)
+def test_mesh_graph_quick_crawls_every_node_through_the_cli_and_the_dashboard():
+    out = _run("mesh_graph.py", "--quick", timeout=110)
+    assert out["benchmark"] == "mesh_graph" and out["nodes"] == 12
+    for run in ("crawl", "crawl_unthrottled"):
+        c = out[run]
+        assert c["nodes_found"] == 12 and c["nodes_missed"] == 0 and c["answered"] == 12, run
+        assert c["messages_sent"] == 24 and c["messages_per_node"] == 2.0, run  # a table and a describe each
+        assert 0 < c["seconds"] <= c["wall_seconds"], run
+    assert out["crawl"]["seconds"] >= out["crawl"]["rate_floor_seconds"] > 0  # the rate limit binds
+    d = out["dashboard"]
+    assert d["nodes_found"] == 12 and d["messages_sent"] == 22  # its own table is read, not asked
+    assert d["rss_mb_before_ui"] > 0 and d["rss_mb_after_ui_crawl"] > 0

@@ -1,6 +1,7 @@
 """The admin dashboard (/ui) in a real headless Chromium: a 6-node mesh, the page of one node, the graph
 drawn with every node once the crawl has reached them, the live panels filled, and a screenshot kept as
-a test artefact (its path is printed; $ZMQAGENTS_TEST_ARTEFACTS or ./test-artefacts).
+a test artefact (its path is printed; $ZMQAGENTS_TEST_ARTEFACTS or ./test-artefacts). Then the page
+`zmqagents mesh graph --format html` writes for the same mesh, opened from its file: six nodes drawn.
 
 Skips only where no Chromium is installed (.ci/run installs Debian's chromium package)."""
 
@@ -16,6 +17,7 @@ import pytest
 from zmqagents.sidecar.admin import AdminServer
 
 from helpers import browser
+from helpers.cli import CLI
 from helpers.realmesh import close_mesh, start_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,12 @@ def test_the_dashboard_draws_a_six_node_mesh_in_a_real_browser(arun, tmp_path, c
             await asyncio.sleep(0.05)
         admin = AdminServer(nodes[0], "127.0.0.1:0")
         await admin.start()
+        page_file = tmp_path / "mesh.html"  # the same mesh from `zmqagents mesh graph --format html`
+        proc = await asyncio.create_subprocess_exec(*CLI, "mesh", "graph", "--mesh", str(nodes[4].contact),
+                                                    "--format", "html", "-o", str(page_file),
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
 
         def look() -> dict:
             with browser.Chromium(tmp_path / "profile") as page:
@@ -55,6 +63,11 @@ def test_the_dashboard_draws_a_six_node_mesh_in_a_real_browser(arun, tmp_path, c
                         "error": page.evaluate("document.getElementById('error').textContent"),
                         "labels": page.evaluate("[...document.querySelectorAll('#mesh g.node text')].map(t => t.textContent)")}
                 page.screenshot(shot)
+                # the exported page, opened from its file with no server behind it
+                page.open(page_file.as_uri())
+                page.wait_for(f"JSON.parse({DRAWN}).length === 6", timeout=30)
+                seen["exported"] = json.loads(page.evaluate(DRAWN))
+                page.screenshot(ARTEFACTS / "mesh-graph-6-nodes-html.png")
                 return seen
 
         try:
@@ -66,11 +79,12 @@ def test_the_dashboard_draws_a_six_node_mesh_in_a_real_browser(arun, tmp_path, c
     seen, ids = arun(main(), timeout=110)
     record_property("screenshot", str(shot))
     with capsys.disabled():  # shown whatever the capture mode, even with -q
-        print(f"\ndashboard screenshot: {shot}")
+        print(f"\ndashboard screenshot: {shot} (and {ARTEFACTS / 'mesh-graph-6-nodes-html.png'})")
     assert sorted(i for i, _ in seen["drawn"]) == sorted(ids)
     assert seen["links"] == 15  # a full mesh of six: one line per pair
     assert seen["local"] == [ids[0]] and seen["node_id"] == ids[0]
     assert seen["error"] == ""
+    assert sorted(seen["exported"]) == sorted([i, "answered"] for i in ids)
     assert sorted(label[:8] for label in seen["labels"]) == sorted(i[:8] for i in ids)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
