@@ -83,20 +83,18 @@ class Dashboard:
         return "404 Not Found", "text/plain", b"the dashboard is at /ui (its data: /ui/api/status, /ui/api/graph)\n"
 
     def status(self) -> dict[str, Any]:
-        """This node: who, its counters (the page derives rates), gauges and routing table."""
+        """This node: who, its counters (the page derives rates), gauges and routing table. Read through
+        sidecar/views.py, as /metrics and `zmqagents top` read it, so the three agree."""
         from .. import __version__
+        from . import views
 
         node = self.node
-        t, d = node.transport.stats, node.delivery.stats
-        inbox_messages, _ = node.inbox_size
-        counters = {"messages_in": t["frames_in"], "messages_out": t["frames_out"], "bytes_in": t["bytes_in"],
-                    "bytes_out": t["bytes_out"], "delivered": d["delivered"], "submitted": d["sent"],
-                    "retransmits": d["retransmits"], "duplicates": d["duplicates"],
-                    "publications_in": t["publications_in"], "publications_out": t["publications_out"],
-                    "transport_drops": sum(node.transport.drops.values())}
+        counters = views.traffic(node)
+        counters["drops"] = sum(n for _, _, n in views.drops(node))
+        queues = views.queues(node)
         peers = node.peers() if node.routing is not None else []
-        gauges = {"peers": len(peers), "neighbours": len(node.neighbours()),
-                  "inbox_messages": inbox_messages, "unacked_messages": node.delivery.pending()}
+        gauges = {"peers": len(peers), "neighbours": views.connections(node)["neighbours"],
+                  "inbox_messages": queues["inbox_messages"], "unacked_messages": queues["unacked_messages"]}
         return {"node_id": node.node_id.hex(), "contact": str(node.contact), "version": __version__,
                 "running": node.running, "time": node.now(), "counters": counters, "gauges": gauges,
                 "peers": peers}
