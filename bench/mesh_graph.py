@@ -15,9 +15,10 @@ per event loop, all joining through the seed. After ``--settle`` s the orchestra
   limited by the rate, as designed, or by the mesh);
 - ``crawl_unthrottled``: the same with ``--rate 10000 --parallel 64``, in the same run: what the rate
   limit costs against the mesh's own answer time;
-- ``dashboard``: the seed's RSS before any /ui request (after a /metrics scrape) and after its
-  dashboard has crawled the mesh (``/ui/api/graph`` polled until the crawl ends), and that crawl's
-  ``nodes_found`` and ``seconds``: what the dashboard costs a node only when it is used.
+- ``dashboard``: the seed's RSS before any /ui request (after a /metrics scrape), after the page and
+  one status (the dashboard's import), and after its dashboard has crawled the mesh (``/ui/api/graph``
+  polled until the crawl ends), and that crawl's ``nodes_found`` and ``seconds``: what the dashboard
+  costs a node only when it is used.
 
 Prints one JSON object on stdout; progress on stderr.
 
@@ -162,7 +163,12 @@ def main_orchestrator(args) -> int:
         rss_before = rss_kb(seed.pid)
         all_ids = set(ids)
 
-        # the dashboard first, so its RSS is measured before the CLI's crawls add peers to the seed's links
+        # the dashboard first, so its RSS is measured before the CLI's crawls add peers to the seed's links;
+        # the page and the status first (what importing the dashboard costs), then the crawl
+        for path in ("/ui", "/ui/style.css", "/ui/graph.js", "/ui/dashboard.js", "/ui/api/status"):
+            with urllib.request.urlopen(f"http://{hello['admin']}{path}", timeout=10) as resp:
+                resp.read()
+        rss_page = rss_kb(seed.pid)
         began = time.monotonic()
         graph = get_json(hello["admin"], "/ui/api/graph")
         while graph["crawling"] and time.monotonic() - began < 300:
@@ -172,7 +178,8 @@ def main_orchestrator(args) -> int:
         seed_id = next(n["id"] for n in graph["nodes"] if n["local"])
         all_ids.add(seed_id)
         dash = graph["crawl"]
-        dashboard = {"rss_mb_before_ui": round(rss_before / 1024, 1), "rss_mb_after_ui_crawl": round(rss_after / 1024, 1),
+        dashboard = {"rss_mb_before_ui": round(rss_before / 1024, 1), "rss_mb_after_ui_page": round(rss_page / 1024, 1),
+                     "rss_mb_after_ui_crawl": round(rss_after / 1024, 1),
                      "nodes_found": len({n["id"] for n in graph["nodes"]} & all_ids), "seconds": dash["seconds"],
                      "messages_sent": dash["messages_sent"]}
 

@@ -253,4 +253,4 @@ def test_mesh_graph_quick_crawls_every_node_through_the_cli_and_the_dashboard():
     assert out["crawl"]["seconds"] >= out["crawl"]["rate_floor_seconds"] > 0  # the rate limit binds
     d = out["dashboard"]
     assert d["nodes_found"] == 12 and d["messages_sent"] == 22  # its own table is read, not asked
-    assert d["rss_mb_before_ui"] > 0 and d["rss_mb_after_ui_crawl"] > 0
+    assert d["rss_mb_before_ui"] > 0 and d["rss_mb_after_ui_page"] > 0 and d["rss_mb_after_ui_crawl"] > 0

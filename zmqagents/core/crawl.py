@@ -35,7 +35,7 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..errors import InvalidArgument
 from ..identity import MAX_ENDPOINT_LEN, Contact, IdentityError
@@ -101,8 +101,8 @@ class _Node:
     seen: dict[str, int] = field(default_factory=dict)  # entry state -> tables listing it so
 
 
-@dataclass
-class _Edge:
+@dataclass(slots=True)
+class _Edge:  # one per table entry read: kept small (a crawl of 100 nodes holds ~5,000)
     state: str
     rtt_ms: float | None
 
@@ -218,16 +218,24 @@ class Crawl:
 
     def graph(self) -> dict[str, Any]:
         """``{"nodes": [...], "edges": [...], "crawl": {...}}``, JSON-ready, nodes in discovery order."""
-        nodes = [{"id": n.node_id.hex(), "contact": n.contact, "state": n.state, "local": n.local,
-                  "table_size": n.table_size, "capabilities": n.capabilities,
-                  "seen": {state: n.seen.get(state, 0) for state in ENTRY_STATES}}
-                 for n in self._nodes.values()]
-        edges = [{"from": a.hex(), "to": b.hex(), "state": e.state, "rtt_ms": e.rtt_ms}
-                 for (a, b), e in self._edges.items()]
+        return {"nodes": self.nodes(), "edges": list(self.edges()), "crawl": self.summary()}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"id": n.node_id.hex(), "contact": n.contact, "state": n.state, "local": n.local,
+                 "table_size": n.table_size, "capabilities": n.capabilities,
+                 "seen": {state: n.seen.get(state, 0) for state in ENTRY_STATES}}
+                for n in self._nodes.values()]
+
+    def edges(self) -> Iterator[dict[str, Any]]:
+        """The edges one at a time, so a caller can encode a large graph without holding them all as dicts."""
+        for (a, b), e in self._edges.items():
+            yield {"from": a.hex(), "to": b.hex(), "state": e.state, "rtt_ms": e.rtt_ms}
+
+    def summary(self) -> dict[str, Any]:
+        """What the crawl did: nodes found, messages sent, seconds, and every counter of :attr:`stats`."""
         end = self.finished
-        return {"nodes": nodes, "edges": edges, "crawl": {
-            "nodes_found": len(nodes), "messages_sent": self.messages_sent,
-            "seconds": None if end is None else round(end - self.started, 3), **self.stats}}
+        return {"nodes_found": len(self._nodes), "messages_sent": self.messages_sent,
+                "seconds": None if end is None else round(end - self.started, 3), **self.stats}
 
     # -- inside ---------------------------------------------------------------------------------
 
@@ -274,6 +282,7 @@ class Crawl:
                 continue
             kept += 1
             peer = self._nodes[peer_id]
+            peer_id = peer.node_id  # the one bytes object per node, shared by every edge to it
             if (node.node_id, peer_id) not in self._edges:
                 peer.seen[state] = peer.seen.get(state, 0) + 1
             self._edges[(node.node_id, peer_id)] = _Edge(state, rtt)
@@ -296,6 +305,9 @@ class Crawl:
         node.capabilities = names
 
 
+_STATES = {state: state for state in ENTRY_STATES}  # one str object per state, shared by every edge
+
+
 def _entry(row: Any) -> tuple[bytes, str, str, float | None] | None:
     """(node id, contact, state, rtt_ms) of one table entry, or None if it does not check out."""
     if not isinstance(row, dict):
@@ -312,4 +324,4 @@ def _entry(row: Any) -> tuple[bytes, str, str, float | None] | None:
         return None
     if rtt is not None and (isinstance(rtt, bool) or not isinstance(rtt, (int, float)) or not 0 <= rtt < math.inf):
         return None
-    return node_id, str(contact), str(state), None if rtt is None else round(float(rtt), 3)
+    return node_id, str(contact), _STATES[state], None if rtt is None else round(float(rtt), 3)
