@@ -10,7 +10,10 @@ incarnation]`` or ``[LEFT, node id, incarnation]``. News about one node is order
 * the rumors to send, at most one per subject (the newest news), in buckets by how many times each was
   sent: a message takes the fewest-sent first, within a byte budget, and a rumor retires after its
   transmit limit (``ceil(retransmit_mult * log10(N + 1))`` sends; a dead rumor fewer, see
-  :meth:`RumorQueue.enqueue`). When the queue is full the most-sent rumor makes room;
+  :meth:`RumorQueue.enqueue`). When the queue is full the most-sent rumor makes room. Each bucket is
+  an insertion-ordered dict keyed by subject, so taking the newest, evicting the oldest and replacing
+  a subject's news are O(1) (after a mass crash a node queues news at every message: lists with
+  lazily skipped dead entries made every pick and eviction walk them);
 * the dedup memory: the highest code heard per subject (bounded, least recently heard forgotten first);
 * the log of recent news (time learned, wire) that answers a sync (anti-entropy).
 
@@ -49,15 +52,14 @@ def rumor_size(wire: list[Any]) -> int:
 
 
 class _Rumor:
-    __slots__ = ("subject", "code", "wire", "size", "tx", "live", "limit", "stake")
+    __slots__ = ("subject", "code", "wire", "size", "tx", "limit", "stake")
 
     def __init__(self, subject: bytes, code: int, wire: list[Any], size: int, limit: int):
         self.subject = subject
         self.code = code
         self.wire = wire  # shared, never mutated: a merge builds a new list
         self.size = size
-        self.tx = 0
-        self.live = True
+        self.tx = 0  # sends so far: it sits in bucket tx while queued
         self.limit = limit  # sends after which it retires
         self.stake = True  # about a member, a tombstone or us (pushed with gossip_fanout)
 
@@ -77,8 +79,8 @@ class RumorQueue:
         self.live = 0  # rumors queued
         self.heard: dict[bytes, int] = {}  # subject -> highest news code seen (insertion order = LRU)
         self._dead_skip = max(0, config.gossip_transmits - config.dead_pushes)
-        # _buckets[c] holds the rumors sent c times, newest last
-        self._buckets: list[list[_Rumor]] = [[] for _ in range(self.limit)]
+        # _buckets[c] holds the rumors sent c times (subject -> rumor), newest last
+        self._buckets: list[dict[bytes, _Rumor]] = [{} for _ in range(self.limit)]
         self._by_subject: dict[bytes, _Rumor] = {}
         self._log: list[Any] | None = None  # ring of (time learned, wire) for syncs
         self._log_pos = 0
@@ -91,7 +93,7 @@ class RumorQueue:
         if limit != self.limit:
             buckets = self._buckets
             if limit > len(buckets):
-                buckets.extend([] for _ in range(limit - len(buckets)))
+                buckets.extend({} for _ in range(limit - len(buckets)))
             self.limit = limit
 
     def pin(self, wire: list[Any]) -> None:
@@ -136,7 +138,7 @@ class RumorQueue:
                 old.wire = wire  # a merge (more accusers): same news, keep its count
                 old.size = size
                 return False
-            old.live = False
+            del self._buckets[old.tx][subject]
             self.live -= 1
         elif self.live >= self.config.max_rumors:
             self._evict()
@@ -152,9 +154,9 @@ class RumorQueue:
                 c = lim - 1
             e.limit = lim
             e.tx = c
-            self._buckets[c].append(e)
+            self._buckets[c][subject] = e
         else:
-            self._buckets[0].append(e)
+            self._buckets[0][subject] = e
         by_subject[subject] = e
         self.live += 1
         log = self._log
@@ -183,34 +185,28 @@ class RumorQueue:
         e = self._by_subject.get(subject)
         if e is None or e.tx <= tx:
             return False
-        e.live = False
-        n = _Rumor(e.subject, e.code, e.wire, e.size, e.limit)
-        n.stake = e.stake
-        n.tx = tx
-        self._buckets[tx].append(n)
-        self._by_subject[e.subject] = n
+        del self._buckets[e.tx][subject]
+        e.tx = tx
+        self._buckets[tx][subject] = e
         return True
 
     def _evict(self) -> None:
         """Make room: drop the rumor sent most often (it has spread furthest)."""
-        for lst in reversed(self._buckets):
-            while lst:
-                e = lst.pop(0)
-                if e.live:
-                    e.live = False
-                    self.live -= 1
-                    if self._by_subject.get(e.subject) is e:
-                        del self._by_subject[e.subject]
-                    self.stats["rumors_evicted"] += 1
-                    return
+        for bucket in reversed(self._buckets):
+            if bucket:
+                subject = next(iter(bucket))  # the oldest of the most-sent
+                del bucket[subject]
+                del self._by_subject[subject]
+                self.live -= 1
+                self.stats["rumors_evicted"] += 1
+                return
 
     def has_fresh(self) -> bool:
         """Whether some live rumor has been sent fewer than gossip_transmits times."""
         buckets = self._buckets
         for c in range(min(len(buckets), self.config.gossip_transmits)):
-            for e in buckets[c]:
-                if e.live:
-                    return True
+            if buckets[c]:
+                return True
         return False
 
     def pick(self, budget: int, dst: bytes | None, max_tx: int = 1 << 30) -> list[Any] | None:
@@ -238,16 +234,13 @@ class RumorQueue:
         c = 0
         nb = len(buckets) if len(buckets) < max_tx else max_tx
         while c < nb and budget > 0:
-            lst = buckets[c]
-            while lst:
-                e = lst[-1]
-                if not e.live:
-                    lst.pop()
-                    continue
+            bucket = buckets[c]
+            while bucket:
+                subject, e = bucket.popitem()  # the newest
                 if e is not buddy and (e.size > budget or (out is not None and len(out) >= cap)):
+                    bucket[subject] = e  # back where it was (it was the newest)
                     budget = 0
                     break
-                lst.pop()
                 if e is not buddy and e.wire is not pinned:
                     if out is None:
                         out = [e.wire]
@@ -258,10 +251,8 @@ class RumorQueue:
                         self._stake = True
                 e.tx = c + 1
                 if c + 1 >= e.limit:
-                    e.live = False
                     self.live -= 1
-                    if by_subject.get(e.subject) is e:
-                        del by_subject[e.subject]
+                    del by_subject[subject]
                     self.stats["rumors_retired"] += 1
                 elif moved is None:
                     moved = [e]
@@ -270,7 +261,7 @@ class RumorQueue:
             c += 1
         if moved is not None:
             for e in moved:
-                buckets[e.tx].append(e)
+                buckets[e.tx][e.subject] = e
         return out
 
     def pick_push(self, budget: int, max_tx: int) -> tuple[list[Any] | None, bool]:
