@@ -261,6 +261,40 @@ def test_a_restarted_receiver_gets_at_once_what_its_previous_run_had_selectively
     assert a.stats["reneged"] == 37 and a.pending(B) == 0  # 4..40
     assert len(net.delivered(B)) == 38  # each once
 
+@pytest.mark.parametrize("first_word", ["hello", "membership"])
+def test_a_restarted_receiver_waiting_for_a_floor_it_had_selectively_acked_gets_it_at_once(first_word):
+    """Issue 12, bench/chaos.py (seed 5: the watchdog fired, 931 messages held, no progress for 25 s):
+    B held everything above a hole and selectively acked it, the hole was abandoned while B was down,
+    and B came back restarted. A's floor was marked held by B, so nothing was resent: a probe fwd went
+    on the floor's timer (up to rto_max + jitter away), took the new B to the floor, and B's acks then
+    asked for the floor itself, which only the floor's next timer (as far again) found out. Now the
+    first word from a peer back from silence (its own stream, or membership's) sends the fwd at once,
+    and an ack asking for a message marked selectively acked (the receiver would have delivered it
+    had it held it) reneges the marks and resends at once."""
+    a, b, net = pair()
+    net.drop = lambda env: env.src == A and env.seq == 3 and env.type != "fwd"  # every copy of 3 is lost
+    for i in range(1, 41):
+        a.send(B, i, 0.0)
+    net.advance(1.0)
+    assert net.delivered(B) == [1, 2] and b.stats["out_of_order"] == 37  # 4..40 held, selectively acked
+    del net.cores[B]  # B is killed ...
+    net.advance(40.0)  # ... and stays down while A gives 3 up (4..40 spend no retries behind it)
+    assert [e.msg_id for e in net.of(A, SendFailed)] and a.pending(B) == 37
+    assert a.stream_state(B, net.now)["sacked"] == 37
+    b2 = Delivery(B, random.Random(99))  # B restarted: its buffer is gone
+    net.add(b2)
+    net.reported[B] = []
+    net.drop = lambda env: False
+    t0 = net.now
+    if first_word == "hello":
+        b2.send(A, "hello", t0)  # the restarted B speaks first: its own stream (the node's hello) ...
+    else:
+        a.heard(B, t0)  # ... or membership hears it first (a probe, handed to another core)
+    net.advance(t0 + 0.5)
+    assert sorted(net.delivered(B)) == list(range(4, 41)) and len(net.delivered(B)) == 37
+    assert a.pending(B) == 0 and a.stats["reneged"] == 37 and not net.of(A, Stalled)
+
+
 # -- request / reply -------------------------------------------------------------------------
 
 

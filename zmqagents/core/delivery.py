@@ -290,6 +290,9 @@ class Delivery(Retransmission):
             return
         if peer.out and peer.acked_at != now:  # (an envelope that acked progress starts no clock)
             self._talked(peer, now, silent)
+            if silent > self._quiet and now - peer.nudged_at >= self._rto_initial:
+                # Back from a silence (restarted, or a path healed): as when membership hears it first.
+                self._resend_floor(peer, self._floor(peer), now)
         if typ == ACK_TYPE:
             return
         assert seq is not None and ep is not None  # checked above for every type but ack

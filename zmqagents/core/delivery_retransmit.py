@@ -241,6 +241,9 @@ class Retransmission(StallWatchdog):
             if n0 and out:
                 self._fast_retransmit(peer, max(cum, peer.fast_hi) + 1, now)
             peer.rcum = cum
+            p = out.get(cum + 1)
+            if p is not None and p[SACKED] and now - peer.nudged_at >= self._rto_initial:
+                self._resend_floor(peer, cum + 1, now)  # it asks for what it had acked: reneged
         elif cum == peer.rcum and out and now - peer.nudged_at >= self._rto_initial:
             self._resend_floor(peer, self._floor(peer), now)
         c1 = cum + 1
@@ -262,12 +265,40 @@ class Retransmission(StallWatchdog):
         acking the rest: 10 s without progress at 40 % loss in the chaos tests, and after a sidecar's
         restart (its inbox full until its local API started) the stream waited 3-6 s per refusal
         (bench/chaos.py seed 35: the stall watchdog fired). The peer's own acks pace these copies,
-        like TCP's fast retransmission on duplicate acks (RFC 5681 section 3.2)."""
+        like TCP's fast retransmission on duplicate acks (RFC 5681 section 3.2). A selectively acked
+        floor gets what its timer would do (:meth:`_sacked_floor`)."""
         p = peer.out.get(seq)
-        if p is None or p[SACKED] or not p[TRIES]:
+        if p is None:
+            return
+        if p[SACKED]:
+            self._sacked_floor(peer, p, now)
+            return
+        if not p[TRIES]:
             return
         peer.nudged_at = now
         self._resend_run(peer, seq, now, "floor_resends")
+
+    def _sacked_floor(self, peer: Peer, p: list[Any], now: float) -> None:
+        """The peer answers, and our floor ``p`` is marked held by it (selectively acked). Do now what the
+        floor's timer would do, up to rto_max (+ jitter) later, twice over after a receiver's restart:
+
+        * if the peer's acks ask for it (its cumulative ack is just below it), the peer no longer holds
+          it: had it held it, it would have delivered it. Its buffer is gone (it restarted, or evicted
+          us), and every other mark with it: renege them all and send the run from the floor at once;
+        * if the holes below it were abandoned, the peer needs a fwd to reach it: send it now.
+
+        bench/chaos.py (seed 5): B held a window behind a hole, the hole was abandoned while B was down,
+        and B came back restarted; the probe fwd, then the renege, each waited for the floor's timer, and
+        the watchdog fired after 10 s without progress (931 messages held)."""
+        seq = p[SEQ]
+        if seq == peer.rcum + 1:
+            peer.nudged_at = now
+            p[SACKED] = False
+            self._renege(peer, now)
+            self._resend_run(peer, seq, now, "floor_resends", lost=True)
+        elif now - peer.fwd_at >= self._fwd_interval:
+            # Rate-limited as fwds are (not by nudged_at), so the ack it brings back may renege at once.
+            self._send_fwd(peer, now)
 
     def _fast_retransmit(self, peer: Peer, seq: int, now: float) -> None:
         """The cumulative ack advanced: send again, at once, the run of pending messages from ``seq`` on
@@ -285,14 +316,15 @@ class Retransmission(StallWatchdog):
         if last:
             peer.fast_hi = last
 
-    def _resend_run(self, peer: Peer, seq: int, now: float, stat: str) -> int:
+    def _resend_run(self, peer: Peer, seq: int, now: float, stat: str, lost: bool = False) -> int:
         """Send again the run of pending messages from ``seq`` on that were retransmitted already and
-        are not selectively acked, at most ``ack_every``; the last seq sent (0 if none). Timers untouched."""
+        are not selectively acked, at most ``ack_every``; the last seq sent (0 if none). Timers untouched.
+        ``lost``: the receiver lost them (reneged), so they are not in flight, retransmitted or not."""
         out = peer.out
         first = seq
         for _ in range(self._ack_every):
             p = out.get(seq)
-            if p is None or p[SACKED] or not p[TRIES]:
+            if p is None or p[SACKED] or not (p[TRIES] or lost):
                 break
             env = p[ENV]
             r = p[REQ]
