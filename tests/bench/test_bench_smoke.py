@@ -94,6 +94,17 @@ def test_footprint_sidecar_quick_measures_the_real_sidecar_process():
     assert out["params"]["mdns_possible"] == (out["params"]["network_namespace"] is not None)
 
 
+@pytest.mark.timeout(90)
+def test_footprint_sidecar_runs_measures_only_the_named_runs():
+    out = _run("footprint.py", "--sidecar", "--quick", "--runs", "all_2", timeout=80)
+    assert [r["config"] + "_" + str(r["peers"]) for r in out["runs"]] == ["all_2"]
+    assert "admin" in out["runs"][0]["services"] and out["rss_mb_all_2"] > 5
+    assert out["startup_s"] is None  # default_0, where it is measured, did not run
+    bad = subprocess.run([sys.executable, str(BENCH / "footprint.py"), "--sidecar", "--runs", "most_100"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "most_100" in bad.stderr
+
+
 @pytest.mark.timeout(60)
 def test_overlay_quick_reports_join_detection_and_idle_cost():
     out = _run("overlay.py", "--quick", timeout=55)
