@@ -87,6 +87,11 @@ def test_top_once_json_gives_rates_traffic_drops_queues_and_peers(mesh):
     assert {"inbox_messages", "unacked_messages", "outbox_queued", "inbound_queued"} <= set(frame["queues"])
     assert frame["connections"]["inbound"] >= 2
     assert all(d["count"] > 0 for d in frame["drops"])  # only drop counters that moved are listed
+    for key in ("messages_in", "messages_out", "bytes_in", "bytes_out"):  # per peer, within the node's
+        per_peer = [p[f"{key}_per_s"] for p in frame["peers"]]
+        assert all(v is not None and v >= 0 for v in per_peer), frame["peers"]
+        assert sum(per_peer) <= rates[f"{key}_per_s"] + 1e-6
+    assert sum(p["messages_in_per_s"] for p in frame["peers"]) > 0  # both peers probe the sidecar
 
 
 @pytest.mark.timeout(60)

@@ -498,6 +498,16 @@ def test_top_and_members_show_the_nodes_peers_traffic_and_a_member_that_left(aru
                 moved = {k: after["traffic"][k] - before["traffic"][k] for k in before["traffic"]}
                 assert moved["messages_out"] >= 20 and moved["bytes_out"] > 20 * 10 and moved["submitted"] >= 20
                 assert moved["messages_in"] >= 1  # the acks, at least
+                # per peer: the 20 went to peers[0] only, and no peer's count exceeds the node's
+                rows = {(a["node_id"]): (a, b) for a in after["peers"] for b in before["peers"]
+                        if a["node_id"] == b["node_id"]}
+                to_first = rows[peers[0].node_id.hex()]
+                assert to_first[0]["messages_out"] - to_first[1]["messages_out"] >= 20
+                assert to_first[0]["bytes_out"] - to_first[1]["bytes_out"] > 20 * 10
+                for nid in ids - {peers[0].node_id.hex()}:
+                    assert rows[nid][0]["messages_out"] - rows[nid][1]["messages_out"] < 20
+                for key in ("messages_in", "bytes_in", "messages_out", "bytes_out"):
+                    assert sum(a[key] for a, _ in rows.values()) <= after["traffic"][key]
 
                 await peers[2].close()  # a graceful leave
                 gone = peers[2].node_id.hex()

@@ -30,6 +30,7 @@ from ..identity import Contact, IdentityError
 from ..errors import Error
 from .exits import EXIT_FAILED, EXIT_TIMEOUT, EXIT_UNREACHABLE
 
+PEER_TRAFFIC = ("messages_in", "bytes_in", "messages_out", "bytes_out")
 MAX_ROWS = 4096  # rows of a table we accept from anyone (a sidecar sends at most 512)
 MAX_TEXT = 512  # characters of any string field we accept
 MAX_MAP = 256  # entries of any counter map, and drop reasons
@@ -227,7 +228,9 @@ def peer_row(row: Any, where: str) -> dict[str, Any]:
             "incarnation": _field(row, "incarnation", (int,), where),
             "rtt_ms": _field(row, "rtt_ms", (int, float), where, optional=True),
             "last_seen": _field(row, "last_seen", (int, float), where),
-            "fails": _field(row, "fails", (int,), where)}
+            "fails": _field(row, "fails", (int,), where),
+            # per-peer traffic: in the sidecar's `top` only, never in zmqagents.peers
+            **{key: _field(row, key, (int,), where) for key in PEER_TRAFFIC if key in row}}
 
 
 def member_row(row: Any, where: str) -> dict[str, Any]:

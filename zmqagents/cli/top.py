@@ -32,6 +32,7 @@ from .exits import EXIT_OK
 from .members import resolve_source, source_options
 
 STATE_ORDER = {"suspect": 0, "alive": 1, "unprobed": 2}
+PEER_TRAFFIC_ORDER = ("messages_in", "messages_out", "bytes_in", "bytes_out")  # the table's column order
 QUEUE_LABELS = {"inbox_messages": "inbox", "reorder_messages": "reorder", "reorder_bytes": "reorder_B",
                 "unacked_messages": "unacked", "transport_outbox": "writes", "handlers_running": "handlers",
                 "subscription_backlog": "subscriptions", "local_unacked": "client_unacked",
@@ -73,9 +74,17 @@ def drop_rates(before: dict[str, Any] | None, after: dict[str, Any]) -> list[dic
 def frame_data(source_kind: str, interval: float, before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
     """One frame as data (what --json prints): the snapshot with rates, peers sorted, ages computed."""
     peers = []
+    old = {row["node_id"]: row for row in before["peers"]} if before is not None else {}
+    dt = after["time"] - before["time"] if before is not None else 0.0
     for row in sorted(after["peers"], key=lambda r: (STATE_ORDER.get(r["state"], 3), r["node_id"])):
         age = round(max(0.0, after["time"] - row["last_seen"]), 3) if source_kind == "sidecar" else None
-        peers.append({**{k: v for k, v in row.items() if k != "last_seen"}, "age_s": age})
+        shown = {**{k: v for k, v in row.items() if k != "last_seen"}, "age_s": age}
+        prev = old.get(row["node_id"])
+        for key in PEER_TRAFFIC_ORDER:
+            if key in row:
+                delta = row[key] - prev[key] if prev is not None and key in prev else -1
+                shown[f"{key}_per_s"] = None if delta < 0 or dt <= 0 else delta / dt
+        peers.append(shown)
     data = {"node_id": after["node_id"], "contact": after["contact"], "source": source_kind, "interval_s": interval,
             "peer_states": after["peer_states"], "peers_total": after["peers_total"], "peers": peers}
     if source_kind == "sidecar":
@@ -122,15 +131,27 @@ def frame_lines(data: dict[str, Any], where: str) -> tuple[list[str], list[str]]
         head.append("(through a contact: the node's routing table only; its traffic, drops and queues are "
                     "shown by its own sidecar)")
     head.append("")
-    head.append(f"{'NODE':14} {'ADDRESS':24} {'STATE':9} {'INC':>5} {'RTT ms':>8} {'AGE s':>7} {'FAILS':>5}")
+    head.append(f"{'NODE':13} {'ADDRESS':22} {'STATE':8} {'RTT ms':>7} {'AGE s':>6} {'FAILS':>5} "
+                f"{'IN msg/s':>9} {'OUT msg/s':>9} {'IN B/s':>9} {'OUT B/s':>9}")
     peers = []
     for row in data["peers"]:
         address = row["contact"].split("@", 1)[1] if row["contact"] else "-"
         rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.2f}"
         age = "-" if row["age_s"] is None else f"{row['age_s']:.1f}"
-        peers.append(f"{row['node_id'][:12]:14} {address:24} {row['state']:9} {row['incarnation']:>5} {rtt:>8} "
-                     f"{age:>7} {row['fails']:>5}")
+        flows = [_short(row.get(f"{key}_per_s")) for key in PEER_TRAFFIC_ORDER]
+        peers.append(f"{row['node_id'][:12]:13} {address:22} {row['state']:8} {rtt:>7} {age:>6} {row['fails']:>5} "
+                     + " ".join(f"{flow:>9}" for flow in flows))
     return head, peers
+
+
+def _short(value: float | None) -> str:
+    """A rate in at most 9 characters: 12.5, 3.4k, 1.2M; "-" when unknown."""
+    if value is None:
+        return "-"
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.1f}"
 
 
 def fit(head: list[str], peers: list[str], columns: int, lines: int, total: int) -> list[str]:

@@ -34,10 +34,11 @@ NODE_DROPS = {"inbox_refused": "inbox_full", "inbox_bytes_refused": "inbox_bytes
               "requests_expired": "expired"}
 
 MEMBER_STATES = ("alive", "suspect", "unprobed", "dead", "left")
-# Rows one answer carries at most (the local API's `top` and `members`): a row is about 22 msgpack
-# values, so 512 rows stay under the 16,384 values a reader's envelope decoder accepts
+# Rows one answer carries at most (the local API's `top` and `members`): a row is at most 28 msgpack
+# values (with MAX_TAGS tags), so 512 rows (14,336 values) stay under the 16,384 values a reader's envelope decoder accepts
 # (envelope.DEFAULT_MAX_VALUES). The answer says how many there were in all.
 MAX_ROWS = 512
+MAX_TAGS = 8  # fleet groups listed per member (a certificate may name more)
 
 
 def traffic(node: "Node") -> dict[str, int]:
@@ -101,7 +102,7 @@ def members(node: "Node") -> list[dict[str, Any]]:
     Row: ``node_id`` (hex), ``contact`` (None for a tombstone whose contact is forgotten), ``state``,
     ``incarnation``, ``rtt_ms`` (None if never measured), ``age_s`` (seconds since last heard, None
     if the node never heard it itself), ``in_table`` (bool), ``fails``, ``tags`` (the groups of its
-    fleet certificate, sorted; empty outside a fleet)."""
+    fleet certificate, sorted, the first MAX_TAGS; empty outside a fleet)."""
     if node.routing is None:
         return []
     now = node.now()
@@ -126,13 +127,18 @@ def members(node: "Node") -> list[dict[str, Any]]:
             rows[nid] = {"node_id": nid.hex(), "contact": None, "state": state, "incarnation": inc,
                          "rtt_ms": None, "age_s": None, "in_table": False, "fails": 0}
     for nid, row in rows.items():
-        row["tags"] = sorted(node.certified_groups(nid))
+        row["tags"] = sorted(node.certified_groups(nid))[:MAX_TAGS]
     return list(rows.values())
 
 
 def snapshot(node: "Node") -> dict[str, Any]:
-    """All of the above for one node at one instant (``time``: the node's monotonic clock, s)."""
+    """All of the above for one node at one instant (``time``: the node's monotonic clock, s); each
+    routing-table row also carries the envelopes and bytes exchanged with that peer, in and out."""
     table = node.peers() if node.routing is not None else []
+    traffic_of = node.transport.peer_traffic.of
+    for row in table:  # what we exchanged with each: local to this view, never in zmqagents.peers
+        row["messages_in"], row["bytes_in"], row["messages_out"], row["bytes_out"] = \
+            traffic_of(bytes.fromhex(row["node_id"]))
     states = dict.fromkeys(MEMBER_STATES[:3], 0)
     for row in table:
         states[row["state"]] = states.get(row["state"], 0) + 1

@@ -39,6 +39,7 @@ from .config import TransportConfig
 from .droplog import OUTGOING_DROPS, DropLog
 from .fleet import FleetConfig, FleetGate
 from .linkwatch import LinkWatch
+from .peertraffic import PeerTraffic
 from .relaying import RelayPaths
 from .sockio import MORE_NOBLOCK, NOBLOCK, readable
 from .zap import PUB_DOMAIN, ZAP_DOMAIN, ZapHandler
@@ -129,6 +130,7 @@ class Transport:
             "links_closed": 0,  # ... that closed, for any reason (libzmq does not say which)
             "subscribers_cut": 0,  # times our XPUB's connections were closed to cut off revoked subscribers
         }
+        self.peer_traffic = PeerTraffic(config.max_known_keys)  # frames and bytes per peer, in and out
         self._link_watches: dict[zmq.Socket, LinkWatch] = {}  # monitor socket -> its watch
         self._droplog = DropLog(log, quiet=OUTGOING_DROPS)
         self.drops: dict[str, int] = self._droplog.counts  # refusals by reason (exported as metrics)
@@ -393,6 +395,7 @@ class Transport:
             self._drop("send_hwm", dst, "outgoing queue full")
             return
         self._sent(link.socket, frame)
+        self.peer_traffic.sent(dst, len(frame))
 
     def _send_router(self, rid: bytes, dst: bytes, frame: bytes) -> bool:
         # Two sends rather than send_multipart, which re-checks and re-flags every part in Python. A
@@ -414,6 +417,7 @@ class Transport:
             self._inbound.pop(dst, None)  # that connection is gone
             return False
         self._sent(router, frame)
+        self.peer_traffic.sent(dst, len(frame))
         return True
 
     def has_subscriber(self, topic: bytes) -> bool:
@@ -676,6 +680,7 @@ class Transport:
             sender = self._binding.sender(rid, rid_frame.get("User-Id") if secure else None, self.allow)
             if sender is None:
                 continue
+            self.peer_traffic.received(sender, len(frame))
             env = self._decode(frame, sender)
             if env is None:
                 continue
@@ -751,6 +756,7 @@ class Transport:
                 break
             stats["frames_in"] += 1
             stats["bytes_in"] += len(parts[-1])
+            self.peer_traffic.received(link.node_id, len(parts[-1]))
             if is_sub:
                 if len(parts) != 2:
                     self._drop("multipart", link.node_id, "publication must be [topic, envelope]")
