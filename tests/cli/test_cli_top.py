@@ -322,3 +322,13 @@ def test_a_node_answering_a_garbage_table_gets_one_clear_error_line(mode, text):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_no_sidecar_and_no_contact_are_clear_usage_errors(tmp_path):
+    gone = zmqa("members", "--socket", str(tmp_path / "none.sock"))
+    assert gone.returncode == 1 and "no sidecar is listening" in gone.stderr and "--to CONTACT" in gone.stderr
+    nothing = subprocess.run(CLI + ["top", "--once"], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "ZMQAGENTS_LOCAL_API_PATH": ""})
+    assert nothing.returncode == 2 and "no sidecar listens at" in nothing.stderr
+    key_alone = zmqa("members", "--key", str(tmp_path / "k"))
+    assert key_alone.returncode == 2 and "--to" in key_alone.stderr

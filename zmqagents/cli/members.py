@@ -45,6 +45,12 @@ def resolve_source(ctx: click.Context, socket_path: str | None, to: str | None):
         if ctx.get_parameter_source("socket_path") == click.core.ParameterSource.COMMANDLINE:
             raise click.UsageError("give --socket or --to, not both")
         return None, to
+    if socket_path is not None:
+        from ..sidecar.localsocket import sidecar_listening
+
+        if not sidecar_listening(socket_path):
+            raise Failure(f"no sidecar is listening on {socket_path}: start one (`zmqagents node --config FILE`), "
+                          "or ask a node with --to CONTACT")
     path = sidecar_socket(ctx, socket_path, False)
     if path is None:
         from ..sidecar.config import LocalApiSection
