@@ -55,7 +55,8 @@ What is checked, per round and destination:
 
 Also: the largest RSS of each process over the run (sampled every second), A's delivery and
 outbox counters, and for a round that failed, its work directory (configs and every process's
-JSON log) is kept and named in ``failed_rounds``.
+JSON log) is kept and named in ``failed_rounds``; so is that of a round that passed with a recovery
+over SLOW_RECOVERY (5 s), in ``slow_rounds``.
 
     python bench/chaos.py --rounds 50            # the issue's figure
     python bench/chaos.py --rounds 40 --faults kill_b   # only B's kill and restart
@@ -109,6 +110,10 @@ CREDIT_EVERY = 0.1  # s between credit top-ups (also how soon a restarted sideca
 ACK_TIMEOUT_MS = 60_000
 START_TIMEOUT = 30.0  # s a process may take to be ready
 RECOVERY_LIMIT = 30.0  # s the next fault on a stream waits for the stream to recover from the last
+# A round with a recovery slower than this is kept (its logs) and listed in `slow_rounds`, though it passed: the
+# 50-round run of issue 12 had one round with two ~8 s recoveries (p99 7.6 s) that its seed alone did not repeat
+# (0.4 and 0.9 s), and nothing left to say why.
+SLOW_RECOVERY = 5.0
 FAULTS = ("kill_b", "cut_ab", "kill_relay")
 TARGET = {"kill_b": "b", "cut_ab": "b", "kill_relay": "c"}  # the stream each fault hits
 
@@ -704,6 +709,8 @@ def summarize(rounds: list[dict]) -> dict:
         "catch_up_s": percentiles(catch_up),
         "rss_mb": rss,
         "failed_rounds": [_failure_brief(r) for r in rounds if not r["ok"]],
+        "slow_rounds": [_failure_brief(r) for r in rounds if r["ok"] and
+                        any((ev["recovery_s"] or 0) > SLOW_RECOVERY for ev in r["faults"])],
     }
 
 
@@ -761,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             result["round"] = i
             result["plan"] = asdict(plan)
-            if not result["ok"] or args.keep:
+            slow = any((ev["recovery_s"] or 0) > SLOW_RECOVERY for ev in result["faults"])
+            if not result["ok"] or slow or args.keep:
                 keep_root = True
                 result["kept"] = str(work)
             else:
