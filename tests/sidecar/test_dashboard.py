@@ -155,3 +155,35 @@ def test_the_dashboard_is_imported_only_when_ui_is_first_asked_for():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"/metrics": False, "/livez": False, "/readyz": False, "/ui": True}
+
+
+def test_a_crawl_answered_with_garbage_is_drawn_so_and_counted_in_the_metrics(arun):
+    async def main():
+        nodes = await start_mesh(4)
+        await settled(nodes, 4)
+        nodes[2].peers = lambda: {"not": "a table"}  # answers zmqagents.peers with garbage
+        nodes[3].peers = lambda: [{"node_id": "ab" * 32, "contact": "junk", "state": "alive"}] * 50
+        admin = AdminServer(nodes[0], "127.0.0.1:0")
+        await admin.start()
+        try:
+            assert b"zmqagents_dashboard_events_total" not in admin.metrics()  # no dashboard before /ui
+            for _ in range(100):
+                graph = json.loads((await get(admin.address, "/ui/api/graph"))[2])
+                if not graph["crawling"]:
+                    break
+                await asyncio.sleep(0.05)
+            states = {n["id"]: n["state"] for n in graph["nodes"]}
+            assert states[nodes[2].node_id.hex()] == "bad_answer"
+            assert states[nodes[3].node_id.hex()] == "answered" and states[nodes[1].node_id.hex()] == "answered"
+            assert graph["crawl"]["bad_answers"] == 1 and graph["crawl"]["bad_entries"] == 50
+            metrics = admin.metrics().decode()
+            assert 'zmqagents_dashboard_events_total{outcome="bad_answers"} 1.0' in metrics
+            assert 'zmqagents_dashboard_events_total{outcome="bad_entries"} 50.0' in metrics
+            assert 'zmqagents_dashboard_events_total{outcome="crawls"} 1.0' in metrics
+        finally:
+            for node in nodes[2:]:
+                del node.peers
+            await admin.close()
+            await close_mesh(nodes)
+
+    arun(main(), timeout=60)

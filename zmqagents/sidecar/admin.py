@@ -257,8 +257,7 @@ class AdminServer:
 
     async def start(self) -> None:
         host, port = parse_listen(self.listen)
-        self._collector = NodeCollector(self.node, lambda: [s for s in self.services() if s is not self],
-                                        self.stats)
+        self._collector = NodeCollector(self.node, self._metric_sources, self.stats)
         try:
             sock = _listening_socket(host, port)
         except OSError as exc:
@@ -271,6 +270,11 @@ class AdminServer:
 
     def ready(self) -> bool:
         return self._ready
+
+    def _metric_sources(self) -> list[Any]:
+        """The services whose stats become metrics, and the dashboard once /ui was asked for (its crawls)."""
+        sources = [s for s in self.services() if s is not self]
+        return sources if self._dashboard is None else [*sources, self._dashboard]
 
     def metrics(self) -> bytes:
         """The node's metrics and the process's (``process_*``), in the Prometheus text format."""

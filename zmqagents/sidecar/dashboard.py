@@ -54,8 +54,14 @@ def asset(name: str) -> bytes:
     return resources.files(__package__).joinpath("ui", name).read_bytes()
 
 
+COUNTED = ("answered", "unreachable", "bad_answers", "bad_entries", "entries_truncated", "beyond_max_nodes",
+           "bad_capabilities")  # what each crawl met, summed into Dashboard.stats
+
+
 class Dashboard:
     """Answers ``/ui`` requests for ``node``; owns the background crawl and its cached graph."""
+
+    metric_name = "dashboard"
 
     def __init__(self, node: "Node", *, limits: CrawlLimits = CRAWL_LIMITS, refresh: float = REFRESH,
                  deadline: float = CRAWL_DEADLINE):
@@ -63,7 +69,9 @@ class Dashboard:
         self.limits = limits
         self.refresh = refresh
         self.deadline = deadline
-        self.stats = {"crawls": 0, "crawl_messages": 0}
+        # crawls, their requests, and what they met (the crawl core's counters, summed over crawls):
+        # exported as zmqagents_dashboard_events_total{outcome} once the dashboard exists
+        self.stats = {"crawls": 0, "crawl_messages": 0, **dict.fromkeys(COUNTED, 0)}
         self._assets: dict[str, bytes] = {}
         self._graph: bytes | None = None  # the last crawl's graph, as JSON
         self._crawled_at: float | None = None
@@ -125,6 +133,8 @@ class Dashboard:
             return
         self.stats["crawls"] += 1
         self.stats["crawl_messages"] += done.messages_sent
+        for key in COUNTED:
+            self.stats[key] += done.stats[key]
         self._graph = _encode(done)
         self._crawled_at = self.node.now()
 
