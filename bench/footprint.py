@@ -33,7 +33,9 @@ started as the ``zmqagents`` console script starts it (``python -m zmqagents.lau
 TLS out of the ``node`` command), measured the same way in three configurations at 0, 100 and 200
 peers: ``bare`` (mDNS and the local API off: what the node costs without optional services),
 ``default`` (the schema's defaults: whatever services they enable) and ``all`` (mDNS and the
-admin endpoint on as well).
+admin endpoint on as well), plus ``ui_100``: ``all`` at 100 peers with its dashboard opened (the
+page and assets fetched, /ui/api/graph polled until its first crawl of the mesh finished) before
+the window, since the dashboard costs memory only once requested.
 It reports ``rss_mb_<config>_<peers>``, ``idle_cpu_percent`` (the highest of the runs) and
 ``startup_s`` (spawn to contact file, default config, no peers), and which services each
 configuration actually ran (from the sidecar's log). As root it runs inside a network namespace
@@ -370,7 +372,10 @@ def orchestrate(args) -> int:
 # =====================================================================================
 
 # "bare" turns every optional service off, so default - bare is what the default services cost.
-SIDECAR_CONFIGS = {"bare": {"mdns": False, "local_api": False}, "default": {}, "all": {"mdns": True, "admin": True}}
+SIDECAR_CONFIGS = {"bare": {"mdns": False, "local_api": False}, "default": {}, "all": {"mdns": True, "admin": True},
+                   "ui": {"mdns": True, "admin": True, "ui": True}}
+# "ui" is "all" with its dashboard opened: before the window, the page, its assets and its status are
+# fetched and /ui/api/graph is polled until the dashboard's first crawl of the mesh has finished.
 
 
 def _free_port() -> int:
@@ -435,6 +440,7 @@ def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool, m
         hello_ok = sum(child.read(60 + 2 * peers)["hello_ok"] for child in children)
         if hello_ok != peers:
             raise BenchError(f"only {hello_ok} of {peers} peers completed their hello with sidecar {name}")
+        crawl = _open_dashboard(err_path) if SIDECAR_CONFIGS[config].get("ui") else None
         time.sleep(args.settle)
         before = sample(proc.pid)
         time.sleep(args.window)
@@ -457,7 +463,33 @@ def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool, m
     log(f"sidecar {name}: {idle['rss_mb']:.1f} MB RSS, {idle['cpu_percent']:.3f} % CPU, services {services or 'none'}")
     return {"config": config, "peers": peers, "peer_probes": "mesh rate" if mesh_rate else "star", "rss_mb": round(idle["rss_mb"], 2), "rss_mb_alone": round(rss_alone, 2),
             "cpu_percent": round(idle["cpu_percent"], 4), "cpu_percent_precise": round(idle["cpu_percent_precise"], 5),
-            "startup_s": round(startup, 3), "threads": idle["threads"], "fds": idle["fds"], "services": services}
+            "startup_s": round(startup, 3), "threads": idle["threads"], "fds": idle["fds"], "services": services,
+            **({"ui_crawl": crawl} if crawl is not None else {})}
+
+
+def _open_dashboard(log_path: Path, timeout: float = 90) -> dict:
+    """What a browser does on /ui: the page, its assets and status once, then /ui/api/graph until the
+    dashboard's first crawl has finished; the crawl's summary (nodes found, messages, seconds)."""
+    import urllib.request
+
+    m = re.search(r"admin endpoint on http://(\S+) ", log_path.read_text())
+    if m is None:
+        raise BenchError("the sidecar logged no admin endpoint address")
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(f"http://{m.group(1)}{path}", timeout=10) as resp:
+            return resp.read()
+
+    for path in ("/ui", "/ui/style.css", "/ui/graph.js", "/ui/dashboard.js", "/ui/api/status"):
+        get(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        graph = json.loads(get("/ui/api/graph"))
+        if graph.get("age_s") is not None:  # a crawl finished
+            return {"nodes": len(graph["nodes"]), "edges": len(graph["edges"]), **graph.get("crawl", {})}
+        if time.monotonic() > deadline:
+            raise BenchError(f"the dashboard's first crawl did not finish within {timeout:g} s")
+        time.sleep(0.5)
 
 
 def _netns_wrap(argv: list[str]) -> int | None:
@@ -500,7 +532,8 @@ def orchestrate_sidecar(args) -> int:
         log("not in a private network namespace (needs root and iproute2): mDNS stays off in every run")
     counts = [0, args.peers] if args.quick else [0, 100, 200]
     # --quick: the two ends only (defaults alone, everything on with peers), to stay a smoke test
-    matrix = [("default", 0), ("all", args.peers)] if args.quick else [(c, n) for c in SIDECAR_CONFIGS for n in counts]
+    matrix = [("default", 0), ("all", args.peers)] if args.quick else \
+        [(c, n) for c in SIDECAR_CONFIGS if c != "ui" for n in counts] + [("ui", 100)]
     if args.runs:
         matrix = _parse_runs(args.runs)
     runs = []
@@ -525,6 +558,7 @@ def orchestrate_sidecar(args) -> int:
     if not (args.quick or args.runs):
         out["targets"] = {"rss_default_100_le_32mb": by["default_100"]["rss_mb"] <= 32,
                           "rss_all_100_le_45mb": by["all_100"]["rss_mb"] <= 45,
+                          "rss_ui_100_le_45mb": by["ui_100"]["rss_mb"] <= 45,
                           "rss_all_200_le_45mb": by["all_200"]["rss_mb"] <= 45,
                           "rss_all_runs_lt_50mb": all(r["rss_mb"] < 50 for r in runs),
                           "idle_cpu_le_0.1pct": out["idle_cpu_percent"] <= 0.1,
