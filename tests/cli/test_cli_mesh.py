@@ -160,3 +160,31 @@ def test_mesh_graph_usage_and_an_unreachable_seed(tmp_path):
     dead = Identity.generate().contact("tcp://127.0.0.1:9")
     done = run("mesh", "graph", "--mesh", str(dead), "--ask-timeout", "0.3")
     assert done.returncode == 8 and "no --mesh node answered" in done.stderr and done.stdout == ""
+
+
+def _graph(n: int, listed: int) -> dict:
+    """A graph as a crawl gives it: ``n`` nodes, each listing the next ``listed`` (RTT 1.5 ms)."""
+    rng = random.Random(3)
+    ids = [Identity.from_seed(rng.randbytes(32)).node_id.hex() for _ in range(n)]
+    nodes = [{"id": i, "contact": f"k@tcp://127.0.0.1:{7000 + k}", "state": "answered", "local": k == 0,
+              "table_size": listed, "capabilities": ["upper"] if k == 1 else [], "seen": {}} for k, i in enumerate(ids)]
+    edges = [{"from": ids[k], "to": ids[(k + j) % n], "state": "suspect" if j == 2 else "alive", "rtt_ms": 1.5}
+             for k in range(n) for j in range(1, listed + 1)]
+    return {"nodes": nodes, "edges": edges, "crawl": {}}
+
+
+def test_dot_labels_rtts_on_small_pictures_and_keeps_large_ones_readable(monkeypatch):
+    from zmqagents.cli.mesh_render import RenderError, to_dot, to_png
+
+    small = to_dot(_graph(6, 2))
+    assert small.count(" -- ") == 12 and small.count('label="1.5 ms"') == 12
+    assert 'style="dashed"' in small and 'penwidth="3"' in small and "upper" in small
+    large = to_dot(_graph(60, 10))  # 600 pairs: labels would only hide the edges
+    assert large.count(" -- ") == 600 and 'label="1.5 ms"' not in large and large.count('tooltip="1.5 ms"') == 600
+    assert 'edge [color="#90a4ae50"' in large
+    tricky = _graph(2, 1)
+    tricky["nodes"][0]["contact"] = 'k@ipc:///tmp/a"b\\c'  # quotes and backslashes stay inside the string
+    assert 'tooltip="k@ipc:///tmp/a\\"b\\\\c (answered)"' in to_dot(tricky)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RenderError, match="apt-get install graphviz"):
+        to_png(small)

@@ -117,10 +117,13 @@ class Chromium:
     def wait_for(self, expression: str, timeout: float) -> Any:
         """Evaluate ``expression`` until it is truthy (its value), or raise after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        value = None
+        value: Any = None
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
+            try:
+                value = self.evaluate(expression)
+            except BrowserError as exc:  # the page is still loading (no such element yet, a new document)
+                value = exc
+            if value and not isinstance(value, BrowserError):
                 return value
             time.sleep(0.1)
         raise BrowserError(f"still false after {timeout} s: {expression} (last value {value!r})")

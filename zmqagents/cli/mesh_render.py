@@ -24,6 +24,7 @@ from ..sidecar.dashboard import asset
 FORMATS = ("json", "dot", "png", "html")
 COLOURS = {"answered": "#2e9d4f", "unreachable": "#c0392b", "bad_answer": "#8e44ad", "unvisited": "#95a5a6"}
 DOT_TIMEOUT = 120.0  # s Graphviz may take to lay out and draw
+MAX_LABELLED_EDGES = 150
 
 
 class RenderError(Error):
@@ -50,7 +51,7 @@ def _quote(text: str) -> str:
 def to_dot(graph: dict[str, Any]) -> str:
     """Plain Graphviz text: an undirected graph, one edge per pair of nodes that list each other
     or one another (an arrow when only one side does), labelled with the best RTT in ms."""
-    lines = ["graph mesh {", '  graph [layout=neato, overlap=false, splines=true, outputorder=edgesfirst];',
+    lines = ["graph mesh {", '  graph [layout=neato, overlap=false, outputorder=edgesfirst];',
              '  node [shape=ellipse, style=filled, fontname="Helvetica", fontsize=10, fontcolor=white];',
              '  edge [color="#90a4ae", fontsize=8, fontname="Helvetica"];']
     known = set()
@@ -74,13 +75,18 @@ def to_dot(graph: dict[str, Any]) -> str:
         pair["suspect"] |= edge["state"] == "suspect"
         if edge.get("rtt_ms") is not None:
             pair["rtt"] = edge["rtt_ms"] if pair["rtt"] is None else min(pair["rtt"], edge["rtt_ms"])
+    # RTTs as edge labels while they can be read; on a larger picture they only hide the edges, so
+    # there they are tooltips (SVG output shows them on hover)
+    rtt_attr = "label" if len(pairs) <= MAX_LABELLED_EDGES else "tooltip"
+    if len(pairs) > MAX_LABELLED_EDGES:  # a dense mesh: thin, translucent edges so the nodes stay visible
+        lines.insert(4, '  edge [color="#90a4ae50", penwidth=0.5, arrowsize=0.4];')
     for (a, b), pair in pairs.items():
         attrs = {}
         if len(pair["sides"]) == 1:  # only one lists the other: an arrow from the lister
             lister = next(iter(pair["sides"]))
             attrs["dir"] = "forward" if lister == a else "back"
         if pair["rtt"] is not None:
-            attrs["label"] = f"{pair['rtt']:.1f} ms"
+            attrs[rtt_attr] = f"{pair['rtt']:.1f} ms"
         if pair["suspect"]:
             attrs.update(style="dashed", color="#e67e22")
         text = f" [{', '.join(f'{k}={_quote(v)}' for k, v in attrs.items())}]" if attrs else ""

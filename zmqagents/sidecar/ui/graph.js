@@ -74,6 +74,17 @@ const MeshGraph = (() => {
       }
       t *= 0.97;
     }
+    // Stretch the drawing over the whole box: a dense mesh (every node lists half the others) pulls
+    // itself into a small ball, which says nothing more than the same picture at full size.
+    let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
+    for (let i = 0; i < n; i++) {
+      minX = Math.min(minX, x[i]); maxX = Math.max(maxX, x[i]); minY = Math.min(minY, y[i]); maxY = Math.max(maxY, y[i]);
+    }
+    const sx = maxX - minX > 1e-6 ? 0.88 / (maxX - minX) : 0, sy = maxY - minY > 1e-6 ? 0.88 / (maxY - minY) : 0;
+    for (let i = 0; i < n; i++) {
+      x[i] = sx ? 0.06 + (x[i] - minX) * sx : 0.5;
+      y[i] = sy ? 0.06 + (y[i] - minY) * sy : 0.5;
+    }
     memory.clear();
     nodes.forEach((node, i) => memory.set(node.id, {x: x[i], y: y[i]}));
   }
@@ -104,7 +115,7 @@ const MeshGraph = (() => {
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const at = id => memory.get(id);
-    const edges = el("g", {class: "edges"}, svg);
+    const edges = el("g", {class: pairs.length > 300 ? "edges dense" : "edges"}, svg);
     for (const p of pairs) {
       const a = at(p.a), b = at(p.b);
       const line = el("line", {x1: a.x * width, y1: a.y * height, x2: b.x * width, y2: b.y * height,
@@ -113,7 +124,7 @@ const MeshGraph = (() => {
       el("title", {}, line).textContent = `${p.a.slice(0, 8)} – ${p.b.slice(0, 8)}` +
         (p.rtt === null ? "" : `: ${p.rtt.toFixed(2)} ms`) + (p.listed > 1 ? " (both list each other)" : "");
     }
-    const group = el("g", {class: "nodes"}, svg);
+    const group = el("g", {class: nodes.length > 40 ? "nodes crowded" : "nodes"}, svg);  // crowded: labels on hover
     for (const node of nodes) {
       const p = at(node.id);
       const g = el("g", {class: "node" + (node.local ? " local" : ""), "data-id": node.id, "data-state": node.state,
