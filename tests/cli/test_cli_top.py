@@ -269,7 +269,7 @@ CASES = {
     "forged contact": (lambda req: envelope("members", {"members": [{**good_row(0), "contact": good_row(1)["contact"]}],
                                                          "total": 1}, req["id"]), 1, "another node's key"),
     "wrong type": (lambda req: envelope("members", [1, 2, 3], req["id"]), 1, "must be a map"),
-    "old sidecar": (lambda req: envelope("error", {"code": "unknown_op", "error": "unknown operation 'members'"},
+    "old sidecar": (lambda req: envelope("error", {"code": "unknown_op", "error": "unknown operation 'members'\x1b[2J"},
                                          req["id"]), 1, "upgrade it"),
     "silence": (lambda req: None, 124, "did not answer"),
 }

@@ -94,7 +94,7 @@ class SidecarSource:
                 answer = decode(frame, max_size=ANSWER_MAX)
             except EnvelopeError as exc:
                 raise ViewError(f"the sidecar at {self.path} answered {op!r} with something that is not a valid "
-                                f"envelope ({type(exc).__name__}: {exc})") from None
+                                f"envelope ({type(exc).__name__}: {printable(str(exc), 200)})") from None
             if answer.re != env.id:
                 continue  # an answer to an earlier question that timed out
             if answer.type == "error":
@@ -146,9 +146,9 @@ class ContactSource:
         except asyncio.TimeoutError:
             raise ViewError(f"{self.target} did not answer within {self.timeout:g} s", EXIT_TIMEOUT) from None
         except PeerUnreachable as exc:
-            raise ViewError(f"{self.target}: {exc}", EXIT_UNREACHABLE) from None
-        except NodeError as exc:
-            raise ViewError(f"{self.target}: {exc}") from None
+            raise ViewError(f"{self.target}: {printable(str(exc))}", EXIT_UNREACHABLE) from None
+        except NodeError as exc:  # a RemoteError carries the node's own text: printable only
+            raise ViewError(f"{self.target}: {printable(str(exc))}") from None
         return check_rows(body, peer_row)
 
     async def top(self) -> dict[str, Any]:
