@@ -6,8 +6,8 @@ sender and receiver each in their own process, raw and zmqagents measured in
 the same run, interleaved, each measurement repeated and the median reported):
 
 * **one-way** — a DEALER → ROUTER stream of N messages.
-  zmqagents: ``await node.send(peer, body)`` N times then ``await node.flush()``
-  on the sender, ``node.messages()`` on the receiver. Raw: a DEALER sending
+  zmqagents: ``await node.send(peer, body)`` N times (``--batch B``: ``node.send_many``
+  with B bodies at a time) then ``await node.flush()`` on the sender, ``node.messages()`` on the receiver. Raw: a DEALER sending
   with NOBLOCK in a loop (awaiting writability only on EAGAIN) and a ROUTER
   whose FD is watched with ``loop.add_reader`` and drained until EAGAIN.
   Rate = N / (t_last − t0) where t0 is read by the sender just before its
@@ -51,6 +51,7 @@ a run fails or a correctness check does not hold.
 
     python bench/throughput.py            # full run (< 3 min)
     python bench/throughput.py --quick    # seconds; what the smoke test runs
+    python bench/throughput.py --compare main   # an older commit and this one, side by side (bench/compare.py)
 """
 
 from __future__ import annotations
@@ -457,6 +458,8 @@ def _node_config(args):
         setattr(config.delivery, key, type(getattr(config.delivery, key))(float(value)))
     if args.delivery:
         config.delivery.__post_init__()  # re-validate
+    if args.rate_limit:  # the receiver's per-peer message limit caps what one sender gets through
+        config.transport.rate_limit.messages = config.transport.rate_limit.message_burst = args.rate_limit
     return config
 
 
@@ -528,8 +531,12 @@ async def za_push(args) -> None:
         cpu = CpuSpan()
         cpu.start()
         t0 = time.perf_counter()
-        for i in range(args.warmup, total):
-            await send(peer, SEQ.pack(i) + PAD)
+        if args.batch:  # node.send_many, args.batch bodies at a time
+            for start in range(args.warmup, total, args.batch):
+                await node.send_many(peer, [SEQ.pack(i) + PAD for i in range(start, min(start + args.batch, total))])
+        else:
+            for i in range(args.warmup, total):
+                await send(peer, SEQ.pack(i) + PAD)
         t_sent = time.perf_counter()
         await node.flush(timeout=args.timeout)
         t_flushed = time.perf_counter()
@@ -659,9 +666,10 @@ CLIENT_ROLE = {"oneway": "push", "rr": "rr", "pingpong": "ping"}
 
 
 def measure(kind: str, impl: str, n: int, warmup: int, window: int, timeout: float, profile_dir: str | None,
-            delivery: list[str] | None = None) -> dict:
+            delivery: list[str] | None = None, batch: int = 0, rate_limit: float = 0) -> dict:
     """One run of one measurement: a fresh server process and a fresh client process."""
-    common = ["--n", str(n), "--warmup", str(warmup), "--window", str(window), "--timeout", str(timeout)]
+    common = ["--n", str(n), "--warmup", str(warmup), "--window", str(window), "--timeout", str(timeout),
+              "--batch", str(batch), "--rate-limit", str(rate_limit)]
     extra: list[str] = []
     if profile_dir and impl == "za":
         extra = ["--profile-dir", profile_dir]
@@ -748,7 +756,8 @@ def orchestrate(args) -> int:
                 order = impls if repeat % 2 == 0 else impls[::-1]
                 for impl in order:
                     timeout = args.timeout or (60 + n / 500)
-                    res = measure(kind, impl, n, warmup, args.window, timeout, args.profile_dir, args.delivery)
+                    res = measure(kind, impl, n, warmup, args.window, timeout, args.profile_dir, args.delivery,
+                                  args.batch, args.rate_limit)
                     runs[(kind, impl)].append(res)
                     figure = (f"{res['msgs_per_s']:,.0f} msg/s" if "msgs_per_s" in res
                               else f"p50 {res['p50_us']:.0f} µs p99 {res['p99_us']:.0f} µs")
@@ -800,6 +809,8 @@ def orchestrate(args) -> int:
         "repeats": args.repeats,
         "quick": args.quick,
         "delivery_overrides": args.delivery or [],
+        "batch": args.batch,
+        "rate_limit": args.rate_limit or "default",
         "body_bytes": BODY_BYTES,
         "transport": "tcp://127.0.0.1",
         "curve": True,
@@ -852,6 +863,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impl", default="raw,za", help="comma list of raw,za")
     p.add_argument("--timeout", type=float, default=0, help="seconds a client may take (default: from the count)")
     p.add_argument("--profile-dir", help="write a cProfile .prof per zmqagents child process into this directory")
+    p.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="zmqagents one-way sender: node.send_many with N bodies at a time (default 0: node.send each)")
+    p.add_argument("--rate-limit", type=float, default=0, metavar="MSGS",
+                   help="zmqagents nodes accept MSGS messages/s per peer (burst as much) instead of the default")
+    p.add_argument("--compare", metavar="REF", help="run commit REF's benchmark and this one's side by side, "
+                   "interleaved, and print both (bench/compare.py; --quick and --repeats carry over)")
     p.add_argument("--delivery", action="append", metavar="FIELD=VALUE",
                    help="override a DeliveryConfig field on both zmqagents nodes (repeatable), e.g. window=4096")
     # child-only arguments
@@ -863,6 +880,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.role:
         return child_main(args)
+    if args.compare:
+        import compare  # bench/ is sys.path[0]
+
+        return compare.main([*(["--quick"] if args.quick else []),
+                             *(["--rounds", str(args.repeats)] if args.repeats else []), args.compare])
     q = args.quick
     args.messages = args.messages or (3000 if q else 100_000)
     args.rr_messages = args.rr_messages or (2000 if q else 50_000)

@@ -27,7 +27,7 @@ import logging
 import os
 import random
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from .certs import CertError
 from .core.broadcast import Broadcast
@@ -435,6 +435,14 @@ class Node:
         ``confirm`` reports its acknowledgement to the :meth:`on_settled` callbacks.
         """
         return await self._sender.send(peer, body, type=type, msg_id=msg_id, confirm=confirm)
+
+    async def send_many(self, peer: bytes | str | Contact, bodies: Sequence[Any], *, type: str = "msg") -> list[bytes]:
+        """Send several messages to one peer, in order: :meth:`send` for each, at a fraction of the
+        cost per message (one call into the delivery core and the transport per window's worth).
+        Returns their ids once the transport has them all; waits (backpressure) whenever the peer's
+        window is full. Each message is delivered exactly once, in order, like any other.
+        """
+        return await self._sender.send_many(peer, bodies, type=type)
 
     def send_nowait(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg",
                     msg_id: bytes | None = None, confirm: bool = False) -> bytes:

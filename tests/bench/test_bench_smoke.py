@@ -67,6 +67,22 @@ def test_throughput_quick_reports_rates_latencies_and_correctness():
     assert set(out["targets"]) == {"oneway_ratio_ge_0.5", "pingpong_p50_le_150us", "pingpong_p99_le_400us"}
 
 
+@pytest.mark.timeout(120)
+def test_compare_runs_an_older_commit_and_this_one_side_by_side():
+    # HEAD stands for "an older commit": what is exported is its committed tree, run with its own package.
+    out = _run("throughput.py", "--compare", "HEAD", "--quick", "--repeats", "1", timeout=110)
+    assert out["benchmark"] == "throughput-compare" and out["rounds"] == 1 and out["params"]["quick"] is True
+    ref = out["ref"]
+    assert ref["name"] == "HEAD" and len(ref["commit"]) == 12
+    for side in (out, ref):  # the keys throughput.py prints, for each commit
+        _positive(side, "oneway_msgs_per_s", "raw_oneway_msgs_per_s", "oneway_ratio", "rr_msgs_per_s",
+                  "rr_ratio", "pingpong_p50_us", "pingpong_p50_ratio")
+        assert side["oneway_cpu_us_per_msg"]["client"] > 0
+    assert out["new_over_ref"]["oneway_msgs_per_s"] == round(out["oneway_msgs_per_s"] / ref["oneway_msgs_per_s"], 3)
+    assert out["new_over_ref"]["pingpong_p50_us"] == round(ref["pingpong_p50_us"] / out["pingpong_p50_us"], 3)
+    assert len(out["per_round"]["ref"]["oneway_ratio"]) == len(out["per_round"]["new"]["oneway_ratio"]) == 1
+
+
 @pytest.mark.timeout(60)
 def test_footprint_quick_reports_memory_cpu_and_traffic():
     out = _run("footprint.py", "--quick", "--peers", "5")

@@ -22,6 +22,7 @@ from zmqagents.core.delivery import (
     WindowOpen,
 )
 from zmqagents.envelope import Envelope, decode
+from zmqagents.errors import InvalidArgument
 
 from helpers.fakenet import DirectNet
 
@@ -426,6 +427,33 @@ def test_window_full_then_window_open():
     net.advance(0.2)
     assert net.delivered(B) == [0, 1, 2, 3, 4]
     assert len(net.of(A, WindowOpen)) == 1
+
+
+def test_send_many_makes_exactly_what_send_makes_one_by_one():
+    cfg = DeliveryConfig()
+    one, many = Delivery(A, random.Random(7), cfg, epoch=5), Delivery(A, random.Random(7), cfg, epoch=5)
+    ids = [one.send(B, {"n": i}, 1.0) for i in range(50)]
+    assert many.send_many(B, [{"n": i} for i in range(50)], 1.0) == ids
+    assert many.take_outgoing() == one.take_outgoing()  # same ids, seqs, epochs, bodies, in order
+    assert many.next_timer() == one.next_timer() and many.pending(B) == one.pending(B) == 50
+    assert many.send_many(B, [], 1.0) == []
+    with pytest.raises(InvalidArgument):
+        many.send_many(B, ["x"], 1.0, type="ack")
+
+
+def test_send_many_takes_what_the_window_holds_and_reports_room_for_the_rest():
+    a, b, net = pair(DeliveryConfig(window=4))
+    a.send(B, 0, 0.0)
+    ids = a.send_many(B, [1, 2, 3, 4, 5], 0.0)
+    assert len(ids) == 3 and not a.can_send(B)  # 1, 2, 3: the window is full
+    assert a.stats["window_full"] == 1
+    with pytest.raises(WindowFull):
+        a.send_many(B, [4, 5], 0.0)
+    net.advance(0.1)
+    assert net.of(A, WindowOpen) == [WindowOpen(B)]
+    assert len(a.send_many(B, [4, 5], net.now)) == 2
+    net.advance(0.2)
+    assert net.delivered(B) == [0, 1, 2, 3, 4, 5]
 
 
 def test_replies_get_headroom_beyond_the_window_but_stay_bounded():

@@ -470,3 +470,15 @@ def test_too_many_values_are_refused_by_the_encoder_and_the_decoder_alike():
     with pytest.raises(E.TooManyValues):
         list(E.StreamDecoder().feed(frame))
     assert E.decode(frame, max_values=E.DEFAULT_MAX_VALUES + 1).body == body
+
+
+def test_an_encoding_that_fails_leaves_the_next_one_intact():
+    # encode() reuses one msgpack Packer per thread: a body msgpack refuses halfway through must not
+    # leave its first bytes in front of the next envelope's.
+    good = E.Envelope(b"\x01" * 16, b"\x02" * 32, "msg", {"a": [1, 2, 3]}, b"\x03" * 32, 5, 0, 1, 7)
+    expected = good.encode()
+    for bad_body in ({"a": [1, 2, object()]}, {"a": [1, 2 ** 70]}, ["x" * 10, {"k": {1, 2}}]):
+        with pytest.raises(E.MalformedEnvelope):
+            E.Envelope(b"\x01" * 16, b"\x02" * 32, "msg", bad_body).encode()
+        assert good.encode() == expected
+    assert E.decode(expected) == good

@@ -69,6 +69,23 @@ def test_send_is_exactly_once_and_in_order(arun):
     arun(main())
 
 
+def test_send_many_is_exactly_once_and_in_order_past_the_window(arun):
+    async def main():
+        config = NodeConfig(delivery=DeliveryConfig(window=64))
+        async with Node(config=config) as server, Node(peers=[server.contact], config=config) as a:
+            ids = await a.send_many(server.node_id, [{"n": i} for i in range(500)])  # waits for room 7 times
+            assert len(set(ids)) == 500
+            await a.send(server.node_id, {"n": 500})  # a single send goes on after the batch, in order
+            await a.flush(timeout=10)
+            got = [(await server.receive(timeout=5)) for _ in range(501)]
+            assert [m.body["n"] for m in got] == list(range(501))
+            assert [m.id for m in got[:500]] == ids
+            with pytest.raises(asyncio.TimeoutError):
+                await server.receive(timeout=0.2)  # nothing delivered twice
+
+    arun(main())
+
+
 def test_server_can_send_back_to_a_client_that_only_connected_out(arun):
     async def main():
         async with Node() as server, Node(peers=[server.contact]) as client:

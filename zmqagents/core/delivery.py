@@ -34,7 +34,7 @@ from __future__ import annotations
 import builtins
 import random
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ..envelope import ID_LEN, Envelope
 from ..errors import InvalidArgument
@@ -119,6 +119,27 @@ class Delivery(Retransmission):
             p[CONFIRM] = True
         mid: bytes = p[ENV].id
         return mid
+
+    def send_many(self, dst: bytes, bodies: Sequence[Any], now: float, *, type: str = "msg") -> list[bytes]:
+        """Queue messages to ``dst``, in order, as many as its window takes; returns their ids.
+
+        Fewer ids than ``bodies`` means the window filled: the rest are the caller's to send once
+        WindowOpen reports room (as after WindowFull). Raises WindowFull if not even the first fits.
+        Each message is what :meth:`send` would have made of it (same ids, seqs, timers, random
+        draws); the batch pays the type check, the peer lookup and the window check once.
+        """
+        if type in RESERVED_TYPES:
+            raise InvalidArgument(f"message type {type!r} is reserved by the delivery protocol")
+        if not bodies:
+            return []
+        peer = self._sending_peer(dst)
+        room = self.config.window - len(peer.out)
+        if len(bodies) > room:
+            bodies = bodies[:room]
+            peer.blocked = True  # the rest waits for room: report WindowOpen then
+            self.stats["window_full"] += 1
+        transmit = self._transmit
+        return [transmit(peer, type, body, now, None)[ENV].id for body in bodies]
 
     def request(self, dst: bytes, body: Any, now: float, *, timeout: float, type: str = "req") -> bytes:
         """Send a request; its reply comes as Replied, or RequestFailed. Returns the request (= message) id."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..core.delivery import Acked, Delivery, Replied, RequestFailed, SendFailed, Stalled, WindowFull, WindowOpen
 from ..identity import Contact, IdentityError, parse_node_id, short_id
@@ -20,6 +20,8 @@ from .loop import NodeLoop
 from .types import PeerUnreachable, RemoteError, RequestTimeout, SendError, SettledCallback, UnknownPeer
 
 log = logging.getLogger("zmqagents.node")
+
+T = TypeVar("T")
 
 MAX_FAILURES = 10_000  # failures kept for flush() to report; beyond it they reach on_settled callbacks only
 
@@ -57,7 +59,7 @@ class Sender:
             raise UnknownPeer(f"no route to {short_id(peer)}: pass its contact (PUBLICKEY@ENDPOINT) instead of its id")
         return peer
 
-    async def submit(self, dst: bytes, submit: Callable[[], bytes]) -> bytes:
+    async def submit(self, dst: bytes, submit: Callable[[], T]) -> T:
         """Hand a message to the core, waiting (backpressure) while the window to ``dst`` is full."""
         while True:
             try:
@@ -74,10 +76,28 @@ class Sender:
     async def send(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg",
                    msg_id: bytes | None = None, confirm: bool = False) -> bytes:
         dst = self.resolve(peer)
+        delivery = self.delivery
+        if delivery.can_send(dst):  # the usual case, without the closure and the retry loop of submit()
+            mid = delivery.send(dst, body, self.loop.now(), type=type, msg_id=msg_id, confirm=confirm)
+            self.loop.busy()
+            self.loop.send_new()
+            return mid
         now = self.loop.now
         return await self.submit(
-            dst, lambda: self.delivery.send(dst, body, now(), type=type, msg_id=msg_id, confirm=confirm)
+            dst, lambda: delivery.send(dst, body, now(), type=type, msg_id=msg_id, confirm=confirm)
         )
+
+    async def send_many(self, peer: bytes | str | Contact, bodies: Sequence[Any], *, type: str = "msg") -> list[bytes]:
+        """Send ``bodies`` to ``peer`` in order: as many as its window takes at a time, each chunk handed
+        to the transport at once, waiting for room between chunks."""
+        dst = self.resolve(peer)
+        now = self.loop.now
+        send_many = self.delivery.send_many
+        ids: list[bytes] = []
+        while len(ids) < len(bodies):
+            rest = bodies[len(ids):] if ids else bodies
+            ids += await self.submit(dst, lambda: send_many(dst, rest, now(), type=type))
+        return ids
 
     def send_nowait(self, peer: bytes | str | Contact, body: Any, *, type: str = "msg",
                     msg_id: bytes | None = None, confirm: bool = False) -> bytes:
