@@ -152,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="runs of each commit (default 5; quick 1)")
     p.add_argument("--quick", action="store_true", help="throughput.py --quick in each run")
     p.add_argument("--tasks", action="store_true", help="also bench/tasks.py of each (tasks_per_s, tasks_ratio)")
-    p.add_argument("throughput_args", nargs=argparse.REMAINDER,
-                   help="after --, passed to each throughput.py run (e.g. -- --only oneway --messages 50000)")
-    args = p.parse_args(argv)
+    p.epilog = "Arguments after -- go to each throughput.py run, e.g. -- --only oneway --messages 50000"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:cut])
     rounds = args.rounds or (1 if args.quick else 5)
     if rounds < 1:
         p.error("--rounds must be positive")
-    extra = args.throughput_args[1:] if args.throughput_args[:1] == ["--"] else args.throughput_args
+    extra = argv[cut + 1:]
     try:
         out = compare(args.ref, rounds=rounds, quick=args.quick, tasks=args.tasks, throughput_args=extra)
     except (BenchError, subprocess.TimeoutExpired) as exc:
