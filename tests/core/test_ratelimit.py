@@ -55,3 +55,14 @@ def test_peers_are_remembered_up_to_a_bound():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
         RateLimitConfig(**bad)
+
+
+def test_a_message_admitted_before_decoding_waits_no_more_once_its_peer_is_in_debt():
+    # A receiver that admits several frames by their size, then decodes them one by one (the read
+    # backlog): the cost charged for the first makes the others wait, as if checked on arrival.
+    lim = PeerLimiter(RateLimitConfig(bytes=1000, byte_burst=1000))
+    assert lim.admit(b"a", 100, 0.0) is None and lim.admit(b"a", 100, 0.0) is None
+    assert lim.in_debt(b"a", 0.0) is None and lim.in_debt(b"nobody", 0.0) is None
+    lim.charge(b"a", 5000)  # the first decoded into much more than its length
+    assert lim.in_debt(b"a", 0.0) == "rate_bytes" and lim.stats["refused_bytes"] == 1
+    assert lim.in_debt(b"a", 5.0) is None  # paid back by the refill

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import msgpack
 import pytest
 import zmq
 
 from zmqagents.core.ratelimit import RateLimitConfig
-from zmqagents.envelope import DEFAULT_MAX_SIZE, DEFAULT_MAX_VALUES, HEADER
+from zmqagents.envelope import DEFAULT_MAX_SIZE, DEFAULT_MAX_VALUES, HEADER, Envelope
 from zmqagents.identity import Identity
 from zmqagents.node import PEERS, Node, NodeConfig
+from zmqagents.transport.binding import dealer_routing_id
+from zmqagents.transport.config import TransportConfig
+from zmqagents.transport.mesh import Transport
 
 from helpers.peers import curve_dealer
 
@@ -148,5 +152,61 @@ def test_expensive_envelopes_are_charged_what_they_cost(arun, shape):
             assert node.transport.limiter.stats["charged_bytes"] > 0
             attacker.sock.close()
         ctx.term()
+
+    arun(main(), timeout=60)
+
+
+def test_many_peers_of_large_frames_against_a_slow_node_wait_in_a_byte_bounded_backlog(arun):
+    """libzmq reads each connection ahead of the node (8 messages of up to the size limit each), so
+    while the node is slow, N peers sending maximum-size frames could make it hold 9 MiB each. The inbox
+    now empties libzmq every turn into its read backlog, bounded in bytes whatever the number of peers:
+    what does not fit is refused unacknowledged and counted, every frame sent is either handed on or
+    counted, and a small frame from an honest peer still gets through."""
+
+    async def main():
+        received: list[Envelope] = []
+        backlog_peak = [0]
+
+        def slow_node(batch: list[Envelope]) -> None:  # a busy node: 30 ms a batch
+            received.extend(batch)
+            backlog_peak[0] = max(backlog_peak[0], server.backlog_bytes)
+            time.sleep(0.03)
+
+        config = TransportConfig(read_backlog_bytes=4 << 20)
+        server = Transport(Identity.generate(), config, on_batch=slow_node, on_publication=lambda t, e: None)
+        server.start()
+        me = server.identity.node_id
+        ctx = zmq.Context()
+        try:
+            keys = [Identity.generate() for _ in range(8)]
+            socks = [curve_dealer(ctx, server.contact(), key=k, routing_id=dealer_routing_id(k.public_key))
+                     for k in keys]
+            honest_key = Identity.generate()
+            honest = curve_dealer(ctx, server.contact(), key=honest_key,
+                                  routing_id=dealer_routing_id(honest_key.public_key))
+            await asyncio.sleep(0.3)  # handshakes
+            big = os.urandom(DEFAULT_MAX_SIZE - 1024)
+            sent = 0
+            for _ in range(6):
+                for key, sock in zip(keys, socks):
+                    sock.send(Envelope(id=os.urandom(16), src=key.node_id, dst=me, type="msg", body=big).encode())
+                    sent += 1
+            honest.send(Envelope(id=os.urandom(16), src=honest_key.node_id, dst=me, type="msg", body=b"hi").encode())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            refusals = ("backlog_full", "backlog_peer_share", "rate_bytes", "rate_messages")
+            while loop.time() < deadline:
+                await asyncio.sleep(0.1)
+                big_in = sum(1 for e in received if e.body == big)
+                if big_in + sum(server.drops.get(r, 0) for r in refusals) >= sent:
+                    break
+            assert big_in + sum(server.drops.get(r, 0) for r in refusals) == sent
+            assert server.drops.get("backlog_full", 0) + server.drops.get("backlog_peer_share", 0) > 0
+            assert backlog_peak[0] <= config.read_backlog_bytes + config.read_backlog_bytes // 4, backlog_peak
+            assert [e.body for e in received if e.src == honest_key.node_id] == [b"hi"]
+            assert server.backlog_bytes == 0
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
 
     arun(main(), timeout=60)

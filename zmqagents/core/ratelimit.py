@@ -128,5 +128,18 @@ class PeerLimiter:
             state.bytes.tokens -= amount
             self.stats["charged_bytes"] += amount
 
+    def in_debt(self, peer: bytes, now: float) -> str | None:
+        """For a message admitted earlier by its size and decoded only now: ``rate_bytes`` (counted as a
+        refusal) if what ``peer``'s envelopes decoded into has since put its bytes bucket in debt, else
+        None. Keeps :meth:`charge` binding when a receiver admits several messages before decoding them."""
+        state = self._peers.get(peer)
+        if state is None:
+            return None
+        cfg = self.config
+        if state.bytes.refill(now, cfg.bytes, cfg.byte_burst) >= 0.0:
+            return None
+        self.stats["refused_bytes"] += 1
+        return "rate_bytes"
+
     def forget(self, peer: bytes) -> None:
         self._peers.pop(peer, None)

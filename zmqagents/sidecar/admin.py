@@ -145,6 +145,9 @@ class NodeCollector:
                       "receiver holding a newer epoch of ours).", d["stream_reopens"])
         yield gauge("transport_outbox_messages", "Envelopes waiting for this loop turn's socket writes.",
                     transport.outbox_size)
+        yield gauge("transport_read_backlog_bytes", "Frames read off the inbox and waiting to be decoded, in bytes "
+                    "(bounded: the transport's read_backlog_bytes and a quarter more for small frames).",
+                    transport.backlog_bytes)
         yield gauge("handlers_running", "Request handlers running now.", node.handlers_running)
         yield gauge("subscription_queue_messages", "Publications waiting for subscribers.",
                     node.subscription_backlog)

@@ -399,6 +399,9 @@ class LimitsSection:
     link_read_ahead: float = setting(Number(1, 1_000_000), 8,  # transport.config.RECV_HWM, which says why
                                      doc="Messages ZeroMQ reads ahead on one connection before it leaves the rest "
                                          "in TCP (each may hold up to the size limit)")
+    read_backlog_bytes: int = setting(Size(minimum=65536), 2 * 2**20,  # transport/backlog.py says why
+                                      doc="Frames read off the inbox and waiting to be decoded; one peer may hold "
+                                          "half, small frames a quarter more; beyond it senders retry later")
     peer_bytes_per_s: int = setting(Size(minimum=65536), 8 * 2**20,
                                     doc="Bytes a second accepted from one peer (decoded size: many small values "
                                         "count for what they cost)")

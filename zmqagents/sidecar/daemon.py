@@ -236,6 +236,7 @@ class Sidecar:
         node_config.inbox_bytes = limits.inbox_bytes
         node_config.inbox_share = limits.peer_share
         node_config.transport.recv_hwm = int(limits.link_read_ahead)
+        node_config.transport.read_backlog_bytes = limits.read_backlog_bytes
         # A burst of one second's worth (the defaults' proportions); the bytes burst holds two of the
         # largest envelopes, or they could never pass.
         node_config.transport.rate_limit = RateLimitConfig(

@@ -47,4 +47,7 @@ class TransportConfig:
     reconnect_ivl_max_ms: int = 1000
     close_linger_ms: int = 0  # how long close() may wait to flush publications (a CLI publisher wants some)
     seal_relayed: bool = False  # encrypt (NaCl Box) every envelope sent through a relay to its destination
+    # Frames read off the inbox and waiting to be decoded (transport/backlog.py): one peer may hold half,
+    # and frames of up to 4 KB a quarter more, so that peers sending large frames cannot crowd out requests.
+    read_backlog_bytes: int = 2 << 20
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)  # per peer, on every frame received

@@ -72,6 +72,7 @@ OUTGOING_DROPS = frozenset({"no_route", "send_hwm", "encode_error", "subscriber_
 # What a peer can make the inbox refuse, in the order the checks run (protocols/node.md, "What the inbox
 # refuses"): exported at 0 from the start, so that a rate() alert on any of them needs no first event.
 INBOX_REFUSALS = ("plaintext", "handshake_failed", "handshake_refused", "handshake_aborted", "multipart",
-                  "bad_routing_id", "identity_mismatch", "not_allowed", "rate_messages", "rate_bytes",
+                  "bad_routing_id", "identity_mismatch", "not_allowed", "backlog_peer_share",
+                  "backlog_full", "rate_messages", "rate_bytes",
                   "TruncatedEnvelope", "OversizeEnvelope", "TooManyValues", "MalformedEnvelope",
                   "UnsupportedVersion", "src_mismatch", "wrong_dst")

@@ -34,6 +34,7 @@ from ..core.ratelimit import PeerLimiter
 from ..core.relay import FORWARD
 from ..envelope import ENVELOPE_COST, Envelope, EnvelopeError, decode
 from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, short_id
+from .backlog import ReadBacklog
 from .binding import KEY_SIZE, ROUTING_ID_SIZE, PeerBinding, dealer_routing_id, seed_libzmq_counters
 from .config import TransportConfig
 from .droplog import OUTGOING_DROPS, DropLog
@@ -50,6 +51,14 @@ READ_BATCH = 512  # messages per readable callback before yielding to the loop
 # ...or fewer: a batch ends once the envelopes decoded in it cost this much (Envelope.cost), so a burst
 # of large envelopes is handed on (and its memory freed) a few at a time, not 512 at once.
 BATCH_BYTES = 2 << 20
+# Frames the inbox takes out of libzmq per turn, at most, before it decodes (into the read backlog,
+# where they are bounded in bytes; see backlog.py): a few microseconds each, so a turn stays short.
+READ_AHEAD = READ_BATCH
+# Envelopes the inbox decodes and hands on per turn: the replies a batch queues go out before the next
+# one is decoded, so a request waits for at most one batch of another peer's flood (~128 x what the
+# node does per message), not 512 (bench/hostile.py, honest_p99_ms_during_flood).
+DECODE_BATCH = 64
+COPY_BELOW = 16384  # frames up to this size wait in the backlog as a copy, larger ones as libzmq's buffer
 REBIND_TRIES = 200  # x 10 ms: how long the XPUB may wait for its own port after cutting subscribers
 
 
@@ -134,6 +143,8 @@ class Transport:
         self._link_watches: dict[zmq.Socket, LinkWatch] = {}  # monitor socket -> its watch
         self._droplog = DropLog(log, quiet=OUTGOING_DROPS)
         self.drops: dict[str, int] = self._droplog.counts  # refusals by reason (exported as metrics)
+        self._backlog = ReadBacklog(config.read_backlog_bytes, config.read_backlog_bytes // 2,
+                                    config.read_backlog_bytes // 4)
         self._binding = PeerBinding(secure=config.secure, max_keys=config.max_known_keys, drop=self._drop)
         self.limiter = PeerLimiter(config.rate_limit)
         self._router_again = False  # a drain of the ROUTER is scheduled for the next loop turn
@@ -580,6 +591,11 @@ class Transport:
         return len(self._inbound)
 
     @property
+    def backlog_bytes(self) -> int:
+        """What frames read off the inbox and not yet decoded hold (``backlog.py``)."""
+        return self._backlog.bytes
+
+    @property
     def subscription_count(self) -> int:
         return len(self._subs)
 
@@ -647,32 +663,71 @@ class Transport:
             self.loop.call_soon(self._drain_link_watch, sock)  # a full batch: more may be waiting
 
     def _drain_router(self, sock: zmq.Socket) -> None:
+        """Take what libzmq holds for the inbox into the read backlog, then decode one batch from the
+        backlog and hand it on (``backlog.py`` says why the two steps)."""
         if sock.closed:
             return
+        more = self._read_router(sock)
+        backlog = self._backlog
         batch: list[Envelope] = []
+        inbound = self._inbound
+        fleet = self.fleet
+        limiter = self.limiter
+        now = time.monotonic()
+        cost = 0
+        for _ in range(DECODE_BATCH):
+            if cost > BATCH_BYTES:  # the rest next turn, this batch's memory freed
+                break
+            item = backlog.take()
+            if item is None:
+                break
+            sender, rid, frame = item
+            why = limiter.in_debt(sender, now)  # its envelopes decoded since were dearer than their length
+            if why is not None:
+                self._drop(why, sender, "over its rate limit")
+                continue
+            env = self._decode_admitted(frame, sender)
+            if env is None:
+                continue
+            cost += env.cost
+            if inbound.get(sender) != rid and len(rid) == ROUTING_ID_SIZE:  # never answer a guessable id
+                inbound[sender] = rid
+                while len(inbound) > self.config.max_known_keys:
+                    inbound.popitem(last=False)
+            if fleet is not None and not fleet.admit(env):
+                continue
+            batch.append(env)
+        if batch:
+            self._on_batch(batch)  # first: the replies it queues are written before the next drain
+        if more or len(backlog):
+            self._drain_router_later(sock)
+
+    def _read_router(self, sock: zmq.Socket) -> bool:
+        """Move frames from libzmq into the read backlog until it has none (False) or READ_AHEAD frames
+        were read (True: more may wait). Only checks that cost no decoding run here: the frame count,
+        the routing id's binding, the backlog's room, the sender's rate."""
         stats = self.stats
         secure = self.config.secure
-        cost = 0
-        for _ in range(READ_BATCH):
-            if cost > BATCH_BYTES:
-                self._drain_router_later(sock)  # the rest next turn, this batch's memory freed
-                break
+        backlog = self._backlog
+        limiter = self.limiter
+        now = time.monotonic()
+        for _ in range(READ_AHEAD):
             try:
                 rid_frame = sock.recv(NOBLOCK, copy=False)
             except zmq.Again:
-                break
+                return False
             # Multipart messages arrive whole, so the frames after the first are already here.
-            frame = b""
+            body = None
             extra = False
             if rid_frame.more:
                 body = sock.recv(NOBLOCK, copy=False)
-                frame = body.buffer  # no copy: a frame refused by its length costs nothing more
                 more = body.more
                 while more:
                     more = sock.recv(NOBLOCK, copy=False).more
                     extra = True
+            size = 0 if body is None else len(body)
             stats["frames_in"] += 1
-            stats["bytes_in"] += len(frame)
+            stats["bytes_in"] += size
             rid = rid_frame.bytes
             if extra:
                 self._drop("multipart", rid, "unexpected extra frames")
@@ -680,23 +735,17 @@ class Transport:
             sender = self._binding.sender(rid, rid_frame.get("User-Id") if secure else None, self.allow)
             if sender is None:
                 continue
-            self.peer_traffic.received(sender, len(frame))
-            env = self._decode(frame, sender)
-            if env is None:
+            self.peer_traffic.received(sender, size)
+            why = backlog.refuses(sender, size)
+            if why is None:
+                why = limiter.admit(sender, size, now)
+            if why is not None:
+                self._drop(why, sender, "over its rate limit or its share of the read backlog")  # unacked: resent later
                 continue
-            cost += env.cost
-            inbound = self._inbound
-            if inbound.get(sender) != rid and len(rid) == ROUTING_ID_SIZE:  # never answer a guessable id
-                inbound[sender] = rid
-                while len(inbound) > self.config.max_known_keys:
-                    inbound.popitem(last=False)
-            if self.fleet is not None and not self.fleet.admit(env):
-                continue
-            batch.append(env)
-        else:
-            self._drain_router_later(sock)  # more may be waiting; let others run first
-        if batch:
-            self._on_batch(batch)
+            # A small frame is copied: the zero-copy buffer it came in is shared with the others libzmq
+            # decoded from the same read (~18 KB) and would be pinned while it waits. A large one has its own.
+            backlog.put(sender, rid, b"" if body is None else body.bytes if size <= COPY_BELOW else body.buffer)
+        return True
 
     def _drain_router_later(self, sock: zmq.Socket) -> None:
         """Drain again next loop turn, once: the FD's callback and the flush's re-check also drain, and
@@ -716,11 +765,15 @@ class Transport:
         The sender's rate limit is checked first, on the frame's length alone, so a flood costs a
         comparison per frame; what the envelope cost to decode beyond its length is charged after.
         """
-        limiter = self.limiter
-        why = limiter.admit(sender, len(frame), time.monotonic())
+        why = self.limiter.admit(sender, len(frame), time.monotonic())
         if why is not None:
             self._drop(why, sender, "over its rate limit")  # unacked: a reliable sender retransmits later
             return None
+        return self._decode_admitted(frame, sender)
+
+    def _decode_admitted(self, frame: bytes, sender: bytes) -> Envelope | None:
+        """:meth:`_decode` for a frame whose length the sender's rate limit already admitted."""
+        limiter = self.limiter
         try:
             env = decode(frame, max_size=self.config.max_message_size)
         except EnvelopeError as exc:
