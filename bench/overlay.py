@@ -22,6 +22,13 @@ What it measures (tcp on 127.0.0.1, CURVE on every link, default configs):
   lookup, returned; ``node_start_s`` per node, ``join_cpu_s`` the CPU each
   process used meanwhile) and the time the lookups themselves take
   (``findable_check_s``), so it is an upper bound.
+* Connections. ``connections_per_join``: DEALERs a joining node opened by the
+  time its ``start()`` returned, mean over joining nodes (each DEALER is one
+  CURVE handshake, ~2 ms of CPU on each side); ``find_node_per_join`` the
+  FIND_NODEs it sent meanwhile. ``connections_per_node`` gives, at all
+  started, all findable and the end of the idle window, the mean and max per
+  node of DEALERs opened, inbound links authenticated (handshakes served) and
+  FIND_NODEs sent, cumulative since the node was built.
 * Idle. After that and ``--settle`` s, a quiet window of ``--window`` s: the
   sum over nodes of ``transport.stats["bytes_out"]`` (envelope bytes; CURVE
   and ZMTP framing not included) gives ``idle_bytes_per_node_per_s``; CPU of
@@ -127,7 +134,8 @@ async def role_nodes(args) -> None:
 
         took = await asyncio.gather(*(start(n) for n in nodes))
         return {"event": "started", "ids": [n.node_id.hex() for n in nodes],
-                "contacts": [str(n.contact) for n in nodes], "t": time.time(), "start_s": took}
+                "contacts": [str(n.contact) for n in nodes], "t": time.time(), "start_s": took,
+                "conns": [connections(n) for n in nodes]}
 
     async def check(cmd: dict) -> dict:
         """Look up every target from each of our source nodes until all are found."""
@@ -158,7 +166,14 @@ async def role_nodes(args) -> None:
             if pending:
                 await asyncio.sleep(0.2)
         return {"event": "checked", "t": time.time(), "pairs": total, "unfound": len(pending), "lookups": lookups,
-                "unfound_first_round": first_round or 0}
+                "unfound_first_round": first_round or 0, "conns": [connections(n) for n in nodes]}
+
+    def connections(node) -> dict:
+        """What this node opened and was sent so far: each DEALER it opened is one CURVE handshake it
+        started (and its peer served); inbound links are handshakes it served."""
+        t = node.transport.stats
+        return {"dealers": t["dealers_opened"], "inbound": t["links_authenticated"],
+                "find_node": node.routing.stats["find_node_sent"]}
 
     def drops() -> dict:
         total: dict[str, int] = {}
@@ -172,6 +187,7 @@ async def role_nodes(args) -> None:
                 "bytes_out": sum(n.transport.stats["bytes_out"] for n in nodes),
                 "bytes_in": sum(n.transport.stats["bytes_in"] for n in nodes),
                 "drops": drops(),
+                "conns": [connections(n) for n in nodes],
                 "members": [len(n.membership) for n in nodes],
                 "table": [len(n.routing.table) for n in nodes]}
 
@@ -210,6 +226,16 @@ def sum_drops(after, before) -> dict:
             for reason, count in report["drops"].items():
                 total[reason] = total.get(reason, 0) + sign * count
     return {k: v for k, v in sorted(total.items()) if v}
+
+
+def conn_summary(conns: list[dict]) -> dict:
+    """Per node: DEALERs opened (CURVE handshakes started), inbound links authenticated (handshakes
+    served) and FIND_NODEs sent, as mean and max over the nodes."""
+    out = {}
+    for key in ("dealers", "inbound", "find_node"):
+        values = [n[key] for n in conns]
+        out[key] = {"mean": round(sum(values) / len(values), 2), "max": max(values)}
+    return out
 
 
 def tree_dirty() -> bool | None:
@@ -277,12 +303,15 @@ def orchestrate(args) -> int:
         for c in joiners:
             c.send({"cmd": "start"})
         start_s: list[float] = []
+        at_start: list[dict] = []  # each joining node's counts when its own start() returned
         for c in joiners:
             info = c.read(60)
             ids_of[c] = info["ids"]
             start_s += info["start_s"]
+            at_start += info["conns"]
         t_started = max(0.0, time.time() - t0)
         join_cpu = {c: (cpu_ns(c.pid) - join_cpu0[c]) / 1e9 for c in children}
+        conns_started = [n for c in children for n in ask(c, {"cmd": "stats"})["conns"]]
         all_ids = [i for c in children for i in ids_of[c]]
         worker_ids = [i for c in workers for i in ids_of[c]]
         sources = worker_ids if args.sources <= 0 else rng.sample(worker_ids, min(args.sources, len(worker_ids)))
@@ -292,6 +321,7 @@ def orchestrate(args) -> int:
         for w in workers:
             w.send({"cmd": "check", "sources": sources, "targets": all_ids, "timeout": check_timeout})
         checks = [w.read(check_timeout + 30) for w in workers]
+        conns_findable = [n for c in children for n in ask(c, {"cmd": "stats"})["conns"]]
         unfound = sum(c["unfound"] for c in checks)
         findable_s = max(c["t"] for c in checks) - t0
         check_s = max(c["t"] for c in checks) - t_check
@@ -377,6 +407,14 @@ def orchestrate(args) -> int:
             "findable_unfound_first_round": sum(c["unfound_first_round"] for c in checks),
             "node_start_s": {"p50": round(median(start_s), 3), "max": round(max(start_s), 3),
                              "over_join_timeout": sum(1 for t in start_s if t >= 10.0)},
+            # DEALERs a joining node opened (= CURVE handshakes it started) by the time its start() returned
+            "connections_per_join": round(sum(n["dealers"] for n in at_start) / len(at_start), 2),
+            "find_node_per_join": round(sum(n["find_node"] for n in at_start) / len(at_start), 2),
+            "connections_per_node": {
+                "all_started": conn_summary(conns_started),
+                "all_findable": conn_summary(conns_findable),
+                "end_of_idle_window": conn_summary([n for c in children for n in s1[c]["conns"]]),
+            },
             "join_cpu_s": {"seed_process": round(join_cpu[seed], 2),
                            "worker_processes": [round(join_cpu[w], 2) for w in workers],
                            "wall_s": round(t_started, 2)},
