@@ -281,7 +281,7 @@ def test_unacknowledged_messages_go_back_and_acknowledged_ones_leave_the_spool(a
                 assert again["b"] == 1 and again["id"] == got[1]["id"]
                 await second.op("ack", {"ids": [again["id"]]})
                 status = (await second.op("status"))["b"]
-                assert status["version"] == 2 and status["local_api"]["redelivered"] == 1
+                assert status["version"] == 3 and status["local_api"]["redelivered"] == 1
                 assert status["inbound"]["acked"] == 3 and status["inbound"]["queued"] == 0
                 assert status["unacked"] == 0
                 bad = await second.op("ack", {"ids": "nope"})

@@ -17,7 +17,8 @@ import click
 from .common import contacts_of, make_node, node_options
 from .context import mesh_option, resolve_mesh
 from .lines import BAD
-from .tasks import TASK_EXIT_HELP, TaskRun, run_task
+from .taskrun import TaskRun
+from .tasks import TASK_EXIT_HELP, run_task
 
 RESULT_HELP = """\b
 One JSON result per input line on stdout, in input order (unless --unordered):

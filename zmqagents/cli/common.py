@@ -334,20 +334,36 @@ def targets_of(to: tuple[str, ...]) -> list[Contact]:
     return contacts_of(to)
 
 
+SIDECAR_HELP = """\b
+Through a sidecar:
+  When a sidecar runs on this host (`zmqagents node --config`) and listens
+  on its default local API path, or --socket / ZMQAGENTS_SOCKET names one,
+  this command works through it: no node of its own, no join, the
+  sidecar's identity and mesh. Otherwise it starts a temporary node and
+  joins the mesh named by --mesh, else ZMQAGENTS_MESH, else the current
+  context. --direct always does the latter; so do flags that configure a
+  node of its own (--key, --listen, --insecure, and those named below).
+"""
+
+OWN_NODE_FLAGS = ("key", "listen", "insecure", "seal")  # flags that only a node of the command's own can honour
+
+
 def sidecar_options(f):
     f = click.option("--direct", is_flag=True,
                      help="Never use a running sidecar: always start a temporary node.")(f)
-    f = click.option("--socket", "socket_path", type=click.Path(dir_okay=False), envvar="ZMQAGENTS_LOCAL_API_PATH",
+    f = click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
+                     envvar=["ZMQAGENTS_SOCKET", "ZMQAGENTS_LOCAL_API_PATH"],
                      help="Local API socket of a running sidecar (default: the sidecar's default path, used "
-                          "when a sidecar listens there; env: ZMQAGENTS_LOCAL_API_PATH).")(f)
+                          "when a sidecar listens there; env: ZMQAGENTS_SOCKET).")(f)
     return f
 
 
-def sidecar_socket(ctx: click.Context, socket_path: str | None, direct: bool) -> Path | None:
+def sidecar_socket(ctx: click.Context, socket_path: str | None, direct: bool, own: tuple[str, ...] = ()) -> Path | None:
     """The local API socket this command should use, or None to start a temporary node.
 
     An explicit --socket must have a sidecar behind it. Otherwise the default path is used when a
-    sidecar listens there and no flag asks for a node of our own (--key, --listen, --insecure, --seal).
+    sidecar listens there and no flag asks for a node of our own (OWN_NODE_FLAGS, and ``own``: the
+    command's flags that the sidecar cannot honour).
     """
     from click.core import ParameterSource
 
@@ -357,7 +373,7 @@ def sidecar_socket(ctx: click.Context, socket_path: str | None, direct: bool) ->
         return None
     if socket_path is None:
         if any(ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-               for name in ("key", "listen", "insecure", "seal") if name in ctx.params):
+               for name in OWN_NODE_FLAGS + own if name in ctx.params):
             return None
         from ..sidecar.config import LocalApiSection
 

@@ -10,7 +10,10 @@ import time
 import click
 
 from ..identity import Contact, format_node_id
-from .common import contacts_of, emit, jsonable, make_node, node_options, parse_body, run_main
+from .common import (
+    SIDECAR_HELP, contacts_of, emit, jsonable, make_node, node_options, parse_body, run_main, sidecar_options,
+    sidecar_socket,
+)
 from .context import mesh_option, resolve_mesh
 from .exits import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE
 
@@ -26,6 +29,8 @@ Exit codes:
 
 
 def _dht_options(f):
+    f = sidecar_options(f)
+    f = click.pass_context(f)
     f = click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      help="Seconds the whole command may take (joining included).")(f)
     f = mesh_option(help="Contact (or @FILE) of a mesh node to join through (repeatable; default: "
@@ -60,7 +65,7 @@ async def _dht_session(n, bootstrap: list[Contact], timeout: float, work) -> int
             return EXIT_FAILED
 
 
-@click.group(epilog=DHT_EXIT_CODES_HELP)
+@click.group(epilog=DHT_EXIT_CODES_HELP + "\n" + SIDECAR_HELP)
 def dht() -> None:
     """Store and fetch small signed records in the mesh (a distributed hash table).
 
@@ -77,13 +82,13 @@ def dht() -> None:
     """
 
 
-@dht.command("put", epilog=DHT_EXIT_CODES_HELP)
+@dht.command("put", epilog=DHT_EXIT_CODES_HELP + "\n" + SIDECAR_HELP)
 @_dht_options
 @click.option("--ttl", default=3600.0, show_default=True, type=click.FloatRange(min=1, max=86400),
               help="Seconds the record lives (at most a day).")
 @click.argument("key_text", metavar="KEY")
 @click.argument("value")
-def dht_put(key, listen, insecure, bootstrap, timeout, ttl, key_text, value) -> None:
+def dht_put(ctx, key, listen, insecure, bootstrap, timeout, socket_path, direct, ttl, key_text, value) -> None:
     """Store VALUE under KEY (JSON if VALUE parses as JSON, else the text).
 
     Prints {"key": hex, "stored": replicas, "seq": n, "expires": unix_s}.
@@ -92,8 +97,13 @@ def dht_put(key, listen, insecure, bootstrap, timeout, ttl, key_text, value) -> 
     """
     from ..dht import key_for
 
-    n = make_node(key, listen, [], insecure)
     body = parse_body(value)
+    path = sidecar_socket(ctx, socket_path, direct)
+    if path is not None:  # signed by the sidecar's key: --key (a record of your own) makes it direct
+        from .sidecar_tasks import dht_put_via_sidecar
+
+        dht_put_via_sidecar(path, key_text, body, ttl, timeout)
+    n = make_node(key, listen, [], insecure)
 
     async def work(left: float) -> int:
         try:
@@ -107,12 +117,12 @@ def dht_put(key, listen, insecure, bootstrap, timeout, ttl, key_text, value) -> 
     sys.exit(run_main(_dht_session(n, _mesh(bootstrap), timeout, work)))
 
 
-@dht.command("get", epilog=DHT_EXIT_CODES_HELP)
+@dht.command("get", epilog=DHT_EXIT_CODES_HELP + "\n" + SIDECAR_HELP)
 @_dht_options
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"key", "value", "publisher", "seq", "expires"} instead of the value alone.')
 @click.argument("key_text", metavar="KEY")
-def dht_get(key, listen, insecure, bootstrap, timeout, as_json, key_text) -> None:
+def dht_get(ctx, key, listen, insecure, bootstrap, timeout, socket_path, direct, as_json, key_text) -> None:
     """Print the value stored under KEY as one JSON line (exit 3 if none).
 
     The first record found whose signature, key and expiry check out is
@@ -120,6 +130,11 @@ def dht_get(key, listen, insecure, bootstrap, timeout, as_json, key_text) -> Non
     """
     from ..dht import key_for
 
+    path = sidecar_socket(ctx, socket_path, direct)
+    if path is not None:
+        from .sidecar_tasks import dht_get_via_sidecar
+
+        dht_get_via_sidecar(path, key_text, timeout, as_json)
     n = make_node(key, listen, [], insecure)
 
     async def work(left: float) -> int:
@@ -138,18 +153,34 @@ def dht_get(key, listen, insecure, bootstrap, timeout, as_json, key_text) -> Non
     sys.exit(run_main(_dht_session(n, _mesh(bootstrap), timeout, work)))
 
 
-@click.command(epilog=DHT_EXIT_CODES_HELP)
+@click.command(epilog=DHT_EXIT_CODES_HELP + "\n" + SIDECAR_HELP)
 @_dht_options
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per provider ({"node_id", "contact", "expires", "meta"}) instead of a table.')
 @click.argument("capability")
-def find(key, listen, insecure, bootstrap, timeout, as_json, capability) -> None:
+def find(ctx, key, listen, insecure, bootstrap, timeout, socket_path, direct, as_json, capability) -> None:
     """List the nodes that provide CAPABILITY (a capability or topic name).
 
     Providers announce themselves in the DHT (Node.provide); the name is
     hashed with sha256 like a `dht` KEY. Exit 3 if nobody provides it.
     Pass a printed contact to `zmqagents request --to CONTACT` to use one.
     """
+    def show(rows: list[dict]) -> None:
+        now = time.time()
+        if as_json:
+            for row in rows:
+                emit(row)
+            return
+        click.echo(f"{'NODE':14} {'EXPIRES IN s':>12}  CONTACT")
+        for row in rows:
+            click.echo(f"{row['node_id'][:12]:14} {row['expires'] - now:>12.0f}  {row['contact']}")
+
+    path = sidecar_socket(ctx, socket_path, direct)
+    if path is not None:
+        from .sidecar_tasks import find_via_sidecar
+
+        find_via_sidecar(path, capability, timeout, lambda found: show(
+            [{**p, "node_id": format_node_id(p["node_id"])} for p in found]))
     n = make_node(key, listen, [], insecure)
 
     async def work(left: float) -> int:
@@ -157,15 +188,8 @@ def find(key, listen, insecure, bootstrap, timeout, as_json, capability) -> None
         if not found:
             click.echo(f"error: no node provides {capability!r}", err=True)
             return EXIT_NOT_FOUND
-        now = time.time()
-        if as_json:
-            for p in found:
-                emit({"node_id": format_node_id(p.node_id), "contact": str(p.contact), "expires": p.expires,
-                       "meta": p.meta})
-        else:
-            click.echo(f"{'NODE':14} {'EXPIRES IN s':>12}  CONTACT")
-            for p in found:
-                click.echo(f"{p.node_id.hex()[:12]:14} {p.expires - now:>12.0f}  {p.contact}")
+        show([{"node_id": format_node_id(p.node_id), "contact": str(p.contact), "expires": p.expires, "meta": p.meta}
+              for p in found])
         return EXIT_OK
 
     sys.exit(run_main(_dht_session(n, _mesh(bootstrap), timeout, work)))

@@ -13,10 +13,11 @@ from typing import Any
 import click
 
 from .common import (
-    SEAL_HELP, announce, contacts_of, emit, make_node, node_options, parse_body, run_main, sidecar_options,
-    sidecar_socket, sidecar_targets, targets_of,
+    SEAL_HELP, SIDECAR_HELP, announce, contacts_of, emit, make_node, node_options, parse_body, run_main,
+    sidecar_options, sidecar_socket, sidecar_targets, targets_of,
 )
-from .exits import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
+from .context import mesh_option, resolve_mesh
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE
 from .lines import BAD, run_lines, stdin_values, terminal_hint
 
 
@@ -291,17 +292,57 @@ async def _request_lines(ids: list, one, parallel: int) -> int:
     return EXIT_FAILED if (bad or failed or timeouts) else EXIT_OK
 
 
-@click.command()
+def _one_hop_mesh(mesh: tuple[str, ...], to: tuple[str, ...], one_hop: bool) -> tuple[tuple[str, ...], bool]:
+    """--mesh and the old --to (hidden: --mesh with --one-hop) as (contacts, one hop?)."""
+    if to and mesh:
+        raise click.UsageError("--to is the old name of --mesh ... --one-hop: give --mesh only")
+    return (to, True) if to else (mesh, one_hop)
+
+
+def _show_table(table: list, as_json: bool) -> None:
+    now = time.time()
+    if as_json:
+        for row in table:
+            emit(row)
+        return
+    click.echo(f"{'NODE':14} {'STATE':9} {'INC':>4} {'RTT ms':>8} {'SEEN s ago':>10}  ENDPOINT")
+    for row in table:
+        rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.2f}"
+        endpoint = row["contact"].split("@", 1)[1]
+        click.echo(f"{row['node_id'][:12]:14} {row['state']:9} {row['incarnation']:>4} {rtt:>8} "
+                   f"{now - row['last_seen']:>10.1f}  {endpoint}")
+
+
+@click.command(epilog=SIDECAR_HELP)
 @node_options
-@click.option("--to", "to", required=True, help="Contact of the node to ask.")
+@mesh_option(help="Contact (or @FILE) of the node whose table to show (default: the sidecar's own table, "
+                  "else ZMQAGENTS_MESH or the context's first node).")
+@click.option("--to", "to", hidden=True, help="Old name of --mesh.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per contact instead of a table.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the answer.")
-def peers(key, listen, insecure, to, as_json, timeout) -> None:
-    """List the contacts in a node's routing table."""
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Seconds to wait for the answer (connecting included).")
+@sidecar_options
+@click.pass_context
+def peers(ctx, key, listen, insecure, bootstrap, to, as_json, timeout, socket_path, direct) -> None:
+    """List the contacts in a node's routing table (with no --mesh, the sidecar's own)."""
     from ..node import PEERS, NodeError, RequestTimeout
 
-    targets = contacts_of([to])
+    if to and bootstrap:
+        raise click.UsageError("--to is the old name of --mesh: give --mesh only")
+    named = bootstrap or ((to,) if to else ())
+    path = sidecar_socket(ctx, socket_path, direct)
+    if path is not None:
+        from .sidecar_tasks import peers_via_sidecar
+
+        ask = str(contacts_of(named[:1], hint="--mesh")[0]) if named else None
+        peers_via_sidecar(path, ask, timeout, lambda table: _show_table(table, as_json))
+    named = resolve_mesh(named)
+    if not named:
+        raise click.UsageError("say whose table: --mesh CONTACT (or a context, see `zmqagents help context`), "
+                               "or run a sidecar on this host")
+    targets = contacts_of(named[:1], hint="--mesh")
     n = make_node(key, listen, targets, insecure)
+    n.config.hello_timeout = min(n.config.hello_timeout, timeout)
 
     async def main() -> int:
         async with n:
@@ -311,63 +352,61 @@ def peers(key, listen, insecure, to, as_json, timeout) -> None:
                 click.echo(f"error: {exc}", err=True)
                 return EXIT_TIMEOUT
             except NodeError as exc:
-                click.echo(f"error: {exc}", err=True)
-                return EXIT_FAILED
-        now = time.time()
-        if as_json:
-            for row in table:
-                emit(row)
-        else:
-            click.echo(f"{'NODE':14} {'STATE':9} {'INC':>4} {'RTT ms':>8} {'SEEN s ago':>10}  ENDPOINT")
-            for row in table:
-                rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.2f}"
-                endpoint = row["contact"].split("@", 1)[1]
-                click.echo(f"{row['node_id'][:12]:14} {row['state']:9} {row['incarnation']:>4} {rtt:>8} "
-                           f"{now - row['last_seen']:>10.1f}  {endpoint}")
+                click.echo(f"error: {exc} (unreachable)", err=True)
+                return EXIT_UNREACHABLE
+        _show_table(table, as_json)
         return EXIT_OK
 
     sys.exit(run_main(main()))
 
 
-@click.command()
+@click.command(epilog=SIDECAR_HELP + "  (for this command also: --one-hop, --wait)\n")
 @node_options
-@click.option("--bootstrap", multiple=True,
-              help="Contact of a node in the mesh (repeatable): publish mesh-wide, to every subscriber of TOPIC.")
-@click.option("--to", "to", multiple=True, help="Contact of a neighbour that subscribes (repeatable): one hop only.")
-@click.option("--wait", default=5.0, show_default=True, help="With --to: seconds to wait for a subscriber before publishing.")
+@mesh_option(help="Contact (or @FILE) of a node in the mesh (repeatable; default: ZMQAGENTS_MESH or the context): "
+                  "publish mesh-wide, to every subscriber of TOPIC. With --one-hop: the neighbours to publish to.")
+@click.option("--one-hop", is_flag=True, help="Publish only to the --mesh nodes that subscribe, one hop, best effort.")
+@click.option("--to", "to", multiple=True, hidden=True, help="Old name of --mesh with --one-hop.")
+@click.option("--wait", default=5.0, show_default=True, help="With --one-hop: seconds to wait for a subscriber before publishing.")
+@sidecar_options
 @click.argument("topic")
 @click.argument("body", required=False)
-def publish(key, listen, insecure, bootstrap, to, wait, topic, body) -> None:
+@click.pass_context
+def publish(ctx, key, listen, insecure, bootstrap, one_hop, to, wait, socket_path, direct, topic, body) -> None:
     """Publish BODY (or each stdin line) on TOPIC.
 
     \b
-    With --bootstrap the publication reaches every node subscribed to TOPIC
-    anywhere in the mesh (signed by this node, carried by the mesh's
-    broadcast tree; protocols/broadcast.md). The command joins through the
-    contact(s), publishes, and lingers briefly so the data leaves.
+    The publication reaches every node subscribed to TOPIC anywhere in the
+    mesh (signed by the publishing node, carried by the mesh's broadcast
+    tree; protocols/broadcast.md). Without a sidecar the command joins
+    through --mesh, publishes, and lingers briefly so the data leaves.
 
     \b
-    With --to it travels one hop, best effort: the command connects to the
-    --to nodes, waits until one of them subscribes to TOPIC (exit 124 if none
-    does within --wait) and publishes to the subscribed ones.
+    With --one-hop it travels one hop, best effort: the command connects to
+    the --mesh nodes, waits until one of them subscribes to TOPIC (exit 124
+    if none does within --wait) and publishes to the subscribed ones.
     """
-    if bool(bootstrap) == bool(to):
-        raise click.UsageError("say where to publish: --bootstrap CONTACT (mesh-wide) or --to CONTACT (one hop)")
-    if bootstrap:
-        n = make_node(key, listen, [], insecure, None, contacts_of(bootstrap, hint="--bootstrap"))
+    mesh, one_hop = _one_hop_mesh(bootstrap, to, one_hop)
+    path = None if one_hop else sidecar_socket(ctx, socket_path, direct, own=("wait",))
+    if path is not None:
+        from .sidecar_tasks import publish_via_sidecar
+
+        publish_via_sidecar(path, topic, body)
+    mesh = mesh if one_hop else resolve_mesh(mesh)
+    if not mesh:
+        raise click.UsageError("say where to publish: --mesh CONTACT (or a context, see `zmqagents help context`), "
+                               "or run a sidecar on this host")
+    if one_hop:
+        n = make_node(key, listen, contacts_of(mesh, hint="--mesh"), insecure)
     else:
-        n = make_node(key, listen, targets_of(to), insecure)
+        n = make_node(key, listen, [], insecure, None, contacts_of(mesh, hint="--mesh"))
     n.config.transport.close_linger_ms = 2000
 
     async def pub(value: Any) -> None:
-        if bootstrap:
-            await n.publish(topic, value)
-        else:
-            await n.publish(topic, value, one_hop=True)
+        await n.publish(topic, value, one_hop=one_hop)
 
     async def main() -> int:
         async with n:
-            if not bootstrap and not await n.wait_for_subscriber(topic, wait):
+            if one_hop and not await n.wait_for_subscriber(topic, wait):
                 click.echo(f"error: no neighbour subscribed to {topic!r} within {wait:g} s", err=True)
                 return EXIT_TIMEOUT
             try:
@@ -388,39 +427,53 @@ def publish(key, listen, insecure, bootstrap, to, wait, topic, body) -> None:
     sys.exit(run_main(main()))
 
 
-@click.command()
+@click.command(epilog=SIDECAR_HELP + "  (for this command also: --one-hop, --contact-file)\n")
 @node_options
-@click.option("--bootstrap", multiple=True,
-              help="Contact of a node in the mesh (repeatable): hear TOPIC's publications from anywhere in the mesh.")
-@click.option("--to", "to", multiple=True, help="Contact of a neighbour to listen to (repeatable): one hop only.")
+@mesh_option(help="Contact (or @FILE) of a node in the mesh (repeatable; default: ZMQAGENTS_MESH or the context): "
+                  "hear TOPIC's publications from anywhere in the mesh. With --one-hop: the neighbours to listen to.")
+@click.option("--one-hop", is_flag=True, help="Only publications of neighbours (--mesh, or publishers that connect here).")
+@click.option("--to", "to", multiple=True, hidden=True, help="Old name of --mesh with --one-hop.")
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Write this node's contact here so publishers can connect.")
 @click.option("--count", type=click.IntRange(1), help="Exit after this many publications.")
-@click.option("--timeout", type=float, help="Exit with 124 if nothing arrives for this many seconds.")
+@click.option("--timeout", type=click.FloatRange(min=0.001), help="Exit with 124 if nothing arrives for this many seconds.")
+@sidecar_options
 @click.argument("topic", default="")
-def subscribe(key, listen, insecure, bootstrap, to, contact_file, count, timeout, topic) -> None:
+@click.pass_context
+def subscribe(ctx, key, listen, insecure, bootstrap, one_hop, to, contact_file, count, timeout, socket_path, direct,
+              topic) -> None:
     """Print publications on TOPIC, one JSON line each.
 
     \b
-    With --bootstrap this node joins the mesh (a member) and prints every
-    publication on exactly TOPIC ("" = mesh-wide broadcasts) from any node:
-    {"topic", "origin" (node id), "seq" (the origin's sequence number on the
-    topic: a jump is a gap), "from" (short id), "body"}.
+    Every publication on exactly TOPIC ("" = mesh-wide broadcasts) from any
+    node of the mesh: {"topic", "origin" (node id), "seq" (the origin's
+    sequence number on the topic: a jump is a gap), "from" (short id),
+    "body"}. Without a sidecar this command's node joins through --mesh (as
+    a member) and listens; with no mesh named anywhere it listens one hop.
 
     \b
-    Without it publications travel one hop and match by prefix: the
-    publisher must be a neighbour: either name it with --to, or let it
-    connect here (`publish --to` this node's contact, printed first as
-    {"contact": ...}).
+    With --one-hop publications travel one hop and match by prefix: the
+    publisher must be a neighbour: either name it with --mesh, or let it
+    connect here (`publish --one-hop --mesh` this node's contact, printed
+    first as {"contact": ...}).
     """
-    if bootstrap and to:
-        raise click.UsageError("--bootstrap (mesh-wide) and --to (one hop) do not go together")
-    n = make_node(key, listen, contacts_of(to), insecure, None, contacts_of(bootstrap, hint="--bootstrap"), member=True)
+    mesh, one_hop = _one_hop_mesh(bootstrap, to, one_hop)
+    path = None if one_hop else sidecar_socket(ctx, socket_path, direct, own=("contact_file",))
+    if path is not None:
+        from .sidecar_tasks import subscribe_via_sidecar
+
+        subscribe_via_sidecar(path, topic, count, timeout)
+    if not one_hop:
+        mesh = resolve_mesh(mesh)
+        one_hop = not mesh  # no mesh anywhere: listen for neighbours that connect here (as before --mesh)
+    neighbours = contacts_of(mesh, hint="--mesh") if one_hop else []
+    n = make_node(key, listen, neighbours, insecure, None, [] if one_hop else contacts_of(mesh, hint="--mesh"),
+                  member=True)
 
     async def main() -> int:
         async with n:
             announce(n, contact_file)
             seen = 0
-            stream = n.subscribe(topic) if bootstrap else n.subscribe(topic, one_hop=True)
+            stream = n.subscribe(topic, one_hop=one_hop)
             while count is None or seen < count:
                 try:
                     msg = await asyncio.wait_for(stream.__anext__(), timeout)
@@ -430,16 +483,15 @@ def subscribe(key, listen, insecure, bootstrap, to, contact_file, count, timeout
                 except StopAsyncIteration:
                     break
                 seen += 1
-                if bootstrap:
+                if one_hop:
+                    emit({"topic": msg.topic, "from": msg.sender, "body": msg.body})
+                else:
                     emit({"topic": msg.topic, "origin": msg.src.hex(), "seq": msg.seq, "from": msg.sender,
                           "body": msg.body})
-                else:
-                    emit({"topic": msg.topic, "from": msg.sender, "body": msg.body})
             await stream.aclose()
         return EXIT_OK
 
     sys.exit(run_main(main()))
-
 
 
 COMMANDS = (send, request, peers, publish, subscribe)

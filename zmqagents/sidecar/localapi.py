@@ -30,6 +30,7 @@ from ..queues import BoundedQueue
 from ..errors import Error
 from .localsocket import LocalApiError, prepare_socket_path
 from . import views
+from .localmesh import OPS as MESH_OPS, LocalMesh, MeshOpError
 from .serving import LocalServing, ServingError
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ DEFAULT_ACK_TIMEOUT_MS = 60_000  # a message handed to an acknowledging client g
 MAX_ACK_TIMEOUT_MS = 3_600_000
 MAX_ACK_IDS = 10_000  # ids in one ack
 CHECK_INTERVAL = 1.0  # s between checks of serving clients' leases and unacknowledged messages
-VERSION = 2  # of this API (protocols/local-api.md); `status` reports it
+VERSION = 3  # of this API (protocols/local-api.md); `status` reports it
 CLIENT_FIELDS = ("to", "topic")  # extra envelope fields the local API reads
 
 
@@ -121,6 +122,8 @@ class LocalApi:
         self.outbox = outbox
         self.inbox = inbox  # the node's inbound spool (sidecar/inbound.py), if it has one: acks go there
         self.serving = LocalServing(node, self._push_work)
+        self.mesh = LocalMesh(node, self.serving.runtime, self._reply, self._send,
+                              lambda rid: bool(self._unsent.held_by(rid)[0]))
         self._unacked: dict[bytes, _Unacked] = {}  # client -> what it was handed and has not acknowledged
         self._commit_scheduled = False
         self._checker: asyncio.TimerHandle | None = None
@@ -184,6 +187,7 @@ class LocalApi:
         self._closed = True
         if self._checker is not None:
             self._checker.cancel()
+        await self.mesh.close()
         await self.serving.close()
         for rid in list(self._unacked):
             self._give_back(rid)
@@ -324,8 +328,12 @@ class LocalApi:
             if type(topic) is not str or not topic:
                 raise _Reply("bad_request", "publish needs a non-empty string field 'topic'")
             self._publish(rid, env, topic)
+        elif op == "peers" and env.extra.get("to") is not None:
+            self._mesh_op(rid, env, lambda: self.mesh.peers_of(rid, env, env.extra["to"]))
         elif op == "peers":
             self._reply(rid, "peers", env.id, self.node.peers())
+        elif op in MESH_OPS:
+            self._mesh_op(rid, env, lambda: self.mesh.operation(rid, env))
         elif op == "status":
             self._reply(rid, "status", env.id, self.status())
         elif op == "top":
@@ -347,7 +355,14 @@ class LocalApi:
             self._serving_op(rid, env)
         else:
             raise _Reply("unknown_op", f"unknown operation {op!r}: use send, request, receive, ack, publish, peers, "
-                         "status, top, members, serve, withdraw, handle, progress, result, fail or ping")
+                         "status, top, members, serve, withdraw, handle, progress, result, fail, ping, subscribe, "
+                         "unsubscribe, submit, cancel, find, dht_get or dht_put")
+
+    def _mesh_op(self, rid: bytes, env: Envelope, start) -> None:
+        try:
+            start()
+        except MeshOpError as exc:
+            raise _Reply(exc.code, str(exc)) from None
 
     def _serving_op(self, rid: bytes, env: Envelope) -> None:
         op = env.type
@@ -581,6 +596,7 @@ class LocalApi:
         """Every second: serving clients' leases, and messages not acknowledged in time go back."""
         self._checker = asyncio.get_running_loop().call_later(CHECK_INTERVAL, self._check)
         self.serving.expire()
+        self.mesh.check()
         now = time.monotonic()
         for rid, unacked in list(self._unacked.items()):
             late = [(mid, m) for mid, (m, at) in unacked.messages.items() if now - at > unacked.timeout]
@@ -615,6 +631,10 @@ class LocalApi:
     # -- replies -------------------------------------------------------------------------------------
 
     def _reply(self, rid: bytes, typ: str, re: bytes | None, body: Any) -> None:
+        self._send(rid, typ, re, body)
+
+    def _send(self, rid: bytes, typ: str, re: bytes | None, body: Any) -> str:
+        """An answer or a push (``re`` naming the operation it belongs to); what ``_write`` said."""
         env = Envelope(os.urandom(16), self.node.node_id, typ, body, None, int(time.time() * 1000), re=re)
         try:
             frame = env.encode(max_size=4 * self.max_size)
@@ -622,8 +642,10 @@ class LocalApi:
             env = Envelope(os.urandom(16), self.node.node_id, "error",
                            {"code": "internal", "error": f"reply could not be encoded: {exc}"}, re=re)
             frame = env.encode()
-        if self._write(rid, frame) == "sent":
+        result = self._write(rid, frame)
+        if result == "sent":
             self.stats["replies_out"] += 1
+        return result
 
     def _write(self, rid: bytes, frame: bytes) -> str:
         """Write a reply or pushed work to a client: "sent"; "held" when its queue is full (or earlier frames
@@ -718,6 +740,7 @@ class LocalApi:
             "inbound": self.inbox.status() if self.inbox is not None else None,
             "unacked": sum(len(u.messages) for u in self._unacked.values()),
             "serving": self.serving.status(),
+            "mesh": self.mesh.status(),
         }
 
 

@@ -144,7 +144,7 @@ class LocalServing:
         server = self._server(rid, body.get("lease_ms"))
         server.capabilities.add(cap.name)
         self._owner[cap.name] = rid
-        agents = self._runtime()
+        agents = self.runtime()
         publish = body.get("publish", True) is not False
         self.stats["served"] += 1
         published = True
@@ -180,7 +180,8 @@ class LocalServing:
             self._request_client = rid
         return {"requests": True, "lease_ms": int(server.lease * 1000)}
 
-    def _runtime(self):
+    def runtime(self):
+        """The sidecar's one task runtime (made on first use): what clients serve, and the tasks they submit."""
         if self._agents is None:
             from ..agents.runtime import Agents
 

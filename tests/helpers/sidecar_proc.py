@@ -1,0 +1,100 @@
+"""A real sidecar process (`zmqagents node --config FILE`) in a short temporary directory, and a raw local
+API client for it (a DEALER speaking envelopes, as an application in any language would).
+
+    side = SidecarProc(mesh=["@/tmp/seed.contact"])
+    side.start()
+    side.call("status")["b"]          # one operation, its answer as a msgpack map
+    side.close()                      # kills it (by PID) and removes the directory
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import zmq
+
+CLI = [sys.executable, "-m", "zmqagents.cli"]
+
+
+def envelope(op: str, body=None, **fields) -> tuple[bytes, bytes]:
+    """(id, frame) of a client envelope: 4-byte length, then the msgpack map."""
+    mid = fields.pop("id", None) or os.urandom(16)
+    payload = msgpack.packb({"v": 1, "id": mid, "src": bytes(32), "t": op, "b": body, **fields})
+    return mid, struct.pack(">I", len(payload)) + payload
+
+
+def unpack(frame: bytes) -> dict:
+    return msgpack.unpackb(frame[4:4 + struct.unpack(">I", frame[:4])[0]])
+
+
+class SidecarProc:
+    """A sidecar whose local API socket is ``sock`` (also its default path: RUNTIME_DIRECTORY is ``dir``
+    in ``env``, so a command run with ``env`` finds it without --socket)."""
+
+    def __init__(self, mesh: list[str] = (), *, socket_in_config: bool = True):
+        self.dir = Path(tempfile.mkdtemp(prefix="zasc-", dir="/tmp"))  # unix socket paths are short
+        self.sock = str(self.dir / "node.sock")
+        self.mesh = list(mesh)
+        self.config = self.dir / "sidecar.toml"
+        self.config.write_text(
+            f'[node]\nkey = "{self.dir / "sidecar.key"}"\nlisten = "tcp://127.0.0.1:0"\ndrain_timeout = 1\n'
+            + (f'[local_api]\npath = "{self.sock}"\nmode = 0o600\n' if socket_in_config else "")
+            + f'[spool]\ndir = "{self.dir / "spool"}"\nfsync = "never"\n'
+            '[mdns]\nenabled = false\n[admin]\nenabled = false\n')
+        self.env = {**os.environ, "RUNTIME_DIRECTORY": str(self.dir)}
+        self.proc: subprocess.Popen | None = None
+        self._ctx = zmq.Context()
+
+    def start(self, timeout: float = 20) -> "SidecarProc":
+        args = CLI + ["node", "--config", str(self.config)] + [a for c in self.mesh for a in ("--mesh", c)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"sidecar exited: {self.proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "the sidecar's socket never answered"
+            if os.path.exists(self.sock):
+                try:
+                    self.call("status", timeout_ms=500)
+                    return self
+                except zmq.Again:
+                    pass
+            time.sleep(0.05)
+
+    def client(self, timeout_ms: int = 20_000) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        sock.connect(f"ipc://{self.sock}")
+        return sock
+
+    def call(self, op: str, body=None, *, timeout_ms: int = 20_000, **fields) -> dict:
+        """One operation on a connection of its own; its answer."""
+        sock = self.client(timeout_ms)
+        try:
+            sock.send(envelope(op, body, **fields)[1])
+            return unpack(sock.recv())
+        finally:
+            sock.close()
+
+    def status(self) -> dict:
+        return self.call("status")["b"]
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+        """`zmqagents ARGS` with this sidecar at its default path (no --socket needed)."""
+        return subprocess.run(CLI + list(args), input=input, capture_output=True, text=True, timeout=timeout,
+                              env={**self.env, **env})
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._ctx.destroy(linger=0)
+        shutil.rmtree(self.dir, ignore_errors=True)
