@@ -169,7 +169,8 @@ def test_a_terminal_on_stdin_gets_a_hint_and_ctrl_d_ends_it(tmp_path):
 
 
 def test_request_timeout_counts_the_hello_to_a_dead_peer(tmp_path):
-    """--timeout bounds the whole request, connecting and hello included (it took 8.2 s for --timeout 3)."""
+    """--timeout bounds the whole request, connecting and hello included (it took 8.2 s for --timeout 3);
+    a peer that acknowledged nothing is unreachable (exit 8), not slow (124: tests/cli/test_cli_sidecar.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once closed
@@ -179,7 +180,7 @@ def test_request_timeout_counts_the_hello_to_a_dead_peer(tmp_path):
         began = time.monotonic()
         res = zmqa(*args, timeout=30)
         took = time.monotonic() - began
-        assert res.returncode == 124, (args, res.stderr)
+        assert res.returncode == 8 and "unreachable" in res.stderr, (args, res.stderr)
         # The hello alone used to wait 5 s before the 2 s began (7 s at least, plus starting Python and
         # the node); now the 2 s include it. The margin is for starting on a loaded machine.
         assert took < 7, (args, took)

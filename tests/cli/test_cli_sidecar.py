@@ -167,3 +167,28 @@ def test_bad_mesh_operations_from_a_local_client_are_answered_bounded_and_counte
         assert side.call("ping")["t"] == "ok"  # still serving everyone else
     finally:
         side.close()
+
+
+@pytest.mark.timeout(150)
+def test_request_to_a_dead_peer_is_unreachable_and_to_a_slow_one_a_timeout(tmp_path):
+    """Exit 8 when the peer acknowledged nothing (down, wrong address), 124 when it took the request and
+    did not answer in time: directly and through the sidecar (whose `request` error says which)."""
+    from tests.cli.test_cli_context import dead_contact
+
+    dead = dead_contact(tmp_path)
+    side = SidecarProc().start()
+    try:
+        with server(tmp_path, "reply", "--exec", "sleep 6; cat", name="slow") as (slow, _):
+            for via in (["--direct"], ["--socket", side.sock]):
+                run = side.run("request", *via, "--to", dead, "--timeout", "2", '"x"')
+                assert run.returncode == 8 and "unreachable" in run.stderr, (via, run.stderr)
+                run = side.run("request", *via, "--to", dead, "--timeout", "2", input='"x"\n')
+                assert run.returncode == 8 and json.loads(run.stdout)["unreachable"] is True, (via, run.stderr)
+                run = side.run("request", *via, "--to", slow, "--timeout", "2", '"x"')
+                assert run.returncode == 124 and "unreachable" not in run.stderr, (via, run.stderr)
+            run = side.run("send", "--direct", "--to", dead, "--timeout", "2", '"x"')
+            assert run.returncode == 8 and "unreachable" in run.stderr, run.stderr
+            local = side.status()["local_api"]
+            assert local["requests"] == 3
+    finally:
+        side.close()

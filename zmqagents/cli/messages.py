@@ -60,7 +60,8 @@ def send(ctx, key, listen, insecure, to, timeout, socket_path, direct, seal, bod
         failed = 0
         sent = 0
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        began = loop.time()
+        deadline = began + timeout
         async with n:
             ids = [c.node_id for c in targets]
             if body is not None:
@@ -77,10 +78,15 @@ def send(ctx, key, listen, insecure, to, timeout, socket_path, direct, seal, bod
                 deadline = loop.time() + timeout
             try:
                 await n.flush(timeout=max(0.001, deadline - loop.time()))
-            except SendError as exc:
-                click.echo(f"error: {exc}", err=True)
-                return EXIT_FAILED
+            except SendError as exc:  # delivery gave up: the peer never acknowledged them
+                click.echo(f"error: {exc} (unreachable)", err=True)
+                return EXIT_UNREACHABLE
             except asyncio.TimeoutError:
+                silent = [i for i in ids if not _heard(n, i, loop.time() - began)]
+                if silent:
+                    click.echo(f"error: {', '.join(i.hex()[:12] for i in silent)} did not answer within {timeout:g} s "
+                               "(unreachable)", err=True)
+                    return EXIT_UNREACHABLE
                 click.echo(f"error: messages not acknowledged within {timeout:g} s", err=True)
                 return EXIT_TIMEOUT
         if failed:
@@ -177,7 +183,7 @@ def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, dire
     n.config.hello_timeout = min(n.config.hello_timeout, timeout)
 
     async def main() -> int:
-        from ..node import NodeError, RequestTimeout
+        from ..node import NodeError, PeerUnreachable, RequestTimeout
 
         loop = asyncio.get_running_loop()
         began = loop.time()
@@ -191,7 +197,11 @@ def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, dire
                 await asyncio.wait_for(asyncio.shield(starting), max(0.0, deadline - loop.time()))
                 reply_body = await n.request(dst, value, timeout=max(0.001, deadline - loop.time()))
             except (RequestTimeout, asyncio.TimeoutError):
+                if not _heard(n, dst, loop.time() - began):
+                    return _unreachable(number, dst, timeout)
                 return {"line": number, "ok": False, "error": f"no reply within {timeout:g} s", "timeout": True}
+            except PeerUnreachable:
+                return _unreachable(number, dst, timeout)
             except NodeError as exc:
                 return {"line": number, "ok": False, "error": str(exc)}
             return {"line": number, "ok": True, "reply": reply_body,
@@ -204,8 +214,7 @@ def request(ctx, key, listen, insecure, to, timeout, parallel, socket_path, dire
                 if result["ok"]:
                     emit({"reply": result["reply"]}) if not isinstance(result["reply"], dict) else emit(result["reply"])
                     return EXIT_OK
-                click.echo(f"error: {result['error']}", err=True)
-                return EXIT_TIMEOUT if result.get("timeout") else EXIT_FAILED
+                return _single_failure(result)
             status = await _request_lines(ids, lambda dst, value, number: one(dst, value, number, loop.time()),
                                           parallel)
             await starting  # a node that could not start is an error even when stdin was empty
@@ -242,6 +251,8 @@ async def _request_via_sidecar(path: Path, targets: list[str], timeout: float, p
         result = {"line": number, "ok": False, "error": str(detail.get("error", reply.type))}
         if detail.get("code") == "timeout":
             result["timeout"] = True
+        elif detail.get("code") in ("unreachable", "unknown_peer"):
+            result["unreachable"] = True
         return result
 
     try:
@@ -250,8 +261,7 @@ async def _request_via_sidecar(path: Path, targets: list[str], timeout: float, p
             if result["ok"]:
                 emit(result["reply"]) if isinstance(result["reply"], dict) else emit({"reply": result["reply"]})
                 return EXIT_OK
-            click.echo(f"error: {result['error']}", err=True)
-            return EXIT_TIMEOUT if result.get("timeout") else EXIT_FAILED
+            return _single_failure(result)
         return await _request_lines(targets, one, parallel)
     finally:
         await client.close()
@@ -260,7 +270,7 @@ async def _request_via_sidecar(path: Path, targets: list[str], timeout: float, p
 async def _request_lines(ids: list, one, parallel: int) -> int:
     """Run stdin lines through ``one(dst, value, number)``, at most ``parallel`` in flight, output in input
     order; destinations round-robin over ``ids``."""
-    counts = {"bad": 0, "failed": 0, "timeouts": 0, "lines": 0}
+    counts = {"bad": 0, "failed": 0, "timeouts": 0, "unreachable": 0, "lines": 0}
 
     async def values():
         sent = 0
@@ -274,7 +284,7 @@ async def _request_lines(ids: list, one, parallel: int) -> int:
 
     def show(result: dict) -> None:
         if not result["ok"] and result.get("state") != "canceled":
-            counts["timeouts" if result.get("timeout") else "failed"] += 1
+            counts["timeouts" if result.get("timeout") else "unreachable" if result.get("unreachable") else "failed"] += 1
         emit(result)
 
     def canceled(number: int) -> dict:
@@ -283,34 +293,35 @@ async def _request_lines(ids: list, one, parallel: int) -> int:
     terminal_hint()
     await run_lines(values(), lambda number, item: one(item[0], item[1], number), parallel, ordered=True,
                     show=show, canceled=canceled)
-    bad, failed, timeouts = counts["bad"], counts["failed"], counts["timeouts"]
-    if bad or failed or timeouts:
-        click.echo(f"error: {bad} bad line(s), {failed} failed, {timeouts} timed out, of {counts['lines']} line(s)",
-                   err=True)
-    if timeouts and not (bad or failed):
+    bad, failed, timeouts, unreachable = counts["bad"], counts["failed"], counts["timeouts"], counts["unreachable"]
+    if bad or failed or timeouts or unreachable:
+        click.echo(f"error: {bad} bad line(s), {failed} failed, {timeouts} timed out, {unreachable} unreachable, "
+                   f"of {counts['lines']} line(s)", err=True)
+    if bad or failed:
+        return EXIT_FAILED
+    if unreachable and not timeouts:
+        return EXIT_UNREACHABLE
+    return EXIT_TIMEOUT if (timeouts or unreachable) else EXIT_OK
+
+
+def _heard(n, dst: bytes, seconds: float) -> bool:
+    """Whether ``dst`` said anything to this command's node (a hello, an acknowledgement) in ``seconds``."""
+    from ..sidecar.localmesh import heard_within
+
+    return dst in n.neighbours() or heard_within(n, dst, seconds)
+
+
+def _unreachable(number: int, dst: bytes, timeout: float) -> dict:
+    return {"line": number, "ok": False, "unreachable": True,
+            "error": f"{dst.hex()[:12]} did not answer within {timeout:g} s (unreachable)"}
+
+
+def _single_failure(result: dict) -> int:
+    """The exit status of a single request (BODY) that failed, its error on stderr."""
+    click.echo(f"error: {result['error']}", err=True)
+    if result.get("timeout"):
         return EXIT_TIMEOUT
-    return EXIT_FAILED if (bad or failed or timeouts) else EXIT_OK
-
-
-def _one_hop_mesh(mesh: tuple[str, ...], to: tuple[str, ...], one_hop: bool) -> tuple[tuple[str, ...], bool]:
-    """--mesh and the old --to (hidden: --mesh with --one-hop) as (contacts, one hop?)."""
-    if to and mesh:
-        raise click.UsageError("--to is the old name of --mesh ... --one-hop: give --mesh only")
-    return (to, True) if to else (mesh, one_hop)
-
-
-def _show_table(table: list, as_json: bool) -> None:
-    now = time.time()
-    if as_json:
-        for row in table:
-            emit(row)
-        return
-    click.echo(f"{'NODE':14} {'STATE':9} {'INC':>4} {'RTT ms':>8} {'SEEN s ago':>10}  ENDPOINT")
-    for row in table:
-        rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.2f}"
-        endpoint = row["contact"].split("@", 1)[1]
-        click.echo(f"{row['node_id'][:12]:14} {row['state']:9} {row['incarnation']:>4} {rtt:>8} "
-                   f"{now - row['last_seen']:>10.1f}  {endpoint}")
+    return EXIT_UNREACHABLE if result.get("unreachable") else EXIT_FAILED
 
 
 @click.command(epilog=SIDECAR_HELP)

@@ -30,7 +30,7 @@ from ..queues import BoundedQueue
 from ..errors import Error
 from .localsocket import LocalApiError, prepare_socket_path
 from . import views
-from .localmesh import OPS as MESH_OPS, LocalMesh, MeshOpError
+from .localmesh import OPS as MESH_OPS, LocalMesh, MeshOpError, heard_within
 from .serving import LocalServing, ServingError
 
 if TYPE_CHECKING:
@@ -438,12 +438,16 @@ class LocalApi:
         async def run() -> None:
             from ..node import NodeError, RemoteError, RequestTimeout, UnknownPeer
 
+            began = time.monotonic()
             try:
                 result = await self.node.request(contact or dst, env.body, timeout=timeout)
             except RemoteError as exc:
                 self._error(rid, env.id, "remote", str(exc), remote=exc.body)
             except RequestTimeout as exc:
-                self._error(rid, env.id, "timeout", str(exc))
+                if heard_within(self.node, dst, time.monotonic() - began):
+                    self._error(rid, env.id, "timeout", str(exc))
+                else:
+                    self._error(rid, env.id, "unreachable", f"{exc}: it acknowledged nothing (unreachable: down or cut off)")
             except UnknownPeer as exc:
                 self._error(rid, env.id, "unknown_peer", str(exc))
             except NodeError as exc:

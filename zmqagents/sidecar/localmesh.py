@@ -351,6 +351,14 @@ class LocalMesh:
         self._subs.clear()
 
 
+def heard_within(node: "Node", dst: bytes, seconds: float) -> bool:
+    """Whether ``dst`` sent this node anything (an acknowledgement, a hello, any envelope) in the last
+    ``seconds``: a request that timed out to a peer that said nothing at all went to one that is down or
+    cut off (``unreachable``); one that was heard from is only slow (``timeout``)."""
+    ago = node.delivery.stream_state(dst, node.now()).get("heard_s_ago")
+    return ago is not None and ago <= seconds
+
+
 def _timeout(body: dict) -> float:
     ms = body.get("timeout_ms", DEFAULT_TIMEOUT_MS)
     if type(ms) is not int or not 1 <= ms <= MAX_TIMEOUT_MS:
