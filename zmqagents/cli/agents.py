@@ -128,7 +128,8 @@ def lookup_for(node, to: tuple[str, ...]):
 @click.option("--api-key-env", metavar="VAR", help='--preset: the environment variable holding the API key ("" for none).')
 @click.option("--arg", "args", multiple=True, help="--preset claude-code/codex kinds: an extra argument for the tool (repeatable).")
 @mesh_option(help="Contact of a node already in the mesh (repeatable); without it this node is a seed.")
-@click.option("--peer", "peers", multiple=True, help="Contact of a neighbour to connect to directly (repeatable).")
+@click.option("--peer", "peers", multiple=True, hidden=True,
+                 help="Old: a neighbour to connect to directly without joining through it; use --mesh.")
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
 @click.option("--description", default="", help="What the capability does (shown by `agents info` and A2A cards).")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")

@@ -324,6 +324,27 @@ def _single_failure(result: dict) -> int:
     return EXIT_UNREACHABLE if result.get("unreachable") else EXIT_FAILED
 
 
+def _one_hop_mesh(mesh: tuple[str, ...], to: tuple[str, ...], one_hop: bool) -> tuple[tuple[str, ...], bool]:
+    """--mesh and the old --to (hidden: --mesh with --one-hop) as (contacts, one hop?)."""
+    if to and mesh:
+        raise click.UsageError("--to is the old name of --mesh ... --one-hop: give --mesh only")
+    return (to, True) if to else (mesh, one_hop)
+
+
+def _show_table(table: list, as_json: bool) -> None:
+    now = time.time()
+    if as_json:
+        for row in table:
+            emit(row)
+        return
+    click.echo(f"{'NODE':14} {'STATE':9} {'INC':>4} {'RTT ms':>8} {'SEEN s ago':>10}  ENDPOINT")
+    for row in table:
+        rtt = "-" if row["rtt_ms"] is None else f"{row['rtt_ms']:.2f}"
+        endpoint = row["contact"].split("@", 1)[1]
+        click.echo(f"{row['node_id'][:12]:14} {row['state']:9} {row['incarnation']:>4} {rtt:>8} "
+                   f"{now - row['last_seen']:>10.1f}  {endpoint}")
+
+
 @click.command(epilog=SIDECAR_HELP)
 @node_options
 @mesh_option(help="Contact (or @FILE) of the node whose table to show (default: the sidecar's own table, "

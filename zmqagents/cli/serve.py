@@ -14,6 +14,7 @@ from .common import (
     SEAL_HELP, VERBOSITY, Aliased, Failure, admin_option, announce, contacts_of, emit, make_node,
     mesh_member_options, node_options, run_loop, run_main, start_admin,
 )
+from .context import mesh_option
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 log = logging.getLogger("zmqagents")
@@ -246,13 +247,16 @@ def relay(key, listen, insecure, peers, bootstrap, contact_file, allowlist, max_
 @click.command()
 @node_options
 @click.option("--exec", "command", required=True, help="Shell command run per request: body on stdin, stdout is the reply.")
-@click.option("--peer", "peers", multiple=True, help="Contact of a node to connect to (repeatable).")
+@mesh_option(help="Contact (or @FILE) of a node in the mesh to join through (repeatable; without it callers "
+                  "reach this node with --to its contact).")
+@click.option("--peer", "peers", multiple=True, hidden=True,
+              help="Old: a node to connect to directly without joining through it; use --mesh.")
 @click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")
 @click.option("--exec-timeout", "--timeout", "timeout", cls=Aliased, default=60.0, show_default=True,
               help="Seconds a command may run before its process group is killed.")
 @click.option("--parallel", "--concurrency", "concurrency", cls=Aliased, default=4, show_default=True,
               type=click.IntRange(1, 1024), help="Commands run at once.")
-def reply(key, listen, insecure, command, peers, contact_file, timeout, concurrency) -> None:
+def reply(key, listen, insecure, command, bootstrap, peers, contact_file, timeout, concurrency) -> None:
     """Serve requests by running a shell command.
 
     \b
@@ -263,7 +267,8 @@ def reply(key, listen, insecure, command, peers, contact_file, timeout, concurre
     """
     from ..agents.shell import decode_output, encode_input, run_command
 
-    n = make_node(key, listen, contacts_of(peers), insecure, member=True)
+    n = make_node(key, listen, contacts_of(peers), insecure, None, contacts_of(bootstrap, hint="--mesh"),
+                  member=True)
     n.config.max_handlers = concurrency
 
     async def handle(body, msg):
