@@ -288,3 +288,13 @@ def test_mesh_graph_quick_crawls_every_node_through_the_cli_and_the_dashboard():
     d = out["dashboard"]
     assert d["nodes_found"] == 12 and d["messages_sent"] == 22  # its own table is read, not asked
     assert d["rss_mb_before_ui"] > 0 and d["rss_mb_after_ui_page"] > 0 and d["rss_mb_after_ui_crawl"] > 0
+
+
+@pytest.mark.timeout(200)
+def test_cli_sidecar_compares_task_through_a_sidecar_with_a_direct_one():
+    out = _run("cli_sidecar.py", "--runs", "2", timeout=190)
+    assert out["bench"] == "cli_sidecar" and out["runs"] == 2
+    for via in ("sidecar", "direct"):  # each run printed the completed result, else the bench failed
+        assert 0 < out[f"task_{via}_p50_s"] <= out[f"task_{via}_max_s"]
+    assert out["speedup"] == round(out["task_direct_p50_s"] / out["task_sidecar_p50_s"], 2)
+    assert 0 < out["python_start_s"] and len(out["loadavg_before"]) == 3

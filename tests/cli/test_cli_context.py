@@ -80,7 +80,10 @@ def test_the_old_flag_names_still_work_and_only_the_new_ones_are_shown(tmp_path)
         assert old.returncode == new.returncode == 0, old.stderr + new.stderr
     for command, shown, hidden in ((["task"], "--mesh", "--bootstrap"), (["agent"], "--parallel", "--max-concurrency"),
                                    (["agent"], "--exec-timeout", "--timeout"), (["reply"], "--parallel", "--concurrency"),
-                                   (["node"], "--mesh", "--bootstrap"), (["dht", "get"], "--mesh", "--bootstrap")):
+                                   (["node"], "--mesh", "--bootstrap"), (["dht", "get"], "--mesh", "--bootstrap"),
+                                   (["node"], "--mesh", "--peer"), (["agent"], "--mesh", "--peer"),
+                                   (["reply"], "--mesh", "--peer"), (["peers"], "--mesh", "--to"),
+                                   (["publish"], "--one-hop", "--to"), (["subscribe"], "--one-hop", "--to")):
         text = run(*command, "--help").stdout
         assert shown in text and hidden not in text, (command, text)
 

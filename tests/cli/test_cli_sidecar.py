@@ -192,3 +192,69 @@ def test_request_to_a_dead_peer_is_unreachable_and_to_a_slow_one_a_timeout(tmp_p
             assert local["requests"] == 3
     finally:
         side.close()
+
+
+@pytest.mark.timeout(120)
+def test_agent_serves_through_the_sidecar_and_withdraws_when_stopped(tmp_path):
+    side = SidecarProc().start()
+    agent = subprocess.Popen(CLI + ["agent", "--capability", "shout", "--stdin", "text", "--exec",
+                                    "tr a-z A-Z; echo done >&2", "--contact-file", str(tmp_path / "a.contact")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=side.env)
+    try:
+        hello = json.loads(agent.stdout.readline())
+        assert hello["node_id"] == side.status()["node_id"] and hello["sidecar"] == side.sock
+        assert side.status()["serving"]["capabilities"] == ["shout"]
+        # a caller elsewhere reaches the capability at the sidecar's node; this process ran the command
+        contact = (tmp_path / "a.contact").read_text().strip()
+        assert contact == hello["contact"]
+        run = side.run("task", "shout", "--direct", "--to", contact, input='"hi"\n"yo"\n')
+        out = [json.loads(line) for line in run.stdout.splitlines()]
+        assert run.returncode == 0 and [o["output"] for o in out] == ["HI", "YO"], run.stderr
+        assert {o["provider"] for o in out} == {hello["node_id"]}
+        agent.send_signal(subprocess.signal.SIGTERM)
+        assert agent.wait(timeout=20) == 0
+        deadline = time.monotonic() + 10
+        while side.status()["serving"]["capabilities"]:  # withdrawn on the way out, not at the lease
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        side.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_subscriber_that_stops_reading_holds_only_its_own_bounded_queue():
+    side = SidecarProc().start()
+    # (the stalled one's libzmq would otherwise read up to 1000 frames for it, and its kernel buffers hold
+    # some 200 KB: 8 KB bodies make the sidecar's side of the queue fill)
+    stalled, reader, publisher = side.client(rcvhwm=1), side.client(5000), side.client()
+    pad = "x" * 8000
+    try:
+        for sock in (stalled, reader):
+            sock.send(envelope("subscribe", {"topic": "feed"})[1])
+        assert unpack(reader.recv())["t"] == "ok"
+        time.sleep(0.3)  # the stalled one's answer is in its queue; it never reads it
+        for i in range(200):
+            publisher.send(envelope("publish", {"i": i, "pad": pad}, topic="feed")[1])
+        assert all(unpack(publisher.recv())["t"] == "ok" for _ in range(200))
+        got = []
+        while len(got) < 200:
+            env = unpack(reader.recv())
+            if env["t"] == "pub":
+                got.append(env["b"]["body"]["i"])
+        assert got == list(range(200))  # the reader heard everything, in order
+        mesh = side.status()["mesh"]
+        # the stalled client was written what its queues took (16 frames at the sidecar, its own libzmq and
+        # kernel buffers), the rest waits in the node's bounded subscription queue: each publication is
+        # either pushed or waiting (one may be in hand: the one held for its full queue)
+        pushed_to_stalled = mesh["publications_pushed"] - 200
+        assert 0 < pushed_to_stalled < 200 and mesh["backlog"] > 0, mesh
+        assert 199 <= pushed_to_stalled + mesh["backlog"] <= 200, mesh
+        assert mesh["publications_refused"] == 0
+        assert side.call("ping", timeout_ms=2000)["t"] == "ok"  # everyone else is still served
+    finally:
+        for sock in (stalled, reader, publisher):
+            sock.close()
+        side.close()

@@ -68,10 +68,11 @@ class SidecarProc:
                     pass
             time.sleep(0.05)
 
-    def client(self, timeout_ms: int = 20_000) -> zmq.Socket:
+    def client(self, timeout_ms: int = 20_000, *, rcvhwm: int = 1000) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
         sock.connect(f"ipc://{self.sock}")
         return sock
 

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from .common import (
-    Aliased, admin_option, announce, contacts_of, emit, make_node, node_options, read_allowlist, run_main, start_admin,
+    SIDECAR_HELP, Aliased, admin_option, announce, contacts_of, emit, make_node, node_options, read_allowlist, run_main,
+    sidecar_options, sidecar_socket, start_admin,
 )
 from .context import mesh_option, resolve_mesh
 from .exits import EXIT_NOT_FOUND, EXIT_OK, EXIT_SOME_FAILED
@@ -113,7 +114,7 @@ def lookup_for(node, to: tuple[str, ...]):
     return DirectLookup(node, contacts_of(to, hint="--to")) if to else DhtLookup(node)
 
 
-@click.command()
+@click.command(epilog=SIDECAR_HELP + "  (for this command also: --ask, --allow, --groups, --admin, --queue)\n")
 @node_options
 @click.option("--capability", "name", help="Name of the capability this agent serves (with --preset: the preset's).")
 @click.option("--exec", "command",
@@ -151,9 +152,11 @@ def lookup_for(node, to: tuple[str, ...]):
 @click.option("--groups", "groups_file", type=click.Path(dir_okay=False),
               help="Groups that --allow @GROUP names: TOML (or .json) of group = [node ids, keys or contacts].")
 @admin_option
-def agent(key, listen, insecure, name, command, preset, preset_files, model, base_url, api_key_env, args, bootstrap,
-          peers, contact_file, description, tags, cost, max_concurrency, queue, timeout, stdin_mode, ask, input_schema,
-          output_schema, allow, groups_file, admin) -> None:
+@sidecar_options
+@click.pass_context
+def agent(ctx, key, listen, insecure, name, command, preset, preset_files, model, base_url, api_key_env, args,
+          bootstrap, peers, contact_file, description, tags, cost, max_concurrency, queue, timeout, stdin_mode, ask,
+          input_schema, output_schema, allow, groups_file, admin, socket_path, direct) -> None:
     """Serve a capability on the mesh by running a shell command per task, or a ready-made agent (--preset).
 
     \b
@@ -233,7 +236,9 @@ def agent(key, listen, insecure, name, command, preset, preset_files, model, bas
         defaults = {"max_concurrency": chosen.max_concurrency, "description": cap_default.description,
                     "tags": cap_default.tags, "input_schema": cap_default.input_schema,
                     "output_schema": cap_default.output_schema}
-    n = make_node(key, listen, contacts_of(peers), insecure, None, contacts_of(bootstrap, hint="--mesh"), member=True)
+    path = sidecar_socket(ctx, socket_path, direct, own=("ask", "allow", "groups_file", "admin", "peers", "queue"))
+    n = None if path is not None else make_node(key, listen, contacts_of(peers), insecure, None,
+                                                contacts_of(bootstrap, hint="--mesh"), member=True)
     try:
         in_schema = _schema_option(input_schema, "--input-schema")
         out_schema = _schema_option(output_schema, "--output-schema")
@@ -245,6 +250,10 @@ def agent(key, listen, insecure, name, command, preset, preset_files, model, bas
         cap.check_strict()
     except CapabilityError as exc:
         raise click.UsageError(str(exc)) from None
+    if path is not None:
+        from .sidecar_agent import serve_via_sidecar
+
+        sys.exit(run_main(serve_via_sidecar(path, cap, runner, contact_file), server=True))
 
     async def main() -> int:
         from ..agents.runtime import Agents

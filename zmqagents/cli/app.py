@@ -22,8 +22,10 @@ Exit codes:
   0    success
   1    something failed (a request, a line of input, a peer)
   2    usage error (bad flags, arguments, key or contact)
-  3    not found (dht get, find)
-  124  timed out
+  3    not found (dht get, find, task: no provider)
+  8    unreachable (the mesh, or the node named, said nothing at all)
+  124  timed out (it answered, not in time)
+  (all of them: `zmqagents help exit-codes`)
   130  node: a second SIGINT while stopping (143: a second SIGTERM)
 """
 
@@ -37,6 +39,12 @@ def cli(ctx: click.Context) -> None:
     Ed25519 key. A node is reached by its contact, PUBLICKEY@ENDPOINT, which
     `zmqagents node` prints when it starts. Wherever a contact is expected you
     may pass @FILE to read it from a file written with --contact-file.
+
+    \b
+    Naming the mesh: --mesh CONTACT on any command (a node to join or talk
+    through; repeatable), else ZMQAGENTS_MESH, else the current context
+    (`zmqagents help context`). A sidecar running on this host comes first:
+    client commands work through it (--direct opts out).
 
     \b
     Try it:

@@ -278,8 +278,8 @@ def mesh_member_options(f):
     f = click.option("--allowlist", type=click.Path(dir_okay=False), help="Only accept nodes listed in this file (ids, keys or contacts).")(f)
     f = click.option("--contact-file", type=click.Path(dir_okay=False), help="Also write this node's contact to a file.")(f)
     f = click.option("--mesh", "--bootstrap", "bootstrap", cls=Aliased, multiple=True, metavar="CONTACT",
-                     help="Contact (or @FILE) of a node in the mesh to join or talk through (repeatable). Every "
-                          "command names the mesh this way (the old --bootstrap and --peer still work).")(f)
+                     help="Contact (or @FILE) of a node in the mesh to join or talk through (repeatable); "
+                          "every command names the mesh this way.")(f)
     f = click.option("--peer", "peers", multiple=True, hidden=True,
                  help="Old: a neighbour to connect to directly without joining through it; use --mesh.")(f)
     return f

@@ -5,7 +5,10 @@
     zmqagents context ls
     zmqagents task summarize < docs.jsonl                     # no --mesh needed
 
-A command that takes --mesh and was given none uses, in this order: ZMQAGENTS_MESH (contacts or
+A client command (task, find, dht, peers, publish, subscribe, send, request, agent) first uses a
+sidecar running on this host, if one listens at the default local API path or --socket /
+ZMQAGENTS_SOCKET names one (--direct opts out): it is in its mesh already. Otherwise, and for
+commands that take --mesh and were given none, in this order: ZMQAGENTS_MESH (contacts or
 @FILEs separated by spaces or commas), the context named by ZMQAGENTS_CONTEXT, the current
 context of the contexts file. The file is JSON at $ZMQAGENTS_CONTEXTS, else
 $XDG_CONFIG_HOME/zmqagents/contexts.json (~/.config/...), written atomically with mode 0600.

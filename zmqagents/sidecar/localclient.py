@@ -69,6 +69,7 @@ class LocalClient:
         self.sock.connect(f"ipc://{os.fspath(path)}")
         self._waiting: dict[bytes, asyncio.Future] = {}
         self._streams: dict[bytes, Stream] = {}
+        self._pushes: Stream | None = None  # work pushed to a serving client (no `re` of ours): see pushes()
         self._reader: asyncio.Task | None = None
 
     def _envelope(self, op: str, body: Any, to: str | None, ttl_ms: int, msg_id: bytes | None,
@@ -102,6 +103,14 @@ class LocalClient:
         await self.sock.send(frame)
         return stream
 
+    def pushes(self) -> Stream:
+        """The envelopes the sidecar pushes that answer no operation of ours: the ``task``, ``request`` and
+        ``cancel`` pushes a serving client gets (``protocols/local-api.md`` §5), in order, bounded."""
+        if self._pushes is None:
+            self._pushes = Stream(self, b"")
+            self._start_reader()
+        return self._pushes
+
     def _start_reader(self) -> None:
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -114,15 +123,15 @@ class LocalClient:
             except EnvelopeError as exc:
                 log.warning("undecodable answer from the sidecar: %s", exc)
                 continue
-            if env.re is None:
-                continue
-            stream = self._streams.get(env.re)
+            stream = self._streams.get(env.re) if env.re is not None else None
             if stream is not None:
                 stream._put(env)
                 continue
-            future = self._waiting.get(env.re)
+            future = self._waiting.get(env.re) if env.re is not None else None
             if future is not None and not future.done():
                 future.set_result(env)
+            elif future is None and self._pushes is not None:
+                self._pushes._put(env)
 
     async def close(self) -> None:
         if self._reader is not None:

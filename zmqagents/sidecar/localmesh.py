@@ -341,7 +341,7 @@ class LocalMesh:
 
     def status(self) -> dict:
         return {**self.stats, "subscriptions": len(self._subs), "tasks": len(self._submitted),
-                "in_flight": len(self._ops)}
+                "in_flight": len(self._ops), "backlog": self.node.subscription_backlog}
 
     async def close(self) -> None:
         tasks = [s.task for s in self._subs.values() if s.task is not None] + list(self._ops)
