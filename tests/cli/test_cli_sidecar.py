@@ -258,3 +258,32 @@ def test_a_subscriber_that_stops_reading_holds_only_its_own_bounded_queue():
         for sock in (stalled, reader, publisher):
             sock.close()
         side.close()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_to_task_through_the_sidecar_cancels_at_the_provider(tmp_path):
+    mark = tmp_path / "started"
+    with server(tmp_path, "node", name="seed") as (seed, _):
+        with server(tmp_path, "agent", "--capability", "slow", "--exec", f"touch {mark}; sleep 60", "--mesh", seed,
+                    name="agent"):
+            side = SidecarProc(mesh=[seed]).start()
+            try:
+                deadline = time.monotonic() + 20
+                while not (found := side.call("find", {"name": "slow", "timeout_ms": 3000}))["b"]:
+                    assert time.monotonic() < deadline, found
+                    time.sleep(0.2)
+                task = subprocess.Popen(CLI + ["task", "slow"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=side.env)
+                task.stdin.write('"x"\n')
+                task.stdin.flush()
+                deadline = time.monotonic() + 30
+                while not mark.exists():
+                    assert time.monotonic() < deadline and task.poll() is None, task.stderr.read()
+                    time.sleep(0.05)
+                task.send_signal(subprocess.signal.SIGTERM)
+                out, err = task.communicate(timeout=20)
+                assert task.returncode == 143, err
+                assert [json.loads(line)["state"] for line in out.splitlines()] == ["canceled"]
+                assert side.status()["mesh"]["cancels"] == 1  # the sidecar was told, and told the provider
+            finally:
+                side.close()

@@ -70,6 +70,7 @@ class SidecarTaskRun(TaskRun):
         self.direct = False
         self._lines_init(capability, opts)
         self._streams: dict[int, Any] = {}  # line -> its submit stream, while it runs
+        self._cancels: list[asyncio.Future] = []  # cancels sent for lines cut short, awaited before exit
 
     async def close(self) -> None:
         if self.tty:
@@ -80,7 +81,7 @@ class SidecarTaskRun(TaskRun):
         """After a signal: ask the sidecar to cancel each unfinished task (it tells their providers)."""
         calls = [self.client.call("cancel", {"reason": "the caller was interrupted"}, re=stream.id, timeout=2.0)
                  for stream in self._streams.values()]
-        await asyncio.gather(*calls, return_exceptions=True)
+        await asyncio.gather(*calls, *self._cancels, return_exceptions=True)
 
     async def run(self, body: str | None) -> int:
         self._run_task = asyncio.current_task()
@@ -116,8 +117,8 @@ class SidecarTaskRun(TaskRun):
             return await self._follow(number, stream)
         except asyncio.CancelledError:
             if number in self.task_of:  # tell the sidecar, which tells the provider
-                asyncio.ensure_future(self.client.call("cancel", {"reason": "the caller was interrupted"},
-                                                       re=stream.id, timeout=2.0))
+                self._cancels.append(asyncio.ensure_future(self.client.call(
+                    "cancel", {"reason": "the caller was interrupted"}, re=stream.id, timeout=2.0)))
             raise
         finally:
             self._streams.pop(number, None)
