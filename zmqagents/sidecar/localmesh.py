@@ -1,4 +1,4 @@
-"""Local API operations that use the mesh on a client's behalf (``protocols/local-api.md`` §4.5-4.8):
+"""Local API operations that use the mesh on a client's behalf (``protocols/local-api.md`` §4.6-4.8):
 ``subscribe``/``unsubscribe`` (publications on a topic, streamed to the client), ``submit``/``cancel``
 (run a task on a capability somewhere in the mesh, its progress streamed), ``find`` (providers of a
 name), ``dht_get``/``dht_put`` and ``peers`` of another node.
