@@ -359,6 +359,7 @@ class LocalApi:
                          "unsubscribe, submit, cancel, find, dht_get or dht_put")
 
     def _mesh_op(self, rid: bytes, env: Envelope, start) -> None:
+        """Start an operation of localmesh.py; one it refuses before starting is answered and counted here."""
         try:
             start()
         except MeshOpError as exc:
