@@ -58,7 +58,8 @@ def mesh_graph(key, listen, insecure, bootstrap, max_nodes, fmt, output, rate, p
     table names are asked next, breadth first, at most --rate requests a
     second and --parallel at once, up to --max-nodes nodes. Nodes are
     "answered", "unreachable", "bad_answer" (answered with something that is
-    not a table) or "unvisited" (not asked: the bounds were reached); edges
+    not a table) or "unvisited" (not asked, or not answered before --timeout
+    ended the crawl: --max-nodes and --timeout bound it); edges
     are table entries with the lister's view (state, RTT). A summary goes to
     stderr; table entries that did not check out are counted, not drawn.
 

@@ -45,7 +45,8 @@ PEERS = "peers"  # an ask for the node's routing table (zmqagents.peers)
 DESCRIBE = "describe"  # an ask for the capabilities it serves (task.describe)
 
 # What the crawl learnt of a node: it answered with a table; it did not answer; it answered with
-# something that is not a table; nobody asked it (the crawl stopped first: --max-nodes, deadline).
+# something that is not a table; nothing yet (not asked, or its answer had not come when stop() ended
+# the crawl at its deadline).
 ANSWERED, UNREACHABLE, BAD_ANSWER, UNVISITED = "answered", "unreachable", "bad_answer", "unvisited"
 # Membership's view of a contact in a table (protocols/node.md, zmqagents.peers).
 ENTRY_STATES = ("alive", "suspect", "unprobed")
