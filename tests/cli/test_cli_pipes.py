@@ -218,3 +218,21 @@ def test_help_exit_codes_prints_the_one_table():
         assert f"{code:<4} {name}" in res.stdout and meaning in res.stdout
     assert {code for code, _, _ in exits.TABLE} == {
         v for k, v in vars(exits).items() if k.startswith("EXIT_")}  # every constant is in the table
+
+
+def test_reply_concurrency_runs_that_many_commands_at_once(tmp_path):
+    """`reply --concurrency 80` runs 80 requests at once: the flag was set after the node had counted out its
+    request slots, so every reply server ran at most the default 64 (bench/cli_pipes.py's SIGTERM runs for
+    request found 36-64 of 100 lines started)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with server(tmp_path, "reply", "--concurrency", "80", "--exec", f"touch {marks}/$$; exec sleep 30") as (contact, _):
+        proc = subprocess.Popen(CLI + ["request", "--to", contact, "--parallel", "80", "--timeout", "60"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.stdin.write("".join(f'"x{i}"\n' for i in range(80)))
+            proc.stdin.flush()
+            wait_for(lambda: started(marks) == 80, "80 commands running at once", timeout=25)
+        finally:
+            proc.kill()
+            proc.wait()

@@ -267,9 +267,12 @@ def reply(key, listen, insecure, command, bootstrap, peers, contact_file, timeou
     """
     from ..agents.shell import decode_output, encode_input, run_command
 
+    from ..node import NodeConfig
+
+    # (given to the node as it is made: its request slots are counted out then, so setting
+    # n.config.max_handlers afterwards, as this command did, left every reply server at the default 64)
     n = make_node(key, listen, contacts_of(peers), insecure, None, contacts_of(bootstrap, hint="--mesh"),
-                  member=True)
-    n.config.max_handlers = concurrency
+                  member=True, config=NodeConfig(max_handlers=concurrency))
 
     async def handle(body, msg):
         result = await run_command(command, encode_input(body), timeout=timeout, env={"ZMQAGENTS_FROM": format_node_id(msg.src)})
