@@ -17,9 +17,10 @@ go first and are not counted: the first messages flood every link until the prun
    ``payloads_received``) / (pairs) - 1; ``cpu_us_per_delivery`` = (CPU of every node process during
    the phase - their idle CPU, measured for ``--idle-s`` just before, over the same time) / deliveries.
 2. ``topic``: the same count on ``bench/topic``: ``topic_delivery`` over its subscribers;
-   ``non_subscriber_payloads`` = payloads received in this phase by nodes not subscribed to it (this
-   version forwards every topic on the one mesh-wide tree: protocols/broadcast.md 6, so it is about
-   (non-subscribers) x (publications), not 0).
+   ``non_subscriber_payloads`` = payloads received in this phase by nodes that neither subscribe to it
+   nor forward it (the broadcast cores' ``unwanted_payloads``: interest travels the tree, so these get
+   none once their declarations are heard, protocols/broadcast.md 6); ``payloads_to_non_subscribers``
+   counts every non-subscriber's, the tree's inner nodes between subscribers included.
 3. ``rate``: mesh-wide bursts of ``--rate-step-s`` s at rising rates; ``publish_rate_sustained`` =
    the highest rate whose delivery was >= 0.999 (the origin's own limit, BroadcastConfig.origin_rate,
    caps what one origin may send).
@@ -62,6 +63,9 @@ from _common import (  # noqa: E402
 )
 
 SCRIPT = Path(__file__).resolve()
+# The broadcast core's counters reported per phase (where the payloads and control envelopes went).
+COUNTERS = ("pushed", "filtered", "unwanted_payloads", "wants_sent", "ihave_sent", "grafts_sent", "graft_answered", "grafts_late", "gap_pulls", "graft_gave_up",
+            "prunes_sent", "duplicates", "optimized", "missing_full", "ihave_queue_dropped")
 TOPIC = "bench/topic"
 MESH = ""
 
@@ -122,7 +126,8 @@ async def role_nodes(args) -> None:
     def collect(cmd: dict) -> dict:
         out = list(got)
         got.clear()
-        stats = {n.node_id.hex(): dict(n.core.broadcast.stats) for n in nodes}
+        stats = {n.node_id.hex(): {**n.core.broadcast.stats, "neighbours": len(n.core.broadcast.neighbours())}
+                 for n in nodes}
         return {"event": "collected", "got": out, "stats": stats}
 
     try:
@@ -194,7 +199,8 @@ def phase(mesh: Mesh, name: str, topic: str, count: int, rate: float, kill_after
     """Publish ``count`` on ``topic`` at ``rate`` from the seed, drain, and measure (module docstring)."""
     args = mesh.args
     mesh.collect()  # drop what earlier phases left
-    before = {h: s.get("payloads_received", 0) for h, s in mesh.collect()[1].items()}
+    before_stats = mesh.collect()[1]
+    before = {h: s.get("payloads_received", 0) for h, s in before_stats.items()}
     idle = mesh.idle_cpu_per_s(args.idle_s)
     cpu0 = mesh.cpu()
     t0 = time.monotonic()
@@ -234,6 +240,13 @@ def phase(mesh: Mesh, name: str, topic: str, count: int, rate: float, kill_after
     non_sub = sum(s.get("payloads_received", 0) - before.get(h, 0) for h, s in stats.items()
                   if h not in mesh.dead and h not in mesh.subscribers and h != origin)
     reached = len(targets) + 1
+    counters: dict[str, int] = {}
+    for h, s in stats.items():
+        if h in mesh.dead:
+            continue
+        b = before_stats.get(h, {})
+        for k in COUNTERS:
+            counters[k] = counters.get(k, 0) + s.get(k, 0) - b.get(k, 0)
     return {
         "phase": name, "topic": topic, "published": len(sent), "refused_at_origin": pub["refused"],
         "targets": len(targets), "pairs": pairs, "delivered": delivered,
@@ -243,10 +256,26 @@ def phase(mesh: Mesh, name: str, topic: str, count: int, rate: float, kill_after
         "latency_ms_max": _r(percentile(lat, 1.0)),
         "rmr": round(payloads / (len(sent) * (reached - 1)) - 1, 4) if sent and topic == MESH else None,
         "payloads_received": payloads,
-        "non_subscriber_payloads": non_sub if topic != MESH else None,
+        # payloads at nodes that neither subscribe nor forward (the cores' unwanted_payloads), and at every
+        # non-subscriber (forwarders included)
+        "non_subscriber_payloads": counters["unwanted_payloads"] if topic != MESH else None,
+        "payloads_to_non_subscribers": non_sub if topic != MESH else None,
         "cpu_us_per_delivery": round(cpu / 1000 / delivered, 1) if delivered else None,
         "idle_cpu_percent": round(idle / 1e7, 2),
+        "core": counters,  # the broadcast cores' counters over the phase, summed over the live nodes
+        "latency_ms_max_by_publication": _by_publication(got, origin, topic, sent, set(targets)),
+        "neighbours_p50": percentile(sorted(s["neighbours"] for h, s in stats.items() if h not in mesh.dead), 0.5),
     }
+
+
+def _by_publication(got: list[list], origin: str, topic: str, sent: dict, targets: set[str]) -> list:
+    """Per publication in order, the latest delivery's latency (ms; None: none delivered): shows when a
+    phase was slow (the first publications after a kill, or all of them)."""
+    worst: dict[int, float] = {}
+    for node, o, t, seq, at in got:
+        if o == origin and t == topic and (t, seq) in sent and node in targets:
+            worst[seq] = max(worst.get(seq, 0.0), (at - sent[(t, seq)]) * 1000.0)
+    return [_r(worst.get(seq)) for (_t, seq) in sorted(sent, key=lambda k: k[1])]
 
 
 def _r(x):
@@ -310,11 +339,13 @@ def orchestrate(args) -> int:
             "delivery": mesh_phase["delivery"], "topic_delivery": topic_phase["delivery"],
             "latency_ms_p50": mesh_phase["latency_ms_p50"], "latency_ms_max": mesh_phase["latency_ms_max"],
             "rmr": mesh_phase["rmr"], "non_subscriber_payloads": topic_phase["non_subscriber_payloads"],
+            "payloads_to_non_subscribers": topic_phase["payloads_to_non_subscribers"],
             "publish_rate_sustained": sustained, "cpu_us_per_delivery": mesh_phase["cpu_us_per_delivery"],
             "after_kill": {k: kill[k] for k in ("delivery", "latency_ms_p50", "latency_ms_max", "rmr", "targets",
                                                 "cpu_us_per_delivery")},
             "phases": [warm, mesh_phase, topic_phase, kill], "rates": rates,
             "aims": {"delivery_1": mesh_phase["delivery"] == 1.0, "topic_delivery_1": topic_phase["delivery"] == 1.0,
+                     "non_subscriber_payloads_0": topic_phase["non_subscriber_payloads"] == 0,
                      "latency_ms_max_le_300": (mesh_phase["latency_ms_max"] or 1e9) <= 300,
                      "rmr_le_0.2": (mesh_phase["rmr"] if mesh_phase["rmr"] is not None else 1e9) <= 0.2},
             "params": {k: getattr(args, k) for k in ("nodes", "procs", "victims", "subscribers", "count", "rate",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from zmqagents.core.broadcast_wire import GRAFT, IHAVE, MSG, PRUNE, make_message, message_id, signing_bytes
+from zmqagents.core.broadcast_wire import GRAFT, IHAVE, MSG, PRUNE, WANT, make_message, message_id, signing_bytes
 from zmqagents.envelope import Envelope
 from zmqagents.identity import format_public_key
 
@@ -73,6 +73,8 @@ def build() -> dict:
     ihave = Envelope(id=_id(20), src=BOB.node_id, dst=CAROL.node_id, type=IHAVE, body={"i": [[m1.id, 3], [m2.id, 1]]})
     graft = Envelope(id=_id(21), src=CAROL.node_id, dst=BOB.node_id, type=GRAFT, body={"i": [m1.id]})
     prune = Envelope(id=_id(22), src=CAROL.node_id, dst=BOB.node_id, type=PRUNE)
+    want = Envelope(id=_id(23), src=CAROL.node_id, dst=BOB.node_id, type=WANT, body={"t": ["config", "weather"]})
+    want_all = Envelope(id=_id(24), src=CAROL.node_id, dst=BOB.node_id, type=WANT, body={"t": None})
     return {
         "spec": "protocols/broadcast.md",
         "generator": "tools/make_broadcast_vectors.py",
@@ -95,6 +97,9 @@ def build() -> dict:
             {"name": "ihave", "body": tag(ihave.body), "frame": ihave.encode().hex()},
             {"name": "graft", "body": tag(graft.body), "frame": graft.encode().hex()},
             {"name": "prune", "body": tag(None), "frame": prune.encode().hex()},
+            {"name": "want", "body": tag(want.body), "frame": want.encode().hex()},
+            {"name": "want", "description": "every topic (nil)", "body": tag(want_all.body),
+             "frame": want_all.encode().hex()},
         ],
         "refused": refused_vectors(),
     }

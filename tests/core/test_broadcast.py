@@ -12,7 +12,7 @@ import random
 import pytest
 
 from zmqagents.core.broadcast import Broadcast, BroadcastConfig, Delivered, Gap, PublishError
-from zmqagents.core.broadcast_wire import GRAFT, IHAVE, MSG, PRUNE, make_message, message_id
+from zmqagents.core.broadcast_wire import GRAFT, IHAVE, MSG, PRUNE, WANT, make_message, message_id
 from zmqagents.envelope import Envelope
 from zmqagents.identity import Identity
 
@@ -105,16 +105,73 @@ def test_lost_pushes_are_repaired_from_an_announcement_and_a_crashed_node_is_rou
     assert len(delivered(mesh)) - before == 27
 
 
-def test_topics_are_delivered_to_subscribers_only_and_forwarded_by_everyone():
-    mesh, cores = make_mesh(20)
-    subs = {c.node_id for c in cores[::3]}
-    for c in cores[::3]:
-        c.subscribe("weather")
-    publish(mesh, cores[1], "weather", "rain")
+def test_topic_payloads_reach_every_subscriber_and_only_the_nodes_that_forward_them():
+    mesh, cores = make_mesh(40)
+    for k in range(10):  # the tree forms on mesh-wide messages
+        publish(mesh, cores[k], "", k)
+        mesh.run(mesh.now + 0.5)
+    subs = {c.node_id for c in cores[::5]}
+    for c in cores[::5]:
+        mesh.call(c, lambda c: c.subscribe("weather"))
+    mesh.run(mesh.now + 10.0)  # declarations travel the tree, want_delay (0.5 s) per hop
+    for k in range(3):  # the first topic payloads still meet a few declarations on their way
+        publish(mesh, cores[1], "weather", -k)
+        mesh.run(mesh.now + 1.0)
+    before = {c.node_id: dict(c.stats) for c in cores}
+    for k in range(10):
+        publish(mesh, cores[1], "weather", k)
+        mesh.run(mesh.now + 0.5)
+    got = [nid for nid, ev in delivered(mesh) if ev.topic == "weather"]
+    assert len(got) == 13 * len(subs) and set(got) == subs  # once each, to subscribers only
+
+    def delta(c, key):
+        return c.stats[key] - before[c.node_id][key]
+    assert sum(delta(c, "unwanted_payloads") for c in cores) == 0
+    got_payloads = [c for c in cores if delta(c, "payloads_received") and c.node_id not in subs]
+    # every non-subscriber that received the topic passed it on (it sits between subscribers) ...
+    assert all(delta(c, "pushed") > 0 for c in got_payloads)
+    # ... and the others, subscribing to nothing, got none of it
+    idle = [c for c in cores if not delta(c, "payloads_received") and c is not cores[1]]
+    assert idle and sum(delta(c, "filtered") for c in cores) > 0
+    # a new subscriber among them hears the topic once its declaration has travelled
+    late = idle[0]
+    mesh.call(late, lambda c: c.subscribe("weather"))
+    mesh.run(mesh.now + 5.0)
+    publish(mesh, cores[1], "weather", "late")
     mesh.run(mesh.now + 1.0)
-    got = {nid for nid, ev in delivered(mesh) if ev.topic == "weather"}
-    assert got == subs
-    assert sum(c.stats["not_subscribed"] for c in cores) >= len(cores) - len(subs) - 1
+    assert {nid for nid, ev in delivered(mesh) if ev.data == "late"} == subs | {late.node_id}
+    # and one that unsubscribes stops getting its payloads (it forwards for no one)
+    mesh.call(late, lambda c: c.unsubscribe("weather"))
+    mesh.run(mesh.now + 5.0)
+    n = late.stats["payloads_received"]
+    publish(mesh, cores[1], "weather", "after")
+    mesh.run(mesh.now + 1.0)
+    assert late.stats["payloads_received"] == n or late.stats["pushed"] > 0
+
+
+@pytest.mark.parametrize("body", [None, 5, {}, {"t": 5}, {"t": [1]}, {"t": ["x" * 129]}])
+def test_malformed_topic_declarations_are_counted(body):
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0))
+    core.receive(Envelope(random.randbytes(16), ident(1).node_id, WANT, body), 0.0)
+    assert core.stats["malformed"] == 1 and core.stats["wants_received"] == 0
+
+
+def test_an_oversize_or_stormy_topic_declaration_is_bounded_and_counted():
+    cfg = BroadcastConfig(max_want_topics=4, max_inbound=2)
+    core = Broadcast(ident(0).node_id, ident(0), 1, random.Random(0), cfg)
+    peer = ident(1).node_id
+    core.receive(Envelope(random.randbytes(16), peer, WANT, {"t": [f"t{i}" for i in range(100)]}), 0.0)
+    assert core.stats["want_over"] == 1 and core.state_size()["interest_topics"] == 0  # read as "every topic"
+    for i in range(1000):  # a storm from one peer: each replaces the last, nothing accumulates
+        core.receive(Envelope(random.randbytes(16), peer, WANT, {"t": [f"s{i}"]}), 0.0)
+    assert core.state_size()["interest_topics"] == 1
+    for i in range(2, 10):  # from peers that are not neighbours: at most max_inbound are heard
+        core.receive(Envelope(random.randbytes(16), ident(i).node_id, WANT, {"t": ["a", "b"]}), 0.0)
+    assert core.stats["inbound_full"] == 7 and core.state_size()["interest_topics"] == 1 + 2
+    # an honest origin's message is still delivered, and pushed to the declaring peer if it wants it
+    m = make_message(ident(20), 1, 1, "", "hello")
+    core.receive(Envelope(random.randbytes(16), ident(21).node_id, MSG, {"m": m.to_wire(), "h": 1}), 0.0)
+    assert [e.data for e in core.take_events() if type(e) is Delivered] == ["hello"]
 
 
 def test_a_forged_signature_is_refused_and_counted_and_the_genuine_message_still_arrives():
@@ -351,14 +408,19 @@ def test_a_new_sample_member_is_told_so_and_the_link_is_refreshed_while_idle():
     cb.receive(out[0], 0.0)
     assert a.node_id in cb.inbound and cb.neighbours() == {a.node_id}  # b now pushes/announces to a too
     now = 0.0
-    for _ in range(10):  # 10 refreshes over 400 idle seconds: b never lets the link expire
+    sent_at = [0.0]
+    for _ in range(40):  # 400 idle seconds: refreshes (and the topic declarations, which count as traffic too)
         now = ca.next_timer()
         ca.tick(now)
         for e in ca.take_outgoing():
+            sent_at.append(now)
             cb.receive(e, now)
         while (t := cb.next_timer()) is not None and t <= now:
             cb.tick(t)
-    assert now >= 400.0 and a.node_id in cb.inbound
+        if now >= 400.0:
+            break
+    assert now >= 400.0 and a.node_id in cb.inbound  # b never let the link expire
+    assert max(y - x for x, y in zip(sent_at, sent_at[1:])) <= 40.0 + cfg.want_delay
 
 
 def test_an_announcement_over_a_much_shorter_path_regrafts_the_tree():
@@ -377,3 +439,44 @@ def test_an_announcement_over_a_much_shorter_path_regrafts_the_tree():
     assert short.node_id in core.eager and parent.node_id in core.lazy and core.stats["optimized"] == 1
     core.receive(Envelope(random.randbytes(16), short.node_id, IHAVE, {"i": [[m.id, 1]]}), 0.03)
     assert core.take_outgoing() == []  # once per message
+
+
+def test_announcements_go_to_at_most_lazy_fanout_neighbours_per_batch():
+    cfg = BroadcastConfig(lazy_fanout=3)
+    me = ident(0)
+    core = Broadcast(me.node_id, me, 1, random.Random(0), cfg)
+    peers = [ident(i).node_id for i in range(1, 21)]
+    core.set_sample(set(peers), 0.0)
+    for p in peers:
+        core.receive(Envelope(random.randbytes(16), p, PRUNE, None), 0.0)  # all lazy
+    core.take_outgoing()
+    for k in range(5):
+        core.publish("", k, 0.0)
+    core.tick(core.next_timer())
+    out = core.take_outgoing()
+    assert len(out) == 3 and {e.type for e in out} == {IHAVE}
+    assert all(len(e.body["i"]) == 5 for e in out)  # one envelope per chosen peer carries the whole batch
+
+
+def test_a_hole_in_a_stream_is_pulled_from_the_sender_of_the_next_message():
+    me, sender, origin = ident(0), ident(1), ident(2)
+    core = Broadcast(me.node_id, me, 1, random.Random(0))
+    core.set_sample({sender.node_id}, 0.0)
+    core.take_outgoing()
+    msgs = [make_message(origin, 5, s, "", s) for s in range(1, 5)]
+    core.receive(Envelope(random.randbytes(16), sender.node_id, MSG, {"m": msgs[0].to_wire(), "h": 1}), 0.0)
+    # 2 and 3 are lost on the way and no one announces them; 4 arrives
+    core.receive(Envelope(random.randbytes(16), sender.node_id, MSG, {"m": msgs[3].to_wire(), "h": 1}), 0.01)
+    assert core.stats["gap_pulls"] == 2
+    core.take_outgoing()
+    t = core.next_timer()
+    while t is not None and t <= 0.2:
+        core.tick(t)
+        t = core.next_timer()
+    grafts = [e for e in core.take_outgoing() if e.type == GRAFT]
+    assert len(grafts) == 1 and grafts[0].dst == sender.node_id
+    assert set(grafts[0].body["i"]) == {msgs[1].id, msgs[2].id}
+    # the sender answers: both delivered, once
+    for m in msgs[1:3]:
+        core.receive(Envelope(random.randbytes(16), sender.node_id, MSG, {"m": m.to_wire(), "h": 1}), 0.2)
+    assert sorted(e.seq for e in core.take_events() if type(e) is Delivered) == [1, 2, 3, 4]

@@ -25,8 +25,10 @@ def test_every_live_subscriber_gets_every_publication_under_loss_and_crashes():
     assert b["broadcast_delivery"] == 1.0 and b["topic_delivery"] == 1.0, b
     assert b["broadcast_latency_ms"]["max"] < 500
     assert b["graph"]["max_components"] == 1
-    # every node forwards every topic in this design: non-subscribers do receive topic payloads
-    assert b["non_subscriber_payloads"] > 0
+    # non-subscribers between subscribers forward topic payloads; the others get them only while a
+    # declaration of interest is on its way (here: tree changes after losses and crashes)
+    assert b["payloads_to_non_subscribers"] > 0
+    assert b["non_subscriber_payloads"] < b["payloads_to_non_subscribers"] / 2
     st = b["stats"]
     assert st.get("bad_signature", 0) == 0 and st.get("malformed", 0) == 0
     assert b["state"]["neighbours"]["max"] <= 2 * 64

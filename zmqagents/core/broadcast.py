@@ -39,8 +39,10 @@ from typing import Any
 from ..envelope import Envelope
 from ..identity import node_id_of
 from .broadcast_config import BroadcastConfig
-from .broadcast_wire import (GRAFT, IHAVE, MSG, PRUNE, BadMessage, Claimed, Message, make_message, parse_claimed,
-                             parse_graft_body, parse_ihave_body, parse_msg_body, verify_claimed)
+from .broadcast_topics import Interests
+from .broadcast_wire import (GRAFT, IHAVE, MSG, PRUNE, WANT, BadMessage, Claimed, Message, make_message, message_id,
+                             parse_claimed, parse_graft_body, parse_ihave_body, parse_msg_body, parse_want_body,
+                             verify_claimed)
 from .outputs import CoreOutputs
 from .ratelimit import TokenBucket
 from ..errors import Error
@@ -51,7 +53,9 @@ STAT_KEYS = (
     "ihave_ignored", "ihave_queue_dropped", "missing_full", "grafts_sent", "graft_gave_up", "grafts_received",
     "graft_answered", "graft_unknown", "graft_over_rate", "prunes_sent", "prunes_received", "inbound_full",
     "gaps_reported", "seen_evicted", "cache_evicted", "streams_evicted", "gaps_dropped", "optimized",
+    "gap_pulls", "grafts_late", "wants_sent", "wants_received", "want_over", "filtered", "unwanted_payloads",
 )
+MAX_GRAFTED = 1024  # grafted ids remembered to notice a late eager copy (a sample of the graft delay)
 CACHE_OVERHEAD = 256  # bytes charged per cached message beyond its signed size (the dict, the tuple)
 
 
@@ -102,14 +106,16 @@ class _Stream:
 
 
 class _Missing:
-    """An id announced to us and not received: the graft timer's deadline, who announced it (in order)."""
+    """An id announced to us and not received: the graft timer's deadline, who announced it (in order),
+    and whom we asked for it (GRAFT) so far."""
 
-    __slots__ = ("deadline", "announcers", "creator")
+    __slots__ = ("deadline", "announcers", "creator", "asked")
 
     def __init__(self, deadline: float, peer: bytes, hops: int):
         self.deadline = deadline
         self.announcers: deque[tuple[bytes, int]] = deque(((peer, hops),))
         self.creator = peer
+        self.asked: tuple[bytes, ...] = ()
 
 
 class Broadcast(CoreOutputs):
@@ -143,7 +149,8 @@ class Broadcast(CoreOutputs):
         self._streams: OrderedDict[tuple[bytes, str], _Stream] = OrderedDict()
         self._origins: OrderedDict[bytes, tuple[TokenBucket, TokenBucket]] = OrderedDict()
         self._grafters: OrderedDict[bytes, TokenBucket] = OrderedDict()
-        self._ihave: dict[bytes, deque[tuple[bytes, int]]] = {}
+        # Ids to announce at the next IHAVE flush: (id, hops it is forwarded with, who sent it to us).
+        self._ihave: deque[tuple[bytes, int, bytes | None, str]] = deque()  # (id, hops, from, topic)
         self._ihave_at: float | None = None
         self._missing: dict[bytes, _Missing] = {}
         self._missing_by: dict[bytes, int] = {}  # peer -> missing entries its IHAVE opened
@@ -153,6 +160,11 @@ class Broadcast(CoreOutputs):
         self._now = 0.0  # the time of the latest input (what _send stamps)
         self._link_at: float | None = None  # next refresh of our links (empty IHAVEs to the sample)
         self._sent: dict[bytes, float] = {}  # sample member -> when we last sent it anything
+        # Ids we grafted and then received from a peer we asked -> the peers asked. A later copy from anyone
+        # else was an eager copy merely late: counted (grafts_late), what an early graft costs.
+        self._grafted: OrderedDict[bytes, tuple[bytes, ...]] = OrderedDict()
+        self._interests = Interests(config.max_want_topics)  # topics each neighbour wants (broadcast_topics.py)
+        self._want_at: float | None = None  # when our changed declarations go out
 
     # -- neighbours ---------------------------------------------------------------------------------
 
@@ -170,6 +182,7 @@ class Broadcast(CoreOutputs):
             self.inbound.pop(p, None)
             if p not in self.lazy:
                 self.eager.add(p)
+                self._tree_changed()
             self._send(p, IHAVE, {"i": []})  # a link announcement: p takes us as an inbound neighbour
         for p in sorted(self.sample - ids):
             self._sent.pop(p, None)
@@ -194,7 +207,26 @@ class Broadcast(CoreOutputs):
             return
         self.eager.discard(p)
         self.lazy.discard(p)
-        self._ihave.pop(p, None)
+        self._interests.forget(p)
+        self._tree_changed()
+
+    def _to_eager(self, p: bytes) -> None:
+        if p not in self.eager:
+            self.lazy.discard(p)
+            self.eager.add(p)
+            self._tree_changed()
+
+    def _to_lazy(self, p: bytes) -> None:
+        if p in self.eager:
+            self.eager.discard(p)
+            self.lazy.add(p)
+            self._tree_changed()
+
+    def _tree_changed(self) -> None:
+        """Our eager links, neighbours or topics changed: what we tell our neighbours we want may have
+        too. Declarations go out ``want_delay`` later, batched (a tree that is still forming changes often)."""
+        if self._want_at is None:
+            self._want_at = self._now + self.config.want_delay
 
     def _heard(self, p: bytes, now: float) -> bool:
         """A peer pushed or announced to us: make it an (inbound) neighbour if it is none. False if it is
@@ -209,16 +241,21 @@ class Broadcast(CoreOutputs):
             return False
         self.inbound[p] = now
         self.lazy.add(p)
+        self._tree_changed()
         self._arm_sweep(now)
         return True
 
     # -- subscriptions and publishing -------------------------------------------------------------------
 
     def subscribe(self, topic: str) -> None:
-        self.topics.add(topic)
+        if topic not in self.topics:
+            self.topics.add(topic)
+            self._tree_changed()
 
     def unsubscribe(self, topic: str) -> None:
-        self.topics.discard(topic)
+        if topic and topic in self.topics:
+            self.topics.discard(topic)
+            self._tree_changed()
 
     def publish(self, topic: str, data: Any, now: float) -> Message:
         """Sign and push a new message on ``topic`` ("" = mesh-wide); it is delivered here too if we are
@@ -257,9 +294,9 @@ class Broadcast(CoreOutputs):
                 self._on_graft(p, env.body, now)
             elif t == PRUNE:
                 self.stats["prunes_received"] += 1
-                if p in self.eager:
-                    self.eager.discard(p)
-                    self.lazy.add(p)
+                self._to_lazy(p)
+            elif t == WANT:
+                self._on_want(p, env.body, now)
             else:
                 self.stats["malformed"] += 1
         except BadMessage as exc:
@@ -273,14 +310,19 @@ class Broadcast(CoreOutputs):
         self._heard(p, now)  # with no room for it, its message is still judged; we just do not push back
         if c.topic not in self.topics:
             st["not_subscribed"] += 1
+            wants = self._interests.wants
+            if not any(q != p and wants(q, c.topic) for q in self.eager):
+                st["unwanted_payloads"] += 1  # we neither deliver nor forward it: declarations not yet heard
         state = self._window(c)
         if state:
             st["duplicates" if state == 1 else "stale"] += 1
+            g = self._grafted.get(c.id)
+            if g is not None and p not in g:
+                del self._grafted[c.id]
+                st["grafts_late"] += 1
             # A redundant eager link: ask the sender to announce instead. Whatever our view of it (it may
             # not have heard an earlier PRUNE), a payload we did not need is answered with one.
-            if p in self.eager:
-                self.eager.discard(p)
-                self.lazy.add(p)
+            self._to_lazy(p)
             self._send(p, PRUNE, None)
             st["prunes_sent"] += 1
             return
@@ -290,8 +332,7 @@ class Broadcast(CoreOutputs):
             self._remember(msg.id, now)  # later copies are dropped by id, not verified again
             return
         if p in self.lazy:  # the first copy came this way: push back along it (one tree for all origins)
-            self.lazy.discard(p)
-            self.eager.add(p)
+            self._to_eager(p)
         self._accept(msg, p, hops, now)
 
     def _on_ihave(self, p: bytes, body: Any, now: float) -> None:
@@ -312,14 +353,30 @@ class Broadcast(CoreOutputs):
                 if len(m.announcers) < cfg.max_announcers and all(a[0] != p for a in m.announcers):
                     m.announcers.append((p, hops))
                 continue
-            opened = self._missing_by.get(p, 0)
-            if len(missing) >= cfg.max_missing or opened >= cfg.max_ihave_queue:
-                st["missing_full"] += 1
-                continue
-            self._missing_by[p] = opened + 1
-            deadline = now + cfg.graft_timeout
-            missing[mid] = _Missing(deadline, p, hops)
-            heapq.heappush(self._timers, (deadline, mid))
+            self._expect(mid, p, hops, now)
+
+    def _expect(self, mid: bytes, p: bytes, hops: int, now: float) -> bool:
+        """Wait for ``mid``, which ``p`` holds (it announced it, or it sent a later message of its stream):
+        graft it from ``p`` if it has not arrived within the graft timeout. False (counted) if full."""
+        opened = self._missing_by.get(p, 0)
+        if len(self._missing) >= self.config.max_missing or opened >= self.config.max_ihave_queue:
+            self.stats["missing_full"] += 1
+            return False
+        self._missing_by[p] = opened + 1
+        deadline = now + self.config.graft_timeout
+        self._missing[mid] = _Missing(deadline, p, hops)
+        heapq.heappush(self._timers, (deadline, mid))
+        return True
+
+    def _on_want(self, p: bytes, body: Any, now: float) -> None:
+        topics, over = parse_want_body(body, self.config.max_want_topics)
+        st = self.stats
+        st["wants_received"] += 1
+        st["want_over"] += over
+        if not self._heard(p, now):
+            return
+        if self._interests.set_want(p, topics) and p in self.eager:
+            self._tree_changed()
 
     def _on_graft(self, p: bytes, body: Any, now: float) -> None:
         cfg = self.config
@@ -327,9 +384,7 @@ class Broadcast(CoreOutputs):
         st = self.stats
         st["grafts_received"] += 1
         st["ihave_ignored"] += skipped
-        if p in self.lazy:
-            self.lazy.discard(p)
-            self.eager.add(p)
+        self._to_eager(p)
         bucket = None
         for mid in ids:
             ent = self._cache.get(mid)
@@ -400,10 +455,16 @@ class Broadcast(CoreOutputs):
         cfg = self.config
         mid = msg.id
         self._remember(mid, now)
-        self._record_seq(msg, now)
         m = self._missing.pop(mid, None)
         if m is not None:
             self._closed(m)
+            if frm in m.asked:  # our graft was answered: an eager copy may still come (then it was late)
+                self._grafted[mid] = m.asked
+                if len(self._grafted) > MAX_GRAFTED:
+                    self._grafted.popitem(last=False)
+            else:  # the eager copy came after we grafted: the graft was early
+                self.stats["grafts_late"] += 1
+        self._record_seq(msg, frm, now)
         wire = msg.to_wire()
         nxt = hops + 1
         if nxt <= cfg.max_hops:
@@ -416,22 +477,24 @@ class Broadcast(CoreOutputs):
                 self._cache_bytes -= ent[2]
                 self.stats["cache_evicted"] += 1
             body = {"m": wire, "h": nxt}
+            wants = self._interests.wants
+            topic = msg.topic
             for p in sorted(self.eager):
-                if p != frm:
+                if p == frm:
+                    continue
+                if wants(p, topic):
                     self._send(p, MSG, body)
-            self.stats["pushed"] += len(self.eager) - (frm in self.eager)
-            lazy = [p for p in self.lazy if p != frm]
-            if lazy:
+                    self.stats["pushed"] += 1
+                else:
+                    self.stats["filtered"] += 1
+            if self.lazy and cfg.lazy_fanout:
                 if self._ihave_at is None:
                     self._ihave_at = now + cfg.ihave_interval
-                for p in lazy:
-                    q = self._ihave.get(p)
-                    if q is None:
-                        q = self._ihave[p] = deque()
-                    if len(q) >= cfg.max_ihave_queue:
-                        q.popleft()
-                        self.stats["ihave_queue_dropped"] += 1
-                    q.append((mid, nxt))
+                q = self._ihave
+                if len(q) >= cfg.max_ihave_queue:
+                    q.popleft()
+                    self.stats["ihave_queue_dropped"] += 1
+                q.append((mid, nxt, frm, msg.topic))
         else:
             self.stats["hop_limit"] += 1
         if msg.topic in self.topics:
@@ -452,13 +515,9 @@ class Broadcast(CoreOutputs):
             return
         self._cache[mid] = (ent[0], ent[1], ent[2], ent[3], None)
         self.stats["optimized"] += 1
-        if p in self.lazy:
-            self.lazy.discard(p)
-            self.eager.add(p)
+        self._to_eager(p)
         self._send(p, GRAFT, {"i": []})
-        if parent in self.eager:
-            self.eager.discard(parent)
-            self.lazy.add(parent)
+        self._to_lazy(parent)
         self._send(parent, PRUNE, None)
         self.stats["grafts_sent"] += 1
         self.stats["prunes_sent"] += 1
@@ -470,7 +529,7 @@ class Broadcast(CoreOutputs):
         else:
             self._missing_by.pop(m.creator, None)
 
-    def _record_seq(self, msg: Message, now: float) -> None:
+    def _record_seq(self, msg: Message, frm: bytes | None, now: float) -> None:
         key = (msg.origin, msg.topic)
         streams = self._streams
         s = streams.get(key)
@@ -484,12 +543,27 @@ class Broadcast(CoreOutputs):
         streams.move_to_end(key)
         if msg.seq > s.high:
             shift = msg.seq - s.high
-            if shift > 1 and msg.topic in self.topics:
-                self._note_gap(msg.origin, msg.topic, msg.epoch, s.high + 1, msg.seq - 1, now)
+            if shift > 1:
+                if msg.topic in self.topics:
+                    self._note_gap(msg.origin, msg.topic, msg.epoch, s.high + 1, msg.seq - 1, now)
+                if frm is not None:
+                    self._pull_hole(msg, max(s.high + 1, msg.seq - self.config.gap_pull), frm, now)
             s.bits = ((s.bits << shift) | 1) & ((1 << w) - 1) if shift < w else 1
             s.high = msg.seq
         else:
             s.bits |= 1 << (s.high - msg.seq)
+
+    def _pull_hole(self, msg: Message, lo: int, frm: bytes, now: float) -> None:
+        """Sequence numbers ``lo`` .. ``msg.seq - 1`` of ``msg``'s stream are missing here and ``frm`` sent
+        ``msg``: it most likely holds them (it forwards in order), so expect them from it (a graft after
+        the timeout) unless they come meanwhile or someone announces them first."""
+        for seq in range(lo, msg.seq):
+            mid = message_id(msg.origin, msg.epoch, seq, msg.topic)
+            if mid in self._seen or mid in self._missing:
+                continue
+            if not self._expect(mid, frm, 1, now):
+                return
+            self.stats["gap_pulls"] += 1
 
     def _note_gap(self, origin: bytes, topic: str, epoch: int, lo: int, hi: int, now: float) -> None:
         gaps = self._gaps
@@ -521,23 +595,31 @@ class Broadcast(CoreOutputs):
         """An empty IHAVE to every sample member we sent nothing for ``link_refresh`` s: it keeps us in
         its inbound neighbours (they expire after ``inbound_ttl`` of silence), so every sampled link is
         usable both ways and a node that never publishes is still pushed to."""
-        cut = now - self.config.link_refresh
+        every = self.config.link_refresh
         for p in sorted(self.sample):
-            if self._sent.get(p, -1e300) <= cut:
+            if self._sent.get(p, -1e300) + every <= now:  # the sum the schedule below uses (no rounding gap)
                 self._send(p, IHAVE, {"i": []})
-        self._link_at = now + self.config.link_refresh if self.sample else None
+                self._interests.retell(p)  # it may have dropped us and forgotten what we want
+                self._tree_changed()
+        # Next when the member we sent to longest ago is due (a fixed period would let a link go up to
+        # twice link_refresh silent after other traffic reset its clock).
+        sent = self._sent
+        self._link_at = min(sent.get(p, now) for p in self.sample) + self.config.link_refresh if self.sample else None
 
     def state_size(self) -> dict[str, int]:
         """How much this core holds now (each bounded by its BroadcastConfig field)."""
         return {"neighbours": len(self.eager) + len(self.lazy), "inbound": len(self.inbound), "seen": len(self._seen),
                 "cache": len(self._cache), "cache_bytes": self._cache_bytes, "missing": len(self._missing),
-                "streams": len(self._streams), "ihave_queued": sum(len(q) for q in self._ihave.values()),
-                "gaps": len(self._gaps)}
+                "streams": len(self._streams), "ihave_queued": len(self._ihave),
+                "gaps": len(self._gaps),
+                "interest_topics": self._interests.size()}
 
     # -- timers ----------------------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
         t = self._ihave_at
+        if self._want_at is not None and (t is None or self._want_at < t):
+            t = self._want_at
         if self._timers:
             d = self._timers[0][0]
             if t is None or d < t:
@@ -551,6 +633,11 @@ class Broadcast(CoreOutputs):
         self._now = now
         if self._ihave_at is not None and self._ihave_at <= now:
             self._flush_ihave()
+        if self._want_at is not None and self._want_at <= now:
+            self._want_at = None
+            for p, topics in self._interests.declarations(self.topics, self.eager, self.eager | self.lazy):
+                self._send(p, WANT, {"t": None if topics is None else sorted(topics)})
+                self.stats["wants_sent"] += 1
         timers = self._timers
         if timers and timers[0][0] <= now:
             self._fire_grafts(now)
@@ -560,13 +647,24 @@ class Broadcast(CoreOutputs):
             self._refresh_links(now)
 
     def _flush_ihave(self) -> None:
+        """Announce what was queued since the last flush to ``lazy_fanout`` lazy neighbours drawn at random
+        for this batch (each gets every queued id but those it sent us): a batch costs that many envelopes
+        however many messages it holds."""
         self._ihave_at = None
-        step = self.config.max_ihave_ids
-        queues = self._ihave
-        self._ihave = {}
-        for p in sorted(queues):
-            q = queues[p]
-            items = [[mid, h] for mid, h in q]
+        cfg = self.config
+        step = cfg.max_ihave_ids
+        queued = self._ihave
+        self._ihave = deque()
+        lazy = sorted(self.lazy)
+        self._rng.shuffle(lazy)
+        wants = self._interests.wants
+        told = 0
+        for p in lazy:
+            if told >= cfg.lazy_fanout:
+                break
+            items = [[mid, h] for mid, h, frm, topic in queued if frm != p and wants(p, topic)]
+            if items:
+                told += 1
             for i in range(0, len(items), step):
                 self._send(p, IHAVE, {"i": items[i:i + step]})
             self.stats["ihave_sent"] += len(items)
@@ -587,10 +685,9 @@ class Broadcast(CoreOutputs):
                 self.stats["graft_gave_up"] += 1
                 continue
             p, _hops = m.announcers.popleft()
-            if p in self.lazy:
-                self.lazy.discard(p)
-                self.eager.add(p)
+            self._to_eager(p)
             grafts.setdefault(p, []).append(mid)
+            m.asked += (p,)
             m.deadline = now + cfg.graft_retry
             heapq.heappush(timers, (m.deadline, mid))
         for p in sorted(grafts):

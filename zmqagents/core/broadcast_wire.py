@@ -29,7 +29,8 @@ MSG = "bcast.msg"  # a message pushed eagerly: {"m": message, "h": hops}
 IHAVE = "bcast.ihave"  # lazy announcements: {"i": [[id, hops], ...]}
 GRAFT = "bcast.graft"  # "push to me again, and send these": {"i": [id, ...]}
 PRUNE = "bcast.prune"  # "stop pushing to me": no body
-TYPES = frozenset({MSG, IHAVE, GRAFT, PRUNE})
+WANT = "bcast.want"  # "push and announce to me only these topics (and the mesh-wide one)": {"t": [topic, ...] | nil}
+TYPES = frozenset({MSG, IHAVE, GRAFT, PRUNE, WANT})
 
 SIGN_DOMAIN = b"zmqagents/bcast/v1\x00"
 ID_DOMAIN = b"zmqagents/bcast-id/v1\x00"
@@ -185,3 +186,21 @@ def parse_graft_body(body: Any, limit: int) -> tuple[list[bytes], int]:
         else:
             skipped += 1
     return out, skipped
+
+
+def parse_want_body(body: Any, limit: int) -> tuple[frozenset[str] | None, int]:
+    """A ``bcast.want`` body: the topics the sender wants (None: every topic) and 1 if it named more than
+    ``limit`` (then it is taken to want every topic: more payloads for it, never fewer). BadMessage
+    ("malformed") if the body is not ``{"t": nil}`` or ``{"t": [topic, ...]}`` with valid topics."""
+    if type(body) is not dict or "t" not in body:
+        raise BadMessage("malformed", "bcast.want body must be {t: [topic, ...] | nil}")
+    t = body["t"]
+    if t is None:
+        return None, 0
+    if type(t) is not list:
+        raise BadMessage("malformed", "bcast.want t must be a list of topics or nil")
+    if len(t) > limit:
+        return None, 1
+    for topic in t:
+        check_topic(topic)
+    return frozenset(t), 0

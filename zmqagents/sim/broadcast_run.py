@@ -33,8 +33,11 @@ Figures (all in the report's ``broadcast`` section, the headline ones also at th
 * ``broadcast_bytes_per_node_per_s`` {payload, control}: encoded bytes of ``bcast.msg`` envelopes and
   of the others (IHAVE, GRAFT, PRUNE), sampled one envelope in ``byte_sample``, per node per second
   of the broadcast period.
-* ``non_subscriber_payloads``: payloads of topic publications received by nodes not subscribed to
-  that topic (with this design every node forwards every topic, see protocols/broadcast.md 6).
+* ``non_subscriber_payloads``: payloads of topic publications received by nodes that neither subscribe
+  to the topic nor forward it (the broadcast cores' ``unwanted_payloads``: a declaration of interest
+  not yet heard, protocols/broadcast.md 6); ``payloads_to_non_subscribers``: every payload of a topic
+  publication received by a node not subscribed to it, forwarders included (the tree's inner nodes
+  between subscribers).
 * ``graph``: every ``graph_check`` s, the strongly connected components of the directed broadcast
   graph (a link from each up node to each of its eager and lazy neighbours that is up; links across
   an active partition left out): one component means a message from any node can reach every node.
@@ -339,7 +342,8 @@ class BroadcastRun(OverlayRun):
             "rmr_mesh_wide": mean(rmr_mesh),
             "broadcast_bytes_per_node_per_s": {"payload": round(self.payload_bytes / (n * period), 1),
                                                "control": round(self.control_bytes / (n * period), 1)},
-            "non_subscriber_payloads": non_sub,
+            "non_subscriber_payloads": stats.get("unwanted_payloads", 0),
+            "payloads_to_non_subscribers": non_sub,
             "gaps_reported": self.gaps,
             "graph": {"checks": len(self.graph), "max_components": max(outside) if outside else None,
                       "components_at_end": self.graph[-1]["components"] if self.graph else None,
