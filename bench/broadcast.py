@@ -25,7 +25,9 @@ go first and are not counted: the first messages flood every link until the prun
    the highest rate whose delivery was >= 0.999 (the origin's own limit, BroadcastConfig.origin_rate,
    caps what one origin may send).
 4. ``kill``: a mesh-wide stream of ``--count`` publications; after a third of them every victim
-   process is SIGKILLed; the same figures over the surviving nodes (``after_kill``).
+   process is SIGKILLed (``kill_stream``: its figures over the surviving nodes).
+5. ``after_kill``: phases 1 to 3 again over the survivors, right after the kill (membership may not
+   have declared every victim dead yet): every key of the top level.
 
 Prints one JSON object on stdout; progress on stderr.
 
@@ -268,6 +270,24 @@ def phase(mesh: Mesh, name: str, topic: str, count: int, rate: float, kill_after
     }
 
 
+def rate_sweep(mesh: Mesh, name: str) -> tuple[float | None, list[dict]]:
+    """Mesh-wide bursts at the rising ``--rates``: the highest whose delivery was >= 0.999 with nothing
+    refused at the origin, and each rate's figures (the sweep stops at the first that fails)."""
+    args = mesh.args
+    rates = []
+    sustained = None
+    for rate in args.rates:
+        p = phase(mesh, f"{name}{rate:g}", MESH, max(1, round(rate * args.rate_step_s)), rate)
+        rates.append({"rate": rate, "delivery": p["delivery"], "refused_at_origin": p["refused_at_origin"],
+                      "latency_ms_max": p["latency_ms_max"], "cpu_us_per_delivery": p["cpu_us_per_delivery"]})
+        log(f"broadcast: {name} {rate:g}/s delivery {p['delivery']}")
+        if p["delivery"] is not None and p["delivery"] >= 0.999 and not p["refused_at_origin"]:
+            sustained = rate
+        else:
+            break
+    return sustained, rates
+
+
 def _by_publication(got: list[list], origin: str, topic: str, sent: dict, targets: set[str]) -> list:
     """Per publication in order, the latest delivery's latency (ms; None: none delivered): shows when a
     phase was slow (the first publications after a kill, or all of them)."""
@@ -321,19 +341,15 @@ def orchestrate(args) -> int:
         log(f"broadcast: mesh {mesh_phase}")
         topic_phase = phase(mesh, "topic", TOPIC, args.count, args.rate)
         log(f"broadcast: topic {topic_phase}")
-        rates = []
-        sustained = None
-        for rate in args.rates:
-            p = phase(mesh, f"rate{rate:g}", MESH, max(1, round(rate * args.rate_step_s)), rate)
-            rates.append({"rate": rate, "delivery": p["delivery"], "refused_at_origin": p["refused_at_origin"],
-                          "latency_ms_max": p["latency_ms_max"]})
-            log(f"broadcast: rate {rate:g}/s delivery {p['delivery']}")
-            if p["delivery"] is not None and p["delivery"] >= 0.999 and not p["refused_at_origin"]:
-                sustained = rate
-            else:
-                break
+        sustained, rates = rate_sweep(mesh, "rate")
         kill = phase(mesh, "kill", MESH, args.count, args.rate, kill_after=max(1, args.count // 3))
         log(f"broadcast: after kill {kill}")
+        # the same figures over the survivors, the dead still in their tables until membership says so
+        mesh_after = phase(mesh, "mesh_after_kill", MESH, args.count, args.rate)
+        topic_after = phase(mesh, "topic_after_kill", TOPIC, args.count, args.rate)
+        sustained_after, rates_after = rate_sweep(mesh, "rate_after_kill")
+        log(f"broadcast: after kill, mesh {mesh_after['delivery']} topic {topic_after['delivery']} "
+            f"rate {sustained_after}")
         out.update({
             "nodes": args.nodes, "subscribers": len(mesh.subscribers), "victims": args.victims,
             "delivery": mesh_phase["delivery"], "topic_delivery": topic_phase["delivery"],
@@ -341,9 +357,18 @@ def orchestrate(args) -> int:
             "rmr": mesh_phase["rmr"], "non_subscriber_payloads": topic_phase["non_subscriber_payloads"],
             "payloads_to_non_subscribers": topic_phase["payloads_to_non_subscribers"],
             "publish_rate_sustained": sustained, "cpu_us_per_delivery": mesh_phase["cpu_us_per_delivery"],
-            "after_kill": {k: kill[k] for k in ("delivery", "latency_ms_p50", "latency_ms_max", "rmr", "targets",
-                                                "cpu_us_per_delivery")},
-            "phases": [warm, mesh_phase, topic_phase, kill], "rates": rates,
+            # the stream the kill hit (delivery over the survivors), then the figures measured after it
+            "kill_stream": {k: kill[k] for k in ("delivery", "latency_ms_p50", "latency_ms_max", "rmr", "targets",
+                                                 "cpu_us_per_delivery")},
+            "after_kill": {
+                "targets": mesh_after["targets"],
+                "delivery": mesh_after["delivery"], "topic_delivery": topic_after["delivery"],
+                "latency_ms_p50": mesh_after["latency_ms_p50"], "latency_ms_max": mesh_after["latency_ms_max"],
+                "rmr": mesh_after["rmr"], "non_subscriber_payloads": topic_after["non_subscriber_payloads"],
+                "payloads_to_non_subscribers": topic_after["payloads_to_non_subscribers"],
+                "publish_rate_sustained": sustained_after, "cpu_us_per_delivery": mesh_after["cpu_us_per_delivery"]},
+            "phases": [warm, mesh_phase, topic_phase, kill, mesh_after, topic_after], "rates": rates,
+            "rates_after_kill": rates_after,
             "aims": {"delivery_1": mesh_phase["delivery"] == 1.0, "topic_delivery_1": topic_phase["delivery"] == 1.0,
                      "non_subscriber_payloads_0": topic_phase["non_subscriber_payloads"] == 0,
                      "latency_ms_max_le_300": (mesh_phase["latency_ms_max"] or 1e9) <= 300,

@@ -75,6 +75,7 @@ class MeshTopics:
         queues.append(queue)
         if self.core is not None:
             self.core.subscribe(t)
+            self._pump()  # the core's declaration timer may have moved (topic interest, broadcast.md 6)
         return self._read(t, queue)
 
     async def _read(self, t: str, queue: BoundedQueue[Message | None]) -> AsyncIterator[Message]:
@@ -92,6 +93,7 @@ class MeshTopics:
                 self._subs.pop(t, None)
                 if self.core is not None and t != "":  # every member stays on the mesh-wide topic
                     self.core.unsubscribe(t)
+                    self._pump()
 
     def on_event(self, event: Delivered | Gap) -> None:
         """A delivery or a gap the broadcast core reported."""
