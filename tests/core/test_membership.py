@@ -658,3 +658,53 @@ def test_a_lost_check_after_a_heal_is_retried_within_a_period_not_at_the_next_sy
     assert set(back) == {IDS[4], IDS[5]}
     # two lost checks (a period each) and the two-check probation (2 periods)
     assert back[IDS[5]] - heal <= 5 * cfg.probe_interval + 0.1
+
+
+def _acker(silent: set[int]):
+    """An ``answer`` for _drive: every member acks our pings except those in ``silent`` (crashed)."""
+    def answer(env, now):
+        j = INDEX[env.dst]
+        if env.type != PING or j in silent:
+            return ()
+        return [Envelope(random.randbytes(16), env.dst, ACK, [env.body[0], 0], IDS[0])]
+    return answer
+
+
+def test_check_pings_carry_only_our_opinion_and_come_half_way_between_syncs():
+    """A check of a buried member carries our opinion of it (so it refutes if it is back) and nothing
+    from the rumor queue: after a mass crash, checks of the dead took a large share of a node's rumor
+    transmissions. Tombstones are checked at each sync and half-way between: a holder that hears
+    nothing from across a healed partition finds out within about half an interval."""
+    cfg = MembershipConfig()
+    a = Membership(CONTACTS[0], random.Random(3), cfg)
+    for i in range(1, 10):
+        a.add(CONTACTS[i], 0.0)
+    a._declare(a._members[IDS[2]], DEAD, 0.0)
+    a.take_outgoing()
+    sent = _drive(a, 60.0, _acker({2}))
+    checks = [(t, env) for t, env in sent if env.dst == IDS[2]]
+    assert all(env.type == PING and env.body[2] == [[DEAD, IDS[2], 0]] for _, env in checks)
+    assert any(len(env.body) > 2 and [DEAD, IDS[2], 0] in env.body[2] for t, env in sent if env.dst != IDS[2])  # news: elsewhere
+    times = [t for t, _ in checks]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) >= 8 and max(gaps) <= 0.5 * 1.25 * cfg.sync_interval + 2 * cfg.probe_interval
+
+
+def test_a_member_buried_soon_after_a_dead_one_answered_is_checked_a_period_later():
+    """Once a buried member answers a check (most likely a partition healed), a member buried after
+    that (a suspicion begun while cut off ran out) is checked a period later, not at the next sync."""
+    cfg = MembershipConfig(sync_interval=1000.0)  # no sync, no half-way checks in this test
+    a = Membership(CONTACTS[0], random.Random(4), cfg)
+    for i in range(1, 10):
+        a.add(CONTACTS[i], 0.0)
+    a._declare(a._members[IDS[2]], DEAD, 0.0)
+    _drive(a, 3.0, _acker({2, 3}))
+    a.receive(_env(2, 0, PING, [1, 0]), 3.0)  # node 2 is back: we check it, it answers
+    a.take_outgoing()
+    sent = _drive(a, 6.0, _acker({3}))
+    assert any(env.dst == IDS[2] and env.type == PING for _, env in sent)
+    a._declare(a._members[IDS[3]], DEAD, 6.0)
+    a.take_outgoing()
+    sent = _drive(a, 6.0 + cfg.probe_interval + 0.5, _acker({3}))
+    assert any(env.dst == IDS[3] and env.type == PING and env.body[2] == [[DEAD, IDS[3], 0]] for _, env in sent)
+

@@ -143,6 +143,7 @@ class Membership(Prober, Gossip, CoreOutputs):
         self._probe_from = 0.0  # when the current period began
         self._sync_from = INF  # when the last sync was sent (start: when we started)
         self._sync_gap = 0.0  # sync_interval x its jitter; due at _sync_from + _sync_gap x (1 + LHM)
+        self._mid_checks = False  # the tombstone checks half-way to the next sync are still to come
         self._t_verify = INF
         # Until when a failed tombstone check is retried every period: one sync interval after the last
         # time a dead member answered a first check (most likely a partition healed), see _tomb_silent.
@@ -592,7 +593,12 @@ class Membership(Prober, Gossip, CoreOutputs):
         if len(tombs) >= cfg.max_tombstones:
             del tombs[next(iter(tombs))]
             self.stats["tombstones_evicted"] += 1
-        tombs[nid] = Tombstone(nid, rec.contact, state, rec.inc, now)
+        tomb = tombs[nid] = Tombstone(nid, rec.contact, state, rec.inc, now)
+        if state == DEAD and now < self._heal_until:
+            # Buried soon after a dead member answered (most likely a partition healed): a suspicion
+            # begun while cut off may have run out. Check it a period from now, not at the next sync.
+            tomb.recheck = now + cfg.probe_interval
+            self._push(tomb.recheck, T_RECHECK, tomb)
         code = rec.inc * 4 + state
         if state == DEAD:
             self.stats["declared_dead"] += 1

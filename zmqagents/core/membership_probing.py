@@ -62,6 +62,7 @@ class Prober:
     _probe_from: float
     _sync_from: float
     _sync_gap: float
+    _mid_checks: bool
     _leaving: bool
 
     if TYPE_CHECKING:
@@ -137,10 +138,12 @@ class Prober:
         self._probe_from = now
         rec = self._next_target()
         if rec is not None:
-            if now >= self._sync_from + self._health.scaled(self._sync_gap):
+            gap = self._health.scaled(self._sync_gap)
+            if now >= self._sync_from + gap:
                 # This period's probe doubles as the anti-entropy pull: the ping asks for the
                 # target's recent rumors, which come back in the ack.
                 self._sync_from = now
+                self._mid_checks = True
                 self._sync_gap = cfg.sync_interval * (0.75 + 0.5 * self._rng.random())
                 self._sync_checks(now)
                 seq = self._next_seq()
@@ -154,6 +157,13 @@ class Prober:
                 self.stats["probes"] += 1
                 self.stats["syncs_sent"] += 1
             else:
+                if self._mid_checks and self._tombs and now >= self._sync_from + 0.5 * gap:
+                    # Tombstones are also checked half-way between syncs: a holder that hears nothing
+                    # from across a healed partition finds out at its first check after the heal, and
+                    # with checks only at syncs that was up to 1.25 intervals later, too late to revive
+                    # within one interval (sim, N=2000, 30 % cut off: p100 13.6 s after the heal).
+                    self._mid_checks = False
+                    self._sync_checks(now)
                 self._cur = self._ping(rec, rec.id, REGULAR, now)
             self._t_ind = now + self._health.scaled(cfg.probe_timeout)
 
@@ -210,7 +220,14 @@ class Prober:
     def _ping(self, rec: Any, nid: bytes, kind: int, now: float) -> ProbeRecord:
         seq = self._next_seq()
         p = ProbeRecord(seq, nid, rec, kind, now)
-        self._send(PING, self._body(seq, nid, rec), nid)
+        if kind == CHECK:
+            # A check goes to a member we buried: our opinion of it (so it refutes if it is back), no news
+            # from the queue. Piggybacked rumors count as sends, and after a mass crash a node's checks of
+            # the dead took ~40 % of its rumor transmissions.
+            self.stats["rumors_sent"] += 1
+            self._send(PING, [seq, self.incarnation, [self._opinion(nid, rec)]], nid)
+        else:
+            self._send(PING, self._body(seq, nid, rec), nid)
         self.stats["pings_sent"] += 1
         self.stats["probes"] += 1
         return p
