@@ -708,3 +708,25 @@ def test_a_member_buried_soon_after_a_dead_one_answered_is_checked_a_period_late
     sent = _drive(a, 6.0 + cfg.probe_interval + 0.5, _acker({3}))
     assert any(env.dst == IDS[3] and env.type == PING and env.body[2] == [[DEAD, IDS[3], 0]] for _, env in sent)
 
+
+def test_burying_many_members_at_once_sweeps_every_member_once():
+    """After sweep_burials burials within one sync interval (a mass crash), every alive member is probed
+    within members / sweep_rate gossip intervals, not in its round-robin turn; once per sweep_cooldown."""
+    cfg = MembershipConfig()
+    a = Membership(CONTACTS[0], random.Random(5), cfg)
+    for i in range(1, 45):
+        a.add(CONTACTS[i], 0.0)
+    dead = set(range(1, 1 + cfg.sweep_burials))
+    _drive(a, 10.0, _acker(dead))
+    for j in dead:
+        a._declare(a._members[IDS[j]], DEAD, 10.0)
+    assert a.stats["sweeps"] == 1
+    alive = set(range(1, 45)) - dead
+    span = len(alive) / cfg.sweep_rate * cfg.gossip_interval
+    sent = _drive(a, 10.0 + span + 1.0, _acker(dead))
+    assert {INDEX[env.dst] for _, env in sent if env.type == PING} >= alive
+    assert a.stats["sweep_probes"] >= len(alive) - 2  # a few came in their round-robin turn instead
+    more = list(alive)[:cfg.sweep_burials]
+    for j in more:  # more burials within the cooldown: no second sweep
+        a._declare(a._members[IDS[j]], DEAD, 20.0)
+    assert a.stats["sweeps"] == 1

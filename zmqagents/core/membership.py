@@ -145,6 +145,9 @@ class Membership(Prober, Gossip, CoreOutputs):
         self._sync_gap = 0.0  # sync_interval x its jitter; due at _sync_from + _sync_gap x (1 + LHM)
         self._mid_checks = False  # the tombstone checks half-way to the next sync are still to come
         self._t_verify = INF
+        self._burials: list[float] = []  # when our last sweep_burials declarations were (oldest first)
+        self._sweep: list[bytes] = []  # members still to probe in the current sweep (popped from the end)
+        self._sweep_next = -INF  # no sweep starts before this
         # Until when a failed tombstone check is retried every period: one sync interval after the last
         # time a dead member answered a first check (most likely a partition healed), see _tomb_silent.
         self._heal_until = -INF
@@ -215,6 +218,7 @@ class Membership(Prober, Gossip, CoreOutputs):
             self._t_probe = INF
             self._probes.clear()
             self._verify.clear()
+            self._sweep.clear()
             self._t_verify = INF
             for nid in list(self._members):
                 self._send(GOSSIP, [0, self.incarnation, self._rumors.pick(self.config.piggyback_bytes, nid)], nid)
@@ -604,6 +608,7 @@ class Membership(Prober, Gossip, CoreOutputs):
             self.stats["declared_dead"] += 1
             self._events.append(Failed(nid, rec.inc))
             wire = [DEAD, nid, rec.inc]
+            self._buried(now)
         else:
             self.stats["declared_left"] += 1
             self._events.append(Left(nid, rec.inc))

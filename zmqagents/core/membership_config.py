@@ -104,6 +104,15 @@ class MembershipConfig:
     # news (a suspicion heard, a dead member's hint), not by the period, so a node whose LHM stretched
     # its period still verifies promptly; this bounds the burst, the rest waits in a queue.
     max_probes: int = 8
+    # Sweep: after burying this many members within one sync_interval (a mass crash or a partition), probe
+    # every alive member once, sweep_rate more per gossip_interval in free probe slots, rather than each in
+    # its round-robin turn (a cycle of ~1.5 s x members: minutes; sim, N=2000, 20 % crashed at once:
+    # holders that missed the news learned of far-bucket members up to 90 s later). 0: never. Rate 4
+    # rather than 2: the last holder of 200 crashed at once (N=1000) detected 23.4 s rather than 31.9 s
+    # after the crash, at the same messages per node per second.
+    sweep_burials: int = 4
+    sweep_rate: int = 4
+    sweep_cooldown: float = 60.0  # at most one sweep per this many seconds
     max_members: int = 65536  # a bound, not a size: a Kademlia view of a million nodes holds ~400
     rtt_alpha: float = 0.125  # EWMA weight of a new RTT sample (TCP's SRTT gain)
     leave_linger: float = 1.0  # how long a leaving node should keep running so its rumor spreads (advice)

@@ -58,6 +58,8 @@ STAT_KEYS = (
     # bad input and bounds
     "malformed", "misdirected", "from_self", "unknown_type", "relay_limit", "relays",
     "members_refused", "tombstones_evicted", "heard_evicted", "stalls", "corrections",
+    # sweeps after mass burials
+    "sweeps", "sweep_probes",
 )
 
 
