@@ -3,8 +3,9 @@
 Identities, ids and the sealing nonce are fixed and Ed25519 is deterministic, so the output is the same on
 every run. The vectors pin: a relayed contact string and what it parses to; the key of a node's contact
 record; a plain and a sealed forward, each as the signed inner frame, the ``relay.fwd`` frame the sender
-sends its relay and the ``relay.dlv`` frame the relay sends on; and ``relay.dlv`` frames a destination
-must refuse, with the reason it counts. Values use the tagged JSON form of
+sends its relay and the ``relay.dlv`` frame the relay sends on (the body plus its window token ``w``);
+the ``relay.ask`` and ``relay.ack`` frames of the window; and ``relay.dlv`` frames a destination must
+refuse, with the reason it counts. Values use the tagged JSON form of
 tools/_vectors.py.
 
     python tools/make_relay_vectors.py           # rewrite the file
@@ -29,6 +30,7 @@ OUTPUT = _vectors.ROOT / "protocols" / "relay-vectors.json"
 
 RELAY1, RELAY2 = identity("relay1"), identity("relay2")
 NONCE = bytes(range(100, 124))  # 24 bytes; real senders use a fresh random nonce per box
+TOKEN = bytes(range(200, 208))  # a relay.dlv's window token; real relays draw a random one per delivery
 
 
 def _id(n: int) -> bytes:
@@ -43,8 +45,19 @@ def inner(body="hello through a relay", **over) -> Envelope:
 
 def forward(body: dict, via: bytes) -> tuple[Envelope, Envelope]:
     fwd = Envelope(id=_id(2), src=ALICE.node_id, dst=via, type="relay.fwd", body=body)
-    dlv = Envelope(id=_id(3), src=via, dst=body["to"], type="relay.dlv", body=body)
+    dlv = Envelope(id=_id(3), src=via, dst=body["to"], type="relay.dlv", body={**body, "w": TOKEN})
     return fwd, dlv
+
+
+def window_vectors() -> dict:
+    """relay1 asks bob to acknowledge up to TOKEN; bob acknowledges it (the same body either way)."""
+    ask = Envelope(id=_id(4), src=RELAY1.node_id, dst=BOB.node_id, type="relay.ask", body={"w": TOKEN})
+    ack = Envelope(id=_id(5), src=BOB.node_id, dst=RELAY1.node_id, type="relay.ack", body={"w": TOKEN})
+    return {
+        "token": TOKEN.hex(),
+        "ask_fields": fields(ask), "ask_frame": ask.encode().hex(),
+        "ack_fields": fields(ack), "ack_frame": ack.encode().hex(),
+    }
 
 
 def forward_vector(name: str, description: str, body: dict, inner_env: Envelope) -> dict:
@@ -122,6 +135,7 @@ def build() -> dict:
             forward_vector("sealed", "the same envelope sealed to bob (NaCl Box, nonce first)", sealed_body(frame),
                            signed),
         ],
+        "window": window_vectors(),
         "refused": refused_vectors(),
     }
 

@@ -8,12 +8,16 @@ import random
 import pytest
 
 from zmqagents.core.relay import (
+    ACKNOWLEDGE,
+    ASK,
     DELIVER,
+    ENTRY_BYTES,
     FORWARD,
     NOT_FORWARDED,
     REFUSED,
     REGISTER,
     REGISTERED,
+    RelayAcker,
     RelayClient,
     RelayConfig,
     RelayDown,
@@ -58,7 +62,8 @@ def test_forwarding_rules_unknown_destinations_and_loops_are_refused_and_counted
     s.take_outgoing()
     s.receive(fwd(B, A), 0.1)  # anyone -> a registered client: forwarded unchanged
     [out] = s.take_outgoing()
-    assert (out.type, out.src, out.dst, out.body) == (DELIVER, ME, A, {"to": A, "e": b"frame"})
+    assert (out.type, out.src, out.dst) == (DELIVER, ME, A)
+    assert out.body == {"to": A, "e": b"frame", "w": out.body["w"]} and len(out.body["w"]) == 8  # + a window token
     s.receive(fwd(A, C), 0.2)  # a client -> a node the relay reaches directly: forwarded
     assert [e.dst for e in s.take_outgoing()] == [C]
     s.receive(fwd(B, C), 0.3)  # a stranger -> a non-client: refused, told why
@@ -184,3 +189,59 @@ def test_sender_moves_retransmits_to_untried_relays_and_remembers_the_miss():
     assert [paths.pick(again), paths.pick(again)] == [r3, r1]
     paths.learned(dst.node_id, r1)  # something came back through r1: it works again
     assert paths.via[dst.node_id][0] == r1
+
+
+def test_a_destination_window_bounds_what_the_relay_holds_and_acks_free_it():
+    cfg = RelayConfig(window_bytes=10_000, total_window_bytes=1 << 20, ask_after=1.0)
+    s = RelayServer(ME, random.Random(1), cfg)
+    s.receive(env(A, REGISTER, {"n": 1}), 0.0)
+    s.take_outgoing()
+    payload = b"p" * 3000
+    sent = []
+    for i in range(5):
+        s.receive(env(B, FORWARD, {"to": A, "e": payload}), 0.1 + i * 0.01)
+        sent += s.take_outgoing()
+    dlvs = [e for e in sent if e.type == DELIVER]
+    assert len(dlvs) == 3 and s.outstanding(A) == 3 * (3000 + ENTRY_BYTES) <= cfg.window_bytes  # the 4th would not fit
+    assert s.stats["refused_window"] == 2
+    [ask] = [e for e in sent if e.type == ASK]  # asked once (ask_after), with the newest token
+    assert ask.dst == A and ask.body == {"w": dlvs[-1].body["w"]}
+    # A made-up token frees nothing; a real one frees everything up to it.
+    s.receive(env(A, ACKNOWLEDGE, {"w": b"\0" * 8}), 0.2)
+    assert s.stats["acks_unknown"] == 1 and s.outstanding(A) == 3 * (3000 + ENTRY_BYTES)
+    s.receive(env(A, ACKNOWLEDGE, {"w": dlvs[1].body["w"]}), 0.2)
+    assert s.outstanding(A) == 3000 + ENTRY_BYTES
+    s.receive(env(B, FORWARD, {"to": A, "e": payload}), 0.3)
+    assert [e.type for e in s.take_outgoing()] == [DELIVER]
+    s.forget(A)
+    assert s.outstanding(A) == 0 and s.window_total == 0
+
+
+def test_an_empty_window_takes_one_envelope_of_any_size_and_the_total_binds():
+    s = RelayServer(ME, random.Random(1), RelayConfig(window_bytes=1000, total_window_bytes=5000))
+    for dst in (A, C):
+        s.receive(env(dst, REGISTER, {"n": 1}), 0.0)
+    s.take_outgoing()
+    s.receive(env(B, FORWARD, {"to": A, "e": b"p" * 4000}), 0.1)  # larger than a window, alone: forwarded
+    assert [e.type for e in s.take_outgoing()] == [DELIVER]
+    s.receive(env(B, FORWARD, {"to": C, "e": b"p" * 2000}), 0.1)  # fits C's window, not the total
+    assert s.take_outgoing() == [] and s.stats["refused_total_window"] == 1
+
+
+def test_a_destination_acknowledges_every_ack_bytes_or_ack_count_deliveries_and_every_ask():
+    acker = RelayAcker(A, random.Random(2), RelayConfig(ack_bytes=10_000, ack_count=4))
+
+    def dlv(token: bytes, size: int) -> Envelope:
+        return env(ME, DELIVER, {"to": A, "e": b"p" * size, "w": token})
+
+    for i in range(3):
+        acker.delivered(dlv(bytes([i]) * 8, 100))
+    assert acker.take_outgoing() == []
+    acker.delivered(dlv(b"\3" * 8, 100))  # the 4th
+    [ack] = acker.take_outgoing()
+    assert (ack.type, ack.dst, ack.body) == (ACKNOWLEDGE, ME, {"w": b"\3" * 8})
+    acker.delivered(dlv(b"\4" * 8, 20_000))  # over ack_bytes at once
+    assert [e.body for e in acker.take_outgoing()] == [{"w": b"\4" * 8}]
+    acker.delivered(env(ME, DELIVER, {"to": A, "e": b"p"}))  # from a relay that keeps no window: nothing to ack
+    acker.asked(env(ME, ASK, {"w": b"\5" * 8}))
+    assert [e.body for e in acker.take_outgoing()] == [{"w": b"\5" * 8}]

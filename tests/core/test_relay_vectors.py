@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from zmqagents.core.relay import RelayAcker
 from zmqagents.envelope import decode
 from zmqagents.identity import Contact, Identity
 from zmqagents.node import contact_key
@@ -35,7 +38,8 @@ def test_contact_vector():
 def test_forward_vectors_unwrap_to_the_signed_inner_envelope(vector):
     fwd = decode(bytes.fromhex(vector["fwd_frame"]))
     dlv = decode(bytes.fromhex(vector["dlv_frame"]))
-    assert fwd.type == "relay.fwd" and dlv.type == "relay.dlv" and fwd.body == dlv.body
+    assert fwd.type == "relay.fwd" and dlv.type == "relay.dlv"
+    assert dlv.body == {**fwd.body, "w": bytes.fromhex(VECTORS["window"]["token"])}  # the body and a window token
     assert (fwd.src, fwd.dst, dlv.src, dlv.dst) == (IDS["alice"].node_id, IDS["relay1"].node_id,
                                                     IDS["relay1"].node_id, IDS["bob"].node_id)
     drops: list = []
@@ -51,3 +55,16 @@ def test_refused_vectors_are_dropped_with_their_reason(vector):
     drops: list = []
     assert _paths("bob", drops).unwrap(decode(bytes.fromhex(vector["dlv_frame"]))) is None
     assert drops == [vector["reason"]]
+
+
+def test_window_vectors_a_destination_answers_the_ask_with_the_ack():
+    w = VECTORS["window"]
+    token = bytes.fromhex(w["token"])
+    ask, ack = decode(bytes.fromhex(w["ask_frame"])), decode(bytes.fromhex(w["ack_frame"]))
+    assert (ask.type, ask.src, ask.dst, ask.body) == ("relay.ask", IDS["relay1"].node_id, IDS["bob"].node_id,
+                                                      {"w": token})
+    acker = RelayAcker(IDS["bob"].node_id, random.Random(0))
+    acker.asked(ask)
+    [out] = acker.take_outgoing()
+    assert (out.type, out.src, out.dst, out.body) == ("relay.ack", ack.src, ack.dst, ack.body) == (
+        "relay.ack", IDS["bob"].node_id, IDS["relay1"].node_id, {"w": token})

@@ -1,7 +1,11 @@
 """A node process for the sidecar-service tests: a real Node plus mDNS discovery and/or the admin
 endpoint, driven by one JSON command per line on stdin (answers one JSON line on stdout).
 
-    python tests/helpers/sidecar_node.py [--mdns] [--admin 127.0.0.1:0] [--claim-key PUBLICKEY]
+    python tests/helpers/sidecar_node.py [--mdns] [--admin 127.0.0.1:0] [--claim-key PUBLICKEY] [--relay CONTACT]
+
+``--relay`` (repeatable) makes it an outbound-only node reached through those relays; the command
+``received`` answers with the bodies of the messages it received so far (a test can stop the process
+with SIGSTOP to play a destination that stops reading).
 
 ``--claim-key`` makes it an impostor: instead of announcing itself, it announces someone else's
 public key (and so their id) with its own endpoint. It still runs a real node there, so the
@@ -23,12 +27,23 @@ def emit(obj: dict) -> None:
 
 
 async def main(args) -> None:
-    from zmqagents.node import Node
+    from zmqagents.identity import Contact
+    from zmqagents.node import Node, NodeConfig
 
-    node = Node(listen=args.listen, bootstrap=args.bootstrap)
+    config = None
+    if args.relay:
+        config = NodeConfig(outbound_only=True, relays=[Contact.parse(c) for c in args.relay])
+    node = Node(listen=args.listen, bootstrap=args.bootstrap, config=config)
     node.on_request(lambda body, msg: {"echo": body})
     services = []
+    received: list = []
+
+    async def take() -> None:
+        while True:
+            received.append((await node.receive()).body)
+
     async with node:
+        taker = asyncio.ensure_future(take())
         if args.mdns:
             from zmqagents.sidecar.mdns import MdnsConfig, MdnsDiscovery
 
@@ -61,12 +76,15 @@ async def main(args) -> None:
                     "neighbours": [n.hex() for n in node.neighbours()],
                     "mdns": dict(by_name["mdns"].stats) if "mdns" in by_name else None,
                 })
+            elif cmd["cmd"] == "received":
+                emit({"bodies": received})
             elif cmd["cmd"] == "request":
                 try:
                     reply = await node.request(bytes.fromhex(cmd["to"]), cmd["body"], timeout=5)
                     emit({"reply": reply})
                 except Exception as exc:  # report to the test, which asserts on it
                     emit({"error": f"{type(exc).__name__}: {exc}"})
+        taker.cancel()
         for _, service in reversed(services):
             await service.close()
         if impostor is not None:
@@ -98,6 +116,7 @@ if __name__ == "__main__":
     p.add_argument("--mdns", action="store_true")
     p.add_argument("--admin")
     p.add_argument("--claim-key")
+    p.add_argument("--relay", action="append", default=[])
     p.add_argument("--verify-timeout", type=float, default=2.0)
     from zmqagents.node import run
 

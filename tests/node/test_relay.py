@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
 import pytest
 
@@ -373,3 +374,59 @@ def test_an_edge_node_that_cannot_dial_its_bootstrap_node_joins_through_its_rela
             await close_all(outside, edge, plain, r1)
 
     arun(main(), timeout=40)
+
+
+def _relay_drops(node: Node) -> dict[str, float]:
+    """``zmqagents_dropped_messages_total{layer="relay"}`` as the admin endpoint exports it, by reason."""
+    from zmqagents.sidecar.admin import NodeCollector
+
+    for family in NodeCollector(node, lambda: [], {}).collect():
+        if family.name == "zmqagents_dropped_messages":
+            return {labels["reason"]: value for _, labels, value in family.samples if labels["layer"] == "relay"}
+    raise AssertionError("no zmqagents_dropped_messages family")
+
+
+def test_a_destination_that_stops_reading_holds_at_most_its_window_and_loses_nothing(arun):
+    """A relay holds what it forwards until the destination reads it. The edge node here is a real
+    process, stopped (SIGSTOP) while a sender streams to it through the relay: the relay forwards at
+    most its window of unacknowledged bytes to it and refuses the rest (counted, unanswered); once the
+    edge node runs again it acknowledges what it reads, the window opens, the sender's retransmits go
+    through, and every message arrives exactly once."""
+    from helpers.nodeproc import NodeProc
+
+    async def main():
+        window = 256 << 10
+        relay = relay_node(window_bytes=window, ask_after=0.5)
+        await started(relay)
+        edge = NodeProc("--relay", str(relay.contact))
+        sender = None
+        try:
+            edge_id = bytes.fromhex(edge.hello["node_id"])
+            await wait_until(lambda: edge_id in relay.relay_server, timeout=10)
+            sender = Node(peers=[Contact.parse(edge.hello["contact"])])
+            await started(sender)
+            assert (await sender.request(edge_id, "hi", timeout=10)) == {"echo": "hi"}
+            os.kill(edge.proc.pid, signal.SIGSTOP)
+            bodies = [f"{i:04d}" + "x" * 8000 for i in range(100)]  # ~800 KB: three windows and more
+            for body in bodies:
+                await sender.send(edge_id, body)
+            await asyncio.sleep(2.0)
+            server = relay.relay_server
+            assert server.stats["refused_window"] > 0
+            assert 0 < server.outstanding(edge_id) <= window
+            assert _relay_drops(relay)["window"] == server.stats["refused_window"]  # exported as a metric
+            os.kill(edge.proc.pid, signal.SIGCONT)
+            await sender.flush(timeout=40)  # every message acknowledged by the edge node's delivery
+            got = (await asyncio.to_thread(edge.ask, {"cmd": "received"}))["bodies"]
+            assert sorted(got) == bodies  # all of them, each once
+            assert server.stats["acked_bytes"] > 0
+            await wait_until(lambda: server.outstanding(edge_id) <= 64 << 10, timeout=10)
+        finally:
+            if edge.proc.poll() is None:
+                os.kill(edge.proc.pid, signal.SIGCONT)
+            edge.stop()
+            if sender is not None:
+                await sender.close()
+            await relay.close()
+
+    arun(main(), timeout=90)

@@ -49,7 +49,7 @@ from .dht import PREFIX as DHT_PREFIX
 from .dht import DhtCore, DhtDone
 from .membership import Alive, Failed, Left, Membership, Refuted, Suspect
 from .outputs import CoreOutputs
-from .relay import FORWARD, REFUSED, REGISTER, REGISTERED, RelayClient, RelayDown, RelayServer, RelayUp
+from .relay import ACKNOWLEDGE, FORWARD, REFUSED, REGISTER, REGISTERED, RelayClient, RelayDown, RelayServer, RelayUp
 from .routing import PREFIX as ROUTING_PREFIX
 from .routing import Introduced, Joined, LookupDone, RoutingCore
 
@@ -158,7 +158,7 @@ class NodeCore(CoreOutputs):
                 self.broadcast.receive(env, now)
                 return True
             return False
-        if t == FORWARD or t == REGISTER:
+        if t == FORWARD or t == REGISTER or t == ACKNOWLEDGE:
             if self.relay_server is not None:
                 self.relay_server.receive(env, now)
                 return True

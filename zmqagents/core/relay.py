@@ -23,12 +23,21 @@ type           direction           body
 ``relay.fwd``  anyone -> relay     ``{"to": id, "e": frame}`` or ``{"to": id, "from": key, "box": bytes}``
 ``relay.dlv``  relay -> ``to``     the ``relay.fwd`` body, unchanged
 ``relay.err``  relay -> sender     ``{"to": id, "why": str}``: not forwarded (``unknown``, ``rate``, ...)
+``relay.ack``  ``to`` -> relay     ``{"w": token}``: every ``relay.dlv`` up to the one that carried ``w`` arrived
+``relay.ask``  relay -> ``to``     ``{"w": token}``: the window is full; acknowledge up to ``w`` if it arrived
 =============  ==================  ==========================================================
+
+A relay holds what it forwards until the destination reads it, so what it may have outstanding per
+destination is bounded in bytes (a *window*): each ``relay.dlv`` carries a fresh random token ``w``,
+the destination acknowledges the tokens it receives (:class:`RelayAcker`), and a forward that would
+exceed the window is refused until an acknowledgement frees it. The tokens are random so that a
+destination cannot open its window without reading what was sent to it.
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,10 +53,14 @@ REFUSED = "relay.no"
 FORWARD = "relay.fwd"
 DELIVER = "relay.dlv"
 NOT_FORWARDED = "relay.err"
+ACKNOWLEDGE = "relay.ack"
+ASK = "relay.ask"
 # Every relay message type: a set lookup costs the receive path of ordinary traffic less than a prefix test.
-RELAY_TYPES = frozenset({REGISTER, REGISTERED, REFUSED, FORWARD, DELIVER, NOT_FORWARDED})
+RELAY_TYPES = frozenset({REGISTER, REGISTERED, REFUSED, FORWARD, DELIVER, NOT_FORWARDED, ACKNOWLEDGE, ASK})
 
 NODE_ID_LEN = 32
+TOKEN_LEN = 8  # bytes of a relay.dlv's window token
+ENTRY_BYTES = 64  # charged to a window per forward besides its payload: what the relay keeps about it
 
 
 @dataclass
@@ -62,13 +75,23 @@ class RelayConfig:
     total_rate: float = 20000.0  # forwards per second over all senders ...
     total_burst: float = 40000.0  # ... and that bucket's size
     max_senders: int = 4096  # senders whose buckets are remembered (LRU); a forgotten one starts full
+    # Bytes forwarded to one destination and not yet acknowledged by it; a forward beyond is refused. Two
+    # maximum-size envelopes, or ~7,000 small ones: far more than a destination's delivery window needs
+    # in flight over one relay, and what a destination that stops reading can make the relay hold.
+    window_bytes: int = 2 << 20
+    total_window_bytes: int = 32 << 20  # ... over all destinations together
+    ask_after: float = 1.0  # s between two relay.ask to a destination whose window stays full
     # -- client side --
     keepalive: float = 2.0  # s between registrations sent to each relay (well under ``expire``)
     dead_after: float = 5.0  # s without an answer after which a relay counts as down
+    # -- destination side (any node a relay delivers to) --
+    ack_bytes: int = 64 << 10  # acknowledge a relay's deliveries once this many payload bytes are unacknowledged...
+    ack_count: int = 32  # ... or this many deliveries (and always when asked)
 
     def __post_init__(self) -> None:
         for name in ("max_clients", "expire", "client_rate", "client_burst", "total_rate", "total_burst",
-                     "max_senders", "keepalive", "dead_after"):
+                     "max_senders", "window_bytes", "total_window_bytes", "ask_after", "keepalive", "dead_after",
+                     "ack_bytes", "ack_count"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidArgument(f"RelayConfig.{name} must be a positive number, got {value!r}")
@@ -101,7 +124,24 @@ RELAY_SERVER_STATS = (
     "refused_total_rate",  # the relay over its total bucket
     "refused_malformed",  # body not a map with a 32-byte "to" and bytes payload
     "refused_loop",  # forward to the sender itself or to the relay
+    "refused_window",  # the destination's window is full (it has not acknowledged what it was sent)
+    "refused_total_window",  # the windows of all destinations together are full
+    "asked",  # relay.ask sent to a destination whose window was full
+    "acked_bytes",  # bytes freed by relay.ack
+    "acks_unknown",  # relay.ack naming no outstanding token of its sender (stale, or made up)
 )
+
+
+class _Window:
+    """What a relay forwarded to one destination and has not had acknowledged: (token, bytes), oldest first."""
+
+    __slots__ = ("sent", "tokens", "bytes", "asked_at")
+
+    def __init__(self) -> None:
+        self.sent: deque[tuple[bytes, int]] = deque()
+        self.tokens: set[bytes] = set()
+        self.bytes = 0
+        self.asked_at = float("-inf")
 
 
 class RelayServer(CoreOutputs):
@@ -124,6 +164,8 @@ class RelayServer(CoreOutputs):
         self._clients: dict[bytes, float] = {}  # client id -> last heard (our clock)
         self._buckets: dict[bytes, TokenBucket] = {}  # sender id -> its token bucket (insertion = LRU order)
         self._total: TokenBucket | None = None
+        self._windows: dict[bytes, _Window] = {}  # destination -> what it has not acknowledged (none: no entry)
+        self.window_total = 0  # bytes outstanding over all destinations
         self.stats: dict[str, int] = {name: 0 for name in RELAY_SERVER_STATS}
 
     def __contains__(self, node_id: bytes) -> bool:
@@ -145,6 +187,8 @@ class RelayServer(CoreOutputs):
             self._register(env, now)
         elif env.type == FORWARD:
             self._forward(env, now)
+        elif env.type == ACKNOWLEDGE:
+            self._acknowledged(env)
 
     def _register(self, env: Envelope, now: float) -> None:
         body = env.body
@@ -180,6 +224,18 @@ class RelayServer(CoreOutputs):
             self._refuse(env, to, "unknown")
             return
         cfg = self.config
+        size = len(payload) + ENTRY_BYTES
+        window = self._windows.get(to)
+        if window is not None and window.bytes + size > cfg.window_bytes:  # an empty window takes any one
+            self.stats["refused_window"] += 1
+            if now - window.asked_at >= cfg.ask_after:  # perhaps only the acknowledgement was lost
+                window.asked_at = now
+                self.stats["asked"] += 1
+                self._send(to, ASK, {"w": window.sent[-1][0]})
+            return  # not answered, like a rate refusal: the sender retransmits later
+        if self.window_total + size > cfg.total_window_bytes:
+            self.stats["refused_total_window"] += 1
+            return
         bucket = self._buckets.pop(src, None)  # re-inserted below: most recently used last
         if bucket is None:
             bucket = TokenBucket(cfg.client_burst, now)
@@ -200,7 +256,42 @@ class RelayServer(CoreOutputs):
             return
         self.stats["forwarded"] += 1
         self.stats["forwarded_bytes"] += len(payload)
-        self._out.append(Envelope(id=self._rng.randbytes(16), src=self.node_id, dst=to, type=DELIVER, body=body))
+        if window is None:
+            window = self._windows[to] = _Window()
+        token = self._rng.randbytes(TOKEN_LEN)
+        window.sent.append((token, size))
+        window.tokens.add(token)
+        window.bytes += size
+        self.window_total += size
+        self._out.append(Envelope(id=self._rng.randbytes(16), src=self.node_id, dst=to, type=DELIVER,
+                                  body={**body, "w": token}))
+
+    def _acknowledged(self, env: Envelope) -> None:
+        """``relay.ack``: the sender received every delivery up to the one with token ``w`` (or they
+        were lost on the way: either way the relay no longer holds them)."""
+        body = env.body
+        token = body.get("w") if type(body) is dict else None
+        window = self._windows.get(env.src)
+        if window is None or token not in window.tokens:
+            self.stats["acks_unknown"] += 1
+            return
+        freed = 0
+        while True:
+            sent, size = window.sent.popleft()
+            window.tokens.discard(sent)
+            freed += size
+            if sent == token:
+                break
+        window.bytes -= freed
+        self.window_total -= freed
+        self.stats["acked_bytes"] += freed
+        if not window.sent:
+            del self._windows[env.src]
+
+    def outstanding(self, node_id: bytes) -> int:
+        """Bytes forwarded to ``node_id`` and not acknowledged yet."""
+        window = self._windows.get(node_id)
+        return 0 if window is None else window.bytes
 
     def _refuse(self, env: Envelope, to: bytes, why: str) -> None:
         """Tell the sender at once, so it tries another relay rather than wait for a retransmit.
@@ -213,8 +304,12 @@ class RelayServer(CoreOutputs):
         self._out.append(Envelope(id=self._rng.randbytes(16), src=self.node_id, dst=dst, type=typ, body=body, re=re))
 
     def forget(self, node_id: bytes) -> None:
-        """The node is gone (membership confirmed it dead, or it left): drop its registration."""
+        """The node is gone (membership confirmed it dead, or it left): drop its registration, and its
+        window (the transport drops what it still queued for it)."""
         self._clients.pop(node_id, None)
+        window = self._windows.pop(node_id, None)
+        if window is not None:
+            self.window_total -= window.bytes
 
     def tick(self, now: float) -> None:
         limit = now - self.config.expire
@@ -320,3 +415,54 @@ class RelayClient(CoreOutputs):
                 if at is None or due < at:
                     at = due
         return at
+
+
+class RelayAcker(CoreOutputs):
+    """A destination's side of the relay windows: acknowledge what relays deliver.
+
+    Every node a relay delivers to runs one (an edge node, and any node that an edge node's traffic
+    reaches through a relay). Acknowledgements are cumulative, so one per ``ack_bytes`` of payload or
+    ``ack_count`` deliveries from a relay keeps its window open; a ``relay.ask`` is answered at once.
+    Memory: two counters per relay that delivered since its last acknowledgement, at most ``max_relays``."""
+
+    def __init__(self, node_id: bytes, rng: random.Random, config: RelayConfig | None = None, *,
+                 max_relays: int = 4096):
+        super().__init__()
+        self.node_id = node_id
+        self.config = config or RelayConfig()
+        self._rng = rng
+        self._max_relays = max_relays
+        self._pending: dict[bytes, list[int]] = {}  # relay -> [bytes, deliveries] not yet acknowledged
+        self.stats = {"acks_sent": 0, "asks_answered": 0}
+
+    def delivered(self, env: Envelope) -> None:
+        """A ``relay.dlv`` from ``env.src`` was read (whether or not what it carried was valid)."""
+        body = env.body
+        token = body.get("w") if type(body) is dict else None
+        if type(token) is not bytes:
+            return  # a relay that keeps no window
+        payload = body.get("e") or body.get("box")
+        pending = self._pending.get(env.src)
+        if pending is None:
+            if len(self._pending) >= self._max_relays:
+                self._pending.pop(next(iter(self._pending)))  # that relay is asked before it stalls
+            pending = self._pending[env.src] = [0, 0]
+        pending[0] += len(payload) if type(payload) is bytes else 0
+        pending[1] += 1
+        if pending[0] >= self.config.ack_bytes or pending[1] >= self.config.ack_count:
+            del self._pending[env.src]
+            self._ack(env.src, token)
+
+    def asked(self, env: Envelope) -> None:
+        """A ``relay.ask``: everything the relay sent before it has arrived or is lost, so acknowledge it."""
+        body = env.body
+        token = body.get("w") if type(body) is dict else None
+        if type(token) is bytes:
+            self._pending.pop(env.src, None)
+            self.stats["asks_answered"] += 1
+            self._ack(env.src, token)
+
+    def _ack(self, relay: bytes, token: bytes) -> None:
+        self.stats["acks_sent"] += 1
+        self._out.append(Envelope(id=self._rng.randbytes(16), src=self.node_id, dst=relay, type=ACKNOWLEDGE,
+                                  body={"w": token}))

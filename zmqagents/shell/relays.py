@@ -15,11 +15,13 @@ import random
 from typing import Callable
 
 from ..core.relay import (
+    ASK,
     DELIVER,
     FORWARD,
     NOT_FORWARDED,
     REFUSED,
     REGISTER,
+    RelayAcker,
     RelayClient,
     RelayConfig,
     RelayDown,
@@ -53,6 +55,7 @@ class Relays:
         self._greet = greet
         self.client: RelayClient | None = None  # on an outbound-only node
         self.server: RelayServer | None = None  # with serve
+        self.acker: RelayAcker | None = None  # made when a relay first delivers to us
         self._seen_up: set[bytes] = set()
 
     def start(self) -> None:
@@ -75,9 +78,14 @@ class Relays:
         typ = env.type
         transport = self.transport
         if typ == DELIVER:
+            self._acker().delivered(env)  # read, so the relay may forward more (valid or not)
+            self._send_acks()
             inner = transport.paths().unwrap(env)  # verified, or dropped and counted
             if inner is not None and transport.admits(inner):  # a fleet takes certified senders only
                 batch.append(inner)  # the caller's loop handles it next, like any other arrival
+        elif typ == ASK:
+            self._acker().asked(env)
+            self._send_acks()
         elif typ == FORWARD or typ == REGISTER:  # we serve no relay (NodeCore took it otherwise)
             self._stats["relay_not_served"] += 1
             body = {"to": env.body.get("to") if isinstance(env.body, dict) else None, "why": "not_a_relay"}
@@ -90,6 +98,15 @@ class Relays:
             to = env.body.get("to") if isinstance(env.body, dict) else None
             if type(to) is bytes and transport.relaying is not None:
                 transport.relaying.demote(env.src, to)  # try that destination's next relay first
+
+    def _acker(self) -> RelayAcker:
+        if self.acker is None:
+            self.acker = RelayAcker(self.transport.identity.node_id, self._rng, self.config)
+        return self.acker
+
+    def _send_acks(self) -> None:
+        for ack in self._acker().take_outgoing():
+            self.transport.send(ack)
 
     def on_event(self, event: RelayUp | RelayDown) -> None:
         """One of our relays started or stopped answering our keepalive (outbound-only nodes)."""

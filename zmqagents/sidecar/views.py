@@ -28,6 +28,8 @@ DELIVERY_DROPS = ("malformed", "unsequenced", "stale_epoch", "reorder_overflow",
                   "buffer_discarded")
 ROUTING_DROPS = ("malformed", "misdirected", "from_mismatch", "unmatched", "late_responses")
 MEMBERSHIP_DROPS = ("malformed",)
+# What a relay refuses to forward (core/relay.py), as reason names: its stats are refused_<reason>
+RELAY_DROPS = ("full", "unknown", "client_rate", "total_rate", "malformed", "loop", "window", "total_window")
 NODE_DROPS = {"inbox_refused": "inbox_full", "inbox_bytes_refused": "inbox_bytes_full",
               "inbox_share_refused": "inbox_peer_share", "publications_dropped": "subscription_queue_full",
               "publications_refused": "subscription_peer_share", "replies_dropped": "reply_window_full",
@@ -73,6 +75,11 @@ def drops(node: "Node") -> list[tuple[str, str, int]]:
             out.append(("routing", reason, node.routing.stats[reason]))
         for reason in MEMBERSHIP_DROPS:
             out.append(("membership", reason, node.membership.stats[reason]))
+    if node.relay_server is not None:
+        relay_stats = node.relay_server.stats
+        for reason in RELAY_DROPS:
+            out.append(("relay", reason, relay_stats[f"refused_{reason}"]))
+        out.append(("relay", "ack_unknown", relay_stats["acks_unknown"]))
     return out
 
 
