@@ -454,3 +454,46 @@ def test_any_interleaving_keeps_the_invariants(data):
             lk.on_timeout(nid, now)
         asked = [node_id_of(c.public_key) for c in lk.next_queries(now)]
     assert lk.done
+
+
+# -- the dial budget ------------------------------------------------------------------------------
+
+def test_a_dial_budget_asks_linked_candidates_freely_and_skips_unlinked_ones_past_it():
+    space = Space(300, seed=11)
+    target = space.ids[0]
+    linked = set(space.ids[::3])  # a third of the nodes hold a connection to us
+    calls: list[bytes] = []
+
+    def is_linked(nid: bytes) -> bool:
+        calls.append(nid)
+        return nid in linked
+
+    lk = drive(space, 1, target, linked=is_linked, max_dials=2, k=8, alpha=3)
+    assert lk.done and calls
+    asked = [nid for nid in space.ids if lk.state_of(nid) in ("answered", "failed", "waiting", "late")]
+    unlinked_asked = [nid for nid in asked if nid not in linked]
+    assert lk.dials == len(unlinked_asked) <= 2
+    skipped = [nid for nid in space.ids if lk.state_of(nid) == "skipped"]
+    assert skipped and all(nid not in linked for nid in skipped)
+    assert lk.stats["candidates_unlinked_skipped"] == len(skipped)
+    assert lk.ok and lk.result_ids() and all(nid not in skipped for nid in lk.result_ids())
+    # without a budget the same lookup dials whatever its window needs
+    free = drive(space, 1, target, k=8, alpha=3)
+    assert free.dials == 0 and sum(1 for nid in space.ids if free.state_of(nid) == "answered"
+                                   and nid not in linked) > 2
+
+
+def test_a_zero_budget_with_nothing_linked_ends_without_asking_anyone():
+    space = Space(50, seed=12)
+    lk = Lookup(space.ids[0], space.answer(1, space.ids[0]), self_id=space.ids[1], linked=lambda nid: False,
+                max_dials=0)
+    assert lk.next_queries(0.0) == []
+    assert lk.done and not lk.ok and lk.queries == 0
+
+
+def test_linked_and_max_dials_go_together():
+    from zmqagents.errors import InvalidArgument
+
+    for kw in ({"linked": lambda nid: True}, {"max_dials": 3}, {"linked": lambda nid: True, "max_dials": -1}):
+        with pytest.raises(InvalidArgument):
+            Lookup(b"t" * 32, [], **kw)

@@ -778,3 +778,57 @@ def test_with_20_percent_dead_no_lookup_waits_a_full_timeout(mesh500):
         assert s["duration_max"] < timeout
         assert s["closest_found"] >= 0.99
     assert first["recall"] > 0.85 and again["recall"] > 0.95
+
+
+
+class LinkedMesh(Mesh):
+    """A Mesh whose cores are told which nodes they hold a connection to: any node they sent an envelope
+    to or received one from (a connection opens both ways with the first message)."""
+
+    def __init__(self, nodes: list, **kw):
+        super().__init__(nodes, **kw)
+        self.links: dict[bytes, set[bytes]] = {n.node_id: set() for n in nodes}
+        for n in nodes:
+            n.linked = self.links[n.node_id].__contains__
+            n.take_outgoing = self._recording(n, n.take_outgoing)
+
+    def _recording(self, n, take):
+        def take_outgoing():
+            out = take()
+            for e in out:
+                self.links[n.node_id].add(e.dst)
+                if e.dst in self.links:
+                    self.links[e.dst].add(n.node_id)
+            return out
+        return take_outgoing
+
+
+def test_a_joins_bucket_refreshes_open_at_most_join_refresh_dials_new_connections_each():
+    """With ``linked`` set, each refresh that ends a join asks at most join_refresh_dials nodes it holds no
+    connection to and skips the rest; the join's self-lookup is not limited, and every join still ends
+    with a table that finds the true k closest."""
+    n = 80
+    runs = {}
+    for dials in (1, None):
+        cfg = RoutingConfig(join_refresh_dials=dials or 0)
+        cores = [core(i, cfg, seed=9) for i in range(n)]
+        mesh = LinkedMesh(cores, seed=3) if dials is not None else Mesh(cores, seed=3)
+        for i in range(1, n):
+            boot = cores[mesh.rng.randrange(i)].contact
+            mesh.now = i * 0.02
+            mesh.call(cores[i], lambda c: c.join([boot], mesh.now))
+            mesh.run(mesh.now)
+        mesh.run(mesh.now + 10.0)
+        refreshes = [ev for _, ev in mesh.done() if ev.purpose == "refresh"]
+        joins = [ev for _, ev in mesh.done() if ev.purpose == "join"]
+        assert refreshes and joins and all(ev.ok for ev in joins)
+        runs[dials] = (refreshes, joins, cores, mesh)
+    limited, _, cores, mesh = runs[1]
+    assert max(ev.dials for ev in limited) == 1 and all(ev.dials <= 1 for ev in limited)
+    assert sum(c.stats["candidates_unlinked_skipped"] for c in cores) > 0
+    free = runs[None][0]
+    assert all(ev.dials == 0 for ev in free)  # no linked callable: nothing counted, nothing limited
+    assert sum(ev.queries for ev in limited) < sum(ev.queries for ev in free)
+    res = summarize(run_lookups(mesh, 100, random.Random(4), [c.node_id for c in cores]),
+                    [c.node_id for c in cores])
+    assert res["ok"] == 1.0 and res["closest_found"] == 1.0 and res["recall"] > 0.95

@@ -58,6 +58,13 @@ caller reported a hard timeout or an unusable answer). A waiting query is
   through the mesh); the result holds what answered so far, the target
   included. Without it, a lookup for a node's own id still waits for the k
   closest, as a lookup of any id does.
+* **Dials.** A lookup may be given ``linked`` (node id -> whether a connection
+  to that node is already open, so asking it costs no new CURVE handshake)
+  and ``max_dials``: then at most ``max_dials`` candidates that are not
+  linked are asked. Once that budget is spent, a fresh candidate that is not
+  linked is *skipped* when its turn comes: never asked, out of the window
+  like a failed one. A join's bucket refreshes use it (``routing.py``), the
+  lookups that must reach the k closest never do.
 * **Hops.** The contacts we start from are hop 1; a contact first learned
   from an answer of a hop-h peer is hop h+1. ``rounds`` is the deepest hop
   that answered, ``hops`` the hop of the closest peer that answered.
@@ -71,7 +78,7 @@ from the key (``sha256(public_key)``), never taken from a peer.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..identity import Contact, node_id_of
 from ..errors import InvalidArgument
@@ -80,9 +87,10 @@ NODE_ID_LEN = 32
 PUBLIC_KEY_LEN = 32
 MAX_ENDPOINT_LEN = 255  # bytes of a DNS name plus scheme and port fit; anything longer is garbage
 
-# Candidate states ("late" is a waiting candidate past the late limit, see state_of()).
-FRESH, WAITING, ANSWERED, FAILED = 0, 1, 2, 3
-_STATE_NAMES = ("fresh", "waiting", "answered", "failed")
+# Candidate states ("late" is a waiting candidate past the late limit, see state_of()). SKIPPED: never
+# asked because it was not linked once the dial budget was spent (settled, out of the window, like FAILED).
+FRESH, WAITING, ANSWERED, FAILED, SKIPPED = 0, 1, 2, 3, 4
+_STATE_NAMES = ("fresh", "waiting", "answered", "failed", "skipped")
 
 # A candidate is a plain list (allocated per contact learned; cheaper than an object):
 # [distance to target (int), node id, public key, endpoint, state, hop, late now (bool), sent at, last answer mark]
@@ -99,6 +107,7 @@ LOOKUP_STAT_KEYS = (
     "candidates_dropped",  # the max_candidates bound refused or evicted a candidate
     "responses_unexpected",  # an answer from a peer we did not ask (or asked and already settled)
     "responses_malformed",  # the contact list was not a list
+    "candidates_unlinked_skipped",  # not asked: no open connection to it and the lookup's dial budget was spent
 )
 
 
@@ -130,14 +139,15 @@ class Lookup:
     __slots__ = (
         "target", "k", "alpha", "self_id", "late_after", "late_factor", "late_min", "max_candidates",
         "max_queries", "max_per_response", "stats", "done", "ok", "queries", "responses", "failures", "late",
-        "rounds", "started", "finished", "max_rtt", "stop_at_target",
+        "rounds", "started", "finished", "max_rtt", "stop_at_target", "linked", "max_dials", "dials",
         "_t", "_sorted", "_dists", "_by_id", "_by_pk", "_waiting", "_outbox", "_serial",
     )
 
     def __init__(self, target: bytes, contacts: Iterable[Any], *, k: int = 20, alpha: int = 3,
                  self_id: bytes | None = None, late_after: float = 1.0, late_factor: float = 3.0,
                  late_min: float = 0.0, max_candidates: int | None = None, max_queries: int | None = None,
-                 max_per_response: int | None = None, stats: dict[Any, Any] | None = None, stop_at_target: bool = False):
+                 max_per_response: int | None = None, stats: dict[Any, Any] | None = None, stop_at_target: bool = False,
+                 linked: Callable[[bytes], bool] | None = None, max_dials: int | None = None):
         if type(target) is not bytes or len(target) != NODE_ID_LEN:
             raise InvalidArgument(f"lookup target must be {NODE_ID_LEN} bytes")
         if k < 1 or alpha < 1:
@@ -168,6 +178,13 @@ class Lookup:
         # Finding one node rather than the k closest to an id: done (ok) as soon as the target itself
         # answers, which proves it is reachable through the mesh; the k closest are not waited for.
         self.stop_at_target = stop_at_target
+        # Asking a node we hold no connection to costs a CURVE handshake on both ends (~2 ms of CPU each):
+        # with both set, at most max_dials such nodes are asked (see "Dials" in the module doc).
+        if (linked is None) != (max_dials is None) or (max_dials is not None and max_dials < 0):
+            raise InvalidArgument("linked and max_dials go together, and max_dials must not be negative")
+        self.linked = linked
+        self.max_dials = max_dials
+        self.dials = 0  # candidates asked that were not linked
         self._t = int.from_bytes(target, "big")
         self._sorted: list[list[Any]] = []  # candidates, closest first
         self._dists: list[int] = []  # their distances (parallel to _sorted, for bisect)
@@ -305,7 +322,7 @@ class Lookup:
 
     def state_of(self, node_id: bytes) -> str | None:
         """"fresh", "waiting", "late" (waiting, past the late limit at the last step), "answered",
-        "failed", or None if not a candidate."""
+        "failed", "skipped" (not linked once the dial budget was spent), or None if not a candidate."""
         rec = self._by_id.get(node_id)
         if rec is None:
             return None
@@ -432,6 +449,8 @@ class Lookup:
         counted = 0
         unsettled = False  # a window candidate is fresh or waited for
         can_ask = self.queries < self.max_queries
+        linked = self.linked
+        max_dials = self.max_dials
         for rec in self._sorted:
             st = rec[_ST]
             if st == WAITING:
@@ -439,8 +458,13 @@ class Lookup:
                     continue
                 unsettled = True
             elif st == FRESH:
-                unsettled = True
                 if can_ask and active < alpha:
+                    if linked is not None and max_dials is not None and not linked(rec[_NID]):
+                        if self.dials >= max_dials:
+                            rec[_ST] = SKIPPED
+                            self.stats["candidates_unlinked_skipped"] += 1
+                            continue
+                        self.dials += 1
                     rec[_ST] = WAITING
                     rec[_LATE] = False
                     rec[_SENT] = now
@@ -449,7 +473,8 @@ class Lookup:
                     active += 1
                     self.queries += 1
                     can_ask = self.queries < self.max_queries
-            elif st == FAILED:
+                unsettled = True
+            elif st >= FAILED:  # failed or skipped
                 continue
             counted += 1
             if counted >= k:

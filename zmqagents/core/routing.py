@@ -39,9 +39,11 @@ Public API (``now``: the caller's monotonic clock in seconds)::
         .take_checks() -> list[Entry]                            # contacts to probe (liveness layer)
         .contact_for(node_id) -> Contact | None                  # where to send an outgoing envelope
         .rto -> float, .lookups_running -> int, .advertised -> [key, endpoint] | None, .sample_rtt(rtt)
+        .linked = callable(node_id) -> bool   # set by the shell: a connection to it is open (join refreshes
+                                              # then open at most join_refresh_dials new ones each)
         .receive(env, now), .tick(now), .next_timer(), .take_outgoing(), .take_events()
     LookupDone(lookup_id, target, contacts, ok, rounds, hops, queries, failures, late, duration,
-               purpose, reason)
+               purpose, reason, dials)
     Joined(ok, contacts, refreshes)
     Introduced(contact)      # a FIND_NODE's sender named an endpoint for itself the table did not hold
 
@@ -65,7 +67,7 @@ import heapq
 import random
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 from ..envelope import Envelope
 from ..identity import Contact, node_id_of
@@ -112,6 +114,11 @@ class RoutingConfig:
     # of 62 contacts, same detection; real nodes (bench/overlay.py, 100 joining at once): a third less
     # join CPU. The hourly refreshes (6.2) keep the full window, so far buckets fill up over time.
     join_refresh_k: int = 8
+    # New connections (DEALERs, each a CURVE handshake of ~2 ms of CPU on both ends) one of those join
+    # refreshes may open, when the core is told which nodes are linked (RoutingCore.linked): past it, it
+    # asks only nodes it already holds a connection to (either way), and skips the others (6.1). The
+    # self-lookups of a join and the hourly refreshes are never limited: the k closest must hear of us.
+    join_refresh_dials: int = 3
     replacements: int = 8  # replacement cache per full bucket: covers losing 40% of a bucket between refreshes
     query_timeout: float = 2.0  # hard timeout of one FIND_NODE (s): after it the contact counts as failed
     late_initial: float = 0.5  # late limit before any RTT is known (s): above most WAN RTTs; a late peer is not failed
@@ -150,6 +157,7 @@ class LookupDone:
     ``ok``: it converged (the k closest known candidates all answered). ``rounds``: the deepest hop that
     answered; ``hops``: the hop of the closest node found. ``purpose``: "lookup", "join" or "refresh".
     ``reason``: "" if ok, else "failed" (nobody answered / budget spent), "no_contacts", "busy".
+    ``dials``: nodes asked that no connection was open to, counted only for a lookup given a dial budget.
     """
 
     lookup_id: int
@@ -164,6 +172,7 @@ class LookupDone:
     duration: float = 0.0
     purpose: str = "lookup"
     reason: str = ""
+    dials: int = 0
 
 
 @dataclass(slots=True)
@@ -185,10 +194,10 @@ class Introduced:
 
 
 class _Job:
-    __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed", "find", "width")
+    __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed", "find", "width", "dials")
 
     def __init__(self, lid: int, target: bytes, purpose: str, seeds: list[Any] | None, find: bool = False,
-                 width: int | None = None):
+                 width: int | None = None, dials: int | None = None):
         self.id = lid
         self.target = target
         self.purpose = purpose
@@ -196,6 +205,7 @@ class _Job:
         self.seeds = seeds
         self.find = find  # done as soon as the target itself answers (Lookup.stop_at_target)
         self.width = width  # the lookup's termination window (None: k)
+        self.dials = dials  # new connections the lookup may open (None: no limit)
         self.armed: float | None = None  # the earliest late deadline in the heap for this job
 
 
@@ -304,6 +314,9 @@ class RoutingCore(CoreOutputs):
         self._join_pending = False  # join() was called and Joined not yet reported
         self._retry = cfg.join_retry
         self._settle = 0  # self-lookups still to repeat after a join, whatever the table size
+        # node id -> whether a connection to it is open (set by the shell that owns the connections);
+        # None: unknown, and join refreshes are not limited in the connections they open
+        self.linked: Callable[[bytes], bool] | None = None
 
     # -- application side ----------------------------------------------------------------------
 
@@ -524,7 +537,7 @@ class RoutingCore(CoreOutputs):
     # -- lookups -------------------------------------------------------------------------------------
 
     def _submit(self, target: bytes, now: float, purpose: str, seeds: list[Any] | None, find: bool = False,
-                width: int | None = None) -> int:
+                width: int | None = None, dials: int | None = None) -> int:
         stats = self.stats
         job = self._targets.get(target)
         if job is not None and seeds is None and (find or not job.find):
@@ -532,7 +545,7 @@ class RoutingCore(CoreOutputs):
             return job.id
         lid = self._next_id
         self._next_id += 1
-        job = _Job(lid, target, purpose, seeds, find, width)
+        job = _Job(lid, target, purpose, seeds, find, width, dials)
         if len(self._active) < self.config.max_lookups or len(self._queue) < self.config.max_queued_lookups:
             self._targets[target] = job
             if purpose == "join":
@@ -562,7 +575,8 @@ class RoutingCore(CoreOutputs):
         alpha = cfg.join_alpha if job.purpose == "join" else cfg.alpha
         job.lookup = Lookup(job.target, seeds, k=job.width or cfg.k, alpha=alpha, self_id=self.node_id,
                             late_after=self.rto, late_factor=cfg.late_factor, late_min=cfg.late_min,
-                            max_queries=self._max_queries, stats=self.stats, stop_at_target=job.find)
+                            max_queries=self._max_queries, stats=self.stats, stop_at_target=job.find,
+                            linked=None if job.dials is None else self.linked, max_dials=job.dials)
         self._pump(job, now)
 
     def _pump(self, job: _Job, now: float) -> None:
@@ -608,7 +622,7 @@ class RoutingCore(CoreOutputs):
         stats["lookups_ok" if ok else "lookups_failed"] += 1
         reason = "" if ok else ("no_contacts" if not lk.queries else "failed")
         self._events.append(LookupDone(job.id, job.target, lk.result(), ok, lk.rounds, lk.hops, lk.queries,
-                                       lk.failures, lk.late, lk.duration or 0.0, job.purpose, reason))
+                                       lk.failures, lk.late, lk.duration or 0.0, job.purpose, reason, lk.dials))
         if job.purpose == "join":
             self._joining -= 1
             refreshes = self._refresh_far(now) if lk.responses else 0
@@ -649,11 +663,12 @@ class RoutingCore(CoreOutputs):
             return 0
         n = 0
         width = min(self.config.join_refresh_k, self.config.k)
+        dials = None if self.linked is None else self.config.join_refresh_dials
         for i in self.table.buckets_needing_refresh(now, self.config.refresh_interval):
             if i <= near:
                 continue
             self.table.touch_bucket(i, now)
-            self._submit(self.table.random_id_in_bucket(i, self._rng), now, "refresh", None, width=width)
+            self._submit(self.table.random_id_in_bucket(i, self._rng), now, "refresh", None, width=width, dials=dials)
             n += 1
         self.stats["refreshes"] += n
         return n

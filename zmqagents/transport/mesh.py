@@ -262,6 +262,11 @@ class Transport:
         contact = self._contacts.get(node_id)
         return contact is not None and not contact.relayed
 
+    def connected(self, node_id: bytes) -> bool:
+        """True if a connection to ``node_id`` is open (its authenticated one to our inbox, or our DEALER):
+        sending to it then costs no new CURVE handshake."""
+        return node_id in self._inbound or node_id in self._dealers
+
     def public_key_of(self, node_id: bytes) -> bytes | None:
         """The verify key of a node we have a contact for, that has authenticated to us, or whose
         signed envelope reached us through a relay."""
