@@ -497,3 +497,19 @@ def test_linked_and_max_dials_go_together():
     for kw in ({"linked": lambda nid: True}, {"max_dials": 3}, {"linked": lambda nid: True, "max_dials": -1}):
         with pytest.raises(InvalidArgument):
             Lookup(b"t" * 32, [], **kw)
+
+
+def test_skipped_candidates_make_room_for_closer_ones_like_fresh_ones():
+    rng = random.Random(5)
+    target = rng.randbytes(32)
+    pks = sorted((rng.randbytes(32) for _ in range(50)), key=lambda pk: _int(node_id_of(pk)) ^ _int(target))
+    closer, skipped, linked = pks[0:3], pks[5:8], pks[8]
+    lk = Lookup(target, [[pk, "e"] for pk in skipped + [linked]], k=4, alpha=1, max_candidates=4,
+                linked=lambda nid: nid == node_id_of(linked), max_dials=0)
+    assert [c.public_key for c in lk.next_queries(0.0)] == [linked]
+    assert all(lk.state_of(node_id_of(pk)) == "skipped" for pk in skipped)
+    lk.on_response(node_id_of(linked), [[pk, "e"] for pk in closer], 0.1)
+    assert lk.stats["contacts_accepted"] == 3 and lk.stats["candidates_dropped"] == 3
+    assert all(lk.state_of(node_id_of(pk)) is None for pk in skipped)  # evicted for the closer ones
+    assert all(lk.state_of(node_id_of(pk)) == "skipped" for pk in closer)  # the budget is 0: not asked either
+    assert lk.done and lk.ok and lk.result_ids() == [node_id_of(linked)]

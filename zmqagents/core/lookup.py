@@ -162,7 +162,7 @@ class Lookup:
         self.max_per_response = k if max_per_response is None else max_per_response
         self.max_queries = 10 * k if max_queries is None else max_queries
         # Answered/waiting/late/failed candidates are never evicted, and there are at most max_queries of
-        # them; the rest of the room holds never-asked candidates, of which the closest matter.
+        # them; the rest of the room holds never-asked (fresh or skipped) candidates, of which the closest matter.
         self.max_candidates = self.max_queries + 2 * k if max_candidates is None else max(max_candidates, k)
         self.stats = stats if stats is not None else dict.fromkeys(LOOKUP_STAT_KEYS, 0)
         self.done = False
@@ -361,12 +361,12 @@ class Lookup:
         s = self._sorted
         dists = self._dists
         if len(s) >= self.max_candidates:
-            # Make room by dropping the farthest never-asked candidate, if the newcomer is closer.
+            # Make room by dropping the farthest never-asked (fresh or skipped) candidate, if the newcomer is closer.
             for i in range(len(s) - 1, -1, -1):
                 far = s[i]
                 if far[_D] < d:
                     break
-                if far[_ST] == FRESH:
+                if far[_ST] == FRESH or far[_ST] == SKIPPED:
                     del s[i]
                     del dists[i]
                     del self._by_id[far[_NID]]
