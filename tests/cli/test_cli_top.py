@@ -24,7 +24,7 @@ import pytest
 import zmq
 
 from helpers.cli import CLI, zmqa
-from helpers.sidecarproc import sidecar_mesh
+from helpers.sidecar_proc import sidecar_mesh
 
 
 @pytest.fixture(scope="module")
