@@ -33,11 +33,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from _common import cli_process, log
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def log(*parts) -> None:
-    print(*parts, file=sys.stderr, flush=True)
 
 
 def cli(pythonpath: Path) -> tuple[list[str], dict]:
@@ -47,25 +45,8 @@ def cli(pythonpath: Path) -> tuple[list[str], dict]:
 
 @contextmanager
 def server(cmd: list[str], env: dict, args: list[str], contact: Path):
-    proc = subprocess.Popen(cmd + args + ["--contact-file", str(contact)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while not contact.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"server {args[0]} exited: {proc.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server {args[0]} did not start")
-            time.sleep(0.05)
+    with cli_process(cmd + args + ["--contact-file", str(contact)], contact.exists, f"server {args[0]}", env):
         yield f"@{contact}"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def client_args(kind: str, contact: str, lines: int) -> list[str]:

@@ -23,44 +23,23 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
+
+from _common import cli_process, log
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "zmqagents.cli"]
 
 
-def log(*parts) -> None:
-    print(*parts, file=sys.stderr, flush=True)
-
-
-@contextmanager
 def process(args: list[str], ready, what: str, env: dict):
-    """A long-running CLI process; ``ready()`` says when it is up; stopped by PID with SIGTERM."""
-    proc = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited: {proc.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """A long-running CLI process, up once ``ready()`` says so, stopped by PID (``_common.cli_process``)."""
+    return cli_process(CLI + args, ready, what, env)
 
 
 def timed(args: list[str], env: dict, stdin: str | None = None, *, check: bool = True) -> float:
