@@ -100,6 +100,21 @@ def test_publish_and_subscribe_mesh_wide_through_a_bootstrap_node(tmp_path):
     assert both.returncode == 2 and "--mesh" in both.stderr  # --to is the old name of --mesh --one-hop
 
 
+def test_a_one_shot_publish_from_a_non_member_reaches_a_subscriber_in_a_four_node_mesh(tmp_path):
+    # `publish --direct --mesh @seed TOPIC BODY` publishes right after joining and exits: its payloads
+    # were still queued when the node closed its links (linger 0), so no member ever saw them. The
+    # command's close now lingers on every link (TransportConfig.close_linger_ms).
+    with server(tmp_path, "node", name="seed") as (seed, _), \
+            server(tmp_path, "node", "--mesh", seed, name="n1"), server(tmp_path, "node", "--mesh", seed, name="n2"), \
+            server(tmp_path, "subscribe", "alerts", "--direct", "--mesh", seed, "--count", "1", "--timeout", "20",
+                   name="sub") as (_, proc):
+        run = zmqa("publish", "--direct", "--mesh", seed, "alerts", '"disk full"')
+        assert run.returncode == 0, run.stderr
+        out, err = proc.communicate(timeout=25)
+    got = [json.loads(line) for line in out.splitlines() if '"seq"' in line]
+    assert [(g["topic"], g["body"], g["seq"]) for g in got] == [("alerts", "disk full", 1)], err
+
+
 def test_publish_without_subscribers_times_out(tmp_path):
     with server(tmp_path, "node", name="quiet") as (contact, _):
         run = zmqa("publish", "--to", contact, "--wait", "0.5", "t", '"x"')

@@ -45,7 +45,7 @@ class TransportConfig:
     # 6.0 -> 1.9 s). The cost: one TCP SYN a second per DEALER to a dead peer (max_dealers bounds them,
     # and membership forgets the dead).
     reconnect_ivl_max_ms: int = 1000
-    close_linger_ms: int = 0  # how long close() may wait to flush publications (a CLI publisher wants some)
+    close_linger_ms: int = 0  # how long close() may wait for queued frames to leave (a CLI publisher wants some)
     seal_relayed: bool = False  # encrypt (NaCl Box) every envelope sent through a relay to its destination
     # Frames read off the inbox and waiting to be decoded (transport/backlog.py): one peer may hold half,
     # and frames of up to 4 KB a quarter more, so that peers sending large frames cannot crowd out requests.

@@ -180,6 +180,8 @@ class Transport:
         """Close every socket and the context. Safe to call twice."""
         if self._closed:
             return
+        if self.config.close_linger_ms and self._outbox:
+            self._flush()  # frames queued this loop turn go out before the sockets close (they linger below)
         self._closed = True
         socks = [link.socket for link in self._dealers.values()] + [link.socket for link in self._subs.values()]
         socks += [s for s in (self.router, self.pub) if s is not None]
@@ -191,7 +193,9 @@ class Transport:
         self._link_watches.clear()
         for sock in socks:
             self._unwatch(sock)
-            sock.close(linger=self.config.close_linger_ms if sock is self.pub else 0)
+            # close_linger_ms: a short-lived publisher's last messages (PUB, and the broadcast payloads on
+            # its links) may take that long to leave; the ZAP socket and link watches never wait.
+            sock.close(linger=self.config.close_linger_ms if self.zap is None or sock is not self.zap.socket else 0)
         self._dealers.clear()
         self._subs.clear()
         self.ctx.term()
