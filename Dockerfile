@@ -1,4 +1,5 @@
-# The zmqagents sidecar as a container. See README, "Run as a sidecar", for the run line.
+# The zmqagents image: the sidecar (README, "Run as a sidecar"), the nodes of docker-compose.yml and of
+# the Kubernetes load test (deploy/k8s; README, "Load test on Kubernetes").
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md LICENSE ./
@@ -10,6 +11,16 @@ COPY scripts/node.example.toml scripts/zmqagents.service ./scripts/
 RUN python -m venv /opt/zmqagents \
  && /opt/zmqagents/bin/pip install --no-cache-dir --disable-pip-version-check /src
 
+# `tc` for the Kubernetes load test's latency (deploy/k8s/components/netem): the init container that
+# runs `tc qdisc replace dev eth0 root netem ...` uses this image, so the node image stays without
+# iproute2. Built only when asked: docker build --target netem -t zmqagents-netem .
+FROM python:3.11-slim AS netem
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2 \
+ && rm -rf /var/lib/apt/lists/*
+ENTRYPOINT ["tc"]
+
+# The node image (the default target: the last stage).
 FROM python:3.11-slim
 # A fixed uid/gid, so other containers can be given access to the socket with --group-add 10001.
 RUN groupadd --system --gid 10001 zmqagents \
