@@ -1,6 +1,6 @@
 """deploy/k8s: the Kubernetes manifests of the load test, checked offline (there is no cluster here).
 
-Every object of every overlay, as kustomize renders it (helpers/kustomize.py; `kubectl kustomize`
+Every object of every overlay, as kustomize renders it (tools/kustomize_lite.py; `kubectl kustomize`
 where installed gives the same objects, checked below), validates against the Kubernetes API schemas
 bundled in the pinned ``kubernetes-validate`` (strict: an unknown field fails), for the oldest
 version the manifests need (1.29: ``backoffLimitPerIndex`` on by default) and the newest bundled.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,11 +24,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from helpers import kubelet
-from helpers.kustomize import Unsupported, merge, pod_specs, render
 from zmqagents.cli.app import cli
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tools") not in sys.path:
+    sys.path.append(str(ROOT / "tools"))
+
+import k8s_local as kubelet  # noqa: E402  (tools/k8s_local.py: what the kubelet makes of a container)
+from kustomize_lite import Unsupported, merge, pod_specs, render  # noqa: E402  (tools/kustomize_lite.py)
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ["base", "overlays/10k", "overlays/10k-netem"]
 VERSIONS = ["1.29", "1.37"]  # the oldest the manifests need, the newest kubernetes-validate bundles
@@ -85,7 +89,7 @@ def test_the_validator_rejects_what_the_api_server_would():
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_renderer_here_agrees_with_kubectl_kustomize(overlay):
-    """helpers/kustomize.py implements only what these files use; kubectl's kustomize is the reference."""
+    """tools/kustomize_lite.py implements only what these files use; kubectl's kustomize is the reference."""
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed: the renderer is not compared with kustomize")
     out = subprocess.run(["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=60)
@@ -159,7 +163,7 @@ def test_the_swarm_is_an_indexed_job_whose_pods_find_the_seed(rendered):
     env = kubelet.environment(swarm, kubelet.configmaps(objects), POD_IP)
     args = [kubelet.expand(a, env) for a in swarm["args"]]
     contact_file = fetch["command"][3]
-    assert _option(args, "--bootstrap") == "@" + contact_file
+    assert _option(args, "--mesh") == "@" + contact_file
     fetch_mounts = {m["mountPath"]: m["name"] for m in fetch["volumeMounts"]}
     swarm_mounts = {m["mountPath"]: m["name"] for m in swarm["volumeMounts"]}
     directory = str(Path(contact_file).parent)
@@ -244,13 +248,17 @@ def test_the_images_are_the_dockerfiles_targets(rendered):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("workload", [("StatefulSet", "seed", "seed"), ("Job", "swarm", "swarm")])
 def test_each_zmqagents_command_line_parses(overlay, workload):
-    """The args of each container that runs `zmqagents` (through the sh wrapper that raises the
-    open-file limit) are accepted by the real CLI after the kubelet's $(VAR) expansion."""
+    """The args of each container that runs `zmqagents` are accepted by the real CLI after the kubelet's
+    $(VAR) expansion. The seed's goes through a sh wrapper that raises the open-file limit first
+    (`zmqagents swarm` raises its own)."""
     objects = render(K8S / overlay)
     kind, name, container_name = workload
     container = kubelet.container(kubelet.workload(objects, kind, name)["spec"]["template"]["spec"], container_name)
-    assert container["command"][:2] == ["sh", "-c"]
-    assert container["command"][2].endswith('exec zmqagents "$@"') and container["command"][3] == "zmqagents"
+    if name == "seed":
+        assert container["command"][:2] == ["sh", "-c"] and container["command"][3] == "zmqagents"
+        assert container["command"][2].endswith('exec zmqagents "$@"')
+    else:
+        assert container["command"] == ["zmqagents"]
     env = kubelet.environment(container, kubelet.configmaps(objects), POD_IP)
     args = [kubelet.expand(a, env) for a in container["args"]]
     assert not [a for a in args if "$(" in a], f"unexpanded variable in {args}"

@@ -1,47 +1,33 @@
 """deploy/k8s: the pods' command lines, run on this machine as the kubelet would start them.
 
-Each test takes a container from the rendered manifests (helpers/kustomize.py), builds its
-environment and expands its command line as the kubelet does (helpers/kubelet.py), maps its volume
-mounts to directories and the seed's DNS name to an address, and runs it: real processes on
-loopback addresses of their own (127.X.Y.Z, one per "pod", so the manifests' fixed ports cannot
-collide with anything else on the box). Every process is stopped by its PID.
+tools/k8s_local.py takes each container from the rendered manifests, builds its environment and
+expands its command line as the kubelet does, maps its volume mounts to directories and the seed's DNS
+name to an address, and runs it: real processes on loopback addresses of their own (127.X.Y.Z, one
+per "pod", so the manifests' fixed ports cannot collide with anything else on the box). Every
+process is stopped by its PID.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import select
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from helpers import kubelet
-from helpers.kustomize import render
+from zmqagents.cli.app import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 if str(ROOT / "tools") not in sys.path:
     sys.path.append(str(ROOT / "tools"))
 
+import k8s_local  # noqa: E402  (tools/k8s_local.py)
 import netlab  # noqa: E402  (tools/netlab.py)
-
-# The venv's `zmqagents` and `python` first, as they are first on the image's PATH.
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-       "PYTHONUNBUFFERED": "1"}
-
-
-def pod_address() -> str:
-    """A loopback address of its own for one pod (Linux answers on all of 127.0.0.0/8)."""
-    rng = random.Random(os.getpid() * 1000 + time.monotonic_ns())
-    return f"127.{rng.randrange(64, 250)}.{rng.randrange(1, 250)}.{rng.randrange(2, 250)}"
+from kustomize_lite import render  # noqa: E402  (tools/kustomize_lite.py)
 
 
 @pytest.fixture(scope="module")
@@ -49,58 +35,11 @@ def base() -> list[dict]:
     return render(K8S / "base")
 
 
-def seed_argv(objects: list[dict], address: str) -> list[str]:
-    spec = kubelet.workload(objects, "StatefulSet", "seed")["spec"]["template"]["spec"]
-    container = kubelet.container(spec, "seed")
-    return kubelet.argv(container, kubelet.environment(container, kubelet.configmaps(objects), address))
-
-
-@contextmanager
-def seed_pod(objects: list[dict], address: str):
-    """The seed container's command line, running; yields (process, its first line: the contact)."""
-    proc = subprocess.Popen(seed_argv(objects, address), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "the seed printed nothing in 30 s"
-        line = proc.stdout.readline()
-        assert line, f"the seed exited {proc.wait()}: {proc.stderr.read().decode()[-2000:]}"
-        yield proc, json.loads(line)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-
-
-def init_container(objects: list[dict], tmp_path: Path, seed_address: str) -> tuple[list[str], Path]:
-    """The swarm pod's seed-contact init container: its command line with the ConfigMap volume and
-    the contacts volume as directories here and seed-0.seed resolving to ``seed_address``."""
-    spec = kubelet.workload(objects, "Job", "swarm")["spec"]["template"]["spec"]
-    container = kubelet.container(spec, "seed-contact")
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = {}
-    for mount in container["volumeMounts"]:
-        directory = tmp_path / mount["name"]
-        directory.mkdir(exist_ok=True)
-        source = volumes[mount["name"]]
-        if "configMap" in source:
-            for key, text in kubelet.configmaps(objects)[source["configMap"]["name"]].items():
-                (directory / key).write_text(text)
-        mounts[mount["mountPath"]] = directory
-    env = kubelet.environment(container, kubelet.configmaps(objects), pod_address())
-    words = kubelet.localize(kubelet.argv(container, env), mounts, {"seed-0.seed": seed_address})
-    return words, tmp_path / "contacts"
-
-
 @pytest.mark.timeout(90)
-def test_the_seed_runs_as_its_container_says_and_answers_its_probes(base):
-    address = pod_address()
-    with seed_pod(base, address) as (proc, hello):
+def test_the_seed_runs_as_its_container_says_and_answers_its_probes(base, tmp_path):
+    with k8s_local.LocalCluster(base, tmp_path) as cluster:
+        proc, hello = cluster.start_seed()
+        address = cluster.hosts["seed-0.seed"]
         assert hello["contact"].endswith(f"@tcp://{address}:7000")
         assert hello["admin"] == f"{address}:9464"
         for path, body in (("/livez", b"ok\n"), ("/readyz", b"ready\n")):  # the probes, as the kubelet sends them
@@ -111,38 +50,70 @@ def test_the_seed_runs_as_its_container_says_and_answers_its_probes(base):
         [row] = [line for line in limits.splitlines() if line.startswith("Max open files")]
         soft, hard = row.split()[3:5]
         assert soft == hard, row
-        assert "zmqagents" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
-        proc.send_signal(signal.SIGTERM)  # what the kubelet sends; the grace period is 30 s
-        assert proc.wait(timeout=30) == 0
+        assert b"zmqagents" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert not list((tmp_path / "seed-0" / "tmp").iterdir())  # a plain node: nothing written
+        assert cluster.stop(proc, grace=30) == 0  # SIGTERM, as the kubelet sends it; the grace period is 30 s
 
 
 @pytest.mark.timeout(90)
 def test_the_init_container_waits_for_the_seed_then_writes_its_contact(base, tmp_path):
-    address = pod_address()
-    words, contacts = init_container(base, tmp_path, address)
-    assert words[:2] == ["python", str(tmp_path / "seed-contact" / "seed_contact.py")]
-    init = subprocess.Popen(words, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        time.sleep(1.5)  # the swarm pod starts first: the seed is not there yet
-        assert init.poll() is None and not (contacts / "seed.contact").exists()
-        with seed_pod(base, address) as (_, hello):
+    with k8s_local.LocalCluster(base, tmp_path) as cluster:
+        address = k8s_local.pod_address(cluster.rng)
+        cluster.hosts["seed-0.seed"] = address  # where the seed will be; it is not there yet
+        words, env = cluster.init_command(0)
+        contacts = tmp_path / "swarm-0" / "contacts"
+        assert words[:2] == ["python", str(tmp_path / "swarm-0" / "seed-contact" / "seed_contact.py")]
+        assert words[2] == f"http://{address}:9464/ui/api/status"
+        init = subprocess.Popen(words, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            time.sleep(1.5)  # the swarm pod starts first: no seed yet
+            assert init.poll() is None and not (contacts / "seed.contact").exists()
+            _, hello = cluster.start_seed(address=address)
             out, err = init.communicate(timeout=30)
             assert init.returncode == 0, err
             assert (contacts / "seed.contact").read_text() == hello["contact"] + "\n"
             assert json.loads(out) == {"contact": hello["contact"], "file": str(contacts / "seed.contact")}
-    finally:
-        if init.poll() is None:
-            init.kill()
-            init.wait()
+        finally:
+            if init.poll() is None:
+                init.kill()
+                init.wait()
 
 
 @pytest.mark.timeout(30)
 def test_the_init_container_gives_up_with_the_reason(base, tmp_path):
-    words, contacts = init_container(base, tmp_path, pod_address())  # nobody listens there
-    words[words.index("--timeout") + 1] = "2"
-    out = subprocess.run(words, capture_output=True, text=True, env=ENV, timeout=20)
-    assert out.returncode == 1 and "no contact from http://" in out.stderr and "in 2 s" in out.stderr
-    assert not list(contacts.iterdir())
+    with k8s_local.LocalCluster(base, tmp_path) as cluster:
+        cluster.hosts["seed-0.seed"] = k8s_local.pod_address(cluster.rng)  # nobody listens there
+        words, env = cluster.init_command(0)
+        words[words.index("--timeout") + 1] = "2"
+        out = subprocess.run(words, capture_output=True, text=True, env=env, timeout=20)
+        assert out.returncode == 1 and "no contact from http://" in out.stderr and "in 2 s" in out.stderr
+        assert not list((tmp_path / "swarm-0" / "contacts").iterdir())
+
+
+@pytest.mark.timeout(150)
+def test_two_swarm_pods_join_through_the_seed_and_their_logs_collect_into_one_summary(base, tmp_path):
+    """The base overlay's seed and two pods of its swarm Job (4 nodes each, 3 s of requests), then the
+    runbook's collect step over their logs as `kubectl logs` prints them (stderr and stdout)."""
+    if "swarm" not in cli.commands:
+        pytest.skip("`zmqagents swarm` (issue 18, item 1) is not in this zmqagents yet")
+    with k8s_local.LocalCluster(base, tmp_path, {"NODES": "4", "SWARM_SECONDS": "3"}) as cluster:
+        _, hello = cluster.start_seed()
+        pods = [cluster.start_swarm_pod(index) for index in range(2)]
+        assert [pod.wait(timeout=90) for pod in pods] == [0, 0]
+    logs = []
+    for index in range(2):
+        stdout = (tmp_path / f"swarm-{index}" / "log").read_text()
+        report = json.loads(stdout.splitlines()[-1])
+        assert report["nodes"] == report["joined"] == 4 and report["params"]["mesh"] == [hello["contact"]]
+        assert report["params"]["listen"].startswith("tcp://127.") and report["fds"] < report["fd_limit"]
+        assert report["requests_ok"] > 0, report
+        logs.append((tmp_path / f"swarm-{index}" / "stderr").read_text() + stdout)
+    out = subprocess.run([sys.executable, "-m", "zmqagents.cli", "swarm", "collect", "-"], input="".join(logs),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["nodes"] == summary["joined"] == 8 and summary["reports"] == 2
+    assert summary["requests_sent"] == sum(json.loads(log.splitlines()[-1])["requests_sent"] for log in logs)
 
 
 @pytest.mark.timeout(60)
@@ -155,9 +126,9 @@ def test_the_netem_init_container_command_is_accepted_by_tc():
     if why:
         pytest.skip(why)
     objects = render(K8S / "overlays" / "10k-netem")
-    spec = kubelet.workload(objects, "Job", "swarm")["spec"]["template"]["spec"]
-    container = kubelet.container(spec, "netem")
-    words = kubelet.argv(container, kubelet.environment(container, kubelet.configmaps(objects), pod_address()))
+    spec = k8s_local.workload(objects, "Job", "swarm")["spec"]["template"]["spec"]
+    container = k8s_local.container(spec, "netem")
+    words = k8s_local.argv(container, k8s_local.environment(container, k8s_local.configmaps(objects), "10.1.2.3"))
     with netlab.Lab() as lab:
         pod = lab.host("pod")
         pod.ip("link", "add", "eth0", "type", "veth", "peer", "name", "peer0")  # both ends in the namespace

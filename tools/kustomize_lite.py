@@ -1,4 +1,4 @@
-"""Render the kustomizations under deploy/k8s in Python, for tests on a machine without kubectl.
+"""Render the kustomizations under deploy/k8s in Python, for tests and benchmarks where kubectl is missing.
 
 Only what those files use, and an error (:class:`Unsupported`) for anything else, so a new feature in
 a manifest cannot be rendered wrongly in silence:
@@ -17,7 +17,7 @@ by ``name`` (the patch's items first, in its order, each merged with the item of
 the original's other items in their order); any other list is replaced whole, except a list of maps
 with no known merge key, which is :class:`Unsupported`. The same order of steps as kustomize:
 resources, components, generators, patches, then namespace and images. ``kubectl kustomize`` gives
-the same objects where it is installed (tests/deploy checks that).
+the same objects where it is installed (tests/deploy checks that). Needs PyYAML (the test extra).
 """
 
 from __future__ import annotations
