@@ -303,3 +303,18 @@ def test_cli_sidecar_compares_task_through_a_sidecar_with_a_direct_one():
         assert 0 < out[f"task_{via}_p50_s"] <= out[f"task_{via}_max_s"]
     assert out["speedup"] == round(out["task_direct_p50_s"] / out["task_sidecar_p50_s"], 2)
     assert 0 < out["python_start_s"] and len(out["loadavg_before"]) == 3
+
+
+@pytest.mark.timeout(150)
+def test_k8s_pods_quick_runs_the_seed_and_two_swarm_pods_and_collects_their_reports():
+    from zmqagents.cli.app import cli
+
+    if "swarm" not in cli.commands:
+        pytest.skip("`zmqagents swarm` (issue 18, item 1) is not in this zmqagents yet")
+    out = _run("k8s_pods.py", "--quick", timeout=120)
+    assert out["pods"] == 2 and out["nodes_per_pod"] == 5 and out["seed"]["exit"] == 0
+    for pod in out["per_pod"]:
+        assert pod["exit"] == 0 and pod["report"]["joined"] == 5, pod
+        _positive(pod, "rss_mb_peak", "fds_peak", "cpu_s")
+    assert out["summary"]["nodes"] == out["summary"]["joined"] == 10 and out["summary"]["reports"] == 2
+    _positive(out, "pod_rss_mb_peak_max", "pod_fds_peak_max")
