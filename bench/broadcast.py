@@ -15,7 +15,10 @@ go first and are not counted: the first messages flood every link until the prun
    (publication, other live node) pairs / all such pairs; ``latency_ms_p50`` / ``_max`` over the
    delivered pairs; ``rmr`` = payloads received by every node (the broadcast core's
    ``payloads_received``) / (pairs) - 1; ``cpu_us_per_delivery`` = (CPU of every node process during
-   the phase - their idle CPU, measured for ``--idle-s`` just before, over the same time) / deliveries.
+   the phase - their idle CPU, measured for ``--idle-s`` just before, over the same time) / deliveries;
+   ``busiest_process_cores``: the CPU of the busiest node process over the phase, in cores (its nodes
+   share one event loop: near 1.0 that process was saturated, and latency there is queueing, not the
+   protocol; the box's own load is under ``env``).
 2. ``topic``: the same count on ``bench/topic``: ``topic_delivery`` over its subscribers;
    ``non_subscriber_payloads`` = payloads received in this phase by nodes that neither subscribe to it
    nor forward it (the broadcast cores' ``unwanted_payloads``: interest travels the tree, so these get
@@ -67,7 +70,7 @@ from _common import (  # noqa: E402
 SCRIPT = Path(__file__).resolve()
 # The broadcast core's counters reported per phase (where the payloads and control envelopes went).
 COUNTERS = ("pushed", "filtered", "unwanted_payloads", "wants_sent", "ihave_sent", "grafts_sent", "graft_answered", "grafts_late", "gap_pulls", "graft_gave_up",
-            "prunes_sent", "duplicates", "optimized", "missing_full", "ihave_queue_dropped")
+            "tree_grafts", "prunes_sent", "duplicates", "optimized", "missing_full", "ihave_queue_dropped")
 TOPIC = "bench/topic"
 MESH = ""
 
@@ -218,7 +221,9 @@ def phase(mesh: Mesh, name: str, topic: str, count: int, rate: float, kill_after
         log(f"broadcast: killed {len(mesh.victims)} victim processes mid-stream")
         pub = mesh.seed.read(count / rate + 60)
     time.sleep(args.drain)
-    cpu = mesh.cpu_since(cpu0) - idle * (time.monotonic() - t0)
+    wall = time.monotonic() - t0
+    per_proc = {c: t - cpu0[c] for c, t in mesh.cpu().items() if c in cpu0}
+    cpu = sum(per_proc.values()) - idle * wall
     got, stats = mesh.collect()
     origin = pub["origin"]
     sent = {(t, seq): ts for t, seq, ts in pub["sent"]}
@@ -263,6 +268,9 @@ def phase(mesh: Mesh, name: str, topic: str, count: int, rate: float, kill_after
         "non_subscriber_payloads": counters["unwanted_payloads"] if topic != MESH else None,
         "payloads_to_non_subscribers": non_sub if topic != MESH else None,
         "cpu_us_per_delivery": round(cpu / 1000 / delivered, 1) if delivered else None,
+        # Several nodes share a worker process (one event loop, one core at most): the busiest process's CPU
+        # over the phase, in cores. Near 1 it saturated, and its nodes' deliveries queued behind each other.
+        "busiest_process_cores": round(max(per_proc.values()) / 1e9 / wall, 3) if per_proc else None,
         "idle_cpu_percent": round(idle / 1e7, 2),
         "core": counters,  # the broadcast cores' counters over the phase, summed over the live nodes
         "latency_ms_max_by_publication": _by_publication(got, origin, topic, sent, set(targets)),
@@ -357,6 +365,8 @@ def orchestrate(args) -> int:
             "rmr": mesh_phase["rmr"], "non_subscriber_payloads": topic_phase["non_subscriber_payloads"],
             "payloads_to_non_subscribers": topic_phase["payloads_to_non_subscribers"],
             "publish_rate_sustained": sustained, "cpu_us_per_delivery": mesh_phase["cpu_us_per_delivery"],
+            "busiest_process_cores": mesh_phase["busiest_process_cores"],
+            "nodes_per_worker_process": max(len(mesh.ids[c]) for c in mesh.children),
             # the stream the kill hit (delivery over the survivors), then the figures measured after it
             "kill_stream": {k: kill[k] for k in ("delivery", "latency_ms_p50", "latency_ms_max", "rmr", "targets",
                                                  "cpu_us_per_delivery")},

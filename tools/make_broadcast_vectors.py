@@ -72,6 +72,7 @@ def build() -> dict:
     m2 = make_message(ALICE, EPOCH, 2, "weather", "rain")
     ihave = Envelope(id=_id(20), src=BOB.node_id, dst=CAROL.node_id, type=IHAVE, body={"i": [[m1.id, 3], [m2.id, 1]]})
     graft = Envelope(id=_id(21), src=CAROL.node_id, dst=BOB.node_id, type=GRAFT, body={"i": [m1.id]})
+    repair = Envelope(id=_id(25), src=CAROL.node_id, dst=BOB.node_id, type=GRAFT, body={"i": [m1.id, m2.id], "r": True})
     prune = Envelope(id=_id(22), src=CAROL.node_id, dst=BOB.node_id, type=PRUNE)
     want = Envelope(id=_id(23), src=CAROL.node_id, dst=BOB.node_id, type=WANT, body={"t": ["config", "weather"]})
     want_all = Envelope(id=_id(24), src=CAROL.node_id, dst=BOB.node_id, type=WANT, body={"t": None})
@@ -96,6 +97,8 @@ def build() -> dict:
         "control": [
             {"name": "ihave", "body": tag(ihave.body), "frame": ihave.encode().hex()},
             {"name": "graft", "body": tag(graft.body), "frame": graft.encode().hex()},
+            {"name": "graft", "description": "repair only (r): send these, the link stays lazy",
+             "body": tag(repair.body), "frame": repair.encode().hex()},
             {"name": "prune", "body": tag(None), "frame": prune.encode().hex()},
             {"name": "want", "body": tag(want.body), "frame": want.encode().hex()},
             {"name": "want", "description": "every topic (nil)", "body": tag(want_all.body),

@@ -278,6 +278,8 @@ def test_broadcast_quick_reports_delivery_latency_redundancy_and_a_kill_mid_stre
     assert out["non_subscriber_payloads"] <= out["payloads_to_non_subscribers"]
     assert all(p["duplicates_to_app"] == 0 for p in out["phases"])  # at most once to the application
     assert isinstance(out["aims"]["delivery_1"], bool)
+    # the busiest node process's CPU (several nodes share it), in cores: says when latency was queueing
+    assert 0 < out["busiest_process_cores"] < 4 and out["nodes_per_worker_process"] >= 2
 
 
 @pytest.mark.timeout(120)

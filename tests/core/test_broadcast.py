@@ -480,3 +480,91 @@ def test_a_hole_in_a_stream_is_pulled_from_the_sender_of_the_next_message():
     for m in msgs[1:3]:
         core.receive(Envelope(random.randbytes(16), sender.node_id, MSG, {"m": m.to_wire(), "h": 1}), 0.2)
     assert sorted(e.seq for e in core.take_events() if type(e) is Delivered) == [1, 2, 3, 4]
+
+
+def _env(src: Identity, typ: str, body) -> Envelope:
+    return Envelope(random.randbytes(16), src.node_id, typ, body)
+
+
+def _run_timers(core: Broadcast, until: float) -> list[Envelope]:
+    out = []
+    t = core.next_timer()
+    while t is not None and t <= until:
+        core.tick(t)
+        out += core.take_outgoing()
+        t = core.next_timer()
+    return out
+
+
+def test_a_late_eager_copy_is_fetched_without_reshaping_the_tree_and_a_broken_path_is_regrafted():
+    me, parent, other, origin = ident(0), ident(1), ident(2), ident(3)
+    core = Broadcast(me.node_id, me, 1, random.Random(0))
+    core.set_sample({parent.node_id, other.node_id}, 0.0)
+    core.receive(_env(other, PRUNE, None), 0.0)  # parent eager, other lazy
+    core.take_outgoing()
+    cfg = core.config
+    m1, m2, m3 = (make_message(origin, 5, s, "", s) for s in (1, 2, 3))
+    # m1 is announced by the lazy neighbour before the parent's push: no graft yet, nothing counted late
+    core.receive(_env(other, IHAVE, {"i": [[m1.id, 2]]}), 0.0)
+    core.receive(_env(parent, MSG, {"m": m1.to_wire(), "h": 3}), 0.01)
+    assert core.stats["grafts_late"] == 0 and [e for e in _run_timers(core, 0.2) if e.type == GRAFT] == []
+    # m2: the parent's push is late, the graft fires and only fetches ("r"): the link to other stays lazy
+    core.receive(_env(other, IHAVE, {"i": [[m2.id, 2]]}), 1.0)
+    out = [e for e in _run_timers(core, 1.0 + cfg.graft_timeout) if e.type == GRAFT]
+    assert [(e.dst, e.body) for e in out] == [(other.node_id, {"i": [m2.id], "r": True})]
+    assert other.node_id in core.lazy and core.stats["tree_grafts"] == 0
+    core.receive(_env(other, MSG, {"m": m2.to_wire(), "h": 2}), 1.1)  # the repair
+    core.take_outgoing()
+    core.receive(_env(parent, MSG, {"m": m2.to_wire(), "h": 3}), 1.2)  # the eager copy, late: no prune
+    assert [e.type for e in core.take_outgoing()] == [] and parent.node_id in core.eager
+    assert core.stats["grafts_late"] == 1 and core.stats["prunes_sent"] == 0
+    # m3: the parent's copy never comes: graft_timeout after the repair, the repairer is grafted into the tree
+    core.receive(_env(other, IHAVE, {"i": [[m3.id, 2]]}), 2.0)
+    _run_timers(core, 2.0 + cfg.graft_timeout)
+    core.receive(_env(other, MSG, {"m": m3.to_wire(), "h": 2}), 2.1)
+    core.take_outgoing()
+    out = [e for e in _run_timers(core, 2.1 + cfg.graft_timeout) if e.type == GRAFT]
+    assert [(e.dst, e.body) for e in out] == [(other.node_id, {"i": []})]  # a plain graft: push to me
+    assert other.node_id in core.eager and core.stats["tree_grafts"] == 1
+
+
+def test_a_repair_only_graft_is_answered_without_making_the_asker_eager():
+    me, asker = ident(0), ident(1)
+    core = Broadcast(me.node_id, me, 1, random.Random(0))
+    core.set_sample({asker.node_id}, 0.0)
+    core.receive(_env(asker, PRUNE, None), 0.0)
+    m = core.publish("", "x", 0.0)
+    core.take_outgoing()
+    core.receive(_env(asker, GRAFT, {"i": [m.id], "r": True}), 0.1)
+    assert [(e.type, e.dst) for e in core.take_outgoing()] == [(MSG, asker.node_id)]
+    assert asker.node_id in core.lazy
+    core.receive(_env(asker, GRAFT, {"i": []}), 0.2)
+    assert asker.node_id in core.eager
+
+
+def test_what_a_neighbour_wants_outlives_a_dropped_link_and_a_new_neighbour_is_always_told():
+    # b declared it wants no topic; a's table sample then drops b, and b (which still samples a) comes back
+    # as an inbound peer. a used to forget b's declaration with the link, and pushed b every topic for good.
+    me, b, origin = ident(0), ident(1), ident(2)
+    core = Broadcast(me.node_id, me, 1, random.Random(0))
+    core.set_sample({b.node_id}, 0.0)
+    core.receive(_env(b, WANT, {"t": []}), 0.0)
+    core.set_sample(set(), 1.0)
+    assert b.node_id not in core.neighbours()
+    core.receive(_env(b, IHAVE, {"i": []}), 2.0)  # back, inbound (lazy)
+    m = make_message(origin, 5, 1, "T", "x")
+    core.receive(_env(b, MSG, {"m": m.to_wire(), "h": 1}), 2.1)  # a first copy from it: b is eager again
+    assert b.node_id in core.eager and core.stats["filtered"] == 0
+    m2 = make_message(origin, 5, 2, "T", "y")
+    core.receive(_env(ident(3), MSG, {"m": m2.to_wire(), "h": 1}), 2.2)
+    pushed = [e for e in core.take_outgoing() if e.type == MSG and e.dst == b.node_id]
+    assert pushed == [] and core.stats["filtered"] == 1  # still wants none: not pushed
+    # a neighbour never told anything is told, even "every topic" (it may have restarted, or forgotten)
+    fresh = Broadcast(me.node_id, me, 1, random.Random(0))
+    fresh.subscribe("T")
+    fresh.set_sample({b.node_id, ident(4).node_id}, 0.0)
+    fresh.receive(_env(ident(4), WANT, {"t": None}), 0.0)
+    fresh.take_outgoing()
+    fresh.tick(fresh.next_timer())
+    wants = {e.dst: e.body for e in fresh.take_outgoing() if e.type == WANT}
+    assert wants == {b.node_id: {"t": None}, ident(4).node_id: {"t": None}}  # each wants what the other does

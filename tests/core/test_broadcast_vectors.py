@@ -9,7 +9,7 @@ import nacl.signing
 import pytest
 
 from zmqagents.core.broadcast import Broadcast, Delivered
-from zmqagents.core.broadcast_wire import message_id
+from zmqagents.core.broadcast_wire import message_id, parse_graft_body
 from zmqagents.envelope import canonical_packb, decode
 from zmqagents.identity import Identity
 
@@ -57,6 +57,8 @@ def test_message_vectors_verify_and_are_delivered(v):
 def test_control_vectors(v):
     env = decode(bytes.fromhex(v["frame"]))
     assert env.type == "bcast." + v["name"] and env.body == untag(v["body"])
+    if v["name"] == "graft":  # "r": true is a repair only (the link stays as it is), protocols/broadcast.md 4
+        assert parse_graft_body(env.body, 256)[2] == ("r" in env.body)
 
 
 @pytest.mark.parametrize("v", VECTORS["refused"], ids=lambda v: v["name"])

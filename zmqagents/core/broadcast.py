@@ -54,6 +54,7 @@ STAT_KEYS = (
     "graft_answered", "graft_unknown", "graft_over_rate", "prunes_sent", "prunes_received", "inbound_full",
     "gaps_reported", "seen_evicted", "cache_evicted", "streams_evicted", "gaps_dropped", "optimized",
     "gap_pulls", "grafts_late", "wants_sent", "wants_received", "want_over", "filtered", "unwanted_payloads",
+    "tree_grafts",
 )
 MAX_GRAFTED = 1024  # grafted ids remembered to notice a late eager copy (a sample of the graft delay)
 CACHE_OVERHEAD = 256  # bytes charged per cached message beyond its signed size (the dict, the tuple)
@@ -160,9 +161,12 @@ class Broadcast(CoreOutputs):
         self._now = 0.0  # the time of the latest input (what _send stamps)
         self._link_at: float | None = None  # next refresh of our links (empty IHAVEs to the sample)
         self._sent: dict[bytes, float] = {}  # sample member -> when we last sent it anything
-        # Ids we grafted and then received from a peer we asked -> the peers asked. A later copy from anyone
-        # else was an eager copy merely late: counted (grafts_late), what an early graft costs.
+        # Ids we grafted -> the peers asked: their answers after the eager copy are expected duplicates (no prune).
         self._grafted: OrderedDict[bytes, tuple[bytes, ...]] = OrderedDict()
+        # Ids a repair brought before any eager copy -> (when, who repaired it). The eager copy arriving within
+        # graft_timeout shows the tree path works, only slowly (counted grafts_late, the entry goes); one still
+        # missing by then shows it broken: the repairer is grafted into the tree (protocols/broadcast.md 4).
+        self._unconfirmed: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
         self._interests = Interests(config.max_want_topics)  # topics each neighbour wants (broadcast_topics.py)
         self._want_at: float | None = None  # when our changed declarations go out
 
@@ -197,6 +201,7 @@ class Broadcast(CoreOutputs):
         self.sample.discard(node_id)
         self.inbound.pop(node_id, None)
         self._drop_neighbour(node_id)
+        self._interests.forget(node_id)
         self._grafters.pop(node_id, None)
         for m in self._missing.values():
             if m.announcers and any(p == node_id for p, _ in m.announcers):
@@ -207,7 +212,6 @@ class Broadcast(CoreOutputs):
             return
         self.eager.discard(p)
         self.lazy.discard(p)
-        self._interests.forget(p)
         self._tree_changed()
 
     def _to_eager(self, p: bytes) -> None:
@@ -316,10 +320,13 @@ class Broadcast(CoreOutputs):
         state = self._window(c)
         if state:
             st["duplicates" if state == 1 else "stale"] += 1
-            g = self._grafted.get(c.id)
-            if g is not None and p not in g:
-                del self._grafted[c.id]
-                st["grafts_late"] += 1
+            asked = self._grafted.get(c.id)
+            if asked is not None:
+                if p in asked:
+                    return  # the answer to our graft, after the eager copy: asked for, no prune
+                if self._unconfirmed.pop(c.id, None) is not None:
+                    st["grafts_late"] += 1  # the eager copy after its repair: the path is slow, not broken
+                    return
             # A redundant eager link: ask the sender to announce instead. Whatever our view of it (it may
             # not have heard an earlier PRUNE), a payload we did not need is answered with one.
             self._to_lazy(p)
@@ -331,8 +338,10 @@ class Broadcast(CoreOutputs):
             st["over_rate"] += 1
             self._remember(msg.id, now)  # later copies are dropped by id, not verified again
             return
-        if p in self.lazy:  # the first copy came this way: push back along it (one tree for all origins)
-            self._to_eager(p)
+        if p in self.lazy:  # the first copy came this way: push back along it (one tree for all origins) ...
+            m = self._missing.get(msg.id)
+            if m is None or p not in m.asked:  # ... unless it answers our repair (the tree stays as it is)
+                self._to_eager(p)
         self._accept(msg, p, hops, now)
 
     def _on_ihave(self, p: bytes, body: Any, now: float) -> None:
@@ -380,11 +389,12 @@ class Broadcast(CoreOutputs):
 
     def _on_graft(self, p: bytes, body: Any, now: float) -> None:
         cfg = self.config
-        ids, skipped = parse_graft_body(body, cfg.max_graft_ids)
+        ids, skipped, repair = parse_graft_body(body, cfg.max_graft_ids)
         st = self.stats
         st["grafts_received"] += 1
         st["ihave_ignored"] += skipped
-        self._to_eager(p)
+        if not repair:
+            self._to_eager(p)
         bucket = None
         for mid in ids:
             ent = self._cache.get(mid)
@@ -458,12 +468,16 @@ class Broadcast(CoreOutputs):
         m = self._missing.pop(mid, None)
         if m is not None:
             self._closed(m)
-            if frm in m.asked:  # our graft was answered: an eager copy may still come (then it was late)
+            if m.asked:
                 self._grafted[mid] = m.asked
                 if len(self._grafted) > MAX_GRAFTED:
                     self._grafted.popitem(last=False)
-            else:  # the eager copy came after we grafted: the graft was early
-                self.stats["grafts_late"] += 1
+                if frm in m.asked and frm is not None:  # repaired: the eager copy may still come (the path is slow)
+                    self._unconfirmed[mid] = (now, frm)
+                    if len(self._unconfirmed) > MAX_GRAFTED:
+                        self._unconfirmed.popitem(last=False)
+                else:  # the eager copy came after we grafted: the graft was early
+                    self.stats["grafts_late"] += 1
         self._record_seq(msg, frm, now)
         wire = msg.to_wire()
         nxt = hops + 1
@@ -624,6 +638,10 @@ class Broadcast(CoreOutputs):
             d = self._timers[0][0]
             if t is None or d < t:
                 t = d
+        if self._unconfirmed:
+            c = next(iter(self._unconfirmed.values()))[0] + self.config.graft_timeout
+            if t is None or c < t:
+                t = c
         for s in (self._sweep_at, self._link_at):
             if s is not None and (t is None or s < t):
                 t = s
@@ -641,6 +659,8 @@ class Broadcast(CoreOutputs):
         timers = self._timers
         if timers and timers[0][0] <= now:
             self._fire_grafts(now)
+        if self._unconfirmed:
+            self._confirm_repairs(now)
         if self._sweep_at is not None and self._sweep_at <= now:
             self._sweep(now)
         if self._link_at is not None and self._link_at <= now:
@@ -685,7 +705,6 @@ class Broadcast(CoreOutputs):
                 self.stats["graft_gave_up"] += 1
                 continue
             p, _hops = m.announcers.popleft()
-            self._to_eager(p)
             grafts.setdefault(p, []).append(mid)
             m.asked += (p,)
             m.deadline = now + cfg.graft_retry
@@ -693,8 +712,29 @@ class Broadcast(CoreOutputs):
         for p in sorted(grafts):
             ids = grafts[p]
             for i in range(0, len(ids), cfg.max_ihave_ids):
-                self._send(p, GRAFT, {"i": ids[i:i + cfg.max_ihave_ids]})
+                self._send(p, GRAFT, {"i": ids[i:i + cfg.max_ihave_ids], "r": True})
                 self.stats["grafts_sent"] += 1
+
+    def _confirm_repairs(self, now: float) -> None:
+        """Repairs whose eager copy has not come ``graft_timeout`` after them: the tree path is broken, not
+        merely slow, so the peer that repaired each becomes our parent (a plain GRAFT: it pushes to us from
+        now on). A graft fetches only (``r``): most mean a late eager copy (a loaded sender, one lost push),
+        and re-shaping the tree for each (Plumtree's rule) made trees flap on loaded real nodes, each change
+        also changing topic declarations (protocols/broadcast.md 4 and 6)."""
+        pending = self._unconfirmed
+        wait = self.config.graft_timeout
+        grafted: set[bytes] = set()
+        while pending:
+            at, p = next(iter(pending.values()))
+            if at + wait > now:  # the sum next_timer uses: no rounding gap that would re-arm the same instant
+                break
+            pending.popitem(last=False)
+            if p in grafted or p in self.eager or p not in self.lazy:
+                continue  # already pushing to us, or gone
+            grafted.add(p)
+            self._to_eager(p)
+            self._send(p, GRAFT, {"i": []})
+            self.stats["tree_grafts"] += 1
 
     def _arm_sweep(self, now: float) -> None:
         if self._sweep_at is None:

@@ -15,6 +15,15 @@ between two shapes on every message (a 40-node test: 5 grafts and 5 unwanted pay
 publication, for ever; with own topics only: none after the first declarations). A neighbour that
 has told us nothing wants everything: a missing or late declaration costs payloads, never a delivery.
 
+What each side knows must stay in step. A neighbour only re-declares when its declaration changes, so
+a node that forgot what a neighbour wants (it dropped the link when its table sample changed, and the
+neighbour, which still samples it, came back as an inbound peer) pushed that neighbour every topic
+for good, and declared "every topic" on its behalf to the rest of the tree: on 40 real nodes, 7 topic
+payloads per publication to nodes that neither subscribe nor forward, at a steady state. So records
+outlive a dropped link (at most ``max_peers``, least recently declared first out: a forgotten record
+reads as "every topic", payloads not losses), and a neighbour never told anything is told even
+"every topic", so that one that restarted, or evicted our record, replaces what we remembered.
+
 This module only computes; the broadcast core sends the ``bcast.want`` envelopes and filters its
 pushes and announcements with :meth:`Interests.wants`.
 """
@@ -30,10 +39,11 @@ class Interests:
     """Per neighbour: the topics it wants (``want``, absent: all) and the ones we told it (``told``,
     absent: nothing told, so it pushes us everything)."""
 
-    __slots__ = ("max_topics", "want", "told")
+    __slots__ = ("max_topics", "max_peers", "want", "told")
 
-    def __init__(self, max_topics: int):
+    def __init__(self, max_topics: int, max_peers: int = 256):
         self.max_topics = max_topics
+        self.max_peers = max_peers
         self.want: dict[bytes, Topics] = {}
         self.told: dict[bytes, Topics] = {}
 
@@ -46,14 +56,20 @@ class Interests:
 
     def set_want(self, peer: bytes, topics: Topics) -> bool:
         """``peer`` declared ``topics``; True if that changed what it wants."""
-        old = self.want.get(peer)  # absent and None both mean every topic
+        old = self.want.pop(peer, None)  # absent and None both mean every topic
         self.want[peer] = topics
+        self._bound(self.want)
         return old != topics
 
     def forget(self, peer: bytes) -> None:
-        """``peer`` is no neighbour any more: what it wanted and what we told it go."""
+        """``peer`` failed or left (a restarted one declares anew): what it wanted and what we told it go.
+        A link merely dropped keeps both (module docstring)."""
         self.want.pop(peer, None)
         self.told.pop(peer, None)
+
+    def _bound(self, records: dict[bytes, Topics]) -> None:
+        while len(records) > self.max_peers:
+            del records[next(iter(records))]
 
     def retell(self, peer: bytes) -> None:
         """Tell ``peer`` again at the next declaration (it may have dropped and re-added us, and so forgot)."""
@@ -61,9 +77,9 @@ class Interests:
 
     def declarations(self, own: AbstractSet[str], eager: AbstractSet[bytes],
                      neighbours: Iterable[bytes]) -> list[tuple[bytes, Topics]]:
-        """What to tell each of ``neighbours`` whose declaration changed (sorted by peer): our topics
-        ``own``, and to an eager one what our other eager neighbours want; None if that is every topic or
-        more than ``max_topics``. A peer we never told and that is to get None needs no message."""
+        """What to tell each of ``neighbours`` whose declaration changed or who was never told (sorted by
+        peer): our topics ``own``, and to an eager one what our other eager neighbours want; None if that
+        is every topic or more than ``max_topics``."""
         base = frozenset(t for t in own if t != "")
         wants = {q: self.want.get(q) for q in eager}
         lazy = self._cap(base)
@@ -76,10 +92,10 @@ class Interests:
             if p in self.told:
                 if self.told[p] == d:
                     continue
-            elif d is None:
-                continue
+                del self.told[p]
             self.told[p] = d
             out.append((p, d))
+        self._bound(self.told)
         return out
 
     def _union_without(self, base: frozenset[str], wants: dict[bytes, Topics], p: bytes) -> Topics:

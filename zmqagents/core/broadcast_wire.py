@@ -27,7 +27,7 @@ from ..errors import Error
 PREFIX = "bcast."
 MSG = "bcast.msg"  # a message pushed eagerly: {"m": message, "h": hops}
 IHAVE = "bcast.ihave"  # lazy announcements: {"i": [[id, hops], ...]}
-GRAFT = "bcast.graft"  # "push to me again, and send these": {"i": [id, ...]}
+GRAFT = "bcast.graft"  # "push to me again, and send these": {"i": [id, ...]}; with "r": true only "send these"
 PRUNE = "bcast.prune"  # "stop pushing to me": no body
 WANT = "bcast.want"  # "push and announce to me only these topics (and the mesh-wide one)": {"t": [topic, ...] | nil}
 TYPES = frozenset({MSG, IHAVE, GRAFT, PRUNE, WANT})
@@ -174,8 +174,9 @@ def parse_ihave_body(body: Any, limit: int) -> tuple[list[tuple[bytes, int]], in
     return out, skipped
 
 
-def parse_graft_body(body: Any, limit: int) -> tuple[list[bytes], int]:
-    """A ``bcast.graft`` body: its first ``limit`` well-formed ids and how many entries were left out."""
+def parse_graft_body(body: Any, limit: int) -> tuple[list[bytes], int, bool]:
+    """A ``bcast.graft`` body: its first ``limit`` well-formed ids, how many entries were left out, and whether
+    it is a repair only (``"r": true``: send these, the link stays as it is; any other value reads as absent)."""
     if type(body) is not dict or type(body.get("i")) is not list:
         raise BadMessage("malformed", "bcast.graft body must be {i: [id, ...]}")
     out: list[bytes] = []
@@ -185,7 +186,7 @@ def parse_graft_body(body: Any, limit: int) -> tuple[list[bytes], int]:
             out.append(item)
         else:
             skipped += 1
-    return out, skipped
+    return out, skipped, body.get("r") is True
 
 
 def parse_want_body(body: Any, limit: int) -> tuple[frozenset[str] | None, int]:
