@@ -77,10 +77,11 @@ def test_wheel_ships_specs_example_config_unit_and_license(wheel):
 def test_wheel_declares_the_extras_users_type(wheel):
     meta = _metadata(wheel)
     assert meta["Version"] == __version__  # setup.cfg reads it from the package: one place
-    assert {"mdns", "metrics", "fast", "plot"} <= set(meta.get_all("Provides-Extra"))
+    assert {"mdns", "metrics", "fast", "plot", "mpi"} <= set(meta.get_all("Provides-Extra"))
     requires = meta.get_all("Requires-Dist")
     assert any(r.startswith("zeroconf") and 'extra == "mdns"' in r for r in requires)
     assert any(r.startswith("prometheus-client") and 'extra == "metrics"' in r for r in requires)
+    assert any(r.startswith("mpi4py") and 'extra == "mpi"' in r for r in requires)
 
 
 @pytest.mark.timeout(120)

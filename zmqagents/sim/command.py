@@ -68,6 +68,21 @@ def _workers(text: str, nodes: int, min_delay: float) -> int:
     return n
 
 
+def _ranks(size: int, workers: str, min_delay: float, broadcast: bool) -> int:
+    """The workers of a run under mpirun: its ``size`` ranks (--workers may only repeat that)."""
+    if broadcast:
+        raise click.UsageError("--broadcast runs in one process: the run reads every node's deliveries in one "
+                               "place (run it without mpirun)")
+    if workers not in ("auto", str(size)):
+        raise click.BadParameter(f"under mpirun the {size} ranks are the workers: leave it out (or give {size})",
+                                 param_hint="--workers")
+    if not min_delay > 0:
+        raise click.BadParameter("the latency has no smallest delay above 0, so the ranks could not run apart in "
+                                 "virtual time: give one (e.g. lognormal:5ms:0.5:1ms) or run without mpirun",
+                                 param_hint="--latency")
+    return size
+
+
 @click.command("sim")
 @click.option("--nodes", type=click.IntRange(2, 1_000_000), default=100, show_default=True, help="Simulated nodes.")
 @click.option("--seconds", type=click.FloatRange(1.0), default=60.0, show_default=True, help="Virtual seconds to run.")
@@ -110,11 +125,15 @@ def _workers(text: str, nodes: int, min_delay: float) -> int:
 @click.option("--workers", default="auto", show_default=True, metavar="N|auto",
               help="Processes to run the simulation on (the same run, whatever N: see zmqagents/sim/parallel.py). "
                    "auto: one per usable CPU, at most one per 2,500 nodes (below that, keeping the workers in "
-                   "step costs more than it saves).")
+                   "step costs more than it saves). Under mpirun the MPI ranks are the workers, on one machine or "
+                   "many (needs the mpi extra: zmqagents/sim/mpi.py); only rank 0 prints.")
+@click.option("--trace", is_flag=True,
+              help="Add trace_digest to the report: one digest of every message every node sent (when, to whom, "
+                   "whether lost). Two runs with the same digest are the same run, however they were split.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause, pause_duty, pause_period,
         pause_window, partition, warm_start, join_fraction, dht_keys, dht_replicas, broadcast, topics, subscribers,
-        workers, as_json, plot, quiet):
+        workers, trace, as_json, plot, quiet):
     """Simulate a mesh of NODES nodes running the real routing and membership cores.
 
     Prints the seed, runs, and reports join convergence, failure detection times, false
@@ -142,6 +161,7 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
     """
     from .broadcast_run import BroadcastRun, BroadcastScenario
     from .dht_run import DhtRun, DhtScenario, timeline
+    from .mpi import MpiUnavailable, job
     from .overlay import OverlayScenario, OverlayRun
 
     try:
@@ -152,7 +172,14 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
         raise click.UsageError("--broadcast does not go with --dht-keys (one workload per run)")
     if broadcast is not None and workers not in ("auto", "1"):
         raise click.UsageError("--broadcast runs in one process: the run reads every node's deliveries in one place")
-    n_workers = 1 if broadcast is not None else _workers(workers, nodes, min_delay)
+    try:
+        mpi = job()  # None unless mpirun (or another MPI launcher) started this process with 2 ranks or more
+    except MpiUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
+    if mpi is not None:
+        n_workers = _ranks(mpi.size, workers, min_delay, broadcast is not None)
+    else:
+        n_workers = 1 if broadcast is not None else _workers(workers, nodes, min_delay)
     part = None
     if partition is not None:
         bits = partition.split(":")
@@ -174,7 +201,7 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
     common = dict(nodes=nodes, seconds=seconds, seed=seed, loss=loss, latency=latency, profile=profile,
                   crash=n_crash, pause_fraction=n_pause / nodes, pause_duty=pause_duty, pause_period=pause_period,
                   pause_window=_window(pause_window, "--pause-window"), partition=part,
-                  warm_start=warm_start, join_fraction=join_fraction, progress=0.0 if quiet else 1.0)
+                  warm_start=warm_start, join_fraction=join_fraction, progress=0.0 if quiet else 1.0, trace=trace)
     if dht_keys:
         if crash_window is not None:
             raise click.UsageError("--crash-window does not go with --dht-keys: the DHT run crashes every --crash "
@@ -189,8 +216,16 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
                                topics=topics, subscribers=subscribers)
     else:
         sc = OverlayScenario(**common, crash_window=_window(crash_window, "--crash-window"))
-    click.echo(f"sim: seed {seed}" + (f", {n_workers} workers" if n_workers > 1 else ""), err=True)
-    if n_workers > 1:
+    if mpi is None or mpi.rank == 0:
+        click.echo(f"sim: seed {seed}" + (f", {n_workers} MPI ranks" if mpi is not None else
+                                          f", {n_workers} workers" if n_workers > 1 else ""), err=True)
+    if mpi is not None:
+        from .mpi import run_mpi
+        got = run_mpi(sc, mpi)
+        if isinstance(got, int):  # not rank 0: it prints nothing, and exits as rank 0 does
+            sys.exit(got)
+        report, run = got
+    elif n_workers > 1:
         from .parallel import run_parallel
         report, run = run_parallel(sc, n_workers)
     else:

@@ -9,8 +9,8 @@ How the workers stay in step. No message arrives sooner than the network's small
 (:attr:`~zmqagents.sim.netmodel.Network.latency` ``.min_delay``). So once every worker has processed
 its events before virtual time ``T``, each may go on to ``T + L`` on its own: nothing another worker
 does in that window can reach it before the window ends. After each window the workers swap, each
-with each, the messages for the other's nodes and the time of their next event; all of them then
-agree on the next window's start (the earliest event anywhere, so idle stretches cost nothing).
+with each (:meth:`~zmqagents.sim.exchange.Exchange.swap`), the messages for the other's nodes and
+the time of their next event; all of them then agree on the next window's start (the earliest event anywhere, so idle stretches cost nothing).
 A window also ends at every *barrier*, a scenario step that reads other workers' nodes (the join
 check's lookups): there the first worker asks the others for their nodes' routing tables, and
 they answer until it is done.
@@ -24,161 +24,33 @@ The DHT run (:mod:`zmqagents.sim.dht_run`) splits the same way: its puts and get
 calls every worker runs, and the worker that owns the chosen node does the operation (see
 :class:`~zmqagents.sim.dht_run.DhtRun`).
 
-The workers are forked children of the calling process; each sends its partial report back over
-a pipe, and the caller merges them (the run class's ``report_from``). A worker that
-fails ends the run with its traceback; the others are stopped by their PIDs.
+Who the workers are. By default (:func:`run_parallel`) they are forked children of the calling
+process, talking over socketpairs; each sends its partial report back over a pipe, and the caller
+merges them (the run class's ``report_from``). A worker that fails ends the run with its traceback;
+the others are stopped by their PIDs. Under ``mpirun`` they are the MPI ranks (:mod:`zmqagents.sim.mpi`),
+talking over MPI collectives, on one machine or many. Both go through the same
+:class:`~zmqagents.sim.exchange.Exchange` interface and the same code here (:func:`run_part`,
+:func:`run_windows`, :func:`finish`), so they run the same run and print the same report.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import pickle
-import select
 import selectors
 import signal
 import socket
-import struct
 import time
 import traceback
 
 from ..envelope import Envelope
 from .dht_run import DhtRun, DhtScenario
 from .engine import frozen_heap
+from .exchange import Exchange, PipeExchange, WorkerFailed, frame, unframe
 from .overlay import Merged, OverlayRun, OverlayScenario
-from ..errors import Error, InvalidArgument
+from ..errors import InvalidArgument
 
-_LEN = struct.Struct(">Q")
-
-
-class WorkerFailed(Error, RuntimeError):
-    """A worker process raised (its traceback is the message) or died."""
-
-
-class Link:
-    """A worker's sockets to every other worker: the per-window swap and the barrier queries.
-
-    The sockets stay blocking; sends are tried without waiting (MSG_DONTWAIT). A window's frames
-    are small and the socket buffers large, so a swap is usually one send and one receive per peer;
-    only when a send would block does it fall back to select(), reading while it writes, so two
-    workers with much to say cannot wait on each other."""
-
-    def __init__(self, worker: int, socks: dict[int, socket.socket]):
-        self.worker = worker
-        self.socks = socks
-        self._bufs = {w: bytearray() for w in socks}
-        self._counts: dict[int, tuple[int, ...]] = {}
-        self.local_counts = None  # a callable giving this worker's own counts
-
-    # -- framing ---------------------------------------------------------------------------------
-
-    def exchange(self, frames: dict[int, bytes]) -> dict[int, bytes]:
-        """Send each peer its frame and read one frame from each."""
-        pending: dict[int, memoryview] = {}
-        for w, f in frames.items():
-            data = _LEN.pack(len(f)) + f
-            try:
-                n = self.socks[w].send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                n = 0
-            if n < len(data):
-                pending[w] = memoryview(data)[n:]
-        got: dict[int, bytes] = {}
-        while pending:  # rare: write what is left while reading, until every frame is out
-            want_r = [self.socks[w] for w in self.socks if w not in got]
-            readable, writable, _ = select.select(want_r, [self.socks[w] for w in pending], [])
-            for s in writable:
-                w = self._peer(s)
-                try:
-                    n = s.send(pending[w], socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
-                if n == len(pending[w]):
-                    del pending[w]
-                else:
-                    pending[w] = pending[w][n:]
-            for s in readable:
-                w = self._peer(s)
-                self._fill(w, block=False)
-                frame = self._frame(w)
-                if frame is not None:
-                    got[w] = frame
-        for w in self.socks:
-            if w not in got:
-                got[w] = self._recv_frame(w)
-        return got
-
-    def _peer(self, s: socket.socket) -> int:
-        for w, sock in self.socks.items():
-            if sock is s:
-                return w
-        raise KeyError(s)
-
-    def _fill(self, w: int, block: bool) -> None:
-        try:
-            data = self.socks[w].recv(1 << 20, 0 if block else socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        if not data:
-            raise WorkerFailed(f"worker {w} closed its link (it died)")
-        self._bufs[w] += data
-
-    def _frame(self, w: int) -> bytes | None:
-        buf = self._bufs[w]
-        if len(buf) < _LEN.size:
-            return None
-        (n,) = _LEN.unpack_from(buf)
-        if len(buf) < _LEN.size + n:
-            return None
-        frame = bytes(buf[_LEN.size:_LEN.size + n])
-        del buf[:_LEN.size + n]
-        return frame
-
-    def _recv_frame(self, w: int) -> bytes:
-        while True:
-            frame = self._frame(w)
-            if frame is not None:
-                return frame
-            self._fill(w, block=True)
-
-    def _send_one(self, w: int, obj) -> None:
-        """One frame to one peer that is reading (a barrier question or answer): a blocking send."""
-        frame = pickle.dumps(obj, protocol=5)
-        self.socks[w].sendall(_LEN.pack(len(frame)) + frame)
-
-    def _recv_one(self, w: int):
-        return pickle.loads(self._recv_frame(w))
-
-    # -- barrier queries ---------------------------------------------------------------------------
-
-    def ask(self, w: int, query):
-        """The first worker asks worker ``w`` (which is in serve()) one question."""
-        self._send_one(w, ("q", query))
-        return self._recv_one(w)
-
-    def serve(self, answer):
-        """Answer the first worker's questions with ``answer(*query)`` until it says done; returns
-        what it said."""
-        while True:
-            kind, body = self._recv_one(0)
-            if kind == "done":
-                return body
-            self._send_one(0, answer(*body))
-
-    def done(self, result) -> None:
-        """The first worker ends a barrier: every other worker gets ``result``."""
-        for w in self.socks:
-            self._send_one(w, ("done", result))
-
-    # -- progress ----------------------------------------------------------------------------------
-
-    def note(self, w: int, counts: tuple[int, ...]) -> None:
-        self._counts[w] = counts
-
-    def totals(self) -> tuple[int, ...]:
-        """The run's counts (:meth:`~zmqagents.sim.overlay.OverlayRun.counts`: events, Failed reports,
-        ...) summed over all workers (the others' as of the last swap)."""
-        return tuple(map(sum, zip(self.local_counts(), *self._counts.values())))
+__all__ = ["WorkerFailed", "finish", "run_parallel", "run_part", "run_windows"]
 
 
 def _flat(env: Envelope) -> tuple:
@@ -190,7 +62,7 @@ def _envelope(f: tuple) -> Envelope:
     return Envelope(*f[:13], f[13] or {})
 
 
-def run_windows(run: OverlayRun, link: Link) -> tuple[int, float]:
+def run_windows(run: OverlayRun, link: Exchange) -> tuple[int, float]:
     """Drive one worker's part of the run to the scenario's end, window by window. Returns the
     number of windows and the wall seconds spent swapping and waiting for the other workers."""
     sim = run.sim
@@ -199,11 +71,10 @@ def run_windows(run: OverlayRun, link: Link) -> tuple[int, float]:
     lookahead = sim.net.latency.min_delay
     assert lookahead > 0
     link.local_counts = run.counts
-    peers = list(link.socks)
+    peers = link.peers
     t = sim.next_time()
-    frames = {w: pickle.dumps((t, math.inf, run.counts(), []), protocol=5) for w in peers}
-    for w, frame in link.exchange(frames).items():
-        t = min(t, pickle.loads(frame)[0])
+    for their in link.swap({w: (t, math.inf, run.counts(), []) for w in peers}).values():
+        t = min(t, their[0])
     windows = 0
     waited = 0.0
     while t < end_all:
@@ -224,12 +95,10 @@ def run_windows(run: OverlayRun, link: Link) -> tuple[int, float]:
                 if m[0] < sent_min:
                     sent_min = m[0]
         counts = run.counts()
-        frames = {w: pickle.dumps((nxt, sent_min, counts,
-                                   [(a, n, d, _flat(env)) for a, n, d, env in out.get(w, ())]), protocol=5)
-                  for w in peers}
         t = min(nxt, sent_min)
-        for w, frame in link.exchange(frames).items():
-            their_next, their_sent, their_counts, msgs = pickle.loads(frame)
+        got = link.swap({w: (nxt, sent_min, counts, [(a, n, d, _flat(env)) for a, n, d, env in out.get(w, ())])
+                         for w in peers})
+        for w, (their_next, their_sent, their_counts, msgs) in got.items():
             sim.inject([(a, n, d, _envelope(f)) for a, n, d, f in msgs])
             link.note(w, their_counts)
             t = min(t, their_next, their_sent)
@@ -244,28 +113,57 @@ def run_class(sc: OverlayScenario) -> type[OverlayRun]:
     return DhtRun if isinstance(sc, DhtScenario) else OverlayRun
 
 
-def _worker(sc: OverlayScenario, worker: int, workers: int, socks: dict[int, socket.socket], result) -> None:
-    run = run_class(sc)(sc, worker=worker, workers=workers)
-    run.link = Link(worker, socks)
+def check(sc: OverlayScenario, workers: int) -> None:
+    """Raise InvalidArgument if ``sc`` cannot run on ``workers`` workers."""
+    if workers < 2:
+        raise InvalidArgument("a parallel run needs at least 2 workers (OverlayRun(sc).run() runs in this process)")
+    if not OverlayRun.lookahead(sc) > 0:
+        raise InvalidArgument(f"latency {sc.latency!r} has no smallest delay above 0: the workers could not run "
+                              "apart in virtual time (give a floor, e.g. lognormal:5ms:0.5:1ms, or use one worker)")
+
+
+def run_part(sc: OverlayScenario, link: Exchange) -> dict:
+    """Build and run the worker ``link.worker``'s part of ``sc`` (its nodes; every scenario-wide call)
+    with the others over ``link``; returns its partial report. Called by each worker, forked or rank."""
+    run = run_class(sc)(sc, worker=link.worker, workers=link.workers)
+    run.link = link
     run.start()
     with frozen_heap():
-        windows, waited = run_windows(run, run.link)
+        windows, waited = run_windows(run, link)
     part = run.partial()
     part["windows"] = windows
     part["swap_wait_s"] = waited
-    data = pickle.dumps(("ok", part), protocol=5)
-    result.sendall(_LEN.pack(len(data)) + data)
+    return part
+
+
+def finish(sc: OverlayScenario, parts: list[dict], elapsed: float, backend: str) -> tuple[dict, Merged]:
+    """The report of a parallel run from every worker's part; ``elapsed``: wall seconds since before
+    the workers started building. Returns the report and the merged parts (for a plot)."""
+    build = max(p["build_wall"] for p in parts)
+    report = run_class(sc).report_from(sc, parts, elapsed - build)
+    parts = sorted(parts, key=lambda p: p["worker"])
+    report["parallel"] = {
+        "backend": backend,
+        "windows": parts[0]["windows"],
+        "lookahead_s": OverlayRun.lookahead(sc),
+        "swap_wait_s": [round(p["swap_wait_s"], 2) for p in parts],
+        "peak_rss_mb": [round(p["peak_rss_mb"], 1) for p in parts],
+        "measured": "backend: fork (forked workers, socketpairs) or mpi (MPI ranks, collectives); windows: steps "
+                    "the workers took in lockstep; per worker: swap_wait_s, wall seconds spent swapping messages "
+                    "and waiting for the others at the end of windows, and peak_rss_mb, its peak resident memory",
+    }
+    return report, Merged(sc, parts)
+
+
+def _worker(sc: OverlayScenario, worker: int, workers: int, socks: dict[int, socket.socket], result) -> None:
+    part = run_part(sc, PipeExchange(worker, workers, socks))
+    result.sendall(frame(("ok", part)))
 
 
 def run_parallel(sc: OverlayScenario, workers: int) -> tuple[dict, Merged]:
     """Run ``sc`` on ``workers`` forked processes; returns the report and the merged parts (for a plot)."""
-    if workers < 2:
-        raise InvalidArgument("run_parallel needs at least 2 workers (OverlayRun(sc).run() runs in this process)")
-    if not OverlayRun.lookahead(sc) > 0:
-        raise InvalidArgument(f"latency {sc.latency!r} has no smallest delay above 0: the workers could not run "
-                         "apart in virtual time (give a floor, e.g. lognormal:5ms:0.5:1ms, or use one worker)")
-    cls = run_class(sc)
-    cls.prepare(sc)  # before the fork: the scenario in the report is the one the workers ran
+    check(sc, workers)
+    run_class(sc).prepare(sc)  # before the fork: the scenario in the report is the one the workers ran
     t0 = time.perf_counter()
     pairs = {}
     for i in range(workers):
@@ -293,8 +191,7 @@ def run_parallel(sc: OverlayScenario, workers: int) -> tuple[dict, Merged]:
                 except BaseException:
                     code = 1
                     try:
-                        data = pickle.dumps(("error", f"worker {w}:\n{traceback.format_exc()}"))
-                        theirs.sendall(_LEN.pack(len(data)) + data)
+                        theirs.sendall(frame(("error", f"worker {w}:\n{traceback.format_exc()}")))
                     except OSError:
                         pass
                 finally:
@@ -312,17 +209,7 @@ def run_parallel(sc: OverlayScenario, workers: int) -> tuple[dict, Merged]:
             except ProcessLookupError:
                 pass
             os.waitpid(pid, 0)
-    build = max(p["build_wall"] for p in parts)
-    report = cls.report_from(sc, parts, time.perf_counter() - t0 - build)
-    parts.sort(key=lambda p: p["worker"])
-    report["parallel"] = {
-        "windows": parts[0]["windows"],
-        "lookahead_s": OverlayRun.lookahead(sc),
-        "swap_wait_s": [round(p["swap_wait_s"], 2) for p in parts],
-        "measured": "windows: steps the workers took in lockstep; swap_wait_s: per worker, wall seconds spent "
-                    "swapping messages and waiting for the others at the end of windows",
-    }
-    return report, Merged(sc, parts)
+    return finish(sc, parts, time.perf_counter() - t0, "fork")
 
 
 def _collect(children: dict[int, tuple[int, socket.socket]]) -> list[dict]:
@@ -341,8 +228,9 @@ def _collect(children: dict[int, tuple[int, socket.socket]]) -> list[dict]:
                 raise WorkerFailed(f"worker {w} died without a report")
             buf = bufs[w]
             buf += data
-            if len(buf) >= _LEN.size and len(buf) >= _LEN.size + _LEN.unpack_from(buf)[0]:
-                kind, body = pickle.loads(bytes(buf[_LEN.size:]))
+            whole = unframe(buf)
+            if whole is not None:
+                kind, body = whole[0]
                 if kind != "ok":
                     raise WorkerFailed(body)
                 parts[w] = body
