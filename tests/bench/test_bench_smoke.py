@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -320,3 +321,17 @@ def test_k8s_pods_quick_runs_the_seed_and_two_swarm_pods_and_collects_their_repo
         _positive(pod, "rss_mb_peak", "fds_peak", "cpu_s")
     assert out["summary"]["nodes"] == out["summary"]["joined"] == 10 and out["summary"]["reports"] == 2
     _positive(out, "pod_rss_mb_peak_max", "pod_fds_peak_max")
+
+
+@pytest.mark.timeout(300)
+def test_sim_mpi_quick_runs_one_scenario_three_ways_with_the_same_report():
+    if shutil.which("mpirun") is None:
+        pytest.fail("mpirun is missing: install MPICH (Debian: apt-get install mpich libmpich-dev; .ci/run does)")
+    out = _run("sim_mpi.py", "--quick", timeout=280)
+    assert out["same_report"] is True and out["same_trace"] is True
+    for way in ("single", "fork", "mpi"):
+        _positive(out[way], "wall_s", "peak_rss_mb")
+    for way in ("fork", "mpi"):
+        assert len(out[way]["peak_rss_mb_per_worker"]) == 2 and out[way]["windows"] > 1000
+        _positive(out[way], "swap_ms_per_window")
+    _positive(out, "mpi_over_fork_wall", "mpi_over_fork_swap_ms")
