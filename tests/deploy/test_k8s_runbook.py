@@ -1,16 +1,19 @@
 """README, "Load test on Kubernetes": the runbook names what deploy/k8s really holds.
 
-Its own-overlay step renders (the YAML it writes, with an image registry filled in, as an overlay of
-a copy of deploy/k8s) and puts the images where the pods take them; the names its kubectl commands
+Its own-overlay step, run by bash in a copy of deploy/k8s, writes an overlay that renders and puts
+the images where the pods take them; the names its kubectl commands
 use (namespace, labels, container, job, StatefulSet, admin port) are the manifests' names; every
 path under deploy/k8s it mentions exists.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,13 +34,16 @@ def _runbook() -> str:
 
 
 def test_the_own_overlay_of_the_runbook_renders_with_the_images_it_names(tmp_path):
+    """Step 2's commands (mkdir, cat <<YAML) run by bash in a copy of the repository's deploy/k8s,
+    with REGISTRY and TAG set as step 1 sets them; then the overlay they wrote is rendered."""
     text = _runbook()
-    snippet = re.search(r"<<YAML\n(.*?)\nYAML\n", text, re.S).group(1)
-    copy = tmp_path / "k8s"
-    shutil.copytree(K8S, copy)
-    mine = copy / "overlays" / "mine"
-    mine.mkdir()
-    (mine / "kustomization.yaml").write_text(snippet.replace("$REGISTRY", "registry.test:5000/lt").replace("$TAG", "abc123"))
+    commands = re.search(r"mkdir -p deploy/k8s/overlays/mine\n.*?\nYAML\n", text, re.S).group(0)
+    shutil.copytree(K8S, tmp_path / "deploy" / "k8s")
+    before = int(time.time())
+    done = subprocess.run(["bash", "-euc", commands], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "REGISTRY": "registry.test:5000/lt", "TAG": "abc123"})
+    assert done.returncode == 0, done.stderr
+    mine = tmp_path / "deploy" / "k8s" / "overlays" / "mine"
     objects = render(mine)
     images = sorted({c["image"] for spec in pod_specs(objects) for c in spec["containers"] + spec.get("initContainers", [])})
     assert images == ["registry.test:5000/lt/zmqagents:abc123"]  # ../10k has no netem: its name matches nothing
@@ -45,6 +51,8 @@ def test_the_own_overlay_of_the_runbook_renders_with_the_images_it_names(tmp_pat
         (o["kind"], o["metadata"]["name"]) for o in render(K8S / "overlays" / "10k"))
     job = k8s_local.workload(objects, "Job", "swarm")
     assert job["spec"]["completions"] * int(k8s_local.configmaps(objects)["swarm-params"]["NODES"]) == 10_000
+    start_at = int(k8s_local.configmaps(objects)["swarm-params"]["START_AT"])  # computed by the shell
+    assert before + 900 <= start_at <= int(time.time()) + 900
 
 
 def test_the_runbooks_commands_use_the_manifests_names():
