@@ -29,9 +29,9 @@ processes of this script:
 Sequence: the honest peer's latency alone (the reference); the memory attack (every shape at once,
 from ``--attackers`` identities each, nobody consuming, so the inbox fills: the peak RSS); the
 consumer takes what the attack left in the inbox (``attack_backlog_taken_s``); a flood from one
-identity while the consumer takes everything and the honest peer measures (the flooder's accepted
-rate is what the consumer received from it); then everybody stops, the consumer drains, and the RSS
-after the drain is read.
+identity (``--flood-rate``, 20,000 a second) while the consumer takes everything and the honest peer
+measures (the flooder's accepted rate is what the consumer received from it); then everybody stops,
+the consumer drains, and the RSS after the drain is read.
 
 JSON keys: ``hostile_peak_rss_mb`` (VmHWM of the sidecar over the whole run), ``peak_rss_mb_attack`` and
 ``peak_rss_mb_flood`` (the same, each phase alone: the kernel's VmHWM is reset at its start), ``rss_after_drain_mb``,
@@ -269,15 +269,24 @@ def role_consumer(args) -> None:
 # -- orchestrator ---------------------------------------------------------------------------------------
 
 
-def _start_sidecar(work: Path, link_read_ahead: int | None = None,
-                   tree: Path | None = None) -> tuple[subprocess.Popen, str, Path]:
+def _start_sidecar(work: Path, link_read_ahead: int | None = None, tree: Path | None = None,
+                   settings: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, Path]:
+    """The sidecar under test, its contact and its local API socket. ``settings``: extra
+    ``SECTION.KEY=VALUE`` lines of its configuration (TOML values), for runs that compare settings."""
     toml = work / "node.toml"
     sock = work / "node.sock"
-    limits = [] if link_read_ahead is None else ["[limits]", f"link_read_ahead = {link_read_ahead}"]
-    toml.write_text("\n".join([
-        "[node]", f'key = "{work}/node.key"', 'listen = "tcp://127.0.0.1:0"', f'contact_file = "{work}/contact"',
-        "[local_api]", f'path = "{sock}"', "[spool]", f'dir = "{work}/spool"', "[mdns]", "enabled = false",
-        *limits, "[log]", 'level = "warning"']) + "\n")
+    sections: dict[str, list[str]] = {
+        "node": [f'key = "{work}/node.key"', 'listen = "tcp://127.0.0.1:0"', f'contact_file = "{work}/contact"'],
+        "local_api": [f'path = "{sock}"'], "spool": [f'dir = "{work}/spool"'], "mdns": ["enabled = false"],
+        "limits": [] if link_read_ahead is None else [f"link_read_ahead = {link_read_ahead}"],
+        "log": ['level = "warning"']}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        section, _, name = key.strip().partition(".")
+        if not name or not value:
+            raise BenchError(f"--set wants SECTION.KEY=VALUE, got {setting!r}")
+        sections.setdefault(section, []).append(f"{name} = {value.strip()}")
+    toml.write_text("\n".join(line for name, lines in sections.items() for line in [f"[{name}]", *lines]) + "\n")
     err = open(work / "node.log", "w")
     # tree: another checkout's zmqagents (--baseline): `python -m` from there imports that one
     proc = subprocess.Popen([sys.executable, "-m", "zmqagents.launch", "node", "--config", str(toml)],
@@ -383,7 +392,7 @@ def _orchestrate(args, work: Path, children: list[Child], tree: Path | None) -> 
     proc = None
     try:
         if True:
-            proc, contact, sock = _start_sidecar(work, args.link_read_ahead, tree)
+            proc, contact, sock = _start_sidecar(work, args.link_read_ahead, tree, tuple(args.set))
             consumer = Child(SCRIPT, "consumer", f"--socket={sock}", name="consumer")
             honest = Child(SCRIPT, "honest", f"--contact={contact}", name="honest")
             children += [consumer, honest]
@@ -429,7 +438,7 @@ def _orchestrate(args, work: Path, children: list[Child], tree: Path | None) -> 
                     break
             backlog_s = time.monotonic() - drain_start
             log(f"the memory attack's backlog taken in {backlog_s:.1f} s (inbox {before['status']['inbox']})")
-            flood_rate = _paced_rate("flood", args.flood_factor)
+            flood_rate = args.flood_rate if args.flood_factor is None else _paced_rate("flood", args.flood_factor)
             flooder = Child(SCRIPT, "attacker", f"--contact={contact}", "--shapes=flood", "--identities=1",
                             f"--seconds={args.seconds}", f"--rates={flood_rate}", "--drain", name="flooder")
             children.append(flooder)
@@ -486,9 +495,11 @@ def _orchestrate(args, work: Path, children: list[Child], tree: Path | None) -> 
         "attack_backlog_taken_s": round(backlog_s, 2),
         "inbox_at_flood_start": before["status"]["inbox"],
         "drops": drops,
-        "config": {"attackers_per_shape": args.attackers, "factor": args.factor, "flood_factor": args.flood_factor, "seconds": args.seconds, "shapes": args.shapes.split(","),
-                   "sidecar": "default config, mdns off" if args.link_read_ahead is None
-                   else f"default config, mdns off, [limits] link_read_ahead = {args.link_read_ahead}"},
+        "config": {"attackers_per_shape": args.attackers, "factor": args.factor, "flood_factor": args.flood_factor,
+                   "flood_rate": args.flood_rate if args.flood_factor is None else None, "seconds": args.seconds, "shapes": args.shapes.split(","),
+                   "sidecar": "default config, mdns off" + "".join(
+                       f", {s}" for s in ([] if args.link_read_ahead is None
+                                          else [f"limits.link_read_ahead={args.link_read_ahead}"]) + args.set)},
         "env": load.report(),
     }
     return out
@@ -506,10 +517,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="memory attack shapes (default: all)")
     parser.add_argument("--factor", type=float, default=4.0,
                         help="memory attackers send this many times what the per-peer limits admit (default 4)")
-    parser.add_argument("--flood-factor", type=float, default=2.0,
-                        help="the flooder sends this many times the per-peer message limit (default 2)")
+    # The flood's rate does not follow the per-peer default, so that runs before and after a change of
+    # that default flood alike: 20,000 a second is twice the former default of 10,000, and five times
+    # what a default sidecar handles from all its peers.
+    parser.add_argument("--flood-rate", type=float, default=20_000.0,
+                        help="messages a second the flooder sends (default 20,000)")
+    parser.add_argument("--flood-factor", type=float, default=None,
+                        help="instead of --flood-rate: this many times the per-peer message limit")
     parser.add_argument("--link-read-ahead", type=int, default=None,
                         help="set the sidecar's [limits] link_read_ahead (default: its default; 10000 was the old one)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a setting of the sidecar under test (TOML value, repeatable), e.g. spool.fsync='\"never\"'")
     parser.add_argument("--baseline", metavar="DIR",
                         help="also run against the sidecar of the checkout in DIR (e.g. a worktree of the previous "
                              "commit), alternating with this one; each run is listed under 'runs'")

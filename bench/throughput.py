@@ -460,6 +460,8 @@ def _node_config(args):
         config.delivery.__post_init__()  # re-validate
     if args.rate_limit:  # the receiver's per-peer message limit caps what one sender gets through
         config.transport.rate_limit.messages = config.transport.rate_limit.message_burst = args.rate_limit
+    if args.recv_hwm:  # what libzmq reads ahead per connection (transport/config.py, RECV_HWM)
+        config.transport.recv_hwm = args.recv_hwm
     return config
 
 
@@ -666,10 +668,10 @@ CLIENT_ROLE = {"oneway": "push", "rr": "rr", "pingpong": "ping"}
 
 
 def measure(kind: str, impl: str, n: int, warmup: int, window: int, timeout: float, profile_dir: str | None,
-            delivery: list[str] | None = None, batch: int = 0, rate_limit: float = 0) -> dict:
+            delivery: list[str] | None = None, batch: int = 0, rate_limit: float = 0, recv_hwm: int = 0) -> dict:
     """One run of one measurement: a fresh server process and a fresh client process."""
     common = ["--n", str(n), "--warmup", str(warmup), "--window", str(window), "--timeout", str(timeout),
-              "--batch", str(batch), "--rate-limit", str(rate_limit)]
+              "--batch", str(batch), "--rate-limit", str(rate_limit), "--recv-hwm", str(recv_hwm)]
     extra: list[str] = []
     if profile_dir and impl == "za":
         extra = ["--profile-dir", profile_dir]
@@ -757,7 +759,7 @@ def orchestrate(args) -> int:
                 for impl in order:
                     timeout = args.timeout or (60 + n / 500)
                     res = measure(kind, impl, n, warmup, args.window, timeout, args.profile_dir, args.delivery,
-                                  args.batch, args.rate_limit)
+                                  args.batch, args.rate_limit, args.recv_hwm)
                     runs[(kind, impl)].append(res)
                     figure = (f"{res['msgs_per_s']:,.0f} msg/s" if "msgs_per_s" in res
                               else f"p50 {res['p50_us']:.0f} µs p99 {res['p99_us']:.0f} µs")
@@ -811,6 +813,7 @@ def orchestrate(args) -> int:
         "delivery_overrides": args.delivery or [],
         "batch": args.batch,
         "rate_limit": args.rate_limit or "default",
+        "recv_hwm": args.recv_hwm or "default",
         "body_bytes": BODY_BYTES,
         "transport": "tcp://127.0.0.1",
         "curve": True,
@@ -867,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="zmqagents one-way sender: node.send_many with N bodies at a time (default 0: node.send each)")
     p.add_argument("--rate-limit", type=float, default=0, metavar="MSGS",
                    help="zmqagents nodes accept MSGS messages/s per peer (burst as much) instead of the default")
+    p.add_argument("--recv-hwm", type=int, default=0, metavar="N",
+                   help="zmqagents nodes let libzmq read N messages ahead per connection instead of the default")
     p.add_argument("--compare", metavar="REF", help="run commit REF's benchmark and this one's side by side, "
                    "interleaved, and print both (bench/compare.py; --quick and --repeats carry over)")
     p.add_argument("--delivery", action="append", metavar="FIELD=VALUE",

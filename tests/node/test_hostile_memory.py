@@ -210,3 +210,47 @@ def test_many_peers_of_large_frames_against_a_slow_node_wait_in_a_byte_bounded_b
             server.close()
 
     arun(main(), timeout=60)
+
+
+def test_a_request_is_answered_before_another_peers_messages_in_its_batch_are_stored(arun):
+    # Storing direct messages may block the loop (a sidecar's inbox fsyncs them before their acks
+    # leave): a request from another peer decoded in the same batch must not wait for that store.
+    # The inbox notes, as each message is stored, how many frames had been written to the asker.
+    from zmqagents.queues import BoundedQueue
+
+    class NotingInbox(BoundedQueue):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.written_to_asker: list[int] = []
+
+        def put(self, item, sender, cost):
+            self.written_to_asker.append(node.transport.peer_traffic.of(asker.node_id)[2])
+            super().put(item, sender, cost)
+
+    async def main():
+        nonlocal node, asker
+        config = NodeConfig()
+        inbox = NotingInbox(config.inbox_limit, config.inbox_bytes, config.inbox_share)
+        ctx = zmq.Context()
+        async with Node(config=config, inbox=inbox) as node:
+            storer = Attacker(ctx, node)
+            asker = Identity.generate()
+            asking = curve_dealer(ctx, node.contact, key=asker, routing_id=dealer_routing_id(asker.public_key))
+            await asyncio.sleep(0.3)  # handshakes
+            body = msgpack.packb("x" * 100)
+            for _ in range(10):
+                storer.send(body)
+            asking.send(Envelope(os.urandom(16), asker.node_id, PEERS, None, dst=node.node_id, seq=1, ep=7).encode())
+            time.sleep(0.5)  # holds the node's loop: both peers' frames wait in libzmq, to be read in one batch
+            for _ in range(100):
+                if asking.poll(0) and len(inbox.written_to_asker) == 10:
+                    break
+                await asyncio.sleep(0.1)
+            assert asking.poll(0), "the request was not answered"
+            assert inbox.written_to_asker == [1] * 10, inbox.written_to_asker
+            storer.sock.close()
+            asking.close()
+        ctx.term()
+
+    node = asker = None
+    arun(main(), timeout=60)

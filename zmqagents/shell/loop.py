@@ -132,7 +132,25 @@ class NodeLoop:
     # -- the pump ------------------------------------------------------------------------------
 
     def on_batch(self, batch: list[Envelope]) -> None:
-        """The transport's callback: a batch of authenticated envelopes, read until EAGAIN."""
+        """The transport's callback: a batch of authenticated envelopes, read until EAGAIN.
+
+        Senders with a direct message in the batch are served last, after what the others sent has
+        been answered and written: storing direct messages may block the loop (a sidecar's inbox
+        fsyncs them before their acks leave, 4-16 ms on a busy disk), and a request from another peer
+        must not wait for that. Each sender's envelopes stay together and in order.
+        """
+        if len(batch) > 1:
+            storing = {env.src for env in batch if env.type == "msg"}
+            if storing:
+                first = [env for env in batch if env.src not in storing]
+                if first:
+                    self._admit(first)
+                    self.transport.write_now()
+                    batch = [env for env in batch if env.src in storing]
+        self._admit(batch)
+
+    def _admit(self, batch: list[Envelope]) -> None:
+        """Hand ``batch`` to the cores (a full inbox refusing messages first), then pump."""
         delivery = self.delivery
         core = self.core
         inbox = self._inbox

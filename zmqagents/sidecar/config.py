@@ -393,10 +393,10 @@ class LimitsSection:
                                doc="Memory those messages may hold (decoded, as Envelope.cost counts it)")
     peer_share: float = setting(Number(0.01, 1), 0.5,
                                 doc="Fraction of the inbox bounds one peer may hold, so others keep room")
-    peer_messages_per_s: float = setting(Number(1, 10_000_000), 10_000,
+    peer_messages_per_s: float = setting(Number(1, 10_000_000), 50_000,  # core/ratelimit.py says why
                                          doc="Messages a second accepted from one peer; more are dropped unacked "
                                              "(retransmitted later)")
-    link_read_ahead: float = setting(Number(1, 1_000_000), 8,  # transport.config.RECV_HWM, which says why
+    link_read_ahead: float = setting(Number(1, 1_000_000), 16,  # transport.config.RECV_HWM, which says why
                                      doc="Messages ZeroMQ reads ahead on one connection before it leaves the rest "
                                          "in TCP (each may hold up to the size limit)")
     read_backlog_bytes: int = setting(Size(minimum=65536), 2 * 2**20,  # transport/backlog.py says why

@@ -18,10 +18,17 @@ from ..envelope import DEFAULT_MAX_SIZE
 # of data and a table of 249 reference records of 40 bytes). So a connection can make libzmq hold up
 # to (RECV_HWM + 1) x the size limit, or RECV_HWM x ~18 KB, while the event loop is behind: measured
 # with bench/hostile.py and the loop held for 1.5 s, 10,000 (the old value) let a flood of small
-# messages pin 83 MB of buffers and four senders of 1 MiB frames 53 MB. 8 keeps the read-ahead at a
-# few wakeups of the I/O thread per message batch, with no throughput cost visible in
-# bench/throughput.py. The senders' own queues hold the rest.
-RECV_HWM = 8
+# messages pin 83 MB of buffers and four senders of 1 MiB frames 53 MB. The read backlog
+# (backlog.py) takes everything libzmq holds each turn of the loop, so libzmq keeps only what
+# arrives during one turn; the mark matters while the loop is busy.
+# Why 16 and not 8: a full queue stops the I/O thread, and the application's reads wake it again
+# each time it is half empty, so a low mark costs system calls on every busy connection. Counted with
+# strace -f -c over bench/throughput.py --only oneway --impl za --messages 20000 (both processes,
+# start-up included, 2026-12-07, loaded box): 695k system calls at 8, 165k at 16, 109k at 32, 75k at 64,
+# about 31, 6.5, 3.7 and 2.1 a message. 16 takes most of that gain for one more maximum-size frame of
+# read-ahead per connection than 32 would double again (17 MiB against 9 MiB at 8; bench/hostile.py with
+# unpaced senders of 1 MiB frames peaked alike at 8 and 64, as the backlog drains each turn).
+RECV_HWM = 16
 
 
 @dataclass(slots=True)

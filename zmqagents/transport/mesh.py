@@ -49,8 +49,11 @@ log = logging.getLogger(__name__)
 
 READ_BATCH = 512  # messages per readable callback before yielding to the loop
 # ...or fewer: a batch ends once the envelopes decoded in it cost this much (Envelope.cost), so a burst
-# of large envelopes is handed on (and its memory freed) a few at a time, not 512 at once.
-BATCH_BYTES = 2 << 20
+# of large envelopes is handed on (and its memory freed) one or two at a time, not 512 at once. 1 MiB:
+# one envelope of 16,384 values (~1.6 MB decoded) or one wide string (~4 MiB) is then a batch alone,
+# where 2 MiB let two of the first or a wide string after 2 MiB of others be held at once; batches of
+# small envelopes end at DECODE_BATCH long before (64 x ~2 KB).
+BATCH_BYTES = 1 << 20
 # Frames the inbox takes out of libzmq per turn, at most, before it decodes (into the read backlog,
 # where they are bounded in bytes; see backlog.py): a few microseconds each, so a turn stays short.
 READ_AHEAD = READ_BATCH
@@ -362,11 +365,11 @@ class Transport:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
-        """Write every queued frame, then look once more at each socket written to: a send can
-        swallow the edge of ZeroMQ's edge-triggered FD, so incoming messages could otherwise wait."""
-        self._flush_scheduled = False
-        if self._closed:
+    def write_now(self) -> None:
+        """Write every frame queued so far now, not at the end of this loop turn: for a caller about to
+        block the loop (a durable store's fsync) with replies queued that do not depend on it. The
+        sockets written to are still looked at again by the flush already scheduled."""
+        if self._closed or not self._outbox:
             return
         outbox, self._outbox = self._outbox, []
         gate = self.fleet
@@ -374,6 +377,14 @@ class Transport:
             if gate is not None and not gate.clear(hop, frame, dst):
                 continue  # held until hop shows its certificate (or dropped, see fleet.py)
             self._route(hop, frame)
+
+    def _flush(self) -> None:
+        """Write every queued frame, then look once more at each socket written to: a send can
+        swallow the edge of ZeroMQ's edge-triggered FD, so incoming messages could otherwise wait."""
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        self.write_now()
         socks, self._recheck = self._recheck, set()
         for sock in socks:
             if sock.closed or not readable(sock):  # the usual case: nothing came in meanwhile
