@@ -43,7 +43,7 @@ from .dht import Dht, DhtError, ProviderInfo
 from .envelope import Envelope
 from .errors import InvalidArgument
 from .identity import Contact, Identity, IdentityError, short_id
-from .queues import BoundedQueue
+from .queues import BoundedQueue, FairQueue
 from .revocations import RevocationSync
 from .shell.broadcasting import MeshTopics
 from .shell.loop import Clock, NodeLoop, Ticker
@@ -106,7 +106,7 @@ class Node:
         """``listen`` and ``secure`` override ``config.transport``'s (whose defaults are
         tcp://127.0.0.1:0 and CURVE on); the ``config`` passed in is never modified, so one
         NodeConfig can serve several nodes. ``inbox``: where direct messages wait for the
-        application, if not a BoundedQueue of ``config``'s bounds: a queue with the same interface
+        application, if not a FairQueue of ``config``'s bounds (senders in turn): a queue with the same interface
         whose ``flush()`` is called before any ack for what it was given leaves (the sidecar's
         inbound spool: nothing acknowledged lives only in memory)."""
         if identity is None:
@@ -159,7 +159,7 @@ class Node:
                              on_relay=lambda env, batch: self._relays.on_envelope(env, batch))
         self._sender = Sender(self.delivery, self.transport, self.loop)
         self._inbox: BoundedQueue[Message] = (
-            inbox if inbox is not None else BoundedQueue(config.inbox_limit, config.inbox_bytes, config.inbox_share))
+            inbox if inbox is not None else FairQueue(config.inbox_limit, config.inbox_bytes, config.inbox_share))
         self._neighbours = Neighbours(identity.node_id, self.transport, config, self.stats,
                                       request=self._hello_request, observe=self._observe,
                                       forget=self.delivery.forget)

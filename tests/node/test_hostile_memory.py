@@ -254,3 +254,32 @@ def test_a_request_is_answered_before_another_peers_messages_in_its_batch_are_st
 
     node = asker = None
     arun(main(), timeout=60)
+
+
+def test_the_application_takes_an_honest_peers_message_before_a_flooders_backlog(arun):
+    # The inbox hands out one sender's message after the other's: a flooder's thousands waiting
+    # there do not stand between the application and an honest peer's message.
+    async def main():
+        ctx = zmq.Context()
+        async with Node() as node:
+            flooder = Attacker(ctx, node)
+            await asyncio.sleep(0.3)  # handshake
+            body = msgpack.packb("x" * 100)
+            for _ in range(300):
+                flooder.send(body)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while node.inbox_size[0] < 300 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            assert node.inbox_size[0] == 300
+            async with Node(peers=[node.contact]) as honest:
+                await honest.send(node.node_id, "honest")
+                await honest.flush(timeout=10)
+                first = [await node.receive(timeout=5) for _ in range(2)]
+                assert honest.node_id in [m.src for m in first]
+                rest = [await node.receive(timeout=5) for _ in range(299)]
+                assert [m.src for m in first + rest].count(flooder.ident.node_id) == 300
+            flooder.sock.close()
+        ctx.term()
+
+    arun(main(), timeout=60)

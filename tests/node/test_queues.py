@@ -74,3 +74,26 @@ def test_bad_bounds_are_refused():
     for args in ((0, 10, 0.5), (10, 0, 0.5), (10, 10, 0), (10, 10, 1.5)):
         with pytest.raises(ValueError):
             BoundedQueue(*args)
+
+
+def test_a_fair_queue_takes_one_sender_after_the_other_each_in_order(arun):
+    from zmqagents.queues import FairQueue
+
+    async def main():
+        q: FairQueue[str] = FairQueue(limit=100, max_bytes=10_000, share=1.0)
+        for i in range(5):
+            q.put(f"a{i}", A, 10)  # a flooder's backlog
+        q.put("b0", B, 10)
+        q.put("b1", B, 10)
+        assert q.get_nowait() == ("a0", A, 10)
+        assert q.get_nowait() == ("b0", B, 10)  # B's first waits for one of A's, not for all of them
+        assert q.get_nowait() == ("a1", A, 10)
+        item = await q.get()
+        assert item == ("b1", B, 10)
+        q.unget(*item)  # put back: taken next again, B first in turn
+        assert [q.get_nowait()[0] for _ in range(4)] == ["b1", "a2", "a3", "a4"]
+        assert (len(q), q.bytes, q.held_by(A), q.held_by(B)) == (0, 0, (0, 0), (0, 0))
+        with pytest.raises(IndexError):
+            q.get_nowait()
+
+    arun(main())

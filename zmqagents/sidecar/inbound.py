@@ -30,7 +30,7 @@ import time
 from collections import deque
 from ..envelope import Envelope, EnvelopeError
 from ..node import Message, message_cost
-from ..queues import BoundedQueue
+from ..queues import BoundedQueue, FairQueue
 from .spool import Spool, SpoolConfig, SpoolError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class SpoolInbox:
         self.node_id = node_id
         self.dedup_window = dedup_window
         # Items are spool references (int), or Messages when writing them failed (kept in memory).
-        self._queue: BoundedQueue[int | Message] = BoundedQueue(limit, config.max_bytes, share)
+        self._queue: BoundedQueue[int | Message] = FairQueue(limit, config.max_bytes, share)  # senders in turn
         self._pending: list[Message] = []  # put, not yet flushed
         self._taken: dict[bytes, tuple[int | Message, bytes, int]] = {}  # msg id -> (item, sender, cost)
         self._taken_by: dict[bytes, list[int]] = {}  # sender -> [count, cost] taken, not acknowledged
