@@ -35,18 +35,19 @@ Cost, measured on the 2-core reference box while other work kept 1.6 of its 2 CP
   rank got ~18 % of a CPU); at ~110 wall seconds per virtual second then, the run was stopped (it
   would have taken over an hour more). It needs ~14 GB for the two ranks together.
 
-On a cluster (an estimate from these figures, not a measurement): the work per rank (events, and
-the nodes' cores in memory) divides by the number of ranks R; what does not is every rank's copy of what it knows about all nodes (ids, contacts,
-liveness: ~4.5 KB per node, 450 MB at 100,000), the scenario-wide calls each rank runs, and the
-windows: their number is set by virtual time over the smallest delay (60,000 for 60 s at the
-default 1 ms floor), whatever R. Each window costs one swap: two small collectives and a pickled
-batch per peer, tens of microseconds on a cluster interconnect plus ~10 us of Python per peer, so
-~0.1 ms at R = 8 to ~1 ms at R = 64 (6 to 60 s per 60,000 windows), against an estimated 30 million
-events at 100,000 nodes for 60 s (~25 minutes of one core: the 2 ranks above ran at ~19,000 events
-per CPU second). So 100,000 nodes scale to some 16 to 32 ranks before the windows dominate; beyond, a larger
-latency floor (fewer, longer windows) or more nodes per run pays for more ranks. Cross-rank traffic
-also grows with R (ranks own id ranges: a node's contacts in the log2(R) farthest buckets live on
-other ranks, about 1 message in 10 at R = 2 and 10,000 nodes).
+On a cluster (an estimate from these figures, not a measurement): the work per rank (events, and the
+nodes' cores in memory) divides by the number of ranks R; what does not is every rank's copy of what
+it knows about all nodes (ids, contacts, liveness: ~4.5 KB per node, 450 MB at 100,000), the
+scenario-wide calls each rank runs, and the windows: their number is set by virtual time over the
+smallest delay (60,000 for 60 s at the default 1 ms floor), whatever R. Each window costs one swap:
+two small collectives and a pickled batch per peer, tens of microseconds on a cluster interconnect
+plus ~10 us of Python per peer, so ~0.1 ms at R = 8 to ~1 ms at R = 64 (6 to 60 s per 60,000
+windows), against an estimated 30 million events at 100,000 nodes for 60 s (~25 minutes of one core:
+the 2 ranks above ran at ~19,000 events per CPU second). So 100,000 nodes scale to some 16 to 32
+ranks before the windows dominate; beyond, a larger latency floor (fewer, longer windows) or more
+nodes per run pays for more ranks. Cross-rank traffic also grows with R (ranks own id ranges: a
+node's contacts in the log2(R) farthest buckets live on other ranks, about 1 message in 10 at R = 2
+and 10,000 nodes).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ How the workers stay in step. No message arrives sooner than the network's small
 its events before virtual time ``T``, each may go on to ``T + L`` on its own: nothing another worker
 does in that window can reach it before the window ends. After each window the workers swap, each
 with each (:meth:`~zmqagents.sim.exchange.Exchange.swap`), the messages for the other's nodes and
-the time of their next event; all of them then agree on the next window's start (the earliest event anywhere, so idle stretches cost nothing).
-A window also ends at every *barrier*, a scenario step that reads other workers' nodes (the join
-check's lookups): there the first worker asks the others for their nodes' routing tables, and
-they answer until it is done.
+the time of their next event; all of them then agree on the next window's start (the earliest
+event anywhere, so idle stretches cost nothing). A window also ends at every *barrier*, a scenario
+step that reads other workers' nodes (the join check's lookups): there the first worker asks the
+others for their nodes' routing tables, and they answer until it is done.
 
 Same run, whatever the split: the engine orders every node's events by numbers the node draws
 itself, and each sender's network draws come from its own stream (see
