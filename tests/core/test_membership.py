@@ -411,24 +411,90 @@ def test_retransmit_limit_grows_with_log_n():
         assert a.pending_rumors == 0
 
 
-def test_unknown_subject_rumors_are_forwarded_once_and_bounded_under_a_flood():
+def test_news_about_strangers_is_relayed_once_and_a_flood_of_it_is_bounded():
+    """News about nodes we do not hold is relayed (the holders are spread over the mesh), once per news,
+    but at most foreign_limit strangers per foreign_window: after a mass crash every node would
+    otherwise relay the news of every death, and with one 256-subject memory for all news it forgot
+    and re-learned it over and over (protocols/membership.md 5.2)."""
     cfg = MembershipConfig()
     a = Membership(CONTACTS[0], random.Random(1), cfg)
     a.add(CONTACTS[1], 0.0)
     a.receive(_gossip(1, 0, [[SUSPECT, IDS[50], 3, []]]), 0.0)
-    assert a.pending_rumors == 1 and a.stats["rumors_foreign"] == 1
+    assert a.pending_rumors == 1 and a.stats["rumors_foreign"] == 1 and a.stats["rumors_new"] == 1
     a.receive(_gossip(1, 0, [[SUSPECT, IDS[50], 3, []]]), 0.1)
     assert a.pending_rumors == 1 and a.stats["rumors_duplicate"] == 1
+    a.receive(_gossip(1, 0, [[DEAD, IDS[50], 3]]), 0.2)  # newer news about a stranger we relay: relayed
+    assert a.stats["rumors_new"] == 2 and a.stats["rumors_foreign_dropped"] == 0
     rng = random.Random(2)
     for batch in range(400):
         rumors = [[DEAD, rng.randbytes(32), rng.randrange(10)] for _ in range(cfg.max_rumors_per_message)]
         a.receive(_gossip(1, 0, rumors), 1.0 + batch * 0.01)
+    assert a.stats["rumors_new"] == 1 + cfg.foreign_limit  # IDS[50] twice, then one per stranger admitted
+    assert a.stats["rumors_foreign_dropped"] == 400 * cfg.max_rumors_per_message - (cfg.foreign_limit - 1)
     assert a.pending_rumors <= cfg.max_rumors
-    assert len(a._rumors.heard) <= cfg.heard_limit
-    assert a.stats["rumors_evicted"] > 0 and a.stats["heard_evicted"] > 0
-    a.receive(_gossip(1, 0, [[DEAD, rng.randbytes(32), 0]] * 1000), 9.0)
+    assert a.stats["rumors_evicted"] == 0 and a.stats["heard_evicted"] == 0
+    # The early news is still remembered: a copy of it is a duplicate, not news relayed afresh (with
+    # the LRU memory the flood had pushed it out, and it went round again).
+    a.receive(_gossip(1, 0, [[DEAD, IDS[50], 3]]), 9.0)
+    assert a.stats["rumors_new"] == 1 + cfg.foreign_limit and a.stats["rumors_duplicate"] == 2
+    # A window later the slots are free again, one per new stranger.
+    t = 1.0 + cfg.foreign_window
+    a.receive(_gossip(1, 0, [[DEAD, rng.randbytes(32), 0] for _ in range(4)]), t)
+    assert a.stats["rumors_new"] == 1 + cfg.foreign_limit + 4
+    a.receive(_gossip(1, 0, [[DEAD, rng.randbytes(32), 0]] * 1000), t)
     assert a.stats["rumors_truncated"] == 1
     assert len(a) == 1 and a.state_of(IDS[1]) == "alive"  # the table itself is untouched
+
+
+def test_news_about_a_stranger_never_takes_a_queue_slot_from_news_about_members():
+    """A full rumor queue evicts its most-sent rumor for news about a member, a tombstone or us, but
+    news about a stranger is dropped instead (it is useless to us), and costs no memory."""
+    cfg = MembershipConfig(max_rumors=4)
+    a = Membership(CONTACTS[0], random.Random(1), cfg)
+    for i in range(1, 9):
+        a.add(CONTACTS[i], 0.0)
+    a.set_network_size(10_000)  # 11 sends per rumor: the verification pings below do not retire any
+    a.receive(_gossip(9, 0, [[SUSPECT, IDS[i], 0, [IDS[9][:8]]] for i in range(1, 5)]), 0.0)
+    assert a.pending_rumors == 4 and a.stats["rumors_evicted"] == 0
+    queued = {r[1] for r in a.piggyback(10_000)}
+    assert queued == set(IDS[1:5])
+    a.receive(_gossip(9, 0, [[DEAD, IDS[40 + i], 0] for i in range(6)]), 0.1)
+    assert a.stats["rumors_foreign_dropped"] == 6 and a.stats["rumors_evicted"] == 0
+    assert {r[1] for r in a.piggyback(10_000)} == queued
+    a.receive(_gossip(9, 0, [[SUSPECT, IDS[5], 0, [IDS[9][:8]]]]), 0.2)  # news about a member: it makes room
+    assert a.stats["rumors_evicted"] == 1 and IDS[5] in {r[1] for r in a.piggyback(10_000)}
+    # The dropped news was not remembered: once there is room, a copy of it is relayed.
+    for _ in range(20):
+        a.piggyback(10_000)
+    assert a.pending_rumors == 0
+    a.receive(_gossip(9, 0, [[DEAD, IDS[40], 0]]), 0.3)
+    assert a.pending_rumors == 1 and a.stats["rumors_foreign_dropped"] == 6
+
+
+def test_the_news_memory_is_bounded_in_bytes_whatever_the_flood():
+    """What a core keeps of the news it heard does not grow with the number of subjects: 20,000
+    strangers' news costs no more memory than 2,000 (tracemalloc)."""
+    import tracemalloc
+
+    cfg = MembershipConfig()
+    a = Membership(CONTACTS[0], random.Random(1), cfg)
+    a.add(CONTACTS[1], 0.0)
+    rng = random.Random(3)
+    floods = [[[DEAD, rng.randbytes(32), 0] for _ in range(cfg.max_rumors_per_message)] for _ in range(625)]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i, rumors in enumerate(floods[:63]):
+            a.receive(_gossip(1, 0, rumors), 1.0 + i * 0.01)
+        after_2k = tracemalloc.get_traced_memory()[0]
+        for i, rumors in enumerate(floods[63:]):
+            a.receive(_gossip(1, 0, rumors), 2.0 + i * 0.01)
+        after_20k = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert a.stats["rumors_foreign"] == 625 * cfg.max_rumors_per_message
+    assert after_20k - after_2k < 4096
+    assert after_2k - base < 64 * 1024
 
 
 GARBAGE_BODIES = [
@@ -707,6 +773,39 @@ def test_a_member_buried_soon_after_a_dead_one_answered_is_checked_a_period_late
     a.take_outgoing()
     sent = _drive(a, 6.0 + cfg.probe_interval + 0.5, _acker({3}))
     assert any(env.dst == IDS[3] and env.type == PING and env.body[2] == [[DEAD, IDS[3], 0]] for _, env in sent)
+
+
+def test_a_storm_of_news_about_strangers_in_trouble_sweeps_every_member_once():
+    """News of more than foreign_limit strangers within foreign_window, the last a suspicion (a mass
+    crash elsewhere, whose news we relay no further), makes a node sweep its own members: the news
+    naming its own dead may never reach it. News that they are alive or dead does not (dead rumors come
+    in sync answers long after a storm); nor do suspicions spread out over more than the window."""
+    cfg = MembershipConfig()
+    rng = random.Random(4)
+
+    def core():
+        a = Membership(CONTACTS[0], random.Random(5), cfg)
+        for i in range(1, 45):
+            a.add(CONTACTS[i], 0.0)
+        return a
+
+    a = core()
+    a.receive(_gossip(1, 0, [[ALIVE, 1, rng.randbytes(32), "tcp://h:1"] for _ in range(cfg.max_rumors_per_message)]), 1.0)
+    a.receive(_gossip(1, 0, [[ALIVE, 1, rng.randbytes(32), "tcp://h:1"] for _ in range(cfg.max_rumors_per_message)]), 1.0)
+    a.receive(_gossip(1, 0, [[ALIVE, 1, rng.randbytes(32), "tcp://h:1"] for _ in range(4)]), 1.0)
+    assert a.stats["rumors_foreign_dropped"] == 4 and a.stats["sweeps"] == 0
+    a.receive(_gossip(1, 0, [[DEAD, rng.randbytes(32), 0]]), 1.1)  # dead rumors (sync answers): no storm
+    assert a.stats["rumors_foreign_dropped"] == 5 and a.stats["sweeps"] == 0
+    a.receive(_gossip(1, 0, [[SUSPECT, rng.randbytes(32), 0, []]]), 1.1)
+    assert a.stats["sweeps"] == 1
+    sent = _drive(a, 1.1 + 44 / cfg.sweep_rate * cfg.gossip_interval + 1.0, _acker(set()))
+    assert {INDEX[env.dst] for _, env in sent if env.type == PING} == set(range(1, 45))
+
+    b = core()  # the same number of strangers, spread over more than the window: no storm
+    step = 2 * cfg.foreign_window / (cfg.foreign_limit + 8)
+    for i in range(cfg.foreign_limit + 8):
+        b.receive(_gossip(1, 0, [[SUSPECT, rng.randbytes(32), 0, []]]), 1.0 + i * step)
+    assert b.stats["rumors_foreign_dropped"] == 0 and b.stats["sweeps"] == 0
 
 
 def test_burying_many_members_at_once_sweeps_every_member_once():

@@ -41,9 +41,10 @@ How it decides, in short:
   transmissions first, within a byte budget; each is sent at most ``ceil(retransmit_mult *
   log10(N + 1))`` times by each node. A fresh rumor is also pushed once (``swim.gossip``) to
   ``gossip_fanout`` random members if we hold its subject, to ``relay_fanout`` if we merely relay
-  it. Rumors about nodes we do not hold are forwarded too (partial views), deduplicated by
-  (subject, incarnation, kind) in a bounded memory. A node that sends us old news about a member
-  we buried is told directly.
+  it. Rumors about nodes we do not hold are relayed too (partial views), deduplicated by
+  (subject, incarnation, kind) in a bounded memory, for at most ``foreign_limit`` such nodes per
+  ``foreign_window``: after a mass crash holders find their dead by sweeping. A node that sends us
+  old news about a member we buried is told directly.
 * **Anti-entropy.** Every ``sync_interval`` the periodic ping asks its target (a random member) for
   its recent rumors, which come back in the ack: a rumor lost to us is repaired within about one
   interval, at no extra message. Dead members are remembered as bounded tombstones and re-checked

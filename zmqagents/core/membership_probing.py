@@ -431,7 +431,15 @@ class Prober:
         burials.append(now)
         if len(burials) > k:
             del burials[0]
-        if len(burials) < k or burials[0] < now - cfg.sync_interval or now < self._sweep_next or self._leaving:
+        if len(burials) < k or burials[0] < now - cfg.sync_interval:
+            return
+        self._start_sweep(now)
+
+    def _start_sweep(self, now: float) -> None:
+        """Probe every alive member once, soon (at most one sweep per sweep_cooldown): many members died at
+        once, as our own burials (_buried) or a storm of news about others' dead (Gossip) says."""
+        cfg = self.config
+        if cfg.sweep_burials <= 0 or now < self._sweep_next or self._leaving:
             return
         self._sweep_next = now + cfg.sweep_cooldown
         sweep = [nid for nid, rec in self._members.items() if rec.state == ALIVE]

@@ -52,7 +52,7 @@ STAT_KEYS = (
     "suspected", "suspicions_cleared", "confirmations", "declared_dead", "declared_left",
     "revived", "refuted", "refutations_sent", "alive_hints", "dead_verified",
     # rumors
-    "rumors_new", "rumors_duplicate", "rumors_stale", "rumors_foreign", "rumors_merged", "rumors_evicted",
+    "rumors_new", "rumors_duplicate", "rumors_stale", "rumors_foreign", "rumors_foreign_dropped", "rumors_merged", "rumors_evicted",
     "rumors_retired", "rumors_truncated", "rumors_bad", "rumors_unknown_kind", "rumors_about_self",
     "self_accusations",
     # bad input and bounds
