@@ -555,6 +555,43 @@ def test_dedup_memory_is_bounded():
     assert net.delivered(B) == list(range(100))
 
 
+def _ids_held(d: Delivery) -> int:
+    return sum(len(p.ring) for p in d._peers.values()) + sum(len(k[1]) for k in d._kept.values())
+
+
+def test_dedup_memory_is_bounded_over_all_senders_and_the_least_recent_sender_is_dropped_first():
+    """One host can make thousands of keys: dedup_window per sender alone would let them pin GBs."""
+    b = Delivery(B, random.Random(2), DeliveryConfig(dedup_window=16, dedup_total=64, kept_dedup=4))
+    senders = [bytes([0x10 + i]) * 32 for i in range(20)]
+    t = 0.0
+    for n, src in enumerate(senders):
+        for seq in range(1, 17):
+            t += 0.001
+            b.receive(Envelope(bytes([n, seq]) * 8, src, "msg", seq, B, seq=seq, ep=5), t)
+        if n % 3 == 0:
+            b.forget(src)  # some senders' memories are kept after their state is dropped: counted too
+        assert _ids_held(b) <= 64
+    assert b.stats["delivered"] == 20 * 16
+    assert b.stats["dedup_dropped"] == 16  # four full memories fit; each later sender pushed one out
+    b.take_events()
+    # The most recent sender's ids are still known after its state is dropped and it comes back...
+    last = senders[-1]
+    b.forget(last)
+    b.receive(Envelope(bytes([19, 16]) * 8, last, "msg", "again", B, seq=1, ep=6), t + 1)
+    assert b.stats["duplicates"] == 1 and b.stats["dedup_restored"] == 1
+    # ...the least recent one's were dropped whole: its re-send is delivered (the bound is documented)
+    b.receive(Envelope(bytes([0, 1]) * 8, senders[0], "msg", "again", B, seq=1, ep=6), t + 2)
+    assert [e.env.body for e in b.take_events() if isinstance(e, Delivered)] == ["again"]
+    assert _ids_held(b) <= 64
+
+
+def test_a_single_sender_keeps_its_whole_dedup_window_under_the_total_bound():
+    b = Delivery(B, random.Random(2), DeliveryConfig(dedup_window=16, dedup_total=8))
+    for seq in range(1, 41):
+        b.receive(Envelope(bytes([seq]) * 16, A, "msg", seq, B, seq=seq, ep=5), seq * 0.001)
+    assert len(b._peers[A].ring) == 16 and b.stats["dedup_dropped"] == 0
+
+
 def test_forget_fails_what_is_in_flight():
     a, b, net = pair()
     net.drop = lambda env: True

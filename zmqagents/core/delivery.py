@@ -85,6 +85,10 @@ class Delivery(Retransmission):
         self._buffered_bytes = 0  # ...and their Envelope.cost
         # node id -> (ids, ring, ring_pos, highest epoch seen) of peers whose state was dropped (kept_dedup)
         self._kept: OrderedDict[bytes, tuple[Any, ...]] = OrderedDict()
+        # Senders whose ids are remembered (live peers and kept memories), least recently delivered
+        # first, and how many ids that is in all: the dedup_total bound drops from the front.
+        self._dedup_lru: OrderedDict[bytes, None] = OrderedDict()
+        self._dedup_ids = 0
         Retransmission.__init__(self, cfg)  # the timer wheel, the stall watchdog, our streams' counters
         self._ack_delay = cfg.ack_delay
         self._dedup_window = cfg.dedup_window
@@ -465,15 +469,41 @@ class Delivery(Retransmission):
         elif mid in ids:
             return False
         ids.add(mid)
+        lru = self._dedup_lru
+        lru[peer.id] = None
+        lru.move_to_end(peer.id)
         ring = peer.ring
         if len(ring) < self._dedup_window:
             ring.append(mid)
+            self._dedup_ids += 1
+            if self._dedup_ids > self.config.dedup_total:
+                self._drop_oldest_dedup(peer.id)
         else:
             pos = peer.ring_pos
             ids.discard(ring[pos])
             ring[pos] = mid
             peer.ring_pos = (pos + 1) % len(ring)
         return True
+
+    def _drop_oldest_dedup(self, keep: bytes) -> None:
+        """Over dedup_total: forget whole memories, the sender that delivered least recently first
+        (never ``keep``, the one delivering now: a single sender is bounded by dedup_window)."""
+        lru = self._dedup_lru
+        while self._dedup_ids > self.config.dedup_total and len(lru) > 1:
+            pid = next(iter(lru))
+            if pid == keep:
+                lru.move_to_end(pid)
+                continue
+            del lru[pid]
+            peer = self._peers.get(pid)
+            if peer is not None:
+                self._dedup_ids -= len(peer.ring)
+                peer.ids, peer.ring, peer.ring_pos = None, [], 0
+            else:
+                kept = self._kept.pop(pid, None)
+                if kept is not None:
+                    self._dedup_ids -= len(kept[1])
+            self.stats["dedup_dropped"] += 1
 
     def _on_reply(self, peer: Peer, env: Envelope) -> None:
         r = peer.requests.pop(env.re, None) if peer.requests and env.re is not None else None
@@ -519,13 +549,19 @@ class Delivery(Retransmission):
     def _keep_dedup(self, peer: Peer) -> None:
         """Remember a dropped peer's delivered ids (and its epoch) for when it comes back."""
         limit = self.config.kept_dedup
-        if not peer.ids or not limit:
+        if not peer.ids:
+            return
+        if not limit:
+            self._dedup_ids -= len(peer.ring)
+            self._dedup_lru.pop(peer.id, None)
             return
         kept = self._kept
         kept[peer.id] = (peer.ids, peer.ring, peer.ring_pos, peer.in_ep)
         kept.move_to_end(peer.id)
         while len(kept) > limit:
-            kept.popitem(last=False)
+            pid, (_, ring, _, _) = kept.popitem(last=False)
+            self._dedup_ids -= len(ring)
+            self._dedup_lru.pop(pid, None)
 
     def _fail_peer(self, peer: Peer, reason: str) -> None:
         """Fail everything in flight to a peer whose state is being dropped, and disarm its timers."""

@@ -34,7 +34,7 @@ STAT_KEYS = (
     "requests_cancelled", "request_limit", "abandoned", "fwd_sent", "fwd_received", "skipped",
     "malformed", "unsequenced", "stale_epoch", "epoch_resets", "buffer_discarded", "peers_evicted",
     "dedup_restored", "reorder_bytes_full", "stream_reopens", "stalls", "reneged", "fast_retransmits",
-    "floor_resends",
+    "floor_resends", "dedup_dropped",
 )
 
 
@@ -65,6 +65,12 @@ class DeliveryConfig:
     # that crashed is usually declared failed (and forgotten) before it restarts and re-sends its
     # outbox: this keeps its re-sends exactly-once. <= dedup_window ids (~400 KB) each.
     kept_dedup: int = 16
+    # Ids remembered over all senders, live and kept (~90 B each: 65,536 ~ 6 MB, sixteen full memories).
+    # dedup_window alone lets each of max_peers senders pin ~370 KB (GBs in all: one host can make
+    # thousands of keys); beyond this the memory of the sender that delivered least recently is dropped
+    # whole. That sender is the one least likely to re-send: what is at risk after a crash is its last
+    # unconfirmed messages, and those were delivered recently.
+    dedup_total: int = 1 << 16
     sack_max: int = 64  # selective seqs per ack: = ack_every, so one ack reports every arrival since the last
     max_requests: int = 65536  # requests awaiting a reply, all peers: bounds what slow peers can pile up
     timer_granularity: float = 0.001  # timer wheel slot (s): timers fire at most this late; 1 ms << rto_initial
@@ -81,7 +87,7 @@ class DeliveryConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise InvalidArgument(f"DeliveryConfig.{f.name} must be a non-negative number, got {value!r}")
         for name in ("rto_initial", "timer_granularity", "window", "ack_every", "reorder_limit", "reorder_bytes",
-                     "reorder_bytes_total", "dedup_window",
+                     "reorder_bytes_total", "dedup_window", "dedup_total",
                      "max_peers", "sack_max", "max_requests"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"DeliveryConfig.{name} must be positive")
