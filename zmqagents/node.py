@@ -71,6 +71,7 @@ from .shell.types import (  # re-exported: the Node API's types (zmqagents.shell
     contact_key,
     message_cost,
 )
+from .transport.context import SocketContext
 from .transport.mesh import Transport
 from .transport.reach import dial_problem
 
@@ -102,13 +103,16 @@ class Node:
         config: NodeConfig | None = None,
         rng: random.Random | None = None,
         inbox: BoundedQueue[Message] | None = None,
+        context: SocketContext | None = None,
     ):
         """``listen`` and ``secure`` override ``config.transport``'s (whose defaults are
         tcp://127.0.0.1:0 and CURVE on); the ``config`` passed in is never modified, so one
         NodeConfig can serve several nodes. ``inbox``: where direct messages wait for the
         application, if not a FairQueue of ``config``'s bounds (senders in turn): a queue with the same interface
         whose ``flush()`` is called before any ack for what it was given leaves (the sidecar's
-        inbound spool: nothing acknowledged lives only in memory)."""
+        inbound spool: nothing acknowledged lives only in memory). ``context``: a ZeroMQ context shared
+        by many nodes of this process on one event loop (transport/context.py; ``zmqagents swarm``); by
+        default the node has its own."""
         if identity is None:
             identity = Identity.generate()
         elif not isinstance(identity, Identity):
@@ -146,6 +150,7 @@ class Node:
             on_publication=lambda topic, env: self._neighbours.on_publication(topic, env),
             allow=frozenset(allowlist) if allowlist is not None else None,
             fleet=config.fleet,
+            context=context,
         )
         # One clock for every part of this node (its cores, the DHT facade, the task runtime): see shell/loop.py.
         self.clock = Clock()
@@ -347,11 +352,14 @@ class Node:
             })
         return rows
 
-    async def close(self) -> None:
-        """Stop timers and handlers, fail pending requests, close every socket."""
+    async def close(self, *, leave: bool = True) -> None:
+        """Stop timers and handlers, fail pending requests, close every socket.
+
+        ``leave=False`` goes without telling the members (no leave rumor, no wait): to them it is a
+        crash, detected by probes (how ``zmqagents swarm --kill`` kills a node of its process)."""
         if self._closed:
             return
-        if self.config.member and self.membership is not None and len(self.membership) and not self.membership.leaving:
+        if leave and self.config.member and self.membership is not None and len(self.membership) and not self.membership.leaving:
             # Tell the members we are going, so they report "left" rather than a failure later.
             self.membership.leave(self.now())
             self.loop.pump()

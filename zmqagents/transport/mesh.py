@@ -35,7 +35,7 @@ from ..core.relay import FORWARD
 from ..envelope import ENVELOPE_COST, Envelope, EnvelopeError, decode
 from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, short_id
 from .backlog import ReadBacklog
-from .binding import KEY_SIZE, ROUTING_ID_SIZE, PeerBinding, dealer_routing_id, seed_libzmq_counters
+from .binding import KEY_SIZE, ROUTING_ID_SIZE, PeerBinding, dealer_routing_id
 from .config import TransportConfig
 from .droplog import OUTGOING_DROPS, DropLog
 from .fleet import FleetConfig, FleetGate
@@ -43,6 +43,7 @@ from .linkwatch import LinkWatch
 from .peertraffic import PeerTraffic
 from .relaying import RelayPaths
 from .sockio import MORE_NOBLOCK, NOBLOCK, readable
+from .context import SocketContext
 from .zap import PUB_DOMAIN, ZAP_DOMAIN, ZapHandler
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,10 @@ class Transport:
         on_publication: PublicationHandler,
         allow: frozenset[bytes] | None = None,
         fleet: FleetConfig | None = None,
+        context: SocketContext | None = None,
     ):
+        """``context``: a ZeroMQ context shared with other Transports in this process (context.py);
+        by default the Transport makes its own and terminates it on :meth:`close`."""
         self.identity = identity
         self.config = config
         self.allow = allow
@@ -103,13 +107,14 @@ class Transport:
             self.fleet.on_subscriber_revoked.append(self._cut_subscribers)
         self._on_batch = on_batch
         self._on_publication = on_publication
-        seed_libzmq_counters()  # before our first ROUTER (and the ZAP handler's REP, built on one)
-        self.ctx = zmq.Context(io_threads=1)
-        self.ctx.setsockopt(zmq.MAX_SOCKETS, max(1024, config.max_dealers + config.max_subscribers + 64))
+        self._own_context = context is None
+        self.context = context if context is not None else SocketContext(
+            max_sockets=max(1024, config.max_dealers + config.max_subscribers + 64))
+        self.ctx = self.context.ctx
         self.loop: asyncio.AbstractEventLoop | None = None
         self.router: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
-        self.zap: ZapHandler | None = None
+        self._attached = False  # to self.context (start() attaches, close() detaches)
         self.endpoint = ""
         self.pub_endpoint = ""
         self.advertised: Contact | None = None  # what peers are told to use; default: our inbox endpoint
@@ -158,9 +163,9 @@ class Transport:
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         cfg = self.config
-        if cfg.secure:
-            self.zap = ZapHandler(self.ctx, admit_subscriber=None if self.fleet is None else self.fleet.admits_curve)
-            self._watch(self.zap.socket, lambda s: self.zap.drain())
+        self.context.attach(self.loop, secure=cfg.secure,
+                            admit_subscriber=None if self.fleet is None else self.fleet.admits_curve)
+        self._attached = True
         self.router = self._server_socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown routing id -> error, not a silent drop
         # A DEALER that reconnects with its (unguessable) id takes it over from its own stale connection.
@@ -188,8 +193,6 @@ class Transport:
         self._closed = True
         socks = [link.socket for link in self._dealers.values()] + [link.socket for link in self._subs.values()]
         socks += [s for s in (self.router, self.pub) if s is not None]
-        if self.zap is not None:
-            socks.append(self.zap.socket)
         for watch in self._link_watches.values():
             self._unwatch(watch.socket)
             watch.close()
@@ -201,7 +204,15 @@ class Transport:
             sock.close(linger=self.config.close_linger_ms if self.zap is None or sock is not self.zap.socket else 0)
         self._dealers.clear()
         self._subs.clear()
-        self.ctx.term()
+        if self._attached:
+            self.context.detach()
+        if self._own_context:
+            self.context.close()
+
+    @property
+    def zap(self) -> ZapHandler | None:
+        """The ZAP handler of our context (shared with the other Transports on it), once started."""
+        return self.context.zap
 
     def contact(self) -> Contact:
         """How peers reach us: our inbox, or (outbound-only) the relays set in ``advertised``."""

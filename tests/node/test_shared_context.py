@@ -1,0 +1,111 @@
+"""Many Nodes on one ZeroMQ context (transport/context.py): one I/O thread and one ZAP handler for all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+import zmq
+
+from zmqagents.errors import InvalidArgument
+from zmqagents.identity import Identity
+from zmqagents.node import Node, NodeConfig
+from zmqagents.transport.context import SocketContext
+
+from helpers.peers import curve_dealer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _os_threads() -> int:
+    """Threads of this process, libzmq's included (Python's threading module sees only its own)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_nodes_sharing_a_context_talk_over_curve_and_keep_one_io_thread(arun):
+    async def main():
+        threads_before = _os_threads()
+        shared = SocketContext(max_sockets=4096)
+        nodes = [Node(context=shared, config=NodeConfig(leave_timeout=0)) for _ in range(4)]
+        try:
+            for n in nodes:
+                n.on_request(lambda body, msg: {"echo": body})
+                await n.start()
+            assert shared.users == 4 and shared.zap is not None
+            assert all(n.transport.zap is shared.zap for n in nodes)
+            for a in nodes:
+                for b in nodes:
+                    if a is not b:
+                        assert await a.request(b.contact, a.node_id.hex()[:8], timeout=5) == {"echo": a.node_id.hex()[:8]}
+            # every connection was authenticated by the one shared ZAP handler
+            assert shared.zap.stats["zap_accepted"] >= 6
+            assert shared.zap.stats["zap_refused"] == 0
+            assert shared.ctx.get(zmq.MAX_SOCKETS) == 4096
+            # one context: its I/O thread and its reaper, whatever the number of nodes (a context each: 8)
+            assert _os_threads() - threads_before == 2
+        finally:
+            await asyncio.gather(*(n.close(leave=False) for n in nodes))
+        assert shared.users == 0
+        shared.close()
+        assert shared.ctx.closed
+
+    arun(main())
+
+
+def test_a_shared_context_still_refuses_plaintext_and_wrong_keys(arun):
+    """The shared ZAP handler admits only CURVE; a link that claims another node's key is dropped by
+    the node it reaches (binding.py), as with a context of its own."""
+    async def main():
+        shared = SocketContext()
+        a, b = Node(context=shared), Node(context=shared)
+        ctx = zmq.Context()
+        try:
+            await a.start()
+            await b.start()
+            plain = ctx.socket(zmq.DEALER)
+            plain.linger = 0
+            plain.connect(a.contact.endpoint)
+            plain.send(b"not curve")
+            mallory, victim = Identity.generate(), Identity.generate()
+            forged = curve_dealer(ctx, a.contact, key=mallory, routing_id=victim.public_key + bytes(16))
+            forged.send(b"\x00\x00\x00\x01\x80")
+            for _ in range(100):
+                if a.transport.drops.get("identity_mismatch") and a.transport.drops.get("plaintext"):
+                    break
+                await asyncio.sleep(0.05)
+            assert a.transport.drops.get("identity_mismatch") == 1
+            assert a.transport.drops.get("plaintext", 0) >= 1
+            assert b.transport.drops.get("identity_mismatch") is None  # counted by the node it reached only
+        finally:
+            ctx.destroy(linger=0)
+            await asyncio.gather(a.close(leave=False), b.close(leave=False))
+            shared.close()
+
+    arun(main())
+
+
+def test_a_context_is_for_one_event_loop_and_a_fleet_node_needs_its_own():
+    shared, own = SocketContext(), SocketContext()
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        shared.attach(first, secure=True)
+        with pytest.raises(InvalidArgument, match="one event loop"):
+            shared.attach(second, secure=True)
+        with pytest.raises(InvalidArgument, match="fleet node"):
+            shared.attach(first, secure=True, admit_subscriber=lambda key: True)
+        shared.detach()
+        assert shared.users == 0
+        shared.attach(second, secure=True)  # nobody attached any more: another loop may take it
+        zap = shared.zap
+        shared.detach()
+        assert shared.zap is zap  # the handler lives as long as the context
+        own.attach(second, secure=True, admit_subscriber=lambda key: True)  # alone: fine
+        with pytest.raises(InvalidArgument, match="fleet node"):
+            own.attach(second, secure=True)
+        own.detach()
+    finally:
+        shared.close()
+        own.close()
+        first.close()
+        second.close()
