@@ -50,6 +50,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # through the DHT.
     ("node", ("node", "shell", "dht", "coretimer", "sim", "queues", "revocations")),
     ("agents", ("agents",)),
+    # swarm: many Nodes in one process for load tests (its tasks workload drives the agent runtime).
+    ("swarm", ("swarm",)),
     # The entry points: the CLI package (launch.py starts it), the sidecar daemon (which takes its exit
     # statuses from cli/exits.py). The package root (__init__) re-exports Node, Agents, Capability, ... on
     # first use (PEP 562), so it sits with the entry points; nothing below may import it.

@@ -382,6 +382,21 @@ class Node:
             queue.put_nowait(None)
         self.transport.close()
 
+    def pause(self) -> None:
+        """Stall this node until :meth:`resume`: no socket read, no timer fired, as peers see a process
+        that stopped (a long GC pause, SIGSTOP) while its kernel and libzmq still accept connections and
+        queue what arrives. For fault injection (``zmqagents swarm --pause``), where many nodes share
+        one process and a signal would stop them all. What the application calls meanwhile still runs."""
+        if self.running:
+            self.transport.pause()
+            self.loop.pause()
+
+    def resume(self) -> None:
+        """End :meth:`pause`: what queued up is read, and deadlines that passed fire at once."""
+        if self.running:
+            self.loop.resume()
+            self.transport.resume()
+
     @property
     def running(self) -> bool:
         """Started and not yet closed."""

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from . import (agents, collab, config, context, dht, fleet, keys, members, mesh, messages, reference, serve, sim, tasks,
-               top, workflow)
+from . import (agents, collab, config, context, dht, fleet, keys, members, mesh, messages, reference, serve, sim, swarm,
+               tasks, top, workflow)
 from .common import VERBOSITY, verbosity_params
 from .version import version_option
 
@@ -56,8 +56,8 @@ def cli(ctx: click.Context) -> None:
 
 
 # Each module's COMMANDS are added to the group; click lists them by name.
-GROUPS = (keys, serve, messages, config, context, dht, agents, tasks, collab, workflow, fleet, mesh, sim, reference, members,
-          top)
+GROUPS = (keys, serve, messages, config, context, dht, agents, tasks, collab, workflow, fleet, mesh, sim, swarm, reference,
+          members, top)
 
 def _with_verbosity(command: click.Command) -> None:
     """-v and -q on every command, so they work after the subcommand too (`zmqagents task ... -v`)."""

@@ -91,6 +91,7 @@ class NodeLoop:
         self._timer = CoreTimer(clock.now, self._on_timer)
         self._idle: asyncio.Event | None = None
         self._halted = False
+        self._paused = False  # pause(): no ticks until resume()
 
     def start(self, core: NodeCore, inbox: BoundedQueue) -> None:
         """Drive ``core`` from now on, and admit arriving messages into ``inbox``."""
@@ -109,6 +110,17 @@ class NodeLoop:
     def halted(self) -> bool:
         return self._halted
 
+    def pause(self) -> None:
+        """Fire no timer until :meth:`resume`: with the transport paused too, the node stalls as a
+        stopped process does (``Node.pause``; fault injection for ``zmqagents swarm --pause``)."""
+        self._paused = True
+        self._timer.cancel()
+
+    def resume(self) -> None:
+        """Tick again: deadlines that passed meanwhile fire at once, as in a process that was stopped."""
+        self._paused = False
+        self._arm()
+
     @property
     def timer_at(self) -> float | None:
         """The pending timer's deadline on :attr:`clock`, None when none is armed."""
@@ -126,7 +138,7 @@ class NodeLoop:
 
     def wake(self, at: float | None) -> None:
         """An attached ticker's next deadline is ``at``: arm the timer for it if it is the earliest."""
-        if not self._halted:
+        if not (self._halted or self._paused):
             self._timer.arm((at,))
 
     # -- the pump ------------------------------------------------------------------------------
@@ -237,7 +249,7 @@ class NodeLoop:
         send = self.transport.send
         for env in delivery.take_outgoing():
             send(env)
-        if not self._halted:
+        if not (self._halted or self._paused):
             self._timer.arm((delivery.next_timer(),))  # earlier than the pending timer, or none pending
 
     # -- window updates: the inbox has room again ------------------------------------------------
@@ -279,7 +291,7 @@ class NodeLoop:
     # -- the timer -------------------------------------------------------------------------------
 
     def _arm(self) -> None:
-        if self._halted:
+        if self._halted or self._paused:
             return
         deadlines = [self.delivery.next_timer()]
         if self.core is not None:

@@ -41,6 +41,7 @@ from .droplog import OUTGOING_DROPS, DropLog
 from .fleet import FleetConfig, FleetGate
 from .linkwatch import LinkWatch
 from .peertraffic import PeerTraffic
+from .readers import Readers
 from .relaying import RelayPaths
 from .sockio import MORE_NOBLOCK, NOBLOCK, readable
 from .context import SocketContext
@@ -115,6 +116,7 @@ class Transport:
         self.router: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
         self._attached = False  # to self.context (start() attaches, close() detaches)
+        self._readers = Readers()  # the sockets we read, with their drains
         self.endpoint = ""
         self.pub_endpoint = ""
         self.advertised: Contact | None = None  # what peers are told to use; default: our inbox endpoint
@@ -161,7 +163,7 @@ class Transport:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = self._readers.loop = asyncio.get_running_loop()
         cfg = self.config
         self.context.attach(self.loop, secure=cfg.secure,
                             admit_subscriber=None if self.fleet is None else self.fleet.admits_curve)
@@ -468,7 +470,7 @@ class Transport:
 
     def _drain_subscriptions(self, sock: zmq.Socket) -> None:
         """XPUB delivers (un)subscriptions as b'\\x01topic' / b'\\x00topic' (first and last only)."""
-        if sock.closed:
+        if sock.closed or self._readers.paused:  # paused: resume() drains it
             return
         for _ in range(READ_BATCH):
             try:
@@ -680,13 +682,20 @@ class Transport:
     # -- receiving ---------------------------------------------------------------
 
     def _watch(self, sock: zmq.Socket, drain: Callable[[zmq.Socket], None]) -> None:
-        self.loop.add_reader(sock.FD, drain, sock)
-        # The FD may already have fired before we watched it.
-        self.loop.call_soon(drain, sock)
+        self._readers.watch(sock, drain)
 
     def _unwatch(self, sock: zmq.Socket) -> None:
-        if self.loop is not None and not sock.closed:
-            self.loop.remove_reader(sock.FD)
+        self._readers.unwatch(sock)
+
+    def pause(self) -> None:
+        """Read no socket until :meth:`resume` (``Node.pause``). libzmq's I/O thread goes on meanwhile:
+        it accepts, authenticates and queues what arrives, up to the high-water marks, as for a node
+        whose event loop is stalled."""
+        self._readers.pause()
+
+    def resume(self) -> None:
+        """Read again, starting with what queued up while paused."""
+        self._readers.resume()
 
     def _drain_link_watch(self, sock: zmq.Socket) -> None:
         watch = self._link_watches.get(sock)
@@ -696,7 +705,7 @@ class Transport:
     def _drain_router(self, sock: zmq.Socket) -> None:
         """Take what libzmq holds for the inbox into the read backlog, then decode one batch from the
         backlog and hand it on (``backlog.py`` says why the two steps)."""
-        if sock.closed:
+        if sock.closed or self._readers.paused:  # paused: resume() drains it
             return
         more = self._read_router(sock)
         backlog = self._backlog
@@ -821,7 +830,7 @@ class Transport:
 
     def _drain_link(self, sock: zmq.Socket) -> None:
         """Read a DEALER (replies from a peer we connected to) or a SUB (a neighbour's publications)."""
-        if sock.closed:
+        if sock.closed or self._readers.paused:  # paused: resume() drains it
             return
         link = self._links.get(sock)
         if link is None:

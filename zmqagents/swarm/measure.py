@@ -1,0 +1,73 @@
+"""What this process costs: resident memory, CPU (every thread, libzmq's included), file descriptors.
+
+Read from /proc and getrusage, so they count what the kernel charges the process, not what Python
+thinks it allocated (libzmq's buffers are invisible to tracemalloc).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+
+# fds one node holds, measured (tests/swarm): its ROUTER and XPUB (a listening socket and a mailbox
+# each), two link monitors (two mailboxes each), about 9 in all; each connection adds one TCP socket
+# at each end and a mailbox at the DEALER's end.
+FDS_PER_NODE_BASE = 9
+FDS_PER_LINK = 3
+
+
+def rss_mb() -> float:
+    """Resident set size now, MiB (VmRSS)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s() -> float:
+    """CPU seconds used so far by the whole process (all threads), user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
+@dataclass
+class FdLimit:
+    soft: int
+    hard: int
+    wanted: int
+    raised_from: int
+
+
+def raise_fd_limit(wanted: int) -> FdLimit:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one, and both to ``wanted`` if the hard one is lower
+    and we may (root, CAP_SYS_RESOURCE; else the soft limit stays at the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = soft
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            soft = hard = wanted
+        except (ValueError, OSError):
+            pass
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return FdLimit(soft, hard, wanted, before)
+
+
+def fds_wanted(nodes: int, links_per_node: int = 64) -> int:
+    """A generous guess of the fds ``nodes`` nodes in one process need: the base of each, and
+    ``links_per_node`` connections each (a link costs FDS_PER_LINK, shared by its two ends)."""
+    return 256 + nodes * (FDS_PER_NODE_BASE + links_per_node * FDS_PER_LINK // 2)
