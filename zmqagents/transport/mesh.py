@@ -202,8 +202,9 @@ class Transport:
         for sock in socks:
             self._unwatch(sock)
             # close_linger_ms: a short-lived publisher's last messages (PUB, and the broadcast payloads on
-            # its links) may take that long to leave; the ZAP socket and link watches never wait.
-            sock.close(linger=self.config.close_linger_ms if self.zap is None or sock is not self.zap.socket else 0)
+            # its links) may take that long to leave; the link watches never wait (nor the ZAP socket,
+            # which belongs to the context: context.py).
+            sock.close(linger=self.config.close_linger_ms)
         self._dealers.clear()
         self._subs.clear()
         if self._attached:
