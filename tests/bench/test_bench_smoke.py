@@ -335,3 +335,18 @@ def test_sim_mpi_quick_runs_one_scenario_three_ways_with_the_same_report():
         assert len(out[way]["peak_rss_mb_per_worker"]) == 2 and out[way]["windows"] > 1000
         _positive(out[way], "swap_ms_per_window")
     _positive(out, "mpi_over_fork_wall", "mpi_over_fork_swap_ms")
+
+
+def test_swarm_quick_reports_the_issue_figures_and_the_cost_of_a_link():
+    out = _run("swarm.py", "--quick", timeout=90)
+    assert out["nodes"] == 8 and out["procs"] == 1
+    _positive(out, "rss_mb_per_node", "join_s_p99", "request_ms_p99", "links_per_node")
+    assert out["delivery"] == 1.0
+    assert out["raw_pyzmq"]["kb_per_connection_both_ends"] > 0
+    explained = out["rss_per_node_explained"]
+    assert 0 < explained["links_mb"] and explained["links_share"] > 0
+    assert isinstance(out["aim_met"], bool) and out["aim_mb_per_node"] == 0.5
+    limits = out["limits"]
+    assert limits["fds_per_process"] <= limits["fd_limit_per_process"]
+    assert out["swarm"]["report"] == "zmqagents swarm"
+    assert "uptime" in out["env"] and out["params"]["quick"] is True

@@ -10,7 +10,7 @@ import zmq
 
 from zmqagents.errors import InvalidArgument
 from zmqagents.identity import Identity
-from zmqagents.node import Node, NodeConfig
+from zmqagents.node import Node, NodeConfig, RequestTimeout
 from zmqagents.transport.context import SocketContext
 
 from helpers.peers import curve_dealer
@@ -116,3 +116,27 @@ def test_a_context_is_for_one_event_loop_and_a_fleet_node_needs_its_own():
         own.close()
         first.close()
         second.close()
+
+
+def test_a_node_out_of_sockets_counts_the_drop_and_keeps_sending_what_it_can(arun):
+    """A context (or process) out of sockets or fds: opening a connection fails with EMFILE. The frame is
+    dropped and counted (``no_socket``, the delivery core retransmits it), never an exception out of the
+    transport's write burst that would lose the other frames of that burst."""
+    async def main():
+        cramped = SocketContext(max_sockets=20)  # ZAP 1 + 6 per node (ROUTER, XPUB, 2 monitors x 2): 19
+        config = NodeConfig(leave_timeout=0)
+        a, b, c = (Node(context=cramped, config=config) for _ in range(3))
+        try:
+            for n in (a, b, c):
+                n.on_request(lambda body, msg: body)
+                await n.start()
+            assert await a.request(b.contact, "to b", timeout=5) == "to b"  # the 20th socket: A's DEALER to B
+            with pytest.raises(RequestTimeout):
+                await a.request(c.contact, "to c", timeout=1.5)  # no socket left for a DEALER to C
+            assert a.transport.drops.get("no_socket", 0) >= 1
+            assert await a.request(b.contact, "still", timeout=5) == "still"  # A works on over what it has
+        finally:
+            await asyncio.gather(*(n.close(leave=False) for n in (a, b, c)))
+            cramped.close()
+
+    arun(main())

@@ -67,7 +67,14 @@ def raise_fd_limit(wanted: int) -> FdLimit:
     return FdLimit(soft, hard, wanted, before)
 
 
-def fds_wanted(nodes: int, links_per_node: int = 64) -> int:
-    """A generous guess of the fds ``nodes`` nodes in one process need: the base of each, and
-    ``links_per_node`` connections each (a link costs FDS_PER_LINK, shared by its two ends)."""
-    return 256 + nodes * (FDS_PER_NODE_BASE + links_per_node * FDS_PER_LINK // 2)
+def fds_wanted(nodes: int, links_per_node: int = 200) -> int:
+    """A generous bound on the fds ``nodes`` nodes in one process may need: the base of each, and
+    ``links_per_node`` connections each (a node keeps a link to most of its routing table: ~45
+    contacts at 100 nodes, more as the mesh grows; a link costs FDS_PER_LINK, shared by its two ends),
+    at most the kernel's per-process maximum (fs.nr_open). Raising a limit costs nothing."""
+    wanted = 256 + nodes * (FDS_PER_NODE_BASE + links_per_node * FDS_PER_LINK // 2)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return min(wanted, int(f.read()))
+    except (OSError, ValueError):
+        return wanted

@@ -25,8 +25,9 @@ HOW = {
                        "(nodes - 1): the memory an extra node costs in-process, both ends of its connections "
                        "to other in-process nodes included. Merged: the sums divided.",
     "rss_mb_per_node_end": "as rss_mb_per_node, at the end of the workload",
-    "join_s": "per node: node.join(bootstrap) from its call until it returned True (the join lookup "
-              "answered); joins run --join-concurrency at a time; the founding node of an own mesh has none",
+    "join_s": "per node: node.join(bootstrap) from its first call until it returned True (the join lookup "
+              "answered), up to 3 tries (join_retries counts the extra ones); joins run --join-concurrency at "
+              "a time; the founding node of an own mesh has none",
     "request_ms": "requests workload: node.request() to a node drawn from the caller's routing table, until "
                   "its reply; task_ms: Agents.request() (provider found through the DHT) until the task is "
                   "done; publish_ms: publication to receipt (wall clocks: across hosts, their skew adds in)",
@@ -97,6 +98,7 @@ def summary(tally: Tally) -> dict[str, Any]:
         "procs": int(c("procs")),
         "joined": int(c("joined")),
         "join_failed": int(c("join_failed")),
+        "join_retries": int(c("join_retries")),
     }
     out.update(h["join_s"].summary("join_s"))
     for name in ("request_ms", "task_ms", "publish_ms"):

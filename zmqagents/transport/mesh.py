@@ -430,7 +430,11 @@ class Transport:
             if contact.endpoint.startswith(RELAY_SCHEME):
                 self._drop("no_route", dst, "reached only through relays, and none is usable")
                 return
-            link = self._open_dealer(contact)
+            try:
+                link = self._open_dealer(contact)
+            except zmq.ZMQError as exc:  # out of fds (EMFILE) or of the context's sockets: this frame waits
+                self._drop("no_socket", dst, f"cannot open a connection: {exc}")  # for a retransmit
+                return
         else:
             self._dealers.move_to_end(dst)
         try:
@@ -574,8 +578,12 @@ class Transport:
             self._close_dealer(oldest)
             self.stats["dealers_evicted"] += 1
         sock = self._client_socket(zmq.DEALER, contact.public_key)
-        sock.setsockopt(zmq.ROUTING_ID, dealer_routing_id(self.identity.public_key))
-        sock.connect(contact.endpoint)
+        try:
+            sock.setsockopt(zmq.ROUTING_ID, dealer_routing_id(self.identity.public_key))
+            sock.connect(contact.endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
         link = _Link(contact.node_id, sock)
         self._dealers[contact.node_id] = link
         self._links[sock] = link
