@@ -146,3 +146,20 @@ def test_a_signal_stops_the_run_and_still_prints_the_report(procs, sig, code):
     r = _report(out)
     assert r["interrupted"] and r["nodes"] == 4 and r["requests_sent"] >= 1
     assert r["window_s"] is not None and r["window_s"] < 60
+
+
+def test_a_process_out_of_file_descriptors_reports_the_nodes_it_could_start():
+    import resource
+
+    def few_fds() -> None:  # a hard limit the swarm cannot raise
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    run = subprocess.run(CLI + ["swarm", "--nodes", "60", "--seconds", "1", "--settle", "0.2", "--json"],
+                         capture_output=True, text=True, timeout=120, preexec_fn=few_fds)
+    assert run.returncode == 0, run.stderr
+    r = _report(run.stdout)
+    assert r["nodes_planned"] == 60 and 1 < r["nodes"] < 60
+    assert r["start_failed"] == 60 - r["nodes"]
+    assert r["fd_limit"] == 200
+    assert "file descriptors: the limit is 200" in run.stderr  # warned before it started
+    assert "cannot start more nodes" in run.stderr

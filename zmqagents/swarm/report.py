@@ -40,6 +40,8 @@ HOW = {
     "msgs_per_node_per_s": "transport frames in + out over the workload window, per node per second "
                            "(bytes_per_node_per_s: their envelope bytes; CURVE and ZMTP framing excluded)",
     "links_per_node": "open connections per node once joined (its DEALERs + inbound links it can answer over)",
+    "nodes": "nodes started (nodes_planned: asked for; a process out of file descriptors starts fewer, and "
+             "says so in start_failed and on stderr)",
 }
 
 HISTOGRAMS = ("join_s", "request_ms", "task_ms", "publish_ms", "detect_s")
@@ -95,6 +97,7 @@ def summary(tally: Tally) -> dict[str, Any]:
     h = tally.hists
     out: dict[str, Any] = {
         "nodes": int(c("nodes")),
+        "nodes_planned": int(c("nodes_planned")),
         "procs": int(c("procs")),
         "joined": int(c("joined")),
         "join_failed": int(c("join_failed")),
@@ -121,6 +124,10 @@ def summary(tally: Tally) -> dict[str, Any]:
                     "false_positives": int(c("false_positives")),
                     "paused_declared_failed": int(c("paused_declared_failed"))})
         out.update(h["detect_s"].summary("detect_s"))
+    if c("start_failed"):
+        out["start_failed"] = int(c("start_failed"))
+    drops = {name[len("drop."):]: int(v) for name, v in sorted(tally.counts.items()) if name.startswith("drop.") and v}
+    out["transport_drops"] = drops or None
     extra = c("nodes") - c("procs")  # every process's first node is its baseline
     window = c("window_s")
     out.update({

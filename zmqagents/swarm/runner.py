@@ -22,6 +22,8 @@ import logging
 import random
 import time
 from pathlib import Path
+
+import zmq
 from typing import Any, Awaitable, Callable
 
 from ..identity import Contact
@@ -59,6 +61,7 @@ class Swarm:
         self.crowd = Crowd(random.Random(plan.seed))
         self.context: SocketContext | None = None
         self.interrupted = False
+        self.cannot_start: str | None = None  # why no further node could start (out of fds), once one could not
         self.phase = "starting"
 
     def _config(self) -> NodeConfig:
@@ -72,10 +75,13 @@ class Swarm:
         plan, tally = self.plan, self.tally
         limit = measure.raise_fd_limit(measure.fds_wanted(plan.nodes))
         tally.add("fd_limit", limit.soft)
-        if limit.soft < limit.wanted:
-            self.progress(f"file descriptors: limit {limit.soft}, {plan.nodes} nodes may need up to {limit.wanted} "
-                          "(raise `ulimit -n`, or use more --procs)")
-        tally.add("nodes", plan.nodes)
+        likely = plan.nodes * measure.FDS_PER_NODE_TYPICAL
+        if limit.soft < likely:
+            self.progress(f"file descriptors: the limit is {limit.soft} and {plan.nodes} nodes in one process may "
+                          f"need ~{likely} (~{measure.FDS_PER_NODE_TYPICAL} per node in a mesh of a few hundred): "
+                          f"expect to run out near {limit.soft // measure.FDS_PER_NODE_TYPICAL} nodes; use --procs "
+                          f"{-(-likely // limit.soft) * max(1, int(self.params.get('procs') or 1))} or a higher hard limit")
+        tally.add("nodes_planned", plan.nodes)
         tally.add("procs", 1)
         # libzmq counts its sockets against this: each node holds ~8 and 1 per DEALER it opens
         self.context = SocketContext(max_sockets=plan.nodes * 300 + 64)
@@ -99,7 +105,11 @@ class Swarm:
             driver.cancel()
         finally:
             await faults.close()
+        tally.add("nodes", len(self.crowd.nodes))  # started (a process out of fds starts fewer than planned)
         tally.add("rss_mb_end", measure.rss_mb())
+        for node in self.crowd.nodes:
+            for reason, count in node.transport.drops.items():
+                tally.add(f"drop.{reason}", count)
         if not tally.get("rss_mb_idle"):  # interrupted before the idle figures
             tally.add("rss_mb_idle", tally.get("rss_mb_end"))
         extra = {"interrupted": self.interrupted or None, "phase": self.phase if self.interrupted else None}
@@ -141,9 +151,21 @@ class Swarm:
 
         async def one() -> None:
             async with slots:
+                if self.cannot_start is not None:
+                    tally.add("start_failed")
+                    return
                 node = Node(config=self._config(), context=self.context)
+                try:
+                    await node.start()
+                except (zmq.ZMQError, OSError) as exc:  # out of fds or sockets: no further node would start
+                    await node.close(leave=False)
+                    tally.add("start_failed")
+                    self.cannot_start = str(exc)
+                    self.progress(f"cannot start more nodes ({exc}) with {len(crowd.nodes)} started and "
+                                  f"{measure.open_fds()} fds open (limit {tally.get('fd_limit'):.0f}): going on "
+                                  "with those; use more --procs, or a higher `ulimit -n`")
+                    return
                 index = crowd.add(node)
-                await node.start()
                 await self._join(index, contacts)
                 if loop.time() - last_progress[0] >= PROGRESS_EVERY:
                     last_progress[0] = loop.time()
