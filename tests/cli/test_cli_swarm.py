@@ -163,3 +163,20 @@ def test_a_process_out_of_file_descriptors_reports_the_nodes_it_could_start():
     assert r["fd_limit"] == 200
     assert "file descriptors: the limit is 200" in run.stderr  # warned before it started
     assert "cannot start more nodes" in run.stderr
+
+
+def test_a_signal_while_nodes_join_closes_every_node_and_reports_the_phase():
+    proc = subprocess.Popen(CLI + ["swarm", "--nodes", "200", "--join-concurrency", "2", "--seconds", "5", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_stderr(proc, "joined", 60)  # the first progress line: nodes are starting and joining
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)  # no node left half-started holds the context open
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    r = _report(out)
+    assert r["interrupted"] and r["phase"] == "joining"
+    assert 1 < r["nodes"] < 200 and r["window_s"] is None

@@ -33,7 +33,10 @@ def test_merge_adds_and_recomputes():
     assert m["request_ms_p99"] < 2.2
     assert m["request_ms_max"] == 60.0
     assert m["rss_mb_per_node"] == pytest.approx((9 + 29) / (40 - 2), abs=1e-3)  # each pod's first node is its baseline
-    assert m["cpu_percent_per_node"] == pytest.approx(100 * 2.0 / (2 * 10.0 * 40), abs=1e-4)
+    # both pods ran a 10 s window side by side: 2 CPU-s over 10 s for 40 nodes, 2,000 frames
+    assert m["window_s"] == 10.0
+    assert m["cpu_percent_per_node"] == pytest.approx(100 * 2.0 / (10.0 * 40), abs=1e-4)
+    assert m["msgs_per_node_per_s"] == pytest.approx(2000 / (10.0 * 40), abs=0.01)
     assert m["params"] == {"differ": [{"nodes": 10}, {"nodes": 30}]}
 
 

@@ -198,24 +198,24 @@ async def _one_process(plan, contacts, params, seed_file, one_line, gate) -> int
 
 async def _many_processes(ctx: click.Context, procs: int, nodes: int, mesh_texts: list[str], params: dict,
                           one_line: bool) -> int:
-    from ..swarm.procs import Interrupted, ProcsError, run_procs
+    from ..swarm.procs import ProcsError, run_procs
 
     passed = _passed_args(ctx)
 
     def child_args(index: int, count: int, extra: list[str]) -> list[str]:
         args = [*passed, "--nodes", str(count), "--procs", "1", "--json", "--new-mesh", *extra]
-        if not extra or extra[0] != "--mesh":
+        if "--mesh" not in extra:
             args += [f"--mesh={m}" for m in mesh_texts]
         if params["seed"] is not None:
             args += ["--seed", str(params["seed"] + index)]
         return args
 
+    def interrupted(report: dict) -> None:
+        report["params"] = params
+        _print(report, one_line)
+
     try:
-        report, failed = await run_procs(procs, nodes, child_args, mesh_texts, _progress)
-    except Interrupted as stop:
-        stop.report["params"] = params
-        _print(stop.report, one_line)
-        raise asyncio.CancelledError() from None
+        report, failed = await run_procs(procs, nodes, child_args, mesh_texts, _progress, interrupted)
     except ProcsError as exc:
         raise Failure(str(exc)) from None
     report["params"] = params

@@ -66,9 +66,12 @@ def split(nodes: int, procs: int) -> list[int]:
 
 
 async def run_procs(procs: int, nodes: int, child_args: Callable[[int, int, list[str]], list[str]],
-                    mesh: list[str], progress: Callable[[str], None]) -> tuple[dict[str, Any], int]:
+                    mesh: list[str], progress: Callable[[str], None],
+                    interrupted: Callable[[dict[str, Any]], None]) -> tuple[dict[str, Any], int]:
     """Run the children; (merged report, children that failed). ``child_args(index, nodes, extra)`` is
-    the command line of child ``index`` after ``zmqagents swarm`` (``extra``: the barrier, the founder)."""
+    the command line of child ``index`` after ``zmqagents swarm`` (``extra``: the barrier, the founder).
+    Cancelled (a signal), it stops the children, hands their merged report to ``interrupted``, and
+    lets the cancellation go on."""
     counts = [n for n in split(nodes, procs) if n > 0]
     children: list[asyncio.subprocess.Process] = []
     outputs: list[asyncio.Task] = []
@@ -101,9 +104,10 @@ async def run_procs(procs: int, nodes: int, child_args: Callable[[int, int, list
                 if child.returncode is None:
                     child.send_signal(signal.SIGTERM)
             results = await asyncio.gather(*outputs)
-            report, failed = _merge(results, children)
+            report, _failed = _merge(results, children)
             report["interrupted"] = True
-            raise Interrupted(report, failed) from None
+            interrupted(report)
+            raise
         except BaseException:
             for child in children:
                 if child.returncode is None:
@@ -113,16 +117,6 @@ async def run_procs(procs: int, nodes: int, child_args: Callable[[int, int, list
         finally:
             release.cancel()
     return _merge(results, children)
-
-
-class Interrupted(asyncio.CancelledError):
-    """Cancelled, with the report the children gave when told to stop."""
-
-    def __init__(self, report: dict[str, Any], failed: int):
-        super().__init__()
-        self.report = report
-        self.failed = failed
-
 
 
 async def _wait_for(path: Path, child: asyncio.subprocess.Process) -> None:

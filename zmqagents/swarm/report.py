@@ -129,7 +129,9 @@ def summary(tally: Tally) -> dict[str, Any]:
     drops = {name[len("drop."):]: int(v) for name, v in sorted(tally.counts.items()) if name.startswith("drop.") and v}
     out["transport_drops"] = drops or None
     extra = c("nodes") - c("procs")  # every process's first node is its baseline
-    window = c("window_s")
+    # window_s is summed over the processes (each ran its own, all of about the same length): per
+    # process, it is the mean; a rate per node divides by that and by every process's nodes
+    window = c("window_s") / c("procs") if c("procs") else 0.0
     out.update({
         "rss_mb_per_node": _ratio(c("rss_mb_idle") - c("rss_mb_one_node"), extra, 3),
         "rss_mb_per_node_end": _ratio(c("rss_mb_end") - c("rss_mb_one_node"), extra, 3),
@@ -141,7 +143,7 @@ def summary(tally: Tally) -> dict[str, Any]:
         "fds": int(c("fds")),
         "fds_per_node": _ratio(c("fds") - c("fds_one_node"), extra, 2),
         "fd_limit": int(c("fd_limit")),
-        "window_s": round(window / c("procs"), 2) if c("procs") else None,
+        "window_s": round(window, 2) if window else None,
         "join_all_s": round(c("join_all_s") / c("procs"), 2) if c("procs") else None,
     })
     return out

@@ -61,6 +61,7 @@ class Swarm:
         self.crowd = Crowd(random.Random(plan.seed))
         self.context: SocketContext | None = None
         self.interrupted = False
+        self._built: list[Node] = []  # every Node made, started or not: all are closed at the end
         self.cannot_start: str | None = None  # why no further node could start (out of fds), once one could not
         self.phase = "starting"
 
@@ -103,6 +104,11 @@ class Swarm:
             self.interrupted = True
             self.progress(f"interrupted while {self.phase}: reporting what was measured")
             driver.cancel()
+        except BaseException:
+            driver.cancel()
+            await faults.close()
+            await self._close_all()
+            raise
         finally:
             await faults.close()
         tally.add("nodes", len(self.crowd.nodes))  # started (a process out of fds starts fewer than planned)
@@ -127,6 +133,7 @@ class Swarm:
         loop = asyncio.get_running_loop()
         self.phase = "starting the first node"
         first = Node(config=self._config(), context=self.context)
+        self._built.append(first)
         crowd.add(first)
         await first.start()
         if self.bootstrap:
@@ -155,6 +162,7 @@ class Swarm:
                     tally.add("start_failed")
                     return
                 node = Node(config=self._config(), context=self.context)
+                self._built.append(node)
                 try:
                     await node.start()
                 except (zmq.ZMQError, OSError) as exc:  # out of fds or sockets: no further node would start
@@ -237,7 +245,8 @@ class Swarm:
 
     async def _close_all(self) -> None:
         self.phase = "closing"
-        nodes = [n for i, n in enumerate(self.crowd.nodes) if i not in self.crowd.killed]
+        killed = {id(self.crowd.nodes[i]) for i in self.crowd.killed}
+        nodes = [n for n in self._built if id(n) not in killed]
         for i in list(self.crowd.paused):
             self.crowd.nodes[i].resume()
         await asyncio.gather(*(n.close() for n in nodes), return_exceptions=True)

@@ -82,11 +82,13 @@ class SocketContext:
         self._loop = None
 
     def close(self) -> None:
-        """Terminate the context: every socket made in it (but the ZAP handler's) must be closed first."""
+        """Terminate the context. Its sockets should be closed by now (they keep the linger they were
+        closed with); one still open (a node whose start was cancelled half way) is closed here with
+        linger 0, since libzmq's term would otherwise wait for it for ever."""
         if self.zap is not None:
             if self._users:
                 self._unwatch()
             self.zap.close()
             self.zap = None
         self._users = 0
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
