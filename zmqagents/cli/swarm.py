@@ -141,7 +141,13 @@ def swarm(ctx: click.Context, nodes: int, procs: int, bootstrap: tuple[str, ...]
             raise InvalidArgument(f"--procs {procs}: at least 1")
         if procs > nodes:
             raise InvalidArgument(f"--procs {procs} is more than --nodes {nodes}")
-        Plan(**{**plan.__dict__, "nodes": -(-nodes // procs), "faults": {}}).check()  # each process's share
+        try:
+            Plan(**{**plan.__dict__, "nodes": nodes // procs, "faults": {}}).check()  # the smallest process's share
+        except InvalidArgument as exc:
+            if procs == 1:
+                raise
+            raise InvalidArgument(f"{exc} (each of the {procs} processes runs at least {nodes // procs} nodes, "
+                                  "and its fault plan applies to those)") from None
     except InvalidArgument as exc:
         raise click.UsageError(str(exc)) from None
     mesh_texts = list(bootstrap) if bootstrap else [] if new_mesh else list(resolve_mesh(()))
