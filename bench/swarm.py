@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(run.stdout.strip().splitlines()[-1])
     links = report["links_per_node"] or 0.0
     per_node = report["rss_mb_per_node"]
-    explained = links * raw["kb_per_connection_both_ends"] / 2 / 1024
+    # links_per_node is over the nodes that joined; a node that did not join holds (almost) none
+    joined_share = report["joined"] / report["nodes"] if report["nodes"] else 0.0
+    explained = links * joined_share * raw["kb_per_connection_both_ends"] / 2 / 1024
     mem_available_mb = _meminfo("MemAvailable") / 1024
     out = {
         "benchmark": "swarm",

@@ -107,7 +107,8 @@ def _print(report: dict, one_line: bool) -> None:
 @click.option("--for", "pause_for", type=float, default=5.0, show_default=True, metavar="S", help="Length of a pause.")
 @click.option("--detect-timeout", type=float, default=30.0, show_default=True,
               help="Seconds after a kill to wait for every holder to notice it.")
-@click.option("--join-concurrency", type=int, default=16, show_default=True, help="Joins in flight per process.")
+@click.option("--join-concurrency", type=int, default=16, show_default=True,
+              help="Joins in flight at once, in all (split over --procs, at least 1 each).")
 @click.option("--join-timeout", type=float, default=30.0, show_default=True, help="Seconds a join may take.")
 @click.option("--settle", type=float, default=2.0, show_default=True,
               help="Seconds between the last join and the idle figures and workload.")
@@ -209,7 +210,8 @@ async def _many_processes(ctx: click.Context, procs: int, nodes: int, mesh_texts
     passed = _passed_args(ctx)
 
     def child_args(index: int, count: int, extra: list[str]) -> list[str]:
-        args = [*passed, "--nodes", str(count), "--procs", "1", "--json", "--new-mesh", *extra]
+        args = [*passed, "--nodes", str(count), "--procs", "1", "--json", "--new-mesh", *extra,
+                f"--join-concurrency={max(1, params['join_concurrency'] // procs)}"]
         if "--mesh" not in extra:
             args += [f"--mesh={m}" for m in mesh_texts]
         if params["seed"] is not None:
@@ -233,7 +235,7 @@ def _passed_args(ctx: click.Context) -> list[str]:
     """The workload and plan flags as given, for the children (nodes, procs, mesh, seed set per child)."""
     from click.core import ParameterSource
 
-    skip = {"nodes", "procs", "bootstrap", "new_mesh", "seed", "one_line", "seed_file", "barrier"}
+    skip = {"nodes", "procs", "bootstrap", "new_mesh", "seed", "one_line", "seed_file", "barrier", "join_concurrency"}
     args: list[str] = []
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or param.name in skip or param.name not in ctx.params:

@@ -27,7 +27,8 @@ HOW = {
     "rss_mb_per_node_end": "as rss_mb_per_node, at the end of the workload",
     "join_s": "per node: node.join(bootstrap) from its first call until it returned True (the join lookup "
               "answered), up to 3 tries (join_retries counts the extra ones); joins run --join-concurrency at "
-              "a time; the founding node of an own mesh has none",
+              "a time (in all processes together); a process's first node joins through --mesh (the founder of "
+              "an own mesh has no join), the others through that first node",
     "request_ms": "requests workload: node.request() to a node drawn from the caller's routing table, until "
                   "its reply; task_ms: Agents.request() (provider found through the DHT) until the task is "
                   "done; publish_ms: publication to receipt (wall clocks: across hosts, their skew adds in)",
