@@ -310,10 +310,6 @@ def test_cli_sidecar_compares_task_through_a_sidecar_with_a_direct_one():
 
 @pytest.mark.timeout(150)
 def test_k8s_pods_quick_runs_the_seed_and_two_swarm_pods_and_collects_their_reports():
-    from zmqagents.cli.app import cli
-
-    if "swarm" not in cli.commands:
-        pytest.skip("`zmqagents swarm` (issue 18, item 1) is not in this zmqagents yet")
     out = _run("k8s_pods.py", "--quick", timeout=120)
     assert out["pods"] == 2 and out["nodes_per_pod"] == 5 and out["seed"]["exit"] == 0
     for pod in out["per_pod"]:

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from zmqagents.cli.app import cli
-
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 if str(ROOT / "tools") not in sys.path:
@@ -94,8 +92,6 @@ def test_the_init_container_gives_up_with_the_reason(base, tmp_path):
 def test_two_swarm_pods_join_through_the_seed_and_their_logs_collect_into_one_summary(base, tmp_path):
     """The base overlay's seed and two pods of its swarm Job (4 nodes each, 3 s of requests), then the
     runbook's collect step over their logs as `kubectl logs` prints them (stderr and stdout)."""
-    if "swarm" not in cli.commands:
-        pytest.skip("`zmqagents swarm` (issue 18, item 1) is not in this zmqagents yet")
     with k8s_local.LocalCluster(base, tmp_path, {"NODES": "4", "SWARM_SECONDS": "3"}) as cluster:
         _, hello = cluster.start_seed()
         pods = [cluster.start_swarm_pod(index) for index in range(2)]
