@@ -102,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                "--workload", args.workload, "--rate", str(args.rate), "--seconds", str(args.seconds), "--json"]
     log("running: zmqagents " + " ".join(command[3:]))
     run = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, text=True, timeout=args.timeout)
+    lines = run.stdout.strip().splitlines()
     if run.returncode != 0:
         log(f"zmqagents swarm exited {run.returncode}")
-        return 1
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+        if not lines:
+            return 1
+    report = json.loads(lines[-1])  # a --procs run whose child failed still reports the others
     links = report["links_per_node"] or 0.0
     per_node = report["rss_mb_per_node"]
     # links_per_node is over the nodes that joined; a node that did not join holds (almost) none
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     mem_available_mb = _meminfo("MemAvailable") / 1024
     out = {
         "benchmark": "swarm",
+        "swarm_exit": run.returncode,
         "nodes": report["nodes"],
         "procs": report["procs"],
         "rss_mb_per_node": per_node,
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     print(json.dumps(out, indent=2))
-    return 0
+    return 0 if run.returncode == 0 else 1
 
 
 def _meminfo(key: str) -> int:

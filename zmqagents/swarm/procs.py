@@ -31,15 +31,17 @@ POLL_S = 0.05
 
 
 class FileBarrier:
-    """A child's side of the barriers, through files in a directory the parent watches: the child
-    writes ``PHASE.PID`` and waits for ``PHASE.go``, which the parent writes once every child still
-    running wrote its own."""
+    """A child's side of the barriers, through entries in a directory the parent watches: the child
+    makes ``PHASE.PID`` and waits for ``PHASE.go``, which the parent makes once every child still
+    running made its own."""
 
     def __init__(self, directory: Path):
         self.directory = directory
 
     async def __call__(self, phase: str) -> None:
-        (self.directory / f"{phase}.{os.getpid()}").touch()
+        # a directory, not a file: mkdir needs no file descriptor, and a process of many nodes may have
+        # none left (seen at 100 nodes a process: EMFILE touching a file lost a whole report)
+        (self.directory / f"{phase}.{os.getpid()}").mkdir(exist_ok=True)
         go = self.directory / f"{phase}.go"
         while not go.exists():
             await asyncio.sleep(POLL_S)

@@ -97,7 +97,7 @@ class Swarm:
             await driver.prepare()
             if self._gate is not None:
                 self.phase = "waiting for the other processes to be ready"
-                await self._gate("ready")
+                await self._pass_gate("ready")
             self.phase = "workload"
             await self._window(driver, faults)
         except asyncio.CancelledError:
@@ -122,9 +122,18 @@ class Swarm:
         result = report(tally, self.params, extra)
         if self._gate is not None and not self.interrupted:
             self.phase = "waiting for the other processes to finish"
-            await self._gate("done")
+            await self._pass_gate("done")
         await self._close_all()
         return result
+
+    async def _pass_gate(self, phase: str) -> None:
+        """The gate, or on with a warning when it cannot be passed (out of fds): the report counts more."""
+        assert self._gate is not None
+        try:
+            await self._gate(phase)
+        except OSError as exc:
+            self.tally.add("gate_failed")
+            self.progress(f"could not wait for the other processes ({phase}: {exc}); going on alone")
 
     # -- joining ------------------------------------------------------------------------------------
 
