@@ -206,7 +206,8 @@ class Node:
         self._relays.start()
         # A short-lived client (member=False) does not advertise itself: it stays out of peers' tables,
         # so no record is ever stored on a node that is about to exit.
-        self.routing = RoutingCore(self.contact, self._rng, cfg.routing, advertise=cfg.member)
+        self.routing = RoutingCore(self.contact, self._rng, cfg.routing, advertise=cfg.member,
+                                   identity=self.identity)
         self.routing.linked = self.transport.connected  # a join's refreshes open few new connections
         self.dht.core = DhtCore(self.routing, self.identity, self._rng, cfg.dht)
         self.membership = Membership(self.contact, self._rng, cfg.membership)

@@ -19,7 +19,7 @@ from zmqagents.core.routing_table import ADDED, CACHED, IGNORED, REPLACED, UPDAT
 from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Contact, node_id_of
 
-from helpers.fakenet import CoreMesh
+from helpers.fakenet import CoreMesh, LinkedCoreMesh
 
 K = 20
 
@@ -781,26 +781,8 @@ def test_with_20_percent_dead_no_lookup_waits_a_full_timeout(mesh500):
 
 
 
-class LinkedMesh(Mesh):
-    """A Mesh whose cores are told which nodes they hold a connection to: any node they sent an envelope
-    to or received one from (a connection opens both ways with the first message)."""
-
-    def __init__(self, nodes: list, **kw):
-        super().__init__(nodes, **kw)
-        self.links: dict[bytes, set[bytes]] = {n.node_id: set() for n in nodes}
-        for n in nodes:
-            n.linked = self.links[n.node_id].__contains__
-            n.take_outgoing = self._recording(n, n.take_outgoing)
-
-    def _recording(self, n, take):
-        def take_outgoing():
-            out = take()
-            for e in out:
-                self.links[n.node_id].add(e.dst)
-                if e.dst in self.links:
-                    self.links[e.dst].add(n.node_id)
-            return out
-        return take_outgoing
+class LinkedMesh(LinkedCoreMesh, Mesh):
+    """A Mesh whose cores are told which nodes they hold a connection to (tests/helpers/fakenet.py)."""
 
 
 def test_a_joins_bucket_refreshes_open_at_most_join_refresh_dials_new_connections_each():

@@ -145,3 +145,30 @@ class CoreMesh:
         r = fn(n)
         self.flush(n)
         return r
+
+
+class LinkedCoreMesh(CoreMesh):
+    """A CoreMesh whose cores are told which nodes they hold a connection to (their ``linked``): any node
+    they sent an envelope to or received one from, as a connection opens both ways with the first message.
+    ``links`` maps each node id to the ids it is connected to; ``opened`` counts connections opened."""
+
+    def __init__(self, nodes: list, **kw):
+        super().__init__(nodes, **kw)
+        self.links: dict[bytes, set[bytes]] = {n.node_id: set() for n in nodes}
+        self.opened = 0
+        for n in nodes:
+            n.linked = self.links[n.node_id].__contains__
+            n.take_outgoing = self._recording(n, n.take_outgoing)
+
+    def _recording(self, n, take):
+        def take_outgoing():
+            out = take()
+            mine = self.links[n.node_id]
+            for e in out:
+                if e.dst not in mine:
+                    self.opened += 1
+                    mine.add(e.dst)
+                if e.dst in self.links:
+                    self.links[e.dst].add(n.node_id)
+            return out
+        return take_outgoing

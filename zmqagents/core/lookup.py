@@ -65,6 +65,10 @@ caller reported a hard timeout or an unusable answer). A waiting query is
   linked is *skipped* when its turn comes: never asked, out of the window
   like a failed one. A join's bucket refreshes use it (``routing.py``), the
   lookups that must reach the k closest never do.
+* **Referrers.** Each candidate learned from an answer remembers the peer whose answer listed it first
+  (:meth:`referrer`): that peer holds it in its table, so a query may be forwarded through it rather
+  than opening a connection (``protocols/routing.md`` 5.6, decided by the caller). A forwarded answer
+  names the node's endpoint in its own signed words, which replaces the listed one (``on_response``).
 * **Hops.** The contacts we start from are hop 1; a contact first learned
   from an answer of a hop-h peer is hop h+1. ``rounds`` is the deepest hop
   that answered, ``hops`` the hop of the closest peer that answered.
@@ -93,8 +97,9 @@ FRESH, WAITING, ANSWERED, FAILED, SKIPPED = 0, 1, 2, 3, 4
 _STATE_NAMES = ("fresh", "waiting", "answered", "failed", "skipped")
 
 # A candidate is a plain list (allocated per contact learned; cheaper than an object):
-# [distance to target (int), node id, public key, endpoint, state, hop, late now (bool), sent at, last answer mark]
-_D, _NID, _PK, _EP, _ST, _HOP, _LATE, _SENT, _MARK = range(9)
+# [distance to target (int), node id, public key, endpoint, state, hop, late now (bool), sent at, last answer mark,
+#  referrer: the node id of the first peer whose answer listed it (None for a starting contact)]
+_D, _NID, _PK, _EP, _ST, _HOP, _LATE, _SENT, _MARK, _VIA = range(10)
 
 
 LOOKUP_STAT_KEYS = (
@@ -243,8 +248,12 @@ class Lookup:
             r = self.late_min
         return r if r < self.late_after else self.late_after
 
-    def on_response(self, node_id: bytes, contacts: Any, now: float) -> bool:
+    def on_response(self, node_id: bytes, contacts: Any, now: float, endpoint: str | None = None) -> bool:
         """``node_id`` answered with ``contacts`` (a list in any accepted form; validated here).
+
+        ``endpoint``: the endpoint the node named for itself in a signed answer that came through other
+        nodes (``protocols/routing.md`` 5.6); it replaces the endpoint the candidate was listed with, so
+        :meth:`result` holds what the node said, not what a lister said. The caller validates it.
 
         Late answers are used as long as the lookup is not done; once it is done, nothing changes (the
         result is final) and False is returned. Returns False, and counts it, for an answer from a peer
@@ -265,8 +274,10 @@ class Lookup:
         hop = rec[_HOP]
         if hop > self.rounds:
             self.rounds = hop
+        if endpoint is not None:
+            rec[_EP] = endpoint  # the node's own signed word (a forwarded answer), not the lister's
         if type(contacts) is list or type(contacts) is tuple:
-            self._merge(contacts, hop + 1)
+            self._merge(contacts, hop + 1, node_id)
         else:
             self.stats["responses_malformed"] += 1
         if self.stop_at_target and rec[_D] == 0:
@@ -328,6 +339,13 @@ class Lookup:
             return None
         return "late" if rec[_ST] == WAITING and rec[_LATE] else _STATE_NAMES[rec[_ST]]
 
+    def referrer(self, node_id: bytes) -> bytes | None:
+        """The node id of the first peer whose answer listed ``node_id`` (None for a starting contact or
+        a node that is not a candidate): the node known to hold it in its table, through which a query
+        may be forwarded rather than dialled (``protocols/routing.md`` 5.6)."""
+        rec = self._by_id.get(node_id)
+        return None if rec is None else rec[_VIA]
+
     def __len__(self) -> int:
         """Candidates held (bounded by max_candidates)."""
         return len(self._sorted)
@@ -348,7 +366,7 @@ class Lookup:
                     break
         return out
 
-    def _add(self, pk: bytes, ep: str, hop: int) -> list[Any] | None:
+    def _add(self, pk: bytes, ep: str, hop: int, via: bytes | None = None) -> list[Any] | None:
         """Insert a new candidate (validated fields) unless it is us, known, or the bound refuses it."""
         nid = node_id_of(pk)
         if nid == self.self_id:
@@ -376,7 +394,7 @@ class Lookup:
             if len(s) >= self.max_candidates:
                 self.stats["candidates_dropped"] += 1
                 return None
-        rec = [d, nid, pk, ep, FRESH, hop, False, 0.0, 0]
+        rec = [d, nid, pk, ep, FRESH, hop, False, 0.0, 0, via]
         self._by_id[nid] = rec
         self._by_pk[pk] = rec
         i = bisect_left(dists, d)
@@ -384,7 +402,7 @@ class Lookup:
         s.insert(i, rec)
         return rec
 
-    def _merge(self, contacts: list[Any] | tuple[Any, ...], hop: int) -> None:
+    def _merge(self, contacts: list[Any] | tuple[Any, ...], hop: int, via: bytes) -> None:
         stats = self.stats
         self._serial += 1
         serial = self._serial
@@ -419,7 +437,7 @@ class Lookup:
             if len(pk) != PUBLIC_KEY_LEN or type(ep) is not str or not ep or len(ep) > MAX_ENDPOINT_LEN:
                 bad += 1
                 continue
-            rec = self._add(pk, ep, hop)
+            rec = self._add(pk, ep, hop, via)
             if rec is not None:
                 rec[_MARK] = serial
                 accepted += 1

@@ -29,7 +29,7 @@ Driving a RoutingCore (the same shape as every core in this package)::
 
 Public API (``now``: the caller's monotonic clock in seconds)::
 
-    RoutingCore(contact, rng, config=None, *, advertise=True)
+    RoutingCore(contact, rng, config=None, *, advertise=True, identity=None)   # identity: signs kad.fwd
         .node_id, .contact, .table (RoutingTable), .config (RoutingConfig), .stats (dict of counters)
         .join(bootstrap: list[Contact], now) -> lookup id      # emits LookupDone("join") then Joined
         .lookup(target: bytes, now, *, purpose="lookup", find=False) -> lookup id   # emits LookupDone
@@ -40,7 +40,9 @@ Public API (``now``: the caller's monotonic clock in seconds)::
         .contact_for(node_id) -> Contact | None                  # where to send an outgoing envelope
         .rto -> float, .lookups_running -> int, .advertised -> [key, endpoint] | None, .sample_rtt(rtt)
         .linked = callable(node_id) -> bool   # set by the shell: a connection to it is open (join refreshes
-                                              # then open at most join_refresh_dials new ones each)
+                                              # then open at most join_refresh_dials new ones each, and with
+                                              # an identity, lookups for an id ask a node with none through
+                                              # the node that listed it: kad.fwd, routing_fwd.py)
         .receive(env, now), .tick(now), .next_timer(), .take_outgoing(), .take_events()
     LookupDone(lookup_id, target, contacts, ok, rounds, hops, queries, failures, late, duration,
                purpose, reason, dials)
@@ -69,9 +71,10 @@ from collections import deque
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from ..envelope import Envelope
-from ..identity import Contact, node_id_of
+from ..envelope import Envelope, EnvelopeError, decode
+from ..identity import Contact, Identity, node_id_of
 from .lookup import LOOKUP_STAT_KEYS, NODE_ID_LEN, Lookup, contact_fields
+from .routing_fwd import FORWARD, MAX_INNER, MAX_ROUTE, forward_body, parse_forward
 from .outputs import CoreOutputs
 from .routing_table import TABLE_STAT_KEYS, Entry, RoutingTable
 from ..errors import InvalidArgument
@@ -91,6 +94,11 @@ STAT_KEYS = TABLE_STAT_KEYS + LOOKUP_STAT_KEYS + (
     "unmatched", "late_responses", "rpc_timeouts",
     "lookups_started", "lookups_ok", "lookups_failed", "lookups_merged", "lookups_queued", "lookups_refused",
     "refreshes", "joins", "rejoins",
+    # kad.fwd (protocols/routing.md 5.6): queries we sent along a route, answers to them, messages we
+    # passed on for others, fail notices we sent (no connection to the next hop) and received (the query
+    # then went direct), and forwarded messages refused (malformed, bad inner envelope or signature)
+    "forwarded_sent", "forwarded_answers", "forwards_passed", "forward_unlinked", "forward_fallbacks",
+    "forward_bad",
 )
 
 
@@ -194,7 +202,7 @@ class Introduced:
 
 
 class _Job:
-    __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed", "find", "width", "dials")
+    __slots__ = ("id", "target", "purpose", "lookup", "seeds", "armed", "find", "width", "dials", "routes")
 
     def __init__(self, lid: int, target: bytes, purpose: str, seeds: list[Any] | None, find: bool = False,
                  width: int | None = None, dials: int | None = None):
@@ -207,17 +215,20 @@ class _Job:
         self.width = width  # the lookup's termination window (None: k)
         self.dials = dials  # new connections the lookup may open (None: no limit)
         self.armed: float | None = None  # the earliest late deadline in the heap for this job
+        # node id -> the route its answer came back along (forwarded queries only; at most max_queries)
+        self.routes: dict[bytes, tuple[bytes, ...]] = {}
 
 
 class _Rpc:
-    __slots__ = ("job", "nid", "pk", "ep", "sent")
+    __slots__ = ("job", "nid", "pk", "ep", "sent", "route")
 
-    def __init__(self, job: _Job, nid: bytes, pk: bytes, ep: str, sent: float):
+    def __init__(self, job: _Job, nid: bytes, pk: bytes, ep: str, sent: float, route: tuple[bytes, ...] | None):
         self.job = job
         self.nid = nid
         self.pk = pk
         self.ep = ep
         self.sent = sent
+        self.route = route  # the nodes it was forwarded through (kad.fwd), or None if sent direct
 
 
 def addressed_here(env: Envelope, node_id: bytes, stats: dict[str, int]) -> bool:
@@ -282,7 +293,7 @@ class RoutingCore(CoreOutputs):
     """
 
     def __init__(self, contact: Contact, rng: random.Random, config: RoutingConfig | None = None, *,
-                 advertise: bool = True):
+                 advertise: bool = True, identity: Identity | None = None):
         f = contact_fields(contact)
         if f is None:
             raise InvalidArgument(f"malformed own contact {contact!r:.80}")
@@ -317,6 +328,11 @@ class RoutingCore(CoreOutputs):
         # node id -> whether a connection to it is open (set by the shell that owns the connections);
         # None: unknown, and join refreshes are not limited in the connections they open
         self.linked: Callable[[bytes], bool] | None = None
+        # Signs forwarded queries and answers (kad.fwd): with it and ``linked`` set, a query to a node we
+        # hold no connection to goes through the node that listed it (protocols/routing.md 5.6).
+        if identity is not None and identity.node_id != self.node_id:
+            raise InvalidArgument("the identity that signs forwarded messages must be this node's")
+        self._identity = identity
 
     # -- application side ----------------------------------------------------------------------
 
@@ -426,6 +442,8 @@ class RoutingCore(CoreOutputs):
             self._on_find_node(env, now)
         elif typ == NODES:
             self._on_nodes(env, now)
+        elif typ == FORWARD:
+            self._on_forward(env, now)
         else:
             stats["other_types"] += 1
             self.table.touch(env.src, now)
@@ -438,7 +456,8 @@ class RoutingCore(CoreOutputs):
             rpc = rpcs.pop(fifo.popleft()[1], None)
             if rpc is None:
                 continue  # answered
-            self._dests.release(rpc.nid)
+            if rpc.route is None:
+                self._dests.release(rpc.nid)
             self.stats["rpc_timeouts"] += 1
             self.table.mark_failed(rpc.nid)
             job = rpc.job
@@ -470,7 +489,10 @@ class RoutingCore(CoreOutputs):
 
     # -- requests from peers -------------------------------------------------------------------------
 
-    def _on_find_node(self, env: Envelope, now: float) -> None:
+    def _on_find_node(self, env: Envelope, now: float, back: list[bytes] | None = None,
+                      via: bytes | None = None) -> None:
+        """Answer a FIND_NODE: over the connection it came on, or, for one forwarded to us (``via`` the node
+        that passed it on, ``back`` the rest of the way to the asker), signed and back along its route."""
         stats = self.stats
         stats["find_node_received"] += 1
         body = env.body
@@ -481,7 +503,9 @@ class RoutingCore(CoreOutputs):
         src = env.src
         frm = body.get("from")
         f = None if frm is None else contact_fields(frm)
-        if f is None:
+        if via is not None:
+            pass  # forwarded: the asker holds no connection to us, so it stays out of the table (5.6)
+        elif f is None:
             if frm is not None:
                 stats["contacts_bad"] += 1
             self.table.touch(src, now)
@@ -497,24 +521,37 @@ class RoutingCore(CoreOutputs):
             self.table.add(src, f[0], f[1], now)
         nodes = [[e.public_key, e.endpoint] for e in self.table.closest(target, self.config.k, exclude=src,
                                                                          skip_failed=True)]
-        self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), self.node_id, NODES,
-                                  {"nodes": nodes}, src, int(now * 1000), 0, None, None, env.id))
+        rid = self._rng.getrandbits(128).to_bytes(16, "big")
+        ts = int(now * 1000)
+        if via is None or back is None:
+            self._out.append(Envelope(rid, self.node_id, NODES, {"nodes": nodes}, src, ts, 0, None, None, env.id))
+        else:
+            # The asker cannot tell who answered but by the signature; "from" is our own word for our
+            # endpoint, since the one it was given came from whoever listed us.
+            answer = {"nodes": nodes, "from": self._me} if self._me is not None else {"nodes": nodes}
+            assert self._identity is not None  # _on_forward hands us a forwarded query only then
+            inner = Envelope(rid, self.node_id, NODES, answer, src, ts, re=env.id).sign(self._identity).encode()
+            self._out.append(Envelope(rid, self.node_id, FORWARD, forward_body(back, [], inner), via, ts))
+            stats["sent"] += 1
         stats["nodes_sent"] += 1
         stats["sent"] += 1
 
     # -- answers to our queries --------------------------------------------------------------------
 
-    def _on_nodes(self, env: Envelope, now: float) -> None:
+    def _on_nodes(self, env: Envelope, now: float, forwarded: bool = False) -> None:
+        """An answer to one of our queries: straight from its sender, or (``forwarded``) signed by it."""
         stats = self.stats
         stats["nodes_received"] += 1
         re = env.re
         rpc = self._rpcs.get(re) if type(re) is bytes else None
         if rpc is None or re is None or rpc.nid != env.src:
             stats["unmatched"] += 1  # late past the hard timeout, a duplicate, or never asked of this peer
-            self.table.touch(env.src, now)
+            if not forwarded:
+                self.table.touch(env.src, now)
             return
         del self._rpcs[re]
-        self._dests.release(rpc.nid)
+        if rpc.route is None:
+            self._dests.release(rpc.nid)
         job = rpc.job
         lk = job.lookup
         body = env.body
@@ -527,12 +564,114 @@ class RoutingCore(CoreOutputs):
             return
         rtt = now - rpc.sent
         self._rtt_sample(rtt)
-        self.table.add(rpc.nid, rpc.pk, rpc.ep, now, rtt)
+        endpoint = None
+        if forwarded:
+            # The lookup's result holds the node's own signed word for its endpoint (5.6), not the hearsay
+            # it was asked at; the table takes only nodes that answered over their own connection.
+            stats["forwarded_answers"] += 1
+            frm = body.get("from")
+            f = None if frm is None else contact_fields(frm)
+            if f is not None and f[0] == rpc.pk:
+                endpoint = f[1]
+            elif frm is not None:
+                stats["from_mismatch" if f is not None else "contacts_bad"] += 1
+            if rpc.route is not None:
+                job.routes[rpc.nid] = rpc.route
+        else:
+            self.table.add(rpc.nid, rpc.pk, rpc.ep, now, rtt)
         if lk is None or lk.done:
             stats["late_responses"] += 1
             return
-        lk.on_response(rpc.nid, nodes, now)
+        lk.on_response(rpc.nid, nodes, now, endpoint)
         self._pump(job, now)
+
+    # -- forwarded messages (kad.fwd, protocols/routing.md 5.6) ---------------------------------------
+
+    def _on_forward(self, env: Envelope, now: float) -> None:
+        """Pass a kad.fwd on over a connection we hold, or, if we are its destination, take what it carries."""
+        stats = self.stats
+        fwd = parse_forward(env)
+        if fwd is None:
+            stats["forward_bad"] += 1
+            return
+        src = env.src
+        me = self.node_id
+        ts = int(now * 1000)
+        if me in fwd.to or me in fwd.back:
+            stats["forward_bad"] += 1  # a loop
+            return
+        if fwd.to:
+            nxt = fwd.to[0]
+            if len(fwd.back) >= MAX_ROUTE or nxt == src:
+                stats["forward_bad"] += 1  # too long, or straight back
+                return
+            linked = self.linked
+            if linked is None or not linked(nxt):
+                # Never a new connection for someone else's query: the origin asks the node itself.
+                stats["forward_unlinked"] += 1
+                if not fwd.fail:
+                    self._out.append(Envelope(self._rng.getrandbits(128).to_bytes(16, "big"), me, FORWARD,
+                                              forward_body(fwd.back, [], None), src, ts, re=env.id))
+                    stats["sent"] += 1
+                return
+            stats["forwards_passed"] += 1
+            stats["sent"] += 1
+            self._out.append(Envelope(env.id, me, FORWARD, forward_body(fwd.to[1:], [src] + fwd.back, fwd.inner),
+                                      nxt, ts, re=env.re))
+            return
+        if fwd.fail:
+            re = env.re  # a bytes value: parse_forward refuses a fail notice without it
+            rpc = self._rpcs.get(re) if type(re) is bytes else None
+            if rpc is None or rpc.route is None or re is None:
+                stats["unmatched"] += 1
+                return
+            stats["forward_fallbacks"] += 1
+            self._fallback(re, rpc, now)
+            return
+        assert fwd.inner is not None
+        try:
+            inner = decode(fwd.inner, max_size=MAX_INNER)
+            inner.verify()  # the key in it must own its src: nobody speaks for another node
+        except EnvelopeError:
+            stats["forward_bad"] += 1
+            return
+        if inner.dst != me or inner.src == me:
+            stats["forward_bad"] += 1
+            return
+        if inner.type == FIND_NODE and self._identity is not None:
+            self._on_find_node(inner, now, fwd.back, src)
+        elif inner.type == NODES:
+            self._on_nodes(inner, now, forwarded=True)
+        else:
+            stats["forward_bad"] += 1  # not a routing message, or a query we could not sign an answer to
+
+    def _route_for(self, job: _Job, nid: bytes) -> tuple[bytes, ...] | None:
+        """The nodes to forward a query to ``nid`` through: the node that listed it, if we hold a connection
+        to it, or the route that node's own answer came back along, plus it, while that stays within
+        MAX_ROUTE hops. None: ask ``nid`` directly."""
+        lk = job.lookup
+        linked = self.linked
+        if lk is None or linked is None or self._identity is None:
+            return None
+        ref = lk.referrer(nid)
+        if ref is None:
+            return None
+        if linked(ref):
+            return (ref,)
+        r = job.routes.get(ref)
+        if r is not None and len(r) < MAX_ROUTE:
+            return r + (ref,)
+        return None
+
+    def _fallback(self, rid: bytes, rpc: _Rpc, now: float) -> None:
+        """A forwarder had no connection onwards: ask the node directly (same RPC id and hard deadline)."""
+        rpc.route = None
+        job = rpc.job
+        self._dests.add(rpc.nid, rpc.pk, rpc.ep)
+        body = {"target": job.target, "from": self._me} if self._me is not None else {"target": job.target}
+        self._out.append(Envelope(rid, self.node_id, FIND_NODE, body, rpc.nid, int(now * 1000)))
+        self.stats["find_node_sent"] += 1
+        self.stats["sent"] += 1
 
     # -- lookups -------------------------------------------------------------------------------------
 
@@ -591,14 +730,25 @@ class RoutingCore(CoreOutputs):
             body = {"target": job.target, "from": self._me} if self._me is not None else {"target": job.target}
             ts = int(now * 1000)
             deadline = now + self.config.query_timeout
+            # Only lookups whose answers feed no table are forwarded (5.6): a join's and a refresh's answerers
+            # must enter the table, and only a node that answered over its own connection may.
+            linked = self.linked if self._identity is not None and job.purpose == "lookup" else None
             for c in queries:
                 pk = c.public_key
                 nid = node_id_of(pk)
                 rid = rng.getrandbits(128).to_bytes(16, "big")
-                self._rpcs[rid] = _Rpc(job, nid, pk, c.endpoint, now)
+                route = None if linked is None or linked(nid) else self._route_for(job, nid)
+                self._rpcs[rid] = _Rpc(job, nid, pk, c.endpoint, now, route)
                 self._fifo.append((deadline, rid))
-                self._dests.add(nid, pk, c.endpoint)
-                self._out.append(Envelope(rid, me, FIND_NODE, body, nid, ts))
+                if route is None:
+                    self._dests.add(nid, pk, c.endpoint)
+                    self._out.append(Envelope(rid, me, FIND_NODE, body, nid, ts))
+                    continue
+                assert self._identity is not None
+                inner = Envelope(rid, me, FIND_NODE, body, nid, ts).sign(self._identity).encode()
+                self._out.append(Envelope(rid, me, FORWARD, forward_body(list(route[1:]) + [nid], [], inner),
+                                          route[0], ts))
+                self.stats["forwarded_sent"] += 1
             self.stats["find_node_sent"] += len(queries)
             self.stats["sent"] += len(queries)
         if lk.done:
