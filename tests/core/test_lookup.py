@@ -163,10 +163,11 @@ def test_stop_at_target_ends_as_soon_as_the_target_answers():
     for stop in (True, False):
         lk = Lookup(target, cs, k=3, alpha=2, late_after=1.0, stop_at_target=stop)
         q = lk.next_queries(0.0)
-        assert [c.public_key for c in q] == [cs[0][0], cs[1][0]]  # the target itself is asked first
+        # The target itself is asked first; looking for it alone, nothing else while it is waited for.
+        assert [c.public_key for c in q] == ([cs[0][0]] if stop else [cs[0][0], cs[1][0]])
         lk.on_response(target, [], 0.05)
         if stop:
-            assert lk.done and lk.ok and lk.queries == 2
+            assert lk.done and lk.ok and lk.queries == 1
             assert lk.result_ids() == [target]
             assert lk.next_queries(0.05) == []
             assert lk.on_response(node_id_of(cs[1][0]), [], 0.06) is False  # the result is final
@@ -182,8 +183,25 @@ def test_stop_at_target_ends_as_soon_as_the_target_answers():
     lk.on_response(node_id_of(cs[1][0]), [cs[0]], 0.05)  # referred to the target
     assert not lk.done
     assert [c.public_key for c in lk.next_queries(0.05)] == [cs[0][0]]
+    lk.on_response(node_id_of(cs[2][0]), [], 0.06)
+    assert lk.next_queries(0.06) == []  # a slot is free, but the target is waited for
     lk.on_response(target, [], 0.1)
     assert lk.done and lk.ok and target in lk.result_ids()
+
+
+def test_a_silent_target_is_waited_for_alone_only_until_it_is_late():
+    cs = _line(8, bytes(32))
+    target = node_id_of(cs[3][0])
+    t = _int(target)
+    cs.sort(key=lambda c: _int(node_id_of(c[0])) ^ t)
+    lk = Lookup(target, cs, k=3, alpha=3, late_after=0.5, stop_at_target=True)
+    assert [c.public_key for c in lk.next_queries(0.0)] == [cs[0][0]]
+    assert lk.next_timer() == pytest.approx(0.5)
+    assert lk.next_queries(0.49) == []
+    q = lk.next_queries(0.5)  # late: the others are asked, alpha of them
+    assert [c.public_key for c in q] == [c[0] for c in cs[1:4]] and lk.state_of(target) == "late"
+    lk.on_response(target, [], 0.6)  # a late answer still ends it
+    assert lk.done and lk.ok
 
 
 def test_a_silent_peer_stops_being_waited_for_after_late_after():

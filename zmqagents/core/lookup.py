@@ -56,8 +56,11 @@ caller reported a hard timeout or an unusable answer). A waiting query is
 * **Finding one node.** With ``stop_at_target`` the lookup is done, ``ok``, as
   soon as the target itself answers (its answer proves it is reachable
   through the mesh); the result holds what answered so far, the target
-  included. Without it, a lookup for a node's own id still waits for the k
-  closest, as a lookup of any id does.
+  included. While the target itself is waited for (asked, not late), nothing
+  else is asked: its answer ends the lookup, so any other query would be
+  wasted (a target in the table is found with one query, one listed by the
+  first answers with one more). Without it, a lookup for a node's own id
+  still waits for the k closest, as a lookup of any id does.
 * **Dials.** A lookup may be given ``linked`` (node id -> whether a connection
   to that node is already open, so asking it costs no new CURVE handshake)
   and ``max_dials``: then at most ``max_dials`` candidates that are not
@@ -464,12 +467,15 @@ class Lookup:
                     self.late += 1
         k = self.k
         alpha = self.alpha
+        s = self._sorted
+        if self.stop_at_target and s and s[0][_D] == 0 and s[0][_ST] == WAITING and not s[0][_LATE]:
+            alpha = 0  # the target is waited for: its answer ends the lookup (see "Finding one node")
         counted = 0
         unsettled = False  # a window candidate is fresh or waited for
         can_ask = self.queries < self.max_queries
         linked = self.linked
         max_dials = self.max_dials
-        for rec in self._sorted:
+        for rec in s:
             st = rec[_ST]
             if st == WAITING:
                 if rec[_LATE]:
@@ -489,6 +495,8 @@ class Lookup:
                     waiting.append(rec)
                     self._outbox.append(rec)
                     active += 1
+                    if rec[_D] == 0 and self.stop_at_target:
+                        alpha = 0  # the target itself is asked: nothing else while it is waited for
                     self.queries += 1
                     can_ask = self.queries < self.max_queries
                 unsettled = True
