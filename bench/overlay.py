@@ -25,7 +25,9 @@ What it measures (tcp on 127.0.0.1, CURVE on every link, default configs):
 * Connections. ``connections_per_join``: DEALERs a joining node opened by the
   time its ``start()`` returned, mean over joining nodes (each DEALER is one
   CURVE handshake, ~2 ms of CPU on each side); ``find_node_per_join`` the
-  FIND_NODEs it sent meanwhile. ``connections_per_node`` gives, at all
+  FIND_NODEs it sent meanwhile. ``findable_check_dials`` and
+  ``findable_check_forwarded``: DEALERs opened and queries forwarded through
+  a node already connected (``kad.fwd``) by all nodes during the check. ``connections_per_node`` gives, at all
   started, all findable and the end of the idle window, the mean and max per
   node of DEALERs opened, inbound links authenticated (handshakes served) and
   FIND_NODEs sent, cumulative since the node was built.
@@ -173,7 +175,7 @@ async def role_nodes(args) -> None:
         started (and its peer served); inbound links are handshakes it served."""
         t = node.transport.stats
         return {"dealers": t["dealers_opened"], "inbound": t["links_authenticated"],
-                "find_node": node.routing.stats["find_node_sent"]}
+                "find_node": node.routing.stats["find_node_sent"], "forwarded": node.routing.stats["forwarded_sent"]}
 
     def drops() -> dict:
         total: dict[str, int] = {}
@@ -232,7 +234,7 @@ def conn_summary(conns: list[dict]) -> dict:
     """Per node: DEALERs opened (CURVE handshakes started), inbound links authenticated (handshakes
     served) and FIND_NODEs sent, as mean and max over the nodes."""
     out = {}
-    for key in ("dealers", "inbound", "find_node"):
+    for key in ("dealers", "inbound", "find_node", "forwarded"):
         values = [n[key] for n in conns]
         out[key] = {"mean": round(sum(values) / len(values), 2), "max": max(values)}
     return out
@@ -410,6 +412,11 @@ def orchestrate(args) -> int:
             # DEALERs a joining node opened (= CURVE handshakes it started) by the time its start() returned
             "connections_per_join": round(sum(n["dealers"] for n in at_start) / len(at_start), 2),
             "find_node_per_join": round(sum(n["find_node"] for n in at_start) / len(at_start), 2),
+            # what the findable check cost the mesh: DEALERs opened and queries forwarded (kad.fwd, through a
+            # node holding a connection instead of a new one: protocols/routing.md 5.6) by all nodes meanwhile
+            "findable_check_dials": sum(n["dealers"] for n in conns_findable) - sum(n["dealers"] for n in conns_started),
+            "findable_check_forwarded": (sum(n["forwarded"] for n in conns_findable)
+                                         - sum(n["forwarded"] for n in conns_started)),
             "connections_per_node": {
                 "all_started": conn_summary(conns_started),
                 "all_findable": conn_summary(conns_findable),

@@ -94,6 +94,10 @@ def refused() -> list[dict]:
     forged.pk = BOB.public_key  # signed with Bob's key, claiming Alice's id
     forged.sig = BOB.sign(forged.signing_bytes())
     add("forged", "to [], signed by a key that does not own its src", {"to": [], "back": [], "e": forged.encode()})
+    for_carol = Envelope(QUERY_ID, ALICE.node_id, FIND_NODE, {"target": TARGET}, CAROL.node_id, TS).sign(ALICE).encode()
+    mismatch = Envelope(ANSWER_ID, ALICE.node_id, FORWARD, {"to": [], "back": [], "e": for_carol}, CAROL.node_id, TS)
+    out.append({"name": "id_mismatch", "description": "to [], a valid query for Carol carried under another id",
+                "reason": "forward_bad", "frame": mismatch.encode().hex()})
     other = Envelope(QUERY_ID, ALICE.node_id, "msg", "hi", CAROL.node_id, TS).sign(ALICE).encode()
     add("other_type", "to [], a signed envelope that is not kad.find_node or kad.nodes",
         {"to": [], "back": [], "e": other})

@@ -135,9 +135,10 @@ def test_overlay_quick_reports_join_detection_and_idle_cost():
         assert isinstance(out[key], (int, float)) and out[key] >= 0, key
     assert sum(out["nodes_per_process"]) == 20 - 1 - out["params"]["victims"]
     assert out["connections_per_join"] >= 1 and out["find_node_per_join"] >= 1  # a joining node dials the seed at least
+    assert out["findable_check_dials"] >= 0 and out["findable_check_forwarded"] >= 0
     phases = out["connections_per_node"]
     assert list(phases) == ["all_started", "all_findable", "end_of_idle_window"]
-    for key in ("dealers", "inbound", "find_node"):
+    for key in ("dealers", "inbound", "find_node", "forwarded"):
         assert phases["all_started"][key]["mean"] <= phases["end_of_idle_window"][key]["mean"], key
     serf = out["serf"]
     for key in ("join_beaten", "detect_beaten", "idle_bytes_beaten"):

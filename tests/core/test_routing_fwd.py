@@ -250,3 +250,17 @@ def test_loops_and_other_envelopes_are_refused_and_nothing_is_dialled():
     a.receive(Envelope(b"n" * 16, b.node_id, FORWARD, forward_body([c.node_id], [], None), a.node_id,
                        re=b"q" * 16), 1.0)
     assert a.take_outgoing() == [] and a.stats["forward_unlinked"] == 2
+
+
+def test_a_replayed_forwarded_query_is_answered_once():
+    a, b = cores(identities(2, seed=17))
+    ida, idb = identities(2, seed=17)
+    a.linked = {b.node_id}.__contains__
+    q = Envelope(b"q" * 16, b.node_id, FIND_NODE, {"target": bytes(32)}, a.node_id).sign(idb).encode()
+    fwd = Envelope(b"q" * 16, b.node_id, FORWARD, forward_body([], [], q), a.node_id)
+    for _ in range(3):
+        a.receive(decode(fwd.encode()), 1.0)
+    assert len(a.take_outgoing()) == 1 and a.stats["forward_replayed"] == 2
+    # The same query under a fresh kad.fwd id is refused: the carried id must be the kad.fwd's.
+    a.receive(Envelope(b"r" * 16, b.node_id, FORWARD, forward_body([], [], q), a.node_id), 1.0)
+    assert a.take_outgoing() == [] and a.stats["forward_bad"] == 1
