@@ -829,3 +829,101 @@ def test_burying_many_members_at_once_sweeps_every_member_once():
     for j in more:  # more burials within the cooldown: no second sweep
         a._declare(a._members[IDS[j]], DEAD, 20.0)
     assert a.stats["sweeps"] == 1
+
+
+# -- pacing inbound probes (membership_pace.py, protocols/membership.md 4.5) ----------------------------
+
+def test_inbound_pace_counts_distinct_probers_within_its_window():
+    from zmqagents.core.membership_pace import InboundPace
+
+    p = InboundPace(budget=4, max_pace=3, period=1.0)  # window 2 x 3 periods = 6 s
+    for i in range(4):
+        p.heard(IDS[i], 0.0)
+    assert p.pace(0.0) == 0  # at the budget: no pacing
+    p.heard(IDS[0], 1.0)  # the same prober again counts once
+    assert p.pace(1.0) == 0 and len(p) == 4
+    for i in range(4, 9):
+        p.heard(IDS[i], 2.0)
+    assert p.pace(2.0) == 3  # ceil(9 / 4)
+    for i in range(9, 30):
+        p.heard(IDS[i], 2.0)
+    assert p.pace(2.0) == 3  # capped at max_pace
+    assert p.pace(6.5) == 3 and len(p) == 27  # the three last heard at 0.0 are out of the window ...
+    assert p.pace(8.5) == 0 and len(p) == 0  # ... and then every one of them
+    off = InboundPace(budget=0, max_pace=3, period=1.0)
+    for i in range(30):
+        off.heard(IDS[i], 0.0)
+    assert off.pace(0.0) == 0 and len(off) == 0
+    bounded = InboundPace(budget=1, max_pace=16, period=1.0, max_probers=5)
+    for i in range(20):
+        bounded.heard(IDS[i], float(i))
+    assert len(bounded) == 5 and bounded.pace(20.0) == 5
+
+
+def _star(n: int, budget: int, crash_at: float | None = None, until: float = 60.0) -> Cluster:
+    """Node 0 holds nodes 1..n-1, each of which holds only node 0."""
+    views = {0: list(range(1, n)), **{i: [0] for i in range(1, n)}}
+    c = Cluster(n, views=views, config=MembershipConfig(probe_budget=budget))
+    if crash_at is not None:
+        c.crash(crash_at, 0)
+    c.run(until)
+    return c
+
+
+def test_a_hub_that_many_probe_paces_them_and_a_mesh_member_is_never_paced():
+    n = 33  # 32 leaves whose only member is the hub: pace ceil(32 / 8) = 4
+    paced, free = _star(n, budget=8), _star(n, budget=0)
+    hub_pings = [c.cores[0].stats["acks_sent"] for c in (paced, free)]
+    assert free.cores[0].stats["paced_acks"] == 0
+    assert paced.cores[0].stats["paced_acks"] > 0
+    # Unpaced, every leaf pings the hub every period (60 s / 1.5 s = 40 each); paced, once every 4.
+    assert hub_pings[1] >= 0.95 * 32 * 40
+    assert hub_pings[0] < 0.4 * hub_pings[1]
+    assert all(core.stats["probes_paced"] > 0 for core in paced.cores[1:])
+    assert paced.of(Suspect) == [] and paced.of(Failed) == []
+    # Eight nodes that all hold each other: at most 7 probers each, within the budget: nothing changes.
+    mesh = Cluster(8, config=MembershipConfig(probe_budget=4))
+    mesh.run(30.0)
+    assert sum(core.stats["paced_acks"] for core in mesh.cores) > 0  # 7 probers > 4: paced acks ...
+    assert sum(core.stats["probes_paced"] for core in mesh.cores) == 0  # ... but nobody comes back sooner
+
+
+def test_paced_leaves_still_detect_a_crashed_hub():
+    c = _star(33, budget=8, crash_at=20.0, until=80.0)
+    failed = c.of(Failed, subject=0)
+    assert sorted(obs for _, obs, _ in failed) == list(range(1, 33))
+    # Each leaf's next probe comes within pace (4) periods of the crash, then the suspicion timeout.
+    assert max(t for t, _, _ in failed) - 20.0 < 4 * 1.5 + 1.5 + MembershipConfig().suspicion_max + 1.0
+    assert c.of(Failed) == failed
+
+
+def test_a_pace_in_an_ack_is_honoured_only_for_the_periodic_probe_and_capped():
+    cfg = MembershipConfig(max_pace=4)
+    m = Membership(CONTACTS[1], random.Random(1), cfg)
+    m.add(CONTACTS[0], 0.0)
+    m.tick(0.0)
+    pings = [e for e in m.take_outgoing() if e.type == PING]
+    t = 0.0
+    while not pings:
+        t = m.next_timer()
+        m.tick(t)
+        pings = [e for e in m.take_outgoing() if e.type == PING]
+    ping, ping_at = pings[0], t
+    m.receive(_env(0, 1, ACK, [ping.body[0], 0, [], 1000]), t + 0.01)  # far above max_pace: read as 4
+    sent = []
+    while t < 30.0:
+        t = m.next_timer()
+        m.tick(t)
+        sent += [(t, e) for e in m.take_outgoing() if e.type == PING]
+        for at, e in sent[-1:]:
+            if at == t:
+                m.receive(_env(0, 1, ACK, [e.body[0], 0]), t + 0.01)  # unpaced acks from now on
+    first = sent[0][0] - ping_at
+    assert 3.5 * 1.5 - 0.01 <= first <= 4.0 * 1.5 + 0.01  # rested pace - 1/2 periods (pace 4, not 1000)
+    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:])]
+    assert gaps and max(gaps) < 1.6  # unpaced acks: probed every period again
+    assert m.stats["probes_paced"] >= 3
+    # Garbage in the pace slot is ignored.
+    for bad in ("4", -3, [4], 2.5):
+        m.receive(_env(0, 1, ACK, [0, 0, [], bad]), t)
+    assert m.stats["malformed"] == 0

@@ -82,6 +82,7 @@ from .membership_config import PROFILES, MembershipConfig
 from .membership_events import Alive, Failed, Left, Refuted, Suspect
 from .membership_gossip import Gossip
 from .membership_lifeguard import LocalHealth, Suspicion, SuspicionTimeouts
+from .membership_pace import InboundPace
 from .membership_probing import Prober
 from .membership_records import (
     ACK, GOSSIP, INF, MAX_INCARNATION, NACK, PING, PING_REQ, SHORT_ID_LEN, STAT_KEYS, STATE_NAMES, T_IND,
@@ -133,6 +134,7 @@ class Membership(Prober, Gossip, CoreOutputs):
         # (contact_for); bounded like the relays themselves, oldest dropped first.
         self._relay_contacts: dict[bytes, Contact] = {}
         self._heap: list[Any] = []
+        self._pace = InboundPace(cfg.probe_budget, cfg.max_pace, cfg.probe_interval)
         self._hn = 0
         self._t_probe = INF
         self._t_ind = INF
@@ -343,15 +345,23 @@ class Membership(Prober, Gossip, CoreOutputs):
         elif self._tombs and src in self._tombs:
             self._tomb_heard(src, inc, False, now)
         if typ == PING:
+            self._pace.heard(src, now)
+            pace = self._pace.pace(now)
             if len(body) > 3 and body[3] == 1:
                 # A sync: answer with our recent rumors (anti-entropy rides on the probe).
-                self._send(ACK, [seq, self.incarnation, self._sync_rumors(now, src)], src)
+                ack = [seq, self.incarnation, self._sync_rumors(now, src)]
+                if pace:
+                    ack.append(pace)
+                self._send(ACK, ack, src)
                 stats["syncs_answered"] += 1
             else:
-                self._reply(ACK, seq, src, rec)
+                self._reply(ACK, seq, src, rec, pace)
+            if pace:
+                stats["paced_acks"] += 1
             stats["acks_sent"] += 1
         elif typ == ACK:
-            self._on_ack(src, seq, inc, now)
+            pace = body[3] if len(body) > 3 else 0
+            self._on_ack(src, seq, inc, now, pace if type(pace) is int else 0)
         elif typ == NACK:
             p = self._find_probe(seq)
             if p is not None and p.helpers and src in p.helpers:

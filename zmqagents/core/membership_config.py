@@ -122,6 +122,13 @@ class MembershipConfig:
     sweep_burials: int = 4
     sweep_rate: int = 4
     sweep_cooldown: float = 60.0  # at most one sweep per this many seconds
+    # Pacing of inbound probes (membership_pace.py, protocols/membership.md 4.5): while more than
+    # probe_budget distinct nodes pinged us within 2 x max_pace periods, our acks ask probers to probe us
+    # at most once every ceil(probers / probe_budget) periods (at most max_pace). Only probers that would
+    # come back sooner slow down: those with fewer members than the pace, such as 100 peers whose only
+    # member is one hub (bench/footprint.py: the hub's idle CPU 2.8 % -> see the spec). 0: never pace.
+    probe_budget: int = 8
+    max_pace: int = 16
     max_members: int = 65536  # a bound, not a size: a Kademlia view of a million nodes holds ~400
     rtt_alpha: float = 0.125  # EWMA weight of a new RTT sample (TCP's SRTT gain)
     leave_linger: float = 1.0  # how long a leaving node should keep running so its rumor spreads (advice)

@@ -139,7 +139,7 @@ class Prober:
             return
         self._t_probe = now + self._health.scaled(cfg.probe_interval)
         self._probe_from = now
-        rec = self._next_target()
+        rec = self._next_target(now)
         if rec is not None:
             gap = self._health.scaled(self._sync_gap)
             if now >= self._sync_from + gap:
@@ -170,10 +170,13 @@ class Prober:
                 self._cur = self._ping(rec, rec.id, REGULAR, now)
             self._t_ind = now + self._health.scaled(cfg.probe_timeout)
 
-    def _next_target(self) -> MemberRecord | None:
+    def _next_target(self, now: float) -> MemberRecord | None:
+        """The next member in the shuffled round-robin, skipping those resting as their acks asked
+        (membership_pace.py); None if there is none to probe this period."""
         order = self._order
         members = self._members
         n = len(order)
+        resting = False
         if self._shuffle:
             self._shuffle = False
             self._rng.shuffle(order)
@@ -189,7 +192,12 @@ class Prober:
             self._pos += 1
             rec = members.get(nid)
             if rec is not None:
+                if rec.rest > now and rec.state == ALIVE:
+                    resting = True
+                    continue
                 return rec
+        if resting:
+            self.stats["probes_paced"] += 1  # a period without a periodic probe: every member is resting
         return None
 
     def _verify_probe(self, nid: bytes, now: float) -> bool:
@@ -253,11 +261,17 @@ class Prober:
             return [SUSPECT, nid, about.inc, list(s.accusers) if s is not None else [self._short]]
         return [about.state, nid, about.inc]
 
-    def _reply(self, typ: str, seq: int, dst: bytes, rec: Any) -> None:
+    def _reply(self, typ: str, seq: int, dst: bytes, rec: Any, pace: int = 0) -> None:
+        """Answer ``dst``; an ack asking to be probed at most once every ``pace`` periods carries it 4th."""
         about = rec
         if about is None and self._tombs:
             about = self._tombs.get(dst)
-        self._send(typ, self._body(seq, dst, about), dst)
+        body = self._body(seq, dst, about)
+        if pace:
+            if len(body) < 3:
+                body.append([])
+            body.append(pace)
+        self._send(typ, body, dst)
 
     def _find_probe(self, seq: int) -> ProbeRecord | None:
         cur = self._cur
@@ -265,7 +279,7 @@ class Prober:
             return cur
         return self._probes.get(seq)
 
-    def _on_ack(self, src: bytes, seq: int, inc: int, now: float) -> None:
+    def _on_ack(self, src: bytes, seq: int, inc: int, now: float, pace: int = 0) -> None:
         stats = self.stats
         relay = self._relays.get(seq)
         if relay is not None:
@@ -300,6 +314,10 @@ class Prober:
             if type(rec) is MemberRecord:
                 sample = now - p.sent
                 rec.rtt = sample if rec.rtt is None else rec.rtt + self._alpha * (sample - rec.rtt)
+                if pace >= 2 and p.kind == REGULAR:
+                    # It asked to be probed at most once every pace periods (membership_pace.py).
+                    pace = min(pace, self.config.max_pace)
+                    rec.rest = p.sent + (pace - 0.5) * self._health.scaled(self.config.probe_interval)
             elif self._tombs.get(p.target) is rec:
                 # A dead member answered our check: first-hand, fresh. Revive it.
                 self._tomb_heard(p.target, inc, True, now)

@@ -60,13 +60,15 @@ STAT_KEYS = (
     "members_refused", "tombstones_evicted", "heard_evicted", "stalls", "corrections",
     # sweeps after mass burials
     "sweeps", "sweep_probes",
+    # pacing (membership_pace.py): acks we sent asking to be probed less; periodic probes we skipped as asked
+    "paced_acks", "probes_paced",
 )
 
 
 class MemberRecord:
     """A member we hold (alive or suspect): what we know of it."""
 
-    __slots__ = ("id", "contact", "state", "inc", "rtt", "susp", "heard")
+    __slots__ = ("id", "contact", "state", "inc", "rtt", "susp", "heard", "rest")
 
     def __init__(self, nid: bytes, contact: Contact, inc: int):
         self.id = nid
@@ -76,6 +78,7 @@ class MemberRecord:
         self.rtt: float | None = None
         self.susp: Suspicion | None = None
         self.heard = -INF  # when a message from it last came (indirect-probe helpers are picked by it)
+        self.rest = -INF  # its last ack asked to be probed less: the periodic probe skips it until then
 
 
 # Probe kinds: the periodic probe of a member, a verification of a suspect, a check of a tombstone.
