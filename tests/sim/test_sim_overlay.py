@@ -160,13 +160,19 @@ def test_partition_reports_are_not_false_positives():
 
 def test_a_healed_partition_revives_every_pair_within_about_one_sync_interval():
     """30 % of 150 nodes cut off for 30 s, 1 % loss: every (observer, subject across the cut) pair
-    declared dead is held alive again soon after the heal. Each pair's time runs from the heal, or from
-    its declaration if a suspicion begun while cut off concluded later; the bound is one sync interval
-    (the aim of issue 12). Before 216a371, 3 pairs stayed dead to the end: syncs due 50-100 s later,
-    set while the LHM was high, and lost confirming checks that waited for a one-tombstone-per-sync
-    round-robin. Before the heal retries (a lost check retried at once for a sync interval after a
-    heal, a confirming check's answer counted if it comes within a period of the last allowed send),
-    p100 was 12.4 s: a lost check waited for the next sync, or a late answer restarted the probation."""
+    declared dead is held alive again by every observer soon after the heal. Each pair's time runs from
+    the heal, or from its declaration if a suspicion begun while cut off concluded later. The aim of
+    issue 12 is one sync interval; the mechanism gives four periods (protocols/membership.md 10): a
+    node hears from across the cut within a period of the heal and then checks every dead member at
+    once, the probation takes two periods, and a lost check is retried at its deadline (half a
+    second), a lost first check a period after it was sent.
+    Before 216a371, 3 pairs stayed dead to the end: syncs due 50-100 s later, set while the LHM was
+    high, and lost confirming checks that waited for a one-tombstone-per-sync round-robin. Before the
+    heal retries p100 was 12.4 s: a lost check waited for the next sync, or a late answer restarted
+    the probation. Before queued checks started as soon as a probe slot freed, and checks failed at
+    the direct-ack deadline rather than a period after they were sent, p100 was 7.5 s (traced with
+    zmqagents sim --trace-pair: a node's ~45 checks after the heal went out 8 per gossip interval, and
+    each lost check or answer cost a period)."""
     from zmqagents.core.membership import MembershipConfig
 
     r = overlay.run(OverlayScenario(nodes=150, seconds=70.0, seed=1, loss=0.01, partition=(10.0, 40.0, 0.3)))
@@ -174,7 +180,7 @@ def test_a_healed_partition_revives_every_pair_within_about_one_sync_interval():
     assert r["failed_partitioned"] > 1000
     assert r["partitioned_unrevived"] == 0
     assert r["revived_partitioned"] >= r["failed_partitioned"]
-    assert r["partition_revival_s"]["p100"] <= cfg.sync_interval
+    assert r["partition_revival_s"]["p100"] <= 4 * cfg.probe_interval < cfg.sync_interval
     assert r["unrevived_false_positives"] == 0 and r["exit_code"] == 0
 
 

@@ -380,6 +380,8 @@ class Membership(Prober, Gossip, CoreOutputs):
         elif typ == PING_REQ:
             self._on_ping_req(src, seq, body, now)
         # GOSSIP: the rumors were all it carried
+        if self._verify and len(self._probes) < self.config.max_probes and not self._leaving:
+            self._start_queued(now)  # an answer freed a slot, or news queued a probe
 
     def tick(self, now: float) -> None:
         """Fire every timer due by ``now``."""
@@ -435,6 +437,8 @@ class Membership(Prober, Gossip, CoreOutputs):
                     self._urgent(tomb.id, now)
         if self._t_gossip <= now:
             self._gossip(now)
+        if self._verify and len(self._probes) < self.config.max_probes and not self._leaving:
+            self._start_queued(now)  # a probe ended and freed a slot
 
     def next_timer(self) -> float | None:
         t = self._due()
@@ -704,7 +708,10 @@ class Membership(Prober, Gossip, CoreOutputs):
         tomb.passed = None
         tomb.recheck = INF
         if tomb.state == DEAD and now < self._heal_until and tomb.id not in self._verify:
-            self._queue_verify(tomb.id, now)
+            # Soon after a heal: check again a period after this check was sent, not at the next sync
+            # (a check fails at the direct-ack deadline, so this is later than now).
+            tomb.recheck = max(now, sent + self._health.scaled(self.config.probe_interval))
+            self._push(tomb.recheck, T_RECHECK, tomb)
 
     def _expire_tombs(self, now: float) -> None:
         """Forget the tombstones older than tombstone_ttl."""

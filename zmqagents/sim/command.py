@@ -130,10 +130,18 @@ def _ranks(size: int, workers: str, min_delay: float, broadcast: bool) -> int:
 @click.option("--trace", is_flag=True,
               help="Add trace_digest to the report: one digest of every message every node sent (when, to whom, "
                    "whether lost). Two runs with the same digest are the same run, however they were split.")
+@click.option("--trace-pair", "trace_pair", multiple=True, metavar="OBSERVER:SUBJECT",
+              help="Report the timeline of this pair of node numbers (repeatable, at most 16): what they sent "
+                   "each other, the observer's indirect probes of the subject, rumors about the subject it "
+                   "heard, what it reported (report pair_trace; zmqagents/sim/pairtrace.py). Changes nothing in the run.")
+@click.option("--trace-window", default=None, metavar="START:END", help="With --trace-pair: only entries in this window (s).")
+@click.option("--trace-slowest", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="List this many of the slowest revivals after --partition and of the false positives "
+                   "(report slowest), to trace them with --trace-pair in a run of the same seed.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause, pause_duty, pause_period,
         pause_window, partition, warm_start, join_fraction, dht_keys, dht_replicas, broadcast, topics, subscribers,
-        workers, trace, as_json, plot, quiet):
+        workers, trace, as_json, plot, trace_pair, trace_window, trace_slowest, quiet):
     """Simulate a mesh of NODES nodes running the real routing and membership cores.
 
     Prints the seed, runs, and reports join convergence, failure detection times, false
@@ -191,6 +199,18 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
                 raise ValueError
         except ValueError:
             raise click.BadParameter("must be START:END:FRACTION, e.g. 20:40:0.2", param_hint="--partition") from None
+    pairs = []
+    for text in trace_pair:
+        try:
+            i, j = (int(x) for x in text.split(":"))
+            if not (0 <= i < nodes and 0 <= j < nodes) or i == j:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"must be OBSERVER:SUBJECT, two different node numbers below {nodes}, "
+                                     f"got {text!r}", param_hint="--trace-pair") from None
+        pairs.append((i, j))
+    if len(pairs) > 16:
+        raise click.BadParameter("at most 16 pairs", param_hint="--trace-pair")
     n_crash = round(_count_or_percent(crash, nodes, "--crash"))
     n_pause = _count_or_percent(pause, nodes, "--pause")
     if plot is not None:
@@ -201,7 +221,9 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
     common = dict(nodes=nodes, seconds=seconds, seed=seed, loss=loss, latency=latency, profile=profile,
                   crash=n_crash, pause_fraction=n_pause / nodes, pause_duty=pause_duty, pause_period=pause_period,
                   pause_window=_window(pause_window, "--pause-window"), partition=part,
-                  warm_start=warm_start, join_fraction=join_fraction, progress=0.0 if quiet else 1.0, trace=trace)
+                  warm_start=warm_start, join_fraction=join_fraction, progress=0.0 if quiet else 1.0, trace=trace,
+                  pair_trace=tuple(pairs), pair_trace_window=_window(trace_window, "--trace-window"),
+                  slowest=trace_slowest)
     if dht_keys:
         if crash_window is not None:
             raise click.UsageError("--crash-window does not go with --dht-keys: the DHT run crashes every --crash "

@@ -186,6 +186,10 @@ class Simulator:
         self.outbox: dict[int, list] = {}  # worker -> messages for its nodes, sent since the last exchange
         self._count_bytes = count_bytes
         self._tracing = trace
+        # Called with (now, sender index, destination index, envelope, delay or None if dropped) for
+        # every message sent to a known node, when set: a run's own instrument (sim/pairtrace.py).
+        # It must only read: drawing from a random stream or calling into a core would change the run.
+        self.tap: Callable[[float, int, int, Envelope, float | None], None] | None = None
         self.events = 0
         self.sent = 0
         self.delivered = 0
@@ -413,6 +417,8 @@ class Simulator:
         if rng is None:
             rng = node.net_rng = self.rng(f"net/{node.index}")
         delay = self.net.delay(node.index, dst.index, rng)
+        if self.tap is not None:
+            self.tap(self.now, node.index, dst.index, env, delay)
         if self._tracing:
             if node.trace is None:
                 node.trace = hashlib.blake2b(digest_size=16)

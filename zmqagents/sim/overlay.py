@@ -90,6 +90,7 @@ from ..identity import Contact, node_id_of
 from .engine import Simulator, bulk_build, combine_traces, frozen_heap
 from .faults import Paused
 from .netmodel import parse_latency
+from .pairtrace import PairTrace, merge
 from .report import detection, engine_counts, summary
 from .scenario import SimScenario
 
@@ -112,6 +113,14 @@ class OverlayScenario(SimScenario):
     join_targets: int = 200
     progress: float = 0.0  # seconds of wall time between progress lines on stderr (0: none)
     trace: bool = False  # digest every send (report["trace_digest"]): a check that two runs are the same run
+    # Instruments (sim/pairtrace.py), off by default; neither changes the run. pair_trace: (observer,
+    # subject) node numbers whose timelines go to report["pair_trace"] (at most 16), within
+    # pair_trace_window if given, pair_trace_limit entries each. slowest: report["slowest"] lists this
+    # many of the slowest revivals after a partition, and the false positives (as many), to trace.
+    pair_trace: tuple[tuple[int, int], ...] = ()
+    pair_trace_window: tuple[float, float] | None = None
+    pair_trace_limit: int = 400
+    slowest: int = 0
 
 
 def sim_key(seed: int, i: int) -> bytes:
@@ -165,6 +174,7 @@ class OverlayRun:
         self.up = [True] * n
         self.paused: set[int] = set()
         self.cut: set[int] = set()  # the side of an active partition
+        self.side: set[int] = set()  # the side the partition cuts off (chosen when the run is built)
         self.crashed_at: dict[int, float] = {}
         self.holders: dict[int, set[int]] = {}
         self.detected: dict[int, dict[int, float]] = {}
@@ -180,6 +190,9 @@ class OverlayRun:
         self.revived_by_table = 0
         self.declared_after_heal = 0
         self.revived = 0
+        self.slow: list[tuple[float, int, int, float, float, str]] = []  # with sc.slowest: per pair revival
+        self.fp_revived: dict[tuple[int, int], float] = {}  # with sc.slowest: when a false positive was revived
+        self.tracer: PairTrace | None = None
         self.suspects_of_live = 0
         self.refutations = 0
         self.failed_events = 0
@@ -194,6 +207,11 @@ class OverlayRun:
         self.build_wall = 0.0
         with bulk_build():
             self._build()
+        if sc.pair_trace:
+            self.tracer = PairTrace(list(sc.pair_trace), self.ids, [c.public_key for c in self.contacts],
+                                    self.membership_of, self.side, sc.partition[:2] if sc.partition else None,
+                                    sc.pair_trace_window, sc.pair_trace_limit)
+            self.sim.tap = self.tracer.tap
 
     # -- building ------------------------------------------------------------------------------
 
@@ -255,9 +273,15 @@ class OverlayRun:
         if sc.partition is not None:
             p0, p1, frac = sc.partition
             side = rng.sample(range(n), round(frac * n))
+            self.side = set(side)
             sim.at(p0, lambda now: self._partition(side))
             sim.at(p1, lambda now: self._heal())
         self.build_wall = time.perf_counter() - t0
+
+    def membership_of(self, i: int) -> Membership | None:
+        """Node ``i``'s membership core, None where another worker runs it."""
+        node = self.nodes[i]
+        return None if node is None else node.membership
 
     def make_node(self, i: int, routing: RoutingCore, mem: Membership) -> OverlayNode:
         """Node ``i`` around its routing and membership cores; a run that adds cores (sim/dht_run.py)
@@ -330,17 +354,23 @@ class OverlayRun:
         # those reports are still the partition's doing (counted apart, not as false positives).
         self.sim.heal()
 
-    def revive(self, i: int, j: int, now: float) -> bool:
+    def revive(self, i: int, j: int, now: float, how: str = "Alive") -> bool:
         """Observer ``i`` holds ``j`` alive again (membership's ``Alive``, or its table re-added ``j``):
         close the pair if ``i`` had declared a healthy ``j`` dead. True if it had."""
         if self.fp_pairs.get((i, j)):
             self.fp_pairs[(i, j)] = False
             self.revived += 1
+            if self.sc.slowest:
+                self.fp_revived[(i, j)] = now
             return True
         if self.part_pairs.get((i, j)):
             self.part_pairs[(i, j)] = False
             self.revived_partitioned += 1
-            self.part_revival.append(now - max(self.sc.partition[1], self.part_declared[(i, j)]))
+            declared = self.part_declared[(i, j)]
+            took = now - max(self.sc.partition[1], declared)
+            self.part_revival.append(took)
+            if self.sc.slowest:
+                self.slow.append((took, i, j, declared, now, how))
             return True
         return False
 
@@ -349,7 +379,7 @@ class OverlayRun:
         word (a kad query from it, or its answer to ours), and membership then drops its tombstone and
         probes it as alive: a declared pair ends here too, without an ``Alive`` event."""
         j = self.index.get(nid)
-        if j is not None and (self.fp_pairs or self.part_pairs) and self.revive(i, j, now):
+        if j is not None and (self.fp_pairs or self.part_pairs) and self.revive(i, j, now, "TableAdded"):
             self.revived_by_table += 1
 
     def dropped_by_routing(self, i: int, nid: bytes, now: float) -> None:
@@ -367,6 +397,8 @@ class OverlayRun:
     def _on_event(self, simnode, ev, now: float) -> None:
         i = simnode.index
         t = type(ev)
+        if self.tracer is not None:
+            self.tracer.event(i, ev, now)
         if t is Failed:
             j = self.index.get(ev.node_id)
             if j is not None:
@@ -573,6 +605,10 @@ class OverlayRun:
             "crashed_at": self.crashed_at, "holders": self.holders, "detected": self.detected, "up": self.up,
             "fp": self.fp, "fp_pairs": self.fp_pairs, "part_pairs": self.part_pairs, "part_revival": self.part_revival,
             "detect_times": self.detect_times,
+            "pair_trace": self.tracer.result() if self.tracer is not None else None,
+            "slowest": sorted(self.slow, reverse=True)[: self.sc.slowest],
+            "fp_revived": self.fp_revived,
+            "side": sorted(self.side) if self.sc.slowest else [],
             "counts": {name: getattr(self, name) for name in _SUMMED},
             "membership_stats": stats, "routing_stats": rstats, "table_sizes": sizes,
             "join": {"joiners": len(self.joiners), "warm": self.warm, "checks": self.join_checks,
@@ -717,8 +753,33 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
     }
     if traces:
         report["trace_digest"] = combine_traces(traces)
+    if sc.slowest:
+        report["slowest"] = slowest(sc, parts, fp)
+    if sc.pair_trace:
+        report["pair_trace"] = merge([p["pair_trace"] for p in parts])
     report["exit_code"] = exit_code(report)
     return report
+
+
+def slowest(sc: OverlayScenario, parts: list[dict], fp: list) -> dict:
+    """The ``sc.slowest`` slowest revivals after the partition and the first as many false positives,
+    by node number, to be traced in a second run of the same seed (``pair_trace``)."""
+    slow = sorted((s for p in parts for s in p["slowest"]), reverse=True)[: sc.slowest]
+    revived: dict = {}
+    for p in parts:
+        revived.update(p["fp_revived"])
+    side = set(parts[0]["side"])
+
+    def sides(i: int, j: int) -> list[str] | None:
+        return ["cut" if k in side else "rest" for k in (i, j)] if side else None
+    return {
+        "revivals": [{"observer": i, "subject": j, "sides": sides(i, j), "revival_s": round(took, 4),
+                      "declared_at": round(declared, 4), "revived_at": round(at, 4), "by": how}
+                     for took, i, j, declared, at, how in slow],
+        "false_positives": [{"observer": i, "subject": j, "sides": sides(i, j), "declared_at": round(t, 4),
+                             "revived_at": None if (i, j) not in revived else round(revived[(i, j)], 4)}
+                            for t, i, j in fp[: sc.slowest]],
+    }
 
 
 def _in_partition(sc: OverlayScenario, fp: list) -> int:
