@@ -641,6 +641,8 @@ class Membership(Prober, Gossip, CoreOutputs):
         really back is revived ~2 periods after it answers. A left node must also come back at a
         higher incarnation (it rejoined)."""
         tomb = self._tombs[nid]
+        if not fresh:
+            tomb.heard = now
         if not fresh or (tomb.state == LEFT and inc <= tomb.inc):
             if (tomb.state == DEAD or inc > tomb.inc) and nid not in self._verify and tomb.recheck == INF:
                 due = tomb.checked + self.config.probe_interval
@@ -708,9 +710,12 @@ class Membership(Prober, Gossip, CoreOutputs):
         tomb.passed = None
         tomb.recheck = INF
         if tomb.state == DEAD and now < self._heal_until and tomb.id not in self._verify:
-            # Soon after a heal: check again a period after this check was sent, not at the next sync
-            # (a check fails at the direct-ack deadline, so this is later than now).
-            tomb.recheck = max(now, sent + self._health.scaled(self.config.probe_interval))
+            # Soon after a heal: check again a period after this check was sent, not at the next sync (a
+            # check fails at the direct-ack deadline, so that is later than now); at once if it sent us
+            # something since: it is up, so the ping or its answer was lost (sim, N=150: three losses in
+            # a row, each waited a period, and a pair was revived 6.2 s after the heal).
+            retry = sent + self._health.scaled(self.config.probe_interval)
+            tomb.recheck = now if tomb.heard >= sent or retry < now else retry
             self._push(tomb.recheck, T_RECHECK, tomb)
 
     def _expire_tombs(self, now: float) -> None:

@@ -121,7 +121,7 @@ class RelayRecord:
 class Tombstone:
     """A dead or left member, remembered (bounded, for tombstone_ttl) so it can be re-checked and revived."""
 
-    __slots__ = ("id", "contact", "state", "inc", "since", "checked", "corrected", "passed", "recheck")
+    __slots__ = ("id", "contact", "state", "inc", "since", "checked", "corrected", "passed", "recheck", "heard")
 
     def __init__(self, nid: bytes, contact: Contact, state: int, inc: int, since: float):
         self.id = nid
@@ -133,6 +133,7 @@ class Tombstone:
         self.since = since
         self.checked = since
         self.corrected = -INF  # when we last told a straggler it was dead
+        self.heard = -INF  # when a message from it last came (it is up, at least now and then)
 
 
 # Timer heap entry kinds: (due, n, kind, record).
