@@ -12,8 +12,11 @@ through the transport, the node's loop and its queues.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgpack
 import zmq
@@ -82,16 +85,25 @@ async def _honest_stream_arrives(publisher, streams: list, count: int) -> None:
         assert sorted(got) == [(first + i, i) for i in range(count)]
 
 
+@contextlib.asynccontextmanager
+async def _attacked_mesh() -> AsyncIterator[tuple[Any, Any, Any, Mallory]]:
+    """A 4-node mesh (seed, publisher, victim, another subscriber) and Mallory linked to the victim."""
+    nodes = await start_mesh(4)
+    ctx = zmq.Context()
+    try:
+        _seed, publisher, victim, other = nodes
+        yield publisher, victim, other, Mallory(ctx, victim)
+    finally:
+        ctx.destroy(linger=0)
+        await close_mesh(nodes)
+
+
 def test_forged_replayed_oversize_and_over_rate_publications_are_refused_and_honest_delivery_goes_on(arun):
     async def main():
-        nodes = await start_mesh(4)
-        ctx = zmq.Context()
-        try:
-            _seed, publisher, victim, other = nodes
+        async with _attacked_mesh() as (publisher, victim, other, mallory):
             streams = [victim.subscribe(TOPIC), other.subscribe(TOPIC)]
             core = victim.core.broadcast
             st = core.stats
-            mallory = Mallory(ctx, victim)
             pub_key, pub_epoch = publisher.identity.public_key, publisher.core.broadcast.epoch
 
             # A forged message in the publisher's name, carrying the id of its next genuine one.
@@ -137,24 +149,17 @@ def test_forged_replayed_oversize_and_over_rate_publications_are_refused_and_hon
             await _honest_stream_arrives(publisher, streams, 20)
             assert other.core.broadcast.stats["bad_signature"] == 0  # refused where it came in, not forwarded
             assert victim.stats["broadcast_dropped"] == 0
-        finally:
-            ctx.destroy(linger=0)
-            await close_mesh(nodes)
 
     arun(main(), timeout=90)
 
 
 def test_announcement_floods_unknown_grafts_and_graft_prune_storms_are_bounded_and_honest_delivery_goes_on(arun):
     async def main():
-        nodes = await start_mesh(4)
-        ctx = zmq.Context()
-        try:
-            _seed, publisher, victim, other = nodes
+        async with _attacked_mesh() as (publisher, victim, other, mallory):
             streams = [victim.subscribe(TOPIC), other.subscribe(TOPIC)]
             core = victim.core.broadcast
             st = core.stats
             cfg = core.config
-            mallory = Mallory(ctx, victim)
 
             # 20 announcements of 256 ids each, none of which she ever sends: at most max_ihave_queue (1,024)
             # wait for a graft, the rest are counted full; each one waited for is grafted from her, then given up.
@@ -204,8 +209,5 @@ def test_announcement_floods_unknown_grafts_and_graft_prune_storms_are_bounded_a
                 for _ in range(30):
                     assert (await asyncio.wait_for(stream.__anext__(), BOUND)).body == {"i": -1}
             await _honest_stream_arrives(publisher, streams, 20)
-        finally:
-            ctx.destroy(linger=0)
-            await close_mesh(nodes)
 
     arun(main(), timeout=120)
