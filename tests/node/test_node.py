@@ -92,7 +92,7 @@ def test_server_can_send_back_to_a_client_that_only_connected_out(arun):
             # The server has no contact for the client's inbox endpoint... except via hello;
             # forget it so the only path is the client's own connection (as behind NAT).
             server.transport._contacts.clear()
-            server.transport._close_dealer(client.node_id)
+            server.transport.dealers.close(client.node_id)
             await server.send(client.node_id, "over your connection")
             assert (await client.receive(timeout=5)).body == "over your connection"
 
@@ -447,7 +447,7 @@ async def _b_talked_to_a(a_id: Identity, **b_kwargs) -> tuple[Node, Node]:
     await b.start()
     b.on_request(lambda body, msg: {"b": body})
     assert await b.request(a.contact, "hi", timeout=5) == "old"  # B now holds a DEALER to A's endpoint
-    assert a.node_id in b.transport._dealers
+    assert a.node_id in b.transport.dealers
     return a, b
 
 

@@ -14,7 +14,8 @@ from zmqagents.envelope import Envelope, decode
 from zmqagents.identity import Identity
 from zmqagents.transport.binding import dealer_routing_id
 from zmqagents.transport.config import TransportConfig
-from zmqagents.transport.mesh import READ_BATCH, Transport
+from zmqagents.transport.mesh import Transport
+from zmqagents.transport.receiving import READ_BATCH
 from zmqagents.transport.sockio import MORE_NOBLOCK, NOBLOCK, readable
 
 from helpers.peers import curve_dealer

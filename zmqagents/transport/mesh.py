@@ -3,6 +3,10 @@
 This module moves bytes and proves who sent them; it makes no protocol
 decisions (those live in ``zmqagents.core``). Who a frame comes from is settled by
 the routing id bound to the CURVE key its connection proved (``binding.py``).
+It composes the pieces: every read and its checks (``receiving.py``), the
+outgoing DEALERs (``outlinks.py``), how sockets are made (``sockets.py``); what
+stays here is the address book, the routing of each frame and the burst of
+writes, and pub/sub.
 
 Everything for a node that holds a connection to our inbox goes back over that
 connection (ROUTER to the routing id), ahead of any DEALER of ours: a
@@ -24,7 +28,6 @@ import asyncio
 import errno
 import logging
 import os
-import time
 from collections import OrderedDict
 from typing import Callable
 
@@ -32,54 +35,26 @@ import zmq
 
 from ..core.ratelimit import PeerLimiter
 from ..core.relay import FORWARD
-from ..envelope import ENVELOPE_COST, Envelope, EnvelopeError, decode
-from ..identity import RELAY_SCHEME, Contact, IdentityError, curve_public_of, short_id
-from .backlog import ReadBacklog
-from .binding import KEY_SIZE, ROUTING_ID_SIZE, PeerBinding, dealer_routing_id
+from ..envelope import Envelope, EnvelopeError
+from ..identity import RELAY_SCHEME, Contact, IdentityError, short_id
+from .binding import KEY_SIZE
 from .config import TransportConfig
 from .droplog import OUTGOING_DROPS, DropLog
 from .fleet import FleetConfig, FleetGate
 from .linkwatch import LinkWatch
+from .outlinks import Link, OutboundLinks
 from .peertraffic import PeerTraffic
 from .readers import Readers
+from .receiving import READ_BATCH, BatchHandler, PublicationHandler, Receiver
 from .relaying import RelayPaths
+from .sockets import SocketMaker
 from .sockio import MORE_NOBLOCK, NOBLOCK, readable
 from .context import SocketContext
 from .zap import PUB_DOMAIN, ZAP_DOMAIN, ZapHandler
 
 log = logging.getLogger(__name__)
 
-READ_BATCH = 512  # messages per readable callback before yielding to the loop
-# ...or fewer: a batch ends once the envelopes decoded in it cost this much (Envelope.cost), so a burst
-# of large envelopes is handed on (and its memory freed) one or two at a time, not 512 at once. 1 MiB:
-# one envelope of 16,384 values (~1.6 MB decoded) or one wide string (~4 MiB) is then a batch alone,
-# where 2 MiB let two of the first or a wide string after 2 MiB of others be held at once; batches of
-# small envelopes end at DECODE_BATCH long before (64 x ~2 KB).
-BATCH_BYTES = 1 << 20
-# Frames the inbox takes out of libzmq per turn, at most, before it decodes (into the read backlog,
-# where they are bounded in bytes; see backlog.py): a few microseconds each, so a turn stays short.
-READ_AHEAD = READ_BATCH
-# Envelopes the inbox decodes and hands on per turn: the replies a batch queues go out before the next
-# one is decoded, so a request waits for at most one batch of another peer's flood (~128 x what the
-# node does per message), not 512 (bench/hostile.py, honest_p99_ms_during_flood).
-DECODE_BATCH = 64
-COPY_BELOW = 16384  # frames up to this size wait in the backlog as a copy, larger ones as libzmq's buffer
 REBIND_TRIES = 200  # x 10 ms: how long the XPUB may wait for its own port after cutting subscribers
-
-
-class _Link:
-    """An outgoing connection (DEALER) or a subscription (SUB) to one peer."""
-
-    __slots__ = ("node_id", "socket", "fd")
-
-    def __init__(self, node_id: bytes, socket: zmq.Socket):
-        self.node_id = node_id
-        self.socket = socket
-        self.fd = socket.FD
-
-
-BatchHandler = Callable[[list[Envelope]], None]
-PublicationHandler = Callable[[bytes, Envelope], None]
 
 
 class Transport:
@@ -100,18 +75,16 @@ class Transport:
         by default the Transport makes its own and terminates it on :meth:`close`."""
         self.identity = identity
         self.config = config
-        self.allow = allow
         # join = "fleet": nothing passes to or from a peer before its certificate (fleet.py)
         self.fleet: FleetGate | None = None if fleet is None else FleetGate(
             identity, fleet, drop=self._drop, send_now=self._send_control, requeue=self._requeue)
         if self.fleet is not None:
             self.fleet.on_subscriber_revoked.append(self._cut_subscribers)
-        self._on_batch = on_batch
-        self._on_publication = on_publication
         self._own_context = context is None
         self.context = context if context is not None else SocketContext(
             max_sockets=max(1024, config.max_dealers + config.max_subscribers + 64))
         self.ctx = self.context.ctx
+        self._sockets = SocketMaker(self.ctx, config, identity)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.router: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
@@ -121,14 +94,11 @@ class Transport:
         self.pub_endpoint = ""
         self.advertised: Contact | None = None  # what peers are told to use; default: our inbox endpoint
         self.relaying: RelayPaths | None = None  # made when a relayed destination first appears
-        self._dealers: OrderedDict[bytes, _Link] = OrderedDict()
-        self._subs: dict[bytes, _Link] = {}
-        self._links: dict[zmq.Socket, _Link] = {}  # DEALER and SUB sockets -> their peer
+        self._subs: dict[bytes, Link] = {}
+        self._links: dict[zmq.Socket, Link] = {}  # DEALER and SUB sockets -> their peer
         self._topics: dict[bytes, int] = {}
         self.subscribed: set[bytes] = set()  # topic prefixes neighbours subscribed to on our XPUB
         self._contacts: OrderedDict[bytes, Contact] = OrderedDict()
-        # node id -> the routing id on our ROUTER of its latest connection that proved its key
-        self._inbound: OrderedDict[bytes, bytes] = OrderedDict()
         # (next hop, frame, destination) waiting for this loop turn's flush; the next hop is a relay
         # for a relayed frame, the destination otherwise
         self._outbox: list[tuple[bytes, bytes, bytes]] = []
@@ -153,11 +123,15 @@ class Transport:
         self._link_watches: dict[zmq.Socket, LinkWatch] = {}  # monitor socket -> its watch
         self._droplog = DropLog(log, quiet=OUTGOING_DROPS)
         self.drops: dict[str, int] = self._droplog.counts  # refusals by reason (exported as metrics)
-        self._backlog = ReadBacklog(config.read_backlog_bytes, config.read_backlog_bytes // 2,
-                                    config.read_backlog_bytes // 4)
-        self._binding = PeerBinding(secure=config.secure, max_keys=config.max_known_keys, drop=self._drop)
         self.limiter = PeerLimiter(config.rate_limit)
-        self._router_again = False  # a drain of the ROUTER is scheduled for the next loop turn
+        self._receiver = Receiver(identity.node_id, config, self._readers, on_batch=on_batch,
+                                  on_publication=on_publication, peer_of=self._peer_of, drop=self._drop,
+                                  stats=self.stats, peer_traffic=self.peer_traffic, limiter=self.limiter,
+                                  fleet=self.fleet, allow=allow)
+        # node id -> the routing id on our ROUTER of its latest connection that proved its key
+        self._inbound = self._receiver.inbound
+        self.dealers = OutboundLinks(self._sockets, identity.public_key, config.max_dealers, self.stats,
+                                     on_open=self._link_opened, on_close=self._link_closed)
         self._pub_cut = False  # the XPUB is unbound to cut revoked subscribers off, not yet bound again
 
     # -- lifecycle -----------------------------------------------------------
@@ -168,7 +142,7 @@ class Transport:
         self.context.attach(self.loop, secure=cfg.secure,
                             admit_subscriber=None if self.fleet is None else self.fleet.admits_curve)
         self._attached = True
-        self.router = self._server_socket(zmq.ROUTER)
+        self.router = self._sockets.server(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown routing id -> error, not a silent drop
         # A DEALER that reconnects with its (unguessable) id takes it over from its own stale connection.
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -176,10 +150,10 @@ class Transport:
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         # XPUB rather than PUB: it reports subscriptions, so a short-lived publisher
         # (a shell command) can wait until someone listens instead of publishing into the void.
-        self.pub = self._server_socket(zmq.XPUB, PUB_DOMAIN if self.fleet is not None else ZAP_DOMAIN)
+        self.pub = self._sockets.server(zmq.XPUB, PUB_DOMAIN if self.fleet is not None else ZAP_DOMAIN)
         self.pub.bind(cfg.pub_listen or _any_port_like(self.endpoint))
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._watch(self.router, self._drain_router)
+        self._watch(self.router, self._receiver.drain_router)
         self._watch(self.pub, self._drain_subscriptions)
         for server in (self.router, self.pub):  # links libzmq refuses or cuts before we see a message
             watch = LinkWatch(server, self.stats, self._drop)
@@ -193,7 +167,7 @@ class Transport:
         if self.config.close_linger_ms and self._outbox:
             self._flush()  # frames queued this loop turn go out before the sockets close (they linger below)
         self._closed = True
-        socks = [link.socket for link in self._dealers.values()] + [link.socket for link in self._subs.values()]
+        socks = [link.socket for link in self.dealers] + [link.socket for link in self._subs.values()]
         socks += [s for s in (self.router, self.pub) if s is not None]
         for watch in self._link_watches.values():
             self._unwatch(watch.socket)
@@ -205,7 +179,7 @@ class Transport:
             # its links) may take that long to leave; the link watches never wait (nor the ZAP socket,
             # which belongs to the context: context.py).
             sock.close(linger=self.config.close_linger_ms)
-        self._dealers.clear()
+        self.dealers.clear()
         self._subs.clear()
         if self._attached:
             self.context.detach()
@@ -238,8 +212,7 @@ class Transport:
         self._contacts[node_id] = contact
         self._contacts.move_to_end(node_id)
         if old is not None and old.endpoint != contact.endpoint:
-            if node_id in self._dealers:
-                self._close_dealer(node_id)  # it moved: reconnect on next send
+            self.dealers.close(node_id)  # it moved: reconnect on next send
             if self.relaying is not None and not contact.relayed and not self.relaying.edge:
                 self.relaying.forget(node_id)  # it became reachable directly
         if contact.relayed:
@@ -268,7 +241,7 @@ class Transport:
         node_id = contact.node_id
         if self._contacts.get(node_id) == contact:
             del self._contacts[node_id]
-            self._close_dealer(node_id)
+            self.dealers.close(node_id)
             if contact.relayed and self.relaying is not None:
                 self.relaying.forget(node_id)
 
@@ -278,7 +251,7 @@ class Transport:
 
     def direct_route(self, node_id: bytes) -> bool:
         """True if we reach ``node_id`` without a relay: a connection is open, or its contact is direct."""
-        if node_id in self._inbound or node_id in self._dealers:
+        if node_id in self._inbound or node_id in self.dealers:
             return True
         contact = self._contacts.get(node_id)
         return contact is not None and not contact.relayed
@@ -286,7 +259,7 @@ class Transport:
     def connected(self, node_id: bytes) -> bool:
         """True if a connection to ``node_id`` is open (its authenticated one to our inbox, or our DEALER):
         sending to it then costs no new CURVE handshake."""
-        return node_id in self._inbound or node_id in self._dealers
+        return node_id in self._inbound or node_id in self.dealers
 
     def public_key_of(self, node_id: bytes) -> bytes | None:
         """The verify key of a node we have a contact for, that has authenticated to us, or whose
@@ -404,11 +377,11 @@ class Transport:
             if sock.closed or not readable(sock):  # the usual case: nothing came in meanwhile
                 continue
             if sock is self.router:
-                self._drain_router(sock)
+                self._receiver.drain_router(sock)
             elif sock is self.pub:
                 self._drain_subscriptions(sock)
             else:
-                self._drain_link(sock)
+                self._receiver.drain_link(sock)
 
     def _route(self, dst: bytes, frame: bytes) -> None:
         """Back over ``dst``'s own connection to our ROUTER if it has one; else our DEALER to it; else a new DEALER.
@@ -421,7 +394,7 @@ class Transport:
         rid = self._inbound.get(dst)
         if rid is not None and self._send_router(rid, dst, frame):
             return
-        link = self._dealers.get(dst)
+        link = self.dealers.use(dst)
         if link is None:
             contact = self._contacts.get(dst)
             if contact is None:
@@ -431,12 +404,10 @@ class Transport:
                 self._drop("no_route", dst, "reached only through relays, and none is usable")
                 return
             try:
-                link = self._open_dealer(contact)
+                link = self.dealers.open(contact)
             except zmq.ZMQError as exc:  # out of fds (EMFILE) or of the context's sockets: this frame waits
                 self._drop("no_socket", dst, f"cannot open a connection: {exc}")  # for a retransmit
                 return
-        else:
-            self._dealers.move_to_end(dst)
         try:
             link.socket.send(frame, NOBLOCK)
         except zmq.Again:
@@ -545,59 +516,27 @@ class Transport:
 
     # -- connections -------------------------------------------------------------
 
-    def _server_socket(self, kind: int, domain: str = ZAP_DOMAIN) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        self._common_options(sock)
-        if self.config.secure:
-            sock.curve_server = True
-            sock.curve_secretkey = self.identity.curve_secret
-            sock.curve_publickey = self.identity.curve_public
-            sock.zap_domain = domain.encode()
-        return sock
+    @property
+    def allow(self) -> frozenset[bytes] | None:
+        """The only nodes whose frames the inbox accepts (None: any); the daemon swaps it on SIGHUP."""
+        return self._receiver.allow
 
-    def _client_socket(self, kind: int, peer_public_key: bytes) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        self._common_options(sock)
-        sock.setsockopt(zmq.RECONNECT_IVL, self.config.reconnect_ivl_ms)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.config.reconnect_ivl_max_ms)
-        if self.config.secure:
-            sock.curve_secretkey = self.identity.curve_secret
-            sock.curve_publickey = self.identity.curve_public
-            sock.curve_serverkey = curve_public_of(peer_public_key)
-        return sock
+    @allow.setter
+    def allow(self, allow: frozenset[bytes] | None) -> None:
+        self._receiver.allow = allow
 
-    def _common_options(self, sock: zmq.Socket) -> None:
-        sock.linger = 0
-        sock.sndhwm = self.config.hwm
-        sock.rcvhwm = self.config.recv_hwm
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + 4 + 64)
+    def _link_opened(self, link: Link) -> None:
+        self._links[link.socket] = link
+        self._watch(link.socket, self._receiver.drain_link)
 
-    def _open_dealer(self, contact: Contact) -> _Link:
-        while len(self._dealers) >= self.config.max_dealers:
-            oldest = next(iter(self._dealers))
-            self._close_dealer(oldest)
-            self.stats["dealers_evicted"] += 1
-        sock = self._client_socket(zmq.DEALER, contact.public_key)
-        try:
-            sock.setsockopt(zmq.ROUTING_ID, dealer_routing_id(self.identity.public_key))
-            sock.connect(contact.endpoint)
-        except zmq.ZMQError:
-            sock.close(linger=0)
-            raise
-        link = _Link(contact.node_id, sock)
-        self._dealers[contact.node_id] = link
-        self._links[sock] = link
-        self._watch(sock, self._drain_link)
-        self.stats["dealers_opened"] += 1
-        return link
+    def _link_closed(self, link: Link) -> None:
+        del self._links[link.socket]
+        self._unwatch(link.socket)
+        self._recheck.discard(link.socket)
 
-    def _close_dealer(self, node_id: bytes) -> None:
-        link = self._dealers.pop(node_id, None)
-        if link is not None:
-            del self._links[link.socket]
-            self._unwatch(link.socket)
-            link.socket.close(linger=0)
-            self._recheck.discard(link.socket)
+    def _peer_of(self, sock: zmq.Socket) -> bytes | None:
+        link = self._links.get(sock)
+        return None if link is None else link.node_id
 
     def forget(self, node_id: bytes) -> None:
         """Close everything held for a peer (it left or was declared dead), and drop the frames for it
@@ -614,7 +553,7 @@ class Transport:
             for _ in range(len(outbox) - len(kept)):
                 self._drop("forgotten", node_id, "the peer was forgotten before its frames were written")
             self._outbox = kept
-        self._close_dealer(node_id)
+        self.dealers.close(node_id)
         self._inbound.pop(node_id, None)
         self.unsubscribe_from(node_id)
         if self.fleet is not None:
@@ -625,7 +564,7 @@ class Transport:
 
     @property
     def dealer_count(self) -> int:
-        return len(self._dealers)
+        return len(self.dealers)
 
     @property
     def inbound_count(self) -> int:
@@ -635,7 +574,7 @@ class Transport:
     @property
     def backlog_bytes(self) -> int:
         """What frames read off the inbox and not yet decoded hold (``backlog.py``)."""
-        return self._backlog.bytes
+        return self._receiver.backlog_bytes
 
     @property
     def subscription_count(self) -> int:
@@ -657,13 +596,13 @@ class Transport:
         if len(self._subs) >= self.config.max_subscribers:
             self._drop("subscriber_limit", node_id, "too many neighbours to subscribe to")
             return
-        sock = self._client_socket(zmq.SUB, contact.public_key)
+        sock = self._sockets.client(zmq.SUB, contact.public_key)
         for topic in self._topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
         sock.connect(pub_endpoint)
-        link = self._subs[node_id] = _Link(node_id, sock)
+        link = self._subs[node_id] = Link(node_id, sock)
         self._links[sock] = link
-        self._watch(sock, self._drain_link)
+        self._watch(sock, self._receiver.drain_link)
 
     def unsubscribe_from(self, node_id: bytes) -> None:
         link = self._subs.pop(node_id, None)
@@ -710,175 +649,6 @@ class Transport:
         watch = self._link_watches.get(sock)
         if watch is not None and watch.drain():
             self.loop.call_soon(self._drain_link_watch, sock)  # a full batch: more may be waiting
-
-    def _drain_router(self, sock: zmq.Socket) -> None:
-        """Take what libzmq holds for the inbox into the read backlog, then decode one batch from the
-        backlog and hand it on (``backlog.py`` says why the two steps)."""
-        if sock.closed or self._readers.paused:  # paused: resume() drains it
-            return
-        more = self._read_router(sock)
-        backlog = self._backlog
-        batch: list[Envelope] = []
-        inbound = self._inbound
-        fleet = self.fleet
-        limiter = self.limiter
-        now = time.monotonic()
-        cost = 0
-        for _ in range(DECODE_BATCH):
-            if cost > BATCH_BYTES:  # the rest next turn, this batch's memory freed
-                break
-            item = backlog.take()
-            if item is None:
-                break
-            sender, rid, frame = item
-            why = limiter.in_debt(sender, now)  # its envelopes decoded since were dearer than their length
-            if why is not None:
-                self._drop(why, sender, "over its rate limit")
-                continue
-            env = self._decode_admitted(frame, sender)
-            if env is None:
-                continue
-            cost += env.cost
-            if inbound.get(sender) != rid and len(rid) == ROUTING_ID_SIZE:  # never answer a guessable id
-                inbound[sender] = rid
-                while len(inbound) > self.config.max_known_keys:
-                    inbound.popitem(last=False)
-            if fleet is not None and not fleet.admit(env):
-                continue
-            batch.append(env)
-        if batch:
-            self._on_batch(batch)  # first: the replies it queues are written before the next drain
-        if more or len(backlog):
-            self._drain_router_later(sock)
-
-    def _read_router(self, sock: zmq.Socket) -> bool:
-        """Move frames from libzmq into the read backlog until it has none (False) or READ_AHEAD frames
-        were read (True: more may wait). Only checks that cost no decoding run here: the frame count,
-        the routing id's binding, the backlog's room, the sender's rate."""
-        stats = self.stats
-        secure = self.config.secure
-        backlog = self._backlog
-        limiter = self.limiter
-        now = time.monotonic()
-        for _ in range(READ_AHEAD):
-            try:
-                rid_frame = sock.recv(NOBLOCK, copy=False)
-            except zmq.Again:
-                return False
-            # Multipart messages arrive whole, so the frames after the first are already here.
-            body = None
-            extra = False
-            if rid_frame.more:
-                body = sock.recv(NOBLOCK, copy=False)
-                more = body.more
-                while more:
-                    more = sock.recv(NOBLOCK, copy=False).more
-                    extra = True
-            size = 0 if body is None else len(body)
-            stats["frames_in"] += 1
-            stats["bytes_in"] += size
-            rid = rid_frame.bytes
-            if extra:
-                self._drop("multipart", rid, "unexpected extra frames")
-                continue
-            sender = self._binding.sender(rid, rid_frame.get("User-Id") if secure else None, self.allow)
-            if sender is None:
-                continue
-            self.peer_traffic.received(sender, size)
-            why = backlog.refuses(sender, size)
-            if why is None:
-                why = limiter.admit(sender, size, now)
-            if why is not None:
-                self._drop(why, sender, "over its rate limit or its share of the read backlog")  # unacked: resent later
-                continue
-            # A small frame is copied: the zero-copy buffer it came in is shared with the others libzmq
-            # decoded from the same read (~18 KB) and would be pinned while it waits. A large one has its own.
-            backlog.put(sender, rid, b"" if body is None else body.bytes if size <= COPY_BELOW else body.buffer)
-        return True
-
-    def _drain_router_later(self, sock: zmq.Socket) -> None:
-        """Drain again next loop turn, once: the FD's callback and the flush's re-check also drain, and
-        a drain that reschedules itself for each of them would multiply under a flood, each turn longer
-        than the last, until nothing else (a timer, the local API) got a turn for seconds."""
-        if not self._router_again:
-            self._router_again = True
-            self.loop.call_soon(self._drain_router_again, sock)
-
-    def _drain_router_again(self, sock: zmq.Socket) -> None:
-        self._router_again = False
-        self._drain_router(sock)
-
-    def _decode(self, frame: bytes, sender: bytes) -> Envelope | None:
-        """The envelope in ``frame`` from the authenticated ``sender``, or None (dropped and counted).
-
-        The sender's rate limit is checked first, on the frame's length alone, so a flood costs a
-        comparison per frame; what the envelope cost to decode beyond its length is charged after.
-        """
-        why = self.limiter.admit(sender, len(frame), time.monotonic())
-        if why is not None:
-            self._drop(why, sender, "over its rate limit")  # unacked: a reliable sender retransmits later
-            return None
-        return self._decode_admitted(frame, sender)
-
-    def _decode_admitted(self, frame: bytes, sender: bytes) -> Envelope | None:
-        """:meth:`_decode` for a frame whose length the sender's rate limit already admitted."""
-        limiter = self.limiter
-        try:
-            env = decode(frame, max_size=self.config.max_message_size)
-        except EnvelopeError as exc:
-            self._drop(type(exc).__name__, sender, exc)
-            return None
-        limiter.charge(sender, env.cost - len(frame) - ENVELOPE_COST)  # what its body decoded into
-        if env.src != sender:
-            self._drop("src_mismatch", sender, f"claims src {short_id(env.src)}")
-            return None
-        if env.dst is not None and env.dst != self.identity.node_id:
-            self._drop("wrong_dst", sender, f"addressed to {short_id(env.dst)}")
-            return None
-        return env
-
-    def _drain_link(self, sock: zmq.Socket) -> None:
-        """Read a DEALER (replies from a peer we connected to) or a SUB (a neighbour's publications)."""
-        if sock.closed or self._readers.paused:  # paused: resume() drains it
-            return
-        link = self._links.get(sock)
-        if link is None:
-            return
-        is_sub = sock.type == zmq.SUB
-        batch: list[Envelope] = []
-        stats = self.stats
-        cost = 0
-        for _ in range(READ_BATCH):
-            if cost > BATCH_BYTES:
-                self.loop.call_soon(self._drain_link, sock)
-                break
-            try:
-                parts = sock.recv_multipart(NOBLOCK)
-            except zmq.Again:
-                break
-            stats["frames_in"] += 1
-            stats["bytes_in"] += len(parts[-1])
-            self.peer_traffic.received(link.node_id, len(parts[-1]))
-            if is_sub:
-                if len(parts) != 2:
-                    self._drop("multipart", link.node_id, "publication must be [topic, envelope]")
-                    continue
-                env = self._decode(parts[1], link.node_id)
-                if env is not None and (self.fleet is None or self.fleet.admit(env)):
-                    stats["publications_in"] += 1
-                    self._on_publication(parts[0], env)
-                continue
-            if len(parts) != 1:
-                self._drop("multipart", link.node_id, "unexpected extra frames")
-                continue
-            env = self._decode(parts[0], link.node_id)
-            if env is not None and (self.fleet is None or self.fleet.admit(env)):
-                cost += env.cost
-                batch.append(env)
-        else:
-            self.loop.call_soon(self._drain_link, sock)
-        if batch:
-            self._on_batch(batch)
 
     # -- drops ------------------------------------------------------------------
 
