@@ -386,6 +386,16 @@ class Prober:
                 self._tomb_silent(tomb, p.sent, now)
             return
         rec: MemberRecord = p.rec  # not a check: a member
+        if rec.heard >= p.sent and self._members.get(p.target) is rec:
+            # It sent us a message since the probe began: it is alive, and our ping or its ack was lost
+            # (or, after a heal, the probe began while we were cut off from it). No accusation, and no
+            # verdict on our own health either. Sim (N=2000, 30 % cut off 10-40 s): a node at LHM 8 probed
+            # a member across the cut at 32.4 s, its 13.5 s period ended at 45.9 s after three pings from
+            # the member, and it accused, then declared it 55.9 s: revived 30 s after the heal.
+            stats["probes_heard"] += 1
+            if rec.state == SUSPECT:
+                self._queue_verify(rec.id, now)  # suspected anew after that message: look again
+            return
         if not p.fair:
             # We were stalled while it ran (the stall already counted towards the LHM): no verdict.
             stats["probes_inconclusive"] += 1

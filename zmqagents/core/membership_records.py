@@ -46,7 +46,8 @@ STAT_KEYS = (
     "syncs_answered",
     "acks_forwarded", "rumors_sent", "rumors_received",
     # probing
-    "probes", "probes_acked", "probes_indirect_acked", "probes_failed", "probes_inconclusive", "verifications",
+    "probes", "probes_acked", "probes_indirect_acked", "probes_failed", "probes_inconclusive", "probes_heard",
+    "verifications",
     "checks", "nacks_received", "nacks_missed", "acks_unmatched", "acks_unexpected",
     # state changes
     "suspected", "suspicions_cleared", "confirmations", "declared_dead", "declared_left",

@@ -271,7 +271,7 @@ def sim(nodes, seconds, seed, loss, latency, profile, crash, crash_window, pause
             click.echo(f"{key}: {json.dumps(report[key])}")
         if part is not None:
             for key in ("false_positives_in_partition", "failed_partitioned", "partitioned_unrevived",
-                        "declared_after_heal", "partition_revival_s"):
+                        "declared_after_heal", "partition_revival_s", "partition_healed_s"):
                 click.echo(f"{key}: {json.dumps(report[key])}")
         if broadcast is not None:
             for key in ("broadcast_delivery", "broadcast_latency_ms", "broadcast_ldh", "broadcast_rmr",

@@ -44,7 +44,9 @@ partition are counted apart (``failed_paused``, ``failed_partitioned``; ``partit
 such pairs still dead at the end, i.e. not yet reconnected after the heal;
 ``declared_after_heal``: such reports made after the heal, by suspicions begun while cut off;
 ``partition_revival_s``: per pair revived, the time from the heal, or from its declaration if that
-came later, until the observer held the subject alive again).
+came later, until the observer held the subject alive again; ``partition_healed_s``: the same revivals
+timed from the heal alone, so a pair declared after the heal counts all its time since the heal: its p100
+is when the last pair of live members saw each other alive again).
 A pair is revived by membership's ``Alive``, or when the observer's routing table takes the subject
 back on its own word (a kad query from it, or its answer): membership then drops the tombstone and
 probes it as alive (``revived_by_table`` counts those).
@@ -186,6 +188,7 @@ class OverlayRun:
         self.part_pairs: dict[tuple[int, int], bool] = {}  # (observer, subject across the cut) -> still dead
         self.part_declared: dict[tuple[int, int], float] = {}  # such a pair -> when it was (last) declared
         self.part_revival: list[float] = []  # per revival of such a pair: s from max(heal, declaration)
+        self.part_healed: list[float] = []  # the same revivals: s from the heal
         self.revived_partitioned = 0
         self.revived_by_table = 0
         self.declared_after_heal = 0
@@ -369,6 +372,7 @@ class OverlayRun:
             declared = self.part_declared[(i, j)]
             took = now - max(self.sc.partition[1], declared)
             self.part_revival.append(took)
+            self.part_healed.append(now - self.sc.partition[1])
             if self.sc.slowest:
                 self.slow.append((took, i, j, declared, now, how))
             return True
@@ -604,6 +608,7 @@ class OverlayRun:
             "traces": sim.traces(),
             "crashed_at": self.crashed_at, "holders": self.holders, "detected": self.detected, "up": self.up,
             "fp": self.fp, "fp_pairs": self.fp_pairs, "part_pairs": self.part_pairs, "part_revival": self.part_revival,
+            "part_healed": self.part_healed,
             "detect_times": self.detect_times,
             "pair_trace": self.tracer.result() if self.tracer is not None else None,
             "slowest": sorted(self.slow, reverse=True)[: self.sc.slowest],
@@ -665,6 +670,7 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
     fp_pairs: dict = {}
     part_pairs: dict = {}
     part_revival: list = []
+    part_healed: list = []
     counts: Counter = Counter()
     simc: Counter = Counter()
     by_type: Counter = Counter()
@@ -678,6 +684,7 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
         fp_pairs.update(p["fp_pairs"])
         part_pairs.update(p["part_pairs"])
         part_revival += p["part_revival"]
+        part_healed += p["part_healed"]
         counts.update(p["counts"])
         simc.update(p["sim"])
         by_type.update(p["by_type"])
@@ -732,6 +739,7 @@ def build_report(sc: OverlayScenario, parts: list[dict], wall: float) -> dict:
         "partitioned_unrevived": sum(1 for still in part_pairs.values() if still),
         "declared_after_heal": counts["declared_after_heal"],
         "partition_revival_s": summary(part_revival),
+        "partition_healed_s": summary(part_healed),
         "suspects_of_live": counts["suspects_of_live"],
         "refutations": counts["refutations"],
         "table_size": {"min": sizes[0] if sizes else 0,
