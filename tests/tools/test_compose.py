@@ -47,6 +47,6 @@ def test_five_nodes_seed_agents_relay_sidecar(compose):
 @pytest.mark.parametrize("name", ["seed", "upper", "wc", "relay", "sidecar"])
 def test_each_command_line_parses(compose, name):
     argv = _argv(compose["services"][name])
-    command = cli.commands[argv[0]]
+    command = cli.get_command(None, argv[0])
     with command.make_context(argv[0], list(argv[1:])) as ctx:  # raises click.UsageError on a bad option
         assert isinstance(ctx, click.Context)

@@ -1,19 +1,22 @@
 """The ``zmqagents`` command group, and the one place where commands are registered.
 
-A new command lives in the module of its group (or a new module, listed in ``GROUPS`` below) and
-exports it in that module's ``COMMANDS``. Command modules import heavy things inside the
-commands, so ``zmqagents --help`` and the lean ``zmqagents node`` start fast (see launch.py).
+A new command lives in the module of its group (or a new module) and is exported in that module's
+``COMMANDS``; its name and module go in ``COMMAND_MODULES`` below. The group imports a command's
+module only when that command runs (or when ``--help`` lists them all): what a process imports it
+carries for its whole life, and importing every command module costs a long-running
+``zmqagents node`` about 1.4 MB of RSS (certificates, pipelines, the dashboard renderer, bz2/lzma
+through ``top``) that it never uses. Command modules import heavy things inside the commands too,
+so ``zmqagents --help`` and the lean ``zmqagents node`` start fast (see launch.py).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import click
 
-from . import (agents, collab, config, context, dht, fleet, keys, members, mesh, messages, reference, serve, sim, swarm,
-               tasks, top, workflow)
 from .common import VERBOSITY, verbosity_params
 from .version import version_option
 
@@ -29,7 +32,42 @@ Exit codes:
   130  node: a second SIGINT while stopping (143: a second SIGTERM)
 """
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES_HELP)
+# command name -> the module of this package that defines it (in its COMMANDS), in the order `--help`
+# used to list them before (click sorts them by name anyway)
+COMMAND_MODULES: dict[str, str] = {
+    "keygen": "keys",
+    "node": "serve", "relay": "serve", "reply": "serve",
+    "send": "messages", "request": "messages", "peers": "messages", "publish": "messages", "subscribe": "messages",
+    "config": "config",
+    "context": "context",
+    "dht": "dht", "find": "dht",
+    "agent": "agents", "agents": "agents",
+    "task": "tasks",
+    "collab": "collab",
+    "workflow": "workflow",
+    "ca": "fleet",
+    "mesh": "mesh",
+    "sim": "sim",
+    "swarm": "swarm",
+    "help": "reference",
+    "members": "members",
+    "top": "top",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported from their module the first time one is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            load(COMMAND_MODULES[cmd_name])
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES_HELP)
 @version_option
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -55,10 +93,6 @@ def cli(ctx: click.Context) -> None:
     VERBOSITY.apply(ctx)  # -v/-q given before the command; those after it apply as they are parsed
 
 
-# Each module's COMMANDS are added to the group; click lists them by name.
-GROUPS = (keys, serve, messages, config, context, dht, agents, tasks, collab, workflow, fleet, mesh, sim, swarm, reference,
-          members, top)
-
 def _with_verbosity(command: click.Command) -> None:
     """-v and -q on every command, so they work after the subcommand too (`zmqagents task ... -v`)."""
     command.params.extend(verbosity_params())
@@ -67,12 +101,18 @@ def _with_verbosity(command: click.Command) -> None:
             _with_verbosity(sub)
 
 
+def load(module_name: str) -> None:
+    """Import one command module and add its COMMANDS to the group (with -v/-q on each)."""
+    module = importlib.import_module(f".{module_name}", __package__)
+    for command in module.COMMANDS:
+        if command.name not in COMMAND_MODULES:
+            raise RuntimeError(f"zmqagents.cli.{module_name} exports {command.name!r}: add it to COMMAND_MODULES")
+        if module_name != "sim":  # LazySim: its arguments all go to the simulator's own parser
+            _with_verbosity(command)
+        cli.add_command(command)
+
+
 cli.params.extend(verbosity_params())
-for _module in GROUPS:
-    for _command in _module.COMMANDS:
-        if not isinstance(_command, sim.LazySim):  # its arguments all go to the simulator's own parser
-            _with_verbosity(_command)
-        cli.add_command(_command)
 
 
 def main() -> None:

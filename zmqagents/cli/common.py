@@ -124,7 +124,7 @@ def make_node(key: str | None, listen: str, peers: list[Contact], insecure: bool
     from ..node import Node, NodeConfig
 
     allow = read_allowlist(allowlist) if allowlist else None
-    from .fleet import fleet_config
+    from .fleetjoin import fleet_config
 
     config = config or NodeConfig()
     config.fleet = config.fleet or fleet_config()
@@ -268,7 +268,7 @@ def node_options(f):
     f = click.option("--insecure", is_flag=True, help="Plaintext links (no CURVE). Only for debugging on a trusted host.")(f)
     f = click.option("--listen", default="tcp://127.0.0.1:0", show_default=True, help="Inbox endpoint (port 0 = any free port).")(f)
     f = click.option("--key", type=click.Path(dir_okay=False), help="Key file from `zmqagents keygen` (default: a throwaway identity).")(f)
-    from .fleet import fleet_options  # --ca/--cert/--revocations: join a fleet (zmqagents ca)
+    from .fleetjoin import fleet_options  # --ca/--cert/--revocations: join a fleet (zmqagents ca)
 
     return fleet_options(f)
 

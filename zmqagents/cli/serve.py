@@ -125,7 +125,7 @@ def _sidecar_overrides(ctx, *, key, listen, insecure, peers, bootstrap, contact_
              ("log.level", {0: None, 1: "info", -1: "warning"}.get(verbose, "debug" if verbose > 0 else "error"),
               "-v/-q")]
     overrides += [Override(dotted, value, f"flag {flag}") for dotted, value, flag in flags if value is not None]
-    from .fleet import fleet_overrides
+    from .fleetjoin import fleet_overrides
 
     return overrides + fleet_overrides(ctx)
 
