@@ -185,7 +185,8 @@ def test_readiness_and_bad_requests():
     asyncio.run(asyncio.wait_for(main(), 15))
 
 
-def test_a_sidecar_without_admin_or_mdns_does_not_import_their_libraries(tmp_path):
+@pytest.mark.parametrize("mdns", [False, "auto"])  # "auto", the default, with the default loopback inbox: off
+def test_a_sidecar_without_admin_or_mdns_does_not_import_their_libraries(tmp_path, mdns):
     code = textwrap.dedent(f"""
         import asyncio, json, sys
         import zmqagents.cli.app
@@ -195,7 +196,7 @@ def test_a_sidecar_without_admin_or_mdns_does_not_import_their_libraries(tmp_pat
         config = load(None, env={{}}, overrides=[
             Override("node.key", {str(tmp_path / "k")!r}, "test"),
             Override("node.listen", "tcp://127.0.0.1:0", "test"),
-            Override("mdns.enabled", False, "test"),
+            Override("mdns.enabled", {mdns!r}, "test"),
             Override("local_api.enabled", False, "test"),
         ])
 

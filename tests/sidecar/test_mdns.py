@@ -236,8 +236,11 @@ def test_introduce_keeps_a_true_claim_and_forgets_a_false_one():
 
 @pytest.mark.timeout(40)
 def test_sidecars_started_by_the_cli_find_each_other(netns, procs, tmp_path):
-    """`zmqagents node` in sidecar mode has mDNS on by default: two of them, no bootstrap."""
-    cli = [str(Path(sys.executable).with_name("zmqagents")), "node", "--listen", "tcp://127.0.0.1:0",
+    """`zmqagents node` in sidecar mode listening on a LAN address has mDNS on by default ([mdns] enabled =
+    "auto"): two of them, no bootstrap. The address sits on the namespace's loopback, which carries
+    multicast here, but is not a loopback address, as a LAN interface's would not be."""
+    subprocess.run(["ip", "-n", netns, "addr", "add", "10.77.0.1/32", "dev", "lo"], check=True, timeout=10)
+    cli = [str(Path(sys.executable).with_name("zmqagents")), "node", "--listen", "tcp://10.77.0.1:0",
            "--set", "local_api.enabled=false"]
     sidecars = []
     for name in ("a", "b"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from zmqagents.identity import Identity
-from zmqagents.sidecar.config import ConfigError, Override, keys, load, parse_set, to_toml
+from zmqagents.sidecar.config import ConfigError, Override, keys, load, mdns_wanted, parse_set, to_toml
 
 CLI = [sys.executable, "-m", "zmqagents.cli"]
 
@@ -32,7 +32,7 @@ def write(path, text: str):
 def test_defaults_are_complete_and_usable_without_any_file():
     cfg = load(env={})
     assert set(cfg.sources) == set(keys()) and set(cfg.sources.values()) == {"default"}
-    assert cfg.local_api.enabled and cfg.mdns.enabled and not cfg.admin.enabled
+    assert cfg.local_api.enabled and cfg.mdns.enabled == "auto" and not cfg.admin.enabled
     assert cfg.local_api.mode == 0o660 and cfg.spool.fsync == "batch"
     assert cfg.mdns.service == "_zmqagents._tcp.local." and cfg.admin.listen == "127.0.0.1:9464"
     assert cfg.node.key.endswith("node.key") and cfg.local_api.path.endswith("node.sock")
@@ -67,6 +67,30 @@ def test_values_from_text_and_relative_paths(tmp_path):
     assert cfg.node.drain_timeout == 0.5
 
 
+@pytest.mark.parametrize("listen, enabled, wanted", [
+    ("tcp://127.0.0.1:7100", None, False),  # the defaults: a loopback inbox can be announced on loopback only
+    ("tcp://localhost:7100", None, False),
+    ("tcp://[::1]:7100", None, False),
+    ("tcp://192.0.2.7:7100", None, True),  # a LAN inbox: others can reach it, so discovery runs
+    ("tcp://0.0.0.0:7100", None, True),
+    ("ipc:///tmp/node.ipc", None, True),  # nobody can dial it, but it can still find and dial others
+    ("tcp://127.0.0.1:7100", "true", True),  # forced on: sidecars of one host over a multicast loopback
+    ("tcp://192.0.2.7:7100", "off", False),
+    ("tcp://192.0.2.7:7100", "AUTO", True),
+])
+def test_mdns_auto_runs_discovery_unless_the_inbox_is_on_loopback(listen, enabled, wanted):
+    env = {"ZMQAGENTS_NODE_LISTEN": listen, **({"ZMQAGENTS_MDNS_ENABLED": enabled} if enabled else {})}
+    cfg = load(env=env)
+    assert mdns_wanted(cfg) is wanted
+    assert tomllib.loads(to_toml(cfg))["mdns"]["enabled"] == cfg.mdns.enabled  # config check output reads back
+
+
+def test_mdns_enabled_from_text_names_the_choices():
+    with pytest.raises(ConfigError) as err:
+        load(env={"ZMQAGENTS_MDNS_ENABLED": "maybe"})
+    assert "must be true, false or auto" in str(err.value)
+
+
 @pytest.mark.parametrize("text, message", [
     ('[spool]\nfsnyc = "always"\n', "unknown key 'fsnyc' in [spool]"),
     ('[spol]\nfsync = "always"\n', "unknown section [spol]"),
@@ -75,6 +99,7 @@ def test_values_from_text_and_relative_paths(tmp_path):
     ('[spool]\nmax_bytes = "lots"\n', "[spool] max_bytes: must be a size"),
     ('[local_api]\nmode = 660\n', "[local_api] mode: must be a mode from 0o000 to 0o777"),
     ('[local_api]\nenabled = "yes"\n', "[local_api] enabled: must be true or false"),
+    ('[mdns]\nenabled = "sometimes"\n', '[mdns] enabled: must be true, false or "auto"'),
     ('[node]\nlisten = "http://x"\n', "[node] listen: must be tcp://HOST:PORT"),
     ('[node]\nbootstrap = ["nope"]\n', "[node] bootstrap: contact 'nope'"),
     ('[node]\nbootstrap = "@/tmp/x"\n', "[node] bootstrap: must be a list"),
@@ -101,7 +126,7 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
 def test_bad_conf_d_file_is_named_not_the_main_file(tmp_path):
     main = write(tmp_path / "node.toml", "[node]\n")
     bad = write(tmp_path / "conf.d" / "20-bad.toml", "[mdns]\nenabled = 3\n")
-    with pytest.raises(ConfigError, match=f"{bad}: \\[mdns\\] enabled: must be true or false"):
+    with pytest.raises(ConfigError, match=f"{bad}: \\[mdns\\] enabled: must be true, false or \"auto\""):
         load(main, env={})
 
 

@@ -31,7 +31,8 @@ log = logging.getLogger("zmqagents")
               help="Override one config key, e.g. --set spool.fsync=always (repeatable; sidecar only).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines on stderr as text or one JSON object each.")
 @click.option("--mdns/--no-mdns", default=None,
-              help="Announce this node and find others on the LAN with mDNS (sidecar mode; on unless [mdns] enabled = false).")
+              help="Announce this node and find others on the LAN with mDNS (sidecar mode; default [mdns] enabled = \"auto\": "
+                   "on unless --listen is a loopback address).")
 @click.pass_context
 @click.option("--outbound-only", is_flag=True,
               help="This node cannot accept connections (NAT, firewall): others reach it through its --relay nodes.")
@@ -62,9 +63,10 @@ def node(ctx, key, listen, insecure, peers, bootstrap, contact_file, allowlist, 
     reloads the log settings and the allowlist (and logs what needs a restart).
 
     \b
-    As a sidecar it finds nodes on the same LAN by mDNS, trusting each only
-    after a CURVE-authenticated hello (--no-mdns or [mdns] enabled = false to
-    turn off; a loopback --listen is announced on loopback only). With
+    As a sidecar listening on a LAN address it finds nodes on the same LAN by
+    mDNS, trusting each only after a CURVE-authenticated hello (--no-mdns or
+    [mdns] enabled = false to turn off; a loopback --listen, the default,
+    leaves it off unless --mdns forces it, and is announced on loopback only). With
     [admin] enabled = true (or --set admin.enabled=true) it serves /metrics,
     /livez and /readyz on http://127.0.0.1:9464 ([admin] listen); --admin
     HOST:PORT does both, with or without --config.

@@ -167,6 +167,27 @@ class Bool(Kind):
         raise ValueError("must be true or false (or 1/0, yes/no, on/off)")
 
 
+class Switch(Bool):
+    """true, false, or "auto": the service decides from the rest of the configuration (its doc says how)."""
+
+    AUTO = "auto"
+
+    def from_toml(self, value: Any) -> bool | str:
+        if isinstance(value, str) and value.strip().lower() == self.AUTO:
+            return self.AUTO
+        if not isinstance(value, bool):
+            raise ValueError('must be true, false or "auto"')
+        return value
+
+    def from_text(self, text: str) -> bool | str:
+        if text.strip().lower() == self.AUTO:
+            return self.AUTO
+        try:
+            return super().from_text(text)
+        except ValueError:
+            raise ValueError("must be true, false or auto (or 1/0, yes/no, on/off)") from None
+
+
 class Number(Kind):
     def __init__(self, minimum: float = 0.0, maximum: float = float("inf")):
         self.minimum, self.maximum = minimum, maximum
@@ -371,8 +392,35 @@ class SpoolSection:
 class MdnsSection:
     """LAN discovery with mDNS/DNS-SD."""
 
-    enabled: bool = setting(Bool(), True, doc="Announce this node and find others on the LAN")
+    enabled: bool | str = setting(Switch(), Switch.AUTO,
+                                  doc="Announce this node and find others on the LAN; auto: unless [node] listen "
+                                      "is a loopback address")
     service: str = setting(Text(), "_zmqagents._tcp.local.", doc="DNS-SD service type")
+
+
+def mdns_wanted(config: "SidecarConfig") -> bool:
+    """Whether the sidecar runs mDNS discovery: ``[mdns] enabled``, where "auto" (the default) means on
+    unless the inbox listens on a loopback address.
+
+    Why "auto" and not plain on: an inbox on loopback can only be announced on loopback (a peer on
+    another host would dial its own 127.0.0.1), and Linux's loopback carries no multicast unless an
+    administrator turns it on, so there discovery finds nobody while zeroconf still costs about
+    3 MB of resident memory (python bench/footprint.py --sidecar). The default inbox is on
+    loopback; the setting that lets other hosts in at all (``[node] listen`` on a LAN address or
+    0.0.0.0) is the one that turns discovery on. ``true`` forces it on (several sidecars on one host
+    with a multicast loopback), ``false`` off."""
+    enabled = config.mdns.enabled
+    if enabled == Switch.AUTO:
+        return not is_loopback_endpoint(config.node.listen)
+    return bool(enabled)
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """A tcp:// endpoint on a loopback address (127.0.0.0/8, localhost, ::1): reachable from this host only."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    return host.startswith("127.") or host in ("localhost", "::1")
 
 
 @dataclass(frozen=True)

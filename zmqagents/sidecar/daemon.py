@@ -35,7 +35,7 @@ Adding a service (for the outbox, local API, mDNS and admin engineers)
 
        ServiceSpec("outbox", "zmqagents.sidecar.outbox:create", lambda c: c.local_api.enabled),
        ServiceSpec("local_api", "zmqagents.sidecar.localapi:create", lambda c: c.local_api.enabled),
-       ServiceSpec("mdns", "zmqagents.sidecar.mdns:create", lambda c: c.mdns.enabled),
+       ServiceSpec("mdns", "zmqagents.sidecar.mdns:create", mdns_wanted),
        ServiceSpec("admin", "zmqagents.sidecar.admin:create", lambda c: c.admin.enabled),
 
 The Service protocol (:class:`Service`):
@@ -81,7 +81,7 @@ from ..node import Node, NodeConfig
 from ..core.membership import MembershipConfig
 from ..core.ratelimit import RateLimitConfig
 from . import logs, memory, systemd
-from .config import ConfigError, SidecarConfig
+from .config import ConfigError, SidecarConfig, mdns_wanted
 from .inbound import INBOUND_DIR, SpoolInbox
 from .spool import SpoolConfig, SpoolError
 
@@ -119,7 +119,7 @@ SERVICES: list[ServiceSpec] = [
     # stops accepting before the outbox drains.
     ServiceSpec("outbox", "zmqagents.sidecar.outbox:create", lambda c: c.local_api.enabled),
     ServiceSpec("local_api", "zmqagents.sidecar.localapi:create", lambda c: c.local_api.enabled),
-    ServiceSpec("mdns", "zmqagents.sidecar.mdns:create", lambda c: c.mdns.enabled),
+    ServiceSpec("mdns", "zmqagents.sidecar.mdns:create", mdns_wanted),  # [mdns] enabled; "auto": config.py
     ServiceSpec("admin", "zmqagents.sidecar.admin:create", lambda c: c.admin.enabled),
 ]
 

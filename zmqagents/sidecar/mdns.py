@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..identity import Contact, IdentityError, format_public_key, node_id_of, parse_public_key, short_id
 from ..errors import Error
+from .config import is_loopback_endpoint
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -391,12 +392,11 @@ def _scope_of(endpoint: str) -> list[str] | None:
     """Interfaces worth announcing on: an inbox bound to loopback is reachable from this host
     only, so it is announced on loopback only (peers elsewhere would dial their own 127.0.0.1);
     None means every interface."""
-    host = endpoint[len("tcp://"):].rpartition(":")[0] if endpoint.startswith("tcp://") else ""
-    return ["127.0.0.1"] if host.startswith("127.") or host == "localhost" else None
+    return ["127.0.0.1"] if is_loopback_endpoint(endpoint) else None
 
 
 def create(sidecar) -> MdnsDiscovery:
-    """The sidecar's factory (``[mdns] enabled``): no IO here, :meth:`MdnsDiscovery.start` does it."""
+    """The sidecar's factory (``[mdns] enabled``, see config.mdns_wanted): no IO here, :meth:`MdnsDiscovery.start` does it."""
     return MdnsDiscovery(sidecar.node, MdnsConfig(service=sidecar.config.mdns.service))
 
 
