@@ -33,13 +33,22 @@ def test_help_lists_every_command():
 
 def test_running_node_imports_no_other_command_module():
     code = ("import sys, json; from zmqagents.cli.app import cli; cli.get_command(None, 'node'); "
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('zmqagents.cli.'))))")
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('zmqagents.cli.') or m in "
+            "('zmqagents.certs', 'importlib.resources', 'tempfile', 'lzma'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     loaded = set(json.loads(out.stdout))
     assert "zmqagents.cli.serve" in loaded
     others = {f"zmqagents.cli.{m}" for m in COMMAND_MODULES.values()} - {"zmqagents.cli.serve", "zmqagents.cli.context"}
     assert not loaded & others, sorted(loaded & others)
+    # what --version and `ca` need, which a long-running node never uses (about 1.5 MB of RSS with the above)
+    assert not loaded & {"zmqagents.certs", "importlib.resources", "tempfile", "lzma"}, loaded
+
+
+def test_version_still_names_the_data_dir():
+    out = CliRunner().invoke(cli, ["--version"])
+    assert out.exit_code == 0, out.output
+    assert "_data" in out.output and "wire protocols: envelope" in out.output
 
 
 def test_a_verbosity_flag_after_a_lazily_loaded_command_still_parses():

@@ -8,7 +8,6 @@ the README refer to (``zmqagents/_data`` in the package; see ``[options.package_
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 import click
@@ -27,6 +26,10 @@ def protocol_versions() -> dict[str, int]:
 
 def data_dir() -> str:
     """Where the specs (``protocols/``), ``node.example.toml`` and ``zmqagents.service`` are installed."""
+    # imported here: importlib.resources brings tempfile, shutil, bz2, lzma and random (~0.5 MB of RSS)
+    # into every process that builds the command group, such as a long-running `zmqagents node`
+    from importlib import resources
+
     return str(resources.files("zmqagents") / "_data")
 
 
