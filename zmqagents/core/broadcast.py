@@ -169,6 +169,7 @@ class Broadcast(CoreOutputs):
         self._unconfirmed: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
         self._interests = Interests(config.max_want_topics)  # topics each neighbour wants (broadcast_topics.py)
         self._want_at: float | None = None  # when our changed declarations go out
+        self._want_last = -1e300  # when they last did (recomputed at most every want_interval)
 
     # -- neighbours ---------------------------------------------------------------------------------
 
@@ -230,7 +231,8 @@ class Broadcast(CoreOutputs):
         """Our eager links, neighbours or topics changed: what we tell our neighbours we want may have
         too. Declarations go out ``want_delay`` later, batched (a tree that is still forming changes often)."""
         if self._want_at is None:
-            self._want_at = self._now + self.config.want_delay
+            cfg = self.config
+            self._want_at = max(self._now + cfg.want_delay, self._want_last + cfg.want_interval)
 
     def _heard(self, p: bytes, now: float) -> bool:
         """A peer pushed or announced to us: make it an (inbound) neighbour if it is none. False if it is
@@ -248,6 +250,16 @@ class Broadcast(CoreOutputs):
         self._tree_changed()
         self._arm_sweep(now)
         return True
+
+    def _tell_outsider(self, p: bytes) -> None:
+        """``p`` pushes or announces to us (it samples us) but we have no room for it as a neighbour: it still
+        filters by what we last told it, which may be a forwarder's "every topic" from when it was one. Tell it
+        our own topics (what a lazy neighbour hears), once per change: otherwise it pushes and announces us
+        every topic for as long as it samples us, and we graft topic payloads nobody here needs."""
+        changed, topics = self._interests.tell(p, self.topics)
+        if changed:
+            self._send(p, WANT, {"t": None if topics is None else sorted(topics)})
+            self.stats["wants_sent"] += 1
 
     # -- subscriptions and publishing -------------------------------------------------------------------
 
@@ -311,7 +323,8 @@ class Broadcast(CoreOutputs):
         c = parse_claimed(m)
         st = self.stats
         st["payloads_received"] += 1
-        self._heard(p, now)  # with no room for it, its message is still judged; we just do not push back
+        if not self._heard(p, now):  # no room for it: its message is still judged; we just do not push back
+            self._tell_outsider(p)
         if c.topic not in self.topics:
             st["not_subscribed"] += 1
             wants = self._interests.wants
@@ -350,7 +363,8 @@ class Broadcast(CoreOutputs):
         st = self.stats
         st["ihave_received"] += len(pairs)
         st["ihave_ignored"] += skipped
-        self._heard(p, now)
+        if not self._heard(p, now):
+            self._tell_outsider(p)
         missing = self._missing
         for mid, hops in pairs:
             if mid in self._seen:
@@ -557,9 +571,10 @@ class Broadcast(CoreOutputs):
         streams.move_to_end(key)
         if msg.seq > s.high:
             shift = msg.seq - s.high
-            if shift > 1:
-                if msg.topic in self.topics:
-                    self._note_gap(msg.origin, msg.topic, msg.epoch, s.high + 1, msg.seq - 1, now)
+            if shift > 1 and msg.topic in self.topics:
+                # Only a stream we deliver has holes worth pulling: a forwarder's hole is most often the time it
+                # was off the topic's path (nothing lost), and what it forwards, its subscribers repair.
+                self._note_gap(msg.origin, msg.topic, msg.epoch, s.high + 1, msg.seq - 1, now)
                 if frm is not None:
                     self._pull_hole(msg, max(s.high + 1, msg.seq - self.config.gap_pull), frm, now)
             s.bits = ((s.bits << shift) | 1) & ((1 << w) - 1) if shift < w else 1
@@ -653,6 +668,7 @@ class Broadcast(CoreOutputs):
             self._flush_ihave()
         if self._want_at is not None and self._want_at <= now:
             self._want_at = None
+            self._want_last = now
             for p, topics in self._interests.declarations(self.topics, self.eager, self.eager | self.lazy):
                 self._send(p, WANT, {"t": None if topics is None else sorted(topics)})
                 self.stats["wants_sent"] += 1

@@ -75,6 +75,18 @@ class Interests:
         """Tell ``peer`` again at the next declaration (it may have dropped and re-added us, and so forgot)."""
         self.told.pop(peer, None)
 
+    def tell(self, peer: bytes, own: AbstractSet[str]) -> tuple[bool, Topics]:
+        """What to tell ``peer``, which is no neighbour of ours (we had no room for it) but pushes or announces
+        to us: our topics ``own`` only (we forward nothing to it). (True, topics) if that is not what it was
+        last told (recorded as told), else (False, topics)."""
+        d = self._cap(frozenset(t for t in own if t != ""))
+        if peer in self.told and self.told[peer] == d:
+            return False, d
+        self.told.pop(peer, None)
+        self.told[peer] = d
+        self._bound(self.told)
+        return True, d
+
     def declarations(self, own: AbstractSet[str], eager: AbstractSet[bytes],
                      neighbours: Iterable[bytes]) -> list[tuple[bytes, Topics]]:
         """What to tell each of ``neighbours`` whose declaration changed or who was never told (sorted by
