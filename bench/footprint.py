@@ -32,8 +32,9 @@ With ``--sidecar`` the node under test is the real sidecar process, ``zmqagents 
 started as the ``zmqagents`` console script starts it (``python -m zmqagents.launch``, which keeps
 TLS out of the ``node`` command), measured the same way in three configurations at 0, 100 and 200
 peers: ``bare`` (mDNS and the local API off: what the node costs without optional services),
-``default`` (the schema's defaults: whatever services they enable) and ``all`` (mDNS and the
-admin endpoint on as well), plus ``ui_100``: ``all`` at 100 peers with its dashboard opened (the
+``default`` (the schema's defaults: whatever services they enable; with the loopback inbox these
+runs use, ``[mdns] enabled = "auto"`` leaves mDNS off, as it does for a sidecar on its default
+listen address) and ``all`` (mDNS forced on and the admin endpoint on as well), plus ``ui_100``: ``all`` at 100 peers with its dashboard opened (the
 page and assets fetched, /ui/api/graph polled until its first crawl of the mesh finished) before
 the window, since the dashboard costs memory only once requested.
 It reports ``rss_mb_<config>_<peers>``, ``idle_cpu_percent`` (the highest of the runs) and

@@ -109,6 +109,10 @@ def test_footprint_sidecar_quick_measures_the_real_sidecar_process():
     assert [r["config"] + "_" + str(r["peers"]) for r in out["runs"]] == ["default_0", "all_3"]
     assert all(isinstance(r["services"], list) for r in out["runs"])
     assert out["params"]["mdns_possible"] == (out["params"]["network_namespace"] is not None)
+    # the default config's inbox is on loopback, where [mdns] enabled = "auto" leaves discovery off; "all" forces it
+    default, everything = out["runs"]
+    assert "mdns" not in default["services"] and "local_api" in default["services"]
+    assert ("mdns" in everything["services"]) == out["params"]["mdns_possible"]
 
 
 @pytest.mark.timeout(90)
