@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from zmqagents.core.membership import GOSSIP, PING, SUSPECT, Membership, MembershipConfig
+from zmqagents.core.membership import ALIVE, DEAD, GOSSIP, PING, SUSPECT, Membership, MembershipConfig
 from zmqagents.envelope import Envelope
 from zmqagents.identity import node_id_of
 from zmqagents.sim.membership_run import sim_contact
@@ -94,3 +94,108 @@ def test_a_verification_cleared_by_a_message_does_not_suspect_again():
     _run_probe(a, 1, 1.0, message_at=None)  # it runs out at 2.5 s
     assert a.state_of(IDS[1]) == "alive"
     assert a.stats["suspected"] == 1 and a.stats["probes_heard"] >= 1
+
+
+def _gossip(src: int, rumors) -> Envelope:
+    return _env(src, 0, GOSSIP, [0, 0, rumors])
+
+
+def _named(i: int) -> list:
+    return [CONTACTS[i].public_key, CONTACTS[i].endpoint]
+
+
+def _alive(i: int, inc: int) -> list:
+    return [ALIVE, inc, CONTACTS[i].public_key, CONTACTS[i].endpoint]
+
+
+def test_a_suspicion_names_its_accuser_and_the_suspect_refutes_to_it_without_holding_it():
+    """After a heal tables are asymmetric: the accuser may not be among the suspect's members, and the
+    suspect's refutation, pushed to random members, may never reach it (sim, N=2000: node 1600 accused
+    423 at 14.1 s, 423 refuted at 15.1 s, and 1600 declared it at 24.1 s, a false positive on its own
+    side of the partition). The rumor names the accuser's contact, and the suspect sends it the
+    refutation directly."""
+    b = Membership(CONTACTS[9], random.Random(3), MembershipConfig(suspicion_min=1000.0, suspicion_max=1000.0))
+    b.add(CONTACTS[0], 0.0)
+    start, target = _first_probe(b)
+    assert target == 0
+    _run_probe(b, 0, start, message_at=None)
+    assert b.state_of(IDS[0]) == "suspect"
+    wire = [r for r in b.piggyback(10_000) if r[0] == SUSPECT]
+    assert wire == [[SUSPECT, IDS[0], 0, [IDS[9][:8]], _named(9)]]
+    a = Membership(CONTACTS[0], random.Random(1))
+    for i in (1, 2, 3):
+        a.add(CONTACTS[i], 0.0)
+    assert a.contact_for(IDS[9]) is None
+    a.receive(_gossip(3, wire), 5.0)  # relayed by node 3
+    assert a.incarnation == 1
+    direct = [e for e in a.take_outgoing() if e.type == GOSSIP]
+    assert [e.dst for e in direct] == [IDS[9]] and direct[0].body[2] == [_alive(0, 1)]
+    assert a.contact_for(IDS[9]) == CONTACTS[9]  # so the shell can dial it
+    assert a.stats["refutations_sent"] == 1 and IDS[9] not in a
+    b.take_events()
+    b.receive(direct[0], 5.01)
+    assert b.state_of(IDS[0]) == "alive" and b.incarnation_of(IDS[0]) == 1
+
+
+def test_accusers_named_after_the_refutation_are_told_once_each_and_within_a_bound():
+    """A confirmer's copy of the suspicion names the confirmer; it may reach the suspect after it refuted
+    (stale by then): the confirmer is told all the same, once. A forger naming ever new accusers makes the
+    suspect send at most max_direct_refutations messages per refutation (3 here, 64 by default)."""
+    a = Membership(CONTACTS[0], random.Random(1), MembershipConfig(max_direct_refutations=3))
+    for i in (1, 2, 3):
+        a.add(CONTACTS[i], 0.0)
+    a.receive(_gossip(3, [[SUSPECT, IDS[0], 0, [IDS[9][:8]], _named(9)]]), 5.0)
+    assert [e.dst for e in a.take_outgoing() if e.type == GOSSIP] == [IDS[9]]
+    confirmed = [SUSPECT, IDS[0], 0, [IDS[9][:8], IDS[10][:8]], _named(10)]
+    a.receive(_gossip(2, [confirmed]), 5.5)
+    assert a.incarnation == 1  # stale: no new refutation
+    out = [e for e in a.take_outgoing() if e.type == GOSSIP]
+    assert [e.dst for e in out] == [IDS[10]] and out[0].body[2] == [_alive(0, 1)]
+    a.receive(_gossip(1, [confirmed]), 5.6)
+    assert not [e for e in a.take_outgoing() if e.type == GOSSIP]
+    for i in range(11, 16):  # forged: new names, each a stranger
+        a.receive(_gossip(1, [[SUSPECT, IDS[0], 0, [IDS[i][:8]], _named(i)]]), 6.0)
+    out = [e for e in a.take_outgoing() if e.type == GOSSIP]
+    assert [e.dst for e in out] == [IDS[11]]  # the third and last of this refutation
+    assert a.stats["refutations_sent"] == 3
+    # A new suspicion (at our incarnation) is a new refutation: its accusers are told again.
+    a.receive(_gossip(1, [[SUSPECT, IDS[0], 1, [IDS[12][:8]], _named(12)]]), 7.0)
+    assert a.incarnation == 2
+    assert [e.dst for e in a.take_outgoing() if e.type == GOSSIP] == [IDS[12]]
+
+
+def test_the_named_accuser_field_is_checked_optional_and_nothing_past_it_is_relayed():
+    """Wire compatibility (protocols/membership.md 5.1): a suspect rumor without the named accuser (an
+    older node's) is taken as before; a malformed one is dropped and counted; elements past those a node
+    understands are not relayed (a relayed rumor costs what the byte budget counted)."""
+    a = Membership(CONTACTS[0], random.Random(1))
+    a.add(CONTACTS[1], 0.0)
+    a.receive(_gossip(1, [[SUSPECT, IDS[12], 0, [IDS[1][:8]]]]), 1.0)  # old form, about a stranger
+    assert a.stats["rumors_new"] == 1 and a.stats["rumors_bad"] == 0
+    for bad in ([b"k" * 32], [b"k" * 31, "tcp://x:1"], [b"k" * 32, ""], [b"k" * 32, "x" * 256], "x", [b"k" * 32, 7]):
+        a.receive(_gossip(1, [[SUSPECT, IDS[13], 0, [IDS[1][:8]], bad]]), 2.0)
+    assert a.stats["rumors_bad"] == 6 and a.stats["rumors_new"] == 1
+    a.receive(_gossip(1, [[SUSPECT, IDS[14], 0, [IDS[1][:8]], _named(1), "x" * 5000, 7]]), 3.0)
+    a.receive(_gossip(1, [[DEAD, IDS[15], 0, "x" * 5000]]), 3.0)
+    out = {r[1]: r for r in a.piggyback(100_000) if r[0] != ALIVE}
+    assert out[IDS[14]] == [SUSPECT, IDS[14], 0, [IDS[1][:8]], _named(1)]
+    assert out[IDS[15]] == [DEAD, IDS[15], 0]
+    assert out[IDS[12]] == [SUSPECT, IDS[12], 0, [IDS[1][:8]]]
+
+
+def test_a_merged_suspicion_names_the_latest_accuser():
+    """Holders merge accuser lists as copies meet (6.2); the merged rumor names the accuser the newest
+    copy named, so the suspect learns how to reach each accuser from the copy it added."""
+    a = Membership(CONTACTS[0], random.Random(1), MembershipConfig(suspicion_min=1000.0, suspicion_max=1000.0))
+    for i in (1, 2, 3):
+        a.add(CONTACTS[i], 0.0)
+    a.receive(_gossip(2, [[SUSPECT, IDS[1], 0, [IDS[9][:8]], _named(9)]]), 1.0)
+    assert a.state_of(IDS[1]) == "suspect"
+    a.receive(_gossip(3, [[SUSPECT, IDS[1], 0, [IDS[9][:8], IDS[10][:8]], _named(10)]]), 1.1)
+    queued = [r for r in a.piggyback(10_000) if r[0] == SUSPECT and r[1] == IDS[1]]
+    assert queued == [[SUSPECT, IDS[1], 0, [IDS[9][:8], IDS[10][:8]], _named(10)]]
+    # The same for a stranger's suspicion we only relay.
+    a.receive(_gossip(2, [[SUSPECT, IDS[12], 0, [IDS[9][:8]], _named(9)]]), 1.2)
+    a.receive(_gossip(3, [[SUSPECT, IDS[12], 0, [IDS[10][:8]]]]), 1.3)  # an older node's copy: no name
+    queued = [r for r in a.piggyback(10_000) if r[0] == SUSPECT and r[1] == IDS[12]]
+    assert queued == [[SUSPECT, IDS[12], 0, [IDS[9][:8], IDS[10][:8]], _named(9)]]

@@ -88,7 +88,7 @@ from .membership_records import (
     ACK, GOSSIP, INF, MAX_INCARNATION, NACK, PING, PING_REQ, SHORT_ID_LEN, STAT_KEYS, STATE_NAMES, T_IND,
     T_END, T_NACK, T_RECHECK, T_RELAY_END, T_SUSP, TYPES, MemberRecord, ProbeRecord, RelayRecord, Tombstone,
 )
-from .membership_rumors import ALIVE, DEAD, LEFT, SUSPECT, RumorQueue, rumor_size
+from .membership_rumors import ALIVE, DEAD, LEFT, SUSPECT, RumorQueue, rumor_size, suspect_wire
 from .outputs import CoreOutputs
 
 __all__ = [
@@ -130,9 +130,13 @@ class Membership(Prober, Gossip, CoreOutputs):
         self._probes: dict[int, ProbeRecord] = {}  # verification / check probes in flight
         self._verify: dict[bytes, bool] = {}  # ids to probe first (value: urgent)
         self._relays: dict[int, RelayRecord] = {}
-        # Contacts of relay targets we do not hold, so the shell can route our ping to them
-        # (contact_for); bounded like the relays themselves, oldest dropped first.
-        self._relay_contacts: dict[bytes, Contact] = {}
+        # Contacts of nodes we send to but do not hold (targets of pings we relay for others, accusers we
+        # refute to), so the shell can route to them (contact_for); at most max_relays, oldest dropped first.
+        self._far_contacts: dict[bytes, Contact] = {}
+        self._named = [contact.public_key, contact.endpoint]  # how our suspect rumors name us (5.1)
+        # Accusers told of our latest refutation, by short id (True: sent; False: we could not reach it);
+        # at most K + 1 sends per refutation (section 7).
+        self._told: dict[bytes, bool] = {}
         self._heap: list[Any] = []
         self._pace = InboundPace(cfg.probe_budget, cfg.max_pace, cfg.probe_interval)
         self._hn = 0
@@ -239,11 +243,12 @@ class Membership(Prober, Gossip, CoreOutputs):
 
     def contact_for(self, node_id: bytes) -> Contact | None:
         """Where to send an envelope this core addressed to ``node_id``: a member's contact, or that of
-        a node we were asked to ping for someone else (which the shell may never have met)."""
+        a node we were asked to ping for someone else or send our refutation to (which the shell may
+        never have met)."""
         rec = self._members.get(node_id)
         if rec is not None:
             return rec.contact
-        return self._relay_contacts.get(node_id)
+        return self._far_contacts.get(node_id)
 
     def rtt(self, node_id: bytes) -> float | None:
         """Smoothed round-trip time of our direct probes of ``node_id`` (s), None if never measured."""
@@ -504,10 +509,13 @@ class Membership(Prober, Gossip, CoreOutputs):
         self._verify.pop(nid, None)
         return True
 
-    def _suspect(self, rec: MemberRecord, inc: int, accusers: Any, now: float, ours: bool, final: int = SUSPECT) -> None:
-        """Mark ``rec`` suspect at ``inc``. ``ours``: our own probe failed (we accuse, and tell everyone)."""
+    def _suspect(self, rec: MemberRecord, inc: int, accusers: Any, now: float, ours: bool, final: int = SUSPECT,
+                 named: list[Any] | None = None) -> None:
+        """Mark ``rec`` suspect at ``inc``. ``ours``: our own probe failed (we accuse, and tell everyone);
+        else ``named`` is the accuser the rumor named, which our own rumor names in turn."""
         s = Suspicion(rec, inc, now)
         s.final = final
+        s.named = named
         rec.state = SUSPECT
         rec.inc = inc
         rec.susp = s
@@ -518,7 +526,8 @@ class Membership(Prober, Gossip, CoreOutputs):
         if ours:
             s.verified = True
             self._timeouts.accuse(s, self._short)
-            wire = [SUSPECT, rec.id, inc, list(s.accusers)]
+            s.named = self._named
+            wire = suspect_wire(rec.id, inc, s.accusers, s.named)
             self._rumors.remember(rec.id, inc * 4 + SUSPECT)
             self._enqueue(rec.id, inc * 4 + SUSPECT, wire, rumor_size(wire), now)
         else:
@@ -532,9 +541,10 @@ class Membership(Prober, Gossip, CoreOutputs):
             s.due = due
             self._push(due, T_SUSP, s)
 
-    def _confirm(self, s: Suspicion, accusers: Any, now: float) -> bool:
-        """Add accusers (one short id: our own confirmation, or a list from a rumor) to a suspicion; True
-        if it grew. A grown suspicion's rumor, if we still send it, carries the grown list."""
+    def _confirm(self, s: Suspicion, accusers: Any, now: float, named: list[Any] | None = None) -> bool:
+        """Add accusers (one short id: our own confirmation, or a list from a rumor naming ``named``) to a
+        suspicion; True if it grew. A grown suspicion's rumor, if we still send it, carries the grown
+        list and names the latest accuser: us, or the one the rumor named."""
         grew = self._timeouts.add_accusers(s, accusers)
         if grew:
             self.stats["confirmations"] += 1
@@ -542,7 +552,11 @@ class Membership(Prober, Gossip, CoreOutputs):
             rec = s.rec
             code = s.inc * 4 + SUSPECT
             ours = type(accusers) is bytes
-            wire = [SUSPECT, rec.id, s.inc, list(s.accusers)]
+            if ours:
+                s.named = self._named
+            elif named is not None:
+                s.named = named
+            wire = suspect_wire(rec.id, s.inc, s.accusers, s.named)
             if self._rumors.merge(rec.id, code, wire):
                 push = self.config.gossip_transmits
                 if ours and push > 0 and self._rumors.rewind(rec.id, push - 1):
@@ -752,17 +766,18 @@ class Membership(Prober, Gossip, CoreOutputs):
             return False
         if kind == SUSPECT:
             acc = wire[3] if len(wire) > 3 else None
+            named = wire[4] if len(wire) > 4 else None
             if rec.state == ALIVE:
-                self._suspect(rec, inc, acc, now, False)
+                self._suspect(rec, inc, acc, now, False, SUSPECT, named)
                 return True
             s = rec.susp
             assert s is not None  # not alive: suspected
             if inc > s.inc:
                 # It refuted (we did not hear) and is suspected again: a new suspicion.
-                self._suspect(rec, inc, acc, now, False)
+                self._suspect(rec, inc, acc, now, False, SUSPECT, named)
                 return True
             if acc:
-                self._confirm(s, acc, now)
+                self._confirm(s, acc, now, named)
             return True
         # DEAD or LEFT, hearsay: act at once only if our own probe already failed; else verify first.
         if rec.state == ALIVE:
@@ -797,31 +812,26 @@ class Membership(Prober, Gossip, CoreOutputs):
         return True
 
     def _about_me(self, kind: int, inc: int, wire: list[Any], now: float) -> None:
-        """A rumor about us. Suspect/dead/left at our incarnation or above: refute (only we can), and
-        tell the accusers of a suspicion that we hold, directly: only a message from us clears their
-        suspicion, and the alive rumor alone may never reach them (sim, 30 % of the nodes cut off:
-        a node on the small side pushes and piggybacks mostly to members across the cut, and the
-        accuser declared it dead 10 s later, a false positive on its own side of the partition)."""
+        """A rumor about us. Suspect/dead/left at our incarnation or above: refute (only we can). A
+        suspicion's accusers are also told directly (_tell_accusers), whether we refute it now or did
+        before: only a message from us clears their suspicion."""
         stats = self.stats
         stats["rumors_about_self"] += 1
-        if kind == ALIVE or self._leaving or inc < self.incarnation:
+        if kind == ALIVE or self._leaving:
             return
-        if inc >= MAX_INCARNATION:
-            return  # cannot go higher; counted as about_self, nothing else to do
-        self.incarnation = inc + 1
-        stats["refuted"] += 1
-        self._lhm_add(1)  # Lifeguard: being suspected hints that we are the slow one
-        self._events.append(Refuted(self.incarnation))
-        c = self.contact
-        alive = [ALIVE, self.incarnation, c.public_key, c.endpoint]
-        self._enqueue(self.node_id, self.incarnation * 4 + ALIVE, alive, rumor_size(alive), now)
+        if inc >= self.incarnation:
+            if inc >= MAX_INCARNATION:
+                return  # cannot go higher; counted as about_self, nothing else to do
+            self.incarnation = inc + 1
+            stats["refuted"] += 1
+            self._lhm_add(1)  # Lifeguard: being suspected hints that we are the slow one
+            self._events.append(Refuted(self.incarnation))
+            c = self.contact
+            alive = [ALIVE, self.incarnation, c.public_key, c.endpoint]
+            self._enqueue(self.node_id, self.incarnation * 4 + ALIVE, alive, rumor_size(alive), now)
+            self._told.clear()
         if kind == SUSPECT and len(wire) > 3 and wire[3]:
-            accusers = wire[3]
-            for rec in self._members.values():
-                if rec.id[:SHORT_ID_LEN] in accusers:
-                    self._send(GOSSIP, [0, self.incarnation, [alive]], rec.id)
-                    stats["gossips_sent"] += 1
-                    stats["refutations_sent"] += 1
+            self._tell_accusers(wire)
 
     # -- output --------------------------------------------------------------------------------------------
 

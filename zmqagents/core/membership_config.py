@@ -109,6 +109,11 @@ class MembershipConfig:
     # inconclusive, suspicion expiries wait for the input to be read.
     stall_threshold: float = 0.25
     max_relays: int = 64  # ping_reqs being relayed at once for others
+    # Accusers a node sends its refutation to directly, per refutation (each at most once; section 7). A
+    # node cut off by a partition is suspected by most of its holders across the cut, and after the heal
+    # it may hold few of them: 3 per refutation left suspicions begun at the heal to run out (sim, N=2000).
+    # Each send answers a rumor naming that accuser, so a forger gets one message per rumor, no more.
+    max_direct_refutations: int = 64
     # Verification and check probes in flight at once (besides the periodic one). They are driven by
     # news (a suspicion heard, a dead member's hint), not by the period, so a node whose LHM stretched
     # its period still verifies promptly; this bounds the burst, the rest waits in a queue.

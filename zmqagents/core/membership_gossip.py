@@ -16,14 +16,14 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from ..identity import node_id_of
+from ..identity import Contact, node_id_of
 from .membership_config import MembershipConfig
 from .membership_lifeguard import LocalHealth, Suspicion, SuspicionTimeouts
 from .membership_records import (
     GOSSIP, INF, MAX_ENDPOINT_LEN, MAX_INCARNATION, NODE_ID_LEN, PUBLIC_KEY_LEN, SHORT_ID_LEN, MemberRecord,
     ProbeRecord, Tombstone,
 )
-from .membership_rumors import ALIVE, DEAD, LEFT, SUSPECT, RumorQueue, rumor_code, rumor_size
+from .membership_rumors import ALIVE, DEAD, LEFT, SUSPECT, WIRE_LEN, RumorQueue, rumor_code, rumor_size, suspect_wire
 
 __all__ = ["Gossip"]
 
@@ -49,6 +49,8 @@ class Gossip:
     _t_gossip: float
     _leaving: bool
     _left_wire: list[Any] | None
+    contact: Contact
+    _told: dict[bytes, bool]
 
     if TYPE_CHECKING:
         # The state machine's transitions and the other parts, which rumor handling calls.
@@ -59,7 +61,8 @@ class Gossip:
         def _member_news(self, rec: MemberRecord, kind: int, inc: int, wire: list[Any], direct: bool,
                          now: float) -> bool: ...
         def _tomb_news(self, nid: bytes, kind: int, inc: int, direct: bool, now: float, src: bytes | None) -> bool: ...
-        def _confirm(self, s: Suspicion, accusers: Any, now: float) -> bool: ...
+        def _confirm(self, s: Suspicion, accusers: Any, now: float, named: list[Any] | None = None) -> bool: ...
+        def _remember_contact(self, nid: bytes, contact: Contact) -> None: ...
         def _expire_tombs(self, now: float) -> None: ...
         def _start_sweep(self, now: float) -> None: ...
 
@@ -156,12 +159,20 @@ class Gossip:
                             if type(a) is not bytes or len(a) != SHORT_ID_LEN:
                                 ok = False
                                 break
+                        if len(r) > 4:  # the named accuser: [public key, endpoint]
+                            nm = r[4]
+                            if type(nm) is not list or len(nm) != 2 or type(nm[0]) is not bytes \
+                                    or len(nm[0]) != PUBLIC_KEY_LEN or type(nm[1]) is not str or not nm[1] \
+                                    or len(nm[1]) > MAX_ENDPOINT_LEN:
+                                ok = False
                         if not ok:
                             stats["rumors_bad"] += 1
                             continue
             else:
                 stats["rumors_unknown_kind"] += 1  # a newer peer's kind: ignored, not forwarded
                 continue
+            if len(r) > WIRE_LEN[kind]:
+                r = r[: WIRE_LEN[kind]]  # relay only what we understood: a relayed rumor costs what rumor_size says
             if subject == me:
                 self._about_me(kind, inc, r, now)
                 continue
@@ -188,15 +199,19 @@ class Gossip:
             # Same suspicion, maybe more accusers: merge.
             rec = self._members.get(subject)
             grew = False
+            named = wire[4] if len(wire) > 4 else None
             if rec is not None and rec.state == SUSPECT and rec.susp is not None and rec.susp.inc == inc:
-                grew = self._confirm(rec.susp, wire[3], now)
+                grew = self._confirm(rec.susp, wire[3], now, named)
             else:
                 queued = self._rumors.wire_of(subject, code)
                 if queued is not None:
                     have = queued[3] if len(queued) > 3 else []
                     extra = [a for a in wire[3] if a not in have]
                     if extra:
-                        self._rumors.merge(subject, code, [SUSPECT, subject, inc, (have + extra)[: self._timeouts.k + 1]])
+                        if named is None and len(queued) > 4:
+                            named = queued[4]
+                        merged = (have + extra)[: self._timeouts.k + 1]
+                        self._rumors.merge(subject, code, suspect_wire(subject, inc, merged, named))
                         grew = True
             if grew:
                 stats["rumors_merged"] += 1
@@ -235,6 +250,54 @@ class Gossip:
         stats["rumors_new"] += 1
         self._rumors.remember(subject, code)
         self._enqueue(subject, code, wire, rumor_size(wire), now)
+
+    def _tell_accusers(self, wire: list[Any]) -> None:
+        """Send our refutation (our alive rumor at our incarnation) directly to the accusers of a
+        suspicion of us: the one the rumor names (its contact travels in the rumor, section 5.1) and
+        those we hold, by their short ids. Only a message from us clears an accuser's suspicion, and the
+        rumor, pushed to random members, may never reach it (sim, 30 % of the nodes cut off: a node
+        refuted, pushed its refutation mostly across the cut, and its accuser on its own side declared
+        it dead 10 s later). Each accuser once per refutation, at most max_direct_refutations of them (and
+        as many unreachable ones noted); a rumor names one accuser, so a forger gets one message to a
+        contact of its choice per rumor it sends, no more."""
+        told = self._told
+        cap = self.config.max_direct_refutations
+        sent = sum(told.values())
+        if sent >= cap or len(told) >= 2 * cap:
+            return
+        targets: list[tuple[bytes, bytes]] = []  # (short id, node id)
+        if len(wire) > 4:
+            pk, ep = wire[4]
+            nid = node_id_of(pk)
+            short = nid[:SHORT_ID_LEN]
+            if nid != self.node_id and not told.get(short):
+                if nid not in self._members:
+                    self._remember_contact(nid, Contact(pk, ep))
+                targets.append((short, nid))
+        fresh = [a for a in wire[3] if a not in told and not (targets and a == targets[0][0])]
+        if fresh:
+            for rec in self._members.values():  # once per accuser and refutation: unreachable ones are noted
+                short = rec.id[:SHORT_ID_LEN]
+                if short in fresh:
+                    targets.append((short, rec.id))
+                    fresh.remove(short)
+                    if not fresh:
+                        break
+            for a in fresh:
+                told[a] = False  # not reachable now; a later rumor may name it
+        if not targets:
+            return
+        c = self.contact
+        alive = [ALIVE, self.incarnation, c.public_key, c.endpoint]
+        stats = self.stats
+        for short, nid in targets:
+            if sent >= cap:
+                break
+            told[short] = True
+            sent += 1
+            self._send(GOSSIP, [0, self.incarnation, [alive]], nid)
+            stats["gossips_sent"] += 1
+            stats["refutations_sent"] += 1
 
     def _correct(self, nid: bytes, src: bytes | None, now: float) -> None:
         """``src`` sent old news about a member we buried (it missed the dead/left rumor, and may be

@@ -32,13 +32,14 @@ INF = float("inf")
 class Suspicion:
     """One suspicion of member ``rec`` (the state machine's member record) at incarnation ``inc``."""
 
-    __slots__ = ("rec", "inc", "start", "accusers", "verified", "final", "expired", "due")
+    __slots__ = ("rec", "inc", "start", "accusers", "named", "verified", "final", "expired", "due")
 
     def __init__(self, rec: Any, inc: int, start: float):
         self.rec = rec
         self.inc = inc
         self.start = start
         self.accusers: list[bytes] = []  # short ids, at most K + 1 (the confirmations that count, plus one)
+        self.named: list[Any] | None = None  # the accuser our rumor names, [key, endpoint]: the latest to accuse
         self.verified = False  # our own probe of it failed during this suspicion
         self.final = SUSPECT  # DEAD or LEFT once such a rumor was heard: declared as soon as verified
         self.expired = False  # the timeout ran out before our own probe: declare on its failure

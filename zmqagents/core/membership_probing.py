@@ -24,7 +24,7 @@ from .membership_records import (
     ACK, CHECK, INF, MAX_ENDPOINT_LEN, NACK, PING, PING_REQ, PUBLIC_KEY_LEN, REGULAR, T_END, T_IND, T_NACK,
     T_RECHECK, T_RELAY_END, T_SUSP, VERIFY, MemberRecord, ProbeRecord, RelayRecord, Tombstone,
 )
-from .membership_rumors import ALIVE, SUSPECT, RumorQueue
+from .membership_rumors import ALIVE, SUSPECT, RumorQueue, suspect_wire
 
 __all__ = ["Prober"]
 
@@ -52,7 +52,7 @@ class Prober:
     _probes: dict[int, ProbeRecord]
     _verify: dict[bytes, bool]
     _relays: dict[int, RelayRecord]
-    _relay_contacts: dict[bytes, Contact]
+    _far_contacts: dict[bytes, Contact]
     _heap: list[Any]
     _hn: int
     _t_probe: float
@@ -261,7 +261,9 @@ class Prober:
     def _opinion(self, nid: bytes, about: Any) -> list[Any]:
         if type(about) is MemberRecord:
             s = about.susp
-            return [SUSPECT, nid, about.inc, list(s.accusers) if s is not None else [self._short]]
+            if s is None:
+                return [SUSPECT, nid, about.inc, [self._short]]
+            return suspect_wire(nid, about.inc, s.accusers, s.named)
         return [about.state, nid, about.inc]
 
     def _reply(self, typ: str, seq: int, dst: bytes, rec: Any, pace: int = 0) -> None:
@@ -513,6 +515,15 @@ class Prober:
             self._push(p.ind_at, T_IND, p)
             self._push(p.end_at, T_END, p)
 
+    def _remember_contact(self, nid: bytes, contact: Contact) -> None:
+        """Where to reach ``nid``, a node we send to without holding it (contact_for); at most max_relays
+        such contacts, the oldest forgotten first."""
+        contacts = self._far_contacts
+        contacts.pop(nid, None)
+        contacts[nid] = contact
+        if len(contacts) > self.config.max_relays:
+            del contacts[next(iter(contacts))]
+
     # -- probing for others (ping_req) ---------------------------------------------------------------------
 
     def _on_ping_req(self, src: bytes, seq: int, body: list[Any], now: float) -> None:
@@ -552,11 +563,7 @@ class Prober:
         stats["relays"] += 1
         rec: MemberRecord | Tombstone | None = self._members.get(target)
         if rec is None:
-            contacts = self._relay_contacts
-            contacts.pop(target, None)
-            contacts[target] = Contact(pk, ep)
-            if len(contacts) > cfg.max_relays:
-                del contacts[next(iter(contacts))]
+            self._remember_contact(target, Contact(pk, ep))
             if self._tombs:
                 rec = self._tombs.get(target)
         self._send(PING, self._body(mine, target, rec), target)

@@ -1,8 +1,9 @@
 """The rumor queue of the membership core: what news goes out on the next messages, and what news was heard.
 
 A rumor is one piece of news about one node, in wire form (``protocols/membership.md`` section 5):
-``[ALIVE, incarnation, key, endpoint]``, ``[SUSPECT, node id, incarnation, accusers]``, ``[DEAD, node id,
-incarnation]`` or ``[LEFT, node id, incarnation]``. News about one node is ordered by its *code* (5.2),
+``[ALIVE, incarnation, key, endpoint]``, ``[SUSPECT, node id, incarnation, accusers, named?]`` (``named``:
+one accuser's ``[key, endpoint]``, so the suspect can reach it), ``[DEAD, node id, incarnation]`` or
+``[LEFT, node id, incarnation]``. News about one node is ordered by its *code* (5.2),
 ``incarnation * 4 + kind``: a higher code overrides a lower one.
 
 :class:`RumorQueue` keeps
@@ -37,10 +38,23 @@ from typing import Any
 from ..identity import node_id_of
 from .membership_config import MembershipConfig
 
-__all__ = ["ALIVE", "SUSPECT", "DEAD", "LEFT", "RumorQueue", "rumor_code", "rumor_size"]
+__all__ = ["ALIVE", "SUSPECT", "DEAD", "LEFT", "RumorQueue", "rumor_code", "rumor_size", "suspect_wire", "WIRE_LEN"]
 
 # Rumor kinds, which are also the member states.
 ALIVE, SUSPECT, DEAD, LEFT = 0, 1, 2, 3
+
+# How many elements of each kind a node understands, and relays (what follows is dropped, so a relayed rumor
+# costs what rumor_size estimates, whatever a peer appended to it).
+WIRE_LEN = (4, 5, 3, 3)
+
+
+def suspect_wire(subject: bytes, inc: int, accusers: list[bytes], named: list[Any] | None) -> list[Any]:
+    """A suspect rumor: the accusers' short ids and, if known, one accuser's ``[key, endpoint]``
+    (``named``), so the suspect can send its refutation to that accuser even if it does not hold it."""
+    wire = [SUSPECT, subject, inc, list(accusers)]
+    if named is not None:
+        wire.append(named)
+    return wire
 
 
 def rumor_code(wire: list[Any]) -> int:
@@ -55,6 +69,8 @@ def rumor_size(wire: list[Any]) -> int:
     if kind == ALIVE:
         return 42 + len(wire[3])
     if kind == SUSPECT and len(wire) > 3:
+        if len(wire) > 4:
+            return 77 + 9 * len(wire[3]) + len(wire[4][1])  # the named accuser: key, endpoint
         return 40 + 9 * len(wire[3])
     return 40
 
