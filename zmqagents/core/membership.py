@@ -158,6 +158,7 @@ class Membership(Prober, Gossip, CoreOutputs):
         # Until when a failed tombstone check is retried every period: one sync interval after the last
         # time a dead member answered a first check (most likely a partition healed), see _tomb_silent.
         self._heal_until = -INF
+        self._healed_at = -INF  # when a dead member last answered a first check (a probe begun earlier is retried)
         self._started = False
         self._leaving = False
         self._left_wire: list[Any] | None = None
@@ -681,6 +682,7 @@ class Membership(Prober, Gossip, CoreOutputs):
                 heal = now + self.config.sync_interval
                 if heal > self._heal_until:
                     self._heal_until = heal
+                self._healed_at = now
                 # A dead member answers: most likely a partition healed. Check the others now, and
                 # verify the members we suspect: a suspicion begun while we were cut off would
                 # otherwise run out and bury a member that is back (sim, N=40, 25 % cut off: 8 %

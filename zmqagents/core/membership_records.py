@@ -47,6 +47,7 @@ STAT_KEYS = (
     "acks_forwarded", "rumors_sent", "rumors_received",
     # probing
     "probes", "probes_acked", "probes_indirect_acked", "probes_failed", "probes_inconclusive", "probes_heard",
+    "probes_retried",
     "verifications",
     "checks", "nacks_received", "nacks_missed", "acks_unmatched", "acks_unexpected",
     # state changes
