@@ -39,7 +39,14 @@ page and assets fetched, /ui/api/graph polled until its first crawl of the mesh 
 the window, since the dashboard costs memory only once requested.
 It reports ``rss_mb_<config>_<peers>``, ``idle_cpu_percent`` (the highest of the runs) and
 ``startup_s`` (spawn to contact file, default config, no peers), and which services each
-configuration actually ran (from the sidecar's log). As root it runs inside a network namespace
+configuration actually ran (from the sidecar's log). ``kb_per_peer`` is, per run with peers, what
+the sidecar grew by from alone to idle with them, divided by their number; ``raw_kb_per_connection``
+is the same for a plain pyzmq CURVE ROUTER with as many DEALERs (one frame each), measured in the
+same run: what libzmq itself holds per connection (about 32 KiB in libzmq 4.3.5, whatever the HWMs
+or SO_SNDBUF/SO_RCVBUF: the two message pipes of a connection are allocated in chunks of 256
+messages), which no zmqagents setting reaches; ``raw_zap_kb_per_connection`` the same with a ZAP
+handler bound, as every node has (libzmq keeps a pipe to it open for each connection's life: about
+10 KiB more). As root it runs inside a network namespace
 it creates (loopback with multicast), so mDNS traffic never leaves the box; otherwise mDNS is
 turned off and the report says so. In those runs every peer holds only the sidecar as a SWIM
 member and probes it every period: N pings per period, a worst case no mesh produces (there a
@@ -200,7 +207,86 @@ async def role_raw(args) -> None:
     ctx.term()
 
 
-ROLES = {"target": role_target, "peers": role_peers, "raw": role_raw}
+async def role_rawconn(args) -> None:
+    """The floor of one connection: a CURVE ROUTER in plain pyzmq that only counts what its DEALERs send.
+    With ``--zap`` a ZAP handler that admits every key is bound first, as a node has one (it is how a
+    connection learns its peer's key)."""
+    import zmq
+
+    loop = asyncio.get_running_loop()
+    ctx = zmq.Context(io_threads=1)
+    zap = None
+    if args.zap:
+        zap = ctx.socket(zmq.REP)
+        zap.linger = 0
+        zap.bind("inproc://zeromq.zap.01")
+
+        def admit() -> None:
+            while True:
+                try:
+                    request = zap.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                zap.send_multipart([request[0], request[1], b"200", b"OK", b"", b""])
+
+        loop.add_reader(zap.FD, admit)
+    public, secret = zmq.curve_keypair()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.curve_server = True
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.bind("tcp://127.0.0.1:0")
+    received = 0
+
+    def drain() -> int:
+        nonlocal received
+        while True:
+            try:
+                sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return received
+            received += 1
+
+    loop.add_reader(sock.FD, drain)
+    emit({"event": "ready", "pid": os.getpid(), "endpoint": sock.last_endpoint.decode(), "key": public.decode()})
+    await _commands(lambda cmd: {"event": "count", "received": drain()})
+    loop.remove_reader(sock.FD)
+    sock.close()
+    if zap is not None:
+        loop.remove_reader(zap.FD)
+        zap.close()
+    ctx.term()
+
+
+async def role_rawdealers(args) -> None:
+    """``--count`` plain pyzmq DEALERs, each with a key of its own, that connect to ``--contact`` ("ENDPOINT
+    SERVERKEY") and send one frame each."""
+    import zmq
+
+    endpoint, key = args.contact.split(" ")
+    ctx = zmq.Context(io_threads=1)
+    socks = []
+    for _ in range(args.count):
+        public, secret = zmq.curve_keypair()
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.curve_serverkey = key.encode()
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+        sock.connect(endpoint)
+        sock.send(b"hello")
+        socks.append(sock)
+    emit({"event": "ready", "pid": os.getpid(), "count": len(socks)})
+    await _commands(lambda cmd: {"event": "noop"})
+    for sock in socks:
+        sock.close()
+    ctx.term()
+
+
+ROLES = {"target": role_target, "peers": role_peers, "raw": role_raw, "rawconn": role_rawconn,
+         "rawdealers": role_rawdealers}
+RAW_ROLES = {"raw", "rawconn", "rawdealers"}  # run without importing zmqagents
 
 
 # =====================================================================================
@@ -468,6 +554,37 @@ def _measure_sidecar(args, work: Path, config: str, peers: int, mdns_ok: bool, m
             **({"ui_crawl": crawl} if crawl is not None else {})}
 
 
+def raw_connection_floor(args, connections: int, zap: bool) -> float:
+    """KiB of RSS each CURVE connection adds to a plain pyzmq ROUTER (``raw_kb_per_connection``; with ``zap``,
+    a ZAP handler bound: ``raw_zap_kb_per_connection``): what libzmq itself holds per connection, the part
+    of a peer's cost no zmqagents setting reaches. Measured with ``connections`` DEALERs, each with its own
+    key, that connected and sent one frame."""
+    children: list[Child] = []
+    try:
+        server = Child(SCRIPT, "rawconn", *(["--zap"] if zap else []), name="rawconn")
+        children.append(server)
+        ready = server.read(30)
+        time.sleep(args.settle)
+        before = rss_kb(server.pid)
+        dealers = Child(SCRIPT, "rawdealers", f"--contact={ready['endpoint']} {ready['key']}", "--count",
+                        str(connections), name="rawdealers")
+        children.append(dealers)
+        dealers.read(60)
+        deadline = time.monotonic() + 30
+        while True:
+            server.send({"cmd": "count"})
+            if server.read(10)["received"] >= connections:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"the raw ROUTER heard from fewer than {connections} DEALERs in 30 s")
+            time.sleep(0.1)
+        time.sleep(args.settle)
+        after = rss_kb(server.pid)
+    finally:
+        stop_all(children)
+    return round((after - before) / connections, 1)
+
+
 def _open_dashboard(log_path: Path, timeout: float = 90) -> dict:
     """What a browser does on /ui: the page, its assets and status once, then /ui/api/graph until the
     dashboard's first crawl has finished; the crawl's summary (nodes found, messages, seconds)."""
@@ -544,6 +661,9 @@ def orchestrate_sidecar(args) -> int:
                 runs.append(_measure_sidecar(args, Path(work), config, peers, mdns_ok))
             if not (args.quick or args.runs):
                 mesh = _measure_sidecar(args, Path(work), "default", 100, mdns_ok, mesh_rate=True)
+        most = max(peers for _, peers in matrix)
+        raw_per_connection = raw_connection_floor(args, most, zap=False) if most else None
+        raw_zap_per_connection = raw_connection_floor(args, most, zap=True) if most else None
     except BenchError as exc:
         log(f"sidecar footprint benchmark FAILED: {exc}")
         return 1
@@ -554,6 +674,10 @@ def orchestrate_sidecar(args) -> int:
            **({} if args.quick or args.runs else {"idle_cpu_percent_mesh_rate_100": mesh["cpu_percent"],
                                      "idle_cpu_percent_precise_mesh_rate_100": mesh["cpu_percent_precise"]}),
            "startup_s": by["default_0"]["startup_s"] if "default_0" in by else None,
+           # per peer: what the sidecar grew by from alone to its peers, next to what libzmq alone holds per connection
+           "kb_per_peer": {key: round((r["rss_mb"] - r["rss_mb_alone"]) * MB / r["peers"], 1)
+                           for key, r in by.items() if r["peers"]},
+           "raw_kb_per_connection": raw_per_connection, "raw_zap_kb_per_connection": raw_zap_per_connection,
            "services": {r["config"]: r["services"] for r in runs},
            "runs": runs + ([] if args.quick or args.runs else [mesh])}
     if not (args.quick or args.runs):
@@ -589,9 +713,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     p.add_argument("--in-netns", help=argparse.SUPPRESS)
     p.add_argument("--probe-interval", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--zap", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.role == "raw":
-        _local_run(role_raw(args))  # same runner code, without importing zmqagents into the floor
+    if args.role in RAW_ROLES:
+        _local_run(ROLES[args.role](args))  # same runner code, without importing zmqagents into the floor
         return 0
     if args.role:
         run(ROLES[args.role](args))

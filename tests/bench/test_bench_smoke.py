@@ -111,6 +111,8 @@ def test_footprint_sidecar_quick_measures_the_real_sidecar_process():
     assert out["params"]["mdns_possible"] == (out["params"]["network_namespace"] is not None)
     # the default config's inbox is on loopback, where [mdns] enabled = "auto" leaves discovery off; "all" forces it
     default, everything = out["runs"]
+    assert set(out["kb_per_peer"]) == {"all_3"} and out["raw_kb_per_connection"] > 0
+    assert out["raw_zap_kb_per_connection"] > 0
     assert "mdns" not in default["services"] and "local_api" in default["services"]
     assert ("mdns" in everything["services"]) == out["params"]["mdns_possible"]
 
