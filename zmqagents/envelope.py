@@ -191,6 +191,8 @@ class Envelope:
             payload: bytes = _packer().pack(m)
         except (TypeError, ValueError, OverflowError) as exc:
             raise MalformedEnvelope(f"body cannot be encoded as msgpack: {exc}") from None
+        if len(payload) > PACKER_BUFFER:
+            del _packers.packer  # its buffer grew to hold this payload, for good: the next encode makes a fresh one
         if len(payload) > max_size:
             raise OversizeEnvelope(f"envelope of {len(payload)} bytes exceeds the limit of {max_size} bytes")
         if len(payload) > max_values:  # every value takes at least one byte: only a longer payload can hold more
@@ -230,12 +232,17 @@ class Envelope:
 
 
 _packers = threading.local()
+# What a fresh msgpack Packer's buffer holds (msgpack's default buf_size). Packing more grows the buffer by
+# doubling and msgpack never shrinks it, so a reused Packer that once packed a ~1 MiB envelope kept 2 MiB for
+# the life of the process (bench/hostile.py: the largest block live after the drain, seen with tracemalloc).
+PACKER_BUFFER = 256 << 10
 
 
 def _packer() -> msgpack.Packer:
     """This thread's msgpack Packer. ``msgpack.packb`` builds and frees a Packer on every call, about a
     third of what encoding a small envelope costs; one per thread (a Packer is not thread-safe) is
-    reused. A pack that fails leaves the Packer empty (msgpack resets its buffer), so it stays usable."""
+    reused, until it packs more than ``PACKER_BUFFER`` (then :meth:`Envelope.encode` drops it). A pack that
+    fails leaves the Packer empty (msgpack resets its buffer), so it stays usable."""
     try:
         packer: msgpack.Packer = _packers.packer
     except AttributeError:

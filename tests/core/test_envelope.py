@@ -482,3 +482,22 @@ def test_an_encoding_that_fails_leaves_the_next_one_intact():
             E.Envelope(b"\x01" * 16, b"\x02" * 32, "msg", bad_body).encode()
         assert good.encode() == expected
     assert E.decode(expected) == good
+
+
+def test_encoding_a_large_envelope_leaves_no_grown_buffer_behind():
+    """msgpack's Packer grows its buffer to the largest payload it packed and never shrinks it: the Packer
+    encode reuses must not keep what one large envelope grew it to (it held 2 MiB for good)."""
+    import tracemalloc
+
+    E.Envelope(bytes(16), bytes(32), "msg", b"warm").encode()  # this thread's Packer exists before tracing
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        frame = E.Envelope(bytes(16), bytes(32), "msg", b"x" * (900 << 10)).encode()
+        assert len(frame) > 900 << 10
+        del frame
+        E.Envelope(bytes(16), bytes(32), "msg", b"small").encode()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < E.PACKER_BUFFER + (64 << 10)  # at most a fresh Packer's buffer, not the ~1 MiB one
