@@ -34,7 +34,8 @@ measures (the flooder's accepted rate is what the consumer received from it); th
 the consumer drains, and the RSS after the drain is read.
 
 JSON keys: ``hostile_peak_rss_mb`` (VmHWM of the sidecar over the whole run), ``peak_rss_mb_attack`` and
-``peak_rss_mb_flood`` (the same, each phase alone: the kernel's VmHWM is reset at its start), ``rss_after_drain_mb``,
+``peak_rss_mb_flood`` (the same, each phase alone: the kernel's VmHWM is reset at its start), ``peak_rss_mb_backlog``
+(while the consumer takes what the attack left in the inbox, before the flood), ``rss_after_drain_mb``,
 ``idle_rss_mb`` (before any attack), ``honest_p50_ms``/``honest_p99_ms`` (reference, no flood),
 ``honest_p50_ms_during_flood``/``honest_p99_ms_during_flood``, ``flood_sent_per_s``,
 ``flood_accepted_per_s``, the sidecar's drop counters and the refusals by reason.
@@ -376,7 +377,7 @@ def orchestrate(args) -> int:
     current = [r for r in runs if r["tree"] == "current"]
     # The headline keys are this checkout's worst run: the peaks and the p99 are bounds to meet.
     out = dict(max(current, key=lambda r: r["hostile_peak_rss_mb"]))
-    for key in ("honest_p99_ms_during_flood", "honest_p99_ms_during_attack", "peak_rss_mb_attack",
+    for key in ("honest_p99_ms_during_flood", "honest_p99_ms_during_attack", "peak_rss_mb_attack", "peak_rss_mb_backlog",
                 "peak_rss_mb_flood", "rss_after_drain_mb"):
         values = [r[key] for r in current if r[key] is not None]
         out[key] = max(values) if values else None
@@ -427,6 +428,7 @@ def _orchestrate(args, work: Path, children: list[Child], tree: Path | None) -> 
             # The flood: one identity, as fast as it sends; the consumer takes everything. First it takes
             # what the memory attack left accepted (the sidecar's inbound spool keeps it all, in order), so
             # that the flood is measured alone rather than behind that backlog.
+            _reset_hwm(proc.pid)  # the peak while the consumer takes the attack's backlog is a phase of its own
             consumer.send({"cmd": "take"})
             consumer.read(30)
             drain_start = time.monotonic()
@@ -437,6 +439,7 @@ def _orchestrate(args, work: Path, children: list[Child], tree: Path | None) -> 
                 if before["status"]["inbox"] == 0 or time.monotonic() - drain_start > 120:
                     break
             backlog_s = time.monotonic() - drain_start
+            backlog_peak = vm_kb(proc.pid, "VmHWM") / MB
             log(f"the memory attack's backlog taken in {backlog_s:.1f} s (inbox {before['status']['inbox']})")
             flood_rate = args.flood_rate if args.flood_factor is None else _paced_rate("flood", args.flood_factor)
             flooder = Child(SCRIPT, "attacker", f"--contact={contact}", "--shapes=flood", "--identities=1",
@@ -480,6 +483,7 @@ def _orchestrate(args, work: Path, children: list[Child], tree: Path | None) -> 
         "rss_after_attack_mb": round(rss_after_attack, 2),
         "peak_rss_mb_attack": round(attack_peak, 2),
         "peak_rss_mb_flood": round(flood_peak, 2),
+        "peak_rss_mb_backlog": round(backlog_peak, 2),
         "honest_p50_ms": round(reference["p50_ms"], 3),
         "honest_p99_ms": round(reference["p99_ms"], 3),
         "honest_p50_ms_during_attack": under_attack["p50_ms"] and round(under_attack["p50_ms"], 3),

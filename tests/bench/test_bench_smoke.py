@@ -246,7 +246,7 @@ def test_hostile_quick_reports_memory_and_latency_under_attack():
     for key in ("hostile_peak_rss_mb", "rss_after_drain_mb", "idle_rss_mb", "rss_after_attack_mb"):
         assert out[key] > 0, key
     assert out["idle_rss_mb"] <= out["hostile_peak_rss_mb"]
-    for key in ("peak_rss_mb_attack", "peak_rss_mb_flood"):  # each phase's own peak, within the run's
+    for key in ("peak_rss_mb_attack", "peak_rss_mb_backlog", "peak_rss_mb_flood"):  # each phase's own peak, within the run's
         assert 0 < out[key] <= out["hostile_peak_rss_mb"], key
     for key in ("honest_p50_ms", "honest_p50_ms_during_attack", "honest_p50_ms_during_flood"):
         p99 = key.replace("p50", "p99")
