@@ -54,7 +54,7 @@ STAT_KEYS = (
     "graft_answered", "graft_unknown", "graft_over_rate", "prunes_sent", "prunes_received", "inbound_full",
     "gaps_reported", "seen_evicted", "cache_evicted", "streams_evicted", "gaps_dropped", "optimized",
     "gap_pulls", "grafts_late", "wants_sent", "wants_received", "want_over", "filtered", "unwanted_payloads",
-    "tree_grafts",
+    "tree_grafts", "wants_repeated",
 )
 MAX_GRAFTED = 1024  # grafted ids remembered to notice a late eager copy (a sample of the graft delay)
 CACHE_OVERHEAD = 256  # bytes charged per cached message beyond its signed size (the dict, the tuple)
@@ -323,13 +323,24 @@ class Broadcast(CoreOutputs):
         c = parse_claimed(m)
         st = self.stats
         st["payloads_received"] += 1
-        if not self._heard(p, now):  # no room for it: its message is still judged; we just do not push back
+        outsider = not self._heard(p, now)  # no room for it: its message is still judged; we just do not push back
+        if outsider:
             self._tell_outsider(p)
         if c.topic not in self.topics:
             st["not_subscribed"] += 1
             wants = self._interests.wants
             if not any(q != p and wants(q, c.topic) for q in self.eager):
                 st["unwanted_payloads"] += 1  # we neither deliver nor forward it: declarations not yet heard
+                if self._interests.told_without(p, c.topic):
+                    # We told p we do not want this topic: it did not hear (declarations go once, unreliably,
+                    # and a lost one was never repeated: p pushed the topic to us for good) or it is still on its
+                    # way. Tell p again, at the next declaration (at most once per want_interval).
+                    st["wants_repeated"] += 1
+                    self._interests.retell(p)
+                    if outsider:
+                        self._tell_outsider(p)
+                    else:
+                        self._tree_changed()
         state = self._window(c)
         if state:
             st["duplicates" if state == 1 else "stale"] += 1
@@ -654,7 +665,7 @@ class Broadcast(CoreOutputs):
             if t is None or d < t:
                 t = d
         if self._unconfirmed:
-            c = next(iter(self._unconfirmed.values()))[0] + self.config.graft_timeout
+            c = next(iter(self._unconfirmed.values()))[0] + self.config.tree_graft_after
             if t is None or c < t:
                 t = c
         for s in (self._sweep_at, self._link_at):
@@ -732,13 +743,13 @@ class Broadcast(CoreOutputs):
                 self.stats["grafts_sent"] += 1
 
     def _confirm_repairs(self, now: float) -> None:
-        """Repairs whose eager copy has not come ``graft_timeout`` after them: the tree path is broken, not
+        """Repairs whose eager copy has not come ``tree_graft_after`` after them: the tree path is broken, not
         merely slow, so the peer that repaired each becomes our parent (a plain GRAFT: it pushes to us from
         now on). A graft fetches only (``r``): most mean a late eager copy (a loaded sender, one lost push),
         and re-shaping the tree for each (Plumtree's rule) made trees flap on loaded real nodes, each change
         also changing topic declarations (protocols/broadcast.md 4 and 6)."""
         pending = self._unconfirmed
-        wait = self.config.graft_timeout
+        wait = self.config.tree_graft_after
         grafted: set[bytes] = set()
         while pending:
             at, p = next(iter(pending.values()))

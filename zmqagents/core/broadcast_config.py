@@ -68,6 +68,17 @@ class BroadcastConfig:
     # made every repair slow (latency p50 1 s after a kill). A graft whose eager copy comes anyway is
     # counted (grafts_late): that is what a short timeout costs.
     graft_timeout: float = 0.08
+    # A repair that came before any eager copy, with the eager copy still missing this long after it, shows
+    # the tree path broken (the repairer becomes our parent); sooner, it is merely slow. On a loaded box
+    # eager copies come hundreds of ms late, and each early verdict grafted one more parent, the duplicates
+    # pruned another, and the tree changed on and on. Real nodes (bench/broadcast.py, mesh phase, one
+    # run each on the shared box): 0.08 s: 516 tree grafts in 60 publications, latency p50 / max 59 / 794
+    # ms, RMR 0.24 (load 4.0); 0.4 s: 212, 16 / 596 ms, 0.08 (load 4.3); 0.2 s: 26, 12 / 167 ms, 0.02
+    # (load 6.3). Sim, N=1000 as for want_delay, seeds 1 and 2: 0.08 s: p50 / p99 / max 64 / 253 / 381
+    # and 55 / 257 / 385 ms; 0.2 s: 60 / 250 / 386 and 69 / 246 / 302 ms; delivery as before (0.99996
+    # against 0.99992 with seed 2); 0.4 s: p50 95 ms with seed 1 (a broken path repaired message by
+    # message for longer). So 0.2.
+    tree_graft_after: float = 0.2
     # ... then the next announcer is asked every this long (the first may have lost it or be gone).
     graft_retry: float = 0.04
     # A message that leaves a hole in its stream (seq jumps by more than one) makes the holes' ids known

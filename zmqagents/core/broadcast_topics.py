@@ -71,6 +71,13 @@ class Interests:
         while len(records) > self.max_peers:
             del records[next(iter(records))]
 
+    def told_without(self, peer: bytes, topic: str) -> bool:
+        """Did we tell ``peer`` a list of topics without ``topic`` (so it should not push it to us)?"""
+        if topic == "" or peer not in self.told:
+            return False
+        d = self.told[peer]
+        return d is not None and topic not in d
+
     def retell(self, peer: bytes) -> None:
         """Tell ``peer`` again at the next declaration (it may have dropped and re-added us, and so forgot)."""
         self.told.pop(peer, None)
