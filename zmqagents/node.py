@@ -216,6 +216,7 @@ class Node:
         self._topics.attach(broadcast)
         self.core = NodeCore(self.routing, self.membership, self.dht.core,
                              relay_server=self._relays.server, relay_client=self._relays.client, broadcast=broadcast)
+        self.transport.contact_for = self.core.contact_for  # a peer whose connection to us closed is dialled
         self.loop.start(self.core, self._inbox)
         if self._relays.client is not None:
             self._relays.client.start(self.now())

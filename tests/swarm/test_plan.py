@@ -36,6 +36,8 @@ def test_a_good_plan_counts_its_faults():
     ({"listen": "tcp://127.0.0.1:7000"}, "port 0"),
     ({"listen": "udp://x"}, "tcp://HOST:0"),
     ({"join_concurrency": 0}, "--join-concurrency"),
+    ({"link_idle": -1}, "--link-idle"),
+    ({"link_idle": float("inf")}, "--link-idle"),
 ])
 def test_bad_plans_say_which_flag(kw, says):
     with pytest.raises(InvalidArgument, match=says):

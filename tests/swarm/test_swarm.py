@@ -42,6 +42,15 @@ def test_requests_swarm_reports_every_figure():
     assert r["raw"]["hists"]["request_ms"]["count"] == r["requests_ok"]
 
 
+def test_requests_are_all_answered_while_links_close_and_reopen_all_the_time():
+    """--link-idle 0.3: most links close between two messages on them, and reopen on the next."""
+    r = _run(Plan(nodes=8, workload="requests", seconds=4, rate=2, settle=0.5, seed=4, link_idle=0.3))
+    assert r["dealers_idle_closed"] >= 8, r
+    assert r["delivery"] == 1.0, r
+    assert r["dealers_per_node_end"] is not None and r["fds_per_node_end"] is not None
+    assert not (r["transport_drops"] or {}).get("no_route"), r
+
+
 def test_idle_swarm_sends_only_upkeep():
     r = _run(Plan(nodes=8, workload="idle", seconds=3, settle=0.5))
     assert r["joined"] == 8

@@ -63,8 +63,10 @@ Examples:
 
 \b
 Memory and descriptors: a node alone costs ~0.1 MB and 8-9 fds; each
-connection ~60 KB and 3 fds (both ends in-process), and a node keeps
-one to most contacts of its routing table. The soft fd limit is raised
+connection ~60 KB and 3 fds (both ends in-process). A node closes an
+outgoing connection idle for --link-idle seconds (default 30), but
+membership gossip goes to random members, so in a busy mesh a node
+still holds one to most contacts it talked to within that time. The soft fd limit is raised
 to the hard one (and higher when running as root).
 
 \b
@@ -115,6 +117,9 @@ def _print(report: dict, one_line: bool) -> None:
 @click.option("--listen", default="tcp://127.0.0.1:0", show_default=True,
               help="Where every node binds (port 0) and what it advertises: in a pod, tcp://$(POD_IP):0.")
 @click.option("--seed", type=int, help="Random seed for victims and targets (default: random).")
+@click.option("--link-idle", type=float, metavar="S",
+              help="Close a node's outgoing connection after S seconds without traffic (0: never); "
+                   "default: the node's (link_idle_timeout).")
 @click.option("--json", "one_line", is_flag=True, help="The report on one line (for collect and jq); default indented.")
 @click.option("--start-at", type=float, metavar="UNIXTIME",
               help="Start the workload at this wall-clock time (once joined): pods started at different "
@@ -125,7 +130,7 @@ def _print(report: dict, one_line: bool) -> None:
 def swarm(ctx: click.Context, nodes: int, procs: int, bootstrap: tuple[str, ...], new_mesh: bool, workload: str,
           rate: float, size: int, seconds: float, timeout: float, kill: str | None, pause: str | None,
           at: float | None, pause_for: float, detect_timeout: float, join_concurrency: int, join_timeout: float,
-          settle: float, listen: str, seed: int | None, start_at: float | None, one_line: bool, seed_file: str | None,
+          settle: float, listen: str, seed: int | None, link_idle: float | None, start_at: float | None, one_line: bool, seed_file: str | None,
           barrier: str | None) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -137,7 +142,7 @@ def swarm(ctx: click.Context, nodes: int, procs: int, bootstrap: tuple[str, ...]
                     kill=Amount.parse(kill, "--kill") if kill else None,
                     pause=Amount.parse(pause, "--pause") if pause else None, at=at, pause_for=pause_for,
                     detect_timeout=detect_timeout, join_concurrency=join_concurrency, join_timeout=join_timeout,
-                    settle=settle, listen=listen, seed=seed)
+                    settle=settle, listen=listen, seed=seed, link_idle=link_idle)
         if procs < 1:
             raise InvalidArgument(f"--procs {procs}: at least 1")
         if procs > nodes:
@@ -156,7 +161,7 @@ def swarm(ctx: click.Context, nodes: int, procs: int, bootstrap: tuple[str, ...]
     params = {"nodes": nodes, "procs": procs, "workload": workload, "rate": rate, "size": size, "seconds": seconds,
               "timeout": timeout, "kill": kill, "pause": pause, "at": at, "for": pause_for if pause else None,
               "mesh": [str(c) for c in contacts] or None, "listen": listen, "seed": seed,
-              "join_concurrency": join_concurrency, "settle": settle}
+              "join_concurrency": join_concurrency, "settle": settle, "link_idle": link_idle}
     if procs == 1:
         code = run_main(_one_process(plan, contacts, params, Path(seed_file) if seed_file else None, one_line,
                                      _gate(start_at, barrier)))

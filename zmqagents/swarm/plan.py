@@ -71,6 +71,7 @@ class Plan:
     settle: float = 2.0  # s between the last join and the measured window
     listen: str = "tcp://127.0.0.1:0"
     seed: int | None = None  # random seed (victims, targets); None: random
+    link_idle: float | None = None  # each node's link_idle_timeout (s; 0: never); None: the node's default
     faults: dict = field(default_factory=dict, compare=False)  # filled by check(): {"kill": n, "pause": n}
 
     def check(self) -> "Plan":
@@ -89,6 +90,8 @@ class Plan:
             raise InvalidArgument(f"--rate {self.rate:g}: 0 to 10000 per node per second")
         if not 0 <= self.size <= MAX_SIZE:
             raise InvalidArgument(f"--size {self.size}: 0 to {MAX_SIZE} bytes")
+        if self.link_idle is not None and not 0 <= self.link_idle < math.inf:
+            raise InvalidArgument(f"--link-idle {self.link_idle:g}: 0 (never) or more seconds")
         if self.join_concurrency < 1:
             raise InvalidArgument(f"--join-concurrency {self.join_concurrency}: at least 1")
         if (self.kill or self.pause) and self.at is None:

@@ -40,7 +40,14 @@ HOW = {
     "cpu_percent_per_node": "process CPU (every thread, libzmq's included) over the workload window / window / nodes",
     "msgs_per_node_per_s": "transport frames in + out over the workload window, per node per second "
                            "(bytes_per_node_per_s: their envelope bytes; CURVE and ZMTP framing excluded)",
-    "links_per_node": "open connections per node once joined (its DEALERs + inbound links it can answer over)",
+    "links_per_node": "open connections per node once joined (its DEALERs + inbound links it can answer over; "
+                      "an inbound link is counted until a send finds it closed)",
+    "dealers_per_node": "outgoing connections (DEALERs) per node once joined; every connection between two "
+                        "nodes has a DEALER at one end, so within a swarm this is connections per node "
+                        "(dealers_per_node_end: per live node, at the end of the workload)",
+    "dealers_idle_closed": "outgoing connections closed after --link-idle seconds without traffic, all nodes, "
+                           "whole run",
+    "fds_per_node_end": "as fds_per_node, at the end of the workload (fds_end: the process's open fds then)",
     "nodes": "nodes started (nodes_planned: asked for; a process out of file descriptors starts fewer, and "
              "says so in start_failed and on stderr)",
 }
@@ -141,8 +148,13 @@ def summary(tally: Tally) -> dict[str, Any]:
         "msgs_per_node_per_s": _ratio(c("frames_window"), window * c("nodes"), 2) if window else None,
         "bytes_per_node_per_s": _ratio(c("bytes_window"), window * c("nodes"), 1) if window else None,
         "links_per_node": _ratio(c("links"), c("joined_or_seed"), 2),
+        "dealers_per_node": _ratio(c("dealers"), c("joined_or_seed"), 2),
+        "dealers_per_node_end": _ratio(c("dealers_end"), c("live_end"), 2),
         "fds": int(c("fds")),
         "fds_per_node": _ratio(c("fds") - c("fds_one_node"), extra, 2),
+        "dealers_idle_closed": int(c("dealers_idle_closed")),
+        "fds_end": int(c("fds_end")),
+        "fds_per_node_end": _ratio(c("fds_end") - c("fds_one_node"), extra, 2),
         "fd_limit": int(c("fd_limit")),
         "window_s": round(window, 2) if window else None,
         "join_all_s": round(c("join_all_s") / c("procs"), 2) if c("procs") else None,

@@ -69,6 +69,8 @@ class Swarm:
         config = self._make_config()
         config.join_timeout = self.plan.join_timeout
         config.transport.listen = self.plan.listen
+        if self.plan.link_idle is not None:
+            config.transport.link_idle_timeout = self.plan.link_idle
         return config
 
     async def run(self) -> dict[str, Any]:
@@ -113,7 +115,11 @@ class Swarm:
             await faults.close()
         tally.add("nodes", len(self.crowd.nodes))  # started (a process out of fds starts fewer than planned)
         tally.add("rss_mb_end", measure.rss_mb())
+        tally.add("fds_end", measure.open_fds())
+        tally.add("dealers_end", sum(n.transport.dealer_count for n in self.crowd.live()))
+        tally.add("live_end", len(self.crowd.live()))
         for node in self.crowd.nodes:
+            tally.add("dealers_idle_closed", node.transport.stats["dealers_idle_closed"])
             for reason, count in node.transport.drops.items():
                 tally.add(f"drop.{reason}", count)
         if not tally.get("rss_mb_idle"):  # interrupted before the idle figures
@@ -220,6 +226,7 @@ class Swarm:
         members = [crowd.nodes[i] for i in sorted(crowd.joined)]
         tally.add("joined_or_seed", len(members))
         tally.add("links", sum(n.transport.dealer_count + n.transport.inbound_count for n in members))
+        tally.add("dealers", sum(n.transport.dealer_count for n in members))
 
     # -- the measured window -------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from typing import Callable
 
 import zmq
 
+from ..core.linkpool import LinkPoolConfig
 from ..core.ratelimit import PeerLimiter
 from ..core.relay import FORWARD
 from ..envelope import Envelope, EnvelopeError
@@ -94,6 +95,9 @@ class Transport:
         self.pub_endpoint = ""
         self.advertised: Contact | None = None  # what peers are told to use; default: our inbox endpoint
         self.relaying: RelayPaths | None = None  # made when a relayed destination first appears
+        # Where the cores know a peer is (Node sets it): asked when a peer's own connection to our inbox has
+        # closed and we hold no contact for it
+        self.contact_for: Callable[[bytes], Contact | None] | None = None
         self._subs: dict[bytes, Link] = {}
         self._links: dict[zmq.Socket, Link] = {}  # DEALER and SUB sockets -> their peer
         self._topics: dict[bytes, int] = {}
@@ -113,7 +117,8 @@ class Transport:
             "publications_in": 0,
             "publications_out": 0,
             "dealers_opened": 0,
-            "dealers_evicted": 0,
+            "dealers_evicted": 0,  # closed to make room for another (max_dealers)
+            "dealers_idle_closed": 0,  # closed after link_idle_timeout without traffic (core/linkpool.py)
             "links_accepted": 0,  # connections to our inbox and XPUB (linkwatch.py)
             "links_authenticated": 0,  # ... that completed the CURVE handshake
             "links_closed": 0,  # ... that closed, for any reason (libzmq does not say which)
@@ -130,7 +135,8 @@ class Transport:
                                   fleet=self.fleet, allow=allow)
         # node id -> the routing id on our ROUTER of its latest connection that proved its key
         self._inbound = self._receiver.inbound
-        self.dealers = OutboundLinks(self._sockets, identity.public_key, config.max_dealers, self.stats,
+        pool = LinkPoolConfig(idle_timeout=config.link_idle_timeout, max_links=config.max_dealers)
+        self.dealers = OutboundLinks(self._sockets, identity.public_key, pool, self.stats,
                                      on_open=self._link_opened, on_close=self._link_closed)
         self._pub_cut = False  # the XPUB is unbound to cut revoked subscribers off, not yet bound again
 
@@ -138,6 +144,7 @@ class Transport:
 
     def start(self) -> None:
         self.loop = self._readers.loop = asyncio.get_running_loop()
+        self.dealers.start(self.loop)
         cfg = self.config
         self.context.attach(self.loop, secure=cfg.secure,
                             admit_subscriber=None if self.fleet is None else self.fleet.admits_curve)
@@ -397,6 +404,14 @@ class Transport:
         link = self.dealers.use(dst)
         if link is None:
             contact = self._contacts.get(dst)
+            if contact is None and self.contact_for is not None:
+                # It reached us over its own connection, so we were never given its contact (the loop
+                # looks one up only for peers the transport does not know), and that connection has
+                # closed since (its idle timeout): dial it where the cores know it is.
+                found = self.contact_for(dst)
+                if found is not None and found.node_id == dst:
+                    self.add_contact(found)
+                    contact = found
             if contact is None:
                 self._drop("no_route", dst, "no contact and no inbound connection")
                 return
@@ -535,8 +550,13 @@ class Transport:
         self._recheck.discard(link.socket)
 
     def _peer_of(self, sock: zmq.Socket) -> bytes | None:
+        """The peer of a DEALER or SUB about to be read; a DEALER read is traffic that keeps it open."""
         link = self._links.get(sock)
-        return None if link is None else link.node_id
+        if link is None:
+            return None
+        if link.node_id in self.dealers and sock.type == zmq.DEALER:
+            self.dealers.heard(link.node_id)
+        return link.node_id
 
     def forget(self, node_id: bytes) -> None:
         """Close everything held for a peer (it left or was declared dead), and drop the frames for it
