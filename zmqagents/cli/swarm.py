@@ -190,8 +190,14 @@ def _gate(start_at: float | None, barrier: str | None):
 
 
 async def _one_process(plan, contacts, params, seed_file, one_line, gate) -> int:
+    from ..sidecar.memory import Trimmer
     from ..swarm.runner import Swarm
 
+    # As in the sidecar: what malloc frees (joins' transient buffers, the libzmq buffers of connections
+    # closed when idle) goes back to the OS instead of staying resident in its free lists. 50 nodes with
+    # links closing every 5 s held 145 MB, 112 MB once trimmed.
+    trimmer = Trimmer()
+    trimmer.start()
     swarm_ = Swarm(plan, contacts, progress=_progress, seed_file=seed_file, params=params, gate=gate)
     task = asyncio.get_running_loop().create_task(swarm_.run())
     try:
@@ -200,6 +206,8 @@ async def _one_process(plan, contacts, params, seed_file, one_line, gate) -> int
         task.cancel()  # the swarm reports what it measured, then closes its nodes
         _print(await task, one_line)
         raise
+    finally:
+        trimmer.stop()
     _print(report, one_line)
     if contacts and not report["joined"]:
         click.echo("error: no node could join the mesh named (is the contact right, and reachable from here?)",
