@@ -17,7 +17,11 @@ processes of this script:
   - ``wide``: near-1 MiB strings made 4 bytes a character by one emoji (~4 MiB decoded);
   - ``gap``: like ``values`` but never sending seq 1, so everything waits in reorder buffers;
   - ``flood``: small messages, each the first of a newer stream (a higher epoch, seq 1), so none
-    waits behind one the sidecar refused (the flooder retransmits nothing).
+    waits behind one the sidecar refused (the flooder retransmits nothing);
+  - ``ask`` (not in the default mix: ``--shapes values,wide,gap,ask``): requests the node answers
+    itself (``zmqagents.peers``), ``ASK_RATE`` a second per identity, from a routing id the node
+    answers over, never reading a reply (a receive queue of one message, a 4 KiB socket buffer): the
+    replies and their retransmissions pile up on the node's side of the connection.
 
   A memory attacker never reads what the sidecar sends back (its acks pile up on the sidecar's
   side of the connection too); the flooder drains them.
@@ -64,6 +68,7 @@ from bench._common import (  # noqa: E402
 SCRIPT = Path(__file__).resolve()
 MB = 1024.0
 SHAPES = ("values", "wide", "gap")
+ASK_RATE = 5000.0  # requests a second per ``ask`` identity (the per-peer limits would admit 50,000)
 
 
 def vm_kb(pid: int, key: str) -> int:
@@ -84,16 +89,18 @@ def _body(shape: str):
         return "a" * (DEFAULT_MAX_SIZE - 1024) + "\U0001F600"
     if shape == "flood":
         return "x" * 100
+    if shape == "ask":
+        return None
     return [{} for _ in range(DEFAULT_MAX_VALUES - 17)]  # the map, its 8 fields (16 values), the body
 
 
-def _frame(src: bytes, dst: bytes, seq: int, ep: int, body: bytes) -> bytes:
+def _frame(src: bytes, dst: bytes, seq: int, ep: int, body: bytes, typ: str = "msg") -> bytes:
     """An envelope's frame around an already packed body (the attacker packs each body once)."""
     import msgpack
 
     from zmqagents.envelope import HEADER
 
-    head = msgpack.packb({"v": 1, "id": os.urandom(16), "src": src, "t": "msg", "dst": dst, "seq": seq, "ep": ep},
+    head = msgpack.packb({"v": 1, "id": os.urandom(16), "src": src, "t": typ, "dst": dst, "seq": seq, "ep": ep},
                          use_bin_type=True)
     payload = bytes([head[0] + 1]) + head[1:] + msgpack.packb("b") + body  # a fixmap of 7 entries -> 8
     return HEADER.pack(len(payload)) + payload
@@ -106,12 +113,14 @@ async def role_attacker(args) -> None:
 
     from zmqagents.envelope import decode
     from zmqagents.identity import Contact, Identity, curve_public_of
+    from zmqagents.node import PEERS
 
     target = Contact.parse(args.contact)
     ctx = zmq.Context(io_threads=1)
-    peers = []  # [identity, socket, next seq, packed body, rate]
+    peers = []  # [identity, socket, next seq, packed body, rate, sent, type]
     for shape, rate in zip(args.shapes.split(","), map(float, args.rates.split(","))):
         body = msgpack.packb(_body(shape), use_bin_type=True)
+        typ = PEERS if shape == "ask" else "msg"
         for _ in range(args.identities):
             ident = Identity.generate()
             sock = ctx.socket(zmq.DEALER)
@@ -120,10 +129,15 @@ async def role_attacker(args) -> None:
             sock.curve_secretkey = ident.curve_secret
             sock.curve_publickey = ident.curve_public
             sock.curve_serverkey = curve_public_of(target.public_key)
-            sock.setsockopt(zmq.ROUTING_ID, ident.public_key)
+            if shape == "ask":  # answered over this connection (a key alone is never answered over), never read
+                sock.setsockopt(zmq.ROUTING_ID, ident.public_key + os.urandom(16))
+                sock.rcvhwm = 1
+                sock.setsockopt(zmq.RCVBUF, 4096)
+            else:
+                sock.setsockopt(zmq.ROUTING_ID, ident.public_key)
             sock.connect(target.endpoint)
-            peers.append([ident, sock, 2 if shape == "gap" else 1, body, rate, 0])
-        decode(_frame(ident.node_id, target.node_id, 1, 7, body))  # valid, within every default limit
+            peers.append([ident, sock, 2 if shape == "gap" else 1, body, rate, 0, typ])
+        decode(_frame(ident.node_id, target.node_id, 1, 7, body, typ))  # valid, within every default limit
     frames: list[bytes] = []
     if args.shapes == "flood":  # made before the clock starts: the flood is limited by sending only
         ident, body = peers[0][0], peers[0][3]
@@ -136,10 +150,10 @@ async def role_attacker(args) -> None:
     while (now := time.monotonic()) < deadline:
         wait = 0.05
         for peer in peers:
-            ident, sock, seq, body, rate, done = peer
+            ident, sock, seq, body, rate, done, typ = peer
             due = int((now - start) * rate)  # paced: this peer's sends so far should be this many
             while done < due:
-                frame = frames[done] if frames else _frame(ident.node_id, target.node_id, seq, 7, body)
+                frame = frames[done] if frames else _frame(ident.node_id, target.node_id, seq, 7, body, typ)
                 try:
                     sock.send(frame, zmq.NOBLOCK)
                 except zmq.Again:
@@ -307,7 +321,10 @@ def _start_sidecar(work: Path, link_read_ahead: int | None = None, tree: Path | 
 
 
 def _paced_rate(shape: str, factor: float) -> float:
-    """Messages a second per identity: ``factor`` times what the default per-peer limits let through."""
+    """Messages a second per identity: ``factor`` times what the default per-peer limits let through
+    (``ask``: ``ASK_RATE``)."""
+    if shape == "ask":
+        return ASK_RATE
     import msgpack
 
     from zmqagents.core.ratelimit import RateLimitConfig

@@ -74,7 +74,7 @@ SCRIPT = Path(__file__).resolve()
 BODY_BYTES = 100
 SEQ = struct.Struct(">Q")
 PAD = b"\xab" * (BODY_BYTES - SEQ.size)
-HWM = 10_000  # the same high-water mark zmqagents' transport sets (TransportConfig.hwm)
+HWM = 2048  # the same send high-water mark zmqagents' transport sets (transport/config.py SEND_HWM)
 ERRORS_KEPT = 5
 
 

@@ -12,11 +12,15 @@ import zmq
 from zmqagents.identity import Contact, Identity, curve_public_of
 
 
-def curve_dealer(ctx: zmq.Context, server: Contact, *, key: Identity, routing_id: bytes | None) -> zmq.Socket:
+def curve_dealer(ctx: zmq.Context, server: Contact, *, key: Identity, routing_id: bytes | None,
+                 options: dict[int, int] | None = None) -> zmq.Socket:
     """A DEALER connected to ``server``'s inbox, CURVE-authenticated as ``key``, claiming ``routing_id``
-    (None: none, libzmq assigns one). Linger 0, so closing it never waits."""
+    (None: none, libzmq assigns one). Linger 0, so closing it never waits. ``options``: more socket
+    options (``zmq.RCVHWM``, ``zmq.RCVBUF``, ...), set before it connects."""
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    for option, value in (options or {}).items():
+        sock.setsockopt(option, value)
     sock.curve_secretkey = key.curve_secret
     sock.curve_publickey = key.curve_public
     sock.curve_serverkey = curve_public_of(server.public_key)

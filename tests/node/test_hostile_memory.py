@@ -17,6 +17,7 @@ import msgpack
 import pytest
 import zmq
 
+from zmqagents.core.delivery_config import DeliveryConfig
 from zmqagents.core.ratelimit import RateLimitConfig
 from zmqagents.envelope import DEFAULT_MAX_SIZE, DEFAULT_MAX_VALUES, HEADER, Envelope
 from zmqagents.identity import Identity
@@ -281,5 +282,49 @@ def test_the_application_takes_an_honest_peers_message_before_a_flooders_backlog
                 assert [m.src for m in first + rest].count(flooder.ident.node_id) == 300
             flooder.sock.close()
         ctx.term()
+
+    arun(main(), timeout=60)
+
+
+def test_what_a_peer_that_never_reads_makes_the_node_queue_for_it_stops_at_the_send_mark(arun):
+    """libzmq queues frames for a connection up to its send mark, counted in messages, and a peer that
+    stops reading decides how many: one that asks and never reads had the replies and their
+    retransmissions pile up to 10,000 per connection (bench/hostile.py --shapes ...,ask). The mark is
+    now twice the delivery window: frames beyond it are refused, counted (send_hwm), sent again later."""
+
+    async def main():
+        config = TransportConfig()
+        server = Transport(Identity.generate(), config, on_batch=lambda batch: None, on_publication=lambda t, e: None)
+        server.start()
+        ctx = zmq.Context()
+        try:
+            key = Identity.generate()
+            # reads nothing: one message of receive queue and a 4 KiB socket buffer, so what we write waits on our side
+            sock = curve_dealer(ctx, server.contact(), key=key, routing_id=dealer_routing_id(key.public_key),
+                                options={zmq.RCVHWM: 1, zmq.RCVBUF: 4096})
+            sock.send(Envelope(id=os.urandom(16), src=key.node_id, dst=server.identity.node_id, type="msg",
+                               body=b"hello").encode())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not server.connected(key.node_id) and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            assert server.connected(key.node_id)  # answered over its own connection to our inbox
+            body = os.urandom(4096)
+            sent = 6000  # 24 MiB: what one connection could be made to hold at 10,000, refused past the mark now
+            for i in range(sent):
+                server.send(Envelope(id=os.urandom(16), src=server.identity.node_id, dst=key.node_id, type="msg",
+                                     body=body))
+                if i % 256 == 255:
+                    await asyncio.sleep(0)  # the loop turn's burst of writes
+            await asyncio.sleep(0.3)
+            refused = server.drops.get("send_hwm", 0)
+            assert refused > 0
+            # what libzmq took: the mark, plus what the kernel's socket buffers and libzmq's encoder hold
+            # (tcp_wmem's 4 MiB at most: 1,000 of these frames)
+            assert sent - refused <= config.hwm + 1000, (sent, refused)
+            assert config.hwm <= 2 * DeliveryConfig().window
+        finally:
+            ctx.destroy(linger=0)
+            server.close()
 
     arun(main(), timeout=60)

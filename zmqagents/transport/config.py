@@ -29,6 +29,17 @@ from ..envelope import DEFAULT_MAX_SIZE
 # read-ahead per connection than 32 would double again (17 MiB against 9 MiB at 8; bench/hostile.py with
 # unpaced senders of 1 MiB frames peaked alike at 8 and 64, as the backlog drains each turn).
 RECV_HWM = 16
+# Frames libzmq may queue for one connection before a send to it is refused (ZMQ_SNDHWM; refused frames
+# are counted as send_hwm drops and the delivery core sends them again later). It too counts messages,
+# and a peer that stops reading decides how many are queued: one that asks and never reads what comes
+# back has its replies and their retransmissions piled up to this mark. At 10,000 (the old value),
+# bench/hostile.py --shapes values,wide,gap,ask (four identities asking 5,000 times a second each and
+# never reading) took a default sidecar to 73.7 MB; at 2,048, 63.8 MB (2026-12-08, one run each, the
+# same box). Twice the delivery window (DeliveryConfig.window, 1,024 unacknowledged messages to a peer)
+# leaves room for a whole window plus the acks, replies and membership traffic written beside it:
+# bench/throughput.py --only oneway,rr (30,000 one-way messages, 10,000 requests) had no send_hwm drop
+# and no retransmission at 2,048, and 869 drops at 1,024.
+SEND_HWM = 2048
 
 
 @dataclass(slots=True)
@@ -47,7 +58,7 @@ class TransportConfig:
     link_idle_timeout: float = 30.0
     max_subscribers: int = 64  # neighbours whose PUB we subscribe to
     max_known_keys: int = 4096  # public key -> (CURVE key, node id) cache entries
-    hwm: int = 10_000  # ZeroMQ send high-water mark per connection, messages
+    hwm: int = SEND_HWM  # ZeroMQ send high-water mark per connection, messages (see SEND_HWM)
     recv_hwm: int = RECV_HWM  # ZeroMQ receive high-water mark per connection, messages (see RECV_HWM)
     max_message_size: int = DEFAULT_MAX_SIZE  # enforced by libzmq (MAXMSGSIZE) and by the decoder
     reconnect_ivl_ms: int = 100
