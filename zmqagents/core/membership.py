@@ -28,7 +28,8 @@ How it decides, in short:
   messages (``src``, checked by the transport) change what others record: every ``swim.*`` body
   carries the sender's incarnation, and any message from a member is proof it is alive. An ``alive``
   rumor relayed by a third party is a *hint* that makes holders check the subject directly; a node
-  cannot refute for another node.
+  cannot refute for another node. So a suspect also sends its refutation to its accusers directly: those
+  it holds, and the one each suspect rumor names by its contact.
 * **Lifeguard.** A local health multiplier (LHM, 0..``lhm_max``) rises when a probe fails and none
   of the helpers nacked (nothing shows the network was at fault), when we have to refute a
   suspicion of ourselves, and when our timers fire late (we were paused); it falls with every acked
@@ -49,7 +50,8 @@ How it decides, in short:
   its recent rumors, which come back in the ack: a rumor lost to us is repaired within about one
   interval, at no extra message. Dead members are remembered as bounded tombstones and re-checked
   on the same schedule (all of them as soon as one answers), so a healed partition reconnects: the
-  far side answers two checks, is revived (``Alive``) and learns what we thought of it.
+  far side answers two checks, is revived (``Alive``) and learns what we thought of it. A probe that
+  began before such a first answer, and a probe whose member messaged us since it began, accuse nobody.
 * **Leave.** :meth:`Membership.leave` sends a ``left`` rumor to every member at once and keeps
   answering; holders report :class:`Left`, never :class:`Failed`.
 
