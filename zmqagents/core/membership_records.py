@@ -52,7 +52,7 @@ STAT_KEYS = (
     "checks", "nacks_received", "nacks_missed", "acks_unmatched", "acks_unexpected",
     # state changes
     "suspected", "suspicions_cleared", "confirmations", "declared_dead", "declared_left",
-    "revived", "refuted", "refutations_sent", "alive_hints", "dead_verified",
+    "revived", "refuted", "refutations_sent", "suspects_told", "alive_hints", "dead_verified",
     # rumors
     "rumors_new", "rumors_duplicate", "rumors_stale", "rumors_foreign", "rumors_foreign_dropped", "rumors_merged", "rumors_evicted",
     "rumors_retired", "rumors_truncated", "rumors_bad", "rumors_unknown_kind", "rumors_about_self",
