@@ -459,40 +459,36 @@ def test_announcements_go_to_at_most_lazy_fanout_neighbours_per_batch():
     assert all(len(e.body["i"]) == 5 for e in out)  # one envelope per chosen peer carries the whole batch
 
 
-def test_a_hole_in_a_stream_is_pulled_from_the_sender_of_the_next_message():
+def _stream_with_a_hole(topic: str) -> tuple[Broadcast, Identity, list]:
+    """A core with one peer, ``sender``, which forwards messages 1 and 4 of a stream on ``topic`` (2 and 3
+    are lost on the way and no one announces them)."""
     me, sender, origin = ident(0), ident(1), ident(2)
     core = Broadcast(me.node_id, me, 1, random.Random(0))
     core.set_sample({sender.node_id}, 0.0)
     core.take_outgoing()
-    msgs = [make_message(origin, 5, s, "", s) for s in range(1, 5)]
-    core.receive(Envelope(random.randbytes(16), sender.node_id, MSG, {"m": msgs[0].to_wire(), "h": 1}), 0.0)
-    # 2 and 3 are lost on the way and no one announces them; 4 arrives
-    core.receive(Envelope(random.randbytes(16), sender.node_id, MSG, {"m": msgs[3].to_wire(), "h": 1}), 0.01)
+    msgs = [make_message(origin, 5, s, topic, s) for s in range(1, 5)]
+    core.receive(_env(sender, MSG, {"m": msgs[0].to_wire(), "h": 1}), 0.0)
+    core.receive(_env(sender, MSG, {"m": msgs[3].to_wire(), "h": 1}), 0.01)
+    return core, sender, msgs
+
+
+def test_a_hole_in_a_stream_is_pulled_from_the_sender_of_the_next_message():
+    core, sender, msgs = _stream_with_a_hole("")
     assert core.stats["gap_pulls"] == 2
     core.take_outgoing()
-    t = core.next_timer()
-    while t is not None and t <= 0.2:
-        core.tick(t)
-        t = core.next_timer()
-    grafts = [e for e in core.take_outgoing() if e.type == GRAFT]
+    grafts = [e for e in _run_timers(core, 0.2) if e.type == GRAFT]
     assert len(grafts) == 1 and grafts[0].dst == sender.node_id
     assert set(grafts[0].body["i"]) == {msgs[1].id, msgs[2].id}
     # the sender answers: both delivered, once
     for m in msgs[1:3]:
-        core.receive(Envelope(random.randbytes(16), sender.node_id, MSG, {"m": m.to_wire(), "h": 1}), 0.2)
+        core.receive(_env(sender, MSG, {"m": m.to_wire(), "h": 1}), 0.2)
     assert sorted(e.seq for e in core.take_events() if type(e) is Delivered) == [1, 2, 3, 4]
 
 
 def test_a_hole_in_a_topic_stream_we_only_forward_is_not_pulled():
     # a forwarder off a topic's path for a while sees its stream jump when it is on the path again: nothing was
     # lost, and pulling the hole fetched payloads no one here needed (sim: most of the non-subscribers' payloads)
-    me, sender, origin = ident(0), ident(1), ident(2)
-    core = Broadcast(me.node_id, me, 1, random.Random(0))
-    core.set_sample({sender.node_id}, 0.0)
-    core.take_outgoing()
-    msgs = [make_message(origin, 5, s, "T", s) for s in range(1, 5)]
-    core.receive(_env(sender, MSG, {"m": msgs[0].to_wire(), "h": 1}), 0.0)
-    core.receive(_env(sender, MSG, {"m": msgs[3].to_wire(), "h": 1}), 0.01)
+    core, _, _ = _stream_with_a_hole("T")
     assert core.stats["gap_pulls"] == 0 and core.state_size()["missing"] == 0
     assert [e for e in _run_timers(core, 1.0) if e.type == GRAFT] == []
     assert core.take_events() == []  # not subscribed: nothing delivered, no gap reported
